@@ -1,0 +1,72 @@
+"""Environment attestations (DESIGN §4.4) and the artifact ``env`` conditions they satisfy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from execgate.errors import JoseError, VerificationError
+from execgate.jose import PrivateKey, encode, verify
+from execgate.trust import TrustStore
+
+__all__ = ["ATTESTATION_TYP", "check_environment", "issue_attestation", "verify_attestation"]
+
+ATTESTATION_TYP: Final = "execgate-env+jwt"
+MAX_ATTESTATION_BYTES: Final = 16 * 1024
+
+
+def issue_attestation(
+    *, key: PrivateKey, subject: str, env: Mapping[str, str], now: int, ttl: int
+) -> str:
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
+    if not env or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("env must be a non-empty object of strings")
+    header = {"typ": ATTESTATION_TYP, "kid": key.public.thumbprint()}
+    claims = {"sub": subject, "iat": now, "exp": now + ttl, "env": dict(env)}
+    return encode(header, claims, key)
+
+
+def _untrusted(detail: str) -> VerificationError:
+    return VerificationError("environment.untrusted", detail)
+
+
+def verify_attestation(
+    token: object, *, trust: TrustStore, runtime: str, now: int, leeway: int
+) -> dict[str, str]:
+    """Return the attested environment, or raise ``environment.untrusted``."""
+    if token is None or token == "":
+        raise _untrusted("the artifact has env conditions but no attestation was presented")
+    if not isinstance(token, str):
+        raise _untrusted("the attestation must be a compact JWS string")
+    try:
+        verified = verify(
+            token, typ=ATTESTATION_TYP, max_size=MAX_ATTESTATION_BYTES, keys=trust.attester_keys
+        )
+    except JoseError as exc:
+        raise _untrusted(f"attestation rejected: {exc.detail}") from exc
+    claims: Mapping[str, Any] = verified.claims
+    if set(claims) != {"sub", "iat", "exp", "env"}:
+        raise _untrusted("attestation claims must be exactly sub, iat, exp, env")
+    if claims["sub"] != runtime:
+        raise _untrusted("the attestation is about another runtime")
+    if now >= claims["exp"] + leeway:
+        raise _untrusted(f"the attestation expired at {claims['exp']}")
+    if claims["iat"] > now + leeway:
+        raise _untrusted("the attestation is issued in the future")
+    env = claims["env"]
+    if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
+        raise _untrusted("attestation env must be an object of strings")
+    return dict(env)
+
+
+def check_environment(required: Mapping[str, tuple[str, ...]], attested: Mapping[str, str]) -> None:
+    """Every required key must be attested with one of its accepted values."""
+    for key, accepted in required.items():
+        value = attested.get(key)
+        if value is None:
+            raise VerificationError("environment.mismatch", f"{key!r} is not attested")
+        if value not in accepted:
+            raise VerificationError(
+                "environment.mismatch", f"{key!r} is {value!r}, required one of {list(accepted)}"
+            )

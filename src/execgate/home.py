@@ -1,0 +1,211 @@
+"""The gateway home: a directory holding config, keys, trust store, policy and state.
+
+    execgate.toml      [gateway] id, audiences, file paths; [limits]; [targets.NAME]
+    trust.toml         trusted authorities (with the scope each may grant) and attesters
+    policy.yaml        ordered policy rules
+    keys/node.jwk      the gateway node key (signs receipts), 0600
+    keys/authority.jwk a sample authority key for trying things out, 0600
+    state.db           the SQLite store (replay, revocations, decision log)
+
+``init_home`` creates one; ``load_config`` reads and checks one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from execgate.errors import ConfigError
+from execgate.jose import PrivateKey
+from execgate.keyfile import atomic_write, write_keypair
+
+__all__ = ["CONFIG_NAME", "GatewayConfig", "default_home", "init_home", "load_config"]
+
+CONFIG_NAME: Final = "execgate.toml"
+_GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "policy", "store"})
+_LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl"})
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("EXECGATE_HOME", ".execgate"))
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    home: Path
+    gateway_id: str
+    audiences: frozenset[str]
+    node_key: Path
+    trust: Path
+    policy: Path
+    store: Path
+    leeway: int
+    proof_max_age: int
+    receipt_ttl: int
+    targets: Mapping[str, str]
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _int(section: Mapping[str, Any], key: str, default: int, lo: int, hi: int, where: str) -> int:
+    value = section.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"{where}: {key} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def load_config(home: Path) -> GatewayConfig:
+    path = home / CONFIG_NAME
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path} does not exist; create a gateway home with 'execgate init {home}'"
+            " or point --home / EXECGATE_HOME at one"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(doc) - {"gateway", "limits", "targets"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
+    gw = doc.get("gateway")
+    if not isinstance(gw, dict):
+        raise ConfigError(f"{path}: the [gateway] section is required")
+    if set(gw) - _GATEWAY_KEYS:
+        raise ConfigError(f"{path}: unknown [gateway] keys {sorted(set(gw) - _GATEWAY_KEYS)}")
+    gateway_id = gw.get("id")
+    if not isinstance(gateway_id, str) or not gateway_id:
+        raise ConfigError(f"{path}: [gateway] id must be a non-empty string")
+    audiences = gw.get("audiences", [gateway_id])
+    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+        raise ConfigError(f"{path}: [gateway] audiences must be a list of strings")
+    files = {}
+    for key, default in (
+        ("node_key", "keys/node.jwk"),
+        ("trust", "trust.toml"),
+        ("policy", "policy.yaml"),
+        ("store", "state.db"),
+    ):
+        value = gw.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: [gateway] {key} must be a path")
+        files[key] = home / value
+    limits = doc.get("limits", {})
+    if not isinstance(limits, dict) or set(limits) - _LIMIT_KEYS:
+        raise ConfigError(f"{path}: [limits] may hold only {sorted(_LIMIT_KEYS)}")
+    targets = doc.get("targets", {})
+    if not isinstance(targets, dict) or not all(
+        isinstance(t, dict) and isinstance(t.get("description", ""), str) for t in targets.values()
+    ):
+        raise ConfigError(f"{path}: [targets.NAME] tables may hold a description string")
+    return GatewayConfig(
+        home=home,
+        gateway_id=gateway_id,
+        audiences=frozenset([gateway_id, *audiences]),
+        node_key=files["node_key"],
+        trust=files["trust"],
+        policy=files["policy"],
+        store=files["store"],
+        leeway=_int(limits, "leeway", 60, 0, 60, str(path)),
+        proof_max_age=_int(limits, "proof_max_age", 120, 1, 3600, str(path)),
+        receipt_ttl=_int(limits, "receipt_ttl", 86400, 60, 31 * 86400, str(path)),
+        targets={name: t.get("description", "") for name, t in targets.items()},
+    )
+
+
+SAMPLE_POLICY: Final = """\
+# Ordered rules: the first rule that matches decides. No match means deny.
+version: 1
+rules:
+  - name: refunds-need-a-ticket
+    match: {action: "payments.refund", resource: "acct:**"}
+    when: "!has(artifact.gov.ticket)"
+    effect: deny
+    reason: refunds are only executed against a ticket
+  - name: large-transfers-need-approval
+    match: {action: "payments.transfer", resource: "acct:**"}
+    when: "request.args.amount > 1000"
+    effect: pause
+    approvers: [finance]
+    quorum: 2
+    ttl: 3600
+  - name: payments
+    match: {action: "payments.*", resource: "acct:**"}
+    effect: proceed
+  - name: shell-to-sandbox
+    match: {action: "shell.exec", resource: "host:**"}
+    effect: reroute
+    target: sandbox
+  - name: reports
+    match: {action: "reports.read", resource: "**"}
+    effect: proceed
+"""
+
+
+def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
+    """Create a new gateway home. Refuses to touch an existing one."""
+    if (home / CONFIG_NAME).exists():
+        raise ConfigError(f"{home} is already a gateway home; choose another directory")
+    gateway_id = gateway_id or f"gw-{secrets.token_hex(4)}"
+    (home / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+    node = PrivateKey.generate()
+    write_keypair(home / "keys" / "node.jwk", node)
+    authority = PrivateKey.generate()
+    write_keypair(home / "keys" / "authority.jwk", authority)
+    attester = PrivateKey.generate()
+    write_keypair(home / "keys" / "attester.jwk", attester)
+
+    def jwk(key: PrivateKey) -> str:
+        pub = key.public.to_jwk()
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in pub.items()) + "}"
+
+    trust = f"""\
+# Trusted root authorities: the keys that may issue artifacts, and what each may grant.
+[[authority]]
+id = "example-authority"
+keys = [{jwk(authority)}]
+scope = [
+  {{action = "payments.*", resource = "acct:**"}},
+  {{action = "shell.exec", resource = "host:**"}},
+  {{action = "reports.read", resource = "**"}},
+]
+
+# Attesters whose environment attestations (region, image, …) this gateway believes.
+[[attester]]
+id = "example-attester"
+keys = [{jwk(attester)}]
+"""
+    atomic_write(home / "trust.toml", trust.encode(), exclusive=True)
+    atomic_write(home / "policy.yaml", SAMPLE_POLICY.encode(), exclusive=True)
+    config = f"""\
+[gateway]
+id = {_toml(gateway_id)}          # receipts' issuer; the audience artifacts and proofs name
+audiences = [{_toml(gateway_id)}]
+node_key = "keys/node.jwk"
+trust = "trust.toml"
+policy = "policy.yaml"
+store = "state.db"
+
+[limits]
+leeway = 60             # clock skew tolerated on nbf/exp, seconds (at most 60)
+proof_max_age = 120     # how old a proof of possession may be, seconds
+receipt_ttl = 86400     # how long a decision receipt stays valid, seconds
+
+[targets.sandbox]
+description = "an isolated runtime with no production credentials"
+
+[targets.dry-run]
+description = "validate and record, execute nothing"
+"""
+    atomic_write(home / CONFIG_NAME, config.encode(), exclusive=True)
+    return load_config(home)

@@ -1,0 +1,143 @@
+"""Immutable values: the request, the outcome, the reasons and the decision."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from execgate.errors import REASON_CODES
+
+__all__ = ["Decision", "Outcome", "Reason", "Request"]
+
+
+class Outcome(enum.StrEnum):
+    """The five outcomes. Only ``PROCEED`` and ``REROUTE`` let anything execute."""
+
+    PROCEED = "proceed"
+    PAUSE = "pause"
+    REROUTE = "reroute"
+    DENY = "deny"
+    FAIL_CLOSED = "fail_closed"
+
+    @property
+    def executes(self) -> bool:
+        return self in (Outcome.PROCEED, Outcome.REROUTE)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One stable, dotted reason code and a human-readable detail."""
+
+    code: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.code not in REASON_CODES:
+            raise ValueError(f"unknown reason code {self.code!r}")
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "detail": self.detail}
+
+
+_REQUEST_KEYS = frozenset({"action", "resource", "args", "runtime", "parent"})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One execution request. ``args`` is a JSON object; ``parent`` a parent receipt or None.
+
+    Build one with ``Request.from_json``; it checks every field's type so the rest of the
+    pipeline never meets a malformed request.
+    """
+
+    action: str
+    resource: str
+    runtime: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("action", "resource", "runtime"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or len(value) > 1024:
+                raise ValueError(f"request.{name} must be a non-empty string of ≤ 1024 chars")
+        if not isinstance(self.args, Mapping):
+            raise ValueError("request.args must be a JSON object")
+        if self.parent is not None and not isinstance(self.parent, str):
+            raise ValueError("request.parent must be a string (a parent receipt) or null")
+
+    @classmethod
+    def from_json(cls, obj: object) -> Request:
+        """Parse the wire shape ``{action, resource, args, runtime, parent}``."""
+        if not isinstance(obj, Mapping):
+            raise ValueError("request must be a JSON object")
+        unknown = set(obj) - _REQUEST_KEYS
+        if unknown:
+            raise ValueError(f"request has unknown fields: {', '.join(sorted(unknown))}")
+        missing = {"action", "resource", "runtime"} - set(obj)
+        if missing:
+            raise ValueError(f"request is missing: {', '.join(sorted(missing))}")
+        return cls(
+            action=obj["action"],
+            resource=obj["resource"],
+            runtime=obj["runtime"],
+            args=obj.get("args", {}) if obj.get("args") is not None else {},
+            parent=obj.get("parent"),
+        )
+
+    def canonical(self) -> dict[str, Any]:
+        """The canonical request of DESIGN §4.3, hashed with JCS into the proof's ``rh``."""
+        return {
+            "action": self.action,
+            "resource": self.resource,
+            "args": dict(self.args),
+            "runtime": self.runtime,
+            "parent": self.parent,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one request, with the evidence the gateway produced for it."""
+
+    decision_id: str
+    outcome: Outcome
+    reasons: tuple[Reason, ...]
+    request_hash: str | None
+    policy_hash: str
+    decided_at: int
+    artifact_jti: str | None = None
+    chain: tuple[str, ...] = ()
+    rule: str | None = None
+    route: str | None = None
+    log_index: int | None = None
+    receipt: str | None = None
+
+    def __post_init__(self) -> None:
+        # A reroute executes (elsewhere): it names its target instead of a reason code.
+        if not self.outcome.executes and not self.reasons:
+            raise ValueError("every decision that does not execute carries at least one reason")
+        if self.outcome is Outcome.REROUTE and not self.route:
+            raise ValueError("a reroute names its target")
+
+    @property
+    def executes(self) -> bool:
+        return self.outcome.executes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "outcome": self.outcome.value,
+            "reasons": [r.to_json() for r in self.reasons],
+            "request_hash": self.request_hash,
+            "policy_hash": self.policy_hash,
+            "decided_at": self.decided_at,
+            "artifact_jti": self.artifact_jti,
+            "chain": list(self.chain),
+            "rule": self.rule,
+            "route": self.route,
+            "log_index": self.log_index,
+            "receipt": self.receipt,
+        }

@@ -1,0 +1,409 @@
+"""The decision pipeline (DESIGN §3): the only place a decision is made.
+
+``Gateway.decide`` runs the ordered stages; each passes or ends the decision with a
+reason. Deny is the default: the outcome is ``proceed`` or ``reroute`` only when every
+stage passed and a policy rule said so. Any exception becomes ``fail_closed`` with
+``internal.error`` (a store failure: ``store.unavailable``); the decision is then
+appended to the log in one atomic, durable commit together with its replay state, and
+only after that commit is the caller told anything (write-ahead). A decision that could
+not be logged is ``fail_closed`` with ``audit.unavailable``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from execgate.artifacts import Artifact, verify_artifact
+from execgate.attestations import check_environment, verify_attestation
+from execgate.errors import AuditError, RequestError, StoreError, VerificationError
+from execgate.home import load_config
+from execgate.jose import PrivateKey, canonical_json, sha256_b64url
+from execgate.keyfile import read_private_key
+from execgate.model import Decision, Outcome, Reason, Request
+from execgate.policy import Policy, load_policy
+from execgate.proofs import Proof, request_hash, verify_proof
+from execgate.receipts import sign_receipt
+from execgate.scope import check_scope
+from execgate.store.base import Conflict, Store, UseClaim, WriteJob
+from execgate.store.sqlite import SQLiteStore
+from execgate.trust import TrustStore
+
+__all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission"]
+
+MAX_REQUEST_BYTES: Final = 1024 * 1024
+RECORD_VERSION: Final = 1
+_PURGE_EVERY: Final = 4096
+_SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """The wire shape of one decision request (DESIGN §6)."""
+
+    request: Request
+    artifact: object
+    proof: object
+    attestation: object = None
+    request_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.request_hash:
+            object.__setattr__(self, "request_hash", request_hash(self.request))
+
+    @classmethod
+    def from_json(cls, obj: object) -> Submission:
+        """Parse ``{"request": …, "artifact": …, "proof": …, "attestation": …}``."""
+        if not isinstance(obj, Mapping):
+            raise RequestError("a decision request must be a JSON object")
+        unknown = set(obj) - _SUBMISSION_KEYS
+        if unknown:
+            raise RequestError(
+                f"unknown fields {sorted(unknown)}; expected {sorted(_SUBMISSION_KEYS)}"
+            )
+        if "request" not in obj:
+            raise RequestError("the 'request' field is required")
+        try:
+            request = Request.from_json(obj["request"])
+            canonical = canonical_json(request.canonical())
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+        if len(canonical) > MAX_REQUEST_BYTES:
+            raise RequestError(
+                f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
+            )
+        return cls(
+            request,
+            obj.get("artifact"),
+            obj.get("proof"),
+            obj.get("attestation"),
+            sha256_b64url(canonical),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Submission:
+        if len(data) > 2 * MAX_REQUEST_BYTES:
+            raise RequestError(f"the decision request exceeds {2 * MAX_REQUEST_BYTES} bytes")
+        try:
+            from execgate.jose import loads_strict
+
+            return cls.from_json(loads_strict(data))
+        except RequestError:
+            raise
+        except Exception as exc:
+            raise RequestError(f"the decision request is not strict JSON: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _State:
+    decision_id: str
+    now: int
+    stage: str = "parse"
+    request: Request | None = None
+    request_hash: str | None = None
+    artifact: Artifact | None = None
+    proof: Proof | None = None
+    outcome: Outcome = Outcome.DENY
+    reasons: list[Reason] = field(default_factory=list)
+    rule: str | None = None
+    route: str | None = None
+
+    def stop(self, outcome: Outcome, code: str, detail: str) -> None:
+        self.outcome = outcome
+        self.reasons = [Reason(code, detail)]
+        self.route = None
+
+
+class Gateway:
+    """A gateway node: decides requests against its trust store, policy and store."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        audiences: Collection[str],
+        node_key: PrivateKey,
+        trust: TrustStore,
+        policy: Policy,
+        store: Store,
+        now: Callable[[], float],
+        leeway: int = 60,
+        proof_max_age: int = 120,
+        receipt_ttl: int = 86400,
+    ):
+        if not 0 <= leeway <= 60:
+            raise ValueError("leeway must be within [0, 60] seconds")
+        self.gateway_id = gateway_id
+        self.audiences = frozenset([gateway_id, *audiences])
+        self.node_key = node_key
+        self.trust = trust
+        self.policy = policy
+        self.store = store
+        self._now = now
+        self._leeway = leeway
+        self._proof_max_age = proof_max_age
+        self._receipt_ttl = receipt_ttl
+        self._count = 0
+
+    @classmethod
+    def open(cls, home: Path, *, now: Callable[[], float] = time.time) -> Gateway:
+        """Open the gateway described by a home directory (see ``execgate init``)."""
+        config = load_config(home)
+        node_key = read_private_key(config.node_key)
+        trust = TrustStore.load(config.trust)
+        policy = load_policy(config.policy, targets=config.targets.keys())
+        return cls(
+            gateway_id=config.gateway_id,
+            audiences=config.audiences,
+            node_key=node_key,
+            trust=trust,
+            policy=policy,
+            store=SQLiteStore(config.store),
+            now=now,
+            leeway=config.leeway,
+            proof_max_age=config.proof_max_age,
+            receipt_ttl=config.receipt_ttl,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the pipeline ------------------------------------------------------------------
+
+    def decide(self, submission: Submission | Mapping[str, Any]) -> Decision:
+        """Decide one request. Raises only ``RequestError`` for a malformed request."""
+        if not isinstance(submission, Submission):
+            submission = Submission.from_json(submission)
+        state = _State(decision_id=str(uuid.uuid4()), now=0)
+        try:
+            state.now = int(self._now())
+            self._evaluate(submission, state)
+        except VerificationError as exc:
+            state.stop(Outcome.DENY, exc.code, exc.detail)
+        except StoreError as exc:
+            state.stop(Outcome.FAIL_CLOSED, "store.unavailable", str(exc))
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
+            state.stop(
+                Outcome.FAIL_CLOSED,
+                "internal.error",
+                f"{type(exc).__name__} in stage {state.stage}",
+            )
+        self._count += 1
+        if self._count % _PURGE_EVERY == 0:
+            self._purge(state.now)
+        return self._record(state)
+
+    def _evaluate(self, submission: Submission, state: _State) -> None:
+        request = state.request = submission.request
+        state.request_hash = submission.request_hash
+
+        state.stage = "artifact"
+        artifact = state.artifact = verify_artifact(
+            submission.artifact,
+            trust=self.trust,
+            audiences=self.audiences,
+            now=state.now,
+            leeway=self._leeway,
+        )
+
+        state.stage = "revocation"
+        revoked = self.store.revoked(
+            [
+                ("jti", artifact.jti),
+                ("kid", artifact.kid),
+                ("kid", artifact.jkt),
+                ("sub", artifact.subject),
+            ]
+        )
+        if revoked is not None:
+            raise VerificationError(
+                "artifact.revoked", f"{revoked.kind} {revoked.value} revoked: {revoked.reason}"
+            )
+
+        state.stage = "binding"
+        if request.runtime != artifact.subject:
+            raise VerificationError(
+                "identity.mismatch", f"runtime {request.runtime!r} is not the artifact's subject"
+            )
+        proof = state.proof = verify_proof(
+            submission.proof,
+            jkt=artifact.jkt,
+            request_hash=submission.request_hash,
+            artifact=artifact.token,
+            audiences=self.audiences,
+            now=state.now,
+            max_age=self._proof_max_age,
+            leeway=self._leeway,
+        )
+
+        state.stage = "replay"
+        if self.store.proof_seen(proof.jti):
+            raise VerificationError("replay.detected", "this proof has been presented before")
+        if artifact.uses is not None and self.store.uses_consumed(artifact.jti) >= artifact.uses:
+            raise VerificationError("artifact.exhausted", f"all {artifact.uses} uses are spent")
+
+        state.stage = "environment"
+        environment: dict[str, str] = {}
+        if artifact.env:
+            environment = verify_attestation(
+                submission.attestation,
+                trust=self.trust,
+                runtime=request.runtime,
+                now=state.now,
+                leeway=self._leeway,
+            )
+            check_environment(artifact.env, environment)
+
+        state.stage = "scope"
+        miss = check_scope(artifact.grants, request.action, request.resource, request.args)
+        if miss is not None:
+            raise VerificationError(miss.code, miss.detail)
+
+        state.stage = "lineage"
+        if request.parent is not None:
+            raise VerificationError(
+                "lineage.broken", "parent executions are not verified by this gateway yet"
+            )
+
+        state.stage = "policy"
+        pinned = artifact.gov.get("policy")
+        if pinned is not None and pinned != self.policy.hash:
+            raise VerificationError(
+                "policy.mismatch", f"artifact pins policy {pinned}, loaded is {self.policy.hash}"
+            )
+        result = self.policy.evaluate(
+            request=request.canonical(),
+            artifact={"gov": {}, "att": {}, "env": {}, **artifact.claims},
+            environment=environment,
+            now=state.now,
+        )
+        state.rule = result.rule
+        state.outcome = result.outcome
+        state.route = result.target
+        if result.code is not None:
+            state.reasons = [Reason(result.code, result.detail)]
+        state.stage = "audit"
+
+    # -- audit and receipt -------------------------------------------------------------
+
+    def _record_dict(self, state: _State) -> dict[str, Any]:
+        artifact, proof = state.artifact, state.proof
+        return {
+            "v": RECORD_VERSION,
+            "kind": "decision",
+            "decision_id": state.decision_id,
+            "gateway": self.gateway_id,
+            "at": state.now,
+            "outcome": state.outcome.value,
+            "reasons": [r.to_json() for r in state.reasons],
+            "rule": state.rule,
+            "route": state.route,
+            "approval": None,
+            "parent_decision": None,
+            "request": state.request.canonical() if state.request else None,
+            "request_hash": state.request_hash,
+            "artifact_jti": artifact.jti if artifact else None,
+            "chain": [artifact.jti] if artifact else [],
+            "issuer": artifact.issuer if artifact else None,
+            "issuer_kid": artifact.kid if artifact else None,
+            "subject": artifact.subject if artifact else None,
+            "runtime_jkt": artifact.jkt if artifact else None,
+            "proof_jti": proof.jti if proof else None,
+            "policy_hash": self.policy.hash,
+        }
+
+    def _record(self, state: _State) -> Decision:
+        made: list[Decision] = []
+        artifact, proof = state.artifact, state.proof
+
+        def finalize(conflict: str | None, index: int) -> bytes:
+            if conflict == Conflict.REPLAY:
+                state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
+            elif conflict == Conflict.EXHAUSTED:
+                assert artifact is not None
+                state.stop(
+                    Outcome.DENY, "artifact.exhausted", f"all {artifact.uses} uses are spent"
+                )
+            record = self._record_dict(state)
+            receipt: str | None
+            try:
+                receipt = sign_receipt(
+                    key=self.node_key,
+                    gateway_id=self.gateway_id,
+                    record=record,
+                    log_index=index,
+                    ttl=self._receipt_ttl,
+                )
+            except Exception as exc:  # noqa: BLE001 - an unsigned decision executes nothing
+                state.stop(Outcome.FAIL_CLOSED, "internal.error", f"receipt signing failed: {exc}")
+                record, receipt = self._record_dict(state), None
+            made.append(self._decision(state, index, receipt))
+            return canonical_json(record)
+
+        use = None
+        if state.outcome.executes and artifact is not None and artifact.uses is not None:
+            use = UseClaim(artifact.jti, artifact.uses, artifact.expires + self._leeway)
+        job = WriteJob(
+            proof_jti=proof.jti if proof else None,
+            proof_expires_at=(proof.issued_at if proof else 0) + self._proof_max_age + self._leeway,
+            use=use,
+            finalize=finalize,
+        )
+        try:
+            self.store.commit(job)
+            return made[-1]
+        except AuditError as exc:
+            return self._unlogged(state, str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. signing failed: log the failure instead
+            state.stop(
+                Outcome.FAIL_CLOSED, "internal.error", f"{type(exc).__name__} in stage audit"
+            )
+        made.clear()
+        try:
+            self.store.commit(WriteJob(None, 0, None, finalize))
+            return made[-1]
+        except Exception as exc:  # noqa: BLE001
+            return self._unlogged(state, f"{type(exc).__name__}: {exc}")
+
+    def _decision(self, state: _State, index: int | None, receipt: str | None) -> Decision:
+        artifact = state.artifact
+        return Decision(
+            decision_id=state.decision_id,
+            outcome=state.outcome,
+            reasons=tuple(state.reasons),
+            request_hash=state.request_hash,
+            policy_hash=self.policy.hash,
+            decided_at=state.now,
+            artifact_jti=artifact.jti if artifact else None,
+            chain=(artifact.jti,) if artifact else (),
+            rule=state.rule,
+            route=state.route,
+            log_index=index,
+            receipt=receipt,
+        )
+
+    def _unlogged(self, state: _State, detail: str) -> Decision:
+        """The log could not take the record: nothing may execute, and we say so."""
+        kept = [] if state.outcome.executes else state.reasons
+        state.stop(Outcome.FAIL_CLOSED, "audit.unavailable", detail)
+        state.reasons = [*kept, *state.reasons]
+        return self._decision(state, None, None)
+
+    def _purge(self, now: int) -> None:
+        # A failed purge only lets replay state grow until the next one.
+        with suppress(StoreError):
+            self.store.purge_expired(now)

@@ -1,0 +1,179 @@
+"""Strict YAML for policy and cases files: one document, JSON types only, lines kept.
+
+PyYAML's safe loader is used only to compose the node tree; the policy and cases
+readers walk the nodes themselves so that every error can name its 1-based line. The
+composer refuses what a reviewed configuration file has no use for: anchors and aliases
+(which also rule out "billion laughs" expansion), nesting deeper than ``MAX_DEPTH``,
+duplicate mapping keys, non-string keys, and scalars that are not JSON (dates, binary,
+NaN, infinities).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+from execgate.errors import PolicyError
+
+MAX_BYTES = 1 << 20  # 1 MiB
+MAX_DEPTH = 32
+
+
+class Invalid(Exception):
+    """A document or one of its values is refused; the caller adds the rule or case."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class Entry(NamedTuple):
+    """One mapping member: the line of its key and its value node."""
+
+    line: int
+    node: yaml.Node
+
+
+def line_of(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Composer(yaml.SafeLoader):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise Invalid("YAML anchors and aliases are not allowed", event.start_mark.line + 1)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise Invalid(f"nested deeper than {MAX_DEPTH} levels", event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 file of at most ``MAX_BYTES``; raise ``PolicyError`` otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_BYTES:
+        raise PolicyError(f"{str(path)!r} is larger than {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{str(path)!r} is not UTF-8 text") from exc
+
+
+def compose(text: str) -> yaml.Node:
+    """Compose exactly one YAML document into its node tree."""
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise Invalid(f"the document is larger than {MAX_BYTES} bytes", None)
+    loader = _Composer(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        detail = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise Invalid(f"not valid YAML: {detail}", line) from exc
+    except yaml.YAMLError as exc:
+        raise Invalid(f"not valid YAML: {exc}", None) from exc
+    finally:
+        loader.dispose()
+    if node is None:
+        raise Invalid("the document is empty", 1)
+    return node
+
+
+def mapping(node: yaml.Node, what: str) -> dict[str, Entry]:
+    """The members of a mapping node, refusing duplicate and non-string keys."""
+    if not isinstance(node, yaml.MappingNode):
+        raise Invalid(f"{what} must be a mapping", line_of(node))
+    out: dict[str, Entry] = {}
+    for key_node, value_node in node.value:
+        key = scalar(key_node)
+        if not isinstance(key, str):
+            raise Invalid(f"{what} has a non-string key {key!r}", line_of(key_node))
+        if key in out:
+            raise Invalid(
+                f"duplicate key {key!r} in {what} (first on line {out[key].line})",
+                line_of(key_node),
+            )
+        out[key] = Entry(line_of(key_node), value_node)
+    return out
+
+
+def peek_name(node: yaml.Node) -> str | None:
+    """The raw ``name`` of a mapping node, unvalidated: only for labelling an error."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if getattr(key_node, "value", None) == "name" and isinstance(value_node.value, str):
+                return value_node.value
+    return None
+
+
+def check_keys(entries: dict[str, Entry], allowed: frozenset[str], what: str) -> None:
+    for key, entry in entries.items():
+        if key not in allowed:
+            expected = ", ".join(sorted(allowed))
+            raise Invalid(f"unknown key {key!r} in {what} (expected: {expected})", entry.line)
+
+
+def scalar(node: yaml.Node) -> str | int | float | bool | None:
+    """A scalar node as a JSON scalar; anything else is refused."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise Invalid("expected a single value, not a mapping or a list", line_of(node))
+    try:
+        value = SafeConstructor().construct_object(node)
+    except yaml.YAMLError as exc:
+        raise Invalid(f"unusable value: {getattr(exc, 'problem', exc)}", line_of(node)) from exc
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise Invalid(
+        f"{node.value!r} is not a JSON value (quote it to make it a string)", line_of(node)
+    )
+
+
+def to_json(node: yaml.Node) -> Any:
+    """A whole node tree as plain JSON values (dict, list, str, int, float, bool, None)."""
+    if isinstance(node, yaml.MappingNode):
+        return {key: to_json(entry.node) for key, entry in mapping(node, "a mapping").items()}
+    if isinstance(node, yaml.SequenceNode):
+        return [to_json(item) for item in node.value]
+    return scalar(node)
+
+
+def string(node: yaml.Node, what: str, *, max_len: int = 4096) -> str:
+    value = scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"{what} must be a non-empty string", line_of(node))
+    if len(value) > max_len:
+        raise Invalid(f"{what} must be at most {max_len} characters", line_of(node))
+    return value
+
+
+def integer(node: yaml.Node, what: str, *, low: int, high: int) -> int:
+    value = scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if type(value) is not int or not low <= value <= high:
+        raise Invalid(f"{what} must be an integer from {low} to {high}", line_of(node))
+    return value
+
+
+def sequence(node: yaml.Node, what: str) -> list[yaml.Node]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise Invalid(f"{what} must be a list", line_of(node))
+    return list(node.value)

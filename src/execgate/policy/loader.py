@@ -1,0 +1,217 @@
+"""Load and validate a policy file. Every refusal is a ``PolicyError`` naming rule and line.
+
+The format (``version: 1``, a non-empty ordered ``rules`` list) is documented in the
+package docstring of ``execgate.policy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from pathlib import Path
+from typing import Final
+
+import rfc8785
+import yaml
+
+from execgate._glob import validate_glob
+from execgate.errors import PolicyError
+from execgate.model import Outcome
+from execgate.policy import _yaml
+from execgate.policy._yaml import Entry, Invalid, line_of
+from execgate.policy.conditions import Condition
+from execgate.policy.engine import Policy
+from execgate.policy.model import EFFECTS, MAX_QUORUM, MAX_TTL, NAME_PATTERN, PauseSpec, Rule
+
+__all__ = ["load_policy", "parse_policy"]
+
+_TOP_KEYS: Final = frozenset({"version", "rules"})
+_MATCH_KEYS: Final = frozenset({"action", "resource"})
+_PAUSE_KEYS: Final = ("approvers", "quorum", "ttl")
+_RULE_KEYS: Final = frozenset({"name", "match", "when", "effect", "reason", "target", *_PAUSE_KEYS})
+_EFFECT_NAMES: Final = ", ".join(sorted(EFFECTS))
+
+
+def load_policy(path: str | Path, *, targets: Collection[str]) -> Policy:
+    """Read, validate and compile the policy file at ``path``.
+
+    ``targets`` are the reroute targets the gateway has configured; a rule rerouting
+    anywhere else is refused at load.
+    """
+    return parse_policy(_yaml.read_text(path), source=str(path), targets=targets)
+
+
+def parse_policy(text: str, *, source: str, targets: Collection[str]) -> Policy:
+    """Validate and compile a policy document; ``source`` names it in ``Policy.source``."""
+    if isinstance(targets, str):
+        raise TypeError("targets must be a collection of target names, not one string")
+    known_targets = frozenset(targets)
+    try:
+        root, rule_nodes = _document(text)
+    except Invalid as exc:
+        raise PolicyError(exc.message, line=exc.line) from exc
+    rules: list[Rule] = []
+    first_line: dict[str, int] = {}
+    for index, node in enumerate(rule_nodes, start=1):
+        rule = _rule(node, index, known_targets)
+        if rule.name in first_line:
+            raise PolicyError(
+                f"duplicate rule name (first defined on line {first_line[rule.name]})",
+                rule=rule.name,
+                line=rule.line,
+            )
+        first_line[rule.name] = rule.line or 0
+        rules.append(rule)
+    try:
+        document = _yaml.to_json(root)
+        digest = hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+    except (Invalid, rfc8785.CanonicalizationError) as exc:  # unreachable after validation
+        raise PolicyError(f"the policy cannot be hashed: {exc}") from exc
+    return Policy(rules=tuple(rules), hash=f"sha256:{digest}", source=source)
+
+
+def _document(text: str) -> tuple[yaml.Node, list[yaml.Node]]:
+    root = _yaml.compose(text)
+    top = _yaml.mapping(root, "the policy")
+    _yaml.check_keys(top, _TOP_KEYS, "the policy")
+    _version(top, root)
+    if "rules" not in top:
+        raise Invalid("the policy has no 'rules'", line_of(root))
+    rule_nodes = _yaml.sequence(top["rules"].node, "'rules'")
+    if not rule_nodes:
+        raise Invalid(
+            "'rules' is empty; an empty policy is refused, never an allow-all", top["rules"].line
+        )
+    return root, rule_nodes
+
+
+def _version(top: dict[str, Entry], root: yaml.Node) -> None:
+    if "version" not in top:
+        raise Invalid("the policy has no 'version' (expected 1)", line_of(root))
+    node = top["version"].node
+    value = _yaml.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if type(value) is not int or value != 1:
+        raise Invalid(f"unsupported policy version {value!r} (expected 1)", line_of(node))
+
+
+def _rule(node: yaml.Node, index: int, targets: frozenset[str]) -> Rule:
+    try:
+        name, fields = _named(node)
+    except Invalid as exc:  # no valid name yet: label the rule by its raw name or position
+        raw = _yaml.peek_name(node)
+        label = raw if raw and NAME_PATTERN.fullmatch(raw) else f"#{index}"
+        raise PolicyError(exc.message, rule=label, line=exc.line) from exc
+    try:
+        _yaml.check_keys(fields, _RULE_KEYS, "the rule")
+        return _fields(name, fields, line_of(node), targets)
+    except Invalid as exc:
+        raise PolicyError(exc.message, rule=name, line=exc.line) from exc
+
+
+def _named(node: yaml.Node) -> tuple[str, dict[str, Entry]]:
+    fields = _yaml.mapping(node, "a rule")
+    if "name" not in fields:
+        raise Invalid("the rule has no 'name'", line_of(node))
+    name = _yaml.string(fields["name"].node, "'name'", max_len=128)
+    if not NAME_PATTERN.fullmatch(name):
+        raise Invalid(f"rule name {name!r} must match {NAME_PATTERN.pattern}", fields["name"].line)
+    return name, fields
+
+
+def _fields(name: str, fields: dict[str, Entry], line: int, targets: frozenset[str]) -> Rule:
+    for required in ("match", "effect"):
+        if required not in fields:
+            raise Invalid(f"the rule has no {required!r}", line)
+    action, resource = _match(fields["match"])
+    effect_node = fields["effect"].node
+    effect_name = _yaml.string(effect_node, "'effect'")
+    if effect_name not in EFFECTS:
+        raise Invalid(
+            f"unknown effect {effect_name!r} (expected one of {_EFFECT_NAMES})",
+            line_of(effect_node),
+        )
+    effect = Outcome(effect_name)
+    condition = None
+    if "when" in fields:
+        when = fields["when"].node
+        try:
+            condition = Condition(_yaml.string(when, "'when'"))
+        except ValueError as exc:
+            raise Invalid(f"'when': {exc}", line_of(when)) from exc
+    reason = None
+    if "reason" in fields:
+        reason = _yaml.string(fields["reason"].node, "'reason'", max_len=512)
+    return Rule(
+        name=name,
+        action=action,
+        resource=resource,
+        effect=effect,
+        condition=condition,
+        reason=reason,
+        target=_target(effect, fields, line, targets),
+        pause=_pause(effect, fields, line),
+        line=line,
+    )
+
+
+def _match(entry: Entry) -> tuple[str, str]:
+    match = _yaml.mapping(entry.node, "'match'")
+    _yaml.check_keys(match, _MATCH_KEYS, "'match'")
+    if "action" not in match:
+        raise Invalid("'match' has no 'action'", entry.line)
+    globs = []
+    for key in ("action", "resource"):
+        if key not in match:
+            globs.append("**")
+            continue
+        value = _yaml.string(match[key].node, f"'match.{key}'", max_len=512)
+        try:
+            globs.append(validate_glob(value))
+        except ValueError as exc:
+            raise Invalid(f"'match.{key}': {exc}", match[key].line) from exc
+    return globs[0], globs[1]
+
+
+def _target(
+    effect: Outcome, fields: dict[str, Entry], line: int, targets: frozenset[str]
+) -> str | None:
+    if effect is not Outcome.REROUTE:
+        if "target" in fields:
+            raise Invalid(
+                f"'target' is only allowed on reroute rules, not {effect}", fields["target"].line
+            )
+        return None
+    if "target" not in fields:
+        raise Invalid("a reroute rule needs a 'target'", line)
+    target = _yaml.string(fields["target"].node, "'target'", max_len=256)
+    if target not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        raise Invalid(
+            f"unknown reroute target {target!r} (configured: {known})", fields["target"].line
+        )
+    return target
+
+
+def _pause(effect: Outcome, fields: dict[str, Entry], line: int) -> PauseSpec | None:
+    if effect is not Outcome.PAUSE:
+        for key in _PAUSE_KEYS:
+            if key in fields:
+                raise Invalid(
+                    f"{key!r} is only allowed on pause rules, not {effect}", fields[key].line
+                )
+        return None
+    for key in _PAUSE_KEYS:
+        if key not in fields:
+            raise Invalid(f"a pause rule needs {key!r}", line)
+    groups_node = fields["approvers"].node
+    groups = [
+        _yaml.string(n, "an approver group", max_len=128)
+        for n in _yaml.sequence(groups_node, "'approvers'")
+    ]
+    if not groups:
+        raise Invalid("'approvers' must name at least one group", line_of(groups_node))
+    if len(set(groups)) != len(groups):
+        raise Invalid("'approvers' lists a group twice", line_of(groups_node))
+    quorum = _yaml.integer(fields["quorum"].node, "'quorum'", low=1, high=MAX_QUORUM)
+    ttl = _yaml.integer(fields["ttl"].node, "'ttl'", low=1, high=MAX_TTL)
+    return PauseSpec(approvers=tuple(groups), quorum=quorum, ttl=ttl)

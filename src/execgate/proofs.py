@@ -1,0 +1,139 @@
+"""Proof of possession (DESIGN §4.3): the runtime signs each request with its bound key.
+
+``Runtime`` is what an executor holds: its id and private key. ``Runtime.proof`` binds one
+request (``rh``, the SHA-256 of its JCS canonical form) to one artifact (``ath``) for one
+audience, with a fresh ``jti``. ``verify_proof`` is the gateway side.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from execgate.errors import JoseError, VerificationError
+from execgate.jose import PrivateKey, canonical_json, encode, sha256_b64url, verify
+from execgate.model import Request
+
+__all__ = ["PROOF_TYP", "Proof", "Runtime", "artifact_hash", "request_hash", "verify_proof"]
+
+PROOF_TYP: Final = "execgate-proof+jwt"
+MAX_PROOF_BYTES: Final = 8 * 1024
+_CLAIMS: Final = frozenset({"jti", "iat", "aud", "rh", "ath", "nonce"})
+
+
+def request_hash(request: Request) -> str:
+    """base64url(SHA-256(JCS(canonical request)))."""
+    return sha256_b64url(canonical_json(request.canonical()))
+
+
+def artifact_hash(artifact: str) -> str:
+    """base64url(SHA-256(artifact compact string))."""
+    return sha256_b64url(artifact.encode("ascii"))
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """An executor: its runtime id (the artifact's ``sub``) and the key the artifact binds."""
+
+    runtime_id: str
+    key: PrivateKey
+
+    def proof(
+        self,
+        request: Request,
+        artifact: str,
+        *,
+        audience: str,
+        now: int,
+        nonce: str | None = None,
+    ) -> str:
+        claims: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "aud": audience,
+            "rh": request_hash(request),
+            "ath": artifact_hash(artifact),
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        header = {"typ": PROOF_TYP, "jwk": self.key.public.to_jwk()}
+        return encode(header, claims, self.key)
+
+    def submission(
+        self,
+        request: Request,
+        artifact: str,
+        *,
+        audience: str,
+        now: int,
+        attestation: str | None = None,
+    ) -> dict[str, Any]:
+        """The wire shape of DESIGN §6, ready for ``Gateway.decide`` or ``POST /v1/decisions``."""
+        return {
+            "request": request.canonical(),
+            "artifact": artifact,
+            "proof": self.proof(request, artifact, audience=audience, now=now),
+            "attestation": attestation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    jti: str
+    issued_at: int
+    jkt: str
+
+
+def _invalid(detail: str) -> VerificationError:
+    return VerificationError("identity.proof_invalid", detail)
+
+
+def verify_proof(
+    token: object,
+    *,
+    jkt: str,
+    request_hash: str,
+    artifact: str,
+    audiences: frozenset[str],
+    now: int,
+    max_age: int,
+    leeway: int,
+) -> Proof:
+    """Verify the proof for a request (by its hash) and ``artifact`` (DESIGN §3 stage 5)."""
+    if token is None or token == "":
+        raise VerificationError("identity.proof_missing", "no proof of possession was presented")
+    if not isinstance(token, str):
+        raise _invalid("the proof must be a compact JWS string")
+    try:
+        verified = verify(token, typ=PROOF_TYP, max_size=MAX_PROOF_BYTES, embedded_jwk=True)
+    except JoseError as exc:
+        raise _invalid(exc.detail) from exc
+    if verified.key.thumbprint() != jkt:
+        raise VerificationError(
+            "identity.mismatch", "the proof key is not the key this artifact is bound to (cnf.jkt)"
+        )
+    claims: Mapping[str, Any] = verified.claims
+    if set(claims) - _CLAIMS:
+        raise _invalid(f"unknown claims {sorted(set(claims) - _CLAIMS)}")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 16 <= len(jti) <= 128:
+        raise _invalid("jti must be a string carrying at least 96 random bits")
+    iat = claims.get("iat")
+    if not isinstance(iat, int):
+        raise _invalid("iat is required")
+    if iat > now + leeway:
+        raise _invalid(f"iat {iat} is in the future")
+    if now - iat > max_age:
+        raise _invalid(f"proof is older than {max_age}s")
+    if claims.get("aud") not in audiences:
+        raise _invalid("aud names no audience of this gateway")
+    if claims.get("rh") != request_hash:
+        raise _invalid("rh does not match this request")
+    if claims.get("ath") != artifact_hash(artifact):
+        raise _invalid("ath does not match the presented artifact")
+    nonce = claims.get("nonce")
+    if nonce is not None and not isinstance(nonce, str):
+        raise _invalid("nonce must be a string")
+    return Proof(jti=jti, issued_at=iat, jkt=jkt)

@@ -1,0 +1,218 @@
+"""The scope algebra: grants, argument constraints, matching and coverage.
+
+A grant is ``{action, resource, constraints}``: segment globs (see ``_glob``) plus bounds on
+named arguments. A request is inside a grant when both globs match and every constraint
+holds; a constraint on a missing argument, or on an argument of the wrong type, fails.
+``covers(outer, inner)`` answers whether every request inside ``inner`` is inside
+``outer`` — the check used for an authority's grantable scope and, later, for delegation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from execgate._glob import glob_covers, glob_match, validate_glob
+
+__all__ = ["Constraint", "Grant", "ScopeMiss", "check_scope", "parse_grants"]
+
+_CONSTRAINT_KEYS = frozenset({"max", "min", "enum", "pattern", "prefix"})
+_MAX_GRANTS = 64
+_MAX_PATTERN = 256
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """Bounds on one argument. Every bound present must hold."""
+
+    max: float | None = None
+    min: float | None = None
+    enum: tuple[Any, ...] | None = None
+    pattern: str | None = None
+    prefix: str | None = None
+
+    @classmethod
+    def parse(cls, arg: str, obj: object) -> Constraint:
+        if not isinstance(obj, Mapping) or not obj:
+            raise ValueError(f"constraint on {arg!r} must be a non-empty object")
+        unknown = set(obj) - _CONSTRAINT_KEYS
+        if unknown:
+            raise ValueError(f"constraint on {arg!r} has unknown keys: {sorted(unknown)}")
+        for bound in ("max", "min"):
+            if bound in obj and not _is_number(obj[bound]):
+                raise ValueError(f"constraint {bound} on {arg!r} must be a finite number")
+        if "enum" in obj and (not isinstance(obj["enum"], list) or not obj["enum"]):
+            raise ValueError(f"constraint enum on {arg!r} must be a non-empty list")
+        for text in ("pattern", "prefix"):
+            if text in obj and not isinstance(obj[text], str):
+                raise ValueError(f"constraint {text} on {arg!r} must be a string")
+        pattern = obj.get("pattern")
+        if pattern is not None:
+            if len(pattern) > _MAX_PATTERN:
+                raise ValueError(f"constraint pattern on {arg!r} is longer than {_MAX_PATTERN}")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"constraint pattern on {arg!r} is not a regex: {exc}") from exc
+        return cls(
+            max=obj.get("max"),
+            min=obj.get("min"),
+            enum=tuple(obj["enum"]) if "enum" in obj else None,
+            pattern=pattern,
+            prefix=obj.get("prefix"),
+        )
+
+    def violation(self, value: object) -> str | None:
+        """None when ``value`` satisfies every bound, else what is wrong."""
+        if self.max is not None or self.min is not None:
+            if not _is_number(value):
+                return "is not a number"
+            assert isinstance(value, int | float)
+            if self.max is not None and value > self.max:
+                return f"exceeds max {self.max}"
+            if self.min is not None and value < self.min:
+                return f"is below min {self.min}"
+        if self.enum is not None and not any(_json_equal(value, e) for e in self.enum):
+            return "is not one of the allowed values"
+        if self.pattern is not None or self.prefix is not None:
+            if not isinstance(value, str):
+                return "is not a string"
+            if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
+                return "does not match the pattern"
+            if self.prefix is not None and not value.startswith(self.prefix):
+                return f"does not start with {self.prefix!r}"
+        return None
+
+    def within(self, outer: Constraint) -> bool:
+        """True when this constraint is no looser than ``outer`` on every bound."""
+        if outer.max is not None and (self.max is None or self.max > outer.max):
+            return False
+        if outer.min is not None and (self.min is None or self.min < outer.min):
+            return False
+        if outer.enum is not None and (
+            self.enum is None
+            or not all(any(_json_equal(v, e) for e in outer.enum) for v in self.enum)
+        ):
+            return False
+        if outer.pattern is not None and self.pattern != outer.pattern:
+            return False
+        return outer.prefix is None or (
+            self.prefix is not None and self.prefix.startswith(outer.prefix)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("max", "min", "pattern", "prefix"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.enum is not None:
+            out["enum"] = list(self.enum)
+        return out
+
+
+def _json_equal(a: object, b: object) -> bool:
+    """Equality as JSON sees it: ``True`` is not ``1``, ``1`` equals ``1.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if _is_number(a) and _is_number(b):
+        return a == b
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    action: str
+    resource: str
+    constraints: Mapping[str, Constraint]
+
+    @classmethod
+    def parse(cls, obj: object) -> Grant:
+        if not isinstance(obj, Mapping):
+            raise ValueError("a grant must be an object")
+        unknown = set(obj) - {"action", "resource", "constraints"}
+        if unknown:
+            raise ValueError(f"a grant has unknown keys: {sorted(unknown)}")
+        constraints = obj.get("constraints", {})
+        if not isinstance(constraints, Mapping):
+            raise ValueError("grant constraints must be an object")
+        return cls(
+            action=validate_glob(obj.get("action")),
+            resource=validate_glob(obj.get("resource")),
+            constraints={str(k): Constraint.parse(str(k), v) for k, v in constraints.items()},
+        )
+
+    def matches(self, action: str, resource: str) -> bool:
+        return glob_match(self.action, action) and glob_match(self.resource, resource)
+
+    def violation(self, args: Mapping[str, Any]) -> str | None:
+        for name, constraint in self.constraints.items():
+            if name not in args:
+                return f"argument {name!r} is required by the grant but missing"
+            problem = constraint.violation(args[name])
+            if problem is not None:
+                return f"argument {name!r} {problem}"
+        return None
+
+    def within(self, outer: Grant) -> bool:
+        """True when every request inside this grant is inside ``outer``."""
+        if not (
+            glob_covers(outer.action, self.action) and glob_covers(outer.resource, self.resource)
+        ):
+            return False
+        return all(
+            name in self.constraints and self.constraints[name].within(bound)
+            for name, bound in outer.constraints.items()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "resource": self.resource}
+        if self.constraints:
+            out["constraints"] = {k: c.to_json() for k, c in self.constraints.items()}
+        return out
+
+
+def parse_grants(obj: object) -> tuple[Grant, ...]:
+    """Parse a ``scope`` claim: a non-empty list of grants."""
+    if not isinstance(obj, list) or not obj:
+        raise ValueError("scope must be a non-empty list of grants")
+    if len(obj) > _MAX_GRANTS:
+        raise ValueError(f"scope may hold at most {_MAX_GRANTS} grants")
+    return tuple(Grant.parse(g) for g in obj)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeMiss:
+    """Why a request is outside a scope: a reason code and a detail."""
+
+    code: str
+    detail: str
+
+
+def check_scope(
+    grants: Sequence[Grant], action: str, resource: str, args: Mapping[str, Any]
+) -> ScopeMiss | None:
+    """None when some grant admits the request; otherwise the closest reason why not."""
+    problems = []
+    for grant in grants:
+        if not grant.matches(action, resource):
+            continue
+        problem = grant.violation(args)
+        if problem is None:
+            return None
+        problems.append(problem)
+    if problems:
+        return ScopeMiss("scope.constraint_violated", problems[0])
+    return ScopeMiss("scope.not_granted", f"no grant covers {action} on {resource}")

@@ -1,0 +1,85 @@
+"""What the pipeline needs from a state store, and the values it trades in.
+
+A store keeps four things: revocations, seen proof ``jti``s (replay), artifact use
+counts, and the append-only decision log. Reads may run concurrently; every write for one
+decision — its proof ``jti``, its use, its log record — happens in one atomic commit
+(``commit``), so the log never says "proceed" for a decision whose replay state was lost,
+and vice versa. Any failure raises ``StoreError`` (``AuditError`` when the log append
+itself failed); the pipeline turns both into ``fail_closed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Conflict", "LogEntry", "Revocation", "Store", "UseClaim", "WriteJob"]
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    kind: str  # "jti" | "kid" | "sub"
+    value: str
+    reason: str
+    revoked_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class UseClaim:
+    """Consume one use of a ``uses``-limited artifact, atomically with the log append."""
+
+    jti: str
+    limit: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    index: int
+    entry: bytes
+
+
+class Conflict:
+    """Why the atomic commit could not record what the pipeline decided."""
+
+    REPLAY = "replay"
+    EXHAUSTED = "exhausted"
+
+
+@dataclass(slots=True)
+class WriteJob:
+    """One decision's writes.
+
+    ``finalize(conflict, index)`` is called inside the transaction with ``None`` or a
+    ``Conflict`` value and the log index the record will take; it returns the record bytes
+    to append. It may build the receipt, so what the log says and what the caller is told
+    come from one place.
+    """
+
+    proof_jti: str | None
+    proof_expires_at: int
+    use: UseClaim | None
+    finalize: Callable[[str | None, int], bytes]
+
+
+class Store(Protocol):
+    def revoked(self, keys: Iterable[tuple[str, str]]) -> Revocation | None: ...
+
+    def revoke(self, kind: str, value: str, *, reason: str, now: int) -> bool: ...
+
+    def revocations(self) -> Sequence[Revocation]: ...
+
+    def proof_seen(self, jti: str) -> bool: ...
+
+    def uses_consumed(self, jti: str) -> int: ...
+
+    def commit(self, job: WriteJob) -> int: ...
+
+    def entries(self, start: int, end: int) -> Sequence[LogEntry]: ...
+
+    def size(self) -> int: ...
+
+    def purge_expired(self, now: int) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,301 @@
+"""The embedded default store: one SQLite file in WAL mode, ``synchronous=FULL``.
+
+Writes practise leader/follower group commit: a caller queues its write job and takes the
+writer lock; whoever holds it drains every queued job into one transaction (each job in
+its own savepoint) and one fsync makes the whole batch durable. A caller whose job was
+committed by another leader finds it done when it gets the lock. Nobody returns before
+the commit that holds its record, so a ``proceed`` is never reported before it is in the
+log (write-ahead); a lone caller pays no thread hand-off. Reads use a small pool of reader
+connections and never block the writer (WAL).
+
+The log table is append-only: triggers refuse UPDATE and DELETE.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Final
+
+from execgate.errors import AuditError, StoreError
+from execgate.store.base import Conflict, LogEntry, Revocation, WriteJob
+
+__all__ = ["SQLiteStore"]
+
+SCHEMA_VERSION: Final = 1
+_BATCH_MAX: Final = 256
+_COMMIT_TIMEOUT: Final = 30.0
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS proof_jti (
+    jti TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS proof_jti_expiry ON proof_jti (expires_at);
+CREATE TABLE IF NOT EXISTS artifact_uses (
+    jti TEXT PRIMARY KEY, used INTEGER NOT NULL, max_uses INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS revocations (
+    kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL, revoked_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, value)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+
+class _Pending:
+    __slots__ = ("job", "result")
+
+    def __init__(self, job: WriteJob):
+        self.job = job
+        self.result: int | BaseException | None = None
+
+
+class SQLiteStore:
+    """A ``Store`` in one SQLite file. Thread-safe; one writer thread per instance."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL"):
+        if synchronous not in ("FULL", "NORMAL", "OFF"):
+            raise ValueError("synchronous must be FULL, NORMAL or OFF")
+        self.path = str(path)
+        self._synchronous = synchronous
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        conn = self._connect()
+        try:
+            with conn:
+                conn.executescript(_SCHEMA)
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                elif row[0] != str(SCHEMA_VERSION):
+                    raise StoreError(
+                        f"{self.path}: schema version {row[0]} is not {SCHEMA_VERSION}"
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._writer_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA busy_timeout = 10000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        return conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+            with self._lock:
+                self._all.append(conn)
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+        finally:
+            self._readers.put(conn)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def revoked(self, keys: Iterable[tuple[str, str]]) -> Revocation | None:
+        pairs = list(keys)
+        if not pairs:
+            return None
+        where = " OR ".join("(kind = ? AND value = ?)" for _ in pairs)
+        params = [x for pair in pairs for x in pair]
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT kind, value, reason, revoked_at FROM revocations WHERE {where} LIMIT 1",  # noqa: S608 (placeholders only)
+                params,
+            ).fetchone()
+        return Revocation(*row) if row else None
+
+    def revocations(self) -> Sequence[Revocation]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT kind, value, reason, revoked_at FROM revocations"
+                " ORDER BY revoked_at, kind, value"
+            ).fetchall()
+        return [Revocation(*r) for r in rows]
+
+    def proof_seen(self, jti: str) -> bool:
+        with self._reader() as conn:
+            return (
+                conn.execute("SELECT 1 FROM proof_jti WHERE jti = ?", (jti,)).fetchone() is not None
+            )
+
+    def uses_consumed(self, jti: str) -> int:
+        with self._reader() as conn:
+            row = conn.execute("SELECT used FROM artifact_uses WHERE jti = ?", (jti,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def entries(self, start: int, end: int) -> Sequence[LogEntry]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT idx, entry FROM audit_log WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            ).fetchall()
+        return [LogEntry(int(i), bytes(e)) for i, e in rows]
+
+    def size(self) -> int:
+        with self._reader() as conn:
+            row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()
+        return int(row[0])
+
+    # -- writes ------------------------------------------------------------------------
+
+    def revoke(self, kind: str, value: str, *, reason: str, now: int) -> bool:
+        """Record a revocation; False when it was already revoked. Durable on return."""
+        if kind not in ("jti", "kid", "sub"):
+            raise ValueError("kind must be jti, kid or sub")
+        conn = self._connect()
+        try:
+            with conn:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO revocations VALUES (?, ?, ?, ?)",
+                    (kind, value, reason, now),
+                )
+            return cur.rowcount == 1
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record revocation: {exc}") from exc
+        finally:
+            conn.close()
+
+    def purge_expired(self, now: int) -> int:
+        """Forget replay and use state that can no longer matter; returns rows removed."""
+        conn = self._connect()
+        try:
+            with conn:
+                a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
+                b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
+            return a + b
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot purge expired state: {exc}") from exc
+        finally:
+            conn.close()
+
+    def commit(self, job: WriteJob) -> int:
+        """Append one decision's writes; return its log index once durable."""
+        if self._closed:
+            raise AuditError("the store is closed")
+        pending = _Pending(job)
+        self._queue.put(pending)
+        if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
+            raise AuditError(f"the audit append did not start within {_COMMIT_TIMEOUT}s")
+        try:
+            if pending.result is None:  # nobody has committed it yet: lead a batch
+                self._lead()
+        finally:
+            self._writer_lock.release()
+        if isinstance(pending.result, BaseException):
+            raise pending.result
+        assert isinstance(pending.result, int)
+        return pending.result
+
+    def _lead(self) -> None:
+        batch: list[_Pending] = []
+        while len(batch) < _BATCH_MAX:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            if self._writer is None:
+                self._writer = self._connect()
+            self._write_batch(self._writer, batch)
+        except BaseException as exc:  # noqa: BLE001 - every failure reaches every caller
+            error = (
+                exc if isinstance(exc, AuditError) else AuditError(f"audit append failed: {exc}")
+            )
+            for p in batch:
+                p.result = error
+            if self._writer is not None:
+                with suppress(sqlite3.Error):
+                    self._writer.close()
+            self._writer = None
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            index = int(
+                conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()[0]
+            )
+            for p in batch:
+                job = p.job
+                assert job is not None
+                conn.execute("SAVEPOINT job")
+                try:
+                    entry = job.finalize(self._claim(conn, job), index)
+                    conn.execute("INSERT INTO audit_log (idx, entry) VALUES (?, ?)", (index, entry))
+                except BaseException as exc:  # noqa: BLE001 - reported to that caller only
+                    conn.execute("ROLLBACK TO job")
+                    p.result = exc if not isinstance(exc, sqlite3.Error) else AuditError(str(exc))
+                else:
+                    p.result = index
+                    index += 1
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, job: WriteJob) -> str | None:
+        if job.proof_jti is not None:
+            try:
+                conn.execute(
+                    "INSERT INTO proof_jti (jti, expires_at) VALUES (?, ?)",
+                    (job.proof_jti, job.proof_expires_at),
+                )
+            except sqlite3.IntegrityError:
+                return Conflict.REPLAY
+        if job.use is not None:
+            use = job.use
+            conn.execute(
+                "INSERT OR IGNORE INTO artifact_uses VALUES (?, 0, ?, ?)",
+                (use.jti, use.limit, use.expires_at),
+            )
+            cur = conn.execute(
+                "UPDATE artifact_uses SET used = used + 1 WHERE jti = ? AND used < ?",
+                (use.jti, use.limit),
+            )
+            if cur.rowcount != 1:
+                return Conflict.EXHAUSTED
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._lock:
+            for conn in self._all:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()

@@ -1,0 +1,156 @@
+"""The trust store: which authorities, attesters and mesh nodes this gateway believes.
+
+``trust.toml`` lists each trusted root authority with its public keys and the scope it
+may grant ("policy authority ancestry"), and each environment attester. Key ids are
+always the RFC 7638 thumbprint of the key, computed here, never taken from the file; a
+key may belong to only one principal.
+
+    [[authority]]
+    id = "example-authority"
+    keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
+    scope = [{action = "payments.*", resource = "acct:**", constraints = {amount = {max = 500}}}]
+
+    [[attester]]
+    id = "example-attester"
+    keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from execgate.errors import ConfigError, JoseError
+from execgate.jose import PublicKey
+from execgate.scope import Grant, parse_grants
+
+__all__ = ["Attester", "Authority", "TrustStore"]
+
+_SECTIONS = frozenset({"authority", "attester"})
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    id: str
+    keys: Mapping[str, PublicKey]
+    scope: tuple[Grant, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Attester:
+    id: str
+    keys: Mapping[str, PublicKey]
+
+
+def _keys(where: str, obj: object) -> dict[str, PublicKey]:
+    if not isinstance(obj, list) or not obj:
+        raise ConfigError(f"{where}: 'keys' must be a non-empty list of public JWKs")
+    keys = {}
+    for i, jwk in enumerate(obj):
+        if not isinstance(jwk, Mapping):
+            raise ConfigError(f"{where}: keys[{i}] must be a JWK table")
+        try:
+            key = PublicKey.from_jwk(jwk)
+        except JoseError as exc:
+            raise ConfigError(
+                f"{where}: keys[{i}] is not an Ed25519 public JWK: {exc.detail}"
+            ) from exc
+        keys[key.thumbprint()] = key
+    return keys
+
+
+def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
+    ident = entry.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise ConfigError(f"{where}: 'id' must be a non-empty string")
+    return ident
+
+
+class TrustStore:
+    """Immutable view of the trusted principals, indexed by key id."""
+
+    __slots__ = (
+        "_attester_kids",
+        "_authority_kids",
+        "attester_keys",
+        "attesters",
+        "authorities",
+        "authority_keys",
+    )
+
+    def __init__(self, authorities: Mapping[str, Authority], attesters: Mapping[str, Attester]):
+        seen: dict[str, str] = {}
+        for group in (authorities, attesters):
+            for principal in group.values():
+                for kid in principal.keys:
+                    if kid in seen:
+                        raise ConfigError(
+                            f"key {kid} is listed for both {seen[kid]!r} and {principal.id!r};"
+                            " a key may belong to one principal only"
+                        )
+                    seen[kid] = principal.id
+        self.authorities = dict(authorities)
+        self.attesters = dict(attesters)
+        self._authority_kids = {k: a for a in authorities.values() for k in a.keys}
+        self._attester_kids = {k: a for a in attesters.values() for k in a.keys}
+        # The pinned key sets handed to the JWS codec, built once.
+        self.authority_keys = {k: a.keys[k] for k, a in self._authority_kids.items()}
+        self.attester_keys = {k: a.keys[k] for k, a in self._attester_kids.items()}
+
+    def authority_for_kid(self, kid: str) -> Authority | None:
+        return self._authority_kids.get(kid)
+
+    def attester_for_kid(self, kid: str) -> Attester | None:
+        return self._attester_kids.get(kid)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], *, source: str = "trust store") -> TrustStore:
+        unknown = set(doc) - _SECTIONS
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown sections {sorted(unknown)}; expected {sorted(_SECTIONS)}"
+            )
+        authorities: dict[str, Authority] = {}
+        for i, entry in enumerate(doc.get("authority", [])):
+            where = f"{source}: authority[{i}]"
+            if not isinstance(entry, Mapping) or set(entry) - {"id", "keys", "scope"}:
+                raise ConfigError(f"{where}: must be a table with id, keys and scope")
+            ident = _entry_id(where, entry)
+            if ident in authorities:
+                raise ConfigError(f"{where}: duplicate authority id {ident!r}")
+            try:
+                scope = parse_grants(entry.get("scope"))
+            except ValueError as exc:
+                raise ConfigError(f"{where}: scope: {exc}") from exc
+            authorities[ident] = Authority(ident, _keys(where, entry.get("keys")), scope)
+        attesters: dict[str, Attester] = {}
+        for i, entry in enumerate(doc.get("attester", [])):
+            where = f"{source}: attester[{i}]"
+            if not isinstance(entry, Mapping) or set(entry) - {"id", "keys"}:
+                raise ConfigError(f"{where}: must be a table with id and keys")
+            ident = _entry_id(where, entry)
+            if ident in attesters:
+                raise ConfigError(f"{where}: duplicate attester id {ident!r}")
+            attesters[ident] = Attester(ident, _keys(where, entry.get("keys")))
+        if not authorities:
+            raise ConfigError(
+                f"{source}: no [[authority]] is trusted; nothing could ever be authorized"
+            )
+        return cls(authorities, attesters)
+
+    @classmethod
+    def load(cls, path: Path) -> TrustStore:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"trust store {path} does not exist; create a home with 'execgate init'"
+            ) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read trust store {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"trust store {path} is not valid TOML: {exc}") from exc
+        return cls.from_dict(doc, source=str(path))

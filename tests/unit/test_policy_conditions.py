@@ -1,0 +1,369 @@
+"""CEL conditions: what the binding does with Python values, and how errors become denies."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from execgate.model import Outcome
+from execgate.policy import Policy, PolicyResult, parse_policy
+from execgate.policy.conditions import (
+    INPUTS,
+    Condition,
+    ConditionError,
+    Inputs,
+    merge_reads,
+    to_cel,
+)
+
+
+def _policy(when: str, effect: str = "proceed") -> Policy:
+    text = f"""
+    version: 1
+    rules:
+      - name: cond
+        match: {{action: "**"}}
+        when: {when!r}
+        effect: {effect}
+    """
+    return parse_policy(textwrap.dedent(text), source="t", targets=())
+
+
+def _eval(when: str, args: Any = None, **kw: Any) -> PolicyResult:
+    request = {
+        "action": "a.b",
+        "resource": "r:1",
+        "args": {} if args is None else args,
+        "runtime": "agent-1",
+        "parent": None,
+    }
+    inputs: dict[str, Any] = {"artifact": {}, "environment": {}, "now": 1_700_000_000}
+    inputs.update(kw)
+    return _policy(when).evaluate(request=request, **inputs)
+
+
+def _verdict(result: PolicyResult) -> str:
+    """proceed (condition true), miss (false, no rule left) or deny (condition error)."""
+    if result.outcome is Outcome.PROCEED:
+        return "proceed"
+    return "miss" if result.code == "policy.no_match" else "deny"
+
+
+@pytest.mark.parametrize(
+    ("when", "args", "verdict"),
+    [
+        # Python ints, floats, bools, None, lists and nested maps arrive faithfully.
+        ("request.args.n == 5", {"n": 5}, "proceed"),
+        ("request.args.n <= 100", {"n": 5.5}, "proceed"),  # int/double compare across types
+        ("request.args.n == 5.0", {"n": 5}, "proceed"),
+        ("request.args.b", {"b": True}, "proceed"),
+        ("request.args.b == 1", {"b": True}, "miss"),  # a bool is not an int
+        ("request.args.z == null", {"z": None}, "proceed"),
+        ("'x' in request.args.l && size(request.args.l) == 2", {"l": ["x", "y"]}, "proceed"),
+        ("request.args.m.inner.deep == 'v'", {"m": {"inner": {"deep": "v"}}}, "proceed"),
+        ("request.args.l.all(i, i > 0)", {"l": [1, 2]}, "proceed"),
+        ("request.args.l.all(i, i > 0)", {"l": [1, -2]}, "miss"),
+        ("request.args.l.exists(i, i.v > 1)", {"l": [{"v": 2}, {}]}, "proceed"),  # short-circuit
+        # A missing key is an error, not false; has() is the way to test presence.
+        ("request.args.missing == 1", {}, "deny"),
+        ("request.args.missing == null", {}, "deny"),
+        ("!(request.args.missing == 1)", {}, "deny"),
+        ("has(request.args.missing)", {}, "miss"),
+        ("!has(request.args.missing)", {}, "proceed"),
+        ("has(request.args.m.x)", {"m": {}}, "miss"),
+        ("has(request.args.q.x)", {}, "deny"),  # has() on a missing parent errors
+        ("request.args['missing'] > 0", {}, "deny"),
+        ("request.args.l[3] == 1", {"l": [1]}, "deny"),
+        ("request.args.l.exists(i, i.v > 1)", {"l": [{}, {"v": 2}]}, "deny"),
+        # Wrong types error rather than coerce.
+        ("request.args.n > 1", {"n": "2"}, "deny"),
+        ("request.args.n + 1 > 1", {"n": 1.5}, "deny"),
+        ("request.args.n.x == 1", {"n": 5}, "deny"),
+        ("1 / request.args.n == 1", {"n": 0}, "deny"),
+        ("request.action.matches('(')", {}, "deny"),
+        ("timestamp(request.args.t) < now", {"t": "not a time"}, "deny"),
+        # CEL's logical operators absorb an error when the other side decides the result.
+        ("request.args.missing == 1 || true", {}, "proceed"),
+        ("request.args.missing == 1 && false", {}, "miss"),
+        ("false && request.args.missing == 1", {}, "miss"),
+        ("request.args.missing == 1 || false", {}, "deny"),
+    ],
+)
+def test_binding_semantics(when: str, args: dict[str, Any], verdict: str) -> None:
+    assert _verdict(_eval(when, args)) == verdict
+
+
+def test_condition_error_detail_names_rule_and_key() -> None:
+    result = _eval("request.args.amount <= 100", {})
+    assert result.rule == "cond"
+    assert result.code == "policy.denied"
+    assert result.detail == "rule 'cond': condition failed: no such key 'amount'"
+
+
+def test_condition_error_detail_is_one_short_line() -> None:
+    result = _eval("request.args.n > 1", {"n": "2"})
+    assert "\n" not in result.detail
+    assert result.detail.startswith("rule 'cond': condition failed: TypeError: No such overload")
+    assert len(result.detail) < 200
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (2**63, "64-bit"),  # the binding would make this a uint
+        (-(2**63) - 1, "64-bit"),  # ... and this a lossy double
+        (10**30, "64-bit"),
+        (float("nan"), "not finite"),
+        (float("inf"), "not finite"),
+        ({1, 2}, "set is not a JSON value"),
+        (b"bytes", "bytes is not a JSON value"),
+        (len, "is not a JSON value"),  # the binding would make a callable a CEL function
+        ({1: "a"}, "key is not a string"),
+    ],
+)
+def test_non_json_input_denies(value: object, problem: str) -> None:
+    result = _eval("has(request.args.v)", {"v": value})
+    assert (result.outcome, result.code) == (Outcome.DENY, "policy.denied")
+    assert problem in result.detail
+    assert "input request" in result.detail
+
+
+def test_int64_bounds_are_accepted() -> None:
+    assert _verdict(_eval("request.args.v > 0", {"v": 2**63 - 1})) == "proceed"
+    assert _verdict(_eval("request.args.v < 0", {"v": -(2**63)})) == "proceed"
+
+
+def test_deep_input_denies_instead_of_crashing() -> None:
+    # The binding overflows its stack (SIGSEGV) on deeply nested input; we never hand it one.
+    deep: Any = []
+    for _ in range(10_000):
+        deep = [deep]
+    result = _eval("has(request.args.v)", {"v": deep})
+    assert (result.outcome, result.code) == (Outcome.DENY, "policy.denied")
+    assert "nested deeper" in result.detail
+
+
+def test_bad_input_only_fails_conditions_that_read_it() -> None:
+    text = """
+    version: 1
+    rules:
+      - name: by-request
+        match: {action: "**"}
+        when: "request.args.n == 1"
+        effect: proceed
+      - name: by-artifact
+        match: {action: "**"}
+        when: "artifact.sub == 'x'"
+        effect: proceed
+    """
+    policy = parse_policy(textwrap.dedent(text), source="t", targets=())
+    request = {"action": "a", "resource": "r", "args": {"n": 1}, "runtime": "x", "parent": None}
+    result = policy.evaluate(request=request, artifact={"sub": float("nan")}, environment={}, now=0)
+    assert result.rule == "by-request"
+    assert result.outcome is Outcome.PROCEED
+    request["args"] = {"n": 2}
+    result = policy.evaluate(request=request, artifact={"sub": float("nan")}, environment={}, now=0)
+    assert (result.outcome, result.rule) == (Outcome.DENY, "by-artifact")
+    assert "input artifact" in result.detail
+
+
+def test_non_mapping_artifact_denies() -> None:
+    result = _eval("artifact.sub == 'x'", {}, artifact=["not", "a", "map"])
+    assert (result.outcome, result.code) == (Outcome.DENY, "policy.denied")
+    assert "must be an object" in result.detail
+
+
+def test_now_is_a_utc_timestamp() -> None:
+    when = "now == timestamp('2023-11-14T22:13:20Z') && now.getHours() == 22"
+    assert _verdict(_eval(when)) == "proceed"
+    assert _verdict(_eval("now - duration('1h') < now")) == "proceed"
+
+
+def test_now_out_of_range_denies() -> None:
+    result = _eval("now > timestamp('2020-01-01T00:00:00Z')", now=10**20)
+    assert (result.outcome, result.code) == (Outcome.DENY, "policy.denied")
+    assert "input now" in result.detail
+
+
+def test_conditions_are_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = _policy("request.args.n == 1")
+    import cel
+
+    def fail(_: str) -> None:
+        raise AssertionError("compiled during evaluation")
+
+    monkeypatch.setattr(cel, "compile", fail)
+    request = {"action": "a", "resource": "r", "args": {"n": 1}, "runtime": "x", "parent": None}
+    for _ in range(3):
+        result = policy.evaluate(request=request, artifact={}, environment={}, now=0)
+        assert result.outcome is Outcome.PROCEED
+
+
+def test_evaluation_does_not_mutate_inputs() -> None:
+    request = {
+        "action": "a",
+        "resource": "r",
+        "args": {"l": (1, 2)},
+        "runtime": "x",
+        "parent": None,
+    }
+    artifact = {"sub": "x"}
+    _policy("size(request.args.l) == 2 && artifact.sub == 'x'").evaluate(
+        request=request, artifact=artifact, environment={}, now=0
+    )
+    assert request["args"] == {"l": (1, 2)}
+    assert artifact == {"sub": "x"}
+
+
+# --- the Condition class itself --------------------------------------------------------
+
+
+def test_condition_reports_the_inputs_it_reads() -> None:
+    assert Condition("request.args.n > 1 && now > now").inputs == {"request", "now"}
+    assert Condition("true").inputs == frozenset()
+    assert {"request", "artifact", "environment", "now"} == INPUTS
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "request.args.l.all(x, x > 0)",
+        "request.args.l.exists_one(item, item == 1)",
+        "request.args.l.map(x, x * 2).size() > 0",
+        "request.args.m.map(k, v, v > 0).size() > 0",
+        "request.args.l.filter(x, x > 0).size() > 0",
+        "cel.bind(limit, 100, request.args.n < limit)",
+    ],
+)
+def test_comprehension_variables_are_not_unknown(source: str) -> None:
+    assert "request" in Condition(source).inputs
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("", "non-empty"),
+        ("   ", "non-empty"),
+        ("request.args.n >", "CEL does not compile"),
+        ("reqest.args.n > 1", "unknown variable(s) reqest"),
+        ("request.args.n > limit", "unknown variable(s) limit"),
+        ("x" * 4097, "at most 4096"),
+    ],
+)
+def test_condition_refused_at_compile(source: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Condition(source)
+
+
+def test_condition_equality_is_by_source() -> None:
+    assert Condition("true") == Condition("true")
+    assert hash(Condition("true")) == hash(Condition("true"))
+    assert Condition("true") != Condition("false")
+    assert repr(Condition("true")) == "Condition('true')"
+
+
+def test_condition_evaluate_raises_condition_error() -> None:
+    inputs = Inputs({}, request={}, artifact={}, environment={}, now=0)
+    with pytest.raises(ConditionError, match="no such key"):
+        Condition("request.x == 1").evaluate(inputs)
+    with pytest.raises(ConditionError, match="not a boolean"):
+        Condition("1").evaluate(inputs)
+    assert Condition("has(request.x)").evaluate(inputs) is False
+
+
+def test_to_cel_copies_json_shapes() -> None:
+    source = {"a": (1, [2.5, None]), "b": {"c": True}}
+    assert to_cel(source) == {"a": [1, [2.5, None]], "b": {"c": True}}
+    assert type(to_cel(source)["a"]) is list
+
+
+# --- converting only what conditions read ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "keys"),
+    [
+        ("artifact.sub == 'a'", "artifact", {"sub"}),
+        ("artifact . sub == 'a' && has(artifact.gov.ticket)", "artifact", {"sub", "gov"}),
+        ("artifact['x-y'] == 1 || artifact[\"z\"] == 2", "artifact", {"x-y", "z"}),
+        ("request.args.n > 0 && request.runtime == 'a'", "request", {"args", "runtime"}),
+        ("size(artifact) > 1", "artifact", None),
+        ("'sub' in artifact", "artifact", None),
+        ("artifact == {}", "artifact", None),
+        ("artifact[request.args.k] == 1", "artifact", None),
+        ("artifact['a\\'b'] == 1", "artifact", None),
+        ("request.action == 'artifact' && artifact.sub == 'a'", "artifact", None),
+        ("now > now", "now", None),
+    ],
+)
+def test_reads_are_conservative(source: str, name: str, keys: set[str] | None) -> None:
+    read = Condition(source).reads[name]
+    assert read == (None if keys is None else frozenset(keys))
+
+
+def test_merge_reads() -> None:
+    merged = merge_reads(
+        [Condition("artifact.sub == 'a'"), Condition("artifact.gov.x == 1 && size(request) > 0")]
+    )
+    assert merged == {"artifact": {"sub", "gov"}, "request": None}
+    assert merge_reads([Condition("artifact.a == 1"), Condition("size(artifact) == 0")]) == {
+        "artifact": None
+    }
+
+
+def test_unread_artifact_fields_are_not_converted() -> None:
+    # A value the binding cannot take, in a field no condition reads, is never looked at.
+    result = _eval("artifact.sub == 'agent-1'", artifact={"sub": "agent-1", "odd": {1, 2}})
+    assert result.outcome is Outcome.PROCEED
+
+
+PROJECTED = [
+    "artifact.sub == 'a'",
+    "has(artifact.sub)",
+    "artifact['x-y'] == 1",
+    "artifact.gov.ticket != ''",
+    "artifact.scope.exists(s, s == 'a')",
+    "artifact.sub == request.runtime || has(artifact.gov)",
+    "size(artifact) > 1",
+    "'sub' in artifact",
+    "artifact == {}",
+]
+key_strategy = st.sampled_from(["sub", "gov", "x-y", "scope", "ticket", "other"])
+leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.sampled_from(["a", "", "b"]))
+json_strategy = st.recursive(
+    leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(key_strategy, children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _outcome(condition: Condition, inputs: Inputs) -> object:
+    try:
+        return condition.evaluate(inputs)
+    except ConditionError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(artifact=st.dictionaries(key_strategy, json_strategy, max_size=5))
+def test_projection_never_changes_a_result(artifact: dict[str, Any]) -> None:
+    request: dict[str, Any] = {
+        "action": "a",
+        "resource": "r",
+        "args": {},
+        "runtime": "a",
+        "parent": None,
+    }
+    for source in PROJECTED:
+        condition = Condition(source)
+        projected = Inputs(
+            condition.reads, request=request, artifact=artifact, environment={}, now=0
+        )
+        whole = Inputs({}, request=request, artifact=artifact, environment={}, now=0)
+        assert _outcome(condition, projected) == _outcome(condition, whole), source
