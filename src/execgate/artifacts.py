@@ -248,7 +248,8 @@ def issue_artifact(
         "cnf": {"jkt": runtime_key.thumbprint()},
     }
     if env:
-        claims["env"] = {k: v if isinstance(v, str) else list(v) for k, v in env.items()}
+        # Lists are copied; anything else is passed on for _parse_claims to refuse.
+        claims["env"] = {k: list(v) if isinstance(v, list | tuple) else v for k, v in env.items()}
     if gov:
         claims["gov"] = dict(gov)
     if att:

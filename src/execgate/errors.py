@@ -7,6 +7,7 @@
     │   └── PolicyError        a policy file was refused at load (names the rule and line)
     ├── VerificationError      a presented object failed a check; carries a reason ``code``
     │   └── JoseError          a compact JWS failed the strict codec; carries a ``kind``
+    ├── EvidenceError          audit evidence (proof, checkpoint, note, export) does not verify
     └── StoreError             the state store could not answer (fail closed)
         └── AuditError         the audit log could not be appended to (fail closed)
 
@@ -22,6 +23,7 @@ __all__ = [
     "REASON_CODES",
     "AuditError",
     "ConfigError",
+    "EvidenceError",
     "ExecgateError",
     "JoseError",
     "PolicyError",
@@ -123,6 +125,11 @@ class JoseError(ExecgateError):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class EvidenceError(ExecgateError):
+    """Audit evidence does not verify: a Merkle proof, a checkpoint, a signed note or an
+    export. The message names what is wrong (and the first bad index where there is one)."""
 
 
 class StoreError(ExecgateError):

@@ -7,14 +7,19 @@
     keys/authority.jwk a sample authority key for trying things out, 0600
     state.db           the SQLite store (replay, revocations, decision log)
 
-``init_home`` creates one; ``load_config`` reads and checks one.
+``init_home`` creates one, whole or not at all; ``load_config`` reads and checks one.
+Every refusal is a ``ConfigError`` naming the file and what to do about it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,15 +30,37 @@ from execgate.errors import ConfigError
 from execgate.jose import PrivateKey
 from execgate.keyfile import atomic_write, write_keypair
 
-__all__ = ["CONFIG_NAME", "GatewayConfig", "default_home", "init_home", "load_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "SAMPLE_POLICY",
+    "GatewayConfig",
+    "check_gateway_id",
+    "default_home",
+    "init_home",
+    "load_config",
+]
 
 CONFIG_NAME: Final = "execgate.toml"
 _GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "policy", "store"})
 _LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl"})
+# A gateway id is also the audience artifacts and proofs name: printable, no whitespace.
+_GATEWAY_ID: Final = re.compile(r"[!-~]{1,256}")
+# What init writes; the config goes last, so a directory is a home only once complete.
+_HOME_ENTRIES: Final = ("keys", "trust.toml", "policy.yaml", CONFIG_NAME)
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("EXECGATE_HOME", ".execgate"))
+    """``$EXECGATE_HOME`` when set and non-empty, else ``./.execgate``."""
+    return Path(os.environ.get("EXECGATE_HOME") or ".execgate")
+
+
+def check_gateway_id(value: object, where: str) -> str:
+    """Return ``value`` if it is a usable gateway id, else raise ``ConfigError``."""
+    if not isinstance(value, str) or not _GATEWAY_ID.fullmatch(value):
+        raise ConfigError(
+            f"{where}: the gateway id must be 1-256 printable ASCII characters without spaces"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +90,28 @@ def _int(section: Mapping[str, Any], key: str, default: int, lo: int, hi: int, w
 
 
 def load_config(home: Path) -> GatewayConfig:
+    """Read and check ``HOME/execgate.toml``; file paths in it are relative to the home."""
     path = home / CONFIG_NAME
+    if not home.exists():
+        raise ConfigError(
+            f"no gateway home at {home}; create one with 'execgate init {home}'"
+            " or point --home / EXECGATE_HOME at an existing one"
+        )
+    if not home.is_dir():
+        raise ConfigError(f"gateway home {home} is not a directory")
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"{path} does not exist; create a gateway home with 'execgate init {home}'"
-            " or point --home / EXECGATE_HOME at one"
+            f"{home} is not a gateway home ({CONFIG_NAME} is missing); create one with"
+            f" 'execgate init DIR' or point --home / EXECGATE_HOME at an existing one"
         ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text; fix or restore it") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}; fix or restore it") from exc
     unknown = set(doc) - {"gateway", "limits", "targets"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
@@ -83,12 +120,12 @@ def load_config(home: Path) -> GatewayConfig:
         raise ConfigError(f"{path}: the [gateway] section is required")
     if set(gw) - _GATEWAY_KEYS:
         raise ConfigError(f"{path}: unknown [gateway] keys {sorted(set(gw) - _GATEWAY_KEYS)}")
-    gateway_id = gw.get("id")
-    if not isinstance(gateway_id, str) or not gateway_id:
-        raise ConfigError(f"{path}: [gateway] id must be a non-empty string")
+    gateway_id = check_gateway_id(gw.get("id"), f"{path}: [gateway] id")
     audiences = gw.get("audiences", [gateway_id])
-    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
-        raise ConfigError(f"{path}: [gateway] audiences must be a list of strings")
+    if not isinstance(audiences, list):
+        raise ConfigError(f"{path}: [gateway] audiences must be a list of ids")
+    for audience in audiences:
+        check_gateway_id(audience, f"{path}: [gateway] audiences")
     files = {}
     for key, default in (
         ("node_key", "keys/node.jwk"),
@@ -152,12 +189,92 @@ rules:
 """
 
 
+def _jwk_toml(key: PrivateKey) -> str:
+    pub = key.public.to_jwk()
+    return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in pub.items()) + "}"
+
+
 def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
-    """Create a new gateway home. Refuses to touch an existing one."""
+    """Create a new gateway home, whole or not at all. Refuses to touch an existing one.
+
+    ``home`` must not exist or be an empty directory. Everything is written into a
+    staging directory first and checked (config, trust store, policy); only then is it
+    moved into place, with ``execgate.toml`` last, so an interrupted init leaves no
+    half-made home behind.
+    """
     if (home / CONFIG_NAME).exists():
-        raise ConfigError(f"{home} is already a gateway home; choose another directory")
-    gateway_id = gateway_id or f"gw-{secrets.token_hex(4)}"
-    (home / "keys").mkdir(parents=True, exist_ok=True, mode=0o700)
+        raise ConfigError(f"{home} is already a gateway home; refusing to overwrite it")
+    if home.exists() or home.is_symlink():
+        if not home.is_dir():
+            raise ConfigError(f"{home} exists and is not a directory; choose another path")
+        if any(home.iterdir()):
+            raise ConfigError(f"{home} exists and is not empty; choose a new or empty directory")
+    gateway_id = check_gateway_id(
+        gateway_id or f"gw-{secrets.token_hex(4)}", "--id" if gateway_id else "init"
+    )
+    existing = home.exists()
+    base = home if existing else home.absolute().parent
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=base, prefix=".execgate-init-"))
+    except OSError as exc:
+        raise ConfigError(f"cannot create gateway home {home}: {exc.strerror or exc}") from exc
+    try:
+        _populate(staging, gateway_id)
+        _check(staging)
+        if existing:
+            _move_entries(staging, home)
+        else:
+            try:
+                os.rename(staging, home)
+            except OSError as exc:  # e.g. someone created it meanwhile
+                raise ConfigError(
+                    f"cannot create gateway home {home}: {exc.strerror or exc}; nothing was kept"
+                ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_config(home)
+
+
+def _check(staging: Path) -> None:
+    """The home must load before it is installed (a bug here must not ship a broken one)."""
+    from execgate.policy import load_policy  # here: policy imports are heavy (CEL)
+    from execgate.trust import TrustStore
+
+    config = load_config(staging)
+    TrustStore.load(config.trust)
+    load_policy(config.policy, targets=config.targets.keys())
+
+
+def _rename_new(source: Path, target: Path) -> None:
+    """Rename, but never over something that appeared at ``target`` meanwhile."""
+    if target.exists() or target.is_symlink():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
+
+
+def _move_entries(staging: Path, home: Path) -> None:
+    moved: list[Path] = []
+    try:
+        for name in _HOME_ENTRIES:
+            _rename_new(staging / name, home / name)
+            moved.append(home / name)
+    except BaseException as exc:
+        for target in reversed(moved):
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise ConfigError(
+                f"cannot create gateway home {home}: {exc.strerror or exc}{where}; nothing was kept"
+            ) from exc
+        raise
+
+
+def _populate(home: Path, gateway_id: str) -> None:
+    (home / "keys").mkdir(mode=0o700)
     node = PrivateKey.generate()
     write_keypair(home / "keys" / "node.jwk", node)
     authority = PrivateKey.generate()
@@ -165,15 +282,11 @@ def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
     attester = PrivateKey.generate()
     write_keypair(home / "keys" / "attester.jwk", attester)
 
-    def jwk(key: PrivateKey) -> str:
-        pub = key.public.to_jwk()
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in pub.items()) + "}"
-
     trust = f"""\
 # Trusted root authorities: the keys that may issue artifacts, and what each may grant.
 [[authority]]
 id = "example-authority"
-keys = [{jwk(authority)}]
+keys = [{_jwk_toml(authority)}]
 scope = [
   {{action = "payments.*", resource = "acct:**"}},
   {{action = "shell.exec", resource = "host:**"}},
@@ -183,7 +296,7 @@ scope = [
 # Attesters whose environment attestations (region, image, …) this gateway believes.
 [[attester]]
 id = "example-attester"
-keys = [{jwk(attester)}]
+keys = [{_jwk_toml(attester)}]
 """
     atomic_write(home / "trust.toml", trust.encode(), exclusive=True)
     atomic_write(home / "policy.yaml", SAMPLE_POLICY.encode(), exclusive=True)
@@ -208,4 +321,3 @@ description = "an isolated runtime with no production credentials"
 description = "validate and record, execute nothing"
 """
     atomic_write(home / CONFIG_NAME, config.encode(), exclusive=True)
-    return load_config(home)

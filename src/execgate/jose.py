@@ -108,28 +108,37 @@ _dumps_sorted = json.JSONEncoder(
 ).encode
 
 
-def _plain(value: Any, depth: int = 0) -> bool:
+def _plain(value: Any) -> bool:
     """True when the stdlib encoder already writes ``value`` exactly as JCS does.
 
     That holds for dicts, lists, strings, bools, None and safe integers, provided no key
     holds a code point at or above U+D800 (JCS sorts keys by UTF-16 code units, Python by
     code points; the orders differ only there). Floats need ES6 number formatting and
-    go to ``rfc8785``, as does anything unusual.
+    go to ``rfc8785``, as does anything unusual (subclasses, huge or cyclic structures).
     """
-    if depth > 64:
-        return False
-    if isinstance(value, str) or value is None or isinstance(value, bool):
-        return True
-    if isinstance(value, int):
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, dict):
-        return all(
-            type(k) is str and (k.isascii() or max(k) < "\ud800") and _plain(v, depth + 1)
-            for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return all(_plain(v, depth + 1) for v in value)
-    return False
+    stack = [value]
+    budget = 100_000
+    while stack:
+        budget -= 1
+        if budget == 0:
+            return False
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                return False
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
+                    return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        else:
+            return False
+    return True
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -2,15 +2,23 @@
 
 A private key file holds ``{"kty":"OKP","crv":"Ed25519","x":…,"d":…}``; its public
 half is written beside it as ``NAME.pub.jwk``. Reading a private key that others can read
-is refused, as ssh does, because a key anyone can copy authorizes nothing.
+is refused, as ssh does, because a key anyone can copy authorizes nothing. A private key
+handed where a public one is expected (or the other way round) is refused with a message
+naming the right file; no message ever quotes a key file's content.
+
+Every file is written whole or not at all (``atomic_write``): a crash or a full disk
+leaves the previous file, or none, never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
+from typing import Final
 
 from execgate.errors import ConfigError, JoseError
 from execgate.jose import PrivateKey, PublicKey, loads_strict
@@ -23,76 +31,140 @@ __all__ = [
     "write_keypair",
 ]
 
-_MAX_KEY_FILE = 64 * 1024
+_MAX_KEY_FILE: Final = 64 * 1024
+_PUBLIC_SUFFIX: Final = ".pub.jwk"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; best effort (some filesystems refuse to open directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename)."""
+    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename).
+
+    With ``exclusive`` an existing ``path`` is never replaced. Failures raise
+    ``ConfigError`` naming ``path`` (never the temporary file) and what to check.
+    """
     if exclusive and path.exists():
         raise ConfigError(f"{path} already exists; refusing to overwrite it")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    directory = path.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cannot write {path}: directory {directory} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: {exc.strerror or exc} (is {directory} a writable directory?)"
+        ) from exc
+    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
         if exclusive:
             os.link(tmp, path)  # fails if path appeared meanwhile
-            os.unlink(tmp)
+            tmp.unlink()
         else:
             os.replace(tmp, path)
+    except FileExistsError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{path} already exists; refusing to overwrite it") from exc
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(directory)
 
 
 def public_path_for(private_path: Path) -> Path:
+    """``NAME.jwk`` -> ``NAME.pub.jwk`` (any other name just gains ``.pub.jwk``)."""
     name = private_path.name
     stem = name[: -len(".jwk")] if name.endswith(".jwk") else name
-    return private_path.with_name(f"{stem}.pub.jwk")
+    return private_path.with_name(f"{stem}{_PUBLIC_SUFFIX}")
 
 
 def write_keypair(path: Path, key: PrivateKey) -> Path:
-    """Write the private key (0600, never overwriting) and its public half; return the latter."""
+    """Write the private key (0600) and its public half; return the latter.
+
+    Never overwrites: if either file exists nothing is written, and if the public half
+    cannot be written the private key just created is removed again.
+    """
+    if path.name.endswith(_PUBLIC_SUFFIX):
+        raise ConfigError(
+            f"{path} is a public key name; name the private key file, e.g. "
+            f"{path.name[: -len(_PUBLIC_SUFFIX)]}.jwk (its public half gets .pub.jwk)"
+        )
+    public = public_path_for(path)
+    for target in (path, public):
+        if target.exists() or target.is_symlink():
+            raise ConfigError(f"{target} already exists; refusing to overwrite it")
     private = json.dumps(key.to_jwk(private=True), indent=2).encode() + b"\n"
     atomic_write(path, private, mode=0o600, exclusive=True)
-    public = public_path_for(path)
     jwk = {**key.public.to_jwk(), "kid": key.public.thumbprint()}
-    atomic_write(public, json.dumps(jwk, indent=2).encode() + b"\n", exclusive=True)
+    try:
+        atomic_write(public, json.dumps(jwk, indent=2).encode() + b"\n", exclusive=True)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return public
 
 
 def _read_jwk(path: Path, what: str) -> dict[str, object]:
     try:
+        if path.is_dir():
+            raise ConfigError(f"{what} file {path} is a directory, not a key file")
         if path.stat().st_size > _MAX_KEY_FILE:
-            raise ConfigError(f"{what} file {path} is too large to be a key")
+            raise ConfigError(f"{what} file {path} is too large to be a key file")
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"{what} file {path} does not exist; create one with 'execgate keygen'"
+            f"{what} file {path} does not exist; create a key pair with 'execgate keygen FILE'"
         ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    if not data.strip():
+        raise ConfigError(f"{what} file {path} is empty; expected an Ed25519 JWK")
     try:
         jwk = loads_strict(data)
     except JoseError as exc:
-        raise ConfigError(f"{what} file {path} is not valid JSON: {exc.detail}") from exc
+        # The detail names a position, never the content: a key file's text stays private.
+        raise ConfigError(
+            f"{what} file {path} is not a JWK key file (not valid JSON); expected the JSON"
+            " that 'execgate keygen' writes"
+        ) from exc
     if not isinstance(jwk, dict):
         raise ConfigError(f"{what} file {path} must hold one JWK object")
     return jwk
 
 
 def read_private_key(path: Path) -> PrivateKey:
-    """Read a private key, refusing files that group or others may read."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        mode = 0
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"private key {path} is accessible by others; run: chmod 600 {path}")
+    """Read a private key, refusing public keys and files that group or others may read."""
     jwk = _read_jwk(path, "private key")
+    if "d" not in jwk:
+        raise ConfigError(
+            f"{path} holds a public key, but a private key is needed here; give the private"
+            " key file (keygen writes it as NAME.jwk beside NAME.pub.jwk)"
+        )
+    if os.name == "posix":
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o});"
+                f" run: chmod 600 {path}"
+            )
     try:
         return PrivateKey.from_jwk(jwk)
     except JoseError as exc:
@@ -104,6 +176,11 @@ def read_private_key(path: Path) -> PrivateKey:
 def read_public_key(path: Path) -> PublicKey:
     """Read a public key file (a private key file is refused: keep those where they are)."""
     jwk = _read_jwk(path, "public key")
+    if "d" in jwk:
+        raise ConfigError(
+            f"{path} holds a PRIVATE key, but a public key is needed here; give its public"
+            f" half {public_path_for(path)} and keep the private key file where it is"
+        )
     try:
         return PublicKey.from_jwk(jwk)
     except JoseError as exc:

@@ -28,7 +28,7 @@ from execgate.jose import PrivateKey, canonical_json, sha256_b64url
 from execgate.keyfile import read_private_key
 from execgate.model import Decision, Outcome, Reason, Request
 from execgate.policy import Policy, load_policy
-from execgate.proofs import Proof, request_hash, verify_proof
+from execgate.proofs import Proof, verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
 from execgate.store.base import Conflict, Store, UseClaim, WriteJob
@@ -45,17 +45,32 @@ _SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestatio
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """The wire shape of one decision request (DESIGN §6)."""
+    """The wire shape of one decision request (DESIGN §6).
+
+    ``request_hash`` is always computed here from ``request`` (never taken from the
+    caller, so a proof can only ever bind the request that is evaluated), and the 1 MiB
+    request limit holds for every way in: a request without a canonical form or over the
+    limit raises ``RequestError``.
+    """
 
     request: Request
     artifact: object
     proof: object
     attestation: object = None
-    request_hash: str = ""
+    request_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if not self.request_hash:
-            object.__setattr__(self, "request_hash", request_hash(self.request))
+        if not isinstance(self.request, Request):
+            raise RequestError("the request must be a Request")
+        try:
+            canonical = canonical_json(self.request.canonical())
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep args
+            raise RequestError(f"the request has no canonical JSON form: {exc}") from exc
+        if len(canonical) > MAX_REQUEST_BYTES:
+            raise RequestError(
+                f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
+            )
+        object.__setattr__(self, "request_hash", sha256_b64url(canonical))
 
     @classmethod
     def from_json(cls, obj: object) -> Submission:
@@ -65,26 +80,15 @@ class Submission:
         unknown = set(obj) - _SUBMISSION_KEYS
         if unknown:
             raise RequestError(
-                f"unknown fields {sorted(unknown)}; expected {sorted(_SUBMISSION_KEYS)}"
+                f"unknown fields {sorted(map(str, unknown))}; expected {sorted(_SUBMISSION_KEYS)}"
             )
         if "request" not in obj:
             raise RequestError("the 'request' field is required")
         try:
             request = Request.from_json(obj["request"])
-            canonical = canonical_json(request.canonical())
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # TypeError: e.g. non-string keys from Python
             raise RequestError(str(exc)) from exc
-        if len(canonical) > MAX_REQUEST_BYTES:
-            raise RequestError(
-                f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
-            )
-        return cls(
-            request,
-            obj.get("artifact"),
-            obj.get("proof"),
-            obj.get("attestation"),
-            sha256_b64url(canonical),
-        )
+        return cls(request, obj.get("artifact"), obj.get("proof"), obj.get("attestation"))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Submission:
@@ -98,6 +102,10 @@ class Submission:
             raise
         except Exception as exc:
             raise RequestError(f"the decision request is not strict JSON: {exc}") from exc
+
+
+class _Unsigned(Exception):
+    """Raised inside a commit to roll back a decision whose receipt could not be signed."""
 
 
 @dataclass(slots=True)
@@ -329,6 +337,7 @@ class Gateway:
     def _record(self, state: _State) -> Decision:
         made: list[Decision] = []
         artifact, proof = state.artifact, state.proof
+        retry = False
 
         def finalize(conflict: str | None, index: int) -> bytes:
             if conflict == Conflict.REPLAY:
@@ -348,8 +357,12 @@ class Gateway:
                     log_index=index,
                     ttl=self._receipt_ttl,
                 )
-            except Exception as exc:  # noqa: BLE001 - an unsigned decision executes nothing
+            except Exception as exc:  # an unsigned decision executes nothing
                 state.stop(Outcome.FAIL_CLOSED, "internal.error", f"receipt signing failed: {exc}")
+                if not retry:
+                    # Roll back this job's replay and use claims (nothing executes, so
+                    # nothing is consumed); it is logged below as fail_closed without them.
+                    raise _Unsigned from exc
                 record, receipt = self._record_dict(state), None
             made.append(self._decision(state, index, receipt))
             return canonical_json(record)
@@ -368,11 +381,14 @@ class Gateway:
             return made[-1]
         except AuditError as exc:
             return self._unlogged(state, str(exc))
-        except Exception as exc:  # noqa: BLE001 - e.g. signing failed: log the failure instead
+        except _Unsigned:
+            pass  # the state already says fail_closed / internal.error
+        except Exception as exc:  # noqa: BLE001 - log the failure instead
             state.stop(
                 Outcome.FAIL_CLOSED, "internal.error", f"{type(exc).__name__} in stage audit"
             )
         made.clear()
+        retry = True
         try:
             self.store.commit(WriteJob(None, 0, None, finalize))
             return made[-1]

@@ -127,8 +127,9 @@ def verify_proof(
         raise _invalid(f"iat {iat} is in the future")
     if now - iat > max_age:
         raise _invalid(f"proof is older than {max_age}s")
-    if claims.get("aud") not in audiences:
-        raise _invalid("aud names no audience of this gateway")
+    aud = claims.get("aud")
+    if not isinstance(aud, str) or aud not in audiences:  # a list is unhashable: not a set test
+        raise _invalid("aud must be a string naming an audience of this gateway")
     if claims.get("rh") != request_hash:
         raise _invalid("rh does not match this request")
     if claims.get("ath") != artifact_hash(artifact):

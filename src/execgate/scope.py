@@ -25,7 +25,11 @@ _MAX_PATTERN = 256
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # Any int (math.isfinite would overflow on a huge one; Python compares int and float
+    # exactly) or a finite float. A bool is not a number.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass(frozen=True, slots=True)

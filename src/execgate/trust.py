@@ -52,14 +52,41 @@ def _keys(where: str, obj: object) -> dict[str, PublicKey]:
     for i, jwk in enumerate(obj):
         if not isinstance(jwk, Mapping):
             raise ConfigError(f"{where}: keys[{i}] must be a JWK table")
+        if "d" in jwk:
+            raise ConfigError(
+                f"{where}: keys[{i}] holds PRIVATE key material ('d'); list only the public"
+                " key (kty, crv, x), and treat the private key as exposed: rotate it"
+            )
         try:
             key = PublicKey.from_jwk(jwk)
         except JoseError as exc:
             raise ConfigError(
                 f"{where}: keys[{i}] is not an Ed25519 public JWK: {exc.detail}"
             ) from exc
+        if key.thumbprint() in keys:
+            raise ConfigError(f"{where}: keys[{i}] lists the same key twice")
         keys[key.thumbprint()] = key
     return keys
+
+
+def _tables(doc: Mapping[str, Any], section: str, source: str) -> list[object]:
+    """``[[section]]`` entries; a single ``[section]`` table or a scalar is refused."""
+    entries = doc.get(section, [])
+    if not isinstance(entries, list):
+        raise ConfigError(
+            f"{source}: '{section}' must be an array of tables: write each entry under"
+            f" [[{section}]] (double brackets)"
+        )
+    return entries
+
+
+def _check_entry(where: str, entry: object, fields: tuple[str, ...]) -> None:
+    expected = ", ".join(fields)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: must be a table with {expected}")
+    unknown = sorted(set(entry) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; expected {expected}")
 
 
 def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
@@ -114,10 +141,10 @@ class TrustStore:
                 f"{source}: unknown sections {sorted(unknown)}; expected {sorted(_SECTIONS)}"
             )
         authorities: dict[str, Authority] = {}
-        for i, entry in enumerate(doc.get("authority", [])):
+        for i, entry in enumerate(_tables(doc, "authority", source)):
             where = f"{source}: authority[{i}]"
-            if not isinstance(entry, Mapping) or set(entry) - {"id", "keys", "scope"}:
-                raise ConfigError(f"{where}: must be a table with id, keys and scope")
+            _check_entry(where, entry, ("id", "keys", "scope"))
+            assert isinstance(entry, Mapping)
             ident = _entry_id(where, entry)
             if ident in authorities:
                 raise ConfigError(f"{where}: duplicate authority id {ident!r}")
@@ -127,10 +154,10 @@ class TrustStore:
                 raise ConfigError(f"{where}: scope: {exc}") from exc
             authorities[ident] = Authority(ident, _keys(where, entry.get("keys")), scope)
         attesters: dict[str, Attester] = {}
-        for i, entry in enumerate(doc.get("attester", [])):
+        for i, entry in enumerate(_tables(doc, "attester", source)):
             where = f"{source}: attester[{i}]"
-            if not isinstance(entry, Mapping) or set(entry) - {"id", "keys"}:
-                raise ConfigError(f"{where}: must be a table with id and keys")
+            _check_entry(where, entry, ("id", "keys"))
+            assert isinstance(entry, Mapping)
             ident = _entry_id(where, entry)
             if ident in attesters:
                 raise ConfigError(f"{where}: duplicate attester id {ident!r}")
@@ -139,7 +166,10 @@ class TrustStore:
             raise ConfigError(
                 f"{source}: no [[authority]] is trusted; nothing could ever be authorized"
             )
-        return cls(authorities, attesters)
+        try:
+            return cls(authorities, attesters)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
 
     @classmethod
     def load(cls, path: Path) -> TrustStore:
@@ -147,10 +177,15 @@ class TrustStore:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(
-                f"trust store {path} does not exist; create a home with 'execgate init'"
+                f"trust store {path} does not exist; restore it, or create a new home"
+                " with 'execgate init'"
             ) from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read trust store {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"trust store {path} is not UTF-8 text; fix or restore it") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read trust store {path}: {exc.strerror or exc}") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"trust store {path} is not valid TOML: {exc}") from exc
+            raise ConfigError(
+                f"trust store {path} is not valid TOML: {exc}; fix or restore it"
+            ) from exc
         return cls.from_dict(doc, source=str(path))

@@ -54,7 +54,8 @@ class WriteJob:
     ``finalize(conflict, index)`` is called inside the transaction with ``None`` or a
     ``Conflict`` value and the log index the record will take; it returns the record bytes
     to append. It may build the receipt, so what the log says and what the caller is told
-    come from one place.
+    come from one place. If ``finalize`` raises, that job's writes (replay, use, record)
+    are rolled back and ``commit`` raises the same exception; other jobs are unaffected.
     """
 
     proof_jti: str | None

@@ -8,7 +8,8 @@ the commit that holds its record, so a ``proceed`` is never reported before it i
 log (write-ahead); a lone caller pays no thread hand-off. Reads use a small pool of reader
 connections and never block the writer (WAL).
 
-The log table is append-only: triggers refuse UPDATE and DELETE.
+The log table is append-only: triggers refuse UPDATE and DELETE, and any INSERT that
+does not take the next index (a replacement, a gap).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_next_index BEFORE INSERT ON audit_log
+    WHEN NEW.idx IS NOT (SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log)
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: an entry takes the next index'); END;
 """
 
 
@@ -205,7 +209,9 @@ class SQLiteStore:
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
             raise AuditError(f"the audit append did not start within {_COMMIT_TIMEOUT}s")
         try:
-            if pending.result is None:  # nobody has committed it yet: lead a batch
+            # Nobody has committed it yet: lead batches until one holds it (more jobs than
+            # one batch takes may be queued ahead of it).
+            while pending.result is None:
                 self._lead()
         finally:
             self._writer_lock.release()

@@ -1,0 +1,7 @@
+"""``python -m execgate``: the same command as the ``execgate`` console script."""
+
+import sys
+
+from execgate.cli import main
+
+sys.exit(main())

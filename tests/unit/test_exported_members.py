@@ -1,0 +1,87 @@
+"""The public surface is deliberate: adding or removing a name is an API change."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import execgate
+
+PUBLIC = [
+    "REASON_CODES",
+    "AuditError",
+    "ConfigError",
+    "Decision",
+    "ExecgateError",
+    "Gateway",
+    "Outcome",
+    "Policy",
+    "PolicyError",
+    "PrivateKey",
+    "PublicKey",
+    "Reason",
+    "Request",
+    "RequestError",
+    "Runtime",
+    "SQLiteStore",
+    "StoreError",
+    "Submission",
+    "TrustStore",
+    "UsageError",
+    "VerificationError",
+    "init_home",
+    "issue_artifact",
+    "issue_attestation",
+    "load_policy",
+    "verify_artifact",
+]
+
+MODULES = [
+    "execgate.artifacts",
+    "execgate.attestations",
+    "execgate.cli",
+    "execgate.errors",
+    "execgate.home",
+    "execgate.jose",
+    "execgate.keyfile",
+    "execgate.model",
+    "execgate.pipeline",
+    "execgate.policy",
+    "execgate.proofs",
+    "execgate.receipts",
+    "execgate.scope",
+    "execgate.store.base",
+    "execgate.store.sqlite",
+    "execgate.trust",
+]
+
+
+def test_top_level_names_are_pinned() -> None:
+    assert execgate.__all__ == PUBLIC
+    assert sorted(PUBLIC, key=_isort_key) == PUBLIC
+    for name in PUBLIC:
+        assert getattr(execgate, name) is not None
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    """Constants, then classes, then functions: the order ruff's RUF022 keeps."""
+    return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_every_public_module_declares_a_sorted_all(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    names = module.__all__
+    assert names == sorted(names, key=_isort_key), f"{module_name}.__all__ is not sorted"
+    for name in names:
+        assert hasattr(module, name), f"{module_name}.__all__ names missing {name}"
+
+
+def test_the_five_outcomes_are_distinct_and_only_two_execute() -> None:
+    outcomes = list(execgate.Outcome)
+    assert [o.value for o in outcomes] == ["proceed", "pause", "reroute", "deny", "fail_closed"]
+    assert {o for o in outcomes if o.executes} == {
+        execgate.Outcome.PROCEED,
+        execgate.Outcome.REROUTE,
+    }

@@ -1,0 +1,173 @@
+"""Segment globs: matching, validation, and the soundness of ``glob_covers``."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from execgate._glob import glob_covers, glob_match, validate_glob
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("payments.*", "payments.refund", True),
+        ("payments.*", "payments.", True),
+        ("payments.*", "payments.refund.partial", False),
+        ("payments.*", "payments", False),
+        ("payments.**", "payments.refund.partial", True),
+        ("files:/tmp/**", "files:/tmp/a/b.txt", True),
+        ("files:/tmp/**", "files:/tmp/", True),
+        ("files:/tmp/**", "files:/etc/passwd", False),
+        ("files:/tmp/**", "files:/tmp", False),
+        ("acct:*", "acct:123", True),
+        ("acct:*", "acct:1/2", False),
+        ("acct:*", "acct:1:2", False),
+        ("*", "", True),
+        ("**", "", True),
+        ("**", "anything.at:all/", True),
+        ("a*b", "ab", True),
+        ("a*b", "axxb", True),
+        ("a*b", "ax.b", False),
+        ("a.b", "a.b", True),
+        ("a.b", "axb", False),  # '.' is a literal separator, not a regex dot
+        ("a+b", "a+b", True),
+        ("a+b", "aab", False),
+        ("[ab]", "[ab]", True),
+        ("[ab]", "a", False),
+        ("a?", "a?", True),
+        ("a?", "ab", False),
+        ("x", "X", False),
+        ("payments.refund", "payments.refund\n", False),
+        ("*", "a\nb", True),
+    ],
+)
+def test_glob_match(pattern: str, value: str, expected: bool) -> None:
+    assert glob_match(pattern, value) is expected
+
+
+@pytest.mark.parametrize("pattern", ["", None, 7, ["a"], "a***", "***", "x" * 513])
+def test_validate_glob_refuses(pattern: object) -> None:
+    with pytest.raises(ValueError, match="glob"):
+        validate_glob(pattern)
+
+
+def test_validate_glob_returns_the_pattern() -> None:
+    assert validate_glob("x" * 512) == "x" * 512
+    assert validate_glob("a.**") == "a.**"
+
+
+def test_glob_match_refuses_an_invalid_pattern() -> None:
+    with pytest.raises(ValueError, match="glob"):
+        glob_match("***", "a")
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "expected"),
+    [
+        ("payments.*", "payments.refund", True),
+        ("payments.*", "payments.*", True),
+        ("payments.*", "payments.**", False),
+        ("payments.**", "payments.*", True),
+        ("payments.**", "payments.a.*.b", True),
+        ("**", "anything:*/**", True),
+        ("acct:**", "acct:*", True),
+        ("acct:*", "acct:**", False),
+        ("acct:*", "acct:1/2", False),
+        ("a*", "a*b", True),
+        ("a*", "a.b", False),
+        ("*", "a.b", False),
+        ("*", "**", False),
+        ("a.*", "a*", False),
+        ("a*b", "a*", False),
+        ("payments.refund", "payments.*", False),
+        ("payments.refund", "payments.refund", True),
+        ("a", "\x00", False),
+        ("**", "a\x01", False),
+    ],
+)
+def test_glob_covers_examples(outer: str, inner: str, expected: bool) -> None:
+    assert glob_covers(outer, inner) is expected
+
+
+def test_glob_covers_validates_both_sides() -> None:
+    with pytest.raises(ValueError, match="glob"):
+        glob_covers("", "a")
+    with pytest.raises(ValueError, match="glob"):
+        glob_covers("a", "a***")
+
+
+# --- soundness by property ------------------------------------------------------------
+
+_TOKENS = ["a", "b", ".", ":", "/", "*", "**"]
+_SEGMENT_CHARS = "abx"
+_ANY_CHARS = "abx.:/"
+
+
+def _valid(pattern: str) -> bool:
+    return bool(pattern) and "***" not in pattern
+
+
+patterns = st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=6).map("".join).filter(_valid)
+
+
+def _wildcards(pattern: str) -> list[str]:
+    """The pattern split into literal characters, '*' and '**', as the matcher reads it."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append("**")
+            i += 2
+        else:
+            out.append(pattern[i])
+            i += 1
+    return out
+
+
+@st.composite
+def instances(draw: st.DrawFn, pattern: str) -> str:
+    """A value ``pattern`` matches: each wildcard replaced by text it may absorb."""
+    parts = []
+    for token in _wildcards(pattern):
+        if token == "**":
+            parts.append(draw(st.text(_ANY_CHARS, max_size=4)))
+        elif token == "*":
+            parts.append(draw(st.text(_SEGMENT_CHARS, max_size=3)))
+        else:
+            parts.append(token)
+    return "".join(parts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(outer=patterns, inner=patterns, data=st.data())
+def test_glob_covers_is_sound(outer: str, inner: str, data: st.DataObject) -> None:
+    """Whenever it says True, every value the inner glob matches, the outer one matches."""
+    covers = glob_covers(outer, inner)
+    for _ in range(8):
+        value = data.draw(instances(inner))
+        assert glob_match(inner, value)
+        if covers:
+            assert glob_match(outer, value), (outer, inner, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(outer=patterns, inner=patterns, value=st.text(_ANY_CHARS, max_size=8))
+def test_glob_covers_is_sound_on_random_values(outer: str, inner: str, value: str) -> None:
+    if glob_covers(outer, inner) and glob_match(inner, value):
+        assert glob_match(outer, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pattern=patterns)
+def test_glob_covers_itself_and_everything_is_covered_by_double_star(pattern: str) -> None:
+    assert glob_covers(pattern, pattern)
+    assert glob_covers("**", pattern)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    outer=st.text("ab.:/", min_size=1, max_size=5), inner=st.text("ab.:/", min_size=1, max_size=5)
+)
+def test_literal_globs_cover_exactly_themselves(outer: str, inner: str) -> None:
+    assert glob_covers(outer, inner) is (outer == inner)

@@ -1,0 +1,875 @@
+"""The decision pipeline, stage by stage: every denial reason with its exact code.
+
+Each test builds real artifacts, proofs and attestations against a real gateway home
+(``execgate init``) on its SQLite store, then asserts what a caller sees: the outcome, the
+reason code, and what the audit log recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import GATEWAY_ID, NOW, RUNTIME_ID, Kit, make_kit
+
+from execgate.artifacts import MAX_ARTIFACT_BYTES
+from execgate.errors import RequestError, VerificationError
+from execgate.jose import PrivateKey, b64url_decode, b64url_encode, canonical_json, encode
+from execgate.model import Decision, Outcome, Request
+from execgate.pipeline import MAX_REQUEST_BYTES, Gateway, Submission
+from execgate.proofs import PROOF_TYP, artifact_hash, request_hash
+from execgate.receipts import verify_receipt
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def gw(kit: Kit) -> Gateway:
+    return kit.gateway()
+
+
+def codes(decision: Decision) -> list[str]:
+    return [r.code for r in decision.reasons]
+
+
+def logged(gw: Gateway, decision: Decision) -> dict[str, Any]:
+    """The audit record of ``decision``, checked to be exactly its JCS bytes."""
+    assert decision.log_index is not None
+    [entry] = gw.store.entries(decision.log_index, decision.log_index + 1)
+    record: dict[str, Any] = json.loads(entry.entry)
+    assert canonical_json(record) == entry.entry
+    assert record["decision_id"] == decision.decision_id
+    return record
+
+
+def assert_denied(gw: Gateway, decision: Decision, code: str) -> None:
+    """Denied with exactly ``code``, nothing executes, and the log says the same."""
+    assert decision.outcome is Outcome.DENY, decision
+    assert codes(decision) == [code], decision.reasons
+    assert not decision.executes
+    assert decision.route is None
+    record = logged(gw, decision)
+    assert record["outcome"] == "deny"
+    assert [r["code"] for r in record["reasons"]] == [code]
+
+
+# --- the proceed path -----------------------------------------------------------------
+
+
+def test_proceed_is_receipted_and_logged_with_every_decision_field(kit: Kit, gw: Gateway) -> None:
+    request = kit.request(amount=100, currency="EUR")
+    artifact = kit.artifact(gov={"ticket": "FIN-1"}, att={"on_behalf_of": "alice"})
+    submission = kit.submission(request, artifact)
+
+    d = gw.decide(submission)
+
+    assert d.outcome is Outcome.PROCEED
+    assert d.executes
+    assert d.reasons == ()
+    assert d.rule == "payments"
+    assert d.log_index == 0
+    assert d.policy_hash == gw.policy.hash
+    assert d.request_hash == request_hash(request)
+    assert d.decided_at == NOW
+    assert d.receipt is not None
+
+    node = kit.node_key.public
+    claims = verify_receipt(d.receipt, keys={node.thumbprint(): node}, now=NOW, leeway=0)
+    assert claims["iss"] == GATEWAY_ID
+    assert claims["did"] == d.decision_id
+    assert claims["outcome"] == "proceed"
+    assert claims["reasons"] == []
+    assert claims["rh"] == request_hash(request)
+    assert claims["pol"] == gw.policy.hash
+    assert claims["jti"] == d.artifact_jti
+    assert claims["log"] == {"id": GATEWAY_ID, "index": d.log_index}
+
+    record = logged(gw, d)
+    public = d.to_json()
+    for name in ("decision_id", "outcome", "reasons", "request_hash", "policy_hash"):
+        assert record[name] == public[name], name
+    for name in ("artifact_jti", "chain", "rule", "route"):
+        assert record[name] == public[name], name
+    assert record["at"] == d.decided_at
+    assert record["kind"] == "decision"
+    assert record["gateway"] == GATEWAY_ID
+    assert record["request"] == request.canonical()
+    assert record["issuer"] == "example-authority"
+    assert record["subject"] == RUNTIME_ID
+    assert record["runtime_jkt"] == kit.runtime.key.public.thumbprint()
+    assert record["issuer_kid"] == kit.authority.public.thumbprint()
+    assert isinstance(record["proof_jti"], str)
+    assert gw.store.size() == 1
+
+
+def test_receipt_does_not_verify_under_another_key(kit: Kit, gw: Gateway) -> None:
+    d = gw.decide(kit.submit())
+    assert d.receipt is not None
+    other = PrivateKey.generate().public
+    with pytest.raises(VerificationError, match=r"lineage\.broken"):
+        verify_receipt(d.receipt, keys={kit.node_key.public.thumbprint(): other}, now=NOW, leeway=0)
+
+
+def test_log_indexes_are_dense_and_denials_are_logged_too(kit: Kit, gw: Gateway) -> None:
+    decisions = [
+        gw.decide(kit.submit()),
+        gw.decide({"request": kit.request(amount=1).canonical(), "artifact": None, "proof": None}),
+        gw.decide(kit.submit(kit.request("payments.refund", amount=1))),
+    ]
+    assert [d.log_index for d in decisions] == [0, 1, 2]
+    assert [logged(gw, d)["outcome"] for d in decisions] == ["proceed", "deny", "deny"]
+    assert all(d.receipt for d in decisions)
+
+
+def test_accepts_a_submission_object(kit: Kit, gw: Gateway) -> None:
+    request = kit.request(amount=3)
+    artifact = kit.artifact()
+    wire = kit.submission(request, artifact)
+    sub = Submission(request, artifact, wire["proof"])
+    assert sub.request_hash == request_hash(request)
+    assert gw.decide(sub).outcome is Outcome.PROCEED
+
+
+def test_reroute_names_its_target(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact([{"action": "shell.exec", "resource": "host:**"}])
+    request = kit.request("shell.exec", "host:build-1", argv=["make"], cwd="/src")
+    d = gw.decide(kit.submission(request, artifact))
+    assert d.outcome is Outcome.REROUTE
+    assert d.executes
+    assert d.route == "sandbox"
+    assert d.rule == "shell-to-sandbox"
+    assert logged(gw, d)["route"] == "sandbox"
+
+
+def test_pause_rule_requires_approval(kit: Kit, gw: Gateway) -> None:
+    d = gw.decide(kit.submit(kit.request(amount=2500)))
+    assert d.outcome is Outcome.PAUSE
+    assert codes(d) == ["approval.required"]
+    assert d.rule == "big-transfers"
+    assert not d.executes
+    assert logged(gw, d)["outcome"] == "pause"
+
+
+# --- artifact -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("artifact", [None, ""])
+def test_artifact_missing(kit: Kit, gw: Gateway, artifact: str | None) -> None:
+    wire = kit.submit()
+    wire["artifact"] = artifact
+    assert_denied(gw, gw.decide(wire), "artifact.missing")
+
+
+def _malformed_artifacts(kit: Kit) -> dict[str, object]:
+    big = kit.claims(att={"reason": "x" * MAX_ARTIFACT_BYTES})
+    return {
+        "garbage": "this is not a token",
+        "three-garbage-parts": "a.b.c",
+        "not-a-string": 12345,
+        "wrong-typ": kit.raw_artifact(kit.claims(), header={"typ": "JWT"}),
+        "unknown-claim": kit.raw_artifact(kit.claims(admin=True)),
+        "missing-exp": kit.raw_artifact(kit.claims(exp=None)),
+        "missing-iat": kit.raw_artifact(kit.claims(iat=None)),
+        "empty-scope": kit.raw_artifact(kit.claims(scope=[])),
+        "scope-grant-without-action": kit.raw_artifact(kit.claims(scope=[{"resource": "acct:1"}])),
+        "scope-unknown-constraint": kit.raw_artifact(
+            kit.claims(
+                scope=[
+                    {"action": "payments.*", "resource": "acct:**", "constraints": {"a": {"x": 1}}}
+                ]
+            )
+        ),
+        "cnf-not-an-object": kit.raw_artifact(kit.claims(cnf="thumb")),
+        "uses-zero": kit.raw_artifact(kit.claims(uses=0)),
+        "aud-empty-list": kit.raw_artifact(kit.claims(aud=[])),
+        "gov-unknown-key": kit.raw_artifact(kit.claims(gov={"owner": "bob"})),
+        "oversize": kit.raw_artifact(big),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "garbage",
+        "three-garbage-parts",
+        "not-a-string",
+        "wrong-typ",
+        "unknown-claim",
+        "missing-exp",
+        "missing-iat",
+        "empty-scope",
+        "scope-grant-without-action",
+        "scope-unknown-constraint",
+        "cnf-not-an-object",
+        "uses-zero",
+        "aud-empty-list",
+        "gov-unknown-key",
+        "oversize",
+    ],
+)
+def test_artifact_malformed(kit: Kit, gw: Gateway, case: str) -> None:
+    artifact = _malformed_artifacts(kit)[case]
+    request = kit.request(amount=1)
+    wire = kit.submission(request, artifact if isinstance(artifact, str) else "x")
+    wire["artifact"] = artifact
+    d = gw.decide(wire)
+    assert_denied(gw, d, "artifact.malformed")
+    if case == "oversize":
+        assert len(str(artifact)) > MAX_ARTIFACT_BYTES
+        assert "longer than" in d.reasons[0].detail
+
+
+def test_artifact_signature_invalid(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact()
+    head, payload, sig = token.split(".")
+    raw = bytearray(b64url_decode(sig))
+    raw[0] ^= 0x01
+    tampered = f"{head}.{payload}.{b64url_encode(bytes(raw))}"
+    wire = kit.submission(kit.request(amount=1), tampered)
+    assert_denied(gw, gw.decide(wire), "artifact.signature_invalid")
+
+
+def test_artifact_with_altered_claims_fails_the_signature(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact()
+    head, _, sig = token.split(".")
+    widened = kit.claims(scope=[{"action": "**", "resource": "**"}])
+    forged = f"{head}.{b64url_encode(json.dumps(widened).encode())}.{sig}"
+    wire = kit.submission(kit.request(amount=1), forged)
+    assert_denied(gw, gw.decide(wire), "artifact.signature_invalid")
+
+
+def test_artifact_from_an_unknown_key(kit: Kit, gw: Gateway) -> None:
+    stranger = PrivateKey.generate()
+    token = kit.artifact(key=stranger)
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_denied(gw, d, "artifact.untrusted_issuer")
+
+
+def test_artifact_signed_by_the_attester_key_is_not_an_authority(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(key=kit.attester)
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_denied(gw, d, "artifact.untrusted_issuer")
+
+
+def test_artifact_iss_must_own_the_key(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(issuer="another-authority")
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_denied(gw, d, "artifact.untrusted_issuer")
+    assert "does not own" in d.reasons[0].detail
+
+
+@pytest.mark.parametrize(
+    "grant",
+    [
+        {"action": "users.delete", "resource": "acct:1"},
+        {"action": "payments.**", "resource": "acct:**"},
+        {"action": "payments.transfer", "resource": "**"},
+        {"action": "shell.exec", "resource": "acct:1"},
+    ],
+)
+def test_artifact_grant_outside_the_authority_scope(
+    kit: Kit, gw: Gateway, grant: dict[str, Any]
+) -> None:
+    token = kit.artifact([{"action": "payments.*", "resource": "acct:**"}, grant])
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_denied(gw, d, "artifact.untrusted_issuer")
+    assert "may not grant" in d.reasons[0].detail
+
+
+@pytest.mark.parametrize(
+    ("offset", "outcome"),
+    [(0, "proceed"), (59, "proceed"), (60, "artifact.expired"), (3600, "artifact.expired")],
+)
+def test_artifact_expiry_with_leeway(kit: Kit, gw: Gateway, offset: int, outcome: str) -> None:
+    token = kit.artifact(now=NOW - 600, ttl=600)  # exp == NOW
+    kit.clock.t = NOW + offset
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    if outcome == "proceed":
+        assert d.outcome is Outcome.PROCEED, d.reasons
+    else:
+        assert_denied(gw, d, outcome)
+
+
+@pytest.mark.parametrize(
+    ("offset", "outcome"),
+    [
+        (100, "proceed"),
+        (40, "proceed"),
+        (39, "artifact.not_yet_valid"),
+        (-500, "artifact.not_yet_valid"),
+    ],
+)
+def test_artifact_not_before_with_leeway(kit: Kit, gw: Gateway, offset: int, outcome: str) -> None:
+    token = kit.artifact(not_before=NOW + 100)
+    kit.clock.t = NOW + offset
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    if outcome == "proceed":
+        assert d.outcome is Outcome.PROCEED, d.reasons
+    else:
+        assert_denied(gw, d, outcome)
+
+
+def test_artifact_wrong_audience(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(audience="gw-elsewhere")
+    assert_denied(
+        gw, gw.decide(kit.submission(kit.request(amount=1), token)), "artifact.wrong_audience"
+    )
+
+
+def test_artifact_audience_list_naming_this_gateway(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(audience=["gw-elsewhere", GATEWAY_ID])
+    assert gw.decide(kit.submission(kit.request(amount=1), token)).outcome is Outcome.PROCEED
+
+
+# --- revocation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["jti", "issuer-kid", "runtime-jkt", "sub"])
+def test_artifact_revoked(kit: Kit, gw: Gateway, target: str) -> None:
+    token = kit.artifact(jti="revocable-jti-1")
+    kind, value = {
+        "jti": ("jti", "revocable-jti-1"),
+        "issuer-kid": ("kid", kit.authority.public.thumbprint()),
+        "runtime-jkt": ("kid", kit.runtime.key.public.thumbprint()),
+        "sub": ("sub", RUNTIME_ID),
+    }[target]
+    # An unrelated revocation of each kind changes nothing.
+    for k in ("jti", "kid", "sub"):
+        gw.store.revoke(k, "unrelated", reason="noise", now=NOW)
+    assert gw.decide(kit.submission(kit.request(amount=1), token)).outcome is Outcome.PROCEED
+
+    assert gw.store.revoke(kind, value, reason="compromised", now=NOW)
+    d = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_denied(gw, d, "artifact.revoked")
+    assert "compromised" in d.reasons[0].detail
+
+
+# --- uses -----------------------------------------------------------------------------
+
+
+def test_single_use_artifact_is_exhausted_by_its_second_use(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(uses=1)
+    first = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert first.outcome is Outcome.PROCEED
+    second = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_denied(gw, second, "artifact.exhausted")
+
+
+def test_uses_are_counted_only_for_decisions_that_execute(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(uses=2)
+    refused = [
+        gw.decide(kit.submission(kit.request("payments.refund", amount=1), token)),  # deny
+        gw.decide(kit.submission(kit.request(amount=5000), token)),  # pause
+        gw.decide(kit.submission(kit.request("payments.charge"), token)),  # erroring rule
+        gw.decide(kit.submission(kit.request(amount=1), token, audience="nope")),  # bad proof
+    ]
+    assert [d.outcome for d in refused] == [Outcome.DENY, Outcome.PAUSE, Outcome.DENY, Outcome.DENY]
+    ok = [gw.decide(kit.submission(kit.request(amount=1), token)) for _ in range(2)]
+    assert [d.outcome for d in ok] == [Outcome.PROCEED, Outcome.PROCEED]
+    assert_denied(gw, gw.decide(kit.submission(kit.request(amount=1), token)), "artifact.exhausted")
+
+
+def test_a_reroute_consumes_a_use(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact([{"action": "shell.exec", "resource": "host:**"}], uses=1)
+    request = kit.request("shell.exec", "host:a", argv=["ls"])
+    assert gw.decide(kit.submission(request, token)).outcome is Outcome.REROUTE
+    assert_denied(gw, gw.decide(kit.submission(request, token)), "artifact.exhausted")
+
+
+def test_uses_limit_holds_under_concurrency(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(uses=3)
+    subs = [kit.submission(kit.request(amount=1), token) for _ in range(20)]
+    results: list[Decision] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(subs))
+
+    def run(wire: dict[str, Any]) -> None:
+        start.wait()
+        d = gw.decide(wire)
+        with lock:
+            results.append(d)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in subs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outcomes = [d.outcome for d in results]
+    assert outcomes.count(Outcome.PROCEED) == 3
+    assert all(codes(d) == ["artifact.exhausted"] for d in results if not d.executes)
+    assert sorted(d.log_index for d in results if d.log_index is not None) == list(range(20))
+
+
+# --- proof of possession --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proof", [None, ""])
+def test_proof_missing(kit: Kit, gw: Gateway, proof: str | None) -> None:
+    wire = kit.submit()
+    wire["proof"] = proof
+    assert_denied(gw, gw.decide(wire), "identity.proof_missing")
+
+
+def _proof(kit: Kit, claims: dict[str, Any], *, key: PrivateKey | None = None) -> str:
+    signer = key or kit.runtime.key
+    return encode({"typ": PROOF_TYP, "jwk": signer.public.to_jwk()}, claims, signer)
+
+
+def _proof_claims(kit: Kit, request: Request, artifact: str, **overrides: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "jti": "proof-jti-0123456789",
+        "iat": kit.clock.now,
+        "aud": GATEWAY_ID,
+        "rh": request_hash(request),
+        "ath": artifact_hash(artifact),
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def test_handmade_proof_claims_are_accepted(kit: Kit, gw: Gateway) -> None:
+    """The baseline the invalid-proof cases below each change one thing of."""
+    request, token = kit.request(amount=1), kit.artifact()
+    wire = {"request": request.canonical(), "artifact": token}
+    wire["proof"] = _proof(kit, _proof_claims(kit, request, token, nonce="n-1"))
+    assert gw.decide(wire).outcome is Outcome.PROCEED
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides"),
+    [
+        ("too-old", {"iat": NOW - 121}),
+        ("future-iat", {"iat": NOW + 61}),
+        ("wrong-aud", {"aud": "gw-elsewhere"}),
+        ("aud-as-list", {"aud": [GATEWAY_ID]}),
+        ("aud-as-object", {"aud": {"gw": GATEWAY_ID}}),
+        ("wrong-rh", {"rh": request_hash(Request("payments.transfer", "acct:2", RUNTIME_ID))}),
+        ("wrong-ath", {"ath": artifact_hash("a.b.c")}),
+        ("missing-rh", {"rh": None}),
+        ("missing-iat", {"iat": None}),
+        ("unknown-claim", {"scope": "everything"}),
+        ("short-jti", {"jti": "abc"}),
+        ("missing-jti", {"jti": None}),
+        ("nonce-not-string", {"nonce": 7}),
+    ],
+)
+def test_proof_invalid(kit: Kit, gw: Gateway, case: str, overrides: dict[str, Any]) -> None:
+    request, token = kit.request(amount=1), kit.artifact()
+    proof = _proof(kit, _proof_claims(kit, request, token, **overrides))
+    wire = {"request": request.canonical(), "artifact": token, "proof": proof}
+    assert_denied(gw, gw.decide(wire), "identity.proof_invalid")
+
+
+@pytest.mark.parametrize("iat", [NOW - 120, NOW + 60])
+def test_proof_iat_window_edges(kit: Kit, gw: Gateway, iat: int) -> None:
+    request, token = kit.request(amount=1), kit.artifact()
+    proof = _proof(kit, _proof_claims(kit, request, token, iat=iat))
+    d = gw.decide({"request": request.canonical(), "artifact": token, "proof": proof})
+    assert d.outcome is Outcome.PROCEED, d.reasons
+
+
+def test_request_altered_after_signing(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact()
+    wire = kit.submission(kit.request(amount=10), token)
+    wire["request"]["args"]["amount"] = 4000
+    assert_denied(gw, gw.decide(wire), "identity.proof_invalid")
+    wire = kit.submission(kit.request(amount=10), token)
+    assert_denied(
+        gw,
+        gw.decide(Submission(kit.request(amount=11), token, wire["proof"])),
+        "identity.proof_invalid",
+    )
+
+
+def test_proof_for_another_artifact(kit: Kit, gw: Gateway) -> None:
+    request = kit.request(amount=1)
+    wire = kit.submission(request, kit.artifact(jti="artifact-a-000001"))
+    wire["artifact"] = kit.artifact(jti="artifact-b-000001")
+    assert_denied(gw, gw.decide(wire), "identity.proof_invalid")
+
+
+@pytest.mark.parametrize("proof", ["garbage", "a.b.c", 42, ["x"]])
+def test_proof_garbage(kit: Kit, gw: Gateway, proof: object) -> None:
+    wire = kit.submit()
+    wire["proof"] = proof
+    assert_denied(gw, gw.decide(wire), "identity.proof_invalid")
+
+
+def test_proof_with_a_kid_instead_of_a_jwk(kit: Kit, gw: Gateway) -> None:
+    request, token = kit.request(amount=1), kit.artifact()
+    key = kit.runtime.key
+    proof = encode(
+        {"typ": PROOF_TYP, "kid": key.public.thumbprint()}, _proof_claims(kit, request, token), key
+    )
+    wire = {"request": request.canonical(), "artifact": token, "proof": proof}
+    assert_denied(gw, gw.decide(wire), "identity.proof_invalid")
+
+
+def test_proof_by_another_key_is_an_identity_mismatch(kit: Kit, gw: Gateway) -> None:
+    wire = kit.submission(kit.request(amount=1), kit.artifact(), signer=PrivateKey.generate())
+    assert_denied(gw, gw.decide(wire), "identity.mismatch")
+
+
+def test_proof_header_jwk_lying_about_the_signer(kit: Kit, gw: Gateway) -> None:
+    """The header names the bound key, but another key signed: the signature fails."""
+    request, token = kit.request(amount=1), kit.artifact()
+    intruder = PrivateKey.generate()
+    header = {"typ": PROOF_TYP, "jwk": kit.runtime.key.public.to_jwk()}
+    proof = encode(header, _proof_claims(kit, request, token), intruder)
+    wire = {"request": request.canonical(), "artifact": token, "proof": proof}
+    assert_denied(gw, gw.decide(wire), "identity.proof_invalid")
+
+
+def test_request_runtime_must_be_the_artifact_subject(kit: Kit, gw: Gateway) -> None:
+    wire = kit.submission(kit.request(amount=1, runtime="agent-2"), kit.artifact())
+    d = gw.decide(wire)
+    assert_denied(gw, d, "identity.mismatch")
+    assert "agent-2" in d.reasons[0].detail
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+def test_replayed_proof_is_detected(kit: Kit, gw: Gateway) -> None:
+    wire = kit.submit()
+    assert gw.decide(wire).outcome is Outcome.PROCEED
+    assert_denied(gw, gw.decide(wire), "replay.detected")
+
+
+def test_replay_is_detected_across_gateway_restarts(kit: Kit) -> None:
+    wire = kit.submit()
+    first = kit.gateway()
+    assert first.decide(wire).outcome is Outcome.PROCEED
+    first.close()
+    second = kit.gateway()
+    assert_denied(second, second.decide(wire), "replay.detected")
+
+
+def test_concurrent_replays_let_exactly_one_proceed(kit: Kit, gw: Gateway) -> None:
+    wire = kit.submit()
+    n = 16
+    results: list[Decision] = []
+    lock = threading.Lock()
+    start = threading.Barrier(n)
+
+    def run() -> None:
+        start.wait()
+        d = gw.decide(wire)
+        with lock:
+            results.append(d)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == n
+    assert [d.outcome for d in results].count(Outcome.PROCEED) == 1
+    assert sorted(tuple(codes(d)) for d in results if not d.executes) == [("replay.detected",)] * (
+        n - 1
+    )
+    records = [json.loads(e.entry) for e in gw.store.entries(0, n)]
+    assert [r["outcome"] for r in records].count("proceed") == 1
+
+
+# --- environment ----------------------------------------------------------------------
+
+REPORTS = [{"action": "reports.read", "resource": "**"}]
+
+
+def _env_decide(kit: Kit, gw: Gateway, attestation: str | None) -> Decision:
+    token = kit.artifact(REPORTS, env={"region": ["eu-west-1", "eu-central-1"]})
+    return gw.decide(
+        kit.submission(kit.request("reports.read", "report:q3"), token, attestation=attestation)
+    )
+
+
+def test_environment_attested_and_matching(kit: Kit, gw: Gateway) -> None:
+    d = _env_decide(kit, gw, kit.attestation({"region": "eu-central-1", "host": "h1"}))
+    assert d.outcome is Outcome.PROCEED, d.reasons
+
+
+def test_environment_is_not_checked_without_env_conditions(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(REPORTS)
+    d = gw.decide(kit.submission(kit.request("reports.read", "report:q3"), token))
+    assert d.outcome is Outcome.PROCEED
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "stranger", "authority-key", "other-runtime", "expired", "future", "garbage"],
+)
+def test_environment_untrusted(kit: Kit, gw: Gateway, case: str) -> None:
+    attestation = {
+        "missing": None,
+        "stranger": kit.attestation(key=PrivateKey.generate()),
+        "authority-key": kit.attestation(key=kit.authority),
+        "other-runtime": kit.attestation(subject="agent-2"),
+        "expired": kit.attestation(now=NOW - 400, ttl=300),  # exp NOW-100, leeway 60
+        "future": kit.attestation(now=NOW + 61),
+        "garbage": "not-an-attestation",
+    }[case]
+    assert_denied(gw, _env_decide(kit, gw, attestation), "environment.untrusted")
+
+
+@pytest.mark.parametrize("env", [{"region": "us-east-1"}, {"host": "h1"}])
+def test_environment_mismatch(kit: Kit, gw: Gateway, env: dict[str, str]) -> None:
+    assert_denied(gw, _env_decide(kit, gw, kit.attestation(env)), "environment.mismatch")
+
+
+# --- scope ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("payments.refund.partial", "acct:1"),
+        ("users.delete", "acct:1"),
+        ("payments.transfer", "bank:1"),
+    ],
+)
+def test_scope_not_granted(kit: Kit, gw: Gateway, action: str, resource: str) -> None:
+    token = kit.artifact([{"action": "payments.*", "resource": "acct:**"}])
+    assert_denied(
+        gw, gw.decide(kit.submission(kit.request(action, resource), token)), "scope.not_granted"
+    )
+
+
+CONSTRAINED = [
+    {
+        "action": "payments.*",
+        "resource": "acct:**",
+        "constraints": {
+            "amount": {"max": 500, "min": 1},
+            "currency": {"enum": ["EUR", "USD"]},
+            "memo": {"pattern": "[A-Z]{3}-[0-9]+"},
+            "iban": {"prefix": "DE"},
+        },
+    }
+]
+GOOD_ARGS: dict[str, Any] = {"amount": 500, "currency": "EUR", "memo": "INV-7", "iban": "DE0012"}
+
+
+def test_constrained_request_inside_every_bound_proceeds(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(CONSTRAINED)
+    for args in (
+        GOOD_ARGS,
+        {**GOOD_ARGS, "amount": 1, "currency": "USD"},
+        {**GOOD_ARGS, "amount": 2.5},
+    ):
+        d = gw.decide(kit.submission(kit.request(**args), token))
+        assert d.outcome is Outcome.PROCEED, (args, d.reasons)
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"amount": 501}, "exceeds max"),
+        ({"amount": 500.5}, "exceeds max"),
+        ({"amount": 0}, "below min"),
+        ({"amount": "100"}, "not a number"),
+        ({"amount": True}, "not a number"),
+        ({"amount": None}, "not a number"),
+        ({"currency": "GBP"}, "not one of"),
+        ({"currency": ["EUR"]}, "not one of"),
+        ({"memo": "inv-7"}, "does not match"),
+        ({"memo": "INV-7x"}, "does not match"),
+        ({"memo": 7}, "not a string"),
+        ({"iban": "FR0012"}, "does not start with"),
+        ({"iban": 12}, "not a string"),
+        ({"amount": "MISSING"}, "missing"),
+        ({"iban": "MISSING"}, "missing"),
+    ],
+)
+def test_scope_constraint_violated(
+    kit: Kit, gw: Gateway, change: dict[str, Any], detail: str
+) -> None:
+    args = {**GOOD_ARGS, **change}
+    args = {k: v for k, v in args.items() if v != "MISSING"}
+    token = kit.artifact(CONSTRAINED)
+    d = gw.decide(kit.submission(kit.request(**args), token))
+    assert_denied(gw, d, "scope.constraint_violated")
+    assert detail in d.reasons[0].detail
+
+
+def test_constraint_on_a_huge_integer_argument_is_a_violation(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(CONSTRAINED)
+    # 2**53 - 1 is the largest integer with a canonical JSON form: still a number.
+    d = gw.decide(kit.submission(kit.request(**{**GOOD_ARGS, "amount": 2**53 - 1}), token))
+    assert_denied(gw, d, "scope.constraint_violated")
+    assert "exceeds max" in d.reasons[0].detail
+
+
+def test_a_second_grant_can_admit_what_the_first_refuses(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(
+        [
+            {"action": "payments.*", "resource": "acct:**", "constraints": {"amount": {"max": 10}}},
+            {
+                "action": "payments.transfer",
+                "resource": "acct:9",
+                "constraints": {"amount": {"max": 900}},
+            },
+        ]
+    )
+    assert gw.decide(kit.submission(kit.request(resource="acct:9", amount=800), token)).executes
+    d = gw.decide(kit.submission(kit.request(resource="acct:8", amount=800), token))
+    assert_denied(gw, d, "scope.constraint_violated")
+
+
+# --- lineage --------------------------------------------------------------------------
+
+
+def test_request_with_a_parent_is_lineage_broken(kit: Kit, gw: Gateway) -> None:
+    wire = kit.submission(kit.request(amount=1, parent="some.parent.receipt"), kit.artifact())
+    assert_denied(gw, gw.decide(wire), "lineage.broken")
+
+
+def test_delegated_artifact_is_lineage_broken(kit: Kit, gw: Gateway) -> None:
+    token = kit.raw_artifact(kit.claims(prf=[kit.artifact()]))
+    assert_denied(gw, gw.decide(kit.submission(kit.request(amount=1), token)), "lineage.broken")
+
+
+# --- policy ---------------------------------------------------------------------------
+
+
+def test_policy_deny_rule(kit: Kit, gw: Gateway) -> None:
+    d = gw.decide(kit.submit(kit.request("payments.refund", amount=1)))
+    assert_denied(gw, d, "policy.denied")
+    assert d.rule == "refunds-denied"
+    assert "refunds are manual" in d.reasons[0].detail
+
+
+@pytest.mark.parametrize("args", [{}, {"amount": "12"}, {"amount": True}])
+def test_policy_erroring_condition_denies(kit: Kit, gw: Gateway, args: dict[str, Any]) -> None:
+    d = gw.decide(kit.submit(kit.request("payments.charge", **args)))
+    assert_denied(gw, d, "policy.denied")
+    assert d.rule == "charges-over-ten"
+    assert "condition failed" in d.reasons[0].detail
+
+
+def test_policy_false_condition_falls_through_to_the_next_rule(kit: Kit, gw: Gateway) -> None:
+    d = gw.decide(kit.submit(kit.request("payments.charge", amount=5)))
+    assert d.outcome is Outcome.PROCEED
+    assert d.rule == "payments"
+
+
+def test_policy_no_match(kit: Kit, gw: Gateway) -> None:
+    token = kit.artifact(REPORTS)
+    d = gw.decide(kit.submission(kit.request("reports.read", "wiki:page"), token))
+    assert_denied(gw, d, "policy.no_match")
+    assert d.rule is None
+
+
+def test_policy_pin_that_differs_is_a_mismatch(kit: Kit, gw: Gateway) -> None:
+    d = gw.decide(kit.submit(gov={"policy": "sha256:" + "0" * 64}))
+    assert_denied(gw, d, "policy.mismatch")
+
+
+def test_policy_pin_that_matches_proceeds(kit: Kit, gw: Gateway) -> None:
+    d = gw.decide(kit.submit(gov={"policy": gw.policy.hash, "ticket": "T-1"}))
+    assert d.outcome is Outcome.PROCEED
+
+
+def test_policy_sees_artifact_governance(tmp_path: Path) -> None:
+    policy = """\
+version: 1
+rules:
+  - name: ticketed
+    match: {action: "payments.*"}
+    when: "has(artifact.gov.ticket) && environment == {} && now > 0"
+    effect: proceed
+  - name: other
+    match: {action: "**"}
+    effect: deny
+"""
+    kit = make_kit(tmp_path, policy=policy)
+    try:
+        gw = kit.gateway()
+        assert gw.decide(kit.submit(gov={"ticket": "T-9"})).rule == "ticketed"
+        d = gw.decide(kit.submit())
+        assert d.rule == "other"
+        assert_denied(gw, d, "policy.denied")
+    finally:
+        kit.close()
+
+
+# --- malformed submissions ------------------------------------------------------------
+
+
+def _bad_submissions() -> dict[str, object]:
+    good = {"action": "payments.transfer", "resource": "acct:1", "runtime": RUNTIME_ID}
+    deep: list[Any] = []
+    for _ in range(5_000):
+        deep = [deep]
+    return {
+        "args-too-deep": {"request": {**good, "args": {"x": deep}}},
+        "not-an-object": ["request"],
+        "null": None,
+        "unknown-field": {"request": good, "artifact": None, "proof": None, "extra": 1},
+        "missing-request": {"artifact": "a.b.c", "proof": "a.b.c"},
+        "request-not-an-object": {"request": "payments.transfer"},
+        "request-unknown-field": {"request": {**good, "user": "root"}},
+        "request-missing-action": {"request": {"resource": "acct:1", "runtime": RUNTIME_ID}},
+        "action-not-a-string": {"request": {**good, "action": 7}},
+        "empty-resource": {"request": {**good, "resource": ""}},
+        "runtime-list": {"request": {**good, "runtime": [RUNTIME_ID]}},
+        "args-list": {"request": {**good, "args": ["--force"]}},
+        "parent-number": {"request": {**good, "parent": 1}},
+        "args-not-json": {"request": {**good, "args": {"x": b"bytes"}}},
+        "args-float-nan": {"request": {**good, "args": {"x": float("nan")}}},
+        "args-int-too-big": {"request": {**good, "args": {"x": 2**64}}},
+        "oversize": {"request": {**good, "args": {"blob": "x" * MAX_REQUEST_BYTES}}},
+        "action-too-long": {"request": {**good, "action": "a" * 1025}},
+        "request-non-string-key": {"request": {**good, 1: "x"}},
+        "non-string-key": {"request": good, 2: "x"},
+        "request-is-a-request": {"request": Request("a", "r", RUNTIME_ID)},
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_submissions()))
+def test_malformed_submission_is_a_request_error(kit: Kit, gw: Gateway, case: str) -> None:
+    with pytest.raises(RequestError):
+        gw.decide(_bad_submissions()[case])  # type: ignore[arg-type]
+    assert gw.store.size() == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not json", b"\xff\xfe{}", b'{"request": {}, "request": {}}', b"[1, 2]", b'{"a": NaN}'],
+)
+def test_submission_from_bytes_rejects_non_json(data: bytes) -> None:
+    with pytest.raises(RequestError):
+        Submission.from_bytes(data)
+
+
+def test_submission_from_bytes_round_trip(kit: Kit, gw: Gateway) -> None:
+    data = json.dumps(kit.submit()).encode()
+    assert gw.decide(Submission.from_bytes(data)).outcome is Outcome.PROCEED
+
+
+def test_submission_from_bytes_over_the_limit() -> None:
+    with pytest.raises(RequestError, match="exceeds"):
+        Submission.from_bytes(b" " * (2 * MAX_REQUEST_BYTES + 1))
+
+
+def test_oversize_request_built_in_python_is_refused_too(kit: Kit) -> None:
+    request = kit.request(blob="x" * MAX_REQUEST_BYTES)
+    with pytest.raises(RequestError, match="limit"):
+        Submission(request, "a.b.c", "a.b.c")
+
+
+def test_request_at_the_size_limit_is_accepted() -> None:
+    base = Request("a", "r", "rt", args={"blob": ""})
+    room = MAX_REQUEST_BYTES - len(canonical_json(base.canonical()))
+    Submission(Request("a", "r", "rt", args={"blob": "x" * room}), None, None)
+    with pytest.raises(RequestError):
+        Submission(Request("a", "r", "rt", args={"blob": "x" * (room + 1)}), None, None)

@@ -1,0 +1,317 @@
+"""Fail closed: when the gateway cannot decide, nothing executes, and it says why.
+
+Stores here are real SQLite stores with one method made to fail, or real files that are
+corrupt or cannot be created; policy, clock and receipt signing are made to raise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import Kit, make_kit
+
+from execgate.errors import AuditError, StoreError
+from execgate.model import Decision, Outcome
+from execgate.pipeline import Gateway
+from execgate.policy import Policy, PolicyResult
+from execgate.receipts import sign_receipt
+from execgate.store.base import Revocation, WriteJob
+from execgate.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+class FlakyStore(SQLiteStore):
+    """A real SQLite store whose named operations raise, as a failing database would."""
+
+    def __init__(
+        self, path: Path, *, fail: Iterable[str] = (), commit_error: Exception | None = None
+    ):
+        super().__init__(path)
+        self.fail = set(fail)
+        self.commit_error = commit_error
+        self.commit_failures = 1_000_000  # how many commits raise commit_error
+
+    def _check(self, name: str) -> None:
+        if name in self.fail:
+            raise StoreError(f"{name}: connection refused")
+
+    def revoked(self, keys: Iterable[tuple[str, str]]) -> Revocation | None:
+        self._check("revoked")
+        return super().revoked(keys)
+
+    def proof_seen(self, jti: str) -> bool:
+        self._check("proof_seen")
+        return super().proof_seen(jti)
+
+    def uses_consumed(self, jti: str) -> int:
+        self._check("uses_consumed")
+        return super().uses_consumed(jti)
+
+    def commit(self, job: WriteJob) -> int:
+        if self.commit_error is not None and self.commit_failures > 0:
+            self.commit_failures -= 1
+            raise self.commit_error
+        return super().commit(job)
+
+
+def codes(decision: Decision) -> list[str]:
+    return [r.code for r in decision.reasons]
+
+
+def records(gw: Gateway) -> list[dict[str, Any]]:
+    return [json.loads(e.entry) for e in gw.store.entries(0, gw.store.size())]
+
+
+def assert_failed_closed(d: Decision, *expected: str) -> None:
+    assert d.outcome is Outcome.FAIL_CLOSED, d
+    assert not d.executes
+    assert codes(d) == list(expected), d.reasons
+
+
+# --- the store fails ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["revoked", "proof_seen", "uses_consumed"])
+def test_store_read_failure_fails_closed(kit: Kit, operation: str) -> None:
+    store = FlakyStore(kit.config.store, fail=[operation])
+    gw = kit.gateway(store)
+    d = gw.decide(kit.submit(uses=5))
+    assert_failed_closed(d, "store.unavailable")
+    assert "connection refused" in d.reasons[0].detail
+    [record] = records(gw)
+    assert record["outcome"] == "fail_closed"
+    assert record["reasons"][0]["code"] == "store.unavailable"
+    assert d.log_index == 0
+    assert d.receipt is not None  # logged, so it is receipted: a signed fail_closed
+
+
+def test_store_read_failure_does_not_consume_a_use(kit: Kit) -> None:
+    store = FlakyStore(kit.config.store, fail=["proof_seen"])
+    gw = kit.gateway(store)
+    token = kit.artifact(uses=1)
+    assert_failed_closed(
+        gw.decide(kit.submission(kit.request(amount=1), token)), "store.unavailable"
+    )
+    store.fail.clear()
+    assert gw.decide(kit.submission(kit.request(amount=1), token)).outcome is Outcome.PROCEED
+
+
+def test_audit_append_failure_fails_closed_without_receipt_or_index(kit: Kit) -> None:
+    store = FlakyStore(kit.config.store, commit_error=AuditError("disk full"))
+    gw = kit.gateway(store)
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "audit.unavailable")
+    assert "disk full" in d.reasons[0].detail
+    assert d.log_index is None
+    assert d.receipt is None
+    assert gw.store.size() == 0
+
+
+def test_audit_failure_keeps_the_denial_reason(kit: Kit) -> None:
+    store = FlakyStore(kit.config.store, commit_error=AuditError("disk full"))
+    gw = kit.gateway(store)
+    d = gw.decide(kit.submit(kit.request("payments.refund", amount=1)))
+    assert_failed_closed(d, "policy.denied", "audit.unavailable")
+
+
+def test_an_unlogged_decision_consumes_nothing(kit: Kit) -> None:
+    """A decision that could not be logged consumed nothing; the next one is judged afresh."""
+    store = FlakyStore(kit.config.store, commit_error=AuditError("disk full"))
+    store.commit_failures = 1
+    gw = kit.gateway(store)
+    wire = kit.submit()
+    assert_failed_closed(gw.decide(wire), "audit.unavailable")
+    assert gw.decide(wire).outcome is Outcome.PROCEED
+    assert [r["outcome"] for r in records(gw)] == ["proceed"]
+    assert gw.decide(wire).reasons[0].code == "replay.detected"
+
+
+def test_whole_store_down(kit: Kit) -> None:
+    store = FlakyStore(
+        kit.config.store,
+        fail=["revoked", "proof_seen", "uses_consumed"],
+        commit_error=AuditError("connection refused"),
+    )
+    gw = kit.gateway(store)
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "store.unavailable", "audit.unavailable")
+    assert d.receipt is None
+    assert d.log_index is None
+
+
+def test_closed_store_fails_closed(kit: Kit) -> None:
+    gw = kit.gateway()
+    gw.store.close()
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "store.unavailable", "audit.unavailable")
+
+
+def test_unexpected_commit_error_is_logged_as_internal_error(kit: Kit) -> None:
+    store = FlakyStore(kit.config.store, commit_error=RuntimeError("driver bug"))
+    store.commit_failures = 1
+    gw = kit.gateway(store)
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "internal.error")
+    assert d.log_index == 0
+    assert [r["outcome"] for r in records(gw)] == ["fail_closed"]
+
+
+# --- the policy, the clock, the signer fail -------------------------------------------
+
+
+def test_policy_that_raises_fails_closed(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(self: Policy, **_: Any) -> PolicyResult:
+        raise RuntimeError("engine crashed")
+
+    monkeypatch.setattr(Policy, "evaluate", boom)
+    gw = kit.gateway()
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "internal.error")
+    assert "policy" in d.reasons[0].detail
+    [record] = records(gw)
+    assert record["outcome"] == "fail_closed"
+    assert record["reasons"] == [r.to_json() for r in d.reasons]
+
+
+@pytest.mark.parametrize("failure", ["raises", "nan", "inf"])
+def test_clock_failure_fails_closed(kit: Kit, failure: str) -> None:
+    if failure == "raises":
+        kit.clock.error = OSError("clock source unavailable")
+    else:
+        kit.clock.t = float(failure)
+    gw = kit.gateway()
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "internal.error")
+    assert [r["outcome"] for r in records(gw)] == ["fail_closed"]
+
+
+def test_receipt_signing_failure_fails_closed_and_is_logged(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(**_: Any) -> str:
+        raise RuntimeError("HSM unreachable")
+
+    monkeypatch.setattr("execgate.pipeline.sign_receipt", broken)
+    gw = kit.gateway()
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "internal.error")
+    assert "receipt" in d.reasons[0].detail
+    assert d.receipt is None
+    assert d.log_index == 0
+    [record] = records(gw)
+    assert record["outcome"] == "fail_closed"
+    assert [r["code"] for r in record["reasons"]] == ["internal.error"]
+
+
+def test_receipt_signing_failure_consumes_no_use(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+
+    def flaky(**kw: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("HSM unreachable")
+        return sign_receipt(**kw)
+
+    monkeypatch.setattr("execgate.pipeline.sign_receipt", flaky)
+    gw = kit.gateway()
+    token = kit.artifact(uses=1)
+    first = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert_failed_closed(first, "internal.error")
+    second = gw.decide(kit.submission(kit.request(amount=1), token))
+    assert second.outcome is Outcome.PROCEED, second.reasons
+    assert [r["outcome"] for r in records(gw)] == ["fail_closed", "proceed"]
+
+
+# --- the database file ----------------------------------------------------------------
+
+
+def test_garbage_database_file_refuses_to_open(kit: Kit) -> None:
+    kit.config.store.write_bytes(b"this is not a database, just garbage " * 200)
+    with pytest.raises(StoreError, match=r"cannot open store .*not a database"):
+        SQLiteStore(kit.config.store)
+    with pytest.raises(StoreError, match="not a database"):
+        Gateway.open(kit.home, now=kit.clock)
+
+
+def test_database_with_a_clobbered_header_refuses_to_open(kit: Kit) -> None:
+    gw = kit.gateway()
+    assert gw.decide(kit.submit()).outcome is Outcome.PROCEED
+    kit.close()
+    path = kit.config.store
+    data = bytearray(path.read_bytes())
+    data[:100] = os.urandom(100)
+    path.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StoreError):
+        SQLiteStore(path)
+
+
+def test_database_of_another_schema_version_refuses_to_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        SQLiteStore(path)
+
+
+def test_missing_directory_refuses_to_open(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open store"):
+        SQLiteStore(tmp_path / "no" / "such" / "dir" / "state.db")
+
+
+def test_directory_path_that_is_a_file_refuses_to_open(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="cannot open store"):
+        SQLiteStore(tmp_path / "afile" / "state.db")
+
+
+def test_gateway_with_store_in_a_missing_directory_refuses_to_open(kit: Kit) -> None:
+    config = kit.home / "execgate.toml"
+    text = config.read_text().replace('store = "state.db"', 'store = "missing/state.db"')
+    config.write_text(text)
+    with pytest.raises(StoreError):
+        Gateway.open(kit.home, now=kit.clock)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_directory_refuses_to_open(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(StoreError):
+            SQLiteStore(ro / "state.db")
+    finally:
+        ro.chmod(stat.S_IRWXU)
+
+
+def test_never_proceeds_when_anything_fails(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same valid request under each failure: not one of them executes."""
+    outcomes = []
+    for fail in (["revoked"], ["proof_seen"]):
+        gw = kit.gateway(FlakyStore(kit.config.store, fail=fail))
+        outcomes.append(gw.decide(kit.submit()).outcome)
+    gw = kit.gateway(FlakyStore(kit.config.store, commit_error=AuditError("x")))
+    outcomes.append(gw.decide(kit.submit()).outcome)
+    kit.clock.error = OSError("no clock")
+    outcomes.append(kit.gateway().decide(kit.submit()).outcome)
+    kit.clock.error = None
+    assert outcomes == [Outcome.FAIL_CLOSED] * 4
+    assert kit.gateway().decide(kit.submit()).outcome is Outcome.PROCEED  # control

@@ -1,0 +1,363 @@
+"""The scope algebra: constraints, grants, matching, and attenuation (``within``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from execgate.scope import Constraint, Grant, check_scope, parse_grants
+
+# --- Constraint.parse -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (None, "non-empty object"),
+        ([], "non-empty object"),
+        ({}, "non-empty object"),
+        ({"maximum": 5}, "unknown keys"),
+        ({"max": "5"}, "finite number"),
+        ({"max": True}, "finite number"),
+        ({"min": float("nan")}, "finite number"),
+        ({"min": float("inf")}, "finite number"),
+        ({"max": None}, "finite number"),
+        ({"enum": []}, "non-empty list"),
+        ({"enum": "EUR"}, "non-empty list"),
+        ({"pattern": 5}, "must be a string"),
+        ({"prefix": ["a"]}, "must be a string"),
+        ({"pattern": "("}, "not a regex"),
+        ({"pattern": "a" * 257}, "longer than"),
+    ],
+)
+def test_constraint_parse_refuses(obj: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Constraint.parse("amount", obj)
+
+
+def test_constraint_parse_round_trips_to_json() -> None:
+    obj = {"max": 5, "min": -1.5, "enum": [1, "a", None], "pattern": "[a-z]+", "prefix": "ab"}
+    c = Constraint.parse("x", obj)
+    assert c.to_json() == obj
+    assert Constraint.parse("x", c.to_json()) == c
+
+
+def test_constraint_accepts_huge_integer_bounds() -> None:
+    c = Constraint.parse("amount", {"max": 10**400, "min": -(10**400)})
+    assert c.violation(10**399) is None
+    assert c.violation(2.5) is None
+    assert c.violation(10**401) == f"exceeds max {10**400}"
+    assert c.violation(-(10**401)) is not None
+
+
+# --- Constraint.violation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bounds", "value", "problem"),
+    [
+        ({"max": 10}, 10, None),
+        ({"max": 10}, 10.0, None),
+        ({"max": 10}, 10.000001, "exceeds max"),
+        ({"max": 10}, -(10**30), None),
+        ({"min": 0}, 0, None),
+        ({"min": 0}, -0.0, None),
+        ({"min": 0}, -1e-9, "below min"),
+        ({"max": 10}, True, "not a number"),
+        ({"max": 10}, False, "not a number"),
+        ({"min": 0}, "5", "not a number"),
+        ({"min": 0}, None, "not a number"),
+        ({"min": 0}, [1], "not a number"),
+        ({"max": 10}, float("nan"), "not a number"),
+        ({"min": 0}, float("inf"), "not a number"),
+        ({"enum": [1, 2]}, 1.0, None),
+        ({"enum": [1, 2]}, True, "not one of"),
+        ({"enum": [True]}, 1, "not one of"),
+        ({"enum": [True]}, True, None),
+        ({"enum": [None]}, None, None),
+        ({"enum": ["a"]}, "A", "not one of"),
+        ({"enum": [[1, 2]]}, [1, 2], None),
+        ({"enum": [[1, 2]]}, [2, 1], "not one of"),
+        ({"enum": [[1]]}, [True], "not one of"),
+        ({"enum": [{"a": 1}]}, {"a": 1.0}, None),
+        ({"enum": [{"a": 1}]}, {"a": 1, "b": 2}, "not one of"),
+        ({"enum": ["1"]}, 1, "not one of"),
+        ({"pattern": "[a-z]+"}, "abc", None),
+        ({"pattern": "[a-z]+"}, "abc1", "does not match"),  # a full match, not a search
+        ({"pattern": "[a-z]+"}, "1abc", "does not match"),
+        ({"pattern": "a|b"}, "ab", "does not match"),
+        ({"pattern": "[a-z]+"}, 5, "not a string"),
+        ({"prefix": "/tmp/"}, "/tmp/x", None),
+        ({"prefix": "/tmp/"}, "/tmp", "does not start with"),
+        ({"prefix": ""}, "", None),
+        ({"prefix": "a"}, None, "not a string"),
+        ({"max": 5, "enum": [1, 9]}, 9, "exceeds max"),
+        ({"max": 5, "enum": [1, 9]}, 1, None),
+    ],
+)
+def test_constraint_violation(bounds: dict[str, Any], value: object, problem: str | None) -> None:
+    found = Constraint.parse("x", bounds).violation(value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+# --- Constraint.within ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "expected"),
+    [
+        ({"max": 5}, {"max": 10}, True),
+        ({"max": 10}, {"max": 10}, True),
+        ({"max": 11}, {"max": 10}, False),
+        ({"min": 1}, {"max": 10}, False),  # no max at all is looser
+        ({"min": 1}, {"min": 0}, True),
+        ({"min": -1}, {"min": 0}, False),
+        ({"enum": [1]}, {"max": 10}, False),
+        ({"enum": [1, 2]}, {"enum": [2, 1, 3]}, True),
+        ({"enum": [1.0]}, {"enum": [1]}, True),
+        ({"enum": [True]}, {"enum": [1]}, False),
+        ({"enum": [1, 4]}, {"enum": [1, 2]}, False),
+        ({"max": 1}, {"enum": [1]}, False),
+        ({"pattern": "a+"}, {"pattern": "a+"}, True),
+        ({"pattern": "a"}, {"pattern": "a+"}, False),  # equal patterns only: sound, not complete
+        ({"prefix": "/tmp/x"}, {"prefix": "/tmp/"}, True),
+        ({"prefix": "/tm"}, {"prefix": "/tmp/"}, False),
+        ({"enum": ["/tmp/a"]}, {"prefix": "/tmp/"}, False),
+        ({"max": 5, "min": 1, "enum": [2]}, {"max": 5}, True),
+    ],
+)
+def test_constraint_within(inner: dict[str, Any], outer: dict[str, Any], expected: bool) -> None:
+    assert Constraint.parse("x", inner).within(Constraint.parse("x", outer)) is expected
+
+
+# --- grants ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ("payments.*", "must be an object"),
+        ({"action": "a", "resource": "r", "extra": 1}, "unknown keys"),
+        ({"resource": "r"}, "glob"),
+        ({"action": "a"}, "glob"),
+        ({"action": "a***", "resource": "r"}, "glob"),
+        ({"action": "a", "resource": "r", "constraints": []}, "constraints must be an object"),
+        ({"action": "a", "resource": "r", "constraints": {"n": {}}}, "non-empty object"),
+    ],
+)
+def test_grant_parse_refuses(obj: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Grant.parse(obj)
+
+
+def test_grant_round_trips_to_json() -> None:
+    obj = {"action": "a.*", "resource": "r:**", "constraints": {"n": {"max": 3}}}
+    assert Grant.parse(obj).to_json() == obj
+    assert Grant.parse({"action": "a", "resource": "r"}).to_json() == {
+        "action": "a",
+        "resource": "r",
+    }
+
+
+@pytest.mark.parametrize("obj", [None, [], {"action": "a", "resource": "r"}, "a"])
+def test_parse_grants_needs_a_non_empty_list(obj: object) -> None:
+    with pytest.raises(ValueError, match="non-empty list"):
+        parse_grants(obj)
+
+
+def test_parse_grants_caps_the_count() -> None:
+    grant = {"action": "a", "resource": "r"}
+    assert len(parse_grants([grant] * 64)) == 64
+    with pytest.raises(ValueError, match="at most 64"):
+        parse_grants([grant] * 65)
+
+
+def test_grant_violation_names_the_argument() -> None:
+    g = Grant.parse({"action": "a", "resource": "r", "constraints": {"amount": {"max": 5}}})
+    assert g.violation({"amount": 5}) is None
+    assert g.violation({"amount": 6}) == "argument 'amount' exceeds max 5"
+    assert g.violation({}) == "argument 'amount' is required by the grant but missing"
+    assert g.violation({"Amount": 1}) is not None
+
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "expected"),
+    [
+        (
+            {"action": "p.refund", "resource": "acct:1"},
+            {"action": "p.*", "resource": "acct:**"},
+            True,
+        ),
+        ({"action": "p.**", "resource": "acct:1"}, {"action": "p.*", "resource": "acct:**"}, False),
+        ({"action": "p.a", "resource": "bank:1"}, {"action": "p.*", "resource": "acct:**"}, False),
+        (
+            {"action": "p.a", "resource": "acct:1"},
+            {"action": "p.*", "resource": "acct:**", "constraints": {"n": {"max": 5}}},
+            False,
+        ),
+        (
+            {
+                "action": "p.a",
+                "resource": "acct:1",
+                "constraints": {"n": {"max": 3}, "m": {"min": 0}},
+            },
+            {"action": "p.*", "resource": "acct:**", "constraints": {"n": {"max": 5}}},
+            True,
+        ),
+        (
+            {"action": "p.a", "resource": "acct:1", "constraints": {"m": {"max": 3}}},
+            {"action": "p.*", "resource": "acct:**", "constraints": {"n": {"max": 5}}},
+            False,
+        ),
+    ],
+)
+def test_grant_within(inner: dict[str, Any], outer: dict[str, Any], expected: bool) -> None:
+    assert Grant.parse(inner).within(Grant.parse(outer)) is expected
+
+
+def test_check_scope_reports_the_closest_reason() -> None:
+    grants = parse_grants(
+        [
+            {"action": "p.*", "resource": "acct:**", "constraints": {"n": {"max": 5}}},
+            {"action": "p.big", "resource": "acct:vip", "constraints": {"n": {"max": 500}}},
+        ]
+    )
+    assert check_scope(grants, "p.big", "acct:vip", {"n": 400}) is None
+    miss = check_scope(grants, "p.big", "acct:1", {"n": 400})
+    assert miss is not None
+    assert miss.code == "scope.constraint_violated"
+    assert "exceeds max 5" in miss.detail
+    miss = check_scope(grants, "q.big", "acct:1", {"n": 1})
+    assert miss is not None
+    assert miss.code == "scope.not_granted"
+
+
+# --- attenuation never widens: property -----------------------------------------------
+
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+
+_GLOB_TOKENS = ["a", "b", ".", ":", "*", "**"]
+_VALUES: list[Any] = [-3, -1, 0, 1, 1.0, 1.5, 2, 3, True, False, None, "", "a", "ab", "abb", "b"]
+_PATTERNS = ["a+", "[ab]*", "a|b", "ab*", ".*"]
+_PREFIXES = ["", "a", "ab", "b"]
+
+globs = (
+    st.lists(st.sampled_from(_GLOB_TOKENS), min_size=1, max_size=4)
+    .map("".join)
+    .filter(lambda p: "***" not in p)
+)
+
+
+@st.composite
+def constraints(draw: st.DrawFn) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if draw(st.booleans()):
+        out["max"] = draw(st.integers(-2, 3) | st.sampled_from([0.5, 2.5]))
+    if draw(st.booleans()):
+        out["min"] = draw(st.integers(-2, 3))
+    if draw(st.booleans()):
+        out["enum"] = draw(st.lists(st.sampled_from(_VALUES), min_size=1, max_size=4))
+    if draw(st.booleans()):
+        out["pattern"] = draw(st.sampled_from(_PATTERNS))
+    if draw(st.booleans()):
+        out["prefix"] = draw(st.sampled_from(_PREFIXES))
+    return out or {"max": draw(st.integers(-2, 3))}
+
+
+@st.composite
+def grants(draw: st.DrawFn) -> dict[str, Any]:
+    names = draw(st.lists(st.sampled_from(["n", "s"]), unique=True, max_size=2))
+    return {
+        "action": draw(globs),
+        "resource": draw(globs),
+        "constraints": {name: draw(constraints()) for name in names},
+    }
+
+
+def _tighten(draw: Draw, grant: dict[str, Any]) -> dict[str, Any]:
+    """A child of ``grant`` that is often, but not always, within it."""
+
+    def narrower(pattern: str) -> str:
+        choice = draw(st.sampled_from(["same", "star", "literal", "random"]))
+        if choice == "star":
+            return pattern.replace("**", "*")
+        if choice == "literal":
+            return pattern.replace("**", "a").replace("*", "b")
+        if choice == "random":
+            fresh: str = draw(globs)
+            return fresh
+        return pattern
+
+    child_constraints: dict[str, Any] = {}
+    for name, bounds in grant["constraints"].items():
+        tighter = dict(bounds)
+        if "max" in tighter and draw(st.booleans()):
+            tighter["max"] = tighter["max"] - draw(st.integers(-1, 2))
+        if "min" in tighter and draw(st.booleans()):
+            tighter["min"] = tighter["min"] + draw(st.integers(-1, 2))
+        if "enum" in tighter and draw(st.booleans()):
+            tighter["enum"] = tighter["enum"][: draw(st.integers(1, len(tighter["enum"])))]
+        if "prefix" in tighter and draw(st.booleans()):
+            tighter["prefix"] = tighter["prefix"] + draw(st.sampled_from(["", "a", "b"]))
+        child_constraints[name] = tighter
+    if draw(st.booleans()):
+        child_constraints.setdefault("s", draw(constraints()))
+    return {
+        "action": narrower(grant["action"]),
+        "resource": narrower(grant["resource"]),
+        "constraints": child_constraints,
+    }
+
+
+def _instance(draw: Draw, pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(draw(st.text("ab.:", max_size=3)))
+            i += 2
+        elif pattern[i] == "*":
+            out.append(draw(st.text("ab", max_size=2)))
+            i += 1
+        else:
+            out.append(pattern[i])
+            i += 1
+    return "".join(out)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_a_child_grant_never_admits_what_its_parent_refuses(data: st.DataObject) -> None:
+    parent_obj = data.draw(grants())
+    child_obj = _tighten(data.draw, parent_obj)
+    parent, child = Grant.parse(parent_obj), Grant.parse(child_obj)
+    if not child.within(parent):
+        return
+    for _ in range(6):
+        action = _instance(data.draw, child.action)
+        resource = _instance(data.draw, child.resource)
+        args = {
+            name: data.draw(st.sampled_from(_VALUES))
+            for name in ("n", "s")
+            if data.draw(st.integers(0, 9)) > 0
+        }
+        if child.matches(action, resource) and child.violation(args) is None:
+            assert parent.matches(action, resource), (parent_obj, child_obj, action, resource)
+            assert parent.violation(args) is None, (parent_obj, child_obj, args)
+
+
+@settings(max_examples=300, deadline=None)
+@given(outer=constraints(), inner=constraints(), value=st.sampled_from(_VALUES))
+def test_a_constraint_within_another_admits_nothing_more(
+    outer: dict[str, Any], inner: dict[str, Any], value: object
+) -> None:
+    o, i = Constraint.parse("x", outer), Constraint.parse("x", inner)
+    if i.within(o) and i.violation(value) is None:
+        assert o.violation(value) is None, (outer, inner, value)

@@ -1,0 +1,354 @@
+"""The embedded SQLite store: append-only, dense, atomic, durable across reopen.
+
+Every test uses a real SQLite file under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import execgate.store.sqlite
+from execgate.errors import AuditError, StoreError
+from execgate.store.base import Conflict, UseClaim, WriteJob
+from execgate.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(path)
+    yield s
+    s.close()
+
+
+class Seen:
+    """Collects what ``finalize`` was told, per job."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, int]] = []
+
+    def job(
+        self,
+        payload: bytes,
+        *,
+        proof_jti: str | None = None,
+        proof_expires_at: int = 0,
+        use: UseClaim | None = None,
+    ) -> WriteJob:
+        def finalize(conflict: str | None, index: int) -> bytes:
+            self.calls.append((conflict, index))
+            return payload
+
+        return WriteJob(proof_jti, proof_expires_at, use, finalize)
+
+
+def entry_job(
+    payload: bytes,
+    *,
+    proof_jti: str | None = None,
+    proof_expires_at: int = 0,
+    use: UseClaim | None = None,
+) -> WriteJob:
+    return Seen().job(payload, proof_jti=proof_jti, proof_expires_at=proof_expires_at, use=use)
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> None:
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        start.wait()
+        target(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+# --- append-only ----------------------------------------------------------------------
+
+
+def test_audit_log_refuses_update_and_delete(store: SQLiteStore, path: Path) -> None:
+    store.commit(entry_job(b'{"n":0}'))
+    store.commit(entry_job(b'{"n":1}'))
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE audit_log SET entry = x'00' WHERE idx = 0")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM audit_log WHERE idx = 1")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM audit_log")
+    finally:
+        conn.close()
+    assert [e.entry for e in store.entries(0, 10)] == [b'{"n":0}', b'{"n":1}']
+
+
+def test_audit_log_refuses_replacing_or_skipping_an_index(store: SQLiteStore, path: Path) -> None:
+    store.commit(entry_job(b"first"))
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("INSERT OR REPLACE INTO audit_log (idx, entry) VALUES (0, x'00')")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("REPLACE INTO audit_log (idx, entry) VALUES (0, x'00')")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("INSERT INTO audit_log (idx, entry) VALUES (5, x'00')")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("INSERT INTO audit_log (idx, entry) VALUES (-1, x'00')")
+    finally:
+        conn.close()
+    assert [e.entry for e in store.entries(0, 10)] == [b"first"]
+    assert store.commit(entry_job(b"second")) == 1
+
+
+# --- indexes --------------------------------------------------------------------------
+
+
+def test_indexes_are_dense_from_zero_across_restarts(path: Path) -> None:
+    s = SQLiteStore(path)
+    assert s.size() == 0
+    assert [s.commit(entry_job(b"a%d" % i)) for i in range(3)] == [0, 1, 2]
+    s.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.size() == 3
+        assert [s.commit(entry_job(b"b%d" % i)) for i in range(2)] == [3, 4]
+        assert [(e.index, e.entry) for e in s.entries(0, 100)] == [
+            (0, b"a0"),
+            (1, b"a1"),
+            (2, b"a2"),
+            (3, b"b0"),
+            (4, b"b1"),
+        ]
+        assert [e.index for e in s.entries(1, 3)] == [1, 2]
+        assert s.entries(5, 10) == []
+    finally:
+        s.close()
+
+
+def test_finalize_sees_the_index_it_is_given(store: SQLiteStore) -> None:
+    seen = Seen()
+    for i in range(3):
+        assert store.commit(seen.job(b"x%d" % i)) == i
+    assert seen.calls == [(None, 0), (None, 1), (None, 2)]
+
+
+def _hammer(stores: list[SQLiteStore], threads: int, per_thread: int) -> dict[int, bytes]:
+    got: dict[int, bytes] = {}
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        s = stores[t % len(stores)]
+        for i in range(per_thread):
+            payload = f"t{t}-{i}".encode()
+            index = s.commit(entry_job(payload))
+            with lock:
+                assert index not in got
+                got[index] = payload
+
+    run_threads(threads, work)
+    return got
+
+
+def test_group_commit_under_16_threads_gives_unique_dense_indexes(store: SQLiteStore) -> None:
+    got = _hammer([store], 16, 25)
+    assert sorted(got) == list(range(400))
+    assert {e.index: e.entry for e in store.entries(0, 400)} == got
+    assert store.size() == 400
+
+
+def test_group_commit_when_more_jobs_queue_than_one_batch_holds(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(execgate.store.sqlite, "_BATCH_MAX", 2)
+    got = _hammer([store], 16, 10)
+    assert sorted(got) == list(range(160))
+    assert {e.index: e.entry for e in store.entries(0, 160)} == got
+
+
+def test_two_store_instances_on_one_file_stay_dense(path: Path) -> None:
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    try:
+        got = _hammer([a, b], 8, 20)
+        assert sorted(got) == list(range(160))
+        assert {e.index: e.entry for e in a.entries(0, 160)} == got
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_failing_finalize_fails_only_its_own_job(store: SQLiteStore) -> None:
+    def bad(conflict: str | None, index: int) -> bytes:
+        raise RuntimeError("cannot build record")
+
+    store.commit(entry_job(b"ok-0"))
+    with pytest.raises(RuntimeError, match="cannot build record"):
+        store.commit(WriteJob("jti-of-the-failed-job", 10**12, UseClaim("a", 1, 10**12), bad))
+    assert not store.proof_seen("jti-of-the-failed-job")
+    assert store.uses_consumed("a") == 0
+    assert store.commit(entry_job(b"ok-1")) == 1
+
+
+def test_a_record_that_is_not_bytes_fails_the_append(store: SQLiteStore) -> None:
+    def not_bytes(conflict: str | None, index: int) -> bytes:
+        return None  # type: ignore[return-value]
+
+    with pytest.raises(StoreError):
+        store.commit(WriteJob(None, 0, None, not_bytes))
+    assert store.size() == 0
+
+
+# --- replay and uses ------------------------------------------------------------------
+
+
+def test_replay_insert_is_atomic(store: SQLiteStore) -> None:
+    seen = Seen()
+    store.commit(seen.job(b"1", proof_jti="proof-1", proof_expires_at=10**12))
+    store.commit(seen.job(b"2", proof_jti="proof-1", proof_expires_at=10**12))
+    store.commit(seen.job(b"3", proof_jti="proof-2", proof_expires_at=10**12))
+    assert seen.calls == [(None, 0), (Conflict.REPLAY, 1), (None, 2)]
+    assert store.proof_seen("proof-1")
+    assert store.proof_seen("proof-2")
+    assert not store.proof_seen("proof-3")
+    assert store.size() == 3  # the replay is logged too
+
+
+def test_concurrent_commits_of_one_proof_let_exactly_one_through(store: SQLiteStore) -> None:
+    seen = Seen()
+
+    def work(i: int) -> None:
+        store.commit(seen.job(b"%d" % i, proof_jti="the-proof", proof_expires_at=10**12))
+
+    run_threads(16, work)
+    conflicts = [c for c, _ in seen.calls]
+    assert conflicts.count(None) == 1
+    assert conflicts.count(Conflict.REPLAY) == 15
+
+
+def test_uses_limit_is_atomic_under_concurrency(store: SQLiteStore) -> None:
+    seen = Seen()
+
+    def work(i: int) -> None:
+        store.commit(seen.job(b"%d" % i, proof_jti=f"p-{i}", use=UseClaim("art-1", 3, 10**12)))
+
+    run_threads(20, work)
+    conflicts = [c for c, _ in seen.calls]
+    assert conflicts.count(None) == 3
+    assert conflicts.count(Conflict.EXHAUSTED) == 17
+    assert store.uses_consumed("art-1") == 3
+    assert store.uses_consumed("another") == 0
+
+
+def test_a_replayed_job_consumes_no_use(store: SQLiteStore) -> None:
+    seen = Seen()
+    use = UseClaim("art-1", 5, 10**12)
+    store.commit(seen.job(b"1", proof_jti="p", use=use))
+    store.commit(seen.job(b"2", proof_jti="p", use=use))
+    assert [c for c, _ in seen.calls] == [None, Conflict.REPLAY]
+    assert store.uses_consumed("art-1") == 1
+
+
+# --- purge ----------------------------------------------------------------------------
+
+
+def test_purge_expired_removes_only_expired_rows(store: SQLiteStore) -> None:
+    store.commit(
+        entry_job(b"1", proof_jti="old", proof_expires_at=100, use=UseClaim("u-old", 9, 100))
+    )
+    store.commit(
+        entry_job(b"2", proof_jti="edge", proof_expires_at=150, use=UseClaim("u-edge", 9, 150))
+    )
+    store.commit(
+        entry_job(b"3", proof_jti="new", proof_expires_at=200, use=UseClaim("u-new", 9, 200))
+    )
+    assert store.purge_expired(150) == 2
+    assert not store.proof_seen("old")
+    assert store.proof_seen("edge")
+    assert store.proof_seen("new")
+    assert store.uses_consumed("u-old") == 0
+    assert store.uses_consumed("u-edge") == 1
+    assert store.uses_consumed("u-new") == 1
+    assert store.size() == 3  # the log is never purged
+    assert store.purge_expired(150) == 0
+
+
+# --- revocations ----------------------------------------------------------------------
+
+
+def test_revocation_is_idempotent_and_found_by_any_key(store: SQLiteStore) -> None:
+    assert store.revoke("jti", "j-1", reason="leaked", now=10)
+    assert not store.revoke("jti", "j-1", reason="again", now=20)
+    assert store.revoke("sub", "agent-9", reason="offboarded", now=30)
+    [first, second] = store.revocations()
+    assert (first.kind, first.value, first.reason, first.revoked_at) == ("jti", "j-1", "leaked", 10)
+    assert (second.kind, second.value) == ("sub", "agent-9")
+    hit = store.revoked([("kid", "k"), ("jti", "j-1")])
+    assert hit is not None
+    assert hit.value == "j-1"
+    assert store.revoked([("sub", "j-1"), ("jti", "agent-9")]) is None  # kind matters
+    assert store.revoked([]) is None
+
+
+def test_revocation_kind_is_checked(store: SQLiteStore) -> None:
+    with pytest.raises(ValueError, match="kind"):
+        store.revoke("user", "x", reason="r", now=1)
+
+
+# --- durability and lifecycle ---------------------------------------------------------
+
+
+def test_state_survives_close_and_reopen(path: Path) -> None:
+    s = SQLiteStore(path)
+    s.revoke("kid", "k-1", reason="rotated", now=5)
+    s.commit(
+        entry_job(b"rec", proof_jti="p-1", proof_expires_at=10**12, use=UseClaim("a", 2, 10**12))
+    )
+    s.close()
+    s = SQLiteStore(path)
+    try:
+        assert s.proof_seen("p-1")
+        assert s.uses_consumed("a") == 1
+        assert [r.value for r in s.revocations()] == ["k-1"]
+        assert [e.entry for e in s.entries(0, 1)] == [b"rec"]
+        seen = Seen()
+        s.commit(seen.job(b"again", proof_jti="p-1"))
+        assert seen.calls == [(Conflict.REPLAY, 1)]
+    finally:
+        s.close()
+
+
+def test_closed_store_refuses_reads_and_writes(path: Path) -> None:
+    s = SQLiteStore(path)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(AuditError):
+        s.commit(entry_job(b"x"))
+    with pytest.raises(StoreError):
+        s.proof_seen("x")
+    with pytest.raises(StoreError):
+        s.size()
+
+
+def test_synchronous_mode_is_checked(path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore(path, synchronous="EXTRA; DROP TABLE audit_log")
+
+
+def test_store_runs_in_wal_mode(store: SQLiteStore, path: Path) -> None:
+    store.commit(entry_job(b"x"))
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()

@@ -1,0 +1,128 @@
+"""Loading the trust store: every refusal is a ConfigError naming the file and the entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from execgate.errors import ConfigError
+from execgate.jose import PrivateKey
+from execgate.trust import TrustStore
+
+
+def _jwk(key: PrivateKey, *, private: bool = False) -> str:
+    jwk = key.to_jwk(private=private)
+    return "{" + ", ".join(f'{k} = "{v}"' for k, v in jwk.items()) + "}"
+
+
+A = PrivateKey.generate()
+B = PrivateKey.generate()
+
+GOOD = f"""
+[[authority]]
+id = "root"
+keys = [{_jwk(A)}]
+scope = [{{action = "payments.*", resource = "acct:**", constraints = {{amount = {{max = 500}}}}}}]
+
+[[attester]]
+id = "attester"
+keys = [{_jwk(B)}]
+"""
+
+
+def _load(tmp_path: Path, text: str) -> TrustStore:
+    path = tmp_path / "trust.toml"
+    path.write_text(text)
+    return TrustStore.load(path)
+
+
+def test_a_good_trust_store_loads(tmp_path: Path) -> None:
+    trust = _load(tmp_path, GOOD)
+    authority = trust.authority_for_kid(A.public.thumbprint())
+    assert authority is not None
+    assert authority.id == "root"
+    assert authority.scope[0].constraints["amount"].max == 500
+    assert trust.attester_for_kid(B.public.thumbprint()) is not None
+    assert trust.authority_for_kid(B.public.thumbprint()) is None
+    assert trust.authority_keys == {A.public.thumbprint(): A.public}
+
+
+AUTHORITY = f"""[[authority]]
+id = "root"
+keys = [{_jwk(A)}]
+scope = [{{action = "a", resource = "b"}}]
+"""
+
+CASES = [
+    ("not toml", "[[authority]\n", "is not valid TOML"),
+    ("empty", "", "no [[authority]] is trusted"),
+    ("only attesters", f'[[attester]]\nid = "x"\nkeys = [{_jwk(B)}]\n', "no [[authority]]"),
+    ("unknown section", AUTHORITY + "[mesh]\nnodes = 1\n", "unknown sections ['mesh']"),
+    ("single table", AUTHORITY.replace("[[authority]]", "[authority]"), "[[authority]]"),
+    ("scalar section", "authority = 5\n", "'authority' must be an array of tables"),
+    ("string section", 'authority = "root"\n', "'authority' must be an array of tables"),
+    ("attester single table", AUTHORITY + f'[attester]\nid = "x"\nkeys = [{_jwk(B)}]\n',
+     "[[attester]]"),
+    ("entry not a table", "authority = [1]\n", "authority[0]: must be a table with id, keys"),
+    ("unknown key", AUTHORITY + 'kid = "x"\n', "authority[0]: unknown keys ['kid']"),
+    ("missing id", AUTHORITY.replace('id = "root"\n', ""), "authority[0]: 'id' must be"),
+    ("empty id", AUTHORITY.replace('"root"', '""'), "authority[0]: 'id' must be"),
+    ("missing keys", AUTHORITY.replace(f"keys = [{_jwk(A)}]\n", ""), "'keys' must be a non-empty"),
+    ("empty keys", AUTHORITY.replace(f"[{_jwk(A)}]", "[]"), "'keys' must be a non-empty"),
+    ("key not a table", AUTHORITY.replace(f"[{_jwk(A)}]", '["abc"]'), "keys[0] must be a JWK"),
+    ("key not ed25519", AUTHORITY.replace(f"[{_jwk(A)}]", '[{kty = "RSA", n = "x", e = "y"}]'),
+     "keys[0] is not an Ed25519 public JWK"),
+    ("private key", AUTHORITY.replace(_jwk(A), _jwk(A, private=True)),
+     "keys[0] holds PRIVATE key material ('d'); list only the public key"),
+    ("same key twice", AUTHORITY.replace(f"[{_jwk(A)}]", f"[{_jwk(A)}, {_jwk(A)}]"),
+     "keys[1] lists the same key twice"),
+    ("missing scope", AUTHORITY.replace('scope = [{action = "a", resource = "b"}]\n', ""),
+     "authority[0]: scope: scope must be a non-empty list"),
+    ("bad grant", AUTHORITY.replace('resource = "b"', 'resource = "b", x = 1'),
+     "authority[0]: scope: a grant has unknown keys"),
+    ("bad constraint", AUTHORITY.replace('resource = "b"', 'resource = "b", constraints = 1'),
+     "grant constraints must be an object"),
+    ("duplicate authority", AUTHORITY + AUTHORITY.replace(_jwk(A), _jwk(B)),
+     "authority[1]: duplicate authority id 'root'"),
+    ("key shared by two principals", AUTHORITY + f'[[attester]]\nid = "x"\nkeys = [{_jwk(A)}]\n',
+     "is listed for both 'root' and 'x'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_trust_store_errors_name_the_file_and_the_problem(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = tmp_path / "trust.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        TrustStore.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_private_key_in_the_trust_store_is_not_echoed(tmp_path: Path) -> None:
+    secret = A.to_jwk(private=True)["d"]
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, AUTHORITY.replace(_jwk(A), _jwk(A, private=True)))
+    assert secret not in str(info.value)
+
+
+def test_unreadable_trust_stores(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist; restore it"):
+        TrustStore.load(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="cannot read trust store"):
+        TrustStore.load(tmp_path)
+    (tmp_path / "latin1.toml").write_bytes(b'[[authority]]\nid = "\xe9"\n')
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        TrustStore.load(tmp_path / "latin1.toml")
+
+
+def test_from_dict_names_its_source() -> None:
+    with pytest.raises(ConfigError, match=r"^trust store: no \[\[authority\]\]"):
+        TrustStore.from_dict({})
+    with pytest.raises(ConfigError, match=r"^inline: 'authority' must be an array"):
+        TrustStore.from_dict({"authority": {"id": "x"}}, source="inline")
