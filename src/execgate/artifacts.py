@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 from execgate.errors import JoseError, VerificationError
@@ -24,6 +25,7 @@ __all__ = [
     "ARTIFACT_TYP",
     "MAX_ARTIFACT_BYTES",
     "Artifact",
+    "ArtifactVerifier",
     "issue_artifact",
     "verify_artifact",
 ]
@@ -158,15 +160,8 @@ def _parse_claims(
     )
 
 
-def verify_artifact(
-    token: object,
-    *,
-    trust: TrustStore,
-    audiences: frozenset[str],
-    now: int,
-    leeway: int,
-) -> Artifact:
-    """Verify a root artifact (DESIGN §3 stage 2) or raise ``VerificationError``."""
+def _verify_signed(token: object, trust: TrustStore) -> Artifact:
+    """The time-independent part: strict JWS, pinned key, claims, issuer owns the key."""
     if token is None or token == "":
         raise VerificationError("artifact.missing", "no artifact was presented")
     if not isinstance(token, str):
@@ -197,6 +192,13 @@ def verify_artifact(
             "artifact.untrusted_issuer",
             f"iss {artifact.issuer!r} does not own signing key {kid} (owner: {authority.id!r})",
         )
+    return artifact
+
+
+def _check_in_force(
+    artifact: Artifact, *, audiences: frozenset[str], now: int, leeway: int
+) -> Artifact:
+    """The checks that depend on the moment and on this gateway, re-run on every use."""
     if now >= artifact.expires + leeway:
         raise VerificationError("artifact.expired", f"expired at {artifact.expires}")
     if now + leeway < artifact.not_before:
@@ -206,6 +208,7 @@ def verify_artifact(
             "artifact.wrong_audience",
             f"aud {list(artifact.audience)} names no audience of this gateway",
         )
+    authority = artifact.authority
     for grant in artifact.grants:
         if not any(grant.within(allowed) for allowed in authority.scope):
             raise VerificationError(
@@ -214,6 +217,48 @@ def verify_artifact(
                 " with these constraints",
             )
     return artifact
+
+
+def verify_artifact(
+    token: object,
+    *,
+    trust: TrustStore,
+    audiences: frozenset[str],
+    now: int,
+    leeway: int,
+) -> Artifact:
+    """Verify a root artifact (DESIGN §3 stage 2) or raise ``VerificationError``."""
+    artifact = _verify_signed(token, trust)
+    return _check_in_force(artifact, audiences=audiences, now=now, leeway=leeway)
+
+
+class ArtifactVerifier:
+    """``verify_artifact`` for one gateway, remembering tokens whose signature verified.
+
+    A token string is the exact signed bytes, so its signature, claims and key ownership
+    cannot change while the trust store does not (the store is immutable; a new one
+    needs a new verifier). Validity window, audience and the authority's scope are
+    re-checked on every use; revocation and replay are checked by the pipeline every
+    time. Failures are never cached.
+    """
+
+    def __init__(
+        self, *, trust: TrustStore, audiences: frozenset[str], leeway: int, size: int = 1024
+    ):
+        self.trust = trust
+        self._audiences = audiences
+        self._leeway = leeway
+        self._signed = lru_cache(maxsize=size)(self._verify_signed)
+
+    def _verify_signed(self, token: str) -> Artifact:
+        return _verify_signed(token, self.trust)
+
+    def verify(self, token: object, *, now: int) -> Artifact:
+        if isinstance(token, str) and 0 < len(token) <= MAX_ARTIFACT_BYTES:
+            artifact = self._signed(token)
+        else:
+            artifact = _verify_signed(token, self.trust)
+        return _check_in_force(artifact, audiences=self._audiences, now=now, leeway=self._leeway)
 
 
 def issue_artifact(

@@ -148,13 +148,14 @@ def canonical_json(obj: Any) -> bytes:
     produces the identical bytes about ten times faster; everything else goes through
     the ``rfc8785`` package. Both paths are cross-checked by property tests.
     """
-    if _plain(obj):
-        try:
-            return _dumps_sorted(obj).encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
-            raise ValueError(f"no canonical JSON form: {exc.reason}") from exc
     try:
+        if _plain(obj):
+            return _dumps_sorted(obj).encode("utf-8")
         return rfc8785.dumps(obj)
+    except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+        raise ValueError(f"no canonical JSON form: {exc.reason}") from exc
+    except RecursionError as exc:
+        raise ValueError("no canonical JSON form: nested too deeply") from exc
     except rfc8785.CanonicalizationError as exc:
         raise ValueError(f"no canonical JSON form: {exc}") from exc
 

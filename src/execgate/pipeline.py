@@ -11,16 +11,17 @@ not be logged is ``fail_closed`` with ``audit.unavailable``.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from execgate.artifacts import Artifact, verify_artifact
+from execgate.artifacts import Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.errors import AuditError, RequestError, StoreError, VerificationError
 from execgate.home import load_config
@@ -71,6 +72,10 @@ class Submission:
                 f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
             )
         object.__setattr__(self, "request_hash", sha256_b64url(canonical))
+        # Evaluate exactly what was hashed: an independent copy of the arguments, so a
+        # caller mutating its dict afterwards cannot change what the proof binds.
+        frozen = replace(self.request, args=json.loads(canonical)["args"])
+        object.__setattr__(self, "request", frozen)
 
     @classmethod
     def from_json(cls, obj: object) -> Submission:
@@ -150,14 +155,25 @@ class Gateway:
         self.gateway_id = gateway_id
         self.audiences = frozenset([gateway_id, *audiences])
         self.node_key = node_key
-        self.trust = trust
         self.policy = policy
         self.store = store
         self._now = now
         self._leeway = leeway
+        self.trust = trust
         self._proof_max_age = proof_max_age
         self._receipt_ttl = receipt_ttl
         self._count = 0
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._artifacts.trust
+
+    @trust.setter
+    def trust(self, trust: TrustStore) -> None:
+        """Swap the trust store; verified-artifact memory starts afresh with it."""
+        self._artifacts = ArtifactVerifier(
+            trust=trust, audiences=self.audiences, leeway=self._leeway
+        )
 
     @classmethod
     def open(cls, home: Path, *, now: Callable[[], float] = time.time) -> Gateway:
@@ -220,13 +236,7 @@ class Gateway:
         state.request_hash = submission.request_hash
 
         state.stage = "artifact"
-        artifact = state.artifact = verify_artifact(
-            submission.artifact,
-            trust=self.trust,
-            audiences=self.audiences,
-            now=state.now,
-            leeway=self._leeway,
-        )
+        artifact = state.artifact = self._artifacts.verify(submission.artifact, now=state.now)
 
         state.stage = "revocation"
         revoked = self.store.revoked(
