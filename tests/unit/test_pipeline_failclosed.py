@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -288,18 +287,6 @@ def test_gateway_with_store_in_a_missing_directory_refuses_to_open(kit: Kit) -> 
     config.write_text(text)
     with pytest.raises(StoreError):
         Gateway.open(kit.home, now=kit.clock)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_directory_refuses_to_open(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(StoreError):
-            SQLiteStore(ro / "state.db")
-    finally:
-        ro.chmod(stat.S_IRWXU)
 
 
 def test_never_proceeds_when_anything_fails(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
