@@ -32,12 +32,11 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from execgate.errors import (
-    AuditError,
     ConfigError,
     ExecgateError,
     JoseError,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     from execgate.home import GatewayConfig
     from execgate.jose import Parsed
     from execgate.pipeline import Gateway
-    from execgate.store.base import LogEntry, Revocation, WriteJob
 
 __all__ = ["EXIT_CODES", "EXIT_USAGE", "main"]
 
@@ -574,74 +572,19 @@ def cmd_attest(args: argparse.Namespace) -> int:
     return 0
 
 
-class _UnavailableStore:
-    """Stands in for a state store that could not be opened: every call fails."""
-
-    def __init__(self, detail: str):
-        self.detail = detail
-
-    def _down(self) -> NoReturn:
-        raise StoreError(self.detail)
-
-    def revoked(self, keys: Iterable[tuple[str, str]]) -> Revocation | None:
-        self._down()
-
-    def revoke(self, kind: str, value: str, *, reason: str, now: int) -> bool:
-        self._down()
-
-    def revocations(self) -> Sequence[Revocation]:
-        self._down()
-
-    def proof_seen(self, jti: str) -> bool:
-        self._down()
-
-    def uses_consumed(self, jti: str) -> int:
-        self._down()
-
-    def commit(self, job: WriteJob) -> int:
-        raise AuditError(self.detail)
-
-    def entries(self, start: int, end: int) -> Sequence[LogEntry]:
-        self._down()
-
-    def size(self) -> int:
-        self._down()
-
-    def purge_expired(self, now: int) -> int:
-        self._down()
-
-    def close(self) -> None:
-        pass
-
-
 def _open_gateway(home: Path) -> Gateway:
     from execgate.home import load_config
-    from execgate.keyfile import read_private_key
     from execgate.pipeline import Gateway
-    from execgate.policy import load_policy
-    from execgate.trust import TrustStore
+    from execgate.store.unavailable import UnavailableStore
 
     try:
         return Gateway.open(home)
     except PolicyError as exc:
         raise _policy_error(load_config(home).policy, exc) from exc
     except StoreError as exc:
-        detail = str(exc)
-    # Everything but the store loaded: decide anyway, so the caller gets a real
-    # fail_closed decision instead of a bare error (see the module docstring).
-    config = load_config(home)
-    return Gateway(
-        gateway_id=config.gateway_id,
-        audiences=config.audiences,
-        node_key=read_private_key(config.node_key),
-        trust=TrustStore.load(config.trust),
-        policy=load_policy(config.policy, targets=config.targets.keys()),
-        store=_UnavailableStore(detail),
-        now=time.time,
-        leeway=config.leeway,
-        proof_max_age=config.proof_max_age,
-        receipt_ttl=config.receipt_ttl,
-    )
+        # Everything but the store loaded: decide anyway, so the caller gets a real
+        # fail_closed decision instead of a bare error (see the module docstring).
+        return Gateway.open(home, store=UnavailableStore(str(exc)))
 
 
 def _print_decision(decision: Decision, as_json: bool) -> None:

@@ -9,61 +9,21 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from execgate.artifacts import issue_artifact
 from execgate.attestations import issue_attestation
-from execgate.errors import StoreError
 from execgate.home import init_home
 from execgate.jose import PrivateKey, parse_unverified
 from execgate.keyfile import read_private_key
 from execgate.model import Decision, Request
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
-from execgate.store.base import LogEntry, Revocation, WriteJob
+from execgate.store.unavailable import UnavailableStore
 
 __all__ = ["run_demo"]
-
-
-class _DownStore:
-    """A store whose every call fails, as a crashed database would."""
-
-    def _down(self, *_: object, **__: object) -> Any:
-        raise StoreError("connection refused (simulated outage)")
-
-    def revoked(self, keys: Iterable[tuple[str, str]]) -> Revocation | None:
-        return self._down()  # type: ignore[no-any-return]
-
-    def revoke(self, kind: str, value: str, *, reason: str, now: int) -> bool:
-        return bool(self._down())
-
-    def revocations(self) -> Sequence[Revocation]:
-        return self._down()  # type: ignore[no-any-return]
-
-    def proof_seen(self, jti: str) -> bool:
-        return bool(self._down())
-
-    def uses_consumed(self, jti: str) -> int:
-        return int(self._down())
-
-    def commit(self, job: WriteJob) -> int:
-        from execgate.errors import AuditError
-
-        raise AuditError("connection refused (simulated outage)")
-
-    def entries(self, start: int, end: int) -> Sequence[LogEntry]:
-        return self._down()  # type: ignore[no-any-return]
-
-    def size(self) -> int:
-        return int(self._down())
-
-    def purge_expired(self, now: int) -> int:
-        return int(self._down())
-
-    def close(self) -> None:
-        pass
 
 
 def run_demo(out: Callable[[str], None]) -> int:
@@ -187,7 +147,7 @@ def run_demo(out: Callable[[str], None]) -> int:
                 )
             )
             gw.store.close()
-            gw.store = _DownStore()
+            gw.store = UnavailableStore("connection refused (simulated outage)")
             rows.append(
                 (
                     "state store down",

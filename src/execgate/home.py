@@ -1,6 +1,6 @@
 """The gateway home: a directory holding config, keys, trust store, policy and state.
 
-    execgate.toml      [gateway] id, audiences, file paths; [limits]; [targets.NAME]
+    execgate.toml      [gateway] id, audiences, file paths; [limits]; [audit]; [targets.NAME]
     trust.toml         trusted authorities (with the scope each may grant) and attesters
     policy.yaml        ordered policy rules
     keys/node.jwk      the gateway node key (signs receipts), 0600
@@ -43,6 +43,7 @@ __all__ = [
 CONFIG_NAME: Final = "execgate.toml"
 _GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "policy", "store"})
 _LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl"})
+_AUDIT_KEYS: Final = frozenset({"checkpoint_every", "checkpoint_interval"})
 # A gateway id is also the audience artifacts and proofs name: printable, no whitespace.
 _GATEWAY_ID: Final = re.compile(r"[!-~]{1,256}")
 # What init writes; the config goes last, so a directory is a home only once complete.
@@ -76,6 +77,8 @@ class GatewayConfig:
     proof_max_age: int
     receipt_ttl: int
     targets: Mapping[str, str]
+    checkpoint_every: int = 1000
+    checkpoint_interval: int = 300
 
 
 def _toml(value: str) -> str:
@@ -112,7 +115,7 @@ def load_config(home: Path) -> GatewayConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}; fix or restore it") from exc
-    unknown = set(doc) - {"gateway", "limits", "targets"}
+    unknown = set(doc) - {"gateway", "limits", "audit", "targets"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
     gw = doc.get("gateway")
@@ -140,6 +143,9 @@ def load_config(home: Path) -> GatewayConfig:
     limits = doc.get("limits", {})
     if not isinstance(limits, dict) or set(limits) - _LIMIT_KEYS:
         raise ConfigError(f"{path}: [limits] may hold only {sorted(_LIMIT_KEYS)}")
+    audit = doc.get("audit", {})
+    if not isinstance(audit, dict) or set(audit) - _AUDIT_KEYS:
+        raise ConfigError(f"{path}: [audit] may hold only {sorted(_AUDIT_KEYS)}")
     targets = doc.get("targets", {})
     if not isinstance(targets, dict) or not all(
         isinstance(t, dict) and isinstance(t.get("description", ""), str) for t in targets.values()
@@ -156,6 +162,8 @@ def load_config(home: Path) -> GatewayConfig:
         leeway=_int(limits, "leeway", 60, 0, 60, str(path)),
         proof_max_age=_int(limits, "proof_max_age", 120, 1, 3600, str(path)),
         receipt_ttl=_int(limits, "receipt_ttl", 86400, 60, 31 * 86400, str(path)),
+        checkpoint_every=_int(audit, "checkpoint_every", 1000, 1, 10**9, str(path)),
+        checkpoint_interval=_int(audit, "checkpoint_interval", 300, 1, 86400, str(path)),
         targets={name: t.get("description", "") for name, t in targets.items()},
     )
 
@@ -313,6 +321,10 @@ store = "state.db"
 leeway = 60             # clock skew tolerated on nbf/exp, seconds (at most 60)
 proof_max_age = 120     # how old a proof of possession may be, seconds
 receipt_ttl = 86400     # how long a decision receipt stays valid, seconds
+
+[audit]
+checkpoint_every = 1000     # sign a checkpoint after this many new log entries
+checkpoint_interval = 300   # or when this many seconds have passed with new entries
 
 [targets.sandbox]
 description = "an isolated runtime with no production credentials"

@@ -12,6 +12,8 @@ not be logged is ``fail_closed`` with ``audit.unavailable``.
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -23,6 +25,7 @@ from typing import Any, Final
 
 from execgate.artifacts import Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
+from execgate.audit.log import AuditLog
 from execgate.errors import AuditError, RequestError, StoreError, VerificationError
 from execgate.home import load_config
 from execgate.jose import PrivateKey, canonical_json, sha256_b64url
@@ -42,6 +45,8 @@ MAX_REQUEST_BYTES: Final = 1024 * 1024
 RECORD_VERSION: Final = 1
 _PURGE_EVERY: Final = 4096
 _SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
+_OUTCOME_STATUS: Final = frozenset({"succeeded", "failed"})
+_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +154,8 @@ class Gateway:
         leeway: int = 60,
         proof_max_age: int = 120,
         receipt_ttl: int = 86400,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: int = 300,
     ):
         if not 0 <= leeway <= 60:
             raise ValueError("leeway must be within [0, 60] seconds")
@@ -163,6 +170,15 @@ class Gateway:
         self._proof_max_age = proof_max_age
         self._receipt_ttl = receipt_ttl
         self._count = 0
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpoint_lock = threading.Lock()
+        self._last_checkpoint: tuple[int, int] | None = None  # (size, time)
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit log of the current store, signed with this node's key."""
+        return AuditLog(self.store, origin=self.gateway_id, key=self.node_key)
 
     @property
     def trust(self) -> TrustStore:
@@ -176,8 +192,13 @@ class Gateway:
         )
 
     @classmethod
-    def open(cls, home: Path, *, now: Callable[[], float] = time.time) -> Gateway:
-        """Open the gateway described by a home directory (see ``execgate init``)."""
+    def open(
+        cls, home: Path, *, now: Callable[[], float] = time.time, store: Store | None = None
+    ) -> Gateway:
+        """Open the gateway described by a home directory (see ``execgate init``).
+
+        ``store`` replaces the home's SQLite store (tests, or a store known to be down).
+        """
         config = load_config(home)
         node_key = read_private_key(config.node_key)
         trust = TrustStore.load(config.trust)
@@ -188,11 +209,13 @@ class Gateway:
             node_key=node_key,
             trust=trust,
             policy=policy,
-            store=SQLiteStore(config.store),
+            store=store if store is not None else SQLiteStore(config.store),
             now=now,
             leeway=config.leeway,
             proof_max_age=config.proof_max_age,
             receipt_ttl=config.receipt_ttl,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_interval=config.checkpoint_interval,
         )
 
     def close(self) -> None:
@@ -385,9 +408,11 @@ class Gateway:
             proof_expires_at=(proof.issued_at if proof else 0) + self._proof_max_age + self._leeway,
             use=use,
             finalize=finalize,
+            decision_id=state.decision_id,
         )
         try:
-            self.store.commit(job)
+            index = self.store.commit(job)
+            self._checkpoint_if_due(index + 1, state.now)
             return made[-1]
         except AuditError as exc:
             return self._unlogged(state, str(exc))
@@ -400,7 +425,7 @@ class Gateway:
         made.clear()
         retry = True
         try:
-            self.store.commit(WriteJob(None, 0, None, finalize))
+            self.store.commit(WriteJob(None, 0, None, finalize, decision_id=state.decision_id))
             return made[-1]
         except Exception as exc:  # noqa: BLE001
             return self._unlogged(state, f"{type(exc).__name__}: {exc}")
@@ -428,6 +453,85 @@ class Gateway:
         state.stop(Outcome.FAIL_CLOSED, "audit.unavailable", detail)
         state.reasons = [*kept, *state.reasons]
         return self._decision(state, None, None)
+
+    def _checkpoint_if_due(self, size: int, now: int) -> None:
+        """Sign a checkpoint every N entries or T seconds. Never affects the decision: the
+        entry is already durable, and a checkpoint can be made later from the same tree."""
+        if not self._checkpoint_lock.acquire(blocking=False):
+            return  # another caller is checkpointing right now
+        try:
+            if self._last_checkpoint is None:
+                stored = self.store.checkpoints()
+                self._last_checkpoint = (stored[-1][0], now) if stored else (0, now)
+            last_size, last_time = self._last_checkpoint
+            if size - last_size >= self._checkpoint_every or (
+                size > last_size and now - last_time >= self._checkpoint_interval
+            ):
+                self.audit.checkpoint(now=now)
+                self._last_checkpoint = (size, now)
+        except Exception:  # noqa: BLE001 - retried at the next decision
+            self._last_checkpoint = None
+        finally:
+            self._checkpoint_lock.release()
+
+    # -- execution outcomes --------------------------------------------------------------
+
+    def report_outcome(
+        self,
+        decision_id: str,
+        *,
+        status: str,
+        exit_code: int | None = None,
+        result_digest: str | None = None,
+    ) -> int:
+        """Append what happened when a decided request ran; return the record's log index.
+
+        Only a decision that executed (proceed or reroute) has an outcome, and only one.
+        Bad input raises ``RequestError``; a log that cannot be written, ``AuditError``.
+        """
+        if status not in _OUTCOME_STATUS:
+            raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
+        if exit_code is not None and (
+            type(exit_code) is not int or not -(2**31) <= exit_code < 2**31
+        ):
+            raise RequestError("exit_code must be a 32-bit integer")
+        if result_digest is not None and (
+            not isinstance(result_digest, str) or _DIGEST.fullmatch(result_digest) is None
+        ):
+            raise RequestError("result_digest must look like sha256:<64 hex digits>")
+        found = self.store.find(decision_id, "decision")
+        if found is None:
+            raise RequestError(f"decision {decision_id} is not in this gateway's log")
+        decided = json.loads(found.entry)
+        if decided.get("outcome") not in (Outcome.PROCEED.value, Outcome.REROUTE.value):
+            raise RequestError(
+                f"decision {decision_id} was {decided.get('outcome')}: nothing executed,"
+                " so there is no outcome to report"
+            )
+        earlier = self.store.find(decision_id, "outcome")
+        if earlier is not None:
+            raise RequestError(
+                f"the outcome of decision {decision_id} is already logged at index {earlier.index}"
+            )
+        now = int(self._now())
+        entry = canonical_json(
+            {
+                "v": RECORD_VERSION,
+                "kind": "outcome",
+                "decision_id": decision_id,
+                "decision_index": found.index,
+                "gateway": self.gateway_id,
+                "at": now,
+                "status": status,
+                "exit_code": exit_code,
+                "result_digest": result_digest,
+            }
+        )
+        index = self.store.commit(
+            WriteJob(None, 0, None, lambda _c, _i: entry, decision_id=decision_id, kind="outcome")
+        )
+        self._checkpoint_if_due(index + 1, now)
+        return index
 
     def _purge(self, now: int) -> None:
         # A failed purge only lets replay state grow until the next one.

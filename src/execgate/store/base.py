@@ -1,7 +1,9 @@
 """What the pipeline needs from a state store, and the values it trades in.
 
-A store keeps four things: revocations, seen proof ``jti``s (replay), artifact use
-counts, and the append-only decision log. Reads may run concurrently; every write for one
+A store keeps five things: revocations, seen proof ``jti``s (replay), artifact use
+counts, the append-only decision log with its RFC 9162 Merkle tree (every complete
+subtree hash, written with the entry that completes it), and signed checkpoints. Reads
+may run concurrently; every write for one
 decision — its proof ``jti``, its use, its log record — happens in one atomic commit
 (``commit``), so the log never says "proceed" for a decision whose replay state was lost,
 and vice versa. Any failure raises ``StoreError`` (``AuditError`` when the log append
@@ -62,6 +64,8 @@ class WriteJob:
     proof_expires_at: int
     use: UseClaim | None
     finalize: Callable[[str | None, int], bytes]
+    decision_id: str | None = None  # a lookup key kept beside the entry (also inside it)
+    kind: str = "decision"  # "decision" or "outcome"; one outcome per decision
 
 
 class Store(Protocol):
@@ -78,6 +82,14 @@ class Store(Protocol):
     def commit(self, job: WriteJob) -> int: ...
 
     def entries(self, start: int, end: int) -> Sequence[LogEntry]: ...
+
+    def find(self, decision_id: str, kind: str) -> LogEntry | None: ...
+
+    def node(self, level: int, index: int) -> bytes: ...
+
+    def add_checkpoint(self, size: int, note: str, *, now: int) -> None: ...
+
+    def checkpoints(self) -> Sequence[tuple[int, str]]: ...
 
     def size(self) -> int: ...
 

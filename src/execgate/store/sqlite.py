@@ -22,6 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
+from execgate.audit.merkle import Frontier
 from execgate.errors import AuditError, StoreError
 from execgate.store.base import Conflict, LogEntry, Revocation, WriteJob
 
@@ -42,7 +43,24 @@ CREATE TABLE IF NOT EXISTS artifact_uses (
 CREATE TABLE IF NOT EXISTS revocations (
     kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL, revoked_at INTEGER NOT NULL,
     PRIMARY KEY (kind, value)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_log (
+    idx INTEGER PRIMARY KEY, entry BLOB NOT NULL, kind TEXT NOT NULL, decision_id TEXT);
+CREATE INDEX IF NOT EXISTS audit_log_decision ON audit_log (decision_id, kind);
+CREATE UNIQUE INDEX IF NOT EXISTS audit_log_one_outcome ON audit_log (decision_id)
+    WHERE kind = 'outcome';
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY, note TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
+    BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
+    BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
@@ -91,6 +109,7 @@ class SQLiteStore:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -162,6 +181,46 @@ class SQLiteStore:
                 (start, end),
             ).fetchall()
         return [LogEntry(int(i), bytes(e)) for i, e in rows]
+
+    def find(self, decision_id: str, kind: str) -> LogEntry | None:
+        """The log entry of one decision (``kind="decision"``) or of its outcome."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT idx, entry FROM audit_log WHERE decision_id = ? AND kind = ?"
+                " ORDER BY idx LIMIT 1",
+                (decision_id, kind),
+            ).fetchone()
+        return LogEntry(int(row[0]), bytes(row[1])) if row else None
+
+    def node(self, level: int, index: int) -> bytes:
+        """The hash of the complete subtree covering leaves [index·2^level, (index+1)·2^level)."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"the Merkle tree has no node ({level}, {index})")
+        return bytes(row[0])
+
+    def add_checkpoint(self, size: int, note: str, *, now: int) -> None:
+        """Keep a signed checkpoint; a second one for the same size is ignored."""
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)",
+                    (size, note, now),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store the checkpoint: {exc}") from exc
+        finally:
+            conn.close()
+
+    def checkpoints(self) -> Sequence[tuple[int, str]]:
+        """Every stored checkpoint as (size, signed note), oldest first."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
+        return [(int(size), str(note)) for size, note in rows]
 
     def size(self) -> int:
         with self._reader() as conn:
@@ -241,6 +300,26 @@ class SQLiteStore:
                 with suppress(sqlite3.Error):
                     self._writer.close()
             self._writer = None
+            self._frontier = None
+
+    def _load_frontier(self, conn: sqlite3.Connection, size: int) -> Frontier:
+        """The frontier of a ``size``-entry log, read from the stored complete subtrees."""
+        if self._frontier is not None and self._frontier.size == size:
+            return self._frontier
+        hashes = []
+        start = 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                row = conn.execute(
+                    "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
+                    (level, start >> level),
+                ).fetchone()
+                if row is None:
+                    raise AuditError(f"the Merkle tree lacks node ({level}, {start >> level})")
+                hashes.append(bytes(row[0]).hex())
+                start += 1 << level
+        self._frontier = Frontier.from_json({"size": size, "hashes": hashes})
+        return self._frontier
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -248,21 +327,31 @@ class SQLiteStore:
             index = int(
                 conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()[0]
             )
+            frontier = self._load_frontier(conn, index)
+            self._frontier = None  # trusted again only once this batch commits
             for p in batch:
                 job = p.job
                 assert job is not None
                 conn.execute("SAVEPOINT job")
                 try:
                     entry = job.finalize(self._claim(conn, job), index)
-                    conn.execute("INSERT INTO audit_log (idx, entry) VALUES (?, ?)", (index, entry))
+                    conn.execute(
+                        "INSERT INTO audit_log (idx, entry, kind, decision_id) VALUES (?, ?, ?, ?)",
+                        (index, entry, job.kind, job.decision_id),
+                    )
                 except BaseException as exc:  # noqa: BLE001 - reported to that caller only
                     conn.execute("ROLLBACK TO job")
                     p.result = exc if not isinstance(exc, sqlite3.Error) else AuditError(str(exc))
                 else:
+                    conn.executemany(
+                        "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)",
+                        frontier.append(entry),
+                    )
                     p.result = index
                     index += 1
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")
+            self._frontier = frontier
         except BaseException:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")

@@ -1,0 +1,244 @@
+"""The gateway's audit log as evidence: checkpoints, proofs, offline export and verify.
+
+Entries and the Merkle tree live in the store (written together, in the commit that
+decides). ``AuditLog`` signs C2SP checkpoints with the node key (the note key name is
+the log origin, the gateway id), builds RFC 9162 inclusion and consistency proofs from
+the stored complete subtrees, writes C2SP tlog-proof evidence for one entry (the entry
+itself rides in the proof's ``extra`` line, so the evidence stands alone), and exports
+the whole log as JSON lines that ``verify_export`` checks with only the public key.
+
+Export format, one JSON object per line:
+
+    {"format": "execgate-audit-export/1", "origin": "<gateway id>"}
+    {"index": 0, "entry": "<base64 of the entry bytes>"}
+    ...
+    {"checkpoint": "<signed note>"}     after the entry that completes its size
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, TextIO
+
+from execgate.audit.checkpoint import (
+    Checkpoint,
+    format_tlog_proof,
+    open_checkpoint,
+    parse_tlog_proof,
+    sign_checkpoint,
+    verify_tlog_proof,
+)
+from execgate.audit.merkle import (
+    EMPTY_ROOT,
+    Frontier,
+    consistency_proof,
+    inclusion_proof,
+    root_at,
+)
+from execgate.audit.note import Signer, Verifier
+from execgate.errors import EvidenceError
+from execgate.jose import PrivateKey, PublicKey
+from execgate.store.base import Store
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "AuditLog",
+    "ExportReport",
+    "verify_evidence",
+    "verify_export",
+]
+
+EXPORT_FORMAT: Final = "execgate-audit-export/1"
+
+
+class AuditLog:
+    """Checkpoints, proofs and export over one store's log, signed by one node key."""
+
+    def __init__(self, store: Store, *, origin: str, key: PrivateKey):
+        self.store = store
+        self.signer = Signer(origin, key)
+        self.verifier = self.signer.verifier
+        self.origin = origin
+
+    def size(self) -> int:
+        return self.store.size()
+
+    def root(self, size: int) -> bytes:
+        return EMPTY_ROOT if size == 0 else root_at(size, self.store.node)
+
+    def entry(self, index: int) -> bytes:
+        found = self.store.entries(index, index + 1) if index >= 0 else []
+        if not found:
+            raise EvidenceError(f"index {index} is not in the log (size {self.size()})")
+        return found[0].entry
+
+    def checkpoint(self, *, now: int) -> str:
+        """A signed checkpoint of the log as it is now (reusing one for the same size)."""
+        size = self.size()
+        stored = self.store.checkpoints()
+        if stored and stored[-1][0] == size:
+            return stored[-1][1]
+        note = sign_checkpoint(Checkpoint(self.origin, size, self.root(size)), self.signer)
+        self.store.add_checkpoint(size, note, now=now)
+        return note
+
+    def latest_checkpoint(self) -> str | None:
+        stored = self.store.checkpoints()
+        return stored[-1][1] if stored else None
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        self._check_range(index, size)
+        return inclusion_proof(index, size, self.store.node)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        if not 0 < size1 <= size2 <= self.size():
+            raise EvidenceError(
+                f"no consistency proof from size {size1} to {size2} (log size {self.size()})"
+            )
+        return consistency_proof(size1, size2, self.store.node)
+
+    def evidence(self, index: int, *, now: int) -> str:
+        """C2SP tlog-proof for one entry against the newest checkpoint that covers it."""
+        self._check_range(index, self.size())
+        note = next((n for s, n in reversed(self.store.checkpoints()) if s > index), None)
+        if note is None:
+            note = self.checkpoint(now=now)
+        size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size
+        proof = inclusion_proof(index, size, self.store.node)
+        return format_tlog_proof(index, proof, note, extra=self.entry(index))
+
+    def export(self, out: TextIO, *, now: int, batch: int = 4096) -> int:
+        """Write every entry and checkpoint, ending with a fresh checkpoint; return size."""
+        self.checkpoint(now=now)
+        checkpoints = dict(self.store.checkpoints())
+        size = max(checkpoints)
+        out.write(json.dumps({"format": EXPORT_FORMAT, "origin": self.origin}) + "\n")
+        if 0 in checkpoints:
+            out.write(json.dumps({"checkpoint": checkpoints[0]}) + "\n")
+        for start in range(0, size, batch):
+            for item in self.store.entries(start, min(size, start + batch)):
+                encoded = base64.b64encode(item.entry).decode("ascii")
+                out.write(f'{{"index":{item.index},"entry":"{encoded}"}}\n')
+                if item.index + 1 in checkpoints:
+                    out.write(json.dumps({"checkpoint": checkpoints[item.index + 1]}) + "\n")
+        return size
+
+    def _check_range(self, index: int, size: int) -> None:
+        if not 0 <= index < size <= self.size():
+            raise EvidenceError(f"index {index} is not in a log of size {size}")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    entries: int
+    checkpoints: int
+    root: bytes
+
+
+def _verifier(key: PublicKey | Verifier, origin: str) -> Verifier:
+    if isinstance(key, Verifier):
+        if key.name != origin:
+            raise EvidenceError(f"the key is for log {key.name!r}, the export is of {origin!r}")
+        return key
+    try:
+        return Verifier(origin, key)
+    except ValueError as exc:
+        raise EvidenceError(f"the export's origin {origin!r} is not a valid log name") from exc
+
+
+def verify_export(
+    lines: Iterable[str], key: PublicKey | Verifier, *, checkpoint: str | None = None
+) -> ExportReport:
+    """Recompute every root and check every checkpoint of an export; raise on the first
+    problem, naming the line and the index (or the range of indexes) that is wrong.
+
+    ``checkpoint``, a signed note obtained elsewhere (say, from the live gateway), also
+    proves the export is not truncated below it.
+    """
+    it = iter(lines)
+    try:
+        header = json.loads(next(it))
+    except StopIteration:
+        raise EvidenceError("the export is empty") from None
+    except ValueError as exc:
+        raise EvidenceError(f"line 1: not JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise EvidenceError(f"line 1: not an {EXPORT_FORMAT} header")
+    origin = header.get("origin")
+    if not isinstance(origin, str):
+        raise EvidenceError("line 1: the header has no origin")
+    verifier = _verifier(key, origin)
+    frontier = Frontier()
+    checked = 0  # the size covered by the last good checkpoint
+    count = 0
+    for lineno, line in enumerate(it, start=2):
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise EvidenceError(f"line {lineno}: not JSON (index {frontier.size}): {exc}") from exc
+        if not isinstance(item, dict):
+            raise EvidenceError(f"line {lineno}: not a JSON object")
+        if "checkpoint" in item:
+            note = item["checkpoint"]
+            if not isinstance(note, str):
+                raise EvidenceError(f"line {lineno}: checkpoint is not a string")
+            try:
+                cp = open_checkpoint(note, verifier)
+            except EvidenceError as exc:
+                raise EvidenceError(f"line {lineno}: checkpoint does not verify: {exc}") from exc
+            if cp.size != frontier.size:
+                raise EvidenceError(
+                    f"line {lineno}: checkpoint of size {cp.size} sits after {frontier.size}"
+                    " entries: entries are missing or added before index"
+                    f" {min(cp.size, frontier.size)}"
+                )
+            if cp.root != frontier.root():
+                raise EvidenceError(
+                    f"line {lineno}: entries {checked}..{cp.size - 1} do not match the signed"
+                    f" checkpoint of size {cp.size}: first bad index is at or after {checked}"
+                )
+            checked = cp.size
+            count += 1
+            continue
+        index, encoded = item.get("index"), item.get("entry")
+        if index != frontier.size:
+            raise EvidenceError(
+                f"line {lineno}: index {index!r} where index {frontier.size} was expected"
+                " (an entry is missing, duplicated or reordered)"
+            )
+        if not isinstance(encoded, str):
+            raise EvidenceError(f"line {lineno}: index {index}: entry is not base64 text")
+        try:
+            entry = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EvidenceError(f"line {lineno}: index {index}: entry is not base64") from exc
+        frontier.append(entry)
+    if count == 0 or checked != frontier.size:
+        raise EvidenceError(
+            f"entries {checked}..{frontier.size - 1} are not covered by a signed checkpoint:"
+            " the export is truncated or was cut after its last checkpoint"
+            if frontier.size > checked
+            else "the export has no signed checkpoint"
+        )
+    if checkpoint is not None:
+        outer = open_checkpoint(checkpoint, verifier)
+        if outer.size > frontier.size:
+            raise EvidenceError(
+                f"the export holds {frontier.size} entries but the log had {outer.size}:"
+                f" the export is truncated at index {frontier.size}"
+            )
+    return ExportReport(entries=frontier.size, checkpoints=count, root=frontier.root())
+
+
+def verify_evidence(text: str | bytes, key: PublicKey | Verifier) -> tuple[Checkpoint, bytes]:
+    """Verify tlog-proof evidence offline; return the checkpoint and the proven entry."""
+    proof = parse_tlog_proof(text)
+    if proof.extra is None:
+        raise EvidenceError("the evidence does not carry its entry (no extra line)")
+    origin = Checkpoint.parse(proof.checkpoint_note.split("\n\n")[0] + "\n").origin
+    checkpoint = verify_tlog_proof(text, proof.extra, _verifier(key, origin))
+    return checkpoint, proof.extra
