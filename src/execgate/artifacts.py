@@ -1,28 +1,33 @@
-"""Authorization artifacts (DESIGN §4.1): issue one, and verify one against the trust store.
+"""Authorization artifacts (DESIGN §4.1, §4.2): issue one, and verify one with its chain.
 
 ``verify_artifact`` is the safe entry point: it returns an ``Artifact`` only when the
-token is well-formed, signed by a trusted authority's pinned key, names that authority
-as ``iss``, is inside its validity window and audience, and grants nothing beyond the
-authority's own scope. Every failure raises ``VerificationError`` with an ``artifact.*``
-reason code. Unknown claims are refused rather than ignored: a condition someone wrote
-into an artifact and that this gateway would not enforce must not look enforced.
+token is well-formed and either signed by a trusted authority's pinned key (naming that
+authority as ``iss``) or a delegated link whose whole chain verifies offline: each link
+signed by the key its parent binds, and no wider than its parent in anything
+(``attenuation``). The leaf must be inside its validity window and audience, and the
+root may grant nothing beyond its authority's scope. Every failure raises
+``VerificationError`` with an ``artifact.*`` or ``lineage.*`` reason code. Unknown
+claims are refused rather than ignored: a condition someone wrote into an artifact and
+that this gateway would not enforce must not look enforced.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
+from execgate.attenuation import widening
 from execgate.errors import JoseError, VerificationError
-from execgate.jose import PrivateKey, PublicKey, encode, verify
+from execgate.jose import PrivateKey, PublicKey, encode, parse_unverified, verify
 from execgate.scope import Grant, parse_grants
 from execgate.trust import Authority, TrustStore
 
 __all__ = [
     "ARTIFACT_TYP",
+    "DEFAULT_MAX_DEPTH",
     "MAX_ARTIFACT_BYTES",
     "Artifact",
     "ArtifactVerifier",
@@ -32,6 +37,7 @@ __all__ = [
 
 ARTIFACT_TYP: Final = "execgate-artifact+jwt"
 MAX_ARTIFACT_BYTES: Final = 16 * 1024
+DEFAULT_MAX_DEPTH: Final = 8
 
 _CLAIMS: Final = frozenset(
     {
@@ -74,6 +80,30 @@ class Artifact:
     env: Mapping[str, tuple[str, ...]]
     gov: Mapping[str, str]
     uses: int | None
+    parent: Artifact | None = None  # set on a delegated artifact: the verified parent
+
+    @property
+    def chain(self) -> tuple[Artifact, ...]:
+        """Every link from the root authority's artifact down to this one."""
+        links: list[Artifact] = []
+        link: Artifact | None = self
+        while link is not None:
+            links.append(link)
+            link = link.parent
+        return tuple(reversed(links))
+
+    @property
+    def depth(self) -> int:
+        """Delegation steps below the root: 0 for an artifact issued by an authority."""
+        return 0 if self.parent is None else self.parent.depth + 1
+
+    def revocation_keys(self) -> list[tuple[str, str]]:
+        """What revoking would deny this artifact: any link's jti, the authority key, any
+        holder or runtime key, any subject along the chain."""
+        keys = [("kid", self.chain[0].kid)]
+        for link in self.chain:
+            keys += [("jti", link.jti), ("kid", link.jkt), ("sub", link.subject)]
+        return keys
 
 
 def _malformed(detail: str) -> VerificationError:
@@ -121,7 +151,11 @@ def _audience(claims: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _parse_claims(
-    token: str, claims: Mapping[str, Any], authority: Authority, kid: str
+    token: str,
+    claims: Mapping[str, Any],
+    authority: Authority,
+    kid: str,
+    parent: Artifact | None = None,
 ) -> Artifact:
     unknown = set(claims) - _CLAIMS
     if unknown:
@@ -157,15 +191,31 @@ def _parse_claims(
         env=parse_env(claims["env"]) if "env" in claims else {},
         gov=_string_map("gov", claims["gov"], _GOV_KEYS) if "gov" in claims else {},
         uses=uses,
+        parent=parent,
     )
 
 
-def _verify_signed(token: object, trust: TrustStore) -> Artifact:
-    """The time-independent part: strict JWS, pinned key, claims, issuer owns the key."""
+def _verify_signed(
+    token: object, trust: TrustStore, verify_parent: Callable[[str], Artifact]
+) -> Artifact:
+    """The time-independent part of verifying one artifact (root or delegated)."""
     if token is None or token == "":
         raise VerificationError("artifact.missing", "no artifact was presented")
     if not isinstance(token, str):
         raise _malformed("the artifact must be a compact JWS string")
+    try:
+        parsed = parse_unverified(token, max_size=MAX_ARTIFACT_BYTES)
+    except JoseError as exc:
+        raise _malformed(exc.detail) from exc
+    if "prf" in parsed.claims:
+        if "jwk" not in parsed.header:
+            raise _broken("a delegated artifact carries its holder's public key as jwk")
+        return _verify_delegated(token, parsed.claims["prf"], verify_parent)
+    return _verify_root(token, trust)
+
+
+def _verify_root(token: str, trust: TrustStore) -> Artifact:
+    """An artifact issued by an authority: pinned key, claims, issuer owns the key."""
     try:
         verified = verify(
             token, typ=ARTIFACT_TYP, max_size=MAX_ARTIFACT_BYTES, keys=trust.authority_keys
@@ -181,12 +231,7 @@ def _verify_signed(token: object, trust: TrustStore) -> Artifact:
     authority = trust.authority_for_kid(kid)
     if authority is None:  # the key set and the index come from one store; belt and braces
         raise VerificationError("artifact.untrusted_issuer", f"key {kid} is not trusted")
-    claims = verified.claims
-    if "prf" in claims:
-        raise VerificationError(
-            "lineage.broken", "delegated artifacts (prf) are not accepted by this gateway yet"
-        )
-    artifact = _parse_claims(token, claims, authority, kid)
+    artifact = _parse_claims(token, verified.claims, authority, kid)
     if artifact.issuer != authority.id:
         raise VerificationError(
             "artifact.untrusted_issuer",
@@ -195,10 +240,63 @@ def _verify_signed(token: object, trust: TrustStore) -> Artifact:
     return artifact
 
 
-def _check_in_force(
-    artifact: Artifact, *, audiences: frozenset[str], now: int, leeway: int
+def _broken(detail: str) -> VerificationError:
+    return VerificationError("lineage.broken", detail)
+
+
+def _verify_delegated(
+    token: str, prf: object, verify_parent: Callable[[str], Artifact]
 ) -> Artifact:
-    """The checks that depend on the moment and on this gateway, re-run on every use."""
+    """A link of a delegation chain (DESIGN §4.2): its parent first, then the link."""
+    if not isinstance(prf, list) or len(prf) != 1 or not isinstance(prf[0], str):
+        raise _broken("prf must embed exactly one parent artifact")
+    parent = verify_parent(prf[0])
+    try:
+        verified = verify(token, typ=ARTIFACT_TYP, max_size=MAX_ARTIFACT_BYTES, embedded_jwk=True)
+    except JoseError as exc:
+        if exc.kind == "malformed":
+            raise _malformed(f"delegated artifact: {exc.detail}") from exc
+        raise _broken(f"delegated artifact: {exc.detail}") from exc
+    holder = verified.key.thumbprint()
+    if holder != parent.jkt:
+        raise _broken("the link is signed by a key its parent does not bind (cnf.jkt)")
+    child = _parse_claims(token, verified.claims, parent.authority, holder, parent)
+    if child.issuer != holder:
+        raise _broken("a delegated artifact's iss must be the thumbprint of the key that signed it")
+    if any(link.jti == child.jti for link in parent.chain):
+        raise _broken(f"jti {child.jti} appears twice in the chain")
+    problem = widening(
+        child_grants=child.grants,
+        parent_grants=parent.grants,
+        child_window=(child.not_before, child.expires),
+        parent_window=(parent.not_before, parent.expires),
+        child_audience=child.audience,
+        parent_audience=parent.audience,
+        child_env=child.env,
+        parent_env=parent.env,
+        child_gov=child.gov,
+        parent_gov=parent.gov,
+        child_uses=child.uses,
+        parent_uses=parent.uses,
+    )
+    if problem is not None:
+        raise VerificationError("lineage.attenuation_violated", problem)
+    return child
+
+
+def _check_in_force(
+    artifact: Artifact, *, audiences: frozenset[str], now: int, leeway: int, max_depth: int
+) -> Artifact:
+    """The checks that depend on the moment and on this gateway, re-run on every use.
+
+    Checking the leaf's window and audience is enough: every link lies inside its
+    parent's. The authority's scope is checked on the root: every link is inside it.
+    """
+    if artifact.depth > max_depth:
+        raise VerificationError(
+            "lineage.depth_exceeded",
+            f"the chain is {artifact.depth} deep; the limit is {max_depth}",
+        )
     if now >= artifact.expires + leeway:
         raise VerificationError("artifact.expired", f"expired at {artifact.expires}")
     if now + leeway < artifact.not_before:
@@ -208,8 +306,9 @@ def _check_in_force(
             "artifact.wrong_audience",
             f"aud {list(artifact.audience)} names no audience of this gateway",
         )
-    authority = artifact.authority
-    for grant in artifact.grants:
+    root = artifact.chain[0]
+    authority = root.authority
+    for grant in root.grants:
         if not any(grant.within(allowed) for allowed in authority.scope):
             raise VerificationError(
                 "artifact.untrusted_issuer",
@@ -226,39 +325,62 @@ def verify_artifact(
     audiences: frozenset[str],
     now: int,
     leeway: int,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Artifact:
-    """Verify a root artifact (DESIGN §3 stage 2) or raise ``VerificationError``."""
-    artifact = _verify_signed(token, trust)
-    return _check_in_force(artifact, audiences=audiences, now=now, leeway=leeway)
+    """Verify an artifact and its whole delegation chain offline, or raise
+    ``VerificationError`` (DESIGN §3 stages 2 and 3)."""
+
+    def verify_parent(parent: str) -> Artifact:
+        return _verify_signed(parent, trust, verify_parent)
+
+    artifact = _verify_signed(token, trust, verify_parent)
+    return _check_in_force(
+        artifact, audiences=audiences, now=now, leeway=leeway, max_depth=max_depth
+    )
 
 
 class ArtifactVerifier:
     """``verify_artifact`` for one gateway, remembering tokens whose signature verified.
 
-    A token string is the exact signed bytes, so its signature, claims and key ownership
-    cannot change while the trust store does not (the store is immutable; a new one
-    needs a new verifier). Validity window, audience and the authority's scope are
-    re-checked on every use; revocation and replay are checked by the pipeline every
-    time. Failures are never cached.
+    A token string is the exact signed bytes, so its signature, claims, key ownership
+    and (for a delegated link) its whole verified chain cannot change while the trust
+    store does not (the store is immutable; a new one needs a new verifier). Every link
+    is remembered by its token, so a chain seen once costs no signature checks again.
+    Depth, validity window, audience and the authority's scope are re-checked on every
+    use; revocation and replay are checked by the pipeline every time. Failures are never
+    remembered.
     """
 
     def __init__(
-        self, *, trust: TrustStore, audiences: frozenset[str], leeway: int, size: int = 1024
+        self,
+        *,
+        trust: TrustStore,
+        audiences: frozenset[str],
+        leeway: int,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        size: int = 1024,
     ):
         self.trust = trust
         self._audiences = audiences
         self._leeway = leeway
+        self._max_depth = max_depth
         self._signed = lru_cache(maxsize=size)(self._verify_signed)
 
     def _verify_signed(self, token: str) -> Artifact:
-        return _verify_signed(token, self.trust)
+        return _verify_signed(token, self.trust, self._signed)
 
     def verify(self, token: object, *, now: int) -> Artifact:
         if isinstance(token, str) and 0 < len(token) <= MAX_ARTIFACT_BYTES:
             artifact = self._signed(token)
         else:
-            artifact = _verify_signed(token, self.trust)
-        return _check_in_force(artifact, audiences=self._audiences, now=now, leeway=self._leeway)
+            artifact = _verify_signed(token, self.trust, self._signed)
+        return _check_in_force(
+            artifact,
+            audiences=self._audiences,
+            now=now,
+            leeway=self._leeway,
+            max_depth=self._max_depth,
+        )
 
 
 def issue_artifact(

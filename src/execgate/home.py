@@ -42,7 +42,7 @@ __all__ = [
 
 CONFIG_NAME: Final = "execgate.toml"
 _GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "policy", "store"})
-_LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl"})
+_LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl", "max_depth"})
 _AUDIT_KEYS: Final = frozenset({"checkpoint_every", "checkpoint_interval"})
 # A gateway id is also the audience artifacts and proofs name: printable, no whitespace.
 _GATEWAY_ID: Final = re.compile(r"[!-~]{1,256}")
@@ -79,6 +79,7 @@ class GatewayConfig:
     targets: Mapping[str, str]
     checkpoint_every: int = 1000
     checkpoint_interval: int = 300
+    max_depth: int = 8
 
 
 def _toml(value: str) -> str:
@@ -162,6 +163,7 @@ def load_config(home: Path) -> GatewayConfig:
         leeway=_int(limits, "leeway", 60, 0, 60, str(path)),
         proof_max_age=_int(limits, "proof_max_age", 120, 1, 3600, str(path)),
         receipt_ttl=_int(limits, "receipt_ttl", 86400, 60, 31 * 86400, str(path)),
+        max_depth=_int(limits, "max_depth", 8, 0, 32, str(path)),
         checkpoint_every=_int(audit, "checkpoint_every", 1000, 1, 10**9, str(path)),
         checkpoint_interval=_int(audit, "checkpoint_interval", 300, 1, 86400, str(path)),
         targets={name: t.get("description", "") for name, t in targets.items()},
@@ -321,6 +323,7 @@ store = "state.db"
 leeway = 60             # clock skew tolerated on nbf/exp, seconds (at most 60)
 proof_max_age = 120     # how old a proof of possession may be, seconds
 receipt_ttl = 86400     # how long a decision receipt stays valid, seconds
+max_depth = 8           # how many delegation steps below an authority's artifact
 
 [audit]
 checkpoint_every = 1000     # sign a checkpoint after this many new log entries

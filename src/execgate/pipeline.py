@@ -23,13 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from execgate.artifacts import Artifact, ArtifactVerifier
+from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
 from execgate.errors import AuditError, RequestError, StoreError, VerificationError
 from execgate.home import load_config
 from execgate.jose import PrivateKey, canonical_json, sha256_b64url
 from execgate.keyfile import read_private_key
+from execgate.lineage import ParentExecution, verify_parent
 from execgate.model import Decision, Outcome, Reason, Request
 from execgate.policy import Policy, load_policy
 from execgate.proofs import Proof, verify_proof
@@ -131,6 +132,7 @@ class _State:
     reasons: list[Reason] = field(default_factory=list)
     rule: str | None = None
     route: str | None = None
+    parent: ParentExecution | None = None
 
     def stop(self, outcome: Outcome, code: str, detail: str) -> None:
         self.outcome = outcome
@@ -156,6 +158,7 @@ class Gateway:
         receipt_ttl: int = 86400,
         checkpoint_every: int = 1000,
         checkpoint_interval: int = 300,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ):
         if not 0 <= leeway <= 60:
             raise ValueError("leeway must be within [0, 60] seconds")
@@ -166,6 +169,7 @@ class Gateway:
         self.store = store
         self._now = now
         self._leeway = leeway
+        self._max_depth = max_depth
         self.trust = trust
         self._proof_max_age = proof_max_age
         self._receipt_ttl = receipt_ttl
@@ -188,7 +192,7 @@ class Gateway:
     def trust(self, trust: TrustStore) -> None:
         """Swap the trust store; verified-artifact memory starts afresh with it."""
         self._artifacts = ArtifactVerifier(
-            trust=trust, audiences=self.audiences, leeway=self._leeway
+            trust=trust, audiences=self.audiences, leeway=self._leeway, max_depth=self._max_depth
         )
 
     @classmethod
@@ -216,6 +220,7 @@ class Gateway:
             receipt_ttl=config.receipt_ttl,
             checkpoint_every=config.checkpoint_every,
             checkpoint_interval=config.checkpoint_interval,
+            max_depth=config.max_depth,
         )
 
     def close(self) -> None:
@@ -262,14 +267,7 @@ class Gateway:
         artifact = state.artifact = self._artifacts.verify(submission.artifact, now=state.now)
 
         state.stage = "revocation"
-        revoked = self.store.revoked(
-            [
-                ("jti", artifact.jti),
-                ("kid", artifact.kid),
-                ("kid", artifact.jkt),
-                ("sub", artifact.subject),
-            ]
-        )
+        revoked = self.store.revoked(artifact.revocation_keys())
         if revoked is not None:
             raise VerificationError(
                 "artifact.revoked", f"{revoked.kind} {revoked.value} revoked: {revoked.reason}"
@@ -294,8 +292,11 @@ class Gateway:
         state.stage = "replay"
         if self.store.proof_seen(proof.jti):
             raise VerificationError("replay.detected", "this proof has been presented before")
-        if artifact.uses is not None and self.store.uses_consumed(artifact.jti) >= artifact.uses:
-            raise VerificationError("artifact.exhausted", f"all {artifact.uses} uses are spent")
+        for link in artifact.chain:  # a child's use is also a use of every limited ancestor
+            if link.uses is not None and self.store.uses_consumed(link.jti) >= link.uses:
+                raise VerificationError(
+                    "artifact.exhausted", f"all {link.uses} uses of {link.jti} are spent"
+                )
 
         state.stage = "environment"
         environment: dict[str, str] = {}
@@ -316,8 +317,14 @@ class Gateway:
 
         state.stage = "lineage"
         if request.parent is not None:
-            raise VerificationError(
-                "lineage.broken", "parent executions are not verified by this gateway yet"
+            state.parent = verify_parent(
+                request.parent,
+                gateway_id=self.gateway_id,
+                node_key=self.node_key.public,
+                trust=self.trust,
+                child_chain=[link.jti for link in artifact.chain],
+                now=state.now,
+                leeway=self._leeway,
             )
 
         state.stage = "policy"
@@ -326,8 +333,11 @@ class Gateway:
             raise VerificationError(
                 "policy.mismatch", f"artifact pins policy {pinned}, loaded is {self.policy.hash}"
             )
+        context = request.canonical()
+        if request.parent is None:
+            del context["parent"]  # so that `has(request.parent)` means "names a parent"
         result = self.policy.evaluate(
-            request=request.canonical(),
+            request=context,
             artifact={"gov": {}, "att": {}, "env": {}, **artifact.claims},
             environment=environment,
             now=state.now,
@@ -354,11 +364,16 @@ class Gateway:
             "rule": state.rule,
             "route": state.route,
             "approval": None,
-            "parent_decision": None,
+            "parent_decision": state.parent.decision_id if state.parent else None,
+            "parent_gateway": state.parent.gateway if state.parent else None,
             "request": state.request.canonical() if state.request else None,
             "request_hash": state.request_hash,
             "artifact_jti": artifact.jti if artifact else None,
-            "chain": [artifact.jti] if artifact else [],
+            "chain": [link.jti for link in artifact.chain] if artifact else [],
+            "chain_keys": sorted({v for k, v in artifact.revocation_keys() if k == "kid"})
+            if artifact
+            else [],
+            "chain_subjects": [link.subject for link in artifact.chain] if artifact else [],
             "issuer": artifact.issuer if artifact else None,
             "issuer_kid": artifact.kid if artifact else None,
             "subject": artifact.subject if artifact else None,
@@ -400,15 +415,23 @@ class Gateway:
             made.append(self._decision(state, index, receipt))
             return canonical_json(record)
 
-        use = None
-        if state.outcome.executes and artifact is not None and artifact.uses is not None:
-            use = UseClaim(artifact.jti, artifact.uses, artifact.expires + self._leeway)
+        use: UseClaim | None = None
+        chain_uses: tuple[UseClaim, ...] = ()
+        if state.outcome.executes and artifact is not None:
+            claims = tuple(
+                UseClaim(link.jti, link.uses, link.expires + self._leeway)
+                for link in artifact.chain
+                if link.uses is not None
+            )
+            if claims:
+                use, chain_uses = claims[-1], claims[:-1]
         job = WriteJob(
             proof_jti=proof.jti if proof else None,
             proof_expires_at=(proof.issued_at if proof else 0) + self._proof_max_age + self._leeway,
             use=use,
             finalize=finalize,
             decision_id=state.decision_id,
+            chain_uses=chain_uses,
         )
         try:
             index = self.store.commit(job)
@@ -440,7 +463,7 @@ class Gateway:
             policy_hash=self.policy.hash,
             decided_at=state.now,
             artifact_jti=artifact.jti if artifact else None,
-            chain=(artifact.jti,) if artifact else (),
+            chain=tuple(link.jti for link in artifact.chain) if artifact else (),
             rule=state.rule,
             route=state.route,
             log_index=index,

@@ -1,7 +1,8 @@
 """The trust store: which authorities, attesters and mesh nodes this gateway believes.
 
 ``trust.toml`` lists each trusted root authority with its public keys and the scope it
-may grant ("policy authority ancestry"), and each environment attester. Key ids are
+may grant ("policy authority ancestry"), each environment attester, and each other
+gateway of the mesh whose decision receipts may be presented as parent executions. Key ids are
 always the RFC 7638 thumbprint of the key, computed here, never taken from the file; a
 key may belong to only one principal.
 
@@ -12,6 +13,10 @@ key may belong to only one principal.
 
     [[attester]]
     id = "example-attester"
+    keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
+
+    [[mesh_node]]
+    id = "gw-b"
     keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
 """
 
@@ -27,9 +32,9 @@ from execgate.errors import ConfigError, JoseError
 from execgate.jose import PublicKey
 from execgate.scope import Grant, parse_grants
 
-__all__ = ["Attester", "Authority", "TrustStore"]
+__all__ = ["Attester", "Authority", "MeshNode", "TrustStore"]
 
-_SECTIONS = frozenset({"authority", "attester"})
+_SECTIONS = frozenset({"authority", "attester", "mesh_node"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,21 +101,38 @@ def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
     return ident
 
 
+@dataclass(frozen=True, slots=True)
+class MeshNode:
+    """Another gateway whose receipts this one accepts as parent executions."""
+
+    id: str
+    keys: Mapping[str, PublicKey]
+
+
 class TrustStore:
     """Immutable view of the trusted principals, indexed by key id."""
 
     __slots__ = (
         "_attester_kids",
         "_authority_kids",
+        "_mesh_kids",
         "attester_keys",
         "attesters",
         "authorities",
         "authority_keys",
+        "mesh_keys",
+        "mesh_nodes",
     )
 
-    def __init__(self, authorities: Mapping[str, Authority], attesters: Mapping[str, Attester]):
+    def __init__(
+        self,
+        authorities: Mapping[str, Authority],
+        attesters: Mapping[str, Attester],
+        mesh_nodes: Mapping[str, MeshNode] | None = None,
+    ):
+        mesh_nodes = mesh_nodes or {}
         seen: dict[str, str] = {}
-        for group in (authorities, attesters):
+        for group in (authorities, attesters, mesh_nodes):
             for principal in group.values():
                 for kid in principal.keys:
                     if kid in seen:
@@ -126,12 +148,18 @@ class TrustStore:
         # The pinned key sets handed to the JWS codec, built once.
         self.authority_keys = {k: a.keys[k] for k, a in self._authority_kids.items()}
         self.attester_keys = {k: a.keys[k] for k, a in self._attester_kids.items()}
+        self.mesh_nodes = dict(mesh_nodes)
+        self._mesh_kids = {k: n for n in mesh_nodes.values() for k in n.keys}
+        self.mesh_keys = {k: n.keys[k] for k, n in self._mesh_kids.items()}
 
     def authority_for_kid(self, kid: str) -> Authority | None:
         return self._authority_kids.get(kid)
 
     def attester_for_kid(self, kid: str) -> Attester | None:
         return self._attester_kids.get(kid)
+
+    def mesh_node_for_kid(self, kid: str) -> MeshNode | None:
+        return self._mesh_kids.get(kid)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "trust store") -> TrustStore:
@@ -162,12 +190,21 @@ class TrustStore:
             if ident in attesters:
                 raise ConfigError(f"{where}: duplicate attester id {ident!r}")
             attesters[ident] = Attester(ident, _keys(where, entry.get("keys")))
+        mesh: dict[str, MeshNode] = {}
+        for i, entry in enumerate(_tables(doc, "mesh_node", source)):
+            where = f"{source}: mesh_node[{i}]"
+            _check_entry(where, entry, ("id", "keys"))
+            assert isinstance(entry, Mapping)
+            ident = _entry_id(where, entry)
+            if ident in mesh:
+                raise ConfigError(f"{where}: duplicate mesh node id {ident!r}")
+            mesh[ident] = MeshNode(ident, _keys(where, entry.get("keys")))
         if not authorities:
             raise ConfigError(
                 f"{source}: no [[authority]] is trusted; nothing could ever be authorized"
             )
         try:
-            return cls(authorities, attesters)
+            return cls(authorities, attesters, mesh)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 

@@ -66,6 +66,7 @@ class WriteJob:
     finalize: Callable[[str | None, int], bytes]
     decision_id: str | None = None  # a lookup key kept beside the entry (also inside it)
     kind: str = "decision"  # "decision" or "outcome"; one outcome per decision
+    chain_uses: tuple[UseClaim, ...] = ()  # uses of limited ancestors, consumed with ``use``
 
 
 class Store(Protocol):

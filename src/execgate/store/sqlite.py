@@ -367,8 +367,9 @@ class SQLiteStore:
                 )
             except sqlite3.IntegrityError:
                 return Conflict.REPLAY
-        if job.use is not None:
-            use = job.use
+        for use in (*job.chain_uses, job.use):
+            if use is None:
+                continue
             conn.execute(
                 "INSERT OR IGNORE INTO artifact_uses VALUES (?, 0, ?, ?)",
                 (use.jti, use.limit, use.expires_at),

@@ -1,0 +1,70 @@
+"""Execution lineage (DESIGN §3 stage 9): a request names its parent execution.
+
+The parent is named by presenting its decision receipt. It counts only if the receipt
+is signed by this gateway's node key or by a mesh node in the trust store, is still
+valid, records a decision that executed (proceed or reroute), and the child's artifact
+descends from the parent's artifact chain (or is the same artifact). Anything else is
+``lineage.broken``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from execgate.errors import JoseError, VerificationError
+from execgate.jose import PublicKey, verify
+from execgate.receipts import MAX_RECEIPT_BYTES, RECEIPT_TYP
+from execgate.trust import TrustStore
+
+__all__ = ["ParentExecution", "verify_parent"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParentExecution:
+    decision_id: str
+    gateway: str
+    chain: tuple[str, ...]
+
+
+def _broken(detail: str) -> VerificationError:
+    return VerificationError("lineage.broken", detail)
+
+
+def verify_parent(
+    receipt: str,
+    *,
+    gateway_id: str,
+    node_key: PublicKey,
+    trust: TrustStore,
+    child_chain: Sequence[str],
+    now: int,
+    leeway: int,
+) -> ParentExecution:
+    """Verify a parent receipt for a child whose artifact chain is ``child_chain``."""
+    own = node_key.thumbprint()
+    keys = {**trust.mesh_keys, own: node_key}
+    try:
+        verified = verify(receipt, typ=RECEIPT_TYP, max_size=MAX_RECEIPT_BYTES, keys=keys)
+    except JoseError as exc:
+        raise _broken(f"parent receipt rejected: {exc.detail}") from exc
+    claims: dict[str, Any] = dict(verified.claims)
+    kid = verified.header["kid"]
+    node = trust.mesh_node_for_kid(kid)
+    signer = gateway_id if kid == own else node.id if node is not None else None
+    if signer is None or claims.get("iss") != signer:
+        raise _broken("the parent receipt's issuer does not own the key that signed it")
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or now >= exp + leeway:
+        raise _broken("the parent receipt has expired")
+    if claims.get("outcome") not in ("proceed", "reroute"):
+        raise _broken(f"the parent decision was {claims.get('outcome')!r}: it did not execute")
+    decision_id, chain = claims.get("did"), claims.get("chain")
+    if not isinstance(decision_id, str) or not decision_id:
+        raise _broken("the parent receipt names no decision")
+    if not isinstance(chain, list) or not chain or not all(isinstance(j, str) for j in chain):
+        raise _broken("the parent receipt names no artifact chain")
+    if list(child_chain[: len(chain)]) != chain:
+        raise _broken("the child's artifact does not descend from the parent's artifact")
+    return ParentExecution(decision_id=decision_id, gateway=signer, chain=tuple(chain))

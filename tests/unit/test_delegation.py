@@ -1,0 +1,308 @@
+"""Delegation chains verified offline: every link, every attenuation rule, every code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import GATEWAY_ID, NOW, Kit, make_kit
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from execgate.artifacts import ARTIFACT_TYP, Artifact, verify_artifact
+from execgate.delegation import delegate_artifact
+from execgate.errors import VerificationError
+from execgate.jose import PrivateKey, encode, parse_unverified
+from execgate.scope import check_scope, parse_grants
+from execgate.trust import TrustStore
+
+WIDE = [{"action": "payments.*", "resource": "acct:**", "constraints": {"amount": {"max": 500}}}]
+NARROW = [
+    {"action": "payments.transfer", "resource": "acct:7", "constraints": {"amount": {"max": 50}}}
+]
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+def trust(kit: Kit) -> TrustStore:
+    return TrustStore.load(kit.config.trust)
+
+
+def check(kit: Kit, token: str, *, now: int = NOW, max_depth: int = 8) -> Artifact:
+    return verify_artifact(
+        token,
+        trust=trust(kit),
+        audiences=frozenset({GATEWAY_ID}),
+        now=now,
+        leeway=0,
+        max_depth=max_depth,
+    )
+
+
+def code_of(kit: Kit, token: str, **kw: Any) -> str:
+    with pytest.raises(VerificationError) as info:
+        check(kit, token, **kw)
+    return info.value.code
+
+
+class Chain:
+    """A chain of runtimes, each holding the artifact its predecessor delegated to it."""
+
+    def __init__(self, kit: Kit, **root_kw: Any):
+        self.kit = kit
+        self.keys = [kit.runtime.key]
+        self.tokens = [kit.artifact(WIDE, ttl=3600, **root_kw)]
+
+    def extend(self, scope: list[dict[str, Any]] = NARROW, **kw: Any) -> str:
+        key = PrivateKey.generate()
+        token = delegate_artifact(
+            parent=self.tokens[-1],
+            holder_key=self.keys[-1],
+            subject=f"agent-{len(self.keys) + 1}",
+            runtime_key=key.public,
+            scope=scope,
+            now=NOW,
+            **kw,
+        )
+        self.keys.append(key)
+        self.tokens.append(token)
+        return token
+
+
+def forge_child(kit: Kit, parent: str, holder: PrivateKey, **overrides: Any) -> str:
+    """Sign a child with ``holder`` bypassing delegate_artifact's checks."""
+    p = parse_unverified(parent, max_size=1 << 20).claims
+    claims: dict[str, Any] = {
+        "iss": holder.public.thumbprint(),
+        "sub": "agent-x",
+        "aud": p["aud"],
+        "iat": NOW,
+        "nbf": p["nbf"],
+        "exp": p["exp"],
+        "jti": "child-jti",
+        "scope": NARROW,
+        "cnf": {"jkt": PrivateKey.generate().public.thumbprint()},
+        "prf": [parent],
+    }
+    for key, value in overrides.items():
+        if value is None:
+            claims.pop(key, None)
+        else:
+            claims[key] = value
+    return encode({"typ": ARTIFACT_TYP, "jwk": holder.public.to_jwk()}, claims, holder)
+
+
+# --- chains that verify ---------------------------------------------------------------
+
+
+def test_a_chain_of_three_verifies_and_knows_its_links(kit: Kit) -> None:
+    chain = Chain(kit, gov={"ticket": "T-1"}, env={"region": ["eu-west-1", "eu-west-2"]})
+    chain.extend(env={"region": ["eu-west-1"]})
+    chain.extend()
+    leaf = chain.extend(NARROW, gov={"purpose": "refill"})
+    art = check(kit, leaf)
+    assert art.depth == 3
+    assert [a.token for a in art.chain] == chain.tokens
+    assert art.chain[0].issuer == "example-authority"
+    assert art.issuer == chain.keys[2].public.thumbprint()
+    assert art.subject == "agent-4"
+    assert art.gov == {"ticket": "T-1", "purpose": "refill"}
+    assert art.env == {"region": ("eu-west-1",)}
+    keys = set(art.revocation_keys())
+    assert ("jti", art.chain[0].jti) in keys
+    assert ("kid", kit.authority.public.thumbprint()) in keys
+    assert ("sub", "agent-2") in keys
+    assert ("kid", chain.keys[1].public.thumbprint()) in keys
+
+
+def test_delegated_child_admits_only_what_it_grants(kit: Kit) -> None:
+    chain = Chain(kit)
+    art = check(kit, chain.extend())
+    assert check_scope(art.grants, "payments.transfer", "acct:7", {"amount": 50}) is None
+    assert check_scope(art.grants, "payments.transfer", "acct:7", {"amount": 51}) is not None
+    assert check_scope(art.grants, "payments.refund", "acct:7", {"amount": 1}) is not None
+
+
+# --- each way a link can be broken ----------------------------------------------------
+
+
+def test_link_signed_by_a_key_the_parent_does_not_bind(kit: Kit) -> None:
+    chain = Chain(kit)
+    stranger = PrivateKey.generate()
+    assert code_of(kit, forge_child(kit, chain.tokens[0], stranger)) == "lineage.broken"
+
+
+def test_link_whose_iss_is_not_its_signer(kit: Kit) -> None:
+    chain = Chain(kit)
+    token = forge_child(kit, chain.tokens[0], kit.runtime.key, iss="someone-else")
+    assert code_of(kit, token) == "lineage.broken"
+
+
+def test_prf_with_two_parents_or_not_a_list(kit: Kit) -> None:
+    chain = Chain(kit)
+    parent = chain.tokens[0]
+    for prf in ([parent, parent], parent, [], [1]):
+        token = forge_child(kit, parent, kit.runtime.key, prf=prf)
+        assert code_of(kit, token) == "lineage.broken", prf
+
+
+def test_the_same_jti_twice_in_a_chain(kit: Kit) -> None:
+    chain = Chain(kit)
+    root_jti = parse_unverified(chain.tokens[0], max_size=1 << 20).claims["jti"]
+    token = forge_child(kit, chain.tokens[0], kit.runtime.key, jti=root_jti)
+    assert code_of(kit, token) == "lineage.broken"
+
+
+def test_authority_signed_artifact_with_prf_is_broken(kit: Kit) -> None:
+    token = kit.raw_artifact(kit.claims(prf=[kit.artifact()]))
+    assert code_of(kit, token) == "lineage.broken"
+
+
+def test_tampered_parent_inside_a_child(kit: Kit) -> None:
+    chain = Chain(kit)
+    root = chain.tokens[0]
+    tampered = root[:-2] + ("AA" if not root.endswith("AA") else "BA")
+    token = forge_child(kit, tampered, kit.runtime.key)
+    assert code_of(kit, token) in {"artifact.signature_invalid", "artifact.malformed"}
+
+
+def test_root_from_an_untrusted_authority(kit: Kit) -> None:
+    rogue = PrivateKey.generate()
+    root = kit.artifact(WIDE, key=rogue)
+    token = forge_child(kit, root, kit.runtime.key)
+    assert code_of(kit, token) == "artifact.untrusted_issuer"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"scope": [{"action": "payments.*", "resource": "acct:**"}]}, "constraint dropped"),
+        (
+            {
+                "scope": [
+                    {
+                        "action": "payments.*",
+                        "resource": "acct:**",
+                        "constraints": {"amount": {"max": 501}},
+                    }
+                ]
+            },
+            "looser max",
+        ),
+        ({"scope": [{"action": "users.*", "resource": "acct:**"}]}, "other action"),
+        ({"scope": [{"action": "**", "resource": "acct:**"}]}, "wider glob"),
+        ({"nbf": NOW - 1}, "starts before the parent"),
+        ({"exp": NOW + 3601}, "ends after the parent"),
+        ({"aud": [GATEWAY_ID, "gw-other"]}, "audience added"),
+        ({"env": {"region": ["eu-west-1", "us-east-1"]}}, "env widened"),
+        ({"env": None}, "env dropped"),
+        ({"gov": {"ticket": "OTHER"}}, "gov changed"),
+        ({"gov": None}, "gov dropped"),
+        ({"uses": 3}, "more uses"),
+        ({"uses": None}, "unlimited under a limited parent"),
+    ],
+)
+def test_every_widening_is_refused(kit: Kit, overrides: dict[str, Any], why: str) -> None:
+    chain = Chain(kit, gov={"ticket": "T-1"}, env={"region": ["eu-west-1"]}, uses=2)
+    base = {"env": {"region": ["eu-west-1"]}, "gov": {"ticket": "T-1"}, "uses": 2}
+    token = forge_child(kit, chain.tokens[0], kit.runtime.key, **{**base, **overrides})
+    assert code_of(kit, token) == "lineage.attenuation_violated", why
+
+
+def test_the_same_child_without_widening_verifies(kit: Kit) -> None:
+    chain = Chain(kit, gov={"ticket": "T-1"}, env={"region": ["eu-west-1"]}, uses=2)
+    base = {"env": {"region": ["eu-west-1"]}, "gov": {"ticket": "T-1"}, "uses": 2}
+    assert check(kit, forge_child(kit, chain.tokens[0], kit.runtime.key, **base)).depth == 1
+
+
+def test_depth_over_the_limit(kit: Kit) -> None:
+    chain = Chain(kit)
+    for _ in range(3):
+        chain.extend()
+    assert check(kit, chain.tokens[-1], max_depth=3).depth == 3
+    assert code_of(kit, chain.tokens[-1], max_depth=2) == "lineage.depth_exceeded"
+
+
+def test_a_chain_is_only_as_valid_as_its_leaf_window(kit: Kit) -> None:
+    chain = Chain(kit)
+    leaf = chain.extend(ttl=60)
+    assert check(kit, leaf, now=NOW + 30).depth == 1
+    assert code_of(kit, leaf, now=NOW + 61) == "artifact.expired"
+
+
+# --- minting --------------------------------------------------------------------------
+
+
+def test_delegate_refuses_what_the_gateway_would_refuse(kit: Kit) -> None:
+    chain = Chain(kit, uses=1)
+    parent = chain.tokens[0]
+    key = PrivateKey.generate().public
+    base: dict[str, Any] = {"parent": parent, "subject": "b", "runtime_key": key, "now": NOW}
+    with pytest.raises(ValueError, match="not the key the parent artifact binds"):
+        delegate_artifact(holder_key=PrivateKey.generate(), scope=NARROW, **base)
+    with pytest.raises(ValueError, match="widen"):
+        delegate_artifact(
+            holder_key=kit.runtime.key, scope=[{"action": "**", "resource": "**"}], **base
+        )
+    with pytest.raises(ValueError, match="widen"):
+        delegate_artifact(holder_key=kit.runtime.key, scope=NARROW, ttl=7200, **base)
+    with pytest.raises(ValueError, match="widen"):
+        delegate_artifact(holder_key=kit.runtime.key, scope=NARROW, uses=2, **base)
+    with pytest.raises(ValueError, match="well-formed"):
+        delegate_artifact(holder_key=kit.runtime.key, scope=NARROW, **{**base, "parent": "x.y.z"})
+
+
+# --- property: a chain never admits what its root refuses -----------------------------
+
+ACTIONS = st.sampled_from(["payments.*", "payments.transfer", "payments.refund", "**", "users.*"])
+RESOURCES = st.sampled_from(["acct:**", "acct:7", "acct:*", "**", "host:1"])
+MAXES = st.one_of(st.none(), st.integers(0, 1000))
+
+
+@st.composite
+def grants(draw: st.DrawFn) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(draw(st.integers(1, 2))):
+        grant: dict[str, Any] = {"action": draw(ACTIONS), "resource": draw(RESOURCES)}
+        bound = draw(MAXES)
+        if bound is not None:
+            grant["constraints"] = {"amount": {"max": bound}}
+        out.append(grant)
+    return out
+
+
+REQUESTS = st.tuples(
+    st.sampled_from(["payments.transfer", "payments.refund", "users.delete", "x"]),
+    st.sampled_from(["acct:7", "acct:1", "acct:1:sub", "host:1"]),
+    st.integers(0, 1200),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(child=grants(), requests=st.lists(REQUESTS, min_size=1, max_size=10))
+def test_no_verified_child_admits_a_request_its_parent_refuses(
+    kit: Kit, child: list[dict[str, Any]], requests: list[tuple[str, str, int]]
+) -> None:
+    root = Chain(kit).tokens[0]
+    token = forge_child(kit, root, kit.runtime.key, scope=child)
+    try:
+        art = check(kit, token)
+    except VerificationError as exc:
+        refused = exc.code
+        art = None
+    if art is None:
+        assert refused == "lineage.attenuation_violated"
+        return
+    parent = parse_grants(WIDE)
+    for action, resource, amount in requests:
+        if check_scope(art.grants, action, resource, {"amount": amount}) is None:
+            assert check_scope(parent, action, resource, {"amount": amount}) is None
