@@ -40,6 +40,7 @@ from execgate.audit.merkle import (
     root_at,
 )
 from execgate.audit.note import Signer, Verifier
+from execgate.audit.note import parse_unverified as parse_unverified_note
 from execgate.errors import EvidenceError
 from execgate.jose import PrivateKey, PublicKey
 from execgate.store.base import Store
@@ -112,20 +113,30 @@ class AuditLog:
         return format_tlog_proof(index, proof, note, extra=self.entry(index))
 
     def export(self, out: TextIO, *, now: int, batch: int = 4096) -> int:
-        """Write every entry and checkpoint, ending with a fresh checkpoint; return size."""
+        """Write every entry and checkpoint, ending with a fresh checkpoint; return the
+        number of entries written (the log's size, unless entries were deleted).
+
+        Every stored checkpoint is written, even one that no entry line reaches: a log
+        whose last entries were deleted from the store then fails ``verify_export``
+        instead of passing as a shorter log.
+        """
         self.checkpoint(now=now)
         checkpoints = dict(self.store.checkpoints())
         size = max(checkpoints)
+        written = 0
         out.write(json.dumps({"format": EXPORT_FORMAT, "origin": self.origin}) + "\n")
         if 0 in checkpoints:
-            out.write(json.dumps({"checkpoint": checkpoints[0]}) + "\n")
+            out.write(json.dumps({"checkpoint": checkpoints.pop(0)}) + "\n")
         for start in range(0, size, batch):
             for item in self.store.entries(start, min(size, start + batch)):
                 encoded = base64.b64encode(item.entry).decode("ascii")
                 out.write(f'{{"index":{item.index},"entry":"{encoded}"}}\n')
+                written += 1
                 if item.index + 1 in checkpoints:
-                    out.write(json.dumps({"checkpoint": checkpoints[item.index + 1]}) + "\n")
-        return size
+                    out.write(json.dumps({"checkpoint": checkpoints.pop(item.index + 1)}) + "\n")
+        for left in sorted(checkpoints):  # entries are missing from the store
+            out.write(json.dumps({"checkpoint": checkpoints[left]}) + "\n")
+        return written
 
     def _check_range(self, index: int, size: int) -> None:
         if not 0 <= index < size <= self.size():
@@ -139,15 +150,37 @@ class ExportReport:
     root: bytes
 
 
-def _verifier(key: PublicKey | Verifier, origin: str) -> Verifier:
+def _verifier(key: PublicKey | Verifier, origin: str, what: str) -> Verifier:
     if isinstance(key, Verifier):
         if key.name != origin:
-            raise EvidenceError(f"the key is for log {key.name!r}, the export is of {origin!r}")
+            raise EvidenceError(f"{what} is of log {origin!r}, but the key is for log {key.name!r}")
         return key
     try:
         return Verifier(origin, key)
     except ValueError as exc:
-        raise EvidenceError(f"the export's origin {origin!r} is not a valid log name") from exc
+        raise EvidenceError(f"{what}'s origin {origin!r} is not a valid log name") from exc
+
+
+def _entries(start: int, end: int) -> str:
+    """Entries ``[start, end)`` in words, for messages."""
+    if end <= start:
+        return "no entries"
+    return f"entry {start}" if end - start == 1 else f"entries {start}..{end - 1}"
+
+
+def _claimed_origin(note: str) -> str | None:
+    """The origin a checkpoint note claims, before any signature is checked."""
+    try:
+        return Checkpoint.parse(parse_unverified_note(note).text).origin
+    except EvidenceError:
+        return None
+
+
+def _json(line: str, where: str) -> object:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise EvidenceError(f"{where}: {exc}") from exc
 
 
 def verify_export(
@@ -156,45 +189,64 @@ def verify_export(
     """Recompute every root and check every checkpoint of an export; raise on the first
     problem, naming the line and the index (or the range of indexes) that is wrong.
 
-    ``checkpoint``, a signed note obtained elsewhere (say, from the live gateway), also
-    proves the export is not truncated below it.
+    ``checkpoint``, a signed note obtained elsewhere (say, from the live gateway), must
+    also match: the export may not be truncated below it, nor differ from the log it
+    signed.
     """
     it = iter(lines)
     try:
-        header = json.loads(next(it))
+        first = next(it)
     except StopIteration:
         raise EvidenceError("the export is empty") from None
-    except ValueError as exc:
-        raise EvidenceError(f"line 1: not JSON: {exc}") from exc
+    header = _json(first, "line 1: not JSON")
     if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
         raise EvidenceError(f"line 1: not an {EXPORT_FORMAT} header")
     origin = header.get("origin")
     if not isinstance(origin, str):
         raise EvidenceError("line 1: the header has no origin")
-    verifier = _verifier(key, origin)
+    verifier = _verifier(key, origin, "line 1: the export")
+    outer = None
+    if checkpoint is not None:
+        try:
+            outer = open_checkpoint(checkpoint, verifier)
+        except EvidenceError as exc:
+            raise EvidenceError(f"the given checkpoint does not verify: {exc}") from exc
     frontier = Frontier()
     checked = 0  # the size covered by the last good checkpoint
     count = 0
     for lineno, line in enumerate(it, start=2):
-        try:
-            item = json.loads(line)
-        except ValueError as exc:
-            raise EvidenceError(f"line {lineno}: not JSON (index {frontier.size}): {exc}") from exc
+        item = _json(line, f"line {lineno}: not JSON (index {frontier.size})")
         if not isinstance(item, dict):
             raise EvidenceError(f"line {lineno}: not a JSON object")
         if "checkpoint" in item:
             note = item["checkpoint"]
             if not isinstance(note, str):
                 raise EvidenceError(f"line {lineno}: checkpoint is not a string")
+            unproven = _entries(checked, frontier.size)
+            claimed = _claimed_origin(note)
+            if claimed is not None and claimed != origin:
+                raise EvidenceError(
+                    f"line {lineno}: checkpoint does not verify: it is of log {claimed!r},"
+                    f" but the export header (line 1) names {origin!r}, leaving {unproven}"
+                    " unproven"
+                )
             try:
                 cp = open_checkpoint(note, verifier)
             except EvidenceError as exc:
-                raise EvidenceError(f"line {lineno}: checkpoint does not verify: {exc}") from exc
+                raise EvidenceError(
+                    f"line {lineno}: checkpoint does not verify: {exc}; this leaves {unproven}"
+                    f" (before line {lineno}) unproven"
+                ) from exc
             if cp.size != frontier.size:
+                # Entries before ``checked`` are proven, so the first wrong one is at most
+                # the first index where the counts part: min(cp.size, frontier.size).
+                what = (
+                    "entries are missing" if cp.size > frontier.size else "there are extra entries"
+                )
                 raise EvidenceError(
                     f"line {lineno}: checkpoint of size {cp.size} sits after {frontier.size}"
-                    " entries: entries are missing or added before index"
-                    f" {min(cp.size, frontier.size)}"
+                    f" entries: {what} (the first bad index is in"
+                    f" {checked}..{min(cp.size, frontier.size)}), or the checkpoint was moved"
                 )
             if cp.root != frontier.root():
                 raise EvidenceError(
@@ -205,7 +257,7 @@ def verify_export(
             count += 1
             continue
         index, encoded = item.get("index"), item.get("entry")
-        if index != frontier.size:
+        if type(index) is not int or index != frontier.size:
             raise EvidenceError(
                 f"line {lineno}: index {index!r} where index {frontier.size} was expected"
                 " (an entry is missing, duplicated or reordered)"
@@ -217,6 +269,11 @@ def verify_export(
         except (binascii.Error, ValueError) as exc:
             raise EvidenceError(f"line {lineno}: index {index}: entry is not base64") from exc
         frontier.append(entry)
+        if outer is not None and frontier.size == outer.size and frontier.root() != outer.root:
+            raise EvidenceError(
+                f"line {lineno}: the given checkpoint of size {outer.size} does not match"
+                f" {_entries(checked, outer.size)}: first bad index is at or after {checked}"
+            )
     if count == 0 or checked != frontier.size:
         raise EvidenceError(
             f"entries {checked}..{frontier.size - 1} are not covered by a signed checkpoint:"
@@ -224,13 +281,11 @@ def verify_export(
             if frontier.size > checked
             else "the export has no signed checkpoint"
         )
-    if checkpoint is not None:
-        outer = open_checkpoint(checkpoint, verifier)
-        if outer.size > frontier.size:
-            raise EvidenceError(
-                f"the export holds {frontier.size} entries but the log had {outer.size}:"
-                f" the export is truncated at index {frontier.size}"
-            )
+    if outer is not None and outer.size > frontier.size:
+        raise EvidenceError(
+            f"the export holds {frontier.size} entries but the log had {outer.size}:"
+            f" the export is truncated at index {frontier.size}"
+        )
     return ExportReport(entries=frontier.size, checkpoints=count, root=frontier.root())
 
 
@@ -240,5 +295,6 @@ def verify_evidence(text: str | bytes, key: PublicKey | Verifier) -> tuple[Check
     if proof.extra is None:
         raise EvidenceError("the evidence does not carry its entry (no extra line)")
     origin = Checkpoint.parse(proof.checkpoint_note.split("\n\n")[0] + "\n").origin
-    checkpoint = verify_tlog_proof(text, proof.extra, _verifier(key, origin))
+    verifier = _verifier(key, origin, "the evidence's checkpoint")
+    checkpoint = verify_tlog_proof(text, proof.extra, verifier)
     return checkpoint, proof.extra

@@ -1,0 +1,96 @@
+"""The ``execgate`` command.
+
+Exit codes:
+
+    0  proceed, VERIFIED (``audit verify``, ``audit verify-proof``), and every other
+       command that did what was asked
+    1  deny (``decide``), a failing case (``policy test``), or NOT VERIFIED
+    2  usage or configuration error: a bad flag, a missing or corrupt file, a home that
+       does not load. Nothing was decided and nothing was written.
+    3  pause        4  reroute
+    5  fail_closed: the gateway could not decide (or the state store is unavailable)
+
+``inspect`` exits 0 whether or not the token verified: its first line (``verified`` in
+``--json``) says VERIFIED or UNVERIFIED and why.
+
+Errors are one line on stderr, ``execgate: error: WHAT; WHAT TO DO`` (for evidence that
+does not verify, ``execgate: NOT VERIFIED: WHY``); a traceback means a bug in execgate. No
+message ever quotes a key file's content, and private keys are never printed: only their
+paths and public thumbprints.
+
+One module per group of commands: ``keys`` (init, keygen), ``issue``, ``tokens``
+(inspect, proof, attest), ``decide`` (decide, outcome, revoke), ``policy``, ``audit``
+(the home's log) and ``verify`` (offline verification). Each adds its own subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from execgate.cli import audit, decide, issue, keys, policy, tokens, verify
+from execgate.cli._common import EXIT_CODES, EXIT_USAGE, Commands, note, one_line, out
+from execgate.errors import ExecgateError, StoreError
+from execgate.model import Outcome
+
+__all__ = ["EXIT_CODES", "EXIT_USAGE", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"execgate: error: {message} (see '{self.prog} --help')\n")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from execgate.demo import run_demo
+
+    return run_demo(out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="execgate", description="A fail-closed execution gateway.")
+    home_help = "gateway home directory (default: $EXECGATE_HOME or ./.execgate)"
+    p.add_argument("--home", help=home_help)
+    # Also accepted after the command (execgate decide --home H ...).
+    common = _Parser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS, help=home_help)
+    commands = Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
+    keys.register(commands)
+    issue.register(commands)
+    tokens.register(commands)
+    decide.register(commands)
+    policy.register(commands)
+    verify.register(audit.register(commands))
+    commands.add("demo", "show every outcome on a temporary gateway").set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except StoreError as exc:
+        note(f"execgate: error: the state store is unavailable (fail closed): {one_line(str(exc))}")
+        return EXIT_CODES[Outcome.FAIL_CLOSED]
+    except ExecgateError as exc:
+        note(f"execgate: error: {one_line(str(exc))}")
+        return EXIT_USAGE
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        note(f"execgate: error: {exc.strerror or exc}{where}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,222 @@
+"""What every command shares: exit codes, output, reading files and tokens, the home.
+
+Heavy modules (the policy engine, the store) are imported inside the functions that need
+them, so ``execgate --help`` and the offline commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from execgate.errors import ConfigError, JoseError, PolicyError, UsageError
+from execgate.model import Outcome
+
+if TYPE_CHECKING:
+    from execgate.home import GatewayConfig
+
+EXIT_CODES: Final = {
+    Outcome.PROCEED: 0,
+    Outcome.DENY: 1,
+    Outcome.PAUSE: 3,
+    Outcome.REROUTE: 4,
+    Outcome.FAIL_CLOSED: 5,
+}
+EXIT_NOT_VERIFIED: Final = 1
+EXIT_USAGE: Final = 2
+
+MAX_INPUT: Final = 2 * 1024 * 1024  # a decision request file; the pipeline allows 1 MiB
+MAX_TOKEN: Final = 64 * 1024
+_JWS_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_INDEX: Final = re.compile(r"[0-9]{1,20}")
+
+Subparsers = argparse._SubParsersAction  # argparse has no public name for it
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def one_line(message: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", message).strip()
+
+
+def shown(value: str) -> str:
+    """A user-supplied value safe to echo: short, one line, never something key-shaped."""
+    if len(value) <= 80 and "{" not in value and "\n" not in value:
+        return repr(value)
+    return "(the value given)"
+
+
+class Commands:
+    """Adds subcommands that also accept the shared flags (``--home`` after the command)."""
+
+    def __init__(self, sub: Subparsers[Any], common: argparse.ArgumentParser) -> None:
+        self._sub = sub
+        self.common = common
+
+    def add(self, name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(
+            name, help=help_text, description=help_text, parents=[self.common]
+        )
+        return parser
+
+
+# -- argument types ---------------------------------------------------------------------
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def timestamp(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Unix time in seconds")
+    return value
+
+
+def log_index(text: str) -> int:
+    if _INDEX.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a log index (0, 1, 2, ...: 'execgate audit tail' lists them)"
+        )
+    return int(text)
+
+
+# -- reading inputs ---------------------------------------------------------------------
+
+
+def read_bytes(path: str, what: str, *, limit: int = MAX_INPUT) -> bytes:
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{what} file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{what} file {path} is a directory, not a file") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise UsageError(f"{what} file {path} is larger than {limit} bytes")
+    return data
+
+
+def _looks_like_jws(text: str) -> bool:
+    if len(text) > MAX_TOKEN or not _JWS_SHAPE.fullmatch(text):
+        return False
+    from execgate.jose import b64url_decode
+
+    try:
+        header = b64url_decode(text.split(".", 1)[0])
+    except JoseError:
+        return False
+    return header.lstrip().startswith(b"{")
+
+
+def token_arg(value: str, flag: str) -> str:
+    """A compact JWS given inline, or the path of a file holding one (nothing else)."""
+    path = Path(value)
+    try:
+        is_file, exists = path.is_file(), path.exists()
+    except OSError:  # e.g. a long token is too long to be a file name
+        is_file = exists = False
+    if value and is_file:
+        raw = read_bytes(value, flag, limit=MAX_TOKEN)
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            text = ""
+        if not _looks_like_jws(text):
+            raise UsageError(
+                f"{flag} file {value} does not hold a compact JWS token"
+                " (three base64url parts joined by dots, as 'execgate issue -o FILE' writes)"
+            )
+        return text
+    if _looks_like_jws(value.strip()):
+        return value.strip()
+    if value and exists:
+        raise UsageError(f"{flag} {value} is not a regular file; give a token file or a token")
+    raise UsageError(
+        f"{flag} {shown(value)} is neither a file nor a compact JWS token;"
+        " give the path of a token file or the token itself"
+    )
+
+
+# -- the gateway home -------------------------------------------------------------------
+
+
+def home_of(args: argparse.Namespace) -> Path:
+    from execgate.home import default_home
+
+    home: str | None = getattr(args, "home", None)
+    return Path(home) if home else default_home()
+
+
+def optional_config(home: Path) -> GatewayConfig | None:
+    """The home's config, or None when there is no home; a broken home is an error."""
+    from execgate.home import CONFIG_NAME, load_config
+
+    if not (home / CONFIG_NAME).exists():
+        return None
+    return load_config(home)
+
+
+def policy_error(path: Path | str, exc: PolicyError, hint: str = "") -> ConfigError:
+    message = str(exc)
+    if str(path) not in message:
+        message = f"{path}: {message}"
+    return ConfigError(message + hint)
+
+
+# -- writing outputs --------------------------------------------------------------------
+
+
+def refuse_private_key(path: str, what: str) -> None:
+    """Never replace a private key file with anything else."""
+    from execgate.jose import loads_strict
+
+    target = Path(path)
+    if not target.is_file():
+        return
+    try:
+        existing = loads_strict(target.read_bytes()[:MAX_TOKEN])
+    except (OSError, JoseError):
+        existing = None
+    if isinstance(existing, dict) and "d" in existing:
+        raise UsageError(f"{path} holds a private key; refusing to overwrite it with {what}")
+
+
+def write_text(text: str, dest: str | None, what: str) -> None:
+    """``text`` on stdout, or written whole to ``dest`` (never over a private key)."""
+    if not dest:
+        sys.stdout.write(text)
+        return
+    from execgate.keyfile import atomic_write
+
+    refuse_private_key(dest, what)
+    atomic_write(Path(dest), text.encode())
+    note(f"wrote {dest}")
+
+
+def write_token(token: str, dest: str | None) -> None:
+    write_text(token + "\n", dest, "a token")

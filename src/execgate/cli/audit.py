@@ -1,0 +1,187 @@
+"""``execgate audit checkpoint|prove|export|tail|show``: the home's audit log.
+
+These read the log from the home's store and sign with its node key; they do not load
+the policy or the trust store, so a log stays exportable when the gateway itself would
+not start. Offline verification (``audit verify``, ``audit verify-proof``) is in
+``verify.py`` and needs neither a home nor a store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from execgate.cli._common import (
+    Commands,
+    home_of,
+    log_index,
+    note,
+    out,
+    positive,
+    refuse_private_key,
+    write_text,
+)
+from execgate.cli._records import parse_record, summary
+from execgate.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from execgate.audit.log import AuditLog
+    from execgate.home import GatewayConfig
+    from execgate.store.sqlite import SQLiteStore
+
+__all__ = ["register"]
+
+
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[tuple[GatewayConfig, SQLiteStore]]:
+    from execgate.home import load_config
+    from execgate.store.sqlite import SQLiteStore
+
+    config = load_config(home_of(args))
+    store = SQLiteStore(config.store)
+    try:
+        yield config, store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _log(args: argparse.Namespace) -> Iterator[AuditLog]:
+    """The home's log with its node key (which signs checkpoints)."""
+    from execgate.audit.log import AuditLog
+    from execgate.keyfile import read_private_key
+
+    with _store(args) as (config, store):
+        key = read_private_key(config.node_key)
+        yield AuditLog(store, origin=config.gateway_id, key=key)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from execgate.audit.checkpoint import Checkpoint
+    from execgate.audit.note import parse_unverified
+
+    with _log(args) as log:
+        signed = log.checkpoint(now=int(time.time()))
+        vkey = log.verifier.vkey()
+    write_text(signed, args.out, "a checkpoint")
+    size = Checkpoint.parse(parse_unverified(signed).text).size
+    note(f"checkpoint of log {log.origin} at size {size}")
+    note(f"node key (vkey): {vkey}")
+    note("keep both to check exports later: audit verify EXPORT --key VKEY --checkpoint FILE")
+    return 0
+
+
+def _prove(args: argparse.Namespace) -> int:
+    with _log(args) as log:
+        size = log.size()
+        if args.index >= size:
+            raise UsageError(
+                f"index {args.index} is not in the log of {log.origin} (size {size});"
+                " 'execgate audit tail' lists the last entries"
+            )
+        evidence = log.evidence(args.index, now=int(time.time()))
+    write_text(evidence, args.out, "evidence")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _log(args) as log:
+        if args.file == "-":
+            size = log.export(sys.stdout, now=int(time.time()))
+        else:
+            refuse_private_key(args.file, "an export")
+            with _atomic(Path(args.file)) as fh:
+                size = log.export(fh, now=int(time.time()))
+        count = sum(1 for s, _ in log.store.checkpoints() if s <= size)
+    where = "" if args.file == "-" else f"wrote {args.file}: "
+    note(f"{where}{size} entries and {count} signed checkpoints of log {log.origin}")
+    return 0
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[TextIO]:
+    """A text file written whole or not at all (temp file, fsync, rename)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give the export a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _tail(args: argparse.Namespace) -> int:
+    with _store(args) as (config, store):
+        size = store.size()
+        entries = store.entries(max(0, size - args.n), size)
+    if not entries:
+        note(f"the audit log of {config.gateway_id} is empty")
+    for item in entries:
+        kind, status, decision_id, what = summary(parse_record(item.entry))
+        out(f"{item.index:>6}  {kind:<8}  {status:<11}  {decision_id}  {what}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _store(args) as (config, store):
+        found = store.entries(args.index, args.index + 1)
+        size = store.size()
+    if not found:
+        raise UsageError(
+            f"index {args.index} is not in the log of {config.gateway_id} (size {size});"
+            " 'execgate audit tail' lists the last entries"
+        )
+    record = parse_record(found[0].entry)
+    if record is None:
+        raise UsageError(
+            f"log entry {args.index} is not a JSON record; the log is damaged"
+            " (run 'execgate audit export' and 'execgate audit verify' to find out how)"
+        )
+    out(json.dumps(record, indent=2, ensure_ascii=False))
+    return 0
+
+
+def register(commands: Commands) -> Commands:
+    """Add the ``audit`` group and its live-log commands; return the group."""
+    s = commands.add("audit", "the audit log: checkpoints, proofs, export and verification")
+    group = Commands(
+        s.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND"),
+        commands.common,
+    )
+    q = group.add("checkpoint", "sign and print a checkpoint of the log (and the node's vkey)")
+    q.add_argument("-o", "--out", help="write the signed checkpoint to this file")
+    q.set_defaults(func=_checkpoint)
+
+    q = group.add("prove", "write offline evidence (C2SP tlog-proof) for one log entry")
+    q.add_argument("index", type=log_index, metavar="INDEX", help="the entry's log index")
+    q.add_argument("-o", "--out", help="write the evidence to this file (default: stdout)")
+    q.set_defaults(func=_prove)
+
+    q = group.add("export", "write every entry and checkpoint as JSON lines, for audit verify")
+    q.add_argument("file", metavar="FILE", help="the export file to write ('-' for stdout)")
+    q.set_defaults(func=_export)
+
+    q = group.add("tail", "one line for each of the last N log records")
+    q.add_argument("-n", type=positive, default=10, help="how many (default 10)")
+    q.set_defaults(func=_tail)
+
+    q = group.add("show", "print one log record as JSON")
+    q.add_argument("index", type=log_index, metavar="INDEX", help="the record's log index")
+    q.set_defaults(func=_show)
+    return group

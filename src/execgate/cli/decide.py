@@ -1,0 +1,209 @@
+"""``execgate decide`` (one request through the pipeline), ``execgate outcome`` (what
+happened when it ran) and ``execgate revoke``.
+
+When the state store cannot be opened, ``decide`` still runs the pipeline, against a
+store that answers "unavailable", so the caller sees the same ``fail_closed`` decision a
+running gateway would give (exit 5). ``outcome`` and ``revoke`` print one line and exit 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from execgate.cli._common import (
+    EXIT_CODES,
+    MAX_TOKEN,
+    Commands,
+    home_of,
+    out,
+    policy_error,
+    shown,
+    token_arg,
+)
+from execgate.cli._request import load_submission, sign_proof
+from execgate.errors import JoseError, PolicyError, RequestError, StoreError, UsageError
+
+if TYPE_CHECKING:
+    from execgate.model import Decision
+    from execgate.pipeline import Gateway
+
+__all__ = ["register"]
+
+_THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _open_gateway(home: Path, *, fallback: bool) -> Gateway:
+    """The home's gateway; with ``fallback``, one on a store that is down when the real
+    store cannot be opened (a ``decide`` then still answers with a fail_closed decision)."""
+    from execgate.home import load_config
+    from execgate.pipeline import Gateway
+    from execgate.store.unavailable import UnavailableStore
+
+    try:
+        return Gateway.open(home)
+    except PolicyError as exc:
+        raise policy_error(load_config(home).policy, exc) from exc
+    except StoreError as exc:
+        if not fallback:
+            raise
+        return Gateway.open(home, store=UnavailableStore(str(exc)))
+
+
+def _print_decision(decision: Decision, as_json: bool) -> None:
+    if as_json:
+        out(json.dumps(decision.to_json(), indent=2, ensure_ascii=False))
+        return
+    line = decision.outcome.value.upper()
+    if decision.route:
+        line += f" -> {decision.route}"
+    if decision.rule:
+        line += f"  (rule {decision.rule})"
+    out(line)
+    for reason in decision.reasons:
+        out(f"  {reason.code}: {reason.detail}")
+    if decision.log_index is None:
+        out(f"  decision {decision.decision_id}  NOT logged, no receipt")
+    else:
+        out(f"  decision {decision.decision_id}  log index {decision.log_index}")
+    out(f"  policy {decision.policy_hash}")
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from execgate.keyfile import read_private_key
+    from execgate.pipeline import Submission
+
+    doc = load_submission(args)
+    if args.runtime_key:
+        if not isinstance(doc.get("artifact"), str):
+            raise UsageError(
+                "--runtime-key signs a proof for an artifact: give it with --artifact FILE"
+                " (or in the request file)"
+            )
+        if doc.get("proof") is not None:
+            raise UsageError(
+                "the request file already holds a proof; drop it there or drop --runtime-key"
+            )
+        read_private_key(Path(args.runtime_key))  # a bad key is a usage error, not a decision
+    with _open_gateway(home_of(args), fallback=True) as gateway:
+        if args.runtime_key:
+            doc["proof"] = sign_proof(doc, args.runtime_key, gateway.gateway_id)
+        try:
+            submission = Submission.from_json(doc)
+        except RequestError as exc:
+            raise UsageError(f"bad decision request {args.request}: {exc}") from exc
+        decision = gateway.decide(submission)
+    _print_decision(decision, args.json)
+    return EXIT_CODES[decision.outcome]
+
+
+def _outcome(args: argparse.Namespace) -> int:
+    with _open_gateway(home_of(args), fallback=False) as gateway:
+        index = gateway.report_outcome(
+            args.decision_id,
+            status=args.status,
+            exit_code=args.exit_code,
+            result_digest=args.digest,
+        )
+    out(f"logged outcome {args.status} of decision {args.decision_id} at log index {index}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from execgate.home import load_config
+    from execgate.store.sqlite import SQLiteStore
+
+    given = [f"--{k}" for k in ("jti", "kid", "sub", "artifact") if getattr(args, k) is not None]
+    if len(given) != 1:
+        got = "none" if not given else " and ".join(given)
+        raise UsageError(f"revoke exactly one of --jti, --kid, --sub or --artifact (got {got})")
+    if not args.reason.strip():
+        raise UsageError("--reason must say why (it is recorded and shown in every denial)")
+    kind, value = _revoke_target(args)
+    store = SQLiteStore(load_config(home_of(args)).store)
+    try:
+        fresh = store.revoke(kind, value, reason=args.reason, now=int(time.time()))
+    finally:
+        store.close()
+    if fresh:
+        out(f"revoked {kind} {value}: every decision from now on denies it (artifact.revoked)")
+    else:
+        out(f"{kind} {value} was already revoked")
+    return 0
+
+
+def _revoke_target(args: argparse.Namespace) -> tuple[str, str]:
+    from execgate.jose import parse_unverified
+
+    if args.artifact is not None:
+        token = token_arg(args.artifact, "--artifact")
+        try:
+            parsed = parse_unverified(token, max_size=MAX_TOKEN)
+        except JoseError as exc:
+            raise UsageError(f"--artifact is not a well-formed compact JWS: {exc.detail}") from exc
+        jti = parsed.claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise UsageError("the --artifact token has no jti to revoke")
+        return "jti", jti
+    kind = next(k for k in ("jti", "kid", "sub") if getattr(args, k) is not None)
+    value: str = getattr(args, kind)
+    if not value:
+        raise UsageError(f"--{kind} must not be empty")
+    if kind == "kid" and not _THUMBPRINT.fullmatch(value):
+        raise UsageError(
+            f"--kid {shown(value)} is not a key id (a 43-character RFC 7638 thumbprint,"
+            " as keygen prints)"
+        )
+    return kind, value
+
+
+def _exit_code(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer") from None
+    if not -(2**31) <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{text} is not a 32-bit exit code")
+    return value
+
+
+def _digest(text: str) -> str:
+    if _DIGEST.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not sha256:<64 lowercase hex digits>, e.g. the output of"
+            " sha256sum with 'sha256:' in front"
+        )
+    return text
+
+
+def register(commands: Commands) -> None:
+    s = commands.add(
+        "decide",
+        "decide one request; exit 0 proceed, 1 deny, 2 usage, 3 pause, 4 reroute, 5 fail_closed",
+    )
+    s.add_argument("--request", required=True, help="(decision) request JSON file, '-' for stdin")
+    s.add_argument("--artifact", help="artifact file or compact JWS (fills 'artifact')")
+    s.add_argument("--attestation", help="attestation file or compact JWS")
+    s.add_argument("--runtime-key", help="sign the proof with this runtime PRIVATE key")
+    s.add_argument("--json", action="store_true", help="print the decision as JSON")
+    s.set_defaults(func=_decide)
+
+    s = commands.add("outcome", "log what happened when a proceed/reroute decision ran")
+    s.add_argument("decision_id", metavar="DECISION_ID", help="as decide printed it")
+    s.add_argument("--status", required=True, choices=("succeeded", "failed"))
+    s.add_argument("--exit-code", type=_exit_code, help="the command's exit code")
+    s.add_argument("--digest", type=_digest, help="sha256:HEX of the result")
+    s.set_defaults(func=_outcome)
+
+    s = commands.add("revoke", "revoke an artifact, a key or a subject (exactly one)")
+    s.add_argument("--jti", help="an artifact id")
+    s.add_argument("--kid", help="an authority or runtime key id (RFC 7638 thumbprint)")
+    s.add_argument("--sub", help="a runtime id")
+    s.add_argument("--artifact", help="revoke this artifact's jti (file or compact JWS)")
+    s.add_argument("--reason", required=True, help="why; recorded and shown in denials")
+    s.set_defaults(func=_revoke)

@@ -1,0 +1,62 @@
+"""``execgate policy check|hash|test``: validate a policy file, print its hash, or run
+table-driven cases against it (PASS/FAIL per case, exit 1 when any fails)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from execgate.cli._common import Commands, home_of, optional_config, out, policy_error
+from execgate.errors import PolicyError
+
+__all__ = ["register"]
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from execgate.policy import load_cases, load_policy, run_cases
+
+    home = home_of(args)
+    config = optional_config(home)
+    targets = set(config.targets) if config else set()
+    targets.update(args.target or ())
+    try:
+        policy = load_policy(Path(args.file), targets=targets)
+    except PolicyError as exc:
+        hint = ""
+        if config is None and "reroute target" in str(exc):
+            hint = f"; there is no gateway home at {home}: name reroute targets with --target"
+        raise policy_error(args.file, exc, hint) from exc
+    if args.policy_command == "hash":
+        out(policy.hash)
+        return 0
+    if args.policy_command == "check":
+        out(f"ok: {args.file}: {len(policy.rules)} rules, {policy.hash}")
+        return 0
+    try:
+        cases = load_cases(Path(args.cases))
+    except PolicyError as exc:
+        raise policy_error(args.cases, exc) from exc
+    results = run_cases(policy, cases)
+    failed = [r for r in results if not r.passed]
+    for result in results:
+        out(f"PASS  {result.name}" if result.passed else f"FAIL  {result.name}: {result.message}")
+    out(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def register(commands: Commands) -> None:
+    s = commands.add("policy", "check, hash or test a policy file")
+    psub = s.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+    policy = Commands(psub, commands.common)
+    target_help = "an allowed reroute target, added to the home's (repeatable)"
+    for name, text in (("check", "validate a policy"), ("hash", "print the policy hash")):
+        q = policy.add(name, text)
+        q.add_argument("file")
+        q.add_argument("--target", action="append", help=target_help)
+        q.set_defaults(func=_policy)
+    text = "run table-driven cases against a policy (PASS/FAIL; exit 1 on a failure)"
+    q = policy.add("test", text)
+    q.add_argument("file")
+    q.add_argument("cases", help="cases YAML (see execgate.policy.cases)")
+    q.add_argument("--target", action="append", help=target_help)
+    q.set_defaults(func=_policy)
