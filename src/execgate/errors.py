@@ -8,6 +8,7 @@
     ├── VerificationError      a presented object failed a check; carries a reason ``code``
     │   └── JoseError          a compact JWS failed the strict codec; carries a ``kind``
     ├── EvidenceError          audit evidence (proof, checkpoint, note, export) does not verify
+    ├── ApprovalError          an approval review is refused (forged, foreign, self-approval…)
     └── StoreError             the state store could not answer (fail closed)
         └── AuditError         the audit log could not be appended to (fail closed)
 
@@ -21,6 +22,7 @@ from typing import Final
 
 __all__ = [
     "REASON_CODES",
+    "ApprovalError",
     "AuditError",
     "ConfigError",
     "EvidenceError",
@@ -125,6 +127,11 @@ class JoseError(ExecgateError):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class ApprovalError(ExecgateError):
+    """A review of a paused request is refused: a forged or foreign signature, an approver
+    outside the required groups, a self-approval, an approval that is no longer pending."""
 
 
 class EvidenceError(ExecgateError):

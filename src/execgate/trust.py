@@ -18,6 +18,11 @@ key may belong to only one principal.
     [[mesh_node]]
     id = "gw-b"
     keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
+
+    [[approver]]
+    id = "alice"
+    groups = ["finance"]
+    keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from execgate.errors import ConfigError, JoseError
 from execgate.jose import PublicKey
 from execgate.scope import Grant, parse_grants
 
-__all__ = ["Attester", "Authority", "MeshNode", "TrustStore"]
+__all__ = ["Approver", "Attester", "Authority", "MeshNode", "TrustStore"]
 
-_SECTIONS = frozenset({"authority", "attester", "mesh_node"})
+_SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +114,25 @@ class MeshNode:
     keys: Mapping[str, PublicKey]
 
 
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """A person or service that may review paused requests for the groups it is in."""
+
+    id: str
+    groups: tuple[str, ...]
+    keys: Mapping[str, PublicKey]
+
+
 class TrustStore:
     """Immutable view of the trusted principals, indexed by key id."""
 
     __slots__ = (
+        "_approver_kids",
         "_attester_kids",
         "_authority_kids",
         "_mesh_kids",
+        "approver_keys",
+        "approvers",
         "attester_keys",
         "attesters",
         "authorities",
@@ -129,10 +146,12 @@ class TrustStore:
         authorities: Mapping[str, Authority],
         attesters: Mapping[str, Attester],
         mesh_nodes: Mapping[str, MeshNode] | None = None,
+        approvers: Mapping[str, Approver] | None = None,
     ):
         mesh_nodes = mesh_nodes or {}
+        approvers = approvers or {}
         seen: dict[str, str] = {}
-        for group in (authorities, attesters, mesh_nodes):
+        for group in (authorities, attesters, mesh_nodes, approvers):
             for principal in group.values():
                 for kid in principal.keys:
                     if kid in seen:
@@ -151,6 +170,9 @@ class TrustStore:
         self.mesh_nodes = dict(mesh_nodes)
         self._mesh_kids = {k: n for n in mesh_nodes.values() for k in n.keys}
         self.mesh_keys = {k: n.keys[k] for k, n in self._mesh_kids.items()}
+        self.approvers = dict(approvers)
+        self._approver_kids = {k: a for a in approvers.values() for k in a.keys}
+        self.approver_keys = {k: a.keys[k] for k, a in self._approver_kids.items()}
 
     def authority_for_kid(self, kid: str) -> Authority | None:
         return self._authority_kids.get(kid)
@@ -160,6 +182,9 @@ class TrustStore:
 
     def mesh_node_for_kid(self, kid: str) -> MeshNode | None:
         return self._mesh_kids.get(kid)
+
+    def approver_for_kid(self, kid: str) -> Approver | None:
+        return self._approver_kids.get(kid)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "trust store") -> TrustStore:
@@ -199,12 +224,28 @@ class TrustStore:
             if ident in mesh:
                 raise ConfigError(f"{where}: duplicate mesh node id {ident!r}")
             mesh[ident] = MeshNode(ident, _keys(where, entry.get("keys")))
+        approvers: dict[str, Approver] = {}
+        for i, entry in enumerate(_tables(doc, "approver", source)):
+            where = f"{source}: approver[{i}]"
+            _check_entry(where, entry, ("id", "groups", "keys"))
+            assert isinstance(entry, Mapping)
+            ident = _entry_id(where, entry)
+            if ident in approvers:
+                raise ConfigError(f"{where}: duplicate approver id {ident!r}")
+            groups = entry.get("groups")
+            if (
+                not isinstance(groups, list)
+                or not groups
+                or not all(isinstance(g, str) and g for g in groups)
+            ):
+                raise ConfigError(f"{where}: 'groups' must be a non-empty list of group names")
+            approvers[ident] = Approver(ident, tuple(groups), _keys(where, entry.get("keys")))
         if not authorities:
             raise ConfigError(
                 f"{source}: no [[authority]] is trusted; nothing could ever be authorized"
             )
         try:
-            return cls(authorities, attesters, mesh)
+            return cls(authorities, attesters, mesh, approvers)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 
