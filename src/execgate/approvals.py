@@ -1,0 +1,228 @@
+"""Pause, review, resume: signed m-of-n approvals bound to one exact request.
+
+A pause decision opens a ``Pending`` approval whose id is the pause decision's id. It
+is bound to the request hash, the artifact chain and the policy hash the pause was
+decided under, names the approver groups and the quorum each must reach, and expires at
+the rule's TTL or the artifact's ``exp``, whichever comes first.
+
+Approvers review with their own Ed25519 keys (``sign_review``): a compact JWS of
+``typ: execgate-approval+jwt`` naming the approval id and request hash, the verdict
+(``approve`` or ``deny``) and an optional comment. ``check_review`` accepts a review only
+from an approver in the trust store, in one of the required groups, and not a principal
+of the request itself: its runtime, any subject, holder key, requester or beneficiary on
+the artifact chain can never approve its own request. One deny is terminal. Approvals
+count per group, by distinct approver (``quorum_met``); every group must reach its
+quorum (AND of factors).
+
+Resuming re-runs every check of the pipeline; the approval is consumed by the one
+decision that executes, atomically with its log record.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from execgate.errors import ApprovalError, JoseError
+from execgate.jose import PrivateKey, encode, verify
+from execgate.trust import Approver, TrustStore
+
+__all__ = [
+    "APPROVAL_TYP",
+    "Pending",
+    "Review",
+    "check_review",
+    "excluded_principals",
+    "quorum_met",
+    "sign_review",
+    "tally",
+]
+
+APPROVAL_TYP: Final = "execgate-approval+jwt"
+MAX_REVIEW_BYTES: Final = 8 * 1024
+VERDICTS: Final = frozenset({"approve", "deny"})
+_CLAIMS: Final = frozenset({"iss", "aid", "rh", "verdict", "iat", "exp", "jti", "comment"})
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An approval opened by a pause decision (``approval_id`` is that decision's id)."""
+
+    approval_id: str
+    request_hash: str
+    chain: tuple[str, ...]
+    policy_hash: str
+    rule: str
+    groups: tuple[str, ...]
+    quorum: int
+    created_at: int
+    expires_at: int
+    excluded: tuple[str, ...]  # principal ids and key ids that may not review it
+    status: str = "pending"  # pending | denied | consumed
+    request: Mapping[str, Any] = field(default_factory=dict)
+
+    def state(self, now: int) -> str:
+        """pending, denied, consumed, or expired (a pending approval past its time)."""
+        if self.status == "pending" and now >= self.expires_at:
+            return "expired"
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    approval_id: str
+    approver: str
+    kid: str
+    verdict: str
+    at: int
+    comment: str | None
+    token: str
+
+
+def excluded_principals(
+    chain_subjects: Sequence[str],
+    chain_keys: Sequence[str],
+    attributions: Sequence[Mapping[str, str]],
+) -> tuple[str, ...]:
+    """Everyone who asked for, runs, or benefits from the request: they cannot approve it."""
+    names = set(chain_subjects) | set(chain_keys)
+    for att in attributions:
+        for key in ("requested_by", "on_behalf_of"):
+            if att.get(key):
+                names.add(att[key])
+    return tuple(sorted(names))
+
+
+def sign_review(
+    *,
+    key: PrivateKey,
+    approver: str,
+    pending: Pending,
+    verdict: str,
+    now: int,
+    comment: str | None = None,
+    ttl: int = 600,
+) -> str:
+    """An approver's signed review of one pending approval."""
+    if verdict not in VERDICTS:
+        raise ValueError("verdict must be approve or deny")
+    claims: dict[str, Any] = {
+        "iss": approver,
+        "aid": pending.approval_id,
+        "rh": pending.request_hash,
+        "verdict": verdict,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": secrets.token_urlsafe(16),
+    }
+    if comment:
+        claims["comment"] = comment
+    return encode({"typ": APPROVAL_TYP, "kid": key.public.thumbprint()}, claims, key)
+
+
+def check_review(
+    token: str, *, pending: Pending, trust: TrustStore, now: int, leeway: int
+) -> Review:
+    """Accept a review of ``pending`` or raise ``ApprovalError`` saying why not."""
+    try:
+        verified = verify(
+            token, typ=APPROVAL_TYP, max_size=MAX_REVIEW_BYTES, keys=trust.approver_keys
+        )
+    except JoseError as exc:
+        reason = {
+            "unknown_key": "the review is signed by a key that is no approver's in the trust store",
+            "signature_invalid": "the review's signature does not verify",
+            "malformed": f"the review is malformed: {exc.detail}",
+        }[exc.kind]
+        raise ApprovalError(reason) from exc
+    claims = verified.claims
+    if set(claims) - _CLAIMS:
+        raise ApprovalError(f"the review has unknown claims {sorted(set(claims) - _CLAIMS)}")
+    kid = verified.header["kid"]
+    approver = trust.approver_for_kid(kid)
+    assert approver is not None  # the key came from the approver key set
+    if claims.get("iss") != approver.id:
+        raise ApprovalError(
+            f"the review names {claims.get('iss')!r} but is signed by {approver.id!r}"
+        )
+    if claims.get("aid") != pending.approval_id or claims.get("rh") != pending.request_hash:
+        raise ApprovalError("the review is for another approval or another request")
+    verdict = claims.get("verdict")
+    if verdict not in VERDICTS:
+        raise ApprovalError("the review's verdict must be approve or deny")
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if (
+        not isinstance(exp, int)
+        or not isinstance(iat, int)
+        or now >= exp + leeway
+        or iat > now + leeway
+    ):
+        raise ApprovalError("the review is expired or issued in the future")
+    comment = claims.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 1024):
+        raise ApprovalError("the review's comment must be a string of at most 1024 characters")
+    _check_reviewer(approver, kid, pending)
+    state = pending.state(now)
+    if state != "pending":
+        raise ApprovalError(f"approval {pending.approval_id} is {state}; it takes no more reviews")
+    return Review(pending.approval_id, approver.id, kid, verdict, now, comment, token)
+
+
+def _check_reviewer(approver: Approver, kid: str, pending: Pending) -> None:
+    if approver.id in pending.excluded or kid in pending.excluded:
+        raise ApprovalError(
+            f"{approver.id} is a principal of this request (runtime, delegator, requester or"
+            " beneficiary) and cannot review it"
+        )
+    if not set(approver.groups) & set(pending.groups):
+        raise ApprovalError(
+            f"{approver.id} is in none of the groups this approval needs: {list(pending.groups)}"
+        )
+
+
+def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> bool:
+    """Every required group has ``quorum`` approvals from distinct approvers, no one denied,
+    and no approver counts for two groups: one person in both ``finance`` and
+    ``security`` is one factor, not two (a bipartite matching of approvers to seats).
+
+    Approvers are looked up in the trust store as it is now: someone removed since
+    reviewing no longer counts.
+    """
+    if any(r.verdict == "deny" for r in reviews):
+        return False
+    approving = sorted({r.approver for r in reviews if r.verdict == "approve"})
+    seats = [g for g in pending.groups for _ in range(pending.quorum)]
+    eligible = {
+        a: [
+            i
+            for i, g in enumerate(seats)
+            if a in trust.approvers and g in trust.approvers[a].groups
+        ]
+        for a in approving
+    }
+    holder: dict[int, str] = {}
+
+    def seat(approver: str, visited: set[int]) -> bool:
+        for i in eligible[approver]:
+            if i in visited:
+                continue
+            visited.add(i)
+            if i not in holder or seat(holder[i], visited):
+                holder[i] = approver
+                return True
+        return False
+
+    for approver in approving:
+        seat(approver, set())
+    return len(holder) == len(seats)
+
+
+def tally(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> dict[str, int]:
+    """How many distinct approvers have approved, per required group (before matching)."""
+    approving = {r.approver for r in reviews if r.verdict == "approve"}
+    return {
+        g: sum(1 for a in approving if a in trust.approvers and g in trust.approvers[a].groups)
+        for g in pending.groups
+    }
