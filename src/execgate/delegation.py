@@ -12,20 +12,38 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from execgate.artifacts import ARTIFACT_TYP, MAX_ARTIFACT_BYTES, parse_env
+from execgate.artifacts import ARTIFACT_TYP, MAX_ARTIFACT_BYTES, _parse_claims, parse_env
 from execgate.attenuation import widening
 from execgate.errors import JoseError, VerificationError
 from execgate.jose import PrivateKey, PublicKey, encode, parse_unverified
 from execgate.scope import parse_grants
+from execgate.trust import Authority
 
 __all__ = ["delegate_artifact"]
 
 
 def _parent_claims(parent: str) -> dict[str, Any]:
+    """The parent's claims, with the shape every step below relies on (not verified:
+    the gateway verifies the whole chain when the child is presented)."""
     try:
-        return dict(parse_unverified(parent, max_size=MAX_ARTIFACT_BYTES).claims)
+        parsed = parse_unverified(parent, max_size=MAX_ARTIFACT_BYTES)
     except JoseError as exc:
         raise ValueError(f"the parent is not a well-formed artifact: {exc.detail}") from exc
+    if parsed.header.get("typ") != ARTIFACT_TYP:
+        raise ValueError(f"the parent is a {parsed.header.get('typ')!r} token, not an artifact")
+    claims = dict(parsed.claims)
+    cnf, aud = claims.get("cnf"), claims.get("aud")
+    window = (claims.get("exp"), claims.get("nbf", claims.get("iat")))
+    for ok, missing in (
+        (isinstance(cnf, dict) and isinstance(cnf.get("jkt"), str), "no cnf.jkt"),
+        (all(type(t) is int for t in window), "no usable validity window"),
+        (isinstance(aud, str) or (isinstance(aud, list) and bool(aud)), "no audience"),
+        (isinstance(claims.get("env", {}), dict), "an env that is not an object"),
+        (isinstance(claims.get("gov", {}), dict), "a gov that is not an object"),
+    ):
+        if not ok:
+            raise ValueError(f"the parent is not a well-formed artifact: it has {missing}")
+    return claims
 
 
 def delegate_artifact(
@@ -52,11 +70,10 @@ def delegate_artifact(
     """
     p = _parent_claims(parent)
     holder = holder_key.public.thumbprint()
-    if p.get("cnf", {}).get("jkt") != holder:
+    if p["cnf"]["jkt"] != holder:
         raise ValueError("holder_key is not the key the parent artifact binds (its cnf.jkt)")
-    p_exp, p_nbf = p.get("exp"), p.get("nbf", p.get("iat"))
-    if not isinstance(p_exp, int) or not isinstance(p_nbf, int):
-        raise ValueError("the parent has no usable validity window")
+    p_exp: int = p["exp"]
+    p_nbf: int = p["nbf"] if "nbf" in p else p["iat"]  # ints: checked by _parent_claims
     exp = p_exp if ttl is None else now + ttl
     if exp <= now:
         raise ValueError("the child would already be expired")
@@ -90,6 +107,11 @@ def delegate_artifact(
     child_uses = p.get("uses") if uses is None else uses
     if child_uses is not None:
         claims["uses"] = child_uses
+    # Refuse to sign what verification would refuse to read, as issue_artifact does.
+    try:
+        _parse_claims("", claims, Authority(holder, {holder: holder_key.public}, ()), holder)
+    except VerificationError as exc:
+        raise ValueError(f"cannot delegate: {exc.detail}") from exc
     try:
         problem = widening(
             child_grants=parse_grants(claims["scope"]),

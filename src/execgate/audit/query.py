@@ -1,6 +1,7 @@
 """Questions asked of the decision log: what descends from a revoked item, and the
-lineage of one decision. Both read the log in batches; neither needs more than one
-batch in memory."""
+lineage of one decision. Both read the log in batches; neither holds more than one batch
+of it in memory, beyond what it answers. A log entry that is not a JSON record raises
+``EvidenceError`` (the log is damaged: ``audit verify`` finds out how)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from execgate.store.base import Store
+from execgate.errors import EvidenceError
+from execgate.store.base import LogEntry, Store
 
 __all__ = ["Cascade", "LineageNode", "cascade", "lineage_tree", "records"]
 
@@ -21,9 +23,19 @@ def records(store: Store, *, kind: str | None = "decision") -> Iterator[tuple[in
     size = store.size()
     for start in range(0, size, _BATCH):
         for item in store.entries(start, min(size, start + _BATCH)):
-            record = json.loads(item.entry)
+            record = _parse(item)
             if kind is None or record.get("kind") == kind:
                 yield item.index, record
+
+
+def _parse(item: LogEntry) -> dict[str, Any]:
+    try:
+        record = json.loads(item.entry)
+    except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        raise EvidenceError(f"log entry {item.index} is not a JSON record")
+    return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,26 +50,70 @@ class Cascade:
 
 def cascade(store: Store, kind: str, value: str) -> Cascade:
     """Every recorded decision whose artifact chain holds the revoked item, and every
-    artifact at or below it on those chains."""
+    artifact at or below it on those chains (root first).
+
+    A record keeps the chain's keys as a set, so a revoked key is placed on its chain
+    from what the log tells about each link: a link decided on directly records the key
+    it binds (``runtime_jkt``) and the key that signed it (``issuer_kid``: its parent's
+    bound key, or the authority's). Where the log cannot tell, the key is placed at the
+    first link it could belong to: an artifact is never left out, only possibly an
+    ancestor named too.
+    """
     if kind not in ("jti", "kid", "sub"):
         raise ValueError("kind must be jti, kid or sub")
-    artifacts: dict[str, None] = {}
-    decisions = []
+    found: list[tuple[tuple[int, str, str], list[str], int]] = []
     for index, record in records(store):
-        chain = record.get("chain") or []
+        chain = _strings(record.get("chain"))
         if kind == "jti":
-            hit = chain.index(value) if value in chain else None
+            at = chain.index(value) if value in chain else None
         elif kind == "sub":
-            subjects = record.get("chain_subjects") or []
-            hit = subjects.index(value) if value in subjects else None
+            subjects = _strings(record.get("chain_subjects"))
+            at = subjects.index(value) if value in subjects else None
         else:
-            hit = 0 if value in (record.get("chain_keys") or []) else None
-        if hit is None:
-            continue
-        for jti in chain[hit:]:
-            artifacts[jti] = None
-        decisions.append((index, str(record["decision_id"]), str(record["outcome"])))
-    return Cascade(kind, value, tuple(artifacts), tuple(decisions))
+            at = 0 if value in _strings(record.get("chain_keys")) else None  # placed below
+        if at is not None:
+            found.append(
+                ((index, str(record.get("decision_id")), str(record.get("outcome"))), chain, at)
+            )
+    if kind == "kid" and found:
+        links = _link_keys(store, {jti for _, chain, _ in found for jti in chain})
+        found = [(d, chain, _key_position(chain, value, links)) for d, chain, _ in found]
+    artifacts: dict[str, None] = {}
+    for _, chain, at in found:
+        artifacts.update(dict.fromkeys(chain[at:]))
+    return Cascade(kind, value, tuple(artifacts), tuple(d for d, _, _ in found))
+
+
+def _strings(value: object) -> list[str]:
+    """A list of strings from a record, or nothing (a record of another shape names no
+    artifact; ``audit verify`` is what judges the log itself)."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return []
+
+
+def _link_keys(store: Store, jtis: set[str]) -> dict[str, tuple[object, object]]:
+    """(bound key, signing key) of each artifact in ``jtis`` that was decided on directly."""
+    found: dict[str, tuple[object, object]] = {}
+    if jtis:
+        for _, record in records(store):
+            jti = record.get("artifact_jti")
+            if isinstance(jti, str) and jti in jtis and record.get("runtime_jkt"):
+                found[jti] = (record.get("runtime_jkt"), record.get("issuer_kid"))
+    return found
+
+
+def _key_position(chain: list[str], key: str, links: dict[str, tuple[object, object]]) -> int:
+    """The first link of ``chain`` that revoking ``key`` denies, as far as the log tells."""
+    for i, jti in enumerate(chain):
+        bound, signer = links.get(jti, (None, None))
+        if i == 0 and signer in (None, key):  # the authority's key (or not known)
+            return 0
+        below = links.get(chain[i + 1]) if i + 1 < len(chain) else None
+        bound = bound or (below[1] if below else None)  # a link's signer is its parent's key
+        if bound in (None, key):
+            return i
+    return 0
 
 
 @dataclass
@@ -71,7 +127,8 @@ class LineageNode:
     chain: list[str]
     children: list[LineageNode] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """This node alone, as JSON (``children`` empty)."""
         return {
             "decision_id": self.decision_id,
             "index": self.index,
@@ -79,13 +136,36 @@ class LineageNode:
             "outcome": self.outcome,
             "action": self.action,
             "resource": self.resource,
-            "chain": self.chain,
-            "children": [c.to_json() for c in self.children],
+            "chain": list(self.chain),
+            "children": [],
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole tree as nested JSON (built without recursion)."""
+        top = self.fields()
+        stack = [(self, top)]
+        while stack:
+            node, doc = stack.pop()
+            for child in node.children:
+                child_doc = child.fields()
+                doc["children"].append(child_doc)
+                stack.append((child, child_doc))
+        return top
+
+    def walk(self) -> Iterator[tuple[int, LineageNode]]:
+        """(depth, node) for every node of the tree, parents before their children, in
+        log order (without recursion)."""
+        stack: list[tuple[int, LineageNode]] = [(0, self)]
+        while stack:
+            depth, node = stack.pop()
+            yield depth, node
+            stack.extend((depth + 1, child) for child in reversed(node.children))
 
 
 def _node(index: int | None, record: dict[str, Any]) -> LineageNode:
-    request = record.get("request") or {}
+    request = record.get("request")
+    if not isinstance(request, dict):  # a request refused before it parsed
+        request = {}
     return LineageNode(
         decision_id=str(record["decision_id"]),
         index=index,
@@ -93,7 +173,7 @@ def _node(index: int | None, record: dict[str, Any]) -> LineageNode:
         outcome=record.get("outcome"),
         action=request.get("action"),
         resource=request.get("resource"),
-        chain=list(record.get("chain") or []),
+        chain=_strings(record.get("chain")),
     )
 
 
@@ -101,8 +181,7 @@ def _lookup(store: Store, decision_id: str) -> tuple[int, dict[str, Any]] | None
     found = store.find(decision_id, "decision")
     if found is None:
         return None
-    record: dict[str, Any] = json.loads(found.entry)
-    return found.index, record
+    return found.index, _parse(found)
 
 
 def lineage_tree(store: Store, decision_id: str) -> LineageNode | None:
@@ -126,11 +205,15 @@ def lineage_tree(store: Store, decision_id: str) -> LineageNode | None:
         if not parent or parent in seen:
             return _build(top, store, children, set())
         above = _lookup(store, str(parent))
-        if above is None:  # decided on another gateway: show it as a stub
+        if above is None:  # decided on another gateway: a stub over every child it has here
             stub = LineageNode(
                 str(parent), None, top[1].get("parent_gateway"), None, None, None, []
             )
-            stub.children.append(_build(top, store, children, set()))
+            built: set[str] = set()
+            for child in children.get(str(parent), []):
+                below = _lookup(store, child)
+                if child not in built and below is not None:
+                    stub.children.append(_build(below, store, children, built))
             return stub
         seen.add(str(parent))
         top = above
@@ -142,11 +225,19 @@ def _build(
     children: dict[str, list[str]],
     seen: set[str],
 ) -> LineageNode:
-    index, record = found
-    node = _node(index, record)
-    seen.add(node.decision_id)
-    for child in children.get(node.decision_id, []):
-        below = _lookup(store, child)
-        if child not in seen and below is not None:
-            node.children.append(_build(below, store, children, seen))
-    return node
+    """The subtree of one decision, without recursion: a chain of executions may be far
+    deeper than Python's stack."""
+    root = _node(*found)
+    seen.add(root.decision_id)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for child in children.get(node.decision_id, []):
+            below = _lookup(store, child)
+            if child in seen or below is None:
+                continue
+            seen.add(child)
+            built = _node(*below)
+            node.children.append(built)
+            stack.append(built)
+    return root

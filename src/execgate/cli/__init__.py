@@ -18,9 +18,10 @@ does not verify, ``execgate: NOT VERIFIED: WHY``); a traceback means a bug in ex
 message ever quotes a key file's content, and private keys are never printed: only their
 paths and public thumbprints.
 
-One module per group of commands: ``keys`` (init, keygen), ``issue``, ``tokens``
-(inspect, proof, attest), ``decide`` (decide, outcome, revoke), ``policy``, ``audit``
-(the home's log) and ``verify`` (offline verification). Each adds its own subcommands.
+One module per group of commands: ``keys`` (init, keygen), ``issue``, ``delegate``,
+``tokens`` (inspect, proof, attest), ``decide`` (decide, outcome, revoke), ``policy``,
+``audit`` (the home's log), ``verify`` (offline verification) and ``lineage`` (the tree
+of executions in the home's log). Each adds its own subcommands.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from execgate.cli import audit, decide, issue, keys, policy, tokens, verify
+from execgate.cli import audit, decide, delegate, issue, keys, lineage, policy, tokens, verify
 from execgate.cli._common import EXIT_CODES, EXIT_USAGE, Commands, note, one_line, out
 from execgate.errors import ExecgateError, StoreError
 from execgate.model import Outcome
@@ -62,10 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
     keys.register(commands)
     issue.register(commands)
+    delegate.register(commands)
     tokens.register(commands)
     decide.register(commands)
     policy.register(commands)
     verify.register(audit.register(commands))
+    lineage.register(commands)
     commands.add("demo", "show every outcome on a temporary gateway").set_defaults(func=_demo)
     return p
 

@@ -1,6 +1,12 @@
 """``execgate decide`` (one request through the pipeline), ``execgate outcome`` (what
 happened when it ran) and ``execgate revoke``.
 
+``revoke --cascade-report`` revokes, then lists what the audit log has seen descend from
+the revoked item: every recorded decision whose artifact chain holds it, and the
+artifacts at or below it on those chains. ``revoke --dry-run`` revokes nothing and prints
+that report for the same command line: look, then drop ``--dry-run`` to cut. The report
+is read before revoking; if the log cannot give it, nothing is revoked.
+
 When the state store cannot be opened, ``decide`` still runs the pipeline, against a
 store that answers "unavailable", so the caller sees the same ``fail_closed`` decision a
 running gateway would give (exit 5). ``outcome`` and ``revoke`` print one line and exit 5.
@@ -26,7 +32,14 @@ from execgate.cli._common import (
     token_arg,
 )
 from execgate.cli._request import load_submission, sign_proof
-from execgate.errors import JoseError, PolicyError, RequestError, StoreError, UsageError
+from execgate.errors import (
+    EvidenceError,
+    JoseError,
+    PolicyError,
+    RequestError,
+    StoreError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from execgate.model import Decision
@@ -115,6 +128,7 @@ def _outcome(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from execgate.cli import _cascade
     from execgate.home import load_config
     from execgate.store.sqlite import SQLiteStore
 
@@ -125,15 +139,44 @@ def _revoke(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise UsageError("--reason must say why (it is recorded and shown in every denial)")
     kind, value = _revoke_target(args)
-    store = SQLiteStore(load_config(home_of(args)).store)
+    config = load_config(home_of(args))
+    store = SQLiteStore(config.store)
     try:
-        fresh = store.revoke(kind, value, reason=args.reason, now=int(time.time()))
+        # The report is read first: if the log cannot give it, nothing is revoked (and
+        # the message says how to revoke without it).
+        found = None
+        if args.cascade_report or args.dry_run:
+            try:
+                found = _cascade.report(store, config.gateway_id, kind, value)
+            except EvidenceError as exc:
+                nothing = "" if args.dry_run else "nothing was revoked; "
+                raise EvidenceError(f"{exc}; {nothing}revoke without --cascade-report") from exc
+        if args.dry_run:
+            fresh, already = False, store.revoked([(kind, value)]) is not None
+        else:
+            fresh = store.revoke(kind, value, reason=args.reason, now=int(time.time()))
+            already = not fresh
     finally:
         store.close()
-    if fresh:
-        out(f"revoked {kind} {value}: every decision from now on denies it (artifact.revoked)")
-    else:
+    if args.json:
+        doc = {
+            "kind": kind,
+            "value": value,
+            "dry_run": args.dry_run,
+            "revoked": fresh,
+            "already_revoked": already,
+            "cascade": None if found is None else _cascade.to_json(found),
+        }
+        out(json.dumps(doc, indent=2, ensure_ascii=False))
+        return 0
+    if already:
         out(f"{kind} {value} was already revoked")
+    elif args.dry_run:
+        out(f"dry run: nothing revoked; revoking {kind} {value} would deny it from now on")
+    else:
+        out(f"revoked {kind} {value}: every decision from now on denies it (artifact.revoked)")
+    if found is not None:
+        _cascade.show(found, config.gateway_id)
     return 0
 
 
@@ -206,4 +249,15 @@ def register(commands: Commands) -> None:
     s.add_argument("--sub", help="a runtime id")
     s.add_argument("--artifact", help="revoke this artifact's jti (file or compact JWS)")
     s.add_argument("--reason", required=True, help="why; recorded and shown in denials")
+    s.add_argument(
+        "--cascade-report",
+        action="store_true",
+        help="also list the logged decisions and the artifacts that descend from it",
+    )
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="revoke nothing: report what the same command without --dry-run would reach",
+    )
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=_revoke)

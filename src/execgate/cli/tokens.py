@@ -1,5 +1,10 @@
 """``execgate inspect`` (decode a token, and say whether it verifies against the home),
-``execgate proof`` (a runtime's proof of possession) and ``execgate attest``."""
+``execgate proof`` (a runtime's proof of possession) and ``execgate attest``.
+
+For an artifact, ``inspect`` also shows its delegation chain, root first: each link's
+``iss``, ``sub`` and ``jti``. Of a verified artifact these are the verified links; of an
+unverified one, only what the nested ``prf`` tokens claim.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from execgate.cli import _flags
 from execgate.cli._common import (
@@ -20,16 +25,21 @@ from execgate.cli._common import (
     token_arg,
     write_token,
 )
+from execgate.cli._records import cell
 from execgate.cli._request import load_submission, sign_proof
 from execgate.errors import ConfigError, JoseError, UsageError, VerificationError
 
 if TYPE_CHECKING:
+    from execgate.artifacts import Artifact
     from execgate.jose import Parsed
 
 __all__ = ["register"]
 
+_MAX_LINKS: Final = 64  # of a claimed chain; the token size limit keeps it far shorter
 
-def _status(parsed: Parsed, token: str, home: Path) -> tuple[bool, str]:
+
+def _status(parsed: Parsed, token: str, home: Path) -> tuple[bool, str, Artifact | None]:
+    """(verified, the status line, the artifact when a verified artifact)."""
     from execgate.artifacts import ARTIFACT_TYP, verify_artifact
     from execgate.attestations import ATTESTATION_TYP, verify_attestation
     from execgate.keyfile import read_private_key
@@ -39,18 +49,18 @@ def _status(parsed: Parsed, token: str, home: Path) -> tuple[bool, str]:
 
     typ = parsed.header.get("typ")
     if typ == PROOF_TYP:
-        return False, "UNVERIFIED: a proof is checked only with its request (execgate decide)"
+        return False, "UNVERIFIED: a proof is checked only with its request (execgate decide)", None
     if typ not in (ARTIFACT_TYP, ATTESTATION_TYP, RECEIPT_TYP):
-        return False, f"UNVERIFIED: unknown token type {typ!r}"
+        return False, f"UNVERIFIED: unknown token type {typ!r}", None
     config = optional_config(home)
     if config is None:
-        return False, f"UNVERIFIED: no gateway home at {home} to verify against"
+        return False, f"UNVERIFIED: no gateway home at {home} to verify against", None
     now = int(time.time())
     try:
         if typ == RECEIPT_TYP:
             node = read_private_key(config.node_key).public
             verify_receipt(token, keys={node.thumbprint(): node}, now=now, leeway=config.leeway)
-            return True, f"VERIFIED receipt: signed by this gateway ({config.gateway_id})"
+            return True, f"VERIFIED receipt: signed by this gateway ({config.gateway_id})", None
         trust = TrustStore.load(config.trust)
         if typ == ATTESTATION_TYP:
             subject = parsed.claims.get("sub")
@@ -63,13 +73,50 @@ def _status(parsed: Parsed, token: str, home: Path) -> tuple[bool, str]:
             )
             owner = trust.attester_for_kid(str(parsed.header.get("kid")))
             who = owner.id if owner else "?"
-            return True, f"VERIFIED attestation: by trusted attester {who!r}"
+            return True, f"VERIFIED attestation: by trusted attester {who!r}", None
         artifact = verify_artifact(
-            token, trust=trust, audiences=config.audiences, now=now, leeway=config.leeway
+            token,
+            trust=trust,
+            audiences=config.audiences,
+            now=now,
+            leeway=config.leeway,
+            max_depth=config.max_depth,
         )
     except VerificationError as exc:
-        return False, f"UNVERIFIED: {exc.code}: {exc.detail}"
-    return True, f"VERIFIED artifact: issued by trusted authority {artifact.authority.id!r}"
+        return False, f"UNVERIFIED: {exc.code}: {exc.detail}", None
+    authority = artifact.authority.id
+    if artifact.depth == 0:
+        return True, f"VERIFIED artifact: issued by trusted authority {authority!r}", artifact
+    status = (
+        f"VERIFIED artifact: delegated from trusted authority {authority!r},"
+        f" chain depth {artifact.depth}"
+    )
+    return True, status, artifact
+
+
+def _chain(parsed: Parsed, artifact: Artifact | None) -> tuple[list[dict[str, Any]], bool]:
+    """The links root first, and whether the chain is complete: the verified links, or
+    what the nested ``prf`` tokens claim (up to the first one that does not parse)."""
+    from execgate.jose import parse_unverified
+
+    if artifact is not None:
+        links = [{"iss": a.issuer, "sub": a.subject, "jti": a.jti} for a in artifact.chain]
+        return links, True
+    claimed: list[dict[str, Any]] = []
+    claims, complete = parsed.claims, False
+    while len(claimed) < _MAX_LINKS:
+        claimed.append({name: claims.get(name) for name in ("iss", "sub", "jti")})
+        prf = claims.get("prf")
+        if prf is None:
+            complete = True
+            break
+        if not isinstance(prf, list) or len(prf) != 1 or not isinstance(prf[0], str):
+            break
+        try:
+            claims = parse_unverified(prf[0], max_size=MAX_TOKEN).claims
+        except JoseError:
+            break
+    return claimed[::-1], complete
 
 
 def _utc(value: object) -> str:
@@ -79,6 +126,7 @@ def _utc(value: object) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from execgate.artifacts import ARTIFACT_TYP
     from execgate.jose import parse_unverified
 
     token = token_arg(args.token, "TOKEN")
@@ -86,14 +134,19 @@ def _inspect(args: argparse.Namespace) -> int:
         parsed = parse_unverified(token, max_size=MAX_TOKEN)
     except JoseError as exc:
         raise UsageError(f"the token is not a well-formed compact JWS: {exc.detail}") from exc
-    verified, status = _status(parsed, token, home_of(args))
+    verified, status, artifact = _status(parsed, token, home_of(args))
+    is_artifact = parsed.header.get("typ") == ARTIFACT_TYP
+    chain, complete = _chain(parsed, artifact) if is_artifact else ([], True)
     if args.json:
-        doc = {
+        doc: dict[str, Any] = {
             "verified": verified,
             "status": status,
             "header": parsed.header,
             "claims": parsed.claims,
         }
+        if is_artifact:
+            depth = len(chain) - 1 if complete else None
+            doc.update(depth=depth, chain=chain, chain_complete=complete)
         out(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
     out(status)
@@ -102,6 +155,14 @@ def _inspect(args: argparse.Namespace) -> int:
     for name in ("iat", "nbf", "exp"):
         if name in parsed.claims:
             out(f"  {name} {_utc(parsed.claims[name])}")
+    if is_artifact:
+        if complete:
+            out(f"  chain (depth {len(chain) - 1}, root first):")
+        else:
+            out("  chain (depth unknown: the link above the first shown could not be read):")
+        for depth, link in enumerate(chain):
+            iss, sub, jti = (cell(link[name]) for name in ("iss", "sub", "jti"))
+            out(f"    {depth}  iss {iss}  sub {sub}  jti {jti}")
     out("header: " + json.dumps(parsed.header, indent=2, ensure_ascii=False))
     out("claims: " + json.dumps(parsed.claims, indent=2, ensure_ascii=False))
     return 0
