@@ -36,7 +36,7 @@ from execgate.policy import Policy, load_policy
 from execgate.proofs import Proof, verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
-from execgate.store.base import Conflict, Store, UseClaim, WriteJob
+from execgate.store.base import Conflict, LogEntry, Store, UseClaim, WriteJob
 from execgate.store.sqlite import SQLiteStore
 from execgate.trust import TrustStore
 
@@ -435,8 +435,6 @@ class Gateway:
         )
         try:
             index = self.store.commit(job)
-            self._checkpoint_if_due(index + 1, state.now)
-            return made[-1]
         except AuditError as exc:
             return self._unlogged(state, str(exc))
         except _Unsigned:
@@ -445,6 +443,10 @@ class Gateway:
             state.stop(
                 Outcome.FAIL_CLOSED, "internal.error", f"{type(exc).__name__} in stage audit"
             )
+        else:
+            # The record is durable: from here on nothing may change the decision.
+            self._checkpoint_if_due(index + 1, state.now)
+            return made[-1]
         made.clear()
         retry = True
         try:
@@ -491,7 +493,9 @@ class Gateway:
                 size > last_size and now - last_time >= self._checkpoint_interval
             ):
                 self.audit.checkpoint(now=now)
-                self._last_checkpoint = (size, now)
+                # A clock that failed (or stepped back) reads early: never move the
+                # schedule back with it, or the next decision checkpoints at once.
+                self._last_checkpoint = (size, max(now, last_time))
         except Exception:  # noqa: BLE001 - retried at the next decision
             self._last_checkpoint = None
         finally:
@@ -550,11 +554,29 @@ class Gateway:
                 "result_digest": result_digest,
             }
         )
-        index = self.store.commit(
-            WriteJob(None, 0, None, lambda _c, _i: entry, decision_id=decision_id, kind="outcome")
-        )
+        try:
+            index = self.store.commit(
+                WriteJob(
+                    None, 0, None, lambda _c, _i: entry, decision_id=decision_id, kind="outcome"
+                )
+            )
+        except AuditError as exc:
+            # A concurrent report for the same decision won the race (the store keeps one
+            # outcome per decision); anything else is a log that cannot be written.
+            raced = self._logged_outcome(decision_id)
+            if raced is not None:
+                raise RequestError(
+                    f"the outcome of decision {decision_id} is already logged at index"
+                    f" {raced.index}"
+                ) from exc
+            raise
         self._checkpoint_if_due(index + 1, now)
         return index
+
+    def _logged_outcome(self, decision_id: str) -> LogEntry | None:
+        with suppress(StoreError):
+            return self.store.find(decision_id, "outcome")
+        return None
 
     def _purge(self, now: int) -> None:
         # A failed purge only lets replay state grow until the next one.

@@ -5,8 +5,10 @@ writer lock; whoever holds it drains every queued job into one transaction (each
 its own savepoint) and one fsync makes the whole batch durable. A caller whose job was
 committed by another leader finds it done when it gets the lock. Nobody returns before
 the commit that holds its record, so a ``proceed`` is never reported before it is in the
-log (write-ahead); a lone caller pays no thread hand-off. Reads use a small pool of reader
-connections and never block the writer (WAL).
+log (write-ahead); a lone caller pays no thread hand-off. A caller that gives up waiting
+for the lock (``_COMMIT_TIMEOUT``) before any leader took its job withdraws it, so it is
+never written after its caller was told the append failed. Reads use a small pool of
+reader connections and never block the writer (WAL).
 
 The log table is append-only: triggers refuse UPDATE and DELETE, and any INSERT that
 does not take the next index (a replacement, a gap).
@@ -31,6 +33,7 @@ __all__ = ["SQLiteStore"]
 SCHEMA_VERSION: Final = 1
 _BATCH_MAX: Final = 256
 _COMMIT_TIMEOUT: Final = 30.0
+_QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,11 +75,12 @@ CREATE TRIGGER IF NOT EXISTS audit_log_next_index BEFORE INSERT ON audit_log
 
 
 class _Pending:
-    __slots__ = ("job", "result")
+    __slots__ = ("job", "result", "state")
 
     def __init__(self, job: WriteJob):
         self.job = job
         self.result: int | BaseException | None = None
+        self.state = _QUEUED  # _TAKEN once a leader drained it; _WITHDRAWN by its caller
 
 
 class SQLiteStore:
@@ -108,6 +112,7 @@ class SQLiteStore:
             conn.close()
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer_lock = threading.Lock()
+        self._claim_lock = threading.Lock()  # settles a job's state: taken or withdrawn
         self._writer: sqlite3.Connection | None = None
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
 
@@ -266,7 +271,12 @@ class SQLiteStore:
         pending = _Pending(job)
         self._queue.put(pending)
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
-            raise AuditError(f"the audit append did not start within {_COMMIT_TIMEOUT}s")
+            with self._claim_lock:
+                if pending.state == _QUEUED:  # no leader has it: it will never be written
+                    pending.state = _WITHDRAWN
+                    raise AuditError(f"the audit append did not start within {_COMMIT_TIMEOUT}s")
+            # A leader is writing it right now: its result is moments away.
+            self._writer_lock.acquire()
         try:
             # Nobody has committed it yet: lead batches until one holds it (more jobs than
             # one batch takes may be queued ahead of it).
@@ -281,11 +291,15 @@ class SQLiteStore:
 
     def _lead(self) -> None:
         batch: list[_Pending] = []
-        while len(batch) < _BATCH_MAX:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        with self._claim_lock:
+            while len(batch) < _BATCH_MAX:
+                try:
+                    pending = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if pending.state == _QUEUED:  # skip what its caller has given up on
+                    pending.state = _TAKEN
+                    batch.append(pending)
         try:
             if self._writer is None:
                 self._writer = self._connect()
