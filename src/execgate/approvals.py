@@ -20,6 +20,7 @@ decision that executes, atomically with its log record.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,39 @@ class Pending:
             return "expired"
         return self.status
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "approval_id": self.approval_id,
+            "request_hash": self.request_hash,
+            "chain": list(self.chain),
+            "policy_hash": self.policy_hash,
+            "rule": self.rule,
+            "groups": list(self.groups),
+            "quorum": self.quorum,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "excluded": list(self.excluded),
+            "request": dict(self.request),
+        }
+
+    @classmethod
+    def from_json(cls, body: str, status: str) -> Pending:
+        d = json.loads(body)
+        return cls(
+            approval_id=d["approval_id"],
+            request_hash=d["request_hash"],
+            chain=tuple(d["chain"]),
+            policy_hash=d["policy_hash"],
+            rule=d["rule"],
+            groups=tuple(d["groups"]),
+            quorum=d["quorum"],
+            created_at=d["created_at"],
+            expires_at=d["expires_at"],
+            excluded=tuple(d["excluded"]),
+            status=status,
+            request=d.get("request", {}),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Review:
@@ -79,6 +113,30 @@ class Review:
     at: int
     comment: str | None
     token: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "approval_id": self.approval_id,
+            "approver": self.approver,
+            "kid": self.kid,
+            "verdict": self.verdict,
+            "at": self.at,
+            "comment": self.comment,
+            "token": self.token,
+        }
+
+    @classmethod
+    def from_json(cls, body: str) -> Review:
+        d = json.loads(body)
+        return cls(
+            d["approval_id"],
+            d["approver"],
+            d["kid"],
+            d["verdict"],
+            d["at"],
+            d["comment"],
+            d["token"],
+        )
 
 
 def excluded_principals(

@@ -114,6 +114,7 @@ class Decision:
     route: str | None = None
     log_index: int | None = None
     receipt: str | None = None
+    approval_id: str | None = None  # the approval a pause opened or waits on, or a resume used
 
     def __post_init__(self) -> None:
         # A reroute executes (elsewhere): it names its target instead of a reason code.
@@ -140,4 +141,5 @@ class Decision:
             "route": self.route,
             "log_index": self.log_index,
             "receipt": self.receipt,
+            "approval_id": self.approval_id,
         }

@@ -23,20 +23,36 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from execgate.approvals import (
+    Pending,
+    Review,
+    check_review,
+    excluded_principals,
+    quorum_met,
+    tally,
+)
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
-from execgate.errors import AuditError, RequestError, StoreError, VerificationError
+from execgate.errors import ApprovalError, AuditError, RequestError, StoreError, VerificationError
 from execgate.home import load_config
 from execgate.jose import PrivateKey, canonical_json, sha256_b64url
 from execgate.keyfile import read_private_key
 from execgate.lineage import ParentExecution, verify_parent
 from execgate.model import Decision, Outcome, Reason, Request
-from execgate.policy import Policy, load_policy
+from execgate.policy import PauseSpec, Policy, load_policy
 from execgate.proofs import Proof, verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
-from execgate.store.base import Conflict, LogEntry, Store, UseClaim, WriteJob
+from execgate.store.base import (
+    ApprovalRow,
+    Conflict,
+    LogEntry,
+    ReviewWrite,
+    Store,
+    UseClaim,
+    WriteJob,
+)
 from execgate.store.sqlite import SQLiteStore
 from execgate.trust import TrustStore
 
@@ -133,6 +149,10 @@ class _State:
     rule: str | None = None
     route: str | None = None
     parent: ParentExecution | None = None
+    approval: str | None = None  # the approval opened, waited on, or used
+    open_approval: Pending | None = None
+    consume_approval: str | None = None
+    approvers: list[str] = field(default_factory=list)
 
     def stop(self, outcome: Outcome, code: str, detail: str) -> None:
         self.outcome = outcome
@@ -159,6 +179,7 @@ class Gateway:
         checkpoint_every: int = 1000,
         checkpoint_interval: int = 300,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        notify: Callable[[dict[str, Any]], None] | None = None,
     ):
         if not 0 <= leeway <= 60:
             raise ValueError("leeway must be within [0, 60] seconds")
@@ -170,6 +191,7 @@ class Gateway:
         self._now = now
         self._leeway = leeway
         self._max_depth = max_depth
+        self._notify_hook = notify
         self.trust = trust
         self._proof_max_age = proof_max_age
         self._receipt_ttl = receipt_ttl
@@ -347,6 +369,11 @@ class Gateway:
         state.route = result.target
         if result.code is not None:
             state.reasons = [Reason(result.code, result.detail)]
+        if result.outcome is Outcome.PAUSE:
+            state.stage = "approval"
+            assert result.pause is not None
+            assert result.rule is not None
+            self._pause_or_resume(state, artifact, result.rule, result.pause)
         state.stage = "audit"
 
     # -- audit and receipt -------------------------------------------------------------
@@ -363,7 +390,8 @@ class Gateway:
             "reasons": [r.to_json() for r in state.reasons],
             "rule": state.rule,
             "route": state.route,
-            "approval": None,
+            "approval_id": state.approval,
+            "approvers": state.approvers,
             "parent_decision": state.parent.decision_id if state.parent else None,
             "parent_gateway": state.parent.gateway if state.parent else None,
             "request": state.request.canonical() if state.request else None,
@@ -390,6 +418,12 @@ class Gateway:
         def finalize(conflict: str | None, index: int) -> bytes:
             if conflict == Conflict.REPLAY:
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
+            elif conflict == Conflict.APPROVAL_CLOSED:
+                state.stop(
+                    Outcome.DENY,
+                    "approval.required",
+                    f"approval {state.approval} was used or closed by another decision meanwhile",
+                )
             elif conflict == Conflict.EXHAUSTED:
                 assert artifact is not None
                 state.stop(
@@ -432,6 +466,16 @@ class Gateway:
             finalize=finalize,
             decision_id=state.decision_id,
             chain_uses=chain_uses,
+            open_approval=(
+                ApprovalRow(
+                    state.open_approval.approval_id,
+                    "pending",
+                    json.dumps(state.open_approval.to_json()),
+                )
+                if state.open_approval is not None and state.outcome is Outcome.PAUSE
+                else None
+            ),
+            consume_approval=state.consume_approval if state.outcome.executes else None,
         )
         try:
             index = self.store.commit(job)
@@ -446,7 +490,12 @@ class Gateway:
         else:
             # The record is durable: from here on nothing may change the decision.
             self._checkpoint_if_due(index + 1, state.now)
-            return made[-1]
+            decision = made[-1]
+            if decision.outcome is Outcome.PAUSE and state.open_approval is not None:
+                self._notify("opened", state.open_approval, decision)
+            elif decision.executes and state.consume_approval is not None:
+                self._notify("resumed", None, decision)
+            return decision
         made.clear()
         retry = True
         try:
@@ -470,6 +519,7 @@ class Gateway:
             route=state.route,
             log_index=index,
             receipt=receipt,
+            approval_id=state.approval,
         )
 
     def _unlogged(self, state: _State, detail: str) -> Decision:
@@ -478,6 +528,165 @@ class Gateway:
         state.stop(Outcome.FAIL_CLOSED, "audit.unavailable", detail)
         state.reasons = [*kept, *state.reasons]
         return self._decision(state, None, None)
+
+    # -- pause, review, resume ----------------------------------------------------------
+
+    def _pause_or_resume(
+        self, state: _State, artifact: Artifact, rule: str, spec: PauseSpec
+    ) -> None:
+        """A pause rule matched: resume if an approval for exactly this request, chain,
+        policy and rule has reached its quorum; otherwise wait on it or open one."""
+        assert state.request_hash is not None
+        assert state.request is not None
+        chain = tuple(link.jti for link in artifact.chain)
+        earlier: list[Reason] = []
+        for row in self.store.approvals(request_hash=state.request_hash):
+            pending = Pending.from_json(row.body, row.status)
+            if (pending.chain, pending.policy_hash, pending.rule) != (
+                chain,
+                self.policy.hash,
+                rule,
+            ) or pending.status == "consumed":
+                continue
+            status = pending.state(state.now)
+            state.approval = pending.approval_id
+            if status == "denied":
+                state.stop(
+                    Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
+                )
+                state.approval = pending.approval_id
+                return
+            if status == "pending":
+                reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
+                if quorum_met(pending, reviews, self.trust):
+                    state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
+                    state.consume_approval = pending.approval_id
+                    state.approvers = sorted({r.approver for r in reviews})
+                    return
+                counts = ", ".join(
+                    f"{g} {n}/{pending.quorum}"
+                    for g, n in tally(pending, reviews, self.trust).items()
+                )
+                state.reasons = [
+                    Reason(
+                        "approval.required",
+                        f"approval {pending.approval_id} is waiting for reviews ({counts})",
+                    )
+                ]
+                return
+            earlier = [
+                Reason(
+                    "approval.expired",
+                    f"approval {pending.approval_id} expired at {pending.expires_at}",
+                )
+            ]
+            break
+        subjects = [link.subject for link in artifact.chain]
+        keys = [v for k, v in artifact.revocation_keys() if k == "kid"]
+        attributions = [link.claims.get("att") or {} for link in artifact.chain]
+        opened = Pending(
+            approval_id=state.decision_id,
+            request_hash=state.request_hash,
+            chain=chain,
+            policy_hash=self.policy.hash,
+            rule=rule,
+            groups=spec.approvers,
+            quorum=spec.quorum,
+            created_at=state.now,
+            expires_at=min(state.now + spec.ttl, artifact.expires),
+            excluded=excluded_principals(subjects, keys, attributions),
+            request=state.request.canonical(),
+        )
+        state.open_approval, state.approval = opened, opened.approval_id
+        groups = ", ".join(spec.approvers)
+        state.reasons = [
+            *earlier,
+            Reason(
+                "approval.required",
+                f"approval {opened.approval_id} opened: {spec.quorum} approver(s) from each of"
+                f" {groups}, until {opened.expires_at}",
+            ),
+        ]
+
+    def approval(self, approval_id: str) -> tuple[Pending, list[Review]]:
+        """One approval and its reviews; ``ApprovalError`` for an unknown id."""
+        row = self.store.approval(approval_id)
+        if row is None:
+            raise ApprovalError(f"no approval {approval_id} at this gateway")
+        return (
+            Pending.from_json(row.body, row.status),
+            [Review.from_json(b) for b in self.store.reviews(approval_id)],
+        )
+
+    def approvals(self) -> list[Pending]:
+        """Every approval, newest first."""
+        return [Pending.from_json(r.body, r.status) for r in self.store.approvals()]
+
+    def review(self, approval_id: str, token: str) -> tuple[int, Pending, list[Review]]:
+        """Record one approver's signed review (an audit record); return its log index and
+        the approval with every review so far. One deny is terminal."""
+        pending, reviews = self.approval(approval_id)
+        now = int(self._now())
+        review = check_review(
+            token, pending=pending, trust=self.trust, now=now, leeway=self._leeway
+        )
+        if any(r.approver == review.approver for r in reviews):
+            raise ApprovalError(f"{review.approver} has already reviewed approval {approval_id}")
+        entry = canonical_json(
+            {
+                "v": RECORD_VERSION,
+                "kind": "review",
+                "decision_id": approval_id,
+                "gateway": self.gateway_id,
+                "at": now,
+                "approver": review.approver,
+                "approver_kid": review.kid,
+                "verdict": review.verdict,
+                "comment": review.comment,
+                "review": review.token,
+            }
+        )
+
+        def finalize(conflict: str | None, _index: int) -> bytes:
+            if conflict is not None:
+                raise ApprovalError(f"approval {approval_id} closed or was reviewed meanwhile")
+            return entry
+
+        index = self.store.commit(
+            WriteJob(
+                None,
+                0,
+                None,
+                finalize,
+                decision_id=approval_id,
+                kind="review",
+                review=ReviewWrite(
+                    approval_id, review.approver, review.verdict, json.dumps(review.to_json())
+                ),
+            )
+        )
+        self._checkpoint_if_due(index + 1, now)
+        after, all_reviews = self.approval(approval_id)
+        if review.verdict == "deny":
+            self._notify("denied", after, None)
+        elif quorum_met(after, all_reviews, self.trust) and not quorum_met(
+            after, [r for r in all_reviews if r.approver != review.approver], self.trust
+        ):
+            self._notify("approved", after, None)
+        return index, after, all_reviews
+
+    def _notify(self, event: str, pending: Pending | None, decision: Decision | None) -> None:
+        """Tell the configured hook that an approval opened or was resolved. Whatever the
+        hook does (fails, hangs until its timeout) changes no decision."""
+        if self._notify_hook is None:
+            return
+        message: dict[str, Any] = {"event": event, "gateway": self.gateway_id}
+        if pending is not None:
+            message["approval"] = pending.to_json()
+        if decision is not None:
+            message["decision"] = decision.to_json()
+        with suppress(Exception):
+            self._notify_hook(message)
 
     def _checkpoint_if_due(self, size: int, now: int) -> None:
         """Sign a checkpoint every N entries or T seconds. Never affects the decision: the

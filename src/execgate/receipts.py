@@ -31,7 +31,7 @@ def sign_receipt(
         "pol": record["policy_hash"],
         "parent": record["parent_decision"],
         "route": record["route"],
-        "approval": record["approval"],
+        "approval": record["approval_id"],
         "log": {"id": gateway_id, "index": log_index},
     }
     return encode({"typ": RECEIPT_TYP, "kid": key.public.thumbprint()}, claims, key)

@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Conflict", "LogEntry", "Revocation", "Store", "UseClaim", "WriteJob"]
+__all__ = [
+    "ApprovalRow",
+    "Conflict",
+    "LogEntry",
+    "ReviewWrite",
+    "Revocation",
+    "Store",
+    "UseClaim",
+    "WriteJob",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,26 @@ class Conflict:
 
     REPLAY = "replay"
     EXHAUSTED = "exhausted"
+    APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRow:
+    """A stored approval: its id (the pause decision's), status and JSON body."""
+
+    approval_id: str
+    status: str  # pending | denied | consumed
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewWrite:
+    """One approver's review, stored with its log record; a deny closes the approval."""
+
+    approval_id: str
+    approver: str
+    verdict: str
+    body: str
 
 
 @dataclass(slots=True)
@@ -67,6 +96,9 @@ class WriteJob:
     decision_id: str | None = None  # a lookup key kept beside the entry (also inside it)
     kind: str = "decision"  # "decision" or "outcome"; one outcome per decision
     chain_uses: tuple[UseClaim, ...] = ()  # uses of limited ancestors, consumed with ``use``
+    open_approval: ApprovalRow | None = None  # a pause opens one with its record
+    consume_approval: str | None = None  # a resumed decision closes the approval it used
+    review: ReviewWrite | None = None
 
 
 class Store(Protocol):
@@ -91,6 +123,12 @@ class Store(Protocol):
     def add_checkpoint(self, size: int, note: str, *, now: int) -> None: ...
 
     def checkpoints(self) -> Sequence[tuple[int, str]]: ...
+
+    def approval(self, approval_id: str) -> ApprovalRow | None: ...
+
+    def approvals(self, *, request_hash: str | None = None) -> Sequence[ApprovalRow]: ...
+
+    def reviews(self, approval_id: str) -> Sequence[str]: ...
 
     def size(self) -> int: ...
 

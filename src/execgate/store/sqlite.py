@@ -16,6 +16,7 @@ does not take the next index (a replacement, a gap).
 
 from __future__ import annotations
 
+import json
 import queue
 import sqlite3
 import threading
@@ -26,11 +27,11 @@ from typing import Final
 
 from execgate.audit.merkle import Frontier
 from execgate.errors import AuditError, StoreError
-from execgate.store.base import Conflict, LogEntry, Revocation, WriteJob
+from execgate.store.base import ApprovalRow, Conflict, LogEntry, Revocation, WriteJob
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _BATCH_MAX: Final = 256
 _COMMIT_TIMEOUT: Final = 30.0
 _QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
@@ -64,6 +65,13 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS approvals_by_request ON approvals (request_hash);
+CREATE TABLE IF NOT EXISTS reviews (
+    approval_id TEXT NOT NULL, approver TEXT NOT NULL, verdict TEXT NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (approval_id, approver)) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
@@ -98,14 +106,23 @@ class SQLiteStore:
         conn = self._connect()
         try:
             with conn:
+                has_meta = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                ).fetchone()
+                row = (
+                    conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                    if has_meta
+                    else None
+                )
+                if row is not None and row[0] != str(SCHEMA_VERSION):
+                    raise StoreError(
+                        f"{self.path} holds schema version {row[0]}; this execgate needs"
+                        f" {SCHEMA_VERSION}: keep the old file (it holds the old log) and move"
+                        " it aside to start a new store"
+                    )
                 conn.executescript(_SCHEMA)
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                 if row is None:
                     conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise StoreError(
-                        f"{self.path}: schema version {row[0]} is not {SCHEMA_VERSION}"
-                    )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         finally:
@@ -220,6 +237,36 @@ class SQLiteStore:
             raise StoreError(f"cannot store the checkpoint: {exc}") from exc
         finally:
             conn.close()
+
+    def approval(self, approval_id: str) -> ApprovalRow | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT id, status, body FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+        return ApprovalRow(*row) if row else None
+
+    def approvals(self, *, request_hash: str | None = None) -> Sequence[ApprovalRow]:
+        """Approvals, newest first; only those of one request when ``request_hash`` is set."""
+        with self._reader() as conn:
+            if request_hash is None:
+                rows = conn.execute(
+                    "SELECT id, status, body FROM approvals ORDER BY expires_at DESC, id"
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id, status, body FROM approvals WHERE request_hash = ?"
+                    " ORDER BY expires_at DESC, id",
+                    (request_hash,),
+                ).fetchall()
+        return [ApprovalRow(*r) for r in rows]
+
+    def reviews(self, approval_id: str) -> Sequence[str]:
+        """The stored reviews of one approval (JSON bodies), in approver order."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT body FROM reviews WHERE approval_id = ? ORDER BY approver", (approval_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def checkpoints(self) -> Sequence[tuple[int, str]]:
         """Every stored checkpoint as (size, signed note), oldest first."""
@@ -394,6 +441,41 @@ class SQLiteStore:
             )
             if cur.rowcount != 1:
                 return Conflict.EXHAUSTED
+        if job.consume_approval is not None:
+            cur = conn.execute(
+                "UPDATE approvals SET status = 'consumed' WHERE id = ? AND status = 'pending'",
+                (job.consume_approval,),
+            )
+            if cur.rowcount != 1:
+                return Conflict.APPROVAL_CLOSED
+        if job.open_approval is not None:
+            row = job.open_approval
+            body = json.loads(row.body)
+            conn.execute(
+                "INSERT INTO approvals (id, request_hash, status, expires_at, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (row.approval_id, body["request_hash"], row.status, body["expires_at"], row.body),
+            )
+        if job.review is not None:
+            review = job.review
+            still_open = conn.execute(
+                "SELECT 1 FROM approvals WHERE id = ? AND status = 'pending'",
+                (review.approval_id,),
+            ).fetchone()
+            if still_open is None:
+                return Conflict.APPROVAL_CLOSED
+            if review.verdict == "deny":
+                conn.execute(
+                    "UPDATE approvals SET status = 'denied' WHERE id = ?", (review.approval_id,)
+                )
+            try:
+                conn.execute(
+                    "INSERT INTO reviews (approval_id, approver, verdict, body)"
+                    " VALUES (?, ?, ?, ?)",
+                    (review.approval_id, review.approver, review.verdict, review.body),
+                )
+            except sqlite3.IntegrityError:
+                return Conflict.APPROVAL_CLOSED
         return None
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from execgate.errors import AuditError, StoreError
-from execgate.store.base import LogEntry, Revocation, WriteJob
+from execgate.store.base import ApprovalRow, LogEntry, Revocation, WriteJob
 
 __all__ = ["UnavailableStore"]
 
@@ -53,6 +53,15 @@ class UnavailableStore:
         self._down()
 
     def checkpoints(self) -> Sequence[tuple[int, str]]:
+        self._down()
+
+    def approval(self, approval_id: str) -> ApprovalRow | None:
+        self._down()
+
+    def approvals(self, *, request_hash: str | None = None) -> Sequence[ApprovalRow]:
+        self._down()
+
+    def reviews(self, approval_id: str) -> Sequence[str]:
         self._down()
 
     def size(self) -> int:
