@@ -4,8 +4,12 @@ The safe recipe is ``Gateway.open(home).decide(submission)``: it verifies the si
 authorization artifact, the runtime's proof of possession, replay and revocation, the
 environment, scope and policy, writes the decision to the audit log before answering,
 and returns a signed ``Decision``. Anything it cannot verify is denied.
+
+``Guard`` puts a gateway in front of Python callables: ``@guard.protect(...)`` runs a
+function only on proceed (or its registered stand-in on reroute) and logs the outcome.
 """
 
+from execgate.adapters import ExecutionPaused, ExecutionRefused, Guard
 from execgate.artifacts import issue_artifact, verify_artifact
 from execgate.attestations import issue_attestation
 from execgate.errors import (
@@ -34,7 +38,10 @@ __all__ = [
     "ConfigError",
     "Decision",
     "ExecgateError",
+    "ExecutionPaused",
+    "ExecutionRefused",
     "Gateway",
+    "Guard",
     "Outcome",
     "Policy",
     "PolicyError",

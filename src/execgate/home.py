@@ -1,11 +1,20 @@
 """The gateway home: a directory holding config, keys, trust store, policy and state.
 
-    execgate.toml      [gateway] id, audiences, file paths; [limits]; [audit]; [targets.NAME]
-    trust.toml         trusted authorities (with the scope each may grant) and attesters
+    execgate.toml      [gateway] id, audiences, file paths; [limits]; [audit];
+                       [approvals] notification hooks; [targets.NAME]
+    trust.toml         trusted authorities (with the scope each may grant), attesters
+                       and approvers
     policy.yaml        ordered policy rules
     keys/node.jwk      the gateway node key (signs receipts), 0600
     keys/authority.jwk a sample authority key for trying things out, 0600
+    keys/attester.jwk  a sample environment attester key, 0600
+    keys/approver-alice.jwk, keys/approver-bob.jwk
+                       sample approver keys (group ``finance``), 0600
     state.db           the SQLite store (replay, revocations, decision log)
+
+``[approvals]`` may name ``notify_command`` (an argv list, absolute program path),
+``notify_url`` (http or https) and ``notify_timeout`` (seconds, 1-30, default 5): see
+``execgate.notify``.
 
 ``init_home`` creates one, whole or not at all; ``load_config`` reads and checks one.
 Every refusal is a ``ConfigError`` naming the file and what to do about it.
@@ -32,6 +41,7 @@ from execgate.keyfile import atomic_write, write_keypair
 
 __all__ = [
     "CONFIG_NAME",
+    "SAMPLE_APPROVERS",
     "SAMPLE_POLICY",
     "GatewayConfig",
     "check_gateway_id",
@@ -44,6 +54,9 @@ CONFIG_NAME: Final = "execgate.toml"
 _GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "policy", "store"})
 _LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl", "max_depth"})
 _AUDIT_KEYS: Final = frozenset({"checkpoint_every", "checkpoint_interval"})
+_APPROVALS_KEYS: Final = frozenset({"notify_command", "notify_url", "notify_timeout"})
+# The sample approvers init writes: enough for the sample policy's quorum of 2 in finance.
+SAMPLE_APPROVERS: Final = (("alice", ("finance",)), ("bob", ("finance",)))
 # A gateway id is also the audience artifacts and proofs name: printable, no whitespace.
 _GATEWAY_ID: Final = re.compile(r"[!-~]{1,256}")
 # What init writes; the config goes last, so a directory is a home only once complete.
@@ -80,6 +93,9 @@ class GatewayConfig:
     checkpoint_every: int = 1000
     checkpoint_interval: int = 300
     max_depth: int = 8
+    notify_command: tuple[str, ...] | None = None
+    notify_url: str | None = None
+    notify_timeout: int = 5
 
 
 def _toml(value: str) -> str:
@@ -116,7 +132,7 @@ def load_config(home: Path) -> GatewayConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}; fix or restore it") from exc
-    unknown = set(doc) - {"gateway", "limits", "audit", "targets"}
+    unknown = set(doc) - {"gateway", "limits", "audit", "approvals", "targets"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
     gw = doc.get("gateway")
@@ -147,6 +163,7 @@ def load_config(home: Path) -> GatewayConfig:
     audit = doc.get("audit", {})
     if not isinstance(audit, dict) or set(audit) - _AUDIT_KEYS:
         raise ConfigError(f"{path}: [audit] may hold only {sorted(_AUDIT_KEYS)}")
+    command, url, timeout = _approvals(doc.get("approvals", {}), str(path))
     targets = doc.get("targets", {})
     if not isinstance(targets, dict) or not all(
         isinstance(t, dict) and isinstance(t.get("description", ""), str) for t in targets.values()
@@ -167,7 +184,37 @@ def load_config(home: Path) -> GatewayConfig:
         checkpoint_every=_int(audit, "checkpoint_every", 1000, 1, 10**9, str(path)),
         checkpoint_interval=_int(audit, "checkpoint_interval", 300, 1, 86400, str(path)),
         targets={name: t.get("description", "") for name, t in targets.items()},
+        notify_command=command,
+        notify_url=url,
+        notify_timeout=timeout,
     )
+
+
+def _approvals(section: object, where: str) -> tuple[tuple[str, ...] | None, str | None, int]:
+    """``[approvals]``: the notification hooks (checked here, run by ``execgate.notify``)."""
+    if not isinstance(section, dict) or set(section) - _APPROVALS_KEYS:
+        raise ConfigError(f"{where}: [approvals] may hold only {sorted(_APPROVALS_KEYS)}")
+    from execgate import notify
+
+    timeout = section.get("notify_timeout", notify.DEFAULT_TIMEOUT)
+    if (
+        not isinstance(timeout, int)
+        or isinstance(timeout, bool)
+        or not notify.MIN_TIMEOUT <= timeout <= notify.MAX_TIMEOUT
+    ):
+        raise ConfigError(
+            f"{where}: [approvals] notify_timeout must be whole seconds in"
+            f" [{notify.MIN_TIMEOUT}, {notify.MAX_TIMEOUT}]"
+        )
+    checked: dict[str, Any] = {}
+    for key, check in (("notify_command", notify.check_command), ("notify_url", notify.check_url)):
+        if key in section:
+            try:
+                checked[key] = check(section[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where}: [approvals] {key} {exc}") from exc
+    command, url = checked.get("notify_command"), checked.get("notify_url")
+    return command, url, timeout
 
 
 SAMPLE_POLICY: Final = """\
@@ -291,6 +338,18 @@ def _populate(home: Path, gateway_id: str) -> None:
     write_keypair(home / "keys" / "authority.jwk", authority)
     attester = PrivateKey.generate()
     write_keypair(home / "keys" / "attester.jwk", attester)
+    approvers = []
+    for name, groups in SAMPLE_APPROVERS:
+        key = PrivateKey.generate()
+        write_keypair(home / "keys" / f"approver-{name}.jwk", key)
+        approvers.append(
+            f"""
+[[approver]]
+id = {_toml(name)}
+groups = [{", ".join(map(_toml, groups))}]
+keys = [{_jwk_toml(key)}]
+"""
+        )
 
     trust = f"""\
 # Trusted root authorities: the keys that may issue artifacts, and what each may grant.
@@ -307,7 +366,13 @@ scope = [
 [[attester]]
 id = "example-attester"
 keys = [{_jwk_toml(attester)}]
-"""
+
+# Approvers who may review paused requests, for the groups each is in. The sample
+# policy's large-transfers rule needs 2 of finance. alice and bob are samples whose
+# private keys lie in this home's keys/ (approver-alice.jwk, approver-bob.jwk): for real
+# use, list each person's own public key instead. No one may approve a request they
+# asked for, run, or benefit from.
+{"".join(approvers).lstrip()}"""
     atomic_write(home / "trust.toml", trust.encode(), exclusive=True)
     atomic_write(home / "policy.yaml", SAMPLE_POLICY.encode(), exclusive=True)
     config = f"""\
@@ -328,6 +393,14 @@ max_depth = 8           # how many delegation steps below an authority's artifac
 [audit]
 checkpoint_every = 1000     # sign a checkpoint after this many new log entries
 checkpoint_interval = 300   # or when this many seconds have passed with new entries
+
+[approvals]
+# Tell people when a pause opens an approval, and when it is approved, denied or
+# resumed: a program run with the event JSON on stdin (no shell; an absolute path)
+# and/or a URL the event is POSTed to. A hook that fails or hangs changes no decision.
+# notify_command = ["/usr/local/bin/page-approvers", "--team", "finance"]
+# notify_url = "http://127.0.0.1:8080/execgate"
+notify_timeout = 5      # seconds a hook may take (1-30); then it is killed or abandoned
 
 [targets.sandbox]
 description = "an isolated runtime with no production credentials"

@@ -224,11 +224,19 @@ class Gateway:
         """Open the gateway described by a home directory (see ``execgate init``).
 
         ``store`` replaces the home's SQLite store (tests, or a store known to be down).
+        The ``[approvals]`` hooks of the config become the ``notify`` hook (a ``Notifier``).
         """
         config = load_config(home)
         node_key = read_private_key(config.node_key)
         trust = TrustStore.load(config.trust)
         policy = load_policy(config.policy, targets=config.targets.keys())
+        notifier = None
+        if config.notify_command is not None or config.notify_url is not None:
+            from execgate.notify import Notifier
+
+            notifier = Notifier(
+                command=config.notify_command, url=config.notify_url, timeout=config.notify_timeout
+            )
         return cls(
             gateway_id=config.gateway_id,
             audiences=config.audiences,
@@ -243,6 +251,7 @@ class Gateway:
             checkpoint_every=config.checkpoint_every,
             checkpoint_interval=config.checkpoint_interval,
             max_depth=config.max_depth,
+            notify=notifier,
         )
 
     def close(self) -> None:
@@ -539,7 +548,8 @@ class Gateway:
         assert state.request_hash is not None
         assert state.request is not None
         chain = tuple(link.jti for link in artifact.chain)
-        earlier: list[Reason] = []
+        live: list[tuple[Pending, list[Review]]] = []
+        expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):
             pending = Pending.from_json(row.body, row.status)
             if (pending.chain, pending.policy_hash, pending.rule) != (
@@ -549,8 +559,7 @@ class Gateway:
             ) or pending.status == "consumed":
                 continue
             status = pending.state(state.now)
-            state.approval = pending.approval_id
-            if status == "denied":
+            if status == "denied":  # one deny of this exact request is terminal
                 state.stop(
                     Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
                 )
@@ -558,29 +567,40 @@ class Gateway:
                 return
             if status == "pending":
                 reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
-                if quorum_met(pending, reviews, self.trust):
-                    state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
-                    state.consume_approval = pending.approval_id
-                    state.approvers = sorted({r.approver for r in reviews})
-                    return
-                counts = ", ".join(
-                    f"{g} {n}/{pending.quorum}"
-                    for g, n in tally(pending, reviews, self.trust).items()
-                )
-                state.reasons = [
-                    Reason(
-                        "approval.required",
-                        f"approval {pending.approval_id} is waiting for reviews ({counts})",
-                    )
-                ]
+                live.append((pending, reviews))
+            elif expired is None:
+                expired = pending
+        # Decisions racing on the same request can each open an approval for it: resume
+        # with whichever reached its quorum, else wait on the newest.
+        for pending, reviews in live:
+            if quorum_met(pending, reviews, self.trust):
+                state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
+                state.approval = state.consume_approval = pending.approval_id
+                state.approvers = sorted({r.approver for r in reviews})
                 return
-            earlier = [
+        if live:
+            pending, reviews = live[0]
+            state.approval = pending.approval_id
+            counts = ", ".join(
+                f"{g} {n}/{pending.quorum}" for g, n in tally(pending, reviews, self.trust).items()
+            )
+            state.reasons = [
                 Reason(
-                    "approval.expired",
-                    f"approval {pending.approval_id} expired at {pending.expires_at}",
+                    "approval.required",
+                    f"approval {pending.approval_id} is waiting for reviews ({counts})",
                 )
             ]
-            break
+            return
+        earlier = (
+            []
+            if expired is None
+            else [
+                Reason(
+                    "approval.expired",
+                    f"approval {expired.approval_id} expired at {expired.expires_at}",
+                )
+            ]
+        )
         subjects = [link.subject for link in artifact.chain]
         keys = [v for k, v in artifact.revocation_keys() if k == "kid"]
         attributions = [link.claims.get("att") or {} for link in artifact.chain]

@@ -14,7 +14,10 @@ PUBLIC = [
     "ConfigError",
     "Decision",
     "ExecgateError",
+    "ExecutionPaused",
+    "ExecutionRefused",
     "Gateway",
+    "Guard",
     "Outcome",
     "Policy",
     "PolicyError",
@@ -38,10 +41,13 @@ PUBLIC = [
 ]
 
 MODULES = [
+    "execgate.adapters",
+    "execgate.adapters.guard",
     "execgate.artifacts",
     "execgate.attestations",
     "execgate.audit.query",
     "execgate.cli",
+    "execgate.cli.approvals",
     "execgate.cli.audit",
     "execgate.cli.decide",
     "execgate.cli.delegate",
@@ -57,6 +63,7 @@ MODULES = [
     "execgate.jose",
     "execgate.keyfile",
     "execgate.model",
+    "execgate.notify",
     "execgate.pipeline",
     "execgate.policy",
     "execgate.proofs",

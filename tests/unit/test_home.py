@@ -25,12 +25,17 @@ def test_init_home_creates_everything_and_it_loads(tmp_path: Path) -> None:
     assert set(config.targets) == {"sandbox", "dry-run"}
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert stat.S_IMODE((home / "keys").stat().st_mode) == 0o700
-    for name in ("node", "authority", "attester"):
+    for name in ("node", "authority", "attester", "approver-alice", "approver-bob"):
         assert stat.S_IMODE((home / "keys" / f"{name}.jwk").stat().st_mode) == 0o600
         read_private_key(home / "keys" / f"{name}.jwk")
     trust = TrustStore.load(config.trust)
     assert list(trust.authorities) == ["example-authority"]
     assert list(trust.attesters) == ["example-attester"]
+    assert {a.id: a.groups for a in trust.approvers.values()} == {
+        "alice": ("finance",),
+        "bob": ("finance",),
+    }
+    assert (config.notify_command, config.notify_url, config.notify_timeout) == (None, None, 5)
     load_policy(config.policy, targets=config.targets.keys())
     assert not config.store.exists()  # the store is created on first use
     assert not [p for p in tmp_path.rglob("*") if ".execgate-init-" in p.name or ".tmp" in p.name]

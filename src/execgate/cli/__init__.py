@@ -3,10 +3,13 @@
 Exit codes:
 
     0  proceed, VERIFIED (``audit verify``, ``audit verify-proof``), and every other
-       command that did what was asked
-    1  deny (``decide``), a failing case (``policy test``), or NOT VERIFIED
-    2  usage or configuration error: a bad flag, a missing or corrupt file, a home that
-       does not load. Nothing was decided and nothing was written.
+       command that did what was asked (a recorded ``approvals deny`` too)
+    1  deny (``decide``), a failing case (``policy test``), NOT VERIFIED, or a review
+       the gateway refused (``approvals approve|deny``: not in a group the approval
+       needs, a principal of the request, already reviewed, the approval closed)
+    2  usage or configuration error: a bad flag, a missing or corrupt file (a key file
+       too), a home that does not load, an id the gateway does not know, an approver key
+       that is not in the trust store. Nothing was decided and nothing was written.
     3  pause        4  reroute
     5  fail_closed: the gateway could not decide (or the state store is unavailable)
 
@@ -20,19 +23,32 @@ paths and public thumbprints.
 
 One module per group of commands: ``keys`` (init, keygen), ``issue``, ``delegate``,
 ``tokens`` (inspect, proof, attest), ``decide`` (decide, outcome, revoke), ``policy``,
-``audit`` (the home's log), ``verify`` (offline verification) and ``lineage`` (the tree
-of executions in the home's log). Each adds its own subcommands.
+``audit`` (the home's log), ``verify`` (offline verification), ``lineage`` (the tree
+of executions in the home's log) and ``approvals`` (paused requests: list, show, approve,
+deny). Each adds its own subcommands.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from execgate.cli import audit, decide, delegate, issue, keys, lineage, policy, tokens, verify
+from execgate.cli import (
+    approvals,
+    audit,
+    decide,
+    delegate,
+    issue,
+    keys,
+    lineage,
+    policy,
+    tokens,
+    verify,
+)
 from execgate.cli._common import EXIT_CODES, EXIT_USAGE, Commands, note, one_line, out
 from execgate.errors import ExecgateError, StoreError
 from execgate.model import Outcome
@@ -45,6 +61,30 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"execgate: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Warnings(logging.Handler):
+    """execgate's log warnings (e.g. a notification hook that failed) as one line each,
+    ``execgate: warning: ...``, on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"execgate: warning: {one_line(record.getMessage())}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+def _log_warnings() -> None:
+    logger = logging.getLogger("execgate")
+    if not any(isinstance(h, _Warnings) for h in logger.handlers):
+        logger.addHandler(_Warnings(logging.WARNING))
+
+
+def _drain_notifications() -> None:
+    notify = sys.modules.get("execgate.notify")  # only if a gateway with hooks was opened
+    if notify is not None:
+        notify.drain()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -69,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     policy.register(commands)
     verify.register(audit.register(commands))
     lineage.register(commands)
+    approvals.register(commands)
     commands.add("demo", "show every outcome on a temporary gateway").set_defaults(func=_demo)
     return p
 
@@ -79,8 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
+    _log_warnings()
     try:
-        return func(args)
+        code = func(args)
+        # Print what was decided first; then let approval notifications still in flight
+        # finish (each bounded by its timeout), as the process would at exit anyway.
+        sys.stdout.flush()
+        _drain_notifications()
+        return code
     except StoreError as exc:
         note(f"execgate: error: the state store is unavailable (fail closed): {one_line(str(exc))}")
         return EXIT_CODES[Outcome.FAIL_CLOSED]

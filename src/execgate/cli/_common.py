@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from execgate.errors import ConfigError, JoseError, PolicyError, UsageError
+from execgate.errors import ConfigError, JoseError, PolicyError, StoreError, UsageError
 from execgate.model import Outcome
 
 if TYPE_CHECKING:
     from execgate.home import GatewayConfig
+    from execgate.pipeline import Gateway
 
 EXIT_CODES: Final = {
     Outcome.PROCEED: 0,
@@ -186,6 +187,23 @@ def policy_error(path: Path | str, exc: PolicyError, hint: str = "") -> ConfigEr
     if str(path) not in message:
         message = f"{path}: {message}"
     return ConfigError(message + hint)
+
+
+def open_gateway(home: Path, *, fallback: bool) -> Gateway:
+    """The home's gateway; with ``fallback``, one on a store that is down when the real
+    store cannot be opened (a ``decide`` then still answers with a fail_closed decision)."""
+    from execgate.home import load_config
+    from execgate.pipeline import Gateway
+    from execgate.store.unavailable import UnavailableStore
+
+    try:
+        return Gateway.open(home)
+    except PolicyError as exc:
+        raise policy_error(load_config(home).policy, exc) from exc
+    except StoreError as exc:
+        if not fallback:
+            raise
+        return Gateway.open(home, store=UnavailableStore(str(exc)))
 
 
 # -- writing outputs --------------------------------------------------------------------

@@ -26,46 +26,22 @@ from execgate.cli._common import (
     MAX_TOKEN,
     Commands,
     home_of,
+    open_gateway,
     out,
-    policy_error,
     shown,
     token_arg,
 )
 from execgate.cli._request import load_submission, sign_proof
-from execgate.errors import (
-    EvidenceError,
-    JoseError,
-    PolicyError,
-    RequestError,
-    StoreError,
-    UsageError,
-)
+from execgate.errors import EvidenceError, JoseError, RequestError, UsageError
+from execgate.model import Outcome
 
 if TYPE_CHECKING:
     from execgate.model import Decision
-    from execgate.pipeline import Gateway
 
 __all__ = ["register"]
 
 _THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def _open_gateway(home: Path, *, fallback: bool) -> Gateway:
-    """The home's gateway; with ``fallback``, one on a store that is down when the real
-    store cannot be opened (a ``decide`` then still answers with a fail_closed decision)."""
-    from execgate.home import load_config
-    from execgate.pipeline import Gateway
-    from execgate.store.unavailable import UnavailableStore
-
-    try:
-        return Gateway.open(home)
-    except PolicyError as exc:
-        raise policy_error(load_config(home).policy, exc) from exc
-    except StoreError as exc:
-        if not fallback:
-            raise
-        return Gateway.open(home, store=UnavailableStore(str(exc)))
 
 
 def _print_decision(decision: Decision, as_json: bool) -> None:
@@ -85,6 +61,12 @@ def _print_decision(decision: Decision, as_json: bool) -> None:
     else:
         out(f"  decision {decision.decision_id}  log index {decision.log_index}")
     out(f"  policy {decision.policy_hash}")
+    if (
+        decision.outcome is Outcome.PAUSE
+        and decision.approval_id
+        and decision.log_index is not None
+    ):
+        out(f"  approval {decision.approval_id}: execgate approvals show {decision.approval_id}")
 
 
 def _decide(args: argparse.Namespace) -> int:
@@ -103,7 +85,7 @@ def _decide(args: argparse.Namespace) -> int:
                 "the request file already holds a proof; drop it there or drop --runtime-key"
             )
         read_private_key(Path(args.runtime_key))  # a bad key is a usage error, not a decision
-    with _open_gateway(home_of(args), fallback=True) as gateway:
+    with open_gateway(home_of(args), fallback=True) as gateway:
         if args.runtime_key:
             doc["proof"] = sign_proof(doc, args.runtime_key, gateway.gateway_id)
         try:
@@ -116,7 +98,7 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _outcome(args: argparse.Namespace) -> int:
-    with _open_gateway(home_of(args), fallback=False) as gateway:
+    with open_gateway(home_of(args), fallback=False) as gateway:
         index = gateway.report_outcome(
             args.decision_id,
             status=args.status,

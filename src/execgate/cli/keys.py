@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 
 def _init(args: argparse.Namespace) -> int:
-    from execgate.home import init_home
+    from execgate.home import SAMPLE_APPROVERS, init_home
 
     target = Path(args.dir) if args.dir is not None else home_of(args)
     config = init_home(target, gateway_id=args.id)
@@ -19,12 +19,16 @@ def _init(args: argparse.Namespace) -> int:
     out(f"created gateway home {config.home}")
     out(f"  gateway id   {config.gateway_id} (the audience artifacts and proofs must name)")
     out(f"  config       {config.home / 'execgate.toml'}")
-    out(f"  trust store  {config.trust} (authorities, the scope each may grant, attesters)")
+    out(f"  trust store  {config.trust} (authorities and their scope, attesters, approvers)")
     out(f"  policy       {config.policy}")
     out(f"  node key     {config.node_key} (private, 0600: signs receipts)")
     out(f"  authority    {keys / 'authority.jwk'} (private, 0600: a sample issuer)")
     out(f"  attester     {keys / 'attester.jwk'} (private, 0600: a sample attester)")
+    for name, groups in SAMPLE_APPROVERS:
+        path = keys / f"approver-{name}.jwk"
+        out(f"  approver     {path} (private, 0600: sample approver {name}, {', '.join(groups)})")
     out("private keys are never printed; each has a .pub.jwk beside it")
+    out("a transfer over 1000 pauses for 2 finance approvers: execgate approvals --help")
     out("next: execgate keygen runtime.jwk, then execgate issue --help")
     return 0
 

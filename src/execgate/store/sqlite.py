@@ -428,6 +428,17 @@ class SQLiteStore:
                 )
             except sqlite3.IntegrityError:
                 return Conflict.REPLAY
+        # A conflict below makes the decision a deny: the uses and the approval it claimed
+        # before the conflict are given back (the proof stays spent, as for any deny).
+        conn.execute("SAVEPOINT claim")
+        conflict = SQLiteStore._claim_state(conn, job)
+        if conflict is not None:
+            conn.execute("ROLLBACK TO claim")
+        conn.execute("RELEASE claim")
+        return conflict
+
+    @staticmethod
+    def _claim_state(conn: sqlite3.Connection, job: WriteJob) -> str | None:
         for use in (*job.chain_uses, job.use):
             if use is None:
                 continue

@@ -1,0 +1,363 @@
+"""Approval notifications: tell people when a pause opens an approval and how it ends.
+
+``[approvals]`` in ``execgate.toml`` names a program, a URL, or both::
+
+    [approvals]
+    notify_command = ["/usr/local/bin/page-approvers", "--team", "finance"]
+    notify_url = "https://chat.example/hooks/execgate"
+    notify_timeout = 5
+
+and ``Gateway.open`` hands a ``Notifier`` to the gateway. Events are JSON objects:
+``{"event": "opened" | "approved" | "denied" | "resumed", "gateway": ID, "approval": {…},
+"decision": {…}}`` (a pause opened an approval; its quorum was reached; it was denied;
+the approved request executed).
+
+The program is run without a shell (``command[0]`` is an absolute path: no ``PATH``
+lookup) with the event on stdin and ``EXECGATE_EVENT`` set to its name; its stdout and
+stderr are discarded, and it is killed with its whole process group at the timeout. The
+URL (http or https) receives the event as a ``POST`` of ``application/json``: directly
+(proxy environment variables are not used), without following redirects; a 2xx answer
+is success. Each network operation is bounded by the timeout.
+
+A notification never changes a decision and never raises into the pipeline: events are
+queued and delivered in order by a background thread, so ``decide`` returns at once. A
+failure (a program that exits non-zero, hangs or cannot start; a URL that refuses,
+answers non-2xx or hangs) is logged on the ``execgate.notify`` logger at WARNING, naming
+the event, the program path or the URL's scheme, host and port, and what went wrong;
+never the arguments, the URL's path or query (they often hold a token), or the event.
+Before the process exits (``drain``) it waits up to the timeout, plus a second, for
+notifications still in flight, so a one-shot ``execgate decide`` still delivers its event.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_QUEUED",
+    "MAX_TIMEOUT",
+    "MIN_TIMEOUT",
+    "Notifier",
+    "check_command",
+    "check_url",
+    "drain",
+]
+
+MIN_TIMEOUT: Final = 1
+MAX_TIMEOUT: Final = 30
+DEFAULT_TIMEOUT: Final = 5
+MAX_QUEUED: Final = 256  # events waiting for delivery; more are dropped (and logged)
+_MAX_ARGS: Final = 64
+_MAX_ARG_CHARS: Final = 4096
+_MAX_URL_CHARS: Final = 2048
+_COMMAND_EXAMPLE: Final = '["/usr/local/bin/page-approvers", "--team", "finance"]'
+_URL_EXAMPLE: Final = '"http://127.0.0.1:8080/execgate"'
+
+_log = logging.getLogger("execgate.notify")
+
+
+def check_command(value: object) -> tuple[str, ...]:
+    """A notify command as an argv tuple, or ``ValueError`` saying what is wrong."""
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or len(value) > _MAX_ARGS
+        or not all(isinstance(a, str) and a and "\0" not in a for a in value)
+    ):
+        raise ValueError(
+            f"must be a list of 1-{_MAX_ARGS} non-empty strings, the program then its"
+            f" arguments, e.g. {_COMMAND_EXAMPLE}"
+        )
+    if any(len(a) > _MAX_ARG_CHARS for a in value):
+        raise ValueError(f"has an argument longer than {_MAX_ARG_CHARS} characters")
+    if not os.path.isabs(value[0]):
+        raise ValueError(
+            "must name the program by its absolute path (it is run without a shell and"
+            f" without a PATH lookup), e.g. {_COMMAND_EXAMPLE}"
+        )
+    return tuple(value)
+
+
+def check_url(value: object) -> str:
+    """A notify URL (http or https, with a host, no credentials), or ``ValueError``."""
+    usage = f"must be an http:// or https:// URL with a host, e.g. {_URL_EXAMPLE}"
+    if (
+        not isinstance(value, str)
+        or len(value) > _MAX_URL_CHARS
+        or any(c.isspace() or not c.isprintable() for c in value)
+    ):
+        raise ValueError(usage)
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(usage)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not hold a user name or password; let the receiver authenticate the"
+            " gateway by a token in the URL's path"
+        )
+    return value
+
+
+def _origin(url: str) -> str:
+    """What a log line may say about the URL: scheme, host and port, never path or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _why(exc: BaseException) -> str:
+    """An error as a short phrase that cannot quote the URL, the event or a secret."""
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+class Notifier:
+    """Delivers approval events to a program and/or a URL, in order, in the background.
+
+    Calling it queues one event and returns at once; it never raises and never blocks
+    the caller. ``flush`` waits for everything queued so far (tests, shutdown).
+    """
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str] | None = None,
+        url: str | None = None,
+        timeout: int = DEFAULT_TIMEOUT,
+    ) -> None:
+        if command is None and url is None:
+            raise ValueError("a Notifier needs a command, a URL, or both")
+        if (
+            not isinstance(timeout, int)
+            or isinstance(timeout, bool)
+            or not MIN_TIMEOUT <= timeout <= MAX_TIMEOUT
+        ):
+            raise ValueError(f"timeout must be whole seconds in [{MIN_TIMEOUT}, {MAX_TIMEOUT}]")
+        self.command = None if command is None else check_command(command)
+        self.url = None if url is None else check_url(url)
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._busy = False  # a delivery thread is running
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        hooks = []
+        if self.command is not None:
+            hooks.append(f"command={self.command[0]!r}")
+        if self.url is not None:
+            hooks.append(f"url={_origin(self.url)!r}")
+        return f"Notifier({', '.join(hooks)}, timeout={self.timeout})"
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        """Queue one event for delivery; return at once. Never raises."""
+        name = "?"
+        try:
+            name = str(event.get("event", "?"))[:32]
+            body = json.dumps(dict(event), ensure_ascii=False, separators=(",", ":")).encode()
+        except Exception as exc:  # noqa: BLE001 - a notification must never raise
+            _log.warning(
+                "approval notification %r not delivered: it is not JSON (%s)",
+                name,
+                type(exc).__name__,
+            )
+            return
+        with self._cond:
+            if len(self._queue) >= MAX_QUEUED:
+                _log.warning(
+                    "approval notification %r dropped: %d earlier notifications are still"
+                    " waiting for the hook",
+                    name,
+                    len(self._queue),
+                )
+                return
+            self._queue.append((name, body))
+            if self._busy:
+                return
+            self._busy = True
+        try:
+            threading.Thread(target=self._run, name="execgate-notify", daemon=True).start()
+        except Exception as exc:  # noqa: BLE001 - e.g. no more threads, interpreter exiting
+            with self._cond:
+                lost = len(self._queue)
+                self._queue.clear()
+                self._busy = False
+                self._cond.notify_all()
+            _log.warning(
+                "%d approval notification(s) dropped: cannot start a delivery thread (%s)",
+                lost,
+                type(exc).__name__,
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event queued so far was delivered or given up on; False if
+        ``timeout`` seconds passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy, timeout)
+
+    def pending(self) -> int:
+        """How many events are waiting (not counting one being delivered)."""
+        with self._cond:
+            return len(self._queue)
+
+    # -- delivery (on the background thread) ---------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._busy = False
+                    self._cond.notify_all()
+                    return
+                name, body = self._queue.popleft()
+            try:
+                if self.command is not None:
+                    self._run_command(self.command, name, body)
+                if self.url is not None:
+                    self._post(self.url, name, body)
+            except Exception as exc:  # noqa: BLE001 - never let the thread die silently
+                _log.warning("approval notification %r not delivered: %s", name, type(exc).__name__)
+
+    def _run_command(self, command: tuple[str, ...], name: str, body: bytes) -> None:
+        program = command[0]
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=os.name == "posix",  # so the timeout kills its children too
+                env={**os.environ, "EXECGATE_EVENT": name},
+            )
+        except OSError as exc:
+            _log.warning(
+                "approval notification %r not delivered: cannot run %s: %s",
+                name,
+                program,
+                _why(exc),
+            )
+            return
+        try:
+            proc.communicate(body, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            _log.warning(
+                "approval notification %r: %s did not finish within %d s and was killed",
+                name,
+                program,
+                self.timeout,
+            )
+            return
+        except BaseException:
+            _kill(proc)
+            raise
+        if proc.returncode < 0:
+            _log.warning(
+                "approval notification %r: %s was killed by signal %d",
+                name,
+                program,
+                -proc.returncode,
+            )
+        elif proc.returncode != 0:
+            _log.warning(
+                "approval notification %r: %s exited with status %d",
+                name,
+                program,
+                proc.returncode,
+            )
+
+    def _post(self, url: str, name: str, body: bytes) -> None:
+        request = urllib.request.Request(  # noqa: S310 - check_url let only http(s) in
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "execgate-notify/1",
+                "X-Execgate-Event": name,
+            },
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        try:
+            with opener.open(request, timeout=self.timeout) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            exc.close()
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # URLError is an OSError: refused, unreachable, TLS, timeouts
+            _log.warning(
+                "approval notification %r not delivered to %s: %s", name, _origin(url), _why(exc)
+            )
+            return
+        if not 200 <= status < 300:
+            extra = " (redirects are not followed)" if 300 <= status < 400 else ""
+            _log.warning(
+                "approval notification %r: %s answered HTTP %d%s",
+                name,
+                _origin(url),
+                status,
+                extra,
+            )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a hook and everything it started, and reap it."""
+    if os.name == "posix":
+        with suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(OSError):
+        proc.kill()
+    with suppress(Exception):
+        proc.communicate(timeout=5)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is an answer, not an instruction to send the event somewhere else."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# Every live notifier: ``drain`` waits for them before the process exits.
+_LIVE: weakref.WeakSet[Notifier] = weakref.WeakSet()
+
+
+def drain() -> None:
+    """Wait for the notifications still in flight in this process, each notifier at most
+    its timeout plus a second; what is left is dropped (and logged). Runs at exit; a
+    one-shot command calls it once its output is written."""
+    for notifier in list(_LIVE):
+        if not notifier.flush(notifier.timeout + 1):
+            _log.warning(
+                "exiting with approval notifications undelivered (%d still queued)",
+                notifier.pending(),
+            )
+
+
+atexit.register(drain)

@@ -1,0 +1,484 @@
+"""Approval notifications: real programs and a real local webhook, and none of them can
+change a decision.
+
+Each test configures ``[approvals]`` in a real home's ``execgate.toml`` and opens the
+gateway with ``Gateway.open``, so the config, the ``Notifier`` and the pipeline's events
+are tested together. Hooks that fail, hang, refuse or redirect are reported on the
+``execgate.notify`` logger, and the decision is returned at once and is the same as
+without a hook.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from gatekit import Kit, make_kit
+
+from execgate import notify
+from execgate.approvals import sign_review
+from execgate.cli import main
+from execgate.errors import ConfigError
+from execgate.home import CONFIG_NAME, load_config
+from execgate.keyfile import read_private_key
+from execgate.model import Decision, Outcome
+from execgate.notify import Notifier
+from execgate.pipeline import Gateway
+
+# A hook that appends "EVENT JSON" to the file named by its argument.
+RECORD = (
+    "import os, sys; open(sys.argv[1], 'a').write("
+    "os.environ['EXECGATE_EVENT'] + ' ' + sys.stdin.read() + '\\n')"
+)
+SECRET = "s3cret-token-4711"
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def caplog_notify(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="execgate.notify")
+    return caplog
+
+
+def configure(home: Path, **entries: object) -> None:
+    """Replace the ``[approvals]`` section init wrote with ``entries`` (as TOML values)."""
+    path = home / CONFIG_NAME
+    text = path.read_text()
+    head, rest = text.split("[approvals]\n")
+    tail = rest[rest.index("\n[") :]
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in entries.items())
+    path.write_text(f"{head}[approvals]\n{lines}{tail}")
+
+
+@dataclass
+class Hooked:
+    """A gateway opened from a home with ``[approvals]`` hooks, and one artifact."""
+
+    kit: Kit
+    gw: Gateway
+    hook: Notifier
+    artifact: str
+
+    def decide(self, amount: int = 5000) -> Decision:
+        request = self.kit.request(amount=amount)
+        return self.gw.decide(self.kit.submission(request, self.artifact))
+
+    def pause(self, amount: int = 5000) -> str:
+        """Decide a transfer that must pause; return its approval id."""
+        decision = self.decide(amount)
+        assert decision.outcome is Outcome.PAUSE, decision
+        assert decision.approval_id == decision.decision_id
+        assert decision.approval_id is not None
+        return decision.approval_id
+
+    def review(self, approval_id: str, verdict: str, who: str = "alice") -> None:
+        key = read_private_key(self.kit.home / "keys" / f"approver-{who}.jwk")
+        pending, _ = self.gw.approval(approval_id)
+        now = self.kit.clock.now
+        token = sign_review(key=key, approver=who, pending=pending, verdict=verdict, now=now)
+        self.gw.review(approval_id, token)
+
+
+def hooked(kit: Kit, **entries: object) -> Hooked:
+    configure(kit.home, **entries)
+    gw = kit.gateway()
+    hook = gw._notify_hook
+    assert isinstance(hook, Notifier)
+    return Hooked(kit, gw, hook, kit.artifact())
+
+
+def events(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for line in path.read_text().splitlines():
+        name, _, body = line.partition(" ")
+        found.append((name, json.loads(body)))
+    return found
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "execgate.notify"]
+
+
+def assert_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    for record in caplog.records:
+        message = record.getMessage()
+        assert SECRET not in message
+        assert "amount" not in message  # never the event itself
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_config_reads_the_hooks_and_defaults(kit: Kit) -> None:
+    config = load_config(kit.home)  # what init wrote: no hook, the default timeout
+    assert (config.notify_command, config.notify_url, config.notify_timeout) == (None, None, 5)
+    assert kit.gateway()._notify_hook is None
+    configure(
+        kit.home,
+        notify_command=["/usr/local/bin/page", "--team", "finance"],
+        notify_url="https://chat.example:8443/hooks/x?token=y",
+        notify_timeout=30,
+    )
+    config = load_config(kit.home)
+    assert config.notify_command == ("/usr/local/bin/page", "--team", "finance")
+    assert config.notify_url == "https://chat.example:8443/hooks/x?token=y"
+    assert config.notify_timeout == 30
+    configure(kit.home)
+    assert load_config(kit.home).notify_timeout == 5
+
+
+@pytest.mark.parametrize(
+    ("entries", "fragment"),
+    [
+        ({"notify_command": "/bin/true"}, "notify_command must be a list of 1-64 non-empty"),
+        ({"notify_command": []}, "notify_command must be a list"),
+        ({"notify_command": ["/bin/true", ""]}, "notify_command must be a list"),
+        ({"notify_command": ["/bin/true", 3]}, "notify_command must be a list"),
+        ({"notify_command": ["page-approvers"]}, "notify_command must name the program by its"),
+        ({"notify_command": ["/bin/x", "y" * 5000]}, "argument longer than 4096"),
+        ({"notify_url": "ftp://127.0.0.1/x"}, "notify_url must be an http:// or https:// URL"),
+        ({"notify_url": "file:///etc/passwd"}, "notify_url must be an http://"),
+        ({"notify_url": "http://"}, "notify_url must be an http://"),
+        ({"notify_url": "http://127.0.0.1:99999/"}, "notify_url must be an http://"),
+        ({"notify_url": "http://127.0.0.1/a b"}, "notify_url must be an http://"),
+        ({"notify_url": ["http://x/"]}, "notify_url must be an http://"),
+        ({"notify_url": "http://u:pw@127.0.0.1/"}, "must not hold a user name or password"),
+        ({"notify_timeout": 0}, "notify_timeout must be whole seconds in [1, 30]"),
+        ({"notify_timeout": 31}, "notify_timeout must be whole seconds in [1, 30]"),
+        ({"notify_timeout": 2.5}, "notify_timeout must be whole seconds"),
+        ({"notify_timeout": True}, "notify_timeout must be whole seconds"),
+        ({"notify_timeout": "5"}, "notify_timeout must be whole seconds"),
+        ({"notify_cmd": ["/bin/true"]}, "[approvals] may hold only"),
+    ],
+)
+def test_config_refuses_bad_hooks(kit: Kit, entries: dict[str, object], fragment: str) -> None:
+    configure(kit.home, **entries)
+    with pytest.raises(ConfigError) as info:
+        load_config(kit.home)
+    message = str(info.value)
+    assert message.startswith(f"{kit.home / CONFIG_NAME}: [approvals] ")
+    assert fragment in message
+    assert ":pw@" not in message
+
+
+def test_notifier_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="needs a command, a URL, or both"):
+        Notifier()
+    for timeout in (0, 31, True):
+        with pytest.raises(ValueError, match=r"timeout must be whole seconds in \[1, 30\]"):
+            Notifier(url="http://127.0.0.1/", timeout=timeout)
+    with pytest.raises(ValueError, match="absolute path"):
+        Notifier(command=["sh", "-c", "true"])
+    hook = Notifier(command=["/bin/x", SECRET], url=f"http://127.0.0.1:1/{SECRET}?t={SECRET}")
+    assert repr(hook) == "Notifier(command='/bin/x', url='http://127.0.0.1:1', timeout=5)"
+
+
+# -- a program -----------------------------------------------------------------------------
+
+
+def test_each_event_reaches_the_program_in_order(kit: Kit, tmp_path: Path) -> None:
+    log = tmp_path / "events.txt"
+    h = hooked(kit, notify_command=[sys.executable, "-c", RECORD, str(log)])
+    paused = h.pause()
+    h.review(paused, "approve")
+    resumed = h.decide()
+    assert resumed.outcome is Outcome.PROCEED
+    second = h.pause(amount=7000)
+    h.review(second, "deny", who="bob")
+    assert h.decide(amount=7000).outcome is Outcome.DENY
+    assert h.hook.flush(10)
+
+    seen = events(log)
+    assert [name for name, _ in seen] == ["opened", "approved", "resumed", "opened", "denied"]
+    assert all(body["event"] == name and body["gateway"] == "gw-test" for name, body in seen)
+    opened = seen[0][1]
+    assert opened["approval"]["approval_id"] == paused
+    assert opened["approval"]["request"]["args"] == {"amount": 5000}
+    assert opened["approval"]["groups"] == ["finance"]
+    assert opened["decision"]["outcome"] == "pause"
+    assert seen[1][1]["approval"]["approval_id"] == paused
+    assert seen[2][1]["decision"]["outcome"] == "proceed"
+    assert seen[2][1]["decision"]["approval_id"] == paused
+    assert seen[4][1]["approval"]["approval_id"] == second
+
+
+def test_a_failing_program_changes_nothing(
+    kit: Kit, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    h = hooked(kit, notify_command=[sys.executable, "-c", "import sys; sys.exit(1)", SECRET])
+    paused = h.pause()
+    h.review(paused, "approve")
+    assert h.decide().outcome is Outcome.PROCEED
+    assert h.hook.flush(10)
+    assert warnings(caplog_notify) == [
+        f"approval notification {event!r}: {sys.executable} exited with status 1"
+        for event in ("opened", "approved", "resumed")
+    ]
+    assert_no_secret(caplog_notify)
+
+
+def test_a_program_killed_by_a_signal(kit: Kit, caplog_notify: pytest.LogCaptureFixture) -> None:
+    h = hooked(kit, notify_command=["/bin/sh", "-c", "kill -TERM $$"])
+    h.pause()
+    assert h.hook.flush(10)
+    assert warnings(caplog_notify) == [
+        "approval notification 'opened': /bin/sh was killed by signal 15"
+    ]
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, just not reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_hanging_program_is_killed_at_the_timeout_with_what_it_started(
+    kit: Kit, tmp_path: Path, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    pids = tmp_path / "pids"
+    script = 'sleep 30 & echo $! > "$1"; wait'
+    h = hooked(kit, notify_command=["/bin/sh", "-c", script, "sh", str(pids)], notify_timeout=1)
+    started = time.monotonic()
+    decision = h.decide()
+    assert time.monotonic() - started < 0.8  # the decision does not wait for the hook
+    assert decision.outcome is Outcome.PAUSE
+    assert h.gw.approvals()[0].approval_id == decision.decision_id
+    assert h.hook.flush(10)
+    assert time.monotonic() - started >= 1
+    assert warnings(caplog_notify) == [
+        "approval notification 'opened': /bin/sh did not finish within 1 s and was killed"
+    ]
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _running(child)  # the whole process group was killed
+
+
+def test_a_program_that_cannot_start(kit: Kit, caplog_notify: pytest.LogCaptureFixture) -> None:
+    h = hooked(kit, notify_command=["/nonexistent/page-approvers", SECRET])
+    h.pause()
+    assert h.hook.flush(10)
+    assert warnings(caplog_notify) == [
+        "approval notification 'opened' not delivered: cannot run"
+        " /nonexistent/page-approvers: No such file or directory"
+    ]
+
+
+# -- a webhook -----------------------------------------------------------------------------
+
+
+class _Server(http.server.HTTPServer):
+    status = 204
+    received: list[tuple[str, dict[str, str], bytes]]
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        server = cast(_Server, self.server)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        server.received.append((self.path, dict(self.headers), body))
+        self.send_response(server.status)
+        if 300 <= server.status < 400:
+            self.send_header("Location", f"{self.path}-elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[_Server]:
+    server = _Server(("127.0.0.1", 0), _Hook)
+    server.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def url_of(server: _Server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host!s}:{port}/hooks/{SECRET}?token={SECRET}"
+
+
+def test_the_webhook_receives_each_event_and_the_program_too(
+    kit: Kit, tmp_path: Path, webhook: _Server
+) -> None:
+    log = tmp_path / "events.txt"
+    h = hooked(
+        kit,
+        notify_url=url_of(webhook),
+        notify_command=[sys.executable, "-c", RECORD, str(log)],
+    )
+    paused = h.pause()
+    h.review(paused, "approve")
+    assert h.hook.flush(10)
+    assert [name for name, _ in events(log)] == ["opened", "approved"]
+    assert [path for path, _, _ in webhook.received] == [f"/hooks/{SECRET}?token={SECRET}"] * 2
+    _, headers, body = webhook.received[0]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Execgate-Event"] == "opened"
+    doc = json.loads(body)
+    assert doc["event"] == "opened"
+    assert doc["approval"]["approval_id"] == paused
+    assert json.loads(webhook.received[1][2])["event"] == "approved"
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("500", "answered HTTP 500"),
+        ("302", "answered HTTP 302 (redirects are not followed)"),
+        ("refused", "not delivered to http://127.0.0.1:{port}: Connection refused"),
+        ("hangs", "not delivered to http://127.0.0.1:{port}: timed out"),
+    ],
+)
+def test_a_webhook_that_fails_refuses_or_hangs_changes_nothing(
+    kit: Kit,
+    webhook: _Server,
+    caplog_notify: pytest.LogCaptureFixture,
+    kind: str,
+    expected: str,
+) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        if kind == "refused":
+            port = _refused_port()
+        elif kind == "hangs":
+            port = silent.getsockname()[1]
+        else:
+            webhook.status = int(kind)
+            port = webhook.server_address[1]
+        url = f"http://127.0.0.1:{port}/hooks/{SECRET}?token={SECRET}"
+        h = hooked(kit, notify_url=url, notify_timeout=1)
+        started = time.monotonic()
+        paused = h.pause()
+        assert time.monotonic() - started < 0.8  # the decision does not wait for the hook
+        h.review(paused, "approve")
+        assert h.decide().outcome is Outcome.PROCEED
+        assert h.hook.flush(10)
+    messages = warnings(caplog_notify)
+    assert len(messages) == 3
+    for event, message in zip(("opened", "approved", "resumed"), messages, strict=True):
+        assert message.startswith(f"approval notification {event!r}")
+        assert message.endswith(expected.format(port=port))
+    assert_no_secret(caplog_notify)
+    if kind == "302":  # the redirect was not followed
+        assert [p for p, _, _ in webhook.received] == [f"/hooks/{SECRET}?token={SECRET}"] * 3
+
+
+# -- the notifier itself -------------------------------------------------------------------
+
+
+def test_a_full_queue_drops_events_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog_notify: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(notify, "MAX_QUEUED", 2)
+    log = tmp_path / "events.txt"
+    slow = f"import time; time.sleep(0.2); exec({RECORD!r})"
+    hook = Notifier(command=[sys.executable, "-c", slow, str(log)])
+    hook({"event": "e0"})
+    deadline = time.monotonic() + 5
+    while hook.pending() and time.monotonic() < deadline:  # e0 is being delivered
+        time.sleep(0.005)
+    for i in range(1, 6):
+        hook({"event": f"e{i}"})
+    assert hook.flush(10)
+    assert [name for name, _ in events(log)] == ["e0", "e1", "e2"]
+    assert [m for m in warnings(caplog_notify) if "dropped" in m] == [
+        f"approval notification 'e{i}' dropped: 2 earlier notifications are still waiting"
+        " for the hook"
+        for i in (3, 4, 5)
+    ]
+
+
+def test_an_event_that_is_not_json_is_reported_not_raised(
+    caplog_notify: pytest.LogCaptureFixture,
+) -> None:
+    hook = Notifier(url="http://127.0.0.1:1/")
+    hook({"event": "opened", "approval": object()})
+    assert hook.flush(1)
+    assert warnings(caplog_notify) == [
+        "approval notification 'opened' not delivered: it is not JSON (TypeError)"
+    ]
+
+
+def test_drain_waits_for_notifications_in_flight(tmp_path: Path) -> None:
+    log = tmp_path / "events.txt"
+    hook = Notifier(command=[sys.executable, "-c", RECORD, str(log)])
+    hook({"event": "opened"})
+    notify.drain()
+    assert hook.pending() == 0
+    assert [name for name, _ in events(log)] == ["opened"]
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_the_cli_delivers_before_it_exits_and_warns_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "events.txt"
+    assert main(["init", "home", "--id", "gw-cli"]) == 0
+    assert main(["keygen", "runtime.jwk"]) == 0
+    assert main([
+        "--home", "home", "issue", "--sub", "agent-1", "--runtime-key", "runtime.pub.jwk",
+        "--action", "payments.*", "--resource", "acct:**", "-o", "art.jwt",
+    ]) == 0  # fmt: skip
+    request = {"action": "payments.transfer", "resource": "acct:1", "args": {"amount": 5000}}
+    (tmp_path / "big.json").write_text(json.dumps({**request, "runtime": "agent-1"}))
+
+    def decide(name: str) -> list[str]:
+        return [
+            "--home", "home", "decide", "--request", name, "--artifact", "art.jwt",
+            "--runtime-key", "runtime.jwk",
+        ]  # fmt: skip
+
+    configure(tmp_path / "home", notify_command=[sys.executable, "-c", RECORD, str(log)])
+    capsys.readouterr()
+    assert main(decide("big.json")) == 3
+    assert [name for name, _ in events(log)] == ["opened"]  # delivered before main returned
+    assert capsys.readouterr().err == ""
+
+    configure(tmp_path / "home", notify_command=["/bin/sh", "-c", "exit 7", SECRET])
+    assert main(decide("big.json")) == 3  # the same request, still paused: no new event
+    assert capsys.readouterr().err == ""
+    other = {**request, "resource": "acct:2", "runtime": "agent-1"}
+    (tmp_path / "big2.json").write_text(json.dumps(other))
+    assert main(decide("big2.json")) == 3
+    err = capsys.readouterr().err
+    assert err == (
+        "execgate: warning: approval notification 'opened': /bin/sh exited with status 7\n"
+    )

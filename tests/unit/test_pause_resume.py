@@ -1,0 +1,490 @@
+"""Pause, review, resume through the gateway: quorum edges, who may approve, what an
+approval is bound to, expiry, denial, re-checks on resume, the audit trail, racing
+resumes, a restart in between, and notification hooks that fail.
+
+Every test runs a real gateway home (``execgate init``) on its SQLite store, with the
+kit's policy changed to need two finance approvers, and approvers appended to the
+home's ``trust.toml``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import GATEWAY_ID, NOW, POLICY, Kit, make_kit
+
+from execgate.approvals import APPROVAL_TYP, Pending, Review, sign_review
+from execgate.delegation import delegate_artifact
+from execgate.demo import run_demo
+from execgate.errors import ApprovalError
+from execgate.jose import PrivateKey, PublicKey, verify
+from execgate.model import Decision, Outcome
+from execgate.pipeline import Gateway
+from execgate.proofs import Runtime
+from execgate.receipts import verify_receipt
+
+QUORUM_TWO = POLICY.replace("    quorum: 1\n", "    quorum: 2\n")
+assert QUORUM_TWO != POLICY
+
+# The finance approvers every test trusts; names other than the alice/bob `init` may add.
+KEYS = {name: PrivateKey.generate() for name in ("ana", "ben", "cy")}
+
+
+def _approver_toml(name: str, key: PublicKey, groups: tuple[str, ...] = ("finance",)) -> str:
+    jwk = ", ".join(f"{k} = {json.dumps(v)}" for k, v in key.to_jwk().items())
+    return (
+        f"\n[[approver]]\nid = {json.dumps(name)}\ngroups = {json.dumps(list(groups))}\n"
+        f"keys = [{{{jwk}}}]\n"
+    )
+
+
+def trust_approvers(kit: Kit, approvers: Mapping[str, PrivateKey]) -> None:
+    """Append finance approvers to the kit's trust store (before a gateway opens it)."""
+    with (kit.home / "trust.toml").open("a", encoding="utf-8") as f:
+        for name, key in approvers.items():
+            f.write(_approver_toml(name, key.public))
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path, policy=QUORUM_TWO)
+    trust_approvers(k, KEYS)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def gw(kit: Kit) -> Gateway:
+    return kit.gateway()
+
+
+def codes(d: Decision) -> list[str]:
+    return [r.code for r in d.reasons]
+
+
+def logged(gw: Gateway, index: int | None) -> dict[str, Any]:
+    assert index is not None
+    [entry] = gw.store.entries(index, index + 1)
+    record: dict[str, Any] = json.loads(entry.entry)
+    return record
+
+
+def review(
+    kit: Kit,
+    gw: Gateway,
+    approval_id: str,
+    name: str,
+    verdict: str = "approve",
+    *,
+    key: PrivateKey | None = None,
+) -> tuple[int, Pending, list[Review]]:
+    pending, _ = gw.approval(approval_id)
+    token = sign_review(
+        key=key or KEYS[name], approver=name, pending=pending, verdict=verdict, now=kit.clock.now
+    )
+    return gw.review(approval_id, token)
+
+
+def big(kit: Kit, artifact: str, amount: int = 2500) -> dict[str, Any]:
+    """A fresh submission (new proof) of a transfer the policy pauses."""
+    return kit.submission(kit.request(amount=amount), artifact)
+
+
+def paused(d: Decision) -> str:
+    assert d.outcome is Outcome.PAUSE, d
+    assert codes(d)[-1] == "approval.required"
+    assert d.approval_id is not None
+    return d.approval_id
+
+
+# --- quorum -----------------------------------------------------------------------------
+
+
+def test_k_minus_one_approvals_still_pause_on_the_same_approval(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    first = gw.decide(big(kit, artifact))
+    approval = paused(first)
+    assert approval == first.decision_id  # the approval id is the pause decision's id
+
+    review(kit, gw, approval, "ana")
+    again = gw.decide(big(kit, artifact))
+    assert paused(again) == approval
+    assert codes(again) == ["approval.required"]
+    assert "finance 1/2" in again.reasons[0].detail
+
+    review(kit, gw, approval, "ben")
+    resumed = gw.decide(big(kit, artifact))
+    assert resumed.outcome is Outcome.PROCEED, resumed.reasons
+    assert resumed.approval_id == approval
+
+    # The approval was used by that execution: the same request pauses on a new one.
+    after = gw.decide(big(kit, artifact))
+    assert paused(after) not in {approval, None}
+    assert gw.approval(approval)[0].status == "consumed"
+
+
+def test_one_approver_counts_once(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    with pytest.raises(ApprovalError, match="already reviewed"):
+        review(kit, gw, approval, "ana")
+    with pytest.raises(ApprovalError, match="already reviewed"):
+        review(kit, gw, approval, "ana", "deny")  # nor change their mind
+    assert [r.approver for r in gw.approval(approval)[1]] == ["ana"]
+    d = gw.decide(big(kit, artifact))
+    assert paused(d) == approval
+    assert gw.approval(approval)[0].status == "pending"
+
+
+def test_principals_of_a_delegated_chain_cannot_approve(tmp_path: Path) -> None:
+    kit = make_kit(tmp_path, policy=QUORUM_TWO)
+    runner = Runtime("agent-2", PrivateKey.generate())
+    insiders = {
+        "agent-1": PrivateKey.generate(),  # the delegator: the root artifact's subject
+        "agent-2": PrivateKey.generate(),  # the runtime itself
+        "holder-bot": kit.runtime.key,  # holds the key that signed the child
+        "rita": PrivateKey.generate(),  # requested the child (att.requested_by)
+    }
+    trust_approvers(kit, {**KEYS, **insiders})
+    try:
+        gw = kit.gateway()
+        child = delegate_artifact(
+            parent=kit.artifact(ttl=3600),
+            holder_key=kit.runtime.key,
+            subject=runner.runtime_id,
+            runtime_key=runner.key.public,
+            scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+            now=NOW,
+            att={"requested_by": "rita"},
+        )
+        request = kit.request(runtime=runner.runtime_id, amount=2500)
+
+        def submit() -> Decision:
+            return gw.decide(runner.submission(request, child, audience=GATEWAY_ID, now=NOW))
+
+        approval = paused(submit())
+        for name, key in insiders.items():
+            with pytest.raises(ApprovalError, match="principal of this request"):
+                review(kit, gw, approval, name, key=key)
+        assert gw.approval(approval)[1] == []
+        review(kit, gw, approval, "ana")
+        review(kit, gw, approval, "ben")
+        assert submit().outcome is Outcome.PROCEED
+    finally:
+        kit.close()
+
+
+# --- what an approval is bound to ---------------------------------------------------------
+
+
+def test_an_approval_is_bound_to_the_exact_request(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact, 2500)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+
+    other = gw.decide(big(kit, artifact, 2600))  # one unit more is another request
+    assert paused(other) != approval
+    assert other.request_hash != gw.approval(approval)[0].request_hash
+
+    # A review of one approval does not transfer to the other.
+    pending, _ = gw.approval(approval)
+    token = sign_review(key=KEYS["cy"], approver="cy", pending=pending, verdict="approve", now=NOW)
+    assert other.approval_id is not None
+    with pytest.raises(ApprovalError, match="another approval"):
+        gw.review(other.approval_id, token)
+
+    resumed = gw.decide(big(kit, artifact, 2500))
+    assert (resumed.outcome, resumed.approval_id) == (Outcome.PROCEED, approval)
+
+
+def test_an_expired_approval_says_so_and_a_fresh_one_opens(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact(ttl=3600)
+    approval = paused(gw.decide(big(kit, artifact)))
+    assert gw.approval(approval)[0].expires_at == NOW + 600  # the rule's ttl
+    review(kit, gw, approval, "ana")
+    kit.clock.t = NOW + 600
+    with pytest.raises(ApprovalError, match="expired"):
+        review(kit, gw, approval, "ben")
+
+    d = gw.decide(big(kit, artifact))
+    assert d.outcome is Outcome.PAUSE
+    assert codes(d) == ["approval.expired", "approval.required"]
+    assert approval in d.reasons[0].detail
+    fresh = paused(d)
+    assert fresh != approval
+    assert gw.approval(fresh)[0].expires_at == NOW + 1200
+    # The fresh approval starts from zero: ana's review of the expired one does not count.
+    review(kit, gw, fresh, "ben")
+    assert paused(gw.decide(big(kit, artifact))) == fresh
+    review(kit, gw, fresh, "ana")
+    assert gw.decide(big(kit, artifact)).outcome is Outcome.PROCEED
+
+
+def test_a_deny_after_approvals_is_terminal(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben", "deny")
+    with pytest.raises(ApprovalError, match="denied"):
+        review(kit, gw, approval, "cy")
+    for _ in range(2):
+        d = gw.decide(big(kit, artifact))
+        assert d.outcome is Outcome.DENY
+        assert codes(d) == ["approval.denied"]
+        assert d.approval_id == approval
+    assert [p.approval_id for p in gw.approvals()] == [approval]  # nothing new opened
+
+
+@pytest.mark.parametrize(("artifact_ttl", "expires_in"), [(300, 300), (3600, 600)])
+def test_the_approval_never_outlives_the_artifact(
+    kit: Kit, gw: Gateway, artifact_ttl: int, expires_in: int
+) -> None:
+    approval = paused(gw.decide(big(kit, kit.artifact(ttl=artifact_ttl))))
+    pending, _ = gw.approval(approval)
+    assert pending.expires_at == NOW + expires_in
+
+
+# --- resuming re-runs every check ----------------------------------------------------------
+
+
+def test_a_revoked_artifact_is_not_resumed(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+    jti = gw._artifacts.verify(artifact, now=NOW).jti
+    gw.store.revoke("jti", jti, reason="leaked", now=NOW)
+    d = gw.decide(big(kit, artifact))
+    assert d.outcome is Outcome.DENY
+    assert codes(d) == ["artifact.revoked"]
+    assert gw.approval(approval)[0].status == "pending"  # not used by a denied decision
+
+
+def test_an_approval_does_not_survive_a_policy_change(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    pinned = kit.artifact(gov={"policy": gw.policy.hash})
+    approval = paused(gw.decide(big(kit, artifact)))
+    pinned_approval = paused(gw.decide(big(kit, pinned)))
+    for a in (approval, pinned_approval):
+        review(kit, gw, a, "ana")
+        review(kit, gw, a, "ben")
+    gw.close()
+    changed = QUORUM_TWO.replace("reason: refunds are manual", "reason: refunds are by hand")
+    (kit.home / "policy.yaml").write_text(changed, encoding="utf-8")
+    reopened = kit.gateway()
+    assert reopened.policy.hash != gw.policy.hash
+
+    d = reopened.decide(big(kit, artifact))
+    assert paused(d) != approval  # decided under another policy: a new approval
+    assert reopened.approval(approval)[0].status == "pending"
+    pinned_d = reopened.decide(big(kit, pinned))
+    assert codes(pinned_d) == ["policy.mismatch"]
+
+
+# --- the audit trail -------------------------------------------------------------------------
+
+
+def test_the_resumed_record_links_the_pause_and_names_the_approvers(kit: Kit, gw: Gateway) -> None:
+    artifact = kit.artifact()
+    pause = gw.decide(big(kit, artifact))
+    approval = paused(pause)
+    paused_record = logged(gw, pause.log_index)
+    assert (paused_record["outcome"], paused_record["approval_id"]) == ("pause", approval)
+    assert paused_record["approvers"] == []
+    review(kit, gw, approval, "ben")
+    review(kit, gw, approval, "ana")
+
+    resumed = gw.decide(big(kit, artifact))
+    record = logged(gw, resumed.log_index)
+    assert record["outcome"] == "proceed"
+    assert record["approval_id"] == pause.decision_id
+    assert record["approvers"] == ["ana", "ben"]
+    assert record["request_hash"] == paused_record["request_hash"]
+    assert resumed.receipt is not None
+    node = kit.node_key.public
+    claims = verify_receipt(resumed.receipt, keys={node.thumbprint(): node}, now=NOW, leeway=0)
+    assert claims["approval"] == approval
+
+
+def test_every_review_is_an_audit_record_holding_the_signed_review(kit: Kit, gw: Gateway) -> None:
+    approval = paused(gw.decide(big(kit, kit.artifact())))
+    reviews = [
+        review(kit, gw, approval, "ana")[0],
+        review(kit, gw, approval, "ben", "deny")[0],
+    ]
+    for index, (name, verdict) in zip(reviews, [("ana", "approve"), ("ben", "deny")], strict=True):
+        record = logged(gw, index)
+        assert record["kind"] == "review"
+        assert record["decision_id"] == approval
+        assert (record["approver"], record["verdict"]) == (name, verdict)
+        assert record["approver_kid"] == KEYS[name].public.thumbprint()
+        signed = verify(
+            record["review"], typ=APPROVAL_TYP, max_size=8192, keys=gw.trust.approver_keys
+        )
+        assert signed.claims["iss"] == name
+        assert signed.claims["aid"] == approval
+        assert signed.claims["verdict"] == verdict
+
+
+# --- concurrency and restarts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uses", [1, 20, None], ids=["single-use", "twenty-uses", "unlimited"])
+def test_racing_resumes_execute_exactly_once(kit: Kit, gw: Gateway, uses: int | None) -> None:
+    artifact = kit.artifact(uses=uses)
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+    submissions = [big(kit, artifact) for _ in range(16)]
+    barrier = threading.Barrier(len(submissions))
+    results: list[Decision] = []
+    lock = threading.Lock()
+
+    def resume(wire: dict[str, Any]) -> None:
+        barrier.wait()
+        d = gw.decide(wire)
+        with lock:
+            results.append(d)
+
+    threads = [threading.Thread(target=resume, args=(w,)) for w in submissions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    winners = [d for d in results if d.executes]
+    assert len(results) == 16
+    assert len(winners) == 1
+    assert winners[0].approval_id == approval
+    assert gw.approval(approval)[0].status == "consumed"
+    records = [json.loads(e.entry) for e in gw.store.entries(0, gw.store.size())]
+    used = [r for r in records if r["kind"] == "decision" and r["outcome"] == "proceed"]
+    assert [r["approval_id"] for r in used] == [approval]
+    jti = gw._artifacts.verify(artifact, now=NOW).jti
+    if uses is not None:
+        assert gw.store.uses_consumed(jti) == 1  # the losers gave back what they claimed
+
+
+def _racing_approvals(
+    kit: Kit, gw: Gateway, artifact: str, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Two pauses of one request that were evaluated before either committed: each saw no
+    approval and opened its own."""
+    first = paused(gw.decide(big(kit, artifact)))
+    kit.clock.t += 1  # the second is the newer: the one a waiting decision names
+    with monkeypatch.context() as patch:
+        patch.setattr(gw.store, "approvals", lambda **_: [])
+        second = paused(gw.decide(big(kit, artifact)))
+    assert first != second
+    assert {p.approval_id for p in gw.approvals()} == {first, second}
+    return [first, second]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_resume_uses_whichever_racing_approval_reached_its_quorum(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch, which: int
+) -> None:
+    artifact = kit.artifact()
+    approvals = _racing_approvals(kit, gw, artifact, monkeypatch)
+    review(kit, gw, approvals[which], "ana")
+    review(kit, gw, approvals[which], "ben")
+    d = gw.decide(big(kit, artifact))
+    assert (d.outcome, d.approval_id) == (Outcome.PROCEED, approvals[which])
+    assert gw.approval(approvals[1 - which])[0].status == "pending"
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_deny_of_either_racing_approval_is_terminal(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch, which: int
+) -> None:
+    artifact = kit.artifact()
+    approvals = _racing_approvals(kit, gw, artifact, monkeypatch)
+    review(kit, gw, approvals[which], "cy", "deny")
+    review(kit, gw, approvals[1 - which], "ana")
+    review(kit, gw, approvals[1 - which], "ben")
+    d = gw.decide(big(kit, artifact))
+    assert (d.outcome, codes(d), d.approval_id) == (
+        Outcome.DENY,
+        ["approval.denied"],
+        approvals[which],
+    )
+
+
+def test_a_restart_between_pause_and_resume(kit: Kit) -> None:
+    artifact = kit.artifact()
+    first = kit.gateway()
+    approval = paused(first.decide(big(kit, artifact)))
+    first.close()
+
+    second = kit.gateway()
+    review(kit, second, approval, "ana")
+    second.close()
+
+    third = kit.gateway()
+    review(kit, third, approval, "ben")
+    resumed = third.decide(big(kit, artifact))
+    assert (resumed.outcome, resumed.approval_id) == (Outcome.PROCEED, approval)
+
+
+# --- notification hooks -----------------------------------------------------------------
+
+
+def test_a_failing_notification_hook_changes_no_decision(kit: Kit) -> None:
+    events: list[dict[str, Any]] = []
+
+    def hook(message: dict[str, Any]) -> None:
+        events.append(message)
+        raise RuntimeError("the pager is down")
+
+    base = kit.gateway()
+    gw = Gateway(
+        gateway_id=base.gateway_id,
+        audiences=base.audiences,
+        node_key=base.node_key,
+        trust=base.trust,
+        policy=base.policy,
+        store=base.store,
+        now=kit.clock,
+        notify=hook,
+    )
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    _, after, reviews = review(kit, gw, approval, "ben")
+    assert (after.status, len(reviews)) == ("pending", 2)
+    resumed = gw.decide(big(kit, artifact))
+    assert resumed.outcome is Outcome.PROCEED
+
+    denied = paused(gw.decide(big(kit, artifact, 9999)))
+    review(kit, gw, denied, "cy", "deny")
+    assert gw.decide(big(kit, artifact, 9999)).outcome is Outcome.DENY
+
+    assert [e["event"] for e in events] == ["opened", "approved", "resumed", "opened", "denied"]
+    assert events[0]["approval"]["approval_id"] == approval
+    assert events[2]["decision"]["decision_id"] == resumed.decision_id
+
+
+# --- the demo --------------------------------------------------------------------------------
+
+
+def test_the_demo_approves_resumes_refuses_a_self_approval_and_reroutes() -> None:
+    lines: list[str] = []
+    assert run_demo(lines.append) == 0
+    steps = {line.split("  ")[1].strip(): line for line in lines if line.startswith("  ")}
+    assert " refused " in steps["carol approves (she requested it)"]
+    assert "principal" in steps["carol approves (she requested it)"]
+    assert "finance 1/2" in steps["alice approves"]
+    assert "finance 2/2" in steps["bob approves"]
+    resumed = [line for line in lines if " proceed " in line and "approved by" in line]
+    assert len(resumed) == 1
+    assert "approved by alice, bob" in resumed[0]
+    assert "ran        sandbox_build (not run_build)" in "\n".join(lines)
+    assert "decision   reroute -> sandbox" in "\n".join(lines)
+    assert "outcome    succeeded, sha256:" in "\n".join(lines)
