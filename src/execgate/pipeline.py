@@ -407,10 +407,14 @@ class Gateway:
             "request_hash": state.request_hash,
             "artifact_jti": artifact.jti if artifact else None,
             "chain": [link.jti for link in artifact.chain] if artifact else [],
-            "chain_keys": sorted({v for k, v in artifact.revocation_keys() if k == "kid"})
+            # Each link, root first: who signed it (kid), whom it names (sub) and the key
+            # it binds (jkt), so a revocation can be traced down the chain exactly.
+            "chain_links": [
+                {"jti": link.jti, "kid": link.kid, "sub": link.subject, "jkt": link.jkt}
+                for link in artifact.chain
+            ]
             if artifact
             else [],
-            "chain_subjects": [link.subject for link in artifact.chain] if artifact else [],
             "issuer": artifact.issuer if artifact else None,
             "issuer_kid": artifact.kid if artifact else None,
             "subject": artifact.subject if artifact else None,

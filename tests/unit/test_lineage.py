@@ -86,9 +86,12 @@ def test_a_delegated_chain_proceeds_and_the_log_records_every_link(kit: Kit) -> 
     rec = record(gw, d)
     assert len(rec["chain"]) == 3
     assert list(d.chain) == rec["chain"]
-    assert rec["chain_subjects"] == ["agent-1", "agent-2", "agent-3"]
-    assert kit.authority.public.thumbprint() in rec["chain_keys"]
-    assert runner.key.public.thumbprint() in rec["chain_keys"]
+    links = rec["chain_links"]
+    assert [link["sub"] for link in links] == ["agent-1", "agent-2", "agent-3"]
+    assert [link["jti"] for link in links] == rec["chain"]
+    assert links[0]["kid"] == kit.authority.public.thumbprint()
+    assert links[1]["kid"] == kit.runtime.key.public.thumbprint()  # the root binds it
+    assert links[1]["jkt"] == links[2]["kid"] == runner.key.public.thumbprint()
 
 
 @pytest.mark.parametrize(

@@ -52,68 +52,50 @@ def cascade(store: Store, kind: str, value: str) -> Cascade:
     """Every recorded decision whose artifact chain holds the revoked item, and every
     artifact at or below it on those chains (root first).
 
-    A record keeps the chain's keys as a set, so a revoked key is placed on its chain
-    from what the log tells about each link: a link decided on directly records the key
-    it binds (``runtime_jkt``) and the key that signed it (``issuer_kid``: its parent's
-    bound key, or the authority's). Where the log cannot tell, the key is placed at the
-    first link it could belong to: an artifact is never left out, only possibly an
-    ancestor named too.
+    Each record lists its chain's links (jti, signing key, subject, bound key), so the
+    first link a revocation reaches is known exactly: a jti or subject names its link; a
+    key reaches the first link it signed or binds.
     """
     if kind not in ("jti", "kid", "sub"):
         raise ValueError("kind must be jti, kid or sub")
-    found: list[tuple[tuple[int, str, str], list[str], int]] = []
-    for index, record in records(store):
-        chain = _strings(record.get("chain"))
-        if kind == "jti":
-            at = chain.index(value) if value in chain else None
-        elif kind == "sub":
-            subjects = _strings(record.get("chain_subjects"))
-            at = subjects.index(value) if value in subjects else None
-        else:
-            at = 0 if value in _strings(record.get("chain_keys")) else None  # placed below
-        if at is not None:
-            found.append(
-                ((index, str(record.get("decision_id")), str(record.get("outcome"))), chain, at)
-            )
-    if kind == "kid" and found:
-        links = _link_keys(store, {jti for _, chain, _ in found for jti in chain})
-        found = [(d, chain, _key_position(chain, value, links)) for d, chain, _ in found]
     artifacts: dict[str, None] = {}
-    for _, chain, at in found:
-        artifacts.update(dict.fromkeys(chain[at:]))
-    return Cascade(kind, value, tuple(artifacts), tuple(d for d, _, _ in found))
+    decisions = []
+    for index, record in records(store):
+        links = _links(record.get("chain_links"))
+        at = next((i for i, link in enumerate(links) if _reaches(link, kind, value)), None)
+        if at is None:
+            continue
+        artifacts.update(dict.fromkeys(link["jti"] for link in links[at:]))
+        decisions.append((index, str(record.get("decision_id")), str(record.get("outcome"))))
+    return Cascade(kind, value, tuple(artifacts), tuple(decisions))
+
+
+def _reaches(link: dict[str, str], kind: str, value: str) -> bool:
+    if kind == "kid":
+        return value in (link["kid"], link["jkt"])
+    return link["sub" if kind == "sub" else "jti"] == value
 
 
 def _strings(value: object) -> list[str]:
-    """A list of strings from a record, or nothing (a record of another shape names no
-    artifact; ``audit verify`` is what judges the log itself)."""
+    """A list of strings from a record, or nothing."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     return []
 
 
-def _link_keys(store: Store, jtis: set[str]) -> dict[str, tuple[object, object]]:
-    """(bound key, signing key) of each artifact in ``jtis`` that was decided on directly."""
-    found: dict[str, tuple[object, object]] = {}
-    if jtis:
-        for _, record in records(store):
-            jti = record.get("artifact_jti")
-            if isinstance(jti, str) and jti in jtis and record.get("runtime_jkt"):
-                found[jti] = (record.get("runtime_jkt"), record.get("issuer_kid"))
-    return found
-
-
-def _key_position(chain: list[str], key: str, links: dict[str, tuple[object, object]]) -> int:
-    """The first link of ``chain`` that revoking ``key`` denies, as far as the log tells."""
-    for i, jti in enumerate(chain):
-        bound, signer = links.get(jti, (None, None))
-        if i == 0 and signer in (None, key):  # the authority's key (or not known)
-            return 0
-        below = links.get(chain[i + 1]) if i + 1 < len(chain) else None
-        bound = bound or (below[1] if below else None)  # a link's signer is its parent's key
-        if bound in (None, key):
-            return i
-    return 0
+def _links(value: object) -> list[dict[str, str]]:
+    """The chain links of a record, or nothing (a record of another shape names no
+    artifact; ``audit verify`` is what judges the log itself)."""
+    if not isinstance(value, list):
+        return []
+    links = []
+    for link in value:
+        if not isinstance(link, dict) or not all(
+            isinstance(link.get(k), str) for k in ("jti", "kid", "sub", "jkt")
+        ):
+            return []
+        links.append(link)
+    return links
 
 
 @dataclass

@@ -114,7 +114,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options whose values are opaque ids that may begin with '-' (a base64url key id or
+# jti does one time in 64): argparse would read such a value as an option, so the pair
+# is joined as --opt=VALUE before parsing.
+_OPAQUE_OPTIONS = frozenset({"--kid", "--jti"})
+
+
+def _join_opaque(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _OPAQUE_OPTIONS and i + 1 < len(argv) and argv[i + 1] != "--":
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _join_opaque(sys.argv[1:] if argv is None else [str(a) for a in argv])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
