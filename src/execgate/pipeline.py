@@ -12,156 +12,51 @@ not be logged is ``fail_closed`` with ``audit.unavailable``.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from execgate.approvals import (
-    Pending,
-    Review,
-    check_review,
-    excluded_principals,
-    quorum_met,
-    tally,
-)
-from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
+from execgate._approval_flow import ApprovalFlow
+from execgate._outcomes import OutcomeLog
+from execgate._state import RECORD_VERSION, DecisionState
+from execgate.artifacts import DEFAULT_MAX_DEPTH, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
-from execgate.errors import ApprovalError, AuditError, RequestError, StoreError, VerificationError
+from execgate.errors import AuditError, StoreError, VerificationError
 from execgate.home import load_config
-from execgate.jose import PrivateKey, canonical_json, sha256_b64url
+from execgate.jose import PrivateKey, canonical_json
 from execgate.keyfile import read_private_key
-from execgate.lineage import ParentExecution, verify_parent
-from execgate.model import Decision, Outcome, Reason, Request
-from execgate.policy import PauseSpec, Policy, load_policy
-from execgate.proofs import Proof, verify_proof
+from execgate.lineage import verify_parent
+from execgate.model import Decision, Outcome, Reason
+from execgate.policy import Policy, load_policy
+from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
-from execgate.store.base import (
-    ApprovalRow,
-    Conflict,
-    LogEntry,
-    ReviewWrite,
-    Store,
-    UseClaim,
-    WriteJob,
-)
+from execgate.store.base import ApprovalRow, Conflict, Store, UseClaim, WriteJob
 from execgate.store.sqlite import SQLiteStore
+from execgate.submission import MAX_REQUEST_BYTES, Submission
 from execgate.trust import TrustStore
 
 __all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission"]
 
-MAX_REQUEST_BYTES: Final = 1024 * 1024
-RECORD_VERSION: Final = 1
 _PURGE_EVERY: Final = 4096
-_SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
-_OUTCOME_STATUS: Final = frozenset({"succeeded", "failed"})
-_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    """The wire shape of one decision request (DESIGN §6).
-
-    ``request_hash`` is always computed here from ``request`` (never taken from the
-    caller, so a proof can only ever bind the request that is evaluated), and the 1 MiB
-    request limit holds for every way in: a request without a canonical form or over the
-    limit raises ``RequestError``.
-    """
-
-    request: Request
-    artifact: object
-    proof: object
-    attestation: object = None
-    request_hash: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.request, Request):
-            raise RequestError("the request must be a Request")
-        try:
-            canonical = canonical_json(self.request.canonical())
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep args
-            raise RequestError(f"the request has no canonical JSON form: {exc}") from exc
-        if len(canonical) > MAX_REQUEST_BYTES:
-            raise RequestError(
-                f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
-            )
-        object.__setattr__(self, "request_hash", sha256_b64url(canonical))
-        # Evaluate exactly what was hashed: an independent copy of the arguments, so a
-        # caller mutating its dict afterwards cannot change what the proof binds.
-        frozen = replace(self.request, args=json.loads(canonical)["args"])
-        object.__setattr__(self, "request", frozen)
-
-    @classmethod
-    def from_json(cls, obj: object) -> Submission:
-        """Parse ``{"request": …, "artifact": …, "proof": …, "attestation": …}``."""
-        if not isinstance(obj, Mapping):
-            raise RequestError("a decision request must be a JSON object")
-        unknown = set(obj) - _SUBMISSION_KEYS
-        if unknown:
-            raise RequestError(
-                f"unknown fields {sorted(map(str, unknown))}; expected {sorted(_SUBMISSION_KEYS)}"
-            )
-        if "request" not in obj:
-            raise RequestError("the 'request' field is required")
-        try:
-            request = Request.from_json(obj["request"])
-        except (ValueError, TypeError) as exc:  # TypeError: e.g. non-string keys from Python
-            raise RequestError(str(exc)) from exc
-        return cls(request, obj.get("artifact"), obj.get("proof"), obj.get("attestation"))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Submission:
-        if len(data) > 2 * MAX_REQUEST_BYTES:
-            raise RequestError(f"the decision request exceeds {2 * MAX_REQUEST_BYTES} bytes")
-        try:
-            from execgate.jose import loads_strict
-
-            return cls.from_json(loads_strict(data))
-        except RequestError:
-            raise
-        except Exception as exc:
-            raise RequestError(f"the decision request is not strict JSON: {exc}") from exc
 
 
 class _Unsigned(Exception):
     """Raised inside a commit to roll back a decision whose receipt could not be signed."""
 
 
-@dataclass(slots=True)
-class _State:
-    decision_id: str
-    now: int
-    stage: str = "parse"
-    request: Request | None = None
-    request_hash: str | None = None
-    artifact: Artifact | None = None
-    proof: Proof | None = None
-    outcome: Outcome = Outcome.DENY
-    reasons: list[Reason] = field(default_factory=list)
-    rule: str | None = None
-    route: str | None = None
-    parent: ParentExecution | None = None
-    approval: str | None = None  # the approval opened, waited on, or used
-    open_approval: Pending | None = None
-    consume_approval: str | None = None
-    approvers: list[str] = field(default_factory=list)
+class Gateway(ApprovalFlow, OutcomeLog):
+    """A gateway node: decides requests against its trust store, policy and store.
 
-    def stop(self, outcome: Outcome, code: str, detail: str) -> None:
-        self.outcome = outcome
-        self.reasons = [Reason(code, detail)]
-        self.route = None
-
-
-class Gateway:
-    """A gateway node: decides requests against its trust store, policy and store."""
+    The decision stages live here; reviewing paused requests (``ApprovalFlow``) and
+    logging execution outcomes and checkpoints (``OutcomeLog``) are mixed in.
+    """
 
     def __init__(
         self,
@@ -271,7 +166,7 @@ class Gateway:
         """Decide one request. Raises only ``RequestError`` for a malformed request."""
         if not isinstance(submission, Submission):
             submission = Submission.from_json(submission)
-        state = _State(decision_id=str(uuid.uuid4()), now=0)
+        state = DecisionState(decision_id=str(uuid.uuid4()), now=0)
         try:
             state.now = int(self._now())
             self._evaluate(submission, state)
@@ -290,7 +185,7 @@ class Gateway:
             self._purge(state.now)
         return self._record(state)
 
-    def _evaluate(self, submission: Submission, state: _State) -> None:
+    def _evaluate(self, submission: Submission, state: DecisionState) -> None:
         request = state.request = submission.request
         state.request_hash = submission.request_hash
 
@@ -387,7 +282,7 @@ class Gateway:
 
     # -- audit and receipt -------------------------------------------------------------
 
-    def _record_dict(self, state: _State) -> dict[str, Any]:
+    def _record_dict(self, state: DecisionState) -> dict[str, Any]:
         artifact, proof = state.artifact, state.proof
         return {
             "v": RECORD_VERSION,
@@ -423,7 +318,7 @@ class Gateway:
             "policy_hash": self.policy.hash,
         }
 
-    def _record(self, state: _State) -> Decision:
+    def _record(self, state: DecisionState) -> Decision:
         made: list[Decision] = []
         artifact, proof = state.artifact, state.proof
         retry = False
@@ -517,7 +412,7 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001
             return self._unlogged(state, f"{type(exc).__name__}: {exc}")
 
-    def _decision(self, state: _State, index: int | None, receipt: str | None) -> Decision:
+    def _decision(self, state: DecisionState, index: int | None, receipt: str | None) -> Decision:
         artifact = state.artifact
         return Decision(
             decision_id=state.decision_id,
@@ -535,281 +430,12 @@ class Gateway:
             approval_id=state.approval,
         )
 
-    def _unlogged(self, state: _State, detail: str) -> Decision:
+    def _unlogged(self, state: DecisionState, detail: str) -> Decision:
         """The log could not take the record: nothing may execute, and we say so."""
         kept = [] if state.outcome.executes else state.reasons
         state.stop(Outcome.FAIL_CLOSED, "audit.unavailable", detail)
         state.reasons = [*kept, *state.reasons]
         return self._decision(state, None, None)
-
-    # -- pause, review, resume ----------------------------------------------------------
-
-    def _pause_or_resume(
-        self, state: _State, artifact: Artifact, rule: str, spec: PauseSpec
-    ) -> None:
-        """A pause rule matched: resume if an approval for exactly this request, chain,
-        policy and rule has reached its quorum; otherwise wait on it or open one."""
-        assert state.request_hash is not None
-        assert state.request is not None
-        chain = tuple(link.jti for link in artifact.chain)
-        live: list[tuple[Pending, list[Review]]] = []
-        expired: Pending | None = None
-        for row in self.store.approvals(request_hash=state.request_hash):
-            pending = Pending.from_json(row.body, row.status)
-            if (pending.chain, pending.policy_hash, pending.rule) != (
-                chain,
-                self.policy.hash,
-                rule,
-            ) or pending.status == "consumed":
-                continue
-            status = pending.state(state.now)
-            if status == "denied":  # one deny of this exact request is terminal
-                state.stop(
-                    Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
-                )
-                state.approval = pending.approval_id
-                return
-            if status == "pending":
-                reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
-                live.append((pending, reviews))
-            elif expired is None:
-                expired = pending
-        # Decisions racing on the same request can each open an approval for it: resume
-        # with whichever reached its quorum, else wait on the newest.
-        for pending, reviews in live:
-            if quorum_met(pending, reviews, self.trust):
-                state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
-                state.approval = state.consume_approval = pending.approval_id
-                state.approvers = sorted({r.approver for r in reviews})
-                return
-        if live:
-            pending, reviews = live[0]
-            state.approval = pending.approval_id
-            counts = ", ".join(
-                f"{g} {n}/{pending.quorum}" for g, n in tally(pending, reviews, self.trust).items()
-            )
-            state.reasons = [
-                Reason(
-                    "approval.required",
-                    f"approval {pending.approval_id} is waiting for reviews ({counts})",
-                )
-            ]
-            return
-        earlier = (
-            []
-            if expired is None
-            else [
-                Reason(
-                    "approval.expired",
-                    f"approval {expired.approval_id} expired at {expired.expires_at}",
-                )
-            ]
-        )
-        subjects = [link.subject for link in artifact.chain]
-        keys = [v for k, v in artifact.revocation_keys() if k == "kid"]
-        attributions = [link.claims.get("att") or {} for link in artifact.chain]
-        opened = Pending(
-            approval_id=state.decision_id,
-            request_hash=state.request_hash,
-            chain=chain,
-            policy_hash=self.policy.hash,
-            rule=rule,
-            groups=spec.approvers,
-            quorum=spec.quorum,
-            created_at=state.now,
-            expires_at=min(state.now + spec.ttl, artifact.expires),
-            excluded=excluded_principals(subjects, keys, attributions),
-            request=state.request.canonical(),
-        )
-        state.open_approval, state.approval = opened, opened.approval_id
-        groups = ", ".join(spec.approvers)
-        state.reasons = [
-            *earlier,
-            Reason(
-                "approval.required",
-                f"approval {opened.approval_id} opened: {spec.quorum} approver(s) from each of"
-                f" {groups}, until {opened.expires_at}",
-            ),
-        ]
-
-    def approval(self, approval_id: str) -> tuple[Pending, list[Review]]:
-        """One approval and its reviews; ``ApprovalError`` for an unknown id."""
-        row = self.store.approval(approval_id)
-        if row is None:
-            raise ApprovalError(f"no approval {approval_id} at this gateway")
-        return (
-            Pending.from_json(row.body, row.status),
-            [Review.from_json(b) for b in self.store.reviews(approval_id)],
-        )
-
-    def approvals(self) -> list[Pending]:
-        """Every approval, newest first."""
-        return [Pending.from_json(r.body, r.status) for r in self.store.approvals()]
-
-    def review(self, approval_id: str, token: str) -> tuple[int, Pending, list[Review]]:
-        """Record one approver's signed review (an audit record); return its log index and
-        the approval with every review so far. One deny is terminal."""
-        pending, reviews = self.approval(approval_id)
-        now = int(self._now())
-        review = check_review(
-            token, pending=pending, trust=self.trust, now=now, leeway=self._leeway
-        )
-        if any(r.approver == review.approver for r in reviews):
-            raise ApprovalError(f"{review.approver} has already reviewed approval {approval_id}")
-        entry = canonical_json(
-            {
-                "v": RECORD_VERSION,
-                "kind": "review",
-                "decision_id": approval_id,
-                "gateway": self.gateway_id,
-                "at": now,
-                "approver": review.approver,
-                "approver_kid": review.kid,
-                "verdict": review.verdict,
-                "comment": review.comment,
-                "review": review.token,
-            }
-        )
-
-        def finalize(conflict: str | None, _index: int) -> bytes:
-            if conflict is not None:
-                raise ApprovalError(f"approval {approval_id} closed or was reviewed meanwhile")
-            return entry
-
-        index = self.store.commit(
-            WriteJob(
-                None,
-                0,
-                None,
-                finalize,
-                decision_id=approval_id,
-                kind="review",
-                review=ReviewWrite(
-                    approval_id, review.approver, review.verdict, json.dumps(review.to_json())
-                ),
-            )
-        )
-        self._checkpoint_if_due(index + 1, now)
-        after, all_reviews = self.approval(approval_id)
-        if review.verdict == "deny":
-            self._notify("denied", after, None)
-        elif quorum_met(after, all_reviews, self.trust) and not quorum_met(
-            after, [r for r in all_reviews if r.approver != review.approver], self.trust
-        ):
-            self._notify("approved", after, None)
-        return index, after, all_reviews
-
-    def _notify(self, event: str, pending: Pending | None, decision: Decision | None) -> None:
-        """Tell the configured hook that an approval opened or was resolved. Whatever the
-        hook does (fails, hangs until its timeout) changes no decision."""
-        if self._notify_hook is None:
-            return
-        message: dict[str, Any] = {"event": event, "gateway": self.gateway_id}
-        if pending is not None:
-            message["approval"] = pending.to_json()
-        if decision is not None:
-            message["decision"] = decision.to_json()
-        with suppress(Exception):
-            self._notify_hook(message)
-
-    def _checkpoint_if_due(self, size: int, now: int) -> None:
-        """Sign a checkpoint every N entries or T seconds. Never affects the decision: the
-        entry is already durable, and a checkpoint can be made later from the same tree."""
-        if not self._checkpoint_lock.acquire(blocking=False):
-            return  # another caller is checkpointing right now
-        try:
-            if self._last_checkpoint is None:
-                stored = self.store.checkpoints()
-                self._last_checkpoint = (stored[-1][0], now) if stored else (0, now)
-            last_size, last_time = self._last_checkpoint
-            if size - last_size >= self._checkpoint_every or (
-                size > last_size and now - last_time >= self._checkpoint_interval
-            ):
-                self.audit.checkpoint(now=now)
-                # A clock that failed (or stepped back) reads early: never move the
-                # schedule back with it, or the next decision checkpoints at once.
-                self._last_checkpoint = (size, max(now, last_time))
-        except Exception:  # noqa: BLE001 - retried at the next decision
-            self._last_checkpoint = None
-        finally:
-            self._checkpoint_lock.release()
-
-    # -- execution outcomes --------------------------------------------------------------
-
-    def report_outcome(
-        self,
-        decision_id: str,
-        *,
-        status: str,
-        exit_code: int | None = None,
-        result_digest: str | None = None,
-    ) -> int:
-        """Append what happened when a decided request ran; return the record's log index.
-
-        Only a decision that executed (proceed or reroute) has an outcome, and only one.
-        Bad input raises ``RequestError``; a log that cannot be written, ``AuditError``.
-        """
-        if status not in _OUTCOME_STATUS:
-            raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
-        if exit_code is not None and (
-            type(exit_code) is not int or not -(2**31) <= exit_code < 2**31
-        ):
-            raise RequestError("exit_code must be a 32-bit integer")
-        if result_digest is not None and (
-            not isinstance(result_digest, str) or _DIGEST.fullmatch(result_digest) is None
-        ):
-            raise RequestError("result_digest must look like sha256:<64 hex digits>")
-        found = self.store.find(decision_id, "decision")
-        if found is None:
-            raise RequestError(f"decision {decision_id} is not in this gateway's log")
-        decided = json.loads(found.entry)
-        if decided.get("outcome") not in (Outcome.PROCEED.value, Outcome.REROUTE.value):
-            raise RequestError(
-                f"decision {decision_id} was {decided.get('outcome')}: nothing executed,"
-                " so there is no outcome to report"
-            )
-        earlier = self.store.find(decision_id, "outcome")
-        if earlier is not None:
-            raise RequestError(
-                f"the outcome of decision {decision_id} is already logged at index {earlier.index}"
-            )
-        now = int(self._now())
-        entry = canonical_json(
-            {
-                "v": RECORD_VERSION,
-                "kind": "outcome",
-                "decision_id": decision_id,
-                "decision_index": found.index,
-                "gateway": self.gateway_id,
-                "at": now,
-                "status": status,
-                "exit_code": exit_code,
-                "result_digest": result_digest,
-            }
-        )
-        try:
-            index = self.store.commit(
-                WriteJob(
-                    None, 0, None, lambda _c, _i: entry, decision_id=decision_id, kind="outcome"
-                )
-            )
-        except AuditError as exc:
-            # A concurrent report for the same decision won the race (the store keeps one
-            # outcome per decision); anything else is a log that cannot be written.
-            raced = self._logged_outcome(decision_id)
-            if raced is not None:
-                raise RequestError(
-                    f"the outcome of decision {decision_id} is already logged at index"
-                    f" {raced.index}"
-                ) from exc
-            raise
-        self._checkpoint_if_due(index + 1, now)
-        return index
-
-    def _logged_outcome(self, decision_id: str) -> LogEntry | None:
-        with suppress(StoreError):
-            return self.store.find(decision_id, "outcome")
-        return None
 
     def _purge(self, now: int) -> None:
         # A failed purge only lets replay state grow until the next one.

@@ -71,6 +71,7 @@ MODULES = [
     "execgate.scope",
     "execgate.store.base",
     "execgate.store.sqlite",
+    "execgate.submission",
     "execgate.trust",
 ]
 

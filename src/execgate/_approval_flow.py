@@ -1,0 +1,211 @@
+"""Reviewing paused requests, and resuming them (the ``Gateway`` side of ``approvals``).
+
+Mixed into ``Gateway``: a pause rule that matched either resumes an approved request,
+waits on an open approval, or opens one; approvers' signed reviews are recorded as
+audit records; a hook hears when approvals open and resolve.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from execgate._state import RECORD_VERSION, DecisionState
+from execgate.approvals import (
+    Pending,
+    Review,
+    check_review,
+    excluded_principals,
+    quorum_met,
+    tally,
+)
+from execgate.artifacts import Artifact
+from execgate.errors import ApprovalError
+from execgate.jose import canonical_json
+from execgate.model import Decision, Outcome, Reason
+from execgate.policy import PauseSpec, Policy
+from execgate.store.base import ReviewWrite, Store, WriteJob
+from execgate.trust import TrustStore
+
+__all__ = ["ApprovalFlow"]
+
+
+class ApprovalFlow:
+    gateway_id: str
+    policy: Policy
+    store: Store
+    trust: TrustStore
+    _now: Callable[[], float]
+    _leeway: int
+    _notify_hook: Callable[[dict[str, Any]], None] | None
+    _checkpoint_if_due: Callable[[int, int], None]  # from OutcomeLog
+
+    def _pause_or_resume(
+        self, state: DecisionState, artifact: Artifact, rule: str, spec: PauseSpec
+    ) -> None:
+        """A pause rule matched: resume if an approval for exactly this request, chain,
+        policy and rule has reached its quorum; otherwise wait on it or open one."""
+        assert state.request_hash is not None
+        assert state.request is not None
+        chain = tuple(link.jti for link in artifact.chain)
+        live: list[tuple[Pending, list[Review]]] = []
+        expired: Pending | None = None
+        for row in self.store.approvals(request_hash=state.request_hash):
+            pending = Pending.from_json(row.body, row.status)
+            if (pending.chain, pending.policy_hash, pending.rule) != (
+                chain,
+                self.policy.hash,
+                rule,
+            ) or pending.status == "consumed":
+                continue
+            status = pending.state(state.now)
+            if status == "denied":  # one deny of this exact request is terminal
+                state.stop(
+                    Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
+                )
+                state.approval = pending.approval_id
+                return
+            if status == "pending":
+                reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
+                live.append((pending, reviews))
+            elif expired is None:
+                expired = pending
+        # Decisions racing on the same request can each open an approval for it: resume
+        # with whichever reached its quorum, else wait on the newest.
+        for pending, reviews in live:
+            if quorum_met(pending, reviews, self.trust):
+                state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
+                state.approval = state.consume_approval = pending.approval_id
+                state.approvers = sorted({r.approver for r in reviews})
+                return
+        if live:
+            pending, reviews = live[0]
+            state.approval = pending.approval_id
+            counts = ", ".join(
+                f"{g} {n}/{pending.quorum}" for g, n in tally(pending, reviews, self.trust).items()
+            )
+            state.reasons = [
+                Reason(
+                    "approval.required",
+                    f"approval {pending.approval_id} is waiting for reviews ({counts})",
+                )
+            ]
+            return
+        earlier = (
+            []
+            if expired is None
+            else [
+                Reason(
+                    "approval.expired",
+                    f"approval {expired.approval_id} expired at {expired.expires_at}",
+                )
+            ]
+        )
+        subjects = [link.subject for link in artifact.chain]
+        keys = [v for k, v in artifact.revocation_keys() if k == "kid"]
+        attributions = [link.claims.get("att") or {} for link in artifact.chain]
+        opened = Pending(
+            approval_id=state.decision_id,
+            request_hash=state.request_hash,
+            chain=chain,
+            policy_hash=self.policy.hash,
+            rule=rule,
+            groups=spec.approvers,
+            quorum=spec.quorum,
+            created_at=state.now,
+            expires_at=min(state.now + spec.ttl, artifact.expires),
+            excluded=excluded_principals(subjects, keys, attributions),
+            request=state.request.canonical(),
+        )
+        state.open_approval, state.approval = opened, opened.approval_id
+        groups = ", ".join(spec.approvers)
+        state.reasons = [
+            *earlier,
+            Reason(
+                "approval.required",
+                f"approval {opened.approval_id} opened: {spec.quorum} approver(s) from each of"
+                f" {groups}, until {opened.expires_at}",
+            ),
+        ]
+
+    def approval(self, approval_id: str) -> tuple[Pending, list[Review]]:
+        """One approval and its reviews; ``ApprovalError`` for an unknown id."""
+        row = self.store.approval(approval_id)
+        if row is None:
+            raise ApprovalError(f"no approval {approval_id} at this gateway")
+        return (
+            Pending.from_json(row.body, row.status),
+            [Review.from_json(b) for b in self.store.reviews(approval_id)],
+        )
+
+    def approvals(self) -> list[Pending]:
+        """Every approval, newest first."""
+        return [Pending.from_json(r.body, r.status) for r in self.store.approvals()]
+
+    def review(self, approval_id: str, token: str) -> tuple[int, Pending, list[Review]]:
+        """Record one approver's signed review (an audit record); return its log index and
+        the approval with every review so far. One deny is terminal."""
+        pending, reviews = self.approval(approval_id)
+        now = int(self._now())
+        review = check_review(
+            token, pending=pending, trust=self.trust, now=now, leeway=self._leeway
+        )
+        if any(r.approver == review.approver for r in reviews):
+            raise ApprovalError(f"{review.approver} has already reviewed approval {approval_id}")
+        entry = canonical_json(
+            {
+                "v": RECORD_VERSION,
+                "kind": "review",
+                "decision_id": approval_id,
+                "gateway": self.gateway_id,
+                "at": now,
+                "approver": review.approver,
+                "approver_kid": review.kid,
+                "verdict": review.verdict,
+                "comment": review.comment,
+                "review": review.token,
+            }
+        )
+
+        def finalize(conflict: str | None, _index: int) -> bytes:
+            if conflict is not None:
+                raise ApprovalError(f"approval {approval_id} closed or was reviewed meanwhile")
+            return entry
+
+        index = self.store.commit(
+            WriteJob(
+                None,
+                0,
+                None,
+                finalize,
+                decision_id=approval_id,
+                kind="review",
+                review=ReviewWrite(
+                    approval_id, review.approver, review.verdict, json.dumps(review.to_json())
+                ),
+            )
+        )
+        self._checkpoint_if_due(index + 1, now)
+        after, all_reviews = self.approval(approval_id)
+        if review.verdict == "deny":
+            self._notify("denied", after, None)
+        elif quorum_met(after, all_reviews, self.trust) and not quorum_met(
+            after, [r for r in all_reviews if r.approver != review.approver], self.trust
+        ):
+            self._notify("approved", after, None)
+        return index, after, all_reviews
+
+    def _notify(self, event: str, pending: Pending | None, decision: Decision | None) -> None:
+        """Tell the configured hook that an approval opened or was resolved. Whatever the
+        hook does (fails, hangs until its timeout) changes no decision."""
+        if self._notify_hook is None:
+            return
+        message: dict[str, Any] = {"event": event, "gateway": self.gateway_id}
+        if pending is not None:
+            message["approval"] = pending.to_json()
+        if decision is not None:
+            message["decision"] = decision.to_json()
+        with suppress(Exception):
+            self._notify_hook(message)

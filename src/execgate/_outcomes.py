@@ -1,0 +1,137 @@
+"""Execution outcomes and periodic checkpoints (the ``Gateway`` side of the audit log).
+
+Mixed into ``Gateway``: after a decided request runs, its outcome is appended to the
+log linked to the decision; every N entries or T seconds the log is checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Final
+
+from execgate._state import RECORD_VERSION
+from execgate.audit.log import AuditLog
+from execgate.errors import AuditError, RequestError, StoreError
+from execgate.jose import canonical_json
+from execgate.model import Outcome
+from execgate.store.base import LogEntry, Store, WriteJob
+
+__all__ = ["OutcomeLog"]
+
+_OUTCOME_STATUS: Final = frozenset({"succeeded", "failed"})
+_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class OutcomeLog:
+    gateway_id: str
+    store: Store
+    _now: Callable[[], float]
+    _checkpoint_every: int
+    _checkpoint_interval: int
+    _checkpoint_lock: threading.Lock
+    _last_checkpoint: tuple[int, int] | None
+
+    @property
+    def audit(self) -> AuditLog:
+        raise NotImplementedError
+
+    def _checkpoint_if_due(self, size: int, now: int) -> None:
+        """Sign a checkpoint every N entries or T seconds. Never affects the decision: the
+        entry is already durable, and a checkpoint can be made later from the same tree."""
+        if not self._checkpoint_lock.acquire(blocking=False):
+            return  # another caller is checkpointing right now
+        try:
+            if self._last_checkpoint is None:
+                stored = self.store.checkpoints()
+                self._last_checkpoint = (stored[-1][0], now) if stored else (0, now)
+            last_size, last_time = self._last_checkpoint
+            if size - last_size >= self._checkpoint_every or (
+                size > last_size and now - last_time >= self._checkpoint_interval
+            ):
+                self.audit.checkpoint(now=now)
+                # A clock that failed (or stepped back) reads early: never move the
+                # schedule back with it, or the next decision checkpoints at once.
+                self._last_checkpoint = (size, max(now, last_time))
+        except Exception:  # noqa: BLE001 - retried at the next decision
+            self._last_checkpoint = None
+        finally:
+            self._checkpoint_lock.release()
+
+    def report_outcome(
+        self,
+        decision_id: str,
+        *,
+        status: str,
+        exit_code: int | None = None,
+        result_digest: str | None = None,
+    ) -> int:
+        """Append what happened when a decided request ran; return the record's log index.
+
+        Only a decision that executed (proceed or reroute) has an outcome, and only one.
+        Bad input raises ``RequestError``; a log that cannot be written, ``AuditError``.
+        """
+        if status not in _OUTCOME_STATUS:
+            raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
+        if exit_code is not None and (
+            type(exit_code) is not int or not -(2**31) <= exit_code < 2**31
+        ):
+            raise RequestError("exit_code must be a 32-bit integer")
+        if result_digest is not None and (
+            not isinstance(result_digest, str) or _DIGEST.fullmatch(result_digest) is None
+        ):
+            raise RequestError("result_digest must look like sha256:<64 hex digits>")
+        found = self.store.find(decision_id, "decision")
+        if found is None:
+            raise RequestError(f"decision {decision_id} is not in this gateway's log")
+        decided = json.loads(found.entry)
+        if decided.get("outcome") not in (Outcome.PROCEED.value, Outcome.REROUTE.value):
+            raise RequestError(
+                f"decision {decision_id} was {decided.get('outcome')}: nothing executed,"
+                " so there is no outcome to report"
+            )
+        earlier = self.store.find(decision_id, "outcome")
+        if earlier is not None:
+            raise RequestError(
+                f"the outcome of decision {decision_id} is already logged at index {earlier.index}"
+            )
+        now = int(self._now())
+        entry = canonical_json(
+            {
+                "v": RECORD_VERSION,
+                "kind": "outcome",
+                "decision_id": decision_id,
+                "decision_index": found.index,
+                "gateway": self.gateway_id,
+                "at": now,
+                "status": status,
+                "exit_code": exit_code,
+                "result_digest": result_digest,
+            }
+        )
+        try:
+            index = self.store.commit(
+                WriteJob(
+                    None, 0, None, lambda _c, _i: entry, decision_id=decision_id, kind="outcome"
+                )
+            )
+        except AuditError as exc:
+            # A concurrent report for the same decision won the race (the store keeps one
+            # outcome per decision); anything else is a log that cannot be written.
+            raced = self._logged_outcome(decision_id)
+            if raced is not None:
+                raise RequestError(
+                    f"the outcome of decision {decision_id} is already logged at index"
+                    f" {raced.index}"
+                ) from exc
+            raise
+        self._checkpoint_if_due(index + 1, now)
+        return index
+
+    def _logged_outcome(self, decision_id: str) -> LogEntry | None:
+        with suppress(StoreError):
+            return self.store.find(decision_id, "outcome")
+        return None

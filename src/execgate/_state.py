@@ -1,0 +1,41 @@
+"""What one decision accumulates as it passes the stages (internal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from execgate.approvals import Pending
+from execgate.artifacts import Artifact
+from execgate.lineage import ParentExecution
+from execgate.model import Outcome, Reason, Request
+from execgate.proofs import Proof
+
+__all__ = ["RECORD_VERSION", "DecisionState"]
+
+RECORD_VERSION: Final = 1
+
+
+@dataclass(slots=True)
+class DecisionState:
+    decision_id: str
+    now: int
+    stage: str = "parse"
+    request: Request | None = None
+    request_hash: str | None = None
+    artifact: Artifact | None = None
+    proof: Proof | None = None
+    outcome: Outcome = Outcome.DENY
+    reasons: list[Reason] = field(default_factory=list)
+    rule: str | None = None
+    route: str | None = None
+    parent: ParentExecution | None = None
+    approval: str | None = None  # the approval opened, waited on, or used
+    open_approval: Pending | None = None
+    consume_approval: str | None = None
+    approvers: list[str] = field(default_factory=list)
+
+    def stop(self, outcome: Outcome, code: str, detail: str) -> None:
+        self.outcome = outcome
+        self.reasons = [Reason(code, detail)]
+        self.route = None

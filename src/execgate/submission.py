@@ -1,0 +1,80 @@
+"""The wire shape of one decision request (DESIGN §6), parsed and bounded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from execgate.errors import RequestError
+from execgate.jose import canonical_json, loads_strict, sha256_b64url
+from execgate.model import Request
+
+__all__ = ["MAX_REQUEST_BYTES", "Submission"]
+
+MAX_REQUEST_BYTES: Final = 1024 * 1024
+_SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """The wire shape of one decision request (DESIGN §6).
+
+    ``request_hash`` is always computed here from ``request`` (never taken from the
+    caller, so a proof can only ever bind the request that is evaluated), and the 1 MiB
+    request limit holds for every way in: a request without a canonical form or over the
+    limit raises ``RequestError``.
+    """
+
+    request: Request
+    artifact: object
+    proof: object
+    attestation: object = None
+    request_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.request, Request):
+            raise RequestError("the request must be a Request")
+        try:
+            canonical = canonical_json(self.request.canonical())
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep args
+            raise RequestError(f"the request has no canonical JSON form: {exc}") from exc
+        if len(canonical) > MAX_REQUEST_BYTES:
+            raise RequestError(
+                f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
+            )
+        object.__setattr__(self, "request_hash", sha256_b64url(canonical))
+        # Evaluate exactly what was hashed: an independent copy of the arguments, so a
+        # caller mutating its dict afterwards cannot change what the proof binds.
+        frozen = replace(self.request, args=json.loads(canonical)["args"])
+        object.__setattr__(self, "request", frozen)
+
+    @classmethod
+    def from_json(cls, obj: object) -> Submission:
+        """Parse ``{"request": …, "artifact": …, "proof": …, "attestation": …}``."""
+        if not isinstance(obj, Mapping):
+            raise RequestError("a decision request must be a JSON object")
+        unknown = set(obj) - _SUBMISSION_KEYS
+        if unknown:
+            raise RequestError(
+                f"unknown fields {sorted(map(str, unknown))}; expected {sorted(_SUBMISSION_KEYS)}"
+            )
+        if "request" not in obj:
+            raise RequestError("the 'request' field is required")
+        try:
+            request = Request.from_json(obj["request"])
+        except (ValueError, TypeError) as exc:  # TypeError: e.g. non-string keys from Python
+            raise RequestError(str(exc)) from exc
+        return cls(request, obj.get("artifact"), obj.get("proof"), obj.get("attestation"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Submission:
+        if len(data) > 2 * MAX_REQUEST_BYTES:
+            raise RequestError(f"the decision request exceeds {2 * MAX_REQUEST_BYTES} bytes")
+        try:
+            return cls.from_json(loads_strict(data))
+        except RequestError:
+            raise
+        except Exception as exc:
+            raise RequestError(f"the decision request is not strict JSON: {exc}") from exc
