@@ -36,6 +36,7 @@ test: lint typecheck unit
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_audit.py
+	$(BIN)/python bench/bench_lineage.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
