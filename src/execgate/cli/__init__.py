@@ -25,7 +25,7 @@ One module per group of commands: ``keys`` (init, keygen), ``issue``, ``delegate
 ``tokens`` (inspect, proof, attest), ``decide`` (decide, outcome, revoke), ``policy``,
 ``audit`` (the home's log), ``verify`` (offline verification), ``lineage`` (the tree
 of executions in the home's log) and ``approvals`` (paused requests: list, show, approve,
-deny). Each adds its own subcommands.
+deny) and ``serve`` (the HTTP decision API). Each adds its own subcommands.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from execgate.cli import (
     keys,
     lineage,
     policy,
+    serve,
     tokens,
     verify,
 )
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.register(audit.register(commands))
     lineage.register(commands)
     approvals.register(commands)
+    serve.register(commands)
     commands.add("demo", "show every outcome on a temporary gateway").set_defaults(func=_demo)
     return p
 

@@ -1,0 +1,84 @@
+"""Typed error bodies and bounded request bodies: what every endpoint shares.
+
+Every error is ``{"error": {"code": "...", "message": "..."}}`` with a stable dotted
+code (these are HTTP error codes, apart from the decision reason codes of DESIGN §2: an
+error means nothing was decided and nothing executes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from execgate.errors import JoseError
+from execgate.jose import loads_strict
+
+__all__ = ["HttpError", "error_response", "read_json"]
+
+JSON_TYPE: Final = "application/json"
+
+
+class HttpError(Exception):
+    """An HTTP request refused before anything was decided."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_TYPE
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit``: first on
+    the declared ``Content-Length`` (nothing is read), then while streaming (reading stops
+    at the first chunk past the limit, whatever the header said)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 20:
+            raise HttpError(400, "request.bad_content_length", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HttpError(
+                413, "request.too_large", f"the body is {declared} bytes; the limit is {limit}"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "request.too_large", f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, *, limit: int) -> Any:
+    """A strict JSON body (DESIGN §4: no duplicate members, no NaN, depth ≤ 32)."""
+    if not _is_json(request.headers.get("content-type")):
+        raise HttpError(415, "request.unsupported_media_type", f"send the body as {JSON_TYPE}")
+    body = await read_body(request, limit=limit)
+    try:
+        return loads_strict(body)
+    except (JoseError, ValueError, RecursionError) as exc:
+        raise HttpError(
+            400, "request.malformed_json", f"the body is not strict JSON: {exc}"
+        ) from exc

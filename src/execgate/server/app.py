@@ -1,0 +1,309 @@
+"""The decision API: routes, their handlers, and the app's lifespan (one ``Gateway``).
+
+Decisions run in the thread pool (``Gateway.decide`` is synchronous and waits on the
+SQLite writer); the SQLite store is made for that (one writer lock, WAL readers). An
+HTTP error (4xx, 5xx) always means nothing was decided: the decision endpoints answer
+200 with the decision object for every outcome, and the outcome is in the body.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from execgate.errors import AuditError, EvidenceError, RequestError, StoreError
+from execgate.model import Decision, Outcome
+from execgate.pipeline import Gateway
+from execgate.server._http import HttpError, error_response, read_json
+from execgate.server.openapi import openapi_document
+from execgate.store.base import LogEntry
+from execgate.submission import MAX_REQUEST_BYTES, Submission
+
+__all__ = [
+    "DECISION_BODY_LIMIT",
+    "MAX_PAGE",
+    "OUTCOME_BODY_LIMIT",
+    "app_from_environment",
+    "create_app",
+]
+
+DECISION_BODY_LIMIT: Final = 2 * MAX_REQUEST_BYTES  # the request, artifact, proof, attestation
+OUTCOME_BODY_LIMIT: Final = 16 * 1024
+MAX_PAGE: Final = 1000  # audit entries per page
+_MAX_ID: Final = 128
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _handled(handler: Handler) -> Handler:
+    """Translate refusals and store failures into typed error bodies; never a traceback."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except AuditError as exc:
+            return error_response(503, "audit.unavailable", f"the audit log is unavailable: {exc}")
+        except StoreError as exc:
+            return error_response(503, "store.unavailable", f"the store is unavailable: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a typed 500, nothing executes
+            return error_response(
+                500, "internal.error", f"{type(exc).__name__} in {request.url.path}"
+            )
+
+    return wrapped
+
+
+def _record(entry: LogEntry) -> dict[str, Any]:
+    try:
+        record = json.loads(entry.entry)
+    except ValueError:
+        record = None
+    return {"index": entry.index, "record": record}
+
+
+# -- decisions --------------------------------------------------------------------------
+
+
+async def post_decision(request: Request) -> Response:
+    body = await read_json(request, limit=DECISION_BODY_LIMIT)
+    gateway = _gateway(request)
+
+    def decide() -> Decision:
+        try:
+            submission = Submission.from_json(body)  # hashes up to 1 MiB: off the event loop
+        except RequestError as exc:
+            raise HttpError(400, "request.invalid", str(exc)) from exc
+        return gateway.decide(submission)
+
+    decision = await run_in_threadpool(decide)
+    return JSONResponse(decision.to_json())
+
+
+def _decision_id(request: Request) -> str:
+    decision_id: str = request.path_params["decision_id"]
+    if len(decision_id) > _MAX_ID:
+        raise HttpError(404, "decision.not_found", "no such decision in this gateway's log")
+    return decision_id
+
+
+async def get_decision(request: Request) -> Response:
+    decision_id = _decision_id(request)
+    store = _gateway(request).store
+
+    def lookup() -> tuple[LogEntry | None, LogEntry | None]:
+        return store.find(decision_id, "decision"), store.find(decision_id, "outcome")
+
+    decided, outcome = await run_in_threadpool(lookup)
+    if decided is None:
+        raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
+    return JSONResponse(
+        {
+            "decision_id": decision_id,
+            "decision": _record(decided),
+            "outcome": _record(outcome) if outcome is not None else None,
+        }
+    )
+
+
+async def post_outcome(request: Request) -> Response:
+    decision_id = _decision_id(request)
+    body = await read_json(request, limit=OUTCOME_BODY_LIMIT)
+    if not isinstance(body, dict) or set(body) - {"status", "exit_code", "result_digest"}:
+        raise HttpError(
+            400,
+            "request.invalid",
+            "the body must be an object with status, and optionally exit_code and result_digest",
+        )
+    status = body.get("status")
+    if not isinstance(status, str):
+        raise HttpError(400, "request.invalid", "status must be 'succeeded' or 'failed'")
+    gateway = _gateway(request)
+
+    def report() -> int:
+        decided = gateway.store.find(decision_id, "decision")
+        if decided is None:
+            raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
+        try:
+            return gateway.report_outcome(
+                decision_id,
+                status=status,
+                exit_code=body.get("exit_code"),  # type-checked by report_outcome
+                result_digest=body.get("result_digest"),
+            )
+        except RequestError as exc:
+            outcome = json.loads(decided.entry).get("outcome")
+            if not Outcome(outcome).executes or gateway.store.find(decision_id, "outcome"):
+                raise HttpError(409, "outcome.conflict", str(exc)) from exc
+            raise HttpError(400, "request.invalid", str(exc)) from exc
+
+    index = await run_in_threadpool(report)
+    return JSONResponse({"decision_id": decision_id, "log_index": index})
+
+
+# -- audit ------------------------------------------------------------------------------
+
+
+async def get_checkpoint(request: Request) -> Response:
+    log = _gateway(request).audit
+    now: Callable[[], float] = request.app.state.now
+
+    def checkpoint() -> tuple[str, int]:
+        return log.checkpoint(now=int(now())), log.size()
+
+    note, size = await run_in_threadpool(checkpoint)
+    return JSONResponse({"origin": log.origin, "size": size, "checkpoint": note})
+
+
+def _query_int(request: Request, name: str, default: int | None) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or len(text) > 20:
+        raise HttpError(400, "request.invalid_query", f"{name} must be a non-negative integer")
+    return int(text)
+
+
+async def get_entries(request: Request) -> Response:
+    start = _query_int(request, "start", 0)
+    assert start is not None
+    end = _query_int(request, "end", None)
+    if end is not None and end < start:
+        raise HttpError(400, "request.invalid_query", "end must not be below start")
+    store = _gateway(request).store
+
+    def page() -> tuple[int, int, list[LogEntry]]:
+        size = store.size()
+        stop = min(size, start + MAX_PAGE, size if end is None else end)
+        return size, stop, list(store.entries(start, stop)) if start < stop else []
+
+    size, stop, entries = await run_in_threadpool(page)
+    return JSONResponse(
+        {
+            "start": start,
+            "end": max(start, stop),
+            "size": size,
+            "next": stop if stop < (size if end is None else min(end, size)) else None,
+            "entries": [
+                {**_record(e), "entry": base64.b64encode(e.entry).decode("ascii")} for e in entries
+            ],
+        }
+    )
+
+
+async def get_proof(request: Request) -> Response:
+    index: int = request.path_params["index"]
+    log = _gateway(request).audit
+    now: Callable[[], float] = request.app.state.now
+
+    def evidence() -> str:
+        if index >= log.size():
+            raise HttpError(404, "audit.index_not_found", f"index {index} is not in the log")
+        try:
+            return log.evidence(index, now=int(now()))
+        except EvidenceError as exc:  # the log shrank meanwhile: it is damaged
+            raise HttpError(404, "audit.index_not_found", str(exc)) from exc
+
+    text = await run_in_threadpool(evidence)
+    return JSONResponse({"index": index, "format": "c2sp-tlog-proof", "evidence": text})
+
+
+# -- health and description -------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the gateway opened (keys and policy loaded) and the store and the audit
+    log answer; 503 with the failing check otherwise."""
+    gateway: Gateway | None = getattr(request.app.state, "gateway", None)
+    if gateway is None:
+        return error_response(503, "not_ready", "the gateway is not open")
+
+    def check() -> dict[str, Any]:
+        gateway.node_key.public.thumbprint()
+        return {"log_size": gateway.audit.size(), "checkpoints": len(gateway.store.checkpoints())}
+
+    try:
+        detail = await run_in_threadpool(check)
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return error_response(503, "not_ready", f"{type(exc).__name__}: {exc}")
+    return JSONResponse({"status": "ready", "gateway": gateway.gateway_id, **detail})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+ROUTES: Final = [
+    Route("/v1/decisions", _handled(post_decision), methods=["POST"]),
+    Route("/v1/decisions/{decision_id}", _handled(get_decision), methods=["GET"]),
+    Route("/v1/decisions/{decision_id}/outcome", _handled(post_outcome), methods=["POST"]),
+    Route("/v1/audit/checkpoint", _handled(get_checkpoint), methods=["GET"]),
+    Route("/v1/audit/entries", _handled(get_entries), methods=["GET"]),
+    Route("/v1/audit/proofs/{index:int}", _handled(get_proof), methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Routing errors (unknown route, wrong method) as typed bodies."""
+    assert isinstance(exc, HTTPException)
+    codes = {404: "route.not_found", 405: "method.not_allowed"}
+    return error_response(
+        exc.status_code, codes.get(exc.status_code, "request.refused"), exc.detail, exc.headers
+    )
+
+
+def create_app(
+    *, open_gateway: Callable[[], Gateway], now: Callable[[], float] = time.time
+) -> Starlette:
+    """The decision API around the gateway ``open_gateway`` returns (opened at startup,
+    closed at shutdown, after uvicorn has let in-flight requests finish)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway = open_gateway()
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            app.state.gateway = None
+            gateway.close()
+
+    app = Starlette(
+        routes=ROUTES, lifespan=lifespan, exception_handlers={HTTPException: _http_exception}
+    )
+    app.state.now = now
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """The app for the home in ``$EXECGATE_HOME`` (the uvicorn factory of ``execgate serve``)."""
+    home = os.environ.get("EXECGATE_HOME")
+    if not home:
+        raise RuntimeError("EXECGATE_HOME is not set; start the service with 'execgate serve'")
+    return create_app(open_gateway=lambda: Gateway.open(Path(home)))

@@ -1,0 +1,340 @@
+"""The OpenAPI 3.1 document of the decision API, written by hand.
+
+Hand-written so that it describes the wire shapes exactly (the same ones
+``Submission.from_json`` and ``Decision.to_json`` define) rather than what a framework
+infers; ``tests/unit/test_server_api.py`` checks that every route of the app is here with
+its methods, and nothing else is.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+__all__ = ["openapi_document"]
+
+_ERROR_CODES: Final = [
+    "request.invalid",
+    "request.invalid_query",
+    "request.malformed_json",
+    "request.bad_content_length",
+    "request.too_large",
+    "request.unsupported_media_type",
+    "route.not_found",
+    "method.not_allowed",
+    "decision.not_found",
+    "outcome.conflict",
+    "audit.index_not_found",
+    "store.unavailable",
+    "audit.unavailable",
+    "internal.error",
+    "not_ready",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_COMMON_ERRORS: Final = {
+    "404": _error("unknown route or object"),
+    "405": _error("wrong method"),
+    "500": _error("internal error; nothing was decided or executed"),
+    "503": _error("the store or the audit log is unavailable"),
+}
+_BODY_ERRORS: Final = {
+    "400": _error("malformed JSON or an invalid body"),
+    "413": _error("the body exceeds the limit (refused before it is read whole)"),
+    "415": _error("the body is not application/json"),
+}
+_DECISION_ID: Final = {
+    "name": "decision_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 128},
+}
+_NULLABLE_STRING: Final = {"type": ["string", "null"]}
+
+_SCHEMAS: Final[dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "enum": _ERROR_CODES},
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Request": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["action", "resource", "runtime"],
+        "properties": {
+            "action": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "resource": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "runtime": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "args": {"type": ["object", "null"]},
+            "parent": _NULLABLE_STRING,
+        },
+    },
+    "Submission": {
+        "description": "The one wire shape of a decision request (DESIGN §6).",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["request"],
+        "properties": {
+            "request": _ref("Request"),
+            "artifact": {"type": "string", "description": "compact JWS"},
+            "proof": {"type": "string", "description": "compact JWS"},
+            "attestation": {"type": ["string", "null"], "description": "compact JWS"},
+        },
+    },
+    "Reason": {
+        "type": "object",
+        "required": ["code", "detail"],
+        "properties": {"code": {"type": "string"}, "detail": {"type": "string"}},
+    },
+    "Decision": {
+        "type": "object",
+        "required": ["decision_id", "outcome", "reasons", "policy_hash", "decided_at"],
+        "properties": {
+            "decision_id": {"type": "string"},
+            "outcome": {
+                "type": "string",
+                "enum": ["proceed", "pause", "reroute", "deny", "fail_closed"],
+            },
+            "reasons": {"type": "array", "items": _ref("Reason")},
+            "request_hash": _NULLABLE_STRING,
+            "policy_hash": {"type": "string"},
+            "decided_at": {"type": "integer"},
+            "artifact_jti": _NULLABLE_STRING,
+            "chain": {"type": "array", "items": {"type": "string"}},
+            "rule": _NULLABLE_STRING,
+            "route": _NULLABLE_STRING,
+            "log_index": {"type": ["integer", "null"]},
+            "receipt": {"type": ["string", "null"], "description": "compact JWS receipt"},
+            "approval_id": _NULLABLE_STRING,
+        },
+    },
+    "OutcomeReport": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["succeeded", "failed"]},
+            "exit_code": {"type": ["integer", "null"]},
+            "result_digest": {"type": ["string", "null"], "pattern": "^sha256:[0-9a-f]{64}$"},
+        },
+    },
+    "LoggedRecord": {
+        "type": "object",
+        "required": ["index", "record"],
+        "properties": {"index": {"type": "integer"}, "record": {"type": ["object", "null"]}},
+    },
+}
+
+_PATHS: Final[dict[str, Any]] = {
+    "/v1/decisions": {
+        "post": {
+            "summary": "Decide one request; 200 for every outcome (the outcome is in the body)",
+            "operationId": "decide",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("Submission")}},
+            },
+            "responses": {
+                "200": _json(_ref("Decision"), "the decision, with its signed receipt"),
+                **_BODY_ERRORS,
+                **_COMMON_ERRORS,
+            },
+        }
+    },
+    "/v1/decisions/{decision_id}": {
+        "get": {
+            "summary": "The logged decision record and its outcome record, if any",
+            "operationId": "getDecision",
+            "parameters": [_DECISION_ID],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "decision_id": {"type": "string"},
+                            "decision": _ref("LoggedRecord"),
+                            "outcome": {"oneOf": [_ref("LoggedRecord"), {"type": "null"}]},
+                        },
+                    },
+                    "the logged records",
+                ),
+                **_COMMON_ERRORS,
+            },
+        }
+    },
+    "/v1/decisions/{decision_id}/outcome": {
+        "post": {
+            "summary": "Report what happened when a proceed/reroute decision ran",
+            "operationId": "reportOutcome",
+            "parameters": [_DECISION_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("OutcomeReport")}},
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "decision_id": {"type": "string"},
+                            "log_index": {"type": "integer"},
+                        },
+                    },
+                    "the outcome record's log index",
+                ),
+                "409": _error("nothing executed, or the outcome is already logged"),
+                **_BODY_ERRORS,
+                **_COMMON_ERRORS,
+            },
+        }
+    },
+    "/v1/audit/checkpoint": {
+        "get": {
+            "summary": "A signed C2SP checkpoint of the log as it is now",
+            "operationId": "getCheckpoint",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "origin": {"type": "string"},
+                            "size": {"type": "integer"},
+                            "checkpoint": {"type": "string"},
+                        },
+                    },
+                    "the signed note",
+                ),
+                **_COMMON_ERRORS,
+            },
+        }
+    },
+    "/v1/audit/entries": {
+        "get": {
+            "summary": "A page of log entries [start, end), at most 1000",
+            "operationId": "getEntries",
+            "parameters": [
+                {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "end", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "start": {"type": "integer"},
+                            "end": {"type": "integer"},
+                            "size": {"type": "integer"},
+                            "next": {"type": ["integer", "null"]},
+                            "entries": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "index": {"type": "integer"},
+                                        "record": {"type": ["object", "null"]},
+                                        "entry": {
+                                            "type": "string",
+                                            "description": "base64 of the exact logged bytes",
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "the entries",
+                ),
+                "400": _error("start or end is not a non-negative integer, or end < start"),
+                **_COMMON_ERRORS,
+            },
+        }
+    },
+    "/v1/audit/proofs/{index}": {
+        "get": {
+            "summary": "C2SP tlog-proof evidence for one entry (checkpoint + inclusion path)",
+            "operationId": "getProof",
+            "parameters": [
+                {
+                    "name": "index",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "format": {"const": "c2sp-tlog-proof"},
+                            "evidence": {"type": "string"},
+                        },
+                    },
+                    "the evidence, verifiable offline with the node's public key",
+                ),
+                **_COMMON_ERRORS,
+            },
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "The process is alive",
+            "operationId": "healthz",
+            "responses": {"200": _json({"type": "object"}, "alive")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Keys and policy loaded, store and audit log reachable",
+            "operationId": "readyz",
+            "responses": {
+                "200": _json({"type": "object"}, "ready"),
+                "503": _error("not ready"),
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")},
+        }
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may not change the shared one)."""
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "execgate decision API",
+                "version": "1",
+                "description": "First slice of DESIGN §6 (HTTP): decisions, outcomes, audit.",
+            },
+            "paths": _PATHS,
+            "components": {"schemas": _SCHEMAS},
+        }
+    )

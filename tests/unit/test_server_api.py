@@ -1,0 +1,464 @@
+"""The HTTP decision API in process (httpx ``ASGITransport``, lifespan included): every
+endpoint, every typed error, and that no error decides or logs anything.
+
+Starlette's ``TestClient`` is not used: from Starlette 1.x on it warns that it wants
+``httpx2``, and warnings are errors here. ``Client`` below is the same idea in a few
+lines: one event loop in a thread (an anyio blocking portal) runs the app's lifespan and
+every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from anyio.from_thread import start_blocking_portal
+from gatekit import GATEWAY_ID, Kit, make_kit
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import Message
+
+import execgate.server.app as server_app
+from execgate.audit.checkpoint import verify_tlog_proof
+from execgate.pipeline import Gateway
+from execgate.receipts import verify_receipt
+from execgate.server import create_app
+from execgate.store.unavailable import UnavailableStore
+
+SHELL = ({"action": "shell.exec", "resource": "host:**"},)
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+class Client:
+    """A synchronous client for an ASGI app, with its lifespan run (or not)."""
+
+    def __init__(self, app: Starlette, *, lifespan: bool = True) -> None:
+        self.app = app
+        self._stack = ExitStack()
+        self._portal = self._stack.enter_context(start_blocking_portal())
+        if lifespan:
+            context = app.router.lifespan_context(app)
+            self._stack.enter_context(self._portal.wrap_async_context_manager(context))
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+        )
+
+    def close(self) -> None:
+        self._portal.call(self._client.aclose)
+        self._stack.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            return await self._client.request(method, url, **kwargs)
+
+        return self._portal.call(send)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+
+@pytest.fixture
+def client(kit: Kit) -> Iterator[Client]:
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as c:
+        yield c
+
+
+def decide(client: Client, submission: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/decisions", json=submission)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def error_of(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    code: str = body["error"]["code"]
+    return code
+
+
+def log_size(client: Client) -> int:
+    size: int = client.get("/v1/audit/entries").json()["size"]
+    return size
+
+
+# -- decisions: 200 for every outcome, the outcome in the body ----------------------------
+
+
+def test_proceed_returns_the_decision_with_a_verifying_receipt(kit: Kit, client: Client) -> None:
+    body = decide(client, kit.submit())
+    assert body["outcome"] == "proceed"
+    assert body["reasons"] == []
+    assert body["log_index"] == 0
+    key = kit.node_key.public
+    claims = verify_receipt(
+        body["receipt"], keys={key.thumbprint(): key}, now=kit.clock.now, leeway=0
+    )
+    assert claims["outcome"] == "proceed"
+
+
+@pytest.mark.parametrize(
+    ("action", "amount", "outcome", "code"),
+    [
+        ("payments.refund", 5, "deny", "policy.denied"),
+        ("payments.transfer", 5000, "pause", "approval.required"),
+    ],
+)
+def test_non_proceed_outcomes_are_200_with_a_reason(
+    kit: Kit, client: Client, action: str, amount: int, outcome: str, code: str
+) -> None:
+    body = decide(client, kit.submit(kit.request(action, amount=amount)))
+    assert body["outcome"] == outcome
+    assert body["reasons"][0]["code"] == code
+    assert body["receipt"]
+
+
+def test_reroute_names_its_target(kit: Kit, client: Client) -> None:
+    request = kit.request("shell.exec", "host:build-1", argv=["ls"], cwd="/")
+    body = decide(client, kit.submission(request, kit.artifact(SHELL)))
+    assert (body["outcome"], body["route"]) == ("reroute", "sandbox")
+
+
+def test_a_replayed_submission_is_denied(kit: Kit, client: Client) -> None:
+    submission = kit.submit()
+    assert decide(client, submission)["outcome"] == "proceed"
+    again = decide(client, submission)
+    assert again["outcome"] == "deny"
+    assert [r["code"] for r in again["reasons"]] == ["replay.detected"]
+
+
+def test_a_failing_clock_is_fail_closed_not_an_http_error(kit: Kit, client: Client) -> None:
+    submission = kit.submit()
+    kit.clock.error = RuntimeError("clock broke")
+    body = decide(client, submission)
+    assert body["outcome"] == "fail_closed"
+    assert body["reasons"][0]["code"] == "internal.error"
+
+
+def test_a_store_that_is_down_answers_fail_closed(kit: Kit) -> None:
+    app = create_app(open_gateway=lambda: kit.gateway(UnavailableStore("disk gone")))
+    with Client(app) as client:
+        body = decide(client, kit.submit())
+        assert body["outcome"] == "fail_closed"
+        assert body["receipt"] is None
+        assert error_of(client.get("/readyz"), 503) == "not_ready"
+        assert error_of(client.get("/v1/audit/entries"), 503) == "store.unavailable"
+
+
+# -- typed errors: nothing decided, nothing logged ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "request.malformed_json"),
+        (b'{"request": 1, "request": 2}', 400, "request.malformed_json"),
+        (b'{"x": NaN}', 400, "request.malformed_json"),
+        (b"\xff\xfe", 400, "request.malformed_json"),
+        (b"[]", 400, "request.invalid"),
+        (b'{"artifact": "a.b.c"}', 400, "request.invalid"),
+        (
+            b'{"request": {"action": "a", "resource": "r", "runtime": "x"}, "extra": 1}',
+            400,
+            "request.invalid",
+        ),
+    ],
+)
+def test_bad_bodies_are_typed_400s(client: Client, body: bytes, status: int, code: str) -> None:
+    response = client.post(
+        "/v1/decisions", content=body, headers={"content-type": "application/json"}
+    )
+    assert error_of(response, status) == code
+    assert log_size(client) == 0
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/jsonx", "form"])
+def test_wrong_content_type_is_415(kit: Kit, client: Client, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = client.post("/v1/decisions", content=json.dumps(kit.submit()), headers=headers)
+    assert error_of(response, 415) == "request.unsupported_media_type"
+    assert log_size(client) == 0
+
+
+def test_json_with_a_charset_is_accepted(kit: Kit, client: Client) -> None:
+    response = client.post(
+        "/v1/decisions",
+        content=json.dumps(kit.submit()),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert response.json()["outcome"] == "proceed"
+
+
+def test_an_oversized_body_is_413(client: Client) -> None:
+    big = b'{"request": "' + b"x" * server_app.DECISION_BODY_LIMIT + b'"}'
+    response = client.post(
+        "/v1/decisions", content=big, headers={"content-type": "application/json"}
+    )
+    assert error_of(response, 413) == "request.too_large"
+    assert log_size(client) == 0
+
+
+def test_a_bad_content_length_is_400(client: Client) -> None:
+    response = client.post(
+        "/v1/decisions",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": "-1"},
+    )
+    assert error_of(response, 400) == "request.bad_content_length"
+
+
+async def _asgi_post(
+    app: Any, path: str, chunks: list[bytes], content_length: int | None
+) -> tuple[int, dict[str, Any], int]:
+    """Drive the app directly: return (status, body, how many chunks it read)."""
+    headers = [(b"content-type", b"application/json")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    read = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal read
+        read += 1
+        more = read < len(chunks)
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": more}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), read
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_declared_oversized_body_is_refused_before_reading_it(
+    kit: Kit, anyio_backend: str
+) -> None:
+    app = create_app(open_gateway=kit.gateway)
+    chunks = [b"x" * 1024] * 10
+    status, body, read = await _asgi_post(
+        app, "/v1/decisions", chunks, server_app.DECISION_BODY_LIMIT + 1
+    )
+    assert (status, body["error"]["code"], read) == (413, "request.too_large", 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("declared", [None, 10])
+async def test_a_streamed_body_stops_being_read_past_the_limit(
+    kit: Kit, anyio_backend: str, declared: int | None
+) -> None:
+    """No Content-Length, or one that lies: reading stops at the first chunk past it."""
+    app = create_app(open_gateway=kit.gateway)
+    chunk = 64 * 1024
+    chunks = [b" " * chunk] * (server_app.OUTCOME_BODY_LIMIT // chunk + 50)
+    status, body, read = await _asgi_post(app, "/v1/decisions/x/outcome", chunks, declared)
+    assert (status, body["error"]["code"]) == (413, "request.too_large")
+    assert read == 1  # one 64 KiB chunk already exceeds the 16 KiB outcome limit
+    chunks = [b" " * 1024] * (server_app.DECISION_BODY_LIMIT // 1024 + 100)
+    status, body, read = await _asgi_post(app, "/v1/decisions", chunks, None)
+    assert (status, body["error"]["code"]) == (413, "request.too_large")
+    assert read == server_app.DECISION_BODY_LIMIT // 1024 + 1
+
+
+def test_unknown_routes_are_404(client: Client) -> None:
+    assert error_of(client.get("/nope"), 404) == "route.not_found"
+    assert error_of(client.get("/v1/audit/proofs/abc"), 404) == "route.not_found"
+    assert error_of(client.post("/v1/decision", json={}), 404) == "route.not_found"
+
+
+def test_wrong_methods_are_405_with_allow(client: Client) -> None:
+    response = client.get("/v1/decisions")
+    assert error_of(response, 405) == "method.not_allowed"
+    assert response.headers["allow"] == "POST"
+    assert error_of(client.delete("/v1/audit/checkpoint"), 405) == "method.not_allowed"
+    assert error_of(client.put("/v1/decisions/x/outcome", json={}), 405) == "method.not_allowed"
+
+
+def test_an_unexpected_failure_is_a_typed_500(kit: Kit, client: Client) -> None:
+    gateway: Gateway = client.app.state.gateway
+
+    def broken(decision_id: str, kind: str) -> None:
+        raise RuntimeError("bug")
+
+    gateway.store.find = broken  # type: ignore[method-assign]
+    assert error_of(client.get("/v1/decisions/abc"), 500) == "internal.error"
+
+
+# -- decision records and outcomes --------------------------------------------------------
+
+
+def test_get_decision_returns_the_logged_record_and_its_outcome(kit: Kit, client: Client) -> None:
+    decided = decide(client, kit.submit())
+    decision_id = decided["decision_id"]
+    body = client.get(f"/v1/decisions/{decision_id}").json()
+    assert body["decision"]["index"] == decided["log_index"]
+    assert body["decision"]["record"]["outcome"] == "proceed"
+    assert body["decision"]["record"]["request_hash"] == decided["request_hash"]
+    assert body["outcome"] is None
+
+    digest = "sha256:" + "ab" * 32
+    response = client.post(
+        f"/v1/decisions/{decision_id}/outcome",
+        json={"status": "succeeded", "exit_code": 0, "result_digest": digest},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"decision_id": decision_id, "log_index": 1}
+    outcome = client.get(f"/v1/decisions/{decision_id}").json()["outcome"]
+    assert outcome["index"] == 1
+    assert outcome["record"]["result_digest"] == digest
+
+    again = client.post(f"/v1/decisions/{decision_id}/outcome", json={"status": "failed"})
+    assert error_of(again, 409) == "outcome.conflict"
+    assert log_size(client) == 2
+
+
+def test_outcome_errors(kit: Kit, client: Client) -> None:
+    denied = decide(client, kit.submit(kit.request("payments.refund", amount=1)))["decision_id"]
+    proceeded = decide(client, kit.submit())["decision_id"]
+    post = client.post
+    assert error_of(post(f"/v1/decisions/{denied}/outcome", json={"status": "succeeded"}), 409) == (
+        "outcome.conflict"
+    )
+    assert error_of(post("/v1/decisions/nope/outcome", json={"status": "succeeded"}), 404) == (
+        "decision.not_found"
+    )
+    url = f"/v1/decisions/{proceeded}/outcome"
+    bads: list[object] = [{"status": "maybe"}, {"status": 1}, {}, [], {"status": "failed", "x": 1}]
+    for bad in bads:
+        assert error_of(post(url, json=bad), 400) == "request.invalid", bad
+    bad_code = {"status": "failed", "exit_code": "1"}
+    assert error_of(post(url, json=bad_code), 400) == "request.invalid"
+    assert error_of(post(url, content=b"status=ok"), 415) == "request.unsupported_media_type"
+    assert log_size(client) == 2
+
+
+def test_unknown_and_absurd_decision_ids_are_404(client: Client) -> None:
+    assert error_of(client.get("/v1/decisions/nope"), 404) == "decision.not_found"
+    assert error_of(client.get("/v1/decisions/" + "x" * 500), 404) == "decision.not_found"
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+def test_checkpoint_entries_and_proofs(kit: Kit, client: Client) -> None:
+    for _ in range(3):
+        decide(client, kit.submit())
+    checkpoint = client.get("/v1/audit/checkpoint").json()
+    assert (checkpoint["origin"], checkpoint["size"]) == (GATEWAY_ID, 3)
+    assert checkpoint["checkpoint"].startswith(f"{GATEWAY_ID}\n3\n")
+
+    page = client.get("/v1/audit/entries", params={"start": 1, "end": 3}).json()
+    assert (page["start"], page["end"], page["size"], page["next"]) == (1, 3, 3, None)
+    assert [e["index"] for e in page["entries"]] == [1, 2]
+    entry = base64.b64decode(page["entries"][0]["entry"])
+    assert json.loads(entry) == page["entries"][0]["record"]
+
+    proof = client.get("/v1/audit/proofs/1").json()
+    assert proof["format"] == "c2sp-tlog-proof"
+    gateway: Gateway = client.app.state.gateway
+    verified = verify_tlog_proof(proof["evidence"], entry, gateway.audit.verifier)
+    assert verified.size == 3
+    assert error_of(client.get("/v1/audit/proofs/3"), 404) == "audit.index_not_found"
+
+
+def test_entries_pages_are_bounded(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_app, "MAX_PAGE", 2)
+    for _ in range(3):
+        decide(client, kit.submit())
+    page = client.get("/v1/audit/entries").json()
+    assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1], 2)
+    page = client.get("/v1/audit/entries", params={"start": 2, "end": 100}).json()
+    assert ([e["index"] for e in page["entries"]], page["next"]) == ([2], None)
+    page = client.get("/v1/audit/entries", params={"start": 10}).json()
+    assert (page["entries"], page["next"], page["end"]) == ([], None, 10)
+
+
+@pytest.mark.parametrize("query", ["start=-1", "start=x", "end=1.5", "start=3&end=2"])
+def test_bad_entry_queries_are_400(client: Client, query: str) -> None:
+    assert error_of(client.get(f"/v1/audit/entries?{query}"), 400) == "request.invalid_query"
+
+
+# -- health and the OpenAPI document ------------------------------------------------------
+
+
+def test_healthz_and_readyz(client: Client) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["gateway"] == GATEWAY_ID
+
+
+def test_readyz_is_503_before_the_gateway_opens(kit: Kit) -> None:
+    with Client(create_app(open_gateway=kit.gateway), lifespan=False) as client:
+        assert error_of(client.get("/readyz"), 503) == "not_ready"
+        assert client.get("/healthz").status_code == 200
+
+
+def test_openapi_describes_every_route_and_nothing_else(client: Client) -> None:
+    document = client.get("/openapi.json").json()
+    assert document["openapi"] == "3.1.0"
+    routes = client.app.routes
+    described = {
+        (path, method.upper()) for path, ops in document["paths"].items() for method in ops
+    }
+    served = set()
+    for route in routes:
+        assert isinstance(route, Route)
+        path = route.path.replace(":int", "")
+        served |= {(path, m) for m in route.methods or () if m != "HEAD"}
+    assert described == served
+    for path, ops in document["paths"].items():
+        for op in ops.values():
+            assert "200" in op["responses"], path
+            for parameter in op.get("parameters", []):
+                assert "{" + parameter["name"] + "}" in path or parameter["in"] == "query"

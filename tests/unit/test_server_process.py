@@ -1,0 +1,216 @@
+"""``execgate serve`` as a real process on a loopback port: real HTTP requests, several
+workers sharing one SQLite home, and a graceful stop on SIGTERM.
+
+Each server is started by its own pid in its own session, on a port found free just
+before (uvicorn's command line cannot report a port 0 binding), and stopped by that pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gatekit import Kit, make_kit
+
+from execgate.store.sqlite import SQLiteStore
+
+START_TIMEOUT = 10.0
+_EXECGATE = (sys.executable, "-m", "execgate")
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    k.clock.t = time.time()  # the server reads the real clock
+    yield k
+    k.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (a clean stop is 0)."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=15)
+
+    def stderr(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def serve(kit: Kit, *, workers: int = 1) -> Iterator[Server]:
+    env = {k: v for k, v in os.environ.items() if k != "EXECGATE_HOME"}
+    for attempt in range(3):
+        port = _free_port()
+        argv = [*_EXECGATE, "--home", str(kit.home), "serve", "--port", str(port)]
+        log = kit.home.parent / f"serve-{port}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                [*argv, "--workers", str(workers)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        server = Server(proc, port, log)
+        deadline = time.monotonic() + START_TIMEOUT
+        ready = False  # one successful probe only: it is the only request served before
+        while not ready and proc.poll() is None and time.monotonic() < deadline:
+            ready = _ready(server.url)
+            time.sleep(0 if ready else 0.05)
+        if ready:
+            break
+        _kill(proc)
+        if attempt == 2:
+            pytest.fail(f"execgate serve did not start: {server.stderr()}")
+    try:
+        yield server
+    finally:
+        _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Whatever a test left running of this one server: its own process group."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _decide(url: str, submission: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(url + "/v1/decisions", json=submission, timeout=10.0)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_serve_decides_over_http_and_stops_cleanly(kit: Kit) -> None:
+    with serve(kit) as server:
+        submission = kit.submit()
+        proceed = _decide(server.url, submission)
+        assert proceed["outcome"] == "proceed"
+        assert proceed["receipt"]
+        replay = _decide(server.url, submission)
+        assert [r["code"] for r in replay["reasons"]] == ["replay.detected"]
+        deny = _decide(server.url, kit.submit(kit.request("payments.refund", amount=1)))
+        assert [r["code"] for r in deny["reasons"]] == ["policy.denied"]
+        logged = httpx.get(f"{server.url}/v1/decisions/{proceed['decision_id']}").json()
+        assert logged["decision"]["index"] == proceed["log_index"]
+        missing = httpx.get(server.url + "/nope")
+        assert missing.json()["error"]["code"] == "route.not_found"
+        assert server.stop() == 0
+        assert "Traceback" not in server.stderr()
+    with closing(SQLiteStore(kit.config.store)) as store:
+        assert store.size() == 3
+
+
+def _opened(pid: str, path: Path) -> bool:
+    """Whether process ``pid`` has the file open (the SQLite store opens its connection
+    on first use, so a worker has the home's store open once it has served a request
+    that touches it)."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def test_two_workers_share_the_home_with_dense_log_indexes(kit: Kit) -> None:
+    """Concurrent decisions through two worker processes sharing the one SQLite home: the
+    log indexes stay dense. Only one worker has served anything before the batches (the
+    readiness probe that answered); the kernel picks which worker accepts, so batches are
+    sent until the other has opened the store too, i.e. served decisions."""
+    batch = 12
+    with serve(kit, workers=2) as server:
+        pid = server.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert len(children) >= 2  # the uvicorn workers (and multiprocessing's helper)
+        decided: list[dict[str, Any]] = []
+        for _ in range(4):
+            submissions = [kit.submit() for _ in range(batch)]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                decided += pool.map(lambda s: _decide(server.url, s), submissions)
+            writers = [c for c in children if _opened(c, kit.config.store)]
+            if len(writers) >= 2:
+                break
+        assert len(writers) >= 2, "only one worker served the requests"
+        count = len(decided)
+        assert {d["outcome"] for d in decided} == {"proceed"}
+        assert sorted(d["log_index"] for d in decided) == list(range(count))
+        page = httpx.get(server.url + "/v1/audit/entries", params={"end": count}).json()
+        assert page["size"] == count
+        by_index = {e["index"]: e["record"]["decision_id"] for e in page["entries"]}
+        assert by_index == {d["log_index"]: d["decision_id"] for d in decided}
+        proof = httpx.get(f"{server.url}/v1/audit/proofs/{count - 1}").json()
+        assert proof["format"] == "c2sp-tlog-proof"
+        assert server.stop() == 0
+
+
+def test_sigterm_lets_an_in_flight_decision_finish(kit: Kit) -> None:
+    """A decision whose body is still arriving when SIGTERM comes is decided, logged and
+    answered before the process exits."""
+    body = json.dumps(kit.submit()).encode()
+    half = len(body) // 2
+    with serve(kit) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            head = (
+                "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            conn.sendall(head.encode() + body[:half])
+            time.sleep(0.3)  # the server has the request; its decision is in flight
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert server.proc.poll() is None  # still finishing the request
+            conn.sendall(body[half:])
+            response = b""
+            while chunk := conn.recv(65536):
+                response += chunk
+        status, _, rest = response.partition(b"\r\n")
+        assert status == b"HTTP/1.1 200 OK"
+        decision = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert decision["outcome"] == "proceed"
+        assert server.proc.wait(timeout=15) == 0
+    with closing(SQLiteStore(kit.config.store)) as store:
+        assert store.size() == 1
+
+
+def test_serve_refuses_a_broken_home_before_binding(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*_EXECGATE, "--home", str(tmp_path / "none"), "serve", "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("execgate: error:")
