@@ -367,3 +367,22 @@ def test_projection_never_changes_a_result(artifact: dict[str, Any]) -> None:
         )
         whole = Inputs({}, request=request, artifact=artifact, environment={}, now=0)
         assert _outcome(condition, projected) == _outcome(condition, whole), source
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("request.exists(k, k == 'parent')", True),
+        ("request.all(k, k != 'parent')", False),
+        ("request.exists_one(k, k == 'action')", True),
+        ("request.filter(k, k == 'args').size() == 1", True),
+        ("request.size() == 3", True),
+    ],
+)
+def test_macros_on_a_whole_input_see_the_whole_input(source: str, expected: bool) -> None:
+    """A macro called on an input reads all of it, not a key named after the macro."""
+    condition = Condition(source)
+    assert condition.reads["request"] is None
+    request = {"action": "a", "args": {}, "parent": "r"}
+    inputs = Inputs(condition.reads, request=request, artifact={}, environment={}, now=0)
+    assert condition.evaluate(inputs) is expected

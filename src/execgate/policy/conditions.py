@@ -138,6 +138,10 @@ def _keys_read(source: str, name: str) -> frozenset[str] | None:
         selector = _KEY.match(source, occurrence.end())
         if selector is None or source[: occurrence.start()].rstrip().endswith("."):
             return None
+        # `input.exists(...)`, `input.size()`: a macro or method on the whole input, not a
+        # key read; the whole input must be there for it to see.
+        if source[selector.end() :].lstrip().startswith("("):
+            return None
         keys.add(next(group for group in selector.groups() if group is not None))
     return frozenset(keys)
 
