@@ -24,6 +24,8 @@ def validate_glob(pattern: object) -> str:
         raise ValueError("a glob must be a non-empty string")
     if len(pattern) > _MAX_PATTERN:
         raise ValueError(f"a glob may be at most {_MAX_PATTERN} characters")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in pattern):
+        raise ValueError("a glob may not hold control characters")
     if "***" in pattern:
         raise ValueError(f"glob {pattern!r} has '***'; use '*' or '**'")
     return pattern

@@ -229,7 +229,9 @@ def check_review(
 
 
 def _check_reviewer(approver: Approver, kid: str, pending: Pending) -> None:
-    if approver.id in pending.excluded or kid in pending.excluded:
+    # Any of the approver's keys, not only the one that signed: a principal with a second
+    # key is still the principal.
+    if approver.id in pending.excluded or any(k in pending.excluded for k in {kid, *approver.keys}):
         raise ApprovalError(
             f"{approver.id} is a principal of this request (runtime, delegator, requester or"
             " beneficiary) and cannot review it"

@@ -278,6 +278,8 @@ def _verify_delegated(
         parent_gov=parent.gov,
         child_uses=child.uses,
         parent_uses=parent.uses,
+        child_att=child.claims.get("att") or {},
+        parent_att=parent.claims.get("att") or {},
     )
     if problem is not None:
         raise VerificationError("lineage.attenuation_violated", problem)

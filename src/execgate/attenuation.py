@@ -4,7 +4,7 @@ Each check compares one aspect of a child with its parent and returns ``None`` w
 child is no wider, or a sentence saying where it widens. ``widening`` runs them all.
 Together they make delegation monotone: whatever request a child admits, its parent
 admits too (grants, constraints, audience, validity window, environment, governance,
-and uses), so a chain can never grant more than its root.
+uses, and attribution), so a chain can never grant more than its root.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from execgate.scope import Grant
 
 __all__ = [
+    "att_widening",
     "audience_widening",
     "env_widening",
     "gov_widening",
@@ -67,6 +68,15 @@ def gov_widening(child: Mapping[str, str], parent: Mapping[str, str]) -> str | N
     return None
 
 
+def att_widening(child: Mapping[str, str], parent: Mapping[str, str]) -> str | None:
+    """Attribution (on whose behalf, requested by whom) is inherited: a delegator may add
+    to it, never rewrite it, or a policy reading it could be told anything."""
+    for key, value in parent.items():
+        if child.get(key) != value:
+            return f"attribution {key!r} of the parent is dropped or changed"
+    return None
+
+
 def uses_widening(child: int | None, parent: int | None) -> str | None:
     if parent is None:
         return None
@@ -89,6 +99,8 @@ def widening(
     parent_gov: Mapping[str, str],
     child_uses: int | None,
     parent_uses: int | None,
+    child_att: Mapping[str, str] | None = None,
+    parent_att: Mapping[str, str] | None = None,
 ) -> str | None:
     """The first way the child is wider than its parent, or ``None``."""
     return (
@@ -98,4 +110,5 @@ def widening(
         or env_widening(child_env, parent_env)
         or gov_widening(child_gov, parent_gov)
         or uses_widening(child_uses, parent_uses)
+        or att_widening(child_att or {}, parent_att or {})
     )

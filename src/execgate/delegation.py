@@ -65,8 +65,9 @@ def delegate_artifact(
     """Mint a child of ``parent`` for ``subject``/``runtime_key``, signed by the holder.
 
     ``ttl`` defaults to the parent's remaining life and may not exceed it; ``audience``
-    defaults to the parent's; ``env`` and ``gov`` are added to the parent's (a key of
-    the parent may only be narrowed, never dropped); ``uses`` defaults to the parent's.
+    defaults to the parent's; ``env``, ``gov`` and ``att`` are added to the parent's (a
+    key of the parent may only be narrowed, never dropped or rewritten); ``uses``
+    defaults to the parent's.
     """
     p = _parent_claims(parent)
     holder = holder_key.public.thumbprint()
@@ -82,6 +83,7 @@ def delegate_artifact(
     for key, value in (env or {}).items():
         child_env[key] = list(value) if isinstance(value, list | tuple) else value
     child_gov = {**p.get("gov", {}), **(gov or {})}
+    child_att = {**p.get("att", {}), **(att or {})}
     claims: dict[str, Any] = {
         "iss": holder,
         "sub": subject,
@@ -102,8 +104,8 @@ def delegate_artifact(
         claims["env"] = child_env
     if child_gov:
         claims["gov"] = child_gov
-    if att:
-        claims["att"] = dict(att)
+    if child_att:
+        claims["att"] = child_att
     child_uses = p.get("uses") if uses is None else uses
     if child_uses is not None:
         claims["uses"] = child_uses
@@ -126,6 +128,8 @@ def delegate_artifact(
             parent_gov=p.get("gov", {}),
             child_uses=child_uses,
             parent_uses=p.get("uses"),
+            child_att=child_att,
+            parent_att=p.get("att", {}),
         )
     except (ValueError, VerificationError) as exc:
         raise ValueError(f"cannot delegate: {exc}") from exc

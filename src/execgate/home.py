@@ -180,7 +180,7 @@ def load_config(home: Path) -> GatewayConfig:
         leeway=_int(limits, "leeway", 60, 0, 60, str(path)),
         proof_max_age=_int(limits, "proof_max_age", 120, 1, 3600, str(path)),
         receipt_ttl=_int(limits, "receipt_ttl", 86400, 60, 31 * 86400, str(path)),
-        max_depth=_int(limits, "max_depth", 8, 0, 32, str(path)),
+        max_depth=_int(limits, "max_depth", 8, 0, 8, str(path)),
         checkpoint_every=_int(audit, "checkpoint_every", 1000, 1, 10**9, str(path)),
         checkpoint_interval=_int(audit, "checkpoint_interval", 300, 1, 86400, str(path)),
         targets={name: t.get("description", "") for name, t in targets.items()},

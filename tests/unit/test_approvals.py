@@ -140,3 +140,22 @@ def test_approvers_removed_from_the_trust_store_no_longer_count() -> None:
         t.authorities, {}, None, {k: v for k, v in t.approvers.items() if k != "bob"}
     )
     assert not quorum_met(p, reviews, smaller)
+
+
+def test_a_principal_cannot_review_with_a_second_key() -> None:
+    """Ana holds the runtime key and another one: neither key lets her approve."""
+    runtime_key, other_key = PrivateKey.generate(), PrivateKey.generate()
+    authority = PrivateKey.generate().public
+    ana = Approver(
+        "ana",
+        ("finance",),
+        {k.public.thumbprint(): k.public for k in (runtime_key, other_key)},
+    )
+    t = TrustStore(
+        {"auth": Authority("auth", {authority.thumbprint(): authority}, ())}, {}, None, {"ana": ana}
+    )
+    p = pending(excluded=excluded_principals(["agent-1"], [runtime_key.public.thumbprint()], []))
+    for key in (runtime_key, other_key):
+        token = sign_review(key=key, approver="ana", pending=p, verdict="approve", now=NOW)
+        with pytest.raises(ApprovalError, match="principal"):
+            check_review(token, pending=p, trust=t, now=NOW, leeway=0)

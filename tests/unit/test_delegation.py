@@ -207,13 +207,34 @@ def test_root_from_an_untrusted_authority(kit: Kit) -> None:
         ({"gov": None}, "gov dropped"),
         ({"uses": 3}, "more uses"),
         ({"uses": None}, "unlimited under a limited parent"),
+        ({"att": {"on_behalf_of": "cfo"}}, "attribution rewritten"),
+        ({"att": None}, "attribution dropped"),
     ],
 )
 def test_every_widening_is_refused(kit: Kit, overrides: dict[str, Any], why: str) -> None:
-    chain = Chain(kit, gov={"ticket": "T-1"}, env={"region": ["eu-west-1"]}, uses=2)
-    base = {"env": {"region": ["eu-west-1"]}, "gov": {"ticket": "T-1"}, "uses": 2}
+    chain = Chain(
+        kit,
+        gov={"ticket": "T-1"},
+        env={"region": ["eu-west-1"]},
+        uses=2,
+        att={"on_behalf_of": "intern"},
+    )
+    base = {
+        "env": {"region": ["eu-west-1"]},
+        "gov": {"ticket": "T-1"},
+        "uses": 2,
+        "att": {"on_behalf_of": "intern"},
+    }
     token = forge_child(kit, chain.tokens[0], kit.runtime.key, **{**base, **overrides})
     assert code_of(kit, token) == "lineage.attenuation_violated", why
+
+
+def test_delegation_keeps_the_parents_attribution_and_may_add_to_it(kit: Kit) -> None:
+    chain = Chain(kit, att={"on_behalf_of": "intern"})
+    art = check(kit, chain.extend(att={"requested_by": "ops-bot"}))
+    assert art.claims["att"] == {"on_behalf_of": "intern", "requested_by": "ops-bot"}
+    with pytest.raises(ValueError, match="attribution"):
+        chain.extend(att={"on_behalf_of": "cfo"})
 
 
 def test_the_same_child_without_widening_verifies(kit: Kit) -> None:
