@@ -50,12 +50,13 @@ class ApprovalFlow:
         assert state.request_hash is not None
         assert state.request is not None
         chain = tuple(link.jti for link in artifact.chain)
+        links = tuple(link.digest for link in artifact.chain)
         live: list[tuple[Pending, list[Review]]] = []
         expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):
             pending = Pending.from_json(row.body, row.status)
-            if (pending.chain, pending.policy_hash, pending.rule) != (
-                chain,
+            if (pending.links, pending.policy_hash, pending.rule) != (
+                links,
                 self.policy.hash,
                 rule,
             ) or pending.status == "consumed":
@@ -110,6 +111,7 @@ class ApprovalFlow:
             approval_id=state.decision_id,
             request_hash=state.request_hash,
             chain=chain,
+            links=links,
             policy_hash=self.policy.hash,
             rule=rule,
             groups=spec.approvers,

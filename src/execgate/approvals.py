@@ -1,7 +1,8 @@
 """Pause, review, resume: signed m-of-n approvals bound to one exact request.
 
 A pause decision opens a ``Pending`` approval whose id is the pause decision's id. It
-is bound to the request hash, the artifact chain and the policy hash the pause was
+is bound to the request hash, the exact artifact chain (each link's token digest, not
+only its jti, which a delegator chooses) and the policy hash the pause was
 decided under, names the approver groups and the quorum each must reach, and expires at
 the rule's TTL or the artifact's ``exp``, whichever comes first.
 
@@ -62,6 +63,7 @@ class Pending:
     expires_at: int
     excluded: tuple[str, ...]  # principal ids and key ids that may not review it
     status: str = "pending"  # pending | denied | consumed
+    links: tuple[str, ...] = ()  # the digest of each link's token: the exact chain
     request: Mapping[str, Any] = field(default_factory=dict)
 
     def state(self, now: int) -> str:
@@ -83,6 +85,7 @@ class Pending:
             "expires_at": self.expires_at,
             "excluded": list(self.excluded),
             "request": dict(self.request),
+            "links": list(self.links),
         }
 
     @classmethod
@@ -101,6 +104,7 @@ class Pending:
             excluded=tuple(d["excluded"]),
             status=status,
             request=d.get("request", {}),
+            links=tuple(d.get("links", ())),
         )
 
 

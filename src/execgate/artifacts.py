@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from execgate.attenuation import widening
 from execgate.errors import JoseError, VerificationError
-from execgate.jose import PrivateKey, PublicKey, encode, parse_unverified, verify
+from execgate.jose import PrivateKey, PublicKey, encode, parse_unverified, sha256_b64url, verify
 from execgate.scope import Grant, parse_grants
 from execgate.trust import Authority, TrustStore
 
@@ -81,6 +81,7 @@ class Artifact:
     gov: Mapping[str, str]
     uses: int | None
     parent: Artifact | None = None  # set on a delegated artifact: the verified parent
+    digest: str = ""  # base64url SHA-256 of the token: this exact link, whoever minted it
 
     @property
     def chain(self) -> tuple[Artifact, ...]:
@@ -192,6 +193,7 @@ def _parse_claims(
         gov=_string_map("gov", claims["gov"], _GOV_KEYS) if "gov" in claims else {},
         uses=uses,
         parent=parent,
+        digest=sha256_b64url(token.encode("ascii")) if token else "",
     )
 
 

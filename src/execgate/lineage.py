@@ -38,11 +38,12 @@ def verify_parent(
     gateway_id: str,
     node_key: PublicKey,
     trust: TrustStore,
-    child_chain: Sequence[str],
+    child_links: Sequence[str],
     now: int,
     leeway: int,
 ) -> ParentExecution:
-    """Verify a parent receipt for a child whose artifact chain is ``child_chain``."""
+    """Verify a parent receipt for a child whose chain has the link digests ``child_links``
+    (each link's token hash: jtis are chosen by whoever mints a link, digests are not)."""
     own = node_key.thumbprint()
     keys = {**trust.mesh_keys, own: node_key}
     try:
@@ -63,8 +64,12 @@ def verify_parent(
     decision_id, chain = claims.get("did"), claims.get("chain")
     if not isinstance(decision_id, str) or not decision_id:
         raise _broken("the parent receipt names no decision")
-    if not isinstance(chain, list) or not chain or not all(isinstance(j, str) for j in chain):
-        raise _broken("the parent receipt names no artifact chain")
-    if list(child_chain[: len(chain)]) != chain:
+    links = claims.get("links")
+    for value, what in ((chain, "artifact chain"), (links, "chain links")):
+        if not isinstance(value, list) or not value or not all(isinstance(j, str) for j in value):
+            raise _broken(f"the parent receipt names no {what}")
+    assert isinstance(chain, list)
+    assert isinstance(links, list)
+    if list(child_links[: len(links)]) != links:
         raise _broken("the child's artifact does not descend from the parent's artifact")
     return ParentExecution(decision_id=decision_id, gateway=signer, chain=tuple(chain))

@@ -219,7 +219,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         if self.store.proof_seen(proof.jti):
             raise VerificationError("replay.detected", "this proof has been presented before")
         for link in artifact.chain:  # a child's use is also a use of every limited ancestor
-            if link.uses is not None and self.store.uses_consumed(link.jti) >= link.uses:
+            if link.uses is not None and self.store.uses_consumed(link.digest) >= link.uses:
                 raise VerificationError(
                     "artifact.exhausted", f"all {link.uses} uses of {link.jti} are spent"
                 )
@@ -248,7 +248,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 gateway_id=self.gateway_id,
                 node_key=self.node_key.public,
                 trust=self.trust,
-                child_chain=[link.jti for link in artifact.chain],
+                child_links=[link.digest for link in artifact.chain],
                 now=state.now,
                 leeway=self._leeway,
             )
@@ -305,7 +305,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
             # Each link, root first: who signed it (kid), whom it names (sub) and the key
             # it binds (jkt), so a revocation can be traced down the chain exactly.
             "chain_links": [
-                {"jti": link.jti, "kid": link.kid, "sub": link.subject, "jkt": link.jkt}
+                {
+                    "jti": link.jti,
+                    "kid": link.kid,
+                    "sub": link.subject,
+                    "jkt": link.jkt,
+                    "digest": link.digest,
+                }
                 for link in artifact.chain
             ]
             if artifact
@@ -361,7 +367,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
         chain_uses: tuple[UseClaim, ...] = ()
         if state.outcome.executes and artifact is not None:
             claims = tuple(
-                UseClaim(link.jti, link.uses, link.expires + self._leeway)
+                # Counted per exact link (its token's digest), not per jti: a jti is chosen
+                # by whoever mints the link and may collide with another's.
+                UseClaim(link.digest, link.uses, link.expires + self._leeway)
                 for link in artifact.chain
                 if link.uses is not None
             )

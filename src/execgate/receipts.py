@@ -28,6 +28,7 @@ def sign_receipt(
         "rh": record["request_hash"],
         "jti": record["artifact_jti"],
         "chain": record["chain"],
+        "links": [link["digest"] for link in record["chain_links"]],
         "pol": record["policy_hash"],
         "parent": record["parent_decision"],
         "route": record["route"],

@@ -367,9 +367,9 @@ def test_racing_resumes_execute_exactly_once(kit: Kit, gw: Gateway, uses: int | 
     records = [json.loads(e.entry) for e in gw.store.entries(0, gw.store.size())]
     used = [r for r in records if r["kind"] == "decision" and r["outcome"] == "proceed"]
     assert [r["approval_id"] for r in used] == [approval]
-    jti = gw._artifacts.verify(artifact, now=NOW).jti
+    link = gw._artifacts.verify(artifact, now=NOW).digest  # uses are counted per exact link
     if uses is not None:
-        assert gw.store.uses_consumed(jti) == 1  # the losers gave back what they claimed
+        assert gw.store.uses_consumed(link) == 1  # the losers gave back what they claimed
 
 
 def _racing_approvals(
