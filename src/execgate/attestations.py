@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from execgate.errors import JoseError, VerificationError
-from execgate.jose import PrivateKey, encode, verify
+from execgate.jose import PrivateKey, PublicKey, encode, verify
 from execgate.trust import TrustStore
 
 __all__ = ["ATTESTATION_TYP", "check_environment", "issue_attestation", "verify_attestation"]
@@ -16,14 +16,32 @@ MAX_ATTESTATION_BYTES: Final = 16 * 1024
 
 
 def issue_attestation(
-    *, key: PrivateKey, subject: str, env: Mapping[str, str], now: int, ttl: int
+    *,
+    key: PrivateKey,
+    subject: str,
+    runtime_key: PublicKey,
+    env: Mapping[str, str],
+    now: int,
+    ttl: int,
 ) -> str:
+    """An attester's statement that the runtime holding ``runtime_key`` runs in ``env``.
+
+    The attestation names the runtime key (``cnf.jkt``), not only the runtime id: an id
+    is chosen by whoever mints an artifact, a key is not, so an attestation of one
+    runtime cannot be presented for another that merely claims its name.
+    """
     if ttl <= 0:
         raise ValueError("ttl must be positive")
     if not env or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("env must be a non-empty object of strings")
     header = {"typ": ATTESTATION_TYP, "kid": key.public.thumbprint()}
-    claims = {"sub": subject, "iat": now, "exp": now + ttl, "env": dict(env)}
+    claims = {
+        "sub": subject,
+        "iat": now,
+        "exp": now + ttl,
+        "env": dict(env),
+        "cnf": {"jkt": runtime_key.thumbprint()},
+    }
     return encode(header, claims, key)
 
 
@@ -32,7 +50,7 @@ def _untrusted(detail: str) -> VerificationError:
 
 
 def verify_attestation(
-    token: object, *, trust: TrustStore, runtime: str, now: int, leeway: int
+    token: object, *, trust: TrustStore, runtime: str, jkt: str, now: int, leeway: int
 ) -> dict[str, str]:
     """Return the attested environment, or raise ``environment.untrusted``."""
     if token is None or token == "":
@@ -46,10 +64,13 @@ def verify_attestation(
     except JoseError as exc:
         raise _untrusted(f"attestation rejected: {exc.detail}") from exc
     claims: Mapping[str, Any] = verified.claims
-    if set(claims) != {"sub", "iat", "exp", "env"}:
-        raise _untrusted("attestation claims must be exactly sub, iat, exp, env")
+    if set(claims) != {"sub", "iat", "exp", "env", "cnf"}:
+        raise _untrusted("attestation claims must be exactly sub, iat, exp, env, cnf")
     if claims["sub"] != runtime:
         raise _untrusted("the attestation is about another runtime")
+    cnf = claims["cnf"]
+    if not isinstance(cnf, Mapping) or set(cnf) != {"jkt"} or cnf["jkt"] != jkt:
+        raise _untrusted("the attestation is about another runtime key (cnf.jkt)")
     if now >= claims["exp"] + leeway:
         raise _untrusted(f"the attestation expired at {claims['exp']}")
     if claims["iat"] > now + leeway:

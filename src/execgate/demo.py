@@ -87,7 +87,12 @@ def run_demo(out: Callable[[str], None]) -> int:
             return runtime.submission(request, art, audience=aud, now=now, attestation=att)
 
         us_east = issue_attestation(
-            key=attester, subject=agent.runtime_id, env={"region": "us-east-1"}, now=now, ttl=300
+            key=attester,
+            subject=agent.runtime_id,
+            runtime_key=agent.key.public,
+            env={"region": "us-east-1"},
+            now=now,
+            ttl=300,
         )
         transfer = sub(req("payments.transfer", "acct:1001", amount=250, currency="EUR"), payments)
         rows: list[tuple[str, Decision]] = []

@@ -231,6 +231,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 submission.attestation,
                 trust=self.trust,
                 runtime=request.runtime,
+                jkt=artifact.jkt,
                 now=state.now,
                 leeway=self._leeway,
             )

@@ -189,10 +189,12 @@ class Kit:
         key: PrivateKey | None = None,
         now: int | None = None,
         ttl: int = 300,
+        runtime_key: PrivateKey | None = None,
     ) -> str:
         return issue_attestation(
             key=key or self.attester,
             subject=subject,
+            runtime_key=(runtime_key or self.runtime.key).public,
             env=env or {"region": "eu-west-1"},
             now=self.clock.now if now is None else now,
             ttl=ttl,

@@ -297,9 +297,16 @@ def test_header_jwk_does_not_make_a_key_trusted() -> None:
 
 def test_attestation_round_trip_and_environment_check() -> None:
     token = issue_attestation(
-        key=ATTESTER, subject="agent-1", env={"region": "eu-west-1"}, now=NOW, ttl=60
+        key=ATTESTER,
+        subject="agent-1",
+        runtime_key=RUNTIME.public,
+        env={"region": "eu-west-1"},
+        now=NOW,
+        ttl=60,
     )
-    env = verify_attestation(token, trust=TRUST, runtime="agent-1", now=NOW, leeway=0)
+    env = verify_attestation(
+        token, trust=TRUST, runtime="agent-1", jkt=RUNTIME.public.thumbprint(), now=NOW, leeway=0
+    )
     assert env == {"region": "eu-west-1"}
     check_environment({"region": ("us-east-1", "eu-west-1")}, env)
     with pytest.raises(VerificationError) as info:
@@ -314,12 +321,28 @@ def test_attestation_round_trip_and_environment_check() -> None:
     ("now", "ok"), [(NOW + 59, True), (NOW + 60, False), (NOW - 1, False), (NOW, True)]
 )
 def test_attestation_validity_window(now: int, ok: bool) -> None:
-    token = issue_attestation(key=ATTESTER, subject="agent-1", env={"r": "x"}, now=NOW, ttl=60)
+    token = issue_attestation(
+        key=ATTESTER, subject="agent-1", runtime_key=RUNTIME.public, env={"r": "x"}, now=NOW, ttl=60
+    )
     if ok:
-        verify_attestation(token, trust=TRUST, runtime="agent-1", now=now, leeway=0)
+        verify_attestation(
+            token,
+            trust=TRUST,
+            runtime="agent-1",
+            jkt=RUNTIME.public.thumbprint(),
+            now=now,
+            leeway=0,
+        )
     else:
         with pytest.raises(VerificationError) as info:
-            verify_attestation(token, trust=TRUST, runtime="agent-1", now=now, leeway=0)
+            verify_attestation(
+                token,
+                trust=TRUST,
+                runtime="agent-1",
+                jkt=RUNTIME.public.thumbprint(),
+                now=now,
+                leeway=0,
+            )
         assert info.value.code == "environment.untrusted"
 
 
@@ -330,6 +353,7 @@ def test_issue_attestation_refuses_invalid_input(kw: dict[str, Any]) -> None:
     args: dict[str, Any] = {
         "key": ATTESTER,
         "subject": "agent-1",
+        "runtime_key": RUNTIME.public,
         "env": {"r": "x"},
         "now": NOW,
         "ttl": 60,
@@ -340,10 +364,48 @@ def test_issue_attestation_refuses_invalid_input(kw: dict[str, Any]) -> None:
 
 
 def test_attestation_with_extra_claims_is_untrusted() -> None:
-    claims = {"sub": "agent-1", "iat": NOW, "exp": NOW + 60, "env": {"r": "x"}, "admin": True}
+    claims = {
+        "sub": "agent-1",
+        "iat": NOW,
+        "exp": NOW + 60,
+        "env": {"r": "x"},
+        "cnf": {"jkt": RUNTIME.public.thumbprint()},
+        "admin": True,
+    }
     token = encode(
         {"typ": "execgate-env+jwt", "kid": ATTESTER.public.thumbprint()}, claims, ATTESTER
     )
     with pytest.raises(VerificationError) as info:
-        verify_attestation(token, trust=TRUST, runtime="agent-1", now=NOW, leeway=0)
+        verify_attestation(
+            token,
+            trust=TRUST,
+            runtime="agent-1",
+            jkt=RUNTIME.public.thumbprint(),
+            now=NOW,
+            leeway=0,
+        )
     assert info.value.code == "environment.untrusted"
+
+
+def test_an_attestation_of_another_runtime_key_is_untrusted() -> None:
+    """A delegator can name any runtime id; it cannot hold that runtime's key."""
+    token = issue_attestation(
+        key=ATTESTER, subject="agent-1", runtime_key=RUNTIME.public, env={"r": "x"}, now=NOW, ttl=60
+    )
+    other = PrivateKey.generate().public.thumbprint()
+    with pytest.raises(VerificationError, match="another runtime key") as info:
+        verify_attestation(token, trust=TRUST, runtime="agent-1", jkt=other, now=NOW, leeway=0)
+    assert info.value.code == "environment.untrusted"
+    legacy = {"sub": "agent-1", "iat": NOW, "exp": NOW + 60, "env": {"r": "x"}}
+    unbound = encode(
+        {"typ": "execgate-env+jwt", "kid": ATTESTER.public.thumbprint()}, legacy, ATTESTER
+    )
+    with pytest.raises(VerificationError):
+        verify_attestation(
+            unbound,
+            trust=TRUST,
+            runtime="agent-1",
+            jkt=RUNTIME.public.thumbprint(),
+            now=NOW,
+            leeway=0,
+        )

@@ -455,7 +455,7 @@ def test_decide_checks_the_environment_with_an_attestation(world: World) -> None
     for region, name in (("eu-west-1", "eu.att"), ("us-east-1", "us.att")):
         world.ok(
             "attest", "--key", "home/keys/attester.jwk", "--sub", "agent-1",
-            "--env", f"region={region}", "-o", name,
+            "--runtime-key", "runtime.pub.jwk", "--env", f"region={region}", "-o", name,
         )  # fmt: skip
     assert _code(world.decide(request, artifact, "--json")) == (1, "environment.untrusted")
     assert _code(world.decide(request, artifact, "--attestation", "us.att", "--json")) == (
@@ -646,7 +646,8 @@ def test_private_key_material_is_never_printed(world: World) -> None:
         ("--home", "home", "revoke", "--artifact", f"{keys}/node.jwk", "--reason", "x"),
         ("--home", "home", "decide", "--request", request, "--artifact", "art.jwt",
          "--runtime-key", "loose.jwk"),
-        ("attest", "--key", "loose.jwk", "--sub", "a", "--env", "a=b"),
+        ("attest", "--key", "loose.jwk", "--sub", "a", "--runtime-key", "runtime.pub.jwk",
+         "--env", "a=b"),
     ]  # fmt: skip
     for argv in attempts:
         result = world.run(*argv)
@@ -657,4 +658,5 @@ def test_private_key_material_is_never_printed(world: World) -> None:
              "--runtime-key", "runtime.jwk", "--json")  # fmt: skip
     world.ok("--home", "home", "proof", "--request", request, "--artifact", "art.jwt",
              "--runtime-key", "runtime.jwk")  # fmt: skip
-    world.ok("attest", "--key", f"{keys}/attester.jwk", "--sub", "a", "--env", "a=b")
+    world.ok("attest", "--key", f"{keys}/attester.jwk", "--sub", "a",
+             "--runtime-key", "runtime.pub.jwk", "--env", "a=b")  # fmt: skip

@@ -383,7 +383,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> World:
     (root / "forged.jwt").write_text(forged + "\n")
     assert cli(
         "attest", "--key", world.home / "keys" / "attester.jwk", "--sub", "agent-1",
-        "--env", "region=eu-west-1", "-o", root / "att.jwt",
+        "--runtime-key", world.pub("agent1"), "--env", "region=eu-west-1", "-o", root / "att.jwt",
     ).code == 0  # fmt: skip
     (root / "notes.txt").write_text("not a token\n")
     return world

@@ -63,11 +63,13 @@ def _status(parsed: Parsed, token: str, home: Path) -> tuple[bool, str, Artifact
             return True, f"VERIFIED receipt: signed by this gateway ({config.gateway_id})", None
         trust = TrustStore.load(config.trust)
         if typ == ATTESTATION_TYP:
-            subject = parsed.claims.get("sub")
+            subject, cnf = parsed.claims.get("sub"), parsed.claims.get("cnf")
+            bound = cnf.get("jkt") if isinstance(cnf, dict) else None
             verify_attestation(
                 token,
                 trust=trust,
                 runtime=subject if isinstance(subject, str) else "",
+                jkt=bound if isinstance(bound, str) else "",
                 now=now,
                 leeway=config.leeway,
             )
@@ -187,15 +189,21 @@ def _proof(args: argparse.Namespace) -> int:
 
 def _attest(args: argparse.Namespace) -> int:
     from execgate.attestations import issue_attestation
-    from execgate.keyfile import read_private_key
+    from execgate.keyfile import read_private_key, read_public_key
 
     env = _flags.pairs(args.env, "--env", "region=eu-west-1")
     if not env:
         raise UsageError("give at least one --env KEY=VALUE to attest, e.g. --env region=eu-west-1")
     key = read_private_key(Path(args.key))
+    runtime_key = read_public_key(Path(args.runtime_key))
     try:
         token = issue_attestation(
-            key=key, subject=args.sub, env=env, now=int(time.time()), ttl=args.ttl
+            key=key,
+            subject=args.sub,
+            runtime_key=runtime_key,
+            env=env,
+            now=int(time.time()),
+            ttl=args.ttl,
         )
     except ValueError as exc:
         raise UsageError(f"cannot sign this attestation: {exc}") from exc
@@ -222,6 +230,7 @@ def register(commands: Commands) -> None:
     s = commands.add("attest", "sign an environment attestation (attester key)")
     s.add_argument("--key", required=True, help="attester PRIVATE key file")
     s.add_argument("--sub", required=True, help="runtime id the attestation is about")
+    s.add_argument("--runtime-key", required=True, help="that runtime's PUBLIC key file (.pub.jwk)")
     s.add_argument("--env", action="append", help="attested KEY=VALUE, e.g. region=eu-west-1")
     s.add_argument("--ttl", type=positive, default=300, help="seconds of validity (default 300)")
     s.add_argument("-o", "--out", help="write the attestation to this file (default: stdout)")
