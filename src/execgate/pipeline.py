@@ -333,6 +333,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
         def finalize(conflict: str | None, index: int) -> bytes:
             if conflict == Conflict.REPLAY:
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
+            elif conflict == Conflict.REVOKED:
+                state.stop(
+                    Outcome.DENY, "artifact.revoked", "revoked while this decision was recorded"
+                )
             elif conflict == Conflict.APPROVAL_CLOSED:
                 state.stop(
                     Outcome.DENY,
@@ -393,6 +397,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 else None
             ),
             consume_approval=state.consume_approval if state.outcome.executes else None,
+            revocation_keys=tuple(artifact.revocation_keys())
+            if artifact is not None and state.outcome.executes
+            else (),
         )
         try:
             index = self.store.commit(job)

@@ -18,6 +18,8 @@ from execgate.keyfile import read_private_key
 from execgate.model import Decision, Outcome, Request
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
+from execgate.store.base import WriteJob
+from execgate.store.sqlite import SQLiteStore
 
 QUORUM_ONE = POLICY  # the kit's pause rule needs one finance approver
 
@@ -123,3 +125,22 @@ def test_a_receipt_does_not_parent_another_authoritys_artifact_with_the_same_jti
         assert [r.code for r in d.reasons] == ["lineage.broken"]
     finally:
         kit.close()
+
+
+class RevokingStore(SQLiteStore):
+    """Revokes the runtime's subject just before the decision's commit, as an operator
+    running `execgate revoke` while the decision waits for the writer would."""
+
+    def commit(self, job: WriteJob) -> int:
+        if job.kind == "decision":
+            self.revoke("sub", "agent-1", reason="revoked mid-decision", now=NOW)
+        return super().commit(job)
+
+
+def test_a_revocation_that_lands_before_the_commit_wins(kit: Kit) -> None:
+    gw = kit.gateway(RevokingStore(kit.config.store))
+    d = run(gw, kit.runtime, kit.artifact())
+    assert d.outcome is Outcome.DENY
+    assert [r.code for r in d.reasons] == ["artifact.revoked"]
+    [entry] = gw.store.entries(0, 1)
+    assert b'"outcome":"deny"' in entry.entry

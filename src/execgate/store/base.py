@@ -57,6 +57,7 @@ class Conflict:
     REPLAY = "replay"
     EXHAUSTED = "exhausted"
     APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
+    REVOKED = "revoked"  # revoked between the pipeline's check and this commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,9 @@ class WriteJob:
     open_approval: ApprovalRow | None = None  # a pause opens one with its record
     consume_approval: str | None = None  # a resumed decision closes the approval it used
     review: ReviewWrite | None = None
+    # For a decision that executes: what revoking would deny it, checked again inside
+    # the commit, so a revocation that returned before this commit always wins.
+    revocation_keys: tuple[tuple[str, str], ...] = ()
 
 
 class Store(Protocol):

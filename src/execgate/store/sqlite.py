@@ -439,6 +439,14 @@ class SQLiteStore:
 
     @staticmethod
     def _claim_state(conn: sqlite3.Connection, job: WriteJob) -> str | None:
+        if job.revocation_keys:
+            where = " OR ".join("(kind = ? AND value = ?)" for _ in job.revocation_keys)
+            params = [x for pair in job.revocation_keys for x in pair]
+            if conn.execute(
+                f"SELECT 1 FROM revocations WHERE {where} LIMIT 1",  # noqa: S608 (placeholders only)
+                params,
+            ).fetchone():
+                return Conflict.REVOKED
         for use in (*job.chain_uses, job.use):
             if use is None:
                 continue
