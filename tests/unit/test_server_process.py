@@ -152,10 +152,16 @@ def test_two_workers_share_the_home_with_dense_log_indexes(kit: Kit) -> None:
     batch = 12
     with serve(kit, workers=2) as server:
         pid = server.proc.pid
+        # The readiness probe answered from one worker; the other may still be starting.
+        deadline = time.monotonic() + 20
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        while len(children) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert len(children) >= 2  # the uvicorn workers (and multiprocessing's helper)
         decided: list[dict[str, Any]] = []
-        for _ in range(4):
+        writers: list[str] = []
+        while time.monotonic() < deadline:
             submissions = [kit.submit() for _ in range(batch)]
             with ThreadPoolExecutor(max_workers=8) as pool:
                 decided += pool.map(lambda s: _decide(server.url, s), submissions)
