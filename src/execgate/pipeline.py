@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
@@ -41,6 +41,10 @@ from execgate.store.base import ApprovalRow, Conflict, Store, UseClaim, WriteJob
 from execgate.store.sqlite import SQLiteStore
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 from execgate.trust import TrustStore
+
+if TYPE_CHECKING:
+    from execgate.adapters.guard import Guard
+    from execgate.proofs import Runtime
 
 __all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission"]
 
@@ -147,6 +151,26 @@ class Gateway(ApprovalFlow, OutcomeLog):
             checkpoint_interval=config.checkpoint_interval,
             max_depth=config.max_depth,
             notify=notifier,
+        )
+
+    def guard(
+        self,
+        *,
+        runtime: Runtime,
+        artifact: str,
+        attestation: str | Callable[[], str | None] | None = None,
+    ) -> Guard:
+        """A ``Guard`` that runs callables for ``runtime`` only when this gateway says so
+        (DESIGN §6 ``gateway.guard``): see ``execgate.adapters.guard``."""
+        from execgate.adapters.guard import Guard
+
+        return Guard(
+            self,
+            runtime=runtime,
+            artifact=artifact,
+            audience=self.gateway_id,
+            attestation=attestation,
+            now=self._now,
         )
 
     def close(self) -> None:

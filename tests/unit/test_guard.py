@@ -450,3 +450,17 @@ def test_callables_the_guard_cannot_follow_are_refused_when_decorated(guard: Gua
         guard.protect(action="payments.transfer", resource=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="reroute"):
         guard.protect(action="shell.exec", resource="host:1", reroute={"sandbox": "nope"})  # type: ignore[dict-item]
+
+
+def test_gateway_guard_is_the_guard_for_this_gateway(kit: Kit, gw: Gateway) -> None:
+    ran: list[int] = []
+    guard = gw.guard(runtime=kit.runtime, artifact=kit.artifact())
+
+    @guard.protect(action="payments.transfer", resource=lambda **_: "acct:1")
+    def pay(amount: int) -> int:
+        ran.append(amount)
+        return amount
+
+    assert pay(amount=5) == 5
+    assert ran == [5]
+    assert guard.audience == gw.gateway_id
