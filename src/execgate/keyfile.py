@@ -17,13 +17,15 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import IO, Any, Final
 
 from execgate.errors import ConfigError, JoseError
 from execgate.jose import PrivateKey, PublicKey, loads_strict
 
 __all__ = [
+    "atomic_file",
     "atomic_write",
     "public_path_for",
     "read_private_key",
@@ -48,8 +50,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename).
+@contextlib.contextmanager
+def atomic_file(
+    path: Path, *, mode: int = 0o644, exclusive: bool = False, text: bool = False
+) -> Iterator[IO[Any]]:
+    """A file at ``path`` written whole or not at all (temp file, fsync, rename): the
+    block writes into the temporary file; it appears at ``path`` only if the block ends.
 
     With ``exclusive`` an existing ``path`` is never replaced. Failures raise
     ``ConfigError`` naming ``path`` (never the temporary file) and what to check.
@@ -67,9 +73,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool 
         ) from exc
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        fh: IO[Any]
+        with (
+            os.fdopen(fd, "w", encoding="utf-8", newline="\n") if text else os.fdopen(fd, "wb")
+        ) as fh:
             os.fchmod(fh.fileno(), mode)
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         if exclusive:
@@ -87,6 +96,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool 
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(directory)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` whole or not at all (see ``atomic_file``)."""
+    with atomic_file(path, mode=mode, exclusive=exclusive) as fh:
+        fh.write(data)
 
 
 def public_path_for(private_path: Path) -> Path:

@@ -22,7 +22,7 @@ import binascii
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, TextIO
+from typing import IO, Final
 
 from execgate.audit.checkpoint import (
     Checkpoint,
@@ -112,7 +112,7 @@ class AuditLog:
         proof = inclusion_proof(index, size, self.store.node)
         return format_tlog_proof(index, proof, note, extra=self.entry(index))
 
-    def export(self, out: TextIO, *, now: int, batch: int = 4096) -> int:
+    def export(self, out: IO[str], *, now: int, batch: int = 4096) -> int:
         """Write every entry and checkpoint, ending with a fresh checkpoint; return the
         number of entries written (the log's size, unless entries were deleted).
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from execgate.cli._common import (
     Commands,
@@ -30,7 +28,8 @@ from execgate.cli._common import (
     write_text,
 )
 from execgate.cli._records import parse_record, summary
-from execgate.errors import ConfigError, UsageError
+from execgate.errors import UsageError
+from execgate.keyfile import atomic_file
 
 if TYPE_CHECKING:
     from execgate.audit.log import AuditLog
@@ -98,32 +97,14 @@ def _export(args: argparse.Namespace) -> int:
             size = log.export(sys.stdout, now=int(time.time()))
         else:
             refuse_private_key(args.file, "an export")
-            with _atomic(Path(args.file)) as fh:
+            if Path(args.file).is_dir():
+                raise UsageError(f"{args.file} is a directory; give the export a file name")
+            with atomic_file(Path(args.file), mode=0o600, text=True) as fh:
                 size = log.export(fh, now=int(time.time()))
         count = sum(1 for s, _ in log.store.checkpoints() if s <= size)
     where = "" if args.file == "-" else f"wrote {args.file}: "
     note(f"{where}{size} entries and {count} signed checkpoints of log {log.origin}")
     return 0
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[TextIO]:
-    """A text file written whole or not at all (temp file, fsync, rename)."""
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; give the export a file name")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _tail(args: argparse.Namespace) -> int:
