@@ -32,12 +32,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Final
 
+from bench_decide import decide_concurrently
 from execgate.artifacts import issue_artifact
 from execgate.audit.checkpoint import Checkpoint, sign_checkpoint
 from execgate.audit.log import AuditLog, verify_export
@@ -46,7 +46,7 @@ from execgate.audit.note import Signer
 from execgate.home import init_home
 from execgate.jose import PrivateKey, canonical_json
 from execgate.keyfile import read_private_key
-from execgate.model import Outcome, Request
+from execgate.model import Request
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
 from execgate.store.base import WriteJob
@@ -259,29 +259,9 @@ class Rig:
             for s in self.submissions(50):
                 gateway.decide(s)  # warm up
             batches = [self.submissions(per_caller) for _ in range(callers)]
-            barrier = threading.Barrier(callers + 1)
-            bad: list[object] = []
-
-            def worker(batch: list[dict[str, Any]]) -> None:
-                barrier.wait()
-                for s in batch:
-                    d = gateway.decide(s)
-                    if d.outcome is not Outcome.PROCEED:
-                        bad.append(d.reasons)
-
-            threads = [threading.Thread(target=worker, args=(b,)) for b in batches]
-            for t in threads:
-                t.start()
-            barrier.wait()
-            t0 = time.perf_counter()
-            for t in threads:
-                t.join()
-            elapsed = time.perf_counter() - t0
+            return decide_concurrently(gateway, batches)
         finally:
             gateway.close()
-        if bad:
-            raise SystemExit(f"{len(bad)} concurrent decisions did not proceed: {bad[0]}")
-        return callers * per_caller / elapsed
 
 
 def group_commit(root: Path, callers: int, per_caller: int, rounds: int) -> tuple[float, float]:

@@ -133,15 +133,15 @@ def sequential(rig: Rig, n: int) -> tuple[float, float]:
     return _median_us(one, n)
 
 
-def concurrent(rig: Rig, callers: int, per_caller: int) -> float:
-    batches = [rig.submissions(per_caller, rig.now) for _ in range(callers)]
-    barrier = threading.Barrier(callers + 1)
+def decide_concurrently(gateway: Gateway, batches: list[list[dict[str, Any]]]) -> float:
+    """Decisions/s with one thread per batch, all started together; every one must proceed."""
+    barrier = threading.Barrier(len(batches) + 1)
     bad: list[object] = []
 
     def worker(batch: list[dict[str, Any]]) -> None:
         barrier.wait()
         for s in batch:
-            d = rig.gateway.decide(s)
+            d = gateway.decide(s)
             if d.outcome is not Outcome.PROCEED:
                 bad.append(d.reasons)
 
@@ -155,7 +155,13 @@ def concurrent(rig: Rig, callers: int, per_caller: int) -> float:
     elapsed = time.perf_counter() - t0
     if bad:
         raise SystemExit(f"{len(bad)} concurrent decisions did not proceed: {bad[0]}")
-    return callers * per_caller / elapsed
+    return sum(len(b) for b in batches) / elapsed
+
+
+def concurrent(rig: Rig, callers: int, per_caller: int) -> float:
+    return decide_concurrently(
+        rig.gateway, [rig.submissions(per_caller, rig.now) for _ in range(callers)]
+    )
 
 
 def rss_mb() -> float:

@@ -28,7 +28,7 @@ key may belong to only one principal.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,23 @@ def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
     if not isinstance(ident, str) or not ident:
         raise ConfigError(f"{where}: 'id' must be a non-empty string")
     return ident
+
+
+def _entries(
+    doc: Mapping[str, Any], section: str, fields: tuple[str, ...], source: str
+) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """Each ``[[section]]`` table as (where, id, table): checked for its fields and for an
+    id no earlier table of the section has."""
+    seen: set[str] = set()
+    for i, entry in enumerate(_tables(doc, section, source)):
+        where = f"{source}: {section}[{i}]"
+        _check_entry(where, entry, fields)
+        assert isinstance(entry, Mapping)
+        ident = _entry_id(where, entry)
+        if ident in seen:
+            raise ConfigError(f"{where}: duplicate {section.replace('_', ' ')} id {ident!r}")
+        seen.add(ident)
+        yield where, ident, entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,44 +211,22 @@ class TrustStore:
                 f"{source}: unknown sections {sorted(unknown)}; expected {sorted(_SECTIONS)}"
             )
         authorities: dict[str, Authority] = {}
-        for i, entry in enumerate(_tables(doc, "authority", source)):
-            where = f"{source}: authority[{i}]"
-            _check_entry(where, entry, ("id", "keys", "scope"))
-            assert isinstance(entry, Mapping)
-            ident = _entry_id(where, entry)
-            if ident in authorities:
-                raise ConfigError(f"{where}: duplicate authority id {ident!r}")
+        for where, ident, entry in _entries(doc, "authority", ("id", "keys", "scope"), source):
             try:
                 scope = parse_grants(entry.get("scope"))
             except ValueError as exc:
                 raise ConfigError(f"{where}: scope: {exc}") from exc
             authorities[ident] = Authority(ident, _keys(where, entry.get("keys")), scope)
-        attesters: dict[str, Attester] = {}
-        for i, entry in enumerate(_tables(doc, "attester", source)):
-            where = f"{source}: attester[{i}]"
-            _check_entry(where, entry, ("id", "keys"))
-            assert isinstance(entry, Mapping)
-            ident = _entry_id(where, entry)
-            if ident in attesters:
-                raise ConfigError(f"{where}: duplicate attester id {ident!r}")
-            attesters[ident] = Attester(ident, _keys(where, entry.get("keys")))
-        mesh: dict[str, MeshNode] = {}
-        for i, entry in enumerate(_tables(doc, "mesh_node", source)):
-            where = f"{source}: mesh_node[{i}]"
-            _check_entry(where, entry, ("id", "keys"))
-            assert isinstance(entry, Mapping)
-            ident = _entry_id(where, entry)
-            if ident in mesh:
-                raise ConfigError(f"{where}: duplicate mesh node id {ident!r}")
-            mesh[ident] = MeshNode(ident, _keys(where, entry.get("keys")))
+        attesters = {
+            ident: Attester(ident, _keys(where, entry.get("keys")))
+            for where, ident, entry in _entries(doc, "attester", ("id", "keys"), source)
+        }
+        mesh = {
+            ident: MeshNode(ident, _keys(where, entry.get("keys")))
+            for where, ident, entry in _entries(doc, "mesh_node", ("id", "keys"), source)
+        }
         approvers: dict[str, Approver] = {}
-        for i, entry in enumerate(_tables(doc, "approver", source)):
-            where = f"{source}: approver[{i}]"
-            _check_entry(where, entry, ("id", "groups", "keys"))
-            assert isinstance(entry, Mapping)
-            ident = _entry_id(where, entry)
-            if ident in approvers:
-                raise ConfigError(f"{where}: duplicate approver id {ident!r}")
+        for where, ident, entry in _entries(doc, "approver", ("id", "groups", "keys"), source):
             groups = entry.get("groups")
             if (
                 not isinstance(groups, list)

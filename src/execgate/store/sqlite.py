@@ -82,6 +82,18 @@ CREATE TRIGGER IF NOT EXISTS audit_log_next_index BEFORE INSERT ON audit_log
 """
 
 
+def _first_revocation(
+    conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]]
+) -> Revocation | None:
+    """The first revocation among (kind, value) ``pairs``, or None."""
+    where = " OR ".join("(kind = ? AND value = ?)" for _ in pairs)
+    row = conn.execute(
+        f"SELECT kind, value, reason, revoked_at FROM revocations WHERE {where} LIMIT 1",  # noqa: S608 (placeholders only)
+        [x for pair in pairs for x in pair],
+    ).fetchone()
+    return Revocation(*row) if row else None
+
+
 class _Pending:
     __slots__ = ("job", "result", "state")
 
@@ -168,14 +180,8 @@ class SQLiteStore:
         pairs = list(keys)
         if not pairs:
             return None
-        where = " OR ".join("(kind = ? AND value = ?)" for _ in pairs)
-        params = [x for pair in pairs for x in pair]
         with self._reader() as conn:
-            row = conn.execute(
-                f"SELECT kind, value, reason, revoked_at FROM revocations WHERE {where} LIMIT 1",  # noqa: S608 (placeholders only)
-                params,
-            ).fetchone()
-        return Revocation(*row) if row else None
+            return _first_revocation(conn, pairs)
 
     def revocations(self) -> Sequence[Revocation]:
         with self._reader() as conn:
@@ -439,14 +445,8 @@ class SQLiteStore:
 
     @staticmethod
     def _claim_state(conn: sqlite3.Connection, job: WriteJob) -> str | None:
-        if job.revocation_keys:
-            where = " OR ".join("(kind = ? AND value = ?)" for _ in job.revocation_keys)
-            params = [x for pair in job.revocation_keys for x in pair]
-            if conn.execute(
-                f"SELECT 1 FROM revocations WHERE {where} LIMIT 1",  # noqa: S608 (placeholders only)
-                params,
-            ).fetchone():
-                return Conflict.REVOKED
+        if job.revocation_keys and _first_revocation(conn, job.revocation_keys) is not None:
+            return Conflict.REVOKED
         for use in (*job.chain_uses, job.use):
             if use is None:
                 continue
