@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from execgate.errors import JoseError, VerificationError
-from execgate.jose import PublicKey, verify
-from execgate.receipts import MAX_RECEIPT_BYTES, RECEIPT_TYP
+from execgate.errors import VerificationError
+from execgate.jose import PublicKey
+from execgate.receipts import verify_receipt_by
 from execgate.trust import TrustStore
 
 __all__ = ["ParentExecution", "verify_parent"]
@@ -45,20 +44,13 @@ def verify_parent(
     """Verify a parent receipt for a child whose chain has the link digests ``child_links``
     (each link's token hash: jtis are chosen by whoever mints a link, digests are not)."""
     own = node_key.thumbprint()
-    keys = {**trust.mesh_keys, own: node_key}
-    try:
-        verified = verify(receipt, typ=RECEIPT_TYP, max_size=MAX_RECEIPT_BYTES, keys=keys)
-    except JoseError as exc:
-        raise _broken(f"parent receipt rejected: {exc.detail}") from exc
-    claims: dict[str, Any] = dict(verified.claims)
-    kid = verified.header["kid"]
+    claims, kid = verify_receipt_by(
+        receipt, keys={**trust.mesh_keys, own: node_key}, now=now, leeway=leeway
+    )
     node = trust.mesh_node_for_kid(kid)
     signer = gateway_id if kid == own else node.id if node is not None else None
     if signer is None or claims.get("iss") != signer:
         raise _broken("the parent receipt's issuer does not own the key that signed it")
-    exp = claims.get("exp")
-    if not isinstance(exp, int) or now >= exp + leeway:
-        raise _broken("the parent receipt has expired")
     if claims.get("outcome") not in ("proceed", "reroute"):
         raise _broken(f"the parent decision was {claims.get('outcome')!r}: it did not execute")
     decision_id, chain = claims.get("did"), claims.get("chain")

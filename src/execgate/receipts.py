@@ -8,7 +8,7 @@ from typing import Any, Final
 from execgate.errors import JoseError, VerificationError
 from execgate.jose import PrivateKey, PublicKey, encode, verify
 
-__all__ = ["RECEIPT_TYP", "sign_receipt", "verify_receipt"]
+__all__ = ["RECEIPT_TYP", "sign_receipt", "verify_receipt", "verify_receipt_by"]
 
 RECEIPT_TYP: Final = "execgate-receipt+jwt"
 MAX_RECEIPT_BYTES: Final = 16 * 1024
@@ -42,6 +42,14 @@ def verify_receipt(
     token: str, *, keys: Mapping[str, PublicKey], now: int, leeway: int
 ) -> dict[str, Any]:
     """Verify a receipt against pinned gateway keys; return its claims."""
+    return verify_receipt_by(token, keys=keys, now=now, leeway=leeway)[0]
+
+
+def verify_receipt_by(
+    token: str, *, keys: Mapping[str, PublicKey], now: int, leeway: int
+) -> tuple[dict[str, Any], str]:
+    """Verify a receipt against pinned gateway keys; return its claims and the key id
+    that signed it (so the caller can check the issuer owns that key)."""
     try:
         verified = verify(token, typ=RECEIPT_TYP, max_size=MAX_RECEIPT_BYTES, keys=keys)
     except JoseError as exc:
@@ -50,4 +58,4 @@ def verify_receipt(
     exp = claims.get("exp")
     if not isinstance(exp, int) or now >= exp + leeway:
         raise VerificationError("lineage.broken", "the receipt has expired")
-    return claims
+    return claims, str(verified.header["kid"])
