@@ -7,18 +7,20 @@ error means nothing was decided and nothing executes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from execgate.errors import JoseError
+from execgate.errors import AuditError, JoseError, StoreError
 from execgate.jose import loads_strict
 
-__all__ = ["HttpError", "error_response", "read_json"]
+__all__ = ["Handler", "HttpError", "error_response", "handled", "read_body", "read_json"]
 
 JSON_TYPE: Final = "application/json"
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class HttpError(Exception):
@@ -82,3 +84,23 @@ async def read_json(request: Request, *, limit: int) -> Any:
         raise HttpError(
             400, "request.malformed_json", f"the body is not strict JSON: {exc}"
         ) from exc
+
+
+def handled(handler: Handler) -> Handler:
+    """Translate refusals and store failures into typed error bodies; never a traceback."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except AuditError as exc:
+            return error_response(503, "audit.unavailable", f"the audit log is unavailable: {exc}")
+        except StoreError as exc:
+            return error_response(503, "store.unavailable", f"the store is unavailable: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a typed 500, nothing executes
+            return error_response(
+                500, "internal.error", f"{type(exc).__name__} in {request.url.path}"
+            )
+
+    return wrapped

@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -24,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from execgate.errors import AuditError, EvidenceError, RequestError, StoreError
+from execgate.errors import EvidenceError, RequestError
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
-from execgate.server._http import HttpError, error_response, read_json
+from execgate.server import admin, forward_auth, metrics
+from execgate.server._http import HttpError, error_response, handled, read_json
 from execgate.server.openapi import openapi_document
 from execgate.store.base import LogEntry
 from execgate.submission import MAX_REQUEST_BYTES, Submission
@@ -45,32 +46,10 @@ OUTCOME_BODY_LIMIT: Final = 16 * 1024
 MAX_PAGE: Final = 1000  # audit entries per page
 _MAX_ID: Final = 128
 
-Handler = Callable[[Request], Awaitable[Response]]
-
 
 def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
-
-
-def _handled(handler: Handler) -> Handler:
-    """Translate refusals and store failures into typed error bodies; never a traceback."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except HttpError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.headers)
-        except AuditError as exc:
-            return error_response(503, "audit.unavailable", f"the audit log is unavailable: {exc}")
-        except StoreError as exc:
-            return error_response(503, "store.unavailable", f"the store is unavailable: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a typed 500, nothing executes
-            return error_response(
-                500, "internal.error", f"{type(exc).__name__} in {request.url.path}"
-            )
-
-    return wrapped
 
 
 def _record(entry: LogEntry) -> dict[str, Any]:
@@ -257,12 +236,15 @@ async def openapi(request: Request) -> Response:
 
 
 ROUTES: Final = [
-    Route("/v1/decisions", _handled(post_decision), methods=["POST"]),
-    Route("/v1/decisions/{decision_id}", _handled(get_decision), methods=["GET"]),
-    Route("/v1/decisions/{decision_id}/outcome", _handled(post_outcome), methods=["POST"]),
-    Route("/v1/audit/checkpoint", _handled(get_checkpoint), methods=["GET"]),
-    Route("/v1/audit/entries", _handled(get_entries), methods=["GET"]),
-    Route("/v1/audit/proofs/{index:int}", _handled(get_proof), methods=["GET"]),
+    *forward_auth.ROUTES,
+    *admin.ROUTES,
+    *metrics.ROUTES,
+    Route("/v1/decisions", handled(post_decision), methods=["POST"]),
+    Route("/v1/decisions/{decision_id}", handled(get_decision), methods=["GET"]),
+    Route("/v1/decisions/{decision_id}/outcome", handled(post_outcome), methods=["POST"]),
+    Route("/v1/audit/checkpoint", handled(get_checkpoint), methods=["GET"]),
+    Route("/v1/audit/entries", handled(get_entries), methods=["GET"]),
+    Route("/v1/audit/proofs/{index:int}", handled(get_proof), methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),

@@ -11,6 +11,13 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
+from execgate.server import admin, forward_auth, metrics
+from execgate.server._spec import BODY_ERRORS as _BODY_ERRORS
+from execgate.server._spec import COMMON_ERRORS as _COMMON_ERRORS
+from execgate.server._spec import error as _error
+from execgate.server._spec import json_body as _json
+from execgate.server._spec import ref as _ref
+
 __all__ = ["openapi_document"]
 
 _ERROR_CODES: Final = [
@@ -32,29 +39,6 @@ _ERROR_CODES: Final = [
 ]
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-_COMMON_ERRORS: Final = {
-    "404": _error("unknown route or object"),
-    "405": _error("wrong method"),
-    "500": _error("internal error; nothing was decided or executed"),
-    "503": _error("the store or the audit log is unavailable"),
-}
-_BODY_ERRORS: Final = {
-    "400": _error("malformed JSON or an invalid body"),
-    "413": _error("the body exceeds the limit (refused before it is read whole)"),
-    "415": _error("the body is not application/json"),
-}
 _DECISION_ID: Final = {
     "name": "decision_id",
     "in": "path",
@@ -64,20 +48,6 @@ _DECISION_ID: Final = {
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
 
 _SCHEMAS: Final[dict[str, Any]] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string", "enum": _ERROR_CODES},
-                    "message": {"type": "string"},
-                },
-            }
-        },
-    },
     "Request": {
         "type": "object",
         "additionalProperties": False,
@@ -324,6 +294,24 @@ _PATHS: Final[dict[str, Any]] = {
 }
 
 
+def _error_schema() -> dict[str, Any]:
+    codes = [*_ERROR_CODES, *forward_auth.ERROR_CODES, *admin.ERROR_CODES, *metrics.ERROR_CODES]
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "enum": sorted(set(codes))},
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """A fresh copy of the document (callers may not change the shared one)."""
     return copy.deepcopy(
@@ -332,9 +320,18 @@ def openapi_document() -> dict[str, Any]:
             "info": {
                 "title": "execgate decision API",
                 "version": "1",
-                "description": "First slice of DESIGN §6 (HTTP): decisions, outcomes, audit.",
+                "description": "DESIGN §6 (HTTP): decisions, outcomes, forward-auth, admin, audit.",
             },
-            "paths": _PATHS,
-            "components": {"schemas": _SCHEMAS},
+            "paths": {**_PATHS, **forward_auth.PATHS, **admin.PATHS, **metrics.PATHS},
+            "components": {
+                "schemas": {
+                    **_SCHEMAS,
+                    **forward_auth.SCHEMAS,
+                    **admin.SCHEMAS,
+                    **metrics.SCHEMAS,
+                    "Error": _error_schema(),
+                },
+                **admin.COMPONENTS,
+            },
         }
     )
