@@ -1,7 +1,8 @@
 """The gateway home: a directory holding config, keys, trust store, policy and state.
 
     execgate.toml      [gateway] id, audiences, file paths; [limits]; [audit];
-                       [approvals] notification hooks; [targets.NAME]
+                       [approvals] notification hooks; [targets.NAME]; [server]
+                       (trusted proxies, header and timeout limits of ``execgate serve``)
     trust.toml         trusted authorities (with the scope each may grant), attesters
                        and approvers
     policy.yaml        ordered policy rules
@@ -23,6 +24,7 @@ Every refusal is a ``ConfigError`` naming the file and what to do about it.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import re
@@ -44,6 +46,7 @@ __all__ = [
     "SAMPLE_APPROVERS",
     "SAMPLE_POLICY",
     "GatewayConfig",
+    "ServerConfig",
     "check_gateway_id",
     "default_home",
     "init_home",
@@ -55,6 +58,9 @@ _GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "polic
 _LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl", "max_depth"})
 _AUDIT_KEYS: Final = frozenset({"checkpoint_every", "checkpoint_interval"})
 _APPROVALS_KEYS: Final = frozenset({"notify_command", "notify_url", "notify_timeout"})
+_SERVER_KEYS: Final = frozenset(
+    {"trusted_proxies", "header_limit", "header_timeout", "body_timeout"}
+)
 # The sample approvers init writes: enough for the sample policy's quorum of 2 in finance.
 SAMPLE_APPROVERS: Final = (("alice", ("finance",)), ("bob", ("finance",)))
 # A gateway id is also the audience artifacts and proofs name: printable, no whitespace.
@@ -77,6 +83,26 @@ def check_gateway_id(value: object, where: str) -> str:
     return value
 
 
+_LOOPBACK: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: what ``execgate serve`` enforces before a request reaches a handler.
+
+    ``trusted_proxies`` are the addresses (CIDR) whose ``X-Original-*`` /
+    ``X-Forwarded-*`` headers forward-auth believes; from any other address such headers
+    are refused. ``header_limit`` caps the request line and headers together (bytes,
+    431 beyond it); ``header_timeout`` and ``body_timeout`` bound how long a client may
+    take to send them (seconds; 408 after that).
+    """
+
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _LOOPBACK
+    header_limit: int = 16384
+    header_timeout: int = 10
+    body_timeout: int = 30
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     home: Path
@@ -96,6 +122,7 @@ class GatewayConfig:
     notify_command: tuple[str, ...] | None = None
     notify_url: str | None = None
     notify_timeout: int = 5
+    server: ServerConfig = ServerConfig()
 
 
 def _toml(value: str) -> str:
@@ -132,7 +159,7 @@ def load_config(home: Path) -> GatewayConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}; fix or restore it") from exc
-    unknown = set(doc) - {"gateway", "limits", "audit", "approvals", "targets"}
+    unknown = set(doc) - {"gateway", "limits", "audit", "approvals", "targets", "server"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
     gw = doc.get("gateway")
@@ -187,6 +214,31 @@ def load_config(home: Path) -> GatewayConfig:
         notify_command=command,
         notify_url=url,
         notify_timeout=timeout,
+        server=_server(doc.get("server", {}), str(path)),
+    )
+
+
+def _server(section: object, where: str) -> ServerConfig:
+    """``[server]``: trusted proxy networks and the limits of ``execgate serve``."""
+    if not isinstance(section, dict) or set(section) - _SERVER_KEYS:
+        raise ConfigError(f"{where}: [server] may hold only {sorted(_SERVER_KEYS)}")
+    proxies = section.get("trusted_proxies")
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _LOOPBACK
+    if proxies is not None:
+        if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+            raise ConfigError(f"{where}: [server] trusted_proxies must be a list of CIDR strings")
+        try:
+            networks = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{where}: [server] trusted_proxies: {exc}; write addresses like"
+                " '127.0.0.1/32' or '10.0.0.0/8'"
+            ) from exc
+    return ServerConfig(
+        trusted_proxies=networks,
+        header_limit=_int(section, "header_limit", 16384, 1024, 1 << 20, f"{where}: [server]"),
+        header_timeout=_int(section, "header_timeout", 10, 1, 300, f"{where}: [server]"),
+        body_timeout=_int(section, "body_timeout", 30, 1, 300, f"{where}: [server]"),
     )
 
 
@@ -401,6 +453,14 @@ checkpoint_interval = 300   # or when this many seconds have passed with new ent
 # notify_command = ["/usr/local/bin/page-approvers", "--team", "finance"]
 # notify_url = "http://127.0.0.1:8080/execgate"
 notify_timeout = 5      # seconds a hook may take (1-30); then it is killed or abandoned
+
+[server]
+# execgate serve: forward-auth believes X-Original-* / X-Forwarded-* headers only from
+# these networks (the proxies in front of it); from anywhere else they are refused.
+trusted_proxies = ["127.0.0.0/8", "::1/128"]
+header_limit = 16384    # bytes of request line + headers; 431 beyond
+header_timeout = 10     # seconds a client may take to send its headers; then 408
+body_timeout = 30       # seconds a client may take to send its body; then 408
 
 [targets.sandbox]
 description = "an isolated runtime with no production credentials"

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from execgate.errors import EvidenceError, RequestError
+from execgate.home import ServerConfig, load_config
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, metrics
@@ -261,10 +262,14 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    *, open_gateway: Callable[[], Gateway], now: Callable[[], float] = time.time
+    *,
+    open_gateway: Callable[[], Gateway],
+    now: Callable[[], float] = time.time,
+    server: ServerConfig | None = None,
 ) -> Starlette:
     """The decision API around the gateway ``open_gateway`` returns (opened at startup,
-    closed at shutdown, after uvicorn has let in-flight requests finish)."""
+    closed at shutdown, after uvicorn has let in-flight requests finish). ``server`` is
+    the home's ``[server]`` section (trusted proxies, limits); loopback-only by default."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -280,6 +285,7 @@ def create_app(
         routes=ROUTES, lifespan=lifespan, exception_handlers={HTTPException: _http_exception}
     )
     app.state.now = now
+    app.state.server = server if server is not None else ServerConfig()
     return app
 
 
@@ -288,4 +294,5 @@ def app_from_environment() -> Starlette:
     home = os.environ.get("EXECGATE_HOME")
     if not home:
         raise RuntimeError("EXECGATE_HOME is not set; start the service with 'execgate serve'")
-    return create_app(open_gateway=lambda: Gateway.open(Path(home)))
+    config = load_config(Path(home))
+    return create_app(open_gateway=lambda: Gateway.open(Path(home)), server=config.server)
