@@ -43,6 +43,7 @@ PUBLIC = [
 MODULES = [
     "execgate.adapters",
     "execgate.adapters.guard",
+    "execgate.adapters.http",
     "execgate.artifacts",
     "execgate.attestations",
     "execgate.audit.query",

@@ -454,7 +454,7 @@ def test_openapi_describes_every_route_and_nothing_else(client: Client) -> None:
     served = set()
     for route in routes:
         assert isinstance(route, Route)
-        path = route.path.replace(":int", "")
+        path = route.path.replace(":int", "").replace(":path", "")
         served |= {(path, m) for m in route.methods or () if m != "HEAD"}
     assert described == served
     for path, ops in document["paths"].items():

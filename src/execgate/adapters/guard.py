@@ -49,7 +49,8 @@ of code: it raises before the block when nothing may run, and logs the block's o
 reroute enters it only for the targets named in ``reroutes``; the block reads
 ``run.route`` and must act on it.
 
-The command (``execgate exec``), HTTP (forward-auth) and MCP adapters do not exist yet.
+The command (``execgate exec``) and MCP adapters do not exist yet; HTTP services sit
+behind a proxy that asks ``/v1/forward-auth`` (``execgate.adapters.http``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 For an artifact, ``inspect`` also shows its delegation chain, root first: each link's
 ``iss``, ``sub`` and ``jti``. Of a verified artifact these are the verified links; of an
 unverified one, only what the nested ``prf`` tokens claim.
+
+``proof --http-method M --http-uri U`` signs, instead of one proof for a request file,
+the headers of one HTTP call through a forward-auth proxy (``execgate.adapters.http``):
+``Name: value`` lines that ``curl -H @FILE`` reads, or a JSON object.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from execgate.cli._common import (
     optional_config,
     out,
     positive,
+    read_bytes,
     token_arg,
+    write_text,
     write_token,
 )
 from execgate.cli._records import cell
@@ -170,20 +176,103 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _proof(args: argparse.Namespace) -> int:
+def _audience(args: argparse.Namespace) -> str:
     from execgate.home import load_config
 
+    if args.aud:
+        audience: str = args.aud
+        return audience
+    try:
+        return load_config(home_of(args)).gateway_id
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or pass --aud GATEWAY_ID") from exc
+
+
+def _proof(args: argparse.Namespace) -> int:
+    http_flags = [
+        flag
+        for flag, value in (
+            ("--http-method", args.http_method),
+            ("--http-uri", args.http_uri),
+            ("--body-file", args.body_file),
+            ("--header-format", args.header_format),
+            ("--parent", args.parent),
+            ("--attestation", args.attestation),
+            ("--runtime", args.runtime),
+        )
+        if value is not None
+    ]
+    if args.request is not None and http_flags:
+        raise UsageError(
+            f"{http_flags[0]} signs the headers of an HTTP call and cannot be combined with"
+            " --request; give one or the other"
+        )
+    if args.request is None and not http_flags:
+        raise UsageError(
+            "give --request FILE (a decision request), or --http-method and --http-uri"
+            " (the headers of an HTTP call through a forward-auth proxy)"
+        )
+    if args.request is None:
+        return _http_proof(args)
     doc = load_submission(args)
     if not isinstance(doc.get("artifact"), str):
         raise UsageError("give the artifact with --artifact FILE (or in the request file)")
-    if args.aud:
-        audience = args.aud
-    else:
+    write_token(sign_proof(doc, args.runtime_key, _audience(args)), args.out)
+    return 0
+
+
+def _http_proof(args: argparse.Namespace) -> int:
+    """The headers of one HTTP call through a forward-auth proxy (``Name: value`` lines,
+    which ``curl -H @FILE`` reads, or a JSON object)."""
+    from execgate.adapters.http import forward_auth_headers
+    from execgate.artifacts import MAX_ARTIFACT_BYTES
+    from execgate.errors import RequestError
+    from execgate.jose import parse_unverified
+    from execgate.keyfile import read_private_key
+    from execgate.proofs import Runtime
+    from execgate.submission import MAX_REQUEST_BYTES
+
+    for flag, value in (("--http-method", args.http_method), ("--http-uri", args.http_uri)):
+        if value is None:
+            raise UsageError(f"give {flag} too: an HTTP call needs a method and a URI")
+    if args.artifact is None:
+        raise UsageError("give the artifact with --artifact FILE (or the token itself)")
+    artifact = token_arg(args.artifact, "--artifact")
+    runtime_id = args.runtime
+    if runtime_id is None:
         try:
-            audience = load_config(home_of(args)).gateway_id
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}; or pass --aud GATEWAY_ID") from exc
-    write_token(sign_proof(doc, args.runtime_key, audience), args.out)
+            subject = parse_unverified(artifact, max_size=MAX_ARTIFACT_BYTES).claims.get("sub")
+        except JoseError as exc:
+            raise UsageError(f"--artifact is not a well-formed artifact: {exc.detail}") from exc
+        if not isinstance(subject, str) or not subject:
+            raise UsageError("the artifact names no runtime (sub); give --runtime ID")
+        runtime_id = subject
+    body = None
+    if args.body_file is not None:
+        body = read_bytes(args.body_file, "--body-file", limit=MAX_REQUEST_BYTES)
+    parent = token_arg(args.parent, "--parent") if args.parent is not None else None
+    attestation = None
+    if args.attestation is not None:
+        attestation = token_arg(args.attestation, "--attestation")
+    runtime = Runtime(runtime_id, read_private_key(Path(args.runtime_key)))
+    try:
+        headers = forward_auth_headers(
+            runtime,
+            artifact=artifact,
+            audience=_audience(args),
+            method=args.http_method,
+            uri=args.http_uri,
+            body=body,
+            parent=parent,
+            attestation=attestation,
+        )
+    except RequestError as exc:
+        raise UsageError(f"cannot sign headers for this call: {exc}") from exc
+    if args.header_format == "json":
+        text = json.dumps(headers, indent=2) + "\n"
+    else:
+        text = "".join(f"{name}: {value}\n" for name, value in headers.items())
+    write_text(text, args.out, "headers")
     return 0
 
 
@@ -219,12 +308,30 @@ def register(commands: Commands) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_inspect)
 
-    s = commands.add("proof", "sign a proof of possession for a request (runtime key)")
-    s.add_argument("--request", required=True, help="request JSON file ('-' for stdin)")
+    s = commands.add(
+        "proof",
+        "sign a proof of possession for a request, or the headers of an HTTP call through"
+        " a forward-auth proxy (runtime key)",
+    )
+    s.add_argument("--request", help="request JSON file ('-' for stdin)")
     s.add_argument("--artifact", help="artifact file or compact JWS")
     s.add_argument("--runtime-key", required=True, help="the runtime's PRIVATE key file")
-    s.add_argument("--aud", help="audience (default: this gateway's id)")
-    s.add_argument("-o", "--out", help="write the proof to this file (default: stdout)")
+    s.add_argument("--aud", "--audience", dest="aud", help="audience (default: this gateway's id)")
+    s.add_argument("-o", "--out", help="write the proof or headers to this file (default: stdout)")
+    http = s.add_argument_group("HTTP call (instead of --request)")
+    http.add_argument("--http-method", help="the call's method, e.g. GET")
+    http.add_argument("--http-uri", help="the call's path and query, e.g. /api/x?y=1")
+    http.add_argument(
+        "--body-file", help="the body the proxy forwards (Envoy with_request_body), if any"
+    )
+    http.add_argument("--runtime", help="the runtime id (default: the artifact's sub)")
+    http.add_argument("--parent", help="a parent decision's receipt (file or compact JWS)")
+    http.add_argument("--attestation", help="an environment attestation (file or compact JWS)")
+    http.add_argument(
+        "--header-format",
+        choices=["curl", "json"],
+        help="curl: 'Name: value' lines for curl -H @FILE (default); json: one object",
+    )
     s.set_defaults(func=_proof)
 
     s = commands.add("attest", "sign an environment attestation (attester key)")

@@ -1,0 +1,181 @@
+"""An HTTP call as an execution request: the mapping both sides of forward-auth share.
+
+A runtime calling an HTTP service through a proxy (nginx ``auth_request``, Envoy
+``ext_authz``, Traefik ForwardAuth) proves possession over the same canonical request
+(DESIGN §4.3) that the gateway rebuilds from what the proxy forwards. Both sides call
+``http_request``, so the two cannot drift apart: a proof for ``GET /a`` cannot be used for
+``GET /b`` or ``POST /a``, because a different method or URI is a different request hash.
+
+    action    "http." + the method in lower case        (http.get, http.post, ...)
+    resource  the URI's path, exactly as sent (no percent-decoding, no query string)
+    args      {"method": the method as sent, "uri": the whole URI with its query,
+               "body_sha256": base64url(SHA-256(body)) only for a non-empty body}
+    runtime   the runtime id (sent as ``Execgate-Runtime``)
+    parent    a parent receipt, or None
+
+The path is taken as sent because the gateway cannot know how the service behind the
+proxy will decode it. Anything that decodes to a different path than it reads is refused
+rather than guessed at: dot segments (``/api/../admin`` matches the grant ``/api/**``
+but a service may serve ``/admin``), their percent-encoded forms, encoded slashes and
+backslashes (``%2F``, ``%5C``, ``\\``), and every character outside visible ASCII.
+So a grant on ``/api/**`` covers exactly what a service reading the path literally or
+decoding it once would route below ``/api/``.
+
+``forward_auth_headers`` is the client side: the headers a runtime adds to its call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from typing import Final
+
+from execgate.errors import RequestError
+from execgate.jose import b64url_encode
+from execgate.model import Request
+from execgate.proofs import Runtime
+
+__all__ = [
+    "ARTIFACT_HEADER",
+    "ATTESTATION_HEADER",
+    "MAX_METHOD",
+    "MAX_URI",
+    "PARENT_HEADER",
+    "PROOF_HEADER",
+    "RUNTIME_HEADER",
+    "body_sha256",
+    "forward_auth_headers",
+    "http_request",
+]
+
+ARTIFACT_HEADER: Final = "Execgate-Artifact"  # or Authorization: Bearer
+PROOF_HEADER: Final = "Execgate-Proof"
+ATTESTATION_HEADER: Final = "Execgate-Attestation"
+RUNTIME_HEADER: Final = "Execgate-Runtime"
+PARENT_HEADER: Final = "Execgate-Parent"
+
+MAX_METHOD: Final = 32
+MAX_URI: Final = 8192
+# RFC 9110 §5.6.2 token characters.
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VISIBLE_ASCII: Final = re.compile(r"[!-~]+")
+# A path segment that some service would read as "." or "..", percent-encoded or not.
+_DOT_SEGMENT: Final = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
+_ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+
+
+def body_sha256(body: bytes | None) -> str | None:
+    """base64url (no padding) SHA-256 of a non-empty body; None for no or an empty body."""
+    if not body:
+        return None
+    return b64url_encode(hashlib.sha256(body).digest())
+
+
+def _check_method(method: str) -> None:
+    if not 0 < len(method) <= MAX_METHOD or not _TOKEN.fullmatch(method):
+        raise RequestError(
+            f"the HTTP method must be an RFC 9110 token of at most {MAX_METHOD} characters"
+            " (GET, POST, ...)"
+        )
+
+
+def _check_uri(uri: str) -> str:
+    """The path of ``uri`` (before any query), or ``RequestError``."""
+    if not uri.startswith("/"):
+        raise RequestError("the URI must be an origin-form request target starting with '/'")
+    if len(uri) > MAX_URI:
+        raise RequestError(f"the URI is longer than {MAX_URI} characters")
+    if not _VISIBLE_ASCII.fullmatch(uri) or "#" in uri:
+        raise RequestError(
+            "the URI may hold only visible ASCII characters (percent-encode the rest)"
+            " and no fragment"
+        )
+    path = uri.split("?", 1)[0]
+    if "\\" in path or _ENCODED_SEPARATOR.search(path):
+        raise RequestError("the URI path may not hold a backslash or an encoded '/' or '\\'")
+    if any(_DOT_SEGMENT.fullmatch(segment) for segment in path.split("/")):
+        raise RequestError("the URI path may not hold '.' or '..' segments (encoded or not)")
+    return path
+
+
+def http_request(
+    *,
+    method: str,
+    uri: str,
+    runtime: str,
+    body_hash: str | None = None,
+    parent: str | None = None,
+) -> Request:
+    """The execution request for one HTTP call, or ``RequestError`` when the method is
+    not a token or the URI is not a plain origin-form target (see the module docstring).
+
+    ``body_hash`` is what ``body_sha256`` returns for the call's body (None: no body).
+    """
+    _check_method(method)
+    path = _check_uri(uri)
+    args: dict[str, str] = {"method": method, "uri": uri}
+    if body_hash is not None:
+        args["body_sha256"] = body_hash
+    try:
+        return Request(
+            action="http." + method.lower(),
+            resource=path,
+            runtime=runtime,
+            args=args,
+            parent=parent,
+        )
+    except ValueError as exc:  # e.g. a path or runtime id over 1024 characters
+        raise RequestError(str(exc)) from exc
+
+
+def forward_auth_headers(
+    runtime: Runtime,
+    *,
+    artifact: str,
+    audience: str,
+    method: str,
+    uri: str,
+    body: bytes | None = None,
+    parent: str | None = None,
+    attestation: str | None = None,
+    now: int | None = None,
+) -> dict[str, str]:
+    """The headers a runtime sends with its HTTP call through a forward-auth proxy:
+    ``Authorization: Bearer`` (the artifact), ``Execgate-Proof`` (fresh, bound to this
+    method, URI, body, runtime and parent), ``Execgate-Runtime``, and ``Execgate-Parent``
+    / ``Execgate-Attestation`` when given. Each proof is good for one call.
+
+    ``body`` must be exactly the bytes the proxy forwards to the gateway (Envoy
+    ``with_request_body``); leave it None when the proxy forwards no body (nginx,
+    Traefik), or the request hashes will differ and the call is denied.
+    Raises ``RequestError`` for a method, URI or value that cannot be sent as a header.
+    """
+    for name, value in (
+        ("runtime id", runtime.runtime_id),
+        ("artifact", artifact),
+        ("parent receipt", parent),
+        ("attestation", attestation),
+    ):
+        if value is not None and not _VISIBLE_ASCII.fullmatch(value):
+            raise RequestError(f"the {name} must be visible ASCII to be sent as a header")
+    request = http_request(
+        method=method,
+        uri=uri,
+        runtime=runtime.runtime_id,
+        body_hash=body_sha256(body),
+        parent=parent,
+    )
+    proof = runtime.proof(
+        request, artifact, audience=audience, now=int(time.time()) if now is None else now
+    )
+    headers = {
+        "Authorization": f"Bearer {artifact}",
+        PROOF_HEADER: proof,
+        RUNTIME_HEADER: runtime.runtime_id,
+    }
+    if parent is not None:
+        headers[PARENT_HEADER] = parent
+    if attestation is not None:
+        headers[ATTESTATION_HEADER] = attestation
+    return headers
