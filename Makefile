@@ -28,7 +28,16 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev
+# The e2e proxy tests need nginx with auth_request (Envoy and Traefik are dev dependencies).
+.PHONY: e2e-deps
+e2e-deps:
+	@if ! command -v nginx >/dev/null 2>&1 && ! test -x /usr/sbin/nginx; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	  else echo "e2e-deps: nginx is missing and this is neither root nor sudo: install nginx-light" >&2; exit 0; fi; \
+	  $$sudo apt-get install -y nginx-light || { $$sudo apt-get update && $$sudo apt-get install -y nginx-light; }; \
+	fi
+
+unit: $(VENV)/.installed-dev e2e-deps
 	$(BIN)/python -m pytest --cov --cov-report=term -q
 
 test: lint typecheck unit

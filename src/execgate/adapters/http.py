@@ -147,8 +147,9 @@ def forward_auth_headers(
     / ``Execgate-Attestation`` when given. Each proof is good for one call.
 
     ``body`` must be exactly the bytes the proxy forwards to the gateway (Envoy
-    ``with_request_body``); leave it None when the proxy forwards no body (nginx,
-    Traefik), or the request hashes will differ and the call is denied.
+    ``with_request_body``, Traefik ``forwardBody``); leave it None when the proxy
+    forwards no body (nginx ``auth_request``, Traefik by default), or the request hashes
+    will differ and the call is denied.
     Raises ``RequestError`` for a method, URI or value that cannot be sent as a header.
     """
     for name, value in (
