@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from execgate.errors import AuditError, JoseError, StoreError
+from execgate.home import ServerConfig
 from execgate.jose import loads_strict
 
 __all__ = ["Handler", "HttpError", "error_response", "handled", "read_body", "read_json"]
@@ -54,7 +56,9 @@ def _is_json(content_type: str | None) -> bool:
 async def read_body(request: Request, *, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit``: first on
     the declared ``Content-Length`` (nothing is read), then while streaming (reading stops
-    at the first chunk past the limit, whatever the header said)."""
+    at the first chunk past the limit, whatever the header said). A body that has not
+    arrived whole within ``[server] body_timeout`` seconds is refused with 408 and the
+    connection is closed (the rest of it may still be on its way)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit() or len(declared) > 20:
@@ -65,11 +69,22 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, "request.too_large", f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
+    server = getattr(request.app.state, "server", None)
+    timeout = (server if isinstance(server, ServerConfig) else ServerConfig()).body_timeout
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, "request.too_large", f"the body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise HttpError(
+            408,
+            "request.timeout",
+            f"the body did not arrive within {timeout} s",
+            headers={"Connection": "close"},
+        ) from exc
     return b"".join(chunks)
 
 

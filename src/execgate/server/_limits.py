@@ -1,14 +1,248 @@
-"""What ``execgate serve`` enforces below the app: header size and client timeouts."""
+"""What ``execgate serve`` enforces below the app: header size and client timeouts.
+
+These limits live in the HTTP protocol, not in the app, because the app only sees a
+request once its headers are complete: a client that sends 1 MB of headers, or one
+header byte every few seconds, must be stopped before that, or every such connection
+holds memory and a slot for as long as the client likes.
+
+``LimitedHttpToolsProtocol`` is uvicorn's httptools protocol with three additions:
+
+- **Header size** (``[server] header_limit``, bytes): the raw bytes of the request line
+  and headers are counted as they arrive (up to the blank line that ends them, so a body
+  in the same packet is not counted), and so are the parsed URL and header fields (a
+  second count that also covers pipelined bytes read together with the previous
+  request). Past the limit the client gets ``431`` with a typed body
+  (``request.headers_too_large``) and the connection is closed; the app never sees the
+  request.
+- **Header time** (``[server] header_timeout``, seconds): the headers must be complete
+  within that time of the connection being opened, of the previous response on a
+  keep-alive connection, or of their first byte when they were pipelined behind a
+  request still being served. A client that has sent part of a request by then gets
+  ``408`` (``request.timeout``) and the connection is closed; a connection on which
+  nothing was sent is closed without an answer (there is no request to answer, and a
+  client that raced a new request against the close would read a 408 meant for nobody).
+  So an idle connection, new or kept alive, lives at most ``header_timeout`` seconds,
+  and ``timeout_keep_alive`` is the same number.
+- **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
+  is ``400`` ``request.malformed``; over the concurrency limit, ``503``
+  ``server.overloaded`` (the check is uvicorn's, answered here).
+
+The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
+the read (``408``), since only the handler knows when it wants a body.
+
+Other choices: ``limit_concurrency`` is 1024 connections plus in-flight requests per
+worker (uvicorn counts both). An idle kept-alive connection counts, so the limit must
+be well above the number of clients a proxy pools; past it each new request is refused
+at once with 503 rather than queued without bound in the thread pool (whose 40 threads
+decide; SQLite commits one writer at a time). ``backlog`` is 2048 (uvicorn's default; the
+kernel caps it at ``net.core.somaxconn``): connections the kernel accepts while every
+worker is busy, before it refuses them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import json
+from functools import partial
+from typing import Any, Final
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from execgate.home import ServerConfig
+from execgate.server import logs
 
-__all__ = ["uvicorn_options"]
+__all__ = ["BACKLOG", "LIMIT_CONCURRENCY", "LimitedHttpToolsProtocol", "uvicorn_options"]
+
+LIMIT_CONCURRENCY: Final = 1024
+BACKLOG: Final = 2048
+_END_OF_HEAD: Final = (b"\r\n\r\n", b"\n\n")
+_LINGER: Final = 2.0  # seconds a refused client's remaining bytes are read and dropped
+
+
+class _Refused(Exception):
+    """Stops the parser after the connection was answered and closed."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header size and header time limits."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ServerConfig,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._header_limit = limits.header_limit
+        self._header_timeout = limits.header_timeout
+        # uvicorn answers an exceeded limit in plain text; the same check is made in
+        # on_headers_complete with a typed body instead.
+        self._concurrency = self.limit_concurrency
+        self.limit_concurrency = None
+        self._in_head = True  # the current request's line and headers are not complete
+        self._raw = 0  # raw bytes of the current head received so far
+        self._parsed = 0  # bytes of the current head the parser has handed over
+        self._tail = b""  # the last bytes of the head so far (a terminator may straddle)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # -- connection and data -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._refused:
+            return
+        if self._in_head:
+            if self._deadline is None:  # pipelined behind a request in flight
+                self._arm()
+            self._raw += self._head_part(data)
+            if self._raw > self._header_limit:
+                self._too_large()
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # pragma: no cover - ws is "none" (below)
+            self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if not self._refused:
+                self._refuse(400, "request.malformed", "the request is not valid HTTP/1.1")
+
+    def _head_part(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the head (all, when it does not end here)."""
+        joined = self._tail + data
+        ends = [i + len(t) for t in _END_OF_HEAD if (i := joined.find(t)) >= 0]
+        self._tail = joined[-3:]
+        if not ends:
+            return len(data)
+        return max(0, min(ends) - (len(joined) - len(data)))
+
+    # -- parser callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed = 16  # the method, spaces, version and line ends around the URL
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and the line end
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._in_head = False
+        if self._concurrency is not None and (
+            len(self.connections) >= self._concurrency or len(self.tasks) >= self._concurrency
+        ):
+            self._refuse(503, "server.overloaded", "too many connections; retry later")
+            raise _Refused
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._raw = 0
+        self._tail = b""
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._in_head and not self.pipeline:
+            self._arm()
+
+    def _count(self, size: int) -> None:
+        self._parsed += size
+        if self._parsed > self._header_limit:
+            self._too_large()
+            raise _Refused
+
+    # -- refusals ----------------------------------------------------------------------
+
+    def _too_large(self) -> None:
+        self._refuse(
+            431,
+            "request.headers_too_large",
+            f"the request line and headers exceed {self._header_limit} bytes",
+        )
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self._header_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm()  # a pipelined head behind a request in flight: not its turn yet
+            return
+        if self._raw == 0 and self._parsed == 0:
+            self.transport.close()  # nothing was asked: close, nothing to answer
+            return
+        self._refuse(
+            408, "request.timeout", f"the headers did not arrive within {self._header_timeout} s"
+        )
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer with a typed error and close; nothing reaches the app."""
+        self.logger.warning("refused a request: %d %s", status, code)
+        self._refused = True
+        self._disarm()
+        if self.flow is not None:
+            self.flow.pause_reading()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response is being written on this connection: let it finish, then close.
+            self.cycle.keep_alive = False
+            return
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-type: application/json\r\n")
+        head.append(b"content-length: " + str(len(body)).encode("ascii") + b"\r\n")
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + body)
+        # Close our side, then read and drop what the client is still sending for a
+        # moment before closing: closing a socket with unread data resets it, and the
+        # reset can destroy the answer before the client has read it.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            if self.flow is not None:
+                self.flow.resume_reading()
+            self.loop.call_later(_LINGER, self.transport.close)
+        else:  # pragma: no cover - TCP transports can
+            self.transport.close()
 
 
 def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config`` that enforce ``server``'s limits."""
-    return {}
+    return {
+        # A partial, not a class made per config: it pickles by reference into the
+        # worker processes uvicorn spawns.
+        "http": partial(LimitedHttpToolsProtocol, limits=server),
+        "ws": "none",  # no WebSocket routes: an Upgrade request is served as plain HTTP
+        "timeout_keep_alive": server.header_timeout,
+        "limit_concurrency": LIMIT_CONCURRENCY,
+        "backlog": BACKLOG,
+        "log_config": logs.log_config(),
+    }

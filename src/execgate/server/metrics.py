@@ -1,14 +1,326 @@
-"""Prometheus metrics at /metrics."""
+"""Prometheus metrics at /metrics: decisions, stage latency, HTTP traffic, store gauges.
+
+What is counted, and why these labels:
+
+- ``execgate_decisions_total{outcome, reason}``: one count per decision. ``reason`` is
+  the code that settled the outcome (the last reason; ``none`` for a plain proceed). Both
+  label sets are closed (the five outcomes, ``errors.REASON_CODES``); anything else is
+  counted as ``other``, so a label can never grow with input.
+- ``execgate_decision_stage_seconds{stage}``: the pipeline's stages as it marks them
+  (``Gateway.observer``, timed by ``execgate._timing``); ``audit`` is the durable record
+  and receipt.
+- ``execgate_http_requests_total{method, route, status}`` and
+  ``execgate_http_request_duration_seconds{method, route}``: by route *template*
+  (``/v1/decisions/{decision_id}``), never the raw path, and with unknown methods as
+  ``other``: ids and probes do not create series.
+- ``execgate_audit_log_entries``, ``execgate_replay_store_entries``,
+  ``execgate_pending_approvals``: the shared state, read from the store at scrape time
+  (not kept per process: with several workers each would hold a stale copy), and
+  ``execgate_store_up`` (1 when the store answered this scrape).
+
+A store that is down does not fail the scrape: the three store gauges are left out,
+``execgate_store_up`` is 0, and the decision and HTTP counters are still served (they
+are what shows the ``fail_closed`` decisions the outage causes). A 500 there would hide
+exactly that.
+
+Several workers: ``execgate serve`` runs several uvicorn worker processes, and a counter
+kept in one of them is a fraction of the truth. ``multiprocess_dir`` makes a fresh
+private directory (0700) for prometheus-client's multiprocess mode before the workers
+start, names it in ``PROMETHEUS_MULTIPROC_DIR`` (inherited by every worker) and removes
+it at exit; each worker then writes its counters and histograms to memory-mapped files
+there, and a scrape, whichever worker answers it, sums them all
+(``MultiProcessCollector``). A dead worker's files stay: its counts happened, and a
+counter must not go down. No multiprocess *gauge* is used (the gauges come from the
+store), so there is no per-process value that a dead worker would leave stale, and
+nothing to mark dead. Without that variable (tests, an app run in process, or a process
+that loaded prometheus-client before the variable was set), each app keeps its own
+``CollectorRegistry``, never the global default one.
+
+/metrics is not authenticated, like /healthz: it holds counts, codes and templates,
+never an id, token or argument. The server binds to loopback unless told otherwise.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Final
 
-from starlette.routing import BaseRoute
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ERROR_CODES", "PATHS", "ROUTES", "SCHEMAS"]
+from execgate.errors import REASON_CODES
+from execgate.model import Decision, Outcome
+from execgate.pipeline import Gateway
+from execgate.server import logs
+from execgate.server._http import handled
+from execgate.server._spec import error as _error
 
-ROUTES: Final[list[BaseRoute]] = []
-PATHS: Final[dict[str, Any]] = {}
+__all__ = [
+    "ERROR_CODES",
+    "MULTIPROC_ENV",
+    "PATHS",
+    "ROUTES",
+    "SCHEMAS",
+    "Instrumented",
+    "Metrics",
+    "multiprocess_dir",
+]
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+_OUTCOMES: Final = frozenset(o.value for o in Outcome)
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_STAGE_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    1.0, 2.5, 10.0,
+)  # fmt: skip
+_HTTP_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+def _multiprocess() -> bool:
+    """Multiprocess mode: the directory is named and prometheus-client was loaded with it
+    (its value class is chosen once, at import)."""
+    return bool(os.environ.get(MULTIPROC_ENV)) and values.ValueClass is not values.MutexValue
+
+
+class _StoreGauges(Collector):
+    """The shared-state gauges, read from the open gateway's store at each scrape."""
+
+    def __init__(self, gateway: Callable[[], Gateway | None], now: Callable[[], float]) -> None:
+        self._gateway = gateway
+        self._now = now
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # computed per scrape; nothing to check against at registration
+
+    def _read(self) -> tuple[int, int, int] | None:
+        gateway = self._gateway()
+        if gateway is None:
+            return None
+        try:
+            store = gateway.store
+            return store.size(), store.replay_size(), store.pending_approvals(int(self._now()))
+        except Exception:  # noqa: BLE001 - a store that is down: no gauges, store_up 0
+            return None
+
+    def collect(self) -> Iterable[Metric]:
+        read = self._read()
+        if read is not None:
+            size, replay, pending = read
+            yield GaugeMetricFamily(
+                "execgate_audit_log_entries", "entries in the audit log", value=size
+            )
+            yield GaugeMetricFamily(
+                "execgate_replay_store_entries",
+                "proof ids remembered for replay detection",
+                value=replay,
+            )
+            yield GaugeMetricFamily(
+                "execgate_pending_approvals",
+                "approvals waiting for reviews (not expired)",
+                value=pending,
+            )
+        yield GaugeMetricFamily(
+            "execgate_store_up",
+            "1 when the store answered this scrape, else 0",
+            value=0 if read is None else 1,
+        )
+
+
+class Metrics:
+    """The metrics of one app: its own registry, or the multiprocess directory."""
+
+    def __init__(self, *, gateway: Callable[[], Gateway | None], now: Callable[[], float]) -> None:
+        """``gateway`` returns the app's open gateway (None while it is not open): the
+        gauges read its store."""
+        self.multiprocess = _multiprocess()
+        registry = None if self.multiprocess else CollectorRegistry()
+        self.decisions = Counter(
+            "execgate_decisions",
+            "decisions by outcome and the reason code that settled it",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.stages = Histogram(
+            "execgate_decision_stage_seconds",
+            "seconds spent in each decision stage",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "execgate_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "execgate_http_request_duration_seconds",
+            "HTTP request duration by method and route template",
+            ["method", "route"],
+            buckets=_HTTP_BUCKETS,
+            registry=registry,
+        )
+        self._stage_timers: dict[str, Histogram] = {}
+        self._gauges = _StoreGauges(gateway, now)
+        self._registry = registry
+        if registry is not None:
+            registry.register(self._gauges)
+
+    def observe(self, decision: Decision, stages: Mapping[str, float]) -> None:
+        """The gateway's observer: count the decision, time its stages, log it."""
+        outcome = decision.outcome.value
+        codes = [r.code for r in decision.reasons]
+        reason = codes[-1] if codes else "none"
+        self.decisions.labels(
+            outcome if outcome in _OUTCOMES else "other",
+            reason if reason in REASON_CODES or reason == "none" else "other",
+        ).inc()
+        timers = self._stage_timers
+        for stage, seconds in stages.items():
+            timer = timers.get(stage)
+            if timer is None:  # the stage names are the pipeline's own, a fixed few
+                timer = timers[stage] = self.stages.labels(stage)
+            timer.observe(seconds)
+        logs.decision(decision.decision_id, outcome, codes, stages)
+
+    def observing(self, open_gateway: Callable[[], Gateway]) -> Callable[[], Gateway]:
+        """``open_gateway``, with every gateway it opens observed by these metrics."""
+
+        def opened() -> Gateway:
+            gateway = open_gateway()
+            gateway.observer = self.observe
+            return gateway
+
+        return opened
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METHODS else "other"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition of everything (blocking: the gauges read the store)."""
+        registry = self._registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(self._gauges)
+        return generate_latest(registry)
+
+
+class Instrumented:
+    """ASGI middleware: count and time each HTTP request by route template, and write
+    its one access-log line (with the decision id when a decision was made)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        fields = logs.request_fields()
+        status = 500  # what the client sees if the app fails before answering
+        started = time.perf_counter()
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = str(getattr(route, "path", "unmatched")) if route else "unmatched"
+            method = str(scope.get("method", ""))
+            self._metrics.request(method, template, status, seconds)
+            logs.access(
+                method=method if method in _METHODS else "other",
+                route=template,
+                status=status,
+                seconds=seconds,
+                fields=fields,
+            )
+
+
+async def get_metrics(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    body = await run_in_threadpool(metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """A fresh private directory for the workers' metrics, named in
+    ``PROMETHEUS_MULTIPROC_DIR`` for the processes started inside; removed at exit.
+
+    Enter it in the serving process before uvicorn starts its workers. A directory
+    already named in the environment is not reused: files left by an earlier run (or
+    by another user) would be summed into this one's counters.
+    """
+    path = Path(tempfile.mkdtemp(prefix="execgate-metrics-"))  # mode 0700
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+ROUTES: Final[list[BaseRoute]] = [Route("/metrics", handled(get_metrics), methods=["GET"])]
+PATHS: Final[dict[str, Any]] = {
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text exposition format)",
+            "description": (
+                "Decisions by outcome and reason, stage latency, HTTP requests by route"
+                " template and status, audit log size, replay store size, pending"
+                " approvals. With a store that is down the store gauges are absent and"
+                " execgate_store_up is 0; the counters are still served."
+            ),
+            "responses": {
+                "200": {
+                    "description": "metrics",
+                    "content": {
+                        CONTENT_TYPE_LATEST.split(";", 1)[0]: {"schema": {"type": "string"}}
+                    },
+                },
+                "500": _error("internal error"),
+            },
+        }
+    }
+}
 SCHEMAS: Final[dict[str, Any]] = {}
-ERROR_CODES: Final[list[str]] = []
+# The limits every route shares, enforced below the app (server._limits) or while a
+# body is read (server._http.read_body): listed here so the document's Error schema
+# names every code the service can answer with.
+ERROR_CODES: Final[list[str]] = [
+    "request.headers_too_large",
+    "request.timeout",
+    "request.malformed",
+    "server.overloaded",
+]

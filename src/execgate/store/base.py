@@ -139,3 +139,13 @@ class Store(Protocol):
     def purge_expired(self, now: int) -> int: ...
 
     def close(self) -> None: ...
+
+    # -- gauges for /metrics (server.metrics) ------------------------------------------
+
+    def replay_size(self) -> int:
+        """Proof ids remembered for replay detection (until they expire and are purged)."""
+        ...
+
+    def pending_approvals(self, now: int) -> int:
+        """Approvals still waiting for reviews at ``now`` (pending and not expired)."""
+        ...

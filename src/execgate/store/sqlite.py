@@ -510,3 +510,18 @@ class SQLiteStore:
                 with suppress(sqlite3.Error):
                     conn.close()
             self._all.clear()
+
+    # -- gauges for /metrics (server.metrics) ------------------------------------------
+
+    def replay_size(self) -> int:
+        with self._reader() as conn:
+            row = conn.execute("SELECT COUNT(*) FROM proof_jti").fetchone()
+        return int(row[0])
+
+    def pending_approvals(self, now: int) -> int:
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM approvals WHERE status = 'pending' AND expires_at > ?",
+                (now,),
+            ).fetchone()
+        return int(row[0])

@@ -72,3 +72,11 @@ class UnavailableStore:
 
     def close(self) -> None:
         pass
+
+    # -- gauges for /metrics (server.metrics) ------------------------------------------
+
+    def replay_size(self) -> int:
+        self._down()
+
+    def pending_approvals(self, now: int) -> int:
+        self._down()

@@ -1,0 +1,46 @@
+"""Stage timing for one decision (internal): how long each pipeline stage took.
+
+The pipeline marks its stages by assigning ``state.stage``; ``TimedState`` turns each
+assignment into a lap of ``time.perf_counter()``, so the stages are measured exactly
+where they are marked without a second set of markers in ``Gateway._evaluate``. It is
+used only when a gateway has an observer (metrics): without one the pipeline keeps the
+plain ``DecisionState`` and pays nothing. A stage that ends the decision (an exception)
+is timed up to the moment it ended; ``finish`` closes the last lap.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from execgate._state import DecisionState
+
+__all__ = ["TimedState"]
+
+
+class TimedState(DecisionState):
+    """A ``DecisionState`` that times the intervals between stage markers."""
+
+    __slots__ = ("_current", "_since", "laps")
+
+    def __init__(self, decision_id: str, now: int) -> None:
+        self.laps: dict[str, float] = {}
+        self._current = ""
+        self._since = perf_counter()
+        super().__init__(decision_id=decision_id, now=now)
+
+    @property
+    def stage(self) -> str:
+        return self._current
+
+    @stage.setter
+    def stage(self, name: str) -> None:
+        self.finish()
+        self._current = name
+
+    def finish(self) -> dict[str, float]:
+        """Close the running lap; the seconds spent in each stage so far."""
+        now = perf_counter()
+        if self._current:
+            self.laps[self._current] = self.laps.get(self._current, 0.0) + (now - self._since)
+        self._since = now
+        return self.laps

@@ -1,0 +1,167 @@
+"""Structured logs: one JSON object per line, with the decision id when there is one.
+
+Every line carries ``time`` (UTC, ISO 8601), ``level``, ``logger`` and ``message``, and
+then only fields from a fixed allow-list (``FIELDS``): decision id, outcome, reason
+codes, method, route template, status, durations. What a request carries is never
+logged: no artifact, proof, attestation, receipt, bearer token, ``Authorization``
+header, request arguments, query string or raw path (the route template is logged, not
+the path, so an id or a token placed in a URL stays out of the log too). Three more
+guards sit in the formatter because a log line is easy to get wrong later:
+
+- a field that is not on the allow-list is dropped, whatever a caller passes as ``extra``;
+- the message is scrubbed of anything shaped like a compact JWS and of ``Bearer``
+  credentials, then capped in length;
+- an exception is logged as its type and its frames (file, line, function), never its
+  message: a parser's message may quote the input it refused.
+
+``log_config`` is the ``logging.config.dictConfig`` document ``execgate serve`` hands to
+uvicorn, so uvicorn's own lines (startup, shutdown, protocol errors) are JSON as well.
+uvicorn's access log stays off: ``access`` (called by the metrics middleware) writes one
+line per request with the route template and, when the request made a decision, its id,
+outcome and reason codes; uvicorn's line (raw path and query string) cannot have those
+and must not carry what it has. A decision made outside a request (no access line to
+carry it) gets its own ``execgate.decision`` line, with the time spent in each stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import traceback
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Final
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "DECISION_LOGGER",
+    "FIELDS",
+    "JsonFormatter",
+    "access",
+    "decision",
+    "log_config",
+    "request_fields",
+]
+
+ACCESS_LOGGER: Final = "execgate.access"
+DECISION_LOGGER: Final = "execgate.decision"
+FIELDS: Final = (
+    "decision_id",
+    "outcome",
+    "reasons",
+    "method",
+    "route",
+    "status",
+    "duration_ms",
+    "stages_ms",
+)
+_MAX_MESSAGE: Final = 1000
+_JWS: Final = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")  # '{"…' header
+_BEARER: Final = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
+_RECORD_DEFAULTS: Final = frozenset(vars(logging.makeLogRecord({})))
+
+# The fields of the request being served, shared by reference with the threads it runs
+# decisions in (anyio copies the context into the worker thread; the dict is the same).
+_request: ContextVar[dict[str, Any] | None] = ContextVar("execgate_request", default=None)
+
+
+def _scrub(text: str) -> str:
+    text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
+    text = _JWS.sub("[redacted-jws]", text)
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE] + "…"
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, allow-listed fields only (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": _scrub(record.getMessage()),
+            "pid": record.process,
+        }
+        for name in FIELDS:
+            if name in record.__dict__ and name not in _RECORD_DEFAULTS:
+                line[name] = record.__dict__[name]
+        if record.exc_info and record.exc_info[0] is not None:
+            line["exc_type"] = record.exc_info[0].__name__
+            frames = traceback.extract_tb(record.exc_info[2])
+            line["exc_frames"] = [f"{f.filename}:{f.lineno} in {f.name}" for f in frames]
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def request_fields() -> dict[str, Any]:
+    """Start collecting fields for the request being served (its access-log line)."""
+    fields: dict[str, Any] = {}
+    _request.set(fields)
+    return fields
+
+
+def decision(
+    decision_id: str, outcome: str, reasons: list[str], stages: Mapping[str, float]
+) -> None:
+    """Record one decision (codes only, never details or inputs). Made while serving a
+    request, it goes on that request's access-log line (one line per request: a line
+    costs about a tenth of a decision); otherwise it gets its own line."""
+    fields = _request.get()
+    if fields is not None:
+        fields["decision_id"] = decision_id
+        fields["outcome"] = outcome
+        fields["reasons"] = reasons
+        return
+    logging.getLogger(DECISION_LOGGER).info(
+        "decision",
+        extra={
+            "decision_id": decision_id,
+            "outcome": outcome,
+            "reasons": reasons,
+            "duration_ms": round(sum(stages.values()) * 1000, 3),
+            "stages_ms": {k: round(v * 1000, 3) for k, v in stages.items()},
+        },
+    )
+
+
+def access(
+    *, method: str, route: str, status: int, seconds: float, fields: Mapping[str, Any]
+) -> None:
+    """The one access-log line of a request."""
+    logging.getLogger(ACCESS_LOGGER).info(
+        "request",
+        extra={
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            **{k: fields[k] for k in ("decision_id", "outcome", "reasons") if k in fields},
+        },
+    )
+
+
+def log_config(level: str = "INFO") -> dict[str, Any]:
+    """The ``dictConfig`` document: JSON lines on stderr for execgate and uvicorn."""
+    handler = {"handlers": ["json"], "level": level, "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "execgate": dict(handler),
+            "uvicorn": dict(handler),
+            "uvicorn.error": {"level": level},
+            # Replaced by execgate.access (route templates, decision ids, no raw paths).
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }

@@ -1,0 +1,221 @@
+"""Structured JSON logs: one object per line, the decision id on the access line, and no
+secret or artifact anywhere in the output of a full decision."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import Kit, make_kit
+from test_server_api import Client
+
+from execgate.server import create_app
+from execgate.server.logs import FIELDS, JsonFormatter, log_config
+from execgate.server.metrics import Metrics
+
+BEARER = "s3cr3t-bearer-token-value-0123456789"
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """What the execgate loggers write, through the JSON formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("execgate")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def _format(record: logging.LogRecord) -> dict[str, Any]:
+    line: dict[str, Any] = json.loads(JsonFormatter().format(record))
+    return line
+
+
+def test_a_full_decision_logs_its_id_and_never_a_secret(kit: Kit, captured: io.StringIO) -> None:
+    submission = kit.submit(kit.request(amount=100, note="argument-value-not-for-logs"))
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        response = client.post(
+            "/v1/decisions",
+            json=submission,
+            headers={"Authorization": f"Bearer {BEARER}", "X-Api-Key": BEARER},
+        )
+        decision = response.json()
+        looked_up = client.get(f"/v1/decisions/{decision['decision_id']}?token={BEARER}")
+        assert looked_up.status_code == 200
+    assert decision["outcome"] == "proceed"
+    output = captured.getvalue()
+    secrets = [
+        submission["artifact"],
+        submission["proof"],
+        decision["receipt"],
+        BEARER,
+        "argument-value-not-for-logs",
+        *submission["artifact"].split("."),  # no part of one either
+        *submission["proof"].split("."),
+        *decision["receipt"].split("."),
+    ]
+    for secret in secrets:
+        assert secret not in output
+    lines = _lines(captured)
+    # One line per request: the decision is on the access line of its request.
+    assert [line["logger"] for line in lines] == ["execgate.access"] * 2
+    access = lines
+    assert [(a["method"], a["route"], a["status"]) for a in access] == [
+        ("POST", "/v1/decisions", 200),
+        ("GET", "/v1/decisions/{decision_id}", 200),
+    ]
+    assert access[0]["decision_id"] == decision["decision_id"]
+    assert access[0]["outcome"] == "proceed"
+    assert access[0]["reasons"] == []
+    assert "decision_id" not in access[1]  # nothing was decided by the lookup
+    for line in lines:
+        assert {"time", "level", "logger", "message", "pid"} <= set(line)
+        assert set(line) <= {"time", "level", "logger", "message", "pid", *FIELDS}
+
+
+def test_a_denied_decision_logs_codes_not_details(kit: Kit, captured: io.StringIO) -> None:
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        body = kit.submit(kit.request("payments.refund", amount=1))
+        decision = client.post("/v1/decisions", json=body).json()
+    (line,) = _lines(captured)
+    assert line["decision_id"] == decision["decision_id"]
+    assert line["reasons"] == ["policy.denied"]
+    assert decision["reasons"][0]["detail"] not in captured.getvalue()
+
+
+def test_a_decision_outside_a_request_gets_its_own_line(kit: Kit, captured: io.StringIO) -> None:
+    metrics = Metrics(gateway=lambda: None, now=kit.clock)
+    gateway = metrics.observing(kit.gateway)()
+    submission = kit.submit()
+    decision = gateway.decide(submission)
+    (line,) = _lines(captured)
+    assert line["logger"] == "execgate.decision"
+    assert line["decision_id"] == decision.decision_id
+    assert line["outcome"] == "proceed"
+    assert {"artifact", "binding", "policy", "audit"} <= set(line["stages_ms"])
+    assert submission["proof"] not in captured.getvalue()
+
+
+def test_only_allow_listed_fields_are_written() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "execgate.test",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "hello %s",
+            "args": ("world",),
+            "decision_id": "d-1",
+            "artifact": "eyJhbGciOiJFZDI1NTE5In0.eyJzdWIiOiJ4In0.c2ln",
+            "authorization": f"Bearer {BEARER}",
+        }
+    )
+    line = _format(record)
+    assert line["message"] == "hello world"
+    assert line["decision_id"] == "d-1"
+    assert line["level"] == "info"
+    assert line["logger"] == "execgate.test"
+    assert "artifact" not in line
+    assert "authorization" not in line
+
+
+def test_messages_are_scrubbed_of_tokens_and_capped() -> None:
+    jws = "eyJhbGciOiJFZDI1NTE5In0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    record = logging.makeLogRecord(
+        {"msg": f"refused {jws} with Authorization: Bearer {BEARER} " + "x" * 5000}
+    )
+    message = _format(record)["message"]
+    assert jws not in message
+    assert "eyJzdWIiOiJ4In0" not in message
+    assert BEARER not in message
+    assert "[redacted-jws]" in message
+    assert "Bearer [redacted]" in message
+    assert len(message) < 1100
+
+
+def test_exceptions_are_logged_as_type_and_frames_never_their_message() -> None:
+    try:
+        int(f"Bearer {BEARER}")
+    except ValueError:
+        record = logging.makeLogRecord({"msg": "failed", "exc_info": sys.exc_info()})
+    line = _format(record)
+    assert line["exc_type"] == "ValueError"
+    assert any("test_logs.py" in frame for frame in line["exc_frames"])
+    assert BEARER not in json.dumps(line)
+
+
+_UVICORN_LOGS = textwrap.dedent(
+    """
+    import logging, logging.config
+    from execgate.server.logs import log_config
+    logging.config.dictConfig(log_config())
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
+    logging.getLogger("uvicorn.access").info("must not appear")
+    logging.getLogger("execgate.access").info("request", extra={"route": "/healthz"})
+    logging.getLogger("execgate.other").debug("below the level")
+    """
+)
+
+
+def test_log_config_makes_uvicorn_and_execgate_lines_json() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _UVICORN_LOGS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["logger"], line["message"]) for line in lines] == [
+        ("uvicorn.error", "Started server process [42]"),
+        ("execgate.access", "request"),
+    ]
+    assert lines[1]["route"] == "/healthz"
+    assert log_config()["loggers"]["uvicorn.access"]["handlers"] == []
+
+
+def test_exported_names_are_pinned() -> None:
+    from execgate.server import _limits, logs
+
+    assert logs.__all__ == [
+        "ACCESS_LOGGER",
+        "DECISION_LOGGER",
+        "FIELDS",
+        "JsonFormatter",
+        "access",
+        "decision",
+        "log_config",
+        "request_fields",
+    ]
+    assert _limits.__all__ == [
+        "BACKLOG",
+        "LIMIT_CONCURRENCY",
+        "LimitedHttpToolsProtocol",
+        "uvicorn_options",
+    ]

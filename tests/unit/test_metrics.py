@@ -1,0 +1,303 @@
+"""/metrics in process: decisions by outcome and reason, stage timing, HTTP requests by
+route template, the store gauges (and a store that is down), the gateway observer's
+cost-free default and its isolation, and multiprocess aggregation across real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from gatekit import Kit, make_kit
+from prometheus_client.parser import text_string_to_metric_families
+from test_server_api import Client
+
+from execgate._state import DecisionState
+from execgate.model import Decision, Outcome, Reason
+from execgate.server import create_app
+from execgate.server.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
+from execgate.store.sqlite import SQLiteStore
+from execgate.store.unavailable import UnavailableStore
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+def _samples(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def _scrape(client: Client) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return _samples(response.text)
+
+
+def test_decisions_by_outcome_and_reason_stages_and_gauges(kit: Kit) -> None:
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        submission = kit.submit()
+        outcomes = []
+        for body in (
+            submission,  # proceed
+            submission,  # replay: deny
+            kit.submit(kit.request("payments.refund", amount=1)),  # policy.denied
+            kit.submit(kit.request(amount=5000)),  # pause, approval.required
+        ):
+            response = client.post("/v1/decisions", json=body)
+            assert response.status_code == 200
+            outcomes.append(response.json()["outcome"])
+        assert outcomes == ["proceed", "deny", "deny", "pause"]
+        samples = _scrape(client)
+
+    total = "execgate_decisions_total"
+    assert _value(samples, total, outcome="proceed", reason="none") == 1
+    assert _value(samples, total, outcome="deny", reason="replay.detected") == 1
+    assert _value(samples, total, outcome="deny", reason="policy.denied") == 1
+    assert _value(samples, total, outcome="pause", reason="approval.required") == 1
+    assert sum(v for (n, _), v in samples.items() if n == total) == 4
+    # Every decision passed parse and artifact; the three that were logged, audit too.
+    stage_count = "execgate_decision_stage_seconds_count"
+    assert _value(samples, stage_count, stage="artifact") == 4
+    assert _value(samples, stage_count, stage="audit") == 4
+    assert _value(samples, stage_count, stage="policy") == 3  # the replay stopped earlier
+    assert (_value(samples, "execgate_decision_stage_seconds_sum", stage="audit") or 0) > 0
+    # The gauges are the store's own numbers.
+    assert _value(samples, "execgate_store_up") == 1
+    with closing(SQLiteStore(kit.config.store)) as store:
+        assert _value(samples, "execgate_audit_log_entries") == store.size() == 4
+        assert _value(samples, "execgate_replay_store_entries") == store.replay_size() == 3
+        assert _value(samples, "execgate_pending_approvals") == 1
+        assert store.pending_approvals(kit.clock.now) == 1
+        assert store.pending_approvals(kit.clock.now + 10_000) == 0  # expired: not pending
+    # HTTP requests by route template, method and status.
+    assert (
+        _value(
+            samples,
+            "execgate_http_requests_total",
+            method="POST",
+            route="/v1/decisions",
+            status="200",
+        )
+        == 4
+    )
+
+
+def test_http_requests_are_counted_by_route_template_never_the_raw_path(kit: Kit) -> None:
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        assert client.get("/v1/decisions/some-secret-looking-id").status_code == 404
+        assert client.get("/no/such/route").status_code == 404
+        assert client.request("PURGE", "/healthz").status_code == 405
+        text = client.get("/metrics").text
+    samples = _samples(text)
+    requests = "execgate_http_requests_total"
+    assert (
+        _value(samples, requests, method="GET", route="/v1/decisions/{decision_id}", status="404")
+        == 1
+    )
+    assert _value(samples, requests, method="GET", route="unmatched", status="404") == 1
+    assert _value(samples, requests, method="other", route="/healthz", status="405") == 1
+    assert "some-secret-looking-id" not in text
+    assert "/no/such/route" not in text
+
+
+def test_a_store_that_is_down_still_scrapes_with_its_fail_closed_counts(kit: Kit) -> None:
+    """Documented choice: the scrape answers 200; the store gauges are absent,
+    execgate_store_up is 0, and the decision counters (which show the outage) remain."""
+    down = UnavailableStore("the database is unreachable")
+    with Client(create_app(open_gateway=lambda: kit.gateway(down), now=kit.clock)) as client:
+        decided = client.post("/v1/decisions", json=kit.submit()).json()
+        assert decided["outcome"] == "fail_closed"
+        samples = _scrape(client)
+    assert _value(samples, "execgate_store_up") == 0
+    names = {name for name, _ in samples}
+    assert "execgate_audit_log_entries" not in names
+    assert "execgate_replay_store_entries" not in names
+    assert "execgate_pending_approvals" not in names
+    failed = [
+        v
+        for (n, labels), v in samples.items()
+        if n == "execgate_decisions_total" and ("outcome", "fail_closed") in labels
+    ]
+    assert failed == [1]
+
+
+def test_scrape_without_an_open_gateway_has_no_store_gauges(kit: Kit) -> None:
+    app = create_app(open_gateway=kit.gateway, now=kit.clock)
+    with Client(app, lifespan=False) as client:
+        samples = _scrape(client)
+    assert _value(samples, "execgate_store_up") == 0
+    assert not any(name == "execgate_audit_log_entries" for name, _ in samples)
+
+
+def _decision(outcome: Outcome, *codes: str) -> Decision:
+    return Decision(
+        decision_id="d-1",
+        outcome=outcome,
+        reasons=tuple(Reason(c, "detail") for c in codes),
+        request_hash=None,
+        policy_hash="p",
+        decided_at=0,
+    )
+
+
+def test_reason_labels_are_a_closed_set() -> None:
+    metrics = Metrics(gateway=lambda: None, now=lambda: 0.0)
+    # Reason refuses unknown codes; the metrics do not rely on it (a label set that could
+    # grow with input would be a memory leak in every worker and in Prometheus).
+    odd = _decision(Outcome.DENY, "policy.denied")
+    object.__setattr__(odd.reasons[0], "code", "made.up.code")
+    metrics.observe(odd, {"artifact": 0.001})
+    # The code that settled the outcome is the last one (an unlogged decision keeps
+    # the earlier reasons and adds audit.unavailable).
+    metrics.observe(_decision(Outcome.FAIL_CLOSED, "policy.denied", "audit.unavailable"), {})
+    samples = _samples(metrics.render().decode())
+    total = "execgate_decisions_total"
+    assert _value(samples, total, outcome="deny", reason="other") == 1
+    assert _value(samples, total, outcome="fail_closed", reason="audit.unavailable") == 1
+    assert not any("made.up.code" in str(labels) for _, labels in samples)
+
+
+def test_each_app_has_its_own_registry(kit: Kit) -> None:
+    first = Metrics(gateway=lambda: None, now=lambda: 0.0)
+    second = Metrics(gateway=lambda: None, now=lambda: 0.0)
+    first.request("GET", "/healthz", 200, 0.001)
+    requests = "execgate_http_requests_total"
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+    assert _value(_samples(first.render().decode()), requests, **labels) == 1
+    assert _value(_samples(second.render().decode()), requests, **labels) is None
+
+
+def test_the_observer_sees_every_decision_and_cannot_change_one(kit: Kit) -> None:
+    gateway = kit.gateway()
+    assert gateway.observer is None  # the default: stages are not timed at all
+    seen: list[tuple[str, dict[str, float]]] = []
+
+    def observe(decision: Decision, stages: object) -> None:
+        assert isinstance(stages, dict)
+        seen.append((decision.outcome.value, dict(stages)))
+        raise RuntimeError("a broken metrics backend")
+
+    gateway.observer = observe
+    decision = gateway.decide(kit.submit())
+    assert decision.outcome is Outcome.PROCEED  # the observer's exception is dropped
+    assert decision.log_index == 0
+    assert seen[0][0] == "proceed"
+    assert {"parse", "artifact", "revocation", "binding", "replay", "policy", "audit"} <= set(
+        seen[0][1]
+    )
+    assert all(seconds >= 0 for seconds in seen[0][1].values())
+    gateway.observer = None
+    assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+    assert len(seen) == 1
+
+
+def test_timed_state_is_a_decision_state() -> None:
+    from execgate._timing import TimedState
+
+    state = TimedState("d-1", 5)
+    assert isinstance(state, DecisionState)
+    assert state.stage == "parse"
+    assert state.now == 5
+    state.stage = "artifact"
+    state.stop(Outcome.DENY, "artifact.malformed", "x")
+    laps = state.finish()
+    assert set(laps) == {"parse", "artifact"}
+    assert state.outcome is Outcome.DENY
+
+
+def test_multiprocess_dir_is_private_named_and_removed() -> None:
+    before = os.environ.get(MULTIPROC_ENV)
+    with multiprocess_dir() as path:
+        assert os.environ[MULTIPROC_ENV] == str(path)
+        assert path.is_dir()
+        assert (path.stat().st_mode & 0o777) == 0o700
+        # prometheus-client was loaded here without the variable: this process keeps
+        # its own registry rather than reading a directory it never writes to.
+        assert Metrics(gateway=lambda: None, now=lambda: 0.0).multiprocess is False
+    assert not path.exists()
+    assert os.environ.get(MULTIPROC_ENV) == before
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    from execgate.server.metrics import Metrics
+    metrics = Metrics(gateway=lambda: None, now=lambda: 0.0)
+    assert metrics.multiprocess
+    for _ in range(int(sys.argv[1])):
+        metrics.request("POST", "/v1/decisions", 200, 0.002)
+    if sys.argv[2] == "scrape":
+        sys.stdout.write(metrics.render().decode())
+    """
+)
+
+
+def test_counters_add_up_across_worker_processes() -> None:
+    """Two real processes write to one multiprocess directory; a third scrapes the sum
+    (as whichever worker answers /metrics under ``execgate serve --workers N`` does)."""
+    with multiprocess_dir():
+        env = dict(os.environ)  # names the directory, as the workers inherit it
+
+        def run(count: int, mode: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "-c", _WORKER, str(count), mode],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        run(3, "count")
+        run(4, "count")
+        samples = _samples(run(0, "scrape"))
+    labels = {"method": "POST", "route": "/v1/decisions", "status": "200"}
+    assert _value(samples, "execgate_http_requests_total", **labels) == 7
+    assert (
+        _value(
+            samples,
+            "execgate_http_request_duration_seconds_count",
+            method="POST",
+            route="/v1/decisions",
+        )
+        == 7
+    )
+    assert _value(samples, "execgate_store_up") == 0
+
+
+def test_exported_names_are_pinned() -> None:
+    from execgate.server import metrics
+
+    assert metrics.__all__ == [
+        "ERROR_CODES",
+        "MULTIPROC_ENV",
+        "PATHS",
+        "ROUTES",
+        "SCHEMAS",
+        "Instrumented",
+        "Metrics",
+        "multiprocess_dir",
+    ]

@@ -1,0 +1,295 @@
+"""The server-level limits of a real ``execgate serve`` (two worker processes, so the
+protocol's options also cross into spawned workers): oversized headers (431), headers
+and bodies that do not arrive in time (408), malformed HTTP (400): a typed body, the
+connection closed, nothing decided, and the server keeps serving.
+
+Raw sockets, because an HTTP client library would not send what these tests send.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import test_server_process
+import uvicorn
+from gatekit import Kit, make_kit
+from test_server_process import START_TIMEOUT, Server, serve
+
+from execgate.home import ServerConfig
+from execgate.server import create_app
+from execgate.server._limits import uvicorn_options
+from execgate.store.sqlite import SQLiteStore
+
+READ_TIMEOUT = 20.0  # generous: a loaded machine must not fail the test
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    k.clock.t = time.time()  # the server reads the real clock
+    config = k.home / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    for old, new in (
+        ("header_limit = 16384", "header_limit = 8192"),
+        ("header_timeout = 10", "header_timeout = 1"),
+        ("body_timeout = 30", "body_timeout = 1"),
+    ):
+        assert old in text
+        text = text.replace(old, new)
+    config.write_text(text, encoding="utf-8")
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def server(kit: Kit) -> Iterator[Server]:
+    with serve(kit, workers=2) as s:
+        yield s
+
+
+def _connect(server: Server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=READ_TIMEOUT)
+    sock.settimeout(READ_TIMEOUT)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])}
+    return status, headers, json.loads(body)
+
+
+def _healthy(server: Server) -> None:
+    response = httpx.get(server.url + "/healthz", timeout=10.0)
+    assert response.status_code == 200
+
+
+def _log_lines(server: Server) -> list[dict[str, Any]]:
+    """The JSON log lines of the server (the CLI's own start-up note is plain text)."""
+    text = server.stderr()
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _nothing_decided(kit: Kit, server: Server, *, refused: str | None = None) -> None:
+    """Stop the server; nothing was decided, and no request reached the app other than
+    the health probes (and, when named, the ``refused`` route, answered 408)."""
+    assert server.stop() == 0
+    assert "Traceback" not in server.stderr()
+    seen = {
+        (line["route"], line["status"])
+        for line in _log_lines(server)
+        if line["logger"] == "execgate.access"
+    }
+    allowed = {("/readyz", 200), ("/healthz", 200)}
+    assert seen - allowed == ({(refused, 408)} if refused else set())
+    with closing(SQLiteStore(kit.config.store)) as store:
+        assert store.size() == 0
+
+
+def test_oversized_headers_are_refused_with_431(kit: Kit, server: Server) -> None:
+    pad = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    request = b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\n" + pad * 100  # ~100 KB
+    with closing(_connect(server)) as sock:
+        with suppress(BrokenPipeError, ConnectionResetError):  # refused part-way through
+            sock.sendall(request)
+        status, headers, body = _parse(_read_all(sock))
+    assert status == 431
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert body["error"]["code"] == "request.headers_too_large"
+    _healthy(server)
+    _nothing_decided(kit, server)
+
+
+def test_a_large_body_in_the_same_packet_is_not_counted_as_headers(
+    kit: Kit, server: Server
+) -> None:
+    """Only the bytes up to the blank line count against header_limit (8 KiB here)."""
+    body = json.dumps({"request": {}, "pad": "x" * 100_000}).encode()
+    head = (
+        b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with closing(_connect(server)) as sock:
+        sock.sendall(head + body)
+        status, _, error = _parse(_read_all(sock))
+    assert status == 400  # the app read it, and refused the submission
+    assert error["error"]["code"] == "request.invalid"
+
+
+def test_one_huge_header_line_is_refused_before_it_ends(kit: Kit, server: Server) -> None:
+    """A single header that never ends: counted as it arrives, not when it is parsed."""
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Long: " + b"b" * 20_000)
+        status, _, body = _parse(_read_all(sock))
+    assert status == 431
+    assert body["error"]["code"] == "request.headers_too_large"
+    _healthy(server)
+    _nothing_decided(kit, server)
+
+
+def test_headers_that_stall_get_408(kit: Kit, server: Server) -> None:
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nX-Half: abc")  # and stall
+        status, headers, body = _parse(_read_all(sock))
+    assert status == 408
+    assert headers["connection"] == "close"
+    assert body["error"]["code"] == "request.timeout"
+    _healthy(server)
+    _nothing_decided(kit, server)
+
+
+def test_a_stalled_second_request_on_a_kept_alive_connection_gets_408(
+    kit: Kit, server: Server
+) -> None:
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        first = b""
+        while b'"alive"' not in first:
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # and stall
+        status, _, body = _parse(_read_all(sock))
+    assert status == 408
+    assert body["error"]["code"] == "request.timeout"
+    _nothing_decided(kit, server)
+
+
+def test_a_connection_that_sends_nothing_is_closed(kit: Kit, server: Server) -> None:
+    with closing(_connect(server)) as sock:
+        assert _read_all(sock) == b""  # closed by the server, with nothing to answer
+    _healthy(server)
+
+
+def test_a_body_that_stalls_gets_408_and_nothing_is_decided(kit: Kit, server: Server) -> None:
+    body = json.dumps(kit.submit()).encode()
+    head = (
+        b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with closing(_connect(server)) as sock:
+        sock.sendall(head + body[: len(body) // 2])  # and stall
+        status, headers, error = _parse(_read_all(sock))
+    assert status == 408
+    assert headers["connection"] == "close"
+    assert error["error"]["code"] == "request.timeout"
+    _healthy(server)
+    _nothing_decided(kit, server, refused="/v1/decisions")
+
+
+def test_malformed_http_gets_a_typed_400(kit: Kit, server: Server) -> None:
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nBad Header\x00: x\r\n\r\n")
+        status, _, body = _parse(_read_all(sock))
+    assert status == 400
+    assert body["error"]["code"] == "request.malformed"
+    _healthy(server)
+    _nothing_decided(kit, server)
+
+
+def test_a_decision_still_works_within_the_limits(kit: Kit, server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=10.0) as client:  # one connection
+        decision = client.post("/v1/decisions", json=kit.submit()).json()
+        assert decision["outcome"] == "proceed"
+        metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'execgate_decisions_total{outcome="proceed",reason="none"} 1.0' in metrics.text
+    assert server.stop() == 0
+    access = [line for line in _log_lines(server) if line["logger"] == "execgate.access"]
+    assert [(a["route"], a["status"]) for a in access] == [
+        ("/readyz", 200),  # the start-up probe
+        ("/v1/decisions", 200),
+        ("/metrics", 200),
+    ]
+    assert access[1]["decision_id"] == decision["decision_id"]
+
+
+def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``execgate serve --workers 2`` inside ``multiprocess_dir()``: whichever worker
+    answers /metrics counts the decisions of both."""
+    wrapper = (
+        "import sys\n"
+        "from execgate.cli import main\n"
+        "from execgate.server.metrics import multiprocess_dir\n"
+        "with multiprocess_dir():\n"
+        "    code = main(sys.argv[1:])\n"
+        "sys.exit(code)\n"
+    )
+    monkeypatch.setattr(test_server_process, "_EXECGATE", (sys.executable, "-c", wrapper))
+    with serve(kit, workers=2) as server:
+        decided = 0
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        # New connections until both workers have decided (the kernel picks who accepts).
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            while len(pids) < 2 and time.monotonic() < deadline:
+                batch = [kit.submit() for _ in range(8)]
+                answers = list(pool.map(_post_decision, [server.url] * 8, batch))
+                assert all(a["outcome"] == "proceed" for a in answers)
+                decided += len(answers)
+                pids = {line["pid"] for line in _log_lines(server) if "decision_id" in line}
+        assert len(pids) == 2, "the two workers never both decided"
+        for _ in range(6):  # fresh connections: several scrapes, either worker
+            text = httpx.get(server.url + "/metrics", timeout=10.0).text
+            assert f'execgate_decisions_total{{outcome="proceed",reason="none"}} {decided}.0' in (
+                text
+            )
+            assert f"execgate_audit_log_entries {decided}.0" in text
+        assert server.stop() == 0
+
+
+def _post_decision(url: str, submission: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(url + "/v1/decisions", json=submission, timeout=10.0)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:
+    """The protocol's own overload answer (uvicorn's is plain text), on a real uvicorn
+    server in a thread with a limit of one: the connection asking is already one."""
+    server_config = ServerConfig()
+    options = {**uvicorn_options(server_config), "limit_concurrency": 1, "log_config": None}
+    app = create_app(open_gateway=kit.gateway, server=server_config)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", **options)
+        running = uvicorn.Server(config)
+        thread = threading.Thread(target=running.run, kwargs={"sockets": [listener]})
+        thread.start()
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while not running.started and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert running.started
+            with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+                status, headers, body = _parse(_read_all(sock))
+        finally:
+            running.should_exit = True
+            thread.join(timeout=15)
+    assert status == 503
+    assert headers["connection"] == "close"
+    assert body["error"]["code"] == "server.overloaded"
