@@ -402,6 +402,8 @@ groups = [{", ".join(map(_toml, groups))}]
 keys = [{_jwk_toml(key)}]
 """
         )
+    admin = PrivateKey.generate()
+    write_keypair(home / "keys" / "admin.jwk", admin)
 
     trust = f"""\
 # Trusted root authorities: the keys that may issue artifacts, and what each may grant.
@@ -424,7 +426,16 @@ keys = [{_jwk_toml(attester)}]
 # private keys lie in this home's keys/ (approver-alice.jwk, approver-bob.jwk): for real
 # use, list each person's own public key instead. No one may approve a request they
 # asked for, run, or benefit from.
-{"".join(approvers).lstrip()}"""
+{"".join(approvers).lstrip()}
+# Admins who may call the admin routes of 'execgate serve' (revoke, approvals, reload,
+# audit export), each with the roles it holds. The sample's private key is this home's
+# keys/admin.jwk: for real use, list each admin's own public key and only the roles
+# they need. An admin key may not also be an approver's.
+[[admin]]
+id = "admin"
+roles = ["approvals", "audit", "reload", "revoke"]
+keys = [{_jwk_toml(admin)}]
+"""
     atomic_write(home / "trust.toml", trust.encode(), exclusive=True)
     atomic_write(home / "policy.yaml", SAMPLE_POLICY.encode(), exclusive=True)
     config = f"""\

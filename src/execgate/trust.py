@@ -23,6 +23,15 @@ key may belong to only one principal.
     id = "alice"
     groups = ["finance"]
     keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
+
+    [[admin]]
+    id = "ops"
+    roles = ["revoke", "approvals", "reload", "audit"]
+    keys = [{kty = "OKP", crv = "Ed25519", x = "…"}]
+
+An ``[[admin]]`` may call the admin HTTP routes its ``roles`` name (``ADMIN_ROLES``; see
+``execgate.admin``): a fixed set, so a misspelt role is a configuration error rather than
+a role nobody can use.
 """
 
 from __future__ import annotations
@@ -37,9 +46,11 @@ from execgate.errors import ConfigError, JoseError
 from execgate.jose import PublicKey
 from execgate.scope import Grant, parse_grants
 
-__all__ = ["Approver", "Attester", "Authority", "MeshNode", "TrustStore"]
+__all__ = ["ADMIN_ROLES", "Admin", "Approver", "Attester", "Authority", "MeshNode", "TrustStore"]
 
-_SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver"})
+_SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver", "admin"})
+# What an admin may be allowed to do, one role per group of admin routes.
+ADMIN_ROLES = frozenset({"revoke", "approvals", "reload", "audit"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +151,26 @@ class Approver:
     keys: Mapping[str, PublicKey]
 
 
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """A person or service that may call the admin routes its ``roles`` name."""
+
+    id: str
+    roles: frozenset[str]
+    keys: Mapping[str, PublicKey]
+
+
 class TrustStore:
     """Immutable view of the trusted principals, indexed by key id."""
 
     __slots__ = (
+        "_admin_kids",
         "_approver_kids",
         "_attester_kids",
         "_authority_kids",
         "_mesh_kids",
+        "admin_keys",
+        "admins",
         "approver_keys",
         "approvers",
         "attester_keys",
@@ -164,11 +187,14 @@ class TrustStore:
         attesters: Mapping[str, Attester],
         mesh_nodes: Mapping[str, MeshNode] | None = None,
         approvers: Mapping[str, Approver] | None = None,
+        admins: Mapping[str, Admin] | None = None,
     ):
         mesh_nodes = mesh_nodes or {}
         approvers = approvers or {}
+        admins = admins or {}
         seen: dict[str, str] = {}
-        for group in (authorities, attesters, mesh_nodes, approvers):
+        # An admin key is never also an approver's: an approval over HTTP needs both.
+        for group in (authorities, attesters, mesh_nodes, approvers, admins):
             for principal in group.values():
                 for kid in principal.keys:
                     if kid in seen:
@@ -190,6 +216,9 @@ class TrustStore:
         self.approvers = dict(approvers)
         self._approver_kids = {k: a for a in approvers.values() for k in a.keys}
         self.approver_keys = {k: a.keys[k] for k, a in self._approver_kids.items()}
+        self.admins = dict(admins)
+        self._admin_kids = {k: a for a in admins.values() for k in a.keys}
+        self.admin_keys = {k: a.keys[k] for k, a in self._admin_kids.items()}
 
     def authority_for_kid(self, kid: str) -> Authority | None:
         return self._authority_kids.get(kid)
@@ -202,6 +231,9 @@ class TrustStore:
 
     def approver_for_kid(self, kid: str) -> Approver | None:
         return self._approver_kids.get(kid)
+
+    def admin_for_kid(self, kid: str) -> Admin | None:
+        return self._admin_kids.get(kid)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "trust store") -> TrustStore:
@@ -235,12 +267,28 @@ class TrustStore:
             ):
                 raise ConfigError(f"{where}: 'groups' must be a non-empty list of group names")
             approvers[ident] = Approver(ident, tuple(groups), _keys(where, entry.get("keys")))
+        admins: dict[str, Admin] = {}
+        for where, ident, entry in _entries(doc, "admin", ("id", "roles", "keys"), source):
+            roles = entry.get("roles")
+            if (
+                not isinstance(roles, list)
+                or not roles
+                or not all(isinstance(r, str) for r in roles)
+            ):
+                raise ConfigError(f"{where}: 'roles' must be a non-empty list of role names")
+            unknown_roles = sorted(set(roles) - ADMIN_ROLES)
+            if unknown_roles:
+                expected = sorted(ADMIN_ROLES)
+                raise ConfigError(
+                    f"{where}: unknown roles {unknown_roles}; expected some of {expected}"
+                )
+            admins[ident] = Admin(ident, frozenset(roles), _keys(where, entry.get("keys")))
         if not authorities:
             raise ConfigError(
                 f"{source}: no [[authority]] is trusted; nothing could ever be authorized"
             )
         try:
-            return cls(authorities, attesters, mesh, approvers)
+            return cls(authorities, attesters, mesh, approvers, admins)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 

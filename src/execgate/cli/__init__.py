@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from execgate.cli import (
+    admin,
     approvals,
     audit,
     decide,
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     lineage.register(commands)
     approvals.register(commands)
     serve.register(commands)
+    admin.register(commands)
     commands.add("demo", "show every outcome on a temporary gateway").set_defaults(func=_demo)
     return p
 

@@ -1,4 +1,4 @@
-"""``execgate serve``: the HTTP decision API (first slice of issue 6) on uvicorn.
+"""``execgate serve``: the HTTP service (DESIGN §6) on uvicorn.
 
 The home is checked in this process first (a broken home is a usage error, exit 2,
 before any port is bound); then every worker process opens it again from
@@ -8,20 +8,38 @@ transaction, so log indexes stay dense across processes. SIGTERM (or SIGINT) sto
 accepting connections, lets in-flight decisions (and their audit appends) finish and
 closes the store; SIGTERM then exits 0 (uvicorn re-raises the signal it caught once it
 has shut down, and the handler installed here makes that a clean exit).
+
+SIGHUP reloads the policy and restarts nothing. uvicorn's own multi-worker supervisor
+answers SIGHUP by replacing every worker, which would take the service down if the new
+policy file were invalid (a worker that cannot open its home fails to start, and a start
+failure stops the supervisor). Here the supervisor (``_Supervisor``) instead passes
+SIGHUP on to every worker that has finished starting (a worker still starting gets it
+once it has: by then it may have loaded the old file), and each worker's own handler
+reloads its gateway's policy (``execgate.server.admin``), refusing an invalid file and
+keeping the old policy. With one worker, uvicorn serves in this process and its handler
+is the one. ``$EXECGATE_SUPERVISOR_PID`` tells the workers whom to signal when a reload
+comes over HTTP, so it reaches every worker, not only the one that answered.
+
+Metrics add up across workers: before any worker starts, a private directory is made
+for prometheus-client's multiprocess files (``execgate.server.metrics.multiprocess_dir``)
+and removed when the service stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 from types import FrameType
+from typing import Any, Final
 
 from execgate.cli._common import Commands, home_of, note, open_gateway, positive
 
 __all__ = ["register"]
 
 GRACEFUL_SECONDS = 30
+EXIT_FAILED: Final = 3  # uvicorn's STARTUP_FAILURE: the server never started serving
 
 
 def _port(text: str) -> int:
@@ -34,36 +52,91 @@ def _stopped(sig: int, frame: FrameType | None) -> None:
     """What uvicorn re-raises SIGTERM into after its graceful shutdown: a clean exit."""
 
 
+def _supervisor_class() -> type[Any]:
+    """uvicorn's multi-worker supervisor, with SIGHUP passed on instead of restarting."""
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class _Supervisor(Multiprocess):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.reload_pending: set[int] = set()
+
+        def handle_hup(self) -> None:
+            self.reload_pending = {p.pid for p in self.processes if p.pid is not None}
+            self.pass_on_reload()
+
+        def keep_subprocess_alive(self) -> None:
+            super().keep_subprocess_alive()
+            self.pass_on_reload()
+
+        def pass_on_reload(self) -> None:
+            """SIGHUP to each pending worker that has started (its handler is in place);
+            a worker replaced meanwhile loaded the file itself."""
+            live = {p.pid: p for p in self.processes if p.pid is not None}
+            self.reload_pending &= set(live)
+            for pid in sorted(self.reload_pending):
+                if live[pid].is_ready(timeout=1):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGHUP)
+                    self.reload_pending.discard(pid)
+
+    return _Supervisor
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from execgate.home import load_config
+    from execgate.server._limits import uvicorn_options
+    from execgate.server.admin import SUPERVISOR_ENV
+    from execgate.server.metrics import multiprocess_dir
+
     home = home_of(args).resolve()
     open_gateway(home, fallback=False).close()  # refuse a broken home before binding
+    server_config = load_config(home).server
     os.environ["EXECGATE_HOME"] = str(home)
+    if args.workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    else:
+        os.environ.pop(SUPERVISOR_ENV, None)
     note(
         f"execgate: serving {home} on http://{args.host}:{args.port} with {args.workers} worker(s)"
     )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+        "proxy_headers": False,  # forward-auth decides whom to believe ([server] trusted_proxies)
+        "server_header": False,
+        "access_log": False,
+        "log_level": "warning",
+        **uvicorn_options(server_config),
+    }
+    config = uvicorn.Config("execgate.server:app_from_environment", **options)
     previous = signal.signal(signal.SIGTERM, _stopped)
+    # Until the app's handler is in place, a SIGHUP must not end the process.
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        uvicorn.run(
-            "execgate.server:app_from_environment",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            timeout_graceful_shutdown=GRACEFUL_SECONDS,
-            proxy_headers=False,  # forwarded headers are not trusted in this slice
-            server_header=False,
-            access_log=False,
-            log_level="warning",
-        )
+        with multiprocess_dir():
+            if config.workers > 1:
+                sock = config.bind_socket()
+                try:
+                    _supervisor_class()(config, sockets=[sock]).run()
+                finally:
+                    sock.close()
+                return 0
+            server = uvicorn.Server(config)
+            server.run()
+            return 0 if server.started else EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+        signal.signal(signal.SIGHUP, previous_hup)
 
 
 def register(commands: Commands) -> None:
-    p = commands.add("serve", "run the HTTP decision API (first slice) on uvicorn")
+    p = commands.add("serve", "run the HTTP service (decisions, forward-auth, admin) on uvicorn")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
     p.add_argument("--workers", type=positive, default=1, help="worker processes (default: 1)")

@@ -1,15 +1,698 @@
-"""Admin routes: approvals, revocations, policy reload, audit export and consistency proofs."""
+"""Admin routes: approvals, revocations, policy reload, audit export and consistency proofs.
+
+Every route here but the consistency proof needs an admin token (``execgate.admin``) in
+``Authorization: Bearer``: one token per call, bound to its method and path, signed by
+an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role:
+
+    GET  /v1/admin/approvals                    approvals  every approval and its state
+    GET  /v1/admin/approvals/{id}               approvals  one, with its reviews
+    POST /v1/admin/approvals/{id}/reviews       approvals  record an approver's signed review
+    POST /v1/revocations                        revoke     revoke a jti, key id or subject
+    POST /v1/admin/policy/reload                reload     load policy.yaml again, everywhere
+    GET  /v1/admin/audit/export                 audit      the whole log, as ``audit export``
+    GET  /v1/audit/consistency?first=N&second=M (public)   RFC 9162 consistency proof
+
+No token, a bad one (expired, another gateway's, another call's, replayed, an unknown
+key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate: Bearer``; a good one
+whose admin lacks the role is 403 ``admin.forbidden``. Both are audited, and so is every
+call let through (before it acts: see ``execgate._admin_log``). The decision endpoints
+never need a token.
+
+A review over HTTP takes two factors: the admin token lets the call in, and the body
+carries the approver's own signed review (``execgate.approvals.sign_review``), which the
+gateway checks exactly as ``execgate approvals approve`` does. An admin key is never an
+approver key (the trust store refuses one key for two principals).
+
+Policy reload must reach every worker process of ``execgate serve``, not only the one
+that answered. The answering worker reloads its own gateway (so the answer says what is
+in force), then sends SIGHUP to the supervisor (``$EXECGATE_SUPERVISOR_PID``, set by
+``execgate serve`` with several workers, and accepted only if it is this process's
+parent), which passes it on to every worker; each worker's SIGHUP handler, installed at
+startup (``install_reload_signal``), reloads its gateway. An invalid file is refused by
+the answering worker first (422 ``policy.reload_refused``), so no worker is signalled
+for it, and a worker signalled anyway refuses it the same way: the old policy stays.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Final
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Final
 
-from starlette.routing import BaseRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
 
-__all__ = ["COMPONENTS", "ERROR_CODES", "PATHS", "ROUTES", "SCHEMAS"]
+from execgate._admin_log import PolicyReload, admin_record, append_admin_record
+from execgate.admin import FORBIDDEN, UNAUTHENTICATED, AdminError, AdminToken, authorize
+from execgate.admin import verify_admin_token as _verify_token
+from execgate.approvals import Pending, Review, quorum_met, tally
+from execgate.errors import ApprovalError, EvidenceError
+from execgate.server._http import HttpError, handled, read_body, read_json
+from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
 
-ROUTES: Final[list[BaseRoute]] = []
-PATHS: Final[dict[str, Any]] = {}
-SCHEMAS: Final[dict[str, Any]] = {}
-ERROR_CODES: Final[list[str]] = []
-COMPONENTS: Final[dict[str, Any]] = {}
+if TYPE_CHECKING:
+    from execgate.pipeline import Gateway
+
+__all__ = [
+    "COMPONENTS",
+    "ERROR_CODES",
+    "PATHS",
+    "ROUTES",
+    "SCHEMAS",
+    "SUPERVISOR_ENV",
+    "install_reload_signal",
+]
+
+SUPERVISOR_ENV: Final = "EXECGATE_SUPERVISOR_PID"
+REVIEW_BODY_LIMIT: Final = 16 * 1024
+REVOCATION_BODY_LIMIT: Final = 8 * 1024
+_MAX_ID: Final = 128
+_MAX_VALUE: Final = 1024
+_THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+_BEARER: Final = re.compile(r"Bearer +([A-Za-z0-9_.-]+) *", re.IGNORECASE)
+_CHUNK: Final = 64 * 1024
+_log = logging.getLogger("execgate.server")
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _now(request: Request) -> int:
+    now: Callable[[], float] = request.app.state.now
+    return int(now())
+
+
+# -- authentication ---------------------------------------------------------------------
+
+
+def _challenge(exc: AdminError, presented: bool) -> dict[str, str]:
+    if exc.code == FORBIDDEN:
+        return {"WWW-Authenticate": 'Bearer realm="execgate", error="insufficient_scope"'}
+    if presented:
+        return {"WWW-Authenticate": 'Bearer realm="execgate", error="invalid_token"'}
+    return {"WWW-Authenticate": 'Bearer realm="execgate"'}
+
+
+def _refusal(exc: AdminError, presented: bool) -> HttpError:
+    status = 403 if exc.code == FORBIDDEN else 401
+    return HttpError(status, exc.code, exc.detail, _challenge(exc, presented))
+
+
+def _bearer(header: str | None) -> str:
+    match = _BEARER.fullmatch(header or "")
+    if match is None:
+        raise AdminError(
+            UNAUTHENTICATED,
+            "send an admin token as 'Authorization: Bearer <token>'"
+            if header is None
+            else "the Authorization header is not 'Bearer <token>'",
+        )
+    return match.group(1)
+
+
+async def _admin(request: Request, role: str, action: str) -> AdminToken:
+    """The verified token of an admin holding ``role``; every outcome is audited, and the
+    token is spent (single use) with the record that lets the call in."""
+    gateway = _gateway(request)
+    now = _now(request)
+    method, path = request.method, request.url.path
+    header = request.headers.get("authorization")
+
+    def log(result: str, code: str, detail: str, token: AdminToken | None, *, spend: bool) -> None:
+        append_admin_record(
+            gateway,
+            admin_record(
+                gateway,
+                action=action,
+                result=result,
+                code=code,
+                detail=detail,
+                now=now,
+                method=method,
+                path=path,
+                admin=None if token is None else token.admin.id,
+                admin_kid=None if token is None else token.kid,
+                token_jti=None if token is None else token.jti,
+            ),
+            spend=(token.jti, token.expires) if spend and token is not None else None,
+        )
+
+    def check() -> AdminToken:
+        token: AdminToken | None = None
+        try:
+            token = _verify_token(
+                _bearer(header),
+                trust=gateway.trust,
+                audiences=gateway.audiences,
+                method=method,
+                path=path,
+                now=now,
+                leeway=gateway._leeway,
+            )
+            authorize(token, role)
+        except AdminError as refused:
+            try:  # a verified token is spent even when refused: it named this call
+                log("refused", refused.code, refused.detail, token, spend=True)
+            except AdminError as replayed:
+                raise _refusal(replayed, True) from refused
+            raise _refusal(refused, header is not None) from refused
+        try:
+            log("authorized", "admin.authorized", f"role {role}", token, spend=True)
+        except AdminError as replayed:  # the refusal is what was logged
+            raise _refusal(replayed, True) from replayed
+        return token
+
+    return await run_in_threadpool(check)
+
+
+def _done(request: Request, token: AdminToken, action: str, detail: str, **extra: Any) -> int:
+    """Log what an authorized call changed; return the record's index."""
+    gateway = _gateway(request)
+    return append_admin_record(
+        gateway,
+        admin_record(
+            gateway,
+            action=action,
+            result="done",
+            code=f"{action}.done",
+            detail=detail,
+            now=_now(request),
+            method=request.method,
+            path=request.url.path,
+            admin=token.admin.id,
+            admin_kid=token.kid,
+            token_jti=token.jti,
+            **extra,
+        ),
+    )
+
+
+# -- approvals --------------------------------------------------------------------------
+
+
+def _state(gateway: Gateway, pending: Pending, reviews: list[Review], now: int) -> dict[str, Any]:
+    met = quorum_met(pending, reviews, gateway.trust)
+    state = pending.state(now)
+    if state == "pending" and met:
+        state = "approved"
+    return {"state": state, "tally": tally(pending, reviews, gateway.trust), "quorum_met": met}
+
+
+def _approval_id(request: Request) -> str:
+    approval_id: str = request.path_params["approval_id"]
+    if len(approval_id) > _MAX_ID:
+        raise HttpError(404, "approval.not_found", "no such approval at this gateway")
+    return approval_id
+
+
+def _find(gateway: Gateway, approval_id: str) -> tuple[Pending, list[Review]]:
+    if gateway.store.approval(approval_id) is None:
+        raise HttpError(404, "approval.not_found", f"no approval {approval_id} at this gateway")
+    return gateway.approval(approval_id)
+
+
+async def list_approvals(request: Request) -> Response:
+    await _admin(request, "approvals", "approvals.list")
+    gateway, now = _gateway(request), _now(request)
+
+    def listing() -> list[dict[str, Any]]:
+        found = []
+        for pending in gateway.approvals():
+            _, reviews = gateway.approval(pending.approval_id)
+            found.append({**pending.to_json(), **_state(gateway, pending, reviews, now)})
+        return found
+
+    return JSONResponse({"approvals": await run_in_threadpool(listing)})
+
+
+async def show_approval(request: Request) -> Response:
+    approval_id = _approval_id(request)
+    await _admin(request, "approvals", "approvals.show")
+    gateway, now = _gateway(request), _now(request)
+
+    def show() -> dict[str, Any]:
+        pending, reviews = _find(gateway, approval_id)
+        return {
+            **pending.to_json(),
+            **_state(gateway, pending, reviews, now),
+            "reviews": [r.to_json() for r in reviews],
+        }
+
+    return JSONResponse(await run_in_threadpool(show))
+
+
+async def post_review(request: Request) -> Response:
+    approval_id = _approval_id(request)
+    token = await _admin(request, "approvals", "approvals.review")
+    body = await read_json(request, limit=REVIEW_BODY_LIMIT)
+    if not isinstance(body, dict) or set(body) != {"review"} or not isinstance(body["review"], str):
+        raise HttpError(
+            400, "request.invalid", 'the body must be {"review": "<the approver\'s signed review>"}'
+        )
+    gateway, now = _gateway(request), _now(request)
+
+    def review() -> dict[str, Any]:
+        _find(gateway, approval_id)
+        try:
+            index, after, reviews = gateway.review(approval_id, body["review"])
+        except ApprovalError as exc:
+            raise HttpError(409, "approval.review_refused", str(exc)) from exc
+        mine = next(r for r in reviews if r.token == body["review"])
+        return {
+            "approval_id": approval_id,
+            "approver": mine.approver,
+            "verdict": mine.verdict,
+            "log_index": index,
+            "admin": token.admin.id,
+            **_state(gateway, after, reviews, now),
+        }
+
+    return JSONResponse(await run_in_threadpool(review))
+
+
+# -- revocations ------------------------------------------------------------------------
+
+
+def _revocation(body: object) -> tuple[str, str, str, bool]:
+    if (
+        not isinstance(body, dict)
+        or not {"kind", "value", "reason"} <= set(body)
+        or set(body) - {"kind", "value", "reason", "cascade"}
+    ):
+        raise HttpError(
+            400,
+            "request.invalid",
+            "the body must be {kind: jti|kid|sub, value, reason} (and optionally cascade: true)",
+        )
+    kind, value, reason = body["kind"], body["value"], body["reason"]
+    cascade = body.get("cascade", False)
+    if kind not in ("jti", "kid", "sub"):
+        raise HttpError(400, "request.invalid", "kind must be jti, kid or sub")
+    for name, text in (("value", value), ("reason", reason)):
+        if not isinstance(text, str) or not text.strip() or len(text) > _MAX_VALUE:
+            raise HttpError(
+                400, "request.invalid", f"{name} must be a non-empty string of at most 1024"
+            )
+    if kind == "kid" and not _THUMBPRINT.fullmatch(value):
+        raise HttpError(400, "request.invalid", "a kid is a 43-character RFC 7638 thumbprint")
+    if not isinstance(cascade, bool):
+        raise HttpError(400, "request.invalid", "cascade must be true or false")
+    return kind, value, reason, cascade
+
+
+async def post_revocation(request: Request) -> Response:
+    token = await _admin(request, "revoke", "revocation")
+    kind, value, reason, cascade = _revocation(
+        await read_json(request, limit=REVOCATION_BODY_LIMIT)
+    )
+    gateway, now = _gateway(request), _now(request)
+
+    def revoke() -> dict[str, Any]:
+        fresh = gateway.store.revoke(kind, value, reason=reason, now=now)
+        index = _done(
+            request,
+            token,
+            "revocation",
+            f"{kind} {value} {'revoked' if fresh else 'was already revoked'}",
+            revocation={"kind": kind, "value": value, "reason": reason},
+            already_revoked=not fresh,
+        )
+        doc: dict[str, Any] = {
+            "kind": kind,
+            "value": value,
+            "revoked": fresh,
+            "already_revoked": not fresh,
+            "log_index": index,
+        }
+        if cascade:
+            from execgate.audit.query import cascade as reach
+
+            try:
+                found = reach(gateway.store, kind, value)
+            except EvidenceError as exc:  # revoked all the same; the report is extra
+                doc["cascade"] = None
+                doc["cascade_error"] = str(exc)
+            else:
+                doc["cascade"] = {
+                    "artifacts": list(found.artifacts),
+                    "decisions": [
+                        {"index": i, "decision_id": d, "outcome": o} for i, d, o in found.decisions
+                    ],
+                }
+        return doc
+
+    return JSONResponse(await run_in_threadpool(revoke))
+
+
+# -- policy reload ----------------------------------------------------------------------
+
+
+def signal_supervisor() -> bool:
+    """SIGHUP to the ``execgate serve`` supervisor, which passes it to every worker.
+    False when there is none (one process serves), or the pid is not our parent."""
+    text = os.environ.get(SUPERVISOR_ENV, "")
+    if not text.isdigit() or int(text) != os.getppid():
+        return False
+    os.kill(int(text), signal.SIGHUP)
+    return True
+
+
+async def post_reload(request: Request) -> Response:
+    token = await _admin(request, "reload", "policy.reload")
+    await read_body(request, limit=1024)  # no body is expected; never an unbounded one
+    gateway = _gateway(request)
+
+    def reload() -> PolicyReload:
+        return gateway.reload_policy(
+            via="http", admin=token.admin.id, admin_kid=token.kid, token_jti=token.jti
+        )
+
+    done = await run_in_threadpool(reload)
+    if not done.reloaded:
+        raise HttpError(
+            422,
+            "policy.reload_refused",
+            f"the policy was refused; {done.previous_hash} stays in force: {done.error}",
+        )
+    everywhere = signal_supervisor()
+    return JSONResponse(
+        {
+            "reloaded": True,
+            "policy_hash": done.policy_hash,
+            "previous_policy_hash": done.previous_hash,
+            "log_index": done.log_index,
+            "workers": "all" if everywhere else "this process",
+        }
+    )
+
+
+def _reload_on_signal(gateway: Gateway) -> None:
+    try:
+        done = gateway.reload_policy(via="signal")
+    except Exception as exc:  # noqa: BLE001 - a failed reload leaves the old policy in force
+        _log.warning("policy reload on SIGHUP failed; the old policy stays: %s", exc)
+        return
+    if not done.reloaded:
+        return  # refused: logged by reload_policy and audited
+
+
+def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
+    """Make SIGHUP reload ``gateway``'s policy (off the event loop); return what undoes it.
+
+    Only the main thread of a process can own a signal handler: elsewhere (an app run
+    in-process by tests) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        loop.run_in_executor(None, _reload_on_signal, gateway)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+
+    def remove() -> None:
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
+
+
+# -- audit ------------------------------------------------------------------------------
+
+
+def _chunks(spool: IO[str]) -> Iterator[bytes]:
+    try:
+        while chunk := spool.read(_CHUNK):
+            yield chunk.encode("utf-8")
+    finally:
+        spool.close()
+
+
+async def get_export(request: Request) -> Response:
+    await _admin(request, "audit", "audit.export")
+    gateway, now = _gateway(request), _now(request)
+
+    def export() -> IO[str]:
+        # Written whole first (to a temporary file, not memory), then streamed: what is
+        # sent is one consistent export, ending with a checkpoint over all of it.
+        spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by _chunks
+        try:
+            gateway.audit.export(spool, now=now)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    spool = await run_in_threadpool(export)
+    return StreamingResponse(
+        _chunks(spool),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="audit-export.jsonl"'},
+    )
+
+
+def _size(request: Request, name: str) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 20:
+        raise HttpError(400, "request.invalid_query", f"{name} must be a positive integer")
+    return int(text)
+
+
+async def get_consistency(request: Request) -> Response:
+    first = _size(request, "first")
+    if first is None:
+        raise HttpError(400, "request.invalid_query", "first (the older tree size) is required")
+    second = _size(request, "second")
+    log = _gateway(request).audit
+
+    def prove() -> dict[str, Any]:
+        size = log.size()
+        size2 = size if second is None else second
+        if max(first, size2) > size:
+            raise HttpError(
+                404, "audit.index_not_found", f"the log has {size} entries; ask within that"
+            )
+        try:
+            proof = log.consistency_proof(first, size2)
+            roots = log.root(first), log.root(size2)
+        except EvidenceError as exc:
+            raise HttpError(400, "audit.range_invalid", str(exc)) from exc
+
+        def encode(digest: bytes) -> str:
+            return base64.b64encode(digest).decode("ascii")
+
+        return {
+            "first": first,
+            "second": size2,
+            "first_root": encode(roots[0]),
+            "second_root": encode(roots[1]),
+            "proof": [encode(h) for h in proof],
+        }
+
+    return JSONResponse(await run_in_threadpool(prove))
+
+
+ROUTES: Final[list[BaseRoute]] = [
+    Route("/v1/admin/approvals", handled(list_approvals), methods=["GET"]),
+    Route("/v1/admin/approvals/{approval_id}", handled(show_approval), methods=["GET"]),
+    Route("/v1/admin/approvals/{approval_id}/reviews", handled(post_review), methods=["POST"]),
+    Route("/v1/revocations", handled(post_revocation), methods=["POST"]),
+    Route("/v1/admin/policy/reload", handled(post_reload), methods=["POST"]),
+    Route("/v1/admin/audit/export", handled(get_export), methods=["GET"]),
+    Route("/v1/audit/consistency", handled(get_consistency), methods=["GET"]),
+]
+
+# -- the OpenAPI description ------------------------------------------------------------
+
+_SECURITY: Final[list[dict[str, list[str]]]] = [{"adminToken": []}]
+_AUTH_ERRORS: Final = {
+    "401": error("no admin token, or one that does not verify (audited)"),
+    "403": error("the admin does not hold the role this call needs (audited)"),
+}
+_APPROVAL_ID: Final = {
+    "name": "approval_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": _MAX_ID},
+}
+
+
+def _op(
+    summary: str,
+    operation: str,
+    role: str,
+    ok: dict[str, Any],
+    *,
+    errors: dict[str, Any] | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "description": f"Needs an admin token whose admin holds the role `{role}`.",
+        "operationId": operation,
+        "security": _SECURITY,
+        **more,
+        "responses": {"200": ok, **_AUTH_ERRORS, **COMMON_ERRORS, **(errors or {})},
+    }
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": ref(name)}}}
+
+
+PATHS: Final[dict[str, Any]] = {
+    "/v1/admin/approvals": {
+        "get": _op(
+            "Every approval, newest first, with its state",
+            "listApprovals",
+            "approvals",
+            json_body(
+                {
+                    "type": "object",
+                    "properties": {"approvals": {"type": "array", "items": ref("Approval")}},
+                },
+                "the approvals",
+            ),
+        )
+    },
+    "/v1/admin/approvals/{approval_id}": {
+        "get": _op(
+            "One approval with its reviews",
+            "showApproval",
+            "approvals",
+            json_body(ref("Approval"), "the approval"),
+            parameters=[_APPROVAL_ID],
+        )
+    },
+    "/v1/admin/approvals/{approval_id}/reviews": {
+        "post": _op(
+            "Record an approver's signed review (the approver's factor; the token is the admin's)",
+            "reviewApproval",
+            "approvals",
+            json_body({"type": "object"}, "the review is logged; the approval's state after it"),
+            parameters=[_APPROVAL_ID],
+            requestBody=_body("ReviewBody"),
+            errors={**BODY_ERRORS, "409": error("the review was refused (and why)")},
+        )
+    },
+    "/v1/revocations": {
+        "post": _op(
+            "Revoke an artifact (jti), a key (kid) or a subject (sub)",
+            "revoke",
+            "revoke",
+            json_body({"type": "object"}, "revoked (or already revoked), and logged"),
+            requestBody=_body("RevocationBody"),
+            errors=BODY_ERRORS,
+        )
+    },
+    "/v1/admin/policy/reload": {
+        "post": _op(
+            "Load the home's policy file again in every worker",
+            "reloadPolicy",
+            "reload",
+            json_body({"type": "object"}, "the new policy is in force"),
+            errors={"422": error("the policy was refused; the old one stays in force")},
+        )
+    },
+    "/v1/admin/audit/export": {
+        "get": _op(
+            "The whole audit log as an offline-verifiable export (JSON lines)",
+            "exportAudit",
+            "audit",
+            {
+                "description": "execgate-audit-export/1 lines",
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            },
+        )
+    },
+    "/v1/audit/consistency": {
+        "get": {
+            "summary": "RFC 9162 consistency proof between two tree sizes",
+            "operationId": "auditConsistency",
+            "parameters": [
+                {
+                    "name": "first",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+                {"name": "second", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            ],
+            "responses": {
+                "200": json_body(ref("ConsistencyProof"), "the proof (hashes in base64)"),
+                "400": error("a size is missing or zero, or first is above second"),
+                "404": error("a size is beyond the log"),
+                **COMMON_ERRORS,
+            },
+        }
+    },
+}
+
+SCHEMAS: Final[dict[str, Any]] = {
+    "Approval": {"type": "object", "required": ["approval_id", "state"]},
+    "ReviewBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["review"],
+        "properties": {"review": {"type": "string", "description": "execgate-approval+jwt"}},
+    },
+    "RevocationBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["kind", "value", "reason"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["jti", "kid", "sub"]},
+            "value": {"type": "string", "minLength": 1, "maxLength": _MAX_VALUE},
+            "reason": {"type": "string", "minLength": 1, "maxLength": _MAX_VALUE},
+            "cascade": {"type": "boolean"},
+        },
+    },
+    "ConsistencyProof": {
+        "type": "object",
+        "required": ["first", "second", "first_root", "second_root", "proof"],
+        "properties": {
+            "first": {"type": "integer"},
+            "second": {"type": "integer"},
+            "first_root": {"type": "string"},
+            "second_root": {"type": "string"},
+            "proof": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+ERROR_CODES: Final[list[str]] = [
+    UNAUTHENTICATED,
+    FORBIDDEN,
+    "approval.not_found",
+    "approval.review_refused",
+    "policy.reload_refused",
+    "audit.range_invalid",
+]
+
+COMPONENTS: Final[dict[str, Any]] = {
+    "securitySchemes": {
+        "adminToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWS (typ execgate-admin+jwt), one per call",
+        }
+    }
+}

@@ -1,0 +1,213 @@
+"""Admin actions as audit records, and policy reload (the ``Gateway`` side of ``admin``).
+
+Every admin call is logged, refused or not, as a record of kind ``"admin"`` in the same
+Merkle log as decisions (versioned with ``RECORD_VERSION``; every field inside the
+hash). A record never holds the token, only who presented it (once its signature
+verified), the key id and the token's ``jti``:
+
+    {"v": 1, "kind": "admin", "gateway": ..., "at": ..., "action": "revocation",
+     "method": "POST", "path": "/v1/revocations", "admin": "ops" | null,
+     "admin_kid": ... | null, "token_jti": ... | null, "via": "http" | "signal",
+     "result": "refused" | "authorized" | "done" | "failed", "code": ..., "detail": ...,
+     ...what the action changed (a revocation, the old and new policy hash)}
+
+Write-ahead, as for decisions: an authorized call is logged (``authorized``) before
+it acts, in the same commit that spends its token's ``jti`` (kept with the proof
+``jti``s, under an ``admin:`` prefix, until the token expires); a ``jti`` seen before
+makes that commit log a refusal instead. What the action then changed is logged as
+``done`` (or ``failed``).
+
+Policy reload re-reads the home's policy file with the loader ``Gateway.open`` uses,
+logs ``policy.reloaded`` (old and new hash, and the ``worker`` process id: each worker
+of ``execgate serve`` reloads its own), and only then swaps the gateway's policy,
+in one attribute assignment: a decision that already holds the old ``Policy`` object
+keeps it. An invalid file is refused (``policy.reload_refused``, logged and written to
+the ``execgate.server`` logger); the old policy stays in force. A reload whose record
+cannot be appended changes nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from execgate._state import RECORD_VERSION
+from execgate.admin import UNAUTHENTICATED, AdminError
+from execgate.errors import ConfigError
+from execgate.jose import canonical_json
+from execgate.store.base import Conflict, WriteJob
+
+if TYPE_CHECKING:
+    from execgate.pipeline import Gateway
+
+__all__ = ["PolicyReload", "admin_record", "append_admin_record", "reload_policy"]
+
+KIND: Final = "admin"
+_JTI_PREFIX: Final = "admin:"
+_MAX_TEXT: Final = 2000
+_log = logging.getLogger("execgate.server")
+
+
+def _text(value: str) -> str:
+    return value if len(value) <= _MAX_TEXT else value[: _MAX_TEXT - 3] + "..."
+
+
+def admin_record(
+    gateway: Gateway,
+    *,
+    action: str,
+    result: str,
+    code: str,
+    detail: str,
+    now: int,
+    via: str = "http",
+    method: str | None = None,
+    path: str | None = None,
+    admin: str | None = None,
+    admin_kid: str | None = None,
+    token_jti: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One admin record (not yet appended)."""
+    return {
+        "v": RECORD_VERSION,
+        "kind": KIND,
+        "gateway": gateway.gateway_id,
+        "at": now,
+        "action": action,
+        "method": method,
+        "path": None if path is None else _text(path),
+        "admin": admin,
+        "admin_kid": admin_kid,
+        "token_jti": token_jti,
+        "via": via,
+        "result": result,
+        "code": code,
+        "detail": _text(detail),
+        **extra,
+    }
+
+
+def append_admin_record(
+    gateway: Gateway,
+    record: dict[str, Any],
+    *,
+    spend: tuple[str, int] | None = None,
+) -> int:
+    """Append ``record``; return its log index once durable.
+
+    ``spend=(jti, expires)`` spends an admin token's ``jti`` in the same commit. If it
+    was spent before, a refusal record (the replay) is appended instead, and
+    ``AdminError`` (``admin.unauthenticated``) is raised after it is durable.
+    """
+    replayed: list[bool] = []
+
+    def finalize(conflict: str | None, _index: int) -> bytes:
+        if conflict == Conflict.REPLAY:
+            replayed.append(True)
+            return canonical_json(
+                {
+                    **record,
+                    "result": "refused",
+                    "code": UNAUTHENTICATED,
+                    "detail": "this admin token was used before (replay)",
+                }
+            )
+        return canonical_json(record)
+
+    jti, expires = spend if spend is not None else (None, 0)
+    index = gateway.store.commit(
+        WriteJob(
+            None if jti is None else _JTI_PREFIX + jti,
+            expires,
+            None,
+            finalize,
+            kind=KIND,
+        )
+    )
+    gateway._checkpoint_if_due(index + 1, int(record["at"]))
+    if replayed:
+        raise AdminError(UNAUTHENTICATED, "this admin token was used before (replay)")
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReload:
+    """What a reload did: ``reloaded`` (and the hashes), or why it was refused."""
+
+    reloaded: bool
+    previous_hash: str
+    policy_hash: str  # in force now: the new one, or the old one after a refusal
+    log_index: int
+    error: str | None = None
+
+
+def reload_policy(
+    gateway: Gateway,
+    *,
+    via: str,
+    admin: str | None = None,
+    admin_kid: str | None = None,
+    token_jti: str | None = None,
+) -> PolicyReload:
+    """Load the home's policy file again and put it in force, or refuse it (see above).
+
+    Raises ``ConfigError`` for a gateway not opened from a home (nothing to re-read),
+    and ``StoreError``/``AuditError`` when the record cannot be appended (the old policy
+    then stays in force).
+    """
+    from execgate.policy import load_policy
+
+    source = gateway.policy_source
+    if source is None:
+        raise ConfigError("this gateway was not opened from a home: there is no policy to reload")
+    path, targets = source
+    with gateway.reload_lock:
+        old = gateway.policy
+        now = int(gateway._now())
+        try:
+            new = load_policy(path, targets=targets)
+        except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
+            _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
+            index = append_admin_record(
+                gateway,
+                admin_record(
+                    gateway,
+                    action="policy.reload",
+                    result="refused",
+                    code="policy.reload_refused",
+                    detail=error,
+                    now=now,
+                    policy_hash=old.hash,
+                    worker=os.getpid(),
+                    via=via,
+                    admin=admin,
+                    admin_kid=admin_kid,
+                    token_jti=token_jti,
+                ),
+            )
+            return PolicyReload(False, old.hash, old.hash, index, error)
+        index = append_admin_record(
+            gateway,
+            admin_record(
+                gateway,
+                action="policy.reload",
+                result="done",
+                code="policy.reloaded",
+                detail=f"policy {old.hash} replaced by {new.hash} ({path})",
+                now=now,
+                previous_policy_hash=old.hash,
+                policy_hash=new.hash,
+                worker=os.getpid(),
+                via=via,
+                admin=admin,
+                admin_kid=admin_kid,
+                token_jti=token_jti,
+            ),
+        )
+        gateway.policy = new  # one assignment: decisions in flight keep the object they hold
+        _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
+        return PolicyReload(True, old.hash, new.hash, index)

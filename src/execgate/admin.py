@@ -1,0 +1,174 @@
+"""Admin tokens: who may revoke, review over HTTP, reload the policy or export the log.
+
+An admin proves who they are with a short-lived compact JWS, ``typ:
+execgate-admin+jwt``, signed with a key listed under ``[[admin]]`` in the trust store
+(``kid`` is its RFC 7638 thumbprint, looked up in that pinned set only; the strict codec
+of ``execgate.jose`` does the rest). Claims, all required and no others:
+
+    iss   the admin id (must be the ``[[admin]]`` that holds the signing key)
+    aud   the gateway id (a token for one gateway is worthless at another)
+    iat   issued at; not in the future beyond the leeway
+    exp   expiry; at most ``MAX_TTL`` (one hour) after ``iat``
+    jti   unique id, 16-128 characters: each token is good for ONE call; the gateway
+          records it with the call's audit record, atomically, so a captured token
+          cannot be replayed
+    htm   the HTTP method it is for (``POST``)
+    htu   the request path it is for (``/v1/revocations``), without the query
+
+``htm``/``htu`` bind a token to one call, as DPoP binds a proof (RFC 9449 §4.2): a token
+minted to list approvals cannot revoke, even for an admin who holds both roles. Single
+use costs nothing to a command-line caller, which mints a token per call.
+
+Which calls an admin may make comes from the trust store, not from the token: the
+``roles`` of their ``[[admin]]`` (``ADMIN_ROLES``). A token that does not verify is
+``admin.unauthenticated`` (HTTP 401); a valid one whose admin lacks the role a route
+needs is ``admin.forbidden`` (403). Both are audited by the server, never with the token.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+from execgate.errors import ExecgateError, JoseError
+from execgate.jose import PrivateKey, encode, verify
+from execgate.trust import ADMIN_ROLES, Admin, TrustStore
+
+__all__ = [
+    "ADMIN_ROLES",
+    "ADMIN_TYP",
+    "MAX_TTL",
+    "AdminError",
+    "AdminToken",
+    "authorize",
+    "issue_admin_token",
+    "verify_admin_token",
+]
+
+ADMIN_TYP: Final = "execgate-admin+jwt"
+MAX_TTL: Final = 3600
+MAX_TOKEN_BYTES: Final = 4096
+UNAUTHENTICATED: Final = "admin.unauthenticated"
+FORBIDDEN: Final = "admin.forbidden"
+_CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu"})
+_JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_METHOD: Final = re.compile(r"[A-Z]{1,16}")
+
+
+class AdminError(ExecgateError):
+    """An admin call refused: ``code`` is ``admin.unauthenticated`` or ``admin.forbidden``."""
+
+    def __init__(self, code: str, detail: str, *, admin: str | None = None):
+        if code not in (UNAUTHENTICATED, FORBIDDEN):
+            raise ValueError(f"unknown admin error code {code!r}")
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.admin = admin  # who, once the signature verified (a 403); else None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    """A verified admin token: whose, which key, and the id that makes it single-use."""
+
+    admin: Admin
+    kid: str
+    jti: str
+    expires: int
+    method: str
+    path: str
+
+
+def issue_admin_token(
+    *,
+    key: PrivateKey,
+    admin: str,
+    audience: str,
+    method: str,
+    path: str,
+    now: int,
+    ttl: int = 60,
+) -> str:
+    """A token for one call ``method path`` at gateway ``audience``, valid ``ttl`` seconds."""
+    if not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"ttl must be within 1..{MAX_TTL} seconds")
+    if not _METHOD.fullmatch(method):
+        raise ValueError("method must be an upper-case HTTP method such as POST")
+    if not path.startswith("/") or "?" in path:
+        raise ValueError("path must be the request path (starting with '/'), without a query")
+    claims = {
+        "iss": admin,
+        "aud": audience,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": secrets.token_urlsafe(18),
+        "htm": method,
+        "htu": path,
+    }
+    return encode({"typ": ADMIN_TYP, "kid": key.public.thumbprint()}, claims, key)
+
+
+def _refuse(detail: str) -> AdminError:
+    return AdminError(UNAUTHENTICATED, detail)
+
+
+def verify_admin_token(
+    token: str,
+    *,
+    trust: TrustStore,
+    audiences: frozenset[str],
+    method: str,
+    path: str,
+    now: int,
+    leeway: int,
+) -> AdminToken:
+    """The admin ``token`` proves, for the call ``method path`` now; or ``AdminError``
+    (``admin.unauthenticated``) saying why not. Single use is the caller's to enforce
+    (``AdminToken.jti``, remembered until ``expires``)."""
+    try:
+        verified = verify(token, typ=ADMIN_TYP, max_size=MAX_TOKEN_BYTES, keys=trust.admin_keys)
+    except JoseError as exc:
+        reason = {
+            "unknown_key": "the token is signed by a key that is no admin's in the trust store",
+            "signature_invalid": "the token's signature does not verify",
+            "malformed": f"the token is malformed: {exc.detail}",
+        }[exc.kind]
+        raise _refuse(reason) from exc
+    claims = verified.claims
+    if set(claims) != _CLAIMS:
+        missing, extra = sorted(_CLAIMS - set(claims)), sorted(set(claims) - _CLAIMS)
+        raise _refuse(f"the token's claims are wrong (missing {missing}, unknown {extra})")
+    kid: str = verified.header["kid"]
+    admin = trust.admin_for_kid(kid)
+    assert admin is not None  # the key came from the admin key set
+    if claims["iss"] != admin.id:
+        raise _refuse(f"the token names {claims['iss']!r} but is signed by {admin.id!r}")
+    if not isinstance(claims["aud"], str) or claims["aud"] not in audiences:
+        raise _refuse("the token is for another gateway (aud)")
+    iat, exp = claims["iat"], claims["exp"]  # integers: the codec checks NumericDates
+    if exp - iat > MAX_TTL or exp <= iat:
+        raise _refuse(f"the token's lifetime must be 1..{MAX_TTL} seconds")
+    if iat > now + leeway:
+        raise _refuse("the token is issued in the future")
+    if now >= exp + leeway:
+        raise _refuse("the token has expired")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+        raise _refuse("the token's jti must be 16-128 base64url characters")
+    if claims["htm"] != method or claims["htu"] != path:
+        raise _refuse(f"the token is for another call, not {method} {path}")
+    return AdminToken(admin, kid, jti, exp + leeway, method, path)
+
+
+def authorize(token: AdminToken, role: str) -> None:
+    """Return if the token's admin holds ``role``; else ``AdminError`` (``admin.forbidden``)."""
+    if role not in ADMIN_ROLES:
+        raise ValueError(f"unknown admin role {role!r}")
+    if role not in token.admin.roles:
+        raise AdminError(
+            FORBIDDEN,
+            f"admin {token.admin.id!r} does not hold the role {role!r} this call needs",
+            admin=token.admin.id,
+        )

@@ -1,0 +1,148 @@
+"""``execgate admin token``: mint an admin token for one call to a running gateway.
+
+The token (``execgate.admin``) is signed with the admin's own private key (``--key``)
+and is good for exactly one call: the method and path given, at one gateway, for
+``--ttl`` seconds (at most an hour). Who the admin is and which gateway it is for come
+from the home's trust store and config (the ``[[admin]]`` that lists the key, the
+gateway id); ``--admin`` and ``--audience`` name them instead, for a gateway whose home
+is elsewhere. Send it as ``Authorization: Bearer TOKEN``:
+
+    curl -X POST -H "Authorization: Bearer $(execgate admin token --key keys/admin.jwk \\
+         --method POST --path /v1/admin/policy/reload)" http://127.0.0.1:8080/v1/admin/policy/reload
+
+``execgate policy reload`` mints its own. Which routes an admin may call is up to the
+``roles`` of their ``[[admin]]``, not to the token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Final
+
+from execgate.cli._common import Commands, home_of, out, shown
+from execgate.errors import ConfigError, UsageError
+
+__all__ = ["add_identity", "call", "mint", "register"]
+
+DEFAULT_TTL: Final = 60
+CALL_TIMEOUT: Final = 60.0
+_MAX_ANSWER: Final = 1024 * 1024
+
+
+def mint(
+    *,
+    key_path: str,
+    home: Path,
+    method: str,
+    path: str,
+    ttl: int = DEFAULT_TTL,
+    admin: str | None = None,
+    audience: str | None = None,
+) -> str:
+    """A token for ``method path``, signed with the key in ``key_path``."""
+    from execgate.admin import MAX_TTL, issue_admin_token
+    from execgate.keyfile import read_private_key
+
+    if not 0 < ttl <= MAX_TTL:
+        raise UsageError(f"--ttl must be within 1..{MAX_TTL} seconds")
+    key = read_private_key(Path(key_path))  # a bad key file is a usage error (exit 2)
+    if admin is None or audience is None:
+        from execgate.home import load_config
+        from execgate.trust import TrustStore
+
+        config = load_config(home)
+        if audience is None:
+            audience = config.gateway_id
+        if admin is None:
+            found = TrustStore.load(config.trust).admin_for_kid(key.public.thumbprint())
+            if found is None:
+                raise UsageError(
+                    f"the key {key_path} (key id {key.public.thumbprint()}) is no admin's in"
+                    f" the trust store {config.trust}; list its public half there as an"
+                    " [[admin]] with the roles it needs, or name the admin with --admin"
+                )
+            admin = found.id
+    try:
+        return issue_admin_token(
+            key=key,
+            admin=admin,
+            audience=audience,
+            method=method,
+            path=path,
+            now=int(time.time()),
+            ttl=ttl,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def call(url: str, method: str, token: str, body: Any = None) -> tuple[int, Any]:
+    """One call to a running gateway: (HTTP status, the JSON answer)."""
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url {shown(url)} must be an http:// or https:// URL")
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=CALL_TIMEOUT) as answer:  # noqa: S310
+            status, raw = answer.status, answer.read(_MAX_ANSWER)
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read(_MAX_ANSWER)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"cannot reach the gateway at {url}: {reason}") from exc
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def _token(args: argparse.Namespace) -> int:
+    out(
+        mint(
+            key_path=args.key,
+            home=home_of(args),
+            method=args.method,
+            path=args.path,
+            ttl=args.ttl,
+            admin=args.admin,
+            audience=args.audience,
+        )
+    )
+    return 0
+
+
+def _ttl(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds")
+    return int(text)
+
+
+def add_identity(p: argparse.ArgumentParser) -> None:
+    """The flags that say who signs an admin token and for which gateway."""
+    p.add_argument("--admin", help="the admin id (default: the [[admin]] that lists the key)")
+    p.add_argument("--audience", help="the gateway id (default: the home's)")
+
+
+def register(commands: Commands) -> None:
+    s = commands.add("admin", "admin credentials for a running gateway")
+    group = Commands(
+        s.add_subparsers(dest="admin_command", required=True, metavar="SUBCOMMAND"),
+        commands.common,
+    )
+    q = group.add("token", "print a single-use admin token for one call (METHOD and PATH)")
+    q.add_argument("--key", required=True, help="your admin PRIVATE key file (its [[admin]])")
+    q.add_argument("--method", required=True, help="the call's HTTP method, e.g. POST")
+    q.add_argument("--path", required=True, help="the call's path, e.g. /v1/revocations")
+    q.add_argument(
+        "--ttl", type=_ttl, default=DEFAULT_TTL, help="seconds it stays valid (default: 60)"
+    )
+    add_identity(q)
+    q.set_defaults(func=_token)

@@ -1,0 +1,194 @@
+"""Admin tokens (``execgate.admin``) and the ``[[admin]]`` section of the trust store."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from execgate.admin import (
+    ADMIN_TYP,
+    MAX_TTL,
+    AdminError,
+    authorize,
+    issue_admin_token,
+    verify_admin_token,
+)
+from execgate.errors import ConfigError
+from execgate.jose import PrivateKey, b64url_encode, encode
+from execgate.trust import TrustStore
+
+NOW = 1_700_000_000
+GATEWAY = "gw-test"
+PATH = "/v1/revocations"
+
+
+def _jwk(key: PrivateKey) -> dict[str, str]:
+    return key.public.to_jwk()
+
+
+AUTHORITY = PrivateKey.generate()
+ADMIN = PrivateKey.generate()
+READER = PrivateKey.generate()
+OTHER = PrivateKey.generate()
+
+
+def _doc(**admin: Any) -> dict[str, Any]:
+    return {
+        "authority": [
+            {"id": "auth", "keys": [_jwk(AUTHORITY)], "scope": [{"action": "a", "resource": "r"}]}
+        ],
+        "admin": [
+            {"id": "ops", "roles": ["revoke", "reload"], "keys": [_jwk(ADMIN)], **admin},
+            {"id": "reader", "roles": ["audit"], "keys": [_jwk(READER)]},
+        ],
+    }
+
+
+TRUST = TrustStore.from_dict(_doc())
+
+
+def _token(key: PrivateKey = ADMIN, **over: Any) -> str:
+    return issue_admin_token(
+        key=key,
+        admin=over.pop("admin", "ops"),
+        audience=over.pop("audience", GATEWAY),
+        method=over.pop("method", "POST"),
+        path=over.pop("path", PATH),
+        now=over.pop("now", NOW),
+        ttl=over.pop("ttl", 60),
+    )
+
+
+def _verify(token: str, **over: Any) -> Any:
+    return verify_admin_token(
+        token,
+        trust=over.pop("trust", TRUST),
+        audiences=frozenset({GATEWAY}),
+        method=over.pop("method", "POST"),
+        path=over.pop("path", PATH),
+        now=over.pop("now", NOW),
+        leeway=60,
+    )
+
+
+def _raw(claims: dict[str, Any], key: PrivateKey = ADMIN, **header: Any) -> str:
+    return encode({"typ": ADMIN_TYP, "kid": key.public.thumbprint(), **header}, claims, key)
+
+
+def _unchecked(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """Signed without the encoder's checks, to show the verifier's."""
+    signing_input = ".".join(b64url_encode(json.dumps(part).encode()) for part in (header, claims))
+    return f"{signing_input}.{b64url_encode(ADMIN.sign(signing_input.encode()))}"
+
+
+def _claims(**over: Any) -> dict[str, Any]:
+    claims = {
+        "iss": "ops",
+        "aud": GATEWAY,
+        "iat": NOW,
+        "exp": NOW + 60,
+        "jti": "j" * 24,
+        "htm": "POST",
+        "htu": PATH,
+    }
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _refused(token: str, fragment: str, **over: Any) -> None:
+    with pytest.raises(AdminError) as caught:
+        _verify(token, **over)
+    assert caught.value.code == "admin.unauthenticated"
+    assert fragment in caught.value.detail
+
+
+def test_a_good_token_verifies_and_names_its_admin() -> None:
+    verified = _verify(_token())
+    assert verified.admin.id == "ops"
+    assert verified.kid == ADMIN.public.thumbprint()
+    assert verified.expires == NOW + 60 + 60  # exp plus the leeway: how long to remember it
+    authorize(verified, "revoke")
+    with pytest.raises(AdminError) as caught:
+        authorize(verified, "audit")
+    assert caught.value.code == "admin.forbidden"
+    assert caught.value.admin == "ops"
+
+
+def test_tokens_are_bound_to_method_path_and_gateway() -> None:
+    _refused(_token(), "another call", path="/v1/admin/policy/reload")
+    _refused(_token(), "another call", method="GET")
+    _refused(_token(audience="gw-other"), "another gateway")
+
+
+def test_time_limits() -> None:
+    _refused(_token(), "expired", now=NOW + 60 + 60)
+    _verify(_token(), now=NOW + 60 + 59)  # within the leeway
+    _refused(_token(now=NOW + 61), "future")
+    _refused(_raw(_claims(exp=NOW + MAX_TTL + 1)), "lifetime")
+    _refused(_raw(_claims(exp=NOW)), "lifetime")
+    with pytest.raises(ValueError, match="ttl"):
+        _token(ttl=MAX_TTL + 1)
+
+
+def test_unknown_keys_forgeries_and_impersonation_are_refused() -> None:
+    _refused(_token(key=OTHER), "no admin's")
+    _refused(_token(key=AUTHORITY), "no admin's")  # a trusted key, but not an admin's
+    good = _token()
+    head, _body, sig = good.split(".")
+    forged = _token(path="/v1/admin/policy/reload").split(".")[1]
+    _refused(f"{head}.{forged}.{sig}", "signature")
+    _refused(_token(key=READER, admin="ops"), "signed by 'reader'")
+
+
+@pytest.mark.parametrize(
+    ("claims", "fragment"),
+    [
+        (_claims(jti=None), "missing ['jti']"),
+        (_claims(htu=None), "missing ['htu']"),
+        (_claims(role="admin"), "unknown ['role']"),
+        (_claims(jti="short"), "jti"),
+        (_claims(aud=[GATEWAY]), "another gateway"),
+    ],
+)
+def test_claims_are_exactly_the_documented_set(claims: dict[str, Any], fragment: str) -> None:
+    _refused(_raw(claims), fragment)
+
+
+def test_the_typ_and_the_codec_rules_apply() -> None:
+    token = encode(
+        {"typ": "execgate-approval+jwt", "kid": ADMIN.public.thumbprint()}, _claims(), ADMIN
+    )
+    _refused(token, "malformed")
+    _refused("not-a-token", "malformed")
+    header = {"typ": ADMIN_TYP, "kid": ADMIN.public.thumbprint(), "alg": "Ed25519", "crit": ["x"]}
+    _refused(_unchecked(header, _claims()), "malformed")
+    header = {"typ": ADMIN_TYP, "kid": ADMIN.public.thumbprint(), "alg": "Ed25519"}
+    _refused(_unchecked(header, _claims(iat="soon")), "malformed")  # integer NumericDates
+
+
+def test_issue_refuses_what_verify_would() -> None:
+    with pytest.raises(ValueError, match="method"):
+        _token(method="post")
+    with pytest.raises(ValueError, match="query"):
+        _token(path="/v1/x?y=1")
+
+
+def test_the_trust_store_checks_admin_entries() -> None:
+    with pytest.raises(ConfigError, match="unknown roles \\['root'\\]"):
+        TrustStore.from_dict(_doc(roles=["revoke", "root"]))
+    with pytest.raises(ConfigError, match="non-empty list of role names"):
+        TrustStore.from_dict(_doc(roles=[]))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        TrustStore.from_dict(_doc(groups=["x"]))
+    doc = _doc()
+    doc["approver"] = [{"id": "alice", "groups": ["finance"], "keys": [_jwk(ADMIN)]}]
+    with pytest.raises(ConfigError, match="one principal only"):
+        TrustStore.from_dict(doc)
+    doc = _doc()
+    doc["admin"] = {"id": "x"}
+    with pytest.raises(ConfigError, match="double brackets"):
+        TrustStore.from_dict(doc)
+    assert set(TRUST.admins) == {"ops", "reader"}
+    assert TRUST.admin_for_kid(READER.public.thumbprint()) is TRUST.admins["reader"]

@@ -1,0 +1,444 @@
+"""The admin routes in process: who is let in (401/403, both audited), approvals reviewed
+over HTTP, revocations, policy reload, the audit export and consistency proofs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import GATEWAY_ID, POLICY, Kit, make_kit
+from test_server_api import Client, decide, error_of
+
+from execgate.admin import issue_admin_token
+from execgate.approvals import Pending, sign_review
+from execgate.audit.checkpoint import open_checkpoint
+from execgate.audit.log import verify_export
+from execgate.audit.merkle import verify_consistency
+from execgate.audit.note import Verifier
+from execgate.errors import EvidenceError
+from execgate.jose import PrivateKey
+from execgate.keyfile import read_private_key
+from execgate.server import create_app
+from execgate.server.openapi import openapi_document
+from execgate.store.unavailable import UnavailableStore
+
+RELOAD = "/v1/admin/policy/reload"
+REVOKE = "/v1/revocations"
+APPROVALS = "/v1/admin/approvals"
+EXPORT = "/v1/admin/audit/export"
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    # A second admin who may only export the log.
+    auditor = PrivateKey.generate()
+    (k.home / "keys" / "auditor.jwk").write_text(json.dumps(auditor.to_jwk(private=True)))
+    (k.home / "keys" / "auditor.jwk").chmod(0o600)
+    jwk = auditor.public.to_jwk()
+    with (k.home / "trust.toml").open("a", encoding="utf-8") as trust:
+        trust.write(
+            '\n[[admin]]\nid = "auditor"\nroles = ["audit"]\n'
+            f'keys = [{{kty = "OKP", crv = "Ed25519", x = "{jwk["x"]}"}}]\n'
+        )
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def client(kit: Kit) -> Iterator[Client]:
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as c:
+        yield c
+
+
+def token(kit: Kit, method: str, path: str, *, who: str = "admin", **over: Any) -> dict[str, str]:
+    key = read_private_key(kit.home / "keys" / f"{who}.jwk")
+    value = issue_admin_token(
+        key=key,
+        admin=over.pop("admin", who),
+        audience=over.pop("audience", GATEWAY_ID),
+        method=method,
+        path=path,
+        now=over.pop("now", kit.clock.now),
+        ttl=over.pop("ttl", 60),
+    )
+    return {"Authorization": f"Bearer {value}"}
+
+
+def records(client: Client, kind: str = "admin") -> list[dict[str, Any]]:
+    page = client.get("/v1/audit/entries").json()
+    return [e["record"] for e in page["entries"] if e["record"]["kind"] == kind]
+
+
+def entries_text(client: Client) -> str:
+    page = client.get("/v1/audit/entries").json()
+    return "\n".join(base64.b64decode(e["entry"]).decode() for e in page["entries"])
+
+
+# -- who is let in ----------------------------------------------------------------------
+
+
+def test_no_token_is_401_with_a_challenge_and_is_audited(kit: Kit, client: Client) -> None:
+    response = client.post(RELOAD)
+    assert error_of(response, 401) == "admin.unauthenticated"
+    assert response.headers["www-authenticate"] == 'Bearer realm="execgate"'
+    [record] = records(client)
+    assert record["result"] == "refused"
+    assert record["code"] == "admin.unauthenticated"
+    assert record["admin"] is None
+    assert record["action"] == "policy.reload"
+    assert (record["method"], record["path"]) == ("POST", RELOAD)
+    assert record["v"] == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda k: {"Authorization": "Basic YWRtaW46YWRtaW4="}, "not 'Bearer"),
+        (lambda k: {"Authorization": "Bearer not.a.token"}, "malformed"),
+        (lambda k: token(k, "POST", RELOAD, now=k.clock.now - 200), "expired"),
+        (lambda k: token(k, "POST", RELOAD, audience="gw-other"), "another gateway"),
+        (lambda k: token(k, "POST", REVOKE), "another call"),
+        (lambda k: token(k, "GET", RELOAD), "another call"),
+        (lambda k: token(k, "POST", RELOAD, who="approver-alice", admin="alice"), "no admin's"),
+        (lambda k: token(k, "POST", RELOAD, who="auditor", admin="admin"), "signed by"),
+    ],
+    ids=["basic", "garbage", "expired", "audience", "path", "method", "approver-key", "spoof"],
+)
+def test_bad_tokens_are_401_and_audited(kit: Kit, client: Client, make: Any, fragment: str) -> None:
+    headers = make(kit)
+    response = client.post(RELOAD, headers=headers)
+    assert error_of(response, 401) == "admin.unauthenticated"
+    assert fragment in response.json()["error"]["message"]
+    assert "invalid_token" in response.headers["www-authenticate"]
+    [record] = records(client)
+    assert (record["result"], record["code"], record["admin"]) == (
+        "refused",
+        "admin.unauthenticated",
+        None,
+    )
+    # The token itself is never logged.
+    secret = headers["Authorization"].split(" ", 1)[1]
+    assert secret not in entries_text(client)
+
+
+def test_a_token_is_single_use(kit: Kit, client: Client) -> None:
+    headers = token(kit, "GET", APPROVALS)
+    assert client.get(APPROVALS, headers=headers).status_code == 200
+    again = client.get(APPROVALS, headers=headers)
+    assert error_of(again, 401) == "admin.unauthenticated"
+    assert "replay" in again.json()["error"]["message"]
+    first, second = records(client)
+    assert (first["result"], first["admin"]) == ("authorized", "admin")
+    assert (second["result"], second["code"]) == ("refused", "admin.unauthenticated")
+    assert first["token_jti"] == second["token_jti"] is not None
+
+
+def test_a_role_the_admin_lacks_is_403_and_audited(kit: Kit, client: Client) -> None:
+    headers = token(kit, "POST", REVOKE, who="auditor")
+    body = {"kind": "sub", "value": "agent-1", "reason": "test"}
+    response = client.post(REVOKE, json=body, headers=headers)
+    assert error_of(response, 403) == "admin.forbidden"
+    assert "insufficient_scope" in response.headers["www-authenticate"]
+    [record] = records(client)
+    assert (record["result"], record["code"], record["admin"]) == (
+        "refused",
+        "admin.forbidden",
+        "auditor",
+    )
+    # Nothing was revoked: the decision proceeds.
+    assert decide(client, kit.submit())["outcome"] == "proceed"
+    # The refused token is spent too.
+    again = client.post(REVOKE, json=body, headers=headers)
+    assert "replay" in again.json()["error"]["message"]
+
+
+def test_decision_endpoints_need_no_token(kit: Kit, client: Client) -> None:
+    body = decide(client, kit.submit())
+    assert body["outcome"] == "proceed"
+    assert client.get(f"/v1/decisions/{body['decision_id']}").status_code == 200
+    assert client.get("/v1/audit/checkpoint").status_code == 200
+    assert records(client) == []
+
+
+def test_a_store_that_is_down_refuses_every_admin_call(kit: Kit) -> None:
+    gateway = kit.gateway(UnavailableStore("disk on fire"))
+    with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
+        body = {"kind": "sub", "value": "agent-1", "reason": "test"}
+        response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+        assert response.status_code == 503
+        assert error_of(client.post(RELOAD), 503) in {"audit.unavailable", "store.unavailable"}
+
+
+# -- approvals --------------------------------------------------------------------------
+
+
+def _pause(kit: Kit, client: Client) -> tuple[dict[str, Any], dict[str, Any]]:
+    request = kit.request("payments.transfer", amount=5000)
+    artifact = kit.artifact()
+    paused = decide(client, kit.submission(request, artifact))
+    assert paused["outcome"] == "pause"
+    return paused, {"request": request, "artifact": artifact}
+
+
+def _review(kit: Kit, client: Client, approval_id: str, verdict: str = "approve") -> str:
+    shown = client.get(
+        f"{APPROVALS}/{approval_id}", headers=token(kit, "GET", f"{APPROVALS}/{approval_id}")
+    )
+    assert shown.status_code == 200, shown.text
+    pending = Pending.from_json(json.dumps(shown.json()), "pending")
+    return sign_review(
+        key=read_private_key(kit.home / "keys" / "approver-alice.jwk"),
+        approver="alice",
+        pending=pending,
+        verdict=verdict,
+        now=kit.clock.now,
+        comment="looks right",
+    )
+
+
+def test_an_approval_reviewed_over_http_lets_the_request_proceed(kit: Kit, client: Client) -> None:
+    paused, held = _pause(kit, client)
+    approval_id = paused["approval_id"]
+    listed = client.get(APPROVALS, headers=token(kit, "GET", APPROVALS)).json()["approvals"]
+    assert [(a["approval_id"], a["state"]) for a in listed] == [(approval_id, "pending")]
+    review = _review(kit, client, approval_id)
+    path = f"{APPROVALS}/{approval_id}/reviews"
+    response = client.post(path, json={"review": review}, headers=token(kit, "POST", path))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["approver"], body["verdict"], body["state"]) == ("alice", "approve", "approved")
+    assert body["quorum_met"] is True
+    [logged] = records(client, "review")
+    assert logged["approver"] == "alice"
+    resumed = decide(client, kit.submission(held["request"], held["artifact"]))
+    assert resumed["outcome"] == "proceed"
+    assert resumed["approval_id"] == approval_id
+
+
+def test_a_review_needs_both_the_admin_token_and_the_approver_signature(
+    kit: Kit, client: Client
+) -> None:
+    paused, _ = _pause(kit, client)
+    path = f"{APPROVALS}/{paused['approval_id']}/reviews"
+    review = _review(kit, client, paused["approval_id"])
+    # The approver's review without an admin token is not let in.
+    assert error_of(client.post(path, json={"review": review}), 401) == "admin.unauthenticated"
+    # An admin token with a review the admin signed (not an approver) is refused.
+    forged = sign_review(
+        key=read_private_key(kit.home / "keys" / "admin.jwk"),
+        approver="admin",
+        pending=Pending.from_json(
+            json.dumps(
+                client.get(
+                    f"{APPROVALS}/{paused['approval_id']}",
+                    headers=token(kit, "GET", f"{APPROVALS}/{paused['approval_id']}"),
+                ).json()
+            ),
+            "pending",
+        ),
+        verdict="approve",
+        now=kit.clock.now,
+    )
+    refused = client.post(path, json={"review": forged}, headers=token(kit, "POST", path))
+    assert error_of(refused, 409) == "approval.review_refused"
+    assert "no approver's" in refused.json()["error"]["message"]
+    assert records(client, "review") == []
+    bad = client.post(path, json={"verdict": "approve"}, headers=token(kit, "POST", path))
+    assert error_of(bad, 400) == "request.invalid"
+
+
+def test_unknown_approvals_are_404(kit: Kit, client: Client) -> None:
+    path = f"{APPROVALS}/no-such-id"
+    assert error_of(client.get(path, headers=token(kit, "GET", path)), 404) == "approval.not_found"
+
+
+# -- revocations ------------------------------------------------------------------------
+
+
+def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Client) -> None:
+    artifact = kit.artifact()
+    first = decide(client, kit.submission(kit.request(amount=1), artifact))
+    assert first["outcome"] == "proceed"
+    body = {"kind": "jti", "value": first["artifact_jti"], "reason": "key leaked", "cascade": True}
+    response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["revoked"], answer["already_revoked"]) == (True, False)
+    assert [d["decision_id"] for d in answer["cascade"]["decisions"]] == [first["decision_id"]]
+    after = decide(client, kit.submission(kit.request(amount=2), artifact))
+    assert [r["code"] for r in after["reasons"]] == ["artifact.revoked"]
+    authorized, done = records(client)
+    assert (authorized["result"], done["result"]) == ("authorized", "done")
+    assert done["revocation"] == {
+        "kind": "jti",
+        "value": first["artifact_jti"],
+        "reason": "key leaked",
+    }
+    again = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE)).json()
+    assert (again["revoked"], again["already_revoked"]) == (False, True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "issuer", "value": "x", "reason": "r"},
+        {"kind": "sub", "value": "", "reason": "r"},
+        {"kind": "sub", "value": "x", "reason": " "},
+        {"kind": "kid", "value": "not-a-thumbprint", "reason": "r"},
+        {"kind": "sub", "value": "x"},
+        {"kind": "sub", "value": "x", "reason": "r", "extra": 1},
+        {"kind": "sub", "value": "x", "reason": "r", "cascade": "yes"},
+        [],
+    ],
+)
+def test_bad_revocation_bodies_are_400_and_revoke_nothing(
+    kit: Kit, client: Client, body: Any
+) -> None:
+    response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+    assert error_of(response, 400) == "request.invalid"
+    assert decide(client, kit.submit())["outcome"] == "proceed"
+
+
+# -- policy reload ----------------------------------------------------------------------
+
+
+def test_reload_puts_a_new_policy_in_force(kit: Kit, client: Client) -> None:
+    before = decide(client, kit.submit())["policy_hash"]
+    (kit.home / "policy.yaml").write_text(POLICY.replace("refunds are manual", "never"))
+    response = client.post(RELOAD, headers=token(kit, "POST", RELOAD))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["previous_policy_hash"] == before
+    assert answer["policy_hash"] != before
+    assert answer["workers"] == "this process"
+    assert decide(client, kit.submit())["policy_hash"] == answer["policy_hash"]
+    done = records(client)[-1]
+    assert (done["code"], done["admin"], done["via"]) == ("policy.reloaded", "admin", "http")
+    assert (done["previous_policy_hash"], done["policy_hash"]) == (before, answer["policy_hash"])
+
+
+def test_an_invalid_policy_is_refused_and_the_old_one_stays(
+    kit: Kit, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = decide(client, kit.submit())["policy_hash"]
+    (kit.home / "policy.yaml").write_text("version: 1\nrules: []\n")
+    response = client.post(RELOAD, headers=token(kit, "POST", RELOAD))
+    assert error_of(response, 422) == "policy.reload_refused"
+    assert before in response.json()["error"]["message"]
+    assert decide(client, kit.submit())["policy_hash"] == before
+    refused = records(client)[-1]
+    assert (refused["code"], refused["result"]) == ("policy.reload_refused", "refused")
+    assert refused["policy_hash"] == before
+    assert any("policy reload refused" in r.getMessage() for r in caplog.records)
+    (kit.home / "policy.yaml").unlink()
+    gone = client.post(RELOAD, headers=token(kit, "POST", RELOAD))
+    assert error_of(gone, 422) == "policy.reload_refused"
+    assert decide(client, kit.submit())["policy_hash"] == before
+
+
+# -- audit ------------------------------------------------------------------------------
+
+
+def test_the_export_verifies_offline_with_the_admin_records_in_it(kit: Kit, client: Client) -> None:
+    decide(client, kit.submit())
+    client.post(RELOAD)  # an audited refusal
+    assert error_of(client.get(EXPORT), 401) == "admin.unauthenticated"
+    denied = client.get(EXPORT, headers=token(kit, "GET", EXPORT, who="auditor"))
+    assert denied.status_code == 200
+    assert denied.headers["content-type"].startswith("application/x-ndjson")
+    lines = denied.text.splitlines()
+    report = verify_export(lines, kit.node_key.public)
+    assert report.entries == len(lines) - 1 - report.checkpoints
+    kinds = [
+        json.loads(base64.b64decode(json.loads(line)["entry"]))["kind"]
+        for line in lines[1:]
+        if "entry" in json.loads(line)
+    ]
+    assert kinds == ["decision", "admin", "admin", "admin"]
+    second = next(n for n, line in enumerate(lines) if line.startswith('{"index":1,'))
+    tampered = list(lines)
+    tampered[second] = json.dumps({"index": 1, "entry": base64.b64encode(b"{}").decode()})
+    with pytest.raises(EvidenceError, match="do not match"):
+        verify_export(tampered, kit.node_key.public)
+
+
+def test_consistency_proofs_verify_between_signed_checkpoints(kit: Kit, client: Client) -> None:
+    verifier = Verifier(GATEWAY_ID, kit.node_key.public)
+    decide(client, kit.submit())
+    decide(client, kit.submit())
+    decide(client, kit.submit())
+    old = client.get("/v1/audit/checkpoint").json()
+    for _ in range(4):
+        decide(client, kit.submit())
+    new = client.get("/v1/audit/checkpoint").json()
+    answer = client.get(
+        "/v1/audit/consistency", params={"first": old["size"], "second": new["size"]}
+    ).json()
+    proof = [base64.b64decode(h) for h in answer["proof"]]
+    roots = [open_checkpoint(cp["checkpoint"], verifier).root for cp in (old, new)]
+    verify_consistency(old["size"], new["size"], proof, roots[0], roots[1])
+    assert base64.b64decode(answer["second_root"]) == roots[1]
+    latest = client.get("/v1/audit/consistency", params={"first": 1}).json()
+    assert latest["second"] == new["size"]
+    with pytest.raises(EvidenceError, match="consistency"):
+        verify_consistency(old["size"], new["size"], proof[:-1], roots[0], roots[1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"first": "0"},
+        {"first": "2", "second": "1"},
+        {"first": "x"},
+    ],
+)
+def test_bad_consistency_ranges_are_400(kit: Kit, client: Client, params: dict[str, str]) -> None:
+    decide(client, kit.submit())
+    decide(client, kit.submit())
+    response = client.get("/v1/audit/consistency", params=params)
+    assert error_of(response, 400) in {"audit.range_invalid", "request.invalid_query"}
+
+
+@pytest.mark.parametrize("params", [{"first": "1", "second": "99"}, {"first": "99"}])
+def test_consistency_beyond_the_log_is_404(
+    kit: Kit, client: Client, params: dict[str, str]
+) -> None:
+    decide(client, kit.submit())
+    decide(client, kit.submit())
+    response = client.get("/v1/audit/consistency", params=params)
+    assert error_of(response, 404) == "audit.index_not_found"
+
+
+def test_the_openapi_document_declares_the_bearer_scheme() -> None:
+    document = openapi_document()
+    assert document["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+    assert document["paths"][REVOKE]["post"]["security"] == [{"adminToken": []}]
+    assert "security" not in document["paths"]["/v1/audit/consistency"]["get"]
+    codes = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+    assert {"admin.unauthenticated", "admin.forbidden"} <= set(codes["code"]["enum"])
+
+
+def test_the_cli_mints_a_token_the_server_accepts(
+    kit: Kit, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from execgate.cli import main
+
+    key = str(kit.home / "keys" / "admin.jwk")
+    argv = ["--home", str(kit.home), "admin", "token", "--key", key, "--method", "GET"]
+    assert main([*argv, "--path", APPROVALS]) == 0
+    minted = capsys.readouterr().out.strip()
+    kit.clock.t = time.time()  # the CLI signs with the real clock
+    response = client.get(APPROVALS, headers={"Authorization": f"Bearer {minted}"})
+    assert response.status_code == 200, response.text
+    assert records(client)[-1]["admin"] == "admin"
+    # A key that is no admin's is a usage error, and nothing is printed.
+    alice = str(kit.home / "keys" / "approver-alice.jwk")
+    assert main([*argv[:4], "--key", alice, "--method", "GET", "--path", APPROVALS]) == 2
+    assert "no admin's" in capsys.readouterr().err

@@ -1,0 +1,172 @@
+"""Policy hot reload of a real ``execgate serve``: SIGHUP to the main process reloads
+every worker (none is restarted), an invalid policy is refused and the old one keeps
+serving, and ``execgate policy reload`` does the same over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gatekit import POLICY, Kit, make_kit
+from test_server_process import Server, serve
+
+WAIT = 20.0
+_EXECGATE = (sys.executable, "-m", "execgate")
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    k.clock.t = time.time()  # the server reads the real clock
+    yield k
+    k.close()
+
+
+def _hash(server: Server, kit: Kit) -> str:
+    kit.clock.t = time.time()
+    # A new connection per decision: the kernel hands each to either worker.
+    response = httpx.post(server.url + "/v1/decisions", json=kit.submit(), timeout=10.0)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["outcome"] == "proceed"
+    digest: str = body["policy_hash"]
+    return digest
+
+
+def _reloads(server: Server) -> list[dict[str, Any]]:
+    page = httpx.get(server.url + "/v1/audit/entries", timeout=10.0).json()
+    return [
+        e["record"]
+        for e in page["entries"]
+        if e["record"]["kind"] == "admin"
+        and e["record"]["code"] in ("policy.reloaded", "policy.reload_refused")
+    ]
+
+
+def _wait_for(server: Server, count: int) -> list[dict[str, Any]]:
+    """The reload records, once there are ``count`` of them (or fail after WAIT)."""
+    deadline = time.monotonic() + WAIT
+    found = _reloads(server)
+    while len(found) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = _reloads(server)
+    assert len(found) >= count, f"{found}\n{server.stderr()}"
+    return found
+
+
+def _workers(server: Server, kit: Kit) -> set[int]:
+    """The two worker pids, once both have served decisions (so both have loaded the
+    policy; the kernel picks which worker accepts, so decisions are sent until then)."""
+    pid = server.proc.pid
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        serving = {int(c) for c in children if _opened(c, kit.config.store)}
+        if len(serving) >= 2:
+            return serving
+        _hash(server, kit)
+    pytest.fail("the two workers did not both serve")
+
+
+def _opened(pid: str, path: Path) -> bool:
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def _reload_cli(kit: Kit, server: Server) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "EXECGATE_HOME"}
+    return subprocess.run(
+        [
+            *_EXECGATE,
+            "--home",
+            str(kit.home),
+            "policy",
+            "reload",
+            "--url",
+            server.url,
+            "--admin-key",
+            str(kit.home / "keys" / "admin.jwk"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> None:
+    policy = kit.home / "policy.yaml"
+    with serve(kit, workers=2) as server:
+        workers = _workers(server, kit)
+        old = _hash(server, kit)
+
+        policy.write_text(POLICY.replace("refunds are manual", "refunds are never automatic"))
+        server.proc.send_signal(signal.SIGHUP)
+        reloaded = _wait_for(server, 2)
+        assert {r["worker"] for r in reloaded} == workers  # each worker, none restarted
+        assert {(r["via"], r["code"]) for r in reloaded} == {("signal", "policy.reloaded")}
+        new = reloaded[0]["policy_hash"]
+        assert new != old
+        assert {r["previous_policy_hash"] for r in reloaded} == {old}
+        assert {_hash(server, kit) for _ in range(12)} == {new}
+
+        policy.write_text("version: 1\nrules: []\n")
+        server.proc.send_signal(signal.SIGHUP)
+        refused = _wait_for(server, 4)[2:]
+        assert {r["worker"] for r in refused} == workers
+        assert {(r["result"], r["code"]) for r in refused} == {("refused", "policy.reload_refused")}
+        assert server.proc.poll() is None
+        assert {_hash(server, kit) for _ in range(12)} == {new}  # the old one stays
+        assert _workers(server, kit) == workers
+
+        # Over HTTP: refused first, then accepted, and then every worker has it.
+        answer = _reload_cli(kit, server)
+        assert answer.returncode == 1, answer.stderr
+        assert "policy.reload_refused" in answer.stderr
+        assert new in answer.stderr
+        policy.write_text(POLICY.replace("refunds are manual", "ask finance"))
+        answer = _reload_cli(kit, server)
+        assert answer.returncode == 0, answer.stderr
+        assert "workers: all" in answer.stdout
+        latest = _wait_for(server, 8)[5:]  # one by the answering worker, then one each
+        assert {r["via"] for r in latest} == {"http", "signal"}
+        assert {r["worker"] for r in latest if r["via"] == "signal"} == workers
+        newest = {r["policy_hash"] for r in latest}
+        assert len(newest) == 1
+        assert newest != {new}
+        assert {_hash(server, kit) for _ in range(12)} == newest
+        assert server.stop() == 0
+        assert "Traceback" not in server.stderr()
+
+
+def test_sighup_reloads_a_single_process_server(kit: Kit) -> None:
+    with serve(kit, workers=1) as server:
+        old = _hash(server, kit)
+        (kit.home / "policy.yaml").write_text(
+            POLICY.replace("refunds are manual", "refunds stop here")
+        )
+        server.proc.send_signal(signal.SIGHUP)
+        [reloaded] = _wait_for(server, 1)
+        assert reloaded["worker"] == server.proc.pid
+        assert reloaded["previous_policy_hash"] == old
+        assert _hash(server, kit) == reloaded["policy_hash"] != old
+        # A token lacking nothing but the right to be replayed: the CLI mints a new one.
+        assert (
+            json.loads(httpx.post(server.url + "/v1/admin/policy/reload", timeout=10.0).text)[
+                "error"
+            ]["code"]
+            == "admin.unauthenticated"
+        )
+        assert server.stop() == 0
