@@ -57,7 +57,7 @@ class ApprovalFlow:
             pending = Pending.from_json(row.body, row.status)
             if (pending.links, pending.policy_hash, pending.rule) != (
                 links,
-                self.policy.hash,
+                state.policy_hash,
                 rule,
             ) or pending.status == "consumed":
                 continue
@@ -112,7 +112,7 @@ class ApprovalFlow:
             request_hash=state.request_hash,
             chain=chain,
             links=links,
-            policy_hash=self.policy.hash,
+            policy_hash=state.policy_hash,
             rule=rule,
             groups=spec.approvers,
             quorum=spec.quorum,

@@ -9,6 +9,7 @@ from execgate.approvals import Pending
 from execgate.artifacts import Artifact
 from execgate.lineage import ParentExecution
 from execgate.model import Outcome, Reason, Request
+from execgate.policy import Policy
 from execgate.proofs import Proof
 
 __all__ = ["RECORD_VERSION", "DecisionState"]
@@ -34,6 +35,14 @@ class DecisionState:
     open_approval: Pending | None = None
     consume_approval: str | None = None
     approvers: list[str] = field(default_factory=list)
+    # The policy this decision is made under, taken once when it starts: a reload that
+    # lands meanwhile cannot mix two policies (or their hashes) into one decision.
+    policy: Policy | None = None
+
+    @property
+    def policy_hash(self) -> str:
+        assert self.policy is not None, "a decision's policy is set when it starts"
+        return self.policy.hash
 
     def stop(self, outcome: Outcome, code: str, detail: str) -> None:
         self.outcome = outcome

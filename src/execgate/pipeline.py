@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
 from execgate._state import RECORD_VERSION, DecisionState
+from execgate._timing import TimedState
 from execgate.artifacts import DEFAULT_MAX_DEPTH, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
@@ -43,6 +44,7 @@ from execgate.submission import MAX_REQUEST_BYTES, Submission
 from execgate.trust import TrustStore
 
 if TYPE_CHECKING:
+    from execgate._admin_log import PolicyReload
     from execgate.adapters.guard import Guard
     from execgate.proofs import Runtime
 
@@ -99,6 +101,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_lock = threading.Lock()
         self._last_checkpoint: tuple[int, int] | None = None  # (size, time)
+        # Called with each decision made and the seconds spent in each stage (metrics);
+        # None (the default) costs nothing. It cannot change or fail a decision: it runs
+        # after the record is durable, and its exceptions are dropped.
+        self.observer: Callable[[Decision, Mapping[str, float]], None] | None = None
 
     @property
     def audit(self) -> AuditLog:
@@ -136,7 +142,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             notifier = Notifier(
                 command=config.notify_command, url=config.notify_url, timeout=config.notify_timeout
             )
-        return cls(
+        gateway = cls(
             gateway_id=config.gateway_id,
             audiences=config.audiences,
             node_key=node_key,
@@ -152,6 +158,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
             max_depth=config.max_depth,
             notify=notifier,
         )
+        gateway.policy_source = (config.policy, frozenset(config.targets))
+        return gateway
 
     def guard(
         self,
@@ -173,6 +181,27 @@ class Gateway(ApprovalFlow, OutcomeLog):
             now=self._now,
         )
 
+    # -- policy reload (admin) -----------------------------------------------------------
+
+    # The policy file and reroute targets ``open`` loaded the policy from (None when the
+    # gateway was built directly: nothing to reload), and the lock that serializes reloads.
+    policy_source: tuple[Path, frozenset[str]] | None = None
+    reload_lock: Final = threading.Lock()
+
+    def reload_policy(
+        self,
+        *,
+        via: str = "api",
+        admin: str | None = None,
+        admin_kid: str | None = None,
+        token_jti: str | None = None,
+    ) -> PolicyReload:
+        """Re-read the home's policy file and put it in force, or refuse it and keep the
+        old one; either way an ``admin`` audit record says so (see ``_admin_log``)."""
+        from execgate._admin_log import reload_policy
+
+        return reload_policy(self, via=via, admin=admin, admin_kid=admin_kid, token_jti=token_jti)
+
     def close(self) -> None:
         self.store.close()
 
@@ -190,7 +219,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
         """Decide one request. Raises only ``RequestError`` for a malformed request."""
         if not isinstance(submission, Submission):
             submission = Submission.from_json(submission)
-        state = DecisionState(decision_id=str(uuid.uuid4()), now=0)
+        observer = self.observer
+        state = (
+            DecisionState(decision_id=str(uuid.uuid4()), now=0)
+            if observer is None
+            else TimedState(str(uuid.uuid4()), 0)
+        )
+        state.policy = self.policy  # one policy for the whole decision (see reload_policy)
         try:
             state.now = int(self._now())
             self._evaluate(submission, state)
@@ -207,7 +242,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
         self._count += 1
         if self._count % _PURGE_EVERY == 0:
             self._purge(state.now)
-        return self._record(state)
+        if observer is None or not isinstance(state, TimedState):
+            return self._record(state)
+        state.stage = "audit"  # the record, its commit and receipt: timed as one stage
+        decision = self._record(state)
+        with suppress(Exception):
+            observer(decision, state.finish())
+        return decision
 
     def _evaluate(self, submission: Submission, state: DecisionState) -> None:
         request = state.request = submission.request
@@ -279,15 +320,17 @@ class Gateway(ApprovalFlow, OutcomeLog):
             )
 
         state.stage = "policy"
+        policy = state.policy
+        assert policy is not None
         pinned = artifact.gov.get("policy")
-        if pinned is not None and pinned != self.policy.hash:
+        if pinned is not None and pinned != policy.hash:
             raise VerificationError(
-                "policy.mismatch", f"artifact pins policy {pinned}, loaded is {self.policy.hash}"
+                "policy.mismatch", f"artifact pins policy {pinned}, loaded is {policy.hash}"
             )
         context = request.canonical()
         if request.parent is None:
             del context["parent"]  # so that `has(request.parent)` means "names a parent"
-        result = self.policy.evaluate(
+        result = policy.evaluate(
             request=context,
             artifact={"gov": {}, "att": {}, "env": {}, **artifact.claims},
             environment=environment,
@@ -346,7 +389,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             "subject": artifact.subject if artifact else None,
             "runtime_jkt": artifact.jkt if artifact else None,
             "proof_jti": proof.jti if proof else None,
-            "policy_hash": self.policy.hash,
+            "policy_hash": state.policy_hash,
         }
 
     def _record(self, state: DecisionState) -> Decision:
@@ -459,7 +502,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             outcome=state.outcome,
             reasons=tuple(state.reasons),
             request_hash=state.request_hash,
-            policy_hash=self.policy.hash,
+            policy_hash=state.policy_hash,
             decided_at=state.now,
             artifact_jti=artifact.jti if artifact else None,
             chain=tuple(link.jti for link in artifact.chain) if artifact else (),

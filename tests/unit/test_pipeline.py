@@ -873,3 +873,41 @@ def test_request_at_the_size_limit_is_accepted() -> None:
     Submission(Request("a", "r", "rt", args={"blob": "x" * room}), None, None)
     with pytest.raises(RequestError):
         Submission(Request("a", "r", "rt", args={"blob": "x" * (room + 1)}), None, None)
+
+
+def test_a_policy_reload_during_a_decision_does_not_mix_two_policies(kit: Kit, gw: Gateway) -> None:
+    """The policy is taken once when a decision starts: a reload landing while the
+    policy stage runs changes neither the hash in the decision, its record and receipt,
+    nor which policy decided."""
+    from execgate.policy import parse_policy
+
+    old = gw.policy
+    new = parse_policy(
+        "version: 1\nrules:\n  - name: all-denied\n    match: {action: '**', resource: '**'}\n"
+        "    effect: deny\n",
+        source="reloaded",
+        targets=(),
+    )
+    assert new.hash != old.hash
+
+    class ReloadedMidway:
+        hash = old.hash
+
+        def evaluate(self, **kwargs: Any) -> Any:
+            gw.policy = new  # what reload_policy does, at the worst moment
+            return old.evaluate(**kwargs)
+
+    gw.policy = ReloadedMidway()  # type: ignore[assignment]
+    decision = gw.decide(kit.submit(kit.request("payments.charge", amount=50)))
+    assert decision.outcome is Outcome.PROCEED
+    assert decision.policy_hash == old.hash
+    assert decision.log_index is not None
+    assert decision.receipt is not None
+    logged = gw.store.entries(decision.log_index, decision.log_index + 1)[0]
+    assert json.loads(logged.entry)["policy_hash"] == old.hash
+    node = kit.node_key.public
+    claims = verify_receipt(decision.receipt, keys={node.thumbprint(): node}, now=NOW, leeway=0)
+    assert claims["pol"] == old.hash
+    after = gw.decide(kit.submit(kit.request("payments.charge", amount=50)))
+    assert after.outcome is Outcome.DENY
+    assert after.policy_hash == new.hash

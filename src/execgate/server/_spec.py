@@ -28,6 +28,8 @@ def error(description: str) -> dict[str, Any]:
 COMMON_ERRORS: Final = {
     "404": error("unknown route or object"),
     "405": error("wrong method"),
+    "408": error("the client took too long to send its headers or body"),
+    "431": error("the request line and headers exceed [server] header_limit"),
     "500": error("internal error; nothing was decided or executed"),
     "503": error("the store or the audit log is unavailable"),
 }

@@ -20,6 +20,7 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -270,22 +271,31 @@ def create_app(
     """The decision API around the gateway ``open_gateway`` returns (opened at startup,
     closed at shutdown, after uvicorn has let in-flight requests finish). ``server`` is
     the home's ``[server]`` section (trusted proxies, limits); loopback-only by default."""
+    telemetry = metrics.Metrics(gateway=lambda: getattr(app.state, "gateway", None), now=now)
+    open_gateway = telemetry.observing(open_gateway)  # counts and times every decision
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway = open_gateway()
         app.state.gateway = gateway
+        # SIGHUP reloads the policy (in a served process's main thread; see admin).
+        uninstall = admin.install_reload_signal(gateway)
         try:
             yield
         finally:
+            uninstall()
             app.state.gateway = None
             gateway.close()
 
     app = Starlette(
-        routes=ROUTES, lifespan=lifespan, exception_handlers={HTTPException: _http_exception}
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception},
+        middleware=[Middleware(metrics.Instrumented, metrics=telemetry)],
     )
     app.state.now = now
     app.state.server = server if server is not None else ServerConfig()
+    app.state.metrics = telemetry
     return app
 
 
