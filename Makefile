@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench bench-http clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "execgate needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
@@ -46,6 +46,14 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_lineage.py
+
+# Forward-auth over HTTP under load (wrk), next to the same stack's trivial endpoint and
+# nginx auth_request; installs wrk (and nginx) from Debian's packages when missing.
+bench-http: $(VENV)/.installed-dev e2e-deps
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get install -y wrk || { $$sudo apt-get update && $$sudo apt-get install -y wrk; }; }
+	$(BIN)/python bench/bench_http.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

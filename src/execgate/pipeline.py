@@ -11,11 +11,12 @@ not be logged is ``fail_closed`` with ``audit.unavailable``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission"]
 
 _PURGE_EVERY: Final = 4096
+# How long decide_async waits for a writer to take its record before withdrawing it.
+COMMIT_TIMEOUT: Final = 30.0
 
 
 class _Unsigned(Exception):
@@ -217,6 +220,72 @@ class Gateway(ApprovalFlow, OutcomeLog):
 
     def decide(self, submission: Submission | Mapping[str, Any]) -> Decision:
         """Decide one request. Raises only ``RequestError`` for a malformed request."""
+        steps = self._decide(submission)
+        job = next(steps)
+        while True:  # each write the decision needs, committed in this thread
+            try:
+                try:
+                    index = self.store.commit(job)
+                except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
+                    job = steps.throw(exc)
+                else:
+                    job = steps.send(index)
+            except StopIteration as done:
+                decision: Decision = done.value
+                return decision
+
+    async def decide_async(self, submission: Submission | Mapping[str, Any]) -> Decision:
+        """``decide`` for an event loop: the stages run in the calling thread (the loop's:
+        they are CPU work and short reads), and the loop is free while the record's commit
+        is made durable. With a store that can ``submit``, a writer thread of the store
+        group-commits it with every other decision in flight; with one that cannot, the
+        commit runs in the loop's default executor. Same stages, same records, same
+        answers as ``decide``."""
+        loop = asyncio.get_running_loop()
+        submit = getattr(self.store, "submit", None)
+        steps = self._decide(submission)
+        job = next(steps)
+        while True:
+            try:
+                try:
+                    if submit is None:
+                        index = await loop.run_in_executor(None, self.store.commit, job)
+                    else:
+                        index = await self._submitted(submit, job)
+                except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
+                    job = steps.throw(exc)
+                else:
+                    job = steps.send(index)
+            except StopIteration as done:
+                decision: Decision = done.value
+                return decision
+
+    async def _submitted(self, submit: Callable[[WriteJob], Any], job: WriteJob) -> int:
+        """Await a submitted job. Past ``COMMIT_TIMEOUT`` a job no writer has taken is
+        withdrawn (it is then never written) and fails; one a writer has taken is awaited
+        to its end, as ``commit`` does. A timer, not ``wait_for``: no task per decision."""
+        future = submit(job)
+        store = self.store
+
+        def expire() -> None:
+            if store.withdraw(future):  # type: ignore[attr-defined]
+                future.set_exception(
+                    AuditError(f"the audit append did not start within {COMMIT_TIMEOUT:.0f}s")
+                )
+
+        timer = asyncio.get_running_loop().call_later(COMMIT_TIMEOUT, expire)
+        try:
+            index: int = await asyncio.wrap_future(future)
+        finally:
+            timer.cancel()
+        return index
+
+    def _decide(
+        self, submission: Submission | Mapping[str, Any]
+    ) -> Generator[WriteJob, int, Decision]:
+        """The whole decision as a generator: it yields each write job to commit and is
+        sent the job's log index (or thrown the commit's error), so ``decide`` and
+        ``decide_async`` share every stage and differ only in how they wait."""
         if not isinstance(submission, Submission):
             submission = Submission.from_json(submission)
         observer = self.observer
@@ -243,9 +312,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
         if self._count % _PURGE_EVERY == 0:
             self._purge(state.now)
         if observer is None or not isinstance(state, TimedState):
-            return self._record(state)
+            return (yield from self._record(state))
         state.stage = "audit"  # the record, its commit and receipt: timed as one stage
-        decision = self._record(state)
+        decision = yield from self._record(state)
         with suppress(Exception):
             observer(decision, state.finish())
         return decision
@@ -392,7 +461,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             "policy_hash": state.policy_hash,
         }
 
-    def _record(self, state: DecisionState) -> Decision:
+    def _record(self, state: DecisionState) -> Generator[WriteJob, int, Decision]:
         made: list[Decision] = []
         artifact, proof = state.artifact, state.proof
         retry = False
@@ -469,7 +538,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             else (),
         )
         try:
-            index = self.store.commit(job)
+            index = yield job
         except AuditError as exc:
             return self._unlogged(state, str(exc))
         except _Unsigned:
@@ -490,7 +559,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         made.clear()
         retry = True
         try:
-            self.store.commit(WriteJob(None, 0, None, finalize, decision_id=state.decision_id))
+            yield WriteJob(None, 0, None, finalize, decision_id=state.decision_id)
             return made[-1]
         except Exception as exc:  # noqa: BLE001
             return self._unlogged(state, f"{type(exc).__name__}: {exc}")

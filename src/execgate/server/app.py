@@ -1,7 +1,10 @@
 """The decision API: routes, their handlers, and the app's lifespan (one ``Gateway``).
 
-Decisions run in the thread pool (``Gateway.decide`` is synchronous and waits on the
-SQLite writer); the SQLite store is made for that (one writer lock, WAL readers). An
+Decisions run on the event loop (``Gateway.decide_async``): the stages are CPU work and
+short WAL reads, and while a record's commit is made durable the loop serves others; the
+store's writer thread group-commits every decision in flight. One thread doing the work
+and one writing, rather than a thread per request contending for the interpreter, is
+what makes a worker fast. Reads and outcome reports still run in the thread pool. An
 HTTP error (4xx, 5xx) always means nothing was decided: the decision endpoints answer
 200 with the decision object for every outcome, and the outcome is in the body.
 """
@@ -27,7 +30,7 @@ from starlette.routing import Route
 
 from execgate.errors import EvidenceError, RequestError
 from execgate.home import ServerConfig, load_config
-from execgate.model import Decision, Outcome
+from execgate.model import Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, metrics
 from execgate.server._http import HttpError, error_response, handled, read_json
@@ -45,6 +48,7 @@ __all__ = [
 
 DECISION_BODY_LIMIT: Final = 2 * MAX_REQUEST_BYTES  # the request, artifact, proof, attestation
 OUTCOME_BODY_LIMIT: Final = 16 * 1024
+INLINE_BODY_LIMIT: Final = 64 * 1024  # decision bodies parsed on the event loop
 MAX_PAGE: Final = 1000  # audit entries per page
 _MAX_ID: Final = 128
 
@@ -66,17 +70,22 @@ def _record(entry: LogEntry) -> dict[str, Any]:
 
 
 async def post_decision(request: Request) -> Response:
+    declared = request.headers.get("content-length", "")
+    small = declared.isdigit() and int(declared) <= INLINE_BODY_LIMIT
     body = await read_json(request, limit=DECISION_BODY_LIMIT)
     gateway = _gateway(request)
 
-    def decide() -> Decision:
+    def parse() -> Submission:
         try:
-            submission = Submission.from_json(body)  # hashes up to 1 MiB: off the event loop
+            return Submission.from_json(body)
         except RequestError as exc:
             raise HttpError(400, "request.invalid", str(exc)) from exc
-        return gateway.decide(submission)
 
-    decision = await run_in_threadpool(decide)
+    # The stages run on the event loop (Gateway.decide_async: CPU work and short reads,
+    # the commit awaited); only a large request is hashed in a worker thread, so one big
+    # request cannot stall every other one.
+    submission = parse() if small else await run_in_threadpool(parse)
+    decision = await gateway.decide_async(submission)
     return JSONResponse(decision.to_json())
 
 

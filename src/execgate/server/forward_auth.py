@@ -76,6 +76,7 @@ BODY_LIMIT: Final = MAX_REQUEST_BYTES
 UNKNOWN_RUNTIME: Final = "(unknown)"
 
 _REASON: Final = "Execgate-Reason"
+_INLINE_BODY: Final = 64 * 1024  # bytes hashed on the event loop; larger in a thread
 _HEADER_VALUE: Final = re.compile(r"[!-~]{1,1024}")
 _FORWARDED_PREFIXES: Final = ("x-original-", "x-forwarded-")
 # Each header read here, with the longest value it may have.
@@ -243,7 +244,7 @@ async def forward_auth(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     artifact = _artifact(headers)
 
-    def decide() -> Decision:
+    def submission() -> Submission:
         try:
             execution = http_request(
                 method=method,
@@ -252,7 +253,7 @@ async def forward_auth(request: Request) -> Response:
                 body_hash=body_sha256(body),
                 parent=headers.get(PARENT_HEADER.lower()),
             )
-            submission = Submission(
+            return Submission(
                 execution,
                 artifact,
                 headers.get(PROOF_HEADER.lower()),
@@ -260,9 +261,11 @@ async def forward_auth(request: Request) -> Response:
             )
         except RequestError as exc:
             raise _refuse(403, "request.invalid", str(exc)) from exc
-        return gateway.decide(submission)
 
-    return _answer(await run_in_threadpool(decide))
+    # The stages run on the event loop (see Gateway.decide_async); only a large body is
+    # hashed in a worker thread, so one big request cannot stall every other one.
+    made = await run_in_threadpool(submission) if len(body) > _INLINE_BODY else submission()
+    return _answer(await gateway.decide_async(made))
 
 
 ROUTES: Final[list[BaseRoute]] = [

@@ -16,11 +16,14 @@ does not take the next index (a replacement, a gap).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
@@ -95,12 +98,30 @@ def _first_revocation(
 
 
 class _Pending:
-    __slots__ = ("job", "result", "state")
+    __slots__ = ("future", "job", "result", "state")
 
-    def __init__(self, job: WriteJob):
+    def __init__(self, job: WriteJob, *, submitted: bool = False):
         self.job = job
         self.result: int | BaseException | None = None
         self.state = _QUEUED  # _TAKEN once a leader drained it; _WITHDRAWN by its caller
+        # submitted jobs: resolved by whoever committed them
+        self.future = _JobFuture(self) if submitted else None
+
+    def resolve(self) -> None:
+        if self.future is None or self.result is None:
+            return
+        if isinstance(self.result, BaseException):
+            self.future.set_exception(self.result)
+        else:
+            self.future.set_result(self.result)
+
+
+class _JobFuture(Future[int]):
+    """A submitted job's future, which knows its job (to withdraw it)."""
+
+    def __init__(self, pending: _Pending) -> None:
+        super().__init__()
+        self.pending = pending
 
 
 class SQLiteStore:
@@ -144,6 +165,10 @@ class SQLiteStore:
         self._claim_lock = threading.Lock()  # settles a job's state: taken or withdrawn
         self._writer: sqlite3.Connection | None = None
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
+        # submit(): one thread that leads batches for callers that do not wait in a thread
+        self._submitted = threading.Semaphore(0)
+        self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
+        self._submit_thread: threading.Thread | None = None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -342,6 +367,66 @@ class SQLiteStore:
         assert isinstance(pending.result, int)
         return pending.result
 
+    def submit(self, job: WriteJob) -> Future[int]:
+        """Queue one decision's writes without waiting: the future resolves to its log
+        index once the commit holding it is durable (or to the error that stopped it).
+
+        For callers that must not block a thread on the commit (the HTTP server's event
+        loop): a writer thread of this store leads the batches, so submitted jobs are
+        group-committed with each other and with ``commit`` callers' jobs. The caller
+        that gives up waiting withdraws its job with ``withdraw``."""
+        if self._closed:
+            raise AuditError("the store is closed")
+        pending = _Pending(job, submitted=True)
+        with self._lock:
+            if self._submit_thread is None:
+                self._submit_thread = threading.Thread(
+                    target=self._lead_submitted, name="execgate-store-writer", daemon=True
+                )
+                self._submit_thread.start()
+        self._queue.put(pending)
+        self._submitted.release()
+        if self._closed:  # closed meanwhile: its writer may be gone already
+            self._fail_queued()
+        assert pending.future is not None
+        return pending.future
+
+    def withdraw(self, future: Future[int]) -> bool:
+        """Withdraw a submitted job no leader has taken yet; False once one has (its
+        result is then moments away and must be awaited)."""
+        if not isinstance(future, _JobFuture):
+            raise TypeError("withdraw takes a future that submit returned")
+        pending = future.pending
+        with self._claim_lock:
+            if pending.state == _QUEUED:
+                pending.state = _WITHDRAWN
+                return True
+        return False
+
+    def _lead_submitted(self) -> None:
+        while True:
+            self._submitted.acquire()
+            if self._closed:
+                self._fail_queued()
+                return
+            with self._writer_lock:
+                while not self._queue.empty() and not self._closed:
+                    self._lead()
+
+    def _fail_queued(self) -> None:
+        """The store closed: every job still queued fails (it was never written)."""
+        while True:
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            with self._claim_lock:
+                if pending.state != _QUEUED:
+                    continue
+                pending.state = _TAKEN
+            pending.result = AuditError("the store closed before this record was written")
+            pending.resolve()
+
     def _lead(self) -> None:
         batch: list[_Pending] = []
         with self._claim_lock:
@@ -368,6 +453,8 @@ class SQLiteStore:
                     self._writer.close()
             self._writer = None
             self._frontier = None
+        for p in batch:
+            p.resolve()
 
     def _load_frontier(self, conn: sqlite3.Connection, size: int) -> Frontier:
         """The frontier of a ``size``-entry log, read from the stored complete subtrees."""
@@ -389,6 +476,25 @@ class SQLiteStore:
         return self._frontier
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        with self._process_turn():
+            self._write_batch_locked(conn, batch)
+
+    @contextmanager
+    def _process_turn(self) -> Iterator[None]:
+        """Take the writers' turn across processes (several server workers share one
+        file): a blocking ``flock`` on ``<store>-writer.lock``, so a waiting writer starts
+        the moment the other commits, instead of SQLite's busy handler, which sleeps in
+        growing steps (1, 2, 5, 10… ms) and lets one process starve the other."""
+        if self._turn is None:
+            fd = os.open(self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._turn = fd
+        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
+
+    def _write_batch_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             index = int(
@@ -501,10 +607,16 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
+        self._submitted.release()  # the submit writer fails what is queued and ends
+        if self._submit_thread is not None:
+            self._submit_thread.join(timeout=_COMMIT_TIMEOUT)
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if self._turn is not None:
+                os.close(self._turn)
+                self._turn = None
         with self._lock:
             for conn in self._all:
                 with suppress(sqlite3.Error):

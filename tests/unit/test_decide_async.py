@@ -1,0 +1,109 @@
+"""``Gateway.decide_async``: the same decisions as ``decide``, group-committed by the
+store's writer thread, and failing closed when no writer takes the record in time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gatekit import Kit, make_kit
+
+import execgate.pipeline as pipeline
+from execgate.errors import AuditError
+from execgate.model import Outcome
+from execgate.pipeline import Gateway
+from execgate.store.base import WriteJob
+from execgate.store.sqlite import SQLiteStore
+from execgate.store.unavailable import UnavailableStore
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+def test_async_decisions_match_sync_ones_and_replays_are_caught(kit: Kit) -> None:
+    gateway = kit.gateway()
+    submission = kit.submit()
+    first = asyncio.run(gateway.decide_async(submission))
+    again = asyncio.run(gateway.decide_async(submission))
+    refund = gateway.decide(kit.submit(kit.request("payments.refund", amount=1)))
+    refund_async = asyncio.run(
+        gateway.decide_async(kit.submit(kit.request("payments.refund", amount=1)))
+    )
+    assert first.outcome is Outcome.PROCEED
+    assert first.receipt
+    assert [r.code for r in again.reasons] == ["replay.detected"]
+    assert (refund.outcome, refund.reasons[0].code) == (
+        refund_async.outcome,
+        refund_async.reasons[0].code,
+    )
+    assert [first.log_index, again.log_index] == [0, 1]
+
+
+def test_concurrent_async_decisions_share_commits_and_keep_indexes_dense(kit: Kit) -> None:
+    gateway = kit.gateway()
+    submissions = [kit.submit() for _ in range(64)]
+
+    async def all_of_them() -> list[int | None]:
+        made = await asyncio.gather(*(gateway.decide_async(s) for s in submissions))
+        assert {d.outcome for d in made} == {Outcome.PROCEED}
+        return [d.log_index for d in made]
+
+    indexes = asyncio.run(all_of_them())
+    assert sorted(i for i in indexes if i is not None) == list(range(64))
+    assert gateway.store.size() == 64
+
+
+def test_a_record_no_writer_takes_in_time_fails_closed_and_is_never_written(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stuck inside the store (here: its lock held) must not leave the caller
+    waiting forever, nor write the record after the caller was told it failed."""
+    gateway = kit.gateway()
+    store = gateway.store
+    assert isinstance(store, SQLiteStore)
+    monkeypatch.setattr(pipeline, "COMMIT_TIMEOUT", 0.2)
+    store._writer_lock.acquire()
+    try:
+        decision = asyncio.run(gateway.decide_async(kit.submit()))
+    finally:
+        store._writer_lock.release()
+    assert decision.outcome is Outcome.FAIL_CLOSED
+    assert [r.code for r in decision.reasons] == ["audit.unavailable"]
+    assert decision.log_index is None
+    later = gateway.decide(kit.submit())  # the writer runs again; the withdrawn job stays out
+    assert later.log_index == 0
+    assert store.size() == 1
+    assert json.loads(store.entries(0, 1)[0].entry)["decision_id"] == later.decision_id
+
+
+def test_a_store_without_submit_commits_in_the_executor(kit: Kit) -> None:
+    down = kit.gateway(store=UnavailableStore("the disk is gone"))
+    decision = asyncio.run(down.decide_async(kit.submit()))
+    assert decision.outcome is Outcome.FAIL_CLOSED
+    assert not hasattr(down.store, "submit")
+
+
+def test_closing_the_store_fails_what_is_queued(kit: Kit) -> None:
+    gateway: Gateway = kit.gateway()
+    store = gateway.store
+    assert isinstance(store, SQLiteStore)
+    store._writer_lock.acquire()  # the writer thread starts and waits for the lock
+    future = store.submit(WriteJob(None, 0, None, lambda conflict, index: b"{}", decision_id="x"))
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    while not store._closed:  # close has begun before the writer may run again
+        time.sleep(0.01)
+    store._writer_lock.release()
+    closing.join(timeout=30)
+    with pytest.raises(AuditError, match="closed"):
+        future.result(timeout=10)
+    assert not closing.is_alive()
