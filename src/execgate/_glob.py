@@ -16,10 +16,15 @@ __all__ = ["glob_covers", "glob_match", "validate_glob"]
 
 _SEPARATORS = ".:/"
 _MAX_PATTERN = 512
+# Globs already checked (every decision checks the same few grants and rules again).
+_VALID: set[str] = set()
+_MAX_VALID = 4096
 
 
 def validate_glob(pattern: object) -> str:
     """Return ``pattern`` if it is a usable glob, else raise ``ValueError``."""
+    if type(pattern) is str and pattern in _VALID:
+        return pattern
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("a glob must be a non-empty string")
     if len(pattern) > _MAX_PATTERN:
@@ -28,6 +33,10 @@ def validate_glob(pattern: object) -> str:
         raise ValueError("a glob may not hold control characters")
     if "***" in pattern:
         raise ValueError(f"glob {pattern!r} has '***'; use '*' or '**'")
+    if type(pattern) is str:  # not a subclass: its equality and hash are str's own
+        if len(_VALID) >= _MAX_VALID:
+            _VALID.clear()
+        _VALID.add(pattern)
     return pattern
 
 

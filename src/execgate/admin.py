@@ -32,7 +32,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
-from execgate.errors import ExecgateError, JoseError
+from execgate.errors import AdminError, JoseError
 from execgate.jose import PrivateKey, encode, verify
 from execgate.trust import ADMIN_ROLES, Admin, TrustStore
 
@@ -55,18 +55,6 @@ FORBIDDEN: Final = "admin.forbidden"
 _CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu"})
 _JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
-
-
-class AdminError(ExecgateError):
-    """An admin call refused: ``code`` is ``admin.unauthenticated`` or ``admin.forbidden``."""
-
-    def __init__(self, code: str, detail: str, *, admin: str | None = None):
-        if code not in (UNAUTHENTICATED, FORBIDDEN):
-            raise ValueError(f"unknown admin error code {code!r}")
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
-        self.admin = admin  # who, once the signature verified (a 403); else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@
     │   └── JoseError          a compact JWS failed the strict codec; carries a ``kind``
     ├── EvidenceError          audit evidence (proof, checkpoint, note, export) does not verify
     ├── ApprovalError          an approval review is refused (forged, foreign, self-approval…)
+    ├── AdminError             an admin call is refused: ``admin.unauthenticated`` (no valid
+    │                          token: HTTP 401) or ``admin.forbidden`` (lacks the role: 403)
     └── StoreError             the state store could not answer (fail closed)
         └── AuditError         the audit log could not be appended to (fail closed)
 
@@ -22,6 +24,7 @@ from typing import Final
 
 __all__ = [
     "REASON_CODES",
+    "AdminError",
     "ApprovalError",
     "AuditError",
     "ConfigError",
@@ -127,6 +130,22 @@ class JoseError(ExecgateError):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class AdminError(ExecgateError):
+    """An admin call refused: ``code`` is ``admin.unauthenticated`` (the token does not
+    verify) or ``admin.forbidden`` (the admin lacks the role). Admin codes are HTTP error
+    codes, not decision reasons, so they are not in ``REASON_CODES``."""
+
+    CODES: Final = frozenset({"admin.unauthenticated", "admin.forbidden"})
+
+    def __init__(self, code: str, detail: str, *, admin: str | None = None):
+        if code not in self.CODES:
+            raise ValueError(f"unknown admin error code {code!r}")
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.admin = admin  # who, once the signature verified (a 403); else None
 
 
 class ApprovalError(ExecgateError):

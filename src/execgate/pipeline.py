@@ -54,6 +54,7 @@ __all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission"]
 _PURGE_EVERY: Final = 4096
 # How long decide_async waits for a writer to take its record before withdrawing it.
 COMMIT_TIMEOUT: Final = 30.0
+_FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
 
 
 class _Unsigned(Exception):
@@ -108,6 +109,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         # None (the default) costs nothing. It cannot change or fail a decision: it runs
         # after the record is durable, and its exceptions are dropped.
         self.observer: Callable[[Decision, Mapping[str, float]], None] | None = None
+        self._flush_scheduled = False  # decide_async: a commit of queued jobs is scheduled
 
     @property
     def audit(self) -> AuditLog:
@@ -236,11 +238,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
 
     async def decide_async(self, submission: Submission | Mapping[str, Any]) -> Decision:
         """``decide`` for an event loop: the stages run in the calling thread (the loop's:
-        they are CPU work and short reads), and the loop is free while the record's commit
-        is made durable. With a store that can ``submit``, a writer thread of the store
-        group-commits it with every other decision in flight; with one that cannot, the
-        commit runs in the loop's default executor. Same stages, same records, same
-        answers as ``decide``."""
+        they are CPU work and short reads), and the record is group-committed with every
+        other decision in flight by the loop itself once it has run what is ready (see
+        ``SQLiteStore.lead_now``). With a store that cannot ``submit``, the commit runs in
+        the loop's default executor. Same stages, same records, same answers as
+        ``decide``."""
         loop = asyncio.get_running_loop()
         submit = getattr(self.store, "submit", None)
         steps = self._decide(submission)
@@ -251,7 +253,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                     if submit is None:
                         index = await loop.run_in_executor(None, self.store.commit, job)
                     else:
-                        index = await self._submitted(submit, job)
+                        index = await self._submitted(loop, submit, job)
                 except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
                     job = steps.throw(exc)
                 else:
@@ -260,12 +262,18 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 decision: Decision = done.value
                 return decision
 
-    async def _submitted(self, submit: Callable[[WriteJob], Any], job: WriteJob) -> int:
-        """Await a submitted job. Past ``COMMIT_TIMEOUT`` a job no writer has taken is
-        withdrawn (it is then never written) and fails; one a writer has taken is awaited
-        to its end, as ``commit`` does. A timer, not ``wait_for``: no task per decision."""
+    async def _submitted(
+        self, loop: asyncio.AbstractEventLoop, submit: Callable[[WriteJob], Any], job: WriteJob
+    ) -> int:
+        """Submit a job, make sure a flush is scheduled, and await the job's index. Past
+        ``COMMIT_TIMEOUT`` a job no writer has taken is withdrawn (it is then never
+        written) and fails; one a writer has taken is awaited to its end, as ``commit``
+        does."""
         future = submit(job)
         store = self.store
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, loop)
 
         def expire() -> None:
             if store.withdraw(future):  # type: ignore[attr-defined]
@@ -273,12 +281,31 @@ class Gateway(ApprovalFlow, OutcomeLog):
                     AuditError(f"the audit append did not start within {COMMIT_TIMEOUT:.0f}s")
                 )
 
-        timer = asyncio.get_running_loop().call_later(COMMIT_TIMEOUT, expire)
+        timer = loop.call_later(COMMIT_TIMEOUT, expire)
         try:
             index: int = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Nobody will hear the answer (server shutdown, an embedder's timeout): a job
+            # not yet taken is withdrawn and never written; one being written completes
+            # and stays in the log (nothing executes on it: its answer is never given).
+            store.withdraw(future)  # type: ignore[attr-defined]
+            raise
         finally:
             timer.cancel()
         return index
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit what is queued (scheduled with ``call_soon``: after the loop has run
+        every callback that was ready, so the decisions made meanwhile share the batch);
+        when another writer holds the store, retry shortly."""
+        try:
+            done = self.store.lead_now()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - each job's future carries its own failure
+            done = True
+        if done:
+            self._flush_scheduled = False
+        else:
+            loop.call_later(_FLUSH_RETRY, self._flush, loop)
 
     def _decide(
         self, submission: Submission | Mapping[str, Any]

@@ -107,3 +107,37 @@ def test_closing_the_store_fails_what_is_queued(kit: Kit) -> None:
     with pytest.raises(AuditError, match="closed"):
         future.result(timeout=10)
     assert not closing.is_alive()
+
+
+def test_a_cancelled_decision_is_withdrawn_and_the_next_ones_still_commit(kit: Kit) -> None:
+    """The awaiting task cancelled before its record was taken (a server shutting down,
+    an embedder's timeout): the record is never written, and the store keeps working."""
+    gateway = kit.gateway()
+    store = gateway.store
+    assert isinstance(store, SQLiteStore)
+
+    async def cancel_one_then_decide() -> Outcome:
+        store._writer_lock.acquire()  # no writer may take the job yet
+        task = asyncio.create_task(gateway.decide_async(kit.submit()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store._writer_lock.release()
+        after = await gateway.decide_async(kit.submit())
+        return after.outcome
+
+    assert asyncio.run(cancel_one_then_decide()) is Outcome.PROCEED
+    assert store.size() == 1  # only the second decision
+
+
+def test_a_future_cancelled_under_a_writer_does_not_break_the_batch(kit: Kit) -> None:
+    store = kit.gateway().store
+    assert isinstance(store, SQLiteStore)
+    job = WriteJob(None, 0, None, lambda conflict, index: b"{}", decision_id="a")
+    cancelled = store.submit(job)
+    kept = store.submit(WriteJob(None, 0, None, lambda conflict, index: b"{}", decision_id="b"))
+    assert cancelled.cancel()
+    assert store.lead_now()
+    assert kept.result(timeout=10) == 1  # written after the cancelled one, and told so
+    assert store.size() == 2

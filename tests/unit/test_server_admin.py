@@ -23,6 +23,7 @@ from execgate.audit.note import Verifier
 from execgate.errors import EvidenceError
 from execgate.jose import PrivateKey
 from execgate.keyfile import read_private_key
+from execgate.pipeline import Gateway
 from execgate.server import create_app
 from execgate.server.openapi import openapi_document
 from execgate.store.unavailable import UnavailableStore
@@ -442,3 +443,29 @@ def test_the_cli_mints_a_token_the_server_accepts(
     alice = str(kit.home / "keys" / "approver-alice.jwk")
     assert main([*argv[:4], "--key", alice, "--method", "GET", "--path", APPROVALS]) == 2
     assert "no admin's" in capsys.readouterr().err
+
+
+def test_a_token_for_a_mesh_audience_is_refused(kit: Kit) -> None:
+    """Decisions accept the mesh audiences; admin tokens only this gateway's own id,
+    since each node spends them in its own store."""
+    config = kit.home / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace(f'audiences = ["{GATEWAY_ID}"]', f'audiences = ["{GATEWAY_ID}", "mesh-1"]'),
+        encoding="utf-8",
+    )
+    gateway = Gateway.open(kit.home, now=kit.clock)
+    assert "mesh-1" in gateway.audiences
+    with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
+        response = client.get(APPROVALS, headers=token(kit, "GET", APPROVALS, audience="mesh-1"))
+        assert error_of(response, 401) == "admin.unauthenticated"
+        ok = client.get(APPROVALS, headers=token(kit, "GET", APPROVALS))
+        assert ok.status_code == 200
+
+
+def test_an_anonymous_refusal_logs_a_short_detail(kit: Kit, client: Client) -> None:
+    noise = "x" * 5000
+    response = client.post(RELOAD, headers={"Authorization": f"Bearer {noise}.{noise}.{noise}"})
+    assert error_of(response, 401) == "admin.unauthenticated"
+    [record] = records(client)
+    assert len(record["detail"]) <= 160

@@ -9,6 +9,7 @@ Raw sockets, because an HTTP client library would not send what these tests send
 from __future__ import annotations
 
 import json
+import select
 import socket
 import sys
 import threading
@@ -196,6 +197,43 @@ def test_a_body_that_stalls_gets_408_and_nothing_is_decided(kit: Kit, server: Se
     assert error["error"]["code"] == "request.timeout"
     _healthy(server)
     _nothing_decided(kit, server, refused="/v1/decisions")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000000\r\n\r\n",
+        b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000000\r\n\r\n",
+    ],
+)
+def test_a_body_trickling_after_the_answer_cannot_hold_the_connection(
+    server: Server, head: bytes
+) -> None:
+    """Answered before its body arrived (a route that reads none, an early 413): the
+    connection closes soon, however slowly the client keeps sending."""
+    with closing(_connect(server)) as sock:
+        sock.sendall(head)
+        first = sock.recv(65536)
+        assert first.startswith((b"HTTP/1.1 200", b"HTTP/1.1 413"))
+        assert _closed_while_trickling(sock, within=8.0)  # header_timeout 1 s + 2 s linger
+    _healthy(server)
+
+
+def _closed_while_trickling(sock: socket.socket, *, within: float) -> bool:
+    """Send a byte every 0.3 s until the server closes the connection (True) or
+    ``within`` seconds pass (False)."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        time.sleep(0.3)
+        try:
+            sock.sendall(b"a")
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable and sock.recv(65536) == b"":
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
 
 
 def test_malformed_http_gets_a_typed_400(kit: Kit, server: Server) -> None:

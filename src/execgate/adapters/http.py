@@ -17,9 +17,12 @@ The path is taken as sent because the gateway cannot know how the service behind
 proxy will decode it. Anything that decodes to a different path than it reads is refused
 rather than guessed at: dot segments (``/api/../admin`` matches the grant ``/api/**``
 but a service may serve ``/admin``), their percent-encoded forms, encoded slashes and
-backslashes (``%2F``, ``%5C``, ``\\``), and every character outside visible ASCII.
-So a grant on ``/api/**`` covers exactly what a service reading the path literally or
-decoding it once would route below ``/api/``.
+backslashes (``%2F``, ``%5C``, ``\\``), path parameters (``;``: Tomcat and Spring read
+``/api/..;/admin`` as ``/admin``), empty segments (``//``: many frameworks merge them),
+percent-encoded characters that need no encoding (``%61dmin`` is ``admin`` to a service
+that decodes once, but no deny rule on ``/api/admin/**`` matches it), and every
+character outside visible ASCII. So a grant on ``/api/**`` covers exactly what a
+service reading the path literally or decoding it once would route below ``/api/``.
 
 ``forward_auth_headers`` is the client side: the headers a runtime adds to its call.
 """
@@ -63,6 +66,9 @@ _VISIBLE_ASCII: Final = re.compile(r"[!-~]+")
 # A path segment that some service would read as "." or "..", percent-encoded or not.
 _DOT_SEGMENT: Final = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
 _ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+# RFC 3986 unreserved characters, percent-encoded: a service decodes them to a path that
+# differs from the one the grants and rules were matched against.
+_ENCODED_UNRESERVED: Final = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f|7e)", re.I)
 
 
 def body_sha256(body: bytes | None) -> str | None:
@@ -94,6 +100,14 @@ def _check_uri(uri: str) -> str:
     path = uri.split("?", 1)[0]
     if "\\" in path or _ENCODED_SEPARATOR.search(path):
         raise RequestError("the URI path may not hold a backslash or an encoded '/' or '\\'")
+    if ";" in path:
+        raise RequestError("the URI path may not hold path parameters (';')")
+    if "//" in path:
+        raise RequestError("the URI path may not hold empty segments ('//')")
+    if _ENCODED_UNRESERVED.search(path):
+        raise RequestError(
+            "the URI path may not percent-encode letters, digits or '-._~' (send them as is)"
+        )
     if any(_DOT_SEGMENT.fullmatch(segment) for segment in path.split("/")):
         raise RequestError("the URI path may not hold '.' or '..' segments (encoded or not)")
     return path

@@ -29,6 +29,24 @@ file that cannot be read, a key that is no approver's in the trust store, or an 
 id the gateway does not know. A script can tell "this person may not review this" (1)
 from "the command or its setup is wrong" (2).
 
+Every command also works on a running gateway (``execgate serve``) instead of the local
+home: ``--url URL --admin-key KEYFILE`` (and ``--admin``/``--audience`` when no local home
+names them), the same flags as ``execgate policy reload``. Each HTTP call carries a fresh
+single-use admin token (``execgate.cli._remote``). ``approve`` and ``deny`` then take two
+factors, both needed: the admin key lets the call in (an ``[[admin]]`` with the role
+``approvals``), and the approver key (``--key``) signs the review, here, on this machine;
+only the signed review is sent. The approval's id and request hash come from the
+gateway's answer, and the command checks that hash against the request the gateway shows
+before signing (a gateway cannot get a review of one request for another it displays).
+The approver is the ``[[approver]]`` that lists the key in the local home's trust store,
+or ``--approver ID`` where there is none (a key the gateway does not hold for that
+approver is then its refusal, exit 1). Remote exit codes are the local ones: 0
+recorded; 1 the gateway refused the review (HTTP 409 ``approval.review_refused``), with
+its reason on one line; 2 nothing was reviewed, and one line says what to fix: the
+gateway cannot be reached, an admin token it does not accept (401
+``admin.unauthenticated``, 403 ``admin.forbidden``: a setup error, not a refusal of the
+review), an unknown approval id, or an answer that is not what the route promises.
+
 Request fields come from the runtime that asked, so they are printed with control
 characters escaped.
 """
@@ -41,12 +59,24 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from execgate.cli._common import Commands, home_of, note, one_line, open_gateway, out, shown
+from execgate.cli._common import (
+    Commands,
+    home_of,
+    note,
+    one_line,
+    open_gateway,
+    optional_config,
+    out,
+    shown,
+)
 from execgate.cli._records import cell
+from execgate.cli._remote import add_remote, is_remote
 from execgate.errors import ApprovalError, UsageError
 
 if TYPE_CHECKING:
     from execgate.approvals import Pending, Review
+    from execgate.cli._approvals_remote import Recorded
+    from execgate.jose import PrivateKey
     from execgate.pipeline import Gateway
     from execgate.trust import TrustStore
 
@@ -94,16 +124,27 @@ def _tally_text(pending: Pending, status: dict[str, Any]) -> str:
     return ", ".join(f"{cell(g)} {n}/{pending.quorum}" for g, n in status["tally"].items())
 
 
-def _list(args: argparse.Namespace) -> int:
+# -- the commands --------------------------------------------------------------------------
+
+
+def _local_list(args: argparse.Namespace) -> tuple[list[tuple[Pending, dict[str, Any]]], str]:
     with open_gateway(home_of(args), fallback=False) as gateway:
         now = int(time.time())
         rows = []
         for pending in gateway.approvals():
             _, reviews = gateway.approval(pending.approval_id)
-            status = _status(pending, reviews, gateway.trust, now)
-            if args.all or status["state"] in _OPEN:
-                rows.append((pending, status))
-        gateway_id = gateway.gateway_id
+            rows.append((pending, _status(pending, reviews, gateway.trust, now)))
+        return rows, gateway.gateway_id
+
+
+def _list(args: argparse.Namespace) -> int:
+    if is_remote(args):
+        from execgate.cli._approvals_remote import fetch_all
+
+        every, where = fetch_all(args), args.url
+    else:
+        every, where = _local_list(args)
+    rows = [(p, s) for p, s in every if args.all or s["state"] in _OPEN]
     if args.json:
         docs = [
             {
@@ -122,7 +163,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         hint = "" if args.all else " (--all lists closed ones too)"
-        note(f"no {'' if args.all else 'open '}approvals at gateway {gateway_id}{hint}")
+        note(f"no {'' if args.all else 'open '}approvals at gateway {where}{hint}")
     for p, s in rows:
         request = p.request
         out(
@@ -134,9 +175,14 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with open_gateway(home_of(args), fallback=False) as gateway:
-        pending, reviews = _find(gateway, args.approval_id)
-        status = _status(pending, reviews, gateway.trust, int(time.time()))
+    if is_remote(args):
+        from execgate.cli._approvals_remote import fetch
+
+        pending, status, reviews = fetch(args, args.approval_id)
+    else:
+        with open_gateway(home_of(args), fallback=False) as gateway:
+            pending, reviews = _find(gateway, args.approval_id)
+            status = _status(pending, reviews, gateway.trust, int(time.time()))
     if args.json:
         doc = {**pending.to_json(), **status, "reviews": [r.to_json() for r in reviews]}
         out(json.dumps(doc, indent=2, ensure_ascii=False))
@@ -178,45 +224,109 @@ def _deny(args: argparse.Namespace) -> int:
     return _review(args, "deny", args.reason)
 
 
-def _review(args: argparse.Namespace, verdict: str, comment: str | None) -> int:
-    from execgate.approvals import sign_review
-    from execgate.home import load_config
-    from execgate.keyfile import public_path_for, read_private_key
+def _not_an_approver(args: argparse.Namespace, kid: str, trust_path: Path, more: str) -> UsageError:
+    from execgate.keyfile import public_path_for
 
-    flag = "--reason" if verdict == "deny" else "--comment"
-    if comment is not None and len(comment) > _MAX_COMMENT:
-        raise UsageError(f"{flag} is {len(comment)} characters; at most {_MAX_COMMENT} fit")
-    key = read_private_key(Path(args.key))  # a bad key file is a usage error (exit 2)
+    public = public_path_for(Path(args.key))
+    return UsageError(
+        f"the key {args.key} (key id {kid}) is no approver's in the trust store"
+        f" {trust_path}; list its public half {public} there as an [[approver]] with that"
+        f" person's groups, or use your own key{more}"
+    )
+
+
+def _sign(
+    key: PrivateKey, approver: str, pending: Pending, verdict: str, comment: str | None
+) -> str:
+    """The one way a review is made, for the local home and a running gateway alike."""
+    from execgate.approvals import sign_review
+
+    return sign_review(
+        key=key,
+        approver=approver,
+        pending=pending,
+        verdict=verdict,
+        now=int(time.time()),
+        comment=comment or None,
+    )
+
+
+def _review_local(
+    args: argparse.Namespace, key: PrivateKey, verdict: str, comment: str | None
+) -> Recorded | None:
+    from execgate.home import load_config
+
     home = home_of(args)
     with open_gateway(home, fallback=False) as gateway:
-        kid = key.public.thumbprint()
-        approver = gateway.trust.approver_for_kid(kid)
+        approver = gateway.trust.approver_for_kid(key.public.thumbprint())
         if approver is None:
-            public = public_path_for(Path(args.key))
-            raise UsageError(
-                f"the key {args.key} (key id {kid}) is no approver's in the trust store"
-                f" {load_config(home).trust}; list its public half {public} there as an"
-                " [[approver]] with that person's groups, or use your own key"
-            )
+            raise _not_an_approver(args, key.public.thumbprint(), load_config(home).trust, "")
         pending, _ = _find(gateway, args.approval_id)
-        token = sign_review(
-            key=key,
-            approver=approver.id,
-            pending=pending,
-            verdict=verdict,
-            now=int(time.time()),
-            comment=comment or None,
-        )
+        token = _sign(key, approver.id, pending, verdict, comment)
         try:
             index, after, reviews = gateway.review(pending.approval_id, token)
         except ApprovalError as exc:
             note(f"execgate: error: review refused: {one_line(str(exc))}")
-            return EXIT_REFUSED
-        status = _status(after, reviews, gateway.trust, int(time.time()))
+            return None
+        return approver.id, index, after, _status(after, reviews, gateway.trust, int(time.time()))
+
+
+def _remote_approver(args: argparse.Namespace, key: PrivateKey) -> str:
+    """``--approver``, or the ``[[approver]]`` that lists the key in the local home."""
+    from execgate.trust import TrustStore
+
+    if args.approver is not None:
+        approver: str = args.approver
+        return approver
+    home, kid = home_of(args), key.public.thumbprint()
+    config = optional_config(home)
+    if config is None:
+        raise UsageError(
+            f"there is no gateway home at {home} to find whose approver key {args.key} is;"
+            " name yourself with --approver ID (your [[approver]] id at that gateway)"
+        )
+    found = TrustStore.load(config.trust).approver_for_kid(kid)
+    if found is None:
+        raise _not_an_approver(args, kid, config.trust, ", or name the approver with --approver")
+    return found.id
+
+
+def _review_remote(
+    args: argparse.Namespace, key: PrivateKey, verdict: str, comment: str | None
+) -> Recorded | None:
+    from execgate.cli._approvals_remote import check_shown_request, fetch, send_review
+
+    approver = _remote_approver(args, key)
+    pending, _, _ = fetch(args, args.approval_id)
+    check_shown_request(args, pending)
+    sent = send_review(args, pending, _sign(key, approver, pending, verdict, comment), verdict)
+    if isinstance(sent, tuple):
+        return sent
+    note(f"execgate: error: review refused: {sent.message}")
+    return None
+
+
+def _review(args: argparse.Namespace, verdict: str, comment: str | None) -> int:
+    from execgate.keyfile import read_private_key
+
+    flag = "--reason" if verdict == "deny" else "--comment"
+    if comment is not None and len(comment) > _MAX_COMMENT:
+        raise UsageError(f"{flag} is {len(comment)} characters; at most {_MAX_COMMENT} fit")
+    remote = is_remote(args)
+    if args.approver is not None and not remote:
+        raise UsageError(
+            "--approver is for a running gateway (--url); the local home's trust store"
+            " says whose key --key is"
+        )
+    key = read_private_key(Path(args.key))  # a bad key file is a usage error (exit 2)
+    recorded = (_review_remote if remote else _review_local)(args, key, verdict, comment)
+    if recorded is None:
+        return EXIT_REFUSED
+    approver, index, after, status = recorded
     if args.json:
         doc = {
             "approval_id": after.approval_id,
-            "approver": approver.id,
+            "approver": approver,
             "verdict": verdict,
             "log_index": index,
             **status,
@@ -225,7 +335,7 @@ def _review(args: argparse.Namespace, verdict: str, comment: str | None) -> int:
         }
         out(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    who = cell(approver.id)
+    who = cell(approver)
     if verdict == "deny":
         out(
             f"denied by {who}: approval {cell(after.approval_id)} is closed;"
@@ -255,11 +365,13 @@ def register(commands: Commands) -> None:
     q = group.add("list", "the open approvals: id, state, tally, expiry, rule and request")
     q.add_argument("--all", action="store_true", help="also denied, consumed and expired ones")
     q.add_argument("--json", action="store_true", help="print them as JSON")
+    add_remote(q, role="approvals", required=False)
     q.set_defaults(func=_list)
 
     q = group.add("show", "one approval: its request, every review, and its state")
     q.add_argument("approval_id", metavar="ID", help="the approval id (the pause decision's)")
     q.add_argument("--json", action="store_true", help="print it as JSON")
+    add_remote(q, role="approvals", required=False)
     q.set_defaults(func=_show)
 
     for name, func, help_text in (
@@ -267,6 +379,11 @@ def register(commands: Commands) -> None:
         ("deny", _deny, "sign and record your denial (final); exit 1 if it is refused"),
     ):
         q = group.add(name, help_text)
+        q.description = (
+            f"{help_text}. With --url, two keys are needed: --admin-key lets the call in"
+            " (an admin's), --key signs the review (yours, the approver's); the review is"
+            " signed here and only the signed review is sent."
+        )
         q.add_argument("approval_id", metavar="ID", help="the approval id (the pause decision's)")
         q.add_argument(
             "--key", required=True, help="your approver PRIVATE key file (its [[approver]])"
@@ -276,4 +393,10 @@ def register(commands: Commands) -> None:
         else:
             q.add_argument("--reason", required=True, help="why; signed, logged and shown")
         q.add_argument("--json", action="store_true", help="print the result as JSON")
+        add_remote(q, role="approvals", required=False)
+        q.add_argument(
+            "--approver",
+            help="with --url: your [[approver]] id at that gateway (default: the one that"
+            " lists --key in the local home's trust store)",
+        )
         q.set_defaults(func=func)

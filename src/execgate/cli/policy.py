@@ -13,16 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from execgate.cli._common import (
-    Commands,
-    home_of,
-    note,
-    one_line,
-    optional_config,
-    out,
-    policy_error,
-)
-from execgate.cli.admin import add_identity
+from execgate.cli._common import Commands, home_of, note, optional_config, out, policy_error
+from execgate.cli._remote import add_remote, admin_call, error_of
 from execgate.errors import PolicyError
 
 __all__ = ["register"]
@@ -64,29 +56,16 @@ _RELOAD_PATH = "/v1/admin/policy/reload"
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from execgate.cli.admin import call, mint
-
-    token = mint(
-        key_path=args.admin_key,
-        home=home_of(args),
-        method="POST",
-        path=_RELOAD_PATH,
-        admin=args.admin,
-        audience=args.audience,
-    )
-    status, answer = call(args.url.rstrip("/") + _RELOAD_PATH, "POST", token)
+    status, answer = admin_call(args, "POST", _RELOAD_PATH)
     if status == 200 and isinstance(answer, dict) and answer.get("reloaded") is True:
         out(
             f"reloaded: policy {answer.get('policy_hash')} is in force"
             f" (was {answer.get('previous_policy_hash')}; workers: {answer.get('workers')})"
         )
         return 0
-    error = answer.get("error") if isinstance(answer, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    text = f"{code}: {message}" if code else f"HTTP {status} without an error body"
-    note(f"execgate: error: policy reload refused by the gateway: {one_line(str(text))}")
-    return 1 if code == "policy.reload_refused" else 2
+    refusal = error_of(status, answer)
+    note(f"execgate: error: policy reload refused by the gateway: {refusal}")
+    return 1 if refusal.code == "policy.reload_refused" else 2
 
 
 def register(commands: Commands) -> None:
@@ -107,11 +86,5 @@ def register(commands: Commands) -> None:
     q.set_defaults(func=_policy)
 
     q = policy.add("reload", "make a running gateway load its policy file again (admin)")
-    q.add_argument(
-        "--url",
-        default="http://127.0.0.1:8080",
-        help="the gateway (default: http://127.0.0.1:8080)",
-    )
-    q.add_argument("--admin-key", required=True, help="your admin PRIVATE key file (role 'reload')")
-    add_identity(q)
+    add_remote(q, role="reload", required=True)
     q.set_defaults(func=_reload)

@@ -7,10 +7,10 @@ error means nothing was decided and nothing executes).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -72,7 +72,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     server = getattr(request.app.state, "server", None)
     timeout = (server if isinstance(server, ServerConfig) else ServerConfig()).body_timeout
     try:
-        with anyio.fail_after(timeout):
+        async with asyncio.timeout(timeout):  # a timer, cheaper than an anyio cancel scope
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:

@@ -162,7 +162,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self._in_head and not self.pipeline:
+        if self.transport.is_closing():
+            return
+        if not self._in_head:
+            # Answered before the request's body arrived whole (a GET with a body, an
+            # early 413): the rest would be read with no deadline, and each byte would
+            # postpone the keep-alive timeout. Stop here instead, as after a refusal.
+            self._refused = True
+            self._disarm()
+            self._close_lingering()
+            return
+        if not self.pipeline:
             self._arm()
 
     def _count(self, size: int) -> None:
@@ -222,9 +232,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         head.append(b"content-length: " + str(len(body)).encode("ascii") + b"\r\n")
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + body)
-        # Close our side, then read and drop what the client is still sending for a
-        # moment before closing: closing a socket with unread data resets it, and the
-        # reset can destroy the answer before the client has read it.
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close our side, then read and drop what the client is still sending for a
+        moment before closing: closing a socket with unread data resets it, and the
+        reset can destroy the answer before the client has read it."""
         if self.transport.can_write_eof():
             self.transport.write_eof()
             if self.flow is not None:

@@ -97,6 +97,9 @@ def _now(request: Request) -> int:
 # -- authentication ---------------------------------------------------------------------
 
 
+_ANONYMOUS_DETAIL: Final = 160  # characters of a refusal's detail logged without a token
+
+
 def _challenge(exc: AdminError, presented: bool) -> dict[str, str]:
     if exc.code == FORBIDDEN:
         return {"WWW-Authenticate": 'Bearer realm="execgate", error="insufficient_scope"'}
@@ -155,7 +158,10 @@ async def _admin(request: Request, role: str, action: str) -> AdminToken:
             token = _verify_token(
                 _bearer(header),
                 trust=gateway.trust,
-                audiences=gateway.audiences,
+                # This gateway's own id only, not the mesh audiences decisions accept: an
+                # admin token is spent in this node's store, so one good at several nodes
+                # could be replayed once at each.
+                audiences=frozenset({gateway.gateway_id}),
                 method=method,
                 path=path,
                 now=now,
@@ -163,8 +169,11 @@ async def _admin(request: Request, role: str, action: str) -> AdminToken:
             )
             authorize(token, role)
         except AdminError as refused:
+            # Without a verified token the detail may quote what the caller sent: kept
+            # short, so anyone reaching the port adds little to the permanent log.
+            detail = refused.detail if token is not None else refused.detail[:_ANONYMOUS_DETAIL]
             try:  # a verified token is spent even when refused: it named this call
-                log("refused", refused.code, refused.detail, token, spend=True)
+                log("refused", refused.code, detail, token, spend=True)
             except AdminError as replayed:
                 raise _refusal(replayed, True) from refused
             raise _refusal(refused, header is not None) from refused

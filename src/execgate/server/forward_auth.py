@@ -33,6 +33,7 @@ other decision.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -103,14 +104,20 @@ def _trusted(request: Request) -> bool:
     server: ServerConfig = request.app.state.server
     if request.client is None:
         return False
+    return _peer_trusted(request.client.host, server.trusted_proxies)
+
+
+@functools.lru_cache(maxsize=1024)
+def _peer_trusted(
+    host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """Cached per peer address: the same few proxies ask again and again."""
     try:
-        peer = ipaddress.ip_address(request.client.host)
+        peer = ipaddress.ip_address(host)
     except ValueError:
         return False
     mapped = peer.ipv4_mapped if isinstance(peer, ipaddress.IPv6Address) else None
-    return any(
-        peer in net or (mapped is not None and mapped in net) for net in server.trusted_proxies
-    )
+    return any(peer in net or (mapped is not None and mapped in net) for net in networks)
 
 
 def _headers(request: Request) -> dict[str, str]:

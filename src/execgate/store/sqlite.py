@@ -10,6 +10,12 @@ for the lock (``_COMMIT_TIMEOUT``) before any leader took its job withdraws it, 
 never written after its caller was told the append failed. Reads use a small pool of
 reader connections and never block the writer (WAL).
 
+An event loop does not wait in a thread: it ``submit``s a job (a future) and calls
+``lead_now``, which leads the queued batches in the loop's own thread when no other
+writer holds the lock, and otherwise returns at once so the loop retries shortly
+(``Gateway.decide_async``). Writers of several processes (server workers) take turns
+with an ``flock`` on ``<store>-writer.lock`` around each batch.
+
 The log table is append-only: triggers refuse UPDATE and DELETE, and any INSERT that
 does not take the next index (a replacement, a gap).
 """
@@ -23,7 +29,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
@@ -110,10 +116,11 @@ class _Pending:
     def resolve(self) -> None:
         if self.future is None or self.result is None:
             return
-        if isinstance(self.result, BaseException):
-            self.future.set_exception(self.result)
-        else:
-            self.future.set_result(self.result)
+        with suppress(InvalidStateError):  # its awaiter was cancelled: nobody to tell
+            if isinstance(self.result, BaseException):
+                self.future.set_exception(self.result)
+            else:
+                self.future.set_result(self.result)
 
 
 class _JobFuture(Future[int]):
@@ -165,10 +172,7 @@ class SQLiteStore:
         self._claim_lock = threading.Lock()  # settles a job's state: taken or withdrawn
         self._writer: sqlite3.Connection | None = None
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
-        # submit(): one thread that leads batches for callers that do not wait in a thread
-        self._submitted = threading.Semaphore(0)
         self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
-        self._submit_thread: threading.Thread | None = None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -371,25 +375,45 @@ class SQLiteStore:
         """Queue one decision's writes without waiting: the future resolves to its log
         index once the commit holding it is durable (or to the error that stopped it).
 
-        For callers that must not block a thread on the commit (the HTTP server's event
-        loop): a writer thread of this store leads the batches, so submitted jobs are
-        group-committed with each other and with ``commit`` callers' jobs. The caller
-        that gives up waiting withdraws its job with ``withdraw``."""
+        For a caller that must not block its thread on the commit (the HTTP server's
+        event loop). It is written by the next leader: a ``commit`` caller, or the
+        submitter itself through ``lead_now``, which never waits. A submitter that gives
+        up waiting withdraws its job with ``withdraw``."""
         if self._closed:
             raise AuditError("the store is closed")
         pending = _Pending(job, submitted=True)
-        with self._lock:
-            if self._submit_thread is None:
-                self._submit_thread = threading.Thread(
-                    target=self._lead_submitted, name="execgate-store-writer", daemon=True
-                )
-                self._submit_thread.start()
         self._queue.put(pending)
-        self._submitted.release()
-        if self._closed:  # closed meanwhile: its writer may be gone already
+        if self._closed:  # closed meanwhile: nobody will lead again
             self._fail_queued()
         assert pending.future is not None
         return pending.future
+
+    def lead_now(self) -> bool:
+        """Commit every queued job in this thread, batch by batch, if that needs no
+        waiting: True when done (or nothing was queued), False when another thread of
+        this process or another process is writing (try again shortly).
+
+        Why the event loop writes itself: a writer thread beside the loop would fight it
+        for the interpreter lock on every C call either makes (each signature check and
+        SQLite read of the loop waits for the writer's Python work, and the other way
+        round), which measured a third more CPU per decision than writing in the loop,
+        where the only wait is the fsync that makes a whole batch durable."""
+        if self._queue.empty():
+            return True
+        if not self._writer_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._process_turn(wait=False) as turn:
+                if not turn:
+                    return False
+                while not self._queue.empty() and not self._closed:
+                    self._lead(turn_taken=True)
+            return True
+        except OSError as exc:  # the lock file: every queued job fails now, not later
+            self._fail_queued(AuditError(f"cannot take the writers' turn: {exc}"))
+            return True
+        finally:
+            self._writer_lock.release()
 
     def withdraw(self, future: Future[int]) -> bool:
         """Withdraw a submitted job no leader has taken yet; False once one has (its
@@ -403,18 +427,9 @@ class SQLiteStore:
                 return True
         return False
 
-    def _lead_submitted(self) -> None:
-        while True:
-            self._submitted.acquire()
-            if self._closed:
-                self._fail_queued()
-                return
-            with self._writer_lock:
-                while not self._queue.empty() and not self._closed:
-                    self._lead()
-
-    def _fail_queued(self) -> None:
-        """The store closed: every job still queued fails (it was never written)."""
+    def _fail_queued(self, error: AuditError | None = None) -> None:
+        """Every job still queued fails (it was never written): the store closed, or
+        ``error`` stopped the writer."""
         while True:
             try:
                 pending = self._queue.get_nowait()
@@ -424,10 +439,10 @@ class SQLiteStore:
                 if pending.state != _QUEUED:
                     continue
                 pending.state = _TAKEN
-            pending.result = AuditError("the store closed before this record was written")
+            pending.result = error or AuditError("the store closed before this record was written")
             pending.resolve()
 
-    def _lead(self) -> None:
+    def _lead(self, *, turn_taken: bool = False) -> None:
         batch: list[_Pending] = []
         with self._claim_lock:
             while len(batch) < _BATCH_MAX:
@@ -438,10 +453,19 @@ class SQLiteStore:
                 if pending.state == _QUEUED:  # skip what its caller has given up on
                     pending.state = _TAKEN
                     batch.append(pending)
+        if self._closed:  # closed while this leader waited: nothing more is written
+            for p in batch:
+                p.result = AuditError("the store closed before this record was written")
+                p.resolve()
+            return
         try:
             if self._writer is None:
                 self._writer = self._connect()
-            self._write_batch(self._writer, batch)
+            if turn_taken:
+                self._write_batch(self._writer, batch)
+            else:
+                with self._process_turn(wait=True):
+                    self._write_batch(self._writer, batch)
         except BaseException as exc:  # noqa: BLE001 - every failure reaches every caller
             error = (
                 exc if isinstance(exc, AuditError) else AuditError(f"audit append failed: {exc}")
@@ -475,26 +499,28 @@ class SQLiteStore:
         self._frontier = Frontier.from_json({"size": size, "hashes": hashes})
         return self._frontier
 
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
-        with self._process_turn():
-            self._write_batch_locked(conn, batch)
-
     @contextmanager
-    def _process_turn(self) -> Iterator[None]:
+    def _process_turn(self, *, wait: bool) -> Iterator[bool]:
         """Take the writers' turn across processes (several server workers share one
-        file): a blocking ``flock`` on ``<store>-writer.lock``, so a waiting writer starts
-        the moment the other commits, instead of SQLite's busy handler, which sleeps in
-        growing steps (1, 2, 5, 10… ms) and lets one process starve the other."""
+        file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts the
+        moment the other commits, instead of in SQLite's busy handler, which sleeps in
+        growing steps (1, 2, 5, 10… ms) and lets one process starve the other. Yields
+        whether the turn was taken (always, when ``wait``). Held by the writer lock."""
         if self._turn is None:
-            fd = os.open(self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._turn = fd
-        fcntl.flock(self._turn, fcntl.LOCK_EX)
+            self._turn = os.open(
+                self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
         try:
-            yield
+            fcntl.flock(self._turn, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(self._turn, fcntl.LOCK_UN)
 
-    def _write_batch_locked(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             index = int(
@@ -607,10 +633,8 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
-        self._submitted.release()  # the submit writer fails what is queued and ends
-        if self._submit_thread is not None:
-            self._submit_thread.join(timeout=_COMMIT_TIMEOUT)
         with self._writer_lock:
+            self._fail_queued()  # submitted jobs no leader took: never written
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
