@@ -295,6 +295,9 @@ rules:
   - name: reports
     match: {action: "reports.read", resource: "**"}
     effect: proceed
+  - name: http-reports
+    match: {action: "http.get", resource: "/reports/**"}
+    effect: proceed
 """
 
 
@@ -414,6 +417,7 @@ scope = [
   {{action = "payments.*", resource = "acct:**"}},
   {{action = "shell.exec", resource = "host:**"}},
   {{action = "reports.read", resource = "**"}},
+  {{action = "http.get", resource = "/reports/**"}},
 ]
 
 # Attesters whose environment attestations (region, image, …) this gateway believes.

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from anyio.from_thread import start_blocking_portal
 from gatekit import GATEWAY_ID, RUNTIME_ID, Kit, make_kit
 from starlette.applications import Starlette
 from starlette.types import Message
+from test_server_api import Client as ApiClient
 
 from execgate.adapters.http import forward_auth_headers
 from execgate.cli import main
@@ -68,35 +67,8 @@ def kit(tmp_path: Path) -> Iterator[Kit]:
     k.close()
 
 
-class Client:
-    """A synchronous client for an ASGI app with its lifespan run, connecting from
-    ``peer`` (httpx's in-process transport says 127.0.0.1 unless told otherwise)."""
-
-    def __init__(self, app: Starlette, *, peer: tuple[str, int] = ("127.0.0.1", 1234)) -> None:
-        self.app = app
-        self._stack = ExitStack()
-        self._portal = self._stack.enter_context(start_blocking_portal())
-        context = app.router.lifespan_context(app)
-        self._stack.enter_context(self._portal.wrap_async_context_manager(context))
-        self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=peer), base_url="http://gateway.test"
-        )
-
-    def close(self) -> None:
-        self._portal.call(self._client.aclose)
-        self._stack.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        async def send() -> httpx.Response:
-            return await self._client.request(method, url, **kwargs)
-
-        return self._portal.call(send)
+class Client(ApiClient):
+    """The in-process client of the API tests, with the forward-auth tests' shortcuts."""
 
     @property
     def gateway(self) -> Gateway:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -44,7 +44,14 @@ def kit(tmp_path: Path) -> Iterator[Kit]:
 class Client:
     """A synchronous client for an ASGI app, with its lifespan run (or not)."""
 
-    def __init__(self, app: Starlette, *, lifespan: bool = True) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        *,
+        lifespan: bool = True,
+        peer: tuple[str, int] = ("127.0.0.1", 1234),
+    ) -> None:
+        """``peer`` is the client address the app sees (forward-auth trusts by it)."""
         self.app = app
         self._stack = ExitStack()
         self._portal = self._stack.enter_context(start_blocking_portal())
@@ -52,14 +59,14 @@ class Client:
             context = app.router.lifespan_context(app)
             self._stack.enter_context(self._portal.wrap_async_context_manager(context))
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+            transport=httpx.ASGITransport(app=app, client=peer), base_url="http://gateway.test"
         )
 
     def close(self) -> None:
         self._portal.call(self._client.aclose)
         self._stack.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,7 +25,7 @@ import pytest
 import test_server_process
 import uvicorn
 from gatekit import Kit, make_kit
-from test_server_process import START_TIMEOUT, Server, serve
+from test_server_process import START_TIMEOUT, Server, _decide, serve
 
 from execgate.home import ServerConfig
 from execgate.server import create_app
@@ -283,7 +283,7 @@ def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyP
         with ThreadPoolExecutor(max_workers=4) as pool:
             while len(pids) < 2 and time.monotonic() < deadline:
                 batch = [kit.submit() for _ in range(8)]
-                answers = list(pool.map(_post_decision, [server.url] * 8, batch))
+                answers = list(pool.map(_decide, [server.url] * 8, batch))
                 assert all(a["outcome"] == "proceed" for a in answers)
                 decided += len(answers)
                 pids = {line["pid"] for line in _log_lines(server) if "decision_id" in line}
@@ -295,13 +295,6 @@ def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyP
             )
             assert f"execgate_audit_log_entries {decided}.0" in text
         assert server.stop() == 0
-
-
-def _post_decision(url: str, submission: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(url + "/v1/decisions", json=submission, timeout=10.0)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:

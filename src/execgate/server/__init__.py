@@ -1,4 +1,4 @@
-"""The HTTP service (DESIGN §6, HTTP; issue 6, first slice): an ASGI app over ``Gateway``.
+"""The HTTP service (DESIGN §6, HTTP): an ASGI app over ``Gateway``.
 
 Dependency choice: Starlette on uvicorn. Starlette is a small, typed, widely reviewed
 ASGI toolkit (routing with path convertors, 404/405 with ``Allow``, a lifespan hook and
