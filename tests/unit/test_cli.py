@@ -496,7 +496,7 @@ def test_policy_check_hash_and_test(world: World) -> None:
     policy = str(world.home / "policy.yaml")
     expected = load_policy(policy, targets=["sandbox", "dry-run"]).hash
     check = world.ok("--home", "home", "policy", "check", policy)
-    assert check.out.startswith(f"ok: {policy}: 5 rules, {expected}")
+    assert check.out.startswith(f"ok: {policy}: 6 rules, {expected}")
     assert world.ok("--home", "home", "policy", "hash", policy).out == expected + "\n"
     # without a home, reroute targets come from --target
     assert world.ok("--home", "x", "policy", "hash", policy, "--target", "sandbox").out.strip() == (

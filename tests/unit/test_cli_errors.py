@@ -193,7 +193,7 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("trust.toml missing", ("--home", "h-trust-missing", "decide", "--request", "req.json"),
      ("h-trust-missing/trust.toml", "does not exist", "restore")),
     ("invalid policy in the home", ("--home", "h-policy", "decide", "--request", "req.json"),
-     ("h-policy/policy.yaml", "rule 'broken'", "line 2", "allow")),
+     ("h-policy/policy.yaml", "rule 'broken'", "line 31", "allow")),
     ("node key readable by others", ("--home", "h-node", "decide", "--request", "req.json"),
      ("h-node/keys/node.jwk", "chmod 600")),
     ("issue with no home", ("--home", "nowhere", *ISSUE[2:], *GRANT), ("no gateway home",)),
