@@ -109,7 +109,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
         # None (the default) costs nothing. It cannot change or fail a decision: it runs
         # after the record is durable, and its exceptions are dropped.
         self.observer: Callable[[Decision, Mapping[str, float]], None] | None = None
-        self._flush_scheduled = False  # decide_async: a commit of queued jobs is scheduled
+        # decide_async: the event loop a commit of the queued jobs is scheduled on, if any
+        # (a loop, not a flag: a loop closed before its flush ran must not block others)
+        self._flush_on: asyncio.AbstractEventLoop | None = None
 
     @property
     def audit(self) -> AuditLog:
@@ -271,8 +273,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
         does."""
         future = submit(job)
         store = self.store
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._flush_on is not loop:
+            self._flush_on = loop
             loop.call_soon(self._flush, loop)
 
         def expire() -> None:
@@ -303,7 +305,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         except Exception:  # noqa: BLE001 - each job's future carries its own failure
             done = True
         if done:
-            self._flush_scheduled = False
+            self._flush_on = None
         else:
             loop.call_later(_FLUSH_RETRY, self._flush, loop)
 

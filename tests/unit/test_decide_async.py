@@ -141,3 +141,14 @@ def test_a_future_cancelled_under_a_writer_does_not_break_the_batch(kit: Kit) ->
     assert store.lead_now()
     assert kept.result(timeout=10) == 1  # written after the cancelled one, and told so
     assert store.size() == 2
+
+
+def test_a_flush_left_on_a_closed_loop_does_not_stall_the_next_loop(kit: Kit) -> None:
+    gateway = kit.gateway()
+    closed = asyncio.new_event_loop()
+    closed.close()
+    gateway._flush_on = closed  # a flush that was scheduled there and never ran
+    started = time.monotonic()
+    decision = asyncio.run(gateway.decide_async(kit.submit()))
+    assert decision.outcome is Outcome.PROCEED
+    assert time.monotonic() - started < 5  # not the 30 s commit timeout
