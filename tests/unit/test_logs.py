@@ -198,24 +198,3 @@ def test_log_config_makes_uvicorn_and_execgate_lines_json() -> None:
     ]
     assert lines[1]["route"] == "/healthz"
     assert log_config()["loggers"]["uvicorn.access"]["handlers"] == []
-
-
-def test_exported_names_are_pinned() -> None:
-    from execgate.server import _limits, logs
-
-    assert logs.__all__ == [
-        "ACCESS_LOGGER",
-        "DECISION_LOGGER",
-        "FIELDS",
-        "JsonFormatter",
-        "access",
-        "decision",
-        "log_config",
-        "request_fields",
-    ]
-    assert _limits.__all__ == [
-        "BACKLOG",
-        "LIMIT_CONCURRENCY",
-        "LimitedHttpToolsProtocol",
-        "uvicorn_options",
-    ]

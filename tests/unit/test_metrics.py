@@ -286,18 +286,3 @@ def test_counters_add_up_across_worker_processes() -> None:
         == 7
     )
     assert _value(samples, "execgate_store_up") == 0
-
-
-def test_exported_names_are_pinned() -> None:
-    from execgate.server import metrics
-
-    assert metrics.__all__ == [
-        "ERROR_CODES",
-        "MULTIPROC_ENV",
-        "PATHS",
-        "ROUTES",
-        "SCHEMAS",
-        "Instrumented",
-        "Metrics",
-        "multiprocess_dir",
-    ]
