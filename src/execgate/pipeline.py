@@ -105,6 +105,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_lock = threading.Lock()
         self._last_checkpoint: tuple[int, int] | None = None  # (size, time)
+        # The policy file and reroute targets ``open`` loaded the policy from (None when
+        # the gateway was built directly: nothing to reload), and what serializes reloads.
+        self.policy_source: tuple[Path, frozenset[str]] | None = None
+        self.reload_lock = threading.Lock()
         # Called with each decision made and the seconds spent in each stage (metrics);
         # None (the default) costs nothing. It cannot change or fail a decision: it runs
         # after the record is durable, and its exceptions are dropped.
@@ -189,11 +193,6 @@ class Gateway(ApprovalFlow, OutcomeLog):
         )
 
     # -- policy reload (admin) -----------------------------------------------------------
-
-    # The policy file and reroute targets ``open`` loaded the policy from (None when the
-    # gateway was built directly: nothing to reload), and the lock that serializes reloads.
-    policy_source: tuple[Path, frozenset[str]] | None = None
-    reload_lock: Final = threading.Lock()
 
     def reload_policy(
         self,
