@@ -167,46 +167,39 @@ def reload_policy(
     with gateway.reload_lock:
         old = gateway.policy
         now = int(gateway._now())
-        try:
-            new = load_policy(path, targets=targets)
-        except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
-            _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
-            index = append_admin_record(
+
+        def record(result: str, code: str, detail: str, **fields: Any) -> int:
+            return append_admin_record(
                 gateway,
                 admin_record(
                     gateway,
                     action="policy.reload",
-                    result="refused",
-                    code="policy.reload_refused",
-                    detail=error,
+                    result=result,
+                    code=code,
+                    detail=detail,
                     now=now,
-                    policy_hash=old.hash,
                     worker=os.getpid(),
                     via=via,
                     admin=admin,
                     admin_kid=admin_kid,
                     token_jti=token_jti,
+                    **fields,
                 ),
             )
+
+        try:
+            new = load_policy(path, targets=targets)
+        except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
+            _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
+            index = record("refused", "policy.reload_refused", error, policy_hash=old.hash)
             return PolicyReload(False, old.hash, old.hash, index, error)
-        index = append_admin_record(
-            gateway,
-            admin_record(
-                gateway,
-                action="policy.reload",
-                result="done",
-                code="policy.reloaded",
-                detail=f"policy {old.hash} replaced by {new.hash} ({path})",
-                now=now,
-                previous_policy_hash=old.hash,
-                policy_hash=new.hash,
-                worker=os.getpid(),
-                via=via,
-                admin=admin,
-                admin_kid=admin_kid,
-                token_jti=token_jti,
-            ),
+        index = record(
+            "done",
+            "policy.reloaded",
+            f"policy {old.hash} replaced by {new.hash} ({path})",
+            previous_policy_hash=old.hash,
+            policy_hash=new.hash,
         )
         gateway.policy = new  # one assignment: decisions in flight keep the object they hold
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
