@@ -117,6 +117,15 @@ def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
     return ident
 
 
+def _names(where: str, entry: Mapping[str, Any], key: str, what: str) -> list[str]:
+    """``entry[key]`` when it is a non-empty list of non-empty strings (approver groups,
+    admin roles), else ``ConfigError``."""
+    names = entry.get(key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list of {what}")
+    return names
+
+
 def _entries(
     doc: Mapping[str, Any], section: str, fields: tuple[str, ...], source: str
 ) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
@@ -259,23 +268,11 @@ class TrustStore:
         }
         approvers: dict[str, Approver] = {}
         for where, ident, entry in _entries(doc, "approver", ("id", "groups", "keys"), source):
-            groups = entry.get("groups")
-            if (
-                not isinstance(groups, list)
-                or not groups
-                or not all(isinstance(g, str) and g for g in groups)
-            ):
-                raise ConfigError(f"{where}: 'groups' must be a non-empty list of group names")
+            groups = _names(where, entry, "groups", "group names")
             approvers[ident] = Approver(ident, tuple(groups), _keys(where, entry.get("keys")))
         admins: dict[str, Admin] = {}
         for where, ident, entry in _entries(doc, "admin", ("id", "roles", "keys"), source):
-            roles = entry.get("roles")
-            if (
-                not isinstance(roles, list)
-                or not roles
-                or not all(isinstance(r, str) for r in roles)
-            ):
-                raise ConfigError(f"{where}: 'roles' must be a non-empty list of role names")
+            roles = _names(where, entry, "roles", "role names")
             unknown_roles = sorted(set(roles) - ADMIN_ROLES)
             if unknown_roles:
                 expected = sorted(ADMIN_ROLES)
