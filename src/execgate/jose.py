@@ -31,12 +31,14 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
 
 import nacl.exceptions
 import nacl.signing
+import orjson
 import rfc8785
 
 from execgate.errors import JoseError
@@ -144,13 +146,19 @@ def _plain(value: Any) -> bool:
 def canonical_json(obj: Any) -> bytes:
     """RFC 8785 (JCS) bytes of ``obj``; ``ValueError`` if it has no canonical form.
 
-    The common case (no floats, no exotic keys) is written by the C JSON encoder, which
-    produces the identical bytes about ten times faster; everything else goes through
-    the ``rfc8785`` package. Both paths are cross-checked by property tests.
+    The common case (no floats, no exotic keys) is written by orjson with sorted keys,
+    which produces the identical bytes about ten times faster than the stdlib encoder
+    (and that in turn about ten times faster than ``rfc8785``); what orjson refuses
+    (a lone surrogate, nesting past its depth limit) goes to the stdlib encoder, and
+    everything else to the ``rfc8785`` package. The paths are cross-checked by property
+    tests.
     """
     try:
         if _plain(obj):
-            return _dumps_sorted(obj).encode("utf-8")
+            try:
+                return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+            except orjson.JSONEncodeError:
+                return _dumps_sorted(obj).encode("utf-8")
         return rfc8785.dumps(obj)
     except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
         raise ValueError(f"no canonical JSON form: {exc.reason}") from exc
@@ -369,6 +377,9 @@ class Verified:
 
 
 def _compact(obj: Mapping[str, Any]) -> str:
+    if _plain(obj):  # orjson writes those as the stdlib would; it would turn NaN into null
+        with suppress(orjson.JSONEncodeError):
+            return b64url_encode(orjson.dumps(obj))
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return b64url_encode(text.encode("utf-8"))
 

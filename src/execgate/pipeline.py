@@ -264,27 +264,29 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 return decision
 
     async def _submitted(
-        self, loop: asyncio.AbstractEventLoop, submit: Callable[[WriteJob], Any], job: WriteJob
+        self, loop: asyncio.AbstractEventLoop, submit: Callable[..., Any], job: WriteJob
     ) -> int:
         """Submit a job, make sure a flush is scheduled, and await the job's index. Past
         ``COMMIT_TIMEOUT`` a job no writer has taken is withdrawn (it is then never
         written) and fails; one a writer has taken is awaited to its end, as ``commit``
         does."""
-        future = submit(job)
+        future: asyncio.Future[int] = submit(job, loop=loop)
         store = self.store
         if self._flush_on is not loop:
             self._flush_on = loop
             loop.call_soon(self._flush, loop)
 
         def expire() -> None:
-            if store.withdraw(future):  # type: ignore[attr-defined]
+            if store.withdraw(future) and not future.done():  # type: ignore[attr-defined]
                 future.set_exception(
                     AuditError(f"the audit append did not start within {COMMIT_TIMEOUT:.0f}s")
                 )
 
         timer = loop.call_later(COMMIT_TIMEOUT, expire)
         try:
-            index: int = await asyncio.wrap_future(future)
+            # Cancelling the task cancels this future too; the writer then finds it done
+            # and leaves it (see SQLiteStore._LoopFuture.settle).
+            index: int = await future
         except asyncio.CancelledError:
             # Nobody will hear the answer (server shutdown, an embedder's timeout): a job
             # not yet taken is withdrawn and never written; one being written completes

@@ -1,15 +1,17 @@
 """``canonical_json`` is RFC 8785 (JCS): byte for byte what ``rfc8785.dumps`` writes.
 
-``canonical_json`` takes a fast path through the stdlib encoder for plain values; these
-tests hold it to the reference implementation on random JSON, including the places the
-two could drift apart: key order (UTF-16 code units, not code points), astral and
-private-use characters, escapes, floats and integers outside the safe range.
+``canonical_json`` takes a fast path through orjson (and, where orjson refuses, the
+stdlib encoder) for plain values; these tests hold it to the reference implementation on
+random JSON, including the places the paths could drift apart: key order (UTF-16 code
+units, not code points), astral and private-use characters, escapes, floats, integers
+outside the safe range, and nesting deeper than orjson writes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import given, settings
@@ -150,3 +152,13 @@ def test_values_without_a_canonical_form_raise_value_error(value: Any) -> None:
     with pytest.raises(ValueError, match="canonical"):
         canonical_json(value)
     assert _reference(value) is None
+
+
+def test_nesting_deeper_than_orjson_writes_is_still_canonical() -> None:
+    """orjson stops at 255 levels; such a value takes the stdlib path, same bytes."""
+    deep: Any = "x"
+    for n in range(300):
+        deep = [deep] if n % 2 else {"k": deep}
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(deep, option=orjson.OPT_SORT_KEYS)
+    assert canonical_json(deep) == rfc8785.dumps(deep)

@@ -22,6 +22,7 @@ does not take the next index (a replacement, a gap).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Final
+from typing import Final, overload
 
 from execgate.audit.merkle import Frontier
 from execgate.errors import AuditError, StoreError
@@ -106,29 +107,61 @@ def _first_revocation(
 class _Pending:
     __slots__ = ("future", "job", "result", "state")
 
-    def __init__(self, job: WriteJob, *, submitted: bool = False):
+    def __init__(self, job: WriteJob, *, future: _JobFuture | _LoopFuture | None = None):
         self.job = job
         self.result: int | BaseException | None = None
         self.state = _QUEUED  # _TAKEN once a leader drained it; _WITHDRAWN by its caller
         # submitted jobs: resolved by whoever committed them
-        self.future = _JobFuture(self) if submitted else None
+        self.future = future
+        if future is not None:
+            future.pending = self
 
     def resolve(self) -> None:
-        if self.future is None or self.result is None:
+        future, result = self.future, self.result
+        if future is None or result is None:
+            return
+        if isinstance(future, _LoopFuture):
+            future.settle_from_any_thread(result)
             return
         with suppress(InvalidStateError):  # its awaiter was cancelled: nobody to tell
-            if isinstance(self.result, BaseException):
-                self.future.set_exception(self.result)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
             else:
-                self.future.set_result(self.result)
+                future.set_result(result)
 
 
 class _JobFuture(Future[int]):
     """A submitted job's future, which knows its job (to withdraw it)."""
 
-    def __init__(self, pending: _Pending) -> None:
-        super().__init__()
-        self.pending = pending
+    pending: _Pending
+
+
+class _LoopFuture(asyncio.Future[int]):
+    """A job submitted from an event loop: an asyncio future of that loop, settled
+    directly when the loop's own thread committed the job (the usual case: the loop
+    leads its batches itself), else handed to the loop thread-safely. No thread-safe
+    future and no wake-up of the loop per decision."""
+
+    pending: _Pending
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.thread = threading.get_ident()
+
+    def settle(self, result: int | BaseException) -> None:
+        if self.done():  # its awaiter was cancelled (or timed out): nobody to tell
+            return
+        if isinstance(result, BaseException):
+            self.set_exception(result)
+        else:
+            self.set_result(result)
+
+    def settle_from_any_thread(self, result: int | BaseException) -> None:
+        if threading.get_ident() == self.thread:
+            self.settle(result)
+            return
+        with suppress(RuntimeError):  # its loop has closed: nobody to tell
+            self.get_loop().call_soon_threadsafe(self.settle, result)
 
 
 class SQLiteStore:
@@ -371,17 +404,26 @@ class SQLiteStore:
         assert isinstance(pending.result, int)
         return pending.result
 
-    def submit(self, job: WriteJob) -> Future[int]:
+    @overload
+    def submit(self, job: WriteJob) -> Future[int]: ...
+    @overload
+    def submit(self, job: WriteJob, *, loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]: ...
+
+    def submit(
+        self, job: WriteJob, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Future[int] | asyncio.Future[int]:
         """Queue one decision's writes without waiting: the future resolves to its log
         index once the commit holding it is durable (or to the error that stopped it).
 
         For a caller that must not block its thread on the commit (the HTTP server's
         event loop). It is written by the next leader: a ``commit`` caller, or the
         submitter itself through ``lead_now``, which never waits. A submitter that gives
-        up waiting withdraws its job with ``withdraw``."""
+        up waiting withdraws its job with ``withdraw``. With ``loop`` (called from that
+        loop's thread), the future is an asyncio future of that loop."""
         if self._closed:
             raise AuditError("the store is closed")
-        pending = _Pending(job, submitted=True)
+        future = _JobFuture() if loop is None else _LoopFuture(loop)
+        pending = _Pending(job, future=future)
         self._queue.put(pending)
         if self._closed:  # closed meanwhile: nobody will lead again
             self._fail_queued()
@@ -415,10 +457,10 @@ class SQLiteStore:
         finally:
             self._writer_lock.release()
 
-    def withdraw(self, future: Future[int]) -> bool:
+    def withdraw(self, future: Future[int] | asyncio.Future[int]) -> bool:
         """Withdraw a submitted job no leader has taken yet; False once one has (its
         result is then moments away and must be awaited)."""
-        if not isinstance(future, _JobFuture):
+        if not isinstance(future, _JobFuture | _LoopFuture):
             raise TypeError("withdraw takes a future that submit returned")
         pending = future.pending
         with self._claim_lock:
