@@ -9,6 +9,7 @@ outside the safe range, and nesting deeper than orjson writes.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -16,8 +17,10 @@ import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.responses import JSONResponse
 
-from execgate.jose import canonical_json
+from execgate.jose import canonical_json, compact_json
+from execgate.server._http import JsonResponse
 
 # Characters where the orders or the escaping could differ: controls, the quote and
 # backslash, DEL, the top of the BMP below the surrogates, private use (U+E000+), the
@@ -162,3 +165,32 @@ def test_nesting_deeper_than_orjson_writes_is_still_canonical() -> None:
     with pytest.raises(orjson.JSONEncodeError):
         orjson.dumps(deep, option=orjson.OPT_SORT_KEYS)
     assert canonical_json(deep) == rfc8785.dumps(deep)
+
+
+def _stdlib_compact(value: Any) -> bytes | None:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except (ValueError, TypeError):  # NaN/infinity; a lone surrogate; a non-JSON type
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=json_values)
+def test_compact_json_equals_the_stdlib_encoder(value: Any) -> None:
+    """compact_json (orjson for plain values) writes what json.dumps writes, and what
+    Starlette's JSONResponse would send; NaN and infinity are refused, never null."""
+    expected = _stdlib_compact(value)
+    try:
+        ours: bytes | None = compact_json(value)
+    except (ValueError, TypeError):
+        ours = None
+    assert ours == expected
+    if expected is not None:
+        assert JsonResponse(value).body == JSONResponse(value).body
+
+
+@pytest.mark.parametrize("value", [float("nan"), {"a": [float("inf")]}, -float("inf")])
+def test_compact_json_refuses_what_json_cannot_carry(value: Any) -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        compact_json(value)

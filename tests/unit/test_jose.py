@@ -85,6 +85,7 @@ def test_exported_names() -> None:
         "b64url_decode",
         "b64url_encode",
         "canonical_json",
+        "compact_json",
         "encode",
         "jwk_thumbprint",
         "loads_strict",

@@ -16,13 +16,29 @@ from starlette.responses import JSONResponse, Response
 
 from execgate.errors import AuditError, JoseError, StoreError
 from execgate.home import ServerConfig
-from execgate.jose import loads_strict
+from execgate.jose import compact_json, loads_strict
 
-__all__ = ["Handler", "HttpError", "error_response", "handled", "read_body", "read_json"]
+__all__ = [
+    "Handler",
+    "HttpError",
+    "JsonResponse",
+    "error_response",
+    "handled",
+    "read_body",
+    "read_json",
+]
 
 JSON_TYPE: Final = "application/json"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class JsonResponse(JSONResponse):
+    """A JSON response written by ``jose.compact_json``: the same compact bytes as
+    Starlette's own, several times faster for plain content."""
+
+    def render(self, content: Any) -> bytes:
+        return compact_json(content)
 
 
 class HttpError(Exception):
@@ -40,8 +56,8 @@ class HttpError(Exception):
 
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
+) -> JsonResponse:
+    return JsonResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
 

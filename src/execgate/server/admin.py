@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from execgate._admin_log import PolicyReload, admin_record, append_admin_record
@@ -57,7 +57,7 @@ from execgate.admin import FORBIDDEN, UNAUTHENTICATED, AdminError, AdminToken, a
 from execgate.admin import verify_admin_token as _verify_token
 from execgate.approvals import Pending, Review, quorum_met, tally
 from execgate.errors import ApprovalError, EvidenceError
-from execgate.server._http import HttpError, handled, read_body, read_json
+from execgate.server._http import HttpError, JsonResponse, handled, read_body, read_json
 from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ async def list_approvals(request: Request) -> Response:
             found.append({**pending.to_json(), **_state(gateway, pending, reviews, now)})
         return found
 
-    return JSONResponse({"approvals": await run_in_threadpool(listing)})
+    return JsonResponse({"approvals": await run_in_threadpool(listing)})
 
 
 async def show_approval(request: Request) -> Response:
@@ -259,7 +259,7 @@ async def show_approval(request: Request) -> Response:
             "reviews": [r.to_json() for r in reviews],
         }
 
-    return JSONResponse(await run_in_threadpool(show))
+    return JsonResponse(await run_in_threadpool(show))
 
 
 async def post_review(request: Request) -> Response:
@@ -288,7 +288,7 @@ async def post_review(request: Request) -> Response:
             **_state(gateway, after, reviews, now),
         }
 
-    return JSONResponse(await run_in_threadpool(review))
+    return JsonResponse(await run_in_threadpool(review))
 
 
 # -- revocations ------------------------------------------------------------------------
@@ -362,7 +362,7 @@ async def post_revocation(request: Request) -> Response:
                 }
         return doc
 
-    return JSONResponse(await run_in_threadpool(revoke))
+    return JsonResponse(await run_in_threadpool(revoke))
 
 
 # -- policy reload ----------------------------------------------------------------------
@@ -396,7 +396,7 @@ async def post_reload(request: Request) -> Response:
             f"the policy was refused; {done.previous_hash} stays in force: {done.error}",
         )
     everywhere = signal_supervisor()
-    return JSONResponse(
+    return JsonResponse(
         {
             "reloaded": True,
             "policy_hash": done.policy_hash,
@@ -516,7 +516,7 @@ async def get_consistency(request: Request) -> Response:
             "proof": [encode(h) for h in proof],
         }
 
-    return JSONResponse(await run_in_threadpool(prove))
+    return JsonResponse(await run_in_threadpool(prove))
 
 
 ROUTES: Final[list[BaseRoute]] = [

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from execgate.errors import EvidenceError, RequestError
@@ -33,7 +33,7 @@ from execgate.home import ServerConfig, load_config
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, metrics
-from execgate.server._http import HttpError, error_response, handled, read_json
+from execgate.server._http import HttpError, JsonResponse, error_response, handled, read_json
 from execgate.server.openapi import openapi_document
 from execgate.store.base import LogEntry
 from execgate.submission import MAX_REQUEST_BYTES, Submission
@@ -86,7 +86,7 @@ async def post_decision(request: Request) -> Response:
     # request cannot stall every other one.
     submission = parse() if small else await run_in_threadpool(parse)
     decision = await gateway.decide_async(submission)
-    return JSONResponse(decision.to_json())
+    return JsonResponse(decision.to_json())
 
 
 def _decision_id(request: Request) -> str:
@@ -106,7 +106,7 @@ async def get_decision(request: Request) -> Response:
     decided, outcome = await run_in_threadpool(lookup)
     if decided is None:
         raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
-    return JSONResponse(
+    return JsonResponse(
         {
             "decision_id": decision_id,
             "decision": _record(decided),
@@ -147,7 +147,7 @@ async def post_outcome(request: Request) -> Response:
             raise HttpError(400, "request.invalid", str(exc)) from exc
 
     index = await run_in_threadpool(report)
-    return JSONResponse({"decision_id": decision_id, "log_index": index})
+    return JsonResponse({"decision_id": decision_id, "log_index": index})
 
 
 # -- audit ------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ async def get_checkpoint(request: Request) -> Response:
         return log.checkpoint(now=int(now())), log.size()
 
     note, size = await run_in_threadpool(checkpoint)
-    return JSONResponse({"origin": log.origin, "size": size, "checkpoint": note})
+    return JsonResponse({"origin": log.origin, "size": size, "checkpoint": note})
 
 
 def _query_int(request: Request, name: str, default: int | None) -> int | None:
@@ -187,7 +187,7 @@ async def get_entries(request: Request) -> Response:
         return size, stop, list(store.entries(start, stop)) if start < stop else []
 
     size, stop, entries = await run_in_threadpool(page)
-    return JSONResponse(
+    return JsonResponse(
         {
             "start": start,
             "end": max(start, stop),
@@ -214,14 +214,14 @@ async def get_proof(request: Request) -> Response:
             raise HttpError(404, "audit.index_not_found", str(exc)) from exc
 
     text = await run_in_threadpool(evidence)
-    return JSONResponse({"index": index, "format": "c2sp-tlog-proof", "evidence": text})
+    return JsonResponse({"index": index, "format": "c2sp-tlog-proof", "evidence": text})
 
 
 # -- health and description -------------------------------------------------------------
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "alive"})
+    return JsonResponse({"status": "alive"})
 
 
 async def readyz(request: Request) -> Response:
@@ -239,11 +239,11 @@ async def readyz(request: Request) -> Response:
         detail = await run_in_threadpool(check)
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         return error_response(503, "not_ready", f"{type(exc).__name__}: {exc}")
-    return JSONResponse({"status": "ready", "gateway": gateway.gateway_id, **detail})
+    return JsonResponse({"status": "ready", "gateway": gateway.gateway_id, **detail})
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+    return JsonResponse(openapi_document())
 
 
 ROUTES: Final = [

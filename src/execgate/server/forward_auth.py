@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from execgate.adapters.http import (
@@ -62,7 +62,7 @@ from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.proofs import MAX_PROOF_BYTES
 from execgate.receipts import MAX_RECEIPT_BYTES
-from execgate.server._http import HttpError, handled, read_body
+from execgate.server._http import HttpError, JsonResponse, handled, read_body
 from execgate.server._spec import COMMON_ERRORS, error, json_body, ref
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 
@@ -194,13 +194,19 @@ def _runtime(headers: Mapping[str, str], artifact: str | None) -> str:
     if RUNTIME_HEADER.lower() in headers:
         return headers[RUNTIME_HEADER.lower()]
     if artifact:
-        try:
-            subject = parse_unverified(artifact, max_size=MAX_ARTIFACT_BYTES).claims.get("sub")
-        except (JoseError, ValueError, RecursionError):
-            subject = None
-        if isinstance(subject, str) and subject:
-            return subject
+        return _unverified_subject(artifact)
     return UNKNOWN_RUNTIME
+
+
+@functools.lru_cache(maxsize=1024)
+def _unverified_subject(artifact: str) -> str:
+    """The ``sub`` of an artifact, parsed only (cached: a runtime presents the same
+    artifact call after call, and the pipeline verifies it anyway)."""
+    try:
+        subject = parse_unverified(artifact, max_size=MAX_ARTIFACT_BYTES).claims.get("sub")
+    except (JoseError, ValueError, RecursionError):
+        subject = None
+    return subject if isinstance(subject, str) and subject else UNKNOWN_RUNTIME
 
 
 def _header_value(value: str | None, what: str) -> str:
@@ -217,14 +223,14 @@ def _answer(decision: Decision) -> Response:
         "Execgate-Outcome": decision.outcome.value,
     }
     if decision.outcome is Outcome.PROCEED:
-        return JSONResponse(decision.to_json(), headers=headers)
+        return JsonResponse(decision.to_json(), headers=headers)
     if decision.outcome is Outcome.REROUTE:
         headers["Execgate-Route"] = _header_value(decision.route, "route target")
-        return JSONResponse(decision.to_json(), headers=headers)
+        return JsonResponse(decision.to_json(), headers=headers)
     headers[_REASON] = decision.reasons[0].code if decision.reasons else "internal.error"
     if decision.approval_id is not None:
         headers["Execgate-Approval"] = _header_value(decision.approval_id, "approval id")
-    return JSONResponse(decision.to_json(), status_code=403, headers=headers)
+    return JsonResponse(decision.to_json(), status_code=403, headers=headers)
 
 
 async def forward_auth(request: Request) -> Response:
