@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from test_server_process import START_TIMEOUT, Server, _decide, serve
 from execgate.home import ServerConfig
 from execgate.server import create_app
 from execgate.server._limits import uvicorn_options
+from execgate.server.metrics import Metrics
 from execgate.store.sqlite import SQLiteStore
 
 READ_TIMEOUT = 20.0  # generous: a loaded machine must not fail the test
@@ -263,18 +264,24 @@ def test_a_decision_still_works_within_the_limits(kit: Kit, server: Server) -> N
     assert access[1]["decision_id"] == decision["decision_id"]
 
 
+# ``execgate serve`` as the CLI runs it: inside ``multiprocess_dir()``, so the workers'
+# counters are summed at every scrape.
+_WITH_SHARED_METRICS = (
+    "import sys\n"
+    "from execgate.cli import main\n"
+    "from execgate.server.metrics import multiprocess_dir\n"
+    "with multiprocess_dir():\n"
+    "    code = main(sys.argv[1:])\n"
+    "sys.exit(code)\n"
+)
+
+
 def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
     """``execgate serve --workers 2`` inside ``multiprocess_dir()``: whichever worker
     answers /metrics counts the decisions of both."""
-    wrapper = (
-        "import sys\n"
-        "from execgate.cli import main\n"
-        "from execgate.server.metrics import multiprocess_dir\n"
-        "with multiprocess_dir():\n"
-        "    code = main(sys.argv[1:])\n"
-        "sys.exit(code)\n"
+    monkeypatch.setattr(
+        test_server_process, "_EXECGATE", (sys.executable, "-c", _WITH_SHARED_METRICS)
     )
-    monkeypatch.setattr(test_server_process, "_EXECGATE", (sys.executable, "-c", wrapper))
     with serve(kit, workers=2) as server:
         decided = 0
         pids: set[int] = set()
@@ -297,17 +304,43 @@ def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyP
         assert server.stop() == 0
 
 
-def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:
-    """The protocol's own overload answer (uvicorn's is plain text), on a real uvicorn
-    server in a thread with a limit of one: the connection asking is already one."""
-    server_config = ServerConfig()
-    options = {**uvicorn_options(server_config), "limit_concurrency": 1, "log_config": None}
-    app = create_app(open_gateway=kit.gateway, server=server_config)
+def test_refusals_below_the_app_are_counted(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """431, 400 and 408 never reach a route, so the access log's request counts miss
+    them: each is counted by code in execgate_http_refused_total, whichever worker
+    refused it and whichever answers the scrape."""
+    monkeypatch.setattr(
+        test_server_process, "_EXECGATE", (sys.executable, "-c", _WITH_SHARED_METRICS)
+    )
+    pad = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    sent = {
+        "request.headers_too_large": b"GET /healthz HTTP/1.1\r\nHost: gw\r\n" + pad * 20,
+        "request.malformed": b"GET /healthz HTTP/1.1\r\nBad Header\x00: x\r\n\r\n",
+        "request.timeout": b"GET /healthz HTTP/1.1\r\nHost: gw\r\n",  # never ends
+    }
+    with serve(kit, workers=2) as server:
+        for code, request in sent.items():
+            with closing(_connect(server)) as sock:
+                with suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(request)
+                _, _, body = _parse(_read_all(sock))
+            assert body["error"]["code"] == code
+        for _ in range(4):  # fresh connections: either worker answers
+            text = httpx.get(server.url + "/metrics", timeout=10.0).text
+            for code in sent:
+                assert f'execgate_http_refused_total{{code="{code}"}} 1.0' in text
+            assert 'execgate_http_refused_total{code="server.overloaded"}' not in text
+        assert server.stop() == 0
+
+
+@contextmanager
+def _in_thread(app: Any, **options: Any) -> Iterator[int]:
+    """A real uvicorn server for ``app`` in a thread, with the limits' protocol; yields
+    its port."""
+    config_options = {**uvicorn_options(ServerConfig()), "log_config": None, **options}
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="off", **options)
-        running = uvicorn.Server(config)
+        running = uvicorn.Server(uvicorn.Config(app, **config_options))
         thread = threading.Thread(target=running.run, kwargs={"sockets": [listener]})
         thread.start()
         try:
@@ -315,12 +348,44 @@ def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:
             while not running.started and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert running.started
-            with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-                status, headers, body = _parse(_read_all(sock))
+            yield port
         finally:
             running.should_exit = True
             thread.join(timeout=15)
+
+
+def _ask(port: int, request: bytes) -> tuple[int, dict[str, str], Any]:
+    with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
+        sock.sendall(request)
+        return _parse(_read_all(sock))
+
+
+def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:
+    """The protocol's own overload answer (uvicorn's is plain text), on a real uvicorn
+    server in a thread with a limit of one: the connection asking is already one."""
+    app = create_app(open_gateway=kit.gateway, server=ServerConfig())
+    with _in_thread(app, lifespan="off", limit_concurrency=1) as port:
+        status, headers, body = _ask(port, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert status == 503
     assert headers["connection"] == "close"
     assert body["error"]["code"] == "server.overloaded"
+
+
+def test_a_refusal_is_answered_even_when_counting_it_fails(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted: list[str] = []
+
+    def broken(self: Metrics, code: str) -> None:
+        counted.append(code)
+        raise RuntimeError("the metrics are broken")
+
+    monkeypatch.setattr(Metrics, "refusal", broken)
+    app = create_app(open_gateway=kit.gateway, server=ServerConfig())
+    with _in_thread(app, lifespan="on") as port:
+        status, _, body = _ask(port, b"GET /healthz HTTP/1.1\r\nBad Header\x00: x\r\n\r\n")
+        after, _, _ = _ask(port, b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert counted == ["request.malformed"]  # the lifespan handed the counter over
+    assert status == 400
+    assert body["error"]["code"] == "request.malformed"
+    assert after == 200

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import suppress
 from functools import partial
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ from uvicorn.server import ServerState
 
 from execgate.home import ServerConfig
 from execgate.server import logs
+from execgate.server.metrics import REFUSALS_STATE
 
 __all__ = ["BACKLOG", "LIMIT_CONCURRENCY", "LimitedHttpToolsProtocol", "uvicorn_options"]
 
@@ -214,8 +216,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer with a typed error and close; nothing reaches the app."""
+        """Answer with a typed error and close; nothing reaches the app. Counted in
+        the app's metrics when its lifespan handed over the counter."""
         self.logger.warning("refused a request: %d %s", status, code)
+        count = self.app_state.get(REFUSALS_STATE)
+        if callable(count):
+            with suppress(Exception):  # a count must never stop the answer
+                count(code)
         self._refused = True
         self._disarm()
         if self.flow is not None:

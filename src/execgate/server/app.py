@@ -284,13 +284,15 @@ def create_app(
     open_gateway = telemetry.observing(open_gateway)  # counts and times every decision
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         gateway = open_gateway()
         app.state.gateway = gateway
         # SIGHUP reloads the policy (in a served process's main thread; see admin).
         uninstall = admin.install_reload_signal(gateway)
         try:
-            yield
+            # The server's lifespan state reaches each connection's protocol, which
+            # counts what it refuses before any route sees it (server._limits).
+            yield {metrics.REFUSALS_STATE: telemetry.refusal}
         finally:
             uninstall()
             app.state.gateway = None

@@ -13,6 +13,10 @@ What is counted, and why these labels:
   ``execgate_http_request_duration_seconds{method, route}``: by route *template*
   (``/v1/decisions/{decision_id}``), never the raw path, and with unknown methods as
   ``other``: ids and probes do not create series.
+- ``execgate_http_refused_total{code}``: requests refused below the app, before any
+  route saw them (``server._limits``: 431 ``request.headers_too_large``, 408
+  ``request.timeout``, 400 ``request.malformed``, 503 ``server.overloaded``), so a
+  flood of oversized or stalled requests shows; the codes are a closed set.
 - ``execgate_audit_log_entries``, ``execgate_replay_store_entries``,
   ``execgate_pending_approvals``: the shared state, read from the store at scrape time
   (not kept per process: with several workers each would hold a stale copy), and
@@ -73,6 +77,7 @@ __all__ = [
     "ERROR_CODES",
     "MULTIPROC_ENV",
     "PATHS",
+    "REFUSALS_STATE",
     "ROUTES",
     "SCHEMAS",
     "Instrumented",
@@ -81,6 +86,9 @@ __all__ = [
 ]
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+# The key under which the app's lifespan state hands ``Metrics.refusal`` to the protocol
+# (uvicorn passes that state to each connection's protocol: server._limits).
+REFUSALS_STATE: Final = "execgate.refusals"
 _OUTCOMES: Final = frozenset(o.value for o in Outcome)
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STAGE_BUCKETS: Final = (
@@ -176,6 +184,12 @@ class Metrics:
             buckets=_HTTP_BUCKETS,
             registry=registry,
         )
+        self.refused = Counter(
+            "execgate_http_refused",
+            "requests refused below the app (header size and time, malformed, overload)",
+            ["code"],
+            registry=registry,
+        )
         self._stage_timers: dict[str, Histogram] = {}
         self._gauges = _StoreGauges(gateway, now)
         self._registry = registry
@@ -213,6 +227,10 @@ class Metrics:
         method = method if method in _METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
+
+    def refusal(self, code: str) -> None:
+        """Count one request refused below the app (``server._limits``)."""
+        self.refused.labels(code if code in REFUSAL_CODES else "other").inc()
 
     def render(self) -> bytes:
         """The text exposition of everything (blocking: the gauges read the store)."""
@@ -298,9 +316,10 @@ PATHS: Final[dict[str, Any]] = {
             "summary": "Prometheus metrics (text exposition format)",
             "description": (
                 "Decisions by outcome and reason, stage latency, HTTP requests by route"
-                " template and status, audit log size, replay store size, pending"
-                " approvals. With a store that is down the store gauges are absent and"
-                " execgate_store_up is 0; the counters are still served."
+                " template and status, requests refused below the app by code, audit"
+                " log size, replay store size, pending approvals. With a store that is"
+                " down the store gauges are absent and execgate_store_up is 0; the"
+                " counters are still served."
             ),
             "responses": {
                 "200": {
@@ -324,3 +343,5 @@ ERROR_CODES: Final[list[str]] = [
     "request.malformed",
     "server.overloaded",
 ]
+# What server._limits refuses with (execgate_http_refused_total's closed label set).
+REFUSAL_CODES: Final = frozenset(ERROR_CODES)
