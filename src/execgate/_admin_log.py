@@ -23,13 +23,17 @@ of ``execgate serve`` reloads its own), and only then swaps the gateway's policy
 in one attribute assignment: a decision that already holds the old ``Policy`` object
 keeps it. An invalid file is refused (``policy.reload_refused``, logged and written to
 the ``execgate.server`` logger); the old policy stays in force. A reload whose record
-cannot be appended changes nothing either.
+cannot be appended changes nothing either. For a gateway opened with a
+``policy_in_force`` file (``execgate serve``), an accepted policy's text is written
+there before the record (a reload that cannot write it is refused), so a worker started
+later loads the policy in force, not the file as it is by then.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -158,7 +162,8 @@ def reload_policy(
     and ``StoreError``/``AuditError`` when the record cannot be appended (the old policy
     then stays in force).
     """
-    from execgate.policy import load_policy
+    from execgate.keyfile import atomic_write
+    from execgate.policy.loader import pin_policy, read_policy
 
     source = gateway.policy_source
     if source is None:
@@ -187,20 +192,31 @@ def reload_policy(
                 ),
             )
 
+        pinned = gateway.policy_in_force
+        previous_text: bytes | None = None
         try:
-            new = load_policy(path, targets=targets)
+            new, text = read_policy(path, targets=targets)
+            if pinned is not None:  # the service's other and later workers load this one
+                previous_text = pinned.read_bytes() if pinned.exists() else None
+                pin_policy(pinned, text)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
             _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
             index = record("refused", "policy.reload_refused", error, policy_hash=old.hash)
             return PolicyReload(False, old.hash, old.hash, index, error)
-        index = record(
-            "done",
-            "policy.reloaded",
-            f"policy {old.hash} replaced by {new.hash} ({path})",
-            previous_policy_hash=old.hash,
-            policy_hash=new.hash,
-        )
+        try:
+            index = record(
+                "done",
+                "policy.reloaded",
+                f"policy {old.hash} replaced by {new.hash} ({path})",
+                previous_policy_hash=old.hash,
+                policy_hash=new.hash,
+            )
+        except BaseException:
+            if pinned is not None and previous_text is not None:  # not reloaded after all
+                with suppress(Exception):
+                    atomic_write(pinned, previous_text, mode=0o600)
+            raise
         gateway.policy = new  # one assignment: decisions in flight keep the object they hold
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
         return PolicyReload(True, old.hash, new.hash, index)

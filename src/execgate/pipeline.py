@@ -35,7 +35,9 @@ from execgate.jose import PrivateKey, canonical_json
 from execgate.keyfile import read_private_key
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
-from execgate.policy import Policy, load_policy
+from execgate.policy import Policy, parse_policy
+from execgate.policy._yaml import read_text
+from execgate.policy.loader import pin_policy, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
@@ -108,6 +110,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         # The policy file and reroute targets ``open`` loaded the policy from (None when
         # the gateway was built directly: nothing to reload), and what serializes reloads.
         self.policy_source: tuple[Path, frozenset[str]] | None = None
+        self.policy_in_force: Path | None = None  # see ``open``
         self.reload_lock = threading.Lock()
         # Called with each decision made and the seconds spent in each stage (metrics);
         # None (the default) costs nothing. It cannot change or fail a decision: it runs
@@ -135,17 +138,39 @@ class Gateway(ApprovalFlow, OutcomeLog):
 
     @classmethod
     def open(
-        cls, home: Path, *, now: Callable[[], float] = time.time, store: Store | None = None
+        cls,
+        home: Path,
+        *,
+        now: Callable[[], float] = time.time,
+        store: Store | None = None,
+        policy_in_force: Path | None = None,
     ) -> Gateway:
         """Open the gateway described by a home directory (see ``execgate init``).
 
         ``store`` replaces the home's SQLite store (tests, or a store known to be down).
         The ``[approvals]`` hooks of the config become the ``notify`` hook (a ``Notifier``).
+
+        ``policy_in_force`` names the file that holds the policy in force for a service
+        of several processes (``execgate serve``): when it exists, the policy is read
+        from it, not from the home's policy file, so a worker started later (to replace
+        one that died) runs what the others run, even if the file on disk has been
+        edited, or broken, without a reload since. When it does not exist yet, the home's
+        policy is loaded and its text written there. ``reload_policy`` replaces it.
         """
         config = load_config(home)
         node_key = read_private_key(config.node_key)
         trust = TrustStore.load(config.trust)
-        policy = load_policy(config.policy, targets=config.targets.keys())
+        targets = config.targets.keys()
+        if policy_in_force is not None and policy_in_force.exists():
+            policy = parse_policy(
+                read_text(policy_in_force),
+                source=f"{config.policy} (in force: {policy_in_force})",
+                targets=targets,
+            )
+        else:
+            policy, text = read_policy(config.policy, targets=targets)
+            if policy_in_force is not None:
+                pin_policy(policy_in_force, text)
         notifier = None
         if config.notify_command is not None or config.notify_url is not None:
             from execgate.notify import Notifier
@@ -170,6 +195,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             notify=notifier,
         )
         gateway.policy_source = (config.policy, frozenset(config.targets))
+        gateway.policy_in_force = policy_in_force
         return gateway
 
     def guard(

@@ -170,3 +170,45 @@ def test_sighup_reloads_a_single_process_server(kit: Kit) -> None:
             == "admin.unauthenticated"
         )
         assert server.stop() == 0
+
+
+def _replaced(server: Server, kit: Kit, gone: int) -> set[int]:
+    """The two workers, once the supervisor has replaced ``gone`` and both serve."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        assert server.proc.poll() is None, server.stderr()
+        workers = _workers(server, kit)
+        if gone not in workers:
+            return workers
+        time.sleep(0.1)
+    pytest.fail(f"worker {gone} was not replaced")
+
+
+def test_a_replaced_worker_runs_the_policy_in_force_not_the_file(kit: Kit) -> None:
+    """A worker killed (SIGKILL) is replaced by the supervisor; the new one loads the
+    policy the others run, not the file as it is now: neither a broken file (which
+    would fail its start, and with it the service) nor an edit never reloaded."""
+    policy = kit.home / "policy.yaml"
+    with serve(kit, workers=2) as server:
+        workers = _workers(server, kit)
+        old = _hash(server, kit)
+
+        policy.write_text("version: 1\nrules: []\n")  # broken, and never reloaded
+        os.kill(min(workers), signal.SIGKILL)
+        workers = _replaced(server, kit, min(workers))
+        assert {_hash(server, kit) for _ in range(12)} == {old}
+
+        edited = POLICY.replace("refunds are manual", "refunds wait for finance")
+        policy.write_text(edited)  # valid, and never reloaded either
+        os.kill(max(workers), signal.SIGKILL)
+        workers = _replaced(server, kit, max(workers))
+        assert {_hash(server, kit) for _ in range(12)} == {old}
+        assert _reloads(server) == []
+
+        server.proc.send_signal(signal.SIGHUP)  # now it is reloaded, by every worker
+        reloaded = _wait_for(server, 2)
+        assert {r["worker"] for r in reloaded} == workers
+        new = reloaded[0]["policy_hash"]
+        assert new != old
+        assert {_hash(server, kit) for _ in range(12)} == {new}
+        assert server.stop() == 0

@@ -20,6 +20,13 @@ keeping the old policy. With one worker, uvicorn serves in this process and its 
 is the one. ``$EXECGATE_SUPERVISOR_PID`` tells the workers whom to signal when a reload
 comes over HTTP, so it reaches every worker, not only the one that answered.
 
+One policy is in force for the whole service. A worker that dies is replaced by the
+supervisor, and the new worker must not run whatever the policy file holds by then (an
+edit not yet reloaded, or a broken file, which would fail its start and with it the
+whole service): the policy text this process validated at start is pinned in a private
+file (``$EXECGATE_POLICY_IN_FORCE``, see ``Gateway.open``) that every worker loads, and
+each accepted reload replaces it.
+
 Metrics add up across workers: before any worker starts, a private directory is made
 for prometheus-client's multiprocess files (``execgate.server.metrics.multiprocess_dir``)
 and removed when the service stops.
@@ -30,11 +37,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from execgate.cli._common import Commands, home_of, note, open_gateway, positive
+
+if TYPE_CHECKING:
+    from execgate.home import ServerConfig
 
 __all__ = ["register"]
 
@@ -84,16 +98,42 @@ def _supervisor_class() -> type[Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from execgate.home import load_config
+
+    home = home_of(args).resolve()
+    with _policy_in_force() as pinned:
+        # Refuse a broken home before binding; pin the policy the workers will run.
+        open_gateway(home, fallback=False, policy_in_force=pinned).close()
+        return _run(args, home, load_config(home).server)
+
+
+@contextlib.contextmanager
+def _policy_in_force() -> Iterator[Path]:
+    """A fresh private directory for the file that holds the service's policy in force
+    (``Gateway.open``), named in ``$EXECGATE_POLICY_IN_FORCE`` for the workers started
+    inside; removed at exit. One already named in the environment is not reused."""
+    from execgate.server.app import POLICY_IN_FORCE_ENV
+
+    directory = Path(tempfile.mkdtemp(prefix="execgate-policy-"))  # mode 0700
+    previous = os.environ.get(POLICY_IN_FORCE_ENV)
+    os.environ[POLICY_IN_FORCE_ENV] = str(directory / "policy.yaml")
+    try:
+        yield directory / "policy.yaml"
+    finally:
+        if previous is None:
+            os.environ.pop(POLICY_IN_FORCE_ENV, None)
+        else:
+            os.environ[POLICY_IN_FORCE_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> int:
     import uvicorn
 
-    from execgate.home import load_config
     from execgate.server._limits import uvicorn_options
     from execgate.server.admin import SUPERVISOR_ENV
     from execgate.server.metrics import multiprocess_dir
 
-    home = home_of(args).resolve()
-    open_gateway(home, fallback=False).close()  # refuse a broken home before binding
-    server_config = load_config(home).server
     os.environ["EXECGATE_HOME"] = str(home)
     if args.workers > 1:
         os.environ[SUPERVISOR_ENV] = str(os.getpid())

@@ -23,7 +23,7 @@ from execgate.policy.conditions import Condition
 from execgate.policy.engine import Policy
 from execgate.policy.model import EFFECTS, MAX_QUORUM, MAX_TTL, NAME_PATTERN, PauseSpec, Rule
 
-__all__ = ["load_policy", "parse_policy"]
+__all__ = ["load_policy", "parse_policy", "pin_policy", "read_policy"]
 
 _TOP_KEYS: Final = frozenset({"version", "rules"})
 _MATCH_KEYS: Final = frozenset({"action", "resource"})
@@ -38,7 +38,22 @@ def load_policy(path: str | Path, *, targets: Collection[str]) -> Policy:
     ``targets`` are the reroute targets the gateway has configured; a rule rerouting
     anywhere else is refused at load.
     """
-    return parse_policy(_yaml.read_text(path), source=str(path), targets=targets)
+    return read_policy(path, targets=targets)[0]
+
+
+def read_policy(path: str | Path, *, targets: Collection[str]) -> tuple[Policy, str]:
+    """``load_policy``, also returning the exact text that was validated (so that text,
+    not whatever the file holds later, can be pinned: ``Gateway.open``)."""
+    text = _yaml.read_text(path)
+    return parse_policy(text, source=str(path), targets=targets), text
+
+
+def pin_policy(path: Path, text: str) -> None:
+    """Write ``text`` (a policy just validated) to ``path`` whole or not at all, private
+    to this user: the policy in force for a service (``Gateway.open``)."""
+    from execgate.keyfile import atomic_write
+
+    atomic_write(path, text.encode("utf-8"), mode=0o600)
 
 
 def parse_policy(text: str, *, source: str, targets: Collection[str]) -> Policy:

@@ -42,6 +42,7 @@ __all__ = [
     "DECISION_BODY_LIMIT",
     "MAX_PAGE",
     "OUTCOME_BODY_LIMIT",
+    "POLICY_IN_FORCE_ENV",
     "app_from_environment",
     "create_app",
 ]
@@ -310,10 +311,20 @@ def create_app(
     return app
 
 
+# Set by ``execgate serve``: the file holding the policy in force for the service (see
+# ``Gateway.open``), so a worker that replaces a dead one runs what the others run.
+POLICY_IN_FORCE_ENV: Final = "EXECGATE_POLICY_IN_FORCE"
+
+
 def app_from_environment() -> Starlette:
     """The app for the home in ``$EXECGATE_HOME`` (the uvicorn factory of ``execgate serve``)."""
     home = os.environ.get("EXECGATE_HOME")
     if not home:
         raise RuntimeError("EXECGATE_HOME is not set; start the service with 'execgate serve'")
     config = load_config(Path(home))
-    return create_app(open_gateway=lambda: Gateway.open(Path(home)), server=config.server)
+    pinned = os.environ.get(POLICY_IN_FORCE_ENV)
+    in_force = Path(pinned) if pinned else None
+    return create_app(
+        open_gateway=lambda: Gateway.open(Path(home), policy_in_force=in_force),
+        server=config.server,
+    )

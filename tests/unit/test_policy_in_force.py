@@ -1,0 +1,112 @@
+"""The policy in force for a service (``Gateway.open(policy_in_force=...)``): pinned at
+the first open, loaded by every later one whatever the file on disk holds, replaced only
+by an accepted reload, and left alone by a refused or failed one."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gatekit import POLICY, Kit, make_kit
+
+from execgate.errors import AuditError, PolicyError
+from execgate.pipeline import Gateway
+from execgate.store.base import WriteJob
+from execgate.store.sqlite import SQLiteStore
+
+EDITED = POLICY.replace("refunds are manual", "refunds need a ticket")
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def pinned(tmp_path: Path) -> Path:
+    directory = tmp_path / "service"
+    directory.mkdir(mode=0o700)
+    return directory / "policy.yaml"
+
+
+def _open(kit: Kit, pinned: Path) -> Gateway:
+    gateway = Gateway.open(kit.home, now=kit.clock, policy_in_force=pinned)
+    kit._gateways.append(gateway)
+    return gateway
+
+
+def test_the_first_open_pins_the_policy_it_loaded(kit: Kit, pinned: Path) -> None:
+    gateway = _open(kit, pinned)
+    assert pinned.read_text(encoding="utf-8") == (kit.home / "policy.yaml").read_text()
+    assert stat.S_IMODE(pinned.stat().st_mode) == 0o600
+    assert gateway.policy.hash == kit.gateway().policy.hash
+
+
+def test_a_later_open_runs_the_pinned_policy_not_the_edited_file(kit: Kit, pinned: Path) -> None:
+    first = _open(kit, pinned)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    assert _open(kit, pinned).policy.hash == first.policy.hash
+    assert kit.gateway().policy.hash != first.policy.hash  # unpinned: the file as it is
+
+
+def test_a_later_open_starts_even_when_the_file_is_broken(kit: Kit, pinned: Path) -> None:
+    first = _open(kit, pinned)
+    (kit.home / "policy.yaml").write_text("version: 1\nrules: []\n", encoding="utf-8")
+    with pytest.raises(PolicyError):
+        kit.gateway()
+    assert _open(kit, pinned).policy.hash == first.policy.hash
+
+
+def test_an_accepted_reload_replaces_the_pin(kit: Kit, pinned: Path) -> None:
+    gateway = _open(kit, pinned)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    done = gateway.reload_policy(via="signal")
+    assert done.reloaded
+    assert pinned.read_text(encoding="utf-8") == EDITED
+    assert _open(kit, pinned).policy.hash == done.policy_hash == gateway.policy.hash
+
+
+def test_a_refused_reload_leaves_the_pin(kit: Kit, pinned: Path) -> None:
+    gateway = _open(kit, pinned)
+    before = pinned.read_bytes()
+    (kit.home / "policy.yaml").write_text("version: 1\nrules: []\n", encoding="utf-8")
+    done = gateway.reload_policy(via="signal")
+    assert not done.reloaded
+    assert pinned.read_bytes() == before
+    assert _open(kit, pinned).policy.hash == gateway.policy.hash == done.policy_hash
+
+
+def test_a_reload_that_cannot_write_the_pin_is_refused(kit: Kit, pinned: Path) -> None:
+    gateway = _open(kit, pinned)
+    old = gateway.policy.hash
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    pinned.unlink()
+    pinned.parent.rmdir()  # nowhere to write it: other workers could not follow
+    done = gateway.reload_policy(via="signal")
+    assert not done.reloaded
+    assert done.error is not None
+    assert "cannot write" in done.error
+    assert gateway.policy.hash == old
+
+
+def test_a_reload_whose_record_fails_restores_the_pin(kit: Kit, pinned: Path) -> None:
+    """The record is what makes a reload happen: when it cannot be appended, the policy
+    stays, and so does the pin (a worker started later must not run what never was)."""
+    gateway = _open(kit, pinned)
+    before = pinned.read_bytes()
+
+    class Down(SQLiteStore):
+        def commit(self, job: WriteJob) -> int:
+            raise AuditError("the log is down")
+
+    gateway.store.close()
+    gateway.store = Down(kit.config.store)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    with pytest.raises(AuditError):
+        gateway.reload_policy(via="signal")
+    assert pinned.read_bytes() == before
+    assert _open(kit, pinned).policy.hash == gateway.policy.hash
