@@ -40,28 +40,111 @@ def validate_glob(pattern: object) -> str:
     return pattern
 
 
-@lru_cache(maxsize=4096)
-def _compile(pattern: str, *, probe: bool = False) -> re.Pattern[str]:
-    # In probe mode a single '*' must not swallow the '**' sentinel (see glob_covers).
-    one_segment = f"[^{re.escape(_SEPARATORS)}{_ANY if probe else ''}]*"
-    out = []
-    i = 0
+class _Automaton:
+    """A glob run as a bit-parallel NFA, in time linear in the value's length whatever
+    the pattern. Bit ``i`` of the state means "the first ``i`` tokens match what has
+    been read"; a wildcard may also match nothing, and as ``***`` is refused no two
+    wildcards are adjacent, so one shift closes a state over that."""
+
+    __slots__ = ("_any", "_final", "_literal", "_segment", "_star", "_stops")
+
+    def __init__(self, pattern: str, *, probe: bool) -> None:
+        literal: dict[str, int] = {}
+        any_mask = segment = 0
+        i = position = 0
+        while i < len(pattern):
+            if pattern.startswith("**", i):
+                any_mask |= 1 << position
+                i += 2
+            elif pattern[i] == "*":
+                segment |= 1 << position
+                i += 1
+            else:
+                literal[pattern[i]] = literal.get(pattern[i], 0) | 1 << position
+                i += 1
+            position += 1
+        self._literal = literal
+        self._any = any_mask
+        self._segment = segment
+        self._star = any_mask | segment
+        self._final = 1 << position
+        # What a one-segment '*' cannot match (in probe mode also the '**' sentinel).
+        self._stops = frozenset(_SEPARATORS + (_ANY if probe else ""))
+
+    def fullmatch(self, value: str) -> bool:
+        literal, any_mask, segment, star = self._literal, self._any, self._segment, self._star
+        stops = self._stops
+        state = 1 | (1 & star) << 1
+        for char in value:
+            moved = ((state & literal.get(char, 0)) << 1) | (state & any_mask)
+            if char not in stops:
+                moved |= state & segment
+            state = moved | (moved & star) << 1
+            if not state:
+                return False
+        return bool(state & self._final)
+
+
+class _Regex:
+    """A glob as a regular expression: the fast way for the patterns where backtracking
+    stays polynomial of low degree (see ``_matcher``)."""
+
+    __slots__ = ("_regex",)
+
+    def __init__(self, pattern: str, *, probe: bool) -> None:
+        # In probe mode a single '*' must not swallow the '**' sentinel (see glob_covers).
+        one_segment = f"[^{re.escape(_SEPARATORS)}{_ANY if probe else ''}]*"
+        out = []
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif pattern[i] == "*":
+                out.append(one_segment)
+                i += 1
+            else:
+                out.append(re.escape(pattern[i]))
+                i += 1
+        self._regex = re.compile("".join(out), re.DOTALL)
+
+    def fullmatch(self, value: str) -> bool:
+        return self._regex.fullmatch(value) is not None
+
+
+def _open_ended(pattern: str) -> int:
+    """How many wildcards of ``pattern`` may end at more than one place in a value: every
+    ``**``, and each ``*`` not followed by a separator or the end (one that is must end
+    exactly at the next separator, or the end)."""
+    count = i = 0
     while i < len(pattern):
         if pattern.startswith("**", i):
-            out.append(".*")
+            count += 1
             i += 2
         elif pattern[i] == "*":
-            out.append(one_segment)
             i += 1
+            if i < len(pattern) and pattern[i] not in _SEPARATORS:
+                count += 1
         else:
-            out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out), re.DOTALL)
+    return count
+
+
+@lru_cache(maxsize=4096)
+def _matcher(pattern: str, *, probe: bool = False) -> _Regex | _Automaton:
+    """The regex when at most one wildcard is open-ended: the engine then backtracks over
+    that one wildcard's ends only, each tried in linear time, so a value of the longest
+    allowed length costs about a million steps at worst. Otherwise the automaton: with
+    two or more, backtracking multiplies (``*a*a*a*b`` against 1,000 ``a`` ran for
+    minutes), and one request could stall a worker."""
+    if _open_ended(pattern) <= 1:
+        return _Regex(pattern, probe=probe)
+    return _Automaton(pattern, probe=probe)
 
 
 def glob_match(pattern: str, value: str) -> bool:
     """True when ``value`` matches ``pattern`` as a whole."""
-    return _compile(validate_glob(pattern)).fullmatch(value) is not None
+    return _matcher(validate_glob(pattern)).fullmatch(value)
 
 
 # Sentinels standing for the wildcards of the inner pattern in glob_covers.
@@ -83,4 +166,4 @@ def glob_covers(outer: str, inner: str) -> bool:
     if "\x00" in inner or "\x01" in inner:
         return False
     probe = inner.replace("**", _ANY).replace("*", _SEGMENT)
-    return _compile(outer, probe=True).fullmatch(probe) is not None
+    return _matcher(outer, probe=True).fullmatch(probe)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from execgate import _glob
 from execgate._glob import glob_covers, glob_match, validate_glob
 
 
@@ -175,3 +176,57 @@ def test_glob_covers_itself_and_everything_is_covered_by_double_star(pattern: st
 )
 def test_literal_globs_cover_exactly_themselves(outer: str, inner: str) -> None:
     assert glob_covers(outer, inner) is (outer == inner)
+
+
+# --- the two matchers agree; the automaton takes what would backtrack -------------------
+
+_PROBE_CHARS = _ANY_CHARS + "\x00\x01"  # glob_covers' probe strings hold the sentinels
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    pattern=patterns,
+    value=st.text(_PROBE_CHARS, max_size=10),
+    probe=st.booleans(),
+)
+def test_the_automaton_and_the_regex_agree(pattern: str, value: str, probe: bool) -> None:
+    """Every pattern, either way: the automaton is held to the regex it stands in for."""
+    if not probe:
+        value = value.replace("\x00", "").replace("\x01", "")
+    regex = _glob._Regex(pattern, probe=probe).fullmatch(value)
+    assert _glob._Automaton(pattern, probe=probe).fullmatch(value) is regex
+
+
+@pytest.mark.parametrize(
+    ("pattern", "kind"),
+    [
+        ("payments.*", _glob._Regex),
+        ("acct:**", _glob._Regex),
+        ("files:/tmp/**/*.log", _glob._Regex),  # '*' before '.' ends at the '.'
+        ("acct:*:**", _glob._Regex),
+        ("a*b", _glob._Regex),
+        ("*a*b", _glob._Automaton),
+        ("**a**b", _glob._Automaton),
+        ("**/secrets/**", _glob._Automaton),
+    ],
+)
+def test_patterns_whose_wildcards_can_overlap_take_the_automaton(
+    pattern: str, kind: type[object]
+) -> None:
+    assert type(_glob._matcher(pattern)) is kind
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matching"),
+    [
+        ("*a*a*a*b", "a" * 1000, "a" * 999 + "b"),  # backtracking: minutes on one worker
+        ("**a**a**b", "a" * 1000, "a" * 999 + "b"),
+        ("**:**:**:x", ":" * 1000, ":" * 999 + "x"),
+        ("*-*-*.exec", "-" * 1000, "-" * 995 + ".exec"),
+    ],
+)
+def test_adversarial_values_are_matched_in_one_pass(
+    pattern: str, value: str, matching: str
+) -> None:
+    assert glob_match(pattern, value) is False
+    assert glob_match(pattern, matching) is True
