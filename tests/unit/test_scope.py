@@ -32,6 +32,8 @@ from execgate.scope import Constraint, Grant, check_scope, parse_grants
         ({"prefix": ["a"]}, "must be a string"),
         ({"pattern": "("}, "not a regex"),
         ({"pattern": "a" * 257}, "longer than"),
+        ({"pattern": r"(a)\1"}, "RE2 syntax"),  # backreference: a backtracking engine's
+        ({"pattern": r"a(?=b)"}, "RE2 syntax"),  # lookahead: likewise
     ],
 )
 def test_constraint_parse_refuses(obj: object, message: str) -> None:
@@ -91,6 +93,10 @@ def test_constraint_accepts_huge_integer_bounds() -> None:
         ({"pattern": "[a-z]+"}, "1abc", "does not match"),
         ({"pattern": "a|b"}, "ab", "does not match"),
         ({"pattern": "[a-z]+"}, 5, "not a string"),
+        ({"pattern": r"[0-9]+"}, "\u0661\u0662", "does not match"),  # Arabic-Indic digits
+        ({"pattern": r"\d+"}, "\u0661\u0662", "does not match"),  # RE2's \d is ASCII
+        ({"pattern": r"\d+"}, "12", None),
+        ({"pattern": "é+"}, "éé", None),  # non-ASCII text matches as text, not as bytes
         ({"prefix": "/tmp/"}, "/tmp/x", None),
         ({"prefix": "/tmp/"}, "/tmp", "does not start with"),
         ({"prefix": ""}, "", None),
@@ -361,3 +367,19 @@ def test_a_constraint_within_another_admits_nothing_more(
     o, i = Constraint.parse("x", outer), Constraint.parse("x", inner)
     if i.within(o) and i.violation(value) is None:
         assert o.violation(value) is None, (outer, inner, value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matches"),
+    [
+        ("(a+)+$", "a" * 100_000 + "!", False),  # exponential for a backtracking engine
+        ("(a|aa)+", "a" * 100_000 + "!", False),
+        ("(.*a){20}", "a" * 100_000, True),
+        ("(.*a){20}", "a" * 100_000 + "b", False),
+    ],
+)
+def test_a_pattern_cannot_stall_the_gateway(pattern: str, value: str, matches: bool) -> None:
+    """A grant's signer picks the pattern and the requester the argument; RE2 answers
+    in time linear in the argument (these would run for ages under ``re``)."""
+    violation = Constraint.parse("path", {"pattern": pattern}).violation(value)
+    assert (violation is None) is matches
