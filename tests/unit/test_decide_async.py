@@ -1,5 +1,6 @@
 """``Gateway.decide_async``: the same decisions as ``decide``, group-committed by the
-store's writer thread, and failing closed when no writer takes the record in time."""
+loop itself (or by whichever thread leads the batch), and failing closed when no writer
+takes the record in time."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import execgate.pipeline as pipeline
 from execgate.errors import AuditError
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
+from execgate.store import sqlite as sqlite_store
 from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
 from execgate.store.unavailable import UnavailableStore
@@ -152,3 +154,35 @@ def test_a_flush_left_on_a_closed_loop_does_not_stall_the_next_loop(kit: Kit) ->
     decision = asyncio.run(gateway.decide_async(kit.submit()))
     assert decision.outcome is Outcome.PROCEED
     assert time.monotonic() - started < 5  # not the 30 s commit timeout
+
+
+def test_a_loop_job_written_by_another_thread_is_told_on_its_loop(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``commit`` caller in another thread may lead the batch that holds a job the
+    loop submitted: the loop's future is then settled on the loop, thread-safely."""
+    store = kit.gateway().store
+    assert isinstance(store, SQLiteStore)
+    settled_in: list[int] = []
+    settle = sqlite_store._LoopFuture.settle
+
+    def recording(future: sqlite_store._LoopFuture, result: int | BaseException) -> None:
+        settled_in.append(threading.get_ident())
+        settle(future, result)
+
+    monkeypatch.setattr(sqlite_store._LoopFuture, "settle", recording)
+
+    def job(name: str) -> WriteJob:
+        return WriteJob(None, 0, None, lambda conflict, index: b"{}", decision_id=name)
+
+    async def submit_then_let_a_thread_write() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        future = store.submit(job("from-the-loop"), loop=loop)
+        assert isinstance(future, asyncio.Future)
+        other = await loop.run_in_executor(None, store.commit, job("from-a-thread"))
+        return await asyncio.wait_for(future, timeout=10), other
+
+    mine, other = asyncio.run(submit_then_let_a_thread_write())
+    assert (mine, other) == (0, 1)  # queued first, so written first, by the thread
+    assert store.size() == 2
+    assert settled_in == [threading.get_ident()]  # asyncio.run's loop runs in this thread
