@@ -26,7 +26,7 @@ from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
 from execgate._state import RECORD_VERSION, DecisionState
 from execgate._timing import TimedState
-from execgate.artifacts import DEFAULT_MAX_DEPTH, ArtifactVerifier
+from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
 from execgate.errors import AuditError, StoreError, VerificationError
@@ -51,12 +51,43 @@ if TYPE_CHECKING:
     from execgate.adapters.guard import Guard
     from execgate.proofs import Runtime
 
-__all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission"]
+__all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission", "policy_view"]
 
 _PURGE_EVERY: Final = 4096
 # How long decide_async waits for a writer to take its record before withdrawing it.
 COMMIT_TIMEOUT: Final = 30.0
 _FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
+
+
+def policy_view(artifact: Artifact) -> dict[str, Any]:
+    """The ``artifact`` a policy condition sees: the presented artifact's claims, except
+    that ``gov`` and ``att`` are the ones its authority signed (the root of a delegation
+    chain). A delegator may add governance and attribution keys to a link (DESIGN §4.2:
+    they are inherited and may only be added to), so a value only a delegator vouches
+    for, a ticket or a ``requested_by``, must never be what lets a request through: a
+    runtime could delegate to itself and claim anything. Every link's own values are in
+    ``chain`` (root first: ``iss``, ``sub``, ``jti``, ``gov``, ``att``), for a rule that
+    means to read what a delegator added; ``size(artifact.chain) > 1`` means delegated.
+    The ``sub`` of a delegated artifact (the request's ``runtime``) is named by its
+    delegator; ``chain[0].sub`` is the subject the authority named."""
+    links = artifact.chain
+    root = links[0]
+    return {
+        "env": {},
+        **artifact.claims,
+        "gov": dict(root.gov),
+        "att": dict(root.claims.get("att", {})),
+        "chain": [
+            {
+                "iss": link.issuer,
+                "sub": link.subject,
+                "jti": link.jti,
+                "gov": dict(link.gov),
+                "att": dict(link.claims.get("att", {})),
+            }
+            for link in links
+        ],
+    }
 
 
 class _Unsigned(Exception):
@@ -457,7 +488,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             del context["parent"]  # so that `has(request.parent)` means "names a parent"
         result = policy.evaluate(
             request=context,
-            artifact={"gov": {}, "att": {}, "env": {}, **artifact.claims},
+            artifact=policy_view(artifact),
             environment=environment,
             now=state.now,
         )
@@ -646,6 +677,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
         return self._decision(state, None, None)
 
     def _purge(self, now: int) -> None:
-        # A failed purge only lets replay state grow until the next one.
+        """Forget replay and use state that no gateway on this store could still need.
+
+        A row's expiry was set by whichever process wrote it, with that process's
+        ``proof_max_age`` and ``leeway``; one configured wider since (a restart with a
+        longer proof age, another process of the store) would still accept that proof,
+        or that artifact's use. So rows are kept this process's own window longer than
+        their expiry: whatever the writer's limits were, a row goes only once no limit
+        this process applies could accept what it records. A failed purge only lets
+        replay state grow until the next one."""
         with suppress(StoreError):
-            self.store.purge_expired(now)
+            self.store.purge_expired(now - self._proof_max_age - self._leeway)

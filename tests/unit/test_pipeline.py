@@ -554,6 +554,26 @@ def test_replay_is_detected_across_gateway_restarts(kit: Kit) -> None:
     assert_denied(second, second.decide(wire), "replay.detected")
 
 
+def test_a_purge_keeps_what_a_wider_configured_gateway_still_accepts(kit: Kit) -> None:
+    """A proof recorded under ``proof_max_age = 120`` is still fresh for a gateway
+    restarted with 600: that gateway's purge must not forget it, or it could be replayed."""
+    wire = kit.submit()
+    first = kit.gateway()
+    assert first.decide(wire).outcome is Outcome.PROCEED
+    first.close()
+    config = kit.home / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    assert "proof_max_age = 120" in text
+    config.write_text(text.replace("proof_max_age = 120", "proof_max_age = 600"), "utf-8")
+    kit.clock.t = NOW + 400  # past the row's expiry (iat + 120 + leeway), inside 600
+    second = kit.gateway()
+    second._purge(int(kit.clock.t))
+    assert_denied(second, second.decide(wire), "replay.detected")
+    kit.clock.t = NOW + 600 + 60 + 600 + 60 + 1  # no limit can accept it any more
+    second._purge(int(kit.clock.t))
+    assert second.store.replay_size() == 0
+
+
 def test_concurrent_replays_let_exactly_one_proceed(kit: Kit, gw: Gateway) -> None:
     wire = kit.submit()
     n = 16

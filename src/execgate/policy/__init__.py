@@ -24,7 +24,9 @@ A rule matches when its globs (``execgate._glob``) match the request's action an
 resource and its condition, if any, is exactly ``true``. A condition that errors (a
 missing field, a wrong type) or yields anything but a boolean denies with
 ``policy.denied``; it is never skipped. Conditions see ``request``, ``artifact``,
-``environment`` and ``now`` (a UTC timestamp).
+``environment`` and ``now`` (a UTC timestamp). What ``artifact`` holds for a delegated
+artifact (``gov`` and ``att`` as the authority signed them, ``chain`` for each link) is
+``execgate.pipeline.policy_view``.
 
 Anything the loader does not understand is refused with a ``PolicyError`` naming the rule
 and line: unknown keys, duplicate keys, wrong types, anchors and aliases, an empty rule
