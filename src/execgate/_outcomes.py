@@ -15,21 +15,38 @@ from typing import Final
 
 from execgate._state import RECORD_VERSION
 from execgate.audit.log import AuditLog
-from execgate.errors import AuditError, RequestError, StoreError
+from execgate.errors import AuditError, RequestError, StoreError, VerificationError
 from execgate.jose import canonical_json
 from execgate.model import Outcome
+from execgate.proofs import outcome_hash, verify_outcome_proof
 from execgate.store.base import LogEntry, Store, WriteJob
 
 __all__ = ["OutcomeLog"]
 
 _OUTCOME_STATUS: Final = frozenset({"succeeded", "failed"})
+_EXECUTED: Final = frozenset({Outcome.PROCEED.value, Outcome.REROUTE.value})
 _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _check_report(status: object, exit_code: object, result_digest: object) -> None:
+    """An outcome report's fields, or ``RequestError`` naming the first one that is wrong."""
+    if status not in _OUTCOME_STATUS:
+        raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
+    if exit_code is not None and (type(exit_code) is not int or not -(2**31) <= exit_code < 2**31):
+        raise RequestError("exit_code must be a 32-bit integer")
+    if result_digest is not None and (
+        not isinstance(result_digest, str) or _DIGEST.fullmatch(result_digest) is None
+    ):
+        raise RequestError("result_digest must look like sha256:<64 hex digits>")
 
 
 class OutcomeLog:
     gateway_id: str
+    audiences: frozenset[str]
     store: Store
     _now: Callable[[], float]
+    _proof_max_age: int
+    _leeway: int
     _checkpoint_every: int
     _checkpoint_interval: int
     _checkpoint_lock: threading.Lock
@@ -38,6 +55,47 @@ class OutcomeLog:
     @property
     def audit(self) -> AuditLog:
         raise NotImplementedError
+
+    def check_outcome_proof(
+        self,
+        decision_id: str,
+        proof: object,
+        *,
+        status: object,
+        exit_code: object = None,
+        result_digest: object = None,
+    ) -> None:
+        """Refuse an outcome report not signed by the runtime the decision let through
+        (over HTTP anyone can name a decision id: they are in the log and in answers).
+        ``VerificationError`` says why; an unknown decision is a ``RequestError``; one
+        that executed nothing has no key to check, and ``report_outcome`` refuses it."""
+        _check_report(status, exit_code, result_digest)
+        assert isinstance(status, str)
+        assert exit_code is None or isinstance(exit_code, int)
+        assert result_digest is None or isinstance(result_digest, str)
+        found = self.store.find(decision_id, "decision")
+        if found is None:
+            raise RequestError(f"decision {decision_id} is not in this gateway's log")
+        decided = json.loads(found.entry)
+        jkt = decided.get("runtime_jkt")
+        if decided.get("outcome") not in _EXECUTED:
+            return  # nothing ran: report_outcome refuses any report
+        if not isinstance(jkt, str):  # never for a decision that executed; refuse anyway
+            raise VerificationError(
+                "identity.mismatch", f"decision {decision_id} names no key a report could match"
+            )
+        verify_outcome_proof(
+            proof,
+            jkt=jkt,
+            decision_id=decision_id,
+            report_hash=outcome_hash(
+                decision_id, status=status, exit_code=exit_code, result_digest=result_digest
+            ),
+            audiences=self.audiences,
+            now=int(self._now()),
+            max_age=self._proof_max_age,
+            leeway=self._leeway,
+        )
 
     def _checkpoint_if_due(self, size: int, now: int) -> None:
         """Sign a checkpoint every N entries or T seconds. Never affects the decision: the
@@ -74,21 +132,12 @@ class OutcomeLog:
         Only a decision that executed (proceed or reroute) has an outcome, and only one.
         Bad input raises ``RequestError``; a log that cannot be written, ``AuditError``.
         """
-        if status not in _OUTCOME_STATUS:
-            raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
-        if exit_code is not None and (
-            type(exit_code) is not int or not -(2**31) <= exit_code < 2**31
-        ):
-            raise RequestError("exit_code must be a 32-bit integer")
-        if result_digest is not None and (
-            not isinstance(result_digest, str) or _DIGEST.fullmatch(result_digest) is None
-        ):
-            raise RequestError("result_digest must look like sha256:<64 hex digits>")
+        _check_report(status, exit_code, result_digest)
         found = self.store.find(decision_id, "decision")
         if found is None:
             raise RequestError(f"decision {decision_id} is not in this gateway's log")
         decided = json.loads(found.entry)
-        if decided.get("outcome") not in (Outcome.PROCEED.value, Outcome.REROUTE.value):
+        if decided.get("outcome") not in _EXECUTED:
             raise RequestError(
                 f"decision {decision_id} was {decided.get('outcome')}: nothing executed,"
                 " so there is no outcome to report"

@@ -3,6 +3,12 @@
 ``Runtime`` is what an executor holds: its id and private key. ``Runtime.proof`` binds one
 request (``rh``, the SHA-256 of its JCS canonical form) to one artifact (``ath``) for one
 audience, with a fresh ``jti``. ``verify_proof`` is the gateway side.
+
+An outcome reported over HTTP carries the same kind of proof (``typ:
+execgate-outcome+jwt``, ``Runtime.outcome_proof``): signed by the key the decision bound,
+naming the decision (``did``) and the hash of the report (``oh``, SHA-256 of the JCS of
+``{decision_id, status, exit_code, result_digest}``), so only the runtime that was let
+through can say how its execution ended; ``verify_outcome_proof`` is the gateway side.
 """
 
 from __future__ import annotations
@@ -16,9 +22,21 @@ from execgate.errors import JoseError, VerificationError
 from execgate.jose import PrivateKey, canonical_json, encode, sha256_b64url, verify
 from execgate.model import Request
 
-__all__ = ["PROOF_TYP", "Proof", "Runtime", "artifact_hash", "request_hash", "verify_proof"]
+__all__ = [
+    "OUTCOME_PROOF_TYP",
+    "PROOF_TYP",
+    "Proof",
+    "Runtime",
+    "artifact_hash",
+    "outcome_hash",
+    "request_hash",
+    "verify_outcome_proof",
+    "verify_proof",
+]
 
 PROOF_TYP: Final = "execgate-proof+jwt"
+OUTCOME_PROOF_TYP: Final = "execgate-outcome+jwt"
+_OUTCOME_CLAIMS: Final = frozenset({"jti", "iat", "aud", "did", "oh"})
 MAX_PROOF_BYTES: Final = 8 * 1024
 _CLAIMS: Final = frozenset({"jti", "iat", "aud", "rh", "ath", "nonce"})
 
@@ -26,6 +44,19 @@ _CLAIMS: Final = frozenset({"jti", "iat", "aud", "rh", "ath", "nonce"})
 def request_hash(request: Request) -> str:
     """base64url(SHA-256(JCS(canonical request)))."""
     return sha256_b64url(canonical_json(request.canonical()))
+
+
+def outcome_hash(
+    decision_id: str, *, status: str, exit_code: int | None, result_digest: str | None
+) -> str:
+    """base64url(SHA-256(JCS(the outcome report))), as an outcome proof's ``oh``."""
+    report = {
+        "decision_id": decision_id,
+        "status": status,
+        "exit_code": exit_code,
+        "result_digest": result_digest,
+    }
+    return sha256_b64url(canonical_json(report))
 
 
 def artifact_hash(artifact: str) -> str:
@@ -59,6 +90,30 @@ class Runtime:
         if nonce is not None:
             claims["nonce"] = nonce
         header = {"typ": PROOF_TYP, "jwk": self.key.public.to_jwk()}
+        return encode(header, claims, self.key)
+
+    def outcome_proof(
+        self,
+        decision_id: str,
+        *,
+        status: str,
+        exit_code: int | None = None,
+        result_digest: str | None = None,
+        audience: str,
+        now: int,
+    ) -> str:
+        """The proof for reporting a decision's outcome over HTTP (``Execgate-Proof`` on
+        ``POST /v1/decisions/{id}/outcome``)."""
+        claims = {
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "aud": audience,
+            "did": decision_id,
+            "oh": outcome_hash(
+                decision_id, status=status, exit_code=exit_code, result_digest=result_digest
+            ),
+        }
+        header = {"typ": OUTCOME_PROOF_TYP, "jwk": self.key.public.to_jwk()}
         return encode(header, claims, self.key)
 
     def submission(
@@ -138,3 +193,47 @@ def verify_proof(
     if nonce is not None and not isinstance(nonce, str):
         raise _invalid("nonce must be a string")
     return Proof(jti=jti, issued_at=iat, jkt=jkt)
+
+
+def verify_outcome_proof(
+    token: object,
+    *,
+    jkt: str,
+    decision_id: str,
+    report_hash: str,
+    audiences: frozenset[str],
+    now: int,
+    max_age: int,
+    leeway: int,
+) -> None:
+    """Verify the proof of an outcome report: signed by the key ``jkt`` names (the one the
+    decision bound), for this decision, this report and this gateway, and fresh."""
+    if token is None or token == "":
+        raise VerificationError("identity.proof_missing", "no proof of possession was presented")
+    if not isinstance(token, str):
+        raise _invalid("the proof must be a compact JWS string")
+    try:
+        verified = verify(token, typ=OUTCOME_PROOF_TYP, max_size=MAX_PROOF_BYTES, embedded_jwk=True)
+    except JoseError as exc:
+        raise _invalid(exc.detail) from exc
+    if verified.key.thumbprint() != jkt:
+        raise VerificationError(
+            "identity.mismatch", "the proof key is not the key this decision bound (cnf.jkt)"
+        )
+    claims: Mapping[str, Any] = verified.claims
+    if set(claims) - _OUTCOME_CLAIMS:
+        raise _invalid(f"unknown claims {sorted(set(claims) - _OUTCOME_CLAIMS)}")
+    iat = claims.get("iat")
+    if not isinstance(iat, int):
+        raise _invalid("iat is required")
+    if iat > now + leeway:
+        raise _invalid(f"iat {iat} is in the future")
+    if now - iat > max_age:
+        raise _invalid(f"proof is older than {max_age}s")
+    aud = claims.get("aud")
+    if not isinstance(aud, str) or aud not in audiences:
+        raise _invalid("aud must be a string naming an audience of this gateway")
+    if claims.get("did") != decision_id:
+        raise _invalid("did does not name this decision")
+    if claims.get("oh") != report_hash:
+        raise _invalid("oh does not match this outcome report")

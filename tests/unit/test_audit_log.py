@@ -38,7 +38,7 @@ from execgate.audit.merkle import (
     verify_inclusion,
 )
 from execgate.audit.note import Verifier
-from execgate.errors import AuditError, EvidenceError, RequestError, StoreError
+from execgate.errors import AuditError, EvidenceError, RequestError, StoreError, VerificationError
 from execgate.jose import PrivateKey, PublicKey, canonical_json, loads_strict, sha256_b64url
 from execgate.keyfile import public_path_for, read_public_key
 from execgate.model import Decision, Outcome
@@ -691,6 +691,49 @@ def test_no_outcome_for_an_unknown_decision(kit: Kit) -> None:
     with pytest.raises(RequestError, match="not in this gateway's log"):
         gw.report_outcome("00000000-0000-4000-8000-000000000000", status="succeeded")
     assert gw.store.size() == 1
+
+
+def test_an_outcome_proof_is_checked_against_the_decisions_key(kit: Kit) -> None:
+    """``check_outcome_proof``: what the HTTP route asks before it reports an outcome."""
+    gw = kit.gateway()
+    d = proceed(kit, gw)
+    report: dict[str, Any] = {"status": "succeeded", "exit_code": 0}
+    good = kit.runtime.outcome_proof(d.decision_id, **report, audience=GATEWAY_ID, now=NOW)
+    gw.check_outcome_proof(d.decision_id, good, **report)
+    with pytest.raises(VerificationError) as missing:
+        gw.check_outcome_proof(d.decision_id, None, **report)
+    assert missing.value.code == "identity.proof_missing"
+    with pytest.raises(RequestError, match="status must be one of"):
+        gw.check_outcome_proof(d.decision_id, good, status="done")
+    with pytest.raises(RequestError, match="not in this gateway's log"):
+        gw.check_outcome_proof("00000000-0000-4000-8000-000000000000", good, **report)
+    denied = traffic(kit, gw)[3]  # nothing ran: report_outcome refuses, not the proof
+    gw.check_outcome_proof(denied.decision_id, None, **report)
+
+
+def test_an_executed_decision_without_a_runtime_key_refuses_every_report(kit: Kit) -> None:
+    """Never written by the pipeline; should a record lack the key, no proof can match
+    it, and the report is refused rather than taken unchecked."""
+    gw = kit.gateway()
+    d = proceed(kit, gw)
+    found = gw.store.find(d.decision_id, "decision")
+    assert found is not None
+    record = json.loads(found.entry)
+    del record["runtime_jkt"]
+
+    class Keyless(SQLiteStore):
+        def find(self, decision_id: str, kind: str) -> LogEntry | None:
+            entry = super().find(decision_id, kind)
+            if entry is None or kind != "decision":
+                return entry
+            return LogEntry(entry.index, json.dumps(record).encode())
+
+    gw.store.close()
+    gw.store = Keyless(kit.config.store)
+    good = kit.runtime.outcome_proof(d.decision_id, status="failed", audience=GATEWAY_ID, now=NOW)
+    with pytest.raises(VerificationError) as refused:
+        gw.check_outcome_proof(d.decision_id, good, status="failed")
+    assert refused.value.code == "identity.mismatch"
 
 
 def test_one_outcome_per_decision(kit: Kit) -> None:

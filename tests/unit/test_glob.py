@@ -230,3 +230,9 @@ def test_adversarial_values_are_matched_in_one_pass(
 ) -> None:
     assert glob_match(pattern, value) is False
     assert glob_match(pattern, matching) is True
+
+
+def test_the_automaton_stops_at_the_first_character_nothing_can_take() -> None:
+    automaton = _glob._Automaton("*a*b", probe=False)
+    assert automaton.fullmatch("xa.b") is False  # '*' cannot cross the '.'
+    assert automaton.fullmatch("xab") is True

@@ -10,7 +10,17 @@ import pytest
 from execgate.errors import VerificationError
 from execgate.jose import PrivateKey, b64url_encode, canonical_json, encode, parse_unverified
 from execgate.model import Request
-from execgate.proofs import PROOF_TYP, Proof, Runtime, artifact_hash, request_hash, verify_proof
+from execgate.proofs import (
+    OUTCOME_PROOF_TYP,
+    PROOF_TYP,
+    Proof,
+    Runtime,
+    artifact_hash,
+    outcome_hash,
+    request_hash,
+    verify_outcome_proof,
+    verify_proof,
+)
 
 NOW = 1_700_000_000
 AUD = frozenset({"gw-1", "mesh-1"})
@@ -203,3 +213,94 @@ def test_proof_binds_request_and_artifact() -> None:
     altered = Request("payments.transfer", "acct:1", "agent-1", args={"amount": 500, "to": "bob"})
     assert code_of(token, request=altered) == "identity.proof_invalid"
     assert code_of(token, artifact=ARTIFACT + "x") == "identity.proof_invalid"
+
+
+# --- outcome proofs ----------------------------------------------------------------------
+
+DECISION = "0c8f2bb4-5c1a-4d55-9f6e-2b7c1e1f7a10"
+REPORT = {"status": "succeeded", "exit_code": 0, "result_digest": "sha256:" + "ab" * 32}
+
+
+def check_outcome(token: object, *, jkt: str | None = None, now: int = NOW) -> None:
+    verify_outcome_proof(
+        token,
+        jkt=KEY.public.thumbprint() if jkt is None else jkt,
+        decision_id=DECISION,
+        report_hash=outcome_hash(DECISION, **REPORT),  # type: ignore[arg-type]
+        audiences=AUD,
+        now=now,
+        max_age=120,
+        leeway=60,
+    )
+
+
+def _outcome_claims(**overrides: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "jti": "j" * 22,
+        "iat": NOW,
+        "aud": "gw-1",
+        "did": DECISION,
+        "oh": outcome_hash(DECISION, **REPORT),  # type: ignore[arg-type]
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _outcome_token(**overrides: Any) -> str:
+    header = {"typ": OUTCOME_PROOF_TYP, "jwk": KEY.public.to_jwk()}
+    return encode(header, _outcome_claims(**overrides), KEY)
+
+
+def test_outcome_proof_round_trip() -> None:
+    token = RUNTIME.outcome_proof(DECISION, **REPORT, audience="gw-1", now=NOW)  # type: ignore[arg-type]
+    check_outcome(token)
+    assert parse_unverified(token, max_size=8192).header["typ"] == OUTCOME_PROOF_TYP
+
+
+def test_outcome_hash_binds_every_field_of_the_report() -> None:
+    base = outcome_hash(DECISION, **REPORT)  # type: ignore[arg-type]
+    changed = [
+        outcome_hash("another", **REPORT),  # type: ignore[arg-type]
+        outcome_hash(DECISION, **{**REPORT, "status": "failed"}),  # type: ignore[arg-type]
+        outcome_hash(DECISION, **{**REPORT, "exit_code": 1}),  # type: ignore[arg-type]
+        outcome_hash(DECISION, **{**REPORT, "exit_code": None}),  # type: ignore[arg-type]
+        outcome_hash(DECISION, **{**REPORT, "result_digest": None}),  # type: ignore[arg-type]
+    ]
+    assert base not in changed
+    assert len(set(changed)) == len(changed)
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "detail"),
+    [
+        (None, "identity.proof_missing", "no proof"),
+        ("", "identity.proof_missing", "no proof"),
+        (42, "identity.proof_invalid", "compact JWS string"),
+        ("a.b.c", "identity.proof_invalid", "JSON|base64"),
+        (_outcome_token(extra="x"), "identity.proof_invalid", "unknown claims"),
+        (_outcome_token(iat=None), "identity.proof_invalid", "iat is required"),
+        (_outcome_token(iat=NOW + 61), "identity.proof_invalid", "in the future"),
+        (_outcome_token(iat=NOW - 121), "identity.proof_invalid", "older than"),
+        (_outcome_token(aud=["gw-1"]), "identity.proof_invalid", "aud"),
+        (_outcome_token(aud="elsewhere"), "identity.proof_invalid", "aud"),
+        (_outcome_token(did="another"), "identity.proof_invalid", "did"),
+        (_outcome_token(oh="x"), "identity.proof_invalid", "oh"),
+        (  # a request's proof is not an outcome's
+            RUNTIME.proof(REQUEST, ARTIFACT, audience="gw-1", now=NOW),
+            "identity.proof_invalid",
+            "typ",
+        ),
+    ],
+)
+def test_outcome_proof_refusals(token: object, code: str, detail: str) -> None:
+    with pytest.raises(VerificationError, match=detail) as info:
+        check_outcome(token)
+    assert info.value.code == code
+
+
+def test_outcome_proof_by_another_key_is_an_identity_mismatch() -> None:
+    other = Runtime("agent-1", PrivateKey.generate())
+    token = other.outcome_proof(DECISION, **REPORT, audience="gw-1", now=NOW)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError) as info:
+        check_outcome(token)
+    assert info.value.code == "identity.mismatch"

@@ -26,7 +26,9 @@ from starlette.types import Message
 
 import execgate.server.app as server_app
 from execgate.audit.checkpoint import verify_tlog_proof
+from execgate.jose import PrivateKey
 from execgate.pipeline import Gateway
+from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
 from execgate.server import create_app
 from execgate.store.unavailable import UnavailableStore
@@ -352,9 +354,11 @@ def test_get_decision_returns_the_logged_record_and_its_outcome(kit: Kit, client
     assert body["outcome"] is None
 
     digest = "sha256:" + "ab" * 32
+    report = {"status": "succeeded", "exit_code": 0, "result_digest": digest}
     response = client.post(
         f"/v1/decisions/{decision_id}/outcome",
-        json={"status": "succeeded", "exit_code": 0, "result_digest": digest},
+        json=report,
+        headers={"Execgate-Proof": outcome_proof(kit, decision_id, report)},
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"decision_id": decision_id, "log_index": 1}
@@ -362,9 +366,58 @@ def test_get_decision_returns_the_logged_record_and_its_outcome(kit: Kit, client
     assert outcome["index"] == 1
     assert outcome["record"]["result_digest"] == digest
 
-    again = client.post(f"/v1/decisions/{decision_id}/outcome", json={"status": "failed"})
+    again = client.post(
+        f"/v1/decisions/{decision_id}/outcome",
+        json={"status": "failed"},
+        headers={"Execgate-Proof": outcome_proof(kit, decision_id, {"status": "failed"})},
+    )
     assert error_of(again, 409) == "outcome.conflict"
     assert log_size(client) == 2
+
+
+def outcome_proof(kit: Kit, decision_id: str, report: dict[str, Any], **kw: Any) -> str:
+    runtime = kw.pop("runtime", kit.runtime)
+    return str(
+        runtime.outcome_proof(
+            kw.pop("decision_id", decision_id),
+            status=report["status"],
+            exit_code=report.get("exit_code"),
+            result_digest=report.get("result_digest"),
+            audience=kw.pop("audience", GATEWAY_ID),
+            now=kw.pop("now", kit.clock.now),
+        )
+    )
+
+
+def test_only_the_runtime_let_through_can_report_the_outcome(kit: Kit, client: Client) -> None:
+    """Decision ids are public (the log, forward-auth answers): an outcome report must be
+    signed by the key the decision bound, for that decision and that very report."""
+    decision_id = decide(client, kit.submit())["decision_id"]
+    other_id = decide(client, kit.submit())["decision_id"]
+    url = f"/v1/decisions/{decision_id}/outcome"
+    report = {"status": "failed", "exit_code": 1}
+    someone = Runtime(kit.runtime.runtime_id, PrivateKey.generate())
+    forged = {
+        "identity.proof_missing": None,
+        "identity.mismatch": outcome_proof(kit, decision_id, report, runtime=someone),
+        "identity.proof_invalid": outcome_proof(kit, other_id, report),  # another decision
+    }
+    for code, proof in forged.items():
+        headers = {} if proof is None else {"Execgate-Proof": proof}
+        assert error_of(client.post(url, json=report, headers=headers), 403) == code
+    for mismatch in (
+        outcome_proof(kit, decision_id, {"status": "succeeded", "exit_code": 1}),  # another report
+        outcome_proof(kit, decision_id, report, audience="gw-elsewhere"),
+        outcome_proof(kit, decision_id, report, now=kit.clock.now - 3600),  # stale
+        kit.submit()["proof"],  # a request proof is not an outcome proof
+    ):
+        headers = {"Execgate-Proof": mismatch}
+        assert error_of(client.post(url, json=report, headers=headers), 403) == (
+            "identity.proof_invalid"
+        )
+    assert log_size(client) == 2  # nothing was written for any of them
+    signed = {"Execgate-Proof": outcome_proof(kit, decision_id, report)}
+    assert client.post(url, json=report, headers=signed).status_code == 200
 
 
 def test_outcome_errors(kit: Kit, client: Client) -> None:
@@ -468,4 +521,5 @@ def test_openapi_describes_every_route_and_nothing_else(client: Client) -> None:
         for op in ops.values():
             assert "200" in op["responses"], path
             for parameter in op.get("parameters", []):
-                assert "{" + parameter["name"] + "}" in path or parameter["in"] == "query"
+                named = "{" + parameter["name"] + "}" in path
+                assert named or parameter["in"] in ("query", "header")

@@ -28,7 +28,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from execgate.errors import EvidenceError, RequestError
+from execgate.adapters.http import PROOF_HEADER
+from execgate.errors import EvidenceError, RequestError, VerificationError
 from execgate.home import ServerConfig, load_config
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
@@ -130,10 +131,24 @@ async def post_outcome(request: Request) -> Response:
         raise HttpError(400, "request.invalid", "status must be 'succeeded' or 'failed'")
     gateway = _gateway(request)
 
+    proof = request.headers.get(PROOF_HEADER)
+
     def report() -> int:
         decided = gateway.store.find(decision_id, "decision")
         if decided is None:
             raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
+        try:
+            gateway.check_outcome_proof(
+                decision_id,
+                proof,
+                status=status,
+                exit_code=body.get("exit_code"),
+                result_digest=body.get("result_digest"),
+            )
+        except VerificationError as exc:
+            raise HttpError(403, exc.code, exc.detail) from exc
+        except RequestError as exc:
+            raise HttpError(400, "request.invalid", str(exc)) from exc
         try:
             return gateway.report_outcome(
                 decision_id,

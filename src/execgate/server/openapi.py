@@ -31,6 +31,9 @@ _ERROR_CODES: Final = [
     "method.not_allowed",
     "decision.not_found",
     "outcome.conflict",
+    "identity.proof_missing",
+    "identity.proof_invalid",
+    "identity.mismatch",
     "audit.index_not_found",
     "store.unavailable",
     "audit.unavailable",
@@ -156,8 +159,24 @@ _PATHS: Final[dict[str, Any]] = {
     "/v1/decisions/{decision_id}/outcome": {
         "post": {
             "summary": "Report what happened when a proceed/reroute decision ran",
+            "description": (
+                "Signed by the runtime the decision let through: Execgate-Proof is a JWS"
+                " (typ execgate-outcome+jwt) by the key the decision bound, naming the"
+                " decision (did) and the SHA-256 of the JCS of {decision_id, status,"
+                " exit_code, result_digest} (oh); see Runtime.outcome_proof."
+            ),
             "operationId": "reportOutcome",
-            "parameters": [_DECISION_ID],
+            "parameters": [
+                _DECISION_ID,
+                {
+                    "name": "Execgate-Proof",
+                    "in": "header",
+                    "required": False,
+                    "description": "the runtime's outcome proof (required for a decision"
+                    " that executed)",
+                    "schema": {"type": "string"},
+                },
+            ],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("OutcomeReport")}},
@@ -172,6 +191,10 @@ _PATHS: Final[dict[str, Any]] = {
                         },
                     },
                     "the outcome record's log index",
+                ),
+                "403": _error(
+                    "no proof, or one not signed by the key the decision bound, or not for"
+                    " this decision and report"
                 ),
                 "409": _error("nothing executed, or the outcome is already logged"),
                 **_BODY_ERRORS,
