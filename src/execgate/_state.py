@@ -24,6 +24,7 @@ class DecisionState:
     stage: str = "parse"
     request: Request | None = None
     request_hash: str | None = None
+    request_size: int = 0  # bytes of the request's canonical form (what request_hash hashes)
     artifact: Artifact | None = None
     proof: Proof | None = None
     outcome: Outcome = Outcome.DENY

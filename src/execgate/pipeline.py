@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_REQUEST_BYTES", "Gateway", "Submission", "policy_view"]
 
 _PURGE_EVERY: Final = 4096
+# A request over this many canonical bytes is logged without its arguments when no
+# proof of possession verified (see Gateway._logged_request).
+ANONYMOUS_REQUEST_BYTES: Final = 16 * 1024
 # How long decide_async waits for a writer to take its record before withdrawing it.
 COMMIT_TIMEOUT: Final = 30.0
 _FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
@@ -409,6 +412,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
     def _evaluate(self, submission: Submission, state: DecisionState) -> None:
         request = state.request = submission.request
         state.request_hash = submission.request_hash
+        state.request_size = submission.request_size
 
         state.stage = "artifact"
         artifact = state.artifact = self._artifacts.verify(submission.artifact, now=state.now)
@@ -522,7 +526,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             "approvers": state.approvers,
             "parent_decision": state.parent.decision_id if state.parent else None,
             "parent_gateway": state.parent.gateway if state.parent else None,
-            "request": state.request.canonical() if state.request else None,
+            **self._logged_request(state),
             "request_hash": state.request_hash,
             "artifact_jti": artifact.jti if artifact else None,
             "chain": [link.jti for link in artifact.chain] if artifact else [],
@@ -547,6 +551,22 @@ class Gateway(ApprovalFlow, OutcomeLog):
             "proof_jti": proof.jti if proof else None,
             "policy_hash": state.policy_hash,
         }
+
+    @staticmethod
+    def _logged_request(state: DecisionState) -> dict[str, Any]:
+        """The request as its record holds it: whole, except when no proof of possession
+        verified (so nothing says who sent it) and it is over ``ANONYMOUS_REQUEST_BYTES``.
+        Anyone reaching the gateway can send such a request, and its arguments (up to
+        1 MiB) would otherwise stay in the permanent log, a megabyte per call; the record
+        keeps the action, resource, runtime and parent, ``request_hash`` still binds the
+        whole request, and ``args_omitted`` says the arguments were left out."""
+        if state.request is None:
+            return {"request": None}
+        request = state.request.canonical()
+        if state.proof is None and state.request_size > ANONYMOUS_REQUEST_BYTES:
+            del request["args"]
+            return {"request": request, "args_omitted": True}
+        return {"request": request}
 
     def _record(self, state: DecisionState) -> Generator[WriteJob, int, Decision]:
         made: list[Decision] = []

@@ -32,6 +32,7 @@ class Submission:
     proof: object
     attestation: object = None
     request_hash: str = field(init=False)
+    request_size: int = field(init=False)  # bytes of the canonical request
 
     def __post_init__(self) -> None:
         if not isinstance(self.request, Request):
@@ -45,6 +46,7 @@ class Submission:
                 f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"
             )
         object.__setattr__(self, "request_hash", sha256_b64url(canonical))
+        object.__setattr__(self, "request_size", len(canonical))
         # Evaluate exactly what was hashed: an independent copy of the arguments, so a
         # caller mutating its dict afterwards cannot change what the proof binds.
         frozen = replace(self.request, args=json.loads(canonical)["args"])

@@ -252,7 +252,8 @@ def test_the_record_holds_everything_the_caller_is_told(kit: Kit) -> None:
         assert claims["route"] == record["route"]
         assert claims["iat"] == record["at"]
         assert record["gateway"] == GATEWAY_ID
-        if record["request"] is not None:  # the logged request is the one that was hashed
+        if record["request"] is not None and not record.get("args_omitted"):
+            # the logged request is the one that was hashed
             assert record["request_hash"] == sha256_b64url(canonical_json(record["request"]))
 
 

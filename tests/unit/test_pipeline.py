@@ -536,6 +536,35 @@ def test_request_runtime_must_be_the_artifact_subject(kit: Kit, gw: Gateway) -> 
     assert "agent-2" in d.reasons[0].detail
 
 
+# --- what an unauthenticated request leaves in the log ------------------------------------
+
+
+def test_a_large_request_without_a_valid_proof_is_logged_without_its_arguments(
+    kit: Kit, gw: Gateway
+) -> None:
+    """Anyone can send a 1 MiB request; without a proof that verified, only its action,
+    resource, runtime and hash reach the permanent log."""
+    big = kit.request("payments.transfer", memo="x" * 20_000)
+    wire = kit.submit(big)
+    for anonymous in ({**wire, "proof": None}, {**wire, "artifact": "not-a-jws"}):
+        d = gw.decide(anonymous)
+        assert d.outcome is Outcome.DENY
+        record = logged(gw, d)
+        assert record["args_omitted"] is True
+        assert "args" not in record["request"]
+        assert record["request"]["action"] == "payments.transfer"
+        assert record["request_hash"] == request_hash(big)
+        assert d.log_index is not None
+        assert len(gw.store.entries(d.log_index, d.log_index + 1)[0].entry) < 8_000
+    small_wire = kit.submit()
+    small = gw.decide({**small_wire, "proof": None})  # small: kept whole, as any other
+    assert "args_omitted" not in logged(gw, small)
+    assert logged(gw, small)["request"]["args"] == small_wire["request"]["args"]
+    signed = gw.decide(wire)  # the runtime's own large request is logged whole
+    assert logged(gw, signed)["request"] == big.canonical()
+    assert "args_omitted" not in logged(gw, signed)
+
+
 # --- replay ---------------------------------------------------------------------------
 
 

@@ -483,6 +483,41 @@ def test_entries_pages_are_bounded(
     assert (page["entries"], page["next"], page["end"]) == ([], None, 10)
 
 
+def test_a_large_decision_request_is_decided_like_any_other(kit: Kit, client: Client) -> None:
+    """Over 64 KiB a body is parsed and decided in a worker thread (off the event loop);
+    the answer and the record are the same."""
+    big = kit.request("payments.transfer", amount=5, memo="m" * 100_000)
+    decided = decide(client, kit.submit(big))
+    assert decided["outcome"] == "proceed"
+    record = client.get(f"/v1/decisions/{decided['decision_id']}").json()["decision"]["record"]
+    assert record["request"]["args"]["memo"] == "m" * 100_000
+    nested = b"[" * 40_000 + b"]" * 40_000  # 80 KB, too deep for the strict parser
+    response = client.post(
+        "/v1/decisions", content=nested, headers={"Content-Type": "application/json"}
+    )
+    assert error_of(response, 400) == "request.malformed_json"
+    assert log_size(client) == 1
+
+
+def test_entries_pages_are_bounded_in_bytes(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records can be large (a runtime's request holds up to 1 MiB of arguments): a page
+    ends once it holds MAX_PAGE_BYTES of entries, never before its first."""
+    for _ in range(3):
+        decide(client, kit.submit())
+    first = client.get("/v1/audit/entries").json()["entries"]
+    sizes = [len(base64.b64decode(e["entry"])) for e in first]
+    monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", sizes[0] + sizes[1])
+    page = client.get("/v1/audit/entries").json()
+    assert ([e["index"] for e in page["entries"]], page["end"], page["next"]) == ([0, 1], 2, 2)
+    monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", 1)
+    page = client.get("/v1/audit/entries", params={"start": 1}).json()
+    assert ([e["index"] for e in page["entries"]], page["next"]) == ([1], 2)
+    page = client.get("/v1/audit/entries", params={"start": 2}).json()
+    assert ([e["index"] for e in page["entries"]], page["next"]) == ([2], None)
+
+
 @pytest.mark.parametrize("query", ["start=-1", "start=x", "end=1.5", "start=3&end=2"])
 def test_bad_entry_queries_are_400(client: Client, query: str) -> None:
     assert error_of(client.get(f"/v1/audit/entries?{query}"), 400) == "request.invalid_query"

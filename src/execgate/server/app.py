@@ -42,6 +42,7 @@ from execgate.submission import MAX_REQUEST_BYTES, Submission
 __all__ = [
     "DECISION_BODY_LIMIT",
     "MAX_PAGE",
+    "MAX_PAGE_BYTES",
     "OUTCOME_BODY_LIMIT",
     "POLICY_IN_FORCE_ENV",
     "app_from_environment",
@@ -51,6 +52,7 @@ __all__ = [
 DECISION_BODY_LIMIT: Final = 2 * MAX_REQUEST_BYTES  # the request, artifact, proof, attestation
 OUTCOME_BODY_LIMIT: Final = 16 * 1024
 INLINE_BODY_LIMIT: Final = 64 * 1024  # decision bodies parsed on the event loop
+MAX_PAGE_BYTES: Final = 4 * 1024 * 1024  # of entries per page of /v1/audit/entries
 MAX_PAGE: Final = 1000  # audit entries per page
 _MAX_ID: Final = 128
 
@@ -84,10 +86,13 @@ async def post_decision(request: Request) -> Response:
             raise HttpError(400, "request.invalid", str(exc)) from exc
 
     # The stages run on the event loop (Gateway.decide_async: CPU work and short reads,
-    # the commit awaited); only a large request is hashed in a worker thread, so one big
-    # request cannot stall every other one.
-    submission = parse() if small else await run_in_threadpool(parse)
-    decision = await gateway.decide_async(submission)
+    # the commit awaited). A large request is parsed, hashed and decided in a worker
+    # thread instead (Gateway.decide, which commits there): its record alone may take
+    # the JSON encoder a good part of a second, and every other request would wait.
+    if small:
+        decision = await gateway.decide_async(parse())
+    else:
+        decision = await run_in_threadpool(lambda: gateway.decide(parse()))
     return JsonResponse(decision.to_json())
 
 
@@ -197,14 +202,21 @@ async def get_entries(request: Request) -> Response:
         raise HttpError(400, "request.invalid_query", "end must not be below start")
     store = _gateway(request).store
 
-    def page() -> tuple[int, int, list[LogEntry]]:
+    def page() -> dict[str, Any]:
+        """Built in a worker thread: decoding and encoding a page of large records is
+        too much work for the event loop. A page ends at ``MAX_PAGE`` entries or once
+        it holds ``MAX_PAGE_BYTES`` of them (at least one): ``next`` says where to go on."""
         size = store.size()
         stop = min(size, start + MAX_PAGE, size if end is None else end)
-        return size, stop, list(store.entries(start, stop)) if start < stop else []
-
-    size, stop, entries = await run_in_threadpool(page)
-    return JsonResponse(
-        {
+        entries = list(store.entries(start, stop)) if start < stop else []
+        held = 0
+        for taken, entry in enumerate(entries):
+            held += len(entry.entry)
+            if held > MAX_PAGE_BYTES and taken > 0:
+                entries = entries[:taken]
+                stop = start + taken
+                break
+        return {
             "start": start,
             "end": max(start, stop),
             "size": size,
@@ -213,7 +225,8 @@ async def get_entries(request: Request) -> Response:
                 {**_record(e), "entry": base64.b64encode(e.entry).decode("ascii")} for e in entries
             ],
         }
-    )
+
+    return JsonResponse(await run_in_threadpool(page))
 
 
 async def get_proof(request: Request) -> Response:

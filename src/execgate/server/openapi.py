@@ -224,7 +224,7 @@ _PATHS: Final[dict[str, Any]] = {
     },
     "/v1/audit/entries": {
         "get": {
-            "summary": "A page of log entries [start, end), at most 1000",
+            "summary": "A page of log entries [start, end): at most 1000, or 4 MiB of them",
             "operationId": "getEntries",
             "parameters": [
                 {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
