@@ -213,9 +213,12 @@ def reload_policy(
                 policy_hash=new.hash,
             )
         except BaseException:
-            if pinned is not None and previous_text is not None:  # not reloaded after all
+            if pinned is not None:  # not reloaded after all: the pin goes back as it was
                 with suppress(Exception):
-                    atomic_write(pinned, previous_text, mode=0o600)
+                    if previous_text is None:
+                        pinned.unlink()
+                    else:
+                        atomic_write(pinned, previous_text, mode=0o600)
             raise
         gateway.policy = new  # one assignment: decisions in flight keep the object they hold
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)

@@ -110,3 +110,19 @@ def test_a_reload_whose_record_fails_restores_the_pin(kit: Kit, pinned: Path) ->
         gateway.reload_policy(via="signal")
     assert pinned.read_bytes() == before
     assert _open(kit, pinned).policy.hash == gateway.policy.hash
+
+
+def test_a_failed_reload_leaves_no_pin_where_there_was_none(kit: Kit, pinned: Path) -> None:
+    gateway = _open(kit, pinned)
+    pinned.unlink()  # whatever removed it, a failed reload must not put one there
+
+    class Down(SQLiteStore):
+        def commit(self, job: WriteJob) -> int:
+            raise AuditError("the log is down")
+
+    gateway.store.close()
+    gateway.store = Down(kit.config.store)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    with pytest.raises(AuditError):
+        gateway.reload_policy(via="signal")
+    assert not pinned.exists()
