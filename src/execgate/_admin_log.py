@@ -163,7 +163,7 @@ def reload_policy(
     then stays in force).
     """
     from execgate.keyfile import atomic_write
-    from execgate.policy.loader import pin_policy, read_policy
+    from execgate.policy.loader import pin_lock, pin_policy, read_policy
 
     source = gateway.policy_source
     if source is None:
@@ -197,8 +197,9 @@ def reload_policy(
         try:
             new, text = read_policy(path, targets=targets)
             if pinned is not None:  # the service's other and later workers load this one
-                previous_text = pinned.read_bytes() if pinned.exists() else None
-                pin_policy(pinned, text)
+                with pin_lock(pinned):
+                    previous_text = pinned.read_bytes() if pinned.exists() else None
+                    pin_policy(pinned, text)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
             _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
@@ -214,11 +215,15 @@ def reload_policy(
             )
         except BaseException:
             if pinned is not None:  # not reloaded after all: the pin goes back as it was
-                with suppress(Exception):
-                    if previous_text is None:
-                        pinned.unlink()
-                    else:
-                        atomic_write(pinned, previous_text, mode=0o600)
+                with suppress(Exception), pin_lock(pinned):
+                    # ...unless another worker has pinned since: its pin stands (several
+                    # workers reload on one SIGHUP, and may fail and restore in any order)
+                    current = pinned.read_bytes() if pinned.exists() else None
+                    if current == text.encode("utf-8"):
+                        if previous_text is None:
+                            pinned.unlink()
+                        else:
+                            atomic_write(pinned, previous_text, mode=0o600)
             raise
         gateway.policy = new  # one assignment: decisions in flight keep the object they hold
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)

@@ -37,7 +37,7 @@ from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
 from execgate.policy._yaml import read_text
-from execgate.policy.loader import pin_policy, read_policy
+from execgate.policy.loader import pin_lock, pin_policy, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
@@ -195,16 +195,19 @@ class Gateway(ApprovalFlow, OutcomeLog):
         node_key = read_private_key(config.node_key)
         trust = TrustStore.load(config.trust)
         targets = config.targets.keys()
-        if policy_in_force is not None and policy_in_force.exists():
-            policy = parse_policy(
-                read_text(policy_in_force),
-                source=f"{config.policy} (in force: {policy_in_force})",
-                targets=targets,
-            )
+        if policy_in_force is None:
+            policy = read_policy(config.policy, targets=targets)[0]
         else:
-            policy, text = read_policy(config.policy, targets=targets)
-            if policy_in_force is not None:
-                pin_policy(policy_in_force, text)
+            with pin_lock(policy_in_force):
+                if policy_in_force.exists():
+                    policy = parse_policy(
+                        read_text(policy_in_force),
+                        source=f"{config.policy} (in force: {policy_in_force})",
+                        targets=targets,
+                    )
+                else:
+                    policy, text = read_policy(config.policy, targets=targets)
+                    pin_policy(policy_in_force, text)
         notifier = None
         if config.notify_command is not None or config.notify_url is not None:
             from execgate.notify import Notifier
@@ -700,11 +703,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
         """Forget replay and use state that no gateway on this store could still need.
 
         A row's expiry was set by whichever process wrote it, with that process's
-        ``proof_max_age`` and ``leeway``; one configured wider since (a restart with a
-        longer proof age, another process of the store) would still accept that proof,
-        or that artifact's use. So rows are kept this process's own window longer than
-        their expiry: whatever the writer's limits were, a row goes only once no limit
-        this process applies could accept what it records. A failed purge only lets
-        replay state grow until the next one."""
+        ``proof_max_age`` and ``leeway``; one configured wider since (a gateway restarted
+        with a longer proof age) would still accept that proof, or that artifact's use.
+        So rows are kept this process's own window longer than their expiry: whatever
+        the writer's limits were, a row goes only once no limit this process applies
+        could accept what it records. (The processes of one store share one home, and
+        so one ``[limits]``, except while a changed home is being rolled out.) A failed
+        purge only lets replay state grow until the next one."""
         with suppress(StoreError):
             self.store.purge_expired(now - self._proof_max_age - self._leeway)

@@ -11,13 +11,17 @@ argument with Google's RE2 (``google-re2``), whose time is linear in the argumen
 length: a pattern is chosen by whoever signs a grant (a delegating runtime included) and
 the argument by the requester, and a backtracking engine would let the two together
 stall a worker for minutes (``(a+)+$`` against a long run of ``a``). RE2 has no
-backreferences or lookaround (such a pattern is refused when the grant is read), and
-its ``\d``, ``\w`` and ``\s`` are ASCII only.
+backreferences or lookaround, and a pattern is refused when the grant is read unless
+Python's ``re`` compiles it too and nothing in it reads differently in the two
+(``{,n}``, POSIX classes, ``$`` before the end): whoever wrote it for either engine gets
+what they meant. ``\d``, ``\w`` and ``\s`` are ASCII only.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,8 +44,47 @@ _RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the caller, 
 
 @lru_cache(maxsize=1024)
 def _regex(pattern: str) -> Any:
-    """``pattern`` compiled by RE2 (``re2.error`` if it is not RE2 syntax)."""
-    return re2.compile(pattern, options=_RE2_OPTIONS)
+    """``pattern`` compiled by RE2; ``ValueError`` if it is not a pattern both RE2 and
+    Python's ``re`` read, and read alike (see ``_read_differently``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # '[[:alpha:]]': "possible nested set"
+        try:
+            re.compile(pattern)
+        except (re.error, FutureWarning) as exc:
+            raise ValueError(f"not a portable regex: {exc}") from exc
+    different = _read_differently(pattern)
+    if different is not None:
+        raise ValueError(f"{different} means one thing to RE2 and another to Python")
+    try:
+        return re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _read_differently(pattern: str) -> str | None:
+    """What in ``pattern`` both engines accept but read differently, if anything: a
+    signer writes a pattern thinking of one engine, and the argument it was meant to
+    exclude must not pass because the other reads it as something else."""
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern.startswith("^", i + 1):
+                i += 1
+            if pattern.startswith("]", i + 1):  # a ']' first in a class is a literal
+                i += 1
+        elif pattern.startswith("{,", i):
+            return "'{,n}' (RE2 reads it literally; write '{0,n}')"
+        elif char == "$" and i != len(pattern) - 1:
+            return "'$' before the end (Python's also matches before a final newline)"
+        i += 1
+    return None
 
 
 def _is_number(value: object) -> bool:
@@ -83,10 +126,10 @@ class Constraint:
                 raise ValueError(f"constraint pattern on {arg!r} is longer than {_MAX_PATTERN}")
             try:
                 _regex(pattern)
-            except re2.error as exc:
+            except ValueError as exc:
                 raise ValueError(
-                    f"constraint pattern on {arg!r} is not a regex in RE2 syntax"
-                    f" (no backreferences or lookaround): {exc}"
+                    f"constraint pattern on {arg!r} is not a regex in RE2 syntax that"
+                    f" Python reads alike (no backreferences or lookaround): {exc}"
                 ) from exc
         return cls(
             max=obj.get("max"),

@@ -4,7 +4,9 @@ by an accepted reload, and left alone by a refused or failed one."""
 
 from __future__ import annotations
 
+import shutil
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,8 +86,7 @@ def test_a_reload_that_cannot_write_the_pin_is_refused(kit: Kit, pinned: Path) -
     gateway = _open(kit, pinned)
     old = gateway.policy.hash
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
-    pinned.unlink()
-    pinned.parent.rmdir()  # nowhere to write it: other workers could not follow
+    shutil.rmtree(pinned.parent)  # nowhere to write it: other workers could not follow
     done = gateway.reload_policy(via="signal")
     assert not done.reloaded
     assert done.error is not None
@@ -126,3 +127,46 @@ def test_a_failed_reload_leaves_no_pin_where_there_was_none(kit: Kit, pinned: Pa
     with pytest.raises(AuditError):
         gateway.reload_policy(via="signal")
     assert not pinned.exists()
+
+
+def test_a_failed_reload_does_not_undo_a_later_workers_pin(kit: Kit, pinned: Path) -> None:
+    """Two workers reload on one SIGHUP and both fail to log it. B pins, A pins, B
+    restores, A restores: the pin must end as it was before either, not as A found it
+    (the policy B pinned, which no worker ever accepted)."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    before = pinned.read_bytes()
+    b_pinned, a_pinned, b_restored = threading.Event(), threading.Event(), threading.Event()
+
+    class BDown(SQLiteStore):
+        def commit(self, job: WriteJob) -> int:
+            b_pinned.set()
+            assert a_pinned.wait(10)
+            raise AuditError("the log is down")
+
+    class ADown(SQLiteStore):
+        def commit(self, job: WriteJob) -> int:
+            a_pinned.set()
+            assert b_restored.wait(10)
+            raise AuditError("the log is down")
+
+    for gateway, store in ((a, ADown), (b, BDown)):
+        gateway.store.close()
+        gateway.store = store(kit.config.store)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    failed: list[BaseException] = []
+
+    def reload_b() -> None:
+        try:
+            b.reload_policy(via="signal")
+        except AuditError as exc:
+            failed.append(exc)
+        b_restored.set()
+
+    worker = threading.Thread(target=reload_b)
+    worker.start()
+    assert b_pinned.wait(10)
+    with pytest.raises(AuditError):
+        a.reload_policy(via="signal")
+    worker.join(timeout=10)
+    assert len(failed) == 1
+    assert pinned.read_bytes() == before

@@ -34,6 +34,12 @@ from execgate.scope import Constraint, Grant, check_scope, parse_grants
         ({"pattern": "a" * 257}, "longer than"),
         ({"pattern": r"(a)\1"}, "RE2 syntax"),  # backreference: a backtracking engine's
         ({"pattern": r"a(?=b)"}, "RE2 syntax"),  # lookahead: likewise
+        # read differently by RE2 and Python: refused rather than guessed
+        ({"pattern": "[0-9]{,3}"}, r"\{,n\}"),  # RE2: the literal text '{,3}'
+        ({"pattern": "[[:alpha:]]+"}, "RE2 syntax"),  # RE2: a POSIX class; Python: a set
+        ({"pattern": "a$\n"}, "before the end"),  # Python's $ also before a final newline
+        ({"pattern": r"\C"}, "RE2 syntax"),  # RE2: any byte; Python: an error
+        ({"pattern": r"\pL"}, "RE2 syntax"),  # RE2 only
     ],
 )
 def test_constraint_parse_refuses(obj: object, message: str) -> None:
@@ -97,6 +103,14 @@ def test_constraint_accepts_huge_integer_bounds() -> None:
         ({"pattern": r"\d+"}, "\u0661\u0662", "does not match"),  # RE2's \d is ASCII
         ({"pattern": r"\d+"}, "12", None),
         ({"pattern": "é+"}, "éé", None),  # non-ASCII text matches as text, not as bytes
+        ({"pattern": "[0-9]{0,3}"}, "12", None),
+        ({"pattern": "[0-9]{0,3}"}, "5{,3}", "does not match"),
+        ({"pattern": r"\$[0-9]+"}, "$12", None),  # an escaped '$' is a plain character
+        ({"pattern": "[$]x"}, "$x", None),  # and so is one in a class
+        ({"pattern": "[]$]x"}, "$x", None),  # a ']' first in a class is a literal
+        ({"pattern": "[^]$]x"}, "ax", None),  # also after '^'
+        ({"pattern": "[^]$]x"}, "$x", "does not match"),
+        ({"pattern": "^ab$"}, "ab", None),  # anchors at the ends mean the same to both
         ({"prefix": "/tmp/"}, "/tmp/x", None),
         ({"prefix": "/tmp/"}, "/tmp", "does not start with"),
         ({"prefix": ""}, "", None),

@@ -483,9 +483,16 @@ def test_entries_pages_are_bounded(
     assert (page["entries"], page["next"], page["end"]) == ([], None, 10)
 
 
-def test_a_large_decision_request_is_decided_like_any_other(kit: Kit, client: Client) -> None:
+def test_a_large_decision_request_is_decided_like_any_other(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Over 64 KiB a body is parsed and decided in a worker thread (off the event loop);
     the answer and the record are the same."""
+
+    async def not_on_the_loop(self: Gateway, submission: Any) -> Any:
+        raise AssertionError("a large request must not be decided on the event loop")
+
+    monkeypatch.setattr(Gateway, "decide_async", not_on_the_loop)
     big = kit.request("payments.transfer", amount=5, memo="m" * 100_000)
     decided = decide(client, kit.submit(big))
     assert decided["outcome"] == "proceed"
@@ -516,6 +523,33 @@ def test_entries_pages_are_bounded_in_bytes(
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([1], 2)
     page = client.get("/v1/audit/entries", params={"start": 2}).json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([2], None)
+
+
+def test_a_page_of_entries_the_store_no_longer_has_is_a_503(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that says it has entries but returns none (a damaged file): a typed 503,
+    not a page whose `next` is its own start (a client following it would spin)."""
+    decide(client, kit.submit())
+    store = client.app.state.gateway.store
+    monkeypatch.setattr(store, "entries", lambda start, end: [])
+    assert error_of(client.get("/v1/audit/entries"), 503) == "audit.unavailable"
+
+
+def test_entries_are_read_a_few_at_a_time_up_to_the_byte_cap(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(5):
+        decide(client, kit.submit())
+    listed = client.get("/v1/audit/entries").json()["entries"]
+    sizes = [len(base64.b64decode(e["entry"])) for e in listed]
+    monkeypatch.setattr(server_app, "_READ_AHEAD", 2)
+    monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", sum(sizes[:3]))
+    page = client.get("/v1/audit/entries").json()
+    assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1, 2], 3)
+    monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", sum(sizes))
+    page = client.get("/v1/audit/entries").json()
+    assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1, 2, 3, 4], None)
 
 
 @pytest.mark.parametrize("query", ["start=-1", "start=x", "end=1.5", "start=3&end=2"])

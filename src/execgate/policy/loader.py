@@ -6,8 +6,11 @@ package docstring of ``execgate.policy``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-from collections.abc import Collection
+import os
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -15,7 +18,7 @@ import rfc8785
 import yaml
 
 from execgate._glob import validate_glob
-from execgate.errors import PolicyError
+from execgate.errors import ConfigError, PolicyError
 from execgate.model import Outcome
 from execgate.policy import _yaml
 from execgate.policy._yaml import Entry, Invalid, line_of
@@ -23,7 +26,7 @@ from execgate.policy.conditions import Condition
 from execgate.policy.engine import Policy
 from execgate.policy.model import EFFECTS, MAX_QUORUM, MAX_TTL, NAME_PATTERN, PauseSpec, Rule
 
-__all__ = ["load_policy", "parse_policy", "pin_policy", "read_policy"]
+__all__ = ["load_policy", "parse_policy", "pin_lock", "pin_policy", "read_policy"]
 
 _TOP_KEYS: Final = frozenset({"version", "rules"})
 _MATCH_KEYS: Final = frozenset({"action", "resource"})
@@ -46,6 +49,21 @@ def read_policy(path: str | Path, *, targets: Collection[str]) -> tuple[Policy, 
     not whatever the file holds later, can be pinned: ``Gateway.open``)."""
     text = _yaml.read_text(path)
     return parse_policy(text, source=str(path), targets=targets), text
+
+
+@contextmanager
+def pin_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of the pin at ``path`` (an ``flock`` on ``<path>.lock`` beside it):
+    the workers of a service read, write and restore it one at a time."""
+    try:
+        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def pin_policy(path: Path, text: str) -> None:

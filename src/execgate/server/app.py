@@ -54,6 +54,7 @@ OUTCOME_BODY_LIMIT: Final = 16 * 1024
 INLINE_BODY_LIMIT: Final = 64 * 1024  # decision bodies parsed on the event loop
 MAX_PAGE_BYTES: Final = 4 * 1024 * 1024  # of entries per page of /v1/audit/entries
 MAX_PAGE: Final = 1000  # audit entries per page
+_READ_AHEAD: Final = 32  # entries read from the store at a time for a page
 _MAX_ID: Final = 128
 
 
@@ -202,31 +203,48 @@ async def get_entries(request: Request) -> Response:
         raise HttpError(400, "request.invalid_query", "end must not be below start")
     store = _gateway(request).store
 
-    def page() -> dict[str, Any]:
-        """Built in a worker thread: decoding and encoding a page of large records is
-        too much work for the event loop. A page ends at ``MAX_PAGE`` entries or once
-        it holds ``MAX_PAGE_BYTES`` of them (at least one): ``next`` says where to go on."""
+    def page() -> Response:
+        """Read and rendered in a worker thread: decoding and encoding a page of large
+        records is too much work for the event loop. Entries are read a few at a time,
+        and a page ends at ``MAX_PAGE`` entries or once it holds ``MAX_PAGE_BYTES`` of
+        them (at least one), so no more than that is ever held: ``next`` goes on."""
         size = store.size()
         stop = min(size, start + MAX_PAGE, size if end is None else end)
-        entries = list(store.entries(start, stop)) if start < stop else []
+        entries: list[LogEntry] = []
         held = 0
-        for taken, entry in enumerate(entries):
-            held += len(entry.entry)
-            if held > MAX_PAGE_BYTES and taken > 0:
-                entries = entries[:taken]
-                stop = start + taken
-                break
-        return {
-            "start": start,
-            "end": max(start, stop),
-            "size": size,
-            "next": stop if stop < (size if end is None else min(end, size)) else None,
-            "entries": [
-                {**_record(e), "entry": base64.b64encode(e.entry).decode("ascii")} for e in entries
-            ],
-        }
+        at = start
+        while at < stop:
+            chunk = store.entries(at, min(stop, at + _READ_AHEAD))
+            if not chunk:
+                if entries:
+                    break  # what was read is served; `next` points at the gap
+                raise HttpError(
+                    503, "audit.unavailable", f"the log holds no entry {at} below its size {size}"
+                )
+            for entry in chunk:
+                if entries and held + len(entry.entry) > MAX_PAGE_BYTES:
+                    break  # full
+                entries.append(entry)
+                held += len(entry.entry)
+            else:
+                at += len(chunk)
+                continue
+            break
+        stop = start + len(entries) if start < stop else stop
+        return JsonResponse(
+            {
+                "start": start,
+                "end": max(start, stop),
+                "size": size,
+                "next": stop if stop < (size if end is None else min(end, size)) else None,
+                "entries": [
+                    {**_record(e), "entry": base64.b64encode(e.entry).decode("ascii")}
+                    for e in entries
+                ],
+            }
+        )
 
-    return JsonResponse(await run_in_threadpool(page))
+    return await run_in_threadpool(page)
 
 
 async def get_proof(request: Request) -> Response:

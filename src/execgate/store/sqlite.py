@@ -157,11 +157,11 @@ class _LoopFuture(asyncio.Future[int]):
             self.set_result(result)
 
     def settle_from_any_thread(self, result: int | BaseException) -> None:
-        if threading.get_ident() == self.thread:
-            self.settle(result)
-            return
         with suppress(RuntimeError):  # its loop has closed: nobody to tell
-            self.get_loop().call_soon_threadsafe(self.settle, result)
+            if threading.get_ident() == self.thread:
+                self.settle(result)
+            else:
+                self.get_loop().call_soon_threadsafe(self.settle, result)
 
 
 class SQLiteStore:
