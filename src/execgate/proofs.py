@@ -145,6 +145,48 @@ def _invalid(detail: str) -> VerificationError:
     return VerificationError("identity.proof_invalid", detail)
 
 
+def _signed_claims(
+    token: object, *, typ: str, allowed: frozenset[str], jkt: str, bound: str
+) -> Mapping[str, Any]:
+    """The claims of a proof JWS of type ``typ`` signed by the key ``jkt`` names (the key
+    ``bound`` names in the ``identity.mismatch`` detail), with no claim beyond
+    ``allowed``; what both kinds of proof check first."""
+    if token is None or token == "":
+        raise VerificationError("identity.proof_missing", "no proof of possession was presented")
+    if not isinstance(token, str):
+        raise _invalid("the proof must be a compact JWS string")
+    try:
+        verified = verify(token, typ=typ, max_size=MAX_PROOF_BYTES, embedded_jwk=True)
+    except JoseError as exc:
+        raise _invalid(exc.detail) from exc
+    if verified.key.thumbprint() != jkt:
+        raise VerificationError(
+            "identity.mismatch", f"the proof key is not the key {bound} (cnf.jkt)"
+        )
+    claims: Mapping[str, Any] = verified.claims
+    if set(claims) - allowed:
+        raise _invalid(f"unknown claims {sorted(set(claims) - allowed)}")
+    return claims
+
+
+def _fresh_for_us(
+    claims: Mapping[str, Any], *, audiences: frozenset[str], now: int, max_age: int, leeway: int
+) -> int:
+    """A proof's ``iat`` once it is within ``max_age`` (and not in the future beyond
+    ``leeway``) and its ``aud`` names one of ``audiences``."""
+    iat = claims.get("iat")
+    if not isinstance(iat, int):
+        raise _invalid("iat is required")
+    if iat > now + leeway:
+        raise _invalid(f"iat {iat} is in the future")
+    if now - iat > max_age:
+        raise _invalid(f"proof is older than {max_age}s")
+    aud = claims.get("aud")
+    if not isinstance(aud, str) or aud not in audiences:  # a list is unhashable: not a set test
+        raise _invalid("aud must be a string naming an audience of this gateway")
+    return iat
+
+
 def verify_proof(
     token: object,
     *,
@@ -157,34 +199,13 @@ def verify_proof(
     leeway: int,
 ) -> Proof:
     """Verify the proof for a request (by its hash) and ``artifact`` (DESIGN §3 stage 5)."""
-    if token is None or token == "":
-        raise VerificationError("identity.proof_missing", "no proof of possession was presented")
-    if not isinstance(token, str):
-        raise _invalid("the proof must be a compact JWS string")
-    try:
-        verified = verify(token, typ=PROOF_TYP, max_size=MAX_PROOF_BYTES, embedded_jwk=True)
-    except JoseError as exc:
-        raise _invalid(exc.detail) from exc
-    if verified.key.thumbprint() != jkt:
-        raise VerificationError(
-            "identity.mismatch", "the proof key is not the key this artifact is bound to (cnf.jkt)"
-        )
-    claims: Mapping[str, Any] = verified.claims
-    if set(claims) - _CLAIMS:
-        raise _invalid(f"unknown claims {sorted(set(claims) - _CLAIMS)}")
+    claims = _signed_claims(
+        token, typ=PROOF_TYP, allowed=_CLAIMS, jkt=jkt, bound="this artifact is bound to"
+    )
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 16 <= len(jti) <= 128:
         raise _invalid("jti must be a string carrying at least 96 random bits")
-    iat = claims.get("iat")
-    if not isinstance(iat, int):
-        raise _invalid("iat is required")
-    if iat > now + leeway:
-        raise _invalid(f"iat {iat} is in the future")
-    if now - iat > max_age:
-        raise _invalid(f"proof is older than {max_age}s")
-    aud = claims.get("aud")
-    if not isinstance(aud, str) or aud not in audiences:  # a list is unhashable: not a set test
-        raise _invalid("aud must be a string naming an audience of this gateway")
+    iat = _fresh_for_us(claims, audiences=audiences, now=now, max_age=max_age, leeway=leeway)
     if claims.get("rh") != request_hash:
         raise _invalid("rh does not match this request")
     if claims.get("ath") != artifact_hash(artifact):
@@ -208,31 +229,10 @@ def verify_outcome_proof(
 ) -> None:
     """Verify the proof of an outcome report: signed by the key ``jkt`` names (the one the
     decision bound), for this decision, this report and this gateway, and fresh."""
-    if token is None or token == "":
-        raise VerificationError("identity.proof_missing", "no proof of possession was presented")
-    if not isinstance(token, str):
-        raise _invalid("the proof must be a compact JWS string")
-    try:
-        verified = verify(token, typ=OUTCOME_PROOF_TYP, max_size=MAX_PROOF_BYTES, embedded_jwk=True)
-    except JoseError as exc:
-        raise _invalid(exc.detail) from exc
-    if verified.key.thumbprint() != jkt:
-        raise VerificationError(
-            "identity.mismatch", "the proof key is not the key this decision bound (cnf.jkt)"
-        )
-    claims: Mapping[str, Any] = verified.claims
-    if set(claims) - _OUTCOME_CLAIMS:
-        raise _invalid(f"unknown claims {sorted(set(claims) - _OUTCOME_CLAIMS)}")
-    iat = claims.get("iat")
-    if not isinstance(iat, int):
-        raise _invalid("iat is required")
-    if iat > now + leeway:
-        raise _invalid(f"iat {iat} is in the future")
-    if now - iat > max_age:
-        raise _invalid(f"proof is older than {max_age}s")
-    aud = claims.get("aud")
-    if not isinstance(aud, str) or aud not in audiences:
-        raise _invalid("aud must be a string naming an audience of this gateway")
+    claims = _signed_claims(
+        token, typ=OUTCOME_PROOF_TYP, allowed=_OUTCOME_CLAIMS, jkt=jkt, bound="this decision bound"
+    )
+    _fresh_for_us(claims, audiences=audiences, now=now, max_age=max_age, leeway=leeway)
     if claims.get("did") != decision_id:
         raise _invalid("did does not name this decision")
     if claims.get("oh") != report_hash:
