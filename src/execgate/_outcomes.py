@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Final
+from typing import Any, Final
 
 from execgate._state import RECORD_VERSION
 from execgate.audit.log import AuditLog
@@ -56,30 +56,12 @@ class OutcomeLog:
     def audit(self) -> AuditLog:
         raise NotImplementedError
 
-    def check_outcome_proof(
-        self,
-        decision_id: str,
-        proof: object,
-        *,
-        status: object,
-        exit_code: object = None,
-        result_digest: object = None,
+    def _check_outcome_proof(
+        self, decision_id: str, decided: dict[str, Any], proof: object, report_hash: str
     ) -> None:
-        """Refuse an outcome report not signed by the runtime the decision let through
-        (over HTTP anyone can name a decision id: they are in the log and in answers).
-        ``VerificationError`` says why; an unknown decision is a ``RequestError``; one
-        that executed nothing has no key to check, and ``report_outcome`` refuses it."""
-        _check_report(status, exit_code, result_digest)
-        assert isinstance(status, str)
-        assert exit_code is None or isinstance(exit_code, int)
-        assert result_digest is None or isinstance(result_digest, str)
-        found = self.store.find(decision_id, "decision")
-        if found is None:
-            raise RequestError(f"decision {decision_id} is not in this gateway's log")
-        decided = json.loads(found.entry)
+        """Refuse a report not signed by the runtime the decision let through (over HTTP
+        anyone can name a decision id: they are in the log and in answers)."""
         jkt = decided.get("runtime_jkt")
-        if decided.get("outcome") not in _EXECUTED:
-            return  # nothing ran: report_outcome refuses any report
         if not isinstance(jkt, str):  # never for a decision that executed; refuse anyway
             raise VerificationError(
                 "identity.mismatch", f"decision {decision_id} names no key a report could match"
@@ -88,9 +70,7 @@ class OutcomeLog:
             proof,
             jkt=jkt,
             decision_id=decision_id,
-            report_hash=outcome_hash(
-                decision_id, status=status, exit_code=exit_code, result_digest=result_digest
-            ),
+            report_hash=report_hash,
             audiences=self.audiences,
             now=int(self._now()),
             max_age=self._proof_max_age,
@@ -126,11 +106,16 @@ class OutcomeLog:
         status: str,
         exit_code: int | None = None,
         result_digest: str | None = None,
+        proof_required: bool = False,
+        proof: object = None,
     ) -> int:
         """Append what happened when a decided request ran; return the record's log index.
 
         Only a decision that executed (proceed or reroute) has an outcome, and only one.
-        Bad input raises ``RequestError``; a log that cannot be written, ``AuditError``.
+        With ``proof_required`` (a report over HTTP), ``proof`` must be the outcome proof
+        of the runtime the decision let through (``Runtime.outcome_proof``), else
+        ``VerificationError`` says why. Bad input raises ``RequestError``; a log that
+        cannot be written, ``AuditError``.
         """
         _check_report(status, exit_code, result_digest)
         found = self.store.find(decision_id, "decision")
@@ -142,6 +127,11 @@ class OutcomeLog:
                 f"decision {decision_id} was {decided.get('outcome')}: nothing executed,"
                 " so there is no outcome to report"
             )
+        if proof_required:
+            report_hash = outcome_hash(
+                decision_id, status=status, exit_code=exit_code, result_digest=result_digest
+            )
+            self._check_outcome_proof(decision_id, decided, proof, report_hash)
         earlier = self.store.find(decision_id, "outcome")
         if earlier is not None:
             raise RequestError(

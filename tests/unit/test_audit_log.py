@@ -695,21 +695,25 @@ def test_no_outcome_for_an_unknown_decision(kit: Kit) -> None:
 
 
 def test_an_outcome_proof_is_checked_against_the_decisions_key(kit: Kit) -> None:
-    """``check_outcome_proof``: what the HTTP route asks before it reports an outcome."""
+    """``report_outcome(proof_required=True)``: what the HTTP route asks of a report."""
     gw = kit.gateway()
     d = proceed(kit, gw)
     report: dict[str, Any] = {"status": "succeeded", "exit_code": 0}
     good = kit.runtime.outcome_proof(d.decision_id, **report, audience=GATEWAY_ID, now=NOW)
-    gw.check_outcome_proof(d.decision_id, good, **report)
     with pytest.raises(VerificationError) as missing:
-        gw.check_outcome_proof(d.decision_id, None, **report)
+        gw.report_outcome(d.decision_id, **report, proof_required=True, proof=None)
     assert missing.value.code == "identity.proof_missing"
     with pytest.raises(RequestError, match="status must be one of"):
-        gw.check_outcome_proof(d.decision_id, good, status="done")
+        gw.report_outcome(d.decision_id, status="done", proof_required=True, proof=good)
     with pytest.raises(RequestError, match="not in this gateway's log"):
-        gw.check_outcome_proof("00000000-0000-4000-8000-000000000000", good, **report)
+        gw.report_outcome(
+            "00000000-0000-4000-8000-000000000000", **report, proof_required=True, proof=good
+        )
     denied = traffic(kit, gw)[3]  # nothing ran: report_outcome refuses, not the proof
-    gw.check_outcome_proof(denied.decision_id, None, **report)
+    with pytest.raises(RequestError, match="nothing executed"):
+        gw.report_outcome(denied.decision_id, **report, proof_required=True, proof=None)
+    size = gw.store.size()
+    assert gw.report_outcome(d.decision_id, **report, proof_required=True, proof=good) == size
 
 
 def test_an_executed_decision_without_a_runtime_key_refuses_every_report(kit: Kit) -> None:
@@ -733,7 +737,7 @@ def test_an_executed_decision_without_a_runtime_key_refuses_every_report(kit: Ki
     gw.store = Keyless(kit.config.store)
     good = kit.runtime.outcome_proof(d.decision_id, status="failed", audience=GATEWAY_ID, now=NOW)
     with pytest.raises(VerificationError) as refused:
-        gw.check_outcome_proof(d.decision_id, good, status="failed")
+        gw.report_outcome(d.decision_id, status="failed", proof_required=True, proof=good)
     assert refused.value.code == "identity.mismatch"
 
 

@@ -144,24 +144,16 @@ async def post_outcome(request: Request) -> Response:
         if decided is None:
             raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
         try:
-            gateway.check_outcome_proof(
-                decision_id,
-                proof,
-                status=status,
-                exit_code=body.get("exit_code"),
-                result_digest=body.get("result_digest"),
-            )
-        except VerificationError as exc:
-            raise HttpError(403, exc.code, exc.detail) from exc
-        except RequestError as exc:
-            raise HttpError(400, "request.invalid", str(exc)) from exc
-        try:
             return gateway.report_outcome(
                 decision_id,
                 status=status,
                 exit_code=body.get("exit_code"),  # type-checked by report_outcome
                 result_digest=body.get("result_digest"),
+                proof_required=True,
+                proof=proof,
             )
+        except VerificationError as exc:
+            raise HttpError(403, exc.code, exc.detail) from exc
         except RequestError as exc:
             outcome = json.loads(decided.entry).get("outcome")
             if not Outcome(outcome).executes or gateway.store.find(decision_id, "outcome"):
