@@ -93,6 +93,20 @@ def policy_view(artifact: Artifact) -> dict[str, Any]:
     }
 
 
+def _resume(
+    steps: Generator[WriteJob, int, Decision], result: int | Exception
+) -> WriteJob | Decision:
+    """Hand a commit's log index (or its error) back to ``Gateway._decide``: the next
+    write it needs, or the decision once it has returned."""
+    try:
+        if isinstance(result, Exception):
+            return steps.throw(result)
+        return steps.send(result)
+    except StopIteration as done:
+        decision: Decision = done.value
+        return decision
+
+
 class _Unsigned(Exception):
     """Raised inside a commit to roll back a decision whose receipt could not be signed."""
 
@@ -287,18 +301,15 @@ class Gateway(ApprovalFlow, OutcomeLog):
     def decide(self, submission: Submission | Mapping[str, Any]) -> Decision:
         """Decide one request. Raises only ``RequestError`` for a malformed request."""
         steps = self._decide(submission)
-        job = next(steps)
-        while True:  # each write the decision needs, committed in this thread
+        step: WriteJob | Decision = next(steps)
+        while isinstance(step, WriteJob):  # each write the decision needs, in this thread
             try:
-                try:
-                    index = self.store.commit(job)
-                except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
-                    job = steps.throw(exc)
-                else:
-                    job = steps.send(index)
-            except StopIteration as done:
-                decision: Decision = done.value
-                return decision
+                index = self.store.commit(step)
+            except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
+                step = _resume(steps, exc)
+            else:
+                step = _resume(steps, index)
+        return step
 
     async def decide_async(self, submission: Submission | Mapping[str, Any]) -> Decision:
         """``decide`` for an event loop: the stages run in the calling thread (the loop's:
@@ -310,21 +321,18 @@ class Gateway(ApprovalFlow, OutcomeLog):
         loop = asyncio.get_running_loop()
         submit = getattr(self.store, "submit", None)
         steps = self._decide(submission)
-        job = next(steps)
-        while True:
+        step: WriteJob | Decision = next(steps)
+        while isinstance(step, WriteJob):
             try:
-                try:
-                    if submit is None:
-                        index = await loop.run_in_executor(None, self.store.commit, job)
-                    else:
-                        index = await self._submitted(loop, submit, job)
-                except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
-                    job = steps.throw(exc)
+                if submit is None:
+                    index = await loop.run_in_executor(None, self.store.commit, step)
                 else:
-                    job = steps.send(index)
-            except StopIteration as done:
-                decision: Decision = done.value
-                return decision
+                    index = await self._submitted(loop, submit, step)
+            except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
+                step = _resume(steps, exc)
+            else:
+                step = _resume(steps, index)
+        return step
 
     async def _submitted(
         self, loop: asyncio.AbstractEventLoop, submit: Callable[..., Any], job: WriteJob
