@@ -37,10 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -107,24 +104,14 @@ def _serve(args: argparse.Namespace) -> int:
         return _run(args, home, load_config(home).server)
 
 
-@contextlib.contextmanager
-def _policy_in_force() -> Iterator[Path]:
-    """A fresh private directory for the file that holds the service's policy in force
-    (``Gateway.open``), named in ``$EXECGATE_POLICY_IN_FORCE`` for the workers started
-    inside; removed at exit. One already named in the environment is not reused."""
+def _policy_in_force() -> contextlib.AbstractContextManager[Path]:
+    """The file that holds the service's policy in force (``Gateway.open``), in a fresh
+    private directory named in ``$EXECGATE_POLICY_IN_FORCE`` for the workers started
+    inside; removed at exit."""
+    from execgate.server._envdir import private_dir_in_env
     from execgate.server.app import POLICY_IN_FORCE_ENV
 
-    directory = Path(tempfile.mkdtemp(prefix="execgate-policy-"))  # mode 0700
-    previous = os.environ.get(POLICY_IN_FORCE_ENV)
-    os.environ[POLICY_IN_FORCE_ENV] = str(directory / "policy.yaml")
-    try:
-        yield directory / "policy.yaml"
-    finally:
-        if previous is None:
-            os.environ.pop(POLICY_IN_FORCE_ENV, None)
-        else:
-            os.environ[POLICY_IN_FORCE_ENV] = previous
-        shutil.rmtree(directory, ignore_errors=True)
+    return private_dir_in_env(POLICY_IN_FORCE_ENV, prefix="execgate-policy-", entry="policy.yaml")
 
 
 def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> int:

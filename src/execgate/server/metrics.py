@@ -47,11 +47,9 @@ never an id, token or argument. The server binds to loopback unless told otherwi
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
 
@@ -70,6 +68,7 @@ from execgate.errors import REASON_CODES
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.server import logs
+from execgate.server._envdir import private_dir_in_env
 from execgate.server._http import handled
 from execgate.server._spec import error as _error
 
@@ -287,8 +286,7 @@ async def get_metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@contextmanager
-def multiprocess_dir() -> Iterator[Path]:
+def multiprocess_dir() -> AbstractContextManager[Path]:
     """A fresh private directory for the workers' metrics, named in
     ``PROMETHEUS_MULTIPROC_DIR`` for the processes started inside; removed at exit.
 
@@ -296,17 +294,7 @@ def multiprocess_dir() -> Iterator[Path]:
     already named in the environment is not reused: files left by an earlier run (or
     by another user) would be summed into this one's counters.
     """
-    path = Path(tempfile.mkdtemp(prefix="execgate-metrics-"))  # mode 0700
-    previous = os.environ.get(MULTIPROC_ENV)
-    os.environ[MULTIPROC_ENV] = str(path)
-    try:
-        yield path
-    finally:
-        if previous is None:
-            os.environ.pop(MULTIPROC_ENV, None)
-        else:
-            os.environ[MULTIPROC_ENV] = previous
-        shutil.rmtree(path, ignore_errors=True)
+    return private_dir_in_env(MULTIPROC_ENV, prefix="execgate-metrics-")
 
 
 ROUTES: Final[list[BaseRoute]] = [Route("/metrics", handled(get_metrics), methods=["GET"])]
