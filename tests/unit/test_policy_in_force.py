@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,23 @@ def pinned(tmp_path: Path) -> Path:
     directory = tmp_path / "service"
     directory.mkdir(mode=0o700)
     return directory / "policy.yaml"
+
+
+class _LogDown(SQLiteStore):
+    """A store whose log cannot be appended to: every commit fails (after ``first``)."""
+
+    def __init__(self, path: Path, first: Callable[[], None]) -> None:
+        super().__init__(path)
+        self.first = first
+
+    def commit(self, job: WriteJob) -> int:
+        self.first()
+        raise AuditError("the log is down")
+
+
+def _log_down(gateway: Gateway, kit: Kit, *, first: Callable[[], None] = lambda: None) -> None:
+    gateway.store.close()
+    gateway.store = _LogDown(kit.config.store, first)
 
 
 def _open(kit: Kit, pinned: Path) -> Gateway:
@@ -100,12 +117,7 @@ def test_a_reload_whose_record_fails_restores_the_pin(kit: Kit, pinned: Path) ->
     gateway = _open(kit, pinned)
     before = pinned.read_bytes()
 
-    class Down(SQLiteStore):
-        def commit(self, job: WriteJob) -> int:
-            raise AuditError("the log is down")
-
-    gateway.store.close()
-    gateway.store = Down(kit.config.store)
+    _log_down(gateway, kit)
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
     with pytest.raises(AuditError):
         gateway.reload_policy(via="signal")
@@ -117,12 +129,7 @@ def test_a_failed_reload_leaves_no_pin_where_there_was_none(kit: Kit, pinned: Pa
     gateway = _open(kit, pinned)
     pinned.unlink()  # whatever removed it, a failed reload must not put one there
 
-    class Down(SQLiteStore):
-        def commit(self, job: WriteJob) -> int:
-            raise AuditError("the log is down")
-
-    gateway.store.close()
-    gateway.store = Down(kit.config.store)
+    _log_down(gateway, kit)
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
     with pytest.raises(AuditError):
         gateway.reload_policy(via="signal")
@@ -137,21 +144,16 @@ def test_a_failed_reload_does_not_undo_a_later_workers_pin(kit: Kit, pinned: Pat
     before = pinned.read_bytes()
     b_pinned, a_pinned, b_restored = threading.Event(), threading.Event(), threading.Event()
 
-    class BDown(SQLiteStore):
-        def commit(self, job: WriteJob) -> int:
-            b_pinned.set()
-            assert a_pinned.wait(10)
-            raise AuditError("the log is down")
+    def b_commits() -> None:
+        b_pinned.set()
+        assert a_pinned.wait(10)
 
-    class ADown(SQLiteStore):
-        def commit(self, job: WriteJob) -> int:
-            a_pinned.set()
-            assert b_restored.wait(10)
-            raise AuditError("the log is down")
+    def a_commits() -> None:
+        a_pinned.set()
+        assert b_restored.wait(10)
 
-    for gateway, store in ((a, ADown), (b, BDown)):
-        gateway.store.close()
-        gateway.store = store(kit.config.store)
+    _log_down(a, kit, first=a_commits)
+    _log_down(b, kit, first=b_commits)
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
     failed: list[BaseException] = []
 
