@@ -34,7 +34,7 @@ from typing import Final
 
 from execgate.errors import AdminError, JoseError
 from execgate.jose import PrivateKey, encode, verify
-from execgate.trust import ADMIN_ROLES, Admin, TrustStore
+from execgate.trust import ADMIN_ROLES, Admin, TrustStore, signer_refusal
 
 __all__ = [
     "ADMIN_ROLES",
@@ -118,12 +118,7 @@ def verify_admin_token(
     try:
         verified = verify(token, typ=ADMIN_TYP, max_size=MAX_TOKEN_BYTES, keys=trust.admin_keys)
     except JoseError as exc:
-        reason = {
-            "unknown_key": "the token is signed by a key that is no admin's in the trust store",
-            "signature_invalid": "the token's signature does not verify",
-            "malformed": f"the token is malformed: {exc.detail}",
-        }[exc.kind]
-        raise _refuse(reason) from exc
+        raise _refuse(signer_refusal(exc, what="token", signer="admin")) from exc
     claims = verified.claims
     if set(claims) != _CLAIMS:
         missing, extra = sorted(_CLAIMS - set(claims)), sorted(set(claims) - _CLAIMS)

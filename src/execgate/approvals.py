@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from execgate.errors import ApprovalError, JoseError
 from execgate.jose import PrivateKey, encode, verify
-from execgate.trust import Approver, TrustStore
+from execgate.trust import Approver, TrustStore, signer_refusal
 
 __all__ = [
     "APPROVAL_TYP",
@@ -193,12 +193,7 @@ def check_review(
             token, typ=APPROVAL_TYP, max_size=MAX_REVIEW_BYTES, keys=trust.approver_keys
         )
     except JoseError as exc:
-        reason = {
-            "unknown_key": "the review is signed by a key that is no approver's in the trust store",
-            "signature_invalid": "the review's signature does not verify",
-            "malformed": f"the review is malformed: {exc.detail}",
-        }[exc.kind]
-        raise ApprovalError(reason) from exc
+        raise ApprovalError(signer_refusal(exc, what="review", signer="approver")) from exc
     claims = verified.claims
     if set(claims) - _CLAIMS:
         raise ApprovalError(f"the review has unknown claims {sorted(set(claims) - _CLAIMS)}")

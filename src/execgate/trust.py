@@ -46,7 +46,27 @@ from execgate.errors import ConfigError, JoseError
 from execgate.jose import PublicKey
 from execgate.scope import Grant, parse_grants
 
-__all__ = ["ADMIN_ROLES", "Admin", "Approver", "Attester", "Authority", "MeshNode", "TrustStore"]
+__all__ = [
+    "ADMIN_ROLES",
+    "Admin",
+    "Approver",
+    "Attester",
+    "Authority",
+    "MeshNode",
+    "TrustStore",
+    "signer_refusal",
+]
+
+
+def signer_refusal(exc: JoseError, *, what: str, signer: str) -> str:
+    """Why a ``what`` (a token, a review) that must be signed by a ``signer`` key pinned in
+    the trust store was refused, from the codec's failure."""
+    return {
+        "unknown_key": f"the {what} is signed by a key that is no {signer}'s in the trust store",
+        "signature_invalid": f"the {what}'s signature does not verify",
+        "malformed": f"the {what} is malformed: {exc.detail}",
+    }[exc.kind]
+
 
 _SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver", "admin"})
 # What an admin may be allowed to do, one role per group of admin routes.
