@@ -59,7 +59,7 @@ _LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl", "max_d
 _AUDIT_KEYS: Final = frozenset({"checkpoint_every", "checkpoint_interval"})
 _APPROVALS_KEYS: Final = frozenset({"notify_command", "notify_url", "notify_timeout"})
 _SERVER_KEYS: Final = frozenset(
-    {"trusted_proxies", "header_limit", "header_timeout", "body_timeout"}
+    {"trusted_proxies", "header_limit", "header_timeout", "body_timeout", "public_audit"}
 )
 # The sample approvers init writes: enough for the sample policy's quorum of 2 in finance.
 SAMPLE_APPROVERS: Final = (("alice", ("finance",)), ("bob", ("finance",)))
@@ -94,13 +94,18 @@ class ServerConfig:
     ``X-Forwarded-*`` headers forward-auth believes; from any other address such headers
     are refused. ``header_limit`` caps the request line and headers together (bytes,
     431 beyond it); ``header_timeout`` and ``body_timeout`` bound how long a client may
-    take to send them (seconds; 408 after that).
+    take to send them (seconds; 408 after that). ``public_audit`` lets anyone read the
+    log's entries (``/v1/audit/entries``, ``/v1/audit/proofs/{index}``); by default
+    they need an admin token with the ``audit`` role, as the export does, since every
+    record holds its request's arguments. Checkpoints and consistency proofs (hashes
+    only) are public either way.
     """
 
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _LOOPBACK
     header_limit: int = 16384
     header_timeout: int = 10
     body_timeout: int = 30
+    public_audit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +239,12 @@ def _server(section: object, where: str) -> ServerConfig:
                 f"{where}: [server] trusted_proxies: {exc}; write addresses like"
                 " '127.0.0.1/32' or '10.0.0.0/8'"
             ) from exc
+    public_audit = section.get("public_audit", False)
+    if not isinstance(public_audit, bool):
+        raise ConfigError(f"{where}: [server] public_audit must be true or false")
     return ServerConfig(
         trusted_proxies=networks,
+        public_audit=public_audit,
         header_limit=_int(section, "header_limit", 16384, 1024, 1 << 20, f"{where}: [server]"),
         header_timeout=_int(section, "header_timeout", 10, 1, 300, f"{where}: [server]"),
         body_timeout=_int(section, "body_timeout", 30, 1, 300, f"{where}: [server]"),
@@ -476,6 +485,10 @@ trusted_proxies = ["127.0.0.0/8", "::1/128"]
 header_limit = 16384    # bytes of request line + headers; 431 beyond
 header_timeout = 10     # seconds a client may take to send its headers; then 408
 body_timeout = 30       # seconds a client may take to send its body; then 408
+# Log entries hold each request's arguments: reading them (/v1/audit/entries, /proofs)
+# needs an admin token with the audit role unless this is true. Checkpoints and
+# consistency proofs are public either way.
+public_audit = false
 
 [targets.sandbox]
 description = "an isolated runtime with no production credentials"

@@ -12,7 +12,9 @@ runtime with a fresh key, and a ``Clock`` every gateway opened from the kit read
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -121,6 +123,30 @@ class Kit:
         for gw in self._gateways:
             gw.close()
         self._gateways.clear()
+
+    def add_admin(self, admin: str, roles: list[str]) -> None:
+        """Another admin in the home's trust store, its key in ``keys/<admin>.jwk``."""
+        key = PrivateKey.generate()
+        path = self.home / "keys" / f"{admin}.jwk"
+        path.write_text(json.dumps(key.to_jwk(private=True)))
+        path.chmod(0o600)
+        x = key.public.to_jwk()["x"]
+        with (self.home / "trust.toml").open("a", encoding="utf-8") as trust:
+            trust.write(
+                f'\n[[admin]]\nid = "{admin}"\nroles = {json.dumps(roles)}\n'
+                f'keys = [{{kty = "OKP", crv = "Ed25519", x = "{x}"}}]\n'
+            )
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every record in the home's log, in order (optionally of one kind), read from
+        the store file itself: what any gateway or server on this home has logged."""
+        db = sqlite3.connect(f"file:{self.config.store}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT entry FROM audit_log ORDER BY idx").fetchall()
+        finally:
+            db.close()
+        found = [json.loads(row[0]) for row in rows]
+        return [r for r in found if kind is None or r["kind"] == kind]
 
     # -- artifacts ---------------------------------------------------------------------
 

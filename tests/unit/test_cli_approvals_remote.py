@@ -93,23 +93,13 @@ class Env:
         return artifact, approval_id
 
     def records(self, kind: str) -> list[dict[str, Any]]:
-        page = httpx.get(self.url + "/v1/audit/entries", timeout=10.0).json()
-        return [e["record"] for e in page["entries"] if e["record"]["kind"] == kind]
+        return self.kit.records(kind)
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kit, Server]]:
     kit = make_kit(tmp_path_factory.mktemp("remote"), policy=QUORUM_2)
-    # A second admin who may only export the log: let in, but not to approvals.
-    auditor = PrivateKey.generate()
-    (kit.home / "keys" / "auditor.jwk").write_text(json.dumps(auditor.to_jwk(private=True)))
-    (kit.home / "keys" / "auditor.jwk").chmod(0o600)
-    x = auditor.public.to_jwk()["x"]
-    with (kit.home / "trust.toml").open("a", encoding="utf-8") as trust:
-        trust.write(
-            f'\n[[admin]]\nid = "auditor"\nroles = ["audit"]\n'
-            f'keys = [{{kty = "OKP", crv = "Ed25519", x = "{x}"}}]\n'
-        )
+    kit.add_admin("auditor", ["audit"])  # let in, but not to approvals
     kit.clock.t = time.time()
     with serve(kit) as server:
         yield kit, server

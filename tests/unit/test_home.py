@@ -186,6 +186,8 @@ def _edit(home: Path, old: str, new: str) -> None:
         ("receipt_ttl = 86400", "receipt_ttl = 1", "receipt_ttl"),
         ("receipt_ttl = 86400", "receipt_ttl = 86400\nextra = 1", "[limits] may hold only"),
         ('[targets.sandbox]\ndescription = "an', "[targets.sandbox]\ndescription = 5 #", "targets"),
+        ("public_audit = false", 'public_audit = "yes"', "public_audit must be true or false"),
+        ("public_audit = false", "public_audit = 1", "public_audit must be true or false"),
     ],
 )
 def test_load_config_errors_name_the_file(home: Path, old: str, new: str, fragment: str) -> None:
@@ -196,6 +198,12 @@ def test_load_config_errors_name_the_file(home: Path, old: str, new: str, fragme
     assert message.startswith(str(home / CONFIG_NAME)), message
     assert fragment in message
     assert "\n" not in message
+
+
+def test_log_entries_are_not_public_unless_the_home_says_so(home: Path) -> None:
+    assert load_config(home).server.public_audit is False
+    _edit(home, "public_audit = false", "public_audit = true")
+    assert load_config(home).server.public_audit is True
 
 
 def test_load_config_refuses_non_utf8(home: Path) -> None:

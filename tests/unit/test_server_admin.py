@@ -21,7 +21,7 @@ from execgate.audit.log import verify_export
 from execgate.audit.merkle import verify_consistency
 from execgate.audit.note import Verifier
 from execgate.errors import EvidenceError
-from execgate.jose import PrivateKey
+from execgate.home import ServerConfig
 from execgate.keyfile import read_private_key
 from execgate.pipeline import Gateway
 from execgate.server import create_app
@@ -37,16 +37,8 @@ EXPORT = "/v1/admin/audit/export"
 @pytest.fixture
 def kit(tmp_path: Path) -> Iterator[Kit]:
     k = make_kit(tmp_path)
-    # A second admin who may only export the log.
-    auditor = PrivateKey.generate()
-    (k.home / "keys" / "auditor.jwk").write_text(json.dumps(auditor.to_jwk(private=True)))
-    (k.home / "keys" / "auditor.jwk").chmod(0o600)
-    jwk = auditor.public.to_jwk()
-    with (k.home / "trust.toml").open("a", encoding="utf-8") as trust:
-        trust.write(
-            '\n[[admin]]\nid = "auditor"\nroles = ["audit"]\n'
-            f'keys = [{{kty = "OKP", crv = "Ed25519", x = "{jwk["x"]}"}}]\n'
-        )
+    k.add_admin("auditor", ["audit"])  # may only read and export the log
+    k.add_admin("revoker", ["revoke"])  # may only revoke
     yield k
     k.close()
 
@@ -71,14 +63,18 @@ def token(kit: Kit, method: str, path: str, *, who: str = "admin", **over: Any) 
     return {"Authorization": f"Bearer {value}"}
 
 
+def logged(client: Client) -> list[bytes]:
+    """The app's log, read from its store (reading it over HTTP would log that read)."""
+    store = client.app.state.gateway.store
+    return [e.entry for e in store.entries(0, store.size())]
+
+
 def records(client: Client, kind: str = "admin") -> list[dict[str, Any]]:
-    page = client.get("/v1/audit/entries").json()
-    return [e["record"] for e in page["entries"] if e["record"]["kind"] == kind]
+    return [r for r in map(json.loads, logged(client)) if r["kind"] == kind]
 
 
 def entries_text(client: Client) -> str:
-    page = client.get("/v1/audit/entries").json()
-    return "\n".join(base64.b64decode(e["entry"]).decode() for e in page["entries"])
+    return "\n".join(entry.decode() for entry in logged(client))
 
 
 # -- who is let in ----------------------------------------------------------------------
@@ -367,6 +363,52 @@ def test_the_export_verifies_offline_with_the_admin_records_in_it(kit: Kit, clie
     tampered[second] = json.dumps({"index": 1, "entry": base64.b64encode(b"{}").decode()})
     with pytest.raises(EvidenceError, match="do not match"):
         verify_export(tampered, kit.node_key.public)
+
+
+ENTRIES = "/v1/audit/entries"
+
+
+@pytest.mark.parametrize("path", [ENTRIES, "/v1/audit/proofs/0"])
+def test_reading_log_entries_needs_the_audit_role(kit: Kit, client: Client, path: str) -> None:
+    """Entries hold request arguments, as the export does: by default nobody reads them
+    without an admin token whose admin holds `audit`; refusals and reads are audited."""
+    decided = decide(client, kit.submit(kit.request("payments.transfer", amount=77)))
+    anonymous = client.get(path)
+    assert error_of(anonymous, 401) == "admin.unauthenticated"
+    assert "77" not in anonymous.text
+    wrong_role = client.get(path, headers=token(kit, "GET", path, who="revoker"))
+    assert error_of(wrong_role, 403) == "admin.forbidden"
+    allowed = client.get(path, headers=token(kit, "GET", path, who="auditor"))
+    assert allowed.status_code == 200, allowed.text
+    if path == ENTRIES:
+        [first, *_] = allowed.json()["entries"]
+        assert first["record"]["decision_id"] == decided["decision_id"]
+        assert first["record"]["request"]["args"] == {"amount": 77}
+    else:
+        assert allowed.json()["format"] == "c2sp-tlog-proof"
+    action = "audit.entries" if path == ENTRIES else "audit.proof"
+    assert [(r["action"], r["code"], r["admin"]) for r in records(client)] == [
+        (action, "admin.unauthenticated", None),
+        (action, "admin.forbidden", "revoker"),
+        (action, "admin.authorized", "auditor"),
+    ]
+    # Hashes only: the checkpoint and consistency proofs stay public.
+    assert client.get("/v1/audit/checkpoint").status_code == 200
+    assert client.get("/v1/audit/consistency", params={"first": 1}).status_code == 200
+
+
+def test_public_audit_lets_anyone_read_the_entries(kit: Kit) -> None:
+    assert kit.config.server.public_audit is False  # what a new home says
+    app = create_app(
+        open_gateway=kit.gateway, now=kit.clock, server=ServerConfig(public_audit=True)
+    )
+    with Client(app) as client:
+        decide(client, kit.submit())
+        page = client.get(ENTRIES)
+        assert page.status_code == 200
+        assert [e["record"]["kind"] for e in page.json()["entries"]] == ["decision"]
+        assert client.get("/v1/audit/proofs/0").status_code == 200
+        assert records(client) == []  # an open read is not an admin call
 
 
 def test_consistency_proofs_verify_between_signed_checkpoints(kit: Kit, client: Client) -> None:

@@ -26,6 +26,7 @@ from starlette.types import Message
 
 import execgate.server.app as server_app
 from execgate.audit.checkpoint import verify_tlog_proof
+from execgate.home import ServerConfig
 from execgate.jose import PrivateKey
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
@@ -99,6 +100,17 @@ def client(kit: Kit) -> Iterator[Client]:
         yield c
 
 
+@pytest.fixture
+def public(kit: Kit) -> Iterator[Client]:
+    """A server whose log entries anyone may read (``[server] public_audit``); who may
+    read them otherwise is tested with the admin routes (test_server_admin)."""
+    app = create_app(
+        open_gateway=kit.gateway, now=kit.clock, server=ServerConfig(public_audit=True)
+    )
+    with Client(app) as c:
+        yield c
+
+
 def decide(client: Client, submission: dict[str, Any]) -> dict[str, Any]:
     response = client.post("/v1/decisions", json=submission)
     assert response.status_code == 200, response.text
@@ -117,7 +129,7 @@ def error_of(response: httpx.Response, status: int) -> str:
 
 
 def log_size(client: Client) -> int:
-    size: int = client.get("/v1/audit/entries").json()["size"]
+    size: int = client.app.state.gateway.store.size()
     return size
 
 
@@ -181,6 +193,11 @@ def test_a_store_that_is_down_answers_fail_closed(kit: Kit) -> None:
         assert body["outcome"] == "fail_closed"
         assert body["receipt"] is None
         assert error_of(client.get("/readyz"), 503) == "not_ready"
+        # A read of the entries is an admin call, and even its refusal must be logged.
+        assert error_of(client.get("/v1/audit/entries"), 503) == "audit.unavailable"
+    public = ServerConfig(public_audit=True)
+    app = create_app(open_gateway=lambda: kit.gateway(UnavailableStore("disk gone")), server=public)
+    with Client(app) as client:
         assert error_of(client.get("/v1/audit/entries"), 503) == "store.unavailable"
 
 
@@ -448,38 +465,38 @@ def test_unknown_and_absurd_decision_ids_are_404(client: Client) -> None:
 # -- audit --------------------------------------------------------------------------------
 
 
-def test_checkpoint_entries_and_proofs(kit: Kit, client: Client) -> None:
+def test_checkpoint_entries_and_proofs(kit: Kit, public: Client) -> None:
     for _ in range(3):
-        decide(client, kit.submit())
-    checkpoint = client.get("/v1/audit/checkpoint").json()
+        decide(public, kit.submit())
+    checkpoint = public.get("/v1/audit/checkpoint").json()
     assert (checkpoint["origin"], checkpoint["size"]) == (GATEWAY_ID, 3)
     assert checkpoint["checkpoint"].startswith(f"{GATEWAY_ID}\n3\n")
 
-    page = client.get("/v1/audit/entries", params={"start": 1, "end": 3}).json()
+    page = public.get("/v1/audit/entries", params={"start": 1, "end": 3}).json()
     assert (page["start"], page["end"], page["size"], page["next"]) == (1, 3, 3, None)
     assert [e["index"] for e in page["entries"]] == [1, 2]
     entry = base64.b64decode(page["entries"][0]["entry"])
     assert json.loads(entry) == page["entries"][0]["record"]
 
-    proof = client.get("/v1/audit/proofs/1").json()
+    proof = public.get("/v1/audit/proofs/1").json()
     assert proof["format"] == "c2sp-tlog-proof"
-    gateway: Gateway = client.app.state.gateway
+    gateway: Gateway = public.app.state.gateway
     verified = verify_tlog_proof(proof["evidence"], entry, gateway.audit.verifier)
     assert verified.size == 3
-    assert error_of(client.get("/v1/audit/proofs/3"), 404) == "audit.index_not_found"
+    assert error_of(public.get("/v1/audit/proofs/3"), 404) == "audit.index_not_found"
 
 
 def test_entries_pages_are_bounded(
-    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server_app, "MAX_PAGE", 2)
     for _ in range(3):
-        decide(client, kit.submit())
-    page = client.get("/v1/audit/entries").json()
+        decide(public, kit.submit())
+    page = public.get("/v1/audit/entries").json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1], 2)
-    page = client.get("/v1/audit/entries", params={"start": 2, "end": 100}).json()
+    page = public.get("/v1/audit/entries", params={"start": 2, "end": 100}).json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([2], None)
-    page = client.get("/v1/audit/entries", params={"start": 10}).json()
+    page = public.get("/v1/audit/entries", params={"start": 10}).json()
     assert (page["entries"], page["next"], page["end"]) == ([], None, 10)
 
 
@@ -507,54 +524,54 @@ def test_a_large_decision_request_is_decided_like_any_other(
 
 
 def test_entries_pages_are_bounded_in_bytes(
-    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records can be large (a runtime's request holds up to 1 MiB of arguments): a page
     ends once it holds MAX_PAGE_BYTES of entries, never before its first."""
     for _ in range(3):
-        decide(client, kit.submit())
-    first = client.get("/v1/audit/entries").json()["entries"]
+        decide(public, kit.submit())
+    first = public.get("/v1/audit/entries").json()["entries"]
     sizes = [len(base64.b64decode(e["entry"])) for e in first]
     monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", sizes[0] + sizes[1])
-    page = client.get("/v1/audit/entries").json()
+    page = public.get("/v1/audit/entries").json()
     assert ([e["index"] for e in page["entries"]], page["end"], page["next"]) == ([0, 1], 2, 2)
     monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", 1)
-    page = client.get("/v1/audit/entries", params={"start": 1}).json()
+    page = public.get("/v1/audit/entries", params={"start": 1}).json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([1], 2)
-    page = client.get("/v1/audit/entries", params={"start": 2}).json()
+    page = public.get("/v1/audit/entries", params={"start": 2}).json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([2], None)
 
 
 def test_a_page_of_entries_the_store_no_longer_has_is_a_503(
-    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store that says it has entries but returns none (a damaged file): a typed 503,
     not a page whose `next` is its own start (a client following it would spin)."""
-    decide(client, kit.submit())
-    store = client.app.state.gateway.store
+    decide(public, kit.submit())
+    store = public.app.state.gateway.store
     monkeypatch.setattr(store, "entries", lambda start, end: [])
-    assert error_of(client.get("/v1/audit/entries"), 503) == "audit.unavailable"
+    assert error_of(public.get("/v1/audit/entries"), 503) == "audit.unavailable"
 
 
 def test_entries_are_read_a_few_at_a_time_up_to_the_byte_cap(
-    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for _ in range(5):
-        decide(client, kit.submit())
-    listed = client.get("/v1/audit/entries").json()["entries"]
+        decide(public, kit.submit())
+    listed = public.get("/v1/audit/entries").json()["entries"]
     sizes = [len(base64.b64decode(e["entry"])) for e in listed]
     monkeypatch.setattr(server_app, "_READ_AHEAD", 2)
     monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", sum(sizes[:3]))
-    page = client.get("/v1/audit/entries").json()
+    page = public.get("/v1/audit/entries").json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1, 2], 3)
     monkeypatch.setattr(server_app, "MAX_PAGE_BYTES", sum(sizes))
-    page = client.get("/v1/audit/entries").json()
+    page = public.get("/v1/audit/entries").json()
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1, 2, 3, 4], None)
 
 
 @pytest.mark.parametrize("query", ["start=-1", "start=x", "end=1.5", "start=3&end=2"])
-def test_bad_entry_queries_are_400(client: Client, query: str) -> None:
-    assert error_of(client.get(f"/v1/audit/entries?{query}"), 400) == "request.invalid_query"
+def test_bad_entry_queries_are_400(public: Client, query: str) -> None:
+    assert error_of(public.get(f"/v1/audit/entries?{query}"), 400) == "request.invalid_query"
 
 
 # -- health and the OpenAPI document ------------------------------------------------------

@@ -22,8 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
-from gatekit import Kit, make_kit
+from gatekit import GATEWAY_ID, Kit, make_kit
 
+from execgate.admin import issue_admin_token
+from execgate.keyfile import read_private_key
 from execgate.store.sqlite import SQLiteStore
 
 START_TIMEOUT = 10.0
@@ -107,6 +109,20 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+def _admin(kit: Kit, method: str, path: str) -> dict[str, str]:
+    """An admin token (the home's sample admin, every role) for one call."""
+    value = issue_admin_token(
+        key=read_private_key(kit.home / "keys" / "admin.jwk"),
+        admin="admin",
+        audience=GATEWAY_ID,
+        method=method,
+        path=path,
+        now=int(time.time()),
+        ttl=60,
+    )
+    return {"Authorization": f"Bearer {value}"}
+
+
 def _decide(url: str, submission: dict[str, Any]) -> dict[str, Any]:
     response = httpx.post(url + "/v1/decisions", json=submission, timeout=10.0)
     assert response.status_code == 200, response.text
@@ -172,12 +188,16 @@ def test_two_workers_share_the_home_with_dense_log_indexes(kit: Kit) -> None:
         count = len(decided)
         assert {d["outcome"] for d in decided} == {"proceed"}
         assert sorted(d["log_index"] for d in decided) == list(range(count))
-        page = httpx.get(server.url + "/v1/audit/entries", params={"end": count}).json()
-        assert page["size"] == count
+        entries, proof = "/v1/audit/entries", f"/v1/audit/proofs/{count - 1}"
+        assert httpx.get(server.url + entries).status_code == 401  # entries need `audit`
+        page = httpx.get(
+            server.url + entries, params={"end": count}, headers=_admin(kit, "GET", entries)
+        ).json()
+        assert page["size"] == count + 2  # the refused read and this one are audited
         by_index = {e["index"]: e["record"]["decision_id"] for e in page["entries"]}
         assert by_index == {d["log_index"]: d["decision_id"] for d in decided}
-        proof = httpx.get(f"{server.url}/v1/audit/proofs/{count - 1}").json()
-        assert proof["format"] == "c2sp-tlog-proof"
+        evidence = httpx.get(server.url + proof, headers=_admin(kit, "GET", proof)).json()
+        assert evidence["format"] == "c2sp-tlog-proof"
         assert server.stop() == 0
 
 

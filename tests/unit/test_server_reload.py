@@ -42,23 +42,19 @@ def _hash(server: Server, kit: Kit) -> str:
     return digest
 
 
-def _reloads(server: Server) -> list[dict[str, Any]]:
-    page = httpx.get(server.url + "/v1/audit/entries", timeout=10.0).json()
+def _reloads(kit: Kit) -> list[dict[str, Any]]:
     return [
-        e["record"]
-        for e in page["entries"]
-        if e["record"]["kind"] == "admin"
-        and e["record"]["code"] in ("policy.reloaded", "policy.reload_refused")
+        r for r in kit.records("admin") if r["code"] in ("policy.reloaded", "policy.reload_refused")
     ]
 
 
-def _wait_for(server: Server, count: int) -> list[dict[str, Any]]:
+def _wait_for(server: Server, kit: Kit, count: int) -> list[dict[str, Any]]:
     """The reload records, once there are ``count`` of them (or fail after WAIT)."""
     deadline = time.monotonic() + WAIT
-    found = _reloads(server)
+    found = _reloads(kit)
     while len(found) < count and time.monotonic() < deadline:
         time.sleep(0.1)
-        found = _reloads(server)
+        found = _reloads(kit)
     assert len(found) >= count, f"{found}\n{server.stderr()}"
     return found
 
@@ -114,7 +110,7 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> 
 
         policy.write_text(POLICY.replace("refunds are manual", "refunds are never automatic"))
         server.proc.send_signal(signal.SIGHUP)
-        reloaded = _wait_for(server, 2)
+        reloaded = _wait_for(server, kit, 2)
         assert {r["worker"] for r in reloaded} == workers  # each worker, none restarted
         assert {(r["via"], r["code"]) for r in reloaded} == {("signal", "policy.reloaded")}
         new = reloaded[0]["policy_hash"]
@@ -124,7 +120,7 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> 
 
         policy.write_text("version: 1\nrules: []\n")
         server.proc.send_signal(signal.SIGHUP)
-        refused = _wait_for(server, 4)[2:]
+        refused = _wait_for(server, kit, 4)[2:]
         assert {r["worker"] for r in refused} == workers
         assert {(r["result"], r["code"]) for r in refused} == {("refused", "policy.reload_refused")}
         assert server.proc.poll() is None
@@ -140,7 +136,7 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> 
         answer = _reload_cli(kit, server)
         assert answer.returncode == 0, answer.stderr
         assert "workers: all" in answer.stdout
-        latest = _wait_for(server, 8)[5:]  # one by the answering worker, then one each
+        latest = _wait_for(server, kit, 8)[5:]  # one by the answering worker, then one each
         assert {r["via"] for r in latest} == {"http", "signal"}
         assert {r["worker"] for r in latest if r["via"] == "signal"} == workers
         newest = {r["policy_hash"] for r in latest}
@@ -158,7 +154,7 @@ def test_sighup_reloads_a_single_process_server(kit: Kit) -> None:
             POLICY.replace("refunds are manual", "refunds stop here")
         )
         server.proc.send_signal(signal.SIGHUP)
-        [reloaded] = _wait_for(server, 1)
+        [reloaded] = _wait_for(server, kit, 1)
         assert reloaded["worker"] == server.proc.pid
         assert reloaded["previous_policy_hash"] == old
         assert _hash(server, kit) == reloaded["policy_hash"] != old
@@ -203,10 +199,10 @@ def test_a_replaced_worker_runs_the_policy_in_force_not_the_file(kit: Kit) -> No
         os.kill(max(workers), signal.SIGKILL)
         workers = _replaced(server, kit, max(workers))
         assert {_hash(server, kit) for _ in range(12)} == {old}
-        assert _reloads(server) == []
+        assert _reloads(kit) == []
 
         server.proc.send_signal(signal.SIGHUP)  # now it is reloaded, by every worker
-        reloaded = _wait_for(server, 2)
+        reloaded = _wait_for(server, kit, 2)
         assert {r["worker"] for r in reloaded} == workers
         new = reloaded[0]["policy_hash"]
         assert new != old

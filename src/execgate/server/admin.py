@@ -57,6 +57,7 @@ from execgate.admin import FORBIDDEN, UNAUTHENTICATED, AdminError, AdminToken, a
 from execgate.admin import verify_admin_token as _verify_token
 from execgate.approvals import Pending, Review, quorum_met, tally
 from execgate.errors import ApprovalError, EvidenceError
+from execgate.home import ServerConfig
 from execgate.server._http import HttpError, JsonResponse, handled, read_body, read_json
 from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
 
@@ -184,6 +185,16 @@ async def _admin(request: Request, role: str, action: str) -> AdminToken:
         return token
 
     return await run_in_threadpool(check)
+
+
+async def audit_reader(request: Request, action: str) -> None:
+    """Let a read of log entries through: anyone with ``[server] public_audit``, else
+    only an admin holding ``audit`` (401/403 otherwise, audited like every admin call).
+    The entries are what the export holds, request arguments included, so they are
+    guarded like it."""
+    server: ServerConfig = request.app.state.server
+    if not server.public_audit:
+        await _admin(request, "audit", action)
 
 
 def _done(request: Request, token: AdminToken, action: str, detail: str, **extra: Any) -> int:
@@ -532,7 +543,7 @@ ROUTES: Final[list[BaseRoute]] = [
 # -- the OpenAPI description ------------------------------------------------------------
 
 _SECURITY: Final[list[dict[str, list[str]]]] = [{"adminToken": []}]
-_AUTH_ERRORS: Final = {
+AUTH_ERRORS: Final = {
     "401": error("no admin token, or one that does not verify (audited)"),
     "403": error("the admin does not hold the role this call needs (audited)"),
 }
@@ -559,7 +570,7 @@ def _op(
         "operationId": operation,
         "security": _SECURITY,
         **more,
-        "responses": {"200": ok, **_AUTH_ERRORS, **COMMON_ERRORS, **(errors or {})},
+        "responses": {"200": ok, **AUTH_ERRORS, **COMMON_ERRORS, **(errors or {})},
     }
 
 

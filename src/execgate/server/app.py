@@ -188,6 +188,7 @@ def _query_int(request: Request, name: str, default: int | None) -> int | None:
 
 
 async def get_entries(request: Request) -> Response:
+    await admin.audit_reader(request, "audit.entries")
     start = _query_int(request, "start", 0)
     assert start is not None
     end = _query_int(request, "end", None)
@@ -240,6 +241,7 @@ async def get_entries(request: Request) -> Response:
 
 
 async def get_proof(request: Request) -> Response:
+    await admin.audit_reader(request, "audit.proof")
     index: int = request.path_params["index"]
     log = _gateway(request).audit
     now: Callable[[], float] = request.app.state.now

@@ -119,6 +119,15 @@ _SCHEMAS: Final[dict[str, Any]] = {
     },
 }
 
+# Entry contents (request arguments) are guarded like the export, unless made public.
+_AUDIT_READER: Final = {
+    "description": (
+        "Needs an admin token whose admin holds the role `audit`, unless the gateway sets"
+        " `[server] public_audit`: entries hold request arguments."
+    ),
+    "security": [{"adminToken": []}, {}],
+}
+
 _PATHS: Final[dict[str, Any]] = {
     "/v1/decisions": {
         "post": {
@@ -226,6 +235,7 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "summary": "A page of log entries [start, end): at most 1000, or 4 MiB of them",
             "operationId": "getEntries",
+            **_AUDIT_READER,
             "parameters": [
                 {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                 {"name": "end", "in": "query", "schema": {"type": "integer", "minimum": 0}},
@@ -258,6 +268,7 @@ _PATHS: Final[dict[str, Any]] = {
                     "the entries",
                 ),
                 "400": _error("start or end is not a non-negative integer, or end < start"),
+                **admin.AUTH_ERRORS,
                 **_COMMON_ERRORS,
             },
         }
@@ -266,6 +277,7 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "summary": "C2SP tlog-proof evidence for one entry (checkpoint + inclusion path)",
             "operationId": "getProof",
+            **_AUDIT_READER,
             "parameters": [
                 {
                     "name": "index",
@@ -286,6 +298,7 @@ _PATHS: Final[dict[str, Any]] = {
                     },
                     "the evidence, verifiable offline with the node's public key",
                 ),
+                **admin.AUTH_ERRORS,
                 **_COMMON_ERRORS,
             },
         }
