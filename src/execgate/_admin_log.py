@@ -41,7 +41,7 @@ from execgate._state import RECORD_VERSION
 from execgate.admin import UNAUTHENTICATED, AdminError
 from execgate.errors import ConfigError
 from execgate.jose import canonical_json
-from execgate.store.base import Conflict, WriteJob
+from execgate.store.base import PURGED_DETAIL, Conflict, WriteJob
 
 if TYPE_CHECKING:
     from execgate.pipeline import Gateway
@@ -106,18 +106,18 @@ def append_admin_record(
     was spent before, a refusal record (the replay) is appended instead, and
     ``AdminError`` (``admin.unauthenticated``) is raised after it is durable.
     """
-    replayed: list[bool] = []
+    replayed: list[str] = []
 
     def finalize(conflict: str | None, _index: int) -> bytes:
-        if conflict == Conflict.REPLAY:
-            replayed.append(True)
+        if conflict is not None:  # REPLAY, or PURGED: whether it was used is unknown
+            detail = (
+                "this admin token was used before (replay)"
+                if conflict == Conflict.REPLAY
+                else f"this admin token cannot be checked for replay: {PURGED_DETAIL}"
+            )
+            replayed.append(detail)
             return canonical_json(
-                {
-                    **record,
-                    "result": "refused",
-                    "code": UNAUTHENTICATED,
-                    "detail": "this admin token was used before (replay)",
-                }
+                {**record, "result": "refused", "code": UNAUTHENTICATED, "detail": detail}
             )
         return canonical_json(record)
 
@@ -133,7 +133,7 @@ def append_admin_record(
     )
     gateway._checkpoint_if_due(index + 1, int(record["at"]))
     if replayed:
-        raise AdminError(UNAUTHENTICATED, "this admin token was used before (replay)")
+        raise AdminError(UNAUTHENTICATED, replayed[0])
     return index
 
 

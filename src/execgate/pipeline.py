@@ -41,7 +41,7 @@ from execgate.policy.loader import pin_lock, pin_policy, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
-from execgate.store.base import ApprovalRow, Conflict, Store, UseClaim, WriteJob
+from execgate.store.base import PURGED_DETAIL, ApprovalRow, Conflict, Store, UseClaim, WriteJob
 from execgate.store.sqlite import SQLiteStore
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 from execgate.trust import TrustStore
@@ -602,6 +602,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.stop(
                     Outcome.DENY, "artifact.exhausted", f"all {artifact.uses} uses are spent"
                 )
+            elif conflict == Conflict.PURGED:
+                state.stop(Outcome.FAIL_CLOSED, "store.unavailable", PURGED_DETAIL)
             record = self._record_dict(state)
             receipt: str | None
             try:

@@ -603,6 +603,32 @@ def test_a_purge_keeps_what_a_wider_configured_gateway_still_accepts(kit: Kit) -
     assert second.store.replay_size() == 0
 
 
+def test_a_clock_gone_back_past_a_purge_fails_closed_instead_of_forgetting(kit: Kit) -> None:
+    """A purge while the clock read a day ahead forgets the records of today's proofs and
+    single-use artifacts; once it is set right again, those must not pass as unseen."""
+    gw = kit.gateway()
+    spent = kit.submit()
+    assert gw.decide(spent).outcome is Outcome.PROCEED
+    once = kit.artifact(uses=1, ttl=3600)
+    assert gw.decide(kit.submission(kit.request(amount=1), once)).outcome is Outcome.PROCEED
+    kit.clock.t = NOW + 86400  # the clock jumps a day ahead; a purge runs
+    gw._purge(kit.clock.now)
+    assert gw.store.replay_size() == 0
+    kit.clock.t = NOW + 5  # and is set right again
+    for decision in (
+        gw.decide(spent),  # the replay of a proof whose record is gone
+        gw.decide(kit.submission(kit.request(amount=1), once)),  # a second use
+        gw.decide(kit.submit()),  # anything fresh: nothing says what the purge removed
+    ):
+        assert decision.outcome is Outcome.FAIL_CLOSED
+        assert codes(decision) == ["store.unavailable"]
+        assert "the clock has gone back" in decision.reasons[0].detail
+        assert logged(gw, decision)["outcome"] == "fail_closed"
+    assert gw.store.replay_size() == 0  # nothing was claimed
+    kit.clock.t = NOW + 86400  # once the clock is past the purge, fresh proofs pass again
+    assert gw.decide(kit.submit()).outcome is Outcome.PROCEED
+
+
 def test_concurrent_replays_let_exactly_one_proceed(kit: Kit, gw: Gateway) -> None:
     wire = kit.submit()
     n = 16

@@ -136,6 +136,21 @@ def test_a_token_is_single_use(kit: Kit, client: Client) -> None:
     assert first["token_jti"] == second["token_jti"] is not None
 
 
+def test_a_spent_token_stays_spent_when_the_clock_goes_back_past_a_purge(
+    kit: Kit, client: Client
+) -> None:
+    headers = token(kit, "GET", APPROVALS, ttl=3600)
+    assert client.get(APPROVALS, headers=headers).status_code == 200
+    gateway: Gateway = client.app.state.gateway
+    kit.clock.t += 86400  # a day ahead: the purge forgets the spent token
+    gateway._purge(kit.clock.now)
+    kit.clock.t -= 86400 - 5  # set right again: the token is within its hour
+    again = client.get(APPROVALS, headers=headers)
+    assert error_of(again, 401) == "admin.unauthenticated"
+    assert "cannot be checked for replay" in again.json()["error"]["message"]
+    assert records(client)[-1]["result"] == "refused"
+
+
 def test_a_role_the_admin_lacks_is_403_and_audited(kit: Kit, client: Client) -> None:
     headers = token(kit, "POST", REVOKE, who="auditor")
     body = {"kind": "sub", "value": "agent-1", "reason": "test"}

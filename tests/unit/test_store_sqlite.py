@@ -283,6 +283,34 @@ def test_purge_expired_removes_only_expired_rows(store: SQLiteStore) -> None:
     assert store.purge_expired(150) == 0
 
 
+def test_claims_expiring_before_a_purge_are_refused_not_taken(
+    path: Path, store: SQLiteStore
+) -> None:
+    """After a purge at 150, a row expiring before 150 could have existed and be gone: a
+    claim like that (only possible once the clock has gone back) is never taken as new.
+    The mark only rises, and it is in the file, so every process and restart sees it."""
+    store.purge_expired(150)
+    store.purge_expired(100)  # a purge with a clock behind changes nothing
+    seen = Seen()
+    store.commit(seen.job(b"1", proof_jti="late", proof_expires_at=149))
+    store.commit(seen.job(b"2", proof_jti="p2", proof_expires_at=10**12, use=UseClaim("u", 9, 149)))
+    store.commit(seen.job(b"3", proof_jti="edge", proof_expires_at=150, use=UseClaim("u", 9, 150)))
+    assert [c for c, _ in seen.calls] == [Conflict.PURGED, Conflict.PURGED, None]
+    assert not store.proof_seen("late")  # nothing of a refused claim is written
+    assert not store.proof_seen("p2")
+    assert store.proof_seen("edge")
+    assert store.uses_consumed("u") == 1
+    assert store.size() == 3  # the refusals are logged
+    store.close()
+    reopened = SQLiteStore(path)
+    try:
+        again = Seen()
+        reopened.commit(again.job(b"4", proof_jti="late-2", proof_expires_at=120))
+        assert again.calls == [(Conflict.PURGED, 3)]
+    finally:
+        reopened.close()
+
+
 # --- revocations ----------------------------------------------------------------------
 
 

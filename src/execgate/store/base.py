@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = [
     "ApprovalRow",
@@ -58,6 +58,16 @@ class Conflict:
     EXHAUSTED = "exhausted"
     APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
     REVOKED = "revoked"  # revoked between the pipeline's check and this commit
+    # Its replay or use state may already have been purged: a purge ran with a clock
+    # reading later than this claim's expiry (the clock has gone back since).
+    PURGED = "purged"
+
+
+# What a PURGED conflict means, for whoever refuses because of one.
+PURGED_DETAIL: Final = (
+    "the replay state of this time was purged when the clock read later than it does now:"
+    " the clock has gone back, and claims fail closed until it passes that reading again"
+)
 
 
 @dataclass(frozen=True, slots=True)

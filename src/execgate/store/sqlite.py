@@ -45,6 +45,7 @@ SCHEMA_VERSION: Final = 2
 _BATCH_MAX: Final = 256
 _COMMIT_TIMEOUT: Final = 30.0
 _QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
+_PURGED_BEFORE: Final = "purged_before"  # meta key: replay and use state is gone below it
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -367,12 +368,23 @@ class SQLiteStore:
             conn.close()
 
     def purge_expired(self, now: int) -> int:
-        """Forget replay and use state that can no longer matter; returns rows removed."""
+        """Forget replay and use state that expired before ``now``; returns rows removed.
+
+        ``now`` is also remembered (the highest one purged at): a claim expiring before
+        it is refused from then on (``Conflict.PURGED``), since a row that recorded it
+        may be gone. Under a clock that only moves forward that never happens (a claim
+        the pipeline accepts expires after the present); after the clock has gone back,
+        it keeps a replay of a proof whose record was purged from passing as new."""
         conn = self._connect()
         try:
             with conn:
                 a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
                 b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
+                conn.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                    " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                    (_PURGED_BEFORE, str(now)),
+                )
             return a + b
         except sqlite3.Error as exc:
             raise StoreError(f"cannot purge expired state: {exc}") from exc
@@ -570,12 +582,14 @@ class SQLiteStore:
             )
             frontier = self._load_frontier(conn, index)
             self._frontier = None  # trusted again only once this batch commits
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_PURGED_BEFORE,)).fetchone()
+            purged_before = 0 if row is None else int(row[0])
             for p in batch:
                 job = p.job
                 assert job is not None
                 conn.execute("SAVEPOINT job")
                 try:
-                    entry = job.finalize(self._claim(conn, job), index)
+                    entry = job.finalize(self._claim(conn, job, purged_before), index)
                     conn.execute(
                         "INSERT INTO audit_log (idx, entry, kind, decision_id) VALUES (?, ?, ?, ?)",
                         (index, entry, job.kind, job.decision_id),
@@ -599,7 +613,12 @@ class SQLiteStore:
             raise
 
     @staticmethod
-    def _claim(conn: sqlite3.Connection, job: WriteJob) -> str | None:
+    def _claim(conn: sqlite3.Connection, job: WriteJob, purged_before: int) -> str | None:
+        uses = [u for u in (*job.chain_uses, job.use) if u is not None]
+        if (job.proof_jti is not None and job.proof_expires_at < purged_before) or any(
+            u.expires_at < purged_before for u in uses
+        ):
+            return Conflict.PURGED  # nothing is claimed: whether it was before is unknown
         if job.proof_jti is not None:
             try:
                 conn.execute(
