@@ -6,6 +6,8 @@ A decision adds strict parsing, revocation and replay reads, scope, policy, the 
 SQLite append (WAL, synchronous=FULL) and the receipt. Targets, as ratios in this run:
 
     sequential median decision      <= 2.5 x floor median
+                                    (also shown: the same decisions on a store that
+                                    never fsyncs, to tell the CPU from the disk)
     16 concurrent callers           >= 0.6 / floor median decisions/s (as 16 threads on
                                     ``decide``, and as 16 tasks on one event loop on
                                     ``decide_async``; the better of the two counts)
@@ -39,6 +41,7 @@ from execgate.keyfile import read_private_key
 from execgate.model import Outcome, Request
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
+from execgate.store.sqlite import SQLiteStore
 
 QUICK = os.environ.get("EXECGATE_BENCH_QUICK") == "1"
 
@@ -88,9 +91,10 @@ def commit_floor_us(root: Path, n: int) -> float:
 
 
 class Rig:
-    """A gateway home with one artifact and a runtime that signs fresh proofs."""
+    """A gateway home with one artifact and a runtime that signs fresh proofs. With
+    ``synchronous="OFF"`` its store never fsyncs: not durable, for comparison only."""
 
-    def __init__(self, root: Path, clock: Callable[[], float]):
+    def __init__(self, root: Path, clock: Callable[[], float], synchronous: str = "FULL"):
         self.home = root / "home"
         init_home(self.home, gateway_id="gw-bench")
         authority = read_private_key(self.home / "keys" / "authority.jwk")
@@ -114,6 +118,9 @@ class Rig:
             ttl=10 * 365 * 86400,
         )
         self.gateway = Gateway.open(self.home, now=clock)
+        if synchronous != "FULL":
+            self.gateway.store.close()
+            self.gateway.store = SQLiteStore(self.home / "state.db", synchronous=synchronous)
         self.request = Request(
             action="payments.transfer", resource="acct:42", runtime="agent-1", args={"amount": 120}
         )
@@ -229,6 +236,11 @@ def main() -> int:
         )
         rig.gateway.close()
     with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), time.time, synchronous="OFF")
+        sequential(rig, 200)
+        cpu_median = sequential(rig, n_seq)[0]
+        rig.gateway.close()
+    with tempfile.TemporaryDirectory() as tmp:
         first, last, replay_rows = memory(Path(tmp), n_mem)
 
     target_rate = 0.6 / (floor / 1e6)
@@ -241,6 +253,12 @@ def main() -> int:
             "<= 2.50x",
         ),
         ("decision, sequential p99", f"{seq_p99:.0f} us", f"{seq_p99 / floor:.2f}x floor", ""),
+        (
+            "decision, sequential median, no fsync",
+            f"{cpu_median:.0f} us",
+            f"{cpu_median / floor:.2f}x floor",
+            "(not durable)",
+        ),
         (
             "durable 1-row commit (SQLite WAL, FULL)",
             f"{fsync:.0f} us",
