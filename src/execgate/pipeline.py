@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
@@ -41,7 +41,15 @@ from execgate.policy.loader import pin_lock, pin_policy, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
-from execgate.store.base import PURGED_DETAIL, ApprovalRow, Conflict, Store, UseClaim, WriteJob
+from execgate.store.base import (
+    PURGED_DETAIL,
+    ApprovalRow,
+    Conflict,
+    LoopCommits,
+    Store,
+    UseClaim,
+    WriteJob,
+)
 from execgate.store.sqlite import SQLiteStore
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 from execgate.trust import TrustStore
@@ -319,15 +327,16 @@ class Gateway(ApprovalFlow, OutcomeLog):
         the loop's default executor. Same stages, same records, same answers as
         ``decide``."""
         loop = asyncio.get_running_loop()
-        submit = getattr(self.store, "submit", None)
+        store = self.store
+        batching = cast("LoopCommits", store) if hasattr(store, "submit") else None
         steps = self._decide(submission)
         step: WriteJob | Decision = next(steps)
         while isinstance(step, WriteJob):
             try:
-                if submit is None:
-                    index = await loop.run_in_executor(None, self.store.commit, step)
+                if batching is None:
+                    index = await loop.run_in_executor(None, store.commit, step)
                 else:
-                    index = await self._submitted(loop, submit, step)
+                    index = await self._submitted(loop, batching, step)
             except Exception as exc:  # noqa: BLE001 - the pipeline decides what it means
                 step = _resume(steps, exc)
             else:
@@ -335,20 +344,19 @@ class Gateway(ApprovalFlow, OutcomeLog):
         return step
 
     async def _submitted(
-        self, loop: asyncio.AbstractEventLoop, submit: Callable[..., Any], job: WriteJob
+        self, loop: asyncio.AbstractEventLoop, store: LoopCommits, job: WriteJob
     ) -> int:
         """Submit a job, make sure a flush is scheduled, and await the job's index. Past
         ``COMMIT_TIMEOUT`` a job no writer has taken is withdrawn (it is then never
         written) and fails; one a writer has taken is awaited to its end, as ``commit``
         does."""
-        future: asyncio.Future[int] = submit(job, loop=loop)
-        store = self.store
+        future = store.submit(job, loop=loop)
         if self._flush_on is not loop:
             self._flush_on = loop
-            loop.call_soon(self._flush, loop)
+            loop.call_soon(self._flush, loop, store)
 
         def expire() -> None:
-            if store.withdraw(future) and not future.done():  # type: ignore[attr-defined]
+            if store.withdraw(future) and not future.done():
                 future.set_exception(
                     AuditError(f"the audit append did not start within {COMMIT_TIMEOUT:.0f}s")
                 )
@@ -362,24 +370,24 @@ class Gateway(ApprovalFlow, OutcomeLog):
             # Nobody will hear the answer (server shutdown, an embedder's timeout): a job
             # not yet taken is withdrawn and never written; one being written completes
             # and stays in the log (nothing executes on it: its answer is never given).
-            store.withdraw(future)  # type: ignore[attr-defined]
+            store.withdraw(future)
             raise
         finally:
             timer.cancel()
         return index
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _flush(self, loop: asyncio.AbstractEventLoop, store: LoopCommits) -> None:
         """Commit what is queued (scheduled with ``call_soon``: after the loop has run
         every callback that was ready, so the decisions made meanwhile share the batch);
         when another writer holds the store, retry shortly."""
         try:
-            done = self.store.lead_now()  # type: ignore[attr-defined]
+            done = store.lead_now()
         except Exception:  # noqa: BLE001 - each job's future carries its own failure
             done = True
         if done:
             self._flush_on = None
         else:
-            loop.call_later(_FLUSH_RETRY, self._flush, loop)
+            loop.call_later(_FLUSH_RETRY, self._flush, loop, store)
 
     def _decide(
         self, submission: Submission | Mapping[str, Any]

@@ -12,6 +12,7 @@ itself failed); the pipeline turns both into ``fail_closed``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -20,6 +21,7 @@ __all__ = [
     "ApprovalRow",
     "Conflict",
     "LogEntry",
+    "LoopCommits",
     "ReviewWrite",
     "Revocation",
     "Store",
@@ -113,6 +115,19 @@ class WriteJob:
     # For a decision that executes: what revoking would deny it, checked again inside
     # the commit, so a revocation that returned before this commit always wins.
     revocation_keys: tuple[tuple[str, str], ...] = ()
+
+
+class LoopCommits(Protocol):
+    """What a store offers an event loop besides ``commit`` (``SQLiteStore`` does):
+    ``submit`` queues a job without waiting and returns an asyncio future of ``loop``,
+    ``lead_now`` commits what is queued if no other writer holds the store (False: try
+    again shortly), ``withdraw`` takes back a job no writer has taken yet."""
+
+    def submit(self, job: WriteJob, *, loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]: ...
+
+    def lead_now(self) -> bool: ...
+
+    def withdraw(self, future: asyncio.Future[int]) -> bool: ...
 
 
 class Store(Protocol):
