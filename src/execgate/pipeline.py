@@ -67,6 +67,9 @@ _PURGE_EVERY: Final = 4096
 ANONYMOUS_REQUEST_BYTES: Final = 16 * 1024
 # How long decide_async waits for a writer to take its record before withdrawing it.
 COMMIT_TIMEOUT: Final = 30.0
+# How long after its evaluation a decision's commit may still land (seconds): it waits
+# at most COMMIT_TIMEOUT for a writer to take it. Purges keep this much more state.
+PURGE_LAG: Final = 2 * int(COMMIT_TIMEOUT)
 _FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
 
 
@@ -726,7 +729,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
         So rows are kept this process's own window longer than their expiry: whatever
         the writer's limits were, a row goes only once no limit this process applies
         could accept what it records. (The processes of one store share one home, and
-        so one ``[limits]``, except while a changed home is being rolled out.) A failed
-        purge only lets replay state grow until the next one."""
+        so one ``[limits]``, except while a changed home is being rolled out.) And they
+        are kept ``PURGE_LAG`` longer still: the store refuses any claim expiring before
+        the latest purge (``Conflict.PURGED``, against a clock gone back), and a decision
+        of another process may commit that long after it was evaluated. A failed purge
+        only lets replay state grow until the next one."""
         with suppress(StoreError):
-            self.store.purge_expired(now - self._proof_max_age - self._leeway)
+            self.store.purge_expired(now - self._proof_max_age - self._leeway - PURGE_LAG)

@@ -23,6 +23,7 @@ from execgate.model import Decision, Outcome, Request
 from execgate.pipeline import MAX_REQUEST_BYTES, Gateway, Submission
 from execgate.proofs import PROOF_TYP, artifact_hash, request_hash
 from execgate.receipts import verify_receipt
+from execgate.store.base import WriteJob
 
 
 @pytest.fixture
@@ -627,6 +628,27 @@ def test_a_clock_gone_back_past_a_purge_fails_closed_instead_of_forgetting(kit: 
     assert gw.store.replay_size() == 0  # nothing was claimed
     kit.clock.t = NOW + 86400  # once the clock is past the purge, fresh proofs pass again
     assert gw.decide(kit.submit()).outcome is Outcome.PROCEED
+
+
+def test_a_commit_that_lands_after_another_gateways_purge_still_counts(kit: Kit) -> None:
+    """With tight limits (a 5 s proof age, no leeway), a decision whose commit waited a
+    few seconds behind other writers, while another process purged, is not mistaken for
+    one whose replay state was purged: purges keep PURGE_LAG more."""
+    config = kit.home / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    text = text.replace("proof_max_age = 120", "proof_max_age = 5").replace(
+        "leeway = 60 ", "leeway = 0 "
+    )
+    config.write_text(text, encoding="utf-8")
+    slow, other = kit.gateway(), kit.gateway()
+    commit = slow.store.commit
+
+    def after_a_purge(job: WriteJob) -> int:
+        other._purge(kit.clock.now + 30)  # the other process's clock, 30 s on
+        return commit(job)
+
+    slow.store.commit = after_a_purge  # type: ignore[method-assign]
+    assert slow.decide(kit.submit()).outcome is Outcome.PROCEED
 
 
 def test_concurrent_replays_let_exactly_one_proceed(kit: Kit, gw: Gateway) -> None:

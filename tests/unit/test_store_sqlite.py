@@ -311,6 +311,25 @@ def test_claims_expiring_before_a_purge_are_refused_not_taken(
         reopened.close()
 
 
+def test_a_purge_that_fails_removes_nothing(path: Path, store: SQLiteStore) -> None:
+    """The deletions and the mark are one transaction: a purge stopped half way (here by a
+    trigger refusing the second deletion) leaves every row, and no mark, behind."""
+    store.commit(entry_job(b"1", proof_jti="old", proof_expires_at=100, use=UseClaim("u", 9, 100)))
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TRIGGER no_use_purge BEFORE DELETE ON artifact_uses"
+        " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+    )
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="disk trouble"):
+        store.purge_expired(150)
+    assert store.proof_seen("old")
+    seen = Seen()
+    store.commit(seen.job(b"2", proof_jti="late", proof_expires_at=120))
+    assert seen.calls == [(None, 1)]  # no mark was left either
+
+
 # --- revocations ----------------------------------------------------------------------
 
 

@@ -377,14 +377,22 @@ class SQLiteStore:
         it keeps a replay of a proof whose record was purged from passing as new."""
         conn = self._connect()
         try:
-            with conn:
-                a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
-                b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
+            # One transaction, the mark first: no writer ever sees rows gone and the mark
+            # not yet raised, and a purge that fails removes nothing.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 conn.execute(
                     "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
                     " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                     (_PURGED_BEFORE, str(now)),
                 )
+                a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
+                b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
             return a + b
         except sqlite3.Error as exc:
             raise StoreError(f"cannot purge expired state: {exc}") from exc
