@@ -412,6 +412,25 @@ def test_reading_log_entries_needs_the_audit_role(kit: Kit, client: Client, path
     assert client.get("/v1/audit/consistency", params={"first": 1}).status_code == 200
 
 
+def test_a_whole_decision_record_needs_the_audit_role(kit: Kit, client: Client) -> None:
+    decided = decide(client, kit.submit(kit.request("payments.transfer", amount=77)))
+    path = f"/v1/decisions/{decided['decision_id']}"
+    assert client.get(path).json()["view"] == "receipt"  # no credentials: not an admin call
+    assert records(client) == []
+    forged = client.get(path, headers={"Authorization": "Bearer not.a.token"})
+    assert error_of(forged, 401) == "admin.unauthenticated"  # a credential is always checked
+    wrong_role = client.get(path, headers=token(kit, "GET", path, who="revoker"))
+    assert error_of(wrong_role, 403) == "admin.forbidden"
+    whole = client.get(path, headers=token(kit, "GET", path, who="auditor")).json()
+    assert whole["view"] == "whole"
+    assert whole["decision"]["record"]["request"]["args"] == {"amount": 77}
+    assert [(r["action"], r["code"]) for r in records(client)] == [
+        ("audit.decision", "admin.unauthenticated"),
+        ("audit.decision", "admin.forbidden"),
+        ("audit.decision", "admin.authorized"),
+    ]
+
+
 def test_public_audit_lets_anyone_read_the_entries(kit: Kit) -> None:
     assert kit.config.server.public_audit is False  # what a new home says
     app = create_app(

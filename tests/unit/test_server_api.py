@@ -19,7 +19,7 @@ from typing import Any, Self
 import httpx
 import pytest
 from anyio.from_thread import start_blocking_portal
-from gatekit import GATEWAY_ID, Kit, make_kit
+from gatekit import GATEWAY_ID, PAYMENTS, Kit, make_kit
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Message
@@ -365,6 +365,7 @@ def test_get_decision_returns_the_logged_record_and_its_outcome(kit: Kit, client
     decided = decide(client, kit.submit())
     decision_id = decided["decision_id"]
     body = client.get(f"/v1/decisions/{decision_id}").json()
+    assert body["view"] == "receipt"
     assert body["decision"]["index"] == decided["log_index"]
     assert body["decision"]["record"]["outcome"] == "proceed"
     assert body["decision"]["record"]["request_hash"] == decided["request_hash"]
@@ -390,6 +391,34 @@ def test_get_decision_returns_the_logged_record_and_its_outcome(kit: Kit, client
     )
     assert error_of(again, 409) == "outcome.conflict"
     assert log_size(client) == 2
+
+
+def test_a_decision_id_shows_only_what_the_receipt_says(kit: Kit, client: Client) -> None:
+    """Decision ids travel (access log, upstream, client, a child's parent): without
+    credentials a lookup shows the receipt's fields, never the request or the details."""
+    secret = kit.request("payments.transfer", amount=5, iban="DE-SECRET")
+    allowed = decide(client, kit.submit(secret))
+    capped = kit.artifact([{**PAYMENTS[0], "constraints": {"amount": {"max": 100}}}])
+    refused = decide(client, kit.submission(kit.request("payments.transfer", amount=101), capped))
+    assert refused["reasons"][0]["detail"] == "argument 'amount' exceeds max 100"
+    for decided in (allowed, refused):
+        response = client.get(f"/v1/decisions/{decided['decision_id']}")
+        assert response.status_code == 200
+        assert "DE-SECRET" not in response.text
+        assert "exceeds max" not in response.text
+        record = response.json()["decision"]["record"]
+        assert "request" not in record
+        assert "subject" not in record
+        assert record["decision_id"] == decided["decision_id"]
+        assert record["outcome"] == decided["outcome"]
+        assert record["reasons"] == [{"code": r["code"]} for r in decided["reasons"]]
+
+
+def test_public_audit_shows_the_whole_decision_record(kit: Kit, public: Client) -> None:
+    decided = decide(public, kit.submit(kit.request("payments.transfer", amount=5, iban="X-1")))
+    body = public.get(f"/v1/decisions/{decided['decision_id']}").json()
+    assert body["view"] == "whole"
+    assert body["decision"]["record"]["request"]["args"] == {"amount": 5, "iban": "X-1"}
 
 
 def outcome_proof(kit: Kit, decision_id: str, report: dict[str, Any], **kw: Any) -> str:
@@ -501,7 +530,7 @@ def test_entries_pages_are_bounded(
 
 
 def test_a_large_decision_request_is_decided_like_any_other(
-    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over 64 KiB a body is parsed and decided in a worker thread (off the event loop);
     the answer and the record are the same."""
@@ -511,16 +540,16 @@ def test_a_large_decision_request_is_decided_like_any_other(
 
     monkeypatch.setattr(Gateway, "decide_async", not_on_the_loop)
     big = kit.request("payments.transfer", amount=5, memo="m" * 100_000)
-    decided = decide(client, kit.submit(big))
+    decided = decide(public, kit.submit(big))
     assert decided["outcome"] == "proceed"
-    record = client.get(f"/v1/decisions/{decided['decision_id']}").json()["decision"]["record"]
+    record = public.get(f"/v1/decisions/{decided['decision_id']}").json()["decision"]["record"]
     assert record["request"]["args"]["memo"] == "m" * 100_000
     nested = b"[" * 40_000 + b"]" * 40_000  # 80 KB, too deep for the strict parser
-    response = client.post(
+    response = public.post(
         "/v1/decisions", content=nested, headers={"Content-Type": "application/json"}
     )
     assert error_of(response, 400) == "request.malformed_json"
-    assert log_size(client) == 1
+    assert log_size(public) == 1
 
 
 def test_entries_pages_are_bounded_in_bytes(

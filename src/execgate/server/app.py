@@ -104,8 +104,46 @@ def _decision_id(request: Request) -> str:
     return decision_id
 
 
+# What anyone holding a decision id may read of its record: the fields its receipt
+# signs (reason codes without their details, which may quote the request).
+_RECEIPT_FIELDS: Final = (
+    "v",
+    "kind",
+    "decision_id",
+    "gateway",
+    "at",
+    "outcome",
+    "request_hash",
+    "artifact_jti",
+    "chain",
+    "policy_hash",
+    "parent_decision",
+    "route",
+    "approval_id",
+)
+
+
+def _receipt_view(logged: dict[str, Any]) -> dict[str, Any]:
+    record = logged["record"]
+    if record is None:
+        return logged
+    shown = {k: record[k] for k in _RECEIPT_FIELDS if k in record}
+    shown["reasons"] = [{"code": r["code"]} for r in record.get("reasons", [])]
+    return {"index": logged["index"], "record": shown}
+
+
 async def get_decision(request: Request) -> Response:
+    """The decision's record and its outcome's. Whole (request arguments, reason details,
+    who the artifact named) with ``[server] public_audit`` or for an admin holding
+    ``audit`` (any ``Authorization`` header is checked as that, and audited); otherwise
+    only what its receipt says: a decision id is no secret (it is in the access log, is
+    sent to the upstream and to the client, and names a child's parent), and its
+    holder need not be the one who sent the request."""
     decision_id = _decision_id(request)
+    server: ServerConfig = request.app.state.server
+    whole = server.public_audit or "authorization" in request.headers
+    if whole:
+        await admin.audit_reader(request, "audit.decision")
     store = _gateway(request).store
 
     def lookup() -> tuple[LogEntry | None, LogEntry | None]:
@@ -114,10 +152,12 @@ async def get_decision(request: Request) -> Response:
     decided, outcome = await run_in_threadpool(lookup)
     if decided is None:
         raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
+    shown = _record(decided)
     return JsonResponse(
         {
             "decision_id": decision_id,
-            "decision": _record(decided),
+            "view": "whole" if whole else "receipt",
+            "decision": shown if whole else _receipt_view(shown),
             "outcome": _record(outcome) if outcome is not None else None,
         }
     )
@@ -188,12 +228,12 @@ def _query_int(request: Request, name: str, default: int | None) -> int | None:
 
 
 async def get_entries(request: Request) -> Response:
-    await admin.audit_reader(request, "audit.entries")
     start = _query_int(request, "start", 0)
     assert start is not None
     end = _query_int(request, "end", None)
     if end is not None and end < start:
         raise HttpError(400, "request.invalid_query", "end must not be below start")
+    await admin.audit_reader(request, "audit.entries")  # a token is spent on a real read only
     store = _gateway(request).store
 
     def page() -> Response:

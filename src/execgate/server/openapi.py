@@ -147,6 +147,13 @@ _PATHS: Final[dict[str, Any]] = {
     "/v1/decisions/{decision_id}": {
         "get": {
             "summary": "The logged decision record and its outcome record, if any",
+            "description": (
+                "Without credentials, the decision record shows only what its receipt"
+                " signs (view: receipt). The whole record (view: whole) needs an admin"
+                " token whose admin holds `audit`, unless the gateway sets"
+                " `[server] public_audit`; an Authorization header is always checked."
+            ),
+            "security": [{"adminToken": []}, {}],
             "operationId": "getDecision",
             "parameters": [_DECISION_ID],
             "responses": {
@@ -155,12 +162,14 @@ _PATHS: Final[dict[str, Any]] = {
                         "type": "object",
                         "properties": {
                             "decision_id": {"type": "string"},
+                            "view": {"enum": ["receipt", "whole"]},
                             "decision": _ref("LoggedRecord"),
                             "outcome": {"oneOf": [_ref("LoggedRecord"), {"type": "null"}]},
                         },
                     },
                     "the logged records",
                 ),
+                **admin.AUTH_ERRORS,
                 **_COMMON_ERRORS,
             },
         }
