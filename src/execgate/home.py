@@ -94,11 +94,11 @@ class ServerConfig:
     ``X-Forwarded-*`` headers forward-auth believes; from any other address such headers
     are refused. ``header_limit`` caps the request line and headers together (bytes,
     431 beyond it); ``header_timeout`` and ``body_timeout`` bound how long a client may
-    take to send them (seconds; 408 after that). ``public_audit`` lets anyone read the
-    log's entries (``/v1/audit/entries``, ``/v1/audit/proofs/{index}``); by default
-    they need an admin token with the ``audit`` role, as the export does, since every
-    record holds its request's arguments. Checkpoints and consistency proofs (hashes
-    only) are public either way.
+    take to send them (seconds; 408 after that). ``public_audit`` lets anyone read whole
+    log records (``/v1/audit/entries``, ``/v1/audit/proofs/{index}``, the full view of
+    ``/v1/decisions/{id}``); by default they need an admin token with the ``audit``
+    role, as the export does, since every record holds its request's arguments.
+    Checkpoints and consistency proofs (hashes only) are public either way.
     """
 
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _LOOPBACK
@@ -485,9 +485,9 @@ trusted_proxies = ["127.0.0.0/8", "::1/128"]
 header_limit = 16384    # bytes of request line + headers; 431 beyond
 header_timeout = 10     # seconds a client may take to send its headers; then 408
 body_timeout = 30       # seconds a client may take to send its body; then 408
-# Log entries hold each request's arguments: reading them (/v1/audit/entries, /proofs)
-# needs an admin token with the audit role unless this is true. Checkpoints and
-# consistency proofs are public either way.
+# Log records hold each request's arguments: reading them whole (/v1/audit/entries,
+# /v1/audit/proofs, a full /v1/decisions/{id}) needs an admin token with the audit role
+# unless this is true. Checkpoints and consistency proofs are public either way.
 public_audit = false
 
 [targets.sandbox]

@@ -188,10 +188,10 @@ async def _admin(request: Request, role: str, action: str) -> AdminToken:
 
 
 async def audit_reader(request: Request, action: str) -> None:
-    """Let a read of log entries through: anyone with ``[server] public_audit``, else
-    only an admin holding ``audit`` (401/403 otherwise, audited like every admin call).
-    The entries are what the export holds, request arguments included, so they are
-    guarded like it."""
+    """Let a read of whole log records through: anyone with ``[server] public_audit``,
+    else only an admin holding ``audit`` (401/403 otherwise, audited like every admin
+    call). The records are what the export holds, request arguments included, so they
+    are guarded like it."""
     server: ServerConfig = request.app.state.server
     if not server.public_audit:
         await _admin(request, "audit", action)
