@@ -75,6 +75,48 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
         t.join()
 
 
+# --- opening -------------------------------------------------------------------------
+
+
+def test_many_openers_of_one_new_file_all_succeed(tmp_path: Path) -> None:
+    """Several processes or threads may open a home's store before it exists (CLI calls
+    side by side, an embedder's threads): each gets the same store, none an error."""
+    for attempt in range(5):
+        path = tmp_path / f"new-{attempt}.db"
+        failures: list[Exception] = []
+
+        def open_it(_: int, path: Path = path, failures: list[Exception] = failures) -> None:
+            try:
+                SQLiteStore(path).close()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+
+        run_threads(8, open_it)
+        assert failures == []
+        db = sqlite3.connect(path)
+        try:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall() == [
+                (str(execgate.store.sqlite.SCHEMA_VERSION),)
+            ]
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        finally:
+            db.close()
+
+
+def test_a_file_held_by_another_writer_is_an_error_after_the_wait(tmp_path: Path) -> None:
+    holder = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        conn = sqlite3.connect(tmp_path / "held.db", timeout=0, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            execgate.store.sqlite._wal(conn, patience=0.05)
+        conn.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 # --- append-only ----------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, suppress
@@ -103,6 +104,21 @@ def _first_revocation(
         [x for pair in pairs for x in pair],
     ).fetchone()
     return Revocation(*row) if row else None
+
+
+def _wal(conn: sqlite3.Connection, *, patience: float = 10.0) -> None:
+    """Put the file in WAL mode. Turning a new file to WAL needs it to itself, and SQLite
+    answers "database is locked" at once, without its busy wait, while another
+    connection opens the same new file: so that is retried for up to ``patience``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 class _Pending:
@@ -195,8 +211,10 @@ class SQLiteStore:
                         " it aside to start a new store"
                     )
                 conn.executescript(_SCHEMA)
-                if row is None:
-                    conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                if row is None:  # a new file; another process may be creating it too
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                    )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         finally:
@@ -213,7 +231,7 @@ class SQLiteStore:
             conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 10000")
         except sqlite3.Error as exc:
