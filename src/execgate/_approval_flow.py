@@ -55,26 +55,30 @@ class ApprovalFlow:
         expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):
             pending = Pending.from_json(row.body, row.status)
-            if (pending.links, pending.policy_hash, pending.rule) != (
-                links,
+            if (pending.policy_hash, pending.rule) != (
                 state.policy_hash,
                 rule,
             ) or pending.status == "consumed":
                 continue
             status = pending.state(state.now)
-            if status == "denied":  # one deny of this exact request is terminal
+            if status == "denied":
+                # One deny of this request under this policy and rule is final, whatever
+                # artifact asks again: a fresh artifact, or a link the runtime delegated
+                # to itself, must not open a new approval for other approvers to grant.
                 state.stop(
                     Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
                 )
                 state.approval = pending.approval_id
                 return
+            if pending.links != links:  # an approval is for one exact chain
+                continue
             if status == "pending":
                 reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
                 live.append((pending, reviews))
             elif expired is None:
                 expired = pending
-        # Decisions racing on the same request can each open an approval for it: resume
-        # with whichever reached its quorum, else wait on the newest.
+        # Only one approval for a request and chain is open at a time (the store refuses
+        # a second: Conflict.APPROVAL_OPEN); resume with one that reached its quorum.
         for pending, reviews in live:
             if quorum_met(pending, reviews, self.trust):
                 state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None

@@ -247,19 +247,15 @@ def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
     ``security`` is one factor, not two (a bipartite matching of approvers to seats).
 
     Approvers are looked up in the trust store as it is now: someone removed since
-    reviewing no longer counts.
+    reviewing no longer counts, nor does a review signed with a key since removed from
+    its approver (a key rotated out after a compromise). A deny always counts.
     """
     if any(r.verdict == "deny" for r in reviews):
         return False
-    approving = sorted({r.approver for r in reviews if r.verdict == "approve"})
+    approving = sorted(_approving(reviews, trust))
     seats = [g for g in pending.groups for _ in range(pending.quorum)]
     eligible = {
-        a: [
-            i
-            for i, g in enumerate(seats)
-            if a in trust.approvers and g in trust.approvers[a].groups
-        ]
-        for a in approving
+        a: [i for i, g in enumerate(seats) if g in trust.approvers[a].groups] for a in approving
     }
     holder: dict[int, str] = {}
 
@@ -280,8 +276,17 @@ def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
 
 def tally(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> dict[str, int]:
     """How many distinct approvers have approved, per required group (before matching)."""
-    approving = {r.approver for r in reviews if r.verdict == "approve"}
+    approving = _approving(reviews, trust)
+    return {g: sum(1 for a in approving if g in trust.approvers[a].groups) for g in pending.groups}
+
+
+def _approving(reviews: Sequence[Review], trust: TrustStore) -> set[str]:
+    """The approvers whose approval still stands: still in the trust store, and signed
+    with a key that is still theirs."""
     return {
-        g: sum(1 for a in approving if a in trust.approvers and g in trust.approvers[a].groups)
-        for g in pending.groups
+        r.approver
+        for r in reviews
+        if r.verdict == "approve"
+        and r.approver in trust.approvers
+        and r.kid in trust.approvers[r.approver].keys
     }

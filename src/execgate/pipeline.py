@@ -613,6 +613,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.stop(
                     Outcome.DENY, "artifact.exhausted", f"all {artifact.uses} uses are spent"
                 )
+            elif conflict == Conflict.APPROVAL_OPEN:
+                state.stop(
+                    Outcome.PAUSE,
+                    "approval.required",
+                    "another decision opened the approval for this request meanwhile:"
+                    " ask again to wait on it",
+                )
+                state.approval, state.open_approval = None, None
             elif conflict == Conflict.PURGED:
                 state.stop(Outcome.FAIL_CLOSED, "store.unavailable", PURGED_DETAIL)
             record = self._record_dict(state)

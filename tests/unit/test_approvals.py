@@ -142,6 +142,26 @@ def test_approvers_removed_from_the_trust_store_no_longer_count() -> None:
     assert not quorum_met(p, reviews, smaller)
 
 
+def test_a_review_signed_with_a_key_since_removed_no_longer_counts() -> None:
+    """Bob's key is rotated out (say it leaked): his reviews signed with it stop counting,
+    even though bob himself is still an approver (with a new key)."""
+    p = pending(quorum=2)
+    reviews = [review("alice", p), review("bob", p)]
+    t = trust()
+    assert quorum_met(p, reviews, t)
+    new_key = PrivateKey.generate().public
+    rotated = TrustStore(
+        t.authorities,
+        {},
+        None,
+        {**t.approvers, "bob": Approver("bob", GROUPS["bob"], {new_key.thumbprint(): new_key})},
+    )
+    assert not quorum_met(p, reviews, rotated)
+    assert tally(p, reviews, rotated) == {"finance": 1}
+    denied = [review("alice", p), review("bob", p, "deny")]
+    assert not quorum_met(p, [*denied, review("dave", p)], rotated)  # a deny still counts
+
+
 def test_a_principal_cannot_review_with_a_second_key() -> None:
     """Ana holds the runtime key and another one: neither key lets her approve."""
     runtime_key, other_key = PrivateKey.generate(), PrivateKey.generate()

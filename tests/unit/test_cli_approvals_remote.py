@@ -11,6 +11,7 @@ nothing is reviewed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -34,12 +35,16 @@ QUORUM_2 = POLICY.replace("quorum: 1", "quorum: 2")
 assert QUORUM_2 != POLICY
 
 
+_AMOUNTS = itertools.count(5000)  # above the policy's pause threshold
+
+
 @dataclass
 class Env:
     kit: Kit
     server: Server
     capsys: pytest.CaptureFixture[str]
     outputs: list[str] = field(default_factory=list)
+    amounts: dict[str, int] = field(default_factory=dict)  # per artifact: see pause
 
     @property
     def url(self) -> str:
@@ -71,9 +76,10 @@ class Env:
         assert line.startswith("execgate: error: ")
         return line
 
-    def decide(self, artifact: str, amount: int = 5000) -> dict[str, Any]:
+    def decide(self, artifact: str) -> dict[str, Any]:
+        """The large transfer ``pause`` asked for with this artifact, with a fresh proof."""
         self.kit.clock.t = time.time()  # the server reads the real clock
-        request = self.kit.request(amount=amount)
+        request = self.kit.request(amount=self.amounts[artifact])
         response = httpx.post(
             self.url + "/v1/decisions",
             json=self.kit.submission(request, artifact),
@@ -87,6 +93,9 @@ class Env:
         """A fresh artifact and the approval its large transfer opened."""
         self.kit.clock.t = time.time()
         artifact = self.kit.artifact()
+        # A request of its own: one deny is final for a request, and the tests share
+        # one server (one log, one set of approvals).
+        self.amounts[artifact] = next(_AMOUNTS)
         paused = self.decide(artifact)
         assert paused["outcome"] == "pause", paused
         approval_id: str = paused["approval_id"]

@@ -9,6 +9,7 @@ home's ``trust.toml``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -372,49 +373,57 @@ def test_racing_resumes_execute_exactly_once(kit: Kit, gw: Gateway, uses: int | 
         assert gw.store.uses_consumed(link) == 1  # the losers gave back what they claimed
 
 
-def _racing_approvals(
-    kit: Kit, gw: Gateway, artifact: str, monkeypatch: pytest.MonkeyPatch
-) -> list[str]:
-    """Two pauses of one request that were evaluated before either committed: each saw no
-    approval and opened its own."""
-    first = paused(gw.decide(big(kit, artifact)))
-    kit.clock.t += 1  # the second is the newer: the one a waiting decision names
-    with monkeypatch.context() as patch:
-        patch.setattr(gw.store, "approvals", lambda **_: [])
-        second = paused(gw.decide(big(kit, artifact)))
-    assert first != second
-    assert {p.approval_id for p in gw.approvals()} == {first, second}
-    return [first, second]
-
-
-@pytest.mark.parametrize("which", [0, 1])
-def test_a_resume_uses_whichever_racing_approval_reached_its_quorum(
-    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch, which: int
-) -> None:
+def test_pauses_racing_on_one_request_open_one_approval(kit: Kit, gw: Gateway) -> None:
+    """Two submissions of one request decided on an event loop together: both are
+    evaluated before either commits, so each sees no approval and asks to open one. Only
+    one opens; otherwise each could be approved and the request would run twice."""
     artifact = kit.artifact()
-    approvals = _racing_approvals(kit, gw, artifact, monkeypatch)
-    review(kit, gw, approvals[which], "ana")
-    review(kit, gw, approvals[which], "ben")
-    d = gw.decide(big(kit, artifact))
-    assert (d.outcome, d.approval_id) == (Outcome.PROCEED, approvals[which])
-    assert gw.approval(approvals[1 - which])[0].status == "pending"
+
+    async def both() -> list[Decision]:
+        return list(
+            await asyncio.gather(
+                gw.decide_async(big(kit, artifact)), gw.decide_async(big(kit, artifact))
+            )
+        )
+
+    first, second = sorted(asyncio.run(both()), key=lambda d: d.approval_id is None)
+    approval = paused(first)
+    assert second.outcome is Outcome.PAUSE
+    assert (codes(second), second.approval_id) == (["approval.required"], None)
+    assert "ask again" in second.reasons[0].detail
+    assert [p.approval_id for p in gw.approvals()] == [approval]
+    assert logged(gw, second.log_index)["approval_id"] is None
+    assert paused(gw.decide(big(kit, artifact))) == approval  # asking again waits on it
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+    assert gw.decide(big(kit, artifact)).outcome is Outcome.PROCEED
+    assert paused(gw.decide(big(kit, artifact))) != approval  # used once, as any approval
 
 
-@pytest.mark.parametrize("which", [0, 1])
-def test_a_deny_of_either_racing_approval_is_terminal(
-    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch, which: int
+def test_a_deny_is_final_for_the_request_whatever_artifact_asks_again(
+    kit: Kit, gw: Gateway
 ) -> None:
-    artifact = kit.artifact()
-    approvals = _racing_approvals(kit, gw, artifact, monkeypatch)
-    review(kit, gw, approvals[which], "cy", "deny")
-    review(kit, gw, approvals[1 - which], "ana")
-    review(kit, gw, approvals[1 - which], "ben")
-    d = gw.decide(big(kit, artifact))
-    assert (d.outcome, codes(d), d.approval_id) == (
-        Outcome.DENY,
-        ["approval.denied"],
-        approvals[which],
+    """After a deny, neither a fresh artifact nor a link the runtime delegates to itself
+    opens a new approval that other approvers could grant."""
+    artifact = kit.artifact(ttl=3600)
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "cy", "deny")
+    own_link = delegate_artifact(
+        parent=artifact,
+        holder_key=kit.runtime.key,
+        subject=kit.runtime.runtime_id,
+        runtime_key=kit.runtime.key.public,
+        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+        now=NOW,
     )
+    for token in (kit.artifact(), own_link):
+        d = gw.decide(big(kit, token))
+        assert (d.outcome, codes(d), d.approval_id) == (
+            Outcome.DENY,
+            ["approval.denied"],
+            approval,
+        )
+    assert [p.approval_id for p in gw.approvals()] == [approval]
 
 
 def test_a_restart_between_pause_and_resume(kit: Kit) -> None:

@@ -59,6 +59,8 @@ class Conflict:
     REPLAY = "replay"
     EXHAUSTED = "exhausted"
     APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
+    # Another decision opened an approval for the same request and chain meanwhile.
+    APPROVAL_OPEN = "approval_open"
     REVOKED = "revoked"  # revoked between the pipeline's check and this commit
     # Its replay or use state may already have been purged: a purge ran with a clock
     # reading later than this claim's expiry (the clock has gone back since).

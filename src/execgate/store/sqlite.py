@@ -121,6 +121,22 @@ def _wal(conn: sqlite3.Connection, *, patience: float = 10.0) -> None:
             time.sleep(0.005)
 
 
+def _already_open(conn: sqlite3.Connection, body: dict[str, object]) -> bool:
+    """Whether an approval for the same request, chain, policy and rule is still open:
+    decisions racing on one request must not open one approval each (each could be
+    approved, and the request run once per approval)."""
+    same = (body["links"], body["policy_hash"], body["rule"])
+    for (other,) in conn.execute(
+        "SELECT body FROM approvals WHERE request_hash = ? AND status = 'pending'"
+        " AND expires_at > ?",
+        (body["request_hash"], body["created_at"]),
+    ):
+        o = json.loads(other)
+        if (o["links"], o["policy_hash"], o["rule"]) == same:
+            return True
+    return False
+
+
 class _Pending:
     __slots__ = ("future", "job", "result", "state")
 
@@ -689,6 +705,8 @@ class SQLiteStore:
         if job.open_approval is not None:
             row = job.open_approval
             body = json.loads(row.body)
+            if _already_open(conn, body):
+                return Conflict.APPROVAL_OPEN
             conn.execute(
                 "INSERT INTO approvals (id, request_hash, status, expires_at, body)"
                 " VALUES (?, ?, ?, ?, ?)",
