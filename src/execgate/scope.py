@@ -65,17 +65,26 @@ def _read_differently(pattern: str) -> str | None:
     """What in ``pattern`` both engines accept but read differently, if anything: a
     signer writes a pattern thinking of one engine, and the argument it was meant to
     exclude must not pass because the other reads it as something else."""
-    i, in_class = 0, False
+    i, in_class, negated = 0, False, False
     while i < len(pattern):
         char = pattern[i]
         if char == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            if escaped in ("S", "D", "W") or (in_class and negated and escaped in ("s", "d", "w")):
+                # RE2's \s \d \w are ASCII (its \s without \v), Python's are Unicode: RE2
+                # lets less through them, which is safe, but more through a negated one
+                # (a no-break space through '\S', a vertical tab through '[^\s]').
+                return f"a negated '\\{escaped.lower()}' (RE2 reads it as ASCII only)"
+            if escaped in ("b", "B"):
+                return f"'\\{escaped}' (a word boundary is ASCII in RE2, Unicode in Python)"
             i += 2
             continue
         if in_class:
             in_class = char != "]"
         elif char == "[":
             in_class = True
-            if pattern.startswith("^", i + 1):
+            negated = pattern.startswith("^", i + 1)
+            if negated:
                 i += 1
             if pattern.startswith("]", i + 1):  # a ']' first in a class is a literal
                 i += 1

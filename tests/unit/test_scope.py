@@ -40,6 +40,12 @@ from execgate.scope import Constraint, Grant, check_scope, parse_grants
         ({"pattern": "a$\n"}, "before the end"),  # Python's $ also before a final newline
         ({"pattern": r"\C"}, "RE2 syntax"),  # RE2: any byte; Python: an error
         ({"pattern": r"\pL"}, "RE2 syntax"),  # RE2 only
+        # negated classes are wider in RE2 (ASCII \s\d\w) than in Python (Unicode)
+        ({"pattern": r"\S+"}, r"negated '\\s'"),  # RE2 lets a no-break space through
+        ({"pattern": r"[^\s;|&]+"}, r"negated '\\s'"),  # and a vertical tab
+        ({"pattern": r"\D+"}, r"negated '\\d'"),  # and Arabic-Indic digits
+        ({"pattern": r"[a-z\W]"}, r"negated '\\w'"),
+        ({"pattern": r"\bid\b"}, "word boundary"),
     ],
 )
 def test_constraint_parse_refuses(obj: object, message: str) -> None:
