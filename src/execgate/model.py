@@ -63,6 +63,14 @@ class Request:
             value = getattr(self, name)
             if not isinstance(value, str) or not value or len(value) > 1024:
                 raise ValueError(f"request.{name} must be a non-empty string of ≤ 1024 chars")
+            # Globs match any character, so 'payments.refund\n' or 'payments.refund' with
+            # a zero-width space would slip past a rule on 'payments.refund' and reach an
+            # executor that may trim or ignore what made it different.
+            if not value.isprintable():
+                raise ValueError(
+                    f"request.{name} must be printable: no control, format or separator"
+                    " characters other than the space"
+                )
         if not isinstance(self.args, Mapping):
             raise ValueError("request.args must be a JSON object")
         if self.parent is not None and not isinstance(self.parent, str):

@@ -396,14 +396,16 @@ def test_refused_and_usage_exit_codes_differ(world: World) -> None:
 
 
 def test_request_fields_are_printed_with_control_characters_escaped(world: World) -> None:
-    approval = world.pause(world.artifact("art.jwt"), resource="acct:1\x1b[2J")
-    listed = world.ok("approvals", "list").out
+    """An action or resource cannot hold one (refused before it is decided); arguments
+    can, and are printed escaped."""
+    refused = world.decide(world.artifact("art.jwt"), resource="acct:1\x1b[2J")
+    assert refused.code == 2
+    approval = world.pause(world.artifact("art.jwt"), memo="m\x1b[2J")
     shown = world.ok("approvals", "show", approval).out
-    for text in (listed, shown):
-        assert "\x1b" not in text
-        assert "acct:1\\x1b[2J" in text
+    assert "\x1b" not in shown
+    assert '"memo": "m\\u001b[2J"' in shown
     doc = world.ok("approvals", "show", approval, "--json").json()
-    assert doc["request"]["resource"] == "acct:1\x1b[2J"
+    assert doc["request"]["args"]["memo"] == "m\x1b[2J"
 
 
 def test_show_shortens_long_arguments_and_decide_names_the_approval(world: World) -> None:

@@ -434,9 +434,21 @@ def test_tail_of_an_empty_log(tmp_path: Path) -> None:
 
 
 def test_tail_escapes_control_characters_from_requests(fresh: Path, tmp_path: Path) -> None:
+    """Such a request is refused before it is decided; a record that holds one anyway (an
+    older gateway's, or a hand-written log) is still printed escaped."""
     request = {"action": "payments.x\x1b[2J", "resource": "acct:\x07\n", "runtime": "r"}
     (tmp_path / "req.json").write_text(json.dumps(request))
-    assert cli("--home", fresh, "decide", "--request", tmp_path / "req.json").code == 1
+    refused = cli("--home", fresh, "decide", "--request", tmp_path / "req.json")
+    assert refused.code == 2
+    assert "must be printable" in refused.err
+    store = SQLiteStore(fresh / "state.db")
+    try:
+        decided = [json.loads(e.entry) for e in store.entries(0, store.size())]
+        last = next(r for r in reversed(decided) if r["kind"] == "decision")
+        record = {**last, "request": {**request, "args": {}, "parent": None}}
+        store.commit(WriteJob(None, 0, None, lambda _c, _i: json.dumps(record).encode()))
+    finally:
+        store.close()
     line = cli("--home", fresh, "audit", "tail", "-n", "1").out
     assert "payments.x\\x1b[2J acct:\\x07\\x0a" in line
     assert "\x1b" not in line

@@ -926,6 +926,12 @@ def _bad_submissions() -> dict[str, object]:
         "args-int-too-big": {"request": {**good, "args": {"x": 2**64}}},
         "oversize": {"request": {**good, "args": {"blob": "x" * MAX_REQUEST_BYTES}}},
         "action-too-long": {"request": {**good, "action": "a" * 1025}},
+        # look-alikes of a name a rule matches exactly, for an executor that trims
+        "action-newline": {"request": {**good, "action": "payments.refund\n"}},
+        "action-nul": {"request": {**good, "action": "payments.refund\x00"}},
+        "action-zero-width": {"request": {**good, "action": "payments.refund\u200b"}},
+        "resource-no-break-space": {"request": {**good, "resource": "acct:1\u00a0"}},
+        "runtime-bidi": {"request": {**good, "runtime": "agent-\u202e1"}},
         "request-non-string-key": {"request": {**good, 1: "x"}},
         "non-string-key": {"request": good, 2: "x"},
         "request-is-a-request": {"request": Request("a", "r", RUNTIME_ID)},
