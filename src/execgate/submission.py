@@ -14,7 +14,21 @@ from execgate.model import Request
 __all__ = ["MAX_REQUEST_BYTES", "Submission"]
 
 MAX_REQUEST_BYTES: Final = 1024 * 1024
+MAX_SAFE_INT: Final = 2**53 - 1  # RFC 8785 / I-JSON: integers beyond this have no form
 _SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
+
+
+def _safe_int(text: str) -> int:
+    """An integer of the canonical request. JCS writes a float such as 1e20 as the integer
+    100000000000000000000, which has no canonical form itself: the record that would
+    hold it could not be written, and the decision would go unlogged."""
+    value = int(text)
+    if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        raise RequestError(
+            f"the number {text} in the request is, written canonically (RFC 8785), an"
+            " integer beyond +-(2**53 - 1): send it as a string"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +63,7 @@ class Submission:
         object.__setattr__(self, "request_size", len(canonical))
         # Evaluate exactly what was hashed: an independent copy of the arguments, so a
         # caller mutating its dict afterwards cannot change what the proof binds.
-        frozen = replace(self.request, args=json.loads(canonical)["args"])
+        frozen = replace(self.request, args=json.loads(canonical, parse_int=_safe_int)["args"])
         object.__setattr__(self, "request", frozen)
 
     @classmethod

@@ -924,6 +924,9 @@ def _bad_submissions() -> dict[str, object]:
         "args-not-json": {"request": {**good, "args": {"x": b"bytes"}}},
         "args-float-nan": {"request": {**good, "args": {"x": float("nan")}}},
         "args-int-too-big": {"request": {**good, "args": {"x": 2**64}}},
+        # JCS writes 1e20 as the integer 100000000000000000000, itself without a form
+        "args-float-written-as-a-huge-int": {"request": {**good, "args": {"x": 1e20}}},
+        "args-float-2-53": {"request": {**good, "args": {"x": [1.5, -(2.0**53)]}}},
         "oversize": {"request": {**good, "args": {"blob": "x" * MAX_REQUEST_BYTES}}},
         "action-too-long": {"request": {**good, "action": "a" * 1025}},
         # look-alikes of a name a rule matches exactly, for an executor that trims
@@ -943,6 +946,21 @@ def test_malformed_submission_is_a_request_error(kit: Kit, gw: Gateway, case: st
     with pytest.raises(RequestError):
         gw.decide(_bad_submissions()[case])  # type: ignore[arg-type]
     assert gw.store.size() == 0
+
+
+def test_numbers_that_read_back_alike_are_decided_and_logged(kit: Kit, gw: Gateway) -> None:
+    """A float JCS writes with an exponent, or as an integer within +-(2**53 - 1), reads
+    back as itself: decided and logged like any other (the huge ones are refused above,
+    with nothing logged either way, instead of a decision that cannot be logged)."""
+    big = kit.request(amount=5, x=1e21, y=float(2**53 - 1), z=-0.0)
+    decision = gw.decide(kit.submit(big))
+    assert decision.outcome is Outcome.PROCEED
+    assert logged(gw, decision)["request"]["args"] == {
+        "amount": 5,
+        "x": 1e21,
+        "y": 2**53 - 1,
+        "z": 0,
+    }
 
 
 @pytest.mark.parametrize(
