@@ -553,6 +553,13 @@ DOCUMENT_ERRORS = [
     ("python-tag", "version: !!python/object:os.system 1\n", 1, "unusable value"),
     ("deep-nesting", "version: 1\nrules: " + "[" * 40 + "]" * 40 + "\n", 2, "nested deeper"),
     ("nan", "version: .nan\nrules: []\n", 1, "not a JSON value"),
+    # YAML 1.1 reads these as numbers a reviewer would not see: refused, not guessed
+    ("octal", "version: 01\nrules: []\n", 1, "'01' is read as 1 (YAML 1.1)"),
+    ("hex", "version: 0x1\nrules: []\n", 1, "'0x1' is read as 1 (YAML 1.1)"),
+    ("underscore", "version: 1_0\nrules: []\n", 1, "'1_0' is read as 10"),
+    ("sexagesimal", "version: 1:00\nrules: []\n", 1, "'1:00' is read as 60"),
+    ("plus-sign", "version: +1\nrules: []\n", 1, "'+1' is read as 1"),
+    ("yes", "version: yes\nrules: []\n", 1, "'yes' is a YAML 1.1 boolean"),
 ]
 
 
@@ -566,6 +573,22 @@ def test_document_error_names_line(text: str, line: int, fragment: str) -> None:
     assert info.value.line == line, str(info.value)
     assert info.value.rule is None
     assert fragment in str(info.value)
+
+
+def test_a_quorum_written_with_a_leading_zero_is_refused_not_read_as_octal() -> None:
+    with pytest.raises(PolicyError, match=r"'010' is read as 8 \(YAML 1\.1\)"):
+        _parse(
+            """
+            version: 1
+            rules:
+              - name: a
+                match: {action: x}
+                effect: pause
+                approvers: [finance]
+                quorum: 010
+                ttl: 600
+            """
+        )
 
 
 def test_policy_error_is_a_config_error() -> None:

@@ -5,19 +5,24 @@ readers walk the nodes themselves so that every error can name its 1-based line.
 composer refuses what a reviewed configuration file has no use for: anchors and aliases
 (which also rule out "billion laughs" expansion), nesting deeper than ``MAX_DEPTH``,
 duplicate mapping keys, non-string keys, and scalars that are not JSON (dates, binary,
-NaN, infinities).
+NaN, infinities, and the YAML 1.1 readings of numbers and booleans a reader would not
+expect: ``010`` as 8, ``1:00:00`` as 3600, ``yes`` as true).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import yaml
 from yaml.constructor import SafeConstructor
 
 from execgate.errors import PolicyError
+
+# A number as JSON writes it: what a plain YAML number must look like to be taken as one.
+_JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 
 MAX_BYTES = 1 << 20  # 1 MiB
 MAX_DEPTH = 32
@@ -139,6 +144,19 @@ def scalar(node: yaml.Node) -> str | int | float | bool | None:
         value = SafeConstructor().construct_object(node)
     except yaml.YAMLError as exc:
         raise Invalid(f"unusable value: {getattr(exc, 'problem', exc)}", line_of(node)) from exc
+    if isinstance(value, bool) and node.value not in ("true", "false"):
+        raise Invalid(
+            f"{node.value!r} is a YAML 1.1 boolean: write true or false, or quote it",
+            line_of(node),
+        )
+    finite = type(value) is int or (type(value) is float and math.isfinite(value))
+    if finite and not _JSON_NUMBER.match(node.value):
+        # YAML 1.1 reads 010 as 8, 0x10 as 16, 1_000 as 1000 and 1:00:00 as 3600
+        raise Invalid(
+            f"{node.value!r} is read as {value!r} (YAML 1.1): write the number in plain"
+            " decimal, or quote it to make it a string",
+            line_of(node),
+        )
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float) and math.isfinite(value):
