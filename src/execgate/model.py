@@ -105,6 +105,14 @@ class Request:
             "parent": self.parent,
         }
 
+    def for_conditions(self) -> dict[str, Any]:
+        """The ``request`` a policy condition sees: the canonical request, without
+        ``parent`` when it names none, so that ``has(request.parent)`` means it does."""
+        view = self.canonical()
+        if self.parent is None:
+            del view["parent"]
+        return view
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

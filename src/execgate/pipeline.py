@@ -509,11 +509,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
             raise VerificationError(
                 "policy.mismatch", f"artifact pins policy {pinned}, loaded is {policy.hash}"
             )
-        context = request.canonical()
-        if request.parent is None:
-            del context["parent"]  # so that `has(request.parent)` means "names a parent"
         result = policy.evaluate(
-            request=context,
+            request=request.for_conditions(),
             artifact=policy_view(artifact),
             environment=environment,
             now=state.now,

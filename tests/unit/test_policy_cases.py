@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from gatekit import make_kit
 
 from execgate.errors import PolicyError
 from execgate.model import Outcome
@@ -100,10 +101,55 @@ def test_case_defaults() -> None:
         "resource": "acct:1",
         "args": {"amount": 500},
         "runtime": "a",
-        "parent": None,
-    }
+    }  # no parent: as the gateway shows a request that names none
     assert case.expected == Verdict(Outcome.PAUSE, None, "approval.required")
     assert case.line == 8  # CASES starts with a blank line
+
+
+def test_cases_see_the_request_as_the_gateway_does(tmp_path: Path) -> None:
+    """A case passes only if the gateway decides that request the same way: without a
+    parent (``has(request.parent)`` is false), and with its numbers read back from the
+    canonical form (150.0 is the integer 150; what has no canonical form is refused)."""
+    policy = textwrap.dedent(
+        """
+        version: 1
+        rules:
+          - name: child-payments-pause
+            match: {action: "payments.*"}
+            when: "has(request.parent)"
+            effect: pause
+            approvers: [finance]
+            quorum: 1
+            ttl: 600
+          - name: payments
+            match: {action: "payments.*"}
+            effect: proceed
+        """
+    )
+    [case] = parse_cases(
+        """
+        cases:
+          - name: a top-level payment
+            request:
+              {action: payments.transfer, resource: "acct:1", args: {amount: 150.0}, runtime: a}
+            expect: proceed
+            rule: payments
+        """
+    )
+    [result] = run_cases(parse_policy(policy, source="p", targets=()), [case])
+    assert result.passed, result
+    assert type(case.request["args"]["amount"]) is int
+    kit = make_kit(tmp_path, policy=policy)
+    try:
+        decision = kit.gateway().decide(kit.submit(kit.request(amount=150.0)))
+        assert (decision.outcome, decision.rule) == (Outcome.PROCEED, "payments")
+    finally:
+        kit.close()
+    with pytest.raises(PolicyError, match="integer beyond"):
+        parse_cases(
+            "cases:\n  - name: huge\n    request: {action: a, resource: r, runtime: a,"
+            " args: {n: 1.0e+20}}\n    expect: deny\n"
+        )
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,13 @@ from typing import Any, Final
 
 import yaml
 
-from execgate.errors import REASON_CODES, PolicyError
+from execgate.errors import REASON_CODES, PolicyError, RequestError
 from execgate.model import Outcome, Request
 from execgate.policy import _yaml
 from execgate.policy._yaml import Entry, Invalid, line_of
 from execgate.policy.engine import Policy
 from execgate.policy.model import EFFECTS
+from execgate.submission import Submission
 
 __all__ = [
     "DEFAULT_NOW",
@@ -170,8 +171,11 @@ def _fields(name: str, fields: dict[str, Entry], line: int) -> Case:
             raise Invalid(f"the case has no {required!r}", line)
     request_entry = fields["request"]
     try:
-        request = Request.from_json(_object(request_entry, "'request'")).canonical()
-    except ValueError as exc:
+        # As the gateway reads it: through the canonical form (so 150.0 is the integer
+        # 150, and what has no canonical form is refused), and without a null parent.
+        parsed = Request.from_json(_object(request_entry, "'request'"))
+        request = Submission(parsed, None, None).request.for_conditions()
+    except (ValueError, RequestError) as exc:
         raise Invalid(f"'request': {exc}", request_entry.line) from exc
     expect_node = fields["expect"].node
     expect = _yaml.string(expect_node, "'expect'")
