@@ -7,6 +7,7 @@ log linked to the decision; every N entries or T seconds the log is checkpointed
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from execgate.jose import canonical_json
 from execgate.model import Outcome
 from execgate.proofs import outcome_hash, verify_outcome_proof
 from execgate.store.base import LogEntry, Store, WriteJob
+
+_log = logging.getLogger("execgate.audit")
 
 __all__ = ["OutcomeLog"]
 
@@ -94,8 +97,11 @@ class OutcomeLog:
                 # A clock that failed (or stepped back) reads early: never move the
                 # schedule back with it, or the next decision checkpoints at once.
                 self._last_checkpoint = (size, max(now, last_time))
-        except Exception:  # noqa: BLE001 - retried at the next decision
-            self._last_checkpoint = None
+        except Exception as exc:  # noqa: BLE001 - never the decision's concern
+            # Tried again once as many entries, or as much time, have passed: a tree the
+            # node refuses to sign (EvidenceError) refuses every time, and each try reads.
+            self._last_checkpoint = (size, now)
+            _log.warning("checkpoint at size %d not signed: %s: %s", size, type(exc).__name__, exc)
         finally:
             self._checkpoint_lock.release()
 

@@ -28,7 +28,7 @@ from gatekit import GATEWAY_ID, NOW, PAYMENTS, Kit, make_kit
 
 import execgate.store.sqlite
 from execgate.audit.checkpoint import Checkpoint, open_checkpoint
-from execgate.audit.log import ExportReport, verify_evidence, verify_export
+from execgate.audit.log import ExportReport, SigningRefused, verify_evidence, verify_export
 from execgate.audit.merkle import (
     Frontier,
     consistency_proof,
@@ -409,6 +409,42 @@ def test_consistency_between_every_two_stored_checkpoints(kit: Kit) -> None:
             if old.size < new.size:
                 with pytest.raises(EvidenceError):
                     verify_consistency(old.size, new.size, proof, new.root, new.root)
+
+
+def fork_the_tree(kit: Kit, gw: Gateway) -> None:
+    """As an intruder with the file (triggers dropped): rebuild the stored tree as if
+    entry 1 were a forged record; the entries themselves stay as they are."""
+    log = entries(gw.store)
+    conn = sqlite3.connect(kit.config.store)
+    try:
+        for trigger in ("no_update", "no_delete", "no_replace"):
+            conn.execute(f"DROP TRIGGER merkle_nodes_{trigger}")
+        conn.execute("DELETE FROM merkle_nodes")
+        forged = Frontier()
+        for entry in [log[0], b'{"forged":true}', *log[2:]]:
+            conn.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", forged.append(entry))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_the_node_never_signs_a_tree_that_forks_what_it_signed(kit: Kit) -> None:
+    """Rewritten tree nodes would let an entry's evidence prove a forged record: the node
+    refuses to sign the next checkpoint instead of a tree head inconsistent with its
+    earlier one (and an export still writes what there is, for verify to judge)."""
+    gw = checkpointed_log(kit)
+    size = open_checkpoint(gw.audit.checkpoint(now=NOW), verifier(kit)).size
+    fork_the_tree(kit, gw)
+    gw.close()
+    reopened = kit.gateway()
+    proceed(kit, reopened)  # appended on the rewritten tree
+    with pytest.raises(SigningRefused, match=f"not consistent with checkpoint {size}"):
+        reopened.audit.checkpoint(now=NOW)
+    assert [s for s, _ in reopened.store.checkpoints()][-1] == size  # nothing new signed
+    out = io.StringIO()
+    assert reopened.audit.export(out, now=NOW) == size + 1
+    with pytest.raises(EvidenceError):
+        verify_export(out.getvalue().splitlines(), node_public(kit))
 
 
 def test_evidence_for_every_index_verifies_offline_with_only_the_public_key(kit: Kit) -> None:

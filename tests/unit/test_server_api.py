@@ -23,6 +23,7 @@ from gatekit import GATEWAY_ID, PAYMENTS, Kit, make_kit
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Message
+from test_audit_log import fork_the_tree
 
 import execgate.server.app as server_app
 from execgate.audit.checkpoint import verify_tlog_proof
@@ -32,6 +33,7 @@ from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
 from execgate.server import create_app
+from execgate.store.sqlite import SQLiteStore
 from execgate.store.unavailable import UnavailableStore
 
 SHELL = ({"action": "shell.exec", "resource": "host:**"},)
@@ -513,6 +515,20 @@ def test_checkpoint_entries_and_proofs(kit: Kit, public: Client) -> None:
     verified = verify_tlog_proof(proof["evidence"], entry, gateway.audit.verifier)
     assert verified.size == 3
     assert error_of(public.get("/v1/audit/proofs/3"), 404) == "audit.index_not_found"
+
+
+def test_a_tree_the_node_refuses_to_sign_is_a_503(kit: Kit, public: Client) -> None:
+    for _ in range(3):
+        decide(public, kit.submit())
+    assert public.get("/v1/audit/checkpoint").status_code == 200
+    gateway: Gateway = public.app.state.gateway
+    fork_the_tree(kit, gateway)
+    gateway.store.close()
+    gateway.store = SQLiteStore(kit.config.store)  # a fresh view of the rewritten file
+    decide(public, kit.submit())
+    response = public.get("/v1/audit/checkpoint")
+    assert error_of(response, 503) == "audit.unavailable"
+    assert "not consistent with checkpoint 3" in response.json()["error"]["message"]
 
 
 def test_entries_pages_are_bounded(

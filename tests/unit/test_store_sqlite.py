@@ -154,6 +154,33 @@ def test_audit_log_refuses_replacing_or_skipping_an_index(store: SQLiteStore, pa
     assert store.commit(entry_job(b"second")) == 1
 
 
+def test_insert_or_replace_cannot_rewrite_tree_nodes_outcomes_or_checkpoints(
+    store: SQLiteStore, path: Path
+) -> None:
+    """A REPLACE that conflicts deletes the old row without firing its DELETE trigger:
+    the tree, the one outcome of a decision and the checkpoints refuse it on INSERT."""
+    store.commit(entry_job(b"decided"))
+    store.commit(WriteJob(None, 0, None, lambda _c, _i: b"ran", decision_id="d", kind="outcome"))
+    store.add_checkpoint(2, "signed note", now=0)
+    nodes = [store.node(0, 0), store.node(0, 1), store.node(1, 0)]
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("INSERT OR REPLACE INTO merkle_nodes VALUES (0, 1, x'00')")
+        with pytest.raises(sqlite3.DatabaseError, match="one outcome per decision"):
+            conn.execute(
+                "INSERT OR REPLACE INTO audit_log (idx, entry, kind, decision_id)"
+                " VALUES (2, x'00', 'outcome', 'd')"
+            )
+        conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (2, 'forged', 0)")  # ignored
+        conn.commit()
+    finally:
+        conn.close()
+    assert [store.node(0, 0), store.node(0, 1), store.node(1, 0)] == nodes
+    assert [e.entry for e in store.entries(0, 10)] == [b"decided", b"ran"]
+    assert store.checkpoints() == [(2, "signed note")]
+
+
 # --- indexes --------------------------------------------------------------------------
 
 

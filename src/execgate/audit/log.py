@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import IO, Final
 
@@ -38,6 +39,7 @@ from execgate.audit.merkle import (
     consistency_proof,
     inclusion_proof,
     root_at,
+    verify_consistency,
 )
 from execgate.audit.note import Signer, Verifier
 from execgate.audit.note import parse_unverified as parse_unverified_note
@@ -49,11 +51,16 @@ __all__ = [
     "EXPORT_FORMAT",
     "AuditLog",
     "ExportReport",
+    "SigningRefused",
     "verify_evidence",
     "verify_export",
 ]
 
 EXPORT_FORMAT: Final = "execgate-audit-export/1"
+
+
+class SigningRefused(EvidenceError):
+    """The node will not sign a checkpoint: the stored tree forks what it signed before."""
 
 
 class AuditLog:
@@ -78,14 +85,48 @@ class AuditLog:
         return found[0].entry
 
     def checkpoint(self, *, now: int) -> str:
-        """A signed checkpoint of the log as it is now (reusing one for the same size)."""
+        """A signed checkpoint of the log as it is now (reusing one for the same size).
+
+        Before signing, the tree is checked to extend the newest stored checkpoint this
+        key signed (an RFC 9162 consistency proof from the stored nodes): the node never
+        signs a tree head that forks its own history, even if the store's nodes were
+        rewritten behind its back. ``SigningRefused`` says so instead."""
         size = self.size()
         stored = self.store.checkpoints()
-        if stored and stored[-1][0] == size:
+        if stored and stored[-1][0] == size and self._signed_here(stored[-1][1]) is not None:
             return stored[-1][1]
-        note = sign_checkpoint(Checkpoint(self.origin, size, self.root(size)), self.signer)
+        root = self.root(size)
+        self._check_extends(stored, size, root)
+        note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
         self.store.add_checkpoint(size, note, now=now)
         return note
+
+    def _signed_here(self, note: str) -> Checkpoint | None:
+        try:
+            return open_checkpoint(note, self.verifier)
+        except EvidenceError:
+            return None  # another key's (before a key change), or not a checkpoint at all
+
+    def _check_extends(self, stored: Iterable[tuple[int, str]], size: int, root: bytes) -> None:
+        for _, note in reversed(list(stored)):
+            earlier = self._signed_here(note)
+            if earlier is None:
+                continue
+            if earlier.size > size or (earlier.size == size and earlier.root != root):
+                raise SigningRefused(
+                    f"the log no longer extends checkpoint {earlier.size} that this node"
+                    " signed: refusing to sign another"
+                )
+            if 0 < earlier.size < size:
+                proof = consistency_proof(earlier.size, size, self.store.node)
+                try:
+                    verify_consistency(earlier.size, size, proof, earlier.root, root)
+                except EvidenceError as exc:
+                    raise SigningRefused(
+                        f"the log's tree is not consistent with checkpoint {earlier.size}"
+                        f" that this node signed ({exc}): refusing to sign size {size}"
+                    ) from exc
+            return
 
     def latest_checkpoint(self) -> str | None:
         stored = self.store.checkpoints()
@@ -118,11 +159,14 @@ class AuditLog:
 
         Every stored checkpoint is written, even one that no entry line reaches: a log
         whose last entries were deleted from the store then fails ``verify_export``
-        instead of passing as a shorter log.
+        instead of passing as a shorter log. A log whose tree the node refuses to sign
+        (see ``checkpoint``) is exported all the same, without a fresh checkpoint:
+        ``verify_export`` then says what is wrong with it.
         """
-        self.checkpoint(now=now)
+        with suppress(EvidenceError):
+            self.checkpoint(now=now)
         checkpoints = dict(self.store.checkpoints())
-        size = max(checkpoints)
+        size = max(max(checkpoints, default=0), self.size())
         written = 0
         out.write(json.dumps({"format": EXPORT_FORMAT, "origin": self.origin}) + "\n")
         if 0 in checkpoints:

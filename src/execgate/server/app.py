@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from execgate.adapters.http import PROOF_HEADER
+from execgate.audit.log import SigningRefused
 from execgate.errors import EvidenceError, RequestError, VerificationError
 from execgate.home import ServerConfig, load_config
 from execgate.model import Outcome
@@ -214,7 +215,10 @@ async def get_checkpoint(request: Request) -> Response:
     def checkpoint() -> tuple[str, int]:
         return log.checkpoint(now=int(now())), log.size()
 
-    note, size = await run_in_threadpool(checkpoint)
+    try:
+        note, size = await run_in_threadpool(checkpoint)
+    except SigningRefused as exc:
+        raise HttpError(503, "audit.unavailable", str(exc)) from exc
     return JsonResponse({"origin": log.origin, "size": size, "checkpoint": note})
 
 
@@ -291,6 +295,8 @@ async def get_proof(request: Request) -> Response:
             raise HttpError(404, "audit.index_not_found", f"index {index} is not in the log")
         try:
             return log.evidence(index, now=int(now()))
+        except SigningRefused as exc:
+            raise HttpError(503, "audit.unavailable", str(exc)) from exc
         except EvidenceError as exc:  # the log shrank meanwhile: it is damaged
             raise HttpError(404, "audit.index_not_found", str(exc)) from exc
 

@@ -77,6 +77,14 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+-- A conflicting INSERT OR REPLACE deletes the old row without a DELETE trigger firing
+-- (recursive_triggers is off by default, and is per connection): refused here instead.
+CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_replace BEFORE INSERT ON merkle_nodes
+    WHEN EXISTS (SELECT 1 FROM merkle_nodes WHERE level = NEW.level AND idx = NEW.idx)
+    BEGIN SELECT RAISE(ABORT, 'the Merkle tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_replace BEFORE INSERT ON checkpoints
+    WHEN EXISTS (SELECT 1 FROM checkpoints WHERE size = NEW.size)
+    BEGIN SELECT RAISE(IGNORE); END;
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status TEXT NOT NULL,
     expires_at INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
@@ -88,6 +96,10 @@ CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_one_outcome_only BEFORE INSERT ON audit_log
+    WHEN NEW.kind = 'outcome' AND EXISTS (
+        SELECT 1 FROM audit_log WHERE kind = 'outcome' AND decision_id = NEW.decision_id)
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: one outcome per decision'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_next_index BEFORE INSERT ON audit_log
     WHEN NEW.idx IS NOT (SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log)
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: an entry takes the next index'); END;
