@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from execgate.errors import PolicyError
 from execgate.model import Outcome
 from execgate.policy import Policy, PolicyResult, parse_policy
 from execgate.policy.conditions import (
@@ -252,11 +253,49 @@ def test_comprehension_variables_are_not_unknown(source: str) -> None:
         ("reqest.args.n > 1", "unknown variable(s) reqest"),
         ("request.args.n > limit", "unknown variable(s) limit"),
         ("x" * 4097, "at most 4096"),
+        # the square of the request's size, uninterruptible: 8,000 items took 12 s
+        ("request.args.to.all(x, request.args.to.exists_one(y, y == x))", "macro 'exists_one'"),
+        ("request.args.to.all(x, x in request.args.to)", "'in' on a list"),
+        ("request.args.m.all(k, request.args.m[k].exists(v, v > 1))", "macro 'exists'"),
+        ("request.args.to.all(x, request.args.blob.contains(x))", "function 'contains'"),
+        ("request.args.to.exists(x, size(request.args.blob) > size(x))", "function 'size'"),
     ],
 )
 def test_condition_refused_at_compile(source: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Condition(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "request.args.orders.all(o, o.items.all(i, i.price < 100))",  # parts of the element
+        "request.args.orders.all(o, 'x' in o.tags)",
+        "request.args.tags.all(t, t in ['a', 'b'])",  # a literal
+        "request.args.tags.all(t, t in {'a': 1})",
+        "request.args.l.map(x, x * 2).filter(y, y > 3).size() > 0",  # one after the other
+        "request.args.to.all(x, x.startsWith('a') && x != request.runtime)",
+        "request.args.to.all(x, has(request.args.y) && artifact.sub.startsWith(x))",
+        "request.args.s == '.all(x, y.all(z))' && 'a' in request.args.to",  # in a string
+    ],
+)
+def test_iteration_linear_in_the_request_is_accepted(source: str) -> None:
+    assert "request" in Condition(source).inputs
+
+
+def test_a_quadratic_condition_is_refused_with_its_rule_and_line() -> None:
+    policy = textwrap.dedent(
+        """
+        version: 1
+        rules:
+          - name: distinct-recipients
+            match: {action: "payments.*"}
+            when: "request.args.to.all(x, request.args.to.exists_one(y, y == x))"
+            effect: proceed
+        """
+    )
+    with pytest.raises(PolicyError, match=r"rule 'distinct-recipients', line 6: .*square"):
+        parse_policy(policy, source="p.yaml", targets=())
 
 
 def test_condition_equality_is_by_source() -> None:

@@ -15,6 +15,10 @@ That conversion is the main cost of an evaluation (about a microsecond per value
 each input is converted at most once per evaluation, only when a condition reads it, and
 only the top-level keys some condition can read (``artifact.sub``, ``artifact['gov']``);
 an input used any other way (``size(artifact)``) is converted whole.
+
+The binding has no cost limit, holds the interpreter lock while it runs and cannot be
+interrupted, so a condition whose cost grows faster than the request is refused at
+load (``_nested_iteration``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,86 @@ _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]
 Reads = Mapping[str, frozenset[str] | None]
 
 
+_ITERATING: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})
+_WORD = re.compile(r"[A-Za-z_]\w*")
+_MACRO_VARS = re.compile(r"\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?")
+
+
+def _nested_iteration(source: str) -> str | None:
+    """What in ``source`` iterates inside a comprehension macro's body over something
+    other than the element at hand, if anything. One macro over the request costs time
+    linear in its size; a macro or a list ``in`` inside it, over the request again, the
+    square (8,000 items took 12 s in one test, holding the interpreter lock), and
+    nothing can interrupt a running condition. Inside a body, iterating a part of the
+    element (``orders.all(o, o.items.all(i, ...))``) or testing membership in a literal
+    (``t in ['a', 'b']``) stays linear and is allowed; so does comparing with a value of
+    the request, but not a function of one (``request.args.blob.contains(x)`` scans the
+    blob once per element). String literals are skipped."""
+    scopes: list[frozenset[str] | None] = []  # per open bracket: a macro's variables
+    i, n = 0, len(source)
+    while i < n:
+        char = source[i]
+        if char in "'\"":
+            quote = source[i : i + 3] if source[i : i + 3] in ("'''", '"""') else char
+            i += len(quote)
+            while i < n and not source.startswith(quote, i):
+                i += 2 if source[i] == "\\" else 1
+            i += len(quote)
+            continue
+        word = _WORD.match(source, i)
+        if word is None:
+            if char in "([{":
+                scopes.append(None)
+            elif char in ")]}" and scopes:
+                scopes.pop()
+            i += 1
+            continue
+        name, end = word.group(), word.end()
+        rest = source[end:].lstrip()
+        inside = [s for s in scopes if s is not None]
+        local = frozenset().union(*inside)
+        before = source[:i].rstrip()
+        if name in _ITERATING and before.endswith(".") and rest[:1] == "(":
+            if inside and _root(before[:-1]) not in local:
+                return f"the macro '{name}' over something other than the element"
+            opened = n - len(rest)
+            bound = _MACRO_VARS.match(source, opened)
+            scopes.append(frozenset(v for v in bound.groups() if v) if bound else frozenset())
+            i = opened + 1
+            continue
+        if name == "in" and inside and rest[:1] not in ("[", "{"):
+            target = _WORD.match(rest)
+            if target is None or target.group() not in local:
+                return "'in' on a list that is neither a literal nor part of the element"
+        if inside and rest[:1] == "(" and name != "has":
+            # a function of the request (a string's contains, size, matches...) takes
+            # time with its length, once per element
+            method = before.endswith(".")
+            arg = _WORD.match(rest[1:].lstrip())
+            on = _root(before[:-1]) if method else (arg.group() if arg else None)
+            if on == "request":
+                return f"the function '{name}' of the request"
+        i = end
+    return None
+
+
+def _root(receiver: str) -> str | None:
+    """The first name of the expression that ends ``receiver`` (``o.items`` -> ``o``;
+    ``request.args.m[k]`` -> ``request``), or None for a literal or anything else."""
+    j, depth = len(receiver) - 1, 0
+    while j >= 0:
+        char = receiver[j]
+        if char in ")]":
+            depth += 1
+        elif char in "([" and depth:
+            depth -= 1
+        elif not depth and not (char.isalnum() or char in "_."):
+            break
+        j -= 1
+    word = _WORD.match(receiver[j + 1 :].lstrip())
+    return word.group() if word else None
+
+
 class ConditionError(Exception):
     """A condition could not produce a boolean for these inputs."""
 
@@ -75,6 +159,12 @@ class Condition:
             program = cel.compile(source)
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
+        nested = _nested_iteration(source)
+        if nested is not None:
+            raise ValueError(
+                f"{nested} inside a macro's body: its cost would grow with the square of"
+                " the request's size, and nothing can interrupt a running condition"
+            )
         names = set(program.variables())
         bound = {name for match in _BOUND.finditer(source) for name in match.groups() if name}
         if "cel.bind" in source.replace(" ", ""):
