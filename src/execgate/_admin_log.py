@@ -26,7 +26,10 @@ the ``execgate.server`` logger); the old policy stays in force. A reload whose r
 cannot be appended changes nothing either. For a gateway opened with a
 ``policy_in_force`` file (``execgate serve``), an accepted policy's text is written
 there before the record (a reload that cannot write it is refused), so a worker started
-later loads the policy in force, not the file as it is by then.
+later loads the policy in force, not the file as it is by then. And a worker whose
+policy is not the pinned one takes the pin instead of reading the file: of the workers
+one SIGHUP reaches, the first reads the file and the others take what it pinned, so
+they all end with one policy even if the file changes (or breaks) between them.
 """
 
 from __future__ import annotations
@@ -194,12 +197,24 @@ def reload_policy(
 
         pinned = gateway.policy_in_force
         previous_text: bytes | None = None
+        adopted = False  # the pin was newer than this worker's policy: taken as it is
         try:
-            new, text = read_policy(path, targets=targets)
-            if pinned is not None:  # the service's other and later workers load this one
+            if pinned is None:
+                new, text = read_policy(path, targets=targets)
+            else:  # the service's other and later workers load the pin
                 with pin_lock(pinned):
                     previous_text = pinned.read_bytes() if pinned.exists() else None
-                    pin_policy(pinned, text)
+                    in_force = (
+                        None if previous_text is None else read_policy(pinned, targets=targets)
+                    )
+                    if in_force is not None and in_force[0].hash != old.hash:
+                        # Another worker read the file for this reload (or the one before)
+                        # and pinned what it read: take that, not the file as it may be now,
+                        # so that every worker ends with the one policy pinned.
+                        (new, text), adopted = in_force, True
+                    else:
+                        new, text = read_policy(path, targets=targets)
+                        pin_policy(pinned, text)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
             _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
@@ -209,12 +224,13 @@ def reload_policy(
             index = record(
                 "done",
                 "policy.reloaded",
-                f"policy {old.hash} replaced by {new.hash} ({path})",
+                f"policy {old.hash} replaced by {new.hash}"
+                + (" (the policy in force for the service)" if adopted else f" ({path})"),
                 previous_policy_hash=old.hash,
                 policy_hash=new.hash,
             )
         except BaseException:
-            if pinned is not None:  # not reloaded after all: the pin goes back as it was
+            if pinned is not None and not adopted:  # not reloaded: the pin goes back
                 with suppress(Exception), pin_lock(pinned):
                     # ...unless another worker has pinned since: its pin stands (several
                     # workers reload on one SIGHUP, and may fail and restore in any order)

@@ -172,3 +172,30 @@ def test_a_failed_reload_does_not_undo_a_later_workers_pin(kit: Kit, pinned: Pat
     worker.join(timeout=10)
     assert len(failed) == 1
     assert pinned.read_bytes() == before
+
+
+def test_workers_reloading_while_the_file_changes_end_with_one_policy(
+    kit: Kit, pinned: Path
+) -> None:
+    """A worker reads the file and pins v2; the file then changes (broken, then a valid
+    v3) before the second worker handles the same SIGHUP: that one takes the pinned v2,
+    neither refusing (and staying on v1) nor reading v3. The next reload brings both to
+    the file as it is then."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    v1 = a.policy.hash
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    v2 = a.reload_policy(via="signal").policy_hash
+    (kit.home / "policy.yaml").write_text("version: 1\nrules: []\n", encoding="utf-8")
+    taken = b.reload_policy(via="signal")
+    assert (taken.reloaded, taken.policy_hash, b.policy.hash) == (True, v2, v2)
+    assert v2 != v1
+    assert a.reload_policy(via="signal").policy_hash == v2  # the broken file: refused
+    v3_text = EDITED.replace("refunds need a ticket", "refunds need two tickets")
+    (kit.home / "policy.yaml").write_text(v3_text, encoding="utf-8")
+    again = b.reload_policy(via="signal")  # b is current: it reads the file, now v3
+    assert again.reloaded
+    v3 = again.policy_hash
+    assert a.reload_policy(via="signal").policy_hash == v3  # and a takes what b pinned
+    assert a.policy.hash == b.policy.hash == _open(kit, pinned).policy.hash == v3
+    details = [r["detail"] for r in kit.records("admin") if r["result"] == "done"]
+    assert sum("the policy in force for the service" in d for d in details) == 2
