@@ -447,6 +447,28 @@ def test_the_node_never_signs_a_tree_that_forks_what_it_signed(kit: Kit) -> None
         verify_export(out.getvalue().splitlines(), node_public(kit))
 
 
+def test_a_checkpoint_signed_meanwhile_by_another_process_is_no_fork(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker appends and signs a newer checkpoint between this one's reads of the
+    log: that is the log growing, not a fork, and this one signs its own."""
+    one, other = kit.gateway(), kit.gateway()
+    proceed(kit, one)
+    one.audit.checkpoint(now=NOW)
+    size_of = one.store.size
+
+    def size_then_the_other_signs() -> int:
+        size = size_of()
+        proceed(kit, other)
+        other.audit.checkpoint(now=NOW)
+        return size
+
+    monkeypatch.setattr(one.store, "size", size_then_the_other_signs)
+    note = one.audit.checkpoint(now=NOW)
+    assert open_checkpoint(note, verifier(kit)).size == 1
+    assert [s for s, _ in one.store.checkpoints()] == [1, 2]
+
+
 def test_evidence_for_every_index_verifies_offline_with_only_the_public_key(kit: Kit) -> None:
     configure(kit, every=4)
     gw = kit.gateway()

@@ -91,8 +91,10 @@ class AuditLog:
         key signed (an RFC 9162 consistency proof from the stored nodes): the node never
         signs a tree head that forks its own history, even if the store's nodes were
         rewritten behind its back. ``SigningRefused`` says so instead."""
-        size = self.size()
+        # Checkpoints first, then the size: another process may append and sign between
+        # the two reads, and a checkpoint is never of a size the log has not reached.
         stored = self.store.checkpoints()
+        size = self.size()
         if stored and stored[-1][0] == size and self._signed_here(stored[-1][1]) is not None:
             return stored[-1][1]
         root = self.root(size)
