@@ -58,7 +58,7 @@ class ApprovalFlow:
             if (pending.policy_hash, pending.rule) != (
                 state.policy_hash,
                 rule,
-            ) or pending.status == "consumed":
+            ) or pending.status in ("consumed", "closed"):
                 continue
             status = pending.state(state.now)
             if status == "denied":

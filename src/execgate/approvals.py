@@ -62,12 +62,14 @@ class Pending:
     created_at: int
     expires_at: int
     excluded: tuple[str, ...]  # principal ids and key ids that may not review it
-    status: str = "pending"  # pending | denied | consumed
+    # pending | denied | consumed | closed (another approval of the request was used)
+    status: str = "pending"
     links: tuple[str, ...] = ()  # the digest of each link's token: the exact chain
     request: Mapping[str, Any] = field(default_factory=dict)
 
     def state(self, now: int) -> str:
-        """pending, denied, consumed, or expired (a pending approval past its time)."""
+        """pending, denied, consumed, closed, or expired (a pending approval past its
+        time)."""
         if self.status == "pending" and now >= self.expires_at:
             return "expired"
         return self.status

@@ -400,6 +400,24 @@ def test_pauses_racing_on_one_request_open_one_approval(kit: Kit, gw: Gateway) -
     assert paused(gw.decide(big(kit, artifact))) != approval  # used once, as any approval
 
 
+def test_a_request_approved_under_two_artifacts_executes_once(kit: Kit, gw: Gateway) -> None:
+    """The same request paused under two artifacts opens two approvals (each is for its
+    exact chain); approving both must not let it run twice: the one used closes the
+    other, and the request under the other artifact pauses afresh."""
+    first, second = kit.artifact(), kit.artifact()
+    one, two = paused(gw.decide(big(kit, first))), paused(gw.decide(big(kit, second)))
+    assert one != two
+    for approval in (one, two):
+        review(kit, gw, approval, "ana")
+        review(kit, gw, approval, "ben")
+    assert gw.decide(big(kit, first)).outcome is Outcome.PROCEED
+    assert gw.approval(two)[0].status == "closed"
+    again = gw.decide(big(kit, second))
+    assert paused(again) not in {one, two}
+    with pytest.raises(ApprovalError, match="closed"):
+        review(kit, gw, two, "cy")
+
+
 def test_a_deny_is_final_for_the_request_whatever_artifact_asks_again(
     kit: Kit, gw: Gateway
 ) -> None:

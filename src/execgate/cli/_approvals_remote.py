@@ -39,7 +39,7 @@ __all__ = [
     "send_review",
 ]
 
-STATES: Final = frozenset({"pending", "approved", "denied", "consumed", "expired"})
+STATES: Final = frozenset({"pending", "approved", "denied", "consumed", "closed", "expired"})
 APPROVALS_PATH: Final = "/v1/admin/approvals"
 _ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
@@ -119,7 +119,9 @@ def _approval(args: argparse.Namespace, doc: object, *, reviews: bool) -> Found:
         excluded=_strings(args, doc, "excluded"),
         # The stored status, as far as the reported state tells it; the commands show
         # the reported state, never one recomputed here.
-        status=status["state"] if status["state"] in ("denied", "consumed") else "pending",
+        status=status["state"]
+        if status["state"] in ("denied", "consumed", "closed")
+        else "pending",
         links=_strings(args, doc, "links"),
         request=_typed(args, doc, "request", dict),
     )

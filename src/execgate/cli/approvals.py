@@ -91,6 +91,7 @@ _NEXT: Final = {
     "approved": "quorum met: the runtime may now re-submit the request (it proceeds once)",
     "denied": "denied: re-submitting the request is denied (approval.denied)",
     "consumed": "consumed: the approved request has executed",
+    "closed": "closed: another approval of the same request was used (it executed once)",
     "expired": "expired: re-submitting the request opens a new approval",
 }
 
