@@ -29,14 +29,16 @@ there before the record (a reload that cannot write it is refused), so a worker 
 later loads the policy in force, not the file as it is by then. And a worker whose
 policy is not the pinned one takes the pin instead of reading the file: of the workers
 one SIGHUP reaches, the first reads the file and the others take what it pinned, so
-they all end with one policy even if the file changes (or breaks) between them.
+they all end with one policy even if the file changes (or breaks) between them. The
+pin's lock is held until the reload is logged (or undone), so no worker takes a pin
+that may yet go back.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -198,49 +200,50 @@ def reload_policy(
         pinned = gateway.policy_in_force
         previous_text: bytes | None = None
         adopted = False  # the pin was newer than this worker's policy: taken as it is
-        try:
-            if pinned is None:
-                new, text = read_policy(path, targets=targets)
-            else:  # the service's other and later workers load the pin
-                with pin_lock(pinned):
-                    previous_text = pinned.read_bytes() if pinned.exists() else None
-                    in_force = (
-                        None if previous_text is None else read_policy(pinned, targets=targets)
-                    )
-                    if in_force is not None and in_force[0].hash != old.hash:
-                        # Another worker read the file for this reload (or the one before)
-                        # and pinned what it read: take that, not the file as it may be now,
-                        # so that every worker ends with the one policy pinned.
-                        (new, text), adopted = in_force, True
-                    else:
-                        new, text = read_policy(path, targets=targets)
+        with ExitStack() as held:
+            # The pin's lock is held until this reload is logged (or undone): no other
+            # worker reads a pin that may yet go back, so none can run a policy that
+            # never went into force.
+            try:
+                if pinned is not None:
+                    held.enter_context(pin_lock(pinned))
+                in_force = None
+                if pinned is not None and pinned.exists():
+                    previous_text = pinned.read_bytes()
+                    in_force = read_policy(pinned, targets=targets)
+                if in_force is not None and in_force[0].hash != old.hash:
+                    # Another worker read the file for this reload (or the one before)
+                    # and pinned what it read: take that, not the file as it may be now,
+                    # so that every worker ends with the one policy pinned.
+                    (new, text), adopted = in_force, True
+                else:
+                    new, text = read_policy(path, targets=targets)
+                    if pinned is not None:  # the service's other and later workers load it
                         pin_policy(pinned, text)
-        except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
-            _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
-            index = record("refused", "policy.reload_refused", error, policy_hash=old.hash)
-            return PolicyReload(False, old.hash, old.hash, index, error)
-        try:
-            index = record(
-                "done",
-                "policy.reloaded",
-                f"policy {old.hash} replaced by {new.hash}"
-                + (" (the policy in force for the service)" if adopted else f" ({path})"),
-                previous_policy_hash=old.hash,
-                policy_hash=new.hash,
-            )
-        except BaseException:
-            if pinned is not None and not adopted:  # not reloaded: the pin goes back
-                with suppress(Exception), pin_lock(pinned):
-                    # ...unless another worker has pinned since: its pin stands (several
-                    # workers reload on one SIGHUP, and may fail and restore in any order)
-                    current = pinned.read_bytes() if pinned.exists() else None
-                    if current == text.encode("utf-8"):
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
+                error = (
+                    f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
+                )
+                _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
+                index = record("refused", "policy.reload_refused", error, policy_hash=old.hash)
+                return PolicyReload(False, old.hash, old.hash, index, error)
+            try:
+                index = record(
+                    "done",
+                    "policy.reloaded",
+                    f"policy {old.hash} replaced by {new.hash}"
+                    + (" (the policy in force for the service)" if adopted else f" ({path})"),
+                    previous_policy_hash=old.hash,
+                    policy_hash=new.hash,
+                )
+            except BaseException:
+                if pinned is not None and not adopted:  # not reloaded: the pin goes back
+                    with suppress(Exception):
                         if previous_text is None:
                             pinned.unlink()
                         else:
                             atomic_write(pinned, previous_text, mode=0o600)
-            raise
+                raise
         gateway.policy = new  # one assignment: decisions in flight keep the object they hold
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
         return PolicyReload(True, old.hash, new.hash, index)
