@@ -14,6 +14,8 @@ from execgate.model import Outcome
 from execgate.policy import Policy, PolicyResult, parse_policy
 from execgate.policy.conditions import (
     INPUTS,
+    MAX_ITERATED,
+    MAX_ITERATED_TEXT,
     Condition,
     ConditionError,
     Inputs,
@@ -253,15 +255,18 @@ def test_comprehension_variables_are_not_unknown(source: str) -> None:
         ("reqest.args.n > 1", "unknown variable(s) reqest"),
         ("request.args.n > limit", "unknown variable(s) limit"),
         ("x" * 4097, "at most 4096"),
-        # the square of the request's size, uninterruptible: 8,000 items took 12 s
-        ("request.args.to.all(x, request.args.to.exists_one(y, y == x))", "macro 'exists_one'"),
-        ("request.args.to.all(x, x in request.args.to)", "'in' on a list"),
-        ("request.args.m.all(k, request.args.m[k].exists(v, v > 1))", "macro 'exists'"),
-        ("request.args.to.all(x, request.args.blob.contains(x))", "function 'contains'"),
-        ("request.args.to.exists(x, size(request.args.blob) > size(x))", "function 'size'"),
+        # iteration three deep: the cube of the request's size, uninterruptible
+        ("r.all(g, g.all(x, g.exists_one(y, y == x)))", "'exists_one' nests iteration 3"),
+        ("r.all(x, r.all(y, y in request.args.to))", "'in' on a list"),
+        ("[r].all(l, l.all(x, l.exists_one(y, y == x)))", "nests iteration 3"),
+        ("r.all(x, r.all(y, request.args.c.contains(y)))", "function 'contains'"),
+        ("r.all(x, r.all(y, y in [] + request.args.to))", "'in' on a list"),
+        ("r.all(x, // )\n r.all(y, r.exists(z, z == y)))", "nests iteration 3"),
+        ("r'\\' != '' && r.all(x, x.all(y, y.exists(z, z == 1)))", "nests iteration 3"),
     ],
 )
 def test_condition_refused_at_compile(source: str, message: str) -> None:
+    source = source.replace("r.", "request.args.l.").replace("[r]", "[request.args.l]")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Condition(source)
 
@@ -277,10 +282,34 @@ def test_condition_refused_at_compile(source: str, message: str) -> None:
         "request.args.to.all(x, x.startsWith('a') && x != request.runtime)",
         "request.args.to.all(x, has(request.args.y) && artifact.sub.startsWith(x))",
         "request.args.s == '.all(x, y.all(z))' && 'a' in request.args.to",  # in a string
+        # two levels: bounded by what a condition that iterates may see (MAX_ITERATED)
+        "request.args.to.all(x, request.args.to.exists_one(y, y == x))",
+        "request.args.to.all(x, x in artifact.gov.recipients)",
+        "request.args.items.all(i, i.price <= int(request.args.cap))",
     ],
 )
-def test_iteration_linear_in_the_request_is_accepted(source: str) -> None:
+def test_iteration_two_levels_deep_is_accepted(source: str) -> None:
     assert "request" in Condition(source).inputs
+
+
+def _distinct(to: list[Any]) -> bool:
+    condition = Condition("request.args.to.all(x, request.args.to.exists_one(y, y == x))")
+    request = {"action": "a", "resource": "r", "runtime": "rt", "args": {"to": to}}
+    inputs = Inputs(condition.reads, request=request, artifact={}, environment={}, now=0)
+    return condition.evaluate(inputs)
+
+
+def test_a_condition_that_iterates_sees_no_more_than_max_iterated_entries() -> None:
+    assert _distinct(list(range(MAX_ITERATED))) is True
+    with pytest.raises(ConditionError, match=f"{MAX_ITERATED + 1} entries"):
+        _distinct(list(range(MAX_ITERATED + 1)))
+    with pytest.raises(ConditionError, match="characters"):
+        _distinct(["x" * (MAX_ITERATED_TEXT + 1)])
+    # a condition that does not iterate reads any size
+    plain = Condition("size(request.args.to) > 5")
+    request = {"args": {"to": list(range(50_000))}}
+    inputs = Inputs(plain.reads, request=request, artifact={}, environment={}, now=0)
+    assert plain.evaluate(inputs) is True
 
 
 def test_a_quadratic_condition_is_refused_with_its_rule_and_line() -> None:
@@ -290,11 +319,11 @@ def test_a_quadratic_condition_is_refused_with_its_rule_and_line() -> None:
         rules:
           - name: distinct-recipients
             match: {action: "payments.*"}
-            when: "request.args.to.all(x, request.args.to.exists_one(y, y == x))"
+            when: "request.args.g.all(g, g.all(x, g.exists_one(y, y == x)))"
             effect: proceed
         """
     )
-    with pytest.raises(PolicyError, match=r"rule 'distinct-recipients', line 6: .*square"):
+    with pytest.raises(PolicyError, match=r"rule 'distinct-recipients', line 6: .*3 deep"):
         parse_policy(policy, source="p.yaml", targets=())
 
 

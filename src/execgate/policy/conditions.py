@@ -17,8 +17,11 @@ only the top-level keys some condition can read (``artifact.sub``, ``artifact['g
 an input used any other way (``size(artifact)``) is converted whole.
 
 The binding has no cost limit, holds the interpreter lock while it runs and cannot be
-interrupted, so a condition whose cost grows faster than the request is refused at
-load (``_nested_iteration``).
+interrupted. So iteration is bounded twice: at load, a condition may nest it at most
+two levels deep (``_loop_depth``: a loop in a loop, not a third); and a condition that
+iterates at all sees no list or object over ``MAX_ITERATED`` entries and no string over
+``MAX_ITERATED_TEXT`` characters (it denies instead), which keeps two levels near a
+million steps.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import cel
 __all__ = [
     "INPUTS",
     "MAX_CONDITION_CHARS",
+    "MAX_ITERATED",
+    "MAX_ITERATED_TEXT",
     "Condition",
     "ConditionError",
     "Inputs",
@@ -62,65 +67,85 @@ Reads = Mapping[str, frozenset[str] | None]
 
 _ITERATING: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _WORD = re.compile(r"[A-Za-z_]\w*")
-_MACRO_VARS = re.compile(r"\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?")
+# Any sign of iteration, found anywhere (strings and comments too: it only errs wide).
+_ITERATES = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(|\bin\b")
+# A condition that iterates sees lists and objects of at most this many entries, and
+# strings of at most this many characters: two nested loops then stay near a million
+# steps. A request holding more is denied by such a condition (``policy.denied``).
+MAX_ITERATED: Final = 1024
+MAX_ITERATED_TEXT: Final = 65536
+_MAX_LOOP_DEPTH: Final = 2
 
 
-def _nested_iteration(source: str) -> str | None:
-    """What in ``source`` iterates inside a comprehension macro's body over something
-    other than the element at hand, if anything. One macro over the request costs time
-    linear in its size; a macro or a list ``in`` inside it, over the request again, the
-    square (8,000 items took 12 s in one test, holding the interpreter lock), and
-    nothing can interrupt a running condition. Inside a body, iterating a part of the
-    element (``orders.all(o, o.items.all(i, ...))``) or testing membership in a literal
-    (``t in ['a', 'b']``) stays linear and is allowed; so does comparing with a value of
-    the request, but not a function of one (``request.args.blob.contains(x)`` scans the
-    blob once per element). String literals are skipped."""
-    scopes: list[frozenset[str] | None] = []  # per open bracket: a macro's variables
+def _loop_depth(source: str) -> tuple[int, str]:
+    """How deeply ``source`` nests iteration, and the innermost construct that does: a
+    macro's body is one level; inside a body, a further macro, an ``in`` on anything but
+    a list or map literal, or a function of the request (a string's ``contains``,
+    ``size``...) is one more. Strings, raw strings and ``//`` comments are skipped."""
+    scopes: list[bool] = []  # per open bracket: does it hold a macro's body?
+    deepest, what = 0, ""
     i, n = 0, len(source)
     while i < n:
         char = source[i]
+        if source.startswith("//", i):
+            end = source.find("\n", i)
+            i = n if end < 0 else end + 1
+            continue
         if char in "'\"":
+            raw = i > 0 and source[i - 1] in "rR"
             quote = source[i : i + 3] if source[i : i + 3] in ("'''", '"""') else char
             i += len(quote)
             while i < n and not source.startswith(quote, i):
-                i += 2 if source[i] == "\\" else 1
+                i += 2 if source[i] == "\\" and not raw else 1
             i += len(quote)
             continue
         word = _WORD.match(source, i)
         if word is None:
             if char in "([{":
-                scopes.append(None)
+                scopes.append(False)
             elif char in ")]}" and scopes:
                 scopes.pop()
             i += 1
             continue
         name, end = word.group(), word.end()
         rest = source[end:].lstrip()
-        inside = [s for s in scopes if s is not None]
-        local = frozenset().union(*inside)
+        level = sum(scopes)
         before = source[:i].rstrip()
+        extra = 0
         if name in _ITERATING and before.endswith(".") and rest[:1] == "(":
-            if inside and _root(before[:-1]) not in local:
-                return f"the macro '{name}' over something other than the element"
-            opened = n - len(rest)
-            bound = _MACRO_VARS.match(source, opened)
-            scopes.append(frozenset(v for v in bound.groups() if v) if bound else frozenset())
-            i = opened + 1
-            continue
-        if name == "in" and inside and rest[:1] not in ("[", "{"):
-            target = _WORD.match(rest)
-            if target is None or target.group() not in local:
-                return "'in' on a list that is neither a literal nor part of the element"
-        if inside and rest[:1] == "(" and name != "has":
-            # a function of the request (a string's contains, size, matches...) takes
-            # time with its length, once per element
-            method = before.endswith(".")
+            extra, label = 1, f"the macro '{name}'"
+        elif name == "in" and level and not _literal_follows(rest):
+            extra, label = 1, "'in' on a list that is not a literal"
+        elif level and rest[:1] == "(" and name != "has":
             arg = _WORD.match(rest[1:].lstrip())
-            on = _root(before[:-1]) if method else (arg.group() if arg else None)
+            on = _root(before[:-1]) if before.endswith(".") else (arg.group() if arg else None)
             if on == "request":
-                return f"the function '{name}' of the request"
+                extra, label = 1, f"the function '{name}' of the request"
+        if level + extra > deepest:
+            deepest, what = level + extra, label
+        if name in _ITERATING and extra and rest[:1] == "(":
+            scopes.append(True)
+            i = n - len(rest) + 1  # past its '('
+            continue
         i = end
-    return None
+    return deepest, what
+
+
+def _literal_follows(text: str) -> bool:
+    """Whether ``text`` starts with a list or map literal that nothing extends
+    (``['a', 'b']``, not ``[] + request.args.to`` or ``[request.args.to][0]``)."""
+    if text[:1] not in ("[", "{"):
+        return False
+    depth = 0
+    for j, char in enumerate(text):
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+            if depth == 0:
+                after = text[j + 1 :].lstrip()
+                return after[:1] not in ("+", "[", ".", "-", "*", "/", "%")
+    return False
 
 
 def _root(receiver: str) -> str | None:
@@ -147,7 +172,7 @@ class ConditionError(Exception):
 class Condition:
     """One compiled CEL expression and the inputs it reads."""
 
-    __slots__ = ("_program", "inputs", "reads", "source")
+    __slots__ = ("_program", "inputs", "iterates", "reads", "source")
 
     def __init__(self, source: str) -> None:
         """Compile ``source``; raise ``ValueError`` with the reason when it is unusable."""
@@ -159,11 +184,12 @@ class Condition:
             program = cel.compile(source)
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
-        nested = _nested_iteration(source)
-        if nested is not None:
+        depth, innermost = _loop_depth(source)
+        if depth > _MAX_LOOP_DEPTH:
             raise ValueError(
-                f"{nested} inside a macro's body: its cost would grow with the square of"
-                " the request's size, and nothing can interrupt a running condition"
+                f"{innermost} nests iteration {depth} deep: its cost would grow with the"
+                f" request's size to the power {depth}, and nothing can interrupt a running"
+                f" condition (at most {_MAX_LOOP_DEPTH} levels)"
             )
         names = set(program.variables())
         bound = {name for match in _BOUND.finditer(source) for name in match.groups() if name}
@@ -176,6 +202,7 @@ class Condition:
                 f"the inputs are {', '.join(sorted(INPUTS))}"
             )
         self.source = source
+        self.iterates = _ITERATES.search(source) is not None
         self.inputs: frozenset[str] = frozenset(names & INPUTS)
         self.reads: Reads = {name: _keys_read(source, name) for name in self.inputs}
         self._program = program
@@ -192,6 +219,8 @@ class Condition:
     def evaluate(self, inputs: Inputs) -> bool:
         """``True`` or ``False``; anything else raises ``ConditionError``."""
         inputs.provide(self.inputs)
+        if self.iterates:
+            inputs.check_iterable(self.inputs)
         try:
             result = self._program.execute(inputs.context)
         except KeyError as exc:
@@ -244,7 +273,7 @@ class Inputs:
     nobody asks about is never converted.
     """
 
-    __slots__ = ("_added", "_problems", "_raw", "_reads", "context")
+    __slots__ = ("_added", "_oversized", "_problems", "_raw", "_reads", "context")
 
     def __init__(
         self,
@@ -264,7 +293,20 @@ class Inputs:
         self._reads = reads
         self._added: set[str] = set()
         self._problems: dict[str, str] = {}
+        self._oversized: dict[str, str | None] = {}
         self.context = cel.Context()
+
+    def check_iterable(self, names: frozenset[str]) -> None:
+        """Raise ``ConditionError`` if an input of ``names`` is too large for a condition
+        that iterates (see ``MAX_ITERATED``); each input is measured once."""
+        for name in sorted(names - {"now"}):
+            if name not in self._oversized:
+                self._oversized[name] = _oversized(self._raw[name])
+            found = self._oversized[name]
+            if found is not None:
+                raise ConditionError(
+                    f"input {name} holds {found}: too large for a condition that iterates"
+                )
 
     def provide(self, names: frozenset[str]) -> None:
         """Make ``names`` available to the context; raise ``ConditionError`` if one is bad."""
@@ -279,6 +321,23 @@ class Inputs:
             problem = self._problems.get(name)
             if problem is not None:
                 raise ConditionError(problem)
+
+
+def _oversized(value: Any) -> str | None:
+    """What in ``value`` exceeds the bounds of a condition that iterates, if anything."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if len(item) > MAX_ITERATED_TEXT:
+                return f"a string of {len(item)} characters (at most {MAX_ITERATED_TEXT})"
+        elif isinstance(item, Mapping | list | tuple):
+            if len(item) > MAX_ITERATED:
+                return f"a collection of {len(item)} entries (at most {MAX_ITERATED})"
+            stack.extend(item.values() if isinstance(item, Mapping) else item)
+            if isinstance(item, Mapping):
+                stack.extend(key for key in item if isinstance(key, str))
+    return None
 
 
 def _convert(name: str, value: Any, keys: frozenset[str] | None) -> Any:
