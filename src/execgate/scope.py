@@ -42,6 +42,9 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the caller, not stderr
 
 
+_FLAGS = re.compile(r"\(\?([A-Za-z-]*)[:)]")  # (?i) (?im) (?i:...) (?-i) and the like
+
+
 @lru_cache(maxsize=1024)
 def _regex(pattern: str) -> Any:
     """``pattern`` compiled by RE2; ``ValueError`` if it is not a pattern both RE2 and
@@ -88,6 +91,8 @@ def _read_differently(pattern: str) -> str | None:
                 i += 1
             if pattern.startswith("]", i + 1):  # a ']' first in a class is a literal
                 i += 1
+        elif (flags := _FLAGS.match(pattern, i)) and "i" in flags.group(1).split("-")[0]:
+            return "'(?i)' (RE2 and Python fold some letters differently; write [Aa])"
         elif pattern.startswith("{,", i):
             return "'{,n}' (RE2 reads it literally; write '{0,n}')"
         elif char == "$" and i != len(pattern) - 1:

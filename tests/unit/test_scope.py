@@ -46,6 +46,8 @@ from execgate.scope import Constraint, Grant, check_scope, parse_grants
         ({"pattern": r"\D+"}, r"negated '\\d'"),  # and Arabic-Indic digits
         ({"pattern": r"[a-z\W]"}, r"negated '\\w'"),
         ({"pattern": r"\bid\b"}, "word boundary"),
+        ({"pattern": "(?i)[^i]+"}, r"\(\?i\)"),  # RE2 folds dotless i, Python does not
+        ({"pattern": "a(?i:b)"}, r"\(\?i\)"),
     ],
 )
 def test_constraint_parse_refuses(obj: object, message: str) -> None:
