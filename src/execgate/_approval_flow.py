@@ -158,7 +158,9 @@ class ApprovalFlow:
         review = check_review(
             token, pending=pending, trust=self.trust, now=now, leeway=self._leeway
         )
-        if any(r.approver == review.approver for r in reviews):
+        earlier = [r for r in reviews if r.approver == review.approver]
+        keys = self.trust.approvers[review.approver].keys  # check_review found the approver
+        if any(r.kid in keys for r in earlier):
             raise ApprovalError(f"{review.approver} has already reviewed approval {approval_id}")
         entry = canonical_json(
             {
@@ -189,7 +191,11 @@ class ApprovalFlow:
                 decision_id=approval_id,
                 kind="review",
                 review=ReviewWrite(
-                    approval_id, review.approver, review.verdict, json.dumps(review.to_json())
+                    approval_id,
+                    review.approver,
+                    review.verdict,
+                    json.dumps(review.to_json()),
+                    replaces=bool(earlier),
                 ),
             )
         )

@@ -400,6 +400,39 @@ def test_pauses_racing_on_one_request_open_one_approval(kit: Kit, gw: Gateway) -
     assert paused(gw.decide(big(kit, artifact))) != approval  # used once, as any approval
 
 
+def test_an_approver_whose_key_was_rotated_out_reviews_again_with_the_new_one(
+    kit: Kit,
+) -> None:
+    """Dee's review signed with her old key stops counting once that key leaves the trust
+    store (say it leaked); she is not locked out: her review with the new key counts."""
+    old, new = PrivateKey.generate(), PrivateKey.generate()
+
+    def dee(*keys: PrivateKey) -> str:
+        jwks = ", ".join(
+            "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in key.public.to_jwk().items()) + "}"
+            for key in keys
+        )
+        return f'\n[[approver]]\nid = "dee"\ngroups = ["finance"]\nkeys = [{jwks}]\n'
+
+    trust = kit.home / "trust.toml"
+    before = trust.read_text(encoding="utf-8")
+    trust.write_text(before + dee(old, new), encoding="utf-8")
+    gw = kit.gateway()
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "dee", key=old)
+    review(kit, gw, approval, "ana")
+    trust.write_text(before + dee(new), encoding="utf-8")  # the old key is rotated out
+    gw = kit.gateway()
+    assert paused(gw.decide(big(kit, artifact))) == approval  # 1/2 now: dee's is void
+    with pytest.raises(ApprovalError, match="no approver's"):
+        review(kit, gw, approval, "dee", key=old)
+    review(kit, gw, approval, "dee", key=new)
+    assert gw.decide(big(kit, artifact)).outcome is Outcome.PROCEED
+    with pytest.raises(ApprovalError):  # and once is once: no second review with it
+        review(kit, gw, approval, "dee", key=new)
+
+
 def test_a_request_approved_under_two_artifacts_executes_once(kit: Kit, gw: Gateway) -> None:
     """The same request paused under two artifacts opens two approvals (each is for its
     exact chain); approving both must not let it run twice: the one used closes the

@@ -91,6 +91,9 @@ class ReviewWrite:
     approver: str
     verdict: str
     body: str
+    # The approver's earlier review of it was signed with a key since removed (it no
+    # longer counts): this one takes its place (the earlier stays in the log).
+    replaces: bool = False
 
 
 @dataclass(slots=True)

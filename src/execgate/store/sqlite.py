@@ -752,6 +752,11 @@ class SQLiteStore:
                 conn.execute(
                     "UPDATE approvals SET status = 'denied' WHERE id = ?", (review.approval_id,)
                 )
+            if review.replaces:  # signed with a key since removed: no longer counted
+                conn.execute(
+                    "DELETE FROM reviews WHERE approval_id = ? AND approver = ?",
+                    (review.approval_id, review.approver),
+                )
             try:
                 conn.execute(
                     "INSERT INTO reviews (approval_id, approver, verdict, body)"
