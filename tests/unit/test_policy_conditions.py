@@ -263,6 +263,7 @@ def test_comprehension_variables_are_not_unknown(source: str) -> None:
         ("r.all(x, r.all(y, y in [] + request.args.to))", "'in' on a list"),
         ("r.all(x, // )\n r.all(y, r.exists(z, z == y)))", "nests iteration 3"),
         ("r'\\' != '' && r.all(x, x.all(y, y.exists(z, z == 1)))", "nests iteration 3"),
+        ("r.all(x, r.all(y, y in [']'] + request.args.to))", "'in' on a list"),
     ],
 )
 def test_condition_refused_at_compile(source: str, message: str) -> None:

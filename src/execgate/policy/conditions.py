@@ -92,12 +92,7 @@ def _loop_depth(source: str) -> tuple[int, str]:
             i = n if end < 0 else end + 1
             continue
         if char in "'\"":
-            raw = i > 0 and source[i - 1] in "rR"
-            quote = source[i : i + 3] if source[i : i + 3] in ("'''", '"""') else char
-            i += len(quote)
-            while i < n and not source.startswith(quote, i):
-                i += 2 if source[i] == "\\" and not raw else 1
-            i += len(quote)
+            i = _past_string(source, i)
             continue
         word = _WORD.match(source, i)
         if word is None:
@@ -111,8 +106,9 @@ def _loop_depth(source: str) -> tuple[int, str]:
         rest = source[end:].lstrip()
         level = sum(scopes)
         before = source[:i].rstrip()
-        extra = 0
-        if name in _ITERATING and before.endswith(".") and rest[:1] == "(":
+        extra, label = 0, ""
+        macro = name in _ITERATING and before.endswith(".") and rest[:1] == "("
+        if macro:
             extra, label = 1, f"the macro '{name}'"
         elif name == "in" and level and not _literal_follows(rest):
             extra, label = 1, "'in' on a list that is not a literal"
@@ -123,7 +119,7 @@ def _loop_depth(source: str) -> tuple[int, str]:
                 extra, label = 1, f"the function '{name}' of the request"
         if level + extra > deepest:
             deepest, what = level + extra, label
-        if name in _ITERATING and extra and rest[:1] == "(":
+        if macro:
             scopes.append(True)
             i = n - len(rest) + 1  # past its '('
             continue
@@ -136,8 +132,12 @@ def _literal_follows(text: str) -> bool:
     (``['a', 'b']``, not ``[] + request.args.to`` or ``[request.args.to][0]``)."""
     if text[:1] not in ("[", "{"):
         return False
-    depth = 0
-    for j, char in enumerate(text):
+    depth, j = 0, 0
+    while j < len(text):
+        char = text[j]
+        if char in "'\"":
+            j = _past_string(text, j)
+            continue
         if char in "[{(":
             depth += 1
         elif char in "]})":
@@ -145,7 +145,21 @@ def _literal_follows(text: str) -> bool:
             if depth == 0:
                 after = text[j + 1 :].lstrip()
                 return after[:1] not in ("+", "[", ".", "-", "*", "/", "%")
+        j += 1
     return False
+
+
+def _past_string(text: str, i: int) -> int:
+    """The index just past the string literal that opens at ``text[i]`` (a quote): single,
+    double or triple quoted, raw (an ``r`` among the letters just before it: no escapes)
+    or not."""
+    prefix = text[max(0, i - 2) : i].lower()
+    raw = "r" in prefix and (i < 3 or not (text[i - 3].isalnum() or text[i - 3] == "_"))
+    quote = text[i : i + 3] if text[i : i + 3] in ("'''", '"""') else text[i]
+    i += len(quote)
+    while i < len(text) and not text.startswith(quote, i):
+        i += 2 if text[i] == "\\" and not raw else 1
+    return i + len(quote)
 
 
 def _root(receiver: str) -> str | None:
