@@ -18,8 +18,8 @@ an input used any other way (``size(artifact)``) is converted whole.
 
 The binding has no cost limit, holds the interpreter lock while it runs and cannot be
 interrupted. So iteration is bounded twice: at load, a condition may nest it at most
-two levels deep (``_loop_depth``: a loop in a loop, not a third); and a condition that
-iterates at all sees no list or object over ``MAX_ITERATED`` entries and no string over
+two levels deep (``_loop_depth``: a loop in a loop, not a third); and a condition with
+a macro sees no list or object over ``MAX_ITERATED`` entries and no string over
 ``MAX_ITERATED_TEXT`` characters (it denies instead), which keeps two levels near a
 million steps.
 """
@@ -65,11 +65,14 @@ _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]
 Reads = Mapping[str, frozenset[str] | None]
 
 
-_ITERATING: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})
+_ITERATING: Final = frozenset(
+    {"all", "exists", "exists_one", "map", "filter", "transformList", "transformMap"}
+)
 _WORD = re.compile(r"[A-Za-z_]\w*")
-# Any sign of iteration, found anywhere (strings and comments too: it only errs wide).
-_ITERATES = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(|\bin\b")
-# A condition that iterates sees lists and objects of at most this many entries, and
+# Any sign of a macro, found anywhere (strings and comments too: it only errs wide). An
+# `in` outside a macro's body is one pass over its list: it does not count.
+_ITERATES = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter|transform\w*)\s*\(")
+# A condition with a macro sees lists and objects of at most this many entries, and
 # strings of at most this many characters: two nested loops then stay near a million
 # steps. A request holding more is denied by such a condition (``policy.denied``).
 MAX_ITERATED: Final = 1024
