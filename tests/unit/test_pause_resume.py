@@ -451,6 +451,40 @@ def test_a_request_approved_under_two_artifacts_executes_once(kit: Kit, gw: Gate
         review(kit, gw, two, "cy")
 
 
+def test_a_request_approved_under_two_rules_executes_once(tmp_path: Path) -> None:
+    """Which pause rule matches can hang on the artifact: the same request then opens an
+    approval under each rule, and using one closes the other all the same."""
+    policy = QUORUM_TWO.replace(
+        "  - name: big-transfers\n",
+        "  - name: big-ticketed-transfers\n"
+        '    match: {action: payments.transfer, resource: "acct:**"}\n'
+        '    when: "request.args.amount > 1000 && has(artifact.gov.ticket)"\n'
+        "    effect: pause\n"
+        "    approvers: [finance]\n"
+        "    quorum: 2\n"
+        "    ttl: 600\n"
+        "  - name: big-transfers\n",
+    )
+    kit = make_kit(tmp_path, policy=policy)
+    try:
+        trust_approvers(kit, KEYS)
+        gw = kit.gateway()
+        plain, ticketed = kit.artifact(), kit.artifact(gov={"ticket": "FIN-1"})
+        one, two = paused(gw.decide(big(kit, plain))), paused(gw.decide(big(kit, ticketed)))
+        assert {gw.approval(one)[0].rule, gw.approval(two)[0].rule} == {
+            "big-transfers",
+            "big-ticketed-transfers",
+        }
+        for approval in (one, two):
+            review(kit, gw, approval, "ana")
+            review(kit, gw, approval, "ben")
+        assert gw.decide(big(kit, ticketed)).outcome is Outcome.PROCEED
+        assert gw.approval(one)[0].status == "closed"
+        assert gw.decide(big(kit, plain)).outcome is Outcome.PAUSE
+    finally:
+        kit.close()
+
+
 def test_a_deny_is_final_for_the_request_whatever_artifact_asks_again(
     kit: Kit, gw: Gateway
 ) -> None:

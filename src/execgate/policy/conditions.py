@@ -19,9 +19,9 @@ an input used any other way (``size(artifact)``) is converted whole.
 The binding has no cost limit, holds the interpreter lock while it runs and cannot be
 interrupted. So iteration is bounded twice: at load, a condition may nest it at most
 two levels deep (``_loop_depth``: a loop in a loop, not a third); and a condition with
-a macro sees no list or object over ``MAX_ITERATED`` entries and no string over
-``MAX_ITERATED_TEXT`` characters (it denies instead), which keeps two levels near a
-million steps.
+a macro sees no list or object over ``MAX_ITERATED`` entries and no more than
+``MAX_ITERATED_SIZE`` of input in all (it denies instead), which keeps two levels near
+a million steps.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = [
     "INPUTS",
     "MAX_CONDITION_CHARS",
     "MAX_ITERATED",
-    "MAX_ITERATED_TEXT",
+    "MAX_ITERATED_SIZE",
     "Condition",
     "ConditionError",
     "Inputs",
@@ -55,7 +55,7 @@ _INT64 = range(-(2**63), 2**63)
 # Names a comprehension macro binds (`list.all(x, ...)`, `map.map(k, v, ...)`,
 # `cel.bind(x, ...)`). The binding reports them as variables, so they are allowed.
 _BOUND = re.compile(
-    r"\.\s*(?:all|exists|exists_one|map|filter|bind|transform\w*)\s*\(\s*"
+    r"\.\s*(?:all|exists|exists_one|existsOne|map|filter|bind|transform\w*)\s*\(\s*"
     r"([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?"
 )
 # What follows an input that reads one top-level key: `.sub` or `['x-y']`.
@@ -66,34 +66,33 @@ Reads = Mapping[str, frozenset[str] | None]
 
 
 _ITERATING: Final = frozenset(
-    {"all", "exists", "exists_one", "map", "filter", "transformList", "transformMap"}
+    {"all", "exists", "exists_one", "existsOne", "map", "filter", "transformList", "transformMap"}
 )
 _WORD = re.compile(r"[A-Za-z_]\w*")
 # Any sign of a macro, found anywhere (strings and comments too: it only errs wide). An
 # `in` outside a macro's body is one pass over its list: it does not count.
-_ITERATES = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter|transform\w*)\s*\(")
+_ITERATES = re.compile(r"\.\s*(?:all|exists|exists_one|existsOne|map|filter|transform\w*)\s*\(")
 # A condition with a macro sees lists and objects of at most this many entries, and
-# strings of at most this many characters: two nested loops then stay near a million
-# steps. A request holding more is denied by such a condition (``policy.denied``).
+# inputs of at most this size in all (characters, plus one per value): two nested loops
+# then stay near a million steps, and each lookup of ``request`` in a loop (the binding
+# copies the value) stays small. More is denied by such a condition (``policy.denied``).
 MAX_ITERATED: Final = 1024
-MAX_ITERATED_TEXT: Final = 65536
+MAX_ITERATED_SIZE: Final = 65536
 _MAX_LOOP_DEPTH: Final = 2
 
 
 def _loop_depth(source: str) -> tuple[int, str]:
     """How deeply ``source`` nests iteration, and the innermost construct that does: a
     macro's body is one level; inside a body, a further macro, an ``in`` on anything but
-    a list or map literal, or a function of the request (a string's ``contains``,
-    ``size``...) is one more. Strings, raw strings and ``//`` comments are skipped."""
+    a list or map literal, or any mention of ``request`` (the binding copies the whole
+    value at each lookup, so it costs as much as the request is large) is one more.
+    Strings, raw strings and ``//`` comments are skipped."""
+    source = _without_comments(source)
     scopes: list[bool] = []  # per open bracket: does it hold a macro's body?
     deepest, what = 0, ""
     i, n = 0, len(source)
     while i < n:
         char = source[i]
-        if source.startswith("//", i):
-            end = source.find("\n", i)
-            i = n if end < 0 else end + 1
-            continue
         if char in "'\"":
             i = _past_string(source, i)
             continue
@@ -115,11 +114,8 @@ def _loop_depth(source: str) -> tuple[int, str]:
             extra, label = 1, f"the macro '{name}'"
         elif name == "in" and level and not _literal_follows(rest):
             extra, label = 1, "'in' on a list that is not a literal"
-        elif level and rest[:1] == "(" and name != "has":
-            arg = _WORD.match(rest[1:].lstrip())
-            on = _root(before[:-1]) if before.endswith(".") else (arg.group() if arg else None)
-            if on == "request":
-                extra, label = 1, f"the function '{name}' of the request"
+        elif name == "request" and level and not before.endswith("."):
+            extra, label = 1, "'request' (looked up once per element)"
         if level + extra > deepest:
             deepest, what = level + extra, label
         if macro:
@@ -128,6 +124,25 @@ def _loop_depth(source: str) -> tuple[int, str]:
             continue
         i = end
     return deepest, what
+
+
+def _without_comments(source: str) -> str:
+    """``source`` with each ``//`` comment (outside strings) blanked to spaces."""
+    out, i, n = [], 0, len(source)
+    while i < n:
+        if source[i] in "'\"":
+            end = _past_string(source, i)
+            out.append(source[i:end])
+            i = end
+        elif source.startswith("//", i):
+            end = source.find("\n", i)
+            end = n if end < 0 else end
+            out.append(" " * (end - i))
+            i = end
+        else:
+            out.append(source[i])
+            i += 1
+    return "".join(out)
 
 
 def _literal_follows(text: str) -> bool:
@@ -156,30 +171,16 @@ def _past_string(text: str, i: int) -> int:
     """The index just past the string literal that opens at ``text[i]`` (a quote): single,
     double or triple quoted, raw (an ``r`` among the letters just before it: no escapes)
     or not."""
-    prefix = text[max(0, i - 2) : i].lower()
-    raw = "r" in prefix and (i < 3 or not (text[i - 3].isalnum() or text[i - 3] == "_"))
+    start = i
+    while start > 0 and i - start < 2 and text[start - 1] in "rRbB":
+        start -= 1
+    before = text[start - 1] if start > 0 else ""
+    raw = "r" in text[start:i].lower() and not (before.isalnum() or before == "_")
     quote = text[i : i + 3] if text[i : i + 3] in ("'''", '"""') else text[i]
     i += len(quote)
     while i < len(text) and not text.startswith(quote, i):
         i += 2 if text[i] == "\\" and not raw else 1
     return i + len(quote)
-
-
-def _root(receiver: str) -> str | None:
-    """The first name of the expression that ends ``receiver`` (``o.items`` -> ``o``;
-    ``request.args.m[k]`` -> ``request``), or None for a literal or anything else."""
-    j, depth = len(receiver) - 1, 0
-    while j >= 0:
-        char = receiver[j]
-        if char in ")]":
-            depth += 1
-        elif char in "([" and depth:
-            depth -= 1
-        elif not depth and not (char.isalnum() or char in "_."):
-            break
-        j -= 1
-    word = _WORD.match(receiver[j + 1 :].lstrip())
-    return word.group() if word else None
 
 
 class ConditionError(Exception):
@@ -209,7 +210,12 @@ class Condition:
                 f" condition (at most {_MAX_LOOP_DEPTH} levels)"
             )
         names = set(program.variables())
-        bound = {name for match in _BOUND.finditer(source) for name in match.groups() if name}
+        bound = {
+            name
+            for match in _BOUND.finditer(_without_comments(source))
+            for name in match.groups()
+            if name
+        }
         if "cel.bind" in source.replace(" ", ""):
             bound.add("cel")
         unknown = names - INPUTS - bound
@@ -219,7 +225,7 @@ class Condition:
                 f"the inputs are {', '.join(sorted(INPUTS))}"
             )
         self.source = source
-        self.iterates = _ITERATES.search(source) is not None
+        self.iterates = _ITERATES.search(_without_comments(source)) is not None
         self.inputs: frozenset[str] = frozenset(names & INPUTS)
         self.reads: Reads = {name: _keys_read(source, name) for name in self.inputs}
         self._program = program
@@ -341,19 +347,21 @@ class Inputs:
 
 
 def _oversized(value: Any) -> str | None:
-    """What in ``value`` exceeds the bounds of a condition that iterates, if anything."""
-    stack = [value]
+    """What in ``value`` exceeds the bounds of a condition with a macro, if anything: a
+    collection over ``MAX_ITERATED`` entries, or more than ``MAX_ITERATED_SIZE`` in all
+    (characters of strings and keys, plus one per value)."""
+    stack, size = [value], 0
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
-            if len(item) > MAX_ITERATED_TEXT:
-                return f"a string of {len(item)} characters (at most {MAX_ITERATED_TEXT})"
-        elif isinstance(item, Mapping | list | tuple):
+        size += len(item) + 1 if isinstance(item, str) else 1
+        if isinstance(item, Mapping | list | tuple):
             if len(item) > MAX_ITERATED:
                 return f"a collection of {len(item)} entries (at most {MAX_ITERATED})"
             stack.extend(item.values() if isinstance(item, Mapping) else item)
             if isinstance(item, Mapping):
                 stack.extend(key for key in item if isinstance(key, str))
+        if size > MAX_ITERATED_SIZE:
+            return f"more than {MAX_ITERATED_SIZE} characters and values"
     return None
 
 

@@ -151,17 +151,13 @@ def _already_open(conn: sqlite3.Connection, body: dict[str, object]) -> bool:
 
 def _close_siblings(conn: sqlite3.Connection, used: str) -> None:
     """Close every other open approval of the request an approval was just used for
-    (under the same policy and rule): one approved request executes once, even if it
-    was paused under two artifacts and both approvals were granted."""
-    (body,) = conn.execute("SELECT body FROM approvals WHERE id = ?", (used,)).fetchone()
-    this = json.loads(body)
-    for other_id, other in conn.execute(
-        "SELECT id, body FROM approvals WHERE request_hash = ? AND status = 'pending'",
-        (this["request_hash"],),
-    ).fetchall():
-        o = json.loads(other)
-        if (o["policy_hash"], o["rule"]) == (this["policy_hash"], this["rule"]):
-            conn.execute("UPDATE approvals SET status = 'closed' WHERE id = ?", (other_id,))
+    (under any artifact, rule or policy): one approved request executes once, even if
+    it was paused several ways and every approval was granted."""
+    conn.execute(
+        "UPDATE approvals SET status = 'closed' WHERE status = 'pending' AND id != ?"
+        " AND request_hash = (SELECT request_hash FROM approvals WHERE id = ?)",
+        (used, used),
+    )
 
 
 class _Pending:
