@@ -44,6 +44,7 @@ import rfc8785
 from execgate.errors import JoseError
 
 __all__ = [
+    "MAX_SAFE_INT",
     "Parsed",
     "PrivateKey",
     "PublicKey",
@@ -105,7 +106,7 @@ def sha256_b64url(data: bytes) -> str:
     return b64url_encode(hashlib.sha256(data).digest())
 
 
-_MAX_SAFE_INT = 2**53 - 1
+MAX_SAFE_INT: Final = 2**53 - 1  # RFC 8785 / I-JSON: integers beyond this have no form
 _dumps_sorted = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 ).encode
@@ -130,7 +131,7 @@ def _plain(value: Any) -> bool:
         if kind is str or kind is bool or item is None:
             continue
         if kind is int:
-            if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
                 return False
         elif kind is dict:
             for key in item:

@@ -8,13 +8,12 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from execgate.errors import RequestError
-from execgate.jose import canonical_json, loads_strict, sha256_b64url
+from execgate.jose import MAX_SAFE_INT, canonical_json, loads_strict, sha256_b64url
 from execgate.model import Request
 
 __all__ = ["MAX_REQUEST_BYTES", "Submission"]
 
 MAX_REQUEST_BYTES: Final = 1024 * 1024
-MAX_SAFE_INT: Final = 2**53 - 1  # RFC 8785 / I-JSON: integers beyond this have no form
 _SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
 
 
