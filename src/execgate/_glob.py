@@ -40,6 +40,16 @@ def validate_glob(pattern: object) -> str:
     return pattern
 
 
+def _parts(pattern: str) -> list[str]:
+    """``pattern`` in parts: ``**``, ``*``, or one literal character each."""
+    parts, i = [], 0
+    while i < len(pattern):
+        size = 2 if pattern.startswith("**", i) else 1
+        parts.append(pattern[i : i + size])
+        i += size
+    return parts
+
+
 class _Automaton:
     """A glob run as a bit-parallel NFA, in time linear in the value's length whatever
     the pattern. Bit ``i`` of the state means "the first ``i`` tokens match what has
@@ -51,18 +61,15 @@ class _Automaton:
     def __init__(self, pattern: str, *, probe: bool) -> None:
         literal: dict[str, int] = {}
         any_mask = segment = 0
-        i = position = 0
-        while i < len(pattern):
-            if pattern.startswith("**", i):
+        parts = _parts(pattern)
+        for position, part in enumerate(parts):
+            if part == "**":
                 any_mask |= 1 << position
-                i += 2
-            elif pattern[i] == "*":
+            elif part == "*":
                 segment |= 1 << position
-                i += 1
             else:
-                literal[pattern[i]] = literal.get(pattern[i], 0) | 1 << position
-                i += 1
-            position += 1
+                literal[part] = literal.get(part, 0) | 1 << position
+        position = len(parts)
         self._literal = literal
         self._any = any_mask
         self._segment = segment
@@ -94,18 +101,8 @@ class _Regex:
     def __init__(self, pattern: str, *, probe: bool) -> None:
         # In probe mode a single '*' must not swallow the '**' sentinel (see glob_covers).
         one_segment = f"[^{re.escape(_SEPARATORS)}{_ANY if probe else ''}]*"
-        out = []
-        i = 0
-        while i < len(pattern):
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-            elif pattern[i] == "*":
-                out.append(one_segment)
-                i += 1
-            else:
-                out.append(re.escape(pattern[i]))
-                i += 1
+        wildcards = {"**": ".*", "*": one_segment}
+        out = [wildcards.get(part) or re.escape(part) for part in _parts(pattern)]
         self._regex = re.compile("".join(out), re.DOTALL)
 
     def fullmatch(self, value: str) -> bool:
@@ -116,17 +113,12 @@ def _open_ended(pattern: str) -> int:
     """How many wildcards of ``pattern`` may end at more than one place in a value: every
     ``**``, and each ``*`` not followed by a separator or the end (one that is must end
     exactly at the next separator, or the end)."""
-    count = i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
+    parts = _parts(pattern)
+    count = 0
+    for i, part in enumerate(parts):
+        following = parts[i + 1] if i + 1 < len(parts) else None
+        if part == "**" or (part == "*" and following is not None and following not in _SEPARATORS):
             count += 1
-            i += 2
-        elif pattern[i] == "*":
-            i += 1
-            if i < len(pattern) and pattern[i] not in _SEPARATORS:
-                count += 1
-        else:
-            i += 1
     return count
 
 
