@@ -52,11 +52,13 @@ INPUTS: Final = frozenset({"request", "artifact", "environment", "now"})
 MAX_CONDITION_CHARS: Final = 4096
 _MAX_DEPTH: Final = 32
 _INT64 = range(-(2**63), 2**63)
+# The comprehension macros: each runs its body once per element of its receiver.
+_LOOP_MACROS: Final = r"all|exists|exists_one|existsOne|map|filter|transform\w*"
+_LOOP_MACRO = re.compile(rf"(?:{_LOOP_MACROS})\Z")
 # Names a comprehension macro binds (`list.all(x, ...)`, `map.map(k, v, ...)`,
 # `cel.bind(x, ...)`). The binding reports them as variables, so they are allowed.
 _BOUND = re.compile(
-    r"\.\s*(?:all|exists|exists_one|existsOne|map|filter|bind|transform\w*)\s*\(\s*"
-    r"([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?"
+    rf"\.\s*(?:{_LOOP_MACROS}|bind)\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?"
 )
 # What follows an input that reads one top-level key: `.sub` or `['x-y']`.
 _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]*)")\s*\])""")
@@ -65,13 +67,10 @@ _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]
 Reads = Mapping[str, frozenset[str] | None]
 
 
-_ITERATING: Final = frozenset(
-    {"all", "exists", "exists_one", "existsOne", "map", "filter", "transformList", "transformMap"}
-)
 _WORD = re.compile(r"[A-Za-z_]\w*")
-# Any sign of a macro, found anywhere (strings and comments too: it only errs wide). An
-# `in` outside a macro's body is one pass over its list: it does not count.
-_ITERATES = re.compile(r"\.\s*(?:all|exists|exists_one|existsOne|map|filter|transform\w*)\s*\(")
+# Any sign of a macro, found anywhere (strings too: it only errs wide). An `in` outside
+# a macro's body is one pass over its list: it does not count.
+_ITERATES = re.compile(rf"\.\s*(?:{_LOOP_MACROS})\s*\(")
 # A condition with a macro sees lists and objects of at most this many entries, and
 # inputs of at most this size in all (characters, plus one per value): two nested loops
 # then stay near a million steps, and each lookup of ``request`` in a loop (the binding
@@ -86,8 +85,8 @@ def _loop_depth(source: str) -> tuple[int, str]:
     macro's body is one level; inside a body, a further macro, an ``in`` on anything but
     a list or map literal, or any mention of ``request`` (the binding copies the whole
     value at each lookup, so it costs as much as the request is large) is one more.
-    Strings, raw strings and ``//`` comments are skipped."""
-    source = _without_comments(source)
+    Strings and raw strings are skipped; ``source`` comes without its comments
+    (``_without_comments``)."""
     scopes: list[bool] = []  # per open bracket: does it hold a macro's body?
     deepest, what = 0, ""
     i, n = 0, len(source)
@@ -109,7 +108,7 @@ def _loop_depth(source: str) -> tuple[int, str]:
         level = sum(scopes)
         before = source[:i].rstrip()
         extra, label = 0, ""
-        macro = name in _ITERATING and before.endswith(".") and rest[:1] == "("
+        macro = bool(_LOOP_MACRO.match(name)) and before.endswith(".") and rest[:1] == "("
         if macro:
             extra, label = 1, f"the macro '{name}'"
         elif name == "in" and level and not _literal_follows(rest):
@@ -202,7 +201,8 @@ class Condition:
             program = cel.compile(source)
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
-        depth, innermost = _loop_depth(source)
+        plain = _without_comments(source)
+        depth, innermost = _loop_depth(plain)
         if depth > _MAX_LOOP_DEPTH:
             raise ValueError(
                 f"{innermost} nests iteration {depth} deep: its cost would grow with the"
@@ -210,12 +210,7 @@ class Condition:
                 f" condition (at most {_MAX_LOOP_DEPTH} levels)"
             )
         names = set(program.variables())
-        bound = {
-            name
-            for match in _BOUND.finditer(_without_comments(source))
-            for name in match.groups()
-            if name
-        }
+        bound = {name for match in _BOUND.finditer(plain) for name in match.groups() if name}
         if "cel.bind" in source.replace(" ", ""):
             bound.add("cel")
         unknown = names - INPUTS - bound
@@ -225,7 +220,7 @@ class Condition:
                 f"the inputs are {', '.join(sorted(INPUTS))}"
             )
         self.source = source
-        self.iterates = _ITERATES.search(_without_comments(source)) is not None
+        self.iterates = _ITERATES.search(plain) is not None
         self.inputs: frozenset[str] = frozenset(names & INPUTS)
         self.reads: Reads = {name: _keys_read(source, name) for name in self.inputs}
         self._program = program
