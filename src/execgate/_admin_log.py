@@ -209,8 +209,8 @@ def reload_policy(
                     held.enter_context(pin_lock(pinned))
                 in_force = None
                 if pinned is not None and pinned.exists():
-                    previous_text = pinned.read_bytes()
                     in_force = read_policy(pinned, targets=targets)
+                    previous_text = in_force[1].encode("utf-8")  # as pin_policy wrote it
                 if in_force is not None and in_force[0].hash != old.hash:
                     # Another worker read the file for this reload (or the one before)
                     # and pinned what it read: take that, not the file as it may be now,
