@@ -249,8 +249,9 @@ async def get_entries(request: Request) -> Response:
         stop = min(size, start + MAX_PAGE, size if end is None else end)
         entries: list[LogEntry] = []
         held = 0
+        full = False
         at = start
-        while at < stop:
+        while at < stop and not full:
             chunk = store.entries(at, min(stop, at + _READ_AHEAD))
             if not chunk:
                 if entries:
@@ -259,14 +260,12 @@ async def get_entries(request: Request) -> Response:
                     503, "audit.unavailable", f"the log holds no entry {at} below its size {size}"
                 )
             for entry in chunk:
-                if entries and held + len(entry.entry) > MAX_PAGE_BYTES:
-                    break  # full
+                full = bool(entries) and held + len(entry.entry) > MAX_PAGE_BYTES
+                if full:
+                    break
                 entries.append(entry)
                 held += len(entry.entry)
-            else:
-                at += len(chunk)
-                continue
-            break
+            at += len(chunk)
         stop = start + len(entries) if start < stop else stop
         return JsonResponse(
             {
