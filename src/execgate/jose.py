@@ -44,7 +44,6 @@ import rfc8785
 from execgate.errors import JoseError
 
 __all__ = [
-    "MAX_SAFE_INT",
     "Parsed",
     "PrivateKey",
     "PublicKey",
