@@ -38,7 +38,7 @@ from typing import Final, overload
 
 from execgate.audit.merkle import Frontier
 from execgate.errors import AuditError, StoreError
-from execgate.store.base import ApprovalRow, Conflict, LogEntry, Revocation, WriteJob
+from execgate.store.base import ApprovalRow, Conflict, LogEntry, Revocation, UseClaim, WriteJob
 
 __all__ = ["SQLiteStore"]
 
@@ -695,19 +695,17 @@ class SQLiteStore:
         # A conflict below makes the decision a deny: the uses and the approval it claimed
         # before the conflict are given back (the proof stays spent, as for any deny).
         conn.execute("SAVEPOINT claim")
-        conflict = SQLiteStore._claim_state(conn, job)
+        conflict = SQLiteStore._claim_state(conn, job, uses)
         if conflict is not None:
             conn.execute("ROLLBACK TO claim")
         conn.execute("RELEASE claim")
         return conflict
 
     @staticmethod
-    def _claim_state(conn: sqlite3.Connection, job: WriteJob) -> str | None:
+    def _claim_state(conn: sqlite3.Connection, job: WriteJob, uses: list[UseClaim]) -> str | None:
         if job.revocation_keys and _first_revocation(conn, job.revocation_keys) is not None:
             return Conflict.REVOKED
-        for use in (*job.chain_uses, job.use):
-            if use is None:
-                continue
+        for use in uses:  # the limited ancestors' uses first, then the artifact's own
             conn.execute(
                 "INSERT OR IGNORE INTO artifact_uses VALUES (?, 0, ?, ?)",
                 (use.jti, use.limit, use.expires_at),
