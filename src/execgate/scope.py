@@ -13,8 +13,9 @@ the argument by the requester, and a backtracking engine would let the two toget
 stall a worker for minutes (``(a+)+$`` against a long run of ``a``). RE2 has no
 backreferences or lookaround, and a pattern is refused when the grant is read unless
 Python's ``re`` compiles it too and nothing in it reads differently in the two
-(``{,n}``, POSIX classes, ``$`` before the end): whoever wrote it for either engine gets
-what they meant. ``\d``, ``\w`` and ``\s`` are ASCII only.
+(``{,n}``, POSIX classes, ``$`` before the end, negated ``\S \D \W`` and ``\s`` in a
+negated class, ``\b``, ``(?i)``: see ``_read_differently``): whoever wrote it for either
+engine gets what they meant. ``\d``, ``\w`` and ``\s`` are ASCII only.
 """
 
 from __future__ import annotations
