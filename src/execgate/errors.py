@@ -34,6 +34,7 @@ __all__ = [
     "PolicyError",
     "RequestError",
     "StoreError",
+    "StoreUnavailable",
     "UsageError",
     "VerificationError",
 ]
@@ -164,3 +165,9 @@ class StoreError(ExecgateError):
 
 class AuditError(StoreError):
     """The audit log could not be appended to; nothing may execute."""
+
+
+class StoreUnavailable(AuditError):
+    """The append failed because the store itself could not be used (it cannot be
+    opened or written, is closed, or stayed locked past its wait): the decision says
+    ``store.unavailable`` as well as ``audit.unavailable``."""

@@ -29,7 +29,7 @@ from execgate._timing import TimedState
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
-from execgate.errors import AuditError, StoreError, VerificationError
+from execgate.errors import AuditError, StoreError, StoreUnavailable, VerificationError
 from execgate.home import load_config
 from execgate.jose import PrivateKey, canonical_json
 from execgate.keyfile import read_private_key
@@ -439,19 +439,16 @@ class Gateway(ApprovalFlow, OutcomeLog):
         state.stage = "artifact"
         artifact = state.artifact = self._artifacts.verify(submission.artifact, now=state.now)
 
-        state.stage = "revocation"
-        revoked = self.store.revoked(artifact.revocation_keys())
-        if revoked is not None:
-            raise VerificationError(
-                "artifact.revoked", f"{revoked.kind} {revoked.value} revoked: {revoked.reason}"
-            )
+        # Revocation (stage 4) and proof replay (stage 6) are checked inside the commit
+        # that records this decision (``WriteJob``), the only check that no concurrent
+        # revocation or presentation can slip past; their reasons come first there.
 
         state.stage = "binding"
         if request.runtime != artifact.subject:
             raise VerificationError(
                 "identity.mismatch", f"runtime {request.runtime!r} is not the artifact's subject"
             )
-        proof = state.proof = verify_proof(
+        state.proof = verify_proof(
             submission.proof,
             jkt=artifact.jkt,
             request_hash=submission.request_hash,
@@ -463,8 +460,6 @@ class Gateway(ApprovalFlow, OutcomeLog):
         )
 
         state.stage = "replay"
-        if self.store.proof_seen(proof.jti):
-            raise VerificationError("replay.detected", "this proof has been presented before")
         for link in artifact.chain:  # a child's use is also a use of every limited ancestor
             if link.uses is not None and self.store.uses_consumed(link.digest) >= link.uses:
                 raise VerificationError(
@@ -596,8 +591,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
             if conflict == Conflict.REPLAY:
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
             elif conflict == Conflict.REVOKED:
+                found = job.revoked
                 state.stop(
-                    Outcome.DENY, "artifact.revoked", "revoked while this decision was recorded"
+                    Outcome.DENY,
+                    "artifact.revoked",
+                    "revoked"
+                    if found is None
+                    else f"{found.kind} {found.value} revoked: {found.reason}",
                 )
             elif conflict == Conflict.APPROVAL_CLOSED:
                 state.stop(
@@ -669,14 +669,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 else None
             ),
             consume_approval=state.consume_approval if state.outcome.executes else None,
-            revocation_keys=tuple(artifact.revocation_keys())
-            if artifact is not None and state.outcome.executes
-            else (),
+            revocation_keys=tuple(artifact.revocation_keys()) if artifact is not None else (),
         )
         try:
             index = yield job
         except AuditError as exc:
-            return self._unlogged(state, str(exc))
+            return self._unlogged(state, str(exc), store_down=isinstance(exc, StoreUnavailable))
         except _Unsigned:
             pass  # the state already says fail_closed / internal.error
         except Exception as exc:  # noqa: BLE001 - log the failure instead
@@ -718,11 +716,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
             approval_id=state.approval,
         )
 
-    def _unlogged(self, state: DecisionState, detail: str) -> Decision:
-        """The log could not take the record: nothing may execute, and we say so."""
+    def _unlogged(self, state: DecisionState, detail: str, *, store_down: bool = False) -> Decision:
+        """The log could not take the record: nothing may execute, and we say so (and
+        that the store is down, when it is)."""
         kept = [] if state.outcome.executes else state.reasons
         state.stop(Outcome.FAIL_CLOSED, "audit.unavailable", detail)
-        state.reasons = [*kept, *state.reasons]
+        said = any(r.code == "store.unavailable" for r in kept)
+        down = [Reason("store.unavailable", detail)] if store_down and not said else []
+        state.reasons = [*kept, *down, *state.reasons]
         return self._decision(state, None, None)
 
     def _purge(self, now: int) -> None:

@@ -973,7 +973,7 @@ def test_a_failed_append_fails_closed_and_logs_no_proceed(kit: Kit, table: str) 
     d = gw.decide(wire)
     assert d.outcome is Outcome.FAIL_CLOSED
     assert not d.executes
-    assert [r.code for r in d.reasons] == ["audit.unavailable"]
+    assert [r.code for r in d.reasons] == ["store.unavailable", "audit.unavailable"]
     assert "disk full" in d.reasons[0].detail
     assert (d.log_index, d.receipt) == (None, None)
     assert gw.store.size() == 1

@@ -354,6 +354,28 @@ def test_artifact_revoked(kit: Kit, gw: Gateway, target: str) -> None:
     assert "compromised" in d.reasons[0].detail
 
 
+def test_a_revoked_artifact_is_denied_as_revoked_whatever_else_went_wrong(
+    kit: Kit, gw: Gateway
+) -> None:
+    """Revocation is checked in the commit for every decision on a verified artifact and
+    comes first there: what the other stages found (a bad proof, a replay, a policy deny,
+    a pause) does not hide it, and nothing is claimed for it (no approval opens)."""
+    token = kit.artifact(jti="revocable-jti-2")
+    used = kit.submission(kit.request(amount=1), token)
+    assert gw.decide(used).outcome is Outcome.PROCEED
+    assert gw.store.revoke("jti", "revocable-jti-2", reason="compromised", now=NOW)
+    for wire in (
+        kit.submission(kit.request(amount=1), token, signer=PrivateKey.generate()),  # bad proof
+        used,  # a replay
+        kit.submission(kit.request("payments.refund", amount=1), token),  # policy deny
+        kit.submission(kit.request(amount=5000), token),  # a pause
+    ):
+        d = gw.decide(wire)
+        assert_denied(gw, d, "artifact.revoked")
+        assert d.reasons[0].detail == "jti revocable-jti-2 revoked: compromised"
+    assert gw.store.approvals() == []
+
+
 # --- uses -----------------------------------------------------------------------------
 
 

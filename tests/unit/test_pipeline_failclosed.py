@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from gatekit import Kit, make_kit
 
-from execgate.errors import AuditError, StoreError
+from execgate.errors import AuditError, StoreError, StoreUnavailable
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.policy import Policy, PolicyResult
 from execgate.receipts import sign_receipt
-from execgate.store.base import Revocation, WriteJob
+from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
 
 
@@ -46,14 +46,6 @@ class FlakyStore(SQLiteStore):
     def _check(self, name: str) -> None:
         if name in self.fail:
             raise StoreError(f"{name}: connection refused")
-
-    def revoked(self, keys: Iterable[tuple[str, str]]) -> Revocation | None:
-        self._check("revoked")
-        return super().revoked(keys)
-
-    def proof_seen(self, jti: str) -> bool:
-        self._check("proof_seen")
-        return super().proof_seen(jti)
 
     def uses_consumed(self, jti: str) -> int:
         self._check("uses_consumed")
@@ -83,9 +75,10 @@ def assert_failed_closed(d: Decision, *expected: str) -> None:
 # --- the store fails ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("operation", ["revoked", "proof_seen", "uses_consumed"])
-def test_store_read_failure_fails_closed(kit: Kit, operation: str) -> None:
-    store = FlakyStore(kit.config.store, fail=[operation])
+def test_store_read_failure_fails_closed(kit: Kit) -> None:
+    """The read of a limited artifact's uses (revocation and replay are checked in the
+    commit, below) fails: fail_closed, and that decision is still logged."""
+    store = FlakyStore(kit.config.store, fail=["uses_consumed"])
     gw = kit.gateway(store)
     d = gw.decide(kit.submit(uses=5))
     assert_failed_closed(d, "store.unavailable")
@@ -98,7 +91,7 @@ def test_store_read_failure_fails_closed(kit: Kit, operation: str) -> None:
 
 
 def test_store_read_failure_does_not_consume_a_use(kit: Kit) -> None:
-    store = FlakyStore(kit.config.store, fail=["proof_seen"])
+    store = FlakyStore(kit.config.store, fail=["uses_consumed"])
     gw = kit.gateway(store)
     token = kit.artifact(uses=1)
     assert_failed_closed(
@@ -138,17 +131,30 @@ def test_an_unlogged_decision_consumes_nothing(kit: Kit) -> None:
     assert gw.decide(wire).reasons[0].code == "replay.detected"
 
 
-def test_whole_store_down(kit: Kit) -> None:
+@pytest.mark.parametrize("uses", [None, 5])
+def test_whole_store_down(kit: Kit, uses: int | None) -> None:
+    """Down for reads and the commit: a decision that reads it first (a limited
+    artifact's uses) and one that meets it only in the commit say the same."""
     store = FlakyStore(
         kit.config.store,
-        fail=["revoked", "proof_seen", "uses_consumed"],
-        commit_error=AuditError("connection refused"),
+        fail=["uses_consumed"],
+        commit_error=StoreUnavailable("connection refused"),
     )
     gw = kit.gateway(store)
-    d = gw.decide(kit.submit())
+    d = gw.decide(kit.submit(uses=uses))
     assert_failed_closed(d, "store.unavailable", "audit.unavailable")
+    assert "connection refused" in d.reasons[0].detail
     assert d.receipt is None
     assert d.log_index is None
+
+
+def test_a_store_file_that_is_not_a_database_fails_closed(kit: Kit) -> None:
+    """The writer's own failure (here: the file was replaced by garbage) is the store's."""
+    gw = kit.gateway()
+    Path(kit.config.store).write_bytes(b"this is not an SQLite database" * 200)
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "store.unavailable", "audit.unavailable")
+    assert "not a database" in d.reasons[0].detail
 
 
 def test_closed_store_fails_closed(kit: Kit) -> None:
@@ -292,13 +298,12 @@ def test_gateway_with_store_in_a_missing_directory_refuses_to_open(kit: Kit) -> 
 def test_never_proceeds_when_anything_fails(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same valid request under each failure: not one of them executes."""
     outcomes = []
-    for fail in (["revoked"], ["proof_seen"]):
-        gw = kit.gateway(FlakyStore(kit.config.store, fail=fail))
-        outcomes.append(gw.decide(kit.submit()).outcome)
+    gw = kit.gateway(FlakyStore(kit.config.store, fail=["uses_consumed"]))
+    outcomes.append(gw.decide(kit.submit(uses=5)).outcome)
     gw = kit.gateway(FlakyStore(kit.config.store, commit_error=AuditError("x")))
     outcomes.append(gw.decide(kit.submit()).outcome)
     kit.clock.error = OSError("no clock")
     outcomes.append(kit.gateway().decide(kit.submit()).outcome)
     kit.clock.error = None
-    assert outcomes == [Outcome.FAIL_CLOSED] * 4
+    assert outcomes == [Outcome.FAIL_CLOSED] * 3
     assert kit.gateway().decide(kit.submit()).outcome is Outcome.PROCEED  # control

@@ -61,7 +61,7 @@ class Conflict:
     APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
     # Another decision opened an approval for the same request and chain meanwhile.
     APPROVAL_OPEN = "approval_open"
-    REVOKED = "revoked"  # revoked between the pipeline's check and this commit
+    REVOKED = "revoked"  # a revocation_keys entry is revoked (see WriteJob.revoked)
     # Its replay or use state may already have been purged: a purge ran with a clock
     # reading later than this claim's expiry (the clock has gone back since).
     PURGED = "purged"
@@ -117,9 +117,12 @@ class WriteJob:
     open_approval: ApprovalRow | None = None  # a pause opens one with its record
     consume_approval: str | None = None  # a resumed decision closes the approval it used
     review: ReviewWrite | None = None
-    # For a decision that executes: what revoking would deny it, checked again inside
-    # the commit, so a revocation that returned before this commit always wins.
+    # What revoking would deny the decision's artifact. The commit checks them before
+    # anything else, in its transaction, so a revocation that returned before the commit
+    # always wins (whatever the pipeline decided, the answer is Conflict.REVOKED)...
     revocation_keys: tuple[tuple[str, str], ...] = ()
+    # ...and the store sets the revocation it found here.
+    revoked: Revocation | None = None
 
 
 class LoopCommits(Protocol):

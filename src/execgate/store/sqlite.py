@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Final, overload
 
 from execgate.audit.merkle import Frontier
-from execgate.errors import AuditError, StoreError
+from execgate.errors import AuditError, StoreError, StoreUnavailable
 from execgate.store.base import ApprovalRow, Conflict, LogEntry, Revocation, UseClaim, WriteJob
 
 __all__ = ["SQLiteStore"]
@@ -459,7 +459,7 @@ class SQLiteStore:
     def commit(self, job: WriteJob) -> int:
         """Append one decision's writes; return its log index once durable."""
         if self._closed:
-            raise AuditError("the store is closed")
+            raise StoreUnavailable("the store is closed")
         pending = _Pending(job)
         self._queue.put(pending)
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
@@ -498,7 +498,7 @@ class SQLiteStore:
         up waiting withdraws its job with ``withdraw``. With ``loop`` (called from that
         loop's thread), the future is an asyncio future of that loop."""
         if self._closed:
-            raise AuditError("the store is closed")
+            raise StoreUnavailable("the store is closed")
         future = _JobFuture() if loop is None else _LoopFuture(loop)
         pending = _Pending(job, future=future)
         self._queue.put(pending)
@@ -529,7 +529,7 @@ class SQLiteStore:
                     self._lead(turn_taken=True)
             return True
         except OSError as exc:  # the lock file: every queued job fails now, not later
-            self._fail_queued(AuditError(f"cannot take the writers' turn: {exc}"))
+            self._fail_queued(StoreUnavailable(f"cannot take the writers' turn: {exc}"))
             return True
         finally:
             self._writer_lock.release()
@@ -558,7 +558,9 @@ class SQLiteStore:
                 if pending.state != _QUEUED:
                     continue
                 pending.state = _TAKEN
-            pending.result = error or AuditError("the store closed before this record was written")
+            pending.result = error or StoreUnavailable(
+                "the store closed before this record was written"
+            )
             pending.resolve()
 
     def _lead(self, *, turn_taken: bool = False) -> None:
@@ -574,7 +576,7 @@ class SQLiteStore:
                     batch.append(pending)
         if self._closed:  # closed while this leader waited: nothing more is written
             for p in batch:
-                p.result = AuditError("the store closed before this record was written")
+                p.result = StoreUnavailable("the store closed before this record was written")
                 p.resolve()
             return
         try:
@@ -586,8 +588,10 @@ class SQLiteStore:
                 with self._process_turn(wait=True):
                     self._write_batch(self._writer, batch)
         except BaseException as exc:  # noqa: BLE001 - every failure reaches every caller
-            error = (
-                exc if isinstance(exc, AuditError) else AuditError(f"audit append failed: {exc}")
+            error = (  # the log's own refusals stay AuditError; anything else is the store
+                exc
+                if isinstance(exc, AuditError)
+                else StoreUnavailable(f"audit append failed: {exc}")
             )
             for p in batch:
                 p.result = error
@@ -661,7 +665,7 @@ class SQLiteStore:
                     )
                 except BaseException as exc:  # noqa: BLE001 - reported to that caller only
                     conn.execute("ROLLBACK TO job")
-                    p.result = exc if not isinstance(exc, sqlite3.Error) else AuditError(str(exc))
+                    p.result = StoreUnavailable(str(exc)) if isinstance(exc, sqlite3.Error) else exc
                 else:
                     conn.executemany(
                         "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)",
@@ -679,6 +683,13 @@ class SQLiteStore:
 
     @staticmethod
     def _claim(conn: sqlite3.Connection, job: WriteJob, purged_before: int) -> str | None:
+        """Check and take what the job claims, in order: not revoked (nothing is written
+        for a revoked artifact), state not purged, the proof unseen (it stays spent
+        whatever follows), then uses and approvals (given back on a conflict)."""
+        if job.revocation_keys:
+            job.revoked = _first_revocation(conn, job.revocation_keys)
+            if job.revoked is not None:
+                return Conflict.REVOKED
         uses = [u for u in (*job.chain_uses, job.use) if u is not None]
         if (job.proof_jti is not None and job.proof_expires_at < purged_before) or any(
             u.expires_at < purged_before for u in uses
@@ -692,6 +703,8 @@ class SQLiteStore:
                 )
             except sqlite3.IntegrityError:
                 return Conflict.REPLAY
+        if not (uses or job.consume_approval or job.open_approval or job.review):
+            return None
         # A conflict below makes the decision a deny: the uses and the approval it claimed
         # before the conflict are given back (the proof stays spent, as for any deny).
         conn.execute("SAVEPOINT claim")
@@ -703,8 +716,6 @@ class SQLiteStore:
 
     @staticmethod
     def _claim_state(conn: sqlite3.Connection, job: WriteJob, uses: list[UseClaim]) -> str | None:
-        if job.revocation_keys and _first_revocation(conn, job.revocation_keys) is not None:
-            return Conflict.REVOKED
         for use in uses:  # the limited ancestors' uses first, then the artifact's own
             conn.execute(
                 "INSERT OR IGNORE INTO artifact_uses VALUES (?, 0, ?, ?)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
-from execgate.errors import AuditError, StoreError
+from execgate.errors import StoreError, StoreUnavailable
 from execgate.store.base import ApprovalRow, LogEntry, Revocation, WriteJob
 
 __all__ = ["UnavailableStore"]
@@ -38,7 +38,7 @@ class UnavailableStore:
         self._down()
 
     def commit(self, job: WriteJob) -> int:
-        raise AuditError(self.detail)
+        raise StoreUnavailable(self.detail)
 
     def entries(self, start: int, end: int) -> Sequence[LogEntry]:
         self._down()
