@@ -283,12 +283,25 @@ def test_envoy_style_without_a_path_is_refused(kit: Kit, client: Client) -> None
 # -- which headers name the call --------------------------------------------------------------
 
 
-def test_x_original_wins_over_x_forwarded_and_the_path(kit: Kit, client: Client) -> None:
+@pytest.mark.parametrize("path", ["/v1/forward-auth/admin/b", "/v1/forward-auth?x=1"])
+@pytest.mark.parametrize("names", [ORIGINAL, FORWARDED])
+def test_a_call_named_by_headers_and_by_the_path_is_refused(
+    kit: Kit, client: Client, path: str, names: tuple[str, str]
+) -> None:
+    """A proxy that asks with the path (Envoy) may pass on the client's own X-Original-*
+    or X-Forwarded-* headers: the client must not get its signed GET /api/a decided in
+    place of the POST /admin/b the upstream receives."""
     headers = headers_for(kit, "GET", "/api/a")
+    before = client.log_size()
     response = client.request(
-        "POST",
-        "/v1/forward-auth/admin/b",
-        headers={**headers, "X-Original-Method": "GET", "X-Original-URI": "/api/a"},
+        "POST", path, headers={**headers, names[0]: "GET", names[1]: "/api/a"}
+    )
+    refused(response, "request.invalid")
+    assert "no path after it" in response.json()["error"]["message"]
+    assert client.log_size() == before
+    # The same headers at the bare route name the call: decided, and it proceeds.
+    response = client.request(
+        "GET", "/v1/forward-auth", headers={**headers, names[0]: "GET", names[1]: "/api/a"}
     )
     assert response.status_code == 200, response.text
 
@@ -308,7 +321,7 @@ def test_x_forwarded_is_used_without_x_original(kit: Kit, client: Client) -> Non
     headers = headers_for(kit, "PATCH", "/api/c?d=1")
     response = client.request(
         "POST",
-        "/v1/forward-auth/admin/b",
+        "/v1/forward-auth",
         headers={
             **headers,
             "X-Forwarded-Method": "PATCH",

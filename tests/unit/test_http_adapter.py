@@ -98,6 +98,8 @@ def test_a_method_that_is_not_a_token_is_refused(method: str) -> None:
         ("/api/..", "'..' segments"),
         ("/api/a%2Fb", "encoded"),
         ("/api/a%5cb", "encoded"),
+        ("/api/..%3B/admin/users", "encoded"),
+        ("/api/a%3bx=1/users", "encoded"),
         ("/api\\admin", "backslash"),
         ("/" + "a" * 8200, "longer than"),
     ],

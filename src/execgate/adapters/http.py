@@ -65,7 +65,9 @@ _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VISIBLE_ASCII: Final = re.compile(r"[!-~]+")
 # A path segment that some service would read as "." or "..", percent-encoded or not.
 _DOT_SEGMENT: Final = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
-_ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+# '/', '\' and ';' percent-encoded: a service that decodes the path before splitting it
+# (or before stripping path parameters) would read other segments than were decided.
+_ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c|3b)", re.IGNORECASE)
 # RFC 3986 unreserved characters, percent-encoded: a service decodes them to a path that
 # differs from the one the grants and rules were matched against.
 _ENCODED_UNRESERVED: Final = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f|7e)", re.I)
@@ -99,7 +101,7 @@ def _check_uri(uri: str) -> str:
         )
     path = uri.split("?", 1)[0]
     if "\\" in path or _ENCODED_SEPARATOR.search(path):
-        raise RequestError("the URI path may not hold a backslash or an encoded '/' or '\\'")
+        raise RequestError("the URI path may not hold a backslash or an encoded '/', '\\' or ';'")
     if ";" in path:
         raise RequestError("the URI path may not hold path parameters (';')")
     if "//" in path:

@@ -14,6 +14,10 @@ Where the original call is found, first match wins:
 3. the auth request itself (Envoy): its method, and its raw path after the
    ``/v1/forward-auth`` prefix, with its query string.
 
+A call named by headers is asked at ``/v1/forward-auth`` itself (no path after it, no
+query); otherwise it is refused, so a client whose headers an Envoy passes on cannot name
+another call than the one the path says.
+
 A header naming the original call is a claim only the proxy may make: a client reaching
 the gateway directly could otherwise have any call approved in the name of another. So
 any ``X-Original-*`` or ``X-Forwarded-*`` header is believed only from a peer inside
@@ -155,6 +159,11 @@ def _original(request: Request, headers: Mapping[str, str]) -> tuple[str, str]:
                 "request.invalid",
                 f"X-Original-{field} and X-Forwarded-{field} name different calls",
             )
+    raw: bytes = request.scope.get("raw_path") or b""
+    path = raw.split(b"?", 1)[0].decode("latin-1")  # some servers leave the query in
+    if not path.startswith(PREFIX):
+        raise _refuse(403, "request.invalid", f"the path does not start with {PREFIX} as sent")
+    query: bytes = request.scope.get("query_string") or b""
     for kind in ("original", "forwarded"):
         method = headers.get(f"x-{kind}-method")
         uri = headers.get(f"x-{kind}-uri")
@@ -165,12 +174,17 @@ def _original(request: Request, headers: Mapping[str, str]) -> tuple[str, str]:
                     "request.invalid",
                     f"X-{kind.title()}-Method and X-{kind.title()}-URI must be sent together",
                 )
+            # The call is named by these headers or by the path, never both: a proxy
+            # that asks with the path (Envoy) and passes on a client's X-Original-URI
+            # would otherwise have the gateway decide on the call the client named.
+            if path != PREFIX or query:
+                raise _refuse(
+                    403,
+                    "request.invalid",
+                    f"X-{kind.title()}-URI names the call: ask at {PREFIX} itself, with no"
+                    " path after it and no query",
+                )
             return method, uri
-    raw: bytes = request.scope.get("raw_path") or b""
-    path = raw.split(b"?", 1)[0].decode("latin-1")  # some servers leave the query in
-    if not path.startswith(PREFIX):
-        raise _refuse(403, "request.invalid", f"the path does not start with {PREFIX} as sent")
-    query: bytes = request.scope.get("query_string") or b""
     uri = path[len(PREFIX) :]
     if query:
         uri += "?" + query.decode("latin-1")
