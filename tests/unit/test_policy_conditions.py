@@ -119,6 +119,7 @@ def test_condition_error_detail_is_one_short_line() -> None:
     [
         (2**63, "64-bit"),  # the binding would make this a uint
         (-(2**63) - 1, "64-bit"),  # ... and this a lossy double
+        (-(2**63), "64-bit"),  # its negation wraps to itself: `-n <= 100` would hold
         (10**30, "64-bit"),
         (float("nan"), "not finite"),
         (float("inf"), "not finite"),
@@ -137,7 +138,8 @@ def test_non_json_input_denies(value: object, problem: str) -> None:
 
 def test_int64_bounds_are_accepted() -> None:
     assert _verdict(_eval("request.args.v > 0", {"v": 2**63 - 1})) == "proceed"
-    assert _verdict(_eval("request.args.v < 0", {"v": -(2**63)})) == "proceed"
+    assert _verdict(_eval("request.args.v < 0", {"v": -(2**63) + 1})) == "proceed"
+    assert _verdict(_eval("-request.args.v > 0", {"v": -(2**63) + 1})) == "proceed"
 
 
 def test_deep_input_denies_instead_of_crashing() -> None:
@@ -304,12 +306,23 @@ def _distinct(to: list[Any]) -> bool:
     return condition.evaluate(inputs)
 
 
+def _each_positive(values: list[Any]) -> bool:
+    condition = Condition("request.args.to.all(x, x > 0)")
+    request = {"args": {"to": values}}
+    inputs = Inputs(condition.reads, request=request, artifact={}, environment={}, now=0)
+    return condition.evaluate(inputs)
+
+
 def test_a_condition_that_iterates_sees_no_more_than_max_iterated_entries() -> None:
-    assert _distinct(list(range(MAX_ITERATED))) is True
+    assert _each_positive(list(range(1, MAX_ITERATED + 1))) is True
     with pytest.raises(ConditionError, match=f"{MAX_ITERATED + 1} entries"):
-        _distinct(list(range(MAX_ITERATED + 1)))
+        _each_positive(list(range(1, MAX_ITERATED + 2)))
     with pytest.raises(ConditionError, match="characters and values"):
-        _distinct(["x" * MAX_ITERATED_SIZE])
+        _each_positive(["x" * MAX_ITERATED_SIZE])
+    # nested loops cost the square: the evaluation's cost bound stops them sooner
+    assert _distinct(list(range(500))) is True
+    with pytest.raises(ConditionError, match="too large for the conditions that read them"):
+        _distinct(list(range(MAX_ITERATED)))
     # a condition that does not iterate (one `in` is one pass) reads any size
     plain = Condition("size(request.args.to) > 5 && 49999 in request.args.to")
     request = {"args": {"to": list(range(50_000))}}
@@ -330,6 +343,57 @@ def test_a_quadratic_condition_is_refused_with_its_rule_and_line() -> None:
     )
     with pytest.raises(PolicyError, match=r"rule 'distinct-recipients', line 6: .*3 deep"):
         parse_policy(policy, source="p.yaml", targets=())
+
+
+@pytest.mark.parametrize(
+    ("when", "args"),
+    [
+        # each mention copies the input: 200 copies of a megabyte string
+        ("size(" + " + ".join(["request.args.s"] * 200) + ") > 0", {"s": "x" * 1_000_000}),
+        # a whole input read by many mentions
+        ("size([" + ", ".join(["request"] * 400) + "]) > 0", {"pad": [0] * 100_000}),
+        # a mention inside a loop copies the input once per element
+        ("request.args.l.all(x, x != request.args.m)", {"l": [1] * 500, "m": [[0] * 500] * 60}),
+        # nested loops with a long body run it a million times
+        (
+            "request.args.l.all(x, request.args.l.all(y, " + " && ".join(["x == y"] * 300) + "))",
+            {"l": [0] * 1024},
+        ),
+    ],
+)
+def test_an_evaluation_that_would_cost_too_much_denies(when: str, args: dict[str, Any]) -> None:
+    result = _eval(when, args)
+    assert (result.outcome, result.code) == (Outcome.DENY, "policy.denied")
+    assert "too large for the conditions that read them" in result.detail
+    small = {k: v[:2] if isinstance(v, list | str) else v for k, v in args.items()}
+    assert _eval(when, small).code != "policy.denied"  # the same condition, small input
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "(request.args.a + request.args.b).all(x, x > 0)",
+        "request.args.l.all(x, (request.args.a + request.args.a).exists(y, y == x))",
+        "dyn(request.args.a).all(x, x > 0)",
+    ],
+)
+def test_a_macro_on_a_computed_value_is_refused(source: str) -> None:
+    with pytest.raises(ValueError, match="runs on a computed value"):
+        Condition(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "request.args.a.map(x, x * 2).all(y, y > 0)",
+        "request.args.a.filter(x, x > 0).exists(y, y == 2)",
+        "[1, 2, 3].all(x, x > 0)",
+        "{'a': 1}.all(k, k == 'a')",
+        "size(request.args.a.filter(x, x > 0)) > 0",
+    ],
+)
+def test_a_macro_on_an_input_a_literal_or_a_macro_result_is_accepted(source: str) -> None:
+    assert Condition(source).iterates
 
 
 def test_condition_equality_is_by_source() -> None:
@@ -360,10 +424,24 @@ def test_to_cel_copies_json_shapes() -> None:
 @pytest.mark.parametrize(
     ("source", "name", "keys"),
     [
-        ("artifact.sub == 'a'", "artifact", {"sub"}),
-        ("artifact . sub == 'a' && has(artifact.gov.ticket)", "artifact", {"sub", "gov"}),
-        ("artifact['x-y'] == 1 || artifact[\"z\"] == 2", "artifact", {"x-y", "z"}),
-        ("request.args.n > 0 && request.runtime == 'a'", "request", {"args", "runtime"}),
+        ("artifact.sub == 'a'", "artifact", {"sub": None}),
+        (
+            "artifact . sub == 'a' && has(artifact.gov.ticket)",
+            "artifact",
+            {"sub": None, "gov": {"ticket": None}},
+        ),
+        ("artifact['x-y'] == 1 || artifact[\"z\"] == 2", "artifact", {"x-y": None, "z": None}),
+        (
+            "request.args.n > 0 && request.runtime == 'a'",
+            "request",
+            {"args": {"n": None}, "runtime": None},
+        ),
+        ("request.args.n > 0 && size(request.args) < 3", "request", {"args": None}),
+        ("size(request.args) < 3 && request.args.n > 0", "request", {"args": None}),
+        ("request.args.to.exists(x, x == 1)", "request", {"args": {"to": None}}),
+        ("request.args.size() > 0", "request", {"args": None}),
+        ("request.args.to[0] == 1", "request", {"args": {"to": None}}),
+        ("request.args['a'].b.c == 1", "request", {"args": {"a": {"b": {"c": None}}}}),
         ("size(artifact) > 1", "artifact", None),
         ("'sub' in artifact", "artifact", None),
         ("artifact == {}", "artifact", None),
@@ -373,18 +451,23 @@ def test_to_cel_copies_json_shapes() -> None:
         ("now > now", "now", None),
     ],
 )
-def test_reads_are_conservative(source: str, name: str, keys: set[str] | None) -> None:
-    read = Condition(source).reads[name]
-    assert read == (None if keys is None else frozenset(keys))
+def test_reads_are_conservative(source: str, name: str, keys: dict[str, Any] | None) -> None:
+    assert Condition(source).reads[name] == keys
 
 
 def test_merge_reads() -> None:
     merged = merge_reads(
         [Condition("artifact.sub == 'a'"), Condition("artifact.gov.x == 1 && size(request) > 0")]
     )
-    assert merged == {"artifact": {"sub", "gov"}, "request": None}
+    assert merged == {"artifact": {"sub": None, "gov": {"x": None}}, "request": None}
     assert merge_reads([Condition("artifact.a == 1"), Condition("size(artifact) == 0")]) == {
         "artifact": None
+    }
+    assert merge_reads(
+        [Condition("artifact.gov.a == 1"), Condition("artifact.gov.b.c == 2 && artifact.x")]
+    ) == {"artifact": {"gov": {"a": None, "b": {"c": None}}, "x": None}}
+    assert merge_reads([Condition("artifact.gov.a == 1"), Condition("artifact.gov == {}")]) == {
+        "artifact": {"gov": None}
     }
 
 
@@ -392,6 +475,24 @@ def test_unread_artifact_fields_are_not_converted() -> None:
     # A value the binding cannot take, in a field no condition reads, is never looked at.
     result = _eval("artifact.sub == 'agent-1'", artifact={"sub": "agent-1", "odd": {1, 2}})
     assert result.outcome is Outcome.PROCEED
+    # ... down the path a condition reads: only request.args.amount is converted
+    result = _eval("request.args.amount == 1", {"amount": 1, "odd": {1, 2}})
+    assert result.outcome is Outcome.PROCEED
+
+
+def test_many_rules_on_a_large_request_convert_and_copy_only_what_they_read() -> None:
+    """A hundred rules each reading one argument of a request holding 500,000 more values
+    cost what that one argument costs: each mention of ``request`` copies only what the
+    policy reads of it (before, each copied the whole of ``args``: seconds per decision)."""
+    rules = "".join(
+        f"  - name: r{i}\n    match: {{action: '**'}}\n    when: 'request.args.amount == {i}'\n"
+        "    effect: proceed\n"
+        for i in range(100)
+    )
+    policy = parse_policy("version: 1\nrules:\n" + rules, source="t", targets=())
+    request = {"action": "a", "resource": "r", "args": {"amount": 99, "pad": [0] * 500_000}}
+    result = policy.evaluate(request=request, artifact={}, environment={}, now=0)
+    assert (result.outcome, result.rule) == (Outcome.PROCEED, "r99")
 
 
 PROJECTED = [
@@ -404,6 +505,12 @@ PROJECTED = [
     "size(artifact) > 1",
     "'sub' in artifact",
     "artifact == {}",
+    "has(artifact.gov.ticket)",
+    "artifact.gov.ticket.sub == 'a' || artifact.gov['x-y'] == 1",
+    "artifact.gov.scope.exists(s, s == 'a')",
+    "size(artifact.gov) > 1 && artifact.gov.sub == 'a'",
+    "'sub' in artifact.gov || artifact.other.gov.ticket == 'b'",
+    "artifact.gov.sub == artifact.sub.gov",
 ]
 key_strategy = st.sampled_from(["sub", "gov", "x-y", "scope", "ticket", "other"])
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.sampled_from(["a", "", "b"]))

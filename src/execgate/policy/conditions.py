@@ -13,15 +13,21 @@ can call, non-string keys are accepted, and deeply nested input crashes the proc
 
 That conversion is the main cost of an evaluation (about a microsecond per value), so
 each input is converted at most once per evaluation, only when a condition reads it, and
-only the top-level keys some condition can read (``artifact.sub``, ``artifact['gov']``);
-an input used any other way (``size(artifact)``) is converted whole.
+only along the key paths some condition can read (``artifact.sub``,
+``request.args.amount``, ``artifact['gov']``); a value used any other way
+(``size(request.args)``, ``request.args.to.exists(...)``) is converted whole.
 
 The binding has no cost limit, holds the interpreter lock while it runs and cannot be
-interrupted. So iteration is bounded twice: at load, a condition may nest it at most
-two levels deep (``_loop_depth``: a loop in a loop, not a third); and a condition with
-a macro sees no list or object over ``MAX_ITERATED`` entries and no more than
-``MAX_ITERATED_SIZE`` of input in all (it denies instead), which keeps two levels near
-a million steps.
+interrupted; each mention of an input copies the whole input as converted. So:
+
+- at load, a condition may nest iteration at most two levels deep (``_loop_depth``: a
+  loop in a loop, not a third), and a macro may not run on a computed value (a list
+  joined with ``+`` can be many times larger than any input);
+- a condition with a macro sees no list or object over ``MAX_ITERATED`` entries and no
+  more than ``MAX_ITERATED_SIZE`` of input in all;
+- what the conditions of one evaluation cost (copies of inputs, runs of loop bodies,
+  scans by ``in``; see ``Inputs.charge``) is counted before each runs: past
+  ``MAX_EVALUATION_COST``, about 0.3 s here, the condition denies instead of running.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ import datetime
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import cel
 
 __all__ = [
     "INPUTS",
     "MAX_CONDITION_CHARS",
+    "MAX_EVALUATION_COST",
     "MAX_ITERATED",
     "MAX_ITERATED_SIZE",
     "Condition",
@@ -51,7 +58,9 @@ INPUTS: Final = frozenset({"request", "artifact", "environment", "now"})
 # is far below that and far above any condition a person reviews.
 MAX_CONDITION_CHARS: Final = 4096
 _MAX_DEPTH: Final = 32
-_INT64 = range(-(2**63), 2**63)
+# -2**63 is left out: the binding's negation of it wraps to itself instead of failing,
+# so `-request.args.n <= 100` would hold for it.
+_INT64 = range(-(2**63) + 1, 2**63)
 # The comprehension macros: each runs its body once per element of its receiver.
 _LOOP_MACROS: Final = r"all|exists|exists_one|existsOne|map|filter|transform\w*"
 _LOOP_MACRO = re.compile(rf"(?:{_LOOP_MACROS})\Z")
@@ -60,11 +69,19 @@ _LOOP_MACRO = re.compile(rf"(?:{_LOOP_MACROS})\Z")
 _BOUND = re.compile(
     rf"\.\s*(?:{_LOOP_MACROS}|bind)\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?"
 )
-# What follows an input that reads one top-level key: `.sub` or `['x-y']`.
+# What selects one key of a value: `.sub` or `['x-y']`.
 _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]*)")\s*\])""")
+_MAX_PATH: Final = 8  # keys followed from an input; a value deeper down is kept whole
 
-# For each input a condition reads: the top-level keys it reads, or None for "any".
-Reads = Mapping[str, frozenset[str] | None]
+# What a condition reads of a value: the keys it selects, each with what it reads of that
+# key's value; None for the whole value.
+Paths = Mapping[str, "Paths | None"]
+# For each input a condition reads: the paths it reads, or None for the whole input.
+Reads = Mapping[str, Paths | None]
+# What one evaluation may cost (see Inputs.charge), in units of about 25 ns here: half a
+# value copied, 8 characters of a string copied, 2 characters of a loop body run once.
+# About 0.3 s in all.
+MAX_EVALUATION_COST: Final = 12_000_000
 
 
 _WORD = re.compile(r"[A-Za-z_]\w*")
@@ -80,15 +97,28 @@ MAX_ITERATED_SIZE: Final = 65536
 _MAX_LOOP_DEPTH: Final = 2
 
 
-def _loop_depth(source: str) -> tuple[int, str]:
-    """How deeply ``source`` nests iteration, and the innermost construct that does: a
-    macro's body is one level; inside a body, a further macro, an ``in`` on anything but
-    a list or map literal, or any mention of ``request`` (the binding copies the whole
-    value at each lookup, so it costs as much as the request is large) is one more.
-    Strings and raw strings are skipped; ``source`` comes without its comments
-    (``_without_comments``)."""
+class _Shape(NamedTuple):
+    """How a condition iterates (see ``_loop_depth``)."""
+
+    depth: int  # how deeply it nests iteration, a mention of request in a loop included
+    innermost: str  # the construct that reaches that depth
+    macros: int  # how deeply it nests macros alone
+    scans: list[int]  # the loop level of each `in` on a list that is not a literal
+    mentions: dict[str, list[int]]  # for each input, the loop level of each mention
+
+
+def _loop_depth(source: str) -> _Shape:
+    """How ``source`` iterates: a macro's body is one level; inside a body, a further
+    macro, an ``in`` on anything but a list or map literal, or any mention of ``request``
+    (the binding copies the whole value at each lookup, so it costs as much as the
+    request is large) is one more. A macro on a computed value is refused
+    (``ValueError``). Strings and raw strings are skipped; ``source`` comes without its
+    comments (``_without_comments``)."""
     scopes: list[bool] = []  # per open bracket: does it hold a macro's body?
-    deepest, what = 0, ""
+    macro_ends: set[int] = set()  # where a macro call's ')' is
+    mentions: dict[str, list[int]] = {}
+    scans: list[int] = []
+    deepest, what, macros = 0, "", 0
     i, n = 0, len(source)
     while i < n:
         char = source[i]
@@ -99,8 +129,8 @@ def _loop_depth(source: str) -> tuple[int, str]:
         if word is None:
             if char in "([{":
                 scopes.append(False)
-            elif char in ")]}" and scopes:
-                scopes.pop()
+            elif char in ")]}" and scopes and scopes.pop():
+                macro_ends.add(i)
             i += 1
             continue
         name, end = word.group(), word.end()
@@ -111,10 +141,23 @@ def _loop_depth(source: str) -> tuple[int, str]:
         macro = bool(_LOOP_MACRO.match(name)) and before.endswith(".") and rest[:1] == "("
         if macro:
             extra, label = 1, f"the macro '{name}'"
-        elif name == "in" and level and not _literal_follows(rest):
-            extra, label = 1, "'in' on a list that is not a literal"
-        elif name == "request" and level and not before.endswith("."):
-            extra, label = 1, "'request' (looked up once per element)"
+            macros = max(macros, level + 1)
+            receiver = before[:-1].rstrip()
+            if receiver.endswith(")") and len(receiver) - 1 not in macro_ends:
+                raise ValueError(
+                    f"the macro '{name}' runs on a computed value ('(...).{name}' or"
+                    f" 'f(...).{name}'): run it on a key of an input, a literal or another"
+                    " macro's result; a computed list (joined with '+') can be many times"
+                    " larger than any input, and nothing can interrupt a running condition"
+                )
+        elif name == "in" and not _literal_follows(rest):
+            scans.append(level)
+            if level:
+                extra, label = 1, "'in' on a list that is not a literal"
+        elif name in INPUTS and not before.endswith("."):
+            mentions.setdefault(name, []).append(level)
+            if name == "request" and level:
+                extra, label = 1, "'request' (looked up once per element)"
         if level + extra > deepest:
             deepest, what = level + extra, label
         if macro:
@@ -122,7 +165,7 @@ def _loop_depth(source: str) -> tuple[int, str]:
             i = n - len(rest) + 1  # past its '('
             continue
         i = end
-    return deepest, what
+    return _Shape(deepest, what, macros, scans, mentions)
 
 
 def _without_comments(source: str) -> str:
@@ -189,7 +232,18 @@ class ConditionError(Exception):
 class Condition:
     """One compiled CEL expression and the inputs it reads."""
 
-    __slots__ = ("_program", "inputs", "iterates", "reads", "source")
+    __slots__ = (
+        "_program",
+        "inputs",
+        "iterates",
+        "length",
+        "literal_width",
+        "macros",
+        "mentions",
+        "reads",
+        "scans",
+        "source",
+    )
 
     def __init__(self, source: str) -> None:
         """Compile ``source``; raise ``ValueError`` with the reason when it is unusable."""
@@ -202,12 +256,12 @@ class Condition:
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
         plain = _without_comments(source)
-        depth, innermost = _loop_depth(plain)
-        if depth > _MAX_LOOP_DEPTH:
+        shape = _loop_depth(plain)
+        if shape.depth > _MAX_LOOP_DEPTH:
             raise ValueError(
-                f"{innermost} nests iteration {depth} deep: its cost would grow with the"
-                f" request's size to the power {depth}, and nothing can interrupt a running"
-                f" condition (at most {_MAX_LOOP_DEPTH} levels)"
+                f"{shape.innermost} nests iteration {shape.depth} deep: its cost would grow"
+                f" with the request's size to the power {shape.depth}, and nothing can"
+                f" interrupt a running condition (at most {_MAX_LOOP_DEPTH} levels)"
             )
         names = set(program.variables())
         bound = {name for match in _BOUND.finditer(plain) for name in match.groups() if name}
@@ -221,8 +275,18 @@ class Condition:
             )
         self.source = source
         self.iterates = _ITERATES.search(plain) is not None
+        self.length = len("".join(plain.split()))  # without spaces and comments
         self.inputs: frozenset[str] = frozenset(names & INPUTS)
-        self.reads: Reads = {name: _keys_read(source, name) for name in self.inputs}
+        self.reads: Reads = {name: _paths_read(source, name) for name in self.inputs}
+        # How deeply macros nest, the loop level of each `in` on a computed list, and of
+        # each mention of an input (each copies the input once per run of the loop body
+        # it is in): what Inputs.charge counts.
+        self.macros = shape.macros
+        self.literal_width = plain.count(",") + 1  # entries of its longest list literal
+        self.scans = tuple(shape.scans)
+        self.mentions = {
+            name: tuple(shape.mentions.get(name, [0])) for name in self.inputs - {"now"}
+        }
         self._program = program
 
     def __repr__(self) -> str:
@@ -239,6 +303,7 @@ class Condition:
         inputs.provide(self.inputs)
         if self.iterates:
             inputs.check_iterable(self.inputs)
+        inputs.charge(self)
         try:
             result = self._program.execute(inputs.context)
         except KeyError as exc:
@@ -254,33 +319,55 @@ class Condition:
 
 def merge_reads(conditions: Iterable[Condition]) -> Reads:
     """What a whole policy reads: the union of its conditions' reads."""
-    merged: dict[str, frozenset[str] | None] = {}
+    merged: dict[str, Paths | None] = {}
     for condition in conditions:
-        for name, keys in condition.reads.items():
-            known = merged.get(name, frozenset())
-            merged[name] = None if known is None or keys is None else known | keys
+        for name, paths in condition.reads.items():
+            merged[name] = _merge(merged[name], paths) if name in merged else paths
     return merged
 
 
-def _keys_read(source: str, name: str) -> frozenset[str] | None:
-    """The top-level keys of input ``name`` that ``source`` reads; None if it may read more.
+def _merge(a: Paths | None, b: Paths | None) -> Paths | None:
+    if a is None or b is None:
+        return None
+    return {
+        k: _merge(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k))
+        for k in a.keys() | b.keys()
+    }
+
+
+def _paths_read(source: str, name: str) -> Paths | None:
+    """The key paths of input ``name`` that ``source`` reads; None if it may read more.
 
     Conservative: every occurrence of the name, even inside a string literal, must be
-    followed by one key selector, or the whole input is read.
+    followed by at least one key selector (``request.args.amount``: the path args, amount),
+    or the whole input is read. A path ends where no key selector follows, and its value is
+    then read whole; a method or macro called on it (``request.args.to.exists(...)``,
+    ``request.args.size()``) reads the whole value it is called on.
     """
     if name == "now":
         return None
-    keys: set[str] = set()
+    paths: dict[str, Any] = {}
     for occurrence in re.finditer(rf"\b{name}\b", source):
-        selector = _KEY.match(source, occurrence.end())
-        if selector is None or source[: occurrence.start()].rstrip().endswith("."):
+        if source[: occurrence.start()].rstrip().endswith("."):
+            return None  # `x.request`: a key of something else, whatever it reads
+        path: list[str] = []
+        end = occurrence.end()
+        while len(path) < _MAX_PATH and (selector := _KEY.match(source, end)) is not None:
+            path.append(next(group for group in selector.groups() if group is not None))
+            end = selector.end()
+        if path and source[end:].lstrip().startswith("("):
+            path.pop()  # the last "key" names a method or macro called on the value
+        if not path:
             return None
-        # `input.exists(...)`, `input.size()`: a macro or method on the whole input, not a
-        # key read; the whole input must be there for it to see.
-        if source[selector.end() :].lstrip().startswith("("):
-            return None
-        keys.add(next(group for group in selector.groups() if group is not None))
-    return frozenset(keys)
+        node = paths
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if child is None:  # already read whole
+                break
+            node = child
+        else:
+            node[path[-1]] = None
+    return paths
 
 
 class Inputs:
@@ -288,10 +375,20 @@ class Inputs:
 
     Each input is converted once, and only when the first condition that reads it runs:
     the binding's own conversion costs about a microsecond per value, so an artifact
-    nobody asks about is never converted.
+    nobody asks about is never converted. What the conditions run so far would cost is
+    counted (``charge``): past ``MAX_EVALUATION_COST`` a condition denies instead.
     """
 
-    __slots__ = ("_added", "_oversized", "_problems", "_raw", "_reads", "context")
+    __slots__ = (
+        "_added",
+        "_converted",
+        "_cost",
+        "_measured",
+        "_problems",
+        "_raw",
+        "_reads",
+        "context",
+    )
 
     def __init__(
         self,
@@ -310,21 +407,65 @@ class Inputs:
         }
         self._reads = reads
         self._added: set[str] = set()
+        self._converted: dict[str, Any] = {}  # what the context holds of each input
+        self._measured: dict[str, _Measure] = {}
         self._problems: dict[str, str] = {}
-        self._oversized: dict[str, str | None] = {}
+        self._cost = 0
         self.context = cel.Context()
 
+    def _measure(self, name: str) -> _Measure:
+        if name not in self._measured:
+            self._measured[name] = _measure(self._converted[name])
+        return self._measured[name]
+
+    def charge(self, condition: Condition) -> None:
+        """Count what ``condition`` costs to run on these inputs, and raise
+        ``ConditionError`` once the conditions run so far cost more than
+        ``MAX_EVALUATION_COST`` in all.
+
+        A macro's body runs once per element, and nested macros multiply: a body step
+        costs half a unit per character of the condition. An ``in`` on a computed list
+        scans it, once per run of the body it is in. Each mention of an input copies the
+        input as converted (2 units a value), once per run of the body it is in. A loop's
+        elements are counted as the widest collection among the inputs the condition
+        reads, or its longest possible list literal (one more than its commas), whichever
+        is more. (Without a macro, what the condition costs beyond its copies is at most
+        one pass over its inputs.)"""
+        cost = 0
+        if condition.iterates:
+            width = max(
+                [self._measure(name).widest for name in condition.mentions]
+                + [condition.literal_width]
+            )
+            cost += width**condition.macros * condition.length // 2
+            cost += sum(width ** (level + 1) for level in condition.scans)
+            for name, levels in condition.mentions.items():
+                cost += self._measure(name).copy * sum(width**level for level in levels)
+        else:
+            for name, levels in condition.mentions.items():
+                cost += self._measure(name).copy * len(levels)
+        self._cost += cost
+        if self._cost > MAX_EVALUATION_COST:
+            raise ConditionError(
+                "the inputs are too large for the conditions that read them: running them"
+                f" would cost more than {MAX_EVALUATION_COST:,} units (each mention of an"
+                " input copies it, once per element in a loop)"
+            )
+
     def check_iterable(self, names: frozenset[str]) -> None:
-        """Raise ``ConditionError`` if an input of ``names`` is too large for a condition
-        that iterates (see ``MAX_ITERATED``); each input is measured once."""
+        """Raise ``ConditionError`` if an input of ``names``, as converted, is too large for
+        a condition that iterates (see ``MAX_ITERATED`` and ``MAX_ITERATED_SIZE``)."""
         for name in sorted(names - {"now"}):
-            if name not in self._oversized:
-                self._oversized[name] = _oversized(self._raw[name])
-            found = self._oversized[name]
-            if found is not None:
-                raise ConditionError(
-                    f"input {name} holds {found}: too large for a condition that iterates"
-                )
+            measure = self._measure(name)
+            if measure.widest > MAX_ITERATED:
+                found = f"a collection of {measure.widest} entries (at most {MAX_ITERATED})"
+            elif measure.size > MAX_ITERATED_SIZE:
+                found = f"more than {MAX_ITERATED_SIZE} characters and values"
+            else:
+                continue
+            raise ConditionError(
+                f"input {name} holds {found}: too large for a condition that iterates"
+            )
 
     def provide(self, names: frozenset[str]) -> None:
         """Make ``names`` available to the context; raise ``ConditionError`` if one is bad."""
@@ -333,6 +474,7 @@ class Inputs:
                 self._added.add(name)
                 try:
                     value = _convert(name, self._raw[name], self._reads.get(name))
+                    self._converted[name] = value
                     self.context.add_variable(name, value)
                 except Exception as exc:  # noqa: BLE001 - a bad input fails its conditions
                     self._problems[name] = f"input {name}: {_short(str(exc))}"
@@ -341,33 +483,53 @@ class Inputs:
                 raise ConditionError(problem)
 
 
-def _oversized(value: Any) -> str | None:
-    """What in ``value`` exceeds the bounds of a condition with a macro, if anything: a
-    collection over ``MAX_ITERATED`` entries, or more than ``MAX_ITERATED_SIZE`` in all
-    (characters of strings and keys, plus one per value)."""
-    stack, size = [value], 0
+class _Measure(NamedTuple):
+    copy: int  # what one copy costs: 2 units a value, and 1 per 8 characters of a string
+    size: int  # characters of strings and keys, plus one per value
+    widest: int  # entries of its largest list or object
+
+
+def _measure(value: Any) -> _Measure:
+    """``value``, as converted (dicts, lists, strings, numbers, booleans, None), measured."""
+    copy = size = widest = 0
+    stack = [value]
     while stack:
         item = stack.pop()
-        size += len(item) + 1 if isinstance(item, str) else 1
-        if isinstance(item, Mapping | list | tuple):
-            if len(item) > MAX_ITERATED:
-                return f"a collection of {len(item)} entries (at most {MAX_ITERATED})"
-            stack.extend(item.values() if isinstance(item, Mapping) else item)
-            if isinstance(item, Mapping):
-                stack.extend(key for key in item if isinstance(key, str))
-        if size > MAX_ITERATED_SIZE:
-            return f"more than {MAX_ITERATED_SIZE} characters and values"
-    return None
+        kind = type(item)
+        copy += 2
+        size += 1
+        if kind is str:
+            copy += len(item) // 8
+            size += len(item)
+        elif kind is dict:
+            widest = max(widest, len(item))
+            stack.extend(item.values())
+            for key in item:
+                copy += 2 + len(key) // 8
+                size += len(key)
+        elif kind is list:
+            widest = max(widest, len(item))
+            stack.extend(item)
+    return _Measure(copy, size, widest)
 
 
-def _convert(name: str, value: Any, keys: frozenset[str] | None) -> Any:
+def _convert(name: str, value: Any, paths: Paths | None) -> Any:
     if name == "now":
         return datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
     if not isinstance(value, Mapping):
         raise ConditionError("must be an object")
-    if keys is None:
-        return to_cel(value)
-    return {key: to_cel(value[key], 1) for key in keys if key in value}
+    return _project(value, paths, 0)
+
+
+def _project(value: Any, paths: Paths | None, depth: int) -> Any:
+    """``to_cel`` of what ``paths`` read of ``value``: the keys they select that are there,
+    each projected further. A value that is not an object is kept whole, so reading a key
+    of it fails as it would on the whole input."""
+    if paths is None or not isinstance(value, Mapping):
+        return to_cel(value, depth)
+    if depth >= _MAX_DEPTH:
+        raise ConditionError(f"nested deeper than {_MAX_DEPTH} levels")
+    return {key: _project(value[key], sub, depth + 1) for key, sub in paths.items() if key in value}
 
 
 def to_cel(value: Any, depth: int = 0) -> Any:
