@@ -291,11 +291,9 @@ def _verify_delegated(
 def _check_in_force(
     artifact: Artifact, *, audiences: frozenset[str], now: int, leeway: int, max_depth: int
 ) -> Artifact:
-    """The checks that depend on the moment and on this gateway, re-run on every use.
-
-    Checking the leaf's window and audience is enough: every link lies inside its
-    parent's. The authority's scope is checked on the root: every link is inside it.
-    """
+    """The checks that depend on the moment and on this gateway's limits and audiences,
+    re-run on every use. Checking the leaf's window and audience is enough: every link
+    lies inside its parent's."""
     if artifact.depth > max_depth:
         raise VerificationError(
             "lineage.depth_exceeded",
@@ -310,6 +308,13 @@ def _check_in_force(
             "artifact.wrong_audience",
             f"aud {list(artifact.audience)} names no audience of this gateway",
         )
+    return artifact
+
+
+def _within_authority(artifact: Artifact) -> Artifact:
+    """``artifact`` once its root grants nothing beyond what the trust store lets its
+    authority grant (every link is inside the root). It depends only on the signed
+    chain and the trust store, so it is remembered with the signature."""
     root = artifact.chain[0]
     authority = root.authority
     for grant in root.grants:
@@ -337,7 +342,7 @@ def verify_artifact(
     def verify_parent(parent: str) -> Artifact:
         return _verify_signed(parent, trust, verify_parent)
 
-    artifact = _verify_signed(token, trust, verify_parent)
+    artifact = _within_authority(_verify_signed(token, trust, verify_parent))
     return _check_in_force(
         artifact, audiences=audiences, now=now, leeway=leeway, max_depth=max_depth
     )
@@ -348,11 +353,11 @@ class ArtifactVerifier:
 
     A token string is the exact signed bytes, so its signature, claims, key ownership
     and (for a delegated link) its whole verified chain cannot change while the trust
-    store does not (the store is immutable; a new one needs a new verifier). Every link
-    is remembered by its token, so a chain seen once costs no signature checks again.
-    Depth, validity window, audience and the authority's scope are re-checked on every
-    use; revocation and replay are checked by the pipeline every time. Failures are never
-    remembered.
+    store does not (the store is immutable; a new one needs a new verifier), and neither
+    can whether its authority may grant what it grants. Every link is remembered by its
+    token, so a chain seen once costs no signature checks again. Depth, validity window
+    and audience are re-checked on every use; revocation and replay are checked for every
+    decision in its commit. Failures are never remembered.
     """
 
     def __init__(
@@ -371,13 +376,13 @@ class ArtifactVerifier:
         self._signed = lru_cache(maxsize=size)(self._verify_signed)
 
     def _verify_signed(self, token: str) -> Artifact:
-        return _verify_signed(token, self.trust, self._signed)
+        return _within_authority(_verify_signed(token, self.trust, self._signed))
 
     def verify(self, token: object, *, now: int) -> Artifact:
         if isinstance(token, str) and 0 < len(token) <= MAX_ARTIFACT_BYTES:
             artifact = self._signed(token)
         else:
-            artifact = _verify_signed(token, self.trust, self._signed)
+            artifact = _within_authority(_verify_signed(token, self.trust, self._signed))
         return _check_in_force(
             artifact,
             audiences=self._audiences,
