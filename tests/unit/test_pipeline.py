@@ -284,6 +284,8 @@ def test_artifact_grant_outside_the_authority_scope(
     d = gw.decide(kit.submission(kit.request(amount=1), token))
     assert_denied(gw, d, "artifact.untrusted_issuer")
     assert "may not grant" in d.reasons[0].detail
+    again = gw.decide(kit.submission(kit.request(amount=1), token))  # refusals are not cached
+    assert_denied(gw, again, "artifact.untrusted_issuer")
 
 
 @pytest.mark.parametrize(
