@@ -354,6 +354,10 @@ def test_a_quadratic_condition_is_refused_with_its_rule_and_line() -> None:
         ("size([" + ", ".join(["request"] * 400) + "]) > 0", {"pad": [0] * 100_000}),
         # a mention inside a loop copies the input once per element
         ("request.args.l.all(x, x != request.args.m)", {"l": [1] * 500, "m": [[0] * 500] * 60}),
+        # a chain of '+' copies its operands over and over (no macro needed)
+        ("size(" + " + ".join(["request.args.s"] * 200) + ") > 0", {"s": "x" * 50_000}),
+        # ... also on a name a macro binds
+        ("[request.args.s].all(s, size(" + " + ".join(["s"] * 20) + ") > 0)", {"s": "x" * 50_000}),
         # nested loops with a long body run it a million times
         (
             "request.args.l.all(x, request.args.l.all(y, " + " && ".join(["x == y"] * 300) + "))",
@@ -375,10 +379,27 @@ def test_an_evaluation_that_would_cost_too_much_denies(when: str, args: dict[str
         "(request.args.a + request.args.b).all(x, x > 0)",
         "request.args.l.all(x, (request.args.a + request.args.a).exists(y, y == x))",
         "dyn(request.args.a).all(x, x > 0)",
+        "[request.args.a + request.args.b][0].all(x, x > 0)",
+        "{'k': request.args.a + request.args.b}.k.all(x, x > 0)",
+        "[request.args.a]['k'].all(x, x > 0)",
+        "request.args.a[0].all(x, x > 0)",
     ],
 )
 def test_a_macro_on_a_computed_value_is_refused(source: str) -> None:
     with pytest.raises(ValueError, match="runs on a computed value"):
+        Condition(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "size([request.args.s].map(s, s + s).map(s, s + s)[0]) > 0",
+        "request.args.l.map(x, [x, x]).filter(y, true).map(z, z + z).size() > 0",
+    ],
+)
+def test_a_map_of_a_map_is_refused(source: str) -> None:
+    """Each map may make every element many times larger: chained, exponentially."""
+    with pytest.raises(ValueError, match="maps the result of a map"):
         Condition(source)
 
 
@@ -390,6 +411,10 @@ def test_a_macro_on_a_computed_value_is_refused(source: str) -> None:
         "[1, 2, 3].all(x, x > 0)",
         "{'a': 1}.all(k, k == 'a')",
         "size(request.args.a.filter(x, x > 0)) > 0",
+        "request.args['a'].all(x, x > 0)",
+        "request.args.a.all(x, x.items.exists(y, y == 1))",
+        "request.args.a.map(x, x + 1).filter(y, y > 1).all(z, z > 0)",
+        "[request.args.a, request.args.b].all(x, x > 0)",
     ],
 )
 def test_a_macro_on_an_input_a_literal_or_a_macro_result_is_accepted(source: str) -> None:

@@ -21,12 +21,15 @@ The binding has no cost limit, holds the interpreter lock while it runs and cann
 interrupted; each mention of an input copies the whole input as converted. So:
 
 - at load, a condition may nest iteration at most two levels deep (``_loop_depth``: a
-  loop in a loop, not a third), and a macro may not run on a computed value (a list
-  joined with ``+`` can be many times larger than any input);
+  loop in a loop, not a third); a macro runs only on a key path of an input or of a
+  bound name, a literal, or another macro's result (a list joined with ``+`` can be many
+  times larger than any input), and never maps a map's result (each map may make every
+  element larger: chained, exponentially);
 - a condition with a macro sees no list or object over ``MAX_ITERATED`` entries and no
   more than ``MAX_ITERATED_SIZE`` of input in all;
-- what the conditions of one evaluation cost (copies of inputs, runs of loop bodies,
-  scans by ``in``; see ``Inputs.charge``) is counted before each runs: past
+- what the conditions of one evaluation cost (copies of inputs and bound names, chains
+  of ``+``, runs of loop bodies, scans by ``in``; see ``Inputs.charge``) is counted
+  before each runs, from the sizes of what they read: past
   ``MAX_EVALUATION_COST``, about 0.3 s here, the condition denies instead of running.
 """
 
@@ -85,6 +88,10 @@ MAX_EVALUATION_COST: Final = 12_000_000
 
 
 _WORD = re.compile(r"[A-Za-z_]\w*")
+_WORD_END = re.compile(r"[A-Za-z_]\w*\Z")
+# What ends a term: before a '[' it makes an index, before a name a path step or a call.
+_TERM_END = re.compile(r"[\w.)\]}'\"]\Z")
+_STRING_KEY = re.compile(r"'[^'\\\n]*'|\"[^\"\\\n]*\"")  # a quoted key, no escapes
 # Any sign of a macro, found anywhere (strings too: it only errs wide). An `in` outside
 # a macro's body is one pass over its list: it does not count.
 _ITERATES = re.compile(rf"\.\s*(?:{_LOOP_MACROS})\s*\(")
@@ -98,26 +105,38 @@ _MAX_LOOP_DEPTH: Final = 2
 
 
 class _Shape(NamedTuple):
-    """How a condition iterates (see ``_loop_depth``)."""
+    """How a condition iterates and what it copies (see ``_loop_depth``)."""
 
     depth: int  # how deeply it nests iteration, a mention of request in a loop included
     innermost: str  # the construct that reaches that depth
     macros: int  # how deeply it nests macros alone
+    maps: int  # how many macros make new elements (map, transform...)
     scans: list[int]  # the loop level of each `in` on a list that is not a literal
+    pluses: list[int]  # the loop level of each `+` (a concatenation copies its operands)
     mentions: dict[str, list[int]]  # for each input, the loop level of each mention
+    bound: list[int]  # the loop level of each mention of a name a macro binds
+    whole: bool  # a macro runs on a literal naming an input: a bound name may be all of it
 
 
-def _loop_depth(source: str) -> _Shape:
+def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
     """How ``source`` iterates: a macro's body is one level; inside a body, a further
     macro, an ``in`` on anything but a list or map literal, or any mention of ``request``
     (the binding copies the whole value at each lookup, so it costs as much as the
-    request is large) is one more. A macro on a computed value is refused
-    (``ValueError``). Strings and raw strings are skipped; ``source`` comes without its
-    comments (``_without_comments``)."""
-    scopes: list[bool] = []  # per open bracket: does it hold a macro's body?
-    macro_ends: set[int] = set()  # where a macro call's ')' is
+    request is large) is one more. ``bound`` are the names macros bind. A macro whose
+    receiver is not a plain input, a literal or a ``filter`` result is refused
+    (``_check_receiver``). Strings and raw strings are skipped; ``source`` comes without
+    its comments (``_without_comments``)."""
+    scopes: list[str | None] = []  # per open bracket: the macro whose body it holds
+    grows: list[bool] = []  # per open macro: does its result come through a map?
+    opened: list[int] = []  # per open bracket: where it opened
+    pairs: dict[int, int] = {}  # each closing bracket's opening one
+    results: dict[int, bool] = {}  # where a macro call's ')' is: has its chain a map?
+    maps = 0
     mentions: dict[str, list[int]] = {}
     scans: list[int] = []
+    pluses: list[int] = []
+    names: list[int] = []
+    whole = False  # a literal receiver names an input: a bound name may hold all of it
     deepest, what, macros = 0, "", 0
     i, n = 0, len(source)
     while i < n:
@@ -128,28 +147,41 @@ def _loop_depth(source: str) -> _Shape:
         word = _WORD.match(source, i)
         if word is None:
             if char in "([{":
-                scopes.append(False)
-            elif char in ")]}" and scopes and scopes.pop():
-                macro_ends.add(i)
+                scopes.append(None)
+                opened.append(i)
+            elif char in ")]}" and scopes:
+                closed = scopes.pop()
+                pairs[i] = opened.pop()
+                if closed is not None:
+                    results[i] = grows.pop()
+            elif char == "+":
+                pluses.append(sum(s is not None for s in scopes))
             i += 1
             continue
         name, end = word.group(), word.end()
         rest = source[end:].lstrip()
-        level = sum(scopes)
+        level = sum(s is not None for s in scopes)
         before = source[:i].rstrip()
         extra, label = 0, ""
         macro = bool(_LOOP_MACRO.match(name)) and before.endswith(".") and rest[:1] == "("
         if macro:
             extra, label = 1, f"the macro '{name}'"
             macros = max(macros, level + 1)
+            mapping = not name.startswith(("all", "exists", "filter"))  # map, transform...
+            maps += mapping
             receiver = before[:-1].rstrip()
-            if receiver.endswith(")") and len(receiver) - 1 not in macro_ends:
-                raise ValueError(
-                    f"the macro '{name}' runs on a computed value ('(...).{name}' or"
-                    f" 'f(...).{name}'): run it on a key of an input, a literal or another"
-                    " macro's result; a computed list (joined with '+') can be many times"
-                    " larger than any input, and nothing can interrupt a running condition"
-                )
+            end_of = len(receiver) - 1
+            if receiver.endswith(")") and end_of in results:  # on another macro's result
+                if mapping and results[end_of]:
+                    raise ValueError(
+                        f"the macro '{name}' maps the result of a map: each can make every"
+                        " element many times larger, and nothing can interrupt a running"
+                        " condition (one map per chain)"
+                    )
+                grows.append(mapping or results[end_of])
+            else:
+                whole |= _check_receiver(name, receiver, pairs, bound)
+                grows.append(mapping)
         elif name == "in" and not _literal_follows(rest):
             scans.append(level)
             if level:
@@ -158,14 +190,59 @@ def _loop_depth(source: str) -> _Shape:
             mentions.setdefault(name, []).append(level)
             if name == "request" and level:
                 extra, label = 1, "'request' (looked up once per element)"
+        elif name in bound and not before.endswith("."):
+            names.append(level)
         if level + extra > deepest:
             deepest, what = level + extra, label
         if macro:
-            scopes.append(True)
+            scopes.append(name)
+            opened.append(n - len(rest))
             i = n - len(rest) + 1  # past its '('
             continue
         i = end
-    return _Shape(deepest, what, macros, scans, mentions)
+    return _Shape(deepest, what, macros, maps, scans, pluses, mentions, names, whole)
+
+
+def _check_receiver(
+    macro: str, receiver: str, pairs: Mapping[int, int], bound: frozenset[str]
+) -> bool:
+    """Refuse (``ValueError``) a macro run on anything but a key path of an input or of a
+    name a macro binds (``request.args.to``, ``x['items']``) or a list or map literal
+    (another macro's result is checked by the caller): a computed list (joined with
+    ``+``, indexed out of a literal) can be many times larger than any input, and
+    nothing can interrupt a running condition. ``receiver`` is the text before
+    ``.macro(``. True for a literal that names an input (its elements may be whole
+    inputs)."""
+    end = len(receiver)
+    stepped = False  # past a key selector: the value is a key of what comes before
+    while True:
+        text = receiver[:end].rstrip()
+        if text[-1:] in ("]", "}") and len(text) - 1 in pairs:
+            start = pairs[len(text) - 1]
+            head = receiver[:start].rstrip()
+            inner = receiver[start + 1 : len(text) - 1].strip()
+            if text[-1] == "]" and _WORD_END.search(head) and _STRING_KEY.fullmatch(inner):
+                end, stepped = len(head), True  # a ['key'] selector: the path goes on
+                continue
+            if not stepped and not _TERM_END.search(head):  # a list or map literal
+                return any(re.search(rf"\b{name}\b", inner) for name in INPUTS)
+            break
+        word = _WORD_END.search(text)
+        if word is None:
+            break
+        head = text[: word.start()].rstrip()
+        if head.endswith("."):
+            end, stepped = len(head) - 1, True  # a .key selector: the path goes on
+            continue
+        if word.group() in INPUTS | bound and not _TERM_END.search(head):
+            return False  # the root of the path
+        break
+    raise ValueError(
+        f"the macro '{macro}' runs on a computed value: run it on a key of an input, a"
+        " name a macro binds, a literal or another macro's result; a computed list"
+        " (joined with '+', indexed out of a literal) can be many times larger than any"
+        " input, and nothing can interrupt a running condition"
+    )
 
 
 def _without_comments(source: str) -> str:
@@ -234,15 +311,19 @@ class Condition:
 
     __slots__ = (
         "_program",
+        "bound",
         "inputs",
         "iterates",
         "length",
         "literal_width",
         "macros",
+        "maps",
         "mentions",
+        "pluses",
         "reads",
         "scans",
         "source",
+        "whole",
     )
 
     def __init__(self, source: str) -> None:
@@ -256,17 +337,17 @@ class Condition:
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
         plain = _without_comments(source)
-        shape = _loop_depth(plain)
+        names = set(program.variables())
+        bound = {name for match in _BOUND.finditer(plain) for name in match.groups() if name}
+        if "cel.bind" in source.replace(" ", ""):
+            bound.add("cel")
+        shape = _loop_depth(plain, frozenset(bound - INPUTS))
         if shape.depth > _MAX_LOOP_DEPTH:
             raise ValueError(
                 f"{shape.innermost} nests iteration {shape.depth} deep: its cost would grow"
                 f" with the request's size to the power {shape.depth}, and nothing can"
                 f" interrupt a running condition (at most {_MAX_LOOP_DEPTH} levels)"
             )
-        names = set(program.variables())
-        bound = {name for match in _BOUND.finditer(plain) for name in match.groups() if name}
-        if "cel.bind" in source.replace(" ", ""):
-            bound.add("cel")
         unknown = names - INPUTS - bound
         if unknown:
             raise ValueError(
@@ -278,12 +359,16 @@ class Condition:
         self.length = len("".join(plain.split()))  # without spaces and comments
         self.inputs: frozenset[str] = frozenset(names & INPUTS)
         self.reads: Reads = {name: _paths_read(source, name) for name in self.inputs}
-        # How deeply macros nest, the loop level of each `in` on a computed list, and of
-        # each mention of an input (each copies the input once per run of the loop body
-        # it is in): what Inputs.charge counts.
+        # How deeply macros nest, the loop level of each `in` on a computed list, of each
+        # `+`, and of each mention of an input or a bound name (each copies the value
+        # once per run of the loop body it is in): what Inputs.charge counts.
         self.macros = shape.macros
         self.literal_width = plain.count(",") + 1  # entries of its longest list literal
         self.scans = tuple(shape.scans)
+        self.pluses = tuple(shape.pluses)
+        self.maps = shape.maps
+        self.bound = tuple(shape.bound)
+        self.whole = shape.whole
         self.mentions = {
             name: tuple(shape.mentions.get(name, [0])) for name in self.inputs - {"now"}
         }
@@ -423,27 +508,38 @@ class Inputs:
         ``ConditionError`` once the conditions run so far cost more than
         ``MAX_EVALUATION_COST`` in all.
 
-        A macro's body runs once per element, and nested macros multiply: a body step
-        costs half a unit per character of the condition. An ``in`` on a computed list
-        scans it, once per run of the body it is in. Each mention of an input copies the
-        input as converted (2 units a value), once per run of the body it is in. A loop's
-        elements are counted as the widest collection among the inputs the condition
-        reads, or its longest possible list literal (one more than its commas), whichever
-        is more. (Without a macro, what the condition costs beyond its copies is at most
-        one pass over its inputs.)"""
+        Each mention of an input copies it as converted (2 units a value, 1 per 8
+        characters), and each mention of a name a macro binds copies an element (of an
+        input; or all of one, or of a concatenation); a chain of ``+`` copies its
+        operands over and over, about the square of its length times the largest; a
+        macro's body runs once per element (nested macros multiply), half a unit per
+        character of the condition; an ``in`` on a computed list scans it. Each counts
+        once per run of the loop body it is in: a loop's elements are counted as the
+        widest collection among the inputs read, or the longest possible list literal
+        (one more than its commas), whichever is more, times the operands a ``+`` chain
+        could join."""
+        measures = [self._measure(name) for name in condition.mentions]
+        largest = max((m.copy for m in measures), default=2)
+        joined = len(condition.pluses) + 1
+        width = 1
         cost = 0
         if condition.iterates:
-            width = max(
-                [self._measure(name).widest for name in condition.mentions]
-                + [condition.literal_width]
-            )
+            width = joined * max([m.widest for m in measures] + [condition.literal_width])
             cost += width**condition.macros * condition.length // 2
             cost += sum(width ** (level + 1) for level in condition.scans)
-            for name, levels in condition.mentions.items():
-                cost += self._measure(name).copy * sum(width**level for level in levels)
-        else:
-            for name, levels in condition.mentions.items():
-                cost += self._measure(name).copy * len(levels)
+        for name, levels in condition.mentions.items():
+            cost += self._measure(name).copy * sum(width**level for level in levels)
+        # What one value may hold: an element of an input, unless a literal puts whole
+        # inputs in a loop or `+` joins values (each map body once more).
+        growth = joined**condition.maps
+        if condition.pluses:
+            cost += joined**2 // 2 * largest * growth * width ** max(condition.pluses)
+        element = (
+            largest * joined * growth
+            if condition.pluses or condition.whole
+            else max((m.element for m in measures), default=2)
+        )
+        cost += element * sum(width**level for level in condition.bound)
         self._cost += cost
         if self._cost > MAX_EVALUATION_COST:
             raise ConditionError(
@@ -487,30 +583,40 @@ class _Measure(NamedTuple):
     copy: int  # what one copy costs: 2 units a value, and 1 per 8 characters of a string
     size: int  # characters of strings and keys, plus one per value
     widest: int  # entries of its largest list or object
+    element: int  # what a copy of what a macro binds costs at most: a list's entry, a key
 
 
 def _measure(value: Any) -> _Measure:
     """``value``, as converted (dicts, lists, strings, numbers, booleans, None), measured."""
-    copy = size = widest = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
+    size = widest = element = 0
+
+    def walk(item: Any) -> int:
+        nonlocal size, widest, element
         kind = type(item)
-        copy += 2
         size += 1
         if kind is str:
-            copy += len(item) // 8
             size += len(item)
-        elif kind is dict:
+            return 2 + len(item) // 8
+        if kind is dict:
             widest = max(widest, len(item))
-            stack.extend(item.values())
-            for key in item:
-                copy += 2 + len(key) // 8
+            copy = 2
+            for key, child in item.items():
                 size += len(key)
-        elif kind is list:
+                element = max(element, 2 + len(key) // 8)  # a macro binds a map's keys
+                copy += 2 + len(key) // 8 + walk(child)
+            return copy
+        if kind is list:
             widest = max(widest, len(item))
-            stack.extend(item)
-    return _Measure(copy, size, widest)
+            copy = 2
+            for child in item:
+                inner = walk(child)
+                element = max(element, inner)
+                copy += inner
+            return copy
+        return 2
+
+    copy = walk(value)
+    return _Measure(copy, size, widest, element)
 
 
 def _convert(name: str, value: Any, paths: Paths | None) -> Any:
