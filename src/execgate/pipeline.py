@@ -361,7 +361,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         def expire() -> None:
             if store.withdraw(future) and not future.done():
                 future.set_exception(
-                    AuditError(f"the audit append did not start within {COMMIT_TIMEOUT:.0f}s")
+                    StoreUnavailable(f"the audit append did not start within {COMMIT_TIMEOUT:.0f}s")
                 )
 
         timer = loop.call_later(COMMIT_TIMEOUT, expire)
@@ -696,7 +696,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
             yield WriteJob(None, 0, None, finalize, decision_id=state.decision_id)
             return made[-1]
         except Exception as exc:  # noqa: BLE001
-            return self._unlogged(state, f"{type(exc).__name__}: {exc}")
+            return self._unlogged(
+                state,
+                f"{type(exc).__name__}: {exc}",
+                store_down=isinstance(exc, StoreUnavailable),
+            )
 
     def _decision(self, state: DecisionState, index: int | None, receipt: str | None) -> Decision:
         artifact = state.artifact
@@ -718,8 +722,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
 
     def _unlogged(self, state: DecisionState, detail: str, *, store_down: bool = False) -> Decision:
         """The log could not take the record: nothing may execute, and we say so (and
-        that the store is down, when it is)."""
+        that the store is down, when it is). An approval this decision was opening was not
+        opened: its reason and id go."""
         kept = [] if state.outcome.executes else state.reasons
+        if state.open_approval is not None:
+            kept = [r for r in kept if r.code != "approval.required"]
+            state.approval, state.open_approval = None, None
         state.stop(Outcome.FAIL_CLOSED, "audit.unavailable", detail)
         said = any(r.code == "store.unavailable" for r in kept)
         down = [Reason("store.unavailable", detail)] if store_down and not said else []

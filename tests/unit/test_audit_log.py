@@ -1013,7 +1013,7 @@ def test_an_append_that_gave_up_waiting_is_never_written_later(
     release.set()
     holder.join()
     assert d.outcome is Outcome.FAIL_CLOSED
-    assert [r.code for r in d.reasons] == ["audit.unavailable"]
+    assert [r.code for r in d.reasons] == ["store.unavailable", "audit.unavailable"]
     after = proceed(kit, gw)
     assert after.log_index == 1
     assert gw.store.find(d.decision_id, "decision") is None

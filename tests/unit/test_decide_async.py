@@ -79,7 +79,7 @@ def test_a_record_no_writer_takes_in_time_fails_closed_and_is_never_written(
     finally:
         store._writer_lock.release()
     assert decision.outcome is Outcome.FAIL_CLOSED
-    assert [r.code for r in decision.reasons] == ["audit.unavailable"]
+    assert [r.code for r in decision.reasons] == ["store.unavailable", "audit.unavailable"]
     assert decision.log_index is None
     later = gateway.decide(kit.submit())  # the writer runs again; the withdrawn job stays out
     assert later.log_index == 0

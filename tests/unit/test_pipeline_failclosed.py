@@ -240,6 +240,44 @@ def test_receipt_signing_failure_consumes_no_use(kit: Kit, monkeypatch: pytest.M
     assert [r["outcome"] for r in records(gw)] == ["fail_closed", "proceed"]
 
 
+def test_a_store_down_on_the_retry_after_a_signing_failure_says_so(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Receipt signing fails (the decision is to be logged as fail_closed), and then the
+    store goes down for that second write too: the answer names both failures."""
+
+    def broken(**_: Any) -> str:
+        raise RuntimeError("HSM unreachable")
+
+    monkeypatch.setattr("execgate.pipeline.sign_receipt", broken)
+    gw = kit.gateway()
+    real_commit = gw.store.commit
+
+    def commit(job: WriteJob) -> int:
+        if job.proof_jti is None:  # the retry, which logs the fail_closed
+            raise StoreUnavailable("disk gone")
+        return real_commit(job)
+
+    monkeypatch.setattr(gw.store, "commit", commit)
+    d = gw.decide(kit.submit())
+    assert_failed_closed(d, "internal.error", "store.unavailable", "audit.unavailable")
+    assert (d.log_index, d.receipt) == (None, None)
+    assert records(gw) == []
+
+
+def test_an_unlogged_pause_does_not_say_it_opened_an_approval(kit: Kit) -> None:
+    store = FlakyStore(kit.config.store, commit_error=StoreUnavailable("disk gone"))
+    gw = kit.gateway(store)
+    d = gw.decide(kit.submit(kit.request(amount=5000)))  # the policy pauses this
+    assert_failed_closed(d, "store.unavailable", "audit.unavailable")
+    assert d.approval_id is None
+    store.commit_failures = 0
+    assert gw.store.approvals() == []
+    paused = gw.decide(kit.submit(kit.request(amount=5000)))
+    assert paused.outcome is Outcome.PAUSE  # the next one opens it, for real
+    assert [a.approval_id for a in gw.store.approvals()] == [paused.approval_id]
+
+
 # --- the database file ----------------------------------------------------------------
 
 

@@ -466,7 +466,9 @@ class SQLiteStore:
             with self._claim_lock:
                 if pending.state == _QUEUED:  # no leader has it: it will never be written
                     pending.state = _WITHDRAWN
-                    raise AuditError(f"the audit append did not start within {_COMMIT_TIMEOUT}s")
+                    raise StoreUnavailable(
+                        f"the audit append did not start within {_COMMIT_TIMEOUT}s"
+                    )
             # A leader is writing it right now: its result is moments away.
             self._writer_lock.acquire()
         try:
