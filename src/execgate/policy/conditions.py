@@ -24,11 +24,14 @@ interrupted; each mention of an input copies the whole input as converted. So:
   loop in a loop, not a third); a macro runs only on a key path of an input or of a
   bound name, a literal, or another macro's result (a list joined with ``+`` can be many
   times larger than any input), and never maps a map's result (each map may make every
-  element larger: chained, exponentially);
+  element larger: chained, exponentially); ``matches()`` is refused (the binding
+  compiles its pattern on every call, up to tens of milliseconds), and so is ``-`` on
+  anything but a number literal (its negation of -2**63 wraps; ``0 - x`` fails);
 - a condition with a macro sees no list or object over ``MAX_ITERATED`` entries and no
   more than ``MAX_ITERATED_SIZE`` of input in all;
 - what the conditions of one evaluation cost (copies of inputs and bound names, chains
-  of ``+``, runs of loop bodies, scans by ``in``; see ``Inputs.charge``) is counted
+  of ``+``, lists built by ``map`` and ``filter``, runs of loop bodies, scans by ``in``;
+  see ``Inputs.charge``) is counted
   before each runs, from the sizes of what they read: past
   ``MAX_EVALUATION_COST``, about 0.3 s here, the condition denies instead of running.
 """
@@ -116,6 +119,9 @@ class _Shape(NamedTuple):
     mentions: dict[str, list[int]]  # for each input, the loop level of each mention
     bound: list[int]  # the loop level of each mention of a name a macro binds
     whole: bool  # a macro runs on a literal naming an input: a bound name may be all of it
+    # Each map or filter (the binding copies the list built so far at every step): its
+    # loop level, whether it is a filter, whether its body names an input, holds a literal.
+    builds: list[tuple[int, bool, bool, bool]]
 
 
 def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
@@ -128,6 +134,8 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
     its comments (``_without_comments``)."""
     scopes: list[str | None] = []  # per open bracket: the macro whose body it holds
     grows: list[bool] = []  # per open macro: does its result come through a map?
+    bodies: list[list[bool]] = []  # per open macro: [names an input, holds a literal]
+    builds: list[tuple[int, bool, bool, bool]] = []  # each map or filter: see _Shape
     opened: list[int] = []  # per open bracket: where it opened
     pairs: dict[int, int] = {}  # each closing bracket's opening one
     results: dict[int, bool] = {}  # where a macro call's ')' is: has its chain a map?
@@ -146,7 +154,11 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             continue
         word = _WORD.match(source, i)
         if word is None:
+            prior = source[:i].rstrip()
             if char in "([{":
+                if char != "(" and not _TERM_END.search(prior):  # a list or map literal
+                    for body in bodies:
+                        body[1] = True
                 scopes.append(None)
                 opened.append(i)
             elif char in ")]}" and scopes:
@@ -154,8 +166,22 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
                 pairs[i] = opened.pop()
                 if closed is not None:
                     results[i] = grows.pop()
+                    inputs, literal = bodies.pop()
+                    if not closed.startswith(("all", "exists")):  # map, filter, transform
+                        level = sum(s is not None for s in scopes)
+                        builds.append((level, closed == "filter", inputs, literal))
             elif char == "+":
                 pluses.append(sum(s is not None for s in scopes))
+            elif (
+                char == "-"
+                and (not prior or prior[-1] in "([{,?:!=<>&|+-*/%")
+                and not source[i + 1 :].lstrip()[:1].isdigit()
+            ):
+                raise ValueError(
+                    "'-' negates a computed value: write '0 - x' (the binding's"
+                    " negation of the smallest 64-bit integer wraps to itself instead"
+                    " of failing, while '0 - x' fails)"
+                )
             i += 1
             continue
         name, end = word.group(), word.end()
@@ -163,6 +189,14 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
         level = sum(s is not None for s in scopes)
         before = source[:i].rstrip()
         extra, label = 0, ""
+        if name == "matches" and rest[:1] == "(":
+            raise ValueError(
+                "matches() is not allowed in a condition: the binding compiles the pattern"
+                " on every call (tens of milliseconds for one with \\w or a counted"
+                " repeat) and may scan long input slowly, and nothing can interrupt a"
+                " running condition; put the pattern in the grant's constraints (RE2,"
+                " compiled once, linear time), or use startsWith, endsWith or contains"
+            )
         macro = bool(_LOOP_MACRO.match(name)) and before.endswith(".") and rest[:1] == "("
         if macro:
             extra, label = 1, f"the macro '{name}'"
@@ -188,6 +222,8 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
                 extra, label = 1, "'in' on a list that is not a literal"
         elif name in INPUTS and not before.endswith("."):
             mentions.setdefault(name, []).append(level)
+            for body in bodies:
+                body[0] = True
             if name == "request" and level:
                 extra, label = 1, "'request' (looked up once per element)"
         elif name in bound and not before.endswith("."):
@@ -196,11 +232,12 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             deepest, what = level + extra, label
         if macro:
             scopes.append(name)
+            bodies.append([False, False])
             opened.append(n - len(rest))
             i = n - len(rest) + 1  # past its '('
             continue
         i = end
-    return _Shape(deepest, what, macros, maps, scans, pluses, mentions, names, whole)
+    return _Shape(deepest, what, macros, maps, scans, pluses, mentions, names, whole, builds)
 
 
 def _check_receiver(
@@ -312,6 +349,7 @@ class Condition:
     __slots__ = (
         "_program",
         "bound",
+        "builds",
         "inputs",
         "iterates",
         "length",
@@ -367,6 +405,7 @@ class Condition:
         self.scans = tuple(shape.scans)
         self.pluses = tuple(shape.pluses)
         self.maps = shape.maps
+        self.builds = tuple(shape.builds)
         self.bound = tuple(shape.bound)
         self.whole = shape.whole
         self.mentions = {
@@ -540,6 +579,15 @@ class Inputs:
             else max((m.element for m in measures), default=2)
         )
         cost += element * sum(width**level for level in condition.bound)
+        # A map or filter copies the list it has built so far at each step: about half
+        # the square of its length, times an entry (a map's: what its body makes).
+        for level, keeps, names_input, literal in condition.builds:
+            entry = largest if condition.whole else max((m.element for m in measures), default=2)
+            entry *= growth
+            if not keeps:
+                entry = max(entry, largest if names_input else 0) * joined
+                entry *= condition.literal_width if literal else 1
+            cost += width**level * width**2 // 2 * entry
         self._cost += cost
         if self._cost > MAX_EVALUATION_COST:
             raise ConditionError(
@@ -580,7 +628,7 @@ class Inputs:
 
 
 class _Measure(NamedTuple):
-    copy: int  # what one copy costs: 2 units a value, and 1 per 8 characters of a string
+    copy: int  # what one copy costs: 2 units a value, 6 more an object's key, 1 per 8 characters
     size: int  # characters of strings and keys, plus one per value
     widest: int  # entries of its largest list or object
     element: int  # what a copy of what a macro binds costs at most: a list's entry, a key
@@ -603,7 +651,7 @@ def _measure(value: Any) -> _Measure:
             for key, child in item.items():
                 size += len(key)
                 element = max(element, 2 + len(key) // 8)  # a macro binds a map's keys
-                copy += 2 + len(key) // 8 + walk(child)
+                copy += 6 + len(key) // 8 + walk(child)  # a map entry: key, slot, value
             return copy
         if kind is list:
             widest = max(widest, len(item))
