@@ -376,36 +376,6 @@ def test_an_evaluation_that_would_cost_too_much_denies(when: str, args: dict[str
 @pytest.mark.parametrize(
     "source",
     [
-        "(request.args.a + request.args.b).all(x, x > 0)",
-        "request.args.l.all(x, (request.args.a + request.args.a).exists(y, y == x))",
-        "dyn(request.args.a).all(x, x > 0)",
-        "[request.args.a + request.args.b][0].all(x, x > 0)",
-        "{'k': request.args.a + request.args.b}.k.all(x, x > 0)",
-        "[request.args.a]['k'].all(x, x > 0)",
-        "request.args.a[0].all(x, x > 0)",
-    ],
-)
-def test_a_macro_on_a_computed_value_is_refused(source: str) -> None:
-    with pytest.raises(ValueError, match="runs on a computed value"):
-        Condition(source)
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "size([request.args.s].map(s, s + s).map(s, s + s)[0]) > 0",
-        "request.args.l.map(x, [x, x]).filter(y, true).map(z, z + z).size() > 0",
-    ],
-)
-def test_a_map_of_a_map_is_refused(source: str) -> None:
-    """Each map may make every element many times larger: chained, exponentially."""
-    with pytest.raises(ValueError, match="maps the result of a map"):
-        Condition(source)
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
         "request.args.a.map(x, x * 2).all(y, y > 0)",
         "request.args.a.filter(x, x > 0).exists(y, y == 2)",
         "[1, 2, 3].all(x, x > 0)",
@@ -424,6 +394,22 @@ def test_a_macro_on_an_input_a_literal_or_a_macro_result_is_accepted(source: str
 @pytest.mark.parametrize(
     ("source", "refusal"),
     [
+        ("(request.args.a + request.args.b).all(x, x > 0)", "runs on a computed value"),
+        (
+            "request.args.l.all(x, (request.args.a + request.args.a).exists(y, y == x))",
+            "runs on a computed value",
+        ),
+        ("dyn(request.args.a).all(x, x > 0)", "runs on a computed value"),
+        ("[request.args.a + request.args.b][0].all(x, x > 0)", "runs on a computed value"),
+        ("{'k': request.args.a + request.args.b}.k.all(x, x > 0)", "runs on a computed value"),
+        ("[request.args.a]['k'].all(x, x > 0)", "runs on a computed value"),
+        ("request.args.a[0].all(x, x > 0)", "runs on a computed value"),
+        # each map may make every element many times larger: chained, exponentially
+        ("size([request.args.s].map(s, s + s).map(s, s + s)[0]) > 0", "maps the result of a map"),
+        (
+            "request.args.l.map(x, [x, x]).filter(y, true).map(z, z + z).size() > 0",
+            "maps the result of a map",
+        ),
         ("request.args.to.matches('^[a-z]+@corp\\\\.com$')", "matches() is not allowed"),
         ("matches(request.args.to, 'a')", "matches() is not allowed"),
         ("-request.args.n <= 100", "write '0 - x'"),
