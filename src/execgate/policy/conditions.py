@@ -128,9 +128,10 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
     """How ``source`` iterates: a macro's body is one level; inside a body, a further
     macro, an ``in`` on anything but a list or map literal, or any mention of ``request``
     (the binding copies the whole value at each lookup, so it costs as much as the
-    request is large) is one more. ``bound`` are the names macros bind. A macro whose
-    receiver is not a plain input, a literal or a ``filter`` result is refused
-    (``_check_receiver``). Strings and raw strings are skipped; ``source`` comes without
+    request is large) is one more. ``bound`` are the names macros bind. Refused with
+    ``ValueError``: a macro on anything but a key path, a literal (``_check_receiver``)
+    or another macro's result, a map of a map's result, ``matches()``, and ``-`` on
+    anything but a number. Strings and raw strings are skipped; ``source`` comes without
     its comments (``_without_comments``)."""
     scopes: list[str | None] = []  # per open bracket: the macro whose body it holds
     grows: list[bool] = []  # per open macro: does its result come through a map?
