@@ -120,7 +120,7 @@ def _plain(value: Any) -> bool:
     go to ``rfc8785``, as does anything unusual (subclasses, huge or cyclic structures).
     """
     stack = [value]
-    budget = 100_000
+    budget = 300_000  # above any request (MAX_REQUEST_VALUES): the rest is rfc8785
     while stack:
         budget -= 1
         if budget == 0:
@@ -187,9 +187,11 @@ def _reject_constant(name: str) -> Any:
     raise _malformed(f"JSON constant {name} is not allowed")
 
 
-def _check_tree(value: Any, max_depth: int) -> None:
-    """Reject nesting deeper than ``max_depth`` and strings that are not valid Unicode."""
+def _check_tree(value: Any, max_depth: int, max_values: int | None = None) -> None:
+    """Reject nesting deeper than ``max_depth``, more than ``max_values`` values, and
+    strings that are not valid Unicode."""
     stack: list[tuple[Any, int]] = [(value, 1)]
+    left = max_values
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict):
@@ -200,6 +202,10 @@ def _check_tree(value: Any, max_depth: int) -> None:
             continue
         if depth > max_depth:
             raise _malformed(f"JSON nesting deeper than {max_depth}")
+        if left is not None:
+            left -= len(node)
+            if left < 0:
+                raise _malformed(f"JSON holding more than {max_values} values")
         for key, child in items:
             for text in (key, child):
                 if isinstance(text, str) and not text.isascii():
@@ -211,8 +217,9 @@ def _check_tree(value: Any, max_depth: int) -> None:
                 stack.append((child, depth + 1))
 
 
-def loads_strict(data: bytes | str, *, max_depth: int = 32) -> Any:
-    """Parse UTF-8 JSON under the strict rules; violations raise ``JoseError("malformed")``."""
+def loads_strict(data: bytes | str, *, max_depth: int = 32, max_values: int | None = None) -> Any:
+    """Parse UTF-8 JSON under the strict rules; violations raise ``JoseError("malformed")``.
+    ``max_values`` bounds the values of a document (what walking it costs afterwards)."""
     try:
         if isinstance(data, bytes):
             text = data.decode("utf-8")  # strict: no invalid UTF-8, no encoded surrogates
@@ -229,9 +236,12 @@ def loads_strict(data: bytes | str, *, max_depth: int = 32) -> Any:
     except (ValueError, RecursionError) as exc:  # UnicodeError, JSONDecodeError, ...
         raise _malformed(f"invalid JSON: {exc}") from exc
     # Only walk the tree when it could fail: a "\\u" escape may spell a lone surrogate, and
-    # the nesting depth is at most the number of opening brackets.
-    if "\\u" in text or text.count("{") + text.count("[") > max_depth:
-        _check_tree(value, max_depth)
+    # the nesting depth is at most the number of opening brackets, and the values below
+    # the root at most its commas plus its opening brackets.
+    containers = text.count("{") + text.count("[")
+    many = max_values is not None and text.count(",") + containers > max_values
+    if "\\u" in text or containers > max_depth or many:
+        _check_tree(value, max_depth, max_values)
     return value
 
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from execgate.errors import RequestError
 from execgate.jose import MAX_SAFE_INT, canonical_json, loads_strict, sha256_b64url
 from execgate.model import Request
 
-__all__ = ["MAX_REQUEST_BYTES", "Submission"]
+__all__ = ["MAX_REQUEST_BYTES", "MAX_REQUEST_VALUES", "Submission"]
 
 MAX_REQUEST_BYTES: Final = 1024 * 1024
+# JSON values in a request (and in a whole decision body): each costs a few microseconds
+# of Python wherever the request is walked (hashed, logged, read by conditions), and a
+# megabyte of nested empty lists holds half a million of them.
+MAX_REQUEST_VALUES: Final = 100_000
 _SUBMISSION_KEYS: Final = frozenset({"request", "artifact", "proof", "attestation"})
 
 
@@ -36,8 +40,8 @@ class Submission:
 
     ``request_hash`` is always computed here from ``request`` (never taken from the
     caller, so a proof can only ever bind the request that is evaluated), and the 1 MiB
-    request limit holds for every way in: a request without a canonical form or over the
-    limit raises ``RequestError``.
+    and ``MAX_REQUEST_VALUES`` request limits hold for every way in: a request without a
+    canonical form or over a limit raises ``RequestError``.
     """
 
     request: Request
@@ -50,6 +54,10 @@ class Submission:
     def __post_init__(self) -> None:
         if not isinstance(self.request, Request):
             raise RequestError("the request must be a Request")
+        if _more_values(self.request.args, MAX_REQUEST_VALUES):
+            raise RequestError(
+                f"the request holds more than {MAX_REQUEST_VALUES} JSON values in its args"
+            )
         try:
             canonical = canonical_json(self.request.canonical())
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep args
@@ -88,8 +96,26 @@ class Submission:
         if len(data) > 2 * MAX_REQUEST_BYTES:
             raise RequestError(f"the decision request exceeds {2 * MAX_REQUEST_BYTES} bytes")
         try:
-            return cls.from_json(loads_strict(data))
+            return cls.from_json(loads_strict(data, max_values=MAX_REQUEST_VALUES))
         except RequestError:
             raise
         except Exception as exc:
             raise RequestError(f"the decision request is not strict JSON: {exc}") from exc
+
+
+def _more_values(value: object, limit: int) -> bool:
+    """Whether ``value`` holds more than ``limit`` values below it (counted up to there)."""
+    stack, left = [value], limit
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        left -= len(children)
+        if left < 0:
+            return True
+        stack.extend(children)
+    return False

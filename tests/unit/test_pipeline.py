@@ -24,6 +24,7 @@ from execgate.pipeline import MAX_REQUEST_BYTES, Gateway, Submission
 from execgate.proofs import PROOF_TYP, artifact_hash, request_hash
 from execgate.receipts import verify_receipt
 from execgate.store.base import WriteJob
+from execgate.submission import MAX_REQUEST_VALUES
 
 
 @pytest.fixture
@@ -1010,6 +1011,19 @@ def test_oversize_request_built_in_python_is_refused_too(kit: Kit) -> None:
     request = kit.request(blob="x" * MAX_REQUEST_BYTES)
     with pytest.raises(RequestError, match="limit"):
         Submission(request, "a.b.c", "a.b.c")
+
+
+def test_a_request_of_too_many_values_is_refused_every_way_in() -> None:
+    """A megabyte of nested empty lists is half a million values, each costing Python work
+    wherever the request is walked: more than MAX_REQUEST_VALUES is refused up front."""
+    many: list[list[int]] = [[]] * (MAX_REQUEST_VALUES // 2)
+    Submission(Request("a", "r", "rt", args={"l": many}), None, None)
+    too_many: dict[str, Any] = {"l": [[]] * (MAX_REQUEST_VALUES + 1)}
+    with pytest.raises(RequestError, match=f"more than {MAX_REQUEST_VALUES} JSON values"):
+        Submission(Request("a", "r", "rt", args=too_many), None, None)
+    wire = {"request": {"action": "a", "resource": "r", "runtime": "rt", "args": too_many}}
+    with pytest.raises(RequestError, match=f"more than {MAX_REQUEST_VALUES} values"):
+        Submission.from_bytes(json.dumps(wire).encode())
 
 
 def test_request_at_the_size_limit_is_accepted() -> None:

@@ -450,6 +450,16 @@ def test_a_map_or_filter_copies_what_it_built_at_each_step(when: str, entries: l
     assert "too large for the conditions that read them" in result.detail
 
 
+def test_a_loop_over_what_another_binds_counts_entries_not_their_square() -> None:
+    """``o.items`` runs over each order's own items: all the inner steps together are at
+    most the entries of the request, not the widest list squared."""
+    when = "request.args.orders.all(o, o.items.all(i, i.qty > 0))"
+    orders = [{"id": k, "items": [{"qty": 1}]} for k in range(MAX_ITERATED)]
+    assert _verdict(_eval(when, {"orders": orders})) == "proceed"
+    orders[-1]["items"] = [{"qty": 0}]
+    assert _verdict(_eval(when, {"orders": orders})) == "miss"
+
+
 def test_condition_equality_is_by_source() -> None:
     assert Condition("true") == Condition("true")
     assert hash(Condition("true")) == hash(Condition("true"))

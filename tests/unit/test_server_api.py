@@ -214,6 +214,14 @@ def test_a_store_that_is_down_answers_fail_closed(kit: Kit) -> None:
         (b'{"x": NaN}', 400, "request.malformed_json"),
         (b"\xff\xfe", 400, "request.malformed_json"),
         (b"[]", 400, "request.invalid"),
+        # half a million nested empty lists in a megabyte: each value costs Python work
+        (
+            b'{"request": {"args": {"l": ['
+            + b",".join([b"[[[[[[[[[[]]]]]]]]]]"] * 50_000)
+            + b"]}}}",
+            400,
+            "request.malformed_json",
+        ),
         (b'{"artifact": "a.b.c"}', 400, "request.invalid"),
         (
             b'{"request": {"action": "a", "resource": "r", "runtime": "x"}, "extra": 1}',

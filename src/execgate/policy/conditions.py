@@ -85,7 +85,7 @@ Paths = Mapping[str, "Paths | None"]
 # For each input a condition reads: the paths it reads, or None for the whole input.
 Reads = Mapping[str, Paths | None]
 # What one evaluation may cost (see Inputs.charge), in units of about 25 ns here: half a
-# value copied, 8 characters of a string copied, 2 characters of a loop body run once.
+# number copied, 32 characters of a string copied, 2 characters of a loop body run once.
 # About 0.3 s in all.
 MAX_EVALUATION_COST: Final = 12_000_000
 
@@ -105,6 +105,7 @@ _ITERATES = re.compile(rf"\.\s*(?:{_LOOP_MACROS})\s*\(")
 MAX_ITERATED: Final = 1024
 MAX_ITERATED_SIZE: Final = 65536
 _MAX_LOOP_DEPTH: Final = 2
+_WITHIN: Final = -1  # the loop level inside a macro over what another binds (see _runs)
 
 
 class _Shape(NamedTuple):
@@ -112,12 +113,14 @@ class _Shape(NamedTuple):
 
     depth: int  # how deeply it nests iteration, a mention of request in a loop included
     innermost: str  # the construct that reaches that depth
-    macros: int  # how deeply it nests macros alone
+    macros: int  # how deeply it nests macros over whole collections of inputs
+    within: bool  # a macro runs over a key of what another binds (o.items in orders.all(o,..))
     maps: int  # how many macros make new elements (map, transform...)
-    scans: list[int]  # the loop level of each `in` on a list that is not a literal
-    pluses: list[int]  # the loop level of each `+` (a concatenation copies its operands)
-    mentions: dict[str, list[int]]  # for each input, the loop level of each mention
-    bound: list[int]  # the loop level of each mention of a name a macro binds
+    # Each a loop level (see _runs):
+    scans: list[int]  # of each `in` on a list that is not a literal
+    pluses: list[int]  # of each `+` (a concatenation copies its operands)
+    mentions: dict[str, list[int]]  # for each input, of each mention
+    bound: list[int]  # of each mention of a name a macro binds
     whole: bool  # a macro runs on a literal naming an input: a bound name may be all of it
     # Each map or filter (the binding copies the list built so far at every step): its
     # loop level, whether it is a filter, whether its body names an input, holds a literal.
@@ -135,6 +138,8 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
     its comments (``_without_comments``)."""
     scopes: list[str | None] = []  # per open bracket: the macro whose body it holds
     grows: list[bool] = []  # per open macro: does its result come through a map?
+    spans: list[bool] = []  # per open macro: does it run over an input's whole collection?
+    within = False  # any macro runs over a name another binds (see _Shape.macros)
     bodies: list[list[bool]] = []  # per open macro: [names an input, holds a literal]
     builds: list[tuple[int, bool, bool, bool]] = []  # each map or filter: see _Shape
     opened: list[int] = []  # per open bracket: where it opened
@@ -167,12 +172,12 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
                 pairs[i] = opened.pop()
                 if closed is not None:
                     results[i] = grows.pop()
+                    spans.pop()
                     inputs, literal = bodies.pop()
                     if not closed.startswith(("all", "exists")):  # map, filter, transform
-                        level = sum(s is not None for s in scopes)
-                        builds.append((level, closed == "filter", inputs, literal))
+                        builds.append((_runs(spans), closed == "filter", inputs, literal))
             elif char == "+":
-                pluses.append(sum(s is not None for s in scopes))
+                pluses.append(_runs(spans))
             elif (
                 char == "-"
                 and (not prior or prior[-1] in "([{,?:!=<>&|+-*/%")
@@ -188,6 +193,7 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
         name, end = word.group(), word.end()
         rest = source[end:].lstrip()
         level = sum(s is not None for s in scopes)
+        runs = _runs(spans)
         before = source[:i].rstrip()
         extra, label = 0, ""
         if name == "matches" and rest[:1] == "(":
@@ -201,7 +207,6 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
         macro = bool(_LOOP_MACRO.match(name)) and before.endswith(".") and rest[:1] == "("
         if macro:
             extra, label = 1, f"the macro '{name}'"
-            macros = max(macros, level + 1)
             mapping = not name.startswith(("all", "exists", "filter"))  # map, transform...
             maps += mapping
             receiver = before[:-1].rstrip()
@@ -214,21 +219,28 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
                         " condition (one map per chain)"
                     )
                 grows.append(mapping or results[end_of])
+                spans.append(True)
             else:
-                whole |= _check_receiver(name, receiver, pairs, bound)
+                literal_inputs, on_bound = _check_receiver(name, receiver, pairs, bound)
+                whole |= literal_inputs
                 grows.append(mapping)
+                spans.append(not on_bound)
+            if spans[-1]:
+                macros = max(macros, sum(spans))
+            else:
+                within = True
         elif name == "in" and not _literal_follows(rest):
-            scans.append(level)
+            scans.append(runs)
             if level:
                 extra, label = 1, "'in' on a list that is not a literal"
         elif name in INPUTS and not before.endswith("."):
-            mentions.setdefault(name, []).append(level)
+            mentions.setdefault(name, []).append(runs)
             for body in bodies:
                 body[0] = True
             if name == "request" and level:
                 extra, label = 1, "'request' (looked up once per element)"
         elif name in bound and not before.endswith("."):
-            names.append(level)
+            names.append(runs)
         if level + extra > deepest:
             deepest, what = level + extra, label
         if macro:
@@ -238,19 +250,29 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             i = n - len(rest) + 1  # past its '('
             continue
         i = end
-    return _Shape(deepest, what, macros, maps, scans, pluses, mentions, names, whole, builds)
+    return _Shape(
+        deepest, what, macros, within, maps, scans, pluses, mentions, names, whole, builds
+    )
+
+
+def _runs(spans: list[bool]) -> int:
+    """How often what is read inside open macros runs, as ``Inputs.charge`` counts it: the
+    number of enclosing macros over whole collections (each multiplies by the widest),
+    or ``_WITHIN`` inside a macro over a name another binds (each element of each element:
+    at most the entries of the inputs in all)."""
+    return _WITHIN if not all(spans) else len(spans)
 
 
 def _check_receiver(
     macro: str, receiver: str, pairs: Mapping[int, int], bound: frozenset[str]
-) -> bool:
+) -> tuple[bool, bool]:
     """Refuse (``ValueError``) a macro run on anything but a key path of an input or of a
     name a macro binds (``request.args.to``, ``x['items']``) or a list or map literal
     (another macro's result is checked by the caller): a computed list (joined with
     ``+``, indexed out of a literal) can be many times larger than any input, and
     nothing can interrupt a running condition. ``receiver`` is the text before
-    ``.macro(``. True for a literal that names an input (its elements may be whole
-    inputs)."""
+    ``.macro(``. Returns whether it is a literal that names an input (its elements may
+    be whole inputs), and whether it is a path from a name a macro binds."""
     end = len(receiver)
     stepped = False  # past a key selector: the value is a key of what comes before
     while True:
@@ -263,7 +285,7 @@ def _check_receiver(
                 end, stepped = len(head), True  # a ['key'] selector: the path goes on
                 continue
             if not stepped and not _TERM_END.search(head):  # a list or map literal
-                return any(re.search(rf"\b{name}\b", inner) for name in INPUTS)
+                return any(re.search(rf"\b{name}\b", inner) for name in INPUTS), False
             break
         word = _WORD_END.search(text)
         if word is None:
@@ -273,7 +295,7 @@ def _check_receiver(
             end, stepped = len(head) - 1, True  # a .key selector: the path goes on
             continue
         if word.group() in INPUTS | bound and not _TERM_END.search(head):
-            return False  # the root of the path
+            return False, word.group() in bound  # the root of the path
         break
     raise ValueError(
         f"the macro '{macro}' runs on a computed value: run it on a key of an input, a"
@@ -363,6 +385,7 @@ class Condition:
         "scans",
         "source",
         "whole",
+        "within",
     )
 
     def __init__(self, source: str) -> None:
@@ -402,6 +425,7 @@ class Condition:
         # `+`, and of each mention of an input or a bound name (each copies the value
         # once per run of the loop body it is in): what Inputs.charge counts.
         self.macros = shape.macros
+        self.within = shape.within
         self.literal_width = plain.count(",") + 1  # entries of its longest list literal
         self.scans = tuple(shape.scans)
         self.pluses = tuple(shape.pluses)
@@ -548,38 +572,50 @@ class Inputs:
         ``ConditionError`` once the conditions run so far cost more than
         ``MAX_EVALUATION_COST`` in all.
 
-        Each mention of an input copies it as converted (2 units a value, 1 per 8
-        characters), and each mention of a name a macro binds copies an element (of an
-        input; or all of one, or of a concatenation); a chain of ``+`` copies its
-        operands over and over, about the square of its length times the largest; a
-        macro's body runs once per element (nested macros multiply), half a unit per
-        character of the condition; an ``in`` on a computed list scans it. Each counts
-        once per run of the loop body it is in: a loop's elements are counted as the
-        widest collection among the inputs read, or the longest possible list literal
-        (one more than its commas), whichever is more, times the operands a ``+`` chain
-        could join."""
+        Each mention of an input copies it as converted (see ``_Measure.copy``), and each
+        mention of a name a macro binds copies an element (of an input; or all of one, or
+        of a concatenation); a chain of ``+`` copies its operands over and over, about the
+        square of its length times the largest; a map or filter copies what it has built
+        at each step; a macro's body runs once per element, half a unit per character of
+        the condition; an ``in`` on a computed list scans it. Each counts once per run of
+        the loop body it is in: a macro over an input's collection runs once per element
+        of the widest collection read (or of the longest possible list literal: one more
+        than its commas), times the operands a ``+`` chain could join, and nested ones
+        multiply; a macro over a key of what another binds (``o.items`` in
+        ``orders.all(o, ...)``) runs at most once per entry of the inputs read, in all."""
         measures = [self._measure(name) for name in condition.mentions]
         largest = max((m.copy for m in measures), default=2)
         joined = len(condition.pluses) + 1
         width = 1
-        cost = 0
         if condition.iterates:
             width = joined * max([m.widest for m in measures] + [condition.literal_width])
-            cost += width**condition.macros * condition.length // 2
-            cost += sum(width ** (level + 1) for level in condition.scans)
-        for name, levels in condition.mentions.items():
-            cost += self._measure(name).copy * sum(width**level for level in levels)
         # What one value may hold: an element of an input, unless a literal puts whole
         # inputs in a loop or `+` joins values (each map body once more).
         growth = joined**condition.maps
+        # The entries a macro over a bound name may see in all: those of the inputs, as
+        # many again per operand `+` joins and per entry of a literal a map body makes.
+        built = max([1] + [condition.literal_width for *_, literal in condition.builds if literal])
+        entries = max([width] + [m.entries for m in measures]) * joined * growth * built
+
+        def runs(level: int) -> int:
+            return entries if level == _WITHIN else int(width**level)
+
+        cost = 0
+        if condition.iterates:
+            steps = width**condition.macros + (entries if condition.within else 0)
+            cost += steps * condition.length // 2
+            cost += sum(runs(level) * width for level in condition.scans)
+        for name, levels in condition.mentions.items():
+            cost += self._measure(name).copy * sum(runs(level) for level in levels)
         if condition.pluses:
-            cost += joined**2 // 2 * largest * growth * width ** max(condition.pluses)
+            most = max(runs(level) for level in condition.pluses)
+            cost += joined**2 // 2 * largest * growth * most
         element = (
             largest * joined * growth
             if condition.pluses or condition.whole
             else max((m.element for m in measures), default=2)
         )
-        cost += element * sum(width**level for level in condition.bound)
+        cost += element * sum(runs(level) for level in condition.bound)
         # A map or filter copies the list it has built so far at each step: about half
         # the square of its length, times an entry (a map's: what its body makes).
         for level, keeps, names_input, literal in condition.builds:
@@ -588,7 +624,7 @@ class Inputs:
             if not keeps:
                 entry = max(entry, largest if names_input else 0) * joined
                 entry *= condition.literal_width if literal else 1
-            cost += width**level * width**2 // 2 * entry
+            cost += runs(level) * width**2 // 2 * entry
         self._cost += cost
         if self._cost > MAX_EVALUATION_COST:
             raise ConditionError(
@@ -629,34 +665,39 @@ class Inputs:
 
 
 class _Measure(NamedTuple):
-    copy: int  # what one copy costs: 2 units a value, 6 more an object's key, 1 per 8 characters
+    # What one copy costs: 2 units a value, 8 a list or object, 6 more an object's key, and
+    # 1 per 32 characters of a string (copied in bulk).
+    copy: int
     size: int  # characters of strings and keys, plus one per value
     widest: int  # entries of its largest list or object
+    entries: int  # entries of all its lists and objects
     element: int  # what a copy of what a macro binds costs at most: a list's entry, a key
 
 
 def _measure(value: Any) -> _Measure:
     """``value``, as converted (dicts, lists, strings, numbers, booleans, None), measured."""
-    size = widest = element = 0
+    size = widest = element = entries = 0
 
     def walk(item: Any) -> int:
-        nonlocal size, widest, element
+        nonlocal size, widest, element, entries
         kind = type(item)
         size += 1
         if kind is str:
             size += len(item)
-            return 2 + len(item) // 8
+            return 2 + len(item) // 32
         if kind is dict:
             widest = max(widest, len(item))
-            copy = 2
+            entries += len(item)
+            copy = 8
             for key, child in item.items():
                 size += len(key)
-                element = max(element, 2 + len(key) // 8)  # a macro binds a map's keys
-                copy += 6 + len(key) // 8 + walk(child)  # a map entry: key, slot, value
+                element = max(element, 2 + len(key) // 32)  # a macro binds a map's keys
+                copy += 6 + len(key) // 32 + walk(child)  # a map entry: key, slot, value
             return copy
         if kind is list:
             widest = max(widest, len(item))
-            copy = 2
+            entries += len(item)
+            copy = 8
             for child in item:
                 inner = walk(child)
                 element = max(element, inner)
@@ -665,7 +706,7 @@ def _measure(value: Any) -> _Measure:
         return 2
 
     copy = walk(value)
-    return _Measure(copy, size, widest, element)
+    return _Measure(copy=copy, size=size, widest=widest, entries=entries, element=element)
 
 
 def _convert(name: str, value: Any, paths: Paths | None) -> Any:

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from execgate.errors import AuditError, JoseError, StoreError
 from execgate.home import ServerConfig
 from execgate.jose import compact_json, loads_strict
+from execgate.submission import MAX_REQUEST_VALUES
 
 __all__ = [
     "Handler",
@@ -107,7 +108,8 @@ async def read_body(request: Request, *, limit: int) -> bytes:
 
 
 async def read_json(request: Request, *, limit: int) -> Any:
-    """A strict JSON body (DESIGN §4: no duplicate members, no NaN, depth ≤ 32). One over
+    """A strict JSON body (DESIGN §4: no duplicate members, no NaN, depth ≤ 32; at most
+    ``MAX_REQUEST_VALUES`` values, as for a decision request). One over
     ``INLINE_JSON`` bytes is parsed in a worker thread: a megabyte of nested brackets
     takes the strict parser most of a second, which on the event loop would stall every
     other request of the worker."""
@@ -116,8 +118,8 @@ async def read_json(request: Request, *, limit: int) -> Any:
     body = await read_body(request, limit=limit)
     try:
         if len(body) > INLINE_JSON:
-            return await run_in_threadpool(loads_strict, body)
-        return loads_strict(body)
+            return await run_in_threadpool(loads_strict, body, max_values=MAX_REQUEST_VALUES)
+        return loads_strict(body, max_values=MAX_REQUEST_VALUES)
     except (JoseError, ValueError, RecursionError) as exc:
         raise HttpError(
             400, "request.malformed_json", f"the body is not strict JSON: {exc}"
