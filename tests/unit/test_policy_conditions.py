@@ -450,14 +450,59 @@ def test_a_map_or_filter_copies_what_it_built_at_each_step(when: str, entries: l
     assert "too large for the conditions that read them" in result.detail
 
 
-def test_a_loop_over_what_another_binds_counts_entries_not_their_square() -> None:
-    """``o.items`` runs over each order's own items: all the inner steps together are at
-    most the entries of the request, not the widest list squared."""
-    when = "request.args.orders.all(o, o.items.all(i, i.qty > 0))"
-    orders = [{"id": k, "items": [{"qty": 1}]} for k in range(MAX_ITERATED)]
-    assert _verdict(_eval(when, {"orders": orders})) == "proceed"
-    orders[-1]["items"] = [{"qty": 0}]
-    assert _verdict(_eval(when, {"orders": orders})) == "miss"
+@pytest.mark.parametrize(("orders", "items"), [(MAX_ITERATED, 1), (10, 100), (60, 20)])
+def test_a_loop_over_what_another_binds_counts_entries_not_their_square(
+    orders: int, items: int
+) -> None:
+    """``o.items`` runs over each order's own items: all the inner steps together, and
+    all the copies of ``i``, are at most the entries of the request, not the widest list
+    squared."""
+    when = "request.args.orders.all(o, o.items.all(i, i.qty > 0 && i.qty <= 100 && i.price >= 0))"
+    args = {"orders": [{"id": k, "items": [{"qty": 1, "price": 5}] * items} for k in range(orders)]}
+    assert _verdict(_eval(when, args)) == "proceed"
+    args["orders"][-1]["items"] = [{"qty": 0, "price": 5}]
+    assert _verdict(_eval(when, args)) == "miss"
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        # the outer macro runs over a literal of whole inputs: its elements are not parts
+        "[" + ", ".join(["request.args"] * 50) + "].all(a, a.l.all(x, a.l == a.l))",
+        # ... or over a map's result whose body names a whole input
+        "request.args.l.map(x, request.args).all(a, a.l.all(y, a.l == a.l && a.l == a.l))",
+    ],
+)
+def test_a_loop_over_what_another_binds_to_whole_inputs_is_a_full_level(when: str) -> None:
+    result = _eval(when, {"l": list(range(MAX_ITERATED))})
+    assert (result.outcome, result.code) == (Outcome.DENY, "policy.denied")
+    assert "too large for the conditions that read them" in result.detail
+    assert _verdict(_eval(when, {"l": list(range(3))})) == "proceed"
+
+
+def test_a_condition_that_iterates_is_bounded_by_what_it_reads_itself() -> None:
+    """Another rule reading a large body does not make a loop over a short list deny."""
+    policy = parse_policy(
+        textwrap.dedent(
+            """
+            version: 1
+            rules:
+              - name: small-body
+                match: {action: "**"}
+                when: "size(request.args.body) > 1000000"
+                effect: deny
+              - name: recipients
+                match: {action: "**"}
+                when: "request.args.to.all(r, r.endsWith('@corp.com'))"
+                effect: proceed
+            """
+        ),
+        source="t",
+        targets=(),
+    )
+    request = {"action": "a", "resource": "r", "args": {"to": ["a@corp.com"], "body": "x" * 70_000}}
+    result = policy.evaluate(request=request, artifact={}, environment={}, now=0)
+    assert (result.outcome, result.rule) == (Outcome.PROCEED, "recipients")
 
 
 def test_condition_equality_is_by_source() -> None:

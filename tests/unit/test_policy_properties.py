@@ -113,10 +113,11 @@ def _oracle(
     rules: list[tuple[str, str, str | None, str]], request: dict[str, Any]
 ) -> tuple[str, str | None, str | None]:
     args = request["args"]
-    # An input is converted once per evaluation, with every key any condition of the policy
-    # reads: when some condition reads the arguments and they hold an int no int64 can
-    # hold, the request input cannot be converted and every condition reading it fails.
-    unconvertible = _beyond_int64(args) and any(
+    # An input is converted once per evaluation, along every key path any condition of the
+    # policy reads (here only request.args.n): when some condition reads it and it holds
+    # an int no int64 can hold, the request input cannot be converted and every condition
+    # reading it fails. What no condition reads (request.args.m) is never converted.
+    unconvertible = _beyond_int64(args.get("n")) and any(
         when is not None and "request.args" in when for _, _, when, _ in rules
     )
     for index, (action, resource, when, effect) in enumerate(rules):

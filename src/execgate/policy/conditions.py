@@ -106,6 +106,8 @@ MAX_ITERATED: Final = 1024
 MAX_ITERATED_SIZE: Final = 65536
 _MAX_LOOP_DEPTH: Final = 2
 _WITHIN: Final = -1  # the loop level inside a macro over what another binds (see _runs)
+_OWN: Final = -2  # a mention of the name such a macro binds, in its own body (_loop_depth)
+_BINDS = re.compile(r"\(\s*([A-Za-z_]\w*)")  # the name a macro call binds
 
 
 class _Shape(NamedTuple):
@@ -139,6 +141,10 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
     scopes: list[str | None] = []  # per open bracket: the macro whose body it holds
     grows: list[bool] = []  # per open macro: does its result come through a map?
     spans: list[bool] = []  # per open macro: does it run over an input's whole collection?
+    # Per open macro: the name it binds, whether that name holds disjoint parts of an
+    # input (an input path's elements), whether its result's elements are such parts.
+    binders: list[tuple[str | None, bool, bool]] = []
+    plain_results: dict[int, bool] = {}  # where a macro call's ')' is: see binders
     within = False  # any macro runs over a name another binds (see _Shape.macros)
     bodies: list[list[bool]] = []  # per open macro: [names an input, holds a literal]
     builds: list[tuple[int, bool, bool, bool]] = []  # each map or filter: see _Shape
@@ -172,6 +178,7 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
                 pairs[i] = opened.pop()
                 if closed is not None:
                     results[i] = grows.pop()
+                    plain_results[i] = binders.pop()[2]
                     spans.pop()
                     inputs, literal = bodies.pop()
                     if not closed.startswith(("all", "exists")):  # map, filter, transform
@@ -220,11 +227,18 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
                     )
                 grows.append(mapping or results[end_of])
                 spans.append(True)
+                parts = plain_results[end_of]
             else:
-                literal_inputs, on_bound = _check_receiver(name, receiver, pairs, bound)
+                literal_inputs, root = _check_receiver(name, receiver, pairs, bound)
                 whole |= literal_inputs
                 grows.append(mapping)
-                spans.append(not on_bound)
+                # Over a key of a name another macro binds to parts of an input: each run
+                # sees other entries (``_runs``). Over anything else: a full loop level.
+                binder = next((b for b in reversed(binders) if b[0] == root), None)
+                spans.append(binder is None or not binder[1])
+                parts = root in INPUTS or (binder is not None and binder[1])
+            variable = _BINDS.match(rest)
+            binders.append((variable.group(1) if variable else None, parts, parts and not mapping))
             if spans[-1]:
                 macros = max(macros, sum(spans))
             else:
@@ -240,7 +254,10 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             if name == "request" and level:
                 extra, label = 1, "'request' (looked up once per element)"
         elif name in bound and not before.endswith("."):
-            names.append(runs)
+            # The name the innermost macro over a bound name's key binds, in its own body:
+            # its elements are disjoint, so all its copies together cost one input's.
+            own = bool(binders) and binders[-1][0] == name and not spans[-1]
+            names.append(_OWN if own else runs)
         if level + extra > deepest:
             deepest, what = level + extra, label
         if macro:
@@ -265,14 +282,14 @@ def _runs(spans: list[bool]) -> int:
 
 def _check_receiver(
     macro: str, receiver: str, pairs: Mapping[int, int], bound: frozenset[str]
-) -> tuple[bool, bool]:
+) -> tuple[bool, str | None]:
     """Refuse (``ValueError``) a macro run on anything but a key path of an input or of a
     name a macro binds (``request.args.to``, ``x['items']``) or a list or map literal
     (another macro's result is checked by the caller): a computed list (joined with
     ``+``, indexed out of a literal) can be many times larger than any input, and
     nothing can interrupt a running condition. ``receiver`` is the text before
     ``.macro(``. Returns whether it is a literal that names an input (its elements may
-    be whole inputs), and whether it is a path from a name a macro binds."""
+    be whole inputs), and the name a path starts from (None for a literal)."""
     end = len(receiver)
     stepped = False  # past a key selector: the value is a key of what comes before
     while True:
@@ -285,7 +302,7 @@ def _check_receiver(
                 end, stepped = len(head), True  # a ['key'] selector: the path goes on
                 continue
             if not stepped and not _TERM_END.search(head):  # a list or map literal
-                return any(re.search(rf"\b{name}\b", inner) for name in INPUTS), False
+                return any(re.search(rf"\b{name}\b", inner) for name in INPUTS), None
             break
         word = _WORD_END.search(text)
         if word is None:
@@ -295,7 +312,7 @@ def _check_receiver(
             end, stepped = len(head) - 1, True  # a .key selector: the path goes on
             continue
         if word.group() in INPUTS | bound and not _TERM_END.search(head):
-            return False, word.group() in bound  # the root of the path
+            return False, word.group()  # the root of the path
         break
     raise ValueError(
         f"the macro '{macro}' runs on a computed value: run it on a key of an input, a"
@@ -451,7 +468,7 @@ class Condition:
         """``True`` or ``False``; anything else raises ``ConditionError``."""
         inputs.provide(self.inputs)
         if self.iterates:
-            inputs.check_iterable(self.inputs)
+            inputs.check_iterable(self)
         inputs.charge(self)
         try:
             result = self._program.execute(inputs.context)
@@ -600,6 +617,10 @@ class Inputs:
         def runs(level: int) -> int:
             return entries if level == _WITHIN else int(width**level)
 
+        # A bound name may hold a whole input: a literal receiver or a map body names one.
+        whole = condition.whole or any(
+            names and not keeps for _, keeps, names, _ in condition.builds
+        )
         cost = 0
         if condition.iterates:
             steps = width**condition.macros + (entries if condition.within else 0)
@@ -612,14 +633,16 @@ class Inputs:
             cost += joined**2 // 2 * largest * growth * most
         element = (
             largest * joined * growth
-            if condition.pluses or condition.whole
+            if condition.pluses or whole
             else max((m.element for m in measures), default=2)
         )
-        cost += element * sum(runs(level) for level in condition.bound)
+        cost += sum(
+            largest if level == _OWN else element * runs(level) for level in condition.bound
+        )
         # A map or filter copies the list it has built so far at each step: about half
         # the square of its length, times an entry (a map's: what its body makes).
         for level, keeps, names_input, literal in condition.builds:
-            entry = largest if condition.whole else max((m.element for m in measures), default=2)
+            entry = largest if whole else max((m.element for m in measures), default=2)
             entry *= growth
             if not keeps:
                 entry = max(entry, largest if names_input else 0) * joined
@@ -633,11 +656,17 @@ class Inputs:
                 " input copies it, once per element in a loop)"
             )
 
-    def check_iterable(self, names: frozenset[str]) -> None:
-        """Raise ``ConditionError`` if an input of ``names``, as converted, is too large for
-        a condition that iterates (see ``MAX_ITERATED`` and ``MAX_ITERATED_SIZE``)."""
-        for name in sorted(names - {"now"}):
-            measure = self._measure(name)
+    def check_iterable(self, condition: Condition) -> None:
+        """Raise ``ConditionError`` if what ``condition`` (which iterates) reads of an input
+        is too large (see ``MAX_ITERATED`` and ``MAX_ITERATED_SIZE``)."""
+        for name in sorted(condition.inputs - {"now"}):
+            read = condition.reads.get(name)
+            whole = self._reads.get(name)
+            measure = (
+                self._measure(name)
+                if read == whole
+                else _measure(_project(self._converted[name], read, 0))
+            )
             if measure.widest > MAX_ITERATED:
                 found = f"a collection of {measure.widest} entries (at most {MAX_ITERATED})"
             elif measure.size > MAX_ITERATED_SIZE:
