@@ -166,7 +166,7 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             continue
         word = _WORD.match(source, i)
         if word is None:
-            prior = source[:i].rstrip()
+            prior = source[:i].rstrip() if char in "[{-" else ""  # only these look back
             if char in "([{":
                 if char != "(" and not _TERM_END.search(prior):  # a list or map literal
                     for body in bodies:
@@ -600,8 +600,10 @@ class Inputs:
         than its commas), times the operands a ``+`` chain could join, and nested ones
         multiply; a macro over a key of what another binds (``o.items`` in
         ``orders.all(o, ...)``) runs at most once per entry of the inputs read, in all."""
-        measures = [self._measure(name) for name in condition.mentions]
+        measured = {name: self._measure(name) for name in condition.mentions}
+        measures = measured.values()
         largest = max((m.copy for m in measures), default=2)
+        part = max((m.element for m in measures), default=2)  # a list entry or key read
         joined = len(condition.pluses) + 1
         width = 1
         if condition.iterates:
@@ -627,23 +629,18 @@ class Inputs:
             cost += steps * condition.length // 2
             cost += sum(runs(level) * width for level in condition.scans)
         for name, levels in condition.mentions.items():
-            cost += self._measure(name).copy * sum(runs(level) for level in levels)
+            cost += measured[name].copy * sum(runs(level) for level in levels)
         if condition.pluses:
             most = max(runs(level) for level in condition.pluses)
             cost += joined**2 // 2 * largest * growth * most
-        element = (
-            largest * joined * growth
-            if condition.pluses or whole
-            else max((m.element for m in measures), default=2)
-        )
+        element = largest * joined * growth if condition.pluses or whole else part
         cost += sum(
             largest if level == _OWN else element * runs(level) for level in condition.bound
         )
         # A map or filter copies the list it has built so far at each step: about half
         # the square of its length, times an entry (a map's: what its body makes).
         for level, keeps, names_input, literal in condition.builds:
-            entry = largest if whole else max((m.element for m in measures), default=2)
-            entry *= growth
+            entry = (largest if whole else part) * growth
             if not keeps:
                 entry = max(entry, largest if names_input else 0) * joined
                 entry *= condition.literal_width if literal else 1
