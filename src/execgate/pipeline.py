@@ -605,6 +605,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
                     "approval.required",
                     f"approval {state.approval} was used or closed by another decision meanwhile",
                 )
+            elif conflict == Conflict.APPROVAL_EXPIRED:
+                state.stop(
+                    Outcome.DENY,
+                    "approval.expired",
+                    f"approval {state.approval} expired before this decision was recorded:"
+                    " ask again to open a new one",
+                )
             elif conflict == Conflict.EXHAUSTED:
                 assert artifact is not None
                 state.stop(
@@ -669,6 +676,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 else None
             ),
             consume_approval=state.consume_approval if state.outcome.executes else None,
+            clock=self._now,
             revocation_keys=tuple(artifact.revocation_keys()) if artifact is not None else (),
         )
         try:

@@ -28,6 +28,7 @@ from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
+from execgate.store.base import WriteJob
 
 QUORUM_TWO = POLICY.replace("    quorum: 1\n", "    quorum: 2\n")
 assert QUORUM_TWO != POLICY
@@ -266,6 +267,51 @@ def test_a_revoked_artifact_is_not_resumed(kit: Kit, gw: Gateway) -> None:
     assert d.outcome is Outcome.DENY
     assert codes(d) == ["artifact.revoked"]
     assert gw.approval(approval)[0].status == "pending"  # not used by a denied decision
+
+
+def test_an_approval_that_expires_before_the_commit_is_not_used(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision is evaluated a second before the approval expires; its commit runs
+    at the expiry (a queue of commits, a slow disk). The commit reads the clock again:
+    nothing executes on an approval that had expired when the decision was recorded."""
+    artifact = kit.artifact(ttl=3600)
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+    expires_at = gw.approval(approval)[0].expires_at
+    commit = gw.store.commit
+
+    def late_commit(job: WriteJob) -> int:
+        kit.clock.t = expires_at
+        return commit(job)
+
+    monkeypatch.setattr(gw.store, "commit", late_commit)
+    kit.clock.t = expires_at - 1
+    d = gw.decide(big(kit, artifact, 2500))
+    assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.expired"])
+    assert approval in d.reasons[0].detail
+    assert gw.approval(approval)[0].status == "pending"  # not consumed: it simply expired
+    assert logged(gw, d.log_index)["outcome"] == "deny"
+
+    def broken_clock_commit(job: WriteJob) -> int:
+        kit.clock.error = OSError("clock gone")
+        try:
+            return commit(job)
+        finally:
+            kit.clock.error = None
+
+    monkeypatch.setattr(gw.store, "commit", broken_clock_commit)
+    kit.clock.t = expires_at - 1  # a clock that fails in the commit: nothing executes
+    d = gw.decide(big(kit, artifact, 2500))
+    assert (d.outcome, codes(d)) == (Outcome.FAIL_CLOSED, ["internal.error"])
+    assert logged(gw, d.log_index)["outcome"] == "fail_closed"
+    assert gw.approval(approval)[0].status == "pending"
+
+    monkeypatch.setattr(gw.store, "commit", commit)
+    kit.clock.t = expires_at - 1  # the same decision committed in time proceeds
+    assert gw.decide(big(kit, artifact, 2500)).outcome is Outcome.PROCEED
+    assert gw.approval(approval)[0].status == "consumed"
 
 
 def test_an_approval_does_not_survive_a_policy_change(kit: Kit, gw: Gateway) -> None:

@@ -13,6 +13,7 @@ itself failed); the pipeline turns both into ``fail_closed``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -59,6 +60,7 @@ class Conflict:
     REPLAY = "replay"
     EXHAUSTED = "exhausted"
     APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
+    APPROVAL_EXPIRED = "approval_expired"  # the approval to consume expired meanwhile
     # Another decision opened an approval for the same request and chain meanwhile.
     APPROVAL_OPEN = "approval_open"
     REVOKED = "revoked"  # a revocation_keys entry is revoked (see WriteJob.revoked)
@@ -116,6 +118,9 @@ class WriteJob:
     chain_uses: tuple[UseClaim, ...] = ()  # uses of limited ancestors, consumed with ``use``
     open_approval: ApprovalRow | None = None  # a pause opens one with its record
     consume_approval: str | None = None  # a resumed decision closes the approval it used
+    # The clock the commit reads for what may expire between the decision and its commit
+    # (the approval it consumes): the pipeline's, so both read the same time.
+    clock: Callable[[], float] = time.time
     review: ReviewWrite | None = None
     # What revoking would deny the decision's artifact. The commit checks them before
     # anything else, in its transaction, so a revocation that returned before the commit

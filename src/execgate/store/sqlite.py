@@ -731,11 +731,16 @@ class SQLiteStore:
                 return Conflict.EXHAUSTED
         if job.consume_approval is not None:
             cur = conn.execute(
-                "UPDATE approvals SET status = 'consumed' WHERE id = ? AND status = 'pending'",
-                (job.consume_approval,),
+                "UPDATE approvals SET status = 'consumed'"
+                " WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                (job.consume_approval, int(job.clock())),
             )
             if cur.rowcount != 1:
-                return Conflict.APPROVAL_CLOSED
+                pending = conn.execute(
+                    "SELECT 1 FROM approvals WHERE id = ? AND status = 'pending'",
+                    (job.consume_approval,),
+                ).fetchone()
+                return Conflict.APPROVAL_CLOSED if pending is None else Conflict.APPROVAL_EXPIRED
             _close_siblings(conn, job.consume_approval)
         if job.open_approval is not None:
             row = job.open_approval
