@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import queue
@@ -110,12 +111,14 @@ def _first_revocation(
     conn: sqlite3.Connection, pairs: Sequence[tuple[str, str]]
 ) -> Revocation | None:
     """The first revocation among (kind, value) ``pairs``, or None."""
-    where = " OR ".join("(kind = ? AND value = ?)" for _ in pairs)
-    row = conn.execute(
-        f"SELECT kind, value, reason, revoked_at FROM revocations WHERE {where} LIMIT 1",  # noqa: S608 (placeholders only)
-        [x for pair in pairs for x in pair],
-    ).fetchone()
+    row = conn.execute(_revocation_query(len(pairs)), [x for p in pairs for x in p]).fetchone()
     return Revocation(*row) if row else None
+
+
+@functools.lru_cache(maxsize=64)
+def _revocation_query(pairs: int) -> str:
+    where = " OR ".join(["(kind = ? AND value = ?)"] * pairs)
+    return f"SELECT kind, value, reason, revoked_at FROM revocations WHERE {where} LIMIT 1"  # noqa: S608 (placeholders only)
 
 
 def _wal(conn: sqlite3.Connection, *, patience: float = 10.0) -> None:
