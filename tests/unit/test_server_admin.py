@@ -474,6 +474,7 @@ def test_consistency_proofs_verify_between_signed_checkpoints(kit: Kit, client: 
         {"first": "0"},
         {"first": "2", "second": "1"},
         {"first": "x"},
+        {"first": "\u00b2"},  # a superscript two: a digit to str.isdigit, not to int
     ],
 )
 def test_bad_consistency_ranges_are_400(kit: Kit, client: Client, params: dict[str, str]) -> None:

@@ -622,7 +622,11 @@ def test_entries_are_read_a_few_at_a_time_up_to_the_byte_cap(
     assert ([e["index"] for e in page["entries"]], page["next"]) == ([0, 1, 2, 3, 4], None)
 
 
-@pytest.mark.parametrize("query", ["start=-1", "start=x", "end=1.5", "start=3&end=2"])
+@pytest.mark.parametrize(
+    # %C2%B2 is a superscript two, %D9%A3 an Arabic-Indic three: digits to str.isdigit
+    "query",
+    ["start=-1", "start=x", "end=1.5", "start=3&end=2", "start=%C2%B2", "end=%D9%A3"],
+)
 def test_bad_entry_queries_are_400(public: Client, query: str) -> None:
     assert error_of(public.get(f"/v1/audit/entries?{query}"), 400) == "request.invalid_query"
 

@@ -93,9 +93,11 @@ def _log_lines(server: Server) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def _nothing_decided(kit: Kit, server: Server, *, refused: str | None = None) -> None:
+def _nothing_decided(
+    kit: Kit, server: Server, *, refused: str | None = None, status: int = 408
+) -> None:
     """Stop the server; nothing was decided, and no request reached the app other than
-    the health probes (and, when named, the ``refused`` route, answered 408)."""
+    the health probes (and, when named, the ``refused`` route, answered ``status``)."""
     assert server.stop() == 0
     assert "Traceback" not in server.stderr()
     seen = {
@@ -104,7 +106,7 @@ def _nothing_decided(kit: Kit, server: Server, *, refused: str | None = None) ->
         if line["logger"] == "execgate.access"
     }
     allowed = {("/readyz", 200), ("/healthz", 200)}
-    assert seen - allowed == ({(refused, 408)} if refused else set())
+    assert seen - allowed == ({(refused, status)} if refused else set())
     with closing(SQLiteStore(kit.config.store)) as store:
         assert store.size() == 0
 
@@ -149,6 +151,47 @@ def test_one_huge_header_line_is_refused_before_it_ends(kit: Kit, server: Server
     assert body["error"]["code"] == "request.headers_too_large"
     _healthy(server)
     _nothing_decided(kit, server)
+
+
+def test_a_trailer_that_never_ends_is_refused_before_it_ends(kit: Kit, server: Server) -> None:
+    """A chunked body's trailer fields count against header_limit as they arrive: one
+    endless trailer would otherwise grow in the parser while the app waits for the body."""
+    body = json.dumps(kit.submit()).encode()
+    head = (
+        b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunked = b"%x\r\n%s\r\n0\r\nX-Trailer: " % (len(body), body)
+    with closing(_connect(server)) as sock:
+        sock.sendall(head + chunked)
+        with suppress(BrokenPipeError, ConnectionResetError):  # refused part-way through
+            for _ in range(64):  # up to 1 MiB, in pieces, the field never ending
+                sock.sendall(b"t" * 16384)
+        status, headers, error = _parse(_read_all(sock))
+    assert status == 431
+    assert headers["connection"] == "close"
+    assert error["error"]["code"] == "request.headers_too_large"
+    assert "trailer" in error["error"]["message"]
+    _healthy(server)
+    # The app's read of the body ended as if the client had gone (its answer is dropped).
+    _nothing_decided(kit, server, refused="/v1/decisions", status=400)
+
+
+def test_many_small_chunks_and_a_short_trailer_are_decided(kit: Kit, server: Server) -> None:
+    """Chunk size lines are framing, not trailers: a body sent a few bytes at a time
+    (more framing than header_limit in all) with a short trailer is decided as usual."""
+    body = json.dumps(kit.submit()).encode() + b" " * 4096  # JSON may end in blanks
+    pieces = [body[i : i + 1] for i in range(len(body))]
+    assert 5 * len(pieces) > 2 * 8192  # "1\r\n" and "\r\n" a byte: twice header_limit
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+    head = (
+        b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    with closing(_connect(server)) as sock:
+        sock.sendall(head + chunked + b"0\r\nX-Trailer: fine\r\n\r\n")
+        status, _, decision = _parse(_read_all(sock))
+    assert (status, decision["outcome"]) == (200, "proceed")
 
 
 def test_headers_that_stall_get_408(kit: Kit, server: Server) -> None:

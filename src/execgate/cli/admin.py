@@ -120,7 +120,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _ttl(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds")
     return int(text)
 

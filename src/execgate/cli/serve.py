@@ -54,7 +54,7 @@ EXIT_FAILED: Final = 3  # uvicorn's STARTUP_FAILURE: the server never started se
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
     return int(text)
 

@@ -188,7 +188,7 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             elif (
                 char == "-"
                 and (not prior or prior[-1] in "([{,?:!=<>&|+-*/%")
-                and not source[i + 1 :].lstrip()[:1].isdigit()
+                and source[i + 1 :].lstrip()[:1] not in tuple("0123456789")
             ):
                 raise ValueError(
                     "'-' negates a computed value: write '0 - x' (the binding's"

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from execgate.errors import AuditError, JoseError, StoreError
@@ -80,7 +80,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     connection is closed (the rest of it may still be on its way)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit() or len(declared) > 20:
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
             raise HttpError(400, "request.bad_content_length", "Content-Length is not a number")
         if int(declared) > limit:
             raise HttpError(
@@ -103,6 +103,10 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             "request.timeout",
             f"the body did not arrive within {timeout} s",
             headers={"Connection": "close"},
+        ) from exc
+    except ClientDisconnect as exc:  # gone, or refused below the app: nobody reads this
+        raise HttpError(
+            400, "request.malformed", "the connection ended before the body did"
         ) from exc
     return b"".join(chunks)
 

@@ -13,7 +13,12 @@ holds memory and a slot for as long as the client likes.
   second count that also covers pipelined bytes read together with the previous
   request). Past the limit the client gets ``431`` with a typed body
   (``request.headers_too_large``) and the connection is closed; the app never sees the
-  request.
+  request. Trailer fields, which a chunked body may end with, count against the same
+  limit as they arrive: every byte after the head that is not body, less a
+  ``_CHUNK_FRAMING`` allowance per chunk for its size line, counts (httptools keeps a
+  field being received in memory until it ends, and the app waits for the body's end,
+  so one endless trailer would otherwise grow without bound). Past the limit the answer
+  is the same ``431``, and the app's request ends as if the client had gone.
 - **Header time** (``[server] header_timeout``, seconds): the headers must be complete
   within that time of the connection being opened, of the previous response on a
   keep-alive connection, or of their first byte when they were pipelined behind a
@@ -62,6 +67,7 @@ LIMIT_CONCURRENCY: Final = 1024
 BACKLOG: Final = 2048
 _END_OF_HEAD: Final = (b"\r\n\r\n", b"\n\n")
 _LINGER: Final = 2.0  # seconds a refused client's remaining bytes are read and dropped
+_CHUNK_FRAMING: Final = 64  # bytes allowed per chunk for its size line (and extensions)
 
 
 class _Refused(Exception):
@@ -91,6 +97,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._raw = 0  # raw bytes of the current head received so far
         self._parsed = 0  # bytes of the current head the parser has handed over
         self._tail = b""  # the last bytes of the head so far (a terminator may straddle)
+        self._framing = 0  # bytes after the head that were not body: chunk lines, trailers
+        self._chunks = 0  # chunks of the current body begun so far
         self._deadline: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -115,6 +123,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._raw > self._header_limit:
                 self._too_large()
                 return
+        else:
+            self._framing += len(data)  # on_body takes the body's share back
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - ws is "none" (below)
@@ -122,6 +132,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             if not self._refused:
                 self._refuse(400, "request.malformed", "the request is not valid HTTP/1.1")
+            return
+        if (
+            not self._in_head
+            and not self._refused
+            and self._framing > self._header_limit + _CHUNK_FRAMING * self._chunks
+        ):
+            self._refuse_request(
+                431,
+                "request.headers_too_large",
+                f"the request's trailer fields exceed {self._header_limit} bytes",
+            )
 
     def _head_part(self, data: bytes) -> int:
         """How many bytes of ``data`` belong to the head (all, when it does not end here)."""
@@ -149,12 +170,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._in_head = False
+        self._framing = self._chunks = 0
         if self._concurrency is not None and (
             len(self.connections) >= self._concurrency or len(self.tasks) >= self._concurrency
         ):
             self._refuse(503, "server.overloaded", "too many connections; retry later")
             raise _Refused
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -227,7 +256,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self.flow is not None:
             self.flow.pause_reading()
-        if self.cycle is not None and not self.cycle.response_complete:
+        if (
+            self.cycle is not None
+            and not self.cycle.response_complete
+            and not self.cycle.disconnected
+        ):
             # A response is being written on this connection: let it finish, then close.
             self.cycle.keep_alive = False
             return
@@ -240,6 +273,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + body)
         self._close_lingering()
+
+    def _refuse_request(self, status: int, code: str, message: str) -> None:
+        """Refuse the request being received whose app has not answered yet: its
+        ``receive`` reports the client gone and whatever it sends is dropped, and the
+        typed error is the answer."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._refuse(status, code, message)
 
     def _close_lingering(self) -> None:
         """Close our side, then read and drop what the client is still sending for a

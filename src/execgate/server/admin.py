@@ -383,7 +383,7 @@ def signal_supervisor() -> bool:
     """SIGHUP to the ``execgate serve`` supervisor, which passes it to every worker.
     False when there is none (one process serves), or the pid is not our parent."""
     text = os.environ.get(SUPERVISOR_ENV, "")
-    if not text.isdigit() or int(text) != os.getppid():
+    if not (text.isascii() and text.isdigit()) or int(text) != os.getppid():
         return False
     os.kill(int(text), signal.SIGHUP)
     return True
@@ -491,7 +491,7 @@ def _size(request: Request, name: str) -> int | None:
     text = request.query_params.get(name)
     if text is None:
         return None
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         raise HttpError(400, "request.invalid_query", f"{name} must be a positive integer")
     return int(text)
 

@@ -77,7 +77,7 @@ def _record(entry: LogEntry) -> dict[str, Any]:
 
 async def post_decision(request: Request) -> Response:
     declared = request.headers.get("content-length", "")
-    small = declared.isdigit() and int(declared) <= INLINE_BODY_LIMIT
+    small = declared.isascii() and declared.isdigit() and int(declared) <= INLINE_BODY_LIMIT
     body = await read_json(request, limit=DECISION_BODY_LIMIT)
     gateway = _gateway(request)
 
@@ -226,7 +226,7 @@ def _query_int(request: Request, name: str, default: int | None) -> int | None:
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         raise HttpError(400, "request.invalid_query", f"{name} must be a non-negative integer")
     return int(text)
 
