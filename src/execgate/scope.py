@@ -84,6 +84,10 @@ def _read_differently(pattern: str) -> str | None:
             i += 2
             continue
         if in_class:
+            if char == "[" and pattern[i + 1 : i + 2] in (":", "=", "."):
+                # RE2 reads '[0-9[:upper:]]' as a POSIX class; Python, as '[', ':' and
+                # letters, then a literal ']' (it warns only of a leading '[[')
+                return f"'{pattern[i : i + 2]}' inside brackets (a POSIX class to RE2 only)"
             in_class = char != "]"
         elif char == "[":
             in_class = True

@@ -37,6 +37,10 @@ from execgate.scope import Constraint, Grant, check_scope, parse_grants
         # read differently by RE2 and Python: refused rather than guessed
         ({"pattern": "[0-9]{,3}"}, r"\{,n\}"),  # RE2: the literal text '{,3}'
         ({"pattern": "[[:alpha:]]+"}, "RE2 syntax"),  # RE2: a POSIX class; Python: a set
+        # not first in the brackets, Python does not even warn: '[0-9', ':upper:' and ']'
+        ({"pattern": "[0-9[:upper:]]{6}"}, "POSIX class"),
+        ({"pattern": "[0-9[:^alnum:]]"}, "POSIX class"),
+        ({"pattern": "[^a[=b=]]"}, "POSIX class"),
         ({"pattern": "a$\n"}, "before the end"),  # Python's $ also before a final newline
         ({"pattern": r"\C"}, "RE2 syntax"),  # RE2: any byte; Python: an error
         ({"pattern": r"\pL"}, "RE2 syntax"),  # RE2 only
