@@ -87,8 +87,8 @@ class OutcomeLog:
             return  # another caller is checkpointing right now
         try:
             if self._last_checkpoint is None:
-                stored = self.store.checkpoints()
-                self._last_checkpoint = (stored[-1][0], now) if stored else (0, now)
+                newest = next(self.store.recent_checkpoints(), None)
+                self._last_checkpoint = (newest[0] if newest else 0, now)
             last_size, last_time = self._last_checkpoint
             if size - last_size >= self._checkpoint_every or (
                 size > last_size and now - last_time >= self._checkpoint_interval

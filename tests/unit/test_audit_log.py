@@ -27,7 +27,7 @@ import pytest
 from gatekit import GATEWAY_ID, NOW, PAYMENTS, Kit, make_kit
 
 import execgate.store.sqlite
-from execgate.audit.checkpoint import Checkpoint, open_checkpoint
+from execgate.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from execgate.audit.log import ExportReport, SigningRefused, verify_evidence, verify_export
 from execgate.audit.merkle import (
     Frontier,
@@ -37,7 +37,7 @@ from execgate.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from execgate.audit.note import Verifier
+from execgate.audit.note import Signer, Verifier
 from execgate.errors import AuditError, EvidenceError, RequestError, StoreError, VerificationError
 from execgate.jose import PrivateKey, PublicKey, canonical_json, loads_strict, sha256_b64url
 from execgate.keyfile import public_path_for, read_public_key
@@ -487,6 +487,60 @@ def test_evidence_for_every_index_verifies_offline_with_only_the_public_key(kit:
             verify_evidence(evidence, PrivateKey.generate().public)
 
 
+def test_evidence_skips_a_checkpoint_another_key_signed(kit: Kit) -> None:
+    """A stored checkpoint of another key (the node key before a rotation, a worker
+    configured with another) is never the evidence: the node's own one that covers the
+    index is, or a fresh one."""
+    gw = kit.gateway()
+    for _ in range(3):
+        proceed(kit, gw)
+    own = open_checkpoint(gw.audit.checkpoint(now=kit.clock.now), verifier(kit))
+    other = Signer(GATEWAY_ID, PrivateKey.generate())
+    foreign = sign_checkpoint(Checkpoint(GATEWAY_ID, 5, b"\x00" * 32), other)
+    gw.store.add_checkpoint(5, foreign, now=kit.clock.now)
+    for _ in range(3):
+        proceed(kit, gw)
+    public = node_public(kit)
+    cp, _ = verify_evidence(gw.audit.evidence(1, now=kit.clock.now), public)
+    assert (cp.size, cp.root) == (own.size, own.root)
+    cp, proven = verify_evidence(gw.audit.evidence(4, now=kit.clock.now), public)
+    assert (cp.size, proven) == (6, entries(gw.store)[4])  # none of its own covers 4: fresh
+
+
+def test_checkpoints_are_read_newest_first_a_few_at_a_time(kit: Kit) -> None:
+    """Years of checkpoints are millions of rows: signing, evidence, the schedule and
+    /readyz read the newest few, never every one."""
+    configure(kit, every=1)
+    gw = kit.gateway()
+    for _ in range(40):
+        proceed(kit, gw)
+    everything = list(gw.store.checkpoints())
+    assert len(everything) == 40
+    assert list(gw.store.recent_checkpoints()) == everything[::-1]  # across pages of 16
+
+    def refuse() -> list[tuple[int, str]]:
+        raise AssertionError("read every checkpoint")
+
+    gw.store.checkpoints = refuse  # type: ignore[method-assign]
+    read = 0
+    recent = gw.store.recent_checkpoints
+
+    def counted() -> Iterator[tuple[int, str]]:
+        nonlocal read
+        for row in recent():
+            read += 1
+            yield row
+
+    gw.store.recent_checkpoints = counted  # type: ignore[method-assign]
+    proceed(kit, gw)  # the schedule signs one more
+    gw.audit.evidence(3, now=kit.clock.now)
+    assert gw.audit.latest_checkpoint() is not None
+    reopened = Gateway.open(kit.home, now=kit.clock, store=gw.store)
+    proceed(kit, reopened)  # a new gateway finds where the schedule stands
+    assert 0 < read <= 8
+    assert next(recent())[0] == gw.store.size() == 42  # and it signed, as every=1 says
+
+
 def test_verify_export_reads_any_json_spelling_of_an_entry_line(kit: Kit) -> None:
     """Entry lines exactly as ``export`` writes them take a shortcut past the JSON parser;
     any other spelling of the same line must verify to the same report."""
@@ -609,13 +663,13 @@ class CheckpointFails(SQLiteStore):
             raise self.error
         super().add_checkpoint(size, note, now=now)
 
-    def checkpoints(self) -> list[tuple[int, str]]:
-        if self.error is not None and self.where == "checkpoints":
+    def recent_checkpoints(self) -> Iterator[tuple[int, str]]:
+        if self.error is not None and self.where == "recent_checkpoints":
             raise self.error
-        return list(super().checkpoints())
+        return super().recent_checkpoints()
 
 
-@pytest.mark.parametrize("where", ["add_checkpoint", "checkpoints"])
+@pytest.mark.parametrize("where", ["add_checkpoint", "recent_checkpoints"])
 @pytest.mark.parametrize(
     "error",
     [

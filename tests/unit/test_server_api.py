@@ -634,11 +634,15 @@ def test_bad_entry_queries_are_400(public: Client, query: str) -> None:
 # -- health and the OpenAPI document ------------------------------------------------------
 
 
-def test_healthz_and_readyz(client: Client) -> None:
+def test_healthz_and_readyz(client: Client, kit: Kit) -> None:
     assert client.get("/healthz").json() == {"status": "alive"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["gateway"] == GATEWAY_ID
+    decide(client, kit.submit())
+    size = client.get("/v1/audit/checkpoint").json()["size"]
+    ready = client.get("/readyz").json()
+    assert (ready["log_size"], ready["checkpoint_size"]) == (1, size) == (1, 1)
 
 
 def test_readyz_is_503_before_the_gateway_opens(kit: Kit) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 from collections.abc import Iterable
 from contextlib import suppress
@@ -93,12 +94,13 @@ class AuditLog:
         rewritten behind its back. ``SigningRefused`` says so instead."""
         # Checkpoints first, then the size: another process may append and sign between
         # the two reads, and a checkpoint is never of a size the log has not reached.
-        stored = self.store.checkpoints()
+        stored = self.store.recent_checkpoints()
+        newest = next(stored, None)
         size = self.size()
-        if stored and stored[-1][0] == size and self._signed_here(stored[-1][1]) is not None:
-            return stored[-1][1]
+        if newest is not None and newest[0] == size and self._signed_here(newest[1]) is not None:
+            return newest[1]
         root = self.root(size)
-        self._check_extends(stored, size, root)
+        self._check_extends(itertools.chain([newest] if newest else [], stored), size, root)
         note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
         self.store.add_checkpoint(size, note, now=now)
         return note
@@ -110,7 +112,8 @@ class AuditLog:
             return None  # another key's (before a key change), or not a checkpoint at all
 
     def _check_extends(self, stored: Iterable[tuple[int, str]], size: int, root: bytes) -> None:
-        for _, note in reversed(list(stored)):
+        """``stored`` newest first: the first this key signed is the one to extend."""
+        for _, note in stored:
             earlier = self._signed_here(note)
             if earlier is None:
                 continue
@@ -131,8 +134,8 @@ class AuditLog:
             return
 
     def latest_checkpoint(self) -> str | None:
-        stored = self.store.checkpoints()
-        return stored[-1][1] if stored else None
+        newest = next(self.store.recent_checkpoints(), None)
+        return newest[1] if newest else None
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         self._check_range(index, size)
@@ -146,9 +149,16 @@ class AuditLog:
         return consistency_proof(size1, size2, self.store.node)
 
     def evidence(self, index: int, *, now: int) -> str:
-        """C2SP tlog-proof for one entry against the newest checkpoint that covers it."""
+        """C2SP tlog-proof for one entry against the newest checkpoint this node signed
+        that covers it (signing one if there is none)."""
         self._check_range(index, self.size())
-        note = next((n for s, n in reversed(self.store.checkpoints()) if s > index), None)
+        note = None
+        for size, stored in self.store.recent_checkpoints():
+            if size <= index:
+                break
+            if self._signed_here(stored) is not None:  # not another key's (before a change)
+                note = stored
+                break
         if note is None:
             note = self.checkpoint(now=now)
         size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size

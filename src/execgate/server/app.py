@@ -319,7 +319,8 @@ async def readyz(request: Request) -> Response:
 
     def check() -> dict[str, Any]:
         gateway.node_key.public.thumbprint()
-        return {"log_size": gateway.audit.size(), "checkpoints": len(gateway.store.checkpoints())}
+        newest = next(gateway.store.recent_checkpoints(), None)
+        return {"log_size": gateway.audit.size(), "checkpoint_size": newest[0] if newest else 0}
 
     try:
         detail = await run_in_threadpool(check)

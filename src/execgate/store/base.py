@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -165,6 +165,8 @@ class Store(Protocol):
     def add_checkpoint(self, size: int, note: str, *, now: int) -> None: ...
 
     def checkpoints(self) -> Sequence[tuple[int, str]]: ...
+
+    def recent_checkpoints(self) -> Iterator[tuple[int, str]]: ...
 
     def approval(self, approval_id: str) -> ApprovalRow | None: ...
 

@@ -403,6 +403,23 @@ class SQLiteStore:
             rows = conn.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
         return [(int(size), str(note)) for size, note in rows]
 
+    def recent_checkpoints(self) -> Iterator[tuple[int, str]]:
+        """The stored checkpoints newest first, read a few at a time as they are taken
+        (a log checkpointed for years holds millions; the newest is what is wanted). One
+        stored after the first read is not included."""
+        below: int | None = None
+        while True:
+            with self._reader() as conn:
+                rows = conn.execute(
+                    "SELECT size, note FROM checkpoints WHERE ? IS NULL OR size < ?"
+                    " ORDER BY size DESC LIMIT 16",
+                    (below, below),
+                ).fetchall()
+            yield from ((int(size), str(note)) for size, note in rows)
+            if len(rows) < 16:
+                return
+            below = int(rows[-1][0])
+
     def size(self) -> int:
         with self._reader() as conn:
             row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()

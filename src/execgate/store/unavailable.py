@@ -6,7 +6,7 @@ real ``fail_closed`` decision rather than a bare error; the demo uses it to show
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
 
 from execgate.errors import StoreError, StoreUnavailable
@@ -53,6 +53,9 @@ class UnavailableStore:
         self._down()
 
     def checkpoints(self) -> Sequence[tuple[int, str]]:
+        self._down()
+
+    def recent_checkpoints(self) -> Iterator[tuple[int, str]]:
         self._down()
 
     def approval(self, approval_id: str) -> ApprovalRow | None:
