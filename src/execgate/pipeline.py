@@ -700,6 +700,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
             return decision
         made.clear()
         retry = True
+        if state.open_approval is not None:  # rolled back with the job: never opened
+            state.approval, state.open_approval = None, None
         try:
             yield WriteJob(None, 0, None, finalize, decision_id=state.decision_id)
             return made[-1]

@@ -240,6 +240,25 @@ def test_receipt_signing_failure_consumes_no_use(kit: Kit, monkeypatch: pytest.M
     assert [r["outcome"] for r in records(gw)] == ["fail_closed", "proceed"]
 
 
+def test_a_pause_whose_receipt_failed_names_no_approval(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval the pause was opening is rolled back with it: the fail_closed that is
+    logged instead, and the answer, name no approval that does not exist."""
+
+    def broken(**_: Any) -> str:
+        raise RuntimeError("HSM unreachable")
+
+    monkeypatch.setattr("execgate.pipeline.sign_receipt", broken)
+    gw = kit.gateway()
+    d = gw.decide(kit.submit(kit.request(amount=5000)))  # the policy pauses this
+    assert_failed_closed(d, "internal.error")
+    assert d.approval_id is None
+    [record] = records(gw)
+    assert (record["outcome"], record["approval_id"]) == ("fail_closed", None)
+    assert gw.store.approvals() == []
+
+
 def test_a_store_down_on_the_retry_after_a_signing_failure_says_so(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
