@@ -19,6 +19,7 @@ from execgate.approvals import (
     check_review,
     excluded_principals,
     quorum_met,
+    standing_approvers,
     tally,
 )
 from execgate.artifacts import Artifact
@@ -55,23 +56,21 @@ class ApprovalFlow:
         expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):
             pending = Pending.from_json(row.body, row.status)
-            if (pending.policy_hash, pending.rule) != (
-                state.policy_hash,
-                rule,
-            ) or pending.status in ("consumed", "closed"):
+            if pending.rule != rule or pending.status in ("consumed", "closed"):
                 continue
             status = pending.state(state.now)
             if status == "denied":
-                # One deny of this request under this policy and rule is final, whatever
-                # artifact asks again: a fresh artifact, or a link the runtime delegated
-                # to itself, must not open a new approval for other approvers to grant.
+                # One deny of this request under this rule is final, whatever artifact
+                # asks again (a fresh artifact, or a link the runtime delegated to itself)
+                # and whatever else a policy reload changed: no new approval opens for
+                # other approvers to grant.
                 state.stop(
                     Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
                 )
                 state.approval = pending.approval_id
                 return
-            if pending.links != links:  # an approval is for one exact chain
-                continue
+            if pending.policy_hash != state.policy_hash or pending.links != links:
+                continue  # an approval is for one policy and one exact chain
             if status == "pending":
                 reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
                 live.append((pending, reviews))
@@ -83,7 +82,7 @@ class ApprovalFlow:
             if quorum_met(pending, reviews, self.trust):
                 state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
                 state.approval = state.consume_approval = pending.approval_id
-                state.approvers = sorted({r.approver for r in reviews})
+                state.approvers = standing_approvers(pending, reviews, self.trust)
                 return
         if live:
             pending, reviews = live[0]

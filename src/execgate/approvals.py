@@ -39,6 +39,7 @@ __all__ = [
     "excluded_principals",
     "quorum_met",
     "sign_review",
+    "standing_approvers",
     "tally",
 ]
 
@@ -254,7 +255,7 @@ def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
     """
     if any(r.verdict == "deny" for r in reviews):
         return False
-    approving = sorted(_approving(reviews, trust))
+    approving = sorted(_approving(pending, reviews, trust))
     seats = [g for g in pending.groups for _ in range(pending.quorum)]
     eligible = {
         a: [i for i, g in enumerate(seats) if g in trust.approvers[a].groups] for a in approving
@@ -278,17 +279,26 @@ def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
 
 def tally(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> dict[str, int]:
     """How many distinct approvers have approved, per required group (before matching)."""
-    approving = _approving(reviews, trust)
+    approving = _approving(pending, reviews, trust)
     return {g: sum(1 for a in approving if g in trust.approvers[a].groups) for g in pending.groups}
 
 
-def _approving(reviews: Sequence[Review], trust: TrustStore) -> set[str]:
-    """The approvers whose approval still stands: still in the trust store, and signed
-    with a key that is still theirs."""
-    return {
-        r.approver
-        for r in reviews
-        if r.verdict == "approve"
-        and r.approver in trust.approvers
-        and r.kid in trust.approvers[r.approver].keys
-    }
+def standing_approvers(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> list[str]:
+    """Who approved and still counts (see ``quorum_met``), sorted: the approvers a
+    resumed decision names."""
+    return sorted(_approving(pending, reviews, trust))
+
+
+def _approving(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> set[str]:
+    """The approvers whose approval still stands: still in the trust store, signed with
+    a key that is still theirs, and still no principal of the request (an approver who
+    has since been given a principal's key is that principal)."""
+    standing = set()
+    for r in reviews:
+        approver = trust.approvers.get(r.approver)
+        if r.verdict != "approve" or approver is None or r.kid not in approver.keys:
+            continue
+        if approver.id in pending.excluded or any(k in pending.excluded for k in approver.keys):
+            continue
+        standing.add(approver.id)
+    return standing

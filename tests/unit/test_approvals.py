@@ -162,6 +162,23 @@ def test_a_review_signed_with_a_key_since_removed_no_longer_counts() -> None:
     assert not quorum_met(p, [*denied, review("dave", p)], rotated)  # a deny still counts
 
 
+def test_an_approver_since_given_a_principals_key_no_longer_counts() -> None:
+    """Bob approved; then mallory's key (a principal's: the request's runtime key here)
+    is added to bob's entry. Bob is now that principal: his review, which the same
+    check would refuse today, stops counting, and the request waits again."""
+    p = pending(quorum=2)
+    reviews = [review("alice", p), review("bob", p)]
+    t = trust()
+    assert quorum_met(p, reviews, t)
+    mallory = KEYS["mallory"].public
+    bob = t.approvers["bob"]
+    merged = Approver("bob", bob.groups, {**bob.keys, mallory.thumbprint(): mallory})
+    others = {k: v for k, v in t.approvers.items() if k != "mallory"}  # a key has one owner
+    widened = TrustStore(t.authorities, {}, None, {**others, "bob": merged})
+    assert not quorum_met(p, reviews, widened)
+    assert tally(p, reviews, widened) == {"finance": 1}
+
+
 def test_a_principal_cannot_review_with_a_second_key() -> None:
     """Ana holds the runtime key and another one: neither key lets her approve."""
     runtime_key, other_key = PrivateKey.generate(), PrivateKey.generate()

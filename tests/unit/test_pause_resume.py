@@ -244,6 +244,23 @@ def test_a_deny_after_approvals_is_terminal(kit: Kit, gw: Gateway) -> None:
     assert [p.approval_id for p in gw.approvals()] == [approval]  # nothing new opened
 
 
+def test_a_deny_survives_a_policy_reload_that_keeps_the_rule(kit: Kit, gw: Gateway) -> None:
+    """A reload that changes something else (here another rule's reason) gives the
+    policy a new hash: the request the approvers denied stays denied under the rule."""
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana", "deny")
+    changed = QUORUM_TWO.replace("reason: refunds are manual", "reason: refunds are by hand")
+    assert changed != QUORUM_TWO
+    old_hash = gw.policy.hash
+    (kit.home / "policy.yaml").write_text(changed, encoding="utf-8")
+    gw.reload_policy()
+    assert gw.policy.hash != old_hash
+    d = gw.decide(big(kit, artifact))
+    assert (d.outcome, codes(d), d.approval_id) == (Outcome.DENY, ["approval.denied"], approval)
+    assert [p.approval_id for p in gw.approvals()] == [approval]  # nothing new opened
+
+
 @pytest.mark.parametrize(("artifact_ttl", "expires_in"), [(300, 300), (3600, 600)])
 def test_the_approval_never_outlives_the_artifact(
     kit: Kit, gw: Gateway, artifact_ttl: int, expires_in: int
@@ -358,6 +375,25 @@ def test_the_resumed_record_links_the_pause_and_names_the_approvers(kit: Kit, gw
     node = kit.node_key.public
     claims = verify_receipt(resumed.receipt, keys={node.thumbprint(): node}, now=NOW, leeway=0)
     assert claims["approval"] == approval
+
+
+def test_the_resumed_record_names_only_approvers_who_still_count(kit: Kit, gw: Gateway) -> None:
+    """cy approved too, then left trust.toml: the quorum stands on ana and ben, and the
+    record names them, not everyone who once reviewed."""
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    for name in ("ana", "ben", "cy"):
+        review(kit, gw, approval, name)
+    gw.close()
+    trust = kit.home / "trust.toml"
+    text = trust.read_text(encoding="utf-8")
+    without_cy = _approver_toml("cy", KEYS["cy"].public)
+    assert without_cy in text
+    trust.write_text(text.replace(without_cy, ""), encoding="utf-8")
+    reopened = kit.gateway()
+    resumed = reopened.decide(big(kit, artifact))
+    assert resumed.outcome is Outcome.PROCEED
+    assert logged(reopened, resumed.log_index)["approvers"] == ["ana", "ben"]
 
 
 def test_every_review_is_an_audit_record_holding_the_signed_review(kit: Kit, gw: Gateway) -> None:

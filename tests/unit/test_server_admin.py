@@ -15,7 +15,7 @@ from gatekit import GATEWAY_ID, POLICY, Kit, make_kit
 from test_server_api import Client, decide, error_of
 
 from execgate.admin import issue_admin_token
-from execgate.approvals import Pending, sign_review
+from execgate.approvals import Pending, Review, sign_review
 from execgate.audit.checkpoint import open_checkpoint
 from execgate.audit.log import verify_export
 from execgate.audit.merkle import verify_consistency
@@ -231,6 +231,30 @@ def test_an_approval_reviewed_over_http_lets_the_request_proceed(kit: Kit, clien
     resumed = decide(client, kit.submission(held["request"], held["artifact"]))
     assert resumed["outcome"] == "proceed"
     assert resumed["approval_id"] == approval_id
+
+
+def test_a_review_replaced_meanwhile_is_a_typed_409(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approver's next review (signed with a new key) lands between recording this
+    one and reading the approval back: the answer says so instead of failing."""
+    paused, _ = _pause(kit, client)
+    approval_id = paused["approval_id"]
+    gateway: Gateway = client.app.state.gateway
+    recorded = gateway.review
+
+    def replaced(aid: str, review: str) -> tuple[int, Pending, list[Review]]:
+        index, after, reviews = recorded(aid, review)
+        return index, after, [r for r in reviews if r.token != review]
+
+    monkeypatch.setattr(gateway, "review", replaced)
+    path = f"{APPROVALS}/{approval_id}/reviews"
+    review = _review(kit, client, approval_id)
+    response = client.post(path, json={"review": review}, headers=token(kit, "POST", path))
+    assert error_of(response, 409) == "approval.review_refused"
+    assert "replaced" in response.json()["error"]["message"]
+    [logged] = records(client, "review")  # it was recorded all the same
+    assert logged["approver"] == "alice"
 
 
 def test_a_review_needs_both_the_admin_token_and_the_approver_signature(

@@ -289,7 +289,14 @@ async def post_review(request: Request) -> Response:
             index, after, reviews = gateway.review(approval_id, body["review"])
         except ApprovalError as exc:
             raise HttpError(409, "approval.review_refused", str(exc)) from exc
-        mine = next(r for r in reviews if r.token == body["review"])
+        mine = next((r for r in reviews if r.token == body["review"]), None)
+        if mine is None:  # the same approver's next review (a new key) replaced it meanwhile
+            raise HttpError(
+                409,
+                "approval.review_refused",
+                f"the review was logged at index {index}, then replaced by a later review"
+                " of the same approver",
+            )
         return {
             "approval_id": approval_id,
             "approver": mine.approver,
