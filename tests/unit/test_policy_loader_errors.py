@@ -576,6 +576,12 @@ DOCUMENT_ERRORS = [
     ("sexagesimal", "version: 1:00\nrules: []\n", 1, "'1:00' is read as 60"),
     ("plus-sign", "version: +1\nrules: []\n", 1, "'+1' is read as 1"),
     ("yes", "version: yes\nrules: []\n", 1, "'yes' is a YAML 1.1 boolean"),
+    # what PyYAML's value conversions raise outside its own errors
+    ("bad-date", "version: 2001-13-45\nrules: []\n", 1, "unusable value '2001-13-45'"),
+    ("bad-int-tag", "version: !!int abc\nrules: []\n", 1, "unusable value 'abc'"),
+    ("bad-bool-tag", "version: !!bool maybe\nrules: []\n", 1, "unusable value 'maybe'"),
+    ("control-char", "version: 1\nrules: []\n# \x01\n", 3, "#x0001 is not allowed"),
+    ("merge-key", "version: 1\nrules: []\n<<: {a: 1}\n", 3, "merge keys"),
 ]
 
 

@@ -85,18 +85,25 @@ def compose(text: str) -> yaml.Node:
     """Compose exactly one YAML document into its node tree."""
     if len(text) > MAX_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise Invalid(f"the document is larger than {MAX_BYTES} bytes", None)
-    loader = _Composer(text)
+    loader = None
     try:
+        loader = _Composer(text)  # its reader refuses control characters at once
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         detail = ", ".join(part for part in (exc.context, exc.problem) if part)
         raise Invalid(f"not valid YAML: {detail}", line) from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise Invalid(
+            f"not valid YAML: character #x{exc.character:04x} is not allowed", line
+        ) from exc
     except yaml.YAMLError as exc:
         raise Invalid(f"not valid YAML: {exc}", None) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise Invalid("the document is empty", 1)
     return node
@@ -140,10 +147,20 @@ def scalar(node: yaml.Node) -> str | int | float | bool | None:
     """A scalar node as a JSON scalar; anything else is refused."""
     if not isinstance(node, yaml.ScalarNode):
         raise Invalid("expected a single value, not a mapping or a list", line_of(node))
+    if node.tag == "tag:yaml.org,2002:merge":
+        raise Invalid("YAML merge keys ('<<') are not allowed: write the keys out", line_of(node))
     try:
         value = SafeConstructor().construct_object(node)
     except yaml.YAMLError as exc:
         raise Invalid(f"unusable value: {getattr(exc, 'problem', exc)}", line_of(node)) from exc
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        # what the constructor's conversions raise: a date 2001-13-45, '!!int abc',
+        # '!!bool maybe'
+        raise Invalid(
+            f"unusable value {node.value!r} ({type(exc).__name__}: {exc}): quote it to make it"
+            " a string",
+            line_of(node),
+        ) from exc
     if isinstance(value, bool) and node.value not in ("true", "false"):
         raise Invalid(
             f"{node.value!r} is a YAML 1.1 boolean: write true or false, or quote it",
