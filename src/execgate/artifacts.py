@@ -21,7 +21,15 @@ from typing import Any, Final
 
 from execgate.attenuation import widening
 from execgate.errors import JoseError, VerificationError
-from execgate.jose import PrivateKey, PublicKey, encode, parse_unverified, sha256_b64url, verify
+from execgate.jose import (
+    MAX_SAFE_INT,
+    PrivateKey,
+    PublicKey,
+    encode,
+    parse_unverified,
+    sha256_b64url,
+    verify,
+)
 from execgate.scope import Grant, parse_grants
 from execgate.trust import Authority, TrustStore
 
@@ -168,8 +176,10 @@ def _parse_claims(
     if not isinstance(cnf, Mapping) or set(cnf) != {"jkt"} or not isinstance(cnf["jkt"], str):
         raise _malformed("claim 'cnf' must be {\"jkt\": <RFC 7638 thumbprint>}")
     uses = claims.get("uses")
-    if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool) or uses < 1):
-        raise _malformed("claim 'uses' must be a positive integer")
+    if uses is not None and (
+        not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= MAX_SAFE_INT
+    ):
+        raise _malformed(f"claim 'uses' must be an integer from 1 to {MAX_SAFE_INT}")
     try:
         grants = parse_grants(claims.get("scope"))
     except ValueError as exc:

@@ -61,7 +61,12 @@ class Submission:
         try:
             canonical = canonical_json(self.request.canonical())
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep args
-            raise RequestError(f"the request has no canonical JSON form: {exc}") from exc
+            detail = str(exc).removeprefix("no canonical JSON form: ")
+            if "integer" in detail:
+                detail += "; send integers beyond +-(2**53 - 1) as strings"
+            raise RequestError(
+                f"the request has no canonical JSON form (RFC 8785): {detail}"
+            ) from exc
         if len(canonical) > MAX_REQUEST_BYTES:
             raise RequestError(
                 f"the request is {len(canonical)} bytes; the limit is {MAX_REQUEST_BYTES}"

@@ -137,6 +137,7 @@ def test_optional_claims_are_left_out_when_not_given() -> None:
         {"uses": 0},
         {"uses": -1},
         {"uses": True},
+        {"uses": 2**53},  # beyond JSON's safe integers (and SQLite's, at 2**63)
         {"subject": ""},
         {"issuer": ""},
         {"jti": "x" * 1025},

@@ -76,6 +76,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write(root, "array.json", "[1, 2, 3]")
     _write(root, "missing.json", json.dumps({"action": "payments.transfer"}))
     _write(root, "types.json", json.dumps({**REQUEST, "action": 7}))
+    _write(root, "bigint.json", json.dumps({**REQUEST, "args": {"amount": 2**53 + 1}}))
     _write(root, "args.json", json.dumps({**REQUEST, "args": ["--force"]}))
     _write(root, "unknown.json", json.dumps({**REQUEST, "user": "bob"}))
     _write(root, "artfield.json", json.dumps({"request": REQUEST, "artifact": 5}))
@@ -229,6 +230,16 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
      ("binary.json", "not valid JSON")),
     ("request is a directory", ("--home", "home", "decide", "--request", "home"),
      ("home", "is a directory")),
+    ("serve with too many workers", ("--home", "home", "serve", "--workers", "100000"),
+     ("--workers", "worker processes (four per CPU core")),
+    ("request integer beyond 2**53", ("--home", "home", "decide", "--request", "bigint.json"),
+     ("bigint.json", "no canonical JSON form", "as strings")),
+    ("request integer beyond 2**53, proof signed", ("--home", "home", "decide", "--request",
+     "bigint.json", "--artifact", "art.jwt", "--runtime-key", "runtime.jwk"),
+     ("bigint.json", "no canonical JSON form", "as strings")),
+    ("proof of an integer beyond 2**53", ("--home", "home", "proof", "--request",
+     "bigint.json", "--runtime-key", "runtime.jwk", "--artifact", "art.jwt"),
+     ("bigint.json", "as strings")),
     ("proof request not json", ("--home", "home", "proof", "--request", "notjson.json",
      "--runtime-key", "runtime.jwk", "--artifact", "art.jwt"), ("notjson.json",)),
     # --constraint / --env / --gov / --att / --scope syntax

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from execgate.cli._common import read_bytes, token_arg
-from execgate.errors import JoseError, UsageError
+from execgate.errors import JoseError, RequestError, UsageError
 
 
 def load_submission(args: argparse.Namespace) -> dict[str, Any]:
     """The decision request: a file with the wire shape, or a bare request, plus flags."""
     from execgate.jose import loads_strict
-    from execgate.model import Request
+    from execgate.submission import Submission
 
     where = "stdin" if args.request == "-" else f"request file {args.request}"
     data = read_bytes(args.request, "request")
@@ -35,9 +35,9 @@ def load_submission(args: argparse.Namespace) -> dict[str, Any]:
         )
     if "request" not in doc:  # a bare request: {action, resource, args, runtime, parent}
         doc = {"request": doc}
-    try:
-        Request.from_json(doc["request"])
-    except ValueError as exc:
+    try:  # the request alone, as the gateway will read it (limits, canonical form)
+        Submission.from_json({"request": doc["request"]})
+    except RequestError as exc:
         raise UsageError(f"{where}: {exc}") from exc
     for name in ("artifact", "proof", "attestation"):
         if doc.get(name) is not None and not isinstance(doc[name], str):

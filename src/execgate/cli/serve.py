@@ -59,6 +59,20 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    """1 to ``max_workers()``: a mistyped count must not fork until memory runs out."""
+    value, most = positive(text), max_workers()
+    if value > most:
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than {most} worker processes (four per CPU core, at least 64)"
+        )
+    return value
+
+
+def max_workers() -> int:
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def _stopped(sig: int, frame: FrameType | None) -> None:
     """What uvicorn re-raises SIGTERM into after its graceful shutdown: a clean exit."""
 
@@ -166,5 +180,10 @@ def register(commands: Commands) -> None:
     p = commands.add("serve", "run the HTTP service (decisions, forward-auth, admin) on uvicorn")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
-    p.add_argument("--workers", type=positive, default=1, help="worker processes (default: 1)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes (default: 1; at most 64, or four per CPU core)",
+    )
     p.set_defaults(func=_serve)
