@@ -186,8 +186,8 @@ def load_config(home: Path) -> GatewayConfig:
         ("store", "state.db"),
     ):
         value = gw.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{path}: [gateway] {key} must be a path")
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ConfigError(f"{path}: [gateway] {key} must be a path (with no NUL character)")
         files[key] = home / value
     limits = doc.get("limits", {})
     if not isinstance(limits, dict) or set(limits) - _LIMIT_KEYS:
@@ -331,7 +331,8 @@ def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
         if any(home.iterdir()):
             raise ConfigError(f"{home} exists and is not empty; choose a new or empty directory")
     gateway_id = check_gateway_id(
-        gateway_id or f"gw-{secrets.token_hex(4)}", "--id" if gateway_id else "init"
+        f"gw-{secrets.token_hex(4)}" if gateway_id is None else gateway_id,
+        "init" if gateway_id is None else "--id",
     )
     existing = home.exists()
     base = home if existing else home.absolute().parent
@@ -486,7 +487,7 @@ header_limit = 16384    # bytes of request line + headers; 431 beyond
 header_timeout = 10     # seconds a client may take to send its headers; then 408
 body_timeout = 30       # seconds a client may take to send its body; then 408
 # Log records hold each request's arguments: reading them whole (/v1/audit/entries,
-# /v1/audit/proofs, a full /v1/decisions/{id}) needs an admin token with the audit role
+# /v1/audit/proofs, a full /v1/decisions/{{id}}) needs an admin token with the audit role
 # unless this is true. Checkpoints and consistency proofs are public either way.
 public_audit = false
 

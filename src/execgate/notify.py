@@ -106,8 +106,8 @@ def check_url(value: object) -> str:
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        port_ok = False
+    except ValueError as exc:  # '[::1' (an open bracket), a port past 65535
+        raise ValueError(usage) from exc
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ValueError(usage)
     if "@" in parts.netloc:

@@ -130,6 +130,9 @@ def test_init_creates_a_complete_home(world: World) -> None:
     config = load_config(home)
     assert config.gateway_id == GATEWAY_ID
     assert GATEWAY_ID in config.audiences
+    text = (home / "execgate.toml").read_text(encoding="utf-8")
+    assert "/v1/decisions/{id}" in text  # the comment's placeholder, not a Python repr
+    assert "<built-in" not in text
     trust = TrustStore.load(config.trust)
     authority = read_private_key(keys / "authority.jwk").public
     owner = trust.authority_for_kid(authority.thumbprint())

@@ -327,7 +327,7 @@ def test_unknown_approvals_and_flag_mistakes_are_exit_2(env: Env) -> None:
     assert "--approver is for a running gateway (--url)" in line
     line = env.failed(EXIT_USAGE, ["approvals", "list", "--url", "ftp://127.0.0.1",
                                    "--admin-key", env.key("admin")])  # fmt: skip
-    assert "must be an http:// or https:// URL" in line
+    assert "not an http:// or https:// URL" in line
 
 
 # -- a gateway answering what it should not ----------------------------------------------------

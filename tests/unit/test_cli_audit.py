@@ -212,7 +212,7 @@ def test_evidence_without_its_entry_is_not_verified(built: Log, tmp_path: Path) 
     ("argv", "fragment"),
     [
         (("prove", "24"), "index 24 is not in the log of gw-test (size 24)"),
-        (("prove", "99999999999999999999"), "is not in the log of gw-test"),
+        (("prove", "99999999999999999999"), "'99999999999999999999' is not a log index"),
         (("prove", "two"), "'two' is not a log index"),
         (("prove", "-1"), "'-1' is not a log index"),
         (("prove", "1.5"), "'1.5' is not a log index"),

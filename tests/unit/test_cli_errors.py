@@ -332,6 +332,17 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("init a bad id", ("init", "fresh", "--id", "has space"), ("gateway id",)),
     ("keygen over a key", ("keygen", "runtime.jwk"), ("runtime.jwk already exists",)),
     ("keygen a public name", ("keygen", "x.pub.jwk"), ("x.jwk",)),
+    ("keygen no name", ("keygen", ""), ("names no file", "runtime.jwk")),
+    ("init an empty id", ("init", "fresh", "--id", ""), ("--id", "gateway id")),
+    # a running gateway's URL
+    ("--url unparsable", ("approvals", "list", "--url", "http://[::1", "--admin-key", "k"),
+     ("--url", "not an http:// or https:// URL")),
+    ("--url port out of range", ("policy", "reload", "--url", "http://127.0.0.1:99999",
+     "--admin-key", "k"), ("--url", "valid port")),
+    ("--url with a password", ("policy", "reload", "--url", "http://u:s3cret@127.0.0.1:1",
+     "--admin-key", "k"), ("--url", "user name or password")),
+    ("audit index past any log", ("--home", "home", "audit", "show", "9223372036854775807"),
+     ("not a log index",)),
     # argparse
     ("missing command", (), ("required: COMMAND",)),
     ("unknown command", ("frobnicate",), ("invalid choice", "frobnicate")),
@@ -348,6 +359,14 @@ def test_a_mistake_is_one_clear_line_and_exit_2(
     cli: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], fragments: tuple[str, ...]
 ) -> None:
     assert_one_line_error(run(capsys, *argv), *fragments)
+
+
+def test_a_password_in_url_is_never_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://admin:s3cret@[::1"  # unparsable as well: still not echoed
+    for argv in (("policy", "reload"), ("approvals", "list")):
+        result = run(capsys, *argv, "--url", url, "--admin-key", "k")
+        assert_one_line_error(result, "--url")
+        assert "s3cret" not in result.err
 
 
 def test_the_catalogue_has_unique_names() -> None:

@@ -180,6 +180,7 @@ def _edit(home: Path, old: str, new: str) -> None:
         ('audiences = ["gw-1"]', 'audiences = "gw-1"', "audiences must be a list"),
         ('audiences = ["gw-1"]', 'audiences = ["a b"]', "[gateway] audiences"),
         ('trust = "trust.toml"', "trust = 5", "[gateway] trust must be a path"),
+        ('store = "state.db"', 'store = "a\\u0000b"', "[gateway] store must be a path"),
         ("leeway = 60", "leeway = 600", "leeway must be an integer in [0, 60]"),
         ("leeway = 60", "leeway = true", "leeway must be an integer"),
         ("proof_max_age = 120", "proof_max_age = 0", "proof_max_age"),

@@ -156,6 +156,7 @@ def test_config_reads_the_hooks_and_defaults(kit: Kit) -> None:
         ({"notify_url": "file:///etc/passwd"}, "notify_url must be an http://"),
         ({"notify_url": "http://"}, "notify_url must be an http://"),
         ({"notify_url": "http://127.0.0.1:99999/"}, "notify_url must be an http://"),
+        ({"notify_url": "http://[::1"}, "notify_url must be an http://"),  # urlsplit raises
         ({"notify_url": "http://127.0.0.1/a b"}, "notify_url must be an http://"),
         ({"notify_url": ["http://x/"]}, "notify_url must be an http://"),
         ({"notify_url": "http://u:pw@127.0.0.1/"}, "must not hold a user name or password"),

@@ -19,13 +19,42 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from execgate.cli._common import home_of, one_line, optional_config
 from execgate.errors import ConfigError, UsageError
 
-__all__ = ["DEFAULT_URL", "Refusal", "add_remote", "admin_call", "error_of", "is_remote"]
+__all__ = [
+    "DEFAULT_URL",
+    "Refusal",
+    "add_remote",
+    "admin_call",
+    "error_of",
+    "gateway_url",
+    "is_remote",
+]
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"
+
+
+def gateway_url(text: str) -> str:
+    """``--url``: an http:// or https:// URL with a host and a valid port, and no user
+    name or password (a call is signed with ``--admin-key``; a password would only be
+    sent in the clear, and echoed in errors)."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port past 65535 or not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"not an http:// or https:// URL with a host and a valid port (e.g. {DEFAULT_URL})"
+        )
+    if "@" in parts.netloc:
+        raise argparse.ArgumentTypeError(
+            "must not hold a user name or password: calls are signed with --admin-key"
+        )
+    return text
 
 
 def add_remote(p: argparse.ArgumentParser, *, role: str, required: bool) -> None:
@@ -35,10 +64,16 @@ def add_remote(p: argparse.ArgumentParser, *, role: str, required: bool) -> None
     from execgate.cli.admin import add_identity
 
     if required:
-        p.add_argument("--url", default=DEFAULT_URL, help=f"the gateway (default: {DEFAULT_URL})")
+        p.add_argument(
+            "--url",
+            type=gateway_url,
+            default=DEFAULT_URL,
+            help=f"the gateway (default: {DEFAULT_URL})",
+        )
     else:
         p.add_argument(
             "--url",
+            type=gateway_url,
             help="a running gateway (execgate serve) to call instead of the local home",
         )
     p.add_argument(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from execgate.cli._common import Commands, home_of, out
+from execgate.cli._common import Commands, home_of, out, shown
+from execgate.errors import UsageError
 
 __all__ = ["register"]
 
@@ -37,6 +38,8 @@ def _keygen(args: argparse.Namespace) -> int:
     from execgate.jose import PrivateKey
     from execgate.keyfile import write_keypair
 
+    if not Path(args.out).name:
+        raise UsageError(f"{shown(args.out)} names no file: give one, e.g. runtime.jwk")
     key = PrivateKey.generate()
     public = write_keypair(Path(args.out), key)
     out(f"wrote private key {args.out} (0600) and public key {public}")
