@@ -167,6 +167,7 @@ def reload_policy(
     and ``StoreError``/``AuditError`` when the record cannot be appended (the old policy
     then stays in force).
     """
+    from execgate.approvals import check_pauses
     from execgate.keyfile import atomic_write
     from execgate.policy.loader import pin_lock, pin_policy, read_policy
 
@@ -218,6 +219,7 @@ def reload_policy(
                     (new, text), adopted = in_force, True
                 else:
                     new, text = read_policy(path, targets=targets)
+                    check_pauses(new, gateway.trust)
                     if pinned is not None:  # the service's other and later workers load it
                         pin_policy(pinned, text)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway

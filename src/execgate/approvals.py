@@ -25,16 +25,20 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from execgate.errors import ApprovalError, JoseError
+from execgate.errors import ApprovalError, JoseError, PolicyError
 from execgate.jose import PrivateKey, encode, verify
 from execgate.trust import Approver, TrustStore, signer_refusal
+
+if TYPE_CHECKING:
+    from execgate.policy import Policy
 
 __all__ = [
     "APPROVAL_TYP",
     "Pending",
     "Review",
+    "check_pauses",
     "check_review",
     "excluded_principals",
     "quorum_met",
@@ -255,11 +259,15 @@ def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
     """
     if any(r.verdict == "deny" for r in reviews):
         return False
-    approving = sorted(_approving(pending, reviews, trust))
-    seats = [g for g in pending.groups for _ in range(pending.quorum)]
-    eligible = {
-        a: [i for i, g in enumerate(seats) if g in trust.approvers[a].groups] for a in approving
-    }
+    approving = [trust.approvers[a] for a in sorted(_approving(pending, reviews, trust))]
+    return _seated(pending.groups, pending.quorum, approving)
+
+
+def _seated(groups: Sequence[str], quorum: int, approvers: Sequence[Approver]) -> bool:
+    """Whether ``approvers`` fill ``quorum`` seats of every group, one seat each (a
+    bipartite matching of approvers to seats, by augmenting paths)."""
+    seats = [g for g in groups for _ in range(quorum)]
+    eligible = {a.id: [i for i, g in enumerate(seats) if g in a.groups] for a in approvers}
     holder: dict[int, str] = {}
 
     def seat(approver: str, visited: set[int]) -> bool:
@@ -272,9 +280,32 @@ def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
                 return True
         return False
 
-    for approver in approving:
+    for approver in eligible:
         seat(approver, set())
     return len(holder) == len(seats)
+
+
+def check_pauses(policy: Policy, trust: TrustStore) -> None:
+    """Refuse a policy with a pause no one could ever approve: every pause rule's groups
+    must be fillable, ``quorum`` each, by distinct approvers of ``trust`` (a rule naming
+    a group nobody is in, or asking more of a group than it has, would pause forever).
+    ``PolicyError`` names the rule and its line."""
+    approvers = list(trust.approvers.values())
+    for rule in policy.rules:
+        spec = rule.pause
+        if spec is None or _seated(spec.approvers, spec.quorum, approvers):
+            continue
+        listed = ", ".join(
+            f"{g}: {sum(1 for a in approvers if g in a.groups)}" for g in spec.approvers
+        )
+        raise PolicyError(
+            f"no one could ever approve this pause: it needs {spec.quorum} distinct"
+            f" approver(s) for each of {list(spec.approvers)}, one person counting once,"
+            f" and the trust store lists {listed}; add [[approver]] entries to trust.toml"
+            " or lower the quorum",
+            rule=rule.name,
+            line=rule.line,
+        )
 
 
 def tally(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> dict[str, int]:

@@ -26,6 +26,7 @@ from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
 from execgate._state import RECORD_VERSION, DecisionState
 from execgate._timing import TimedState
+from execgate.approvals import check_pauses
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
@@ -222,6 +223,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         targets = config.targets.keys()
         if policy_in_force is None:
             policy = read_policy(config.policy, targets=targets)[0]
+            check_pauses(policy, trust)  # every pause can be approved by someone
         else:
             with pin_lock(policy_in_force):
                 if policy_in_force.exists():
@@ -230,8 +232,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
                         source=f"{config.policy} (in force: {policy_in_force})",
                         targets=targets,
                     )
+                    check_pauses(policy, trust)
                 else:
                     policy, text = read_policy(config.policy, targets=targets)
+                    check_pauses(policy, trust)
                     pin_policy(policy_in_force, text)
         notifier = None
         if config.notify_command is not None or config.notify_url is not None:

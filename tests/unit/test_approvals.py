@@ -9,14 +9,16 @@ import pytest
 from execgate.approvals import (
     Pending,
     Review,
+    check_pauses,
     check_review,
     excluded_principals,
     quorum_met,
     sign_review,
     tally,
 )
-from execgate.errors import ApprovalError
+from execgate.errors import ApprovalError, PolicyError
 from execgate.jose import PrivateKey
+from execgate.policy import parse_policy
 from execgate.trust import Approver, Authority, TrustStore
 
 NOW = 1_700_000_000
@@ -129,6 +131,26 @@ def test_quorum_edges() -> None:
     assert not quorum_met(two, [review("alice", two), review("alice", two)], t)  # same approver
     assert quorum_met(two, [review("alice", two), review("bob", two)], t)
     assert tally(two, [review("alice", two), review("alice", two)], t) == {"finance": 1}
+
+
+def test_check_pauses_counts_one_person_once() -> None:
+    """Two seats per group: finance has alice and dave, security carol and dave, two
+    each, yet three people cannot fill four seats. With erin in security they can."""
+    policy = parse_policy(
+        "version: 1\nrules:\n  - name: big\n    match: {action: a}\n    effect: pause\n"
+        "    approvers: [finance, security]\n    quorum: 2\n    ttl: 60\n",
+        source="t",
+        targets=(),
+    )
+    t = trust()
+
+    def only(*names: str) -> TrustStore:
+        return TrustStore(t.authorities, {}, None, {n: t.approvers[n] for n in names})
+
+    with pytest.raises(PolicyError, match=r"finance: 2, security: 2") as info:
+        check_pauses(policy, only("alice", "dave", "carol"))
+    assert (info.value.rule, info.value.line) == ("big", 3)
+    check_pauses(policy, only("alice", "dave", "carol", "erin"))
 
 
 def test_approvers_removed_from_the_trust_store_no_longer_count() -> None:

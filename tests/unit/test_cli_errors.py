@@ -111,6 +111,12 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "not-a-home").mkdir()
     # policy files
     _write(root, "bad-policy.yaml", "version: 1\nrules:\n  - name: r\n    effect: proceed\n")
+    _write(
+        root,
+        "unapprovable.yaml",
+        "version: 1\nrules:\n  - name: big\n    match: {action: a}\n    effect: pause\n"
+        "    approvers: [legal]\n    quorum: 1\n    ttl: 60\n",
+    )
     _write(root, "bad-cases.yaml", "cases:\n  - name: c\n    expect: proceed\n")
     return root
 
@@ -201,6 +207,9 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     # policy files
     ("policy check invalid", ("--home", "home", "policy", "check", "bad-policy.yaml"),
      ("bad-policy.yaml", "rule 'r'", "line 3", "'match'")),
+    ("policy check a pause nobody can approve", ("--home", "home", "policy", "check",
+     "unapprovable.yaml"), ("unapprovable.yaml", "rule 'big'", "line 3", "legal: 0",
+     "trust.toml")),
     ("policy file missing", ("--home", "home", "policy", "hash", "nope.yaml"),
      ("nope.yaml", "No such file")),
     ("policy cases invalid", ("--home", "home", "policy", "test", "home/policy.yaml",

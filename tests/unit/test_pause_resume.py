@@ -22,7 +22,7 @@ from gatekit import GATEWAY_ID, NOW, POLICY, Kit, make_kit
 from execgate.approvals import APPROVAL_TYP, Pending, Review, sign_review
 from execgate.delegation import delegate_artifact
 from execgate.demo import run_demo
-from execgate.errors import ApprovalError
+from execgate.errors import ApprovalError, PolicyError
 from execgate.jose import PrivateKey, PublicKey, verify
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
@@ -268,6 +268,37 @@ def test_the_approval_never_outlives_the_artifact(
     approval = paused(gw.decide(big(kit, kit.artifact(ttl=artifact_ttl))))
     pending, _ = gw.approval(approval)
     assert pending.expires_at == NOW + expires_in
+
+
+# --- a pause someone can approve ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "listed"),
+    [
+        ("    quorum: 2\n", "    quorum: 6\n", "finance: 5"),  # alice, bob, ana, ben, cy
+        ("    approvers: [finance]\n", "    approvers: [finance, security]\n", "security: 0"),
+    ],
+    ids=["quorum-above-the-group", "a-group-nobody-is-in"],
+)
+def test_a_pause_no_one_could_approve_is_refused(
+    kit: Kit, gw: Gateway, old: str, new: str, listed: str
+) -> None:
+    """At open and at reload: such a rule would pause its requests forever."""
+    assert old in QUORUM_TWO
+    line = QUORUM_TWO.splitlines().index("  - name: big-transfers") + 1
+    (kit.home / "policy.yaml").write_text(QUORUM_TWO.replace(old, new), encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        kit.gateway()
+    assert (info.value.rule, info.value.line) == ("big-transfers", line)
+    assert listed in str(info.value)
+    assert "trust.toml" in str(info.value)
+    before = gw.policy.hash
+    result = gw.reload_policy()
+    assert not result.reloaded
+    assert result.error is not None
+    assert "no one could ever approve" in result.error
+    assert gw.policy.hash == before  # the old policy stays in force
 
 
 # --- resuming re-runs every check ----------------------------------------------------------

@@ -21,7 +21,9 @@ __all__ = ["register"]
 
 
 def _policy(args: argparse.Namespace) -> int:
+    from execgate.approvals import check_pauses
     from execgate.policy import load_cases, load_policy, run_cases
+    from execgate.trust import TrustStore
 
     home = home_of(args)
     config = optional_config(home)
@@ -29,6 +31,8 @@ def _policy(args: argparse.Namespace) -> int:
     targets.update(args.target or ())
     try:
         policy = load_policy(Path(args.file), targets=targets)
+        if config is not None:  # the home's approvers must be able to approve its pauses
+            check_pauses(policy, TrustStore.load(config.trust))
     except PolicyError as exc:
         hint = ""
         if config is None and "reroute target" in str(exc):
