@@ -478,6 +478,10 @@ def test_revoke_by_kid_and_sub(world: World) -> None:
     assert "already revoked" in again.out
     assert _code(world.decide(small, payments, "--json")) == (1, "artifact.revoked")
     world.ok("--home", "home", "revoke", "--sub", "agent-2", "--reason", "retired")
+    odd = world.ok("--home", "home", "revoke", "--jti", "a\nb", "--reason", "odd")
+    assert odd.out.splitlines() == [
+        "revoked jti 'a\\nb': every decision from now on denies it (artifact.revoked)"
+    ]
 
 
 # -- policy -----------------------------------------------------------------------------

@@ -359,6 +359,7 @@ CASES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("bad --ttl", (*ISSUE, *GRANT, "--ttl", "soon"), ("--ttl", "positive integer")),
     ("zero --uses", (*ISSUE, *GRANT, "--uses", "0"), ("--uses", "positive integer")),
     ("negative --nbf", (*ISSUE, *GRANT, "--nbf", "-3"), ("--nbf",)),
+    ("huge --ttl", (*ISSUE, *GRANT, "--ttl", "99999999999999999999"), ("--ttl", "100 years")),
     ("missing policy subcommand", ("policy",), ("required",)),
 ]  # fmt: skip
 

@@ -74,6 +74,17 @@ class Commands:
 # -- argument types ---------------------------------------------------------------------
 
 
+MAX_SECONDS: Final = 100 * 365 * 86400
+
+
+def seconds(text: str) -> int:
+    """A validity in seconds: positive, and at most a hundred years."""
+    value = positive(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_SECONDS} s (100 years)")
+    return value
+
+
 def positive(text: str) -> int:
     try:
         value = int(text)

@@ -151,12 +151,13 @@ def _revoke(args: argparse.Namespace) -> int:
         }
         out(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
+    label = value if value.isprintable() else repr(value)  # a line break stays one line
     if already:
-        out(f"{kind} {value} was already revoked")
+        out(f"{kind} {label} was already revoked")
     elif args.dry_run:
-        out(f"dry run: nothing revoked; revoking {kind} {value} would deny it from now on")
+        out(f"dry run: nothing revoked; revoking {kind} {label} would deny it from now on")
     else:
-        out(f"revoked {kind} {value}: every decision from now on denies it (artifact.revoked)")
+        out(f"revoked {kind} {label}: every decision from now on denies it (artifact.revoked)")
     if found is not None:
         _cascade.show(found, config.gateway_id)
     return 0

@@ -22,6 +22,7 @@ from execgate.cli._common import (
     home_of,
     optional_config,
     positive,
+    seconds,
     shown,
     token_arg,
     write_token,
@@ -197,7 +198,7 @@ def register(commands: Commands) -> None:
     )
     s.add_argument("--scope", help="the whole scope as a JSON list of grants, or @FILE")
     s.add_argument(
-        "--ttl", type=positive, help="seconds of validity (default: until the parent expires)"
+        "--ttl", type=seconds, help="seconds of validity (default: until the parent expires)"
     )
     s.add_argument(
         "--uses", type=positive, help="maximum executions (default and maximum: the parent's)"

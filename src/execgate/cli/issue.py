@@ -17,6 +17,7 @@ from execgate.cli._common import (
     home_of,
     optional_config,
     positive,
+    seconds,
     timestamp,
     write_token,
 )
@@ -105,7 +106,7 @@ def register(commands: Commands) -> None:
         help="ARG.BOUND=VALUE; BOUND is max, min, enum (A,B: strings), pattern or prefix",
     )
     s.add_argument("--scope", help="the whole scope as a JSON list of grants, or @FILE")
-    s.add_argument("--ttl", type=positive, default=900, help="seconds of validity (default 900)")
+    s.add_argument("--ttl", type=seconds, default=900, help="seconds of validity (default 900)")
     s.add_argument("--nbf", type=timestamp, help="not-before (Unix seconds; default now)")
     s.add_argument("--uses", type=positive, help="maximum executions (default unlimited)")
     s.add_argument("--env", action="append", help="required environment KEY=VALUE or KEY=A|B")

@@ -25,8 +25,8 @@ from execgate.cli._common import (
     home_of,
     optional_config,
     out,
-    positive,
     read_bytes,
+    seconds,
     token_arg,
     write_text,
     write_token,
@@ -339,6 +339,6 @@ def register(commands: Commands) -> None:
     s.add_argument("--sub", required=True, help="runtime id the attestation is about")
     s.add_argument("--runtime-key", required=True, help="that runtime's PUBLIC key file (.pub.jwk)")
     s.add_argument("--env", action="append", help="attested KEY=VALUE, e.g. region=eu-west-1")
-    s.add_argument("--ttl", type=positive, default=300, help="seconds of validity (default 300)")
+    s.add_argument("--ttl", type=seconds, default=300, help="seconds of validity (default 300)")
     s.add_argument("-o", "--out", help="write the attestation to this file (default: stdout)")
     s.set_defaults(func=_attest)
