@@ -278,6 +278,7 @@ def test_a_store_that_cannot_be_opened_is_exit_5(fresh: Path) -> None:
         result = cli("--home", fresh, *argv)
         assert result.code == 5, result
         assert "the state store is unavailable (fail closed)" in result.error()
+        assert "restored from a backup" in result.error()  # and what to do about it
 
 
 # -- audit export and verify ---------------------------------------------------------------

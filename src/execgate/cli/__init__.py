@@ -153,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _drain_notifications()
         return code
     except StoreError as exc:
-        note(f"execgate: error: the state store is unavailable (fail closed): {one_line(str(exc))}")
+        note(
+            f"execgate: error: the state store is unavailable (fail closed): {one_line(str(exc))};"
+            " check the [gateway] store file and its directory (space, permissions; a damaged"
+            " file is restored from a backup): every decision fails closed until it opens"
+        )
         return EXIT_CODES[Outcome.FAIL_CLOSED]
     except ExecgateError as exc:
         note(f"execgate: error: {one_line(str(exc))}")
