@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -92,6 +94,30 @@ def test_top_level_names_are_pinned() -> None:
     assert sorted(PUBLIC, key=_isort_key) == PUBLIC
     for name in PUBLIC:
         assert getattr(execgate, name) is not None
+
+
+def test_top_level_names_are_the_modules_own_and_load_on_first_use() -> None:
+    assert set(execgate._EXPORTS) == set(PUBLIC)
+    for name, module in execgate._EXPORTS.items():
+        assert getattr(execgate, name) is getattr(importlib.import_module(module), name)
+    assert set(PUBLIC) <= set(dir(execgate))
+    with pytest.raises(AttributeError, match="no attribute 'Gatway'"):
+        execgate.Gatway  # noqa: B018
+
+
+def test_the_command_line_starts_without_the_pipeline() -> None:
+    """``execgate --help`` (and a Ctrl-C while a command starts) need not wait for the
+    pipeline, the policy engine, the store and the server to load: each command loads what
+    it uses."""
+    code = "import sys, execgate.cli; print(sorted(m for m in sys.modules if m in HEAVY))"
+    heavy = ["execgate.pipeline", "execgate.policy", "execgate.store.sqlite", "starlette"]
+    result = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {heavy!r}\n{code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def _isort_key(name: str) -> tuple[int, str]:

@@ -37,23 +37,26 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from execgate.cli import (
-    admin,
-    approvals,
-    audit,
-    decide,
-    delegate,
-    issue,
-    keys,
-    lineage,
-    policy,
-    serve,
-    tokens,
-    verify,
-)
-from execgate.cli._common import EXIT_CODES, EXIT_USAGE, Commands, note, one_line, out
-from execgate.errors import ExecgateError, StoreError
-from execgate.model import Outcome
+try:
+    from execgate.cli import (
+        admin,
+        approvals,
+        audit,
+        decide,
+        delegate,
+        issue,
+        keys,
+        lineage,
+        policy,
+        serve,
+        tokens,
+        verify,
+    )
+    from execgate.cli._common import EXIT_CODES, EXIT_USAGE, Commands, note, one_line, out
+    from execgate.errors import ExecgateError, StoreError
+    from execgate.model import Outcome
+except KeyboardInterrupt:  # Ctrl-C while the command starts: quietly, as main() does
+    raise SystemExit(130) from None
 
 __all__ = ["EXIT_CODES", "EXIT_USAGE", "main"]
 

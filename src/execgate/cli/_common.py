@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from execgate.errors import ConfigError, JoseError, PolicyError, StoreError, UsageError
-from execgate.jose import MAX_SAFE_INT
 from execgate.model import Outcome
 
 if TYPE_CHECKING:
@@ -106,6 +105,8 @@ def timestamp(text: str) -> int:
 
 
 def log_index(text: str) -> int:
+    from execgate.jose import MAX_SAFE_INT
+
     if _INDEX.fullmatch(text) is None or int(text) > MAX_SAFE_INT:
         raise argparse.ArgumentTypeError(
             f"{shown(text)} is not a log index (0, 1, 2, ...: 'execgate audit tail' lists them)"
