@@ -17,7 +17,8 @@ lookup) with the event on stdin and ``EXECGATE_EVENT`` set to its name; its stdo
 stderr are discarded, and it is killed with its whole process group at the timeout. The
 URL (http or https) receives the event as a ``POST`` of ``application/json``: directly
 (proxy environment variables are not used), without following redirects; a 2xx answer
-is success. Each network operation is bounded by the timeout.
+is success. Each delivery as a whole is bounded by the timeout (name resolution
+excepted: the system resolver has no timeout of its own).
 
 A notification never changes a decision and never raises into the pipeline: events are
 queued and delivered in order by a background thread, so ``decide`` returns at once. A
@@ -37,10 +38,10 @@ import json
 import logging
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -126,8 +127,6 @@ def _origin(url: str) -> str:
 
 def _why(exc: BaseException) -> str:
     """An error as a short phrase that cannot quote the URL, the event or a secret."""
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        exc = exc.reason
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
@@ -292,29 +291,45 @@ class Notifier:
             )
 
     def _post(self, url: str, name: str, body: bytes) -> None:
-        request = urllib.request.Request(  # noqa: S310 - check_url let only http(s) in
-            url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "execgate-notify/1",
-                "X-Execgate-Event": name,
-            },
+        """One POST with ``http.client``: no proxy, no redirect followed. The socket
+        timeout bounds each read; a timer bounds the whole delivery, so a receiver that
+        drips its answer a byte at a time cannot hold the queue."""
+        parts = urlsplit(url)  # check_url let only http(s) with a host and a port in
+        https = parts.scheme == "https"
+        host, port = parts.hostname or "", parts.port or (443 if https else 80)
+        conn = (
+            http.client.HTTPSConnection(
+                host, port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+            if https
+            else http.client.HTTPConnection(host, port, timeout=self.timeout)
         )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+        cut = threading.Event()
+        deadline = threading.Timer(self.timeout, _cut, args=(conn, cut))
+        deadline.daemon = True
+        deadline.start()
         try:
-            with opener.open(request, timeout=self.timeout) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            exc.close()
+            conn.request(
+                "POST",
+                (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "execgate-notify/1",
+                    "X-Execgate-Event": name,
+                },
+            )
+            status = conn.getresponse().status
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            # URLError is an OSError: refused, unreachable, TLS, timeouts
+            # refused, unreachable, TLS, timeouts, cut at the deadline
+            why = "timed out" if cut.is_set() else _why(exc)
             _log.warning(
-                "approval notification %r not delivered to %s: %s", name, _origin(url), _why(exc)
+                "approval notification %r not delivered to %s: %s", name, _origin(url), why
             )
             return
+        finally:
+            deadline.cancel()
+            conn.close()
         if not 200 <= status < 300:
             extra = " (redirects are not followed)" if 300 <= status < 400 else ""
             _log.warning(
@@ -337,11 +352,13 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.communicate(timeout=5)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A 3xx answer is an answer, not an instruction to send the event somewhere else."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """The delivery's time is up: shut its socket, so the read waiting on it ends."""
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 # Every live notifier: ``drain`` waits for them before the process exits.

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -397,6 +398,49 @@ def test_a_webhook_that_fails_refuses_or_hangs_changes_nothing(
     assert_no_secret(caplog_notify)
     if kind == "302":  # the redirect was not followed
         assert [p for p, _, _ in webhook.received] == [f"/hooks/{SECRET}?token={SECRET}"] * 3
+
+
+def test_a_webhook_that_drips_its_answer_is_cut_at_the_timeout(
+    kit: Kit, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    """Each byte of the answer comes within the timeout, the whole never does: the
+    delivery is cut at the timeout, not once per byte, and the next event goes out."""
+    stop = threading.Event()
+
+    def drip(listener: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                with suppress(OSError):
+                    for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000:
+                        if stop.wait(0.2):
+                            break
+                        conn.sendall(bytes([byte]))
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        thread = threading.Thread(target=drip, args=(listener,), daemon=True)
+        thread.start()
+        port = listener.getsockname()[1]
+        h = hooked(kit, notify_url=f"http://127.0.0.1:{port}/hooks/{SECRET}", notify_timeout=1)
+        started = time.monotonic()
+        paused = h.pause()
+        h.review(paused, "approve")
+        assert h.hook.flush(20)
+        elapsed = time.monotonic() - started
+        stop.set()
+    thread.join(5)
+    # Two events, each cut at 1 s: well under the 200 s a byte-by-byte answer would take.
+    assert elapsed < 10
+    messages = warnings(caplog_notify)
+    cut = f"not delivered to http://127.0.0.1:{port}: timed out"
+    assert [m.endswith(cut) for m in messages] == [True, True]
+    assert_no_secret(caplog_notify)
 
 
 # -- the notifier itself -------------------------------------------------------------------
