@@ -8,9 +8,11 @@ real home on its SQLite store; the log is read back to check what was recorded.
 from __future__ import annotations
 
 import enum
+import functools
+import gc
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +339,40 @@ def test_a_reroute_to_an_unregistered_target_runs_nothing(
     assert outcome["result_digest"] == digest("execgate.adapters.guard.ExecutionRefused")
 
 
+def test_a_call_that_returns_work_still_to_run_is_logged_failed(guard: Guard, gw: Gateway) -> None:
+    """A plain function that hands back a coroutine (a wrapper of an async function, a
+    lambda): nothing has run when it returns, so the outcome is not 'succeeded'. The
+    coroutine is closed unstarted and the caller gets a TypeError."""
+    started: list[int] = []
+
+    async def transfer(amount: int) -> int:
+        started.append(amount)
+        return amount
+
+    def wrapper(amount: int) -> Coroutine[Any, Any, int]:
+        return transfer(amount)
+
+    pay = guard.protect(action="payments.transfer", resource="acct:1")(wrapper)
+    with pytest.raises(TypeError, match="returned 'coroutine'"):
+        _ = pay(amount=5)
+    gc.collect()  # an unawaited coroutine would warn here (warnings are errors in tests)
+    assert started == []
+    decision, outcome = last_decision_and_outcome(gw)
+    assert decision["outcome"] == "proceed"
+    assert outcome is not None
+    assert (outcome["status"], outcome["result_digest"]) == ("failed", digest("builtins.TypeError"))
+
+
+def test_reroutes_given_as_one_string_is_refused(guard: Guard, gw: Gateway) -> None:
+    """'sandbox' in 'sandbox-eu' is true: a string would let a block meant for one
+    target run for another."""
+    before = len(log(gw))
+    with pytest.raises(TypeError, match="not one string"):  # noqa: SIM117
+        with guard.execution("shell.exec", "host:1", {}, reroutes="sandbox-eu"):
+            pytest.fail("the block ran")
+    assert len(log(gw)) == before  # refused before anything was decided
+
+
 # --- the context manager -------------------------------------------------------------------
 
 
@@ -436,14 +472,21 @@ def test_callables_the_guard_cannot_follow_are_refused_when_decorated(guard: Gua
     def variadic(*amounts: int) -> None:
         pass
 
+    async def stream(amount: int) -> AsyncIterator[int]:
+        yield amount
+
     refused: list[tuple[Callable[..., Any], str]] = [
         (later, "async"),
         (generator, "generator"),
+        (stream, "async or generator"),
+        (functools.partial(later), "async"),
         (variadic, r"\*args"),
     ]
     for fn, why in refused:
         with pytest.raises(TypeError, match=why):
             protect(fn)
+    with pytest.raises(TypeError, match="reroute target 'sandbox' does its work after"):
+        guard.protect(action="shell.exec", resource="host:1", reroute={"sandbox": later})
     with pytest.raises(TypeError, match="action"):
         guard.protect(action="", resource="acct:1")
     with pytest.raises(TypeError, match="resource"):

@@ -159,13 +159,10 @@ class Guard:
         for name, target in targets.items():
             if not isinstance(name, str) or not callable(target):
                 raise TypeError("reroute must map target names to callables")
+            _refuse_deferred(target, f"reroute target {name!r}")
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-            if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
-                raise TypeError(
-                    f"{fn.__qualname__} does its work after it returns (async or generator);"
-                    " the guard cannot tell when it ran"
-                )
+            _refuse_deferred(fn, getattr(fn, "__qualname__", repr(fn)))
             signature = inspect.signature(fn)
             if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
                 raise TypeError(
@@ -210,6 +207,8 @@ class Guard:
         reroutes: Collection[str] = (),
     ) -> Iterator[Execution]:
         """Decide, enter the block only when it may run, and log the block's outcome."""
+        if isinstance(reroutes, str):  # 'sandbox' in 'sandbox-eu' is true
+            raise TypeError("reroutes must be a collection of target names, not one string")
         frozen = _frozen(dict(args or {}))
         decision = self._decide(action, resource, frozen)
         if decision.outcome is Outcome.REROUTE and decision.route not in reroutes:
@@ -259,6 +258,7 @@ class Guard:
     def _run(self, decision: Decision, call: Callable[[], Any]) -> Any:
         try:
             result = call()
+            _refuse_deferred_result(result)
         except BaseException as exc:
             self._report_failed(decision, exc)
             raise
@@ -286,6 +286,35 @@ class Guard:
                 f"execgate: the failed outcome of decision {decision.decision_id} could not be"
                 f" logged: {report}"
             )
+
+
+def _refuse_deferred(fn: Callable[..., Any], what: str) -> None:
+    """Refuse a callable known to do its work after it returns: the guard logs the
+    outcome when the call returns, and nothing would have run yet."""
+    if (
+        inspect.iscoroutinefunction(fn)
+        or inspect.isgeneratorfunction(fn)
+        or inspect.isasyncgenfunction(fn)
+    ):
+        raise TypeError(
+            f"{what} does its work after it returns (async or generator); the guard cannot"
+            " tell when it ran"
+        )
+
+
+def _refuse_deferred_result(result: object) -> None:
+    """Raise ``TypeError`` when ``result`` is work still to run (a coroutine, generator or
+    anything to await): its outcome cannot be logged. A coroutine or generator is closed
+    first, so it never runs."""
+    if inspect.iscoroutine(result) or inspect.isgenerator(result):
+        result.close()
+    elif not (inspect.isasyncgen(result) or inspect.isawaitable(result)):
+        return
+    raise TypeError(
+        f"the guarded call returned {type(result).__name__!r}, work that runs after it"
+        " returns: the guard cannot log its outcome, and a coroutine or generator it"
+        " returned was closed unstarted (protect the function that does the work)"
+    )
 
 
 # -- arguments and digests -----------------------------------------------------------------
