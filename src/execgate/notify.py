@@ -10,7 +10,9 @@
 and ``Gateway.open`` hands a ``Notifier`` to the gateway. Events are JSON objects:
 ``{"event": "opened" | "approved" | "denied" | "resumed", "gateway": ID, "approval": {…},
 "decision": {…}}`` (a pause opened an approval; its quorum was reached; it was denied;
-the approved request executed).
+the approved request executed). An event over ``MAX_EVENT_BYTES`` leaves out the
+request's arguments (``"args_omitted": true`` in the approval; the request hash binds
+them, and ``execgate approvals show`` prints them).
 
 The program is run without a shell (``command[0]`` is an absolute path: no ``PATH``
 lookup) with the event on stdin and ``EXECGATE_EVENT`` set to its name; its stdout and
@@ -51,6 +53,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_EVENT_BYTES",
     "MAX_QUEUED",
     "MAX_TIMEOUT",
     "MIN_TIMEOUT",
@@ -64,6 +67,9 @@ MIN_TIMEOUT: Final = 1
 MAX_TIMEOUT: Final = 30
 DEFAULT_TIMEOUT: Final = 5
 MAX_QUEUED: Final = 256  # events waiting for delivery; more are dropped (and logged)
+# An event larger than this goes without the request's arguments (``args_omitted``;
+# ``execgate approvals show`` has them): the queue holds at most MAX_QUEUED of these.
+MAX_EVENT_BYTES: Final = 64 * 1024
 _MAX_ARGS: Final = 64
 _MAX_ARG_CHARS: Final = 4096
 _MAX_URL_CHARS: Final = 2048
@@ -177,7 +183,17 @@ class Notifier:
         name = "?"
         try:
             name = str(event.get("event", "?"))[:32]
-            body = json.dumps(dict(event), ensure_ascii=False, separators=(",", ":")).encode()
+            body = _encoded(event)
+            if len(body) > MAX_EVENT_BYTES:
+                body = _encoded(_without_args(event))
+            if len(body) > MAX_EVENT_BYTES:
+                _log.warning(
+                    "approval notification %r dropped: larger than %d bytes even without the"
+                    " request's arguments",
+                    name,
+                    MAX_EVENT_BYTES,
+                )
+                return
         except Exception as exc:  # noqa: BLE001 - a notification must never raise
             _log.warning(
                 "approval notification %r not delivered: it is not JSON (%s)",
@@ -350,6 +366,20 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
     with suppress(Exception):
         proc.communicate(timeout=5)
+
+
+def _encoded(event: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(event), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _without_args(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event with the approval's request arguments left out (and said so)."""
+    trimmed = dict(event)
+    approval = trimmed.get("approval")
+    if isinstance(approval, Mapping) and isinstance(approval.get("request"), Mapping):
+        request = {k: v for k, v in approval["request"].items() if k != "args"}
+        trimmed["approval"] = {**approval, "request": request, "args_omitted": True}
+    return trimmed
 
 
 def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:

@@ -468,6 +468,30 @@ def test_a_full_queue_drops_events_and_says_so(
     ]
 
 
+def test_a_large_event_goes_without_the_arguments(
+    tmp_path: Path, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    """What waits in the queue stays small: a pause of a 1 MiB request notifies without
+    its arguments (the hash binds them), and an event still too large is dropped, said."""
+    log = tmp_path / "events.txt"
+    hook = Notifier(command=[sys.executable, "-c", RECORD, str(log)])
+    request = {"action": "a", "resource": "r", "runtime": "x", "args": {"blob": "b" * 2**20}}
+    hook({"event": "opened", "approval": {"approval_id": "p1", "request": request}})
+    hook({"event": "opened", "approval": {"approval_id": "p2", "rule": "r" * 2**17}})
+    hook({"event": "opened", "approval": {"approval_id": "p3", "request": {"args": {"n": 1}}}})
+    assert hook.flush(10)
+    delivered = events(log)
+    assert [body["approval"]["approval_id"] for _, body in delivered] == ["p1", "p3"]
+    first = delivered[0][1]["approval"]
+    assert first["args_omitted"] is True
+    assert first["request"] == {"action": "a", "resource": "r", "runtime": "x"}
+    assert delivered[1][1]["approval"]["request"] == {"args": {"n": 1}}  # small: whole
+    assert [m for m in warnings(caplog_notify) if "dropped" in m] == [
+        "approval notification 'opened' dropped: larger than 65536 bytes even without the"
+        " request's arguments"
+    ]
+
+
 def test_an_event_that_is_not_json_is_reported_not_raised(
     caplog_notify: pytest.LogCaptureFixture,
 ) -> None:
