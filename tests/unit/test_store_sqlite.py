@@ -5,6 +5,8 @@ Every test uses a real SQLite file under ``tmp_path``.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import execgate.store.sqlite
-from execgate.errors import AuditError, StoreError
+from execgate.errors import AuditError, StoreError, StoreUnavailable
 from execgate.store.base import Conflict, UseClaim, WriteJob
 from execgate.store.sqlite import SQLiteStore
 
@@ -468,3 +470,59 @@ def test_store_runs_in_wal_mode(store: SQLiteStore, path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.revoke("sub", "agent-9", reason="r", now=1),
+        lambda s: s.add_checkpoint(0, "note", now=1),
+        lambda s: s.purge_expired(1),
+    ],
+    ids=["revoke", "add_checkpoint", "purge_expired"],
+)
+def test_writes_outside_the_batches_take_the_writers_turn(
+    store: SQLiteStore, path: Path, write: Callable[[SQLiteStore], object]
+) -> None:
+    """Another process holds the writers' flock (another open file of the lock, as
+    another process has): the write waits for its turn, then runs. So a batch led on an
+    event loop sees the store busy while such a write runs, instead of its thread
+    waiting in SQLite's busy handler."""
+    other = os.open(str(path) + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    done = threading.Event()
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+
+        def run() -> None:
+            write(store)
+            done.set()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert not done.wait(0.5)  # waiting for the turn
+        fcntl.flock(other, fcntl.LOCK_UN)
+        assert done.wait(10)
+        thread.join()
+    finally:
+        os.close(other)
+    queued = store.submit(WriteJob(None, 0, None, lambda _c, _i: b"{}"))
+    fcntl_held = os.open(str(path) + "-writer.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fcntl_held, fcntl.LOCK_EX)
+        assert store.lead_now() is False  # busy: the loop would try again shortly
+    finally:
+        os.close(fcntl_held)
+    assert store.lead_now() is True
+    assert queued.result(5) == 0
+
+
+def test_a_lock_file_that_cannot_be_opened_is_store_unavailable(path: Path) -> None:
+    (path.parent / (path.name + "-writer.lock")).mkdir()  # a directory: open() fails
+    s = SQLiteStore(path)
+    try:
+        with pytest.raises(StoreUnavailable, match="writers' turn"):
+            s.revoke("sub", "agent-9", reason="r", now=1)
+        with pytest.raises(StoreError):
+            s.purge_expired(1)
+    finally:
+        s.close()

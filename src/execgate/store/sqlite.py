@@ -355,6 +355,10 @@ class SQLiteStore:
 
     def add_checkpoint(self, size: int, note: str, *, now: int) -> None:
         """Keep a signed checkpoint; a second one for the same size is ignored."""
+        with self._writers_turn():
+            self._add_checkpoint(size, note, now)
+
+    def _add_checkpoint(self, size: int, note: str, now: int) -> None:
         conn = self._connect()
         try:
             with conn:
@@ -431,6 +435,10 @@ class SQLiteStore:
         """Record a revocation; False when it was already revoked. Durable on return."""
         if kind not in ("jti", "kid", "sub"):
             raise ValueError("kind must be jti, kid or sub")
+        with self._writers_turn():
+            return self._revoke(kind, value, reason, now)
+
+    def _revoke(self, kind: str, value: str, reason: str, now: int) -> bool:
         conn = self._connect()
         try:
             with conn:
@@ -452,6 +460,10 @@ class SQLiteStore:
         may be gone. Under a clock that only moves forward that never happens (a claim
         the pipeline accepts expires after the present); after the clock has gone back,
         it keeps a replay of a proof whose record was purged from passing as new."""
+        with self._writers_turn():
+            return self._purge_expired(now)
+
+    def _purge_expired(self, now: int) -> int:
         conn = self._connect()
         try:
             # One transaction, the mark first: no writer ever sees rows gone and the mark
@@ -475,6 +487,22 @@ class SQLiteStore:
             raise StoreError(f"cannot purge expired state: {exc}") from exc
         finally:
             conn.close()
+
+    @contextmanager
+    def _writers_turn(self) -> Iterator[None]:
+        """The turn a write outside the commit batches takes (a revocation, a checkpoint,
+        a purge): this process's writer lock, then the writers' ``flock``. A batch being
+        led on an event loop (``lead_now``) then sees the store busy and tries again
+        shortly, instead of its thread waiting in SQLite's busy handler."""
+        if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
+            raise StoreUnavailable(f"no turn to write within {_COMMIT_TIMEOUT}s")
+        try:
+            with self._process_turn(wait=True):
+                yield
+        except OSError as exc:  # the lock file
+            raise StoreUnavailable(f"cannot take the writers' turn: {exc}") from exc
+        finally:
+            self._writer_lock.release()
 
     def commit(self, job: WriteJob) -> int:
         """Append one decision's writes; return its log index once durable."""
