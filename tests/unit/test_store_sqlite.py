@@ -526,3 +526,16 @@ def test_a_lock_file_that_cannot_be_opened_is_store_unavailable(path: Path) -> N
             s.purge_expired(1)
     finally:
         s.close()
+
+
+def test_a_closed_store_takes_no_more_writes(path: Path) -> None:
+    s = SQLiteStore(path)
+    s.close()
+    for write in (
+        lambda: s.revoke("sub", "agent-9", reason="r", now=1),
+        lambda: s.add_checkpoint(0, "note", now=1),
+        lambda: s.purge_expired(1),
+    ):
+        with pytest.raises(StoreUnavailable, match="closed"):
+            write()
+    assert s._turn is None  # its lock file was not opened again

@@ -14,11 +14,13 @@ holds memory and a slot for as long as the client likes.
   request). Past the limit the client gets ``431`` with a typed body
   (``request.headers_too_large``) and the connection is closed; the app never sees the
   request. Trailer fields, which a chunked body may end with, count against the same
-  limit as they arrive: every byte after the head that is not body, less a
-  ``_CHUNK_FRAMING`` allowance per chunk for its size line, counts (httptools keeps a
-  field being received in memory until it ends, and the app waits for the body's end,
-  so one endless trailer would otherwise grow without bound). Past the limit the answer
-  is the same ``431``, and the app's request ends as if the client had gone.
+  limit as they arrive: every byte after the head that is not body counts, less the
+  size lines the chunks received need (their hex length and two line ends each, plus
+  ``_CHUNK_SLACK`` for the chunk in progress and the last one): httptools keeps a field
+  being received in memory until it ends, and the app waits for the body's end, so one
+  endless trailer would otherwise grow without bound. Chunk extensions count too. Past
+  the limit the answer is the same ``431``, and the app's request ends as if the client
+  had gone.
 - **Header time** (``[server] header_timeout``, seconds): the headers must be complete
   within that time of the connection being opened, of the previous response on a
   keep-alive connection, or of their first byte when they were pipelined behind a
@@ -67,7 +69,9 @@ LIMIT_CONCURRENCY: Final = 1024
 BACKLOG: Final = 2048
 _END_OF_HEAD: Final = (b"\r\n\r\n", b"\n\n")
 _LINGER: Final = 2.0  # seconds a refused client's remaining bytes are read and dropped
-_CHUNK_FRAMING: Final = 64  # bytes allowed per chunk for its size line (and extensions)
+# The size line of the chunk in progress (16 hex digits and CRLF at most), the last
+# chunk's "0" line and the final CRLF: framing not yet matched by a completed chunk.
+_CHUNK_SLACK: Final = 18 + 3 + 2
 
 
 class _Refused(Exception):
@@ -98,7 +102,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._parsed = 0  # bytes of the current head the parser has handed over
         self._tail = b""  # the last bytes of the head so far (a terminator may straddle)
         self._framing = 0  # bytes after the head that were not body: chunk lines, trailers
-        self._chunks = 0  # chunks of the current body begun so far
+        self._framed = 0  # of those, what the completed chunks' size lines and CRLFs took
+        self._chunk = 0  # body bytes of the chunk in progress
         self._deadline: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -119,12 +124,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._deadline is None:  # pipelined behind a request in flight
                 self._arm()
-            self._raw += self._head_part(data)
+            head = self._head_part(data)
+            self._raw += head
             if self._raw > self._header_limit:
                 self._too_large()
                 return
+            self._framing += len(data) - head  # on_body takes the body's share back
         else:
-            self._framing += len(data)  # on_body takes the body's share back
+            self._framing += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - ws is "none" (below)
@@ -133,10 +140,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if not self._refused:
                 self._refuse(400, "request.malformed", "the request is not valid HTTP/1.1")
             return
+        # Below zero only when a pipelined request's head and body came in one read
+        # with the previous request's end (counted before that one reset the count).
+        self._framing = max(self._framing, 0)
         if (
             not self._in_head
             and not self._refused
-            and self._framing > self._header_limit + _CHUNK_FRAMING * self._chunks
+            and self._framing - self._framed > self._header_limit + _CHUNK_SLACK
         ):
             self._refuse_request(
                 431,
@@ -170,7 +180,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._in_head = False
-        self._framing = self._chunks = 0
         if self._concurrency is not None and (
             len(self.connections) >= self._concurrency or len(self.tasks) >= self._concurrency
         ):
@@ -180,16 +189,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._framing -= len(body)
+        self._chunk += len(body)
         super().on_body(body)
 
     def on_chunk_header(self) -> None:
-        self._chunks += 1
+        self._chunk = 0
+
+    def on_chunk_complete(self) -> None:
+        self._framed += len(f"{self._chunk:x}") + 4  # "<hex size>\r\n" and the "\r\n" after
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
         self._raw = 0
         self._tail = b""
+        self._framing = self._framed = self._chunk = 0
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -215,7 +229,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- refusals ----------------------------------------------------------------------
 
     def _too_large(self) -> None:
-        self._refuse(
+        # Past the head, what is too large is the request being received (a trailer
+        # field that ended): refused as such, not left for its app to time out on.
+        refuse = self._refuse if self._in_head else self._refuse_request
+        refuse(
             431,
             "request.headers_too_large",
             f"the request line and headers exceed {self._header_limit} bytes",

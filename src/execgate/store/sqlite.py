@@ -494,6 +494,8 @@ class SQLiteStore:
         a purge): this process's writer lock, then the writers' ``flock``. A batch being
         led on an event loop (``lead_now``) then sees the store busy and tries again
         shortly, instead of its thread waiting in SQLite's busy handler."""
+        if self._closed:  # as for a commit; and its lock file is not opened again
+            raise StoreUnavailable("the store is closed")
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
             raise StoreUnavailable(f"no turn to write within {_COMMIT_TIMEOUT}s")
         try:
