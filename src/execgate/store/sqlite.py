@@ -355,21 +355,11 @@ class SQLiteStore:
 
     def add_checkpoint(self, size: int, note: str, *, now: int) -> None:
         """Keep a signed checkpoint; a second one for the same size is ignored."""
-        with self._writers_turn():
-            self._add_checkpoint(size, note, now)
-
-    def _add_checkpoint(self, size: int, note: str, now: int) -> None:
-        conn = self._connect()
-        try:
-            with conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)",
-                    (size, note, now),
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store the checkpoint: {exc}") from exc
-        finally:
-            conn.close()
+        with self._side_write("store the checkpoint") as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO checkpoints (size, note, created_at) VALUES (?, ?, ?)",
+                (size, note, now),
+            )
 
     def approval(self, approval_id: str) -> ApprovalRow | None:
         with self._reader() as conn:
@@ -435,22 +425,11 @@ class SQLiteStore:
         """Record a revocation; False when it was already revoked. Durable on return."""
         if kind not in ("jti", "kid", "sub"):
             raise ValueError("kind must be jti, kid or sub")
-        with self._writers_turn():
-            return self._revoke(kind, value, reason, now)
-
-    def _revoke(self, kind: str, value: str, reason: str, now: int) -> bool:
-        conn = self._connect()
-        try:
-            with conn:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO revocations VALUES (?, ?, ?, ?)",
-                    (kind, value, reason, now),
-                )
-            return cur.rowcount == 1
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record revocation: {exc}") from exc
-        finally:
-            conn.close()
+        with self._side_write("record revocation") as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO revocations VALUES (?, ?, ?, ?)", (kind, value, reason, now)
+            )
+        return cur.rowcount == 1
 
     def purge_expired(self, now: int) -> int:
         """Forget replay and use state that expired before ``now``; returns rows removed.
@@ -460,12 +439,7 @@ class SQLiteStore:
         may be gone. Under a clock that only moves forward that never happens (a claim
         the pipeline accepts expires after the present); after the clock has gone back,
         it keeps a replay of a proof whose record was purged from passing as new."""
-        with self._writers_turn():
-            return self._purge_expired(now)
-
-    def _purge_expired(self, now: int) -> int:
-        conn = self._connect()
-        try:
+        with self._side_write("purge expired state") as conn:
             # One transaction, the mark first: no writer ever sees rows gone and the mark
             # not yet raised, and a purge that fails removes nothing.
             conn.execute("BEGIN IMMEDIATE")
@@ -482,25 +456,28 @@ class SQLiteStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-            return a + b
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot purge expired state: {exc}") from exc
-        finally:
-            conn.close()
+        return a + b
 
     @contextmanager
-    def _writers_turn(self) -> Iterator[None]:
-        """The turn a write outside the commit batches takes (a revocation, a checkpoint,
-        a purge): this process's writer lock, then the writers' ``flock``. A batch being
-        led on an event loop (``lead_now``) then sees the store busy and tries again
-        shortly, instead of its thread waiting in SQLite's busy handler."""
+    def _side_write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A write outside the commit batches (a revocation, a checkpoint, a purge): on a
+        connection of its own, in the writers' turn (this process's writer lock, then the
+        writers' ``flock``), so a batch being led on an event loop (``lead_now``) sees the
+        store busy and tries again shortly, instead of its thread waiting in SQLite's busy
+        handler. A failed statement is ``StoreError("cannot <what>: ...")``."""
         if self._closed:  # as for a commit; and its lock file is not opened again
             raise StoreUnavailable("the store is closed")
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
             raise StoreUnavailable(f"no turn to write within {_COMMIT_TIMEOUT}s")
         try:
             with self._process_turn(wait=True):
-                yield
+                conn = self._connect()
+                try:
+                    yield conn
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot {what}: {exc}") from exc
+                finally:
+                    conn.close()
         except OSError as exc:  # the lock file
             raise StoreUnavailable(f"cannot take the writers' turn: {exc}") from exc
         finally:
