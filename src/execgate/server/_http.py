@@ -26,6 +26,7 @@ __all__ = [
     "JsonResponse",
     "error_response",
     "handled",
+    "query_int",
     "read_body",
     "read_json",
 ]
@@ -70,6 +71,17 @@ def _is_json(content_type: str | None) -> bool:
         return False
     media = content_type.split(";", 1)[0].strip().lower()
     return media == JSON_TYPE
+
+
+def query_int(request: Request, name: str, default: int | None) -> int | None:
+    """A query parameter of ASCII digits (``str.isdigit`` also takes '²'), or ``default``
+    when absent; anything else is 400 ``request.invalid_query``."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        raise HttpError(400, "request.invalid_query", f"{name} must be a non-negative integer")
+    return int(text)
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:

@@ -58,7 +58,14 @@ from execgate.admin import verify_admin_token as _verify_token
 from execgate.approvals import Pending, Review, quorum_met, tally
 from execgate.errors import ApprovalError, EvidenceError
 from execgate.home import ServerConfig
-from execgate.server._http import HttpError, JsonResponse, handled, read_body, read_json
+from execgate.server._http import (
+    HttpError,
+    JsonResponse,
+    handled,
+    query_int,
+    read_body,
+    read_json,
+)
 from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
 
 if TYPE_CHECKING:
@@ -494,20 +501,11 @@ async def get_export(request: Request) -> Response:
     )
 
 
-def _size(request: Request, name: str) -> int | None:
-    text = request.query_params.get(name)
-    if text is None:
-        return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 20:
-        raise HttpError(400, "request.invalid_query", f"{name} must be a positive integer")
-    return int(text)
-
-
 async def get_consistency(request: Request) -> Response:
-    first = _size(request, "first")
+    first = query_int(request, "first", None)
     if first is None:
         raise HttpError(400, "request.invalid_query", "first (the older tree size) is required")
-    second = _size(request, "second")
+    second = query_int(request, "second", None)
     log = _gateway(request).audit
 
     def prove() -> dict[str, Any]:

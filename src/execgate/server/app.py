@@ -35,7 +35,14 @@ from execgate.home import ServerConfig, load_config
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, metrics
-from execgate.server._http import HttpError, JsonResponse, error_response, handled, read_json
+from execgate.server._http import (
+    HttpError,
+    JsonResponse,
+    error_response,
+    handled,
+    query_int,
+    read_json,
+)
 from execgate.server.openapi import openapi_document
 from execgate.store.base import LogEntry
 from execgate.submission import MAX_REQUEST_BYTES, Submission
@@ -222,19 +229,10 @@ async def get_checkpoint(request: Request) -> Response:
     return JsonResponse({"origin": log.origin, "size": size, "checkpoint": note})
 
 
-def _query_int(request: Request, name: str, default: int | None) -> int | None:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    if not (text.isascii() and text.isdigit()) or len(text) > 20:
-        raise HttpError(400, "request.invalid_query", f"{name} must be a non-negative integer")
-    return int(text)
-
-
 async def get_entries(request: Request) -> Response:
-    start = _query_int(request, "start", 0)
+    start = query_int(request, "start", 0)
     assert start is not None
-    end = _query_int(request, "end", None)
+    end = query_int(request, "end", None)
     if end is not None and end < start:
         raise HttpError(400, "request.invalid_query", "end must not be below start")
     await admin.audit_reader(request, "audit.entries")  # a token is spent on a real read only
