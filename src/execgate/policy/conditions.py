@@ -199,7 +199,7 @@ def _loop_depth(source: str, bound: frozenset[str] = frozenset()) -> _Shape:
             continue
         name, end = word.group(), word.end()
         rest = source[end:].lstrip()
-        level = sum(s is not None for s in scopes)
+        level = len(spans)  # open macros: one span each
         runs = _runs(spans)
         before = source[:i].rstrip()
         extra, label = 0, ""
