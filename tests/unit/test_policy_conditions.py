@@ -6,6 +6,7 @@ import re
 import textwrap
 from typing import Any
 
+import cel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from execgate.errors import PolicyError
 from execgate.model import Outcome
 from execgate.policy import Policy, PolicyResult, parse_policy
 from execgate.policy.conditions import (
+    FUNCTIONS,
     INPUTS,
     MAX_ITERATED,
     MAX_ITERATED_SIZE,
@@ -241,11 +243,61 @@ def test_condition_reports_the_inputs_it_reads() -> None:
         "request.args.l.map(x, x * 2).size() > 0",
         "request.args.m.map(k, v, v > 0).size() > 0",
         "request.args.l.filter(x, x > 0).size() > 0",
-        "cel.bind(limit, 100, request.args.n < limit)",
     ],
 )
 def test_comprehension_variables_are_not_unknown(source: str) -> None:
     assert "request" in Condition(source).inputs
+
+
+def _stdlib_example(name: str) -> str:
+    """A call of ``name`` that the binding evaluates without error."""
+    if name.startswith("get"):
+        return f'timestamp("2024-03-05T06:07:08.009Z").{name}() >= 0'
+    return {
+        "size": "size([1]) == 1",
+        "contains": '"abc".contains("b")',
+        "startsWith": '"abc".startsWith("a")',
+        "endsWith": '"abc".endsWith("c")',
+        "int": 'int("7") == 7',
+        "uint": "uint(7) == 7u",
+        "double": "double(7) == 7.0",
+        "string": 'string(7) == "7"',
+        "bytes": 'bytes("a") == b"a"',
+        "dyn": "dyn(1) == 1",
+        "type": "type(1) == type(2)",
+        "duration": 'duration("1s") < duration("2s")',
+        "timestamp": 'timestamp("2024-01-01T00:00:00Z") < now',
+    }[name]
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS - {"matches"}))
+def test_every_allowed_function_is_one_the_binding_has(name: str) -> None:
+    # The list is checked against the binding, not trusted: a name it lacks would let a
+    # policy load that then denies every request.
+    source = _stdlib_example(name)
+    condition = Condition(source)
+    assert name in cel.compile(source).functions()
+    inputs = Inputs(condition.reads, request={}, artifact={}, environment={}, now=2_000_000_000)
+    assert condition.evaluate(inputs) is True
+
+
+@pytest.mark.parametrize(
+    ("source", "missing"),
+    [
+        ('request.action.startswith("pay")', "startswith"),  # a misspelling
+        ("nofn(request.args.n)", "nofn"),
+        ("max(request.args.n, 2) < 5", "max"),  # other CEL implementations have these
+        ('request.action.lowerAscii() == "pay"', "lowerAscii"),
+        ("cel.bind(limit, 100, request.args.n < limit)", "bind"),
+        ('bool("true")', "bool"),
+    ],
+)
+def test_a_function_the_binding_lacks_is_refused_at_load(source: str, missing: str) -> None:
+    # Without the check each compiles and then fails every evaluation the same way.
+    with pytest.raises(RuntimeError, match="Undefined variable or function"):
+        cel.compile(source).execute({"request": {"action": "pay", "args": {"n": 1}}})
+    with pytest.raises(ValueError, match=f"unknown function\\(s\\) {missing};"):
+        Condition(source)
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,20 @@ RULE_ERRORS = [
         "unknown variable(s) requst",
     ),
     (
+        "cel-unknown-function",
+        """
+        version: 1
+        rules:
+          - name: a
+            match: {action: x}
+            when: "request.action.startswith('x')"
+            effect: proceed
+        """,
+        "a",
+        5,
+        "unknown function(s) startswith",
+    ),
+    (
         "cel-not-string",
         """
         version: 1

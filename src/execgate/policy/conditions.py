@@ -47,6 +47,7 @@ from typing import Any, Final, NamedTuple
 import cel
 
 __all__ = [
+    "FUNCTIONS",
     "INPUTS",
     "MAX_CONDITION_CHARS",
     "MAX_EVALUATION_COST",
@@ -70,11 +71,9 @@ _INT64 = range(-(2**63) + 1, 2**63)
 # The comprehension macros: each runs its body once per element of its receiver.
 _LOOP_MACROS: Final = r"all|exists|exists_one|existsOne|map|filter|transform\w*"
 _LOOP_MACRO = re.compile(rf"(?:{_LOOP_MACROS})\Z")
-# Names a comprehension macro binds (`list.all(x, ...)`, `map.map(k, v, ...)`,
-# `cel.bind(x, ...)`). The binding reports them as variables, so they are allowed.
-_BOUND = re.compile(
-    rf"\.\s*(?:{_LOOP_MACROS}|bind)\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?"
-)
+# Names a comprehension macro binds (`list.all(x, ...)`, `map.map(k, v, ...)`). The
+# binding reports them as variables, so they are allowed.
+_BOUND = re.compile(rf"\.\s*(?:{_LOOP_MACROS})\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?")
 # What selects one key of a value: `.sub` or `['x-y']`.
 _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]*)")\s*\])""")
 _MAX_PATH: Final = 8  # keys followed from an input; a value deeper down is kept whole
@@ -108,6 +107,20 @@ _MAX_LOOP_DEPTH: Final = 2
 _WITHIN: Final = -1  # the loop level inside a macro over what another binds (see _runs)
 _OWN: Final = -2  # a mention of the name such a macro binds, in its own body (_loop_depth)
 _BINDS = re.compile(r"\(\s*([A-Za-z_]\w*)")  # the name a macro call binds
+# The functions the binding defines, as ``Program.functions()`` names them (the macros
+# and ``has`` do not appear). The binding compiles a call of any other name and fails it
+# at every evaluation, with the message it gives a known function called with the wrong
+# arguments, so a misspelt name (``startswith``) or one other CEL implementations add
+# (``max``, ``lowerAscii``, ``cel.bind``) is refused at load instead of denying every
+# request. ``matches`` is listed so that its own refusal (see ``_loop_depth``) says why.
+FUNCTIONS: Final = frozenset(
+    {
+        "size", "contains", "startsWith", "endsWith", "matches",
+        "int", "uint", "double", "string", "bytes", "dyn", "type", "duration", "timestamp",
+        "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getFullYear",
+        "getMonth", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    }
+)  # fmt: skip
 
 
 class _Shape(NamedTuple):
@@ -415,11 +428,18 @@ class Condition:
             program = cel.compile(source)
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
+        missing = {  # operators have names no call can spell (`_+_`, `-_`, `@in`)
+            name for name in program.functions() if _WORD.fullmatch(name) and name not in FUNCTIONS
+        }
+        if missing:
+            raise ValueError(
+                f"CEL calls unknown function(s) {', '.join(sorted(missing))}; the functions"
+                f" are {', '.join(sorted(FUNCTIONS - {'matches'}))}, and the macros has, all,"
+                " exists, exists_one, map and filter"
+            )
         plain = _without_comments(source)
         names = set(program.variables())
         bound = {name for match in _BOUND.finditer(plain) for name in match.groups() if name}
-        if "cel.bind" in source.replace(" ", ""):
-            bound.add("cel")
         shape = _loop_depth(plain, frozenset(bound - INPUTS))
         if shape.depth > _MAX_LOOP_DEPTH:
             raise ValueError(
