@@ -8,7 +8,10 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -514,6 +517,47 @@ def test_writes_outside_the_batches_take_the_writers_turn(
         os.close(fcntl_held)
     assert store.lead_now() is True
     assert queued.result(5) == 0
+
+
+def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(
+    store: SQLiteStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process took the writers' flock and stopped (SIGSTOP, a debugger): a
+    commit and a side write give up after the wait with StoreUnavailable, nothing is
+    written, and once that process is gone (SIGKILL frees its lock) writing resumes."""
+    monkeypatch.setattr(execgate.store.sqlite, "_COMMIT_TIMEOUT", 0.3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+            str(path) + "-writer.lock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"held the writers' turn for 0\.3s"):
+            store.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}"))
+        with pytest.raises(StoreUnavailable, match="held the writers' turn"):
+            store.revoke("sub", "agent-9", reason="r", now=1)
+        assert time.monotonic() - started < 5
+        assert store.size() == 0
+        assert store.revocations() == []
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert store.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}")) == 0
+    assert store.revoke("sub", "agent-9", reason="r", now=1) is True
 
 
 def test_a_lock_file_that_cannot_be_opened_is_store_unavailable(path: Path) -> None:

@@ -654,19 +654,37 @@ class SQLiteStore:
     @contextmanager
     def _process_turn(self, *, wait: bool) -> Iterator[bool]:
         """Take the writers' turn across processes (several server workers share one
-        file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts the
-        moment the other commits, instead of in SQLite's busy handler, which sleeps in
-        growing steps (1, 2, 5, 10… ms) and lets one process starve the other. Yields
-        whether the turn was taken (always, when ``wait``). Held by the writer lock."""
+        file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts within
+        a millisecond of the other's commit, instead of in SQLite's busy handler, which
+        sleeps in growing steps (1, 2, 5, 10… ms) and lets one process starve the other.
+        Yields whether the turn was taken. Held by the writer lock.
+
+        With ``wait``, the lock is tried again 50 µs, then up to 1 ms, apart (a blocking
+        ``flock`` cannot be given a time limit), and a turn not had within
+        ``_COMMIT_TIMEOUT`` (another process stopped while writing) is
+        ``StoreUnavailable``: its callers fail closed instead of hanging."""
         if self._turn is None:
             self._turn = os.open(
                 self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
-        try:
-            fcntl.flock(self._turn, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        deadline, pause = 0.0, 0.00005
+        while True:
+            try:
+                fcntl.flock(self._turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + _COMMIT_TIMEOUT
+            elif now >= deadline:
+                raise StoreUnavailable(
+                    f"another process has held the writers' turn for {_COMMIT_TIMEOUT:g}s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
         try:
             yield True
         finally:
