@@ -101,6 +101,20 @@ def test_a_method_that_is_not_a_token_is_refused(method: str) -> None:
         ("/api/..%3B/admin/users", "encoded"),
         ("/api/a%3bx=1/users", "encoded"),
         ("/api\\admin", "backslash"),
+        ("/api/%u0061dmin/x", "two hex digits"),
+        ("/api/admin%", "two hex digits"),
+        ("/api/%zz", "two hex digits"),
+        ("/api/%2", "two hex digits"),
+        ("/api/%2561dmin/x", "two hex digits"),
+        ("/api/admin%00/x", "control"),
+        ("/api/a%1fb", "control"),
+        ("/api/a%7Fb", "control"),
+        ("/api/%c0%ae%c0%ae/admin", "not valid UTF-8"),
+        ("/api/%C3", "not valid UTF-8"),
+        ("/api/%ED%A0%80", "not valid UTF-8"),  # an encoded surrogate
+        ("/api/admin./x", "ending in '.'"),
+        ("/api/x.", "ending in '.'"),
+        ("/api/admin%20/x", "ending in '.' or '%20'"),
         ("/" + "a" * 8200, "longer than"),
     ],
 )
@@ -110,8 +124,10 @@ def test_a_uri_a_service_could_read_differently_is_refused(uri: str, message: st
 
 
 def test_dots_and_encodings_inside_a_segment_and_in_the_query_are_fine() -> None:
-    request = http_request(method="GET", uri="/api/v1.2/...x/%20%C3%A9?p=../x;y//%41", runtime="r")
-    assert request.resource == "/api/v1.2/...x/%20%C3%A9"
+    request = http_request(
+        method="GET", uri="/api/v1.2/...x/%20%C3%A9/a%20b/100%3F?p=../x;y//%41%zz", runtime="r"
+    )
+    assert request.resource == "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F"
 
 
 def test_a_path_over_the_request_field_limit_is_a_request_error() -> None:

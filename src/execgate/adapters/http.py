@@ -20,9 +20,13 @@ but a service may serve ``/admin``), their percent-encoded forms, encoded slashe
 backslashes (``%2F``, ``%5C``, ``\\``), path parameters (``;``: Tomcat and Spring read
 ``/api/..;/admin`` as ``/admin``), empty segments (``//``: many frameworks merge them),
 percent-encoded characters that need no encoding (``%61dmin`` is ``admin`` to a service
-that decodes once, but no deny rule on ``/api/admin/**`` matches it), and every
-character outside visible ASCII. So a grant on ``/api/**`` covers exactly what a
-service reading the path literally or decoding it once would route below ``/api/``.
+that decodes once, but no deny rule on ``/api/admin/**`` matches it), escapes that are
+not ``%`` and two hex digits (IIS reads ``%u0061`` as ``a``), an encoded ``%`` (``%2561``
+is ``a`` after two decodings), encoded control characters, encoded bytes that are not
+UTF-8 (``%C0%AE`` is an overlong ``.``), segments ending in ``.`` or ``%20`` (Windows
+drops them), and every character outside visible ASCII. So a grant on ``/api/**``
+covers exactly what a service reading the path literally or decoding it once would route
+below ``/api/``.
 
 ``forward_auth_headers`` is the client side: the headers a runtime adds to its call.
 """
@@ -33,6 +37,7 @@ import hashlib
 import re
 import time
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 from execgate.errors import RequestError
 from execgate.jose import b64url_encode
@@ -71,6 +76,10 @@ _ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c|3b)", re.IGNORECASE)
 # RFC 3986 unreserved characters, percent-encoded: a service decodes them to a path that
 # differs from the one the grants and rules were matched against.
 _ENCODED_UNRESERVED: Final = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f|7e)", re.I)
+# A '%' that does not start an escape of two hex digits (IIS reads `%u0061` as `a`; other
+# services pass it on or guess), an encoded '%' (`%2561` is `a` to a service that decodes
+# twice) and encoded control characters (`%00` ends the path for some).
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})|%(?:25|[01][0-9a-f]|7f)", re.IGNORECASE)
 
 
 def body_sha256(body: bytes | None) -> str | None:
@@ -110,8 +119,23 @@ def _check_uri(uri: str) -> str:
         raise RequestError(
             "the URI path may not percent-encode letters, digits or '-._~' (send them as is)"
         )
-    if any(_DOT_SEGMENT.fullmatch(segment) for segment in path.split("/")):
+    segments = path.split("/")
+    if any(_DOT_SEGMENT.fullmatch(segment) for segment in segments):
         raise RequestError("the URI path may not hold '.' or '..' segments (encoded or not)")
+    if _BAD_ESCAPE.search(path):
+        raise RequestError(
+            "the URI path may percent-encode only bytes other than '%' and control"
+            " characters, each as '%' and two hex digits"
+        )
+    try:
+        unquote_to_bytes(path).decode("utf-8")  # strict: no overlong forms (%C0%AE is '.')
+    except UnicodeDecodeError as exc:
+        raise RequestError("the URI path's percent-encoded bytes are not valid UTF-8") from exc
+    if any(segment.endswith((".", "%20")) for segment in segments):
+        raise RequestError(
+            "the URI path may not hold a segment ending in '.' or '%20' (Windows services"
+            " drop them: 'admin.' is 'admin' there)"
+        )
     return path
 
 
