@@ -21,6 +21,17 @@ RECORDED: Final = (
     "execgate-route",
     "execgate-decision",
     "execgate-outcome",
+    # What must never reach a service (see test_override_headers_never_reach_the_upstream).
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-forwarded-prefix",
 )
 
 

@@ -197,6 +197,33 @@ def test_client_headers_cannot_turn_a_deny_into_anything_else(
     assert proxied.reached(sent) == []
 
 
+_OVERRIDES = {
+    "X-HTTP-Method-Override": "DELETE",
+    "X-HTTP-Method": "DELETE",
+    "X-Method-Override": "DELETE",
+    "X-Original-URL": "/admin/users",
+    "X-Rewrite-URL": "/admin/users",
+    "X-Original-URI": "/admin/users",
+    "X-Original-Method": "DELETE",
+    "X-Forwarded-Uri": "/admin/users",
+    "X-Forwarded-Method": "DELETE",
+    "X-Forwarded-Prefix": "/admin",
+}
+
+
+def test_override_headers_never_reach_the_upstream(proxied: Stack) -> None:
+    """execgate decides GET /api/items; a service reading any of these headers would run
+    DELETE, or serve /admin/users (Laravel and Express method overrides, Symfony's
+    X-Original-URL, Spring's X-Forwarded-Prefix). The proxy removes them all."""
+    headers = {**proxied.evidence("GET", "/api/items"), **_OVERRIDES}
+    sent = proxied.send("GET", "/api/items", headers)
+    assert sent.response.status_code == 200, sent.response.text
+    [record] = proxied.main.seen(sent.e2e_id)
+    assert (record["method"], record["path"]) == ("GET", "/api/items")
+    assert record["headers"]["execgate-outcome"] == "proceed"
+    assert set(record["headers"]) == {"x-e2e-id", "execgate-outcome", "execgate-decision"}
+
+
 # -- a gateway that is gone or stuck (these break the gateway, then restore it) ----------
 
 
