@@ -260,7 +260,7 @@ def _verify_delegated(
     token: str, prf: object, verify_parent: Callable[[str], Artifact]
 ) -> Artifact:
     """A link of a delegation chain (DESIGN §4.2): its parent first, then the link."""
-    if not isinstance(prf, list) or len(prf) != 1 or not isinstance(prf[0], str):
+    if not isinstance(prf, list) or len(prf) != 1 or not isinstance(prf[0], str) or not prf[0]:
         raise _broken("prf must embed exactly one parent artifact")
     parent = verify_parent(prf[0])
     try:

@@ -148,7 +148,7 @@ def test_link_whose_iss_is_not_its_signer(kit: Kit) -> None:
 def test_prf_with_two_parents_or_not_a_list(kit: Kit) -> None:
     chain = Chain(kit)
     parent = chain.tokens[0]
-    for prf in ([parent, parent], parent, [], [1]):
+    for prf in ([parent, parent], parent, [], [1], [""]):
         token = forge_child(kit, parent, kit.runtime.key, prf=prf)
         assert code_of(kit, token) == "lineage.broken", prf
 
