@@ -618,8 +618,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 )
             elif conflict == Conflict.EXHAUSTED:
                 assert artifact is not None
+                spent = job.exhausted
+                link = next((k for k in artifact.chain if spent and k.digest == spent.jti), None)
                 state.stop(
-                    Outcome.DENY, "artifact.exhausted", f"all {artifact.uses} uses are spent"
+                    Outcome.DENY,
+                    "artifact.exhausted",
+                    "all uses are spent"
+                    if link is None
+                    else f"all {link.uses} uses of {link.jti} are spent",
                 )
             elif conflict == Conflict.APPROVAL_OPEN:
                 state.stop(

@@ -127,6 +127,31 @@ def test_uses_of_a_limited_ancestor_are_shared_by_its_children(kit: Kit) -> None
     assert codes(decide(gw, runner_a, a)) == ["artifact.exhausted"]
 
 
+def test_an_ancestor_spent_between_decision_and_commit_is_named(kit: Kit) -> None:
+    """The ancestor's last use goes to a sibling after this decision was evaluated (its
+    check passed) and before its commit: the commit denies, naming the ancestor whose
+    uses ran out, not the leaf's own budget."""
+    gw = kit.gateway()
+    root = kit.artifact(ttl=3600, uses=1)
+    a, runner_a = delegate(kit, root, kit.runtime.key, "agent-a", uses=1)
+    b, runner_b = delegate(kit, root, kit.runtime.key, "agent-b")
+    request = Request(
+        action="payments.transfer", resource="acct:1", runtime="agent-a", args={"amount": 5}
+    )
+    steps = gw._decide(runner_a.submission(request, a, audience=GATEWAY_ID, now=NOW))
+    job = next(steps)  # evaluated: the root's one use was still there
+    assert decide(gw, runner_b, b).outcome is Outcome.PROCEED  # the sibling takes it
+    try:
+        steps.send(gw.store.commit(job))
+    except StopIteration as done:
+        d: Decision = done.value
+    root_jti = gw._artifacts.verify(root, now=NOW).jti
+    assert [(r.code, r.detail) for r in d.reasons] == [
+        ("artifact.exhausted", f"all 1 uses of {root_jti} are spent")
+    ]
+    assert record(gw, d)["outcome"] == "deny"
+
+
 def test_a_delegated_artifact_is_still_judged_by_policy_and_scope(kit: Kit) -> None:
     gw = kit.gateway()
     root = kit.artifact(ttl=3600)

@@ -126,8 +126,10 @@ class WriteJob:
     # anything else, in its transaction, so a revocation that returned before the commit
     # always wins (whatever the pipeline decided, the answer is Conflict.REVOKED)...
     revocation_keys: tuple[tuple[str, str], ...] = ()
-    # ...and the store sets the revocation it found here.
+    # ...and the store sets the revocation it found here, and, on Conflict.EXHAUSTED, the
+    # use claim (of the artifact or of a limited ancestor) that had none left.
     revoked: Revocation | None = None
+    exhausted: UseClaim | None = None
 
 
 class LoopCommits(Protocol):

@@ -773,6 +773,7 @@ class SQLiteStore:
                 (use.jti, use.limit),
             )
             if cur.rowcount != 1:
+                job.exhausted = use
                 return Conflict.EXHAUSTED
         if job.consume_approval is not None:
             cur = conn.execute(
