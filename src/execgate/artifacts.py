@@ -107,11 +107,13 @@ class Artifact:
         return 0 if self.parent is None else self.parent.depth + 1
 
     def revocation_keys(self) -> list[tuple[str, str]]:
-        """What revoking would deny this artifact: any link's jti, the authority key, any
-        holder or runtime key, any subject along the chain."""
+        """What revoking would deny this artifact: any link's jti or exact token, the
+        authority key, any holder or runtime key, any subject along the chain."""
         keys = [("kid", self.chain[0].kid)]
         for link in self.chain:
             keys += [("jti", link.jti), ("kid", link.jkt), ("sub", link.subject)]
+            if link.digest:
+                keys.append(("artifact", link.digest))
         return keys
 
 

@@ -24,7 +24,7 @@ import pytest
 from execgate.artifacts import issue_artifact, verify_artifact
 from execgate.cli import EXIT_CODES, main
 from execgate.home import load_config
-from execgate.jose import parse_unverified
+from execgate.jose import parse_unverified, sha256_b64url
 from execgate.keyfile import read_private_key, read_public_key
 from execgate.model import Outcome
 from execgate.policy import load_policy
@@ -442,8 +442,11 @@ def test_decide_denies_each_family_with_exit_1(world: World) -> None:
     pinned = world.issue("pinned.jwt", "--gov", "policy=sha256:" + "0" * 64)
     assert _code(world.decide(small, pinned, "--json")) == (1, "policy.mismatch")
 
-    # revoked, by the artifact file
-    world.ok("--home", "home", "revoke", "--artifact", payments, "--reason", "compromised")
+    # revoked, by the artifact file: that exact token (its SHA-256), not every artifact
+    # that carries its jti
+    said = world.ok("--home", "home", "revoke", "--artifact", payments, "--reason", "compromised")
+    token = (world.root / payments).read_text().strip()
+    assert said.out.startswith(f"revoked artifact {sha256_b64url(token.encode())}: ")
     assert _code(world.decide(small, payments, "--json")) == (1, "artifact.revoked")
 
 

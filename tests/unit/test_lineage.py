@@ -95,7 +95,8 @@ def test_a_delegated_chain_proceeds_and_the_log_records_every_link(kit: Kit) -> 
 
 
 @pytest.mark.parametrize(
-    "target", ["root-jti", "middle-jti", "middle-key", "middle-sub", "authority"]
+    "target",
+    ["root-jti", "middle-jti", "middle-token", "middle-key", "middle-sub", "authority"],
 )
 def test_revoking_any_link_denies_every_descendant(kit: Kit, target: str) -> None:
     gw = kit.gateway()
@@ -107,6 +108,7 @@ def test_revoking_any_link_denies_every_descendant(kit: Kit, target: str) -> Non
     kind, value = {
         "root-jti": ("jti", art.chain[0].jti),
         "middle-jti": ("jti", art.chain[1].jti),
+        "middle-token": ("artifact", art.chain[1].digest),
         "middle-key": ("kid", runner.key.public.thumbprint()),
         "middle-sub": ("sub", "agent-2"),
         "authority": ("kid", kit.authority.public.thumbprint()),
@@ -115,6 +117,29 @@ def test_revoking_any_link_denies_every_descendant(kit: Kit, target: str) -> Non
     d = decide(gw, worker, grandchild)
     assert codes(d) == ["artifact.revoked"]
     assert codes(decide(gw, runner, child)) == ["artifact.revoked"]
+
+
+def test_revoking_an_exact_token_spares_another_artifact_with_its_jti(kit: Kit) -> None:
+    """Whoever delegates a link chooses its jti, so a child can carry another artifact's
+    (a victim's, read from a receipt). Revoking the child by its token denies the child
+    and what descends from it, never the victim; revoking by the jti would deny both."""
+    gw = kit.gateway()
+    victim_runtime = Runtime("victim", PrivateKey.generate())
+    victim = kit.artifact(ttl=3600, subject="victim", runtime_key=victim_runtime.key)
+    victim_jti = gw._artifacts.verify(victim, now=NOW).jti
+    evil, evil_runtime = delegate(
+        kit, kit.artifact(ttl=3600), kit.runtime.key, "agent-evil", jti=victim_jti
+    )
+    below, below_runtime = delegate(kit, evil, evil_runtime.key, "agent-below")
+    assert decide(gw, victim_runtime, victim).outcome is Outcome.PROCEED
+    evil_link = gw._artifacts.verify(evil, now=NOW)
+    assert evil_link.jti == victim_jti
+    gw.store.revoke("artifact", evil_link.digest, reason="evil child", now=NOW)
+    assert codes(decide(gw, evil_runtime, evil)) == ["artifact.revoked"]
+    assert codes(decide(gw, below_runtime, below)) == ["artifact.revoked"]
+    assert decide(gw, victim_runtime, victim).outcome is Outcome.PROCEED
+    gw.store.revoke("jti", victim_jti, reason="by jti", now=NOW)
+    assert codes(decide(gw, victim_runtime, victim)) == ["artifact.revoked"]
 
 
 def test_uses_of_a_limited_ancestor_are_shared_by_its_children(kit: Kit) -> None:

@@ -22,6 +22,7 @@ from execgate.audit.merkle import verify_consistency
 from execgate.audit.note import Verifier
 from execgate.errors import EvidenceError
 from execgate.home import ServerConfig
+from execgate.jose import sha256_b64url
 from execgate.keyfile import read_private_key
 from execgate.pipeline import Gateway
 from execgate.server import create_app
@@ -320,6 +321,19 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
     assert (again["revoked"], again["already_revoked"]) == (False, True)
 
 
+def test_an_exact_artifact_is_revoked_over_http_by_its_digest(kit: Kit, client: Client) -> None:
+    artifact, other = kit.artifact(), kit.artifact()
+    assert decide(client, kit.submission(kit.request(amount=1), artifact))["outcome"] == "proceed"
+    digest = sha256_b64url(artifact.encode("ascii"))
+    body = {"kind": "artifact", "value": digest, "reason": "leaked", "cascade": True}
+    response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["cascade"]["decisions"]) == 1
+    after = decide(client, kit.submission(kit.request(amount=2), artifact))
+    assert [r["code"] for r in after["reasons"]] == ["artifact.revoked"]
+    assert decide(client, kit.submission(kit.request(amount=3), other))["outcome"] == "proceed"
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -327,6 +341,7 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
         {"kind": "sub", "value": "", "reason": "r"},
         {"kind": "sub", "value": "x", "reason": " "},
         {"kind": "kid", "value": "not-a-thumbprint", "reason": "r"},
+        {"kind": "artifact", "value": "a.b.c", "reason": "r"},  # a digest, not the token
         {"kind": "sub", "value": "x"},
         {"kind": "sub", "value": "x", "reason": "r", "extra": 1},
         {"kind": "sub", "value": "x", "reason": "r", "cascade": "yes"},

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from execgate.errors import EvidenceError
-from execgate.store.base import LogEntry, Store
+from execgate.store.base import REVOCATION_KINDS, LogEntry, Store
 
 __all__ = ["Cascade", "LineageNode", "cascade", "lineage_tree", "records"]
 
@@ -53,11 +53,11 @@ def cascade(store: Store, kind: str, value: str) -> Cascade:
     artifact at or below it on those chains (root first).
 
     Each record lists its chain's links (jti, signing key, subject, bound key), so the
-    first link a revocation reaches is known exactly: a jti or subject names its link; a
-    key reaches the first link it signed or binds.
+    first link a revocation reaches is known exactly: a jti or subject names its link, and
+    an exact token its digest; a key reaches the first link it signed or binds.
     """
-    if kind not in ("jti", "kid", "sub"):
-        raise ValueError("kind must be jti, kid or sub")
+    if kind not in REVOCATION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(REVOCATION_KINDS)}")
     artifacts: dict[str, None] = {}
     decisions = []
     for index, record in records(store):
@@ -73,6 +73,8 @@ def cascade(store: Store, kind: str, value: str) -> Cascade:
 def _reaches(link: dict[str, str], kind: str, value: str) -> bool:
     if kind == "kid":
         return value in (link["kid"], link["jkt"])
+    if kind == "artifact":
+        return link.get("digest") == value
     return link["sub" if kind == "sub" else "jti"] == value
 
 

@@ -164,18 +164,17 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _revoke_target(args: argparse.Namespace) -> tuple[str, str]:
-    from execgate.jose import parse_unverified
+    from execgate.jose import parse_unverified, sha256_b64url
 
     if args.artifact is not None:
+        # This exact token (and what descends from it), by its digest: not its jti, which
+        # whoever delegates a link chooses, so another artifact may carry the same one.
         token = token_arg(args.artifact, "--artifact")
         try:
-            parsed = parse_unverified(token, max_size=MAX_TOKEN)
+            parse_unverified(token, max_size=MAX_TOKEN)
         except JoseError as exc:
             raise UsageError(f"--artifact is not a well-formed compact JWS: {exc.detail}") from exc
-        jti = parsed.claims.get("jti")
-        if not isinstance(jti, str) or not jti:
-            raise UsageError("the --artifact token has no jti to revoke")
-        return "jti", jti
+        return "artifact", sha256_b64url(token.encode("ascii"))
     kind = next(k for k in ("jti", "kid", "sub") if getattr(args, k) is not None)
     value: str = getattr(args, kind)
     if not value:
@@ -230,7 +229,10 @@ def register(commands: Commands) -> None:
     s.add_argument("--jti", help="an artifact id")
     s.add_argument("--kid", help="an authority or runtime key id (RFC 7638 thumbprint)")
     s.add_argument("--sub", help="a runtime id")
-    s.add_argument("--artifact", help="revoke this artifact's jti (file or compact JWS)")
+    s.add_argument(
+        "--artifact",
+        help="this exact artifact and what descends from it (file or compact JWS)",
+    )
     s.add_argument("--reason", required=True, help="why; recorded and shown in denials")
     s.add_argument(
         "--cascade-report",

@@ -67,6 +67,7 @@ from execgate.server._http import (
     read_json,
 )
 from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
+from execgate.store.base import REVOCATION_KINDS
 
 if TYPE_CHECKING:
     from execgate.pipeline import Gateway
@@ -328,12 +329,14 @@ def _revocation(body: object) -> tuple[str, str, str, bool]:
         raise HttpError(
             400,
             "request.invalid",
-            "the body must be {kind: jti|kid|sub, value, reason} (and optionally cascade: true)",
+            "the body must be {kind: jti|kid|sub|artifact, value, reason} (and optionally"
+            " cascade: true)",
         )
     kind, value, reason = body["kind"], body["value"], body["reason"]
     cascade = body.get("cascade", False)
-    if kind not in ("jti", "kid", "sub"):
-        raise HttpError(400, "request.invalid", "kind must be jti, kid or sub")
+    if kind not in REVOCATION_KINDS:
+        kinds = ", ".join(REVOCATION_KINDS)
+        raise HttpError(400, "request.invalid", f"kind must be one of {kinds}")
     for name, text in (("value", value), ("reason", reason)):
         if not isinstance(text, str) or not text.strip() or len(text) > _MAX_VALUE:
             raise HttpError(
@@ -341,6 +344,12 @@ def _revocation(body: object) -> tuple[str, str, str, bool]:
             )
     if kind == "kid" and not _THUMBPRINT.fullmatch(value):
         raise HttpError(400, "request.invalid", "a kid is a 43-character RFC 7638 thumbprint")
+    if kind == "artifact" and not _THUMBPRINT.fullmatch(value):
+        raise HttpError(
+            400,
+            "request.invalid",
+            "an artifact is named by the base64url SHA-256 of its token (43 characters)",
+        )
     if not isinstance(cascade, bool):
         raise HttpError(400, "request.invalid", "cascade must be true or false")
     return kind, value, reason, cascade
@@ -684,7 +693,7 @@ SCHEMAS: Final[dict[str, Any]] = {
         "additionalProperties": False,
         "required": ["kind", "value", "reason"],
         "properties": {
-            "kind": {"type": "string", "enum": ["jti", "kid", "sub"]},
+            "kind": {"type": "string", "enum": list(REVOCATION_KINDS)},
             "value": {"type": "string", "minLength": 1, "maxLength": _MAX_VALUE},
             "reason": {"type": "string", "minLength": 1, "maxLength": _MAX_VALUE},
             "cascade": {"type": "boolean"},

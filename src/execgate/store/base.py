@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 __all__ = [
+    "REVOCATION_KINDS",
     "ApprovalRow",
     "Conflict",
     "LogEntry",
@@ -29,6 +30,13 @@ __all__ = [
     "UseClaim",
     "WriteJob",
 ]
+
+# What a revocation names: an artifact id (any link's ``jti``, whoever minted it), a key
+# (an authority's, or the key a link binds or was signed with), a subject, or one exact
+# artifact token (``artifact``: base64url SHA-256 of the token, the link's digest). A
+# delegated link's ``jti`` is chosen by whoever delegates, so it can repeat another
+# artifact's; ``artifact`` reaches that token and its descendants only.
+REVOCATION_KINDS: Final = ("jti", "kid", "sub", "artifact")
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,15 @@ from typing import Final, overload
 
 from execgate.audit.merkle import Frontier
 from execgate.errors import AuditError, StoreError, StoreUnavailable
-from execgate.store.base import ApprovalRow, Conflict, LogEntry, Revocation, UseClaim, WriteJob
+from execgate.store.base import (
+    REVOCATION_KINDS,
+    ApprovalRow,
+    Conflict,
+    LogEntry,
+    Revocation,
+    UseClaim,
+    WriteJob,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -423,8 +431,8 @@ class SQLiteStore:
 
     def revoke(self, kind: str, value: str, *, reason: str, now: int) -> bool:
         """Record a revocation; False when it was already revoked. Durable on return."""
-        if kind not in ("jti", "kid", "sub"):
-            raise ValueError("kind must be jti, kid or sub")
+        if kind not in REVOCATION_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(REVOCATION_KINDS)}")
         with self._side_write("record revocation") as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO revocations VALUES (?, ?, ?, ?)", (kind, value, reason, now)
