@@ -5,6 +5,13 @@ A pattern is matched against a whole value. Segments are separated by ``.``, ``:
 characters across segments (including none). Every other character is literal. So
 ``payments.*`` matches ``payments.refund`` but not ``payments.refund.partial``, and
 ``files:/tmp/**`` matches every path below ``/tmp/``.
+
+A pattern that starts with ``/`` is a path glob (an HTTP path, a file path), read as
+web frameworks read route patterns (Spring's, for one): only ``/`` separates segments, so
+``/users/*`` matches ``/users/42.json`` and ``/users/bob@example.com``, and a trailing
+``/**`` also matches the path without it, so ``/api/admin/**`` matches ``/api/admin``.
+A rule meant to deny, pause or reroute everything under a path must catch those too;
+read with the separators of actions, it would let them through to the next rule.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from functools import lru_cache
 __all__ = ["glob_covers", "glob_match", "validate_glob"]
 
 _SEPARATORS = ".:/"
+_PATH_SEPARATORS = "/"
 _MAX_PATTERN = 512
 # Globs already checked (every decision checks the same few grants and rules again).
 _VALID: set[str] = set()
@@ -50,6 +58,18 @@ def _parts(pattern: str) -> list[str]:
     return parts
 
 
+def _separators(pattern: str) -> str:
+    """What a one-segment ``*`` of ``pattern`` stops at: ``/`` alone in a path glob."""
+    return _PATH_SEPARATORS if pattern.startswith("/") else _SEPARATORS
+
+
+def _probe_stops(pattern: str) -> str:
+    """What a one-segment ``*`` of ``pattern`` may not absorb of a probe (glob_covers):
+    the ``**`` sentinel always, and a path glob's ``*`` sentinel unless ``pattern`` is a
+    path glob too (such a ``*`` may stand for text holding ``.`` or ``:``)."""
+    return _ANY if pattern.startswith("/") else _ANY + _PATH_SEGMENT
+
+
 class _Automaton:
     """A glob run as a bit-parallel NFA, in time linear in the value's length whatever
     the pattern. Bit ``i`` of the state means "the first ``i`` tokens match what has
@@ -75,8 +95,9 @@ class _Automaton:
         self._segment = segment
         self._star = any_mask | segment
         self._final = 1 << position
-        # What a one-segment '*' cannot match (in probe mode also the '**' sentinel).
-        self._stops = frozenset(_SEPARATORS + (_ANY if probe else ""))
+        # What a one-segment '*' cannot match (in probe mode also sentinels: see
+        # _probe_stops).
+        self._stops = frozenset(_separators(pattern) + (_probe_stops(pattern) if probe else ""))
 
     def fullmatch(self, value: str) -> bool:
         literal, any_mask, segment, star = self._literal, self._any, self._segment, self._star
@@ -99,8 +120,10 @@ class _Regex:
     __slots__ = ("_regex",)
 
     def __init__(self, pattern: str, *, probe: bool) -> None:
-        # In probe mode a single '*' must not swallow the '**' sentinel (see glob_covers).
-        one_segment = f"[^{re.escape(_SEPARATORS)}{_ANY if probe else ''}]*"
+        # In probe mode a single '*' must not swallow the sentinels of wider wildcards
+        # (see glob_covers).
+        stops = _separators(pattern) + (_probe_stops(pattern) if probe else "")
+        one_segment = f"[^{re.escape(stops)}]*"
         wildcards = {"**": ".*", "*": one_segment}
         out = [wildcards.get(part) or re.escape(part) for part in _parts(pattern)]
         self._regex = re.compile("".join(out), re.DOTALL)
@@ -114,24 +137,51 @@ def _open_ended(pattern: str) -> int:
     ``**``, and each ``*`` not followed by a separator or the end (one that is must end
     exactly at the next separator, or the end)."""
     parts = _parts(pattern)
+    separators = _separators(pattern)
     count = 0
     for i, part in enumerate(parts):
         following = parts[i + 1] if i + 1 < len(parts) else None
-        if part == "**" or (part == "*" and following is not None and following not in _SEPARATORS):
+        if part == "**" or (part == "*" and following is not None and following not in separators):
             count += 1
     return count
 
 
+class _Either:
+    """A path glob ending in ``/**``: the whole pattern, or the path it names bare."""
+
+    __slots__ = ("_bare", "_whole")
+
+    def __init__(self, whole: _Regex | _Automaton, bare: _Matcher) -> None:
+        self._whole, self._bare = whole, bare
+
+    def fullmatch(self, value: str) -> bool:
+        return self._whole.fullmatch(value) or self._bare.fullmatch(value)
+
+
+_Matcher = _Regex | _Automaton | _Either
+
+
+def _bare(pattern: str) -> str | None:
+    """The path a path glob ending in ``/**`` also matches (``/a/**``: ``/a``), if any."""
+    if pattern.startswith("/") and pattern.endswith("/**") and len(pattern) > 3:
+        return pattern[:-3]
+    return None
+
+
 @lru_cache(maxsize=4096)
-def _matcher(pattern: str, *, probe: bool = False) -> _Regex | _Automaton:
+def _matcher(pattern: str, *, probe: bool = False) -> _Matcher:
     """The regex when at most one wildcard is open-ended: the engine then backtracks over
     that one wildcard's ends only, each tried in linear time, so a value of the longest
     allowed length costs about a million steps at worst. Otherwise the automaton: with
     two or more, backtracking multiplies (``*a*a*a*b`` against 1,000 ``a`` ran for
     minutes), and one request could stall a worker."""
-    if _open_ended(pattern) <= 1:
-        return _Regex(pattern, probe=probe)
-    return _Automaton(pattern, probe=probe)
+    whole = (
+        _Regex(pattern, probe=probe)
+        if _open_ended(pattern) <= 1
+        else _Automaton(pattern, probe=probe)
+    )
+    bare = _bare(pattern)
+    return whole if bare is None else _Either(whole, _matcher(bare, probe=probe))
 
 
 def glob_match(pattern: str, value: str) -> bool:
@@ -141,7 +191,8 @@ def glob_match(pattern: str, value: str) -> bool:
 
 # Sentinels standing for the wildcards of the inner pattern in glob_covers.
 _ANY = "\x00"  # '**': any text, separators included
-_SEGMENT = "\x01"  # '*': any text inside one segment
+_SEGMENT = "\x01"  # '*': any text inside one segment (no '.', ':' or '/')
+_PATH_SEGMENT = "\x02"  # '*' of a path glob: any text without '/'
 
 
 def glob_covers(outer: str, inner: str) -> bool:
@@ -149,13 +200,20 @@ def glob_covers(outer: str, inner: str) -> bool:
 
     ``inner`` is turned into a probe string whose wildcards are sentinels; ``outer``
     covers it when it matches the probe with each sentinel absorbed by a wildcard at least
-    as wide (``**`` absorbs both, ``*`` only the one-segment sentinel). Any value of
-    ``inner`` is then matched by the same alignment, so the answer is sound; it may be
-    ``False`` for a few exotic subsets it cannot prove, never ``True`` wrongly.
+    as wide (``**`` absorbs all three; a path glob's ``*`` both one-segment sentinels,
+    whose text holds no ``/``; another ``*`` only the sentinel of a ``*`` that is not in a
+    path glob, whose text holds none of ``.:/``). Any value of ``inner`` is then matched
+    by the same alignment, so the answer is sound; it may be ``False`` for a few exotic
+    subsets it cannot prove, never ``True`` wrongly. A path glob ending in ``/**`` is two
+    probes (with and without it), and ``outer`` must take each.
     """
     validate_glob(outer)
     validate_glob(inner)
-    if "\x00" in inner or "\x01" in inner:
+    if any(sentinel in inner for sentinel in (_ANY, _SEGMENT, _PATH_SEGMENT)):
         return False
-    probe = inner.replace("**", _ANY).replace("*", _SEGMENT)
-    return _matcher(outer, probe=True).fullmatch(probe)
+    segment = _PATH_SEGMENT if inner.startswith("/") else _SEGMENT
+    probe = inner.replace("**", _ANY).replace("*", segment)
+    if not _matcher(outer, probe=True).fullmatch(probe):
+        return False
+    bare = _bare(inner)
+    return bare is None or glob_covers(outer, bare)

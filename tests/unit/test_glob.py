@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,6 +44,28 @@ from execgate._glob import glob_covers, glob_match, validate_glob
         ("x", "X", False),
         ("payments.refund", "payments.refund\n", False),
         ("*", "a\nb", True),
+        # A path glob (it starts with '/'): only '/' separates its segments...
+        ("/users/*", "/users/42.json", True),
+        ("/users/*", "/users/bob@example.com", True),
+        ("/users/*", "/users/a:b", True),
+        ("/users/*", "/users/42/x", False),
+        ("/api/*/x", "/api/v1.2/x", True),
+        ("/api/*.json", "/api/a.b.json", True),
+        # ...and a trailing '/**' also matches the path without it.
+        ("/api/admin/**", "/api/admin", True),
+        ("/api/admin/**", "/api/admin/", True),
+        ("/api/admin/**", "/api/admin/x/y", True),
+        ("/api/admin/**", "/api/administrator", False),
+        ("/api/admin/**", "/api", False),
+        ("/a/**/**", "/a", True),
+        ("/**", "", False),
+        ("/**", "/", True),
+        ("/a**", "/a", True),
+        ("/api/**/x", "/api/x", False),  # only a trailing '/**' is optional
+        # Any other pattern keeps all three separators, wherever a '/' is.
+        ("files:/tmp/*", "files:/tmp/a.txt", False),
+        ("*/x", "/x", True),
+        ("*/users/*", "/users/42.json", False),
     ],
 )
 def test_glob_match(pattern: str, value: str, expected: bool) -> None:
@@ -86,6 +110,22 @@ def test_glob_match_refuses_an_invalid_pattern() -> None:
         ("a*b", "a*", False),
         ("payments.refund", "payments.*", False),
         ("payments.refund", "payments.refund", True),
+        ("/users/*", "/users/*.json", True),
+        ("/users/**", "/users/*", True),
+        ("/users/*", "/users/**", False),
+        ("/api/**", "/api/admin/**", True),
+        ("/api/admin/**", "/api/admin", True),
+        ("/api/admin/**", "/api/admin/**", True),
+        ("/api/admin/*", "/api/admin/**", False),  # the inner one holds /api/admin/x/y
+        ("/api/*/**", "/api/admin/**", True),
+        ("/api/*", "/api/admin/**", False),  # /api/admin/x
+        ("/api/admin/**", "/api/*", False),
+        # A '*' outside a path glob never holds '.' or ':', one inside may.
+        ("**/*", "/users/*", False),
+        ("*/users/*", "/users/*", False),
+        ("/users/*", "*/users/*", False),  # the inner one holds x/users/a
+        ("**", "/users/*", True),
+        ("/**", "/users/*", True),
     ],
 )
 def test_glob_covers_examples(outer: str, inner: str, expected: bool) -> None:
@@ -107,6 +147,7 @@ def test_glob_covers_validates_both_sides() -> None:
 
 _TOKENS = ["a", "b", ".", ":", "/", "*", "**"]
 _SEGMENT_CHARS = "abx"
+_PATH_SEGMENT_CHARS = "abx.:"  # a path glob's '*' may hold '.' and ':'
 _ANY_CHARS = "abx.:/"
 
 
@@ -114,7 +155,16 @@ def _valid(pattern: str) -> bool:
     return bool(pattern) and "***" not in pattern
 
 
-patterns = st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=6).map("".join).filter(_valid)
+# About half of them path globs: starting with '/', and often ending in '/**'.
+patterns = (
+    st.tuples(
+        st.sampled_from(["", "/"]),
+        st.lists(st.sampled_from(_TOKENS), min_size=0, max_size=6).map("".join),
+        st.sampled_from(["", "", "/**"]),
+    )
+    .map("".join)
+    .filter(_valid)
+)
 
 
 def _wildcards(pattern: str) -> list[str]:
@@ -132,16 +182,57 @@ def _wildcards(pattern: str) -> list[str]:
 
 @st.composite
 def instances(draw: st.DrawFn, pattern: str) -> str:
-    """A value ``pattern`` matches: each wildcard replaced by text it may absorb."""
+    """A value ``pattern`` matches: each wildcard replaced by text it may absorb (by the
+    module's rules, written out again here: a path glob's '*' may hold '.' and ':', and
+    its trailing '/**' may be left out)."""
+    path = pattern.startswith("/")
+    if path and pattern.endswith("/**") and len(pattern) > 3 and draw(st.booleans()):
+        pattern = pattern[:-3]
     parts = []
     for token in _wildcards(pattern):
         if token == "**":
             parts.append(draw(st.text(_ANY_CHARS, max_size=4)))
         elif token == "*":
-            parts.append(draw(st.text(_SEGMENT_CHARS, max_size=3)))
+            parts.append(draw(st.text(_PATH_SEGMENT_CHARS if path else _SEGMENT_CHARS, max_size=3)))
         else:
             parts.append(token)
     return "".join(parts)
+
+
+def _reference(pattern: str, value: str) -> bool:
+    """The rules of the module docstring, read as plainly as possible (exponential: for
+    short values only)."""
+    path = pattern.startswith("/")
+    if path and pattern.endswith("/**") and len(pattern) > 3 and _reference(pattern[:-3], value):
+        return True
+    separators = "/" if path else ".:/"
+    tokens = _wildcards(pattern)
+
+    @cache
+    def match(i: int, j: int) -> bool:
+        if i == len(tokens):
+            return j == len(value)
+        token = tokens[i]
+        if token == "**":
+            return any(match(i + 1, k) for k in range(j, len(value) + 1))
+        if token == "*":
+            k = j
+            while not match(i + 1, k):
+                if k == len(value) or value[k] in separators:
+                    return False
+                k += 1
+            return True
+        return j < len(value) and value[j] == token and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(pattern=patterns, data=st.data())
+def test_glob_match_follows_the_rules(pattern: str, data: st.DataObject) -> None:
+    near = st.builds(lambda v, tail: v + tail, instances(pattern), st.text(_ANY_CHARS, max_size=2))
+    value = data.draw(st.one_of(st.text(_ANY_CHARS, max_size=8), instances(pattern), near))
+    assert glob_match(pattern, value) is _reference(pattern, value)
 
 
 @settings(max_examples=400, deadline=None)
@@ -180,7 +271,7 @@ def test_literal_globs_cover_exactly_themselves(outer: str, inner: str) -> None:
 
 # --- the two matchers agree; the automaton takes what would backtrack -------------------
 
-_PROBE_CHARS = _ANY_CHARS + "\x00\x01"  # glob_covers' probe strings hold the sentinels
+_PROBE_CHARS = _ANY_CHARS + "\x00\x01\x02"  # glob_covers' probe strings hold the sentinels
 
 
 @settings(max_examples=600, deadline=None)
@@ -192,7 +283,7 @@ _PROBE_CHARS = _ANY_CHARS + "\x00\x01"  # glob_covers' probe strings hold the se
 def test_the_automaton_and_the_regex_agree(pattern: str, value: str, probe: bool) -> None:
     """Every pattern, either way: the automaton is held to the regex it stands in for."""
     if not probe:
-        value = value.replace("\x00", "").replace("\x01", "")
+        value = value.replace("\x00", "").replace("\x01", "").replace("\x02", "")
     regex = _glob._Regex(pattern, probe=probe).fullmatch(value)
     assert _glob._Automaton(pattern, probe=probe).fullmatch(value) is regex
 
