@@ -151,7 +151,7 @@ class _Either:
 
     __slots__ = ("_bare", "_whole")
 
-    def __init__(self, whole: _Regex | _Automaton, bare: _Matcher) -> None:
+    def __init__(self, whole: _Regex | _Automaton, bare: _Regex | _Automaton) -> None:
         self._whole, self._bare = whole, bare
 
     def fullmatch(self, value: str) -> bool:
@@ -162,26 +162,38 @@ _Matcher = _Regex | _Automaton | _Either
 
 
 def _bare(pattern: str) -> str | None:
-    """The path a path glob ending in ``/**`` also matches (``/a/**``: ``/a``), if any."""
-    if pattern.startswith("/") and pattern.endswith("/**") and len(pattern) > 3:
-        return pattern[:-3]
-    return None
+    """The path a path glob ending in ``/**`` also matches (``/a/**``: ``/a``), if any.
+
+    A run of them ends the same way (``/a/**/**`` matches what ``/a/**`` does, and
+    ``/a``), so the whole run goes: one bare path, never one per ``/**`` (a matcher, or
+    a probe of ``glob_covers``, each: 170 of them fit in a pattern)."""
+    if not pattern.startswith("/"):
+        return None
+    bare = pattern
+    while bare.endswith("/**") and len(bare) > 3:
+        bare = bare[:-3]
+    return None if bare == pattern else bare
 
 
-@lru_cache(maxsize=4096)
-def _matcher(pattern: str, *, probe: bool = False) -> _Matcher:
+def _single(pattern: str, *, probe: bool) -> _Regex | _Automaton:
     """The regex when at most one wildcard is open-ended: the engine then backtracks over
     that one wildcard's ends only, each tried in linear time, so a value of the longest
     allowed length costs about a million steps at worst. Otherwise the automaton: with
     two or more, backtracking multiplies (``*a*a*a*b`` against 1,000 ``a`` ran for
     minutes), and one request could stall a worker."""
-    whole = (
-        _Regex(pattern, probe=probe)
-        if _open_ended(pattern) <= 1
-        else _Automaton(pattern, probe=probe)
-    )
+    if _open_ended(pattern) <= 1:
+        return _Regex(pattern, probe=probe)
+    return _Automaton(pattern, probe=probe)
+
+
+@lru_cache(maxsize=4096)
+def _matcher(pattern: str, *, probe: bool = False) -> _Matcher:
+    """``pattern``'s matcher: a path glob ending in ``/**`` is its bare path or the bare
+    path followed by one ``/**``."""
     bare = _bare(pattern)
-    return whole if bare is None else _Either(whole, _matcher(bare, probe=probe))
+    if bare is None:
+        return _single(pattern, probe=probe)
+    return _Either(_single(bare + "/**", probe=probe), _single(bare, probe=probe))
 
 
 def glob_match(pattern: str, value: str) -> bool:
@@ -205,15 +217,17 @@ def glob_covers(outer: str, inner: str) -> bool:
     path glob, whose text holds none of ``.:/``). Any value of ``inner`` is then matched
     by the same alignment, so the answer is sound; it may be ``False`` for a few exotic
     subsets it cannot prove, never ``True`` wrongly. A path glob ending in ``/**`` is two
-    probes (with and without it), and ``outer`` must take each.
+    probes (its bare path, and that followed by one ``/**``), and ``outer`` must take
+    each.
     """
     validate_glob(outer)
     validate_glob(inner)
     if any(sentinel in inner for sentinel in (_ANY, _SEGMENT, _PATH_SEGMENT)):
         return False
     segment = _PATH_SEGMENT if inner.startswith("/") else _SEGMENT
-    probe = inner.replace("**", _ANY).replace("*", segment)
-    if not _matcher(outer, probe=True).fullmatch(probe):
-        return False
     bare = _bare(inner)
-    return bare is None or glob_covers(outer, bare)
+    outer_matcher = _matcher(outer, probe=True)
+    return all(
+        outer_matcher.fullmatch(form.replace("**", _ANY).replace("*", segment))
+        for form in ((inner,) if bare is None else (bare + "/**", bare))
+    )

@@ -323,6 +323,22 @@ def test_adversarial_values_are_matched_in_one_pass(
     assert glob_match(pattern, matching) is True
 
 
+def test_a_run_of_trailing_double_stars_is_one_bare_path_and_one_double_star() -> None:
+    """Each '/**' of a run used to add a matcher and a probe: 170 of them fit in a
+    pattern, and one delegated grant of that shape cost half a second to check."""
+    run = "/y" + "/**" * 170
+    matcher = _glob._matcher(run)
+    assert isinstance(matcher, _glob._Either)
+    assert not isinstance(matcher._whole, _glob._Either)
+    assert not isinstance(matcher._bare, _glob._Either)
+    assert glob_covers(run, run)
+    assert glob_covers("/y/**", run)
+    assert glob_covers(run, "/y/**")
+    assert glob_match(run, "/y")
+    assert glob_match(run, "/y/a/b")
+    assert not glob_match(run, "/ya")
+
+
 def test_the_automaton_stops_at_the_first_character_nothing_can_take() -> None:
     automaton = _glob._Automaton("*a*b", probe=False)
     assert automaton.fullmatch("xa.b") is False  # '*' cannot cross the '.'
