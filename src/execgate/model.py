@@ -71,6 +71,13 @@ class Request:
                     f"request.{name} must be printable: no control, format or separator"
                     " characters other than the space"
                 )
+        # A path resolved later ('/srv/data/../../etc') may name what no grant or rule
+        # that matched it meant: a glob compares text, not where the path leads.
+        if any(segment in (".", "..") for segment in self.resource.split("/")):
+            raise ValueError(
+                "request.resource may not hold '.' or '..' path segments: resolve the path"
+                " before asking"
+            )
         if not isinstance(self.args, Mapping):
             raise ValueError("request.args must be a JSON object")
         if self.parent is not None and not isinstance(self.parent, str):

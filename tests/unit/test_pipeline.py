@@ -959,6 +959,11 @@ def _bad_submissions() -> dict[str, object]:
         "action-nul": {"request": {**good, "action": "payments.refund\x00"}},
         "action-zero-width": {"request": {**good, "action": "payments.refund\u200b"}},
         "resource-no-break-space": {"request": {**good, "resource": "acct:1\u00a0"}},
+        # a path a glob matches as text but that leads elsewhere once resolved
+        "resource-dot-dot": {"request": {**good, "resource": "/srv/data/../../etc/passwd"}},
+        "resource-dot-dot-end": {"request": {**good, "resource": "files:/srv/data/.."}},
+        "resource-dot": {"request": {**good, "resource": "/srv/./data"}},
+        "resource-only-dots": {"request": {**good, "resource": ".."}},
         "runtime-bidi": {"request": {**good, "runtime": "agent-\u202e1"}},
         "request-non-string-key": {"request": {**good, 1: "x"}},
         "non-string-key": {"request": good, 2: "x"},
@@ -971,6 +976,11 @@ def test_malformed_submission_is_a_request_error(kit: Kit, gw: Gateway, case: st
     with pytest.raises(RequestError):
         gw.decide(_bad_submissions()[case])  # type: ignore[arg-type]
     assert gw.store.size() == 0
+
+
+@pytest.mark.parametrize("resource", ["/srv/data/.ssh", "/a/...", "a..b", "acct:1.2", "/v1.2/x."])
+def test_dots_inside_a_resource_segment_are_fine(resource: str) -> None:
+    assert Request("files.read", resource, RUNTIME_ID).resource == resource
 
 
 def test_numbers_that_read_back_alike_are_decided_and_logged(kit: Kit, gw: Gateway) -> None:
