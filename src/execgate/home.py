@@ -39,7 +39,13 @@ from typing import Any, Final
 
 from execgate.errors import ConfigError
 from execgate.jose import PrivateKey
-from execgate.keyfile import atomic_write, write_keypair
+from execgate.keyfile import (
+    NotRegular,
+    atomic_write,
+    read_regular,
+    refuse_shared_writes,
+    write_keypair,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -54,6 +60,7 @@ __all__ = [
 ]
 
 CONFIG_NAME: Final = "execgate.toml"
+_MAX_TOML: Final = 1024 * 1024  # bytes of execgate.toml or trust.toml
 _GATEWAY_KEYS: Final = frozenset({"id", "audiences", "node_key", "trust", "policy", "store"})
 _LIMIT_KEYS: Final = frozenset({"leeway", "proof_max_age", "receipt_ttl", "max_depth"})
 _AUDIT_KEYS: Final = frozenset({"checkpoint_every", "checkpoint_interval"})
@@ -151,8 +158,11 @@ def load_config(home: Path) -> GatewayConfig:
         )
     if not home.is_dir():
         raise ConfigError(f"gateway home {home} is not a directory")
+    refuse_shared_writes(home, home.stat().st_mode, "gateway home")
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        data, mode = read_regular(path, limit=_MAX_TOML)
+        refuse_shared_writes(path, mode, "config")
+        doc = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{home} is not a gateway home ({CONFIG_NAME} is missing); create one with"
@@ -160,6 +170,8 @@ def load_config(home: Path) -> GatewayConfig:
         ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text; fix or restore it") from exc
+    except NotRegular as exc:
+        raise ConfigError(f"{path} {exc}; restore the config file") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -198,9 +210,15 @@ def load_config(home: Path) -> GatewayConfig:
     command, url, timeout = _approvals(doc.get("approvals", {}), str(path))
     targets = doc.get("targets", {})
     if not isinstance(targets, dict) or not all(
-        isinstance(t, dict) and isinstance(t.get("description", ""), str) for t in targets.values()
+        isinstance(t, dict)
+        and set(t) <= {"description"}
+        and isinstance(t.get("description", ""), str)
+        for t in targets.values()
     ):
-        raise ConfigError(f"{path}: [targets.NAME] tables may hold a description string")
+        raise ConfigError(
+            f"{path}: [targets.NAME] tables may hold only a description string"
+            " (a misspelt key would be ignored)"
+        )
     return GatewayConfig(
         home=home,
         gateway_id=gateway_id,
@@ -233,7 +251,8 @@ def _server(section: object, where: str) -> ServerConfig:
         if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
             raise ConfigError(f"{where}: [server] trusted_proxies must be a list of CIDR strings")
         try:
-            networks = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+            # strict: '10.0.0.1/8' is refused, not read as all of 10.0.0.0/8
+            networks = tuple(ipaddress.ip_network(p) for p in proxies)
         except ValueError as exc:
             raise ConfigError(
                 f"{where}: [server] trusted_proxies: {exc}; write addresses like"
@@ -330,6 +349,8 @@ def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
             raise ConfigError(f"{home} exists and is not a directory; choose another path")
         if any(home.iterdir()):
             raise ConfigError(f"{home} exists and is not empty; choose a new or empty directory")
+        # The user's directory keeps its mode, but one others may write would not load.
+        refuse_shared_writes(home, home.stat().st_mode, "directory")
     gateway_id = check_gateway_id(
         f"gw-{secrets.token_hex(4)}" if gateway_id is None else gateway_id,
         "init" if gateway_id is None else "--id",

@@ -25,11 +25,13 @@ from execgate.errors import ConfigError, JoseError
 from execgate.jose import PrivateKey, PublicKey, loads_strict
 
 __all__ = [
+    "NotRegular",
     "atomic_file",
     "atomic_write",
     "public_path_for",
     "read_private_key",
     "read_public_key",
+    "refuse_shared_writes",
     "write_keypair",
 ]
 
@@ -137,17 +139,61 @@ def write_keypair(path: Path, key: PrivateKey) -> Path:
     return public
 
 
-def _read_jwk(path: Path, what: str) -> dict[str, object]:
+class NotRegular(OSError):
+    """A path that names no regular file (a directory, a FIFO, a device) or one too large."""
+
+
+def read_regular(path: Path, *, limit: int) -> tuple[bytes, int]:
+    """The bytes (at most ``limit``) and mode of the regular file at ``path``.
+
+    Opened without blocking and checked on the open descriptor before anything is read:
+    a FIFO would hang the reader, ``/dev/zero`` would fill memory, and a file swapped
+    between a check by path and the read would be read unchecked. ``OSError`` (among
+    them ``NotRegular``) otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if path.is_dir():
-            raise ConfigError(f"{what} file {path} is a directory, not a key file")
-        if path.stat().st_size > _MAX_KEY_FILE:
-            raise ConfigError(f"{what} file {path} is too large to be a key file")
-        data = path.read_bytes()
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise NotRegular("is a directory")
+        if not stat.S_ISREG(status.st_mode):
+            raise NotRegular("is not a regular file (a FIFO, a device or a socket)")
+        if status.st_size > limit:
+            raise NotRegular(f"is larger than {limit} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise NotRegular(f"is larger than {limit} bytes")
+        return b"".join(chunks), status.st_mode
+    finally:
+        os.close(fd)
+
+
+def refuse_shared_writes(path: Path, mode: int, what: str) -> None:
+    """``ConfigError`` when group or others may write ``path`` (its ``mode``): anyone who
+    can rewrite a gateway's trust store, config, policy or home can make it trust their
+    own key. Refused as sshd refuses such an ``authorized_keys``."""
+    if os.name == "posix" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{what} {path} may be written by group or others (mode"
+            f" {stat.S_IMODE(mode):04o}); run: chmod go-w {path}"
+        )
+
+
+def _read_jwk(path: Path, what: str) -> tuple[dict[str, object], int]:
+    """The JWK object in the key file at ``path``, and the file's mode."""
+    try:
+        data, mode = read_regular(path, limit=_MAX_KEY_FILE)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{what} file {path} does not exist; create a key pair with 'execgate keygen FILE'"
         ) from exc
+    except NotRegular as exc:
+        raise ConfigError(f"{what} file {path} {exc}, not a key file") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
     if not data.strip():
@@ -162,24 +208,23 @@ def _read_jwk(path: Path, what: str) -> dict[str, object]:
         ) from exc
     if not isinstance(jwk, dict):
         raise ConfigError(f"{what} file {path} must hold one JWK object")
-    return jwk
+    return jwk, mode
 
 
 def read_private_key(path: Path) -> PrivateKey:
     """Read a private key, refusing public keys and files that group or others may read."""
-    jwk = _read_jwk(path, "private key")
+    jwk, mode = _read_jwk(path, "private key")
     if "d" not in jwk:
         raise ConfigError(
             f"{path} holds a public key, but a private key is needed here; give the private"
             " key file (keygen writes it as NAME.jwk beside NAME.pub.jwk)"
         )
-    if os.name == "posix":
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o});"
-                f" run: chmod 600 {path}"
-            )
+    # The mode of the file read, not of a path checked again.
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o});"
+            f" run: chmod 600 {path}"
+        )
     try:
         return PrivateKey.from_jwk(jwk)
     except JoseError as exc:
@@ -190,7 +235,7 @@ def read_private_key(path: Path) -> PrivateKey:
 
 def read_public_key(path: Path) -> PublicKey:
     """Read a public key file (a private key file is refused: keep those where they are)."""
-    jwk = _read_jwk(path, "public key")
+    jwk, _ = _read_jwk(path, "public key")
     if "d" in jwk:
         raise ConfigError(
             f"{path} holds a PRIVATE key, but a public key is needed here; give its public"

@@ -30,10 +30,16 @@ from execgate.approvals import check_pauses
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation
 from execgate.audit.log import AuditLog
-from execgate.errors import AuditError, StoreError, StoreUnavailable, VerificationError
+from execgate.errors import (
+    AuditError,
+    ConfigError,
+    StoreError,
+    StoreUnavailable,
+    VerificationError,
+)
 from execgate.home import load_config
 from execgate.jose import PrivateKey, canonical_json
-from execgate.keyfile import read_private_key
+from execgate.keyfile import read_private_key, refuse_shared_writes
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
@@ -218,8 +224,23 @@ class Gateway(ApprovalFlow, OutcomeLog):
         policy is loaded and its text written there. ``reload_policy`` replaces it.
         """
         config = load_config(home)
+        for path, what in ((config.node_key.parent, "key directory"), (config.policy, "policy")):
+            with suppress(FileNotFoundError):  # a missing policy is reported when read
+                refuse_shared_writes(path, path.stat().st_mode, what)
         node_key = read_private_key(config.node_key)
         trust = TrustStore.load(config.trust)
+        held = trust.holder_of(node_key.public.thumbprint())
+        if held is not None:
+            raise ConfigError(
+                f"{config.trust}: {held} holds this gateway's node key ({config.node_key}),"
+                " which signs its receipts and checkpoints; give that principal a key of"
+                " its own"
+            )
+        if config.gateway_id in trust.mesh_nodes:
+            raise ConfigError(
+                f"{config.trust}: mesh_node {config.gateway_id!r} has this gateway's own id;"
+                " a mesh node is another gateway: give it that gateway's id"
+            )
         targets = config.targets.keys()
         if policy_in_force is None:
             policy = read_policy(config.policy, targets=targets)[0]

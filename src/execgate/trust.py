@@ -36,14 +36,16 @@ a role nobody can use.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from execgate.errors import ConfigError, JoseError
 from execgate.jose import PublicKey
+from execgate.keyfile import NotRegular, read_regular, refuse_shared_writes
 from execgate.scope import Grant, parse_grants
 
 __all__ = [
@@ -68,6 +70,12 @@ def signer_refusal(exc: JoseError, *, what: str, signer: str) -> str:
     }[exc.kind]
 
 
+_MAX_BYTES: Final = 1024 * 1024
+# Ids and group names: what a log line, a review and an exclusion compare as text, so
+# nothing that looks like another ('alice\u200b', ' finance', a control character).
+_NAME: Final = re.compile(r"[!-~]{1,256}")
+_NAME_RULE: Final = "1-256 printable ASCII characters without spaces"
+_JWK_MEMBERS: Final = frozenset({"kty", "crv", "x", "kid", "alg", "use"})
 _SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver", "admin"})
 # What an admin may be allowed to do, one role per group of admin routes.
 ADMIN_ROLES = frozenset({"revoke", "approvals", "reload", "audit"})
@@ -104,6 +112,17 @@ def _keys(where: str, obj: object) -> dict[str, PublicKey]:
             raise ConfigError(
                 f"{where}: keys[{i}] is not an Ed25519 public JWK: {exc.detail}"
             ) from exc
+        unknown = sorted(set(jwk) - _JWK_MEMBERS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: keys[{i}] has unknown members {unknown}; a public JWK here holds"
+                f" {', '.join(sorted(_JWK_MEMBERS))}"
+            )
+        if "kid" in jwk and jwk["kid"] != key.thumbprint():
+            raise ConfigError(
+                f"{where}: keys[{i}] has a kid that is not the key's RFC 7638 thumbprint"
+                f" ({key.thumbprint()}); correct it or leave it out"
+            )
         if key.thumbprint() in keys:
             raise ConfigError(f"{where}: keys[{i}] lists the same key twice")
         keys[key.thumbprint()] = key
@@ -132,8 +151,8 @@ def _check_entry(where: str, entry: object, fields: tuple[str, ...]) -> None:
 
 def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
     ident = entry.get("id")
-    if not isinstance(ident, str) or not ident:
-        raise ConfigError(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(ident, str) or not _NAME.fullmatch(ident):
+        raise ConfigError(f"{where}: 'id' must be {_NAME_RULE}")
     return ident
 
 
@@ -141,8 +160,12 @@ def _names(where: str, entry: Mapping[str, Any], key: str, what: str) -> list[st
     """``entry[key]`` when it is a non-empty list of non-empty strings (approver groups,
     admin roles), else ``ConfigError``."""
     names = entry.get(key)
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise ConfigError(f"{where}: '{key}' must be a non-empty list of {what}")
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names)
+    ):
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list of {what}, each {_NAME_RULE}")
     return names
 
 
@@ -197,6 +220,7 @@ class TrustStore:
         "_approver_kids",
         "_attester_kids",
         "_authority_kids",
+        "_holders",
         "_mesh_kids",
         "admin_keys",
         "admins",
@@ -223,15 +247,24 @@ class TrustStore:
         admins = admins or {}
         seen: dict[str, str] = {}
         # An admin key is never also an approver's: an approval over HTTP needs both.
-        for group in (authorities, attesters, mesh_nodes, approvers, admins):
+        sections = (
+            ("authority", authorities),
+            ("attester", attesters),
+            ("mesh_node", mesh_nodes),
+            ("approver", approvers),
+            ("admin", admins),
+        )
+        for section, group in sections:
             for principal in group.values():
                 for kid in principal.keys:
                     if kid in seen:
                         raise ConfigError(
-                            f"key {kid} is listed for both {seen[kid]!r} and {principal.id!r};"
-                            " a key may belong to one principal only"
+                            f"key {kid} is listed for both {seen[kid]} and {section}"
+                            f" {principal.id!r}; a key may belong to one principal only:"
+                            " give each its own"
                         )
-                    seen[kid] = principal.id
+                    seen[kid] = f"{section} {principal.id!r}"
+        self._holders = seen
         self.authorities = dict(authorities)
         self.attesters = dict(attesters)
         self._authority_kids = {k: a for a in authorities.values() for k in a.keys}
@@ -248,6 +281,10 @@ class TrustStore:
         self.admins = dict(admins)
         self._admin_kids = {k: a for a in admins.values() for k in a.keys}
         self.admin_keys = {k: a.keys[k] for k, a in self._admin_kids.items()}
+
+    def holder_of(self, kid: str) -> str | None:
+        """Which entry lists the key ``kid`` (``"authority 'x'"``), if any does."""
+        return self._holders.get(kid)
 
     def authority_for_kid(self, kid: str) -> Authority | None:
         return self._authority_kids.get(kid)
@@ -312,7 +349,9 @@ class TrustStore:
     @classmethod
     def load(cls, path: Path) -> TrustStore:
         try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+            data, mode = read_regular(path, limit=_MAX_BYTES)
+            refuse_shared_writes(path, mode, "trust store")
+            doc = tomllib.loads(data.decode("utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"trust store {path} does not exist; restore it, or create a new home"
@@ -320,6 +359,8 @@ class TrustStore:
             ) from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"trust store {path} is not UTF-8 text; fix or restore it") from exc
+        except NotRegular as exc:
+            raise ConfigError(f"trust store {path} {exc}; restore it") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read trust store {path}: {exc.strerror or exc}") from exc
         except tomllib.TOMLDecodeError as exc:

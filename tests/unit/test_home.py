@@ -187,6 +187,16 @@ def _edit(home: Path, old: str, new: str) -> None:
         ("receipt_ttl = 86400", "receipt_ttl = 1", "receipt_ttl"),
         ("receipt_ttl = 86400", "receipt_ttl = 86400\nextra = 1", "[limits] may hold only"),
         ('[targets.sandbox]\ndescription = "an', "[targets.sandbox]\ndescription = 5 #", "targets"),
+        (
+            '[targets.sandbox]\ndescription = "an',
+            '[targets.sandbox]\ndescripton = "x"\nd = "an',
+            "only",
+        ),
+        (
+            'trusted_proxies = ["127.0.0.0/8", "::1/128"]',
+            'trusted_proxies = ["10.0.0.1/8"]',
+            "trusted_proxies: 10.0.0.1/8 has host bits set",
+        ),
         ("public_audit = false", 'public_audit = "yes"', "public_audit must be true or false"),
         ("public_audit = false", "public_audit = 1", "public_audit must be true or false"),
     ],

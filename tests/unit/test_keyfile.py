@@ -249,5 +249,19 @@ def test_missing_directory_and_oversized_key_files(tmp_path: Path) -> None:
         read_private_key(tmp_path)
     big = tmp_path / "big.jwk"
     big.write_bytes(b" " * (64 * 1024 + 1))
-    with pytest.raises(ConfigError, match="too large to be a key file"):
+    with pytest.raises(ConfigError, match="is larger than 65536 bytes, not a key file"):
         read_public_key(big)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and /dev/zero are POSIX")
+def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A FIFO with no writer would block the reader for good, and /dev/zero would fill
+    memory: neither is opened blocking or read."""
+    fifo = tmp_path / "fifo.jwk"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        read_private_key(fifo)
+    zero = tmp_path / "zero.jwk"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        read_public_key(zero)

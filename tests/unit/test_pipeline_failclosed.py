@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 from gatekit import Kit, make_kit
 
-from execgate.errors import AuditError, StoreError, StoreUnavailable
+from execgate.errors import AuditError, ConfigError, StoreError, StoreUnavailable
+from execgate.home import init_home
+from execgate.jose import PrivateKey
+from execgate.keyfile import read_private_key
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.policy import Policy, PolicyResult
@@ -364,3 +368,43 @@ def test_never_proceeds_when_anything_fails(kit: Kit, monkeypatch: pytest.Monkey
     kit.clock.error = None
     assert outcomes == [Outcome.FAIL_CLOSED] * 3
     assert kit.gateway().decide(kit.submit()).outcome is Outcome.PROCEED  # control
+
+
+def test_a_node_key_that_a_trust_entry_also_holds_refuses_to_open(tmp_path: Path) -> None:
+    """The node key signs receipts and checkpoints; listed as an authority, its holder
+    could also mint artifacts (an approver: count toward a quorum; a mesh node: vouch
+    for receipts)."""
+    init_home(tmp_path / "home")
+    home = tmp_path / "home"
+    node = read_private_key(home / "keys" / "node.jwk").public.to_jwk()
+    entry = "{" + ", ".join(f'{k} = "{v}"' for k, v in node.items()) + "}"
+    trust = (home / "trust.toml").read_text()
+    (home / "trust.toml").write_text(
+        trust + f'\n[[mesh_node]]\nid = "gw-other"\nkeys = [{entry}]\n'
+    )
+    with pytest.raises(ConfigError, match="mesh_node 'gw-other' holds this gateway's node key"):
+        Gateway.open(home)
+
+
+def test_a_mesh_node_with_this_gateways_id_refuses_to_open(tmp_path: Path) -> None:
+    init_home(tmp_path / "home", gateway_id="gw-self")
+    home = tmp_path / "home"
+    other = PrivateKey.generate().public.to_jwk()
+    entry = "{" + ", ".join(f'{k} = "{v}"' for k, v in other.items()) + "}"
+    with (home / "trust.toml").open("a") as fh:
+        fh.write(f'\n[[mesh_node]]\nid = "gw-self"\nkeys = [{entry}]\n')
+    with pytest.raises(ConfigError, match="mesh_node 'gw-self' has this gateway's own id"):
+        Gateway.open(home)
+
+
+@pytest.mark.parametrize("path", ["", "keys", "execgate.toml", "policy.yaml"])
+def test_a_home_others_may_write_refuses_to_open(tmp_path: Path, path: str) -> None:
+    """Whoever may rewrite the home, its config, its policy or its key directory can make
+    the gateway trust their own key: refused, with the chmod that fixes it."""
+    init_home(tmp_path / "home")
+    target = tmp_path / "home" / path
+    target.chmod(stat.S_IMODE(target.stat().st_mode) | stat.S_IWGRP)
+    with pytest.raises(ConfigError, match=r"may be written by group or others .*run: chmod go-w"):
+        Gateway.open(tmp_path / "home")
+    target.chmod(stat.S_IMODE(target.stat().st_mode) & ~stat.S_IWGRP)
+    Gateway.open(tmp_path / "home").close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -622,8 +623,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_directory_is_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="cannot read"):
+    with pytest.raises(PolicyError, match="cannot read .*: it is a directory"):
         load_policy(tmp_path, targets=())
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "policy.yaml")
+    with pytest.raises(PolicyError, match="it is not a regular file"):
+        load_policy(tmp_path / "policy.yaml", targets=())
 
 
 def test_file_larger_than_one_mib(tmp_path: Path) -> None:

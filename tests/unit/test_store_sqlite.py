@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -558,6 +559,21 @@ def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(
         holder.stdout.close()
     assert store.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}")) == 0
     assert store.revoke("sub", "agent-9", reason="r", now=1) is True
+
+
+def test_a_new_store_and_its_wal_are_owner_only(tmp_path: Path) -> None:
+    """The log holds every request's arguments: not for other local users to read,
+    whatever the umask or the home directory's mode."""
+    tmp_path.chmod(0o755)
+    s = SQLiteStore(tmp_path / "state.db")
+    try:
+        s.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}"))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    finally:
+        s.close()
+    assert modes["state.db"] == 0o600
+    assert modes["state.db-wal"] == 0o600
+    assert modes["state.db-writer.lock"] == 0o600
 
 
 def test_a_lock_file_that_cannot_be_opened_is_store_unavailable(path: Path) -> None:

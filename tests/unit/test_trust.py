@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,15 @@ CASES = [
     ("unknown key", AUTHORITY + 'kid = "x"\n', "authority[0]: unknown keys ['kid']"),
     ("missing id", AUTHORITY.replace('id = "root"\n', ""), "authority[0]: 'id' must be"),
     ("empty id", AUTHORITY.replace('"root"', '""'), "authority[0]: 'id' must be"),
+    ("zero-width id", AUTHORITY.replace('"root"', '"ro\u200bot"'), "printable ASCII"),
+    ("id with a space", AUTHORITY.replace('"root"', '" root"'), "without spaces"),
+    ("id with a control", AUTHORITY.replace('"root"', '"ro\\u001bot"'), "printable ASCII"),
+    ("group name with a space", AUTHORITY + f'[[approver]]\nid = "x"\ngroups = [" finance"]\n'
+     f"keys = [{_jwk(B)}]\n", "'groups' must be a non-empty list of group names, each 1-256"),
+    ("key with an unknown member", AUTHORITY.replace(_jwk(A), _jwk(A)[:-1] + ', y = "z"}'),
+     "keys[0] has unknown members ['y']"),
+    ("key with a wrong kid", AUTHORITY.replace(_jwk(A), _jwk(A)[:-1] + f', kid = "{"A" * 43}"}}'),
+     "keys[0] has a kid that is not the key's RFC 7638 thumbprint"),
     ("missing keys", AUTHORITY.replace(f"keys = [{_jwk(A)}]\n", ""), "'keys' must be a non-empty"),
     ("empty keys", AUTHORITY.replace(f"[{_jwk(A)}]", "[]"), "'keys' must be a non-empty"),
     ("key not a table", AUTHORITY.replace(f"[{_jwk(A)}]", '["abc"]'), "keys[0] must be a JWK"),
@@ -86,7 +96,7 @@ CASES = [
     ("duplicate authority", AUTHORITY + AUTHORITY.replace(_jwk(A), _jwk(B)),
      "authority[1]: duplicate authority id 'root'"),
     ("key shared by two principals", AUTHORITY + f'[[attester]]\nid = "x"\nkeys = [{_jwk(A)}]\n',
-     "is listed for both 'root' and 'x'"),
+     "is listed for both authority 'root' and attester 'x'"),
 ]  # fmt: skip
 
 
@@ -114,8 +124,18 @@ def test_a_private_key_in_the_trust_store_is_not_echoed(tmp_path: Path) -> None:
 def test_unreadable_trust_stores(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist; restore it"):
         TrustStore.load(tmp_path / "nope.toml")
-    with pytest.raises(ConfigError, match="cannot read trust store"):
+    with pytest.raises(ConfigError, match="is a directory; restore it"):
         TrustStore.load(tmp_path)
+    os.mkfifo(tmp_path / "fifo.toml")  # no writer: a blocking open would never return
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        TrustStore.load(tmp_path / "fifo.toml")
+    shared = tmp_path / "shared.toml"
+    shared.write_text(AUTHORITY)
+    shared.chmod(0o664)
+    with pytest.raises(ConfigError, match=r"written by group or others \(mode 0664\); run: chmod"):
+        TrustStore.load(shared)
+    shared.chmod(0o644)
+    assert "root" in TrustStore.load(shared).authorities
     (tmp_path / "latin1.toml").write_bytes(b'[[authority]]\nid = "\xe9"\n')
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         TrustStore.load(tmp_path / "latin1.toml")

@@ -20,6 +20,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from execgate.errors import PolicyError
+from execgate.keyfile import NotRegular, read_regular
 
 # A number as JSON writes it: what a plain YAML number must look like to be taken as one.
 _JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
@@ -69,12 +70,11 @@ class _Composer(yaml.SafeLoader):
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 file of at most ``MAX_BYTES``; raise ``PolicyError`` otherwise."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+        data = read_regular(Path(path), limit=MAX_BYTES)[0]
+    except NotRegular as exc:
+        raise PolicyError(f"cannot read {str(path)!r}: it {exc}") from exc
     except OSError as exc:
         raise PolicyError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_BYTES:
-        raise PolicyError(f"{str(path)!r} is larger than {MAX_BYTES} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

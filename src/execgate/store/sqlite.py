@@ -243,6 +243,11 @@ class SQLiteStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        # Created owner-only: the log holds every request's arguments. SQLite gives its
+        # -wal and -shm files the database file's mode. (One that exists is left as it
+        # is; one that cannot be made here is reported by the connect below.)
+        with suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         conn = self._connect()
         try:
             with conn:
