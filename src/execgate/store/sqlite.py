@@ -231,6 +231,45 @@ class _LoopFuture(asyncio.Future[int]):
                 self.get_loop().call_soon_threadsafe(self.settle, result)
 
 
+def _wait_for_turn(path: str, timeout: float) -> int:
+    """Wait at most ``timeout`` seconds for the writers' ``flock`` on ``path``; return the
+    descriptor that holds it, or raise ``StoreUnavailable``.
+
+    A blocking ``flock`` has no time limit, so it runs in a helper thread while this one
+    waits with one; the kernel still wakes it the moment the holder lets go (polling
+    instead lost the turn, under load, to a holder that takes it again at once). The
+    helper locks a descriptor of its own: given up on, it closes that descriptor once it
+    gets the lock, which releases it and nothing else (the store's own descriptor may
+    hold the turn again by then, and a lock is per open file)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    taken = threading.Event()
+    settle = threading.Lock()
+    failed: list[OSError] = []
+    given_up = False
+
+    def take() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            failed.append(exc)
+        with settle:
+            if given_up:
+                os.close(fd)
+                return
+            taken.set()
+
+    threading.Thread(target=take, name="execgate-writers-turn", daemon=True).start()
+    taken.wait(timeout)
+    with settle:
+        if not taken.is_set():
+            given_up = True
+            raise StoreUnavailable(f"another process has held the writers' turn for {timeout:g}s")
+    if failed:
+        os.close(fd)
+        raise failed[0]
+    return fd
+
+
 class SQLiteStore:
     """A ``Store`` in one SQLite file. Thread-safe; one writer thread per instance."""
 
@@ -667,41 +706,32 @@ class SQLiteStore:
     @contextmanager
     def _process_turn(self, *, wait: bool) -> Iterator[bool]:
         """Take the writers' turn across processes (several server workers share one
-        file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts within
-        a millisecond of the other's commit, instead of in SQLite's busy handler, which
-        sleeps in growing steps (1, 2, 5, 10… ms) and lets one process starve the other.
-        Yields whether the turn was taken. Held by the writer lock.
+        file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts the
+        moment the other commits, instead of in SQLite's busy handler, which sleeps in
+        growing steps (1, 2, 5, 10… ms) and lets one process starve the other. Yields
+        whether the turn was taken (always, when ``wait``). Held by the writer lock.
 
-        With ``wait``, the lock is tried again 50 µs, then up to 1 ms, apart (a blocking
-        ``flock`` cannot be given a time limit), and a turn not had within
-        ``_COMMIT_TIMEOUT`` (another process stopped while writing) is
-        ``StoreUnavailable``: its callers fail closed instead of hanging."""
+        With ``wait``, a turn not had within ``_COMMIT_TIMEOUT`` (another process stopped
+        while writing) is ``StoreUnavailable``: its callers fail closed instead of
+        hanging (see ``_wait_for_turn``)."""
         if self._turn is None:
             self._turn = os.open(
                 self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
-        deadline, pause = 0.0, 0.00005
-        while True:
-            try:
-                fcntl.flock(self._turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    yield False
-                    return
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + _COMMIT_TIMEOUT
-            elif now >= deadline:
-                raise StoreUnavailable(
-                    f"another process has held the writers' turn for {_COMMIT_TIMEOUT:g}s"
-                )
-            time.sleep(pause)
-            pause = min(pause * 2, 0.001)
+        held = self._turn
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            held = _wait_for_turn(self.path + "-writer.lock", _COMMIT_TIMEOUT)
         try:
             yield True
         finally:
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
+            fcntl.flock(held, fcntl.LOCK_UN)
+            if held != self._turn:
+                os.close(held)
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         conn.execute("BEGIN IMMEDIATE")
