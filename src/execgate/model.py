@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,9 @@ class Reason:
 
 
 _REQUEST_KEYS = frozenset({"action", "resource", "args", "runtime", "parent"})
+# What separates the segments of a path in a resource: "files:../x" and C:\a\..\b climb
+# as "/a/../b" does.
+_SEGMENTS = re.compile(r"[/:\\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,7 @@ class Request:
                 )
         # A path resolved later ('/srv/data/../../etc') may name what no grant or rule
         # that matched it meant: a glob compares text, not where the path leads.
-        if any(segment in (".", "..") for segment in self.resource.split("/")):
+        if any(segment in (".", "..") for segment in _SEGMENTS.split(self.resource)):
             raise ValueError(
                 "request.resource may not hold '.' or '..' path segments: resolve the path"
                 " before asking"
