@@ -623,7 +623,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 def test_directory_is_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="cannot read .*: it is a directory"):
+    with pytest.raises(PolicyError, match=r"cannot read .*: it is a directory"):
         load_policy(tmp_path, targets=())
 
 
