@@ -241,7 +241,7 @@ def test_condition_reports_the_inputs_it_reads() -> None:
         "request.args.l.all(x, x > 0)",
         "request.args.l.exists_one(item, item == 1)",
         "request.args.l.map(x, x * 2).size() > 0",
-        "request.args.m.map(k, v, v > 0).size() > 0",
+        "request.args.l.map(x, x > 0, x * 2).size() > 0",
         "request.args.l.filter(x, x > 0).size() > 0",
     ],
 )
@@ -308,6 +308,10 @@ def test_a_function_the_binding_lacks_is_refused_at_load(source: str, missing: s
         ("request.args.n >", "CEL does not compile"),
         ("reqest.args.n > 1", "unknown variable(s) reqest"),
         ("request.args.n > limit", "unknown variable(s) limit"),
+        # the binding's three-argument map is (x, filter, transform): v is no name it binds
+        ("request.args.m.map(k, v, v > 0).size() > 0", "unknown variable(s) v"),
+        ("request.args.m.all(k, v, v > 0)", "all with arguments no form of the macro takes"),
+        ("request.args.l.exists(x)", "exists with arguments no form of the macro takes"),
         ("x" * 4097, "at most 4096"),
         # iteration three deep: the cube of the request's size, uninterruptible
         ("r.all(g, g.all(x, g.exists_one(y, y == x)))", "'exists_one' nests iteration 3"),

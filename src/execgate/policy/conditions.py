@@ -71,9 +71,13 @@ _INT64 = range(-(2**63) + 1, 2**63)
 # The comprehension macros: each runs its body once per element of its receiver.
 _LOOP_MACROS: Final = r"all|exists|exists_one|existsOne|map|filter|transform\w*"
 _LOOP_MACRO = re.compile(rf"(?:{_LOOP_MACROS})\Z")
-# Names a comprehension macro binds (`list.all(x, ...)`, `map.map(k, v, ...)`). The
-# binding reports them as variables, so they are allowed.
-_BOUND = re.compile(rf"\.\s*(?:{_LOOP_MACROS})\s*\(\s*([A-Za-z_]\w*)\s*,(?:\s*([A-Za-z_]\w*)\s*,)?")
+# The name a comprehension macro binds (`list.all(x, ...)`; the binding's three-argument
+# `map(x, filter, transform)` binds one name too, so `m.map(k, v, ...)` leaves `v`
+# unknown). The binding reports it as a variable, so it is allowed.
+_BOUND = re.compile(rf"\.\s*(?:{_LOOP_MACROS})\s*\(\s*([A-Za-z_]\w*)\s*,")
+# A macro called with arguments none of its forms takes is reported as a call of an
+# unknown function of its name.
+_MACROS: Final = frozenset({"all", "exists", "exists_one", "existsOne", "map", "filter", "has"})
 # What selects one key of a value: `.sub` or `['x-y']`.
 _KEY = re.compile(r"""\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(?:'([^'\\\n]*)'|"([^"\\\n]*)")\s*\])""")
 _MAX_PATH: Final = 8  # keys followed from an input; a value deeper down is kept whole
@@ -431,6 +435,12 @@ class Condition:
         missing = {  # operators have names no call can spell (`_+_`, `-_`, `@in`)
             name for name in program.functions() if _WORD.fullmatch(name) and name not in FUNCTIONS
         }
+        if missing & _MACROS:
+            raise ValueError(
+                f"CEL uses {', '.join(sorted(missing & _MACROS))} with arguments no form of"
+                " the macro takes: write list.all(x, expression), and map also as"
+                " list.map(x, filter, transform); a macro binds one name"
+            )
         if missing:
             raise ValueError(
                 f"CEL calls unknown function(s) {', '.join(sorted(missing))}; the functions"
