@@ -448,6 +448,10 @@ def test_decide_denies_each_family_with_exit_1(world: World) -> None:
     token = (world.root / payments).read_text().strip()
     assert said.out.startswith(f"revoked artifact {sha256_b64url(token.encode())}: ")
     assert _code(world.decide(small, payments, "--json")) == (1, "artifact.revoked")
+    # a token of another kind (the proof above) would be revoked to no effect: refused
+    refused = world.run("--home", "home", "revoke", "--artifact", proof, "--reason", "x")
+    assert refused.code == 2
+    assert "token, not an artifact (execgate-artifact+jwt)" in refused.err
 
 
 def _code(result: Run) -> tuple[int, str]:

@@ -25,8 +25,8 @@ not ``%`` and two hex digits (IIS reads ``%u0061`` as ``a``), an encoded ``%`` (
 is ``a`` after two decodings), encoded control characters, encoded bytes that are not
 UTF-8 (``%C0%AE`` is an overlong ``.``), segments ending in ``.`` or ``%20`` (Windows
 drops them), and every character outside visible ASCII. So a grant on ``/api/**``
-covers exactly what a service reading the path literally or decoding it once would route
-below ``/api/``.
+covers exactly what a service reading the path literally or decoding it would route to
+``/api`` or below it.
 
 ``forward_auth_headers`` is the client side: the headers a runtime adds to its call.
 """

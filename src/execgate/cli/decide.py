@@ -164,6 +164,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _revoke_target(args: argparse.Namespace) -> tuple[str, str]:
+    from execgate.artifacts import ARTIFACT_TYP
     from execgate.jose import parse_unverified, sha256_b64url
 
     if args.artifact is not None:
@@ -171,9 +172,14 @@ def _revoke_target(args: argparse.Namespace) -> tuple[str, str]:
         # whoever delegates a link chooses, so another artifact may carry the same one.
         token = token_arg(args.artifact, "--artifact")
         try:
-            parse_unverified(token, max_size=MAX_TOKEN)
+            typ = parse_unverified(token, max_size=MAX_TOKEN).header.get("typ")
         except JoseError as exc:
             raise UsageError(f"--artifact is not a well-formed compact JWS: {exc.detail}") from exc
+        if typ != ARTIFACT_TYP:
+            raise UsageError(
+                f"--artifact is a {shown(str(typ))} token, not an artifact ({ARTIFACT_TYP});"
+                " revoking it would deny nothing"
+            )
         return "artifact", sha256_b64url(token.encode("ascii"))
     kind = next(k for k in ("jti", "kid", "sub") if getattr(args, k) is not None)
     value: str = getattr(args, kind)

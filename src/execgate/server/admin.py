@@ -7,7 +7,7 @@ an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role
     GET  /v1/admin/approvals                    approvals  every approval and its state
     GET  /v1/admin/approvals/{id}               approvals  one, with its reviews
     POST /v1/admin/approvals/{id}/reviews       approvals  record an approver's signed review
-    POST /v1/revocations                        revoke     revoke a jti, key id or subject
+    POST /v1/revocations                        revoke     revoke a jti, key id, subject or artifact
     POST /v1/admin/policy/reload                reload     load policy.yaml again, everywhere
     GET  /v1/admin/audit/export                 audit      the whole log, as ``audit export``
     GET  /v1/audit/consistency?first=N&second=M (public)   RFC 9162 consistency proof

@@ -41,7 +41,7 @@ REVOCATION_KINDS: Final = ("jti", "kid", "sub", "artifact")
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    kind: str  # "jti" | "kid" | "sub"
+    kind: str  # one of REVOCATION_KINDS: "jti" | "kid" | "sub" | "artifact"
     value: str
     reason: str
     revoked_at: int
