@@ -168,7 +168,7 @@ def reload_policy(
     then stays in force).
     """
     from execgate.approvals import check_pauses
-    from execgate.keyfile import atomic_write
+    from execgate.keyfile import atomic_write, refuse_shared_writes
     from execgate.policy.loader import pin_lock, pin_policy, read_policy
 
     source = gateway.policy_source
@@ -218,6 +218,8 @@ def reload_policy(
                     # so that every worker ends with the one policy pinned.
                     (new, text), adopted = in_force, True
                 else:
+                    with suppress(FileNotFoundError):  # reported by the read, as at open
+                        refuse_shared_writes(path, path.stat().st_mode, "policy")
                     new, text = read_policy(path, targets=targets)
                     check_pauses(new, gateway.trust)
                     if pinned is not None:  # the service's other and later workers load it

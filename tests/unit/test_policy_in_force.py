@@ -99,6 +99,22 @@ def test_a_refused_reload_leaves_the_pin(kit: Kit, pinned: Path) -> None:
     assert _open(kit, pinned).policy.hash == gateway.policy.hash == done.policy_hash
 
 
+def test_a_reload_of_a_policy_others_may_write_is_refused(kit: Kit, pinned: Path) -> None:
+    """As at open: whoever may rewrite the policy file would choose what runs next."""
+    gateway = _open(kit, pinned)
+    old = gateway.policy.hash
+    policy = kit.home / "policy.yaml"
+    policy.write_text(EDITED, encoding="utf-8")
+    policy.chmod(0o664)
+    done = gateway.reload_policy(via="signal")
+    assert not done.reloaded
+    assert done.error is not None
+    assert "may be written by group or others (mode 0664)" in done.error
+    assert gateway.policy.hash == old
+    policy.chmod(0o644)
+    assert gateway.reload_policy(via="signal").reloaded
+
+
 def test_a_reload_that_cannot_write_the_pin_is_refused(kit: Kit, pinned: Path) -> None:
     gateway = _open(kit, pinned)
     old = gateway.policy.hash
