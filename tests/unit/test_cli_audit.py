@@ -85,6 +85,28 @@ def test_checkpoint_prints_a_signed_checkpoint_and_the_vkey(built: Log, tmp_path
     assert (tmp_path / "cp.note").read_text() == result.out
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("k.pub.jwk", "holds a public key; refusing to overwrite it"),
+        ("home/trust.toml", "is a gateway home's trust.toml; refusing to overwrite it"),
+        ("home/execgate.toml", "is a gateway home's execgate.toml; refusing to overwrite it"),
+        ("home/state.db", "is a SQLite database; refusing to overwrite it"),
+    ],
+)
+def test_an_output_never_replaces_a_key_a_home_file_or_a_store(
+    built: Log, tmp_path: Path, target: str, message: str
+) -> None:
+    """A typo in -o would lose a public key, a home's config or trust store, or the log."""
+    assert cli("keygen", tmp_path / "k.jwk").code == 0
+    home_file = target.removeprefix("home/")
+    path = built.home / home_file if home_file != target else tmp_path / target
+    before = path.read_bytes()
+    refused = cli("--home", built.home, "audit", "checkpoint", "-o", path).usage()
+    assert message in refused
+    assert path.read_bytes() == before
+
+
 def test_checkpoint_of_an_empty_log(tmp_path: Path) -> None:
     assert cli("init", tmp_path / "home", "--id", "gw-empty").code == 0
     result = cli("--home", tmp_path / "home", "audit", "checkpoint")

@@ -224,18 +224,32 @@ def open_gateway(home: Path, *, fallback: bool, policy_in_force: Path | None = N
 
 
 def refuse_private_key(path: str, what: str) -> None:
-    """Never replace a private key file with anything else."""
+    """Never replace a key file (private or public), a home's config or trust store, or a
+    SQLite store with an output: a typo in ``-o`` would lose a key or a home."""
+    from execgate.home import CONFIG_NAME
     from execgate.jose import loads_strict
 
     target = Path(path)
     if not target.is_file():
         return
+    if target.name in (CONFIG_NAME, "trust.toml"):
+        raise UsageError(f"{path} is a gateway home's {target.name}; refusing to overwrite it")
     try:
-        existing = loads_strict(target.read_bytes()[:MAX_TOKEN])
-    except (OSError, JoseError):
+        head = target.read_bytes()[:MAX_TOKEN]
+    except OSError:
+        return  # the write reports what is wrong with the file
+    if head.startswith(b"SQLite format 3\x00"):
+        raise UsageError(f"{path} is a SQLite database; refusing to overwrite it with {what}")
+    try:
+        existing = loads_strict(head)
+    except JoseError:
         existing = None
     if isinstance(existing, dict) and "d" in existing:
         raise UsageError(f"{path} holds a private key; refusing to overwrite it with {what}")
+    if isinstance(existing, dict) and "kty" in existing:
+        raise UsageError(
+            f"{path} holds a public key; refusing to overwrite it with {what} (choose another file)"
+        )
 
 
 def write_text(text: str, dest: str | None, what: str) -> None:
