@@ -174,13 +174,14 @@ def read_regular(path: Path, *, limit: int) -> tuple[bytes, int]:
 
 
 def refuse_shared_writes(path: Path, mode: int, what: str) -> None:
-    """``ConfigError`` when group or others may write ``path`` (its ``mode``): anyone who
+    """``ConfigError`` when any local user may write ``path`` (its ``mode``): anyone who
     can rewrite a gateway's trust store, config, policy or home can make it trust their
-    own key. Refused as sshd refuses such an ``authorized_keys``."""
-    if os.name == "posix" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+    own key. A group may write them: a group of the gateway's administrators, or the
+    owner's own group, which a umask of 002 gives every new file."""
+    if os.name == "posix" and mode & stat.S_IWOTH:
         raise ConfigError(
-            f"{what} {path} may be written by group or others (mode"
-            f" {stat.S_IMODE(mode):04o}); run: chmod go-w {path}"
+            f"{what} {path} may be written by any user (mode {stat.S_IMODE(mode):04o});"
+            f" run: chmod o-w {path}"
         )
 
 

@@ -105,11 +105,11 @@ def test_a_reload_of_a_policy_others_may_write_is_refused(kit: Kit, pinned: Path
     old = gateway.policy.hash
     policy = kit.home / "policy.yaml"
     policy.write_text(EDITED, encoding="utf-8")
-    policy.chmod(0o664)
+    policy.chmod(0o666)
     done = gateway.reload_policy(via="signal")
     assert not done.reloaded
     assert done.error is not None
-    assert "may be written by group or others (mode 0664)" in done.error
+    assert "may be written by any user (mode 0666)" in done.error
     assert gateway.policy.hash == old
     policy.chmod(0o644)
     assert gateway.reload_policy(via="signal").reloaded
