@@ -49,6 +49,7 @@ from execgate.keyfile import (
 
 __all__ = [
     "CONFIG_NAME",
+    "ID_PATTERN",
     "SAMPLE_APPROVERS",
     "SAMPLE_POLICY",
     "GatewayConfig",
@@ -57,6 +58,7 @@ __all__ = [
     "default_home",
     "init_home",
     "load_config",
+    "read_toml",
 ]
 
 CONFIG_NAME: Final = "execgate.toml"
@@ -71,7 +73,9 @@ _SERVER_KEYS: Final = frozenset(
 # The sample approvers init writes: enough for the sample policy's quorum of 2 in finance.
 SAMPLE_APPROVERS: Final = (("alice", ("finance",)), ("bob", ("finance",)))
 # A gateway id is also the audience artifacts and proofs name: printable, no whitespace.
-_GATEWAY_ID: Final = re.compile(r"[!-~]{1,256}")
+# A gateway id, and the ids and group names of trust.toml: 1-256 printable ASCII
+# characters without spaces.
+ID_PATTERN: Final = re.compile(r"[!-~]{1,256}")
 # What init writes; the config goes last, so a directory is a home only once complete.
 _HOME_ENTRIES: Final = ("keys", "trust.toml", "policy.yaml", CONFIG_NAME)
 
@@ -83,7 +87,7 @@ def default_home() -> Path:
 
 def check_gateway_id(value: object, where: str) -> str:
     """Return ``value`` if it is a usable gateway id, else raise ``ConfigError``."""
-    if not isinstance(value, str) or not _GATEWAY_ID.fullmatch(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise ConfigError(
             f"{where}: the gateway id must be 1-256 printable ASCII characters without spaces"
         )
@@ -148,6 +152,26 @@ def _int(section: Mapping[str, Any], key: str, default: int, lo: int, hi: int, w
     return value
 
 
+def read_toml(path: Path, *, name: str, what: str) -> dict[str, Any]:
+    """The TOML document in the regular file at ``path`` (at most ``_MAX_TOML`` bytes,
+    not writable by every user: ``what`` names it then). ``FileNotFoundError`` is the
+    caller's to explain; anything else is a one-line ``ConfigError`` about ``name``."""
+    try:
+        data, mode = read_regular(path, limit=_MAX_TOML)
+        refuse_shared_writes(path, mode, what)
+        return tomllib.loads(data.decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name} is not UTF-8 text; fix or restore it") from exc
+    except NotRegular as exc:
+        raise ConfigError(f"{name} {exc}; restore it") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name} is not valid TOML: {exc}; fix or restore it") from exc
+
+
 def load_config(home: Path) -> GatewayConfig:
     """Read and check ``HOME/execgate.toml``; file paths in it are relative to the home."""
     path = home / CONFIG_NAME
@@ -160,22 +184,12 @@ def load_config(home: Path) -> GatewayConfig:
         raise ConfigError(f"gateway home {home} is not a directory")
     refuse_shared_writes(home, home.stat().st_mode, "gateway home")
     try:
-        data, mode = read_regular(path, limit=_MAX_TOML)
-        refuse_shared_writes(path, mode, "config")
-        doc = tomllib.loads(data.decode("utf-8"))
+        doc = read_toml(path, name=str(path), what="config")
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{home} is not a gateway home ({CONFIG_NAME} is missing); create one with"
             f" 'execgate init DIR' or point --home / EXECGATE_HOME at an existing one"
         ) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text; fix or restore it") from exc
-    except NotRegular as exc:
-        raise ConfigError(f"{path} {exc}; restore the config file") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}; fix or restore it") from exc
     unknown = set(doc) - {"gateway", "limits", "audit", "approvals", "targets", "server"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")

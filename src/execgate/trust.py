@@ -36,16 +36,14 @@ a role nobody can use.
 
 from __future__ import annotations
 
-import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from execgate.errors import ConfigError, JoseError
+from execgate.home import ID_PATTERN, read_toml
 from execgate.jose import PublicKey
-from execgate.keyfile import NotRegular, read_regular, refuse_shared_writes
 from execgate.scope import Grant, parse_grants
 
 __all__ = [
@@ -70,10 +68,9 @@ def signer_refusal(exc: JoseError, *, what: str, signer: str) -> str:
     }[exc.kind]
 
 
-_MAX_BYTES: Final = 1024 * 1024
-# Ids and group names: what a log line, a review and an exclusion compare as text, so
-# nothing that looks like another ('alice\u200b', ' finance', a control character).
-_NAME: Final = re.compile(r"[!-~]{1,256}")
+# Ids and group names are what a log line, a review and an exclusion compare as text,
+# so nothing that looks like another ('alice\u200b', ' finance', a control character):
+# the rule of gateway ids.
 _NAME_RULE: Final = "1-256 printable ASCII characters without spaces"
 _JWK_MEMBERS: Final = frozenset({"kty", "crv", "x", "kid", "alg", "use"})
 _SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver", "admin"})
@@ -151,7 +148,7 @@ def _check_entry(where: str, entry: object, fields: tuple[str, ...]) -> None:
 
 def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
     ident = entry.get("id")
-    if not isinstance(ident, str) or not _NAME.fullmatch(ident):
+    if not isinstance(ident, str) or not ID_PATTERN.fullmatch(ident):
         raise ConfigError(f"{where}: 'id' must be {_NAME_RULE}")
     return ident
 
@@ -163,7 +160,7 @@ def _names(where: str, entry: Mapping[str, Any], key: str, what: str) -> list[st
     if (
         not isinstance(names, list)
         or not names
-        or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names)
+        or not all(isinstance(n, str) and ID_PATTERN.fullmatch(n) for n in names)
     ):
         raise ConfigError(f"{where}: '{key}' must be a non-empty list of {what}, each {_NAME_RULE}")
     return names
@@ -349,22 +346,10 @@ class TrustStore:
     @classmethod
     def load(cls, path: Path) -> TrustStore:
         try:
-            data, mode = read_regular(path, limit=_MAX_BYTES)
-            refuse_shared_writes(path, mode, "trust store")
-            doc = tomllib.loads(data.decode("utf-8"))
+            doc = read_toml(path, name=f"trust store {path}", what="trust store")
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"trust store {path} does not exist; restore it, or create a new home"
                 " with 'execgate init'"
-            ) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"trust store {path} is not UTF-8 text; fix or restore it") from exc
-        except NotRegular as exc:
-            raise ConfigError(f"trust store {path} {exc}; restore it") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot read trust store {path}: {exc.strerror or exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(
-                f"trust store {path} is not valid TOML: {exc}; fix or restore it"
             ) from exc
         return cls.from_dict(doc, source=str(path))
