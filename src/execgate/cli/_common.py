@@ -223,7 +223,7 @@ def open_gateway(home: Path, *, fallback: bool, policy_in_force: Path | None = N
 # -- writing outputs --------------------------------------------------------------------
 
 
-def refuse_private_key(path: str, what: str) -> None:
+def refuse_to_replace(path: str, what: str) -> None:
     """Never replace a key file (private or public), a home's config or trust store, or a
     SQLite store with an output: a typo in ``-o`` would lose a key or a home."""
     from execgate.home import CONFIG_NAME
@@ -235,7 +235,8 @@ def refuse_private_key(path: str, what: str) -> None:
     if target.name in (CONFIG_NAME, "trust.toml"):
         raise UsageError(f"{path} is a gateway home's {target.name}; refusing to overwrite it")
     try:
-        head = target.read_bytes()[:MAX_TOKEN]
+        with target.open("rb") as fh:  # the head says what it is: not a whole store
+            head = fh.read(MAX_TOKEN)
     except OSError:
         return  # the write reports what is wrong with the file
     if head.startswith(b"SQLite format 3\x00"):
@@ -259,7 +260,7 @@ def write_text(text: str, dest: str | None, what: str) -> None:
         return
     from execgate.keyfile import atomic_write
 
-    refuse_private_key(dest, what)
+    refuse_to_replace(dest, what)
     atomic_write(Path(dest), text.encode())
     note(f"wrote {dest}")
 

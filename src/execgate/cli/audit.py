@@ -24,7 +24,7 @@ from execgate.cli._common import (
     note,
     out,
     positive,
-    refuse_private_key,
+    refuse_to_replace,
     write_text,
 )
 from execgate.cli._records import parse_record, summary
@@ -96,7 +96,7 @@ def _export(args: argparse.Namespace) -> int:
         if args.file == "-":
             size = log.export(sys.stdout, now=int(time.time()))
         else:
-            refuse_private_key(args.file, "an export")
+            refuse_to_replace(args.file, "an export")
             if Path(args.file).is_dir():
                 raise UsageError(f"{args.file} is a directory; give the export a file name")
             with atomic_file(Path(args.file), mode=0o600, text=True) as fh:
