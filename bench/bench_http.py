@@ -19,11 +19,23 @@ Proofs are single use, so they are made before the run: one per request wrk may 
 split between wrk's threads (each thread reads its own share). A proof is valid for the
 gateway's proof_max_age (120 s by default); the run is far shorter.
 
+Where the time goes, from the same run: the CPU the server's processes spent per request
+(read from /proc; wrk's own is not counted) for forward-auth and for /healthz, and the
+CPU of the same decisions made in-process, with no HTTP around them (``decide_async`` on
+one event loop with as many in flight as wrk has connections, so they share group
+commits as the server's do). A forward-auth call costs at least the decision plus what
+/healthz costs, so with every core busy the server answers at most
+cores / (decision + /healthz) calls a second: the run prints that bound and its ratio to
+/healthz's rate, and says when the decision's own cost rules a target out. With every
+connection always busy, the mean latency is connections / rate (Little's law), so
+p99 <= 25 ms needs more than 64 / 25 ms = 2,560 calls a second however even they are.
+
 Run: make bench-http   (EXECGATE_BENCH_QUICK=1 for a short smoke run)
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -33,18 +45,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from execgate.adapters.http import forward_auth_headers
+from execgate.adapters.http import forward_auth_headers, http_request
 from execgate.artifacts import issue_artifact
 from execgate.home import init_home
 from execgate.jose import PrivateKey
 from execgate.keyfile import read_private_key
+from execgate.model import Decision, Outcome
+from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
+from execgate.submission import Submission
 
 QUICK = os.environ.get("EXECGATE_BENCH_QUICK") == "1"
 SECONDS = 3 if QUICK else 10
@@ -54,6 +69,7 @@ RATE_CEILING = 6000  # proofs made per second of run: above any rate this machin
 TARGET_RATE = 2000
 TARGET_P99_MS = 25.0
 TARGET_RATIO = 0.4
+IN_PROCESS = 1000 if QUICK else 5000  # decisions made in-process, without HTTP
 
 POLICY = """\
 version: 1
@@ -135,7 +151,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
 
 
 @contextmanager
-def _running(argv: list[str], url: str, log: Path) -> Iterator[None]:
+def _running(argv: list[str], url: str, log: Path) -> Iterator[int]:
     with log.open("wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     try:
@@ -143,7 +159,7 @@ def _running(argv: list[str], url: str, log: Path) -> Iterator[None]:
         # Every worker up before measuring: a few requests more than there are workers.
         for _ in range(8):
             httpx.get(url, timeout=5.0)
-        yield
+        yield proc.pid  # its process group (start_new_session)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -154,15 +170,32 @@ def _running(argv: list[str], url: str, log: Path) -> Iterator[None]:
                 proc.wait()
 
 
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of group ``pgid``
+    (the server and its workers), from /proc."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii").rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _wrk(
-    url: str, *, script: Path | None = None, script_arg: Path | None = None
+    url: str, *, script: Path | None = None, script_arg: Path | None = None, pgid: int
 ) -> dict[str, float]:
     argv = ["wrk", "-t", str(WRK_THREADS), "-c", str(CONNECTIONS), "-d", f"{SECONDS}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script), url, "--", str(script_arg)]
     else:
         argv.append(url)
+    cpu = _group_cpu(pgid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    cpu = _group_cpu(pgid) - cpu
+    answered = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
@@ -172,6 +205,7 @@ def _wrk(
         "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         "non2xx": float(failed.group(1)) if failed else 0.0,
         "socket_errors": 1.0 if errors else 0.0,
+        "cpu_us": cpu / answered * 1e6,
     }
 
 
@@ -224,6 +258,43 @@ def _proof_files(root: Path, runtime: Runtime, artifact: str, audience: str) -> 
     return per_thread * WRK_THREADS
 
 
+def _decision_cpu_us(home: Path, runtime: Runtime, artifact: str, audience: str) -> float:
+    """CPU per decision with no HTTP around it: forward-auth's own calls (the same
+    request, artifact and fresh proof), decided by ``decide_async`` on one event loop
+    with CONNECTIONS in flight, each durably logged before its answer."""
+    now = int(time.time())
+    made = []
+    for n in range(IN_PROCESS):
+        request = http_request(method="GET", uri=f"/bench/in/{n}", runtime=runtime.runtime_id)
+        proof = runtime.proof(request, artifact, audience=audience, now=now)
+        made.append(Submission(request, artifact, proof))
+    warm = IN_PROCESS // 10  # caches filled, store warm: not counted
+    gateway = Gateway.open(home)
+    try:
+        decisions = asyncio.run(_decide_all(gateway, made[:warm]))
+        cpu = time.process_time()
+        measured = asyncio.run(_decide_all(gateway, made[warm:]))
+        cpu = time.process_time() - cpu
+    finally:
+        gateway.close()
+    if any(d.outcome is not Outcome.PROCEED for d in decisions + measured):
+        raise SystemExit("INVALID RUN: an in-process decision was not proceed")
+    return cpu / len(measured) * 1e6
+
+
+async def _decide_all(gateway: Gateway, made: Sequence[Submission]) -> list[Decision]:
+    """Every submission decided, CONNECTIONS at a time (each task takes the next)."""
+    pending = iter(made)
+    decisions: list[Decision] = []
+
+    async def caller() -> None:
+        for submission in pending:
+            decisions.append(await gateway.decide_async(submission))
+
+    await asyncio.gather(*(caller() for _ in range(CONNECTIONS)))
+    return decisions
+
+
 def main() -> int:
     if shutil.which("wrk") is None:
         print("bench-http needs wrk (Debian package 'wrk'); 'make bench-http' installs it")
@@ -235,6 +306,7 @@ def main() -> int:
         t0 = time.perf_counter()
         made = _proof_files(root, runtime, artifact, audience)
         print(f"{made} single-use proofs made in {time.perf_counter() - t0:.1f} s")
+        decision_us = _decision_cpu_us(home, runtime, artifact, audience)
         script = root / "forward.lua"
         script.write_text(WRK_SCRIPT, encoding="utf-8")
 
@@ -244,17 +316,18 @@ def main() -> int:
             "--port", str(port), "--workers", "2",
         ]  # fmt: skip
         base = f"http://127.0.0.1:{port}"
-        with _running(serve, base + "/healthz", root / "serve.log"):
-            gate = _wrk(base, script=script, script_arg=root)
-            trivial = _wrk(base + "/healthz")
+        with _running(serve, base + "/healthz", root / "serve.log") as group:
+            gate = _wrk(base, script=script, script_arg=root, pgid=group)
+            trivial = _wrk(base + "/healthz", pgid=group)
 
         (root / "tmp").mkdir()
         nport = _free_port()
         conf = root / "nginx.conf"
         conf.write_text(NGINX_CONF.format(root=root, port=nport), encoding="utf-8")
         nbase = f"http://127.0.0.1:{nport}/"
-        with _running([nginx, "-p", str(root), "-c", str(conf)], nbase, root / "nginx.log"):
-            peer = _wrk(nbase)
+        nginx_argv = [nginx, "-p", str(root), "-c", str(conf)]
+        with _running(nginx_argv, nbase, root / "nginx.log") as group:
+            peer = _wrk(nbase, pgid=group)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -276,10 +349,38 @@ def main() -> int:
     print(f"forward-auth / nginx auth_request: {gate['rate'] / peer['rate']:.3f} x")
     for label, met in checks:
         print(f"  {'MET ' if met else 'MISS'} {label}")
+    _accounting(gate, trivial, decision_us)
     if gate["non2xx"] or gate["socket_errors"]:
         print("INVALID RUN: forward-auth answered non-2xx or sockets failed; see above")
         return 1
     return 0
+
+
+def _accounting(gate: dict[str, float], trivial: dict[str, float], decision_us: float) -> None:
+    """Where forward-auth's time goes, and what the decision alone leaves reachable."""
+    cores = len(os.sched_getaffinity(0))
+    least_us = decision_us + trivial["cpu_us"]  # a forward-auth call costs at least this
+    reachable = cores * 1e6 / least_us
+    bound = reachable / trivial["rate"]
+    needed = CONNECTIONS / (TARGET_P99_MS / 1000)
+    rest = gate["cpu_us"] - least_us
+    print(f"\nCPU per call, server processes ({cores} cores; wrk's own not counted)")
+    print(f"  forward-auth over HTTP{gate['cpu_us']:>29.0f} us")
+    print(f"  the decision alone, in-process, no HTTP{decision_us:>12.0f} us")
+    print(f"  trivial /healthz over HTTP{trivial['cpu_us']:>25.0f} us")
+    print(f"  forward-auth's own HTTP work (the rest){rest:>12.0f} us")
+    print(
+        f"at least decision + /healthz per call: at most {reachable:,.0f} calls/s on"
+        f" {cores} cores, {bound:.2f} x /healthz's rate"
+    )
+    print(
+        f"p99 <= {TARGET_P99_MS:.0f} ms with {CONNECTIONS} busy connections needs more than"
+        f" {needed:,.0f} calls/s (mean latency = connections / rate)"
+    )
+    if bound < TARGET_RATIO:
+        print(f"  the decision's own CPU rules out >= {TARGET_RATIO} x /healthz on this machine")
+    if reachable <= needed:
+        print(f"  the decision's own CPU rules out p99 <= {TARGET_P99_MS:.0f} ms on this machine")
 
 
 if __name__ == "__main__":
