@@ -12,7 +12,9 @@ not be logged is ``fail_closed`` with ``audit.unavailable``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import threading
 import time
 import uuid
@@ -78,6 +80,15 @@ COMMIT_TIMEOUT: Final = 30.0
 # at most COMMIT_TIMEOUT for a writer to take it. Purges keep this much more state.
 PURGE_LAG: Final = 2 * int(COMMIT_TIMEOUT)
 _FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
+
+_log = logging.getLogger(__name__)
+
+# Where a decision's housekeeping runs (see Gateway._decide): each chore never raises.
+Chores = Callable[[Callable[[], None]], None]
+
+
+def _inline(chore: Callable[[], None]) -> None:
+    chore()
 
 
 def policy_view(artifact: Artifact) -> dict[str, Any]:
@@ -353,11 +364,18 @@ class Gateway(ApprovalFlow, OutcomeLog):
         other decision in flight by the loop itself once it has run what is ready (see
         ``SQLiteStore.lead_now``). With a store that cannot ``submit``, the commit runs in
         the loop's default executor. Same stages, same records, same answers as
-        ``decide``."""
+        ``decide``. Housekeeping a decision may fall due for (purging expired replay state,
+        signing a checkpoint) runs in the loop's default executor, never on the loop: it
+        writes outside the batches and may wait for the writers' turn, which would stall
+        every request on the loop meanwhile."""
         loop = asyncio.get_running_loop()
         store = self.store
         batching = cast("LoopCommits", store) if hasattr(store, "submit") else None
-        steps = self._decide(submission)
+
+        def later(chore: Callable[[], None]) -> None:
+            loop.run_in_executor(None, chore)  # a chore never raises: nothing to await
+
+        steps = self._decide(submission, later)
         step: WriteJob | Decision = next(steps)
         while isinstance(step, WriteJob):
             try:
@@ -418,11 +436,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
             loop.call_later(_FLUSH_RETRY, self._flush, loop, store)
 
     def _decide(
-        self, submission: Submission | Mapping[str, Any]
+        self, submission: Submission | Mapping[str, Any], later: Chores = _inline
     ) -> Generator[WriteJob, int, Decision]:
         """The whole decision as a generator: it yields each write job to commit and is
         sent the job's log index (or thrown the commit's error), so ``decide`` and
-        ``decide_async`` share every stage and differ only in how they wait."""
+        ``decide_async`` share every stage and differ only in how they wait, and in
+        where housekeeping runs (``later``: in this thread, or beside the loop)."""
         if not isinstance(submission, Submission):
             submission = Submission.from_json(submission)
         observer = self.observer
@@ -447,11 +466,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
             )
         self._count += 1
         if self._count % _PURGE_EVERY == 0:
-            self._purge(state.now)
+            later(functools.partial(self._purge, state.now))
         if observer is None or not isinstance(state, TimedState):
-            return (yield from self._record(state))
+            return (yield from self._record(state, later))
         state.stage = "audit"  # the record, its commit and receipt: timed as one stage
-        decision = yield from self._record(state)
+        decision = yield from self._record(state, later)
         with suppress(Exception):
             observer(decision, state.finish())
         return decision
@@ -607,7 +626,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             return {"request": request, "args_omitted": True}
         return {"request": request}
 
-    def _record(self, state: DecisionState) -> Generator[WriteJob, int, Decision]:
+    def _record(self, state: DecisionState, later: Chores) -> Generator[WriteJob, int, Decision]:
         made: list[Decision] = []
         artifact, proof = state.artifact, state.proof
         retry = False
@@ -722,7 +741,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             )
         else:
             # The record is durable: from here on nothing may change the decision.
-            self._checkpoint_if_due(index + 1, state.now)
+            later(functools.partial(self._checkpoint_if_due, index + 1, state.now))
             decision = made[-1]
             if decision.outcome is Outcome.PAUSE and state.open_approval is not None:
                 self._notify("opened", state.open_approval, decision)
@@ -788,6 +807,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
         are kept ``PURGE_LAG`` longer still: the store refuses any claim expiring before
         the latest purge (``Conflict.PURGED``, against a clock gone back), and a decision
         of another process may commit that long after it was evaluated. A failed purge
-        only lets replay state grow until the next one."""
-        with suppress(StoreError):
+        only lets replay state grow until the next one, and is never the decision's
+        concern (a chore: see ``_decide``)."""
+        try:
             self.store.purge_expired(now - self._proof_max_age - self._leeway - PURGE_LAG)
+        except Exception as exc:  # noqa: BLE001
+            _log.warning("expired replay state not purged: %s: %s", type(exc).__name__, exc)

@@ -5,7 +5,9 @@ takes the record in time."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -186,3 +188,77 @@ def test_a_loop_job_written_by_another_thread_is_told_on_its_loop(
     assert (mine, other) == (0, 1)  # queued first, so written first, by the thread
     assert store.size() == 2
     assert settled_in == [threading.get_ident()]  # asyncio.run's loop runs in this thread
+
+
+def test_housekeeping_waits_beside_the_loop_not_on_it(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge falls due while another process holds the writers' turn (a worker mid-
+    commit, or stopped): it waits for the turn beside the loop, so everything else on
+    the loop (other requests, /healthz) is served meanwhile. On the loop it stalled
+    them all for as long as it waited."""
+    gateway = kit.gateway()
+    store = gateway.store
+    assert isinstance(store, SQLiteStore)
+    monkeypatch.setattr(pipeline, "_PURGE_EVERY", 1)  # this decision's purge falls due
+    monkeypatch.setattr(pipeline, "COMMIT_TIMEOUT", 0.5)
+    monkeypatch.setattr(sqlite_store, "_COMMIT_TIMEOUT", 2.0)  # the purge's wait
+    held = os.open(store.path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process's turn
+
+    async def decide_while_ticking() -> tuple[Outcome, float]:
+        longest = 0.0
+
+        async def tick() -> None:  # another request on the loop, in small steps
+            nonlocal longest
+            for _ in range(100):
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                longest = max(longest, time.monotonic() - before)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)  # the ticker is running first
+        decision = await gateway.decide_async(kit.submit())
+        await ticker
+        return decision.outcome, longest
+
+    try:
+        outcome, longest = asyncio.run(decide_while_ticking())
+    finally:
+        os.close(held)  # the purge gets its turn (or has given up)
+    assert outcome is Outcome.FAIL_CLOSED  # its own record could not be written meanwhile
+    assert longest < 1.0  # the loop never waited for the purge's 2 s
+
+
+def test_housekeeping_runs_in_the_callers_thread_for_decide_and_beside_the_loop_for_async(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = kit.gateway()
+    monkeypatch.setattr(pipeline, "_PURGE_EVERY", 1)
+    gateway._checkpoint_every = 1  # every decision signs a checkpoint
+    threads: list[tuple[str, int]] = []
+    purge, checkpoint = gateway._purge, gateway._checkpoint_if_due
+
+    def purged(now: int) -> None:
+        threads.append(("purge", threading.get_ident()))
+        purge(now)
+
+    def checkpointed(size: int, now: int) -> None:
+        threads.append(("checkpoint", threading.get_ident()))
+        checkpoint(size, now)
+
+    monkeypatch.setattr(gateway, "_purge", purged)
+    monkeypatch.setattr(gateway, "_checkpoint_if_due", checkpointed)
+    assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+    me = threading.get_ident()
+    assert threads == [("purge", me), ("checkpoint", me)]
+
+    async def on_the_loop() -> int:
+        assert (await gateway.decide_async(kit.submit())).outcome is Outcome.PROCEED
+        return threading.get_ident()
+
+    threads.clear()
+    loop_thread = asyncio.run(on_the_loop())  # returns once the executor has finished
+    assert sorted(name for name, _ in threads) == ["checkpoint", "purge"]
+    assert all(thread != loop_thread for _, thread in threads)
+    assert [size for size, _ in gateway.store.recent_checkpoints()][:1] == [2]
