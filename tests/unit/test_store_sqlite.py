@@ -462,6 +462,25 @@ def test_closed_store_refuses_reads_and_writes(path: Path) -> None:
         s.size()
 
 
+def test_close_leaves_a_read_in_progress_to_finish(path: Path) -> None:
+    """A read in another thread when the store closes (a checkpoint beside the event
+    loop while the server shuts down): its connection stays open until the read gives
+    it back, then closes. Closed under the read, it crashed the process."""
+    s = SQLiteStore(path)
+    s.commit(entry_job(b"x"))
+    with s._reader() as conn:
+        with s._reader() as idle:
+            pass  # given back: idle from here on
+        s.close()  # closes the idle one at once; "conn" is in use
+        with pytest.raises(sqlite3.ProgrammingError):
+            idle.execute("SELECT 1")
+        assert conn.execute("SELECT COUNT(*) FROM audit_log").fetchone() == (1,)
+    with pytest.raises(sqlite3.ProgrammingError):  # closed as it came back
+        conn.execute("SELECT 1")
+    with pytest.raises(StoreError):
+        s.size()
+
+
 def test_synchronous_mode_is_checked(path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(path, synchronous="EXTRA; DROP TABLE audit_log")

@@ -278,9 +278,8 @@ class SQLiteStore:
             raise ValueError("synchronous must be FULL, NORMAL or OFF")
         self.path = str(path)
         self._synchronous = synchronous
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle
+        self._lock = threading.Lock()  # settles a reader's return against close
         self._closed = False
         # Created owner-only: the log holds every request's arguments. SQLite gives its
         # -wal and -shm files the database file's mode. (One that exists is left as it
@@ -334,20 +333,25 @@ class SQLiteStore:
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
+        """An idle reader connection, or a new one. ``close`` closes only idle ones: one
+        in use is closed as it comes back (closing it under a query crashes the process)."""
         if self._closed:
             raise StoreError("the store is closed")
         try:
             conn = self._readers.get_nowait()
         except queue.Empty:
             conn = self._connect()
-            with self._lock:
-                self._all.append(conn)
         try:
             yield conn
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {exc}") from exc
         finally:
-            self._readers.put(conn)
+            with self._lock:
+                if self._closed:
+                    with suppress(sqlite3.Error):
+                        conn.close()
+                else:
+                    self._readers.put(conn)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -880,11 +884,14 @@ class SQLiteStore:
             if self._turn is not None:
                 os.close(self._turn)
                 self._turn = None
-        with self._lock:
-            for conn in self._all:
+        with self._lock:  # the idle readers; each one in use is closed as it comes back
+            while True:
+                try:
+                    conn = self._readers.get_nowait()
+                except queue.Empty:
+                    break
                 with suppress(sqlite3.Error):
                     conn.close()
-            self._all.clear()
 
     # -- gauges for /metrics (server.metrics) ------------------------------------------
 
