@@ -21,6 +21,7 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from gatekit import GATEWAY_ID, PAYMENTS, Kit, make_kit
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Message
 from test_audit_log import fork_the_tree
@@ -33,6 +34,7 @@ from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
 from execgate.server import create_app
+from execgate.server._http import read_body
 from execgate.store.sqlite import SQLiteStore
 from execgate.store.unavailable import UnavailableStore
 
@@ -280,6 +282,8 @@ async def _asgi_post(
     headers = [(b"content-type", b"application/json")]
     if content_length is not None:
         headers.append((b"content-length", str(content_length).encode()))
+    else:  # how HTTP/1.1 sends a body of no declared length
+        headers.append((b"transfer-encoding", b"chunked"))
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -342,6 +346,33 @@ async def test_a_streamed_body_stops_being_read_past_the_limit(
     status, body, read = await _asgi_post(app, "/v1/decisions", chunks, None)
     assert (status, body["error"]["code"]) == (413, "request.too_large")
     assert read == server_app.DECISION_BODY_LIMIT // 1024 + 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize(
+    ("version", "headers", "expected"),
+    [
+        ("1.1", [], b""),  # HTTP/1: neither header, no body; receive is never called
+        ("1.0", [], b""),
+        ("1.1", [(b"transfer-encoding", b"chunked")], b'{"a": 1}'),
+        ("1.1", [(b"content-length", b"8")], b'{"a": 1}'),
+        ("2", [], b'{"a": 1}'),  # HTTP/2 may send a body with neither header
+    ],
+)
+async def test_a_body_is_read_unless_http1_says_there_is_none(
+    anyio_backend: str, version: str, headers: list[tuple[bytes, bytes]], expected: bytes
+) -> None:
+    scope = {"type": "http", "http_version": version, "method": "POST", "headers": headers}
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.request", "body": b'{"a": 1}', "more_body": False}
+
+    assert await read_body(Request(scope, receive), limit=1024) == expected
+    assert calls == (0 if expected == b"" else 1)
 
 
 def test_unknown_routes_are_404(client: Client) -> None:

@@ -33,6 +33,7 @@ __all__ = [
 
 JSON_TYPE: Final = "application/json"
 INLINE_JSON: Final = 64 * 1024  # bodies parsed on the event loop; larger ones in a thread
+_HTTP1: Final = frozenset({"1.0", "1.1"})  # where a body is declared or absent (read_body)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -89,8 +90,17 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     the declared ``Content-Length`` (nothing is read), then while streaming (reading stops
     at the first chunk past the limit, whatever the header said). A body that has not
     arrived whole within ``[server] body_timeout`` seconds is refused with 408 and the
-    connection is closed (the rest of it may still be on its way)."""
+    connection is closed (the rest of it may still be on its way). A request that
+    declares neither a ``Content-Length`` nor a ``Transfer-Encoding`` has no body
+    in HTTP/1 (RFC 9112 §6.3): nothing is read (a proxy's forward-auth GET, most of all).
+    HTTP/2 and 3 may send a body with neither, so there it is read as any other."""
     declared = request.headers.get("content-length")
+    if (
+        declared is None
+        and "transfer-encoding" not in request.headers
+        and request.scope.get("http_version") in _HTTP1
+    ):
+        return b""
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
             raise HttpError(400, "request.bad_content_length", "Content-Length is not a number")
