@@ -363,7 +363,13 @@ async def test_a_streamed_body_stops_being_read_past_the_limit(
 async def test_a_body_is_read_unless_http1_says_there_is_none(
     anyio_backend: str, version: str, headers: list[tuple[bytes, bytes]], expected: bytes
 ) -> None:
-    scope = {"type": "http", "http_version": version, "method": "POST", "headers": headers}
+    scope = {
+        "type": "http",
+        "http_version": version,
+        "method": "POST",
+        "headers": headers,
+        "app": Starlette(),  # read_body looks up [server] body_timeout there
+    }
     calls = 0
 
     async def receive() -> Message:
