@@ -80,6 +80,17 @@ class OutcomeLog:
             leeway=self._leeway,
         )
 
+    def _checkpoint_due(self, size: int, now: int) -> bool:
+        """Whether a log of ``size`` entries is due for a checkpoint at ``now``, from what
+        this process knows (no I/O: a schedule not yet read from the store is due, and
+        ``_checkpoint_if_due`` reads it)."""
+        if self._last_checkpoint is None:
+            return True
+        last_size, last_time = self._last_checkpoint
+        return size - last_size >= self._checkpoint_every or (
+            size > last_size and now - last_time >= self._checkpoint_interval
+        )
+
     def _checkpoint_if_due(self, size: int, now: int) -> None:
         """Sign a checkpoint every N entries or T seconds. Never affects the decision: the
         entry is already durable, and a checkpoint can be made later from the same tree."""
@@ -89,10 +100,8 @@ class OutcomeLog:
             if self._last_checkpoint is None:
                 newest = next(self.store.recent_checkpoints(), None)
                 self._last_checkpoint = (newest[0] if newest else 0, now)
-            last_size, last_time = self._last_checkpoint
-            if size - last_size >= self._checkpoint_every or (
-                size > last_size and now - last_time >= self._checkpoint_interval
-            ):
+            last_time = self._last_checkpoint[1]
+            if self._checkpoint_due(size, now):
                 self.audit.checkpoint(now=now)
                 # A clock that failed (or stepped back) reads early: never move the
                 # schedule back with it, or the next decision checkpoints at once.

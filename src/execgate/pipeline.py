@@ -741,7 +741,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
             )
         else:
             # The record is durable: from here on nothing may change the decision.
-            later(functools.partial(self._checkpoint_if_due, index + 1, state.now))
+            if self._checkpoint_due(index + 1, state.now):
+                later(functools.partial(self._checkpoint_if_due, index + 1, state.now))
             decision = made[-1]
             if decision.outcome is Outcome.PAUSE and state.open_approval is not None:
                 self._notify("opened", state.open_approval, decision)
