@@ -481,6 +481,33 @@ def test_close_leaves_a_read_in_progress_to_finish(path: Path) -> None:
         s.size()
 
 
+def test_a_side_write_waiting_for_its_turn_while_the_store_closes_writes_nothing(
+    path: Path,
+) -> None:
+    """A purge or checkpoint beside the loop waits for the writer lock while the server
+    shuts down and closes the store: when it gets the lock it writes nothing, and does
+    not open the writers' lock file again (nothing would ever close it)."""
+    s = SQLiteStore(path)
+    real = s._writer_lock
+
+    class ClosesFirst:
+        """The writer lock, but the store closes while the first caller waits for it."""
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            s._writer_lock = real  # close() and the release below use the real one
+            s.close()
+            return real.acquire(blocking, timeout)
+
+    s._writer_lock = ClosesFirst()  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable, match="closed"):
+        s.purge_expired(12345)
+    assert s._turn is None
+    assert not real.locked()
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT value FROM meta WHERE key = 'purged_before'").fetchone() is None
+    check.close()
+
+
 def test_synchronous_mode_is_checked(path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(path, synchronous="EXTRA; DROP TABLE audit_log")

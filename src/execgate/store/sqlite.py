@@ -526,6 +526,8 @@ class SQLiteStore:
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
             raise StoreUnavailable(f"no turn to write within {_COMMIT_TIMEOUT}s")
         try:
+            if self._closed:  # closed while this writer waited: nothing more is written
+                raise StoreUnavailable("the store is closed")
             with self._process_turn(wait=True):
                 conn = self._connect()
                 try:
