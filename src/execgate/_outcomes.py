@@ -109,7 +109,9 @@ class OutcomeLog:
         except Exception as exc:  # noqa: BLE001 - never the decision's concern
             # Tried again once as many entries, or as much time, have passed: a tree the
             # node refuses to sign (EvidenceError) refuses every time, and each try reads.
-            self._last_checkpoint = (size, now)
+            # (Never back: a chore may run after a later one has moved the schedule on.)
+            last = self._last_checkpoint or (size, now)
+            self._last_checkpoint = (max(size, last[0]), max(now, last[1]))
             _log.warning("checkpoint at size %d not signed: %s: %s", size, type(exc).__name__, exc)
         finally:
             self._checkpoint_lock.release()

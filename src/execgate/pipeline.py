@@ -83,12 +83,14 @@ _FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
 
 _log = logging.getLogger(__name__)
 
-# Where a decision's housekeeping runs (see Gateway._decide): each chore never raises.
-Chores = Callable[[Callable[[], None]], None]
+# Where a decision's housekeeping runs (see Gateway._decide): called with a chore (which
+# never raises), it runs it or hands it off, and says whether it did; it never raises.
+Chores = Callable[[Callable[[], None]], bool]
 
 
-def _inline(chore: Callable[[], None]) -> None:
+def _inline(chore: Callable[[], None]) -> bool:
     chore()
+    return True
 
 
 def policy_view(artifact: Artifact) -> dict[str, Any]:
@@ -184,6 +186,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_lock = threading.Lock()
         self._last_checkpoint: tuple[int, int] | None = None  # (size, time)
+        self._checkpoint_queued = False  # a checkpoint chore is on its way (_checkpoint_soon)
         # The policy file and reroute targets ``open`` loaded the policy from (None when
         # the gateway was built directly: nothing to reload), and what serializes reloads.
         self.policy_source: tuple[Path, frozenset[str]] | None = None
@@ -372,8 +375,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
         store = self.store
         batching = cast("LoopCommits", store) if hasattr(store, "submit") else None
 
-        def later(chore: Callable[[], None]) -> None:
-            loop.run_in_executor(None, chore)  # a chore never raises: nothing to await
+        def later(chore: Callable[[], None]) -> bool:
+            try:
+                loop.run_in_executor(None, chore)  # a chore never raises: nothing to await
+            except Exception as exc:  # noqa: BLE001 - e.g. the executor was shut down
+                _log.warning("housekeeping skipped: %s: %s", type(exc).__name__, exc)
+                return False
+            return True
 
         steps = self._decide(submission, later)
         step: WriteJob | Decision = next(steps)
@@ -741,8 +749,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             )
         else:
             # The record is durable: from here on nothing may change the decision.
-            if self._checkpoint_due(index + 1, state.now):
-                later(functools.partial(self._checkpoint_if_due, index + 1, state.now))
+            self._checkpoint_soon(index + 1, state.now, later)
             decision = made[-1]
             if decision.outcome is Outcome.PAUSE and state.open_approval is not None:
                 self._notify("opened", state.open_approval, decision)
@@ -795,6 +802,22 @@ class Gateway(ApprovalFlow, OutcomeLog):
         state.reasons = [*kept, *down, *state.reasons]
         return self._decision(state, None, None)
 
+    def _checkpoint_soon(self, size: int, now: int, later: Chores) -> None:
+        """Hand a checkpoint to ``later`` when one is due and none is on its way already
+        (the decisions of one batch all find it due until it is made)."""
+        if self._checkpoint_queued or not self._checkpoint_due(size, now):
+            return
+        self._checkpoint_queued = True
+
+        def chore() -> None:
+            try:
+                self._checkpoint_if_due(size, now)
+            finally:
+                self._checkpoint_queued = False
+
+        if not later(chore):
+            self._checkpoint_queued = False
+
     def _purge(self, now: int) -> None:
         """Forget replay and use state that no gateway on this store could still need.
 
@@ -813,4 +836,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
         try:
             self.store.purge_expired(now - self._proof_max_age - self._leeway - PURGE_LAG)
         except Exception as exc:  # noqa: BLE001
-            _log.warning("expired replay state not purged: %s: %s", type(exc).__name__, exc)
+            _log.warning(
+                "expired replay state not purged: %s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, StoreError),  # a store that is down is no bug
+            )

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -262,3 +262,43 @@ def test_housekeeping_runs_in_the_callers_thread_for_decide_and_beside_the_loop_
     assert sorted(name for name, _ in threads) == ["checkpoint", "purge"]
     assert all(thread != loop_thread for _, thread in threads)
     assert [size for size, _ in gateway.store.recent_checkpoints()][:1] == [2]
+
+
+def test_a_decision_stands_when_its_housekeeping_cannot_be_handed_off(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's executor already shut down (an embedder winding its loop down): the
+    durable decision is still returned; only the purge and checkpoint are skipped."""
+    gateway = kit.gateway()
+    monkeypatch.setattr(pipeline, "_PURGE_EVERY", 1)
+    gateway._checkpoint_every = 1
+
+    async def after_shutdown() -> Outcome:
+        await asyncio.get_running_loop().shutdown_default_executor()
+        return (await gateway.decide_async(kit.submit())).outcome
+
+    assert asyncio.run(after_shutdown()) is Outcome.PROCEED
+    assert gateway.store.size() == 1
+    assert not gateway._checkpoint_queued  # the next decision may hand one off again
+
+
+def test_one_checkpoint_is_on_its_way_at_a_time(kit: Kit) -> None:
+    """Every decision of a batch finds a checkpoint due until it is made: only the first
+    hands one off."""
+    gateway = kit.gateway()
+    gateway._checkpoint_every = 1
+    handed: list[Callable[[], None]] = []
+
+    def later(chore: Callable[[], None]) -> bool:
+        handed.append(chore)
+        return True
+
+    for size in (1, 2, 3):
+        gateway._checkpoint_soon(size, kit.clock.now, later)
+    assert len(handed) == 1
+    handed.pop()()  # it runs (no entries yet: nothing to sign) and is off its way
+    gateway._checkpoint_soon(4, kit.clock.now, later)
+    assert len(handed) == 1
+    gateway._checkpoint_queued = False
+    gateway._checkpoint_soon(5, kit.clock.now, lambda chore: False)  # could not hand off
+    assert not gateway._checkpoint_queued
