@@ -105,10 +105,11 @@ class ServerConfig:
     ``X-Forwarded-*`` headers forward-auth believes; from any other address such headers
     are refused. ``header_limit`` caps the request line and headers together (bytes,
     431 beyond it); ``header_timeout`` and ``body_timeout`` bound how long a client may
-    take to send them (seconds; 408 after that). ``public_audit`` lets anyone read whole
-    log records (``/v1/audit/entries``, ``/v1/audit/proofs/{index}``, the full view of
-    ``/v1/decisions/{id}``); by default they need an admin token with the ``audit``
-    role, as the export does, since every record holds its request's arguments.
+    take to send them (seconds; 408 after that), and ``body_timeout`` also how long it
+    may leave an answer unread (then the connection is dropped). ``public_audit`` lets
+    anyone read whole log records (``/v1/audit/entries``, ``/v1/audit/proofs/{index}``,
+    the full view of ``/v1/decisions/{id}``); by default they need an admin token with
+    the ``audit`` role, as the export does, since every record holds its request's arguments.
     Checkpoints and consistency proofs (hashes only) are public either way.
     """
 
@@ -520,7 +521,8 @@ notify_timeout = 5      # seconds a hook may take (1-30); then it is killed or a
 trusted_proxies = ["127.0.0.0/8", "::1/128"]
 header_limit = 16384    # bytes of request line + headers; 431 beyond
 header_timeout = 10     # seconds a client may take to send its headers; then 408
-body_timeout = 30       # seconds a client may take to send its body; then 408
+body_timeout = 30       # seconds a client may take to send its body (then 408), or to
+                        # take an answer it stopped reading (then it is dropped)
 # Log records hold each request's arguments: reading them whole (/v1/audit/entries,
 # /v1/audit/proofs, a full /v1/decisions/{{id}}) needs an admin token with the audit role
 # unless this is true. Checkpoints and consistency proofs are public either way.

@@ -8,6 +8,7 @@ Raw sockets, because an HTTP client library would not send what these tests send
 
 from __future__ import annotations
 
+import errno
 import json
 import select
 import socket
@@ -295,6 +296,25 @@ def _closed_while_trickling(sock: socket.socket, *, within: float) -> bool:
         except (ConnectionResetError, BrokenPipeError):
             return True
     return False
+
+
+def test_a_client_that_takes_no_answers_is_dropped(server: Server) -> None:
+    """Requests for a large document pipelined, and no answer ever read: once the unread
+    answers have filled the buffers for body_timeout (1 s here), the server drops the
+    connection, instead of holding it, and megabytes of buffers, as long as the client
+    likes (each such client takes a slot of the connection limit)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with closing(sock):
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: gw\r\n\r\n" * 50)
+        deadline = time.monotonic() + READ_TIMEOUT
+        dropped = 0
+        while not dropped and time.monotonic() < deadline:
+            time.sleep(0.2)  # reading nothing
+            dropped = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    assert dropped == errno.ECONNRESET  # reset: what was buffered for it was discarded
+    _healthy(server)
 
 
 def test_malformed_http_gets_a_typed_400(kit: Kit, server: Server) -> None:

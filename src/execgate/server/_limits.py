@@ -30,6 +30,12 @@ holds memory and a slot for as long as the client likes.
   client that raced a new request against the close would read a 408 meant for nobody).
   So an idle connection, new or kept alive, lives at most ``header_timeout`` seconds,
   and ``timeout_keep_alive`` is the same number.
+- **Send time** (``[server] body_timeout``, seconds): a client that stops reading its
+  answers (a slow reader, or one that pipelines requests and never reads) leaves them
+  in the server's buffers, and uvicorn waits for them to drain without a limit; when
+  the transport has asked to stop writing and has not resumed within that time, the
+  connection is dropped (``request.timeout`` in the refusal count). Otherwise each such
+  client would hold a connection slot, and megabytes of buffers, as long as it likes.
 - **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
   is ``400`` ``request.malformed``; over the concurrency limit, ``503``
   ``server.overloaded`` (the check is uvicorn's, answered here).
@@ -50,13 +56,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
+import weakref
 from contextlib import suppress
 from functools import partial
 from typing import Any, Final
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from execgate.home import ServerConfig
@@ -93,6 +106,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._header_limit = limits.header_limit
         self._header_timeout = limits.header_timeout
+        self._send_timeout = limits.body_timeout
+        self._stalled: asyncio.TimerHandle | None = None  # answers not taken (pause_writing)
+        # Every request cycle of this connection: with pipelining, the one writing is not
+        # always ``self.cycle`` (the last one parsed).
+        self._cycles: weakref.WeakSet[RequestResponseCycle] = weakref.WeakSet()
         # uvicorn answers an exceeded limit in plain text; the same check is made in
         # on_headers_complete with a typed body instead.
         self._concurrency = self.limit_concurrency
@@ -115,7 +133,40 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self._send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _send_timed_out(self) -> None:
+        self._stalled = None
+        if self.transport.is_closing():
+            return
+        self.logger.warning(
+            "dropped a connection whose client took no answer for %d s", self._send_timeout
+        )
+        self._count_refusal("request.timeout")
+        for cycle in list(self._cycles):  # their apps' sends return at once, writing nothing
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError):  # reset on close: the kernel frees its buffers now
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -186,6 +237,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(503, "server.overloaded", "too many connections; retry later")
             raise _Refused
         super().on_headers_complete()
+        self._cycles.add(self.cycle)
 
     def on_body(self, body: bytes) -> None:
         self._framing -= len(body)
@@ -265,10 +317,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Answer with a typed error and close; nothing reaches the app. Counted in
         the app's metrics when its lifespan handed over the counter."""
         self.logger.warning("refused a request: %d %s", status, code)
-        count = self.app_state.get(REFUSALS_STATE)
-        if callable(count):
-            with suppress(Exception):  # a count must never stop the answer
-                count(code)
+        self._count_refusal(code)
         self._refused = True
         self._disarm()
         if self.flow is not None:
@@ -290,6 +339,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + body)
         self._close_lingering()
+
+    def _count_refusal(self, code: str) -> None:
+        count = self.app_state.get(REFUSALS_STATE)
+        if callable(count):
+            with suppress(Exception):  # a count must never stop the answer
+                count(code)
 
     def _refuse_request(self, status: int, code: str, message: str) -> None:
         """Refuse the request being received whose app has not answered yet: its
