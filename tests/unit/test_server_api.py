@@ -383,6 +383,11 @@ async def test_a_body_is_read_unless_http1_says_there_is_none(
 
 def test_unknown_routes_are_404(client: Client) -> None:
     assert error_of(client.get("/nope"), 404) == "route.not_found"
+    # A trailing slash is another path, not a redirect built from the client's Host.
+    assert error_of(client.get("/healthz/", headers={"host": "evil.example"}), 404) == (
+        "route.not_found"
+    )
+    assert error_of(client.post("/v1/revocations/", json={}), 404) == "route.not_found"
     assert error_of(client.get("/v1/audit/proofs/abc"), 404) == "route.not_found"
     assert error_of(client.post("/v1/decision", json={}), 404) == "route.not_found"
 

@@ -389,6 +389,10 @@ def create_app(
         exception_handlers={HTTPException: _http_exception},
         middleware=[Middleware(metrics.Instrumented, metrics=telemetry)],
     )
+    # No redirect from "/path/" to "/path": Starlette's answer is an empty 307 whose
+    # Location is built from the client's Host header, and an admin call so redirected
+    # was neither refused nor audited. An unknown path is a typed 404.
+    app.router.redirect_slashes = False
     app.state.now = now
     app.state.server = server if server is not None else ServerConfig()
     app.state.metrics = telemetry
