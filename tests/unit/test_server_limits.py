@@ -261,6 +261,23 @@ def test_a_body_that_stalls_gets_408_and_nothing_is_decided(kit: Kit, server: Se
     _nothing_decided(kit, server, refused="/v1/decisions")
 
 
+def test_a_forward_auth_body_that_stalls_is_refused_and_the_connection_closed(
+    kit: Kit, server: Server
+) -> None:
+    """Forward-auth refuses (403, so a proxy denies) with the reason, and closes the
+    connection, whose body may still be on its way, as every other route does."""
+    head = b"POST /v1/forward-auth/reports/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n"
+    with closing(_connect(server)) as sock:
+        sock.sendall(head + b"{")  # and stall
+        status, headers, error = _parse(_read_all(sock))
+    assert status == 403
+    assert headers["execgate-reason"] == "request.timeout"
+    assert headers["connection"] == "close"
+    assert error["error"]["code"] == "request.timeout"
+    _healthy(server)
+    _nothing_decided(kit, server, refused="/v1/forward-auth/{path:path}", status=403)
+
+
 @pytest.mark.parametrize(
     "head",
     [

@@ -29,7 +29,9 @@ Input that cannot become a request at all is refused with a typed error before t
 pipeline: an invalid method or URI (``request.invalid``), an evidence header over the
 size its token type may have (``request.header_too_large``: nothing is parsed or hashed
 from it), a header given twice (``request.invalid``: which one a proxy would pass on is
-unknowable), a body over 1 MiB (413). Each carries ``Execgate-Reason`` like a denial.
+unknowable), a body over 1 MiB (413), a body that does not arrive in time (403
+``request.timeout``; the connection is closed). Each carries ``Execgate-Reason`` like a
+denial.
 A missing artifact or proof is not such an error: it is a request, and the pipeline
 denies it (``artifact.missing``, ``identity.proof_missing``) and logs that like any
 other decision.
@@ -267,7 +269,9 @@ async def forward_auth(request: Request) -> Response:
     try:
         body = await read_body(request, limit=BODY_LIMIT)
     except HttpError as exc:
-        raise _refuse(413 if exc.status == 413 else 403, exc.code, exc.message) from exc
+        refused = _refuse(413 if exc.status == 413 else 403, exc.code, exc.message)
+        refused.headers = {**(exc.headers or {}), **(refused.headers or {})}  # Connection
+        raise refused from exc
     gateway: Gateway = request.app.state.gateway
     artifact = _artifact(headers)
 
