@@ -31,10 +31,12 @@ holds memory and a slot for as long as the client likes.
   So an idle connection, new or kept alive, lives at most ``header_timeout`` seconds,
   and ``timeout_keep_alive`` is the same number.
 - **Send time** (``[server] body_timeout``, seconds): a client that stops reading its
-  answers (a slow reader, or one that pipelines requests and never reads) leaves them
-  in the server's buffers, and uvicorn waits for them to drain without a limit; when
-  the transport has asked to stop writing and has not resumed within that time, the
-  connection is dropped (``request.timeout`` in the refusal count). Otherwise each such
+  answers (one that pipelines requests and never reads, say) leaves them in the
+  server's buffers, and uvicorn waits for them to drain without a limit. Once the
+  transport has asked to stop writing, a client that takes not one byte of what is
+  waiting for it (in the transport's buffer and the kernel's send queue) within that
+  time is dropped, with a reset (``request.timeout`` in the refusal count); one that
+  reads, however slowly, is not (as nginx's ``send_timeout``). Otherwise each such
   client would hold a connection slot, and megabytes of buffers, as long as it likes.
 - **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
   is ``400`` ``request.malformed``; over the concurrency limit, ``503``
@@ -55,9 +57,11 @@ worker is busy, before it refuses them.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import socket
 import struct
+import termios
 import weakref
 from contextlib import suppress
 from functools import partial
@@ -108,6 +112,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timeout = limits.header_timeout
         self._send_timeout = limits.body_timeout
         self._stalled: asyncio.TimerHandle | None = None  # answers not taken (pause_writing)
+        self._waiting = 0  # bytes waiting for the client when that timer was armed
         # Every request cycle of this connection: with pipelining, the one writing is not
         # always ``self.cycle`` (the last one parsed).
         self._cycles: weakref.WeakSet[RequestResponseCycle] = weakref.WeakSet()
@@ -139,7 +144,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._stalled is None:
-            self._stalled = self.loop.call_later(self._send_timeout, self._send_timed_out)
+            self._arm_stall()
+
+    def _arm_stall(self) -> None:
+        self._waiting = self._unsent()
+        self._stalled = self.loop.call_later(self._send_timeout, self._send_timed_out)
+
+    def _unsent(self) -> int:
+        """Bytes written for the client that it has not taken: the transport's buffer and
+        the kernel's send queue (Linux ``SIOCOUTQ``, unsent and unacknowledged)."""
+        waiting = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError, ValueError):
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                waiting += struct.unpack("i", raw)[0]
+        return waiting
 
     def resume_writing(self) -> None:
         self._unstall()
@@ -151,11 +171,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._stalled = None
 
     def _send_timed_out(self) -> None:
+        # Also when the transport is closing: a close waits for the buffer to drain,
+        # which a client that takes nothing never lets happen.
         self._stalled = None
-        if self.transport.is_closing():
+        if self._unsent() < self._waiting:  # it took some: slow, not gone
+            self._arm_stall()
             return
         self.logger.warning(
-            "dropped a connection whose client took no answer for %d s", self._send_timeout
+            "dropped a connection whose client took nothing for %d s", self._send_timeout
         )
         self._count_refusal("request.timeout")
         for cycle in list(self._cycles):  # their apps' sends return at once, writing nothing
