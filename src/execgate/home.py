@@ -50,6 +50,7 @@ from execgate.keyfile import (
 __all__ = [
     "CONFIG_NAME",
     "ID_PATTERN",
+    "ID_RULE",
     "SAMPLE_APPROVERS",
     "SAMPLE_POLICY",
     "GatewayConfig",
@@ -76,6 +77,7 @@ SAMPLE_APPROVERS: Final = (("alice", ("finance",)), ("bob", ("finance",)))
 # A gateway id, and the ids and group names of trust.toml: 1-256 printable ASCII
 # characters without spaces.
 ID_PATTERN: Final = re.compile(r"[!-~]{1,256}")
+ID_RULE: Final = "1-256 printable ASCII characters without spaces"  # ID_PATTERN, in words
 # What init writes; the config goes last, so a directory is a home only once complete.
 _HOME_ENTRIES: Final = ("keys", "trust.toml", "policy.yaml", CONFIG_NAME)
 
@@ -88,9 +90,7 @@ def default_home() -> Path:
 def check_gateway_id(value: object, where: str) -> str:
     """Return ``value`` if it is a usable gateway id, else raise ``ConfigError``."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise ConfigError(
-            f"{where}: the gateway id must be 1-256 printable ASCII characters without spaces"
-        )
+        raise ConfigError(f"{where}: the gateway id must be {ID_RULE}")
     return value
 
 

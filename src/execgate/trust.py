@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from execgate.errors import ConfigError, JoseError
-from execgate.home import ID_PATTERN, read_toml
+from execgate.home import ID_PATTERN, ID_RULE, read_toml
 from execgate.jose import PublicKey
 from execgate.scope import Grant, parse_grants
 
@@ -68,10 +68,6 @@ def signer_refusal(exc: JoseError, *, what: str, signer: str) -> str:
     }[exc.kind]
 
 
-# Ids and group names are what a log line, a review and an exclusion compare as text,
-# so nothing that looks like another ('alice\u200b', ' finance', a control character):
-# the rule of gateway ids.
-_NAME_RULE: Final = "1-256 printable ASCII characters without spaces"
 _JWK_MEMBERS: Final = frozenset({"kty", "crv", "x", "kid", "alg", "use"})
 _SECTIONS = frozenset({"authority", "attester", "mesh_node", "approver", "admin"})
 # What an admin may be allowed to do, one role per group of admin routes.
@@ -147,9 +143,12 @@ def _check_entry(where: str, entry: object, fields: tuple[str, ...]) -> None:
 
 
 def _entry_id(where: str, entry: Mapping[str, Any]) -> str:
+    # Ids and group names are what a log line, a review and an exclusion compare as text,
+    # so nothing that looks like another ('alice\u200b', ' finance', a control character):
+    # the rule of gateway ids.
     ident = entry.get("id")
     if not isinstance(ident, str) or not ID_PATTERN.fullmatch(ident):
-        raise ConfigError(f"{where}: 'id' must be {_NAME_RULE}")
+        raise ConfigError(f"{where}: 'id' must be {ID_RULE}")
     return ident
 
 
@@ -162,7 +161,7 @@ def _names(where: str, entry: Mapping[str, Any], key: str, what: str) -> list[st
         or not names
         or not all(isinstance(n, str) and ID_PATTERN.fullmatch(n) for n in names)
     ):
-        raise ConfigError(f"{where}: '{key}' must be a non-empty list of {what}, each {_NAME_RULE}")
+        raise ConfigError(f"{where}: '{key}' must be a non-empty list of {what}, each {ID_RULE}")
     return names
 
 
