@@ -425,11 +425,16 @@ def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyP
                 decided += len(answers)
                 pids = {line["pid"] for line in _log_lines(server) if "decision_id" in line}
         assert len(pids) == 2, "the two workers never both decided"
+        counted = f'execgate_decisions_total{{outcome="proceed",reason="none"}} {decided}.0'
+        # A worker writes its counts at the end of the loop turn that made them (a
+        # moment after answering); the other may answer the first scrape before that.
+        deadline = time.monotonic() + 10
+        while counted not in httpx.get(server.url + "/metrics", timeout=10.0).text:
+            assert time.monotonic() < deadline, "the counts never reached /metrics"
+            time.sleep(0.05)
         for _ in range(6):  # fresh connections: several scrapes, either worker
             text = httpx.get(server.url + "/metrics", timeout=10.0).text
-            assert f'execgate_decisions_total{{outcome="proceed",reason="none"}} {decided}.0' in (
-                text
-            )
+            assert counted in text
             assert f"execgate_audit_log_entries {decided}.0" in text
         assert server.stop() == 0
 

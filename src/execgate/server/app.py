@@ -382,6 +382,7 @@ def create_app(
             uninstall()
             app.state.gateway = None
             gateway.close()
+            telemetry.flush()  # the counts of the last loop turn, before the loop stops
 
     app = Starlette(
         routes=ROUTES,

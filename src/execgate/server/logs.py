@@ -34,6 +34,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 __all__ = [
     "ACCESS_LOGGER",
     "DECISION_LOGGER",
@@ -61,10 +63,21 @@ _MAX_MESSAGE: Final = 1000
 _JWS: Final = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")  # '{"…' header
 _BEARER: Final = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
 _RECORD_DEFAULTS: Final = frozenset(vars(logging.makeLogRecord({})))
+_slow_encode: Final = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 # The fields of the request being served, shared by reference with the threads it runs
 # decisions in (anyio copies the context into the worker thread; the dict is the same).
 _request: ContextVar[dict[str, Any] | None] = ContextVar("execgate_request", default=None)
+
+
+def _encode(line: dict[str, Any]) -> str:
+    """One JSON line: orjson (about ten times faster; a line per request is a few per
+    cent of a forward-auth call), or the stdlib for what orjson refuses (a lone
+    surrogate in a message, an integer past 64 bits)."""
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except orjson.JSONEncodeError:
+        return _slow_encode(line)
 
 
 def _scrub(text: str) -> str:
@@ -93,7 +106,7 @@ class JsonFormatter(logging.Formatter):
             line["exc_type"] = record.exc_info[0].__name__
             frames = traceback.extract_tb(record.exc_info[2])
             line["exc_frames"] = [f"{f.filename}:{f.lineno} in {f.name}" for f in frames]
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _encode(line)
 
 
 def request_fields() -> dict[str, Any]:

@@ -71,6 +71,7 @@ from execgate.server import logs
 from execgate.server._envdir import private_dir_in_env
 from execgate.server._http import handled
 from execgate.server._spec import error as _error
+from execgate.server._tally import Tally
 
 __all__ = [
     "ERROR_CODES",
@@ -189,7 +190,10 @@ class Metrics:
             ["code"],
             registry=registry,
         )
-        self._stage_timers: dict[str, Histogram] = {}
+        # Decisions and requests are counted in bulk, once per event-loop turn (_tally).
+        self._tally = Tally()
+        self._tally.histogram(self.stages, _STAGE_BUCKETS)
+        self._tally.histogram(self.latency, _HTTP_BUCKETS)
         self._gauges = _StoreGauges(gateway, now)
         self._registry = registry
         if registry is not None:
@@ -200,16 +204,16 @@ class Metrics:
         outcome = decision.outcome.value
         codes = [r.code for r in decision.reasons]
         reason = codes[-1] if codes else "none"
-        self.decisions.labels(
-            outcome if outcome in _OUTCOMES else "other",
-            reason if reason in REASON_CODES or reason == "none" else "other",
-        ).inc()
-        timers = self._stage_timers
-        for stage, seconds in stages.items():
-            timer = timers.get(stage)
-            if timer is None:  # the stage names are the pipeline's own, a fixed few
-                timer = timers[stage] = self.stages.labels(stage)
-            timer.observe(seconds)
+        tally = self._tally
+        tally.count(
+            self.decisions,
+            (
+                outcome if outcome in _OUTCOMES else "other",
+                reason if reason in REASON_CODES or reason == "none" else "other",
+            ),
+        )
+        # The stage names are the pipeline's own, a fixed few.
+        tally.observe_each(self.stages, (((stage,), s) for stage, s in stages.items()))
         logs.decision(decision.decision_id, outcome, codes, stages)
 
     def observing(self, open_gateway: Callable[[], Gateway]) -> Callable[[], Gateway]:
@@ -224,15 +228,21 @@ class Metrics:
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        self._tally.count(self.requests, (method, route, str(status)))
+        self._tally.observe(self.latency, (method, route), seconds)
+
+    def flush(self) -> None:
+        """Write the counts and observations this process holds (see ``_tally``)."""
+        self._tally.flush()
 
     def refusal(self, code: str) -> None:
         """Count one request refused below the app (``server._limits``)."""
         self.refused.labels(code if code in REFUSAL_CODES else "other").inc()
 
     def render(self) -> bytes:
-        """The text exposition of everything (blocking: the gauges read the store)."""
+        """The text exposition of everything (blocking: the gauges read the store),
+        after writing what this process holds."""
+        self.flush()
         registry = self._registry
         if registry is None:
             registry = CollectorRegistry()
