@@ -10,6 +10,7 @@ every request.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -685,6 +686,27 @@ def test_healthz_and_readyz(client: Client, kit: Kit) -> None:
     size = client.get("/v1/audit/checkpoint").json()["size"]
     ready = client.get("/readyz").json()
     assert (ready["log_size"], ready["checkpoint_size"]) == (1, size) == (1, 1)
+
+
+def test_the_served_app_freezes_its_startup_heap_an_embedded_one_does_not(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``execgate serve``'s app (``app_from_environment``) moves what startup made out
+    of the garbage collector's reach once the gateway is open; ``create_app`` leaves the
+    embedding process's collector alone."""
+    gc.unfreeze()
+    try:
+        with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+            decide(client, kit.submit())
+            assert gc.get_freeze_count() == 0
+        monkeypatch.setenv("EXECGATE_HOME", str(kit.home))
+        served = server_app.app_from_environment()
+        assert gc.get_freeze_count() == 0  # not before the gateway opens
+        with Client(served) as client:
+            assert gc.get_freeze_count() > 10_000
+            assert client.get("/readyz").status_code == 200
+    finally:
+        gc.unfreeze()
 
 
 def test_readyz_is_503_before_the_gateway_opens(kit: Kit) -> None:
