@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Generator, Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -122,6 +123,13 @@ def policy_view(artifact: Artifact) -> dict[str, Any]:
             for link in links
         ],
     }
+
+
+def _held(sent: weakref.ref[WriteJob]) -> WriteJob:
+    """The job a store is finalizing (it holds the job while it calls finalize)."""
+    job = sent()
+    assert job is not None
+    return job
 
 
 def _resume(
@@ -643,7 +651,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             if conflict == Conflict.REPLAY:
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
             elif conflict == Conflict.REVOKED:
-                found = job.revoked
+                found = _held(sent).revoked
                 state.stop(
                     Outcome.DENY,
                     "artifact.revoked",
@@ -666,7 +674,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 )
             elif conflict == Conflict.EXHAUSTED:
                 assert artifact is not None
-                spent = job.exhausted
+                spent = _held(sent).exhausted
                 link = next((k for k in artifact.chain if spent and k.digest == spent.jti), None)
                 state.stop(
                     Outcome.DENY,
@@ -737,6 +745,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
             clock=self._now,
             revocation_keys=tuple(artifact.revocation_keys()) if artifact is not None else (),
         )
+        # finalize reads the job through a weak reference: the job holds finalize, and a
+        # closure over the job itself would make each decision a reference cycle, left
+        # for the garbage collector instead of freed when its answer is given.
+        sent = weakref.ref(job)
         try:
             index = yield job
         except AuditError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import os
 import threading
@@ -64,6 +65,32 @@ def test_concurrent_async_decisions_share_commits_and_keep_indexes_dense(kit: Ki
     indexes = asyncio.run(all_of_them())
     assert sorted(i for i in indexes if i is not None) == list(range(64))
     assert gateway.store.size() == 64
+
+
+def test_a_decision_leaves_no_reference_cycle(kit: Kit) -> None:
+    """A decision's objects go when its answer is given (reference counting), not at
+    the garbage collector's next pass: a served worker makes thousands a second, and
+    what survives into older generations makes each collection pause longer."""
+    gateway = kit.gateway()
+    gateway.observer = lambda decision, stages: None  # timed stages too, as served
+
+    async def some() -> None:
+        made = await asyncio.gather(*(gateway.decide_async(kit.submit()) for _ in range(8)))
+        assert {d.outcome for d in made} == {Outcome.PROCEED}
+
+    asyncio.run(some())  # caches warm
+    ours = {"WriteJob", "Decision", "DecisionState", "TimedState", "_Pending", "_LoopFuture"}
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(some())
+        assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage} & ours)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 def test_a_record_no_writer_takes_in_time_fails_closed_and_is_never_written(

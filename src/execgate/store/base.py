@@ -106,7 +106,7 @@ class ReviewWrite:
     replaces: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # finalize may hold it weakly (the pipeline does)
 class WriteJob:
     """One decision's writes.
 

@@ -187,6 +187,7 @@ class _Pending:
         future, result = self.future, self.result
         if future is None or result is None:
             return
+        self.future = None  # its future keeps .pending (for withdraw): no cycle left to collect
         if isinstance(future, _LoopFuture):
             future.settle_from_any_thread(result)
             return
