@@ -369,7 +369,7 @@ def _accounting(gate: dict[str, float], trivial: dict[str, float], decision_us: 
         ("forward-auth over HTTP", gate["cpu_us"]),
         ("the decision alone, in-process, no HTTP", decision_us),
         ("trivial /healthz over HTTP", trivial["cpu_us"]),
-        ("the rest: metrics, parsing, the store two share", rest),
+        ("the rest: HTTP in and out, metrics, smaller batches", rest),
     ):
         print(f"  {label:<50}{us:>7.0f} us")
     print(
