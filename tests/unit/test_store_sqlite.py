@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -564,6 +565,56 @@ def test_writes_outside_the_batches_take_the_writers_turn(
         os.close(fcntl_held)
     assert store.lead_now() is True
     assert queued.result(5) == 0
+
+
+class _ActingQueue:
+    """The store's queue, running ``act`` in another thread right after the first put."""
+
+    def __init__(self, queue: Any, act: Callable[[], object]) -> None:
+        self._queue = queue
+        self._act: Callable[[], object] | None = act
+
+    def put(self, item: object) -> None:
+        self._queue.put(item)
+        act, self._act = self._act, None
+        if act is not None:
+            other = threading.Thread(target=act)
+            other.start()
+            other.join()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+def _while_queuing(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, act: Callable[[], object]
+) -> None:
+    """Run ``act`` in another thread right after ``submit`` queues its job, before
+    ``submit`` returns (the window another thread's commit or close can fall into)."""
+    monkeypatch.setattr(store, "_queue", _ActingQueue(store._queue, act))
+
+
+def test_a_job_another_thread_writes_before_submit_returns_keeps_its_future(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread's commit leads the batch holding the job just queued: the
+    submitter still gets the job's future (already done), not an error that would have
+    the pipeline log the same decision a second time."""
+    _while_queuing(
+        store, monkeypatch, lambda: store.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}"))
+    )
+    queued = store.submit(WriteJob(None, 0, None, lambda _c, _i: b"[]"))
+    assert queued.result(5) == 0
+    assert store.size() == 2
+
+
+def test_a_store_closed_while_submit_queues_fails_that_job_through_its_future(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _while_queuing(store, monkeypatch, store.close)
+    queued = store.submit(WriteJob(None, 0, None, lambda _c, _i: b"{}"))
+    with pytest.raises(StoreUnavailable):
+        queued.result(5)
 
 
 def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(

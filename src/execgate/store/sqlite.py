@@ -592,8 +592,9 @@ class SQLiteStore:
         self._queue.put(pending)
         if self._closed:  # closed meanwhile: nobody will lead again
             self._fail_queued()
-        assert pending.future is not None
-        return pending.future
+        # The local, not pending.future: another thread may have written (or failed) the
+        # job and resolved it since the put, which drops pending's reference to it.
+        return future
 
     def lead_now(self) -> bool:
         """Commit every queued job in this thread, batch by batch, if that needs no
