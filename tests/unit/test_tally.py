@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -151,3 +152,47 @@ def test_a_histogram_without_bulk_internals_is_observed_value_by_value() -> None
     asyncio.run(turn())
     tally.flush()
     assert sum(map(len, histogram.seen.values())) == len(VALUES)
+
+
+def test_nan_and_declared_bounds_that_differ_give_what_plain_calls_give() -> None:
+    """A NaN goes in the sum and in no bucket, as prometheus-client has it; bounds
+    declared unlike the histogram's own are not trusted (each value is observed)."""
+    plain, bulk, misdeclared = _metrics(), _metrics(), _metrics()
+    values = (*VALUES, float("nan"), 0.02)
+    for value in values:
+        plain[2].labels("s1").observe(value)
+    tally = Tally()
+    tally.histogram(bulk[2], BOUNDS)
+    tally.histogram(misdeclared[2], (0.5, 0.6, 0.7, 0.8))
+    for value in values:
+        tally.observe(bulk[2], ("s1",), value)
+        tally.observe(misdeclared[2], ("s1",), value)
+    tally.flush()
+    assert _exposition(bulk[0]) == _exposition(plain[0]) == _exposition(misdeclared[0])
+    assert plain[0].get_sample_value("h_count", {"stage": "s1"}) == len(values) - 1
+
+
+def test_a_series_that_cannot_be_written_loses_only_its_own_updates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry, counter, histogram = _metrics()
+    tally = Tally()
+    tally.histogram(histogram, BOUNDS)
+    broken: Any = counter.labels("x", "broken")
+
+    def full(amount: float = 1) -> None:
+        raise OSError("no space left on device")
+
+    broken.inc = full
+
+    async def turn() -> None:  # one turn: the three are written together
+        tally.count(counter, ("x", "broken"))
+        tally.count(counter, ("x", "y"))
+        tally.observe(histogram, ("s1",), 0.05)
+        tally.flush()  # raises nothing
+
+    asyncio.run(turn())
+    assert registry.get_sample_value("c_total", {"a": "x", "b": "y"}) == 1
+    assert registry.get_sample_value("h_count", {"stage": "s1"}) == 1
+    assert registry.get_sample_value("c_total", {"a": "x", "b": "broken"}) == 0
+    assert "metric updates lost: ('x', 'broken'): OSError" in caplog.text

@@ -22,6 +22,8 @@ in this process writes what is pending first, and the app's shutdown flushes the
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -31,11 +33,17 @@ from prometheus_client import Counter, Histogram
 
 __all__ = ["Tally"]
 
+_log = logging.getLogger(__name__)
+
 
 def _bulk_capable(child: Any, bounds: Sequence[float]) -> bool:
+    """Whether ``child`` has the internals a bulk write needs, bucketed as declared."""
     buckets = getattr(child, "_buckets", None)
+    upper = getattr(child, "_upper_bounds", None)
     return (
         isinstance(buckets, list)
+        and isinstance(upper, list | tuple)
+        and tuple(upper) == (*bounds, math.inf)
         and len(buckets) == len(bounds) + 1
         and all(callable(getattr(b, "inc", None)) for b in buckets)
         and callable(getattr(getattr(child, "_sum", None), "inc", None))
@@ -87,9 +95,10 @@ class Tally:
                         continue
                     pending = self._observed[key] = [0.0] + [0] * (len(bounds) + 1)
                 pending[0] += value
-                # The first bucket whose bound is >= value (prometheus-client's rule);
-                # past the last bound, +Inf.
-                pending[1 + bisect_left(bounds, value)] += 1
+                if value == value:  # not NaN, which prometheus-client puts in no bucket
+                    # The first bucket whose bound is >= value (prometheus-client's
+                    # rule); past the last bound, +Inf.
+                    pending[1 + bisect_left(bounds, value)] += 1
             self._soon()
 
     def _soon(self) -> None:
@@ -110,14 +119,26 @@ class Tally:
             self._write()
 
     def _write(self) -> None:
+        """Write and forget what is pending. A series that cannot be written (its file
+        cannot grow, say) loses its updates and is logged; the others are still written,
+        and nothing is raised: metrics never fail a request or a scrape."""
         self._queued_on = None
         counts, self._counts = self._counts, {}
         observed, self._observed = self._observed, {}
+        failed: list[str] = []
         for (counter, labels), n in counts.items():
-            counter.labels(*labels).inc(n)
+            try:
+                counter.labels(*labels).inc(n)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                failed.append(f"{labels}: {type(exc).__name__}")
         for key, (total, *buckets) in observed.items():
             child = self._children[key][0]
-            child._sum.inc(total)
-            for bucket, n in zip(child._buckets, buckets, strict=True):
-                if n:
-                    bucket.inc(n)
+            try:
+                child._sum.inc(total)
+                for bucket, n in zip(child._buckets, buckets, strict=True):
+                    if n:
+                        bucket.inc(n)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                failed.append(f"{key[1]}: {type(exc).__name__}")
+        if failed:
+            _log.warning("metric updates lost: %s", ", ".join(sorted(set(failed))))
