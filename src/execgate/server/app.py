@@ -373,9 +373,9 @@ def create_app(
     policy, the CEL programs, the routes: tens of thousands of objects that live as
     long as the process) is moved out of the garbage collector's reach with
     ``gc.freeze()``. Each full collection walked all of it, pausing every request of
-    the worker for 25-30 ms several times a minute under load; it now walks only what
-    requests made (1-4 ms). It is process-wide, so an app embedded elsewhere leaves it
-    off."""
+    the worker for 25-30 ms every second or two under forward-auth load; it now walks
+    only what requests made (1-4 ms). It is process-wide, so an app embedded elsewhere
+    leaves it off."""
     telemetry = metrics.Metrics(gateway=lambda: getattr(app.state, "gateway", None), now=now)
     open_gateway = telemetry.observing(open_gateway)  # counts and times every decision
 
