@@ -10,10 +10,10 @@ is written at the end of its own turn, as good as at once. An update made in a t
 with no running loop is written at once.
 
 Writing a histogram's bucket counts and sum in bulk needs prometheus-client's
-``_buckets`` and ``_sum`` (its public API observes one value at a time). They have had
-this shape since 0.4; when a child lacks them, ``Tally`` observes each value as it
-comes, unbatched, so a change there costs speed, never counts. Tests compare the bulk
-path's exposition with plain ``observe`` calls.
+``_buckets``, ``_sum`` and ``_upper_bounds`` (its public API observes one value at a
+time). They have had this shape since 0.4; when a child lacks them, ``Tally`` observes
+each value as it comes, unbatched, so a change there costs speed, never counts. Tests
+compare the bulk path's exposition with plain ``observe`` calls.
 
 What a turn holds is lost if the process dies before the turn ends (SIGKILL); a scrape
 in this process writes what is pending first, and the app's shutdown flushes the rest.
@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -36,18 +36,23 @@ __all__ = ["Tally"]
 _log = logging.getLogger(__name__)
 
 
-def _bulk_capable(child: Any, bounds: Sequence[float]) -> bool:
-    """Whether ``child`` has the internals a bulk write needs, bucketed as declared."""
+def _bulk_bounds(child: Any) -> tuple[float, ...] | None:
+    """The finite bucket bounds of a histogram child that has the internals a bulk
+    write needs (``_upper_bounds`` ending in +Inf, one ``_buckets`` value for each, and
+    ``_sum``), else None."""
     buckets = getattr(child, "_buckets", None)
     upper = getattr(child, "_upper_bounds", None)
-    return (
+    if not (
         isinstance(buckets, list)
         and isinstance(upper, list | tuple)
-        and tuple(upper) == (*bounds, math.inf)
-        and len(buckets) == len(bounds) + 1
+        and len(upper) == len(buckets)
+        and upper
+        and upper[-1] == math.inf
         and all(callable(getattr(b, "inc", None)) for b in buckets)
         and callable(getattr(getattr(child, "_sum", None), "inc", None))
-    )
+    ):
+        return None
+    return tuple(upper[:-1])
 
 
 class Tally:
@@ -58,14 +63,11 @@ class Tally:
         self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
         # (histogram, labels) -> [sum, count in each bucket, +Inf last]
         self._observed: dict[tuple[Histogram, tuple[str, ...]], list[Any]] = {}
-        self._bounds: dict[Histogram, tuple[float, ...]] = {}
-        # (histogram, labels) -> (its child, whether it takes bulk writes)
-        self._children: dict[tuple[Histogram, tuple[str, ...]], tuple[Any, bool]] = {}
+        # (histogram, labels) -> (its child, its finite bounds; None: no bulk writes)
+        self._children: dict[
+            tuple[Histogram, tuple[str, ...]], tuple[Any, tuple[float, ...] | None]
+        ] = {}
         self._queued_on: asyncio.AbstractEventLoop | None = None
-
-    def histogram(self, histogram: Histogram, bounds: Sequence[float]) -> None:
-        """Declare ``histogram``'s finite bucket bounds (as it was created with)."""
-        self._bounds[histogram] = tuple(bounds)
 
     def count(self, counter: Counter, labels: tuple[str, ...]) -> None:
         key = (counter, labels)
@@ -80,19 +82,19 @@ class Tally:
         self, histogram: Histogram, observations: Iterable[tuple[tuple[str, ...], float]]
     ) -> None:
         """Observe each ``(labels, value)`` in ``histogram``."""
-        bounds = self._bounds[histogram]
         with self._lock:
             for labels, value in observations:
                 key = (histogram, labels)
+                known = self._children.get(key)
+                if known is None:
+                    child = histogram.labels(*labels)
+                    known = self._children[key] = (child, _bulk_bounds(child))
+                child, bounds = known
+                if bounds is None:
+                    child.observe(value)
+                    continue
                 pending = self._observed.get(key)
                 if pending is None:
-                    known = self._children.get(key)
-                    if known is None:
-                        child = histogram.labels(*labels)
-                        known = self._children[key] = (child, _bulk_capable(child, bounds))
-                    if not known[1]:
-                        known[0].observe(value)
-                        continue
                     pending = self._observed[key] = [0.0] + [0] * (len(bounds) + 1)
                 pending[0] += value
                 if value == value:  # not NaN, which prometheus-client puts in no bucket

@@ -192,8 +192,6 @@ class Metrics:
         )
         # Decisions and requests are counted in bulk, once per event-loop turn (_tally).
         self._tally = Tally()
-        self._tally.histogram(self.stages, _STAGE_BUCKETS)
-        self._tally.histogram(self.latency, _HTTP_BUCKETS)
         self._gauges = _StoreGauges(gateway, now)
         self._registry = registry
         if registry is not None:
