@@ -206,6 +206,52 @@ def test_a_store_that_is_down_answers_fail_closed(kit: Kit) -> None:
         assert error_of(client.get("/v1/audit/entries"), 503) == "store.unavailable"
 
 
+def test_a_store_lost_while_serving_tells_clients_no_file_name(kit: Kit) -> None:
+    """The home disappears under a running server (renamed: every new connection and
+    the writers' lock file fail to open). Decisions fail closed and reads are typed 503s,
+    and none of them tells the client where the gateway keeps its state; once the home is
+    back, the same server decides again."""
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        moved = kit.home.with_name("moved-away")
+        kit.home.rename(moved)
+        try:
+            body = decide(client, kit.submit())
+            ready = client.get("/readyz")
+            lookup = client.get(f"/v1/decisions/{body['decision_id']}")
+        finally:
+            moved.rename(kit.home)
+        assert body["outcome"] == "fail_closed"
+        assert [r["code"] for r in body["reasons"]] == ["store.unavailable", "audit.unavailable"]
+        assert error_of(ready, 503) == "not_ready"
+        assert error_of(lookup, 503) == "store.unavailable"
+        for said in (json.dumps(body), ready.text, lookup.text):
+            assert str(kit.home.parent) not in said
+            assert "state.db" not in said
+        assert decide(client, kit.submit())["outcome"] == "proceed"
+
+
+class _ReadyProbeBreaks(UnavailableStore):
+    """A store whose checkpoint read fails with an error that is not the store's own:
+    one that names a file, as an ``OSError`` does."""
+
+    def recent_checkpoints(self) -> Iterator[tuple[int, str]]:
+        raise FileNotFoundError(2, "No such file or directory", "/srv/secret/state.db")
+
+
+def test_readyz_tells_the_probe_no_internals_of_an_unexpected_failure(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(open_gateway=lambda: kit.gateway(_ReadyProbeBreaks("unused")))
+    with Client(app) as client:
+        ready = client.get("/readyz")
+    assert error_of(ready, 503) == "not_ready"
+    assert ready.json()["error"]["message"] == "FileNotFoundError in the readiness check"
+    logged = [r for r in caplog.records if r.getMessage() == "the readiness check failed"]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "/srv/secret/state.db" in str(logged[0].exc_info[1])
+
+
 # -- typed errors: nothing decided, nothing logged ---------------------------------------
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gc
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +32,7 @@ from starlette.routing import Route
 
 from execgate.adapters.http import PROOF_HEADER
 from execgate.audit.log import SigningRefused
-from execgate.errors import EvidenceError, RequestError, VerificationError
+from execgate.errors import EvidenceError, RequestError, StoreError, VerificationError
 from execgate.home import ServerConfig, load_config
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
@@ -57,6 +58,8 @@ __all__ = [
     "app_from_environment",
     "create_app",
 ]
+
+_log = logging.getLogger("execgate.server")
 
 DECISION_BODY_LIMIT: Final = 2 * MAX_REQUEST_BYTES  # the request, artifact, proof, attestation
 OUTCOME_BODY_LIMIT: Final = 16 * 1024
@@ -323,8 +326,12 @@ async def readyz(request: Request) -> Response:
 
     try:
         detail = await run_in_threadpool(check)
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+    except StoreError as exc:  # our own words, which name no file
         return error_response(503, "not_ready", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        # Anything else may carry a path or other internals: the log has it, not the probe.
+        _log.exception("the readiness check failed")
+        return error_response(503, "not_ready", f"{type(exc).__name__} in the readiness check")
     return JsonResponse({"status": "ready", "gateway": gateway.gateway_id, **detail})
 
 

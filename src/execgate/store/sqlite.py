@@ -129,6 +129,14 @@ def _revocation_query(pairs: int) -> str:
     return f"SELECT kind, value, reason, revoked_at FROM revocations WHERE {where} LIMIT 1"  # noqa: S608 (placeholders only)
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without a file name: an ``OSError`` (the writers' lock file) says
+    its path, which a decision's reasons and an HTTP answer must not (see ``_connect``)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
+
+
 def _wal(conn: sqlite3.Connection, *, patience: float = 10.0) -> None:
     """Put the file in WAL mode. Turning a new file to WAL needs it to itself, and SQLite
     answers "database is locked" at once, without its busy wait, while another
@@ -287,7 +295,7 @@ class SQLiteStore:
         # is; one that cannot be made here is reported by the connect below.)
         with suppress(OSError):
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        conn = self._connect()
+        conn = self._connect(opening=True)
         try:
             with conn:
                 has_meta = conn.execute(
@@ -320,7 +328,10 @@ class SQLiteStore:
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
         self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, opening: bool = False) -> sqlite3.Connection:
+        """A connection to the file. Only the store's opening names the file in an error:
+        a later failure reaches decisions and HTTP answers, which must not tell a client
+        where the gateway keeps its state (the operator knows, and its logs say)."""
         try:
             conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
@@ -329,7 +340,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 10000")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+            what = f"store {self.path}" if opening else "the store"
+            raise StoreError(f"cannot open {what}: {exc}") from exc
         return conn
 
     @contextmanager
@@ -538,7 +550,7 @@ class SQLiteStore:
                 finally:
                     conn.close()
         except OSError as exc:  # the lock file
-            raise StoreUnavailable(f"cannot take the writers' turn: {exc}") from exc
+            raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
         finally:
             self._writer_lock.release()
 
@@ -618,7 +630,7 @@ class SQLiteStore:
                     self._lead(turn_taken=True)
             return True
         except OSError as exc:  # the lock file: every queued job fails now, not later
-            self._fail_queued(StoreUnavailable(f"cannot take the writers' turn: {exc}"))
+            self._fail_queued(StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}"))
             return True
         finally:
             self._writer_lock.release()
@@ -680,7 +692,7 @@ class SQLiteStore:
             error = (  # the log's own refusals stay AuditError; anything else is the store
                 exc
                 if isinstance(exc, AuditError)
-                else StoreUnavailable(f"audit append failed: {exc}")
+                else StoreUnavailable(f"audit append failed: {_reason(exc)}")
             )
             for p in batch:
                 p.result = error
