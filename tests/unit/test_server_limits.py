@@ -122,7 +122,7 @@ def test_oversized_headers_are_refused_with_431(kit: Kit, server: Server) -> Non
     assert status == 431
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
-    assert body["error"]["code"] == "request.headers_too_large"
+    assert body["error"]["code"] == headers["execgate-reason"] == "request.headers_too_large"
     _healthy(server)
     _nothing_decided(kit, server)
 
@@ -218,7 +218,7 @@ def test_headers_that_stall_get_408(kit: Kit, server: Server) -> None:
         status, headers, body = _parse(_read_all(sock))
     assert status == 408
     assert headers["connection"] == "close"
-    assert body["error"]["code"] == "request.timeout"
+    assert body["error"]["code"] == headers["execgate-reason"] == "request.timeout"
     _healthy(server)
     _nothing_decided(kit, server)
 
@@ -370,9 +370,9 @@ def test_a_client_that_reads_slowly_is_not_dropped(server: Server) -> None:
 def test_malformed_http_gets_a_typed_400(kit: Kit, server: Server) -> None:
     with closing(_connect(server)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nBad Header\x00: x\r\n\r\n")
-        status, _, body = _parse(_read_all(sock))
+        status, headers, body = _parse(_read_all(sock))
     assert status == 400
-    assert body["error"]["code"] == "request.malformed"
+    assert body["error"]["code"] == headers["execgate-reason"] == "request.malformed"
     _healthy(server)
     _nothing_decided(kit, server)
 
@@ -503,7 +503,7 @@ def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:
         status, headers, body = _ask(port, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert status == 503
     assert headers["connection"] == "close"
-    assert body["error"]["code"] == "server.overloaded"
+    assert body["error"]["code"] == headers["execgate-reason"] == "server.overloaded"
 
 
 def test_a_refusal_is_answered_even_when_counting_it_fails(

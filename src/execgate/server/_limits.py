@@ -40,7 +40,9 @@ holds memory and a slot for as long as the client likes.
   client would hold a connection slot, and megabytes of buffers, as long as it likes.
 - **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
   is ``400`` ``request.malformed``; over the concurrency limit, ``503``
-  ``server.overloaded`` (the check is uvicorn's, answered here).
+  ``server.overloaded`` (the check is uvicorn's, answered here). Every refusal here
+  carries its code in ``Execgate-Reason`` too, as the app's errors and forward-auth's
+  denials do, so a proxy that passes that header on tells the client why.
 
 The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
 the read (``408``), since only the handler knows when it wants a body.
@@ -358,6 +360,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head.append(b"content-type: application/json\r\n")
+        head.append(b"execgate-reason: " + code.encode("ascii") + b"\r\n")
         head.append(b"content-length: " + str(len(body)).encode("ascii") + b"\r\n")
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + body)
