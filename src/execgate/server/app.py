@@ -329,8 +329,9 @@ async def readyz(request: Request) -> Response:
     except StoreError as exc:  # our own words, which name no file
         return error_response(503, "not_ready", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        # Anything else may carry a path or other internals: the log has it, not the probe.
-        _log.exception("the readiness check failed")
+        # Anything else may carry a path or other internals: the log has it, not the probe
+        # (in the message itself: the JSON log lines keep an exception's type, not its text).
+        _log.error("the readiness check failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return error_response(503, "not_ready", f"{type(exc).__name__} in the readiness check")
     return JsonResponse({"status": "ready", "gateway": gateway.gateway_id, **detail})
 

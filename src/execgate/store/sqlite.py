@@ -331,7 +331,7 @@ class SQLiteStore:
     def _connect(self, *, opening: bool = False) -> sqlite3.Connection:
         """A connection to the file. Only the store's opening names the file in an error:
         a later failure reaches decisions and HTTP answers, which must not tell a client
-        where the gateway keeps its state (the operator knows, and its logs say)."""
+        where the gateway keeps its state (its operator knows)."""
         try:
             conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
