@@ -14,9 +14,14 @@ of ``execgate.jose`` does the rest). Claims, all required and no others:
           cannot be replayed
     htm   the HTTP method it is for (``POST``)
     htu   the request path it is for (``/v1/revocations``), without the query
+    bh    base64url SHA-256 of the request body, byte for byte as sent (of no bytes for
+          a call without a body)
 
 ``htm``/``htu`` bind a token to one call, as DPoP binds a proof (RFC 9449 §4.2): a token
-minted to list approvals cannot revoke, even for an admin who holds both roles. Single
+minted to list approvals cannot revoke, even for an admin who holds both roles. ``bh``
+binds it to what the call says, which DPoP leaves to TLS: a token taken off the wire (a
+gateway served without TLS, a proxy that logs headers) and sent first with another body
+cannot revoke something else than its admin asked to, nor record another review. Single
 use costs nothing to a command-line caller, which mints a token per call.
 
 Which calls an admin may make comes from the trust store, not from the token: the
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from execgate.errors import AdminError, JoseError
-from execgate.jose import PrivateKey, encode, verify
+from execgate.jose import PrivateKey, encode, sha256_b64url, verify
 from execgate.trust import ADMIN_ROLES, Admin, TrustStore, signer_refusal
 
 __all__ = [
@@ -52,7 +57,7 @@ MAX_TTL: Final = 3600
 MAX_TOKEN_BYTES: Final = 4096
 UNAUTHENTICATED: Final = "admin.unauthenticated"
 FORBIDDEN: Final = "admin.forbidden"
-_CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu"})
+_CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu", "bh"})
 _JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
 
@@ -78,8 +83,10 @@ def issue_admin_token(
     path: str,
     now: int,
     ttl: int = 60,
+    body: bytes = b"",
 ) -> str:
-    """A token for one call ``method path`` at gateway ``audience``, valid ``ttl`` seconds."""
+    """A token for one call ``method path`` with ``body`` (exactly the bytes the call will
+    send) at gateway ``audience``, valid ``ttl`` seconds."""
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"ttl must be within 1..{MAX_TTL} seconds")
     if not _METHOD.fullmatch(method):
@@ -94,6 +101,7 @@ def issue_admin_token(
         "jti": secrets.token_urlsafe(18),
         "htm": method,
         "htu": path,
+        "bh": sha256_b64url(body),
     }
     return encode({"typ": ADMIN_TYP, "kid": key.public.thumbprint()}, claims, key)
 
@@ -111,10 +119,11 @@ def verify_admin_token(
     path: str,
     now: int,
     leeway: int,
+    body: bytes,
 ) -> AdminToken:
-    """The admin ``token`` proves, for the call ``method path`` now; or ``AdminError``
-    (``admin.unauthenticated``) saying why not. Single use is the caller's to enforce
-    (``AdminToken.jti``, remembered until ``expires``)."""
+    """The admin ``token`` proves, for the call ``method path`` with ``body`` (the bytes
+    received) now; or ``AdminError`` (``admin.unauthenticated``) saying why not. Single
+    use is the caller's to enforce (``AdminToken.jti``, remembered until ``expires``)."""
     try:
         verified = verify(token, typ=ADMIN_TYP, max_size=MAX_TOKEN_BYTES, keys=trust.admin_keys)
     except JoseError as exc:
@@ -142,6 +151,10 @@ def verify_admin_token(
         raise _refuse("the token's jti must be 16-128 base64url characters")
     if claims["htm"] != method or claims["htu"] != path:
         raise _refuse(f"the token is for another call, not {method} {path}")
+    if claims["bh"] != sha256_b64url(body):
+        raise _refuse(
+            "the token is for another body (bh): mint it over exactly the bytes the call sends"
+        )
     return AdminToken(admin, kid, jti, exp + leeway, method, path)
 
 

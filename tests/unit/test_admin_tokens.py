@@ -16,7 +16,7 @@ from execgate.admin import (
     verify_admin_token,
 )
 from execgate.errors import ConfigError
-from execgate.jose import PrivateKey, b64url_encode, encode
+from execgate.jose import PrivateKey, b64url_encode, encode, sha256_b64url
 from execgate.trust import TrustStore
 
 NOW = 1_700_000_000
@@ -58,6 +58,7 @@ def _token(key: PrivateKey = ADMIN, **over: Any) -> str:
         path=over.pop("path", PATH),
         now=over.pop("now", NOW),
         ttl=over.pop("ttl", 60),
+        body=over.pop("body", b""),
     )
 
 
@@ -70,6 +71,7 @@ def _verify(token: str, **over: Any) -> Any:
         path=over.pop("path", PATH),
         now=over.pop("now", NOW),
         leeway=60,
+        body=over.pop("body", b""),
     )
 
 
@@ -92,6 +94,7 @@ def _claims(**over: Any) -> dict[str, Any]:
         "jti": "j" * 24,
         "htm": "POST",
         "htu": PATH,
+        "bh": sha256_b64url(b""),
     }
     claims.update(over)
     return {k: v for k, v in claims.items() if v is not None}
@@ -120,6 +123,20 @@ def test_tokens_are_bound_to_method_path_and_gateway() -> None:
     _refused(_token(), "another call", path="/v1/admin/policy/reload")
     _refused(_token(), "another call", method="GET")
     _refused(_token(audience="gw-other"), "another gateway")
+
+
+def test_tokens_are_bound_to_the_exact_body() -> None:
+    """The body the token was minted over, byte for byte: another value, the same JSON
+    spelled otherwise, a body where none was minted, or none where one was, is refused."""
+    body = b'{"kind":"jti","value":"stolen-key","reason":"lost"}'
+    assert _verify(_token(body=body), body=body).admin.id == "ops"
+    _refused(_token(body=body), "another body", body=body.replace(b"stolen-key", b"other"))
+    _refused(_token(body=body), "another body", body=body.replace(b",", b", "))
+    _refused(_token(), "another body", body=body)
+    _refused(_token(body=body), "another body")
+    # bh is required: a token without it is refused, as any claims set not exactly the
+    # documented one is.
+    _refused(_raw(_claims(bh=None)), "missing ['bh']")
 
 
 def test_time_limits() -> None:

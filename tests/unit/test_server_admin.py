@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from gatekit import GATEWAY_ID, POLICY, Kit, make_kit
 from test_server_api import Client, decide, error_of
@@ -51,6 +52,8 @@ def client(kit: Kit) -> Iterator[Client]:
 
 
 def token(kit: Kit, method: str, path: str, *, who: str = "admin", **over: Any) -> dict[str, str]:
+    """An admin token for the call ``method path`` (with the bytes ``body``, none by
+    default)."""
     key = read_private_key(kit.home / "keys" / f"{who}.jwk")
     value = issue_admin_token(
         key=key,
@@ -60,8 +63,20 @@ def token(kit: Kit, method: str, path: str, *, who: str = "admin", **over: Any) 
         path=path,
         now=over.pop("now", kit.clock.now),
         ttl=over.pop("ttl", 60),
+        body=over.pop("body", b""),
     )
     return {"Authorization": f"Bearer {value}"}
+
+
+def encoded(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def post(client: Client, kit: Kit, path: str, body: Any, **over: Any) -> httpx.Response:
+    """POST ``body`` as JSON with an admin token minted over exactly those bytes."""
+    data = encoded(body)
+    headers = {"Content-Type": "application/json", **token(kit, "POST", path, body=data, **over)}
+    return client.post(path, content=data, headers=headers)
 
 
 def logged(client: Client) -> list[bytes]:
@@ -153,9 +168,10 @@ def test_a_spent_token_stays_spent_when_the_clock_goes_back_past_a_purge(
 
 
 def test_a_role_the_admin_lacks_is_403_and_audited(kit: Kit, client: Client) -> None:
-    headers = token(kit, "POST", REVOKE, who="auditor")
-    body = {"kind": "sub", "value": "agent-1", "reason": "test"}
-    response = client.post(REVOKE, json=body, headers=headers)
+    body = encoded({"kind": "sub", "value": "agent-1", "reason": "test"})
+    headers = {"Content-Type": "application/json"}
+    headers |= token(kit, "POST", REVOKE, who="auditor", body=body)
+    response = client.post(REVOKE, content=body, headers=headers)
     assert error_of(response, 403) == "admin.forbidden"
     assert "insufficient_scope" in response.headers["www-authenticate"]
     [record] = records(client)
@@ -167,8 +183,29 @@ def test_a_role_the_admin_lacks_is_403_and_audited(kit: Kit, client: Client) -> 
     # Nothing was revoked: the decision proceeds.
     assert decide(client, kit.submit())["outcome"] == "proceed"
     # The refused token is spent too.
-    again = client.post(REVOKE, json=body, headers=headers)
+    again = client.post(REVOKE, content=body, headers=headers)
     assert "replay" in again.json()["error"]["message"]
+
+
+def test_a_token_carries_only_the_body_it_was_minted_for(kit: Kit, client: Client) -> None:
+    """A token taken off the wire and sent first with another body (revoke someone else
+    than the admin asked to) is 401 and audited, and revokes nothing; the admin's own
+    call, with the body the token was minted over, still goes through."""
+    meant = encoded({"kind": "sub", "value": "agent-1", "reason": "key lost"})
+    other = encoded({"kind": "sub", "value": "agent-2", "reason": "key lost"})
+    headers = {"Content-Type": "application/json"}
+    headers |= token(kit, "POST", REVOKE, body=meant)
+    swapped = client.post(REVOKE, content=other, headers=headers)
+    assert error_of(swapped, 401) == "admin.unauthenticated"
+    assert "another body" in swapped.json()["error"]["message"]
+    [record] = records(client)
+    assert (record["result"], record["code"]) == ("refused", "admin.unauthenticated")
+    store = client.app.state.gateway.store
+    assert list(store.revocations()) == []
+    done = client.post(REVOKE, content=meant, headers=headers)
+    assert done.status_code == 200, done.text
+    assert [(r.kind, r.value) for r in store.revocations()] == [("sub", "agent-1")]
+    assert records(client)[-1]["result"] == "done"
 
 
 def test_decision_endpoints_need_no_token(kit: Kit, client: Client) -> None:
@@ -183,7 +220,7 @@ def test_a_store_that_is_down_refuses_every_admin_call(kit: Kit) -> None:
     gateway = kit.gateway(UnavailableStore("disk on fire"))
     with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
         body = {"kind": "sub", "value": "agent-1", "reason": "test"}
-        response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+        response = post(client, kit, REVOKE, body)
         assert response.status_code == 503
         assert error_of(client.post(RELOAD), 503) in {"audit.unavailable", "store.unavailable"}
 
@@ -222,7 +259,7 @@ def test_an_approval_reviewed_over_http_lets_the_request_proceed(kit: Kit, clien
     assert [(a["approval_id"], a["state"]) for a in listed] == [(approval_id, "pending")]
     review = _review(kit, client, approval_id)
     path = f"{APPROVALS}/{approval_id}/reviews"
-    response = client.post(path, json={"review": review}, headers=token(kit, "POST", path))
+    response = post(client, kit, path, {"review": review})
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["approver"], body["verdict"], body["state"]) == ("alice", "approve", "approved")
@@ -251,7 +288,7 @@ def test_a_review_replaced_meanwhile_is_a_typed_409(
     monkeypatch.setattr(gateway, "review", replaced)
     path = f"{APPROVALS}/{approval_id}/reviews"
     review = _review(kit, client, approval_id)
-    response = client.post(path, json={"review": review}, headers=token(kit, "POST", path))
+    response = post(client, kit, path, {"review": review})
     assert error_of(response, 409) == "approval.review_refused"
     assert "replaced" in response.json()["error"]["message"]
     [logged] = records(client, "review")  # it was recorded all the same
@@ -282,11 +319,11 @@ def test_a_review_needs_both_the_admin_token_and_the_approver_signature(
         verdict="approve",
         now=kit.clock.now,
     )
-    refused = client.post(path, json={"review": forged}, headers=token(kit, "POST", path))
+    refused = post(client, kit, path, {"review": forged})
     assert error_of(refused, 409) == "approval.review_refused"
     assert "no approver's" in refused.json()["error"]["message"]
     assert records(client, "review") == []
-    bad = client.post(path, json={"verdict": "approve"}, headers=token(kit, "POST", path))
+    bad = post(client, kit, path, {"verdict": "approve"})
     assert error_of(bad, 400) == "request.invalid"
 
 
@@ -303,7 +340,7 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
     first = decide(client, kit.submission(kit.request(amount=1), artifact))
     assert first["outcome"] == "proceed"
     body = {"kind": "jti", "value": first["artifact_jti"], "reason": "key leaked", "cascade": True}
-    response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+    response = post(client, kit, REVOKE, body)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert (answer["revoked"], answer["already_revoked"]) == (True, False)
@@ -317,7 +354,7 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
         "value": first["artifact_jti"],
         "reason": "key leaked",
     }
-    again = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE)).json()
+    again = post(client, kit, REVOKE, body).json()
     assert (again["revoked"], again["already_revoked"]) == (False, True)
 
 
@@ -326,7 +363,7 @@ def test_an_exact_artifact_is_revoked_over_http_by_its_digest(kit: Kit, client: 
     assert decide(client, kit.submission(kit.request(amount=1), artifact))["outcome"] == "proceed"
     digest = sha256_b64url(artifact.encode("ascii"))
     body = {"kind": "artifact", "value": digest, "reason": "leaked", "cascade": True}
-    response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+    response = post(client, kit, REVOKE, body)
     assert response.status_code == 200, response.text
     assert len(response.json()["cascade"]["decisions"]) == 1
     after = decide(client, kit.submission(kit.request(amount=2), artifact))
@@ -351,7 +388,7 @@ def test_an_exact_artifact_is_revoked_over_http_by_its_digest(kit: Kit, client: 
 def test_bad_revocation_bodies_are_400_and_revoke_nothing(
     kit: Kit, client: Client, body: Any
 ) -> None:
-    response = client.post(REVOKE, json=body, headers=token(kit, "POST", REVOKE))
+    response = post(client, kit, REVOKE, body)
     assert error_of(response, 400) == "request.invalid"
     assert decide(client, kit.submit())["outcome"] == "proceed"
 
@@ -559,6 +596,20 @@ def test_the_cli_mints_a_token_the_server_accepts(
     alice = str(kit.home / "keys" / "approver-alice.jwk")
     assert main([*argv[:4], "--key", alice, "--method", "GET", "--path", APPROVALS]) == 2
     assert "no admin's" in capsys.readouterr().err
+    # --data: the token is good for exactly that body, as curl -d sends it.
+    body = '{"kind":"sub","value":"agent-1","reason":"lost"}'
+    post = [*argv[:6], "--method", "POST", "--path", REVOKE]
+    assert main([*post, "--data", body]) == 0
+    minted = capsys.readouterr().out.strip()
+    headers = {"Authorization": f"Bearer {minted}", "Content-Type": "application/json"}
+    response = client.post(REVOKE, content=body.encode(), headers=headers)
+    assert response.status_code == 200, response.text
+    assert main(post) == 0  # without --data: for a call with no body
+    minted = capsys.readouterr().out.strip()
+    headers["Authorization"] = f"Bearer {minted}"
+    refused = client.post(REVOKE, content=body.encode(), headers=headers)
+    assert error_of(refused, 401) == "admin.unauthenticated"
+    assert "another body" in refused.json()["error"]["message"]
 
 
 def test_a_token_for_a_mesh_audience_is_refused(kit: Kit) -> None:

@@ -1,7 +1,7 @@
 """Commands that act on a running gateway (``execgate serve``) instead of a local home.
 
 Each call carries a fresh admin token (``execgate.cli.admin.mint``): signed with
-``--admin-key``, bound to the call's method and path, good once. A command therefore
+``--admin-key``, bound to the call's method, path and body, good once. A command therefore
 mints one token per request it sends, never reuses one, and never writes one anywhere.
 
 The flags are the same for every such command (``add_remote``): ``--url`` names the
@@ -17,6 +17,7 @@ promises is an error (exit 2), never taken for success.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -122,6 +123,7 @@ def admin_call(
             f"there is no gateway home at {home} to say who the admin is and which gateway"
             " the call is for; name them with --admin ID --audience GATEWAY_ID"
         )
+    data = None if body is None else json.dumps(body).encode("utf-8")  # what the token binds
     token = mint(
         key_path=args.admin_key,
         home=home,
@@ -129,9 +131,10 @@ def admin_call(
         path=path,
         admin=args.admin,
         audience=args.audience,
+        body=data or b"",
     )
     try:
-        return call(args.url.rstrip("/") + path, method, token, body)
+        return call(args.url.rstrip("/") + path, method, token, data)
     except ConfigError as exc:
         raise ConfigError(
             f"{exc}; check --url, and that 'execgate serve' runs there and is reachable"

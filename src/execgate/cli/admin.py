@@ -1,7 +1,8 @@
 """``execgate admin token``: mint an admin token for one call to a running gateway.
 
 The token (``execgate.admin``) is signed with the admin's own private key (``--key``)
-and is good for exactly one call: the method and path given, at one gateway, for
+and is good for exactly one call: the method and path given, with the body given
+(``--data``, byte for byte as the call sends it; none by default), at one gateway, for
 ``--ttl`` seconds (at most an hour). Who the admin is and which gateway it is for come
 from the home's trust store and config (the ``[[admin]]`` that lists the key, the
 gateway id); ``--admin`` and ``--audience`` name them instead, for a gateway whose home
@@ -43,8 +44,9 @@ def mint(
     ttl: int = DEFAULT_TTL,
     admin: str | None = None,
     audience: str | None = None,
+    body: bytes = b"",
 ) -> str:
-    """A token for ``method path``, signed with the key in ``key_path``."""
+    """A token for ``method path`` with ``body``, signed with the key in ``key_path``."""
     from execgate.admin import MAX_TTL, issue_admin_token
     from execgate.keyfile import read_private_key
 
@@ -76,16 +78,17 @@ def mint(
             path=path,
             now=int(time.time()),
             ttl=ttl,
+            body=body,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
 
-def call(url: str, method: str, token: str, body: Any = None) -> tuple[int, Any]:
-    """One call to a running gateway: (HTTP status, the JSON answer)."""
+def call(url: str, method: str, token: str, data: bytes | None = None) -> tuple[int, Any]:
+    """One call to a running gateway, ``data`` its JSON body (the bytes the token was
+    minted over): (HTTP status, the JSON answer)."""
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url {shown(url)} must be an http:// or https:// URL")
-    data = None if body is None else json.dumps(body).encode("utf-8")
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
     request.add_header("Authorization", f"Bearer {token}")
     if data is not None:
@@ -114,6 +117,7 @@ def _token(args: argparse.Namespace) -> int:
             ttl=args.ttl,
             admin=args.admin,
             audience=args.audience,
+            body=b"" if args.data is None else args.data.encode("utf-8"),
         )
     )
     return 0
@@ -141,6 +145,11 @@ def register(commands: Commands) -> None:
     q.add_argument("--key", required=True, help="your admin PRIVATE key file (its [[admin]])")
     q.add_argument("--method", required=True, help="the call's HTTP method, e.g. POST")
     q.add_argument("--path", required=True, help="the call's path, e.g. /v1/revocations")
+    q.add_argument(
+        "--data",
+        metavar="BODY",
+        help="the call's body, exactly as it will be sent (e.g. curl's -d); default: none",
+    )
     q.add_argument(
         "--ttl", type=_ttl, default=DEFAULT_TTL, help="seconds it stays valid (default: 60)"
     )

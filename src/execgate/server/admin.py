@@ -1,7 +1,7 @@
 """Admin routes: approvals, revocations, policy reload, audit export and consistency proofs.
 
 Every route here but the consistency proof needs an admin token (``execgate.admin``) in
-``Authorization: Bearer``: one token per call, bound to its method and path, signed by
+``Authorization: Bearer``: one token per call, bound to its method, path and body, signed by
 an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role:
 
     GET  /v1/admin/approvals                    approvals  every approval and its state
@@ -62,9 +62,9 @@ from execgate.server._http import (
     HttpError,
     JsonResponse,
     handled,
+    parse_json,
     query_int,
     read_body,
-    read_json,
 )
 from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
 from execgate.store.base import REVOCATION_KINDS
@@ -134,9 +134,10 @@ def _bearer(header: str | None) -> str:
     return match.group(1)
 
 
-async def _admin(request: Request, role: str, action: str) -> AdminToken:
-    """The verified token of an admin holding ``role``; every outcome is audited, and the
-    token is spent (single use) with the record that lets the call in."""
+async def _admin(request: Request, role: str, action: str, *, body: bytes = b"") -> AdminToken:
+    """The verified token of an admin holding ``role`` for this call and its ``body`` (as
+    received; none for a call that reads none); every outcome is audited, and the token is
+    spent (single use) with the record that lets the call in."""
     gateway = _gateway(request)
     now = _now(request)
     method, path = request.method, request.url.path
@@ -175,6 +176,7 @@ async def _admin(request: Request, role: str, action: str) -> AdminToken:
                 path=path,
                 now=now,
                 leeway=gateway._leeway,
+                body=body,
             )
             authorize(token, role)
         except AdminError as refused:
@@ -283,8 +285,9 @@ async def show_approval(request: Request) -> Response:
 
 async def post_review(request: Request) -> Response:
     approval_id = _approval_id(request)
-    token = await _admin(request, "approvals", "approvals.review")
-    body = await read_json(request, limit=REVIEW_BODY_LIMIT)
+    raw = await read_body(request, limit=REVIEW_BODY_LIMIT)  # the token binds it
+    token = await _admin(request, "approvals", "approvals.review", body=raw)
+    body = await parse_json(request, raw)
     if not isinstance(body, dict) or set(body) != {"review"} or not isinstance(body["review"], str):
         raise HttpError(
             400, "request.invalid", 'the body must be {"review": "<the approver\'s signed review>"}'
@@ -356,10 +359,9 @@ def _revocation(body: object) -> tuple[str, str, str, bool]:
 
 
 async def post_revocation(request: Request) -> Response:
-    token = await _admin(request, "revoke", "revocation")
-    kind, value, reason, cascade = _revocation(
-        await read_json(request, limit=REVOCATION_BODY_LIMIT)
-    )
+    raw = await read_body(request, limit=REVOCATION_BODY_LIMIT)  # the token binds it
+    token = await _admin(request, "revoke", "revocation", body=raw)
+    kind, value, reason, cascade = _revocation(await parse_json(request, raw))
     gateway, now = _gateway(request), _now(request)
 
     def revoke() -> dict[str, Any]:
@@ -413,8 +415,9 @@ def signal_supervisor() -> bool:
 
 
 async def post_reload(request: Request) -> Response:
-    token = await _admin(request, "reload", "policy.reload")
-    await read_body(request, limit=1024)  # no body is expected; never an unbounded one
+    # No body is expected (the token's is empty); never an unbounded one.
+    raw = await read_body(request, limit=1024)
+    token = await _admin(request, "reload", "policy.reload", body=raw)
     gateway = _gateway(request)
 
     def reload() -> PolicyReload:
@@ -726,7 +729,7 @@ COMPONENTS: Final[dict[str, Any]] = {
         "adminToken": {
             "type": "http",
             "scheme": "bearer",
-            "bearerFormat": "JWS (typ execgate-admin+jwt), one per call",
+            "bearerFormat": "JWS (typ execgate-admin+jwt), one per call: its method, path and body",
         }
     }
 }
