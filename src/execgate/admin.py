@@ -48,6 +48,7 @@ __all__ = [
     "AdminError",
     "AdminToken",
     "authorize",
+    "check_body",
     "issue_admin_token",
     "verify_admin_token",
 ]
@@ -64,7 +65,8 @@ _METHOD: Final = re.compile(r"[A-Z]{1,16}")
 
 @dataclass(frozen=True, slots=True)
 class AdminToken:
-    """A verified admin token: whose, which key, and the id that makes it single-use."""
+    """A verified admin token: whose, which key, the id that makes it single-use, and the
+    hash of the one body it may carry (``check_body``)."""
 
     admin: Admin
     kid: str
@@ -72,6 +74,7 @@ class AdminToken:
     expires: int
     method: str
     path: str
+    body_hash: str
 
 
 def issue_admin_token(
@@ -119,11 +122,12 @@ def verify_admin_token(
     path: str,
     now: int,
     leeway: int,
-    body: bytes,
 ) -> AdminToken:
-    """The admin ``token`` proves, for the call ``method path`` with ``body`` (the bytes
-    received) now; or ``AdminError`` (``admin.unauthenticated``) saying why not. Single
-    use is the caller's to enforce (``AdminToken.jti``, remembered until ``expires``)."""
+    """The admin ``token`` proves, for the call ``method path`` now; or ``AdminError``
+    (``admin.unauthenticated``) saying why not. The call's body is the caller's to check
+    with ``check_body`` before acting on it (a server reads the body only once a token
+    let the call in), and so is single use (``AdminToken.jti``, remembered until
+    ``expires``)."""
     try:
         verified = verify(token, typ=ADMIN_TYP, max_size=MAX_TOKEN_BYTES, keys=trust.admin_keys)
     except JoseError as exc:
@@ -151,11 +155,19 @@ def verify_admin_token(
         raise _refuse("the token's jti must be 16-128 base64url characters")
     if claims["htm"] != method or claims["htu"] != path:
         raise _refuse(f"the token is for another call, not {method} {path}")
-    if claims["bh"] != sha256_b64url(body):
+    body_hash = claims["bh"]
+    if not isinstance(body_hash, str):
+        raise _refuse("the token's bh is not a string")
+    return AdminToken(admin, kid, jti, exp + leeway, method, path, body_hash)
+
+
+def check_body(token: AdminToken, body: bytes) -> None:
+    """Return if ``body`` (the bytes received) is the one ``token`` was minted over;
+    else ``AdminError`` (``admin.unauthenticated``)."""
+    if token.body_hash != sha256_b64url(body):
         raise _refuse(
             "the token is for another body (bh): mint it over exactly the bytes the call sends"
         )
-    return AdminToken(admin, kid, jti, exp + leeway, method, path)
 
 
 def authorize(token: AdminToken, role: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,12 +201,52 @@ def test_a_token_carries_only_the_body_it_was_minted_for(kit: Kit, client: Clien
     assert "another body" in swapped.json()["error"]["message"]
     [record] = records(client)
     assert (record["result"], record["code"]) == ("refused", "admin.unauthenticated")
+    # Whose token it was is on the record (its signature verified): a stolen token shows.
+    admin_key = read_private_key(kit.home / "keys" / "admin.jwk")
+    assert (record["admin"], record["admin_kid"]) == ("admin", admin_key.public.thumbprint())
+    assert record["token_jti"] is not None
     store = client.app.state.gateway.store
     assert list(store.revocations()) == []
     done = client.post(REVOKE, content=meant, headers=headers)
     assert done.status_code == 200, done.text
     assert [(r.kind, r.value) for r in store.revocations()] == [("sub", "agent-1")]
     assert records(client)[-1]["result"] == "done"
+
+
+def test_no_body_is_read_before_a_token_lets_the_call_in(kit: Kit, client: Client) -> None:
+    """Without a valid token, a body over the route's limit is not read at all: the call
+    is 401 and audited, not 413. With one, it is 413, audited with the token's admin,
+    and the token stays unspent (its own call may still come)."""
+    big = encoded({"kind": "sub", "value": "agent-1", "reason": "x" * 9000})
+    json_type = {"Content-Type": "application/json"}
+    anonymous = client.post(REVOKE, content=big, headers=json_type)
+    assert error_of(anonymous, 401) == "admin.unauthenticated"
+    small = encoded({"kind": "sub", "value": "agent-1", "reason": "lost"})
+    headers = json_type | token(kit, "POST", REVOKE, body=small)
+    too_large = client.post(REVOKE, content=big, headers=headers)
+    assert error_of(too_large, 413) == "request.too_large"
+    first, second = records(client)
+    assert (first["result"], first["code"], first["admin"]) == (
+        "refused",
+        "admin.unauthenticated",
+        None,
+    )
+    assert (second["result"], second["code"], second["admin"]) == (
+        "refused",
+        "request.too_large",
+        "admin",
+    )
+    assert client.post(REVOKE, content=small, headers=headers).status_code == 200
+
+
+def test_a_policy_reload_with_a_body_is_refused(kit: Kit, client: Client) -> None:
+    response = post(client, kit, RELOAD, {"policy": "mine"})
+    assert error_of(response, 400) == "request.invalid"
+    assert "takes no body" in response.json()["error"]["message"]
+    # Let in (and so logged), but nothing reloaded: no record says it was done.
+    assert [(r["action"], r["result"]) for r in records(client)] == [
+        ("policy.reload", "authorized")
+    ]
 
 
 def test_decision_endpoints_need_no_token(kit: Kit, client: Client) -> None:
@@ -610,6 +651,24 @@ def test_the_cli_mints_a_token_the_server_accepts(
     refused = client.post(REVOKE, content=body.encode(), headers=headers)
     assert error_of(refused, 401) == "admin.unauthenticated"
     assert "another body" in refused.json()["error"]["message"]
+    # --data-file: the file's bytes exactly, line break and all (as curl --data-binary).
+    exact = (body + "\n").encode()
+    (kit.home.parent / "body.json").write_bytes(exact)
+    assert main([*post, "--data-file", str(kit.home.parent / "body.json")]) == 0
+    headers["Authorization"] = f"Bearer {capsys.readouterr().out.strip()}"
+    assert client.post(REVOKE, content=exact, headers=headers).status_code == 200
+    # Bytes that are not UTF-8 are bound as the shell passed them, not refused or recoded.
+    assert main([*post, "--data", os.fsdecode(b"\xff{}")]) == 0
+    assert capsys.readouterr().out.count(".") == 2
+    # One body, and none for a GET: usage errors, nothing printed.
+    assert main([*post, "--data", body, "--data-file", str(kit.home.parent / "body.json")]) == 2
+    assert "give the body once" in capsys.readouterr().err
+    assert main([*argv, "--path", APPROVALS, "--data", body]) == 2
+    captured = capsys.readouterr()
+    assert "sends no body" in captured.err
+    assert captured.out == ""
+    assert main([*post, "--data-file", str(kit.home.parent / "missing.json")]) == 2
+    assert "cannot read --data-file" in capsys.readouterr().err
 
 
 def test_a_token_for_a_mesh_audience_is_refused(kit: Kit) -> None:

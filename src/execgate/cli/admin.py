@@ -2,8 +2,9 @@
 
 The token (``execgate.admin``) is signed with the admin's own private key (``--key``)
 and is good for exactly one call: the method and path given, with the body given
-(``--data``, byte for byte as the call sends it; none by default), at one gateway, for
-``--ttl`` seconds (at most an hour). Who the admin is and which gateway it is for come
+(``--data`` or ``--data-file``, byte for byte as the call sends it: curl's
+``--data-binary``, not ``-d @FILE``, which drops line breaks; none by default), at one
+gateway, for ``--ttl`` seconds (at most an hour). Who the admin is and which gateway it is for come
 from the home's trust store and config (the ``[[admin]]`` that lists the key, the
 gateway id); ``--admin`` and ``--audience`` name them instead, for a gateway whose home
 is elsewhere. Send it as ``Authorization: Bearer TOKEN``:
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +35,7 @@ __all__ = ["add_identity", "call", "mint", "register"]
 DEFAULT_TTL: Final = 60
 CALL_TIMEOUT: Final = 60.0
 _MAX_ANSWER: Final = 1024 * 1024
+_MAX_BODY: Final = 1024 * 1024  # over any admin route's body limit
 
 
 def mint(
@@ -107,6 +110,29 @@ def call(url: str, method: str, token: str, data: bytes | None = None) -> tuple[
         return status, None
 
 
+def _body(args: argparse.Namespace) -> bytes:
+    """The call's body as the token binds it: ``--data`` as the shell passed it (its
+    bytes, whatever the locale), or ``--data-file`` byte for byte; none by default."""
+    if args.data is not None and args.data_file is not None:
+        raise UsageError("give the body once: --data or --data-file")
+    if args.data is not None:
+        body = os.fsencode(args.data)
+    elif args.data_file is not None:
+        from execgate.keyfile import read_regular
+
+        try:
+            body = read_regular(Path(args.data_file), limit=_MAX_BODY)[0]
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --data-file {shown(args.data_file)}: {exc.strerror or exc}"
+            ) from exc
+    else:
+        return b""
+    if args.method in ("GET", "HEAD"):
+        raise UsageError(f"a {args.method} call sends no body: drop --data / --data-file")
+    return body
+
+
 def _token(args: argparse.Namespace) -> int:
     out(
         mint(
@@ -117,7 +143,7 @@ def _token(args: argparse.Namespace) -> int:
             ttl=args.ttl,
             admin=args.admin,
             audience=args.audience,
-            body=b"" if args.data is None else args.data.encode("utf-8"),
+            body=_body(args),
         )
     )
     return 0
@@ -148,7 +174,12 @@ def register(commands: Commands) -> None:
     q.add_argument(
         "--data",
         metavar="BODY",
-        help="the call's body, exactly as it will be sent (e.g. curl's -d); default: none",
+        help="the call's body, exactly as it will be sent (curl --data-binary); default: none",
+    )
+    q.add_argument(
+        "--data-file",
+        metavar="FILE",
+        help="the call's body is this file, byte for byte (curl --data-binary @FILE)",
     )
     q.add_argument(
         "--ttl", type=_ttl, default=DEFAULT_TTL, help="seconds it stays valid (default: 60)"

@@ -12,9 +12,10 @@ an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role
     GET  /v1/admin/audit/export                 audit      the whole log, as ``audit export``
     GET  /v1/audit/consistency?first=N&second=M (public)   RFC 9162 consistency proof
 
-No token, a bad one (expired, another gateway's, another call's, replayed, an unknown
-key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate: Bearer``; a good one
-whose admin lacks the role is 403 ``admin.forbidden``. Both are audited, and so is every
+No token, a bad one (expired, another gateway's, another call's or another body's,
+replayed, an unknown key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate:
+Bearer``; a good one whose admin lacks the role is 403 ``admin.forbidden``. A body is
+read only once the token has let the call in. Both are audited, and so is every
 call let through (before it acts: see ``execgate._admin_log``). The decision endpoints
 never need a token.
 
@@ -53,7 +54,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from execgate._admin_log import PolicyReload, admin_record, append_admin_record
-from execgate.admin import FORBIDDEN, UNAUTHENTICATED, AdminError, AdminToken, authorize
+from execgate.admin import (
+    FORBIDDEN,
+    UNAUTHENTICATED,
+    AdminError,
+    AdminToken,
+    authorize,
+    check_body,
+)
 from execgate.admin import verify_admin_token as _verify_token
 from execgate.approvals import Pending, Review, quorum_met, tally
 from execgate.errors import ApprovalError, EvidenceError
@@ -134,10 +142,23 @@ def _bearer(header: str | None) -> str:
     return match.group(1)
 
 
-async def _admin(request: Request, role: str, action: str, *, body: bytes = b"") -> AdminToken:
-    """The verified token of an admin holding ``role`` for this call and its ``body`` (as
-    received; none for a call that reads none); every outcome is audited, and the token is
-    spent (single use) with the record that lets the call in."""
+async def _admin(request: Request, role: str, action: str) -> AdminToken:
+    """The verified token of an admin holding ``role``, for a call without a body."""
+    return (await _let_in(request, role, action, limit=None))[0]
+
+
+async def _let_in(
+    request: Request, role: str, action: str, *, limit: int | None
+) -> tuple[AdminToken, bytes]:
+    """The verified token of an admin holding ``role``, and the call's body: at most
+    ``limit`` bytes, read only once the token has let the call in (none without a limit:
+    the route reads none), and the one the token was minted over (``bh``).
+
+    Every outcome is audited. A token refused for its signature, claims or role is spent
+    with its refusal (it named this call). One whose call then fails, a body that cannot
+    be read or is not the token's, is refused unspent: the call it was minted for (the
+    one a thief would have swapped the body of) may still come. The token is spent with
+    the record that lets the call in."""
     gateway = _gateway(request)
     now = _now(request)
     method, path = request.method, request.url.path
@@ -176,7 +197,6 @@ async def _admin(request: Request, role: str, action: str, *, body: bytes = b"")
                 path=path,
                 now=now,
                 leeway=gateway._leeway,
-                body=body,
             )
             authorize(token, role)
         except AdminError as refused:
@@ -188,13 +208,29 @@ async def _admin(request: Request, role: str, action: str, *, body: bytes = b"")
             except AdminError as replayed:
                 raise _refusal(replayed, True) from refused
             raise _refusal(refused, header is not None) from refused
+        return token
+
+    def admit(token: AdminToken, body: bytes) -> None:
+        try:
+            check_body(token, body)
+        except AdminError as refused:
+            log("refused", refused.code, refused.detail, token, spend=False)
+            raise _refusal(refused, True) from refused
         try:
             log("authorized", "admin.authorized", f"role {role}", token, spend=True)
         except AdminError as replayed:  # the refusal is what was logged
             raise _refusal(replayed, True) from replayed
-        return token
 
-    return await run_in_threadpool(check)
+    token = await run_in_threadpool(check)
+    body = b""
+    if limit is not None:
+        try:
+            body = await read_body(request, limit=limit)
+        except HttpError as unread:
+            await run_in_threadpool(log, "refused", unread.code, unread.message, token, spend=False)
+            raise
+    await run_in_threadpool(admit, token, body)
+    return token, body
 
 
 async def audit_reader(request: Request, action: str) -> None:
@@ -285,8 +321,7 @@ async def show_approval(request: Request) -> Response:
 
 async def post_review(request: Request) -> Response:
     approval_id = _approval_id(request)
-    raw = await read_body(request, limit=REVIEW_BODY_LIMIT)  # the token binds it
-    token = await _admin(request, "approvals", "approvals.review", body=raw)
+    token, raw = await _let_in(request, "approvals", "approvals.review", limit=REVIEW_BODY_LIMIT)
     body = await parse_json(request, raw)
     if not isinstance(body, dict) or set(body) != {"review"} or not isinstance(body["review"], str):
         raise HttpError(
@@ -359,8 +394,7 @@ def _revocation(body: object) -> tuple[str, str, str, bool]:
 
 
 async def post_revocation(request: Request) -> Response:
-    raw = await read_body(request, limit=REVOCATION_BODY_LIMIT)  # the token binds it
-    token = await _admin(request, "revoke", "revocation", body=raw)
+    token, raw = await _let_in(request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT)
     kind, value, reason, cascade = _revocation(await parse_json(request, raw))
     gateway, now = _gateway(request), _now(request)
 
@@ -415,9 +449,10 @@ def signal_supervisor() -> bool:
 
 
 async def post_reload(request: Request) -> Response:
-    # No body is expected (the token's is empty); never an unbounded one.
-    raw = await read_body(request, limit=1024)
-    token = await _admin(request, "reload", "policy.reload", body=raw)
+    # The call takes no body: one is read (never an unbounded one) only to be refused.
+    token, raw = await _let_in(request, "reload", "policy.reload", limit=1024)
+    if raw:
+        raise HttpError(400, "request.invalid", "a policy reload takes no body; send none")
     gateway = _gateway(request)
 
     def reload() -> PolicyReload:
@@ -646,7 +681,11 @@ PATHS: Final[dict[str, Any]] = {
             "reloadPolicy",
             "reload",
             json_body({"type": "object"}, "the new policy is in force"),
-            errors={"422": error("the policy was refused; the old one stays in force")},
+            errors={
+                "400": error("a body was sent: the call takes none"),
+                "413": error("the body exceeds 1 KiB (refused before it is read whole)"),
+                "422": error("the policy was refused; the old one stays in force"),
+            },
         )
     },
     "/v1/admin/audit/export": {
