@@ -51,7 +51,7 @@ from execgate.store.base import PURGED_DETAIL, Conflict, WriteJob
 if TYPE_CHECKING:
     from execgate.pipeline import Gateway
 
-__all__ = ["PolicyReload", "admin_record", "append_admin_record", "reload_policy"]
+__all__ = ["PolicyReload", "admin_record", "append_admin_record", "reload_policy", "spent"]
 
 KIND: Final = "admin"
 _JTI_PREFIX: Final = "admin:"
@@ -97,6 +97,13 @@ def admin_record(
         "detail": _text(detail),
         **extra,
     }
+
+
+def spent(gateway: Gateway, jti: str) -> bool:
+    """Whether the admin token ``jti`` has been spent already: a read, for refusing a
+    replay early. Only ``append_admin_record``'s spend, in the commit of the record that
+    lets a call in, decides that a token is used once."""
+    return gateway.store.proof_seen(_JTI_PREFIX + jti)
 
 
 def append_admin_record(

@@ -214,9 +214,9 @@ def test_a_token_carries_only_the_body_it_was_minted_for(kit: Kit, client: Clien
 
 
 def test_no_body_is_read_before_a_token_lets_the_call_in(kit: Kit, client: Client) -> None:
-    """Without a valid token, a body over the route's limit is not read at all: the call
-    is 401 and audited, not 413. With one, it is 413, audited with the token's admin,
-    and the token stays unspent (its own call may still come)."""
+    """The token is checked before the body: without a valid one, a body over the
+    route's limit makes the call 401 (audited), not 413. With one, it is 413, audited
+    with the token's admin, and the token stays unspent (its own call may still come)."""
     big = encoded({"kind": "sub", "value": "agent-1", "reason": "x" * 9000})
     json_type = {"Content-Type": "application/json"}
     anonymous = client.post(REVOKE, content=big, headers=json_type)
@@ -240,13 +240,38 @@ def test_no_body_is_read_before_a_token_lets_the_call_in(kit: Kit, client: Clien
 
 
 def test_a_policy_reload_with_a_body_is_refused(kit: Kit, client: Client) -> None:
-    response = post(client, kit, RELOAD, {"policy": "mine"})
-    assert error_of(response, 400) == "request.invalid"
-    assert "takes no body" in response.json()["error"]["message"]
-    # Let in (and so logged), but nothing reloaded: no record says it was done.
-    assert [(r["action"], r["result"]) for r in records(client)] == [
-        ("policy.reload", "authorized")
+    """A reload takes no body. A token minted over one is refused (400, audited) before
+    the call is let in; a token minted for no body, sent with one, is not that body's
+    (401). Neither is spent: the plain reload goes through afterwards."""
+    data = encoded({"policy": "mine"})
+    json_type = {"Content-Type": "application/json"}
+    with_body = client.post(
+        RELOAD, content=data, headers=json_type | token(kit, "POST", RELOAD, body=data)
+    )
+    assert error_of(with_body, 400) == "request.invalid"
+    assert "takes no body" in with_body.json()["error"]["message"]
+    plain = token(kit, "POST", RELOAD)
+    assert error_of(client.post(RELOAD, content=data, headers=json_type | plain), 401) == (
+        "admin.unauthenticated"
+    )
+    assert [(r["action"], r["result"], r["code"]) for r in records(client)] == [
+        ("policy.reload", "refused", "request.invalid"),
+        ("policy.reload", "refused", "admin.unauthenticated"),
     ]
+    assert client.post(RELOAD, headers=plain).status_code == 200
+
+
+def test_a_spent_token_is_refused_as_a_replay_before_its_body_is_read(
+    kit: Kit, client: Client
+) -> None:
+    body = encoded({"kind": "sub", "value": "agent-1", "reason": "lost"})
+    headers = {"Content-Type": "application/json"} | token(kit, "POST", REVOKE, body=body)
+    assert client.post(REVOKE, content=body, headers=headers).status_code == 200
+    for again in (body, encoded({"kind": "sub", "value": "agent-2", "reason": "x" * 9000})):
+        refused = client.post(REVOKE, content=again, headers=headers)
+        assert error_of(refused, 401) == "admin.unauthenticated"
+        assert "used before (replay)" in refused.json()["error"]["message"]
+        assert records(client)[-1]["detail"] == "this admin token was used before (replay)"
 
 
 def test_decision_endpoints_need_no_token(kit: Kit, client: Client) -> None:
@@ -637,7 +662,7 @@ def test_the_cli_mints_a_token_the_server_accepts(
     alice = str(kit.home / "keys" / "approver-alice.jwk")
     assert main([*argv[:4], "--key", alice, "--method", "GET", "--path", APPROVALS]) == 2
     assert "no admin's" in capsys.readouterr().err
-    # --data: the token is good for exactly that body, as curl -d sends it.
+    # --data: the token is good for exactly that body, as curl --data-binary sends it.
     body = '{"kind":"sub","value":"agent-1","reason":"lost"}'
     post = [*argv[:6], "--method", "POST", "--path", REVOKE]
     assert main([*post, "--data", body]) == 0
@@ -659,7 +684,9 @@ def test_the_cli_mints_a_token_the_server_accepts(
     assert client.post(REVOKE, content=exact, headers=headers).status_code == 200
     # Bytes that are not UTF-8 are bound as the shell passed them, not refused or recoded.
     assert main([*post, "--data", os.fsdecode(b"\xff{}")]) == 0
-    assert capsys.readouterr().out.count(".") == 2
+    payload = capsys.readouterr().out.strip().split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["bh"] == sha256_b64url(b"\xff{}")
     # One body, and none for a GET: usage errors, nothing printed.
     assert main([*post, "--data", body, "--data-file", str(kit.home.parent / "body.json")]) == 2
     assert "give the body once" in capsys.readouterr().err

@@ -145,8 +145,8 @@ async def read_json(request: Request, *, limit: int) -> Any:
 
 
 async def parse_json(request: Request, body: bytes) -> Any:
-    """``read_json`` for a body already read (an admin call reads its body before its
-    token is checked, since the token binds the body: ``execgate.admin``)."""
+    """``read_json`` for a body already read (an admin call reads its body once its
+    token verified, and checks it against the token before parsing: ``execgate.admin``)."""
     _json_type(request)
     return await _parsed(body)
 

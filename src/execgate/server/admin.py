@@ -15,7 +15,7 @@ an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role
 No token, a bad one (expired, another gateway's, another call's or another body's,
 replayed, an unknown key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate:
 Bearer``; a good one whose admin lacks the role is 403 ``admin.forbidden``. A body is
-read only once the token has let the call in. Both are audited, and so is every
+read only once the token has verified, and was not used before. Both are audited, and so is every
 call let through (before it acts: see ``execgate._admin_log``). The decision endpoints
 never need a token.
 
@@ -53,7 +53,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from execgate._admin_log import PolicyReload, admin_record, append_admin_record
+from execgate._admin_log import PolicyReload, admin_record, append_admin_record, spent
 from execgate.admin import (
     FORBIDDEN,
     UNAUTHENTICATED,
@@ -142,23 +142,35 @@ def _bearer(header: str | None) -> str:
     return match.group(1)
 
 
+def _unspent(gateway: Gateway, token: AdminToken) -> None:
+    if spent(gateway, token.jti):
+        raise AdminError(UNAUTHENTICATED, "this admin token was used before (replay)")
+
+
 async def _admin(request: Request, role: str, action: str) -> AdminToken:
     """The verified token of an admin holding ``role``, for a call without a body."""
     return (await _let_in(request, role, action, limit=None))[0]
 
 
 async def _let_in(
-    request: Request, role: str, action: str, *, limit: int | None
+    request: Request,
+    role: str,
+    action: str,
+    *,
+    limit: int | None,
+    vet: Callable[[bytes], None] | None = None,
 ) -> tuple[AdminToken, bytes]:
     """The verified token of an admin holding ``role``, and the call's body: at most
-    ``limit`` bytes, read only once the token has let the call in (none without a limit:
-    the route reads none), and the one the token was minted over (``bh``).
+    ``limit`` bytes, read only once the token verified and was not spent before (none
+    without a limit: the route reads none), and the one the token was minted over
+    (``bh``); ``vet`` may refuse that body (an ``HttpError``) before the call is let in.
 
-    Every outcome is audited. A token refused for its signature, claims or role is spent
-    with its refusal (it named this call). One whose call then fails, a body that cannot
-    be read or is not the token's, is refused unspent: the call it was minted for (the
+    Every outcome is audited. A token that does not verify names no ``jti`` to spend; a
+    verified one refused for its role (or as used before) is spent with its refusal (it
+    named this call). One whose call then fails, a body that cannot be read, is not the
+    token's or is refused by ``vet``, is refused unspent: the call it was minted for (the
     one a thief would have swapped the body of) may still come. The token is spent with
-    the record that lets the call in."""
+    the record that lets the call in, which alone settles a race of two calls with it."""
     gateway = _gateway(request)
     now = _now(request)
     method, path = request.method, request.url.path
@@ -199,6 +211,7 @@ async def _let_in(
                 leeway=gateway._leeway,
             )
             authorize(token, role)
+            _unspent(gateway, token)  # a replay is refused before its body is read
         except AdminError as refused:
             # Without a verified token the detail may quote what the caller sent: kept
             # short, so anyone reaching the port adds little to the permanent log.
@@ -216,6 +229,12 @@ async def _let_in(
         except AdminError as refused:
             log("refused", refused.code, refused.detail, token, spend=False)
             raise _refusal(refused, True) from refused
+        if vet is not None:
+            try:
+                vet(body)
+            except HttpError as unfit:
+                log("refused", unfit.code, unfit.message, token, spend=False)
+                raise
         try:
             log("authorized", "admin.authorized", f"role {role}", token, spend=True)
         except AdminError as replayed:  # the refusal is what was logged
@@ -448,11 +467,14 @@ def signal_supervisor() -> bool:
     return True
 
 
+def _no_body(body: bytes) -> None:
+    if body:
+        raise HttpError(400, "request.invalid", "a policy reload takes no body; send none")
+
+
 async def post_reload(request: Request) -> Response:
     # The call takes no body: one is read (never an unbounded one) only to be refused.
-    token, raw = await _let_in(request, "reload", "policy.reload", limit=1024)
-    if raw:
-        raise HttpError(400, "request.invalid", "a policy reload takes no body; send none")
+    token, _ = await _let_in(request, "reload", "policy.reload", limit=1024, vet=_no_body)
     gateway = _gateway(request)
 
     def reload() -> PolicyReload:
