@@ -125,9 +125,8 @@ def verify_admin_token(
 ) -> AdminToken:
     """The admin ``token`` proves, for the call ``method path`` now; or ``AdminError``
     (``admin.unauthenticated``) saying why not. The call's body is the caller's to check
-    with ``check_body`` before acting on it (a server reads the body only once a token
-    let the call in), and so is single use (``AdminToken.jti``, remembered until
-    ``expires``)."""
+    with ``check_body`` before acting on it (a server reads the body only once the token
+    verified), and so is single use (``AdminToken.jti``, remembered until ``expires``)."""
     try:
         verified = verify(token, typ=ADMIN_TYP, max_size=MAX_TOKEN_BYTES, keys=trust.admin_keys)
     except JoseError as exc:

@@ -4,10 +4,10 @@ The token (``execgate.admin``) is signed with the admin's own private key (``--k
 and is good for exactly one call: the method and path given, with the body given
 (``--data`` or ``--data-file``, byte for byte as the call sends it: curl's
 ``--data-binary``, not ``-d @FILE``, which drops line breaks; none by default), at one
-gateway, for ``--ttl`` seconds (at most an hour). Who the admin is and which gateway it is for come
-from the home's trust store and config (the ``[[admin]]`` that lists the key, the
-gateway id); ``--admin`` and ``--audience`` name them instead, for a gateway whose home
-is elsewhere. Send it as ``Authorization: Bearer TOKEN``:
+gateway, for ``--ttl`` seconds (at most an hour). Who the admin is and which gateway it
+is for come from the home's trust store and config (the ``[[admin]]`` that lists the
+key, the gateway id); ``--admin`` and ``--audience`` name them instead, for a gateway
+whose home is elsewhere. Send it as ``Authorization: Bearer TOKEN``:
 
     curl -X POST -H "Authorization: Bearer $(execgate admin token --key keys/admin.jwk \\
          --method POST --path /v1/admin/policy/reload)" http://127.0.0.1:8080/v1/admin/policy/reload

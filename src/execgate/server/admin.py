@@ -14,10 +14,10 @@ an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role
 
 No token, a bad one (expired, another gateway's, another call's or another body's,
 replayed, an unknown key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate:
-Bearer``; a good one whose admin lacks the role is 403 ``admin.forbidden``. A body is
-read only once the token has verified, and was not used before. Both are audited, and so is every
-call let through (before it acts: see ``execgate._admin_log``). The decision endpoints
-never need a token.
+Bearer``; a good one whose admin lacks the role is 403 ``admin.forbidden``. Both are
+audited, and so is every call let through (before it acts: see ``execgate._admin_log``).
+A body is read only once the token has verified and was not used before (``_let_in``).
+The decision endpoints never need a token.
 
 A review over HTTP takes two factors: the admin token lets the call in, and the body
 carries the approver's own signed review (``execgate.approvals.sign_review``), which the
