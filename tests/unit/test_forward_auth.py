@@ -212,6 +212,7 @@ def test_a_gateway_that_is_not_open_is_a_typed_500(kit: Kit) -> None:
         response = nginx(client, "GET", "/api/x", headers_for(kit, "GET", "/api/x"))
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal.error"
+    assert response.headers["Execgate-Reason"] == "internal.error"  # as every typed error
 
 
 # -- the proof binds the call -------------------------------------------------------------------
@@ -629,6 +630,7 @@ def test_an_unsendable_route_target_is_not_a_200(tmp_path: Path) -> None:
             response = nginx(client, "GET", "/reports/a", headers_for(kit, "GET", "/reports/a"))
             assert response.status_code == 500
             assert response.json()["error"]["code"] == "internal.error"
+            assert response.headers["Execgate-Reason"] == "internal.error"
     finally:
         kit.close()
 

@@ -130,6 +130,7 @@ def error_of(response: httpx.Response, status: int) -> str:
     assert set(body) == {"error"}
     assert set(body["error"]) == {"code", "message"}
     code: str = body["error"]["code"]
+    assert response.headers["execgate-reason"] == code  # every typed error says it twice
     return code
 
 

@@ -63,8 +63,12 @@ class HttpError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JsonResponse:
+    """The typed error body, its code also in ``Execgate-Reason`` (as a forward-auth
+    denial carries it, and the refusals below the app: one header a proxy can pass on)."""
     return JsonResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        headers={"Execgate-Reason": code, **(headers or {})},
     )
 
 

@@ -41,8 +41,8 @@ holds memory and a slot for as long as the client likes.
 - **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
   is ``400`` ``request.malformed``; over the concurrency limit, ``503``
   ``server.overloaded`` (the check is uvicorn's, answered here). A refusal answered
-  here carries its code in ``Execgate-Reason`` as well, as forward-auth's refusals and
-  denials do, so a proxy that passes that header on tells the client why.
+  here carries its code in ``Execgate-Reason`` as well, as the app's typed errors and
+  forward-auth's denials do, so a proxy that passes that header on tells the client why.
 
 The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
 the read (``408``), since only the handler knows when it wants a body.

@@ -21,8 +21,17 @@ def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_REASON_HEADER: Final = {
+    "Execgate-Reason": {
+        "description": "the error's code, as in the body",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+
+
 def error(description: str) -> dict[str, Any]:
-    return json_body(ref("Error"), description)
+    return {**json_body(ref("Error"), description), "headers": _REASON_HEADER}
 
 
 COMMON_ERRORS: Final = {
