@@ -664,13 +664,13 @@ def test_the_cli_mints_a_token_the_server_accepts(
     assert "no admin's" in capsys.readouterr().err
     # --data: the token is good for exactly that body, as curl --data-binary sends it.
     body = '{"kind":"sub","value":"agent-1","reason":"lost"}'
-    post = [*argv[:6], "--method", "POST", "--path", REVOKE]
-    assert main([*post, "--data", body]) == 0
+    revoke = [*argv[:6], "--method", "POST", "--path", REVOKE]
+    assert main([*revoke, "--data", body]) == 0
     minted = capsys.readouterr().out.strip()
     headers = {"Authorization": f"Bearer {minted}", "Content-Type": "application/json"}
     response = client.post(REVOKE, content=body.encode(), headers=headers)
     assert response.status_code == 200, response.text
-    assert main(post) == 0  # without --data: for a call with no body
+    assert main(revoke) == 0  # without --data: for a call with no body
     minted = capsys.readouterr().out.strip()
     headers["Authorization"] = f"Bearer {minted}"
     refused = client.post(REVOKE, content=body.encode(), headers=headers)
@@ -679,22 +679,22 @@ def test_the_cli_mints_a_token_the_server_accepts(
     # --data-file: the file's bytes exactly, line break and all (as curl --data-binary).
     exact = (body + "\n").encode()
     (kit.home.parent / "body.json").write_bytes(exact)
-    assert main([*post, "--data-file", str(kit.home.parent / "body.json")]) == 0
+    assert main([*revoke, "--data-file", str(kit.home.parent / "body.json")]) == 0
     headers["Authorization"] = f"Bearer {capsys.readouterr().out.strip()}"
     assert client.post(REVOKE, content=exact, headers=headers).status_code == 200
     # Bytes that are not UTF-8 are bound as the shell passed them, not refused or recoded.
-    assert main([*post, "--data", os.fsdecode(b"\xff{}")]) == 0
+    assert main([*revoke, "--data", os.fsdecode(b"\xff{}")]) == 0
     payload = capsys.readouterr().out.strip().split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["bh"] == sha256_b64url(b"\xff{}")
     # One body, and none for a GET: usage errors, nothing printed.
-    assert main([*post, "--data", body, "--data-file", str(kit.home.parent / "body.json")]) == 2
+    assert main([*revoke, "--data", body, "--data-file", str(kit.home.parent / "body.json")]) == 2
     assert "give the body once" in capsys.readouterr().err
     assert main([*argv, "--path", APPROVALS, "--data", body]) == 2
     captured = capsys.readouterr()
     assert "sends no body" in captured.err
     assert captured.out == ""
-    assert main([*post, "--data-file", str(kit.home.parent / "missing.json")]) == 2
+    assert main([*revoke, "--data-file", str(kit.home.parent / "missing.json")]) == 2
     assert "cannot read --data-file" in capsys.readouterr().err
 
 
