@@ -101,10 +101,6 @@ _LIMITS: Final = {
 }
 
 
-def _refuse(status: int, code: str, message: str) -> HttpError:
-    return HttpError(status, code, message, headers={_REASON: code})
-
-
 def _trusted(request: Request) -> bool:
     """Whether the TCP peer is a trusted proxy; an unknown or unparsable peer is not."""
     server: ServerConfig = request.app.state.server
@@ -135,9 +131,9 @@ def _headers(request: Request) -> dict[str, str]:
         if limit is None:
             continue
         if name in found:
-            raise _refuse(403, "request.invalid", f"the {name} header is given more than once")
+            raise HttpError(403, "request.invalid", f"the {name} header is given more than once")
         if len(raw_value) > limit:
-            raise _refuse(
+            raise HttpError(
                 403,
                 "request.header_too_large",
                 f"the {name} header is {len(raw_value)} bytes; the limit is {limit}",
@@ -156,7 +152,7 @@ def _original(request: Request, headers: Mapping[str, str]) -> tuple[str, str]:
     for field in ("method", "uri"):
         values = {headers.get(f"x-{kind}-{field}") for kind in ("original", "forwarded")}
         if None not in values and len(values) > 1:
-            raise _refuse(
+            raise HttpError(
                 403,
                 "request.invalid",
                 f"X-Original-{field} and X-Forwarded-{field} name different calls",
@@ -164,14 +160,14 @@ def _original(request: Request, headers: Mapping[str, str]) -> tuple[str, str]:
     raw: bytes = request.scope.get("raw_path") or b""
     path = raw.split(b"?", 1)[0].decode("latin-1")  # some servers leave the query in
     if not path.startswith(PREFIX):
-        raise _refuse(403, "request.invalid", f"the path does not start with {PREFIX} as sent")
+        raise HttpError(403, "request.invalid", f"the path does not start with {PREFIX} as sent")
     query: bytes = request.scope.get("query_string") or b""
     for kind in ("original", "forwarded"):
         method = headers.get(f"x-{kind}-method")
         uri = headers.get(f"x-{kind}-uri")
         if method is not None or uri is not None:
             if method is None or uri is None:
-                raise _refuse(
+                raise HttpError(
                     403,
                     "request.invalid",
                     f"X-{kind.title()}-Method and X-{kind.title()}-URI must be sent together",
@@ -180,7 +176,7 @@ def _original(request: Request, headers: Mapping[str, str]) -> tuple[str, str]:
             # that asks with the path (Envoy) and passes on a client's X-Original-URI
             # would otherwise have the gateway decide on the call the client named.
             if path != PREFIX or query:
-                raise _refuse(
+                raise HttpError(
                     403,
                     "request.invalid",
                     f"X-{kind.title()}-URI names the call: ask at {PREFIX} itself, with no"
@@ -259,7 +255,7 @@ async def forward_auth(request: Request) -> Response:
             }
         )
         if forwarded:
-            raise _refuse(
+            raise HttpError(
                 403,
                 "request.untrusted_forwarded",
                 f"{', '.join(forwarded)} sent by a peer outside [server] trusted_proxies",
@@ -269,9 +265,8 @@ async def forward_auth(request: Request) -> Response:
     try:
         body = await read_body(request, limit=BODY_LIMIT)
     except HttpError as exc:
-        refused = _refuse(413 if exc.status == 413 else 403, exc.code, exc.message)
-        refused.headers = {**(exc.headers or {}), **(refused.headers or {})}  # Connection
-        raise refused from exc
+        status = 413 if exc.status == 413 else 403
+        raise HttpError(status, exc.code, exc.message, exc.headers) from exc  # Connection
     gateway: Gateway = request.app.state.gateway
     artifact = _artifact(headers)
 
@@ -291,7 +286,7 @@ async def forward_auth(request: Request) -> Response:
                 headers.get(ATTESTATION_HEADER.lower()),
             )
         except RequestError as exc:
-            raise _refuse(403, "request.invalid", str(exc)) from exc
+            raise HttpError(403, "request.invalid", str(exc)) from exc
 
     # The stages run on the event loop (see Gateway.decide_async); only a large body is
     # hashed in a worker thread, so one big request cannot stall every other one.
