@@ -573,6 +573,40 @@ def test_a_whole_decision_record_needs_the_audit_role(kit: Kit, client: Client) 
     ]
 
 
+def test_the_token_is_checked_before_the_parameters(kit: Kit, client: Client) -> None:
+    """An anonymous call is 401 and audited whatever its parameters; an admin's call with
+    bad ones is refused under that admin, and leaves the token for the call it was meant
+    for (a token binds the path, not the query)."""
+    long_id = "a" * 300
+    decision = f"/v1/decisions/{long_id}"
+    calls = [
+        ("GET", f"{ENTRIES}?start=3&end=2", "audit.entries"),
+        ("GET", f"{APPROVALS}/{long_id}", "approvals.show"),
+        ("POST", f"{APPROVALS}/{long_id}/reviews", "approvals.review"),
+        ("GET", decision, "audit.decision"),
+    ]
+    for method, path, action in calls:
+        response = client.request(method, path, headers={"Authorization": "Bearer x.y.z"})
+        assert error_of(response, 401) == "admin.unauthenticated", path
+        assert records(client)[-1]["action"] == action
+    headers = token(kit, "GET", ENTRIES, who="auditor")
+    assert (
+        error_of(client.get(f"{ENTRIES}?start=x", headers=headers), 400) == "request.invalid_query"
+    )
+    refused = records(client)[-1]
+    assert (refused["result"], refused["code"], refused["admin"]) == (
+        "refused",
+        "request.invalid_query",
+        "auditor",
+    )
+    assert client.get(ENTRIES, headers=headers).status_code == 200  # not spent
+    path = f"{APPROVALS}/{long_id}"
+    assert error_of(client.get(path, headers=token(kit, "GET", path)), 404) == "approval.not_found"
+    assert error_of(
+        client.get(decision, headers=token(kit, "GET", decision, who="auditor")), 404
+    ) == ("decision.not_found")
+
+
 def test_public_audit_lets_anyone_read_the_entries(kit: Kit) -> None:
     assert kit.config.server.public_audit is False  # what a new home says
     app = create_app(

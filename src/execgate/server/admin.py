@@ -147,9 +147,12 @@ def _unspent(gateway: Gateway, token: AdminToken) -> None:
         raise AdminError(UNAUTHENTICATED, "this admin token was used before (replay)")
 
 
-async def _admin(request: Request, role: str, action: str) -> AdminToken:
-    """The verified token of an admin holding ``role``, for a call without a body."""
-    return (await _let_in(request, role, action, limit=None))[0]
+async def _admin(
+    request: Request, role: str, action: str, *, vet: Callable[[bytes], None] | None = None
+) -> AdminToken:
+    """The verified token of an admin holding ``role``, for a call without a body
+    (``vet`` as for ``_let_in``: it sees no bytes, and may refuse the query)."""
+    return (await _let_in(request, role, action, limit=None, vet=vet))[0]
 
 
 async def _let_in(
@@ -163,7 +166,8 @@ async def _let_in(
     """The verified token of an admin holding ``role``, and the call's body: at most
     ``limit`` bytes, read only once the token verified and was not spent before (none
     without a limit: the route reads none), and the one the token was minted over
-    (``bh``); ``vet`` may refuse that body (an ``HttpError``) before the call is let in.
+    (``bh``); ``vet`` may refuse that body, or the call's query or path parameters (an
+    ``HttpError``), before the call is let in.
 
     Every outcome is audited. A token that does not verify names no ``jti`` to spend; a
     verified one refused for its role (or as used before) is spent with its refusal (it
@@ -252,14 +256,27 @@ async def _let_in(
     return token, body
 
 
-async def audit_reader(request: Request, action: str) -> None:
+async def audit_reader(
+    request: Request, action: str, *, vet: Callable[[], object] | None = None
+) -> None:
     """Let a read of whole log records through: anyone with ``[server] public_audit``,
     else only an admin holding ``audit`` (401/403 otherwise, audited like every admin
     call). The records are what the export holds, request arguments included, so they
-    are guarded like it."""
+    are guarded like it. ``vet`` checks the call's parameters: for an admin, once the
+    token verified (a refusal is audited and leaves the token unspent); for anyone,
+    before the read."""
     server: ServerConfig = request.app.state.server
-    if not server.public_audit:
-        await _admin(request, "audit", action)
+    if server.public_audit:
+        if vet is not None:
+            vet()
+        return
+    check = None
+    if vet is not None:
+
+        def check(_: bytes) -> None:  # no body: the parameters alone
+            vet()
+
+    await _admin(request, "audit", action, vet=check)
 
 
 def _done(request: Request, token: AdminToken, action: str, detail: str, **extra: Any) -> int:
@@ -323,8 +340,8 @@ async def list_approvals(request: Request) -> Response:
 
 
 async def show_approval(request: Request) -> Response:
-    approval_id = _approval_id(request)
     await _admin(request, "approvals", "approvals.show")
+    approval_id = _approval_id(request)
     gateway, now = _gateway(request), _now(request)
 
     def show() -> dict[str, Any]:
@@ -339,8 +356,8 @@ async def show_approval(request: Request) -> Response:
 
 
 async def post_review(request: Request) -> Response:
-    approval_id = _approval_id(request)
     token, raw = await _let_in(request, "approvals", "approvals.review", limit=REVIEW_BODY_LIMIT)
+    approval_id = _approval_id(request)
     body = await parse_json(request, raw)
     if not isinstance(body, dict) or set(body) != {"review"} or not isinstance(body["review"], str):
         raise HttpError(

@@ -151,11 +151,11 @@ async def get_decision(request: Request) -> Response:
     only what its receipt says: a decision id is no secret (it is in the access log, is
     sent to the upstream and to the client, and names a child's parent), and its
     holder need not be the one who sent the request."""
-    decision_id = _decision_id(request)
     server: ServerConfig = request.app.state.server
     whole = server.public_audit or "authorization" in request.headers
     if whole:
         await admin.audit_reader(request, "audit.decision")
+    decision_id = _decision_id(request)
     store = _gateway(request).store
 
     def lookup() -> tuple[LogEntry | None, LogEntry | None]:
@@ -233,13 +233,20 @@ async def get_checkpoint(request: Request) -> Response:
     return JsonResponse({"origin": log.origin, "size": size, "checkpoint": note})
 
 
-async def get_entries(request: Request) -> Response:
+def _bounds(request: Request) -> tuple[int, int | None]:
     start = query_int(request, "start", 0)
     assert start is not None
     end = query_int(request, "end", None)
     if end is not None and end < start:
         raise HttpError(400, "request.invalid_query", "end must not be below start")
-    await admin.audit_reader(request, "audit.entries")  # a token is spent on a real read only
+    return start, end
+
+
+async def get_entries(request: Request) -> Response:
+    # Bad bounds after the token verified: a refusal audited under its admin, and the
+    # token left unspent (it is spent on a real read only).
+    await admin.audit_reader(request, "audit.entries", vet=lambda: _bounds(request))
+    start, end = _bounds(request)
     store = _gateway(request).store
 
     def page() -> Response:
