@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 from execgate.errors import JoseError, VerificationError
@@ -59,6 +60,7 @@ def outcome_hash(
     return sha256_b64url(canonical_json(report))
 
 
+@lru_cache(maxsize=256)  # a runtime presents the same artifact call after call
 def artifact_hash(artifact: str) -> str:
     """base64url(SHA-256(artifact compact string))."""
     return sha256_b64url(artifact.encode("ascii"))

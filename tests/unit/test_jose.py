@@ -129,6 +129,24 @@ def test_parse_unverified_exposes_the_pieces() -> None:
     KEY.public.verify(parsed.signing_input, parsed.signature)  # raises if wrong
 
 
+def test_a_cached_header_is_handed_out_as_a_copy() -> None:
+    """Headers are decoded once per segment: what a caller does with its header must not
+    reach the next token with the same one."""
+    token = encode({"typ": TYP, "kid": "trusted"}, CLAIMS, KEY)
+    first = check(token)
+    first.header["kid"] = "changed"
+    del first.header["typ"]
+    assert check(token).header == {"typ": TYP, "kid": "trusted", "alg": "Ed25519"}
+
+
+def test_a_refused_header_is_refused_every_time() -> None:
+    """Only headers that decode are kept: the same bad one fails on every token."""
+    raw = f'{{"alg":"Ed25519","typ":"{TYP}","kid":"trusted","kid":"other"}}'
+    for _ in range(3):
+        assert kind_of(forge(raw, CLAIMS)) == "malformed"
+    assert kind_of(forge("[1]", CLAIMS)) == kind_of(forge("[1]", CLAIMS)) == "malformed"
+
+
 # --- base64url ---------------------------------------------------------------------------
 
 
