@@ -122,25 +122,35 @@ def _plain(value: Any) -> bool:
     stack = [value]
     budget = 300_000  # above any request (MAX_REQUEST_VALUES): the rest is rfc8785
     while stack:
-        budget -= 1
-        if budget == 0:
-            return False
         item = stack.pop()
         kind = type(item)
-        if kind is str or kind is bool or item is None:
-            continue
-        if kind is int:
-            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
-                return False
-        elif kind is dict:
+        if kind is dict:
             for key in item:
                 if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
                     return False
-            stack.extend(item.values())
+            children: Any = item.values()
         elif kind is list:
-            stack.extend(item)
+            children = item
+        elif kind is str or kind is bool or item is None:
+            continue
+        elif kind is int:
+            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
+                return False
+            continue
         else:
             return False
+        budget -= len(children)
+        if budget < 0:
+            return False
+        # The scalars are settled here, without a trip through the stack; containers
+        # and anything else (a float, a big integer) are looked at when popped.
+        for child in children:
+            kind = type(child)
+            if kind is str or child is None or kind is bool:
+                continue
+            if kind is int and -MAX_SAFE_INT <= child <= MAX_SAFE_INT:
+                continue
+            stack.append(child)
     return True
 
 

@@ -167,6 +167,32 @@ def test_nesting_deeper_than_orjson_writes_is_still_canonical() -> None:
     assert canonical_json(deep) == rfc8785.dumps(deep)
 
 
+def test_a_cycle_is_refused_and_a_huge_value_is_still_canonical() -> None:
+    """The fast path gives up after 300,000 values: a cycle then fails as too deep,
+    and a value that large takes the slower path to the same bytes."""
+    cycle: dict[str, Any] = {"a": [1]}
+    cycle["a"].append(cycle)
+    with pytest.raises(ValueError, match="canonical"):
+        canonical_json(cycle)
+    huge: Any = {"n": list(range(300_001)), "s": ["x"] * 3}
+    assert canonical_json(huge) == rfc8785.dumps(huge)
+
+
+@pytest.mark.parametrize(
+    "value", [[1, [2, 2**53]], {"a": [{"b": 0.5}]}, {"a": (1, 2)}, [True, None, 1.0]]
+)
+def test_what_orjson_would_write_otherwise_is_found_at_any_depth(value: Any) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        expected = None
+    try:
+        ours: bytes | None = canonical_json(value)
+    except ValueError:
+        ours = None
+    assert ours == expected
+
+
 def _stdlib_compact(value: Any) -> bytes | None:
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
