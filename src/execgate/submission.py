@@ -34,6 +34,9 @@ def _safe_int(text: str) -> int:
     return value
 
 
+_decode_canonical: Final = json.JSONDecoder(parse_int=_safe_int).decode  # built once
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """The wire shape of one decision request (DESIGN §6).
@@ -75,7 +78,7 @@ class Submission:
         object.__setattr__(self, "request_size", len(canonical))
         # Evaluate exactly what was hashed: an independent copy of the arguments, so a
         # caller mutating its dict afterwards cannot change what the proof binds.
-        frozen = replace(self.request, args=json.loads(canonical, parse_int=_safe_int)["args"])
+        frozen = replace(self.request, args=_decode_canonical(canonical.decode("utf-8"))["args"])
         object.__setattr__(self, "request", frozen)
 
     @classmethod
