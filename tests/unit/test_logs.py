@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from gatekit import Kit, make_kit
 from test_server_api import Client
 
 from execgate.server import create_app
-from execgate.server.logs import FIELDS, JsonFormatter, log_config
+from execgate.server.logs import FIELDS, JsonFormatter, access, lean_records, log_config
 from execgate.server.metrics import Metrics
 
 BEARER = "s3cr3t-bearer-token-value-0123456789"
@@ -120,6 +121,36 @@ def test_a_decision_outside_a_request_gets_its_own_line(kit: Kit, captured: io.S
     assert line["outcome"] == "proceed"
     assert {"artifact", "binding", "policy", "audit"} <= set(line["stages_ms"])
     assert submission["proof"] not in captured.getvalue()
+
+
+def test_the_access_line_keeps_its_fields_and_its_level(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made without Logger.info, the access line is still an INFO record of
+    execgate.access through the configured handlers, with records kept lean, and a level
+    above INFO silences it."""
+    monkeypatch.setattr(logging, "logThreads", logging.logThreads)
+    monkeypatch.setattr(logging, "logMultiprocessing", logging.logMultiprocessing)
+    lean_records()
+    fields = {"decision_id": "d-1", "outcome": "deny", "reasons": ["scope.denied"], "x": 1}
+    access(method="GET", route="/v1/forward-auth", status=403, seconds=0.0125, fields=fields)
+    [line] = _lines(captured)
+    assert {k: v for k, v in line.items() if k != "time"} == {
+        "level": "info",
+        "logger": "execgate.access",
+        "message": "request",
+        "pid": os.getpid(),
+        "method": "GET",
+        "route": "/v1/forward-auth",
+        "status": 403,
+        "duration_ms": 12.5,
+        "decision_id": "d-1",
+        "outcome": "deny",
+        "reasons": ["scope.denied"],
+    }
+    logging.getLogger("execgate").setLevel(logging.WARNING)
+    access(method="GET", route="/healthz", status=200, seconds=0.001, fields={})
+    assert len(_lines(captured)) == 1
 
 
 def test_only_allow_listed_fields_are_written() -> None:

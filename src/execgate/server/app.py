@@ -36,7 +36,7 @@ from execgate.errors import EvidenceError, RequestError, StoreError, Verificatio
 from execgate.home import ServerConfig, load_config
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
-from execgate.server import admin, forward_auth, metrics
+from execgate.server import admin, forward_auth, logs, metrics
 from execgate.server._http import (
     HttpError,
     JsonResponse,
@@ -442,6 +442,7 @@ def app_from_environment() -> Starlette:
     config = load_config(Path(home))
     pinned = os.environ.get(POLICY_IN_FORCE_ENV)
     in_force = Path(pinned) if pinned else None
+    logs.lean_records()  # a worker process serves this app and nothing else
     return create_app(
         open_gateway=lambda: Gateway.open(Path(home), policy_in_force=in_force),
         server=config.server,
