@@ -432,6 +432,8 @@ async def test_a_streamed_body_stops_being_read_past_the_limit(
         ("1.0", [], b""),
         ("1.1", [(b"transfer-encoding", b"chunked")], b'{"a": 1}'),
         ("1.1", [(b"content-length", b"8")], b'{"a": 1}'),
+        # The first Content-Length counts, as request.headers.get would give it.
+        ("1.1", [(b"content-length", b"8"), (b"content-length", b"99999")], b'{"a": 1}'),
         ("2", [], b'{"a": 1}'),  # HTTP/2 may send a body with neither header
     ],
 )
