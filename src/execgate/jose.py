@@ -434,6 +434,17 @@ def _header(segment: str) -> dict[str, Any]:
     return header
 
 
+def _copy(value: Any) -> Any:
+    """A copy of decoded JSON down to its last container (depth is bounded by
+    ``loads_strict``): nothing a caller changes in a header reaches the cached one."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copy(child) for key, child in value.items()}
+    if kind is list:
+        return [_copy(child) for child in value]
+    return value
+
+
 def _split_compact(token: str, max_size: int) -> tuple[dict[str, Any], bytes, bytes, bytes]:
     """Structure only, any ``alg``: (header, payload, signing input, signature)."""
     if not isinstance(token, str):
@@ -445,7 +456,7 @@ def _split_compact(token: str, max_size: int) -> tuple[dict[str, Any], bytes, by
     parts = token.split(".")
     if len(parts) != 3:
         raise _malformed("compact JWS has three dot-separated parts")
-    header = dict(_header(parts[0]))  # a copy: what the cache holds stays as decoded
+    header = _copy(_header(parts[0]))  # what the cache holds stays as decoded
     payload = b64url_decode(parts[1])
     signature = b64url_decode(parts[2])
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
