@@ -423,15 +423,28 @@ def _compact(obj: Mapping[str, Any]) -> str:
     return b64url_encode(compact_json(obj))
 
 
-@lru_cache(maxsize=256)
-def _header(segment: str) -> dict[str, Any]:
-    """The decoded header segment. Cached: a signer's headers are the same token after
-    token (a runtime's proofs differ in their payload only). Only what decodes is kept,
-    and a segment is at most a token long, so the cache holds at most 256 tokens' size."""
+_CACHED_HEADER: Final = 512  # characters: an Ed25519 header with its jwk is about 200
+
+
+def _decode_header(segment: str) -> dict[str, Any]:
     header = loads_strict(b64url_decode(segment))
     if not isinstance(header, dict):
         raise _malformed("JWS header is not a JSON object")
     return header
+
+
+_cached_header: Final = lru_cache(maxsize=256)(_decode_header)
+
+
+def _header(segment: str) -> dict[str, Any]:
+    """The decoded header segment. Short ones are cached: a signer's headers are the
+    same token after token (a runtime's proofs differ in their payload only). Anyone can
+    send a token, so only what decodes and is at most ``_CACHED_HEADER`` characters is
+    kept (decoded JSON takes about twenty times its text: 256 short headers stay within
+    a few megabytes, where 256 of 16 KiB would hold tens)."""
+    if len(segment) > _CACHED_HEADER:
+        return _decode_header(segment)
+    return _cached_header(segment)
 
 
 def _copy(value: Any) -> Any:

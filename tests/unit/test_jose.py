@@ -142,6 +142,20 @@ def test_a_cached_header_is_handed_out_as_a_copy() -> None:
     assert check(token).header == {**head, "alg": "Ed25519"}
 
 
+def test_only_short_headers_are_kept() -> None:
+    """Anyone may send a token: a long header is decoded for its token and not kept."""
+    short = encode({"typ": TYP, "kid": "trusted"}, CLAIMS, KEY)
+    long = encode({"typ": TYP, "kid": "trusted", "pad": [{}] * 200}, CLAIMS, KEY)
+    assert len(short.split(".")[0]) <= jose._CACHED_HEADER < len(long.split(".")[0])
+    jose._cached_header.cache_clear()
+    check(long)
+    assert jose._cached_header.cache_info().currsize == 0
+    check(short)
+    check(short)
+    info = jose._cached_header.cache_info()
+    assert (info.currsize, info.hits) == (1, 1)
+
+
 def test_a_refused_header_is_refused_every_time() -> None:
     """Only headers that decode are kept: the same bad one fails on every token."""
     raw = f'{{"alg":"Ed25519","typ":"{TYP}","kid":"trusted","kid":"other"}}'
