@@ -600,11 +600,29 @@ def test_the_token_is_checked_before_the_parameters(kit: Kit, client: Client) ->
         "auditor",
     )
     assert client.get(ENTRIES, headers=headers).status_code == 200  # not spent
-    path = f"{APPROVALS}/{long_id}"
-    assert error_of(client.get(path, headers=token(kit, "GET", path)), 404) == "approval.not_found"
-    assert error_of(
-        client.get(decision, headers=token(kit, "GET", decision, who="auditor")), 404
-    ) == ("decision.not_found")
+    for method, path, action in calls[1:]:
+        who = "auditor" if path == decision else "admin"
+        minted = token(kit, method, path, who=who)
+        for _ in range(2):  # refused under its admin, unspent: the same token twice
+            missing = client.request(method, path, headers=minted)
+            assert error_of(missing, 404).endswith(".not_found"), path
+            refused = records(client)[-1]
+            assert (refused["action"], refused["result"], refused["admin"]) == (
+                action,
+                "refused",
+                who,
+            )
+
+
+def test_an_anonymous_refusal_keeps_a_short_path(kit: Kit, client: Client) -> None:
+    """A path is the caller's text: without a verified token, the record keeps as little
+    of it as of the refusal's detail."""
+    path = f"/v1/decisions/{'a' * 5000}"
+    assert error_of(client.get(path, headers={"Authorization": "x"}), 401) == (
+        "admin.unauthenticated"
+    )
+    [record] = records(client)
+    assert record["path"] == path[:160]
 
 
 def test_public_audit_lets_anyone_read_the_entries(kit: Kit) -> None:

@@ -148,7 +148,7 @@ def _unspent(gateway: Gateway, token: AdminToken) -> None:
 
 
 async def _admin(
-    request: Request, role: str, action: str, *, vet: Callable[[bytes], None] | None = None
+    request: Request, role: str, action: str, *, vet: Callable[[bytes], object] | None = None
 ) -> AdminToken:
     """The verified token of an admin holding ``role``, for a call without a body
     (``vet`` as for ``_let_in``: it sees no bytes, and may refuse the query)."""
@@ -161,7 +161,7 @@ async def _let_in(
     action: str,
     *,
     limit: int | None,
-    vet: Callable[[bytes], None] | None = None,
+    vet: Callable[[bytes], object] | None = None,
 ) -> tuple[AdminToken, bytes]:
     """The verified token of an admin holding ``role``, and the call's body: at most
     ``limit`` bytes, read only once the token verified and was not spent before (none
@@ -191,7 +191,8 @@ async def _let_in(
                 detail=detail,
                 now=now,
                 method=method,
-                path=path,
+                # Without a verified token, the path is anyone's text: kept short too.
+                path=path if token is not None else path[:_ANONYMOUS_DETAIL],
                 admin=None if token is None else token.admin.id,
                 admin_kid=None if token is None else token.kid,
                 token_jti=None if token is None else token.jti,
@@ -340,7 +341,7 @@ async def list_approvals(request: Request) -> Response:
 
 
 async def show_approval(request: Request) -> Response:
-    await _admin(request, "approvals", "approvals.show")
+    await _admin(request, "approvals", "approvals.show", vet=lambda _: _approval_id(request))
     approval_id = _approval_id(request)
     gateway, now = _gateway(request), _now(request)
 
@@ -356,7 +357,13 @@ async def show_approval(request: Request) -> Response:
 
 
 async def post_review(request: Request) -> Response:
-    token, raw = await _let_in(request, "approvals", "approvals.review", limit=REVIEW_BODY_LIMIT)
+    token, raw = await _let_in(
+        request,
+        "approvals",
+        "approvals.review",
+        limit=REVIEW_BODY_LIMIT,
+        vet=lambda _: _approval_id(request),
+    )
     approval_id = _approval_id(request)
     body = await parse_json(request, raw)
     if not isinstance(body, dict) or set(body) != {"review"} or not isinstance(body["review"], str):

@@ -154,7 +154,7 @@ async def get_decision(request: Request) -> Response:
     server: ServerConfig = request.app.state.server
     whole = server.public_audit or "authorization" in request.headers
     if whole:
-        await admin.audit_reader(request, "audit.decision")
+        await admin.audit_reader(request, "audit.decision", vet=lambda: _decision_id(request))
     decision_id = _decision_id(request)
     store = _gateway(request).store
 
