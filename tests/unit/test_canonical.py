@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
+from execgate import jose
 from execgate.jose import canonical_json, compact_json
 from execgate.server._http import JsonResponse
 
@@ -175,11 +176,13 @@ def test_a_cycle_is_refused_and_a_huge_value_is_still_canonical() -> None:
     with pytest.raises(ValueError, match="canonical"):
         canonical_json(cycle)
     huge: Any = {"n": list(range(300_001)), "s": ["x"] * 3}
+    assert jose._plain(huge) is False
     assert canonical_json(huge) == rfc8785.dumps(huge)
+    assert jose._plain({"n": list(range(299_990))}) is True
 
 
 @pytest.mark.parametrize(
-    "value", [[1, [2, 2**53]], {"a": [{"b": 0.5}]}, {"a": (1, 2)}, [True, None, 1.0]]
+    "value", [[1, [2, 2**53]], {"a": [{"b": 1.0}]}, {"a": [[1e21]]}, [True, None, 1.0]]
 )
 def test_what_orjson_would_write_otherwise_is_found_at_any_depth(value: Any) -> None:
     try:

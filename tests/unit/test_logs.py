@@ -123,6 +123,15 @@ def test_a_decision_outside_a_request_gets_its_own_line(kit: Kit, captured: io.S
     assert submission["proof"] not in captured.getvalue()
 
 
+class _Keeper(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_the_access_line_keeps_its_fields_and_its_level(
     captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,7 +142,14 @@ def test_the_access_line_keeps_its_fields_and_its_level(
     monkeypatch.setattr(logging, "logMultiprocessing", logging.logMultiprocessing)
     lean_records()
     fields = {"decision_id": "d-1", "outcome": "deny", "reasons": ["scope.denied"], "x": 1}
-    access(method="GET", route="/v1/forward-auth", status=403, seconds=0.0125, fields=fields)
+    keeper = _Keeper()
+    logging.getLogger("execgate").addHandler(keeper)
+    try:
+        access(method="GET", route="/v1/forward-auth", status=403, seconds=0.0125, fields=fields)
+    finally:
+        logging.getLogger("execgate").removeHandler(keeper)
+    [record] = keeper.records
+    assert (record.threadName, record.processName, record.process) == (None, None, os.getpid())
     [line] = _lines(captured)
     assert {k: v for k, v in line.items() if k != "time"} == {
         "level": "info",
