@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
 
@@ -90,16 +90,18 @@ class Artifact:
     uses: int | None
     parent: Artifact | None = None  # set on a delegated artifact: the verified parent
     digest: str = ""  # base64url SHA-256 of the token: this exact link, whoever minted it
+    # The links above this one, root first: gathered once (a decision reads the chain
+    # several times, of an artifact verified once and kept), without this link itself,
+    # which would make every artifact a reference cycle.
+    _above: tuple[Artifact, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_above", () if self.parent is None else self.parent.chain)
 
     @property
     def chain(self) -> tuple[Artifact, ...]:
         """Every link from the root authority's artifact down to this one."""
-        links: list[Artifact] = []
-        link: Artifact | None = self
-        while link is not None:
-            links.append(link)
-            link = link.parent
-        return tuple(reversed(links))
+        return (*self._above, self)
 
     @property
     def depth(self) -> int:

@@ -79,7 +79,15 @@ def test_a_decision_leaves_no_reference_cycle(kit: Kit) -> None:
         assert {d.outcome for d in made} == {Outcome.PROCEED}
 
     asyncio.run(some())  # caches warm
-    ours = {"WriteJob", "Decision", "DecisionState", "TimedState", "_Pending", "_LoopFuture"}
+    ours = {
+        "WriteJob",
+        "Decision",
+        "DecisionState",
+        "TimedState",
+        "_Pending",
+        "_LoopFuture",
+        "Artifact",
+    }
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
