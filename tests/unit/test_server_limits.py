@@ -367,6 +367,77 @@ def test_a_client_that_reads_slowly_is_not_dropped(server: Server) -> None:
     _healthy(server)
 
 
+def _answers(raw: bytes, methods: list[str]) -> list[tuple[int, bytes]]:
+    """Each answer's status and body, in order, from the bytes of a kept-alive
+    connection, for requests of ``methods`` (Content-Length framed; an interim 100 and
+    an answer to HEAD have no body)."""
+    found = []
+    pending = list(methods)
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if status != 100 and pending.pop(0) == "HEAD":
+            length = 0
+        found.append((status, raw[:length]))
+        raw = raw[length:]
+    return found
+
+
+def test_answers_to_pipelined_requests_and_a_head_arrive_whole_and_in_order(
+    server: Server,
+) -> None:
+    """Each answer's head leaves with its body (see _limits._OneSend): pipelined
+    requests still get their answers in order, and a HEAD answer, which has no body
+    to go with, still gets its head."""
+    requests = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    with closing(_connect(server)) as sock:
+        sock.sendall(requests)
+        raw = _read_all(sock)
+    answers = _answers(raw, ["GET", "HEAD", "GET", "GET"])
+    assert [status for status, _ in answers] == [200, 200, 404, 200], raw[:400]
+    bodies = [body for _, body in answers]
+    assert bodies[0] == bodies[3] == b'{"status":"alive"}'
+    assert bodies[1] == b""
+    assert json.loads(bodies[2])["error"]["code"] == "route.not_found"
+    with closing(_connect(server)) as sock:  # the HEAD answer alone: its head is sent
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk, head
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    kit: Kit, server: Server
+) -> None:
+    body = json.dumps(kit.submit()).encode()
+    with closing(_connect(server)) as sock:
+        sock.sendall(
+            b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        interim = sock.recv(65536)  # nothing else is sent until this arrives
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(body)
+        raw = interim + _read_all(sock)
+    [(continued, _), (status, decided)] = _answers(raw, ["POST"])
+    assert (continued, status) == (100, 200)
+    assert json.loads(decided)["outcome"] == "proceed"
+
+
 def test_malformed_http_gets_a_typed_400(kit: Kit, server: Server) -> None:
     with closing(_connect(server)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nBad Header\x00: x\r\n\r\n")

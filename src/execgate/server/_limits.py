@@ -97,6 +97,97 @@ class _Refused(Exception):
     """Stops the parser after the connection was answered and closed."""
 
 
+class _OneSend(asyncio.Transport):
+    """A connection's transport that sends an answer's head together with what follows.
+
+    uvicorn writes a response's status line and headers, then its body, as two writes:
+    two ``send`` calls, two segments, and two wakeups of the client, where one would do.
+    Measured with two stacks side by side, each on a core of its own with its load
+    generator, alternating which has this: forward-auth answered a median 4% more calls
+    a second (-5% to +11% over seven pairs), /healthz 11% more (+2% to +23%). So the
+    first write after a request's head is complete
+    (``arm``), which is the answer's head or a ``100 Continue``, is held and sent with
+    the next write; with none in the same turn of the loop, it is sent at the next turn,
+    and before any close or end of writing. Every write of the connection passes through
+    here in order, and nothing else is held."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._armed = False
+        self._held: bytes | None = None
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held + data)
+        elif self._armed and data:
+            self._armed = False
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is held (dropped if the connection is already closing: its peer is
+        gone, since a close here sends it first)."""
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header size and header time limits."""
 
@@ -135,7 +226,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection and data -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._out = _OneSend(transport, self.loop)
+        super().connection_made(self._out)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -263,6 +355,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused
         super().on_headers_complete()
         self._cycles.add(self.cycle)
+        self._out.arm()  # the answer's head goes with its body (see _OneSend)
 
     def on_body(self, body: bytes) -> None:
         self._framing -= len(body)

@@ -1,0 +1,101 @@
+"""``_limits._OneSend``: what reaches the socket, and when. The real server's tests
+(test_server_limits) show the answers stay whole and in order; these show the head and
+body leave in one write, which only a transport that records its calls can see."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from execgate.server._limits import _OneSend
+
+
+class _Recording(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def write_eof(self) -> None:
+        self.calls.append(("eof",))
+
+    def close(self) -> None:
+        self.closing = True
+        self.calls.append(("close",))
+
+    def abort(self) -> None:
+        self.closing = True
+        self.calls.append(("abort",))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+
+def _run(scenario: Any) -> list[tuple[Any, ...]]:
+    async def main() -> list[tuple[Any, ...]]:
+        raw = _Recording()
+        await scenario(_OneSend(raw, asyncio.get_running_loop()), raw)
+        await asyncio.sleep(0)  # any flush still due
+        return raw.calls
+
+    return asyncio.run(main())
+
+
+def test_an_answers_head_leaves_with_its_body_and_nothing_else_is_held() -> None:
+    async def answer(out: _OneSend, raw: _Recording) -> None:
+        out.write(b"before ")  # not armed: straight through
+        out.arm()
+        out.write(b"head ")
+        assert raw.calls == [("write", b"before ")]
+        assert out.get_write_buffer_size() == 7 + len(b"head ")
+        out.write(memoryview(b"body"))
+        out.write(b" more")
+
+    assert _run(answer) == [("write", b"before "), ("write", b"head body"), ("write", b" more")]
+
+
+def test_a_head_with_no_write_after_it_leaves_at_the_next_turn() -> None:
+    async def head_only(out: _OneSend, raw: _Recording) -> None:
+        out.arm()
+        out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert raw.calls == []
+        await asyncio.sleep(0)
+        assert raw.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
+
+    assert len(_run(head_only)) == 1
+
+
+def test_a_close_or_end_of_writing_sends_what_is_held_first() -> None:
+    async def closed(out: _OneSend, raw: _Recording) -> None:
+        out.arm()
+        out.write(b"head")
+        out.close()
+
+    async def ended(out: _OneSend, raw: _Recording) -> None:
+        out.arm()
+        out.write(b"head")
+        out.write_eof()
+
+    assert _run(closed) == [("write", b"head"), ("close",)]
+    assert _run(ended) == [("write", b"head"), ("eof",)]
+
+
+def test_an_abort_or_a_peer_gone_drops_what_is_held() -> None:
+    async def aborted(out: _OneSend, raw: _Recording) -> None:
+        out.arm()
+        out.write(b"head")
+        out.abort()
+
+    async def gone(out: _OneSend, raw: _Recording) -> None:
+        out.arm()
+        out.write(b"head")
+        raw.closing = True  # connection_lost: the transport is closing
+
+    assert _run(aborted) == [("abort",)]
+    assert _run(gone) == []
