@@ -123,6 +123,24 @@ def test_a_uri_a_service_could_read_differently_is_refused(uri: str, message: st
         http_request(method="GET", uri=uri, runtime="r")
 
 
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("/faz;%%~%2F", "backslash or an encoded"),
+        ("//E%2Fx", "backslash or an encoded"),
+        ("/a;b//c", "path parameters"),
+        ("/a//%41", "empty segments"),
+        ("/%41/../x", "encode letters"),
+        ("/../%zz", "'..' segments"),
+        ("/%zz/x.", "two hex digits"),
+    ],
+)
+def test_a_uri_breaking_several_rules_is_refused_for_the_first(uri: str, message: str) -> None:
+    """The checks run in one order whatever the path holds, so the message is stable."""
+    with pytest.raises(RequestError, match=message):
+        http_request(method="GET", uri=uri, runtime="r")
+
+
 def test_dots_and_encodings_inside_a_segment_and_in_the_query_are_fine() -> None:
     request = http_request(
         method="GET", uri="/api/v1.2/...x/%20%C3%A9/a%20b/100%3F?p=../x;y//%41%zz", runtime="r"

@@ -97,27 +97,11 @@ def _check_method(method: str) -> None:
         )
 
 
-def _check_escapes(path: str) -> None:
-    """The percent-escapes of a path (one that holds a '%')."""
-    if _ENCODED_SEPARATOR.search(path):
-        raise RequestError("the URI path may not hold a backslash or an encoded '/', '\\' or ';'")
-    if _ENCODED_UNRESERVED.search(path):
-        raise RequestError(
-            "the URI path may not percent-encode letters, digits or '-._~' (send them as is)"
-        )
-    if _BAD_ESCAPE.search(path):
-        raise RequestError(
-            "the URI path may percent-encode only bytes other than '%' and control"
-            " characters, each as '%' and two hex digits"
-        )
-    try:
-        unquote_to_bytes(path).decode("utf-8")  # strict: no overlong forms (%C0%AE is '.')
-    except UnicodeDecodeError as exc:
-        raise RequestError("the URI path's percent-encoded bytes are not valid UTF-8") from exc
-
-
 def _check_uri(uri: str) -> str:
-    """The path of ``uri`` (before any query), or ``RequestError``."""
+    """The path of ``uri`` (before any query), or ``RequestError``. The checks that look
+    for an escape run only on a path holding a '%', those on segments only on one holding
+    a '%' or a '.' (the common path has neither); their order, and so which message a
+    path breaking several rules gets, is the same either way."""
     if not uri.startswith("/"):
         raise RequestError("the URI must be an origin-form request target starting with '/'")
     if len(uri) > MAX_URI:
@@ -128,24 +112,35 @@ def _check_uri(uri: str) -> str:
             " and no fragment"
         )
     path = uri.split("?", 1)[0]
-    if "\\" in path:
+    escaped = "%" in path
+    if "\\" in path or (escaped and _ENCODED_SEPARATOR.search(path)):
         raise RequestError("the URI path may not hold a backslash or an encoded '/', '\\' or ';'")
     if ";" in path:
         raise RequestError("the URI path may not hold path parameters (';')")
     if "//" in path:
         raise RequestError("the URI path may not hold empty segments ('//')")
-    escaped = "%" in path
+    if escaped and _ENCODED_UNRESERVED.search(path):
+        raise RequestError(
+            "the URI path may not percent-encode letters, digits or '-._~' (send them as is)"
+        )
+    segments = path.split("/") if escaped or "." in path else []
+    if any(_DOT_SEGMENT.fullmatch(segment) for segment in segments):
+        raise RequestError("the URI path may not hold '.' or '..' segments (encoded or not)")
     if escaped:
-        _check_escapes(path)
-    if escaped or "." in path:  # what the segment checks look for needs one or the other
-        segments = path.split("/")
-        if any(_DOT_SEGMENT.fullmatch(segment) for segment in segments):
-            raise RequestError("the URI path may not hold '.' or '..' segments (encoded or not)")
-        if any(segment.endswith((".", "%20")) for segment in segments):
+        if _BAD_ESCAPE.search(path):
             raise RequestError(
-                "the URI path may not hold a segment ending in '.' or '%20' (Windows services"
-                " drop them: 'admin.' is 'admin' there)"
+                "the URI path may percent-encode only bytes other than '%' and control"
+                " characters, each as '%' and two hex digits"
             )
+        try:
+            unquote_to_bytes(path).decode("utf-8")  # strict: no overlong forms (%C0%AE is '.')
+        except UnicodeDecodeError as exc:
+            raise RequestError("the URI path's percent-encoded bytes are not valid UTF-8") from exc
+    if any(segment.endswith((".", "%20")) for segment in segments):
+        raise RequestError(
+            "the URI path may not hold a segment ending in '.' or '%20' (Windows services"
+            " drop them: 'admin.' is 'admin' there)"
+        )
     return path
 
 
