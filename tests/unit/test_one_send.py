@@ -60,6 +60,17 @@ def test_an_answers_head_leaves_with_its_body_and_nothing_else_is_held() -> None
     assert _run(answer) == [("write", b"before "), ("write", b"head body"), ("write", b" more")]
 
 
+def test_a_large_body_is_sent_after_the_head_not_copied_onto_it() -> None:
+    big = b"x" * (64 * 1024 + 1)
+
+    async def answer(out: _OneSend, raw: _Recording) -> None:
+        out.arm()
+        out.write(b"head")
+        out.write(big)
+
+    assert _run(answer) == [("write", b"head"), ("write", big)]
+
+
 def test_a_head_with_no_write_after_it_leaves_at_the_next_turn() -> None:
     async def head_only(out: _OneSend, raw: _Recording) -> None:
         out.arm()

@@ -391,9 +391,9 @@ def _answers(raw: bytes, methods: list[str]) -> list[tuple[int, bytes]]:
 def test_answers_to_pipelined_requests_and_a_head_arrive_whole_and_in_order(
     server: Server,
 ) -> None:
-    """Each answer's head leaves with its body (see _limits._OneSend): pipelined
-    requests still get their answers in order, and a HEAD answer, which has no body
-    to go with, still gets its head."""
+    """An answer's head is held for its body (see _limits._OneSend): pipelined requests
+    still get their answers whole and in order, and a HEAD answer, which has no body to
+    go with, still gets its head."""
     requests = (
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
