@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from gatekit import Kit, make_kit
+from gatekit import GATEWAY_ID, Kit, make_kit
 
 import execgate.pipeline as pipeline
+from execgate.delegation import delegate_artifact
 from execgate.errors import AuditError
-from execgate.model import Outcome
+from execgate.jose import PrivateKey
+from execgate.model import Outcome, Request
 from execgate.pipeline import Gateway
+from execgate.proofs import Runtime
 from execgate.store import sqlite as sqlite_store
 from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
@@ -93,6 +96,19 @@ def test_a_decision_leaves_no_reference_cycle(kit: Kit) -> None:
     try:
         asyncio.run(some())
         assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+        runner = Runtime("agent-2", PrivateKey.generate())
+        child = delegate_artifact(  # a delegated chain: an artifact with links above it
+            parent=kit.artifact(ttl=3600),
+            holder_key=kit.runtime.key,
+            subject=runner.runtime_id,
+            runtime_key=runner.key.public,
+            scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+            now=kit.clock.now,
+        )
+        request = Request("payments.transfer", "acct:1", runner.runtime_id, {"amount": 5})
+        submission = runner.submission(request, child, audience=GATEWAY_ID, now=kit.clock.now)
+        delegated = gateway.decide(submission)
+        assert (delegated.outcome, len(delegated.chain)) == (Outcome.PROCEED, 2)
         gc.collect()
         left = sorted({type(o).__name__ for o in gc.garbage} & ours)
     finally:
