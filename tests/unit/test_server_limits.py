@@ -419,6 +419,29 @@ def test_answers_to_pipelined_requests_and_a_head_arrive_whole_and_in_order(
     assert head.startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_body_still_arriving_behind_an_answered_request_is_read(kit: Kit, server: Server) -> None:
+    """A request queued behind another whose body is still on its way when the first is
+    answered is served, not dropped as if the answered request's body were unfinished."""
+    body = json.dumps(kit.submit()).encode()
+    with closing(_connect(server)) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10]
+        )
+        first = b""
+        while b'{"status":"alive"}' not in first:
+            chunk = sock.recv(65536)
+            assert chunk, first
+            first += chunk
+        sock.sendall(body[10:])
+        raw = first + _read_all(sock)
+    [(alive, _), (status, decided)] = _answers(raw, ["GET", "POST"])
+    assert (alive, status) == (200, 200), raw[-300:]
+    assert json.loads(decided)["outcome"] == "proceed"
+    assert "Exception in ASGI application" not in server.stderr()
+
+
 def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
     kit: Kit, server: Server
 ) -> None:

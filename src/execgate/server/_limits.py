@@ -386,10 +386,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._framing = self._framed = self._chunk = 0
 
     def on_response_complete(self) -> None:
+        # With a request queued behind it, the one answered had its body whole (the
+        # parser had gone on to the next); a body still arriving is the queued one's.
+        mid_body = not self.pipeline and not self._in_head
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if not self._in_head:
+        if mid_body:
             # Answered before the request's body arrived whole (a GET with a body, an
             # early 413): the rest would be read with no deadline, and each byte would
             # postpone the keep-alive timeout. Stop here instead, as after a refusal.
