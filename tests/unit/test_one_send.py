@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from execgate.server._limits import _OneSend
 
 
@@ -82,31 +84,24 @@ def test_a_head_with_no_write_after_it_leaves_at_the_next_turn() -> None:
     assert len(_run(head_only)) == 1
 
 
-def test_a_close_or_end_of_writing_sends_what_is_held_first() -> None:
-    async def closed(out: _OneSend, raw: _Recording) -> None:
+def _peer_gone(out: _OneSend, raw: _Recording) -> None:
+    raw.closing = True  # connection_lost: the transport is closing
+
+
+@pytest.mark.parametrize(
+    ("then", "expected"),
+    [
+        (lambda out, raw: out.close(), [("write", b"head"), ("close",)]),
+        (lambda out, raw: out.write_eof(), [("write", b"head"), ("eof",)]),
+        (lambda out, raw: out.abort(), [("abort",)]),
+        (_peer_gone, []),
+    ],
+    ids=["close sends it first", "end of writing sends it first", "abort drops it", "gone"],
+)
+def test_what_is_held_when_the_connection_ends(then: Any, expected: list[Any]) -> None:
+    async def scenario(out: _OneSend, raw: _Recording) -> None:
         out.arm()
         out.write(b"head")
-        out.close()
+        then(out, raw)
 
-    async def ended(out: _OneSend, raw: _Recording) -> None:
-        out.arm()
-        out.write(b"head")
-        out.write_eof()
-
-    assert _run(closed) == [("write", b"head"), ("close",)]
-    assert _run(ended) == [("write", b"head"), ("eof",)]
-
-
-def test_an_abort_or_a_peer_gone_drops_what_is_held() -> None:
-    async def aborted(out: _OneSend, raw: _Recording) -> None:
-        out.arm()
-        out.write(b"head")
-        out.abort()
-
-    async def gone(out: _OneSend, raw: _Recording) -> None:
-        out.arm()
-        out.write(b"head")
-        raw.closing = True  # connection_lost: the transport is closing
-
-    assert _run(aborted) == [("abort",)]
-    assert _run(gone) == []
+    assert _run(scenario) == expected
