@@ -8,6 +8,7 @@ Raw sockets, because an HTTP client library would not send what these tests send
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import select
@@ -284,7 +285,11 @@ def test_a_forward_auth_body_that_stalls_is_refused_and_the_connection_closed(
         b"GET /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000000\r\n\r\n",
         b"POST /v1/decisions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100000000\r\n\r\n",
+        # The same behind another request: the one answered then is the queued one.
+        b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000000\r\n\r\n",
     ],
+    ids=["get", "post", "pipelined"],
 )
 def test_a_body_trickling_after_the_answer_cannot_hold_the_connection(
     server: Server, head: bytes
@@ -587,6 +592,41 @@ def _ask(port: int, request: bytes) -> tuple[int, dict[str, str], Any]:
     with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
         sock.sendall(request)
         return _parse(_read_all(sock))
+
+
+def test_a_refusal_behind_an_answer_in_the_making_waits_for_it(kit: Kit) -> None:
+    """A request refused while the one before it is still being answered (its trailer too
+    large, here) does not answer in that one's place: the answer in the making is sent
+    whole, then the connection is closed."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            listening = asyncio.ensure_future(receive())  # as a streaming answer does
+            await asyncio.sleep(0.5)
+            listening.cancel()
+        body = b"answered " + scope["path"].encode()
+        length = str(len(body)).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    with _in_thread(app, **uvicorn_options(ServerConfig(header_limit=8192))) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with closing(sock):
+            sock.sendall(
+                b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /next HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n"
+            )
+            time.sleep(0.2)
+            sock.sendall(b"X-Trailer: " + b"a" * 9000)
+            raw = _read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+    assert raw.endswith(b"answered /slow"), raw[-200:]
+    assert raw.count(b"HTTP/1.1 ") == 1
 
 
 def test_over_the_concurrency_limit_is_a_typed_503(kit: Kit) -> None:

@@ -453,13 +453,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self.flow is not None:
             self.flow.pause_reading()
-        if (
-            self.cycle is not None
-            and not self.cycle.response_complete
-            and not self.cycle.disconnected
-        ):
-            # A response is being written on this connection: let it finish, then close.
-            self.cycle.keep_alive = False
+        queued = {id(cycle) for cycle, _ in self.pipeline}
+        answering = [
+            cycle
+            for cycle in self._cycles
+            if not cycle.response_complete and not cycle.disconnected and id(cycle) not in queued
+        ]
+        if answering:
+            # An answer is being made or written on this connection (perhaps for a request
+            # before the refused one, which was queued behind it): let it finish, then
+            # close. Requests queued behind it go unanswered, as on any closed connection.
+            for cycle in answering:
+                cycle.keep_alive = False
+            self.pipeline.clear()
             return
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         head = [STATUS_LINE[status]]
