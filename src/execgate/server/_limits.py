@@ -43,6 +43,8 @@ holds memory and a slot for as long as the client likes.
   ``server.overloaded`` (the check is uvicorn's, answered here). A refusal answered
   here carries its code in ``Execgate-Reason`` as well, as the app's typed errors and
   forward-auth's denials do, so a proxy that passes that header on tells the client why.
+  A request refused while an answer to one before it is still being made or written
+  gets no answer of its own: that answer is sent whole, then the connection is closed.
 
 The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
 the read (``408``), since only the handler knows when it wants a body.
