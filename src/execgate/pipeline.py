@@ -512,7 +512,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             submission.proof,
             jkt=artifact.jkt,
             request_hash=submission.request_hash,
-            artifact=artifact.token,
+            ath=artifact.digest,
             audiences=self.audiences,
             now=state.now,
             max_age=self._proof_max_age,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final
 
 from execgate.errors import JoseError, VerificationError
@@ -60,7 +59,6 @@ def outcome_hash(
     return sha256_b64url(canonical_json(report))
 
 
-@lru_cache(maxsize=256)  # a runtime presents the same artifact call after call
 def artifact_hash(artifact: str) -> str:
     """base64url(SHA-256(artifact compact string))."""
     return sha256_b64url(artifact.encode("ascii"))
@@ -194,13 +192,15 @@ def verify_proof(
     *,
     jkt: str,
     request_hash: str,
-    artifact: str,
+    ath: str,
     audiences: frozenset[str],
     now: int,
     max_age: int,
     leeway: int,
 ) -> Proof:
-    """Verify the proof for a request (by its hash) and ``artifact`` (DESIGN §3 stage 5)."""
+    """Verify the proof for a request (by its hash) and the artifact presented with it,
+    by its hash ``ath`` (``artifact_hash``: a verified ``Artifact`` holds it as its
+    ``digest``) (DESIGN §3 stage 5)."""
     claims = _signed_claims(
         token, typ=PROOF_TYP, allowed=_CLAIMS, jkt=jkt, bound="this artifact is bound to"
     )
@@ -210,7 +210,7 @@ def verify_proof(
     iat = _fresh_for_us(claims, audiences=audiences, now=now, max_age=max_age, leeway=leeway)
     if claims.get("rh") != request_hash:
         raise _invalid("rh does not match this request")
-    if claims.get("ath") != artifact_hash(artifact):
+    if claims.get("ath") != ath:
         raise _invalid("ath does not match the presented artifact")
     nonce = claims.get("nonce")
     if nonce is not None and not isinstance(nonce, str):

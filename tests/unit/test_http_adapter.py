@@ -18,7 +18,7 @@ from execgate.adapters.http import (
 )
 from execgate.errors import RequestError, VerificationError
 from execgate.jose import PrivateKey
-from execgate.proofs import Runtime, request_hash, verify_proof
+from execgate.proofs import Runtime, artifact_hash, request_hash, verify_proof
 
 NOW = 1_700_000_000
 ARTIFACT = "eyJhbGciOiJFZDI1NTE5In0.e30.c2ln"  # only hashed into ath here
@@ -185,7 +185,7 @@ def test_forward_auth_headers_carry_a_proof_for_exactly_this_call() -> None:
             headers[PROOF_HEADER],
             jkt=key.public.thumbprint(),
             request_hash=rh,
-            artifact=ARTIFACT,
+            ath=artifact_hash(ARTIFACT),
             audiences=frozenset({"gw"}),
             now=NOW,
             max_age=60,

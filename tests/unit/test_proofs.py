@@ -42,7 +42,7 @@ def check(
         token,
         jkt=KEY.public.thumbprint() if jkt is None else jkt,
         request_hash=request_hash(request),
-        artifact=artifact,
+        ath=artifact_hash(artifact),
         audiences=AUD,
         now=now,
         max_age=120,
