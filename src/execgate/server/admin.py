@@ -258,26 +258,19 @@ async def _let_in(
 
 
 async def audit_reader(
-    request: Request, action: str, *, vet: Callable[[], object] | None = None
+    request: Request, action: str, *, vet: Callable[[bytes], object] | None = None
 ) -> None:
     """Let a read of whole log records through: anyone with ``[server] public_audit``,
     else only an admin holding ``audit`` (401/403 otherwise, audited like every admin
     call). The records are what the export holds, request arguments included, so they
-    are guarded like it. ``vet`` checks the call's parameters: for an admin, once the
-    token verified (a refusal is audited and leaves the token unspent); for anyone,
-    before the read."""
+    are guarded like it. ``vet`` (as for ``_let_in``: it sees no body) checks the call's
+    parameters: for an admin, once the token verified (a refusal is audited and leaves
+    the token unspent); for anyone, before the read."""
     server: ServerConfig = request.app.state.server
-    if server.public_audit:
-        if vet is not None:
-            vet()
-        return
-    check = None
-    if vet is not None:
-
-        def check(_: bytes) -> None:  # no body: the parameters alone
-            vet()
-
-    await _admin(request, "audit", action, vet=check)
+    if not server.public_audit:
+        await _admin(request, "audit", action, vet=vet)
+    elif vet is not None:
+        vet(b"")
 
 
 def _done(request: Request, token: AdminToken, action: str, detail: str, **extra: Any) -> int:

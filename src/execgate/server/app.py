@@ -154,7 +154,7 @@ async def get_decision(request: Request) -> Response:
     server: ServerConfig = request.app.state.server
     whole = server.public_audit or "authorization" in request.headers
     if whole:
-        await admin.audit_reader(request, "audit.decision", vet=lambda: _decision_id(request))
+        await admin.audit_reader(request, "audit.decision", vet=lambda _: _decision_id(request))
     decision_id = _decision_id(request)
     store = _gateway(request).store
 
@@ -245,7 +245,7 @@ def _bounds(request: Request) -> tuple[int, int | None]:
 async def get_entries(request: Request) -> Response:
     # Bad bounds after the token verified: a refusal audited under its admin, and the
     # token left unspent (it is spent on a real read only).
-    await admin.audit_reader(request, "audit.entries", vet=lambda: _bounds(request))
+    await admin.audit_reader(request, "audit.entries", vet=lambda _: _bounds(request))
     start, end = _bounds(request)
     store = _gateway(request).store
 
