@@ -21,6 +21,7 @@ from execgate.jose import compact_json, loads_strict
 from execgate.submission import MAX_REQUEST_VALUES
 
 __all__ = [
+    "REASON_HEADER",
     "Handler",
     "HttpError",
     "JsonResponse",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 JSON_TYPE: Final = "application/json"
+REASON_HEADER: Final = "Execgate-Reason"  # every typed error's code, and a denial's
 INLINE_JSON: Final = 64 * 1024  # bodies parsed on the event loop; larger ones in a thread
 _HTTP1: Final = frozenset({"1.0", "1.1"})  # where a body is declared or absent (read_body)
 
@@ -68,7 +70,7 @@ def error_response(
     return JsonResponse(
         {"error": {"code": code, "message": message}},
         status_code=status,
-        headers={"Execgate-Reason": code, **(headers or {})},
+        headers={REASON_HEADER: code, **(headers or {})},
     )
 
 

@@ -82,6 +82,7 @@ from uvicorn.server import ServerState
 
 from execgate.home import ServerConfig
 from execgate.server import logs
+from execgate.server._http import REASON_HEADER
 from execgate.server.metrics import REFUSALS_STATE
 
 __all__ = ["BACKLOG", "LIMIT_CONCURRENCY", "LimitedHttpToolsProtocol", "uvicorn_options"]
@@ -99,6 +100,7 @@ class _Refused(Exception):
     """Stops the parser after the connection was answered and closed."""
 
 
+_REASON: Final = REASON_HEADER.lower().encode("ascii") + b": "  # as uvicorn writes names
 _JOINED: Final = 64 * 1024  # bytes of a body copied onto the head it follows, at most
 
 
@@ -474,7 +476,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head.append(b"content-type: application/json\r\n")
-        head.append(b"execgate-reason: " + code.encode("ascii") + b"\r\n")
+        head.append(_REASON + code.encode("ascii") + b"\r\n")
         head.append(b"content-length: " + str(len(body)).encode("ascii") + b"\r\n")
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + body)

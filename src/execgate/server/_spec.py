@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from execgate.server._http import REASON_HEADER
+
 __all__ = ["BODY_ERRORS", "COMMON_ERRORS", "error", "json_body", "ref"]
 
 
@@ -22,7 +24,7 @@ def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _REASON_HEADER: Final = {
-    "Execgate-Reason": {
+    REASON_HEADER: {
         "description": "the error's code, as in the body",
         "required": True,
         "schema": {"type": "string"},

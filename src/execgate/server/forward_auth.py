@@ -68,7 +68,7 @@ from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.proofs import MAX_PROOF_BYTES
 from execgate.receipts import MAX_RECEIPT_BYTES
-from execgate.server._http import HttpError, JsonResponse, handled, read_body
+from execgate.server._http import REASON_HEADER, HttpError, JsonResponse, handled, read_body
 from execgate.server._spec import COMMON_ERRORS, error, json_body, ref
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 
@@ -82,7 +82,6 @@ BODY_LIMIT: Final = MAX_REQUEST_BYTES
 # at the artifact stage, and the log shows this value.
 UNKNOWN_RUNTIME: Final = "(unknown)"
 
-_REASON: Final = "Execgate-Reason"
 _INLINE_BODY: Final = 64 * 1024  # bytes hashed on the event loop; larger in a thread
 _HEADER_VALUE: Final = re.compile(r"[!-~]{1,1024}")
 _FORWARDED_PREFIXES: Final = ("x-original-", "x-forwarded-")
@@ -239,7 +238,7 @@ def _answer(decision: Decision) -> Response:
     if decision.outcome is Outcome.REROUTE:
         headers["Execgate-Route"] = _header_value(decision.route, "route target")
         return JsonResponse(decision.to_json(), headers=headers)
-    headers[_REASON] = decision.reasons[0].code if decision.reasons else "internal.error"
+    headers[REASON_HEADER] = decision.reasons[0].code if decision.reasons else "internal.error"
     if decision.approval_id is not None:
         headers["Execgate-Approval"] = _header_value(decision.approval_id, "approval id")
     return JsonResponse(decision.to_json(), status_code=403, headers=headers)
@@ -346,7 +345,7 @@ _RESPONSES: Final = {
         ),
         "headers": {
             **_DECISION_HEADERS,
-            _REASON: _header("the first reason code, or the error code"),
+            REASON_HEADER: _header("the first reason code, or the error code"),
             "Execgate-Approval": _header("on pause: the approval the request waits on"),
         },
         "content": {"application/json": {"schema": {"oneOf": [ref("Decision"), ref("Error")]}}},
