@@ -80,7 +80,10 @@ COMMIT_TIMEOUT: Final = 30.0
 # How long after its evaluation a decision's commit may still land (seconds): it waits
 # at most COMMIT_TIMEOUT for a writer to take it. Purges keep this much more state.
 PURGE_LAG: Final = 2 * int(COMMIT_TIMEOUT)
-_FLUSH_RETRY: Final = 0.0003  # seconds before the loop tries a busy store again
+# Seconds before the loop tries a busy store again. uvloop (libuv) counts its timers in
+# whole milliseconds and runs a shorter one on the loop's next turn: at 0.3 ms the loop
+# spun through tens of thousands of tries a second while another worker wrote.
+_FLUSH_RETRY: Final = 0.001
 
 _log = logging.getLogger(__name__)
 

@@ -140,6 +140,44 @@ def test_a_record_no_writer_takes_in_time_fails_closed_and_is_never_written(
     assert json.loads(store.entries(0, 1)[0].entry)["decision_id"] == later.decision_id
 
 
+def test_a_loop_waiting_for_another_writer_tries_again_at_most_once_a_millisecond(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another process holds the writers' turn, the loop of ``execgate serve``
+    (uvloop) tries the store again now and then, not on every turn of the loop: uvloop
+    runs a timer under a millisecond at once, and 0.3 ms made the loop spin through tens
+    of thousands of tries a second, CPU taken from the worker that was writing."""
+    uvloop = pytest.importorskip("uvloop")
+    gateway = kit.gateway()
+    store = gateway.store
+    assert isinstance(store, SQLiteStore)
+    tries: list[bool] = []
+    lead_now = SQLiteStore.lead_now
+
+    def counted(self: SQLiteStore) -> bool:
+        done = lead_now(self)
+        tries.append(done)
+        return done
+
+    monkeypatch.setattr(SQLiteStore, "lead_now", counted)
+    held_for = 0.3
+    other = os.open(store.path + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer has the turn
+        threading.Timer(held_for, fcntl.flock, (other, fcntl.LOCK_UN)).start()
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            decision = runner.run(gateway.decide_async(kit.submit()))
+    finally:
+        os.close(other)
+    assert decision.outcome is Outcome.PROCEED
+    assert decision.log_index == 0
+    assert tries[-1] is True  # the last try wrote it
+    assert tries.count(True) == 1
+    # At most one try a millisecond while it waited, and twice that for slack; the
+    # spinning loop made thousands.
+    assert len(tries) <= 2 * held_for * 1000
+
+
 def test_a_store_without_submit_commits_in_the_executor(kit: Kit) -> None:
     down = kit.gateway(store=UnavailableStore("the disk is gone"))
     decision = asyncio.run(down.decide_async(kit.submit()))
