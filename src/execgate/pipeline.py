@@ -81,8 +81,9 @@ COMMIT_TIMEOUT: Final = 30.0
 # at most COMMIT_TIMEOUT for a writer to take it. Purges keep this much more state.
 PURGE_LAG: Final = 2 * int(COMMIT_TIMEOUT)
 # Seconds before the loop tries a busy store again. uvloop (libuv) counts its timers in
-# whole milliseconds and runs a shorter one on the loop's next turn: at 0.3 ms the loop
-# spun through tens of thousands of tries a second while another worker wrote.
+# whole milliseconds and runs one that rounds to none (under 0.5 ms) on the loop's next
+# turn: at 0.3 ms the loop spun through some 300,000 tries a second while another worker
+# wrote.
 _FLUSH_RETRY: Final = 0.001
 
 _log = logging.getLogger(__name__)
