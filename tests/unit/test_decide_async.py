@@ -145,8 +145,9 @@ def test_a_loop_waiting_for_another_writer_tries_again_at_most_once_a_millisecon
 ) -> None:
     """While another process holds the writers' turn, the loop of ``execgate serve``
     (uvloop) tries the store again now and then, not on every turn of the loop: uvloop
-    runs a timer under a millisecond at once, and 0.3 ms made the loop spin through tens
-    of thousands of tries a second, CPU taken from the worker that was writing."""
+    runs a timer that rounds to no whole millisecond at once, and 0.3 ms made the loop
+    spin through some 300,000 tries a second, CPU taken from the worker that was
+    writing."""
     uvloop = pytest.importorskip("uvloop")
     gateway = kit.gateway()
     store = gateway.store
@@ -168,10 +169,10 @@ def test_a_loop_waiting_for_another_writer_tries_again_at_most_once_a_millisecon
         fcntl.flock(other, fcntl.LOCK_UN)
         released.append(time.monotonic())
 
+    fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer has the turn
     timer = threading.Timer(0.3, release)
+    timer.start()
     try:
-        fcntl.flock(other, fcntl.LOCK_EX)  # another process's writer has the turn
-        timer.start()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             decision = runner.run(gateway.decide_async(kit.submit()))
     finally:
