@@ -14,14 +14,17 @@ of ``execgate.jose`` does the rest). Claims, all required and no others:
           cannot be replayed
     htm   the HTTP method it is for (``POST``)
     htu   the request path it is for (``/v1/revocations``), without the query
+    htq   the request's query string exactly as sent, without the ``?`` (``start=0&end=9``;
+          empty for a call without one)
     bh    base64url SHA-256 of the request body, byte for byte as sent (of no bytes for
           a call without a body)
 
 ``htm``/``htu`` bind a token to one call, as DPoP binds a proof (RFC 9449 §4.2): a token
-minted to list approvals cannot revoke, even for an admin who holds both roles. ``bh``
-binds it to what the call says, which DPoP leaves to TLS: a token taken off the wire (a
-gateway served without TLS, a proxy that logs headers) and sent first with another body
-cannot revoke something else than its admin asked to, nor record another review. Single
+minted to list approvals cannot revoke, even for an admin who holds both roles. ``htq``
+and ``bh`` bind it to what the call says, which DPoP leaves to TLS: a token taken off the
+wire (a gateway served without TLS, a proxy that logs headers) and sent first with
+another query or body cannot revoke something else than its admin asked to, record
+another review, nor read other log entries. Single
 use costs nothing to a command-line caller, which mints a token per call.
 
 Which calls an admin may make comes from the trust store, not from the token: the
@@ -58,7 +61,7 @@ MAX_TTL: Final = 3600
 MAX_TOKEN_BYTES: Final = 4096
 UNAUTHENTICATED: Final = "admin.unauthenticated"
 FORBIDDEN: Final = "admin.forbidden"
-_CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu", "bh"})
+_CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu", "htq", "bh"})
 _JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
 
@@ -74,6 +77,7 @@ class AdminToken:
     expires: int
     method: str
     path: str
+    query: str
     body_hash: str
 
 
@@ -86,16 +90,19 @@ def issue_admin_token(
     path: str,
     now: int,
     ttl: int = 60,
+    query: str = "",
     body: bytes = b"",
 ) -> str:
-    """A token for one call ``method path`` with ``body`` (exactly the bytes the call will
-    send) at gateway ``audience``, valid ``ttl`` seconds."""
+    """A token for one call ``method path?query`` with ``body`` (exactly the query string
+    and bytes the call will send) at gateway ``audience``, valid ``ttl`` seconds."""
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"ttl must be within 1..{MAX_TTL} seconds")
     if not _METHOD.fullmatch(method):
         raise ValueError("method must be an upper-case HTTP method such as POST")
     if not path.startswith("/") or "?" in path:
         raise ValueError("path must be the request path (starting with '/'), without a query")
+    if query.startswith("?") or "#" in query:
+        raise ValueError("query must be the query string as sent, without '?' or a fragment")
     claims = {
         "iss": admin,
         "aud": audience,
@@ -104,6 +111,7 @@ def issue_admin_token(
         "jti": secrets.token_urlsafe(18),
         "htm": method,
         "htu": path,
+        "htq": query,
         "bh": sha256_b64url(body),
     }
     return encode({"typ": ADMIN_TYP, "kid": key.public.thumbprint()}, claims, key)
@@ -120,10 +128,12 @@ def verify_admin_token(
     audiences: frozenset[str],
     method: str,
     path: str,
+    query: str,
     now: int,
     leeway: int,
 ) -> AdminToken:
-    """The admin ``token`` proves, for the call ``method path`` now; or ``AdminError``
+    """The admin ``token`` proves, for the call ``method path?query`` now (``query`` the
+    raw query string, empty for none); or ``AdminError``
     (``admin.unauthenticated``) saying why not. The call's body is the caller's to check
     with ``check_body`` before acting on it (a server reads the body only once the token
     verified), and so is single use (``AdminToken.jti``, remembered until ``expires``)."""
@@ -154,10 +164,15 @@ def verify_admin_token(
         raise _refuse("the token's jti must be 16-128 base64url characters")
     if claims["htm"] != method or claims["htu"] != path:
         raise _refuse(f"the token is for another call, not {method} {path}")
+    if claims["htq"] != query:
+        raise _refuse(
+            "the token is for another query (htq): mint it over exactly the query string"
+            " the call sends"
+        )
     body_hash = claims["bh"]
     if not isinstance(body_hash, str):
         raise _refuse("the token's bh is not a string")
-    return AdminToken(admin, kid, jti, exp + leeway, method, path, body_hash)
+    return AdminToken(admin, kid, jti, exp + leeway, method, path, query, body_hash)
 
 
 def check_body(token: AdminToken, body: bytes) -> None:

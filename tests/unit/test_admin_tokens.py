@@ -59,6 +59,7 @@ def _token(key: PrivateKey = ADMIN, **over: Any) -> str:
         path=over.pop("path", PATH),
         now=over.pop("now", NOW),
         ttl=over.pop("ttl", 60),
+        query=over.pop("query", ""),
         body=over.pop("body", b""),
     )
 
@@ -70,6 +71,7 @@ def _verify(token: str, **over: Any) -> Any:
         audiences=frozenset({GATEWAY}),
         method=over.pop("method", "POST"),
         path=over.pop("path", PATH),
+        query=over.pop("query", ""),
         now=over.pop("now", NOW),
         leeway=60,
     )
@@ -94,6 +96,7 @@ def _claims(**over: Any) -> dict[str, Any]:
         "jti": "j" * 24,
         "htm": "POST",
         "htu": PATH,
+        "htq": "",
         "bh": sha256_b64url(b""),
     }
     claims.update(over)
@@ -146,6 +149,27 @@ def test_tokens_are_bound_to_the_exact_body() -> None:
     # exactly the documented one is.
     _refused(_raw(_claims(bh=None)), "missing ['bh']")
     _refused(_raw(_claims(bh=1)), "bh is not a string")
+
+
+def test_tokens_are_bound_to_the_exact_query() -> None:
+    """The query string the token was minted over, as sent: a token to read a few log
+    entries reads no others, one minted without a query is good for no query, and the same
+    parameters spelled or ordered otherwise are another query."""
+    query = "start=0&end=9"
+    assert _verify(_token(query=query), query=query).query == query
+    for minted, sent in (
+        (query, "start=0&end=100000"),
+        (query, "end=9&start=0"),
+        (query, "start=0&end=%39"),
+        (query, ""),
+        ("", query),
+    ):
+        _refused(_token(query=minted), "another query", query=sent)
+    _refused(_raw(_claims(htq=None)), "missing ['htq']")
+    _refused(_raw(_claims(htq=0)), "another query")  # never equal to a string
+    for bad in ("?start=0", "start=0#top"):
+        with pytest.raises(ValueError, match="query"):
+            _token(query=bad)
 
 
 def test_time_limits() -> None:

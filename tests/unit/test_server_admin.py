@@ -53,15 +53,17 @@ def client(kit: Kit) -> Iterator[Client]:
 
 
 def token(kit: Kit, method: str, path: str, *, who: str = "admin", **over: Any) -> dict[str, str]:
-    """An admin token for the call ``method path`` (with the bytes ``body``, none by
-    default)."""
+    """An admin token for the call ``method path`` (with the query ``path`` ends in, if
+    any, and the bytes ``body``, none by default)."""
     key = read_private_key(kit.home / "keys" / f"{who}.jwk")
+    path, _, query = path.partition("?")
     value = issue_admin_token(
         key=key,
         admin=over.pop("admin", who),
         audience=over.pop("audience", GATEWAY_ID),
         method=method,
         path=path,
+        query=query,
         now=over.pop("now", kit.clock.now),
         ttl=over.pop("ttl", 60),
         body=over.pop("body", b""),
@@ -575,8 +577,7 @@ def test_a_whole_decision_record_needs_the_audit_role(kit: Kit, client: Client) 
 
 def test_the_token_is_checked_before_the_parameters(kit: Kit, client: Client) -> None:
     """An anonymous call is 401 and audited whatever its parameters; an admin's call with
-    bad ones is refused under that admin, and leaves the token for the call it was meant
-    for (a token binds the path, not the query)."""
+    bad ones is refused under that admin, and leaves its token unspent."""
     long_id = "a" * 300
     decision = f"/v1/decisions/{long_id}"
     calls = [
@@ -589,17 +590,18 @@ def test_the_token_is_checked_before_the_parameters(kit: Kit, client: Client) ->
         response = client.request(method, path, headers={"Authorization": "Bearer x.y.z"})
         assert error_of(response, 401) == "admin.unauthenticated", path
         assert records(client)[-1]["action"] == action
-    headers = token(kit, "GET", ENTRIES, who="auditor")
-    assert (
-        error_of(client.get(f"{ENTRIES}?start=x", headers=headers), 400) == "request.invalid_query"
-    )
-    refused = records(client)[-1]
-    assert (refused["result"], refused["code"], refused["admin"]) == (
-        "refused",
-        "request.invalid_query",
-        "auditor",
-    )
-    assert client.get(ENTRIES, headers=headers).status_code == 200  # not spent
+    headers = token(kit, "GET", f"{ENTRIES}?start=x", who="auditor")
+    for _ in range(2):  # refused under its admin, unspent: the same token twice
+        assert (
+            error_of(client.get(f"{ENTRIES}?start=x", headers=headers), 400)
+            == "request.invalid_query"
+        )
+        refused = records(client)[-1]
+        assert (refused["result"], refused["code"], refused["admin"]) == (
+            "refused",
+            "request.invalid_query",
+            "auditor",
+        )
     for method, path, action in calls[1:]:
         who = "auditor" if path == decision else "admin"
         minted = token(kit, method, path, who=who)
@@ -612,6 +614,28 @@ def test_the_token_is_checked_before_the_parameters(kit: Kit, client: Client) ->
                 "refused",
                 who,
             )
+
+
+def test_a_token_reads_only_the_entries_it_was_minted_for(kit: Kit, client: Client) -> None:
+    """The query is part of the call a token binds: one minted to read entries 0-1 is
+    refused, audited and left unspent when sent for more (a token taken off the wire
+    cannot read the rest of the log), and still reads what it was minted for."""
+    for amount in (1, 2, 3):
+        decide(client, kit.submit(kit.request("payments.transfer", amount=amount)))
+    headers = token(kit, "GET", f"{ENTRIES}?start=0&end=1", who="auditor")
+    for other in (f"{ENTRIES}?start=0&end=3", f"{ENTRIES}?end=1&start=0", ENTRIES):
+        refused = client.get(other, headers=headers)
+        assert error_of(refused, 401) == "admin.unauthenticated", other
+        assert "another query" in refused.json()["error"]["message"]
+        assert "entries" not in refused.json()
+        record = records(client)[-1]
+        assert (record["action"], record["code"]) == ("audit.entries", "admin.unauthenticated")
+    page = client.get(f"{ENTRIES}?start=0&end=1", headers=headers)
+    assert page.status_code == 200, page.text
+    assert [e["index"] for e in page.json()["entries"]] == [0]
+    assert error_of(client.get(f"{ENTRIES}?start=0&end=1", headers=headers), 401) == (
+        "admin.unauthenticated"  # spent by the read
+    )
 
 
 def test_an_anonymous_refusal_keeps_a_short_path(kit: Kit, client: Client) -> None:
@@ -748,6 +772,14 @@ def test_the_cli_mints_a_token_the_server_accepts(
     assert captured.out == ""
     assert main([*revoke, "--data-file", str(kit.home.parent / "missing.json")]) == 2
     assert "cannot read --data-file" in capsys.readouterr().err
+    # A query in --path: the token is good for that query, as written, and no other.
+    read = f"{ENTRIES}?start=0&end=1"
+    assert main([*argv[:6], "--method", "GET", "--path", read]) == 0
+    headers = {"Authorization": f"Bearer {capsys.readouterr().out.strip()}"}
+    assert error_of(client.get(f"{ENTRIES}?start=0&end=9", headers=headers), 401) == (
+        "admin.unauthenticated"
+    )
+    assert client.get(read, headers=headers).status_code == 200
 
 
 def test_a_token_for_a_mesh_audience_is_refused(kit: Kit) -> None:

@@ -1,7 +1,7 @@
 """Commands that act on a running gateway (``execgate serve``) instead of a local home.
 
 Each call carries a fresh admin token (``execgate.cli.admin.mint``): signed with
-``--admin-key``, bound to the call's method, path and body, good once. A command therefore
+``--admin-key``, bound to the call's method, path, query and body, good once. A command
 mints one token per request it sends, never reuses one, and never writes one anywhere.
 
 The flags are the same for every such command (``add_remote``): ``--url`` names the

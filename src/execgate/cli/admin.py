@@ -1,13 +1,14 @@
 """``execgate admin token``: mint an admin token for one call to a running gateway.
 
 The token (``execgate.admin``) is signed with the admin's own private key (``--key``)
-and is good for exactly one call: the method and path given, with the body given
-(``--data`` or ``--data-file``, byte for byte as the call sends it: curl's
-``--data-binary``, not ``-d @FILE``, which drops line breaks; none by default), at one
-gateway, for ``--ttl`` seconds (at most an hour). Who the admin is and which gateway it
-is for come from the home's trust store and config (the ``[[admin]]`` that lists the
-key, the gateway id); ``--admin`` and ``--audience`` name them instead, for a gateway
-whose home is elsewhere. Send it as ``Authorization: Bearer TOKEN``:
+and is good for exactly one call: the method and path given (with the query, if any,
+exactly as the call sends it), with the body given (``--data`` or ``--data-file``, byte
+for byte as the call sends it: curl's ``--data-binary``, not ``-d @FILE``, which drops
+line breaks; none by default), at one gateway, for ``--ttl`` seconds (at most an hour).
+Who the admin is and which gateway it is for come from the home's trust store and config
+(the ``[[admin]]`` that lists the key, the gateway id); ``--admin`` and ``--audience``
+name them instead, for a gateway whose home is elsewhere. Send it as
+``Authorization: Bearer TOKEN``:
 
     curl -X POST -H "Authorization: Bearer $(execgate admin token --key keys/admin.jwk \\
          --method POST --path /v1/admin/policy/reload)" http://127.0.0.1:8080/v1/admin/policy/reload
@@ -49,7 +50,9 @@ def mint(
     audience: str | None = None,
     body: bytes = b"",
 ) -> str:
-    """A token for ``method path`` with ``body``, signed with the key in ``key_path``."""
+    """A token for ``method path`` with ``body``, signed with the key in ``key_path``;
+    ``path`` may end in the call's query (``/v1/audit/entries?start=0&end=9``), which the
+    token then binds as written."""
     from execgate.admin import MAX_TTL, issue_admin_token
     from execgate.keyfile import read_private_key
 
@@ -72,6 +75,7 @@ def mint(
                     " [[admin]] with the roles it needs, or name the admin with --admin"
                 )
             admin = found.id
+    path, _, query = path.partition("?")
     try:
         return issue_admin_token(
             key=key,
@@ -79,6 +83,7 @@ def mint(
             audience=audience,
             method=method,
             path=path,
+            query=query,
             now=int(time.time()),
             ttl=ttl,
             body=body,
@@ -170,7 +175,12 @@ def register(commands: Commands) -> None:
     q = group.add("token", "print a single-use admin token for one call (METHOD and PATH)")
     q.add_argument("--key", required=True, help="your admin PRIVATE key file (its [[admin]])")
     q.add_argument("--method", required=True, help="the call's HTTP method, e.g. POST")
-    q.add_argument("--path", required=True, help="the call's path, e.g. /v1/revocations")
+    q.add_argument(
+        "--path",
+        required=True,
+        help="the call's path and query, exactly as sent: /v1/revocations,"
+        " '/v1/audit/entries?start=0&end=9'",
+    )
     q.add_argument(
         "--data",
         metavar="BODY",

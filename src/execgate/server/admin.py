@@ -1,8 +1,8 @@
 """Admin routes: approvals, revocations, policy reload, audit export and consistency proofs.
 
 Every route here but the consistency proof needs an admin token (``execgate.admin``) in
-``Authorization: Bearer``: one token per call, bound to its method, path and body, signed by
-an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role:
+``Authorization: Bearer``: one token per call, bound to its method, path, query and body,
+signed by an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role:
 
     GET  /v1/admin/approvals                    approvals  every approval and its state
     GET  /v1/admin/approvals/{id}               approvals  one, with its reviews
@@ -12,7 +12,7 @@ an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role
     GET  /v1/admin/audit/export                 audit      the whole log, as ``audit export``
     GET  /v1/audit/consistency?first=N&second=M (public)   RFC 9162 consistency proof
 
-No token, a bad one (expired, another gateway's, another call's or another body's,
+No token, a bad one (expired, another gateway's, another call's, query's or body's,
 replayed, an unknown key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate:
 Bearer``; a good one whose admin lacks the role is 403 ``admin.forbidden``. Both are
 audited, and so is every call let through (before it acts: see ``execgate._admin_log``).
@@ -178,6 +178,7 @@ async def _let_in(
     gateway = _gateway(request)
     now = _now(request)
     method, path = request.method, request.url.path
+    query = request.scope.get("query_string", b"").decode("latin-1")  # as sent, undecoded
     header = request.headers.get("authorization")
 
     def log(result: str, code: str, detail: str, token: AdminToken | None, *, spend: bool) -> None:
@@ -212,6 +213,7 @@ async def _let_in(
                 audiences=frozenset({gateway.gateway_id}),
                 method=method,
                 path=path,
+                query=query,
                 now=now,
                 leeway=gateway._leeway,
             )
