@@ -291,6 +291,38 @@ def test_a_store_that_is_down_refuses_every_admin_call(kit: Kit) -> None:
         response = post(client, kit, REVOKE, body)
         assert response.status_code == 503
         assert error_of(client.post(RELOAD), 503) in {"audit.unavailable", "store.unavailable"}
+        # A refusal that cannot be logged is not answered as if it had been.
+        assert error_of(client.delete(REVOKE), 503) in {"audit.unavailable", "store.unavailable"}
+
+
+def test_a_wrong_method_at_an_admin_route_is_refused_and_audited(kit: Kit, client: Client) -> None:
+    """Every call refused at an admin route is in the log, a method no route takes too
+    (anonymous: nothing of it was checked, its method and path kept short). A wrong
+    method elsewhere is not an admin call, and is not logged."""
+    calls = [
+        ("DELETE", REVOKE, "revocation"),
+        ("GET", RELOAD, "policy.reload"),
+        ("POST", APPROVALS, "approvals.list"),
+        ("PUT", f"{APPROVALS}/{'a' * 300}", "approvals.show"),
+        ("GET", f"{APPROVALS}/x/reviews", "approvals.review"),
+        ("POST", "/v1/admin/audit/export", "audit.export"),
+    ]
+    for method, path, action in calls:
+        # Even with a good token: the refusal comes before anything of the call is read.
+        response = client.request(method, path, headers=token(kit, method, path))
+        assert error_of(response, 405) == "method.not_allowed", path
+        assert response.headers["allow"]
+        record = records(client)[-1]
+        assert (record["action"], record["result"], record["code"]) == (
+            action,
+            "refused",
+            "method.not_allowed",
+        )
+        assert (record["method"], record["path"], record["admin"]) == (method, path[:160], None)
+    assert len(records(client)) == len(calls)
+    assert error_of(client.post("/healthz"), 405) == "method.not_allowed"
+    assert error_of(client.delete("/v1/audit/consistency"), 405) == "method.not_allowed"
+    assert len(records(client)) == len(calls)
 
 
 # -- approvals --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ signed by an ``[[admin]]`` key of the trust store whose ``roles`` include the ro
 No token, a bad one (expired, another gateway's, another call's, query's or body's,
 replayed, an unknown key) is 401 ``admin.unauthenticated`` with ``WWW-Authenticate:
 Bearer``; a good one whose admin lacks the role is 403 ``admin.forbidden``. Both are
-audited, and so is every call let through (before it acts: see ``execgate._admin_log``).
+audited, and so is every call let through (before it acts: see ``execgate._admin_log``)
+and a method an admin route does not take (405 ``method.not_allowed``, ``refuse_method``).
 A body is read only once the token has verified and was not used before (``_let_in``).
 The decision endpoints never need a token.
 
@@ -115,6 +116,7 @@ def _now(request: Request) -> int:
 
 
 _ANONYMOUS_DETAIL: Final = 160  # characters of a refusal's detail logged without a token
+_MAX_METHOD: Final = 16  # characters of an unknown method kept in the log
 
 
 def _challenge(exc: AdminError, presented: bool) -> dict[str, str]:
@@ -623,15 +625,56 @@ async def get_consistency(request: Request) -> Response:
     return JsonResponse(await run_in_threadpool(prove))
 
 
+_ACTIONS: Final[dict[object, str]] = {}  # each admin route's endpoint: its audited action
+
+
+def _admin_route(path: str, handler: Callable[[Request], Any], method: str, action: str) -> Route:
+    endpoint = handled(handler)
+    _ACTIONS[endpoint] = action
+    return Route(path, endpoint, methods=[method])
+
+
 ROUTES: Final[list[BaseRoute]] = [
-    Route("/v1/admin/approvals", handled(list_approvals), methods=["GET"]),
-    Route("/v1/admin/approvals/{approval_id}", handled(show_approval), methods=["GET"]),
-    Route("/v1/admin/approvals/{approval_id}/reviews", handled(post_review), methods=["POST"]),
-    Route("/v1/revocations", handled(post_revocation), methods=["POST"]),
-    Route("/v1/admin/policy/reload", handled(post_reload), methods=["POST"]),
-    Route("/v1/admin/audit/export", handled(get_export), methods=["GET"]),
+    _admin_route("/v1/admin/approvals", list_approvals, "GET", "approvals.list"),
+    _admin_route("/v1/admin/approvals/{approval_id}", show_approval, "GET", "approvals.show"),
+    _admin_route(
+        "/v1/admin/approvals/{approval_id}/reviews", post_review, "POST", "approvals.review"
+    ),
+    _admin_route("/v1/revocations", post_revocation, "POST", "revocation"),
+    _admin_route("/v1/admin/policy/reload", post_reload, "POST", "policy.reload"),
+    _admin_route("/v1/admin/audit/export", get_export, "GET", "audit.export"),
     Route("/v1/audit/consistency", handled(get_consistency), methods=["GET"]),
 ]
+
+
+async def refuse_method(request: Request, refusal: Response) -> Response:
+    """``refusal`` (a 405: a method no route at this path takes), audited first when the
+    path is an admin route's: every call refused at an admin route is in the log, as an
+    anonymous one (nothing of the call was checked), its method and path kept short. If
+    the log cannot take the record, the answer is the typed 503 of any admin call whose
+    refusal could not be logged."""
+    action = _ACTIONS.get(request.scope.get("endpoint"))
+    if action is None:
+        return refusal
+
+    async def audited(request: Request) -> Response:
+        gateway, now = _gateway(request), _now(request)
+        record = admin_record(
+            gateway,
+            action=action,
+            result="refused",
+            code="method.not_allowed",
+            detail=f"this route does not take {request.method[:_MAX_METHOD]}",
+            now=now,
+            method=request.method[:_MAX_METHOD],
+            path=request.url.path[:_ANONYMOUS_DETAIL],
+        )
+        await run_in_threadpool(append_admin_record, gateway, record)
+        return refusal
+
+    answer: Response = await handled(audited)(request)
+    return answer
+
 
 # -- the OpenAPI description ------------------------------------------------------------
 

@@ -364,12 +364,16 @@ ROUTES: Final = [
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
-    """Routing errors (unknown route, wrong method) as typed bodies."""
+    """Routing errors (unknown route, wrong method) as typed bodies; a wrong method at an
+    admin route is audited (``admin.refuse_method``)."""
     assert isinstance(exc, HTTPException)
     codes = {404: "route.not_found", 405: "method.not_allowed"}
-    return error_response(
+    refusal = error_response(
         exc.status_code, codes.get(exc.status_code, "request.refused"), exc.detail, exc.headers
     )
+    if exc.status_code == 405:
+        return await admin.refuse_method(request, refusal)
+    return refusal
 
 
 def create_app(
