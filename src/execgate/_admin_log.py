@@ -185,8 +185,14 @@ def reload_policy(
     with gateway.reload_lock:
         old = gateway.policy
         now = int(gateway._now())
+        pinned = gateway.policy_in_force
 
         def record(result: str, code: str, detail: str, **fields: Any) -> int:
+            # Files by name only: where the home lies on this machine is not evidence,
+            # and a log read by anyone ([server] public_audit) should not tell it.
+            for file in (path, pinned):
+                if file is not None:
+                    detail = detail.replace(str(file.parent) + os.sep, "")
             return append_admin_record(
                 gateway,
                 admin_record(
@@ -205,7 +211,6 @@ def reload_policy(
                 ),
             )
 
-        pinned = gateway.policy_in_force
         previous_text: bytes | None = None
         adopted = False  # the pin was newer than this worker's policy: taken as it is
         with ExitStack() as held:

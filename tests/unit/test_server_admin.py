@@ -509,6 +509,7 @@ def test_reload_puts_a_new_policy_in_force(kit: Kit, client: Client) -> None:
     done = records(client)[-1]
     assert (done["code"], done["admin"], done["via"]) == ("policy.reloaded", "admin", "http")
     assert (done["previous_policy_hash"], done["policy_hash"]) == (before, answer["policy_hash"])
+    assert done["detail"].endswith("(policy.yaml)")  # by name: where the home lies is not logged
 
 
 def test_an_invalid_policy_is_refused_and_the_old_one_stays(
@@ -527,7 +528,11 @@ def test_an_invalid_policy_is_refused_and_the_old_one_stays(
     (kit.home / "policy.yaml").unlink()
     gone = client.post(RELOAD, headers=token(kit, "POST", RELOAD))
     assert error_of(gone, 422) == "policy.reload_refused"
+    assert str(kit.home) in gone.json()["error"]["message"]  # the admin is told where
     assert decide(client, kit.submit())["policy_hash"] == before
+    logged = records(client)[-1]
+    assert "policy.yaml" in logged["detail"]
+    assert str(kit.home) not in json.dumps(records(client))  # the log is not
 
 
 # -- audit ------------------------------------------------------------------------------
