@@ -189,10 +189,11 @@ def reload_policy(
 
         def record(result: str, code: str, detail: str, **fields: Any) -> int:
             # Files by name only: where the home lies on this machine is not evidence,
-            # and a log read by anyone ([server] public_audit) should not tell it.
+            # and a log read by anyone ([server] public_audit) should not tell it. Only
+            # the files' own absolute paths are replaced, never other text of the detail.
             for file in (path, pinned):
-                if file is not None:
-                    detail = detail.replace(str(file.parent) + os.sep, "")
+                if file is not None and file.is_absolute():
+                    detail = detail.replace(str(file), file.name)
             return append_admin_record(
                 gateway,
                 admin_record(

@@ -64,6 +64,7 @@ FORBIDDEN: Final = "admin.forbidden"
 _CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu", "htq", "bh"})
 _JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
+_QUERY: Final = re.compile(r"[!-~]*")  # what a client sends: printable ASCII, no space
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,11 @@ def issue_admin_token(
         raise ValueError("path must be the request path (starting with '/'), without a query")
     if query.startswith("?") or "#" in query:
         raise ValueError("query must be the query string as sent, without '?' or a fragment")
+    if not _QUERY.fullmatch(query):
+        raise ValueError(
+            "query must be printable ASCII, as a client sends it: percent-encode anything"
+            " else (a space is %20)"
+        )
     claims = {
         "iss": admin,
         "aud": audience,

@@ -167,7 +167,7 @@ def test_tokens_are_bound_to_the_exact_query() -> None:
         _refused(_token(query=minted), "another query", query=sent)
     _refused(_raw(_claims(htq=None)), "missing ['htq']")
     _refused(_raw(_claims(htq=0)), "another query")  # never equal to a string
-    for bad in ("?start=0", "start=0#top"):
+    for bad in ("?start=0", "start=0#top", "q=a b", "q=\u00e9"):
         with pytest.raises(ValueError, match="query"):
             _token(query=bad)
 

@@ -218,3 +218,30 @@ def test_workers_reloading_while_the_file_changes_end_with_one_policy(
     assert a.policy.hash == b.policy.hash == _open(kit, pinned).policy.hash == v3
     details = [r["detail"] for r in kit.records("admin") if r["result"] == "done"]
     assert sum("the policy in force for the service" in d for d in details) == 2
+
+
+def test_a_reload_record_drops_only_the_homes_own_paths(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record names the policy file without its directory (see the server's tests),
+    and changes nothing else the refusal says: the home's directory quoted in a
+    condition stays, and with a home given as a relative path, a refusal quoting
+    `../etc/` is logged exactly as answered."""
+    quoted = f"'{kit.home}/notes/../etc/'"
+    broken = POLICY.replace("request.args.amount > 10", f"request.args.p == {quoted} +")
+    assert broken != POLICY
+    absolute = kit.gateway()
+    monkeypatch.chdir(kit.home.parent)
+    relative = Gateway.open(Path(kit.home.name), now=kit.clock)
+    (kit.home / "policy.yaml").write_text(broken, encoding="utf-8")
+    refused = absolute.reload_policy(via="signal")
+    assert refused.error is not None
+    assert quoted in refused.error
+    assert kit.records("admin")[-1]["detail"] == refused.error
+    try:
+        again = relative.reload_policy(via="signal")
+    finally:
+        relative.close()
+    assert again.error is not None
+    assert quoted in again.error
+    assert kit.records("admin")[-1]["detail"] == again.error

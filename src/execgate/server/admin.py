@@ -852,7 +852,9 @@ COMPONENTS: Final[dict[str, Any]] = {
         "adminToken": {
             "type": "http",
             "scheme": "bearer",
-            "bearerFormat": "JWS (typ execgate-admin+jwt), one per call: its method, path and body",
+            "bearerFormat": (
+                "JWS (typ execgate-admin+jwt), one per call: its method, path, query and body"
+            ),
         }
     }
 }
