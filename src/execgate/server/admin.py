@@ -629,9 +629,13 @@ _ACTIONS: Final[dict[object, str]] = {}  # each admin route's endpoint: its audi
 
 
 def _admin_route(path: str, handler: Callable[[Request], Any], method: str, action: str) -> Route:
+    """The route, taking ``method`` only: not the HEAD Starlette adds to a GET, which
+    would run a whole read (an export) to send none of it."""
     endpoint = handled(handler)
     _ACTIONS[endpoint] = action
-    return Route(path, endpoint, methods=[method])
+    route = Route(path, endpoint, methods=[method])
+    route.methods = {method}
+    return route
 
 
 ROUTES: Final[list[BaseRoute]] = [
