@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from typing import Any
+from typing import Any, Final
 
 import cel
 import pytest
@@ -279,6 +279,101 @@ def test_every_allowed_function_is_one_the_binding_has(name: str) -> None:
     assert name in cel.compile(source).functions()
     inputs = Inputs(condition.reads, request={}, artifact={}, environment={}, now=2_000_000_000)
     assert condition.evaluate(inputs) is True
+
+
+# For each function with a form on a receiver or one alone: a value of the type it takes
+# first (or as its receiver), and one for its other arguments.
+_TYPED: Final = {
+    "size": ('"abc"', '"abc"'),
+    "contains": ('"abc"', '"b"'),
+    "startsWith": ('"abc"', '"a"'),
+    "endsWith": ('"abc"', '"c"'),
+    "matches": ('"abc"', '"a"'),
+    "int": ('"7"', '"7"'),
+    "uint": ("7", "7"),
+    "double": ("7", "7"),
+    "string": ("7", "7"),
+    "bytes": ('"a"', '"a"'),
+    "dyn": ("1", "1"),
+    "type": ("1", "1"),
+    "duration": ('"1s"', '"1s"'),
+    "timestamp": ('"2024-01-01T00:00:00Z"', '"2024-01-01T00:00:00Z"'),
+    **{
+        name: ('timestamp("2024-03-05T06:07:08.009Z")', '"UTC"')
+        for name in FUNCTIONS
+        if name.startswith("get")
+    },
+}
+
+
+def _call(name: str, on_receiver: bool, count: int) -> str:
+    first, other = _TYPED[name]
+    if on_receiver:
+        return f"{first}.{name}({', '.join([other] * count)})"
+    return f"{name}({', '.join([first, *[other] * (count - 1)][:count])})"
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_each_functions_forms_are_the_ones_the_binding_takes(name: str) -> None:
+    """Every way of calling each function, with and without a receiver and with 0-3
+    arguments of the types it takes, is refused at load exactly when the binding
+    cannot run it (it would fail every evaluation: a rule that can only deny)."""
+    assert set(_TYPED) == FUNCTIONS
+    for on_receiver in (False, True):
+        for count in range(4):
+            source = _call(name, on_receiver, count)
+            error = ""
+            try:
+                cel.evaluate(source, {})
+            except RuntimeError as exc:
+                error = str(exc)
+            # A form it lacks fails as an unknown function does, whatever the arguments.
+            assert not error or error.startswith(f"Undefined variable or function: '{name}'")
+            runs = not error
+            if name == "matches":  # refused in every form, for its cost (below)
+                with pytest.raises(ValueError, match=r"matches\(\) is not allowed"):
+                    Condition(source)
+            elif runs:
+                Condition(source)
+            else:
+                with pytest.raises(ValueError, match=r"argument\(s\); the binding takes"):
+                    Condition(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'size([1, (2), {"a": [3, 4]}]) == 3',  # brackets inside the arguments
+        'request.action.startsWith("a, b(") && size("x)") == 2',  # quoted , and ( )
+        "request.action.startsWith('a') // size(1, 2) in a comment",
+        'r"size(1, 2)".size() > 0 && b"a".size() == 1',
+        "request.args.l.all(size, size > 0)",  # a bound name that is a function's name
+        "has(request.args.size) && request.args.size.size() > 0",
+    ],
+)
+def test_calls_are_counted_outside_strings_and_comments(source: str) -> None:
+    Condition(source)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("size(request.args.l, 1) > 0", "size(...) with 2 argument(s)"),
+        ("request.action.startsWith() ", "x.startsWith(...) with 0 argument(s)"),
+        ("now.getHours('UTC') == 9", "x.getHours() (no time zone argument)"),
+        ('request.action.contains("a", "b")', "the binding takes x.contains(y)"),
+        ("dyn() == 1", "the binding takes dyn(x)"),
+        ("request.args.s.int() == 1", "the binding takes int(x)"),
+    ],
+)
+def test_a_known_function_called_wrongly_is_refused_at_load(source: str, message: str) -> None:
+    # Without the check each compiles and then fails every evaluation.
+    with pytest.raises(RuntimeError, match="Undefined variable or function"):
+        cel.compile(source).execute(
+            {"request": {"action": "pay", "args": {"l": [1], "s": "1"}}, "now": 0}
+        )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Condition(source)
 
 
 @pytest.mark.parametrize(

@@ -239,6 +239,20 @@ RULE_ERRORS = [
         "unknown function(s) startswith",
     ),
     (
+        "cel-wrong-arguments",
+        """
+        version: 1
+        rules:
+          - name: a
+            match: {action: x}
+            when: "now.getDayOfWeek('Europe/Paris') == 1"
+            effect: proceed
+        """,
+        "a",
+        5,
+        "x.getDayOfWeek(...) with 1 argument(s); the binding takes x.getDayOfWeek()",
+    ),
+    (
         "cel-not-string",
         """
         version: 1

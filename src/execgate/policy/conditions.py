@@ -41,7 +41,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
 import cel
@@ -125,6 +125,23 @@ FUNCTIONS: Final = frozenset(
         "getMonth", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
     }
 )  # fmt: skip
+_ACCESSORS: Final = frozenset(name for name in FUNCTIONS if name.startswith("get"))
+# How each function may be called, as the binding takes it: the number of arguments of
+# its global form (``size(x)``) and of its form on a receiver (``x.size()``), None for a
+# form it lacks. Any other call compiles and then fails every evaluation, with the same
+# message as an unknown function, so it is refused at load too (``_calls``). Whether
+# the arguments have the right types is known only when it runs. ``matches`` is refused
+# in every form (see ``_loop_depth``). The table is checked against the binding by the
+# tests.
+_ARITY: Final[dict[str, tuple[int | None, int | None]]] = {
+    "size": (1, 0),
+    **dict.fromkeys(("contains", "startsWith", "endsWith"), (None, 1)),
+    **dict.fromkeys(
+        ("int", "uint", "double", "string", "bytes", "dyn", "type", "duration", "timestamp"),
+        (1, None),
+    ),
+    **dict.fromkeys(_ACCESSORS, (None, 0)),  # no time zone argument in this binding
+}
 
 
 class _Shape(NamedTuple):
@@ -339,6 +356,75 @@ def _check_receiver(
     )
 
 
+def _calls(plain: str) -> Iterator[tuple[str, bool, int]]:
+    """Each call in ``plain`` (a condition without comments): its name, whether it is
+    made on a receiver (``x.name(...)``), and its number of arguments. Strings are
+    skipped, so a quoted ``(`` or ``,`` counts for nothing."""
+    i, n = 0, len(plain)
+    while i < n:
+        char = plain[i]
+        if char in "'\"":
+            i = _past_string(plain, i)
+            continue
+        word = _WORD.match(plain, i) if char.isalpha() or char == "_" else None
+        if word is None or (i > 0 and (plain[i - 1].isalnum() or plain[i - 1] == "_")):
+            i += 1
+            continue
+        i = word.end()
+        opening = i
+        while opening < n and plain[opening].isspace():
+            opening += 1
+        if opening >= n or plain[opening] != "(":
+            continue
+        before = plain[: word.start()].rstrip()
+        yield word.group(), before.endswith("."), _arguments(plain, opening)
+
+
+def _arguments(plain: str, opening: int) -> int:
+    """The number of arguments of the call whose ``(`` is at ``opening``."""
+    depth, commas, empty, j = 0, 0, True, opening
+    while j < len(plain):
+        char = plain[j]
+        if char in "'\"":
+            j = _past_string(plain, j)
+            empty = False
+            continue
+        if char in "([{":
+            depth += 1
+            if depth > 1:
+                empty = False
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                break
+        elif char == "," and depth == 1:
+            commas += 1
+        elif not char.isspace():
+            empty = False
+        j += 1
+    return 0 if empty else commas + 1
+
+
+def _check_arity(plain: str) -> None:
+    """Refuse a call of a known function in a form the binding lacks (see ``_ARITY``)."""
+    for name, on_receiver, count in _calls(plain):
+        forms = _ARITY.get(name)
+        if forms is None or forms[on_receiver] == count:
+            continue
+        alone, member = forms
+        usage = []
+        if alone is not None:
+            usage.append(f"{name}({', '.join(['x'] * alone)})")
+        if member is not None:
+            usage.append(f"x.{name}({', '.join(['y'] * member)})")
+        called = f"x.{name}(...)" if on_receiver else f"{name}(...)"
+        raise ValueError(
+            f"CEL calls {called} with {count} argument(s); the binding takes"
+            f" {' or '.join(usage)}"
+            + (" (no time zone argument)" if name in _ACCESSORS and count else "")
+        )
+
+
 def _without_comments(source: str) -> str:
     """``source`` with each ``//`` comment (outside strings) blanked to spaces."""
     out, i, n = [], 0, len(source)
@@ -448,6 +534,7 @@ class Condition:
                 " exists, exists_one, map and filter"
             )
         plain = _without_comments(source)
+        _check_arity(plain)
         names = set(program.variables())
         bound = {name for match in _BOUND.finditer(plain) for name in match.groups() if name}
         shape = _loop_depth(plain, frozenset(bound - INPUTS))
