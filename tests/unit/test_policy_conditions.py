@@ -347,6 +347,7 @@ def test_each_functions_forms_are_the_ones_the_binding_takes(name: str) -> None:
         'request.action.startsWith("a, b(") && size("x)") == 2',  # quoted , and ( )
         "request.action.startsWith('a') // size(1, 2) in a comment",
         'r"size(1, 2)".size() > 0 && b"a".size() == 1',
+        "\"a\\\"(b, c\".size() > 0 && '''size(1,\n2)'''.size() > 0",  # escapes, triple
         "request.args.l.all(size, size > 0)",  # a bound name that is a function's name
         "has(request.args.size) && request.args.size.size() > 0",
     ],
@@ -364,6 +365,10 @@ def test_calls_are_counted_outside_strings_and_comments(source: str) -> None:
         ('request.action.contains("a", "b")', "the binding takes x.contains(y)"),
         ("dyn() == 1", "the binding takes dyn(x)"),
         ("request.args.s.int() == 1", "the binding takes int(x)"),
+        # CEL's root namespace, which the binding parses and never runs
+        ('request.action == "x" || .startsWith("a")', ".startsWith with a leading dot"),
+        ('.size("abc") == 3', "write size(...) without the dot"),
+        ("request.args.l.size() > 5 || .max(1, 2) == 1", ".max with a leading dot"),  # unknown too
     ],
 )
 def test_a_known_function_called_wrongly_is_refused_at_load(source: str, message: str) -> None:
