@@ -19,6 +19,7 @@ from execgate.policy.conditions import (
     INPUTS,
     MAX_ITERATED,
     MAX_ITERATED_SIZE,
+    TYPE_NAMES,
     Condition,
     ConditionError,
     Inputs,
@@ -247,6 +248,50 @@ def test_condition_reports_the_inputs_it_reads() -> None:
 )
 def test_comprehension_variables_are_not_unknown(source: str) -> None:
     assert "request" in Condition(source).inputs
+
+
+_OF_TYPE: Final = {
+    "int": "1",
+    "uint": "1u",
+    "double": "1.5",
+    "bool": "true",
+    "string": '"a"',
+    "bytes": 'b"a"',
+    "list": "[1]",
+    "map": '{"a": 1}',
+    "null_type": "null",
+    "type": "int",
+}
+# An argument of each JSON type, and the CEL type a condition sees it as.
+_JSON_ARGS: Final[tuple[tuple[Any, str], ...]] = (
+    (1, "int"),
+    (1.5, "double"),
+    (True, "bool"),
+    ("a", "string"),
+    ([1], "list"),
+    ({"a": 1}, "map"),
+    (None, "null_type"),
+)
+
+
+@pytest.mark.parametrize("name", sorted(TYPE_NAMES))
+def test_type_names_are_values_not_unknown_variables(name: str) -> None:
+    """`type(x) == int` checks a type: each name is what type() gives for a value of
+    that type, and no other's, in the binding and in a condition."""
+    assert set(_OF_TYPE) == TYPE_NAMES
+    for other, value in _OF_TYPE.items():
+        assert cel.evaluate(f"type({value}) == {name}", {}) is (other == name)
+    condition = Condition(f"type(request.args.v) == {name}")
+    assert condition.inputs == {"request"}
+    for arg, cel_type in _JSON_ARGS:
+        inputs = Inputs(
+            condition.reads,
+            request={"args": {"v": arg}},
+            artifact={},
+            environment={},
+            now=2_000_000_000,
+        )
+        assert condition.evaluate(inputs) is (cel_type == name), arg
 
 
 def _stdlib_example(name: str) -> str:

@@ -3,8 +3,9 @@
 A condition sees four variables: ``request`` (action, resource, args, runtime, parent),
 ``artifact`` (the verified artifact claims), ``environment`` (attested environment
 claims, maybe empty) and ``now`` (a UTC ``datetime``, so ``now > timestamp("...")``
-works). Only an exact boolean ``True`` is a match and only ``False`` is a miss; an error
-or any other value is reported to the caller, which denies.
+works), and CEL's type names (``TYPE_NAMES``: ``type(request.args.n) == int``). Only
+an exact boolean ``True`` is a match and only ``False`` is a miss; an error or any other
+value is reported to the caller, which denies.
 
 Inputs are converted to plain JSON values before the binding sees them, because the
 binding itself is lenient where a gateway must not be: integers outside int64 silently
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_EVALUATION_COST",
     "MAX_ITERATED",
     "MAX_ITERATED_SIZE",
+    "TYPE_NAMES",
     "Condition",
     "ConditionError",
     "Inputs",
@@ -126,6 +128,11 @@ FUNCTIONS: Final = frozenset(
     }
 )  # fmt: skip
 _ACCESSORS: Final = frozenset(name for name in FUNCTIONS if name.startswith("get"))
+# CEL's type values (``type(request.args.n) == int``), which the binding reports as
+# variables; each is what ``type()`` returns for values of that type.
+TYPE_NAMES: Final = frozenset(
+    {"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"}
+)
 # How each function may be called, as the binding takes it: the number of arguments of
 # its global form (``size(x)``) and of its form on a receiver (``x.size()``), None for a
 # form it lacks. Any other call compiles and then fails every evaluation, with the same
@@ -550,7 +557,7 @@ class Condition:
                 f" with the request's size to the power {shape.depth}, and nothing can"
                 f" interrupt a running condition (at most {_MAX_LOOP_DEPTH} levels)"
             )
-        unknown = names - INPUTS - bound
+        unknown = names - INPUTS - bound - TYPE_NAMES
         if unknown:
             raise ValueError(
                 f"CEL refers to unknown variable(s) {', '.join(sorted(unknown))}; "
