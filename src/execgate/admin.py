@@ -24,8 +24,8 @@ minted to list approvals cannot revoke, even for an admin who holds both roles. 
 and ``bh`` bind it to what the call says, which DPoP leaves to TLS: a token taken off the
 wire (a gateway served without TLS, a proxy that logs headers) and sent first with
 another query or body cannot revoke something else than its admin asked to, record
-another review, nor read other log entries. Single
-use costs nothing to a command-line caller, which mints a token per call.
+another review, nor read other log entries. Single use costs nothing to a command-line
+caller, which mints a token per call.
 
 Which calls an admin may make comes from the trust store, not from the token: the
 ``roles`` of their ``[[admin]]`` (``ADMIN_ROLES``). A token that does not verify is
@@ -139,8 +139,8 @@ def verify_admin_token(
     leeway: int,
 ) -> AdminToken:
     """The admin ``token`` proves, for the call ``method path?query`` now (``query`` the
-    raw query string, empty for none); or ``AdminError``
-    (``admin.unauthenticated``) saying why not. The call's body is the caller's to check
+    raw query string, empty for none); or ``AdminError`` (``admin.unauthenticated``)
+    saying why not. The call's body is the caller's to check
     with ``check_body`` before acting on it (a server reads the body only once the token
     verified), and so is single use (``AdminToken.jti``, remembered until ``expires``)."""
     try:

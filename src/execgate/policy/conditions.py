@@ -383,8 +383,10 @@ def _calls(plain: str) -> Iterator[tuple[str, bool, int]]:
             opening += 1
         if opening >= n or plain[opening] != "(":
             continue
-        before = plain[: word.start()].rstrip()
-        yield word.group(), before.endswith("."), _arguments(plain, opening)
+        before = word.start() - 1
+        while before >= 0 and plain[before].isspace():
+            before -= 1
+        yield word.group(), before >= 0 and plain[before] == ".", _arguments(plain, opening)
 
 
 def _arguments(plain: str, opening: int) -> int:
