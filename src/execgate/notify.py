@@ -19,8 +19,9 @@ lookup) with the event on stdin and ``EXECGATE_EVENT`` set to its name; its stdo
 stderr are discarded, and it is killed with its whole process group at the timeout. The
 URL (http or https) receives the event as a ``POST`` of ``application/json``: directly
 (proxy environment variables are not used), without following redirects; a 2xx answer
-is success. Each delivery as a whole is bounded by the timeout (name resolution
-excepted: the system resolver has no timeout of its own).
+is success. Each delivery as a whole is bounded by the timeout, name resolution
+included (the system resolver has no time limit of its own, so it runs in a helper
+thread, and the connection goes to the addresses it found).
 
 A notification never changes a decision and never raises into the pipeline: events are
 queued and delivered in order by a background thread, so ``decide`` returns at once. A
@@ -35,6 +36,7 @@ notifications still in flight, so a one-shot ``execgate decide`` still delivers 
 from __future__ import annotations
 
 import atexit
+import functools
 import http.client
 import json
 import logging
@@ -44,6 +46,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -307,21 +310,43 @@ class Notifier:
             )
 
     def _post(self, url: str, name: str, body: bytes) -> None:
-        """One POST with ``http.client``: no proxy, no redirect followed. The socket
-        timeout bounds each read; a timer bounds the whole delivery, so a receiver that
-        drips its answer a byte at a time cannot hold the queue."""
+        """One POST with ``http.client``: no proxy, no redirect followed. The host name is
+        resolved within the timeout (``_resolve``); the socket timeout bounds each read;
+        a timer bounds the whole delivery, so a receiver that drips its answer a byte at
+        a time cannot hold the queue. The Host header and TLS's server name and
+        certificate check are the URL's host, as without the resolution."""
         parts = urlsplit(url)  # check_url let only http(s) with a host and a port in
         https = parts.scheme == "https"
         host, port = parts.hostname or "", parts.port or (443 if https else 80)
+        started = time.monotonic()
+        try:
+            addresses = _resolve(host, port, self.timeout)
+        except (OSError, ValueError) as exc:
+            _log.warning(
+                "approval notification %r not delivered to %s: cannot resolve the host: %s",
+                name,
+                _origin(url),
+                _why(exc),
+            )
+            return
+        left = self.timeout - (time.monotonic() - started)
+        if addresses is None or left <= 0:
+            _log.warning(
+                "approval notification %r not delivered to %s: name resolution timed out",
+                name,
+                _origin(url),
+            )
+            return
         conn = (
             http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=ssl.create_default_context()
+                host, port, timeout=left, context=ssl.create_default_context()
             )
             if https
-            else http.client.HTTPConnection(host, port, timeout=self.timeout)
+            else http.client.HTTPConnection(host, port, timeout=left)
         )
+        conn._create_connection = functools.partial(_connect, addresses)  # type: ignore[attr-defined]
         cut = threading.Event()
-        deadline = threading.Timer(self.timeout, _cut, args=(conn, cut))
+        deadline = threading.Timer(left, _cut, args=(conn, cut))
         deadline.daemon = True
         deadline.start()
         try:
@@ -380,6 +405,57 @@ def _without_args(event: Mapping[str, Any]) -> dict[str, Any]:
         request = {k: v for k, v in approval["request"].items() if k != "args"}
         trimmed["approval"] = {**approval, "request": request, "args_omitted": True}
     return trimmed
+
+
+_Address = tuple[int, int, int, str, Any]  # what getaddrinfo gives for one address
+
+
+def _resolve(host: str, port: int, timeout: float) -> list[_Address] | None:
+    """The addresses of ``host``, or None when the resolver did not answer within
+    ``timeout`` seconds (its thread is left to end when the resolver does); ``OSError``
+    when it answered that there are none, ``ValueError`` (``UnicodeError``) for a name
+    that cannot be asked for (``a..b``)."""
+    found: list[_Address] = []
+    failed: list[OSError | ValueError] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, ValueError) as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="execgate-notify-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        return None
+    if failed:
+        raise failed[0]
+    return found
+
+
+def _connect(
+    addresses: list[_Address],
+    _address: tuple[str, int],
+    timeout: float | None = None,
+    source_address: tuple[str, int] | None = None,
+) -> socket.socket:
+    """``socket.create_connection`` to ``addresses`` (resolved already), in order."""
+    error: OSError = OSError("no address to connect to")
+    for family, kind, proto, _, sockaddr in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source_address is not None:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error
 
 
 def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:

@@ -443,6 +443,60 @@ def test_a_webhook_that_drips_its_answer_is_cut_at_the_timeout(
     assert_no_secret(caplog_notify)
 
 
+def test_a_resolver_that_hangs_is_cut_at_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, webhook: _Server, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    """Name resolution counts within the timeout: a resolver that never answers costs a
+    delivery the timeout, not the queue, and the next event goes out. The system
+    resolver cannot be made to hang here, so getaddrinfo is replaced for one name; the
+    other goes through to the real one (and the Host header still names the URL's
+    host)."""
+    stuck = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "resolver-hangs.invalid":
+            stuck.wait(30)  # what a resolver with no reachable name server does
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    port = webhook.server_address[1]
+    hung = Notifier(url=f"http://resolver-hangs.invalid:{port}/hooks/{SECRET}", timeout=1)
+    fine = Notifier(url=f"http://localhost:{port}/hooks/{SECRET}", timeout=1)
+    started = time.monotonic()
+    hung({"event": "opened"})
+    hung({"event": "approved"})
+    assert hung.flush(10)
+    elapsed = time.monotonic() - started
+    stuck.set()
+    assert 2 <= elapsed < 5  # each delivery cut at its 1 s
+    assert warnings(caplog_notify) == [
+        f"approval notification {name!r} not delivered to"
+        f" http://resolver-hangs.invalid:{port}: name resolution timed out"
+        for name in ("opened", "approved")
+    ]
+    fine({"event": "opened"})
+    assert fine.flush(10)
+    [(path, headers, _)] = webhook.received
+    assert path == f"/hooks/{SECRET}"
+    assert headers["Host"] == f"localhost:{port}"
+    assert_no_secret(caplog_notify)
+
+
+def test_a_name_that_cannot_be_resolved_is_reported(
+    caplog_notify: pytest.LogCaptureFixture,
+) -> None:
+    """A name no resolver can be asked for (an empty label) is refused before any query:
+    the same on every machine, whatever its name servers."""
+    hook = Notifier(url="http://hooks..example:8080/hooks", timeout=5)
+    hook({"event": "opened"})
+    assert hook.flush(10)
+    assert warnings(caplog_notify) == [
+        "approval notification 'opened' not delivered to http://hooks..example:8080:"
+        " cannot resolve the host: UnicodeError"
+    ]
+
+
 # -- the notifier itself -------------------------------------------------------------------
 
 
