@@ -19,9 +19,9 @@ lookup) with the event on stdin and ``EXECGATE_EVENT`` set to its name; its stdo
 stderr are discarded, and it is killed with its whole process group at the timeout. The
 URL (http or https) receives the event as a ``POST`` of ``application/json``: directly
 (proxy environment variables are not used), without following redirects; a 2xx answer
-is success. Each delivery as a whole is bounded by the timeout, name resolution
-included (the system resolver has no time limit of its own, so it runs in a helper
-thread, and the connection goes to the addresses it found).
+is success. Each delivery as a whole is bounded by the timeout, name resolution and
+connecting included (the system resolver has no time limit of its own, so it runs in a
+helper thread, one at a time, and the connection goes to the addresses it found).
 
 A notification never changes a decision and never raises into the pipeline: events are
 queued and delivered in order by a background thread, so ``decide`` returns at once. A
@@ -171,6 +171,7 @@ class Notifier:
         self._cond = threading.Condition()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._busy = False  # a delivery thread is running
+        self._lookup: _Lookup | None = None  # the last name resolution (see _post)
         _LIVE.add(self)
 
     def __repr__(self) -> str:
@@ -311,16 +312,28 @@ class Notifier:
 
     def _post(self, url: str, name: str, body: bytes) -> None:
         """One POST with ``http.client``: no proxy, no redirect followed. The host name is
-        resolved within the timeout (``_resolve``); the socket timeout bounds each read;
+        resolved (``_Lookup``) and connected to (``_connect``) within the timeout, one
+        lookup at a time; the socket timeout bounds each read;
         a timer bounds the whole delivery, so a receiver that drips its answer a byte at
         a time cannot hold the queue. The Host header and TLS's server name and
         certificate check are the URL's host, as without the resolution."""
         parts = urlsplit(url)  # check_url let only http(s) with a host and a port in
         https = parts.scheme == "https"
         host, port = parts.hostname or "", parts.port or (443 if https else 80)
-        started = time.monotonic()
+        until = time.monotonic() + self.timeout
+        if self._lookup is not None and not self._lookup.done.is_set():
+            # One lookup at a time: a resolver that hangs holds one thread, not one more
+            # per event for as long as it hangs.
+            _log.warning(
+                "approval notification %r not delivered to %s: the resolver has not"
+                " answered an earlier lookup yet",
+                name,
+                _origin(url),
+            )
+            return
+        self._lookup = _Lookup(host, port)
         try:
-            addresses = _resolve(host, port, self.timeout)
+            addresses = self._lookup.wait(self.timeout)
         except (OSError, ValueError) as exc:
             _log.warning(
                 "approval notification %r not delivered to %s: cannot resolve the host: %s",
@@ -329,7 +342,7 @@ class Notifier:
                 _why(exc),
             )
             return
-        left = self.timeout - (time.monotonic() - started)
+        left = until - time.monotonic()
         if addresses is None or left <= 0:
             _log.warning(
                 "approval notification %r not delivered to %s: name resolution timed out",
@@ -344,7 +357,7 @@ class Notifier:
             if https
             else http.client.HTTPConnection(host, port, timeout=left)
         )
-        conn._create_connection = functools.partial(_connect, addresses)  # type: ignore[attr-defined]
+        conn._create_connection = functools.partial(_connect, addresses, until)  # type: ignore[attr-defined]
         cut = threading.Event()
         deadline = threading.Timer(left, _cut, args=(conn, cut))
         deadline.daemon = True
@@ -410,50 +423,68 @@ def _without_args(event: Mapping[str, Any]) -> dict[str, Any]:
 _Address = tuple[int, int, int, str, Any]  # what getaddrinfo gives for one address
 
 
-def _resolve(host: str, port: int, timeout: float) -> list[_Address] | None:
-    """The addresses of ``host``, or None when the resolver did not answer within
-    ``timeout`` seconds (its thread is left to end when the resolver does); ``OSError``
-    when it answered that there are none, ``ValueError`` (``UnicodeError``) for a name
-    that cannot be asked for (``a..b``)."""
-    found: list[_Address] = []
-    failed: list[OSError | ValueError] = []
-    done = threading.Event()
+class _Lookup:
+    """One name resolution in a helper thread (the system resolver has no time limit
+    of its own): ``wait`` gives its addresses, or None while it has not answered;
+    ``OSError`` when it answered that there are none, ``ValueError`` (``UnicodeError``)
+    for a name that cannot be asked for (``a..b``)."""
 
-    def run() -> None:
+    def __init__(self, host: str, port: int) -> None:
+        self._found: list[_Address] = []
+        self._failed: list[OSError | ValueError] = []
+        self.done = threading.Event()
+        threading.Thread(
+            target=self._run, args=(host, port), name="execgate-notify-resolve", daemon=True
+        ).start()
+
+    def _run(self, host: str, port: int) -> None:
         try:
-            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            self._found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except (OSError, ValueError) as exc:
-            failed.append(exc)
+            self._failed.append(exc)
+        except Exception as exc:  # noqa: BLE001 - reported by the delivery, never lost
+            self._failed.append(OSError(0, type(exc).__name__))
         finally:
-            done.set()
+            if not (self._found or self._failed):
+                self._failed.append(OSError(0, "no address found"))
+            self.done.set()
 
-    threading.Thread(target=run, name="execgate-notify-resolve", daemon=True).start()
-    if not done.wait(timeout):
-        return None
-    if failed:
-        raise failed[0]
-    return found
+    def wait(self, timeout: float) -> list[_Address] | None:
+        if not self.done.wait(timeout):
+            return None
+        if self._failed:
+            raise self._failed[0]
+        return self._found
 
 
 def _connect(
     addresses: list[_Address],
+    deadline: float,
     _address: tuple[str, int],
     timeout: float | None = None,
     source_address: tuple[str, int] | None = None,
 ) -> socket.socket:
-    """``socket.create_connection`` to ``addresses`` (resolved already), in order."""
-    error: OSError = OSError("no address to connect to")
+    """``socket.create_connection`` to ``addresses`` (resolved already), in order, all of
+    them within the delivery's ``deadline`` (``time.monotonic``): the whole-delivery timer
+    cannot cut a connect, which has no socket to shut yet."""
+    error: OSError = OSError(0, "no address found")
     for family, kind, proto, _, sockaddr in addresses:
-        sock = socket.socket(family, kind, proto)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock = None
         try:
-            sock.settimeout(timeout)
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(left if timeout is None else min(timeout, left))
             if source_address is not None:
                 sock.bind(source_address)
             sock.connect(sockaddr)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             error = exc
             continue
+        sock.settimeout(timeout)
         return sock
     raise error
 

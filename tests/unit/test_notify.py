@@ -447,40 +447,83 @@ def test_a_resolver_that_hangs_is_cut_at_the_timeout(
     monkeypatch: pytest.MonkeyPatch, webhook: _Server, caplog_notify: pytest.LogCaptureFixture
 ) -> None:
     """Name resolution counts within the timeout: a resolver that never answers costs a
-    delivery the timeout, not the queue, and the next event goes out. The system
-    resolver cannot be made to hang here, so getaddrinfo is replaced for one name; the
-    other goes through to the real one (and the Host header still names the URL's
-    host)."""
+    delivery the timeout, not the queue; while it still hangs, later events fail at once
+    (one lookup at a time, not a thread more per event), and once it answers, deliveries
+    resume. The system resolver cannot be made to hang here, so getaddrinfo is replaced
+    for two made-up names: one hangs (then fails), the other is the webhook's address,
+    and the Host header still names the URL's host."""
     stuck = threading.Event()
     real = socket.getaddrinfo
 
     def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
-        if host == "resolver-hangs.invalid":
+        if host == "resolver-hangs.test":
             stuck.wait(30)  # what a resolver with no reachable name server does
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if host == "webhook.test":
+            return real("127.0.0.1", *args, **kwargs)
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     port = webhook.server_address[1]
-    hung = Notifier(url=f"http://resolver-hangs.invalid:{port}/hooks/{SECRET}", timeout=1)
-    fine = Notifier(url=f"http://localhost:{port}/hooks/{SECRET}", timeout=1)
+    hook = Notifier(url=f"http://resolver-hangs.test:{port}/hooks/{SECRET}", timeout=1)
     started = time.monotonic()
-    hung({"event": "opened"})
-    hung({"event": "approved"})
-    assert hung.flush(10)
+    hook({"event": "opened"})
+    hook({"event": "approved"})
+    assert hook.flush(10)
     elapsed = time.monotonic() - started
     stuck.set()
-    assert 2 <= elapsed < 5  # each delivery cut at its 1 s
+    assert 1 <= elapsed < 1.9  # the first cut at its 1 s, the second at once
+    origin = f"http://resolver-hangs.test:{port}"
     assert warnings(caplog_notify) == [
-        f"approval notification {name!r} not delivered to"
-        f" http://resolver-hangs.invalid:{port}: name resolution timed out"
-        for name in ("opened", "approved")
+        f"approval notification 'opened' not delivered to {origin}: name resolution timed out",
+        f"approval notification 'approved' not delivered to {origin}: the resolver has not"
+        " answered an earlier lookup yet",
     ]
+    deadline = time.monotonic() + 10
+    while not hook._lookup.done.is_set() and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.01)
+    hook({"event": "resumed"})
+    assert hook.flush(10)
+    assert warnings(caplog_notify)[-1] == (
+        f"approval notification 'resumed' not delivered to {origin}: cannot resolve the"
+        " host: Name or service not known"
+    )
+    fine = Notifier(url=f"http://webhook.test:{port}/hooks/{SECRET}", timeout=1)
     fine({"event": "opened"})
     assert fine.flush(10)
     [(path, headers, _)] = webhook.received
     assert path == f"/hooks/{SECRET}"
-    assert headers["Host"] == f"localhost:{port}"
+    assert headers["Host"] == f"webhook.test:{port}"
     assert_no_secret(caplog_notify)
+
+
+def test_connecting_counts_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    """A host with several addresses that all take connections and never complete them
+    (a listener whose queue is full: the kernel drops each new handshake) costs the
+    delivery its timeout in all, not the timeout once per address."""
+    real = socket.getaddrinfo
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the queue
+            monkeypatch.setattr(
+                socket,
+                "getaddrinfo",
+                lambda host, *args, **kwargs: real("127.0.0.1", *args, **kwargs) * 3,
+            )
+            hook = Notifier(url=f"http://three-addresses.test:{port}/hooks", timeout=1)
+            started = time.monotonic()
+            hook({"event": "opened"})
+            assert hook.flush(10)
+            elapsed = time.monotonic() - started
+    assert elapsed < 2  # three addresses, each given the whole second, took over 3 s
+    assert warnings(caplog_notify) == [
+        f"approval notification 'opened' not delivered to http://three-addresses.test:{port}:"
+        " timed out"
+    ]
 
 
 def test_a_name_that_cannot_be_resolved_is_reported(
