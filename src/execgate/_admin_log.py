@@ -141,6 +141,7 @@ def append_admin_record(
             None,
             finalize,
             kind=KIND,
+            proof_window=gateway._leeway,  # a token's expires is its exp plus the leeway
         )
     )
     gateway._checkpoint_if_due(index + 1, int(record["at"]))

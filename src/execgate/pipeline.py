@@ -723,7 +723,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             claims = tuple(
                 # Counted per exact link (its token's digest), not per jti: a jti is chosen
                 # by whoever mints the link and may collide with another's.
-                UseClaim(link.digest, link.uses, link.expires + self._leeway)
+                UseClaim(link.digest, link.uses, link.expires + self._leeway, self._leeway)
                 for link in artifact.chain
                 if link.uses is not None
             )
@@ -732,6 +732,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         job = WriteJob(
             proof_jti=proof.jti if proof else None,
             proof_expires_at=(proof.issued_at if proof else 0) + self._proof_max_age + self._leeway,
+            proof_window=self._proof_max_age + self._leeway,
             use=use,
             finalize=finalize,
             decision_id=state.decision_id,
@@ -844,9 +845,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
         the writer's limits were, a row goes only once no limit this process applies
         could accept what it records. (The processes of one store share one home, and
         so one ``[limits]``, except while a changed home is being rolled out.) And they
-        are kept ``PURGE_LAG`` longer still: the store refuses any claim expiring before
-        the latest purge (``Conflict.PURGED``, against a clock gone back), and a decision
-        of another process may commit that long after it was evaluated. A failed purge
+        are kept ``PURGE_LAG`` longer still: the store refuses any claim whose own time
+        (a proof's ``iat``, an artifact's ``exp``) is before the latest expiry a purge
+        removed, at most the purge's cutoff (``Conflict.PURGED``, against a clock gone
+        back), and a decision of another process may commit that long after it was
+        evaluated. A failed purge
         only lets replay state grow until the next one, and is never the decision's
         concern (a chore: see ``_decide``)."""
         try:

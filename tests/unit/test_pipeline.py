@@ -8,6 +8,7 @@ reason code, and what the audit log recorded.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -631,7 +632,10 @@ def test_a_purge_keeps_what_a_wider_configured_gateway_still_accepts(kit: Kit) -
 
 def test_a_clock_gone_back_past_a_purge_fails_closed_instead_of_forgetting(kit: Kit) -> None:
     """A purge while the clock read a day ahead forgets the records of today's proofs and
-    single-use artifacts; once it is set right again, those must not pass as unseen."""
+    single-use artifacts; once it is set right again, those must not pass as unseen.
+    Fresh proofs pass again once the clock is past the latest expiry the purge removed,
+    a proof's lifetime later (before, every decision failed closed until the clock
+    caught up with the day-ahead reading)."""
     gw = kit.gateway()
     spent = kit.submit()
     assert gw.decide(spent).outcome is Outcome.PROCEED
@@ -644,15 +648,61 @@ def test_a_clock_gone_back_past_a_purge_fails_closed_instead_of_forgetting(kit: 
     for decision in (
         gw.decide(spent),  # the replay of a proof whose record is gone
         gw.decide(kit.submission(kit.request(amount=1), once)),  # a second use
-        gw.decide(kit.submit()),  # anything fresh: nothing says what the purge removed
     ):
         assert decision.outcome is Outcome.FAIL_CLOSED
         assert codes(decision) == ["store.unavailable"]
         assert "the clock has gone back" in decision.reasons[0].detail
         assert logged(gw, decision)["outcome"] == "fail_closed"
+    fresh = gw.decide(kit.submit())  # issued before the latest proof removed expired
+    assert fresh.outcome is Outcome.FAIL_CLOSED
     assert gw.store.replay_size() == 0  # nothing was claimed
-    kit.clock.t = NOW + 86400  # once the clock is past the purge, fresh proofs pass again
+    # Past the spent proof's expiry (its iat plus proof_max_age and leeway), none of the
+    # removed proofs can be a fresh one.
+    kit.clock.t = NOW + 120 + 60 + 1
     assert gw.decide(kit.submit()).outcome is Outcome.PROCEED
+    # A single-use artifact's count is checked against the latest count removed: one
+    # expiring before it fails closed, one expiring after it is counted as usual.
+    shorter, longer = kit.artifact(uses=1, ttl=600), kit.artifact(uses=1, ttl=7200)
+    assert gw.decide(kit.submission(kit.request(amount=2), shorter)).outcome is (
+        Outcome.FAIL_CLOSED
+    )
+    assert gw.decide(kit.submission(kit.request(amount=3), longer)).outcome is Outcome.PROCEED
+
+
+def _set_leeway(kit: Kit, seconds: int) -> None:
+    config = kit.home / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(re.sub(r"(?m)^leeway = \d+ ", f"leeway = {seconds} ", text), "utf-8")
+
+
+def test_a_leeway_widened_since_a_purge_does_not_let_what_it_removed_pass(kit: Kit) -> None:
+    """The store compares a claim with its purge marks by the claim's own time (the
+    proof's iat, the artifact's exp), not by the expiry this gateway's limits give it: a
+    proof spent and a single use taken with no leeway, both removed by a purge while the
+    clock read a day ahead, are still refused by a gateway since given a minute's."""
+    _set_leeway(kit, 0)
+    before = kit.gateway()
+    spent = kit.submit()
+    once = kit.artifact(uses=1, ttl=3600)
+    assert before.decide(spent).outcome is Outcome.PROCEED
+    assert before.decide(kit.submission(kit.request(amount=1), once)).outcome is Outcome.PROCEED
+    kit.clock.t = NOW + 86400
+    before._purge(kit.clock.now)
+    assert before.store.replay_size() == 0
+    kit.clock.t = NOW + 5
+    _set_leeway(kit, 60)
+    after = kit.gateway()
+    assert after._leeway == 60
+    replay = after.decide(spent)  # it expires at NOW+180 under the new limits
+    assert replay.outcome is Outcome.FAIL_CLOSED
+    assert codes(replay) == ["store.unavailable"]
+    # Past the removed proofs (NOW+120), a fresh proof passes, so only the count can
+    # refuse the second use: it expires at NOW+3660 under the new limits.
+    kit.clock.t = NOW + 125
+    assert after.decide(kit.submit()).outcome is Outcome.PROCEED
+    second = after.decide(kit.submission(kit.request(amount=1), once))
+    assert second.outcome is Outcome.FAIL_CLOSED
+    assert codes(second) == ["store.unavailable"]
 
 
 def test_a_commit_that_lands_after_another_gateways_purge_still_counts(kit: Kit) -> None:
@@ -666,6 +716,11 @@ def test_a_commit_that_lands_after_another_gateways_purge_still_counts(kit: Kit)
     )
     config.write_text(text, encoding="utf-8")
     slow, other = kit.gateway(), kit.gateway()
+    # Something for the purge to remove, expiring just after the slow decision's proof
+    # is issued: without PURGE_LAG the purge would remove it and mark past that proof.
+    kit.clock.t = NOW - 4
+    assert other.decide(kit.submit()).outcome is Outcome.PROCEED  # its row expires at NOW+1
+    kit.clock.t = NOW
     commit = slow.store.commit
 
     def after_a_purge(job: WriteJob) -> int:

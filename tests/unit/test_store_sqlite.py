@@ -50,12 +50,13 @@ class Seen:
         proof_jti: str | None = None,
         proof_expires_at: int = 0,
         use: UseClaim | None = None,
+        proof_window: int = 0,
     ) -> WriteJob:
         def finalize(conflict: str | None, index: int) -> bytes:
             self.calls.append((conflict, index))
             return payload
 
-        return WriteJob(proof_jti, proof_expires_at, use, finalize)
+        return WriteJob(proof_jti, proof_expires_at, use, finalize, proof_window=proof_window)
 
 
 def entry_job(
@@ -362,9 +363,11 @@ def test_purge_expired_removes_only_expired_rows(store: SQLiteStore) -> None:
 def test_claims_expiring_before_a_purge_are_refused_not_taken(
     path: Path, store: SQLiteStore
 ) -> None:
-    """After a purge at 150, a row expiring before 150 could have existed and be gone: a
-    claim like that (only possible once the clock has gone back) is never taken as new.
-    The mark only rises, and it is in the file, so every process and restart sees it."""
+    """After a purge that removed rows expiring up to 149, a row expiring before 150 could
+    have existed and be gone: a claim like that (only possible once the clock has gone
+    back) is never taken as new. The marks only rise, and they are in the file, so every
+    process and restart sees them."""
+    store.commit(entry_job(b"0", proof_jti="gone", proof_expires_at=149, use=UseClaim("g", 9, 149)))
     store.purge_expired(150)
     store.purge_expired(100)  # a purge with a clock behind changes nothing
     seen = Seen()
@@ -376,13 +379,105 @@ def test_claims_expiring_before_a_purge_are_refused_not_taken(
     assert not store.proof_seen("p2")
     assert store.proof_seen("edge")
     assert store.uses_consumed("u") == 1
-    assert store.size() == 3  # the refusals are logged
+    assert store.size() == 4  # the refusals are logged
     store.close()
     reopened = SQLiteStore(path)
     try:
         again = Seen()
         reopened.commit(again.job(b"4", proof_jti="late-2", proof_expires_at=120))
-        assert again.calls == [(Conflict.PURGED, 3)]
+        assert again.calls == [(Conflict.PURGED, 4)]
+    finally:
+        reopened.close()
+
+
+def test_a_purge_that_removed_nothing_refuses_nothing(store: SQLiteStore) -> None:
+    """Only what a purge removed can be forgotten: one that found nothing expired
+    raises no mark, and a claim of any time is checked as usual."""
+    assert store.purge_expired(10**9) == 0
+    seen = Seen()
+    store.commit(seen.job(b"1", proof_jti="p", proof_expires_at=5, use=UseClaim("u", 9, 5)))
+    assert seen.calls == [(None, 0)]
+
+
+def test_a_purge_while_the_clock_read_years_ahead_refuses_for_a_proofs_lifetime(
+    store: SQLiteStore,
+) -> None:
+    """The clock reads years ahead (a bad time source) and a purge runs: it removes
+    what was live, proofs expiring at 1,000 and a use count at 5,000. Once the clock is
+    right again (about 900), the replay of a removed proof is still refused, and so is
+    a use of the removed count; a new proof is taken as soon as its expiry passes the
+    latest removed proof's (not in years), and a count expiring after the latest removed
+    one is taken too."""
+    store.commit(entry_job(b"1", proof_jti="p1", proof_expires_at=1_000))
+    store.commit(entry_job(b"2", proof_jti="p2", proof_expires_at=950, use=UseClaim("u", 9, 5_000)))
+    assert store.purge_expired(2_000_000_000) == 3  # the clock read 2033
+    seen = Seen()
+    store.commit(seen.job(b"3", proof_jti="p1", proof_expires_at=1_000))  # a replay
+    store.commit(seen.job(b"4", proof_jti="p3", proof_expires_at=1_001))  # new
+    store.commit(
+        seen.job(b"5", proof_jti="p4", proof_expires_at=1_002, use=UseClaim("u", 9, 5_000))
+    )
+    store.commit(
+        seen.job(b"6", proof_jti="p5", proof_expires_at=1_003, use=UseClaim("v", 9, 5_001))
+    )
+    assert [c for c, _ in seen.calls] == [Conflict.PURGED, None, Conflict.PURGED, None]
+    assert store.proof_seen("p3")
+    assert not store.proof_seen("p4")  # refused: nothing of it is written
+    assert store.uses_consumed("v") == 1
+
+
+def test_a_gateway_configured_wider_since_a_purge_still_refuses_what_it_removed(
+    store: SQLiteStore,
+) -> None:
+    """A claim is compared with the purge mark by its own time (a proof's iat, an
+    artifact's exp), not by the expiry the gateway adds its window to: a proof issued at
+    820 and logged with a 180 s window (expiry 1,000) is removed; replayed at a gateway
+    since configured with an hour's window (expiry 4,480), it is still refused, and so
+    is a use of a removed count claimed with a wider leeway."""
+    store.commit(
+        Seen().job(
+            b"1",
+            proof_jti="p",
+            proof_expires_at=1_000,
+            proof_window=180,
+            use=UseClaim("u", 9, 2_000, 0),
+        )
+    )
+    assert store.purge_expired(2_000_000_000) == 2
+    seen = Seen()
+    store.commit(seen.job(b"2", proof_jti="p", proof_expires_at=820 + 3_660, proof_window=3_660))
+    store.commit(
+        seen.job(
+            b"3",
+            proof_jti="q",
+            proof_expires_at=10**12,
+            proof_window=180,
+            use=UseClaim("u", 9, 2_060, 60),
+        )
+    )
+    store.commit(seen.job(b"4", proof_jti="r", proof_expires_at=1_001 + 180, proof_window=180))
+    assert [c for c, _ in seen.calls] == [Conflict.PURGED, Conflict.PURGED, None]
+
+
+def test_a_store_with_one_mark_for_both_keeps_it_for_both(path: Path, store: SQLiteStore) -> None:
+    """A store purged before the marks were kept apart has only ``purged_before``, raised
+    to the clock's reading: it still covers use counts."""
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO meta VALUES ('purged_before', '150')")
+    db.commit()
+    db.close()
+    reopened = SQLiteStore(path)
+    try:
+        seen = Seen()
+        reopened.commit(
+            seen.job(b"1", proof_jti="p", proof_expires_at=10**12, use=UseClaim("u", 9, 149))
+        )
+        reopened.commit(seen.job(b"2", proof_jti="q", proof_expires_at=149))
+        reopened.commit(
+            seen.job(b"3", proof_jti="r", proof_expires_at=150, use=UseClaim("u", 9, 150))
+        )
+        assert [c for c, _ in seen.calls] == [Conflict.PURGED, Conflict.PURGED, None]
     finally:
         reopened.close()
 

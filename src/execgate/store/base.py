@@ -49,11 +49,14 @@ class Revocation:
 
 @dataclass(frozen=True, slots=True)
 class UseClaim:
-    """Consume one use of a ``uses``-limited artifact, atomically with the log append."""
+    """Consume one use of a ``uses``-limited artifact, atomically with the log append.
+    ``expires_at`` is the artifact's own expiry plus ``leeway``, the claiming gateway's:
+    a purge mark is compared with the artifact's own, which no configuration moves."""
 
     jti: str
     limit: int
     expires_at: int
+    leeway: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,8 @@ class Conflict:
 # What a PURGED conflict means, for whoever refuses because of one.
 PURGED_DETAIL: Final = (
     "the replay state of this time was purged when the clock read later than it does now:"
-    " the clock has gone back, and claims fail closed until it passes that reading again"
+    " the clock has gone back, and claims expiring before the latest record purged fail"
+    " closed"
 )
 
 
@@ -122,6 +126,10 @@ class WriteJob:
     use: UseClaim | None
     finalize: Callable[[str | None, int], bytes]
     decision_id: str | None = None  # a lookup key kept beside the entry (also inside it)
+    # How far ``proof_expires_at`` lies after the proof's own time (its ``iat``; an admin
+    # token's ``exp``): this gateway's window, which its [limits] set. A purge mark is
+    # compared with the proof's own time, which no configuration moves.
+    proof_window: int = 0
     kind: str = "decision"  # "decision" or "outcome"; one outcome per decision
     chain_uses: tuple[UseClaim, ...] = ()  # uses of limited ancestors, consumed with ``use``
     open_approval: ApprovalRow | None = None  # a pause opens one with its record

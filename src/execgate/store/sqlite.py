@@ -55,7 +55,11 @@ SCHEMA_VERSION: Final = 2
 _BATCH_MAX: Final = 256
 _COMMIT_TIMEOUT: Final = 30.0
 _QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
-_PURGED_BEFORE: Final = "purged_before"  # meta key: replay and use state is gone below it
+# Meta keys: replay state (proof jti, admin token jti) expiring below the first may be
+# gone, and use counts expiring below the second (or the first: a store written before
+# the two were kept apart has one mark for both).
+_PURGED_BEFORE: Final = "purged_before"
+_USES_PURGED_BEFORE: Final = "uses_purged_before"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -503,21 +507,39 @@ class SQLiteStore:
     def purge_expired(self, now: int) -> int:
         """Forget replay and use state that expired before ``now``; returns rows removed.
 
-        ``now`` is also remembered (the highest one purged at): a claim expiring before
-        it is refused from then on (``Conflict.PURGED``), since a row that recorded it
-        may be gone. Under a clock that only moves forward that never happens (a claim
-        the pipeline accepts expires after the present); after the clock has gone back,
-        it keeps a replay of a proof whose record was purged from passing as new."""
+        Each table's mark is raised past the latest expiry it removes (the marks only
+        rise): a claim whose own time (a proof's ``iat``, an admin token's or an
+        artifact's ``exp``; see ``WriteJob.proof_window``, ``UseClaim.leeway``) is
+        before a mark is refused from then on (``Conflict.PURGED``), since a row that
+        recorded it may be gone, whatever window the gateway that wrote it added. Under
+        a clock that only moves forward and one ``[limits]`` for every gateway of the
+        store that never happens (a claim the pipeline accepts is younger than any purge
+        removes: see ``Gateway._purge``); after the clock has gone back, it
+        keeps a replay of a proof whose record was purged from passing as new. The mark
+        is what was removed, not ``now``: a purge run while the clock read years ahead
+        removes rows that expire a proof's lifetime after the true time, so once the
+        clock is right again fresh proofs are refused for about that long, not for
+        years; use counts, until the longest-lived artifact whose count was removed
+        expires."""
         with self._side_write("purge expired state") as conn:
-            # One transaction, the mark first: no writer ever sees rows gone and the mark
+            # One transaction, the marks first: no writer ever sees rows gone and a mark
             # not yet raised, and a purge that fails removes nothing.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
-                    " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                    (_PURGED_BEFORE, str(now)),
-                )
+                for table, key in (
+                    ("proof_jti", _PURGED_BEFORE),
+                    ("artifact_uses", _USES_PURGED_BEFORE),
+                ):
+                    latest = conn.execute(
+                        f"SELECT MAX(expires_at) FROM {table} WHERE expires_at < ?",  # noqa: S608 - two fixed names
+                        (now,),
+                    ).fetchone()[0]
+                    if latest is not None:
+                        conn.execute(
+                            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET"
+                            " value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                            (key, str(latest + 1)),
+                        )
                 a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
                 b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
                 conn.execute("COMMIT")
@@ -761,14 +783,22 @@ class SQLiteStore:
             )
             frontier = self._load_frontier(conn, index)
             self._frontier = None  # trusted again only once this batch commits
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_PURGED_BEFORE,)).fetchone()
-            purged_before = 0 if row is None else int(row[0])
+            marks = dict(
+                conn.execute(
+                    "SELECT key, CAST(value AS INTEGER) FROM meta WHERE key IN (?, ?)",
+                    (_PURGED_BEFORE, _USES_PURGED_BEFORE),
+                ).fetchall()
+            )
+            purged = (
+                marks.get(_PURGED_BEFORE, 0),
+                max(marks.get(_PURGED_BEFORE, 0), marks.get(_USES_PURGED_BEFORE, 0)),
+            )
             for p in batch:
                 job = p.job
                 assert job is not None
                 conn.execute("SAVEPOINT job")
                 try:
-                    entry = job.finalize(self._claim(conn, job, purged_before), index)
+                    entry = job.finalize(self._claim(conn, job, purged), index)
                     conn.execute(
                         "INSERT INTO audit_log (idx, entry, kind, decision_id) VALUES (?, ?, ?, ?)",
                         (index, entry, job.kind, job.decision_id),
@@ -792,18 +822,23 @@ class SQLiteStore:
             raise
 
     @staticmethod
-    def _claim(conn: sqlite3.Connection, job: WriteJob, purged_before: int) -> str | None:
+    def _claim(conn: sqlite3.Connection, job: WriteJob, purged: tuple[int, int]) -> str | None:
         """Check and take what the job claims, in order: not revoked (nothing is written
-        for a revoked artifact), state not purged, the proof unseen (it stays spent
+        for a revoked artifact), state not purged (``purged``: the marks below which
+        replay state and use counts may be gone), the proof unseen (it stays spent
         whatever follows), then uses and approvals (given back on a conflict)."""
         if job.revocation_keys:
             job.revoked = _first_revocation(conn, job.revocation_keys)
             if job.revoked is not None:
                 return Conflict.REVOKED
         uses = [u for u in (*job.chain_uses, job.use) if u is not None]
-        if (job.proof_jti is not None and job.proof_expires_at < purged_before) or any(
-            u.expires_at < purged_before for u in uses
-        ):
+        # A removed row expired at its own time plus its writer's window (at least 0), so
+        # it is below the mark; a claim is compared by its own time, which is then below
+        # the mark too, whatever window the gateway claiming it now applies.
+        proofs_before, uses_before = purged
+        if (
+            job.proof_jti is not None and job.proof_expires_at - job.proof_window < proofs_before
+        ) or any(u.expires_at - u.leeway < uses_before for u in uses):
             return Conflict.PURGED  # nothing is claimed: whether it was before is unknown
         if job.proof_jti is not None:
             try:
