@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,12 @@ class Kit:
         for gw in self._gateways:
             gw.close()
         self._gateways.clear()
+
+    def set_leeway(self, seconds: int) -> None:
+        """Change ``[limits] leeway`` in the home's config (gateways opened later read it)."""
+        config = self.home / "execgate.toml"
+        text = config.read_text(encoding="utf-8")
+        config.write_text(re.sub(r"(?m)^leeway = \d+ ", f"leeway = {seconds} ", text), "utf-8")
 
     def add_admin(self, admin: str, roles: list[str]) -> None:
         """Another admin in the home's trust store, its key in ``keys/<admin>.jwk``."""

@@ -8,7 +8,6 @@ reason code, and what the audit log recorded.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -669,18 +668,12 @@ def test_a_clock_gone_back_past_a_purge_fails_closed_instead_of_forgetting(kit: 
     assert gw.decide(kit.submission(kit.request(amount=3), longer)).outcome is Outcome.PROCEED
 
 
-def _set_leeway(kit: Kit, seconds: int) -> None:
-    config = kit.home / "execgate.toml"
-    text = config.read_text(encoding="utf-8")
-    config.write_text(re.sub(r"(?m)^leeway = \d+ ", f"leeway = {seconds} ", text), "utf-8")
-
-
 def test_a_leeway_widened_since_a_purge_does_not_let_what_it_removed_pass(kit: Kit) -> None:
     """The store compares a claim with its purge marks by the claim's own time (the
     proof's iat, the artifact's exp), not by the expiry this gateway's limits give it: a
     proof spent and a single use taken with no leeway, both removed by a purge while the
     clock read a day ahead, are still refused by a gateway since given a minute's."""
-    _set_leeway(kit, 0)
+    kit.set_leeway(0)
     before = kit.gateway()
     spent = kit.submit()
     once = kit.artifact(uses=1, ttl=3600)
@@ -690,7 +683,7 @@ def test_a_leeway_widened_since_a_purge_does_not_let_what_it_removed_pass(kit: K
     before._purge(kit.clock.now)
     assert before.store.replay_size() == 0
     kit.clock.t = NOW + 5
-    _set_leeway(kit, 60)
+    kit.set_leeway(60)
     after = kit.gateway()
     assert after._leeway == 60
     replay = after.decide(spent)  # it expires at NOW+180 under the new limits

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -823,17 +822,11 @@ def test_the_cli_mints_a_token_the_server_accepts(
     assert client.get(read, headers=headers).status_code == 200
 
 
-def _set_leeway(kit: Kit, seconds: int) -> None:
-    config = kit.home / "execgate.toml"
-    text = config.read_text(encoding="utf-8")
-    config.write_text(re.sub(r"(?m)^leeway = \d+ ", f"leeway = {seconds} ", text), "utf-8")
-
-
 def test_a_token_a_purge_removed_is_refused_under_a_wider_leeway(kit: Kit) -> None:
     """A spent token's record is compared with the purge mark by the token's own exp, not
     by the expiry this gateway's leeway gives it: removed by a purge while the clock read
     a day ahead, it is not taken as unspent by a gateway since given a minute's leeway."""
-    _set_leeway(kit, 0)
+    kit.set_leeway(0)
     start = kit.clock.t
     headers = token(kit, "GET", APPROVALS)
     with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
@@ -842,7 +835,7 @@ def test_a_token_a_purge_removed_is_refused_under_a_wider_leeway(kit: Kit) -> No
         client.app.state.gateway._purge(kit.clock.now)
         assert client.app.state.gateway.store.replay_size() == 0
     kit.clock.t = start + 5
-    _set_leeway(kit, 60)
+    kit.set_leeway(60)
     with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
         assert client.app.state.gateway._leeway == 60
         replay = client.get(APPROVALS, headers=headers)
