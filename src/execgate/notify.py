@@ -313,10 +313,10 @@ class Notifier:
     def _post(self, url: str, name: str, body: bytes) -> None:
         """One POST with ``http.client``: no proxy, no redirect followed. The host name is
         resolved (``_Lookup``) and connected to (``_connect``) within the timeout, one
-        lookup at a time; the socket timeout bounds each read;
-        a timer bounds the whole delivery, so a receiver that drips its answer a byte at
-        a time cannot hold the queue. The Host header and TLS's server name and
-        certificate check are the URL's host, as without the resolution."""
+        lookup at a time; the socket timeout bounds each read; a timer bounds the whole
+        delivery, so a receiver that drips its answer a byte at a time cannot hold the
+        queue. The Host header and TLS's server name and certificate check are the URL's
+        host, as without the resolution."""
         parts = urlsplit(url)  # check_url let only http(s) with a host and a port in
         https = parts.scheme == "https"
         host, port = parts.hostname or "", parts.port or (443 if https else 80)

@@ -849,9 +849,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
         (a proof's ``iat``, an artifact's ``exp``) is before the latest expiry a purge
         removed, at most the purge's cutoff (``Conflict.PURGED``, against a clock gone
         back), and a decision of another process may commit that long after it was
-        evaluated. A failed purge
-        only lets replay state grow until the next one, and is never the decision's
-        concern (a chore: see ``_decide``)."""
+        evaluated. A failed purge only lets replay state grow until the next one, and is
+        never the decision's concern (a chore: see ``_decide``)."""
         try:
             self.store.purge_expired(now - self._proof_max_age - self._leeway - PURGE_LAG)
         except Exception as exc:  # noqa: BLE001

@@ -83,8 +83,7 @@ class Conflict:
 # What a PURGED conflict means, for whoever refuses because of one.
 PURGED_DETAIL: Final = (
     "the replay state of this time was purged when the clock read later than it does now:"
-    " the clock has gone back, and claims expiring before the latest record purged fail"
-    " closed"
+    " the clock has gone back, and claims from before the latest record purged fail closed"
 )
 
 
