@@ -527,14 +527,15 @@ class Condition:
             program = cel.compile(source)
         except Exception as exc:  # the binding's errors are not a stable family
             raise ValueError(f"CEL does not compile: {exc}") from exc
-        rooted = sorted(name for name in program.functions() if name.startswith("."))
+        functions = program.functions()
+        rooted = sorted(name for name in functions if name.startswith("."))
         if rooted:  # `.size(x)`: CEL's root namespace, which the binding cannot call
             raise ValueError(
                 f"CEL calls {', '.join(rooted)} with a leading dot, which the binding cannot"
                 f" run: write {rooted[0][1:]}(...) without the dot"
             )
         missing = {  # operators have names no call can spell (`_+_`, `-_`, `@in`)
-            name for name in program.functions() if _WORD.fullmatch(name) and name not in FUNCTIONS
+            name for name in functions if _WORD.fullmatch(name) and name not in FUNCTIONS
         }
         if missing & _MACROS:
             raise ValueError(
