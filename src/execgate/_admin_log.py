@@ -18,20 +18,18 @@ makes that commit log a refusal instead. What the action then changed is logged 
 ``done`` (or ``failed``).
 
 Policy reload re-reads the home's policy file with the loader ``Gateway.open`` uses,
-logs ``policy.reloaded`` (old and new hash, and the ``worker`` process id: each worker
-of ``execgate serve`` reloads its own), and only then swaps the gateway's policy,
-in one attribute assignment: a decision that already holds the old ``Policy`` object
-keeps it. An invalid file is refused (``policy.reload_refused``, logged and written to
-the ``execgate.server`` logger); the old policy stays in force. A reload whose record
-cannot be appended changes nothing either. For a gateway opened with a
-``policy_in_force`` file (``execgate serve``), an accepted policy's text is written
-there before the record (a reload that cannot write it is refused), so a worker started
-later loads the policy in force, not the file as it is by then. And a worker whose
-policy is not the pinned one takes the pin instead of reading the file: of the workers
-one SIGHUP reaches, the first reads the file and the others take what it pinned, so
-they all end with one policy even if the file changes (or breaks) between them. The
-pin's lock is held until the reload is logged (or undone), so no worker takes a pin
-that may yet go back.
+logs ``policy.reloaded`` (old and new hash, and the ``worker`` process id), and only
+then swaps the gateway's policy, in one attribute assignment: a decision that already
+holds the old ``Policy`` object keeps it. An invalid file is refused
+(``policy.reload_refused``, logged and written to the ``execgate.server`` logger); the
+old policy stays in force. A reload whose record cannot be appended changes nothing
+either. For a gateway opened with a ``policy_in_force`` file (``execgate serve``), the
+accepted text is written beside the pin before the record and renamed into place only
+once the record is durable, so no process of the service ever takes a policy that was
+not logged; every other process takes it before its next decision
+(``Gateway.current_policy``), so one reload, by one worker, reads the file once, and
+all end with what it logged. Reloads of a service's processes take the pin's lock, so
+they run one after another.
 """
 
 from __future__ import annotations
@@ -50,6 +48,7 @@ from execgate.store.base import PURGED_DETAIL, Conflict, WriteJob
 
 if TYPE_CHECKING:
     from execgate.pipeline import Gateway
+    from execgate.policy import Policy
 
 __all__ = ["PolicyReload", "admin_record", "append_admin_record", "reload_policy", "spent"]
 
@@ -176,17 +175,16 @@ def reload_policy(
     then stays in force).
     """
     from execgate.approvals import check_pauses
-    from execgate.keyfile import atomic_write, refuse_shared_writes
-    from execgate.policy.loader import pin_lock, pin_policy, read_policy
+    from execgate.keyfile import atomic_file, refuse_shared_writes
+    from execgate.policy.loader import pin_lock, read_policy
 
     source = gateway.policy_source
     if source is None:
         raise ConfigError("this gateway was not opened from a home: there is no policy to reload")
     path, targets = source
     with gateway.reload_lock:
-        old = gateway.policy
-        now = int(gateway._now())
         pinned = gateway.policy_in_force
+        now = int(gateway._now())
 
         def record(result: str, code: str, detail: str, **fields: Any) -> int:
             # Files by name only: where the home lies on this machine is not evidence,
@@ -213,55 +211,54 @@ def reload_policy(
                 ),
             )
 
-        previous_text: bytes | None = None
-        adopted = False  # the pin was newer than this worker's policy: taken as it is
+        def refused(error: str, old: Policy) -> PolicyReload:
+            _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
+            index = record("refused", "policy.reload_refused", error, policy_hash=old.hash)
+            return PolicyReload(False, old.hash, old.hash, index, error)
+
         with ExitStack() as held:
-            # The pin's lock is held until this reload is logged (or undone): no other
-            # worker reads a pin that may yet go back, so none can run a policy that
-            # never went into force.
+            # The pin's lock is held until the new version is in place (or not): the
+            # reloads of a service's processes run one at a time, each on the version
+            # the one before left.
+            old = gateway.policy
             try:
                 if pinned is not None:
                     held.enter_context(pin_lock(pinned))
-                in_force = None
-                if pinned is not None and pinned.exists():
-                    in_force = read_policy(pinned, targets=targets)
-                    previous_text = in_force[1].encode("utf-8")  # as pin_policy wrote it
-                if in_force is not None and in_force[0].hash != old.hash:
-                    # Another worker read the file for this reload (or the one before)
-                    # and pinned what it read: take that, not the file as it may be now,
-                    # so that every worker ends with the one policy pinned.
-                    (new, text), adopted = in_force, True
-                else:
-                    with suppress(FileNotFoundError):  # reported by the read, as at open
-                        refuse_shared_writes(path, path.stat().st_mode, "policy")
-                    new, text = read_policy(path, targets=targets)
-                    check_pauses(new, gateway.trust)
-                    if pinned is not None:  # the service's other and later workers load it
-                        pin_policy(pinned, text)
+                    old = gateway.current_policy()
+                with suppress(FileNotFoundError):  # reported by the read, as at open
+                    refuse_shared_writes(path, path.stat().st_mode, "policy")
+                new, text = read_policy(path, targets=targets)
+                check_pauses(new, gateway.trust)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
-                error = (
-                    f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConfigError) else str(exc)
-                )
-                _log.warning("policy reload refused; policy %s stays in force: %s", old.hash, error)
-                index = record("refused", "policy.reload_refused", error, policy_hash=old.hash)
-                return PolicyReload(False, old.hash, old.hash, index, error)
-            try:
-                index = record(
-                    "done",
-                    "policy.reloaded",
-                    f"policy {old.hash} replaced by {new.hash}"
-                    + (" (the policy in force for the service)" if adopted else f" ({path})"),
-                    previous_policy_hash=old.hash,
-                    policy_hash=new.hash,
-                )
-            except BaseException:
-                if pinned is not None and not adopted:  # not reloaded: the pin goes back
-                    with suppress(Exception):
-                        if previous_text is None:
-                            pinned.unlink()
-                        else:
-                            atomic_write(pinned, previous_text, mode=0o600)
-                raise
+                return refused(_reason(exc), old)
+            detail = f"policy {old.hash} replaced by {new.hash} ({path})"
+            fields = {"previous_policy_hash": old.hash, "policy_hash": new.hash}
+            if pinned is None:
+                index = record("done", "policy.reloaded", detail, **fields)  # raises: no change
+            else:
+                # The new version is written beside the pin, logged, and only then
+                # renamed into place: no process of the service can take a version that
+                # was never logged. A record that fails leaves the pin as it was.
+                logged = False
+                try:
+                    with atomic_file(pinned, mode=0o600) as out:
+                        out.write(text.encode("utf-8"))
+                        out.flush()
+                        index = record("done", "policy.reloaded", detail, **fields)
+                        logged = True
+                except ConfigError as exc:  # the pin's file could not be written or renamed
+                    if not logged:
+                        return refused(_reason(exc), old)
+                    failed = f"the policy was logged but not put in force: {_reason(exc)}"
+                    _log.error("policy reload failed; %s stays in force: %s", old.hash, failed)
+                    index = record("failed", "policy.reload_refused", failed, policy_hash=old.hash)
+                    return PolicyReload(False, old.hash, old.hash, index, failed)
+                with suppress(Exception):  # else its next decision tries again (or fails)
+                    gateway.current_policy()  # taken here first, as every process will
         gateway.policy = new  # one assignment: decisions in flight keep the object they hold
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
         return PolicyReload(True, old.hash, new.hash, index)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"

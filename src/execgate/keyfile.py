@@ -152,25 +152,32 @@ def read_regular(path: Path, *, limit: int) -> tuple[bytes, int]:
     them ``NotRegular``) otherwise."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        status = os.fstat(fd)
-        if stat.S_ISDIR(status.st_mode):
-            raise NotRegular("is a directory")
-        if not stat.S_ISREG(status.st_mode):
-            raise NotRegular("is not a regular file (a FIFO, a device or a socket)")
-        if status.st_size > limit:
-            raise NotRegular(f"is larger than {limit} bytes")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise NotRegular(f"is larger than {limit} bytes")
-        return b"".join(chunks), status.st_mode
+        data, status = read_open_regular(fd, limit=limit)
+        return data, status.st_mode
     finally:
         os.close(fd)
+
+
+def read_open_regular(fd: int, *, limit: int) -> tuple[bytes, os.stat_result]:
+    """``read_regular`` of a descriptor opened (``O_NONBLOCK``) by the caller, who keeps
+    it; also returns its status."""
+    status = os.fstat(fd)
+    if stat.S_ISDIR(status.st_mode):
+        raise NotRegular("is a directory")
+    if not stat.S_ISREG(status.st_mode):
+        raise NotRegular("is not a regular file (a FIFO, a device or a socket)")
+    if status.st_size > limit:
+        raise NotRegular(f"is larger than {limit} bytes")
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise NotRegular(f"is larger than {limit} bytes")
+    return b"".join(chunks), status
 
 
 def refuse_shared_writes(path: Path, mode: int, what: str) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -46,8 +47,7 @@ from execgate.keyfile import read_private_key, refuse_shared_writes
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
-from execgate.policy._yaml import read_text
-from execgate.policy.loader import pin_lock, pin_policy, read_policy
+from execgate.policy.loader import Pin, pin_lock, pin_policy, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
@@ -154,6 +154,23 @@ class _Unsigned(Exception):
     """Raised inside a commit to roll back a decision whose receipt could not be signed."""
 
 
+class _NotInForce(Exception):
+    """The service's policy in force changed and this process cannot take it."""
+
+
+def _pinned(pin: Pin, policy_file: Path, targets: Collection[str], trust: TrustStore) -> Policy:
+    """The policy pinned now, which ``pin`` then follows (see ``Gateway.open``)."""
+    fd, text = pin.read()
+    try:
+        policy = parse_policy(text, source=f"{policy_file} (in force: {pin.path})", targets=targets)
+        check_pauses(policy, trust)
+    except BaseException:
+        os.close(fd)
+        raise
+    pin.hold(fd)
+    return policy
+
+
 class Gateway(ApprovalFlow, OutcomeLog):
     """A gateway node: decides requests against its trust store, policy and store.
 
@@ -203,6 +220,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
         # the gateway was built directly: nothing to reload), and what serializes reloads.
         self.policy_source: tuple[Path, frozenset[str]] | None = None
         self.policy_in_force: Path | None = None  # see ``open``
+        self._pin: Pin | None = None  # the pinned version this process runs
+        self._taking = threading.Lock()  # one thread takes a new pinned version
         self.reload_lock = threading.Lock()
         # Called with each decision made and the seconds spent in each stage (metrics);
         # None (the default) costs nothing. It cannot change or fail a decision: it runs
@@ -247,7 +266,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
         from it, not from the home's policy file, so a worker started later (to replace
         one that died) runs what the others run, even if the file on disk has been
         edited, or broken, without a reload since. When it does not exist yet, the home's
-        policy is loaded and its text written there. ``reload_policy`` replaces it.
+        policy is loaded and its text written there. ``reload_policy`` replaces it, and
+        every process of the service takes the new version before its next decision
+        (``current_policy``).
         """
         config = load_config(home)
         for path, what in ((config.node_key.parent, "key directory"), (config.policy, "policy")):
@@ -268,22 +289,18 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 " a mesh node is another gateway: give it that gateway's id"
             )
         targets = config.targets.keys()
+        pin = None
         if policy_in_force is None:
             policy = read_policy(config.policy, targets=targets)[0]
             check_pauses(policy, trust)  # every pause can be approved by someone
         else:
+            pin = Pin(policy_in_force)
             with pin_lock(policy_in_force):
-                if policy_in_force.exists():
-                    policy = parse_policy(
-                        read_text(policy_in_force),
-                        source=f"{config.policy} (in force: {policy_in_force})",
-                        targets=targets,
-                    )
-                    check_pauses(policy, trust)
-                else:
-                    policy, text = read_policy(config.policy, targets=targets)
-                    check_pauses(policy, trust)
+                if not policy_in_force.exists():
+                    first, text = read_policy(config.policy, targets=targets)
+                    check_pauses(first, trust)
                     pin_policy(policy_in_force, text)
+                policy = _pinned(pin, config.policy, targets, trust)
         notifier = None
         if config.notify_command is not None or config.notify_url is not None:
             from execgate.notify import Notifier
@@ -309,7 +326,26 @@ class Gateway(ApprovalFlow, OutcomeLog):
         )
         gateway.policy_source = (config.policy, frozenset(config.targets))
         gateway.policy_in_force = policy_in_force
+        gateway._pin = pin
         return gateway
+
+    def current_policy(self) -> Policy:
+        """The policy a decision starting now runs: ``policy``; for a service whose
+        policy is pinned (``open``), the pinned one, taken here first when another
+        process has pinned a new one since (a reload there). A pinned version that
+        cannot be taken raises: decisions fail closed rather than run a policy the
+        service no longer has in force."""
+        pin = self._pin
+        if pin is None or not pin.moved():
+            return self.policy
+        source = self.policy_source
+        assert source is not None, "a pinned gateway was opened from a home"
+        with self._taking:
+            if pin.moved():
+                old = self.policy
+                self.policy = _pinned(pin, source[0], source[1], self.trust)
+                _log.info("policy in force taken: %s -> %s", old.hash, self.policy.hash)
+        return self.policy
 
     def guard(
         self,
@@ -349,6 +385,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
 
     def close(self) -> None:
         self.store.close()
+        if self._pin is not None:
+            self._pin.release()
 
     def __enter__(self) -> Gateway:
         return self
@@ -473,11 +511,21 @@ class Gateway(ApprovalFlow, OutcomeLog):
         state.policy = self.policy  # one policy for the whole decision (see reload_policy)
         try:
             state.now = int(self._now())
+            try:
+                state.policy = self.current_policy()
+            except Exception as exc:  # this worker's log has the details
+                _log.error("the policy in force cannot be taken: %s: %s", type(exc).__name__, exc)
+                raise _NotInForce(
+                    f"the service's policy in force changed and cannot be taken here"
+                    f" ({type(exc).__name__})"
+                ) from exc
             self._evaluate(submission, state)
         except VerificationError as exc:
             state.stop(Outcome.DENY, exc.code, exc.detail)
         except StoreError as exc:
             state.stop(Outcome.FAIL_CLOSED, "store.unavailable", str(exc))
+        except _NotInForce as exc:
+            state.stop(Outcome.FAIL_CLOSED, "internal.error", str(exc))
         except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
             state.stop(
                 Outcome.FAIL_CLOSED,

@@ -1,6 +1,7 @@
 """The policy in force for a service (``Gateway.open(policy_in_force=...)``): pinned at
 the first open, loaded by every later one whatever the file on disk holds, replaced only
-by an accepted reload, and left alone by a refused or failed one."""
+by an accepted reload (once logged), left alone by a refused or failed one, and taken by
+every process of the service before its next decision."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gatekit import POLICY, Kit, make_kit
 
 from execgate.errors import AuditError, PolicyError
 from execgate.pipeline import Gateway
+from execgate.policy.loader import pin_policy
 from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
 
@@ -127,18 +129,25 @@ def test_a_reload_that_cannot_write_the_pin_is_refused(kit: Kit, pinned: Path) -
     assert gateway.policy.hash == old
 
 
-def test_a_reload_whose_record_fails_restores_the_pin(kit: Kit, pinned: Path) -> None:
+def test_a_reload_whose_record_fails_leaves_the_pin(kit: Kit, pinned: Path) -> None:
     """The record is what makes a reload happen: when it cannot be appended, the policy
     stays, and so does the pin (a worker started later must not run what never was)."""
     gateway = _open(kit, pinned)
     before = pinned.read_bytes()
+    other = _open(kit, pinned)
 
-    _log_down(gateway, kit)
+    _log_down(gateway, kit, first=lambda: _pinned_now_is(pinned, before))
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
     with pytest.raises(AuditError):
         gateway.reload_policy(via="signal")
     assert pinned.read_bytes() == before
-    assert _open(kit, pinned).policy.hash == gateway.policy.hash
+    assert sorted(p.name for p in pinned.parent.iterdir()) == ["policy.yaml", "policy.yaml.lock"]
+    assert _open(kit, pinned).policy.hash == gateway.policy.hash == other.current_policy().hash
+
+
+def _pinned_now_is(pinned: Path, text: bytes) -> None:
+    """While the reload's record is being written, the new version is not in place yet."""
+    assert pinned.read_bytes() == text
 
 
 def test_a_failed_reload_leaves_no_pin_where_there_was_none(kit: Kit, pinned: Path) -> None:
@@ -193,31 +202,71 @@ def test_a_reload_waits_until_another_workers_reload_is_logged_or_undone(
     assert record["detail"].endswith("(policy.yaml)")  # read from the file, not taken
 
 
-def test_workers_reloading_while_the_file_changes_end_with_one_policy(
-    kit: Kit, pinned: Path
-) -> None:
-    """A worker reads the file and pins v2; the file then changes (broken, then a valid
-    v3) before the second worker handles the same SIGHUP: that one takes the pinned v2,
-    neither refusing (and staying on v1) nor reading v3. The next reload brings both to
-    the file as it is then."""
+def test_every_process_takes_a_reload_before_its_next_decision(kit: Kit, pinned: Path) -> None:
+    """One process reads the file, logs and pins v2; the other takes the pinned v2 before
+    its next decision, without reading the file, which by then is broken and then v3:
+    neither refused (staying on v1) nor read again. One record per reload."""
     a, b = _open(kit, pinned), _open(kit, pinned)
     v1 = a.policy.hash
+    assert b.decide(kit.submit()).policy_hash == v1
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
-    v2 = a.reload_policy(via="signal").policy_hash
-    (kit.home / "policy.yaml").write_text("version: 1\nrules: []\n", encoding="utf-8")
-    taken = b.reload_policy(via="signal")
-    assert (taken.reloaded, taken.policy_hash, b.policy.hash) == (True, v2, v2)
+    v2 = a.reload_policy(via="http").policy_hash
     assert v2 != v1
-    assert a.reload_policy(via="signal").policy_hash == v2  # the broken file: refused
+    (kit.home / "policy.yaml").write_text("version: 1\nrules: []\n", encoding="utf-8")
+    assert b.policy.hash == v1  # not yet taken: b has decided nothing since
+    decision = b.decide(kit.submit())
+    assert (decision.outcome.value, decision.policy_hash) == ("proceed", v2)
+    assert b.policy.hash == v2
+
+    refused = b.reload_policy(via="signal")  # the broken file: refused, v2 stays everywhere
+    assert (refused.reloaded, refused.policy_hash) == (False, v2)
     v3_text = EDITED.replace("refunds need a ticket", "refunds need two tickets")
     (kit.home / "policy.yaml").write_text(v3_text, encoding="utf-8")
-    again = b.reload_policy(via="signal")  # b is current: it reads the file, now v3
-    assert again.reloaded
-    v3 = again.policy_hash
-    assert a.reload_policy(via="signal").policy_hash == v3  # and a takes what b pinned
+    v3 = b.reload_policy(via="signal").policy_hash
+    assert v3 not in (v1, v2)
+    assert a.decide(kit.submit()).policy_hash == v3
     assert a.policy.hash == b.policy.hash == _open(kit, pinned).policy.hash == v3
-    details = [r["detail"] for r in kit.records("admin") if r["result"] == "done"]
-    assert sum("the policy in force for the service" in d for d in details) == 2
+    done = [r for r in kit.records("admin") if r["result"] == "done"]
+    assert [(r["previous_policy_hash"], r["policy_hash"]) for r in done] == [(v1, v2), (v2, v3)]
+
+
+def test_a_pinned_version_that_cannot_be_taken_fails_decisions_closed(
+    kit: Kit, pinned: Path
+) -> None:
+    """A process that cannot take the service's new policy (here a pin no reload could
+    have written) decides nothing under the old one: each decision fails closed, and it
+    takes the next version that it can."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    pin_policy(pinned, "version: 1\nrules: []\n")
+    decision = b.decide(kit.submit())
+    assert (decision.outcome.value, decision.reasons[0].code) == ("fail_closed", "internal.error")
+    assert "policy in force changed and cannot be taken here (PolicyError)" in (
+        decision.reasons[0].detail
+    )
+    assert str(pinned) not in decision.reasons[0].detail
+    with pytest.raises(PolicyError):
+        b.current_policy()
+    pin_policy(pinned, EDITED)
+    decision = b.decide(kit.submit())
+    assert decision.outcome.value == "proceed"
+    assert (
+        decision.policy_hash
+        == b.policy.hash
+        == a.current_policy().hash
+        != kit.gateway().policy.hash
+    )
+
+
+def test_a_removed_pin_leaves_the_version_taken_in_force(kit: Kit, pinned: Path) -> None:
+    """A cleaner of temporary files may remove the pin: nothing was reloaded, so the
+    version each process took stays in force, and the next reload pins again."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    v1 = a.policy.hash
+    pinned.unlink()
+    assert b.decide(kit.submit()).policy_hash == v1
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    v2 = a.reload_policy(via="signal").policy_hash
+    assert b.decide(kit.submit()).policy_hash == v2 != v1
 
 
 def test_a_reload_record_drops_only_the_homes_own_paths(

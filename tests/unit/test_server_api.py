@@ -20,7 +20,7 @@ from typing import Any, Self
 import httpx
 import pytest
 from anyio.from_thread import start_blocking_portal
-from gatekit import GATEWAY_ID, PAYMENTS, Kit, make_kit
+from gatekit import GATEWAY_ID, PAYMENTS, POLICY, Kit, make_kit
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
@@ -32,6 +32,8 @@ from execgate.audit.checkpoint import verify_tlog_proof
 from execgate.home import ServerConfig
 from execgate.jose import PrivateKey
 from execgate.pipeline import Gateway
+from execgate.policy import parse_policy
+from execgate.policy.loader import pin_policy
 from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
 from execgate.server import create_app
@@ -783,6 +785,33 @@ def test_the_served_app_freezes_its_startup_heap_an_embedded_one_does_not(
             assert client.get("/readyz").status_code == 200
     finally:
         gc.unfreeze()
+
+
+def test_readyz_says_which_policy_runs_and_is_503_when_the_pinned_one_cannot(
+    kit: Kit, tmp_path: Path
+) -> None:
+    """A worker of a service takes the policy another worker pinned before answering the
+    probe; one that cannot take it is not ready (its decisions fail closed meanwhile)."""
+    pinned = tmp_path / "service" / "policy.yaml"
+    pinned.parent.mkdir(mode=0o700)
+
+    def opened() -> Gateway:
+        return Gateway.open(kit.home, now=kit.clock, policy_in_force=pinned)
+
+    with Client(create_app(open_gateway=opened, now=kit.clock)) as client:
+        first = client.get("/readyz").json()["policy_hash"]
+        assert first == kit.gateway().policy.hash
+        edited = POLICY.replace("refunds are manual", "refunds are checked")
+        pin_policy(pinned, edited)
+        assert (
+            client.get("/readyz").json()["policy_hash"]
+            == parse_policy(edited, source="x", targets=kit.config.targets).hash
+        )
+        pin_policy(pinned, "version: 1\nrules: []\n")
+        ready = client.get("/readyz")
+        assert error_of(ready, 503) == "not_ready"
+        assert str(pinned) not in ready.text
+        assert decide(client, kit.submit())["outcome"] == "fail_closed"
 
 
 def test_readyz_is_503_before_the_gateway_opens(kit: Kit) -> None:

@@ -1,6 +1,7 @@
 """Policy hot reload of a real ``execgate serve``: SIGHUP to the main process reloads
-every worker (none is restarted), an invalid policy is refused and the old one keeps
-serving, and ``execgate policy reload`` does the same over HTTP."""
+the policy for every worker (none is restarted), an invalid policy is refused and the
+old one keeps serving, and ``execgate policy reload`` does the same over HTTP. One
+worker reads the file and logs the reload; every worker's next decision runs it."""
 
 from __future__ import annotations
 
@@ -110,19 +111,18 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> 
 
         policy.write_text(POLICY.replace("refunds are manual", "refunds are never automatic"))
         server.proc.send_signal(signal.SIGHUP)
-        reloaded = _wait_for(server, kit, 2)
-        assert {r["worker"] for r in reloaded} == workers  # each worker, none restarted
-        assert {(r["via"], r["code"]) for r in reloaded} == {("signal", "policy.reloaded")}
-        new = reloaded[0]["policy_hash"]
+        [reloaded] = _wait_for(server, kit, 1)
+        assert reloaded["worker"] in workers  # one worker read the file; none restarted
+        assert (reloaded["via"], reloaded["code"]) == ("signal", "policy.reloaded")
+        new = reloaded["policy_hash"]
         assert new != old
-        assert {r["previous_policy_hash"] for r in reloaded} == {old}
+        assert reloaded["previous_policy_hash"] == old
         assert {_hash(server, kit) for _ in range(12)} == {new}
 
         policy.write_text("version: 1\nrules: []\n")
         server.proc.send_signal(signal.SIGHUP)
-        refused = _wait_for(server, kit, 4)[2:]
-        assert {r["worker"] for r in refused} == workers
-        assert {(r["result"], r["code"]) for r in refused} == {("refused", "policy.reload_refused")}
+        [refused] = _wait_for(server, kit, 2)[1:]
+        assert (refused["result"], refused["code"]) == ("refused", "policy.reload_refused")
         assert server.proc.poll() is None
         assert {_hash(server, kit) for _ in range(12)} == {new}  # the old one stays
         assert _workers(server, kit) == workers
@@ -136,13 +136,16 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> 
         answer = _reload_cli(kit, server)
         assert answer.returncode == 0, answer.stderr
         assert "workers: all" in answer.stdout
-        latest = _wait_for(server, kit, 8)[5:]  # one by the answering worker, then one each
-        assert {r["via"] for r in latest} == {"http", "signal"}
-        assert {r["worker"] for r in latest if r["via"] == "signal"} == workers
-        newest = {r["policy_hash"] for r in latest}
-        assert len(newest) == 1
-        assert newest != {new}
-        assert {_hash(server, kit) for _ in range(12)} == newest
+        [latest] = _wait_for(server, kit, 4)[3:]
+        assert latest["via"] == "http"
+        newest = latest["policy_hash"]
+        assert newest != new
+        # An edit nobody reloaded stays out of force on every worker (the one that
+        # answered, too), whatever signals went around after the reload.
+        policy.write_text(POLICY.replace("refunds are manual", "never reloaded"))
+        time.sleep(1.0)
+        assert {_hash(server, kit) for _ in range(20)} == {newest}
+        assert len(_reloads(kit)) == 4
         assert server.stop() == 0
         assert "Traceback" not in server.stderr()
 
@@ -201,10 +204,22 @@ def test_a_replaced_worker_runs_the_policy_in_force_not_the_file(kit: Kit) -> No
         assert {_hash(server, kit) for _ in range(12)} == {old}
         assert _reloads(kit) == []
 
-        server.proc.send_signal(signal.SIGHUP)  # now it is reloaded, by every worker
-        reloaded = _wait_for(server, kit, 2)
-        assert {r["worker"] for r in reloaded} == workers
-        new = reloaded[0]["policy_hash"]
+        server.proc.send_signal(signal.SIGHUP)  # now it is reloaded, for every worker
+        [reloaded] = _wait_for(server, kit, 1)
+        assert reloaded["worker"] in workers
+        new = reloaded["policy_hash"]
         assert new != old
         assert {_hash(server, kit) for _ in range(12)} == {new}
         assert server.stop() == 0
+
+
+def test_a_service_stopped_by_a_worker_that_cannot_start_exits_3(kit: Kit) -> None:
+    """A replacement worker that cannot open the home stops the whole service (uvicorn's
+    rule: it would fail the same way on every restart); the service then says so with
+    its exit status, so a process manager restarting on failure restarts it."""
+    with serve(kit, workers=2) as server:
+        workers = _workers(server, kit)
+        (kit.home / "trust.toml").write_text("this is [not toml\n")
+        os.kill(min(workers), signal.SIGKILL)
+        assert server.proc.wait(timeout=WAIT + 30) == 3, server.stderr()
+        assert "failed to start" in server.stderr()

@@ -13,12 +13,11 @@ SIGHUP reloads the policy and restarts nothing. uvicorn's own multi-worker super
 answers SIGHUP by replacing every worker, which would take the service down if the new
 policy file were invalid (a worker that cannot open its home fails to start, and a start
 failure stops the supervisor). Here the supervisor (``_Supervisor``) instead passes
-SIGHUP on to every worker that has finished starting (a worker still starting gets it
-once it has: by then it may have loaded the old file), and each worker's own handler
-reloads its gateway's policy (``execgate.server.admin``), refusing an invalid file and
-keeping the old policy. With one worker, uvicorn serves in this process and its handler
-is the one. ``$EXECGATE_SUPERVISOR_PID`` tells the workers whom to signal when a reload
-comes over HTTP, so it reaches every worker, not only the one that answered.
+SIGHUP on to one worker that has finished starting (its handler is in place), which
+reloads the policy as ``execgate policy reload`` does over HTTP
+(``execgate.server.admin``): it reads the file, refuses an invalid one (the old policy
+stays), and logs and pins a valid one, which every other worker takes before its next
+decision.
 
 One policy is in force for the whole service. A worker that dies is replaced by the
 supervisor, and the new worker must not run whatever the policy file holds by then (an
@@ -84,10 +83,14 @@ def _supervisor_class() -> type[Any]:
     class _Supervisor(Multiprocess):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.reload_pending: set[int] = set()
+            self.reload_pending = False
+
+        def start_failed(self) -> bool:
+            """Whether a worker failed to start (which stops the service)."""
+            return any(p.exitcode == EXIT_FAILED for p in self.processes)
 
         def handle_hup(self) -> None:
-            self.reload_pending = {p.pid for p in self.processes if p.pid is not None}
+            self.reload_pending = True
             self.pass_on_reload()
 
         def keep_subprocess_alive(self) -> None:
@@ -95,15 +98,16 @@ def _supervisor_class() -> type[Any]:
             self.pass_on_reload()
 
         def pass_on_reload(self) -> None:
-            """SIGHUP to each pending worker that has started (its handler is in place);
-            a worker replaced meanwhile loaded the file itself."""
-            live = {p.pid: p for p in self.processes if p.pid is not None}
-            self.reload_pending &= set(live)
-            for pid in sorted(self.reload_pending):
-                if live[pid].is_ready(timeout=1):
+            """SIGHUP to one worker that has started (its handler is in place); with
+            none yet, to the first that has, on a later round."""
+            if not self.reload_pending:
+                return
+            for process in self.processes:
+                if process.pid is not None and process.is_ready(timeout=1):
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGHUP)
-                    self.reload_pending.discard(pid)
+                        os.kill(process.pid, signal.SIGHUP)
+                        self.reload_pending = False
+                        return
 
     return _Supervisor
 
@@ -132,14 +136,9 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     import uvicorn
 
     from execgate.server._limits import uvicorn_options
-    from execgate.server.admin import SUPERVISOR_ENV
     from execgate.server.metrics import multiprocess_dir
 
     os.environ["EXECGATE_HOME"] = str(home)
-    if args.workers > 1:
-        os.environ[SUPERVISOR_ENV] = str(os.getpid())
-    else:
-        os.environ.pop(SUPERVISOR_ENV, None)
     note(
         f"execgate: serving {home} on http://{args.host}:{args.port} with {args.workers} worker(s)"
     )
@@ -163,11 +162,12 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
         with multiprocess_dir():
             if config.workers > 1:
                 sock = config.bind_socket()
+                supervisor = _supervisor_class()(config, sockets=[sock])
                 try:
-                    _supervisor_class()(config, sockets=[sock]).run()
+                    supervisor.run()
                 finally:
                     sock.close()
-                return 0
+                return EXIT_FAILED if supervisor.start_failed() else 0
             server = uvicorn.Server(config)
             server.run()
             return 0 if server.started else EXIT_FAILED

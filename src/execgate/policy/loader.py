@@ -26,7 +26,7 @@ from execgate.policy.conditions import Condition
 from execgate.policy.engine import Policy
 from execgate.policy.model import EFFECTS, MAX_QUORUM, MAX_TTL, NAME_PATTERN, PauseSpec, Rule
 
-__all__ = ["load_policy", "parse_policy", "pin_lock", "pin_policy", "read_policy"]
+__all__ = ["Pin", "load_policy", "parse_policy", "pin_lock", "pin_policy", "read_policy"]
 
 _TOP_KEYS: Final = frozenset({"version", "rules"})
 _MATCH_KEYS: Final = frozenset({"action", "resource"})
@@ -72,6 +72,65 @@ def pin_policy(path: Path, text: str) -> None:
     from execgate.keyfile import atomic_write
 
     atomic_write(path, text.encode("utf-8"), mode=0o600)
+
+
+class Pin:
+    """The pin at ``path`` (the policy in force for a service of several processes) as
+    one process follows it: which version of the file this process runs, and whether
+    another has been pinned since.
+
+    A version is a file (a new one is renamed into place by ``pin_policy``), known by
+    its device and inode. The version taken is held open: a file's inode number can be
+    given to a new file once the old one is gone, and a later pin that got it would look
+    like the one taken; while held, it is not gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+
+    def moved(self) -> bool:
+        """Whether another version is pinned than the one taken (one ``stat``). A pin
+        removed (by a cleaner of temporary files, say) has not moved: the version taken
+        stays in force."""
+        if self._id is None:
+            return True
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (status.st_dev, status.st_ino) != self._id
+
+    def read(self) -> tuple[int, str]:
+        """Open the version pinned now: its descriptor (the caller ``hold``s or closes
+        it) and its text. ``PolicyError`` when it cannot be read."""
+        from execgate.keyfile import NotRegular, read_open_regular
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PolicyError(f"cannot read {str(self.path)!r}: {exc.strerror or exc}") from exc
+        try:
+            data = read_open_regular(fd, limit=_yaml.MAX_BYTES)[0]
+            return fd, data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            os.close(fd)
+            why = f"it {exc}" if isinstance(exc, NotRegular) else type(exc).__name__
+            raise PolicyError(f"cannot read {str(self.path)!r}: {why}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def hold(self, fd: int) -> None:
+        """Follow the version open at ``fd`` from now on (the one before is let go)."""
+        status = os.fstat(fd)
+        self.release()
+        self._fd, self._id = fd, (status.st_dev, status.st_ino)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._id = None
 
 
 def parse_policy(text: str, *, source: str, targets: Collection[str]) -> Policy:

@@ -26,13 +26,12 @@ gateway checks exactly as ``execgate approvals approve`` does. An admin key is n
 approver key (the trust store refuses one key for two principals).
 
 Policy reload must reach every worker process of ``execgate serve``, not only the one
-that answered. The answering worker reloads its own gateway (so the answer says what is
-in force), then sends SIGHUP to the supervisor (``$EXECGATE_SUPERVISOR_PID``, set by
-``execgate serve`` with several workers, and accepted only if it is this process's
-parent), which passes it on to every worker; each worker's SIGHUP handler, installed at
-startup (``install_reload_signal``), reloads its gateway. An invalid file is refused by
-the answering worker first (422 ``policy.reload_refused``), so no worker is signalled
-for it, and a worker signalled anyway refuses it the same way: the old policy stays.
+that answered. The answering worker reads the policy file, logs the reload and pins the
+new policy (``Gateway.open``'s ``policy_in_force``); every other worker takes the pinned
+version before its next decision (``Gateway.current_policy``), so no file is read twice
+and all end on what was logged, whatever the file holds by then. An invalid file is
+refused (422 ``policy.reload_refused``) and nothing changes anywhere. SIGHUP does the
+same (``install_reload_signal``): ``execgate serve`` passes it to one worker.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import re
 import signal
 import tempfile
@@ -87,11 +85,9 @@ __all__ = [
     "PATHS",
     "ROUTES",
     "SCHEMAS",
-    "SUPERVISOR_ENV",
     "install_reload_signal",
 ]
 
-SUPERVISOR_ENV: Final = "EXECGATE_SUPERVISOR_PID"
 REVIEW_BODY_LIMIT: Final = 16 * 1024
 REVOCATION_BODY_LIMIT: Final = 8 * 1024
 _MAX_ID: Final = 128
@@ -478,16 +474,6 @@ async def post_revocation(request: Request) -> Response:
 # -- policy reload ----------------------------------------------------------------------
 
 
-def signal_supervisor() -> bool:
-    """SIGHUP to the ``execgate serve`` supervisor, which passes it to every worker.
-    False when there is none (one process serves), or the pid is not our parent."""
-    text = os.environ.get(SUPERVISOR_ENV, "")
-    if not (text.isascii() and text.isdigit()) or int(text) != os.getppid():
-        return False
-    os.kill(int(text), signal.SIGHUP)
-    return True
-
-
 def _no_body(body: bytes) -> None:
     if body:
         raise HttpError(400, "request.invalid", "a policy reload takes no body; send none")
@@ -510,14 +496,14 @@ async def post_reload(request: Request) -> Response:
             "policy.reload_refused",
             f"the policy was refused; {done.previous_hash} stays in force: {done.error}",
         )
-    everywhere = signal_supervisor()
     return JsonResponse(
         {
             "reloaded": True,
             "policy_hash": done.policy_hash,
             "previous_policy_hash": done.previous_hash,
             "log_index": done.log_index,
-            "workers": "all" if everywhere else "this process",
+            # Pinned: every worker of the service takes it before its next decision.
+            "workers": "all" if gateway.policy_in_force is not None else "this process",
         }
     )
 
@@ -552,6 +538,9 @@ def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
     def remove() -> None:
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signal.SIGHUP)
+            # Not the default action that removing leaves: a SIGHUP while the gateway
+            # closes would end the process before its last appends.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     return remove
 

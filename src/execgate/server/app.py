@@ -320,16 +320,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the gateway opened (keys and policy loaded) and the store and the audit
-    log answer; 503 with the failing check otherwise."""
+    """Ready when the gateway opened (keys and policy loaded), runs the service's policy
+    in force (taken now if another worker reloaded it), and the store and the audit log
+    answer; 503 with the failing check otherwise."""
     gateway: Gateway | None = getattr(request.app.state, "gateway", None)
     if gateway is None:
         return error_response(503, "not_ready", "the gateway is not open")
 
     def check() -> dict[str, Any]:
         gateway.node_key.public.thumbprint()
+        policy = gateway.current_policy()  # one this worker cannot take: not ready
         newest = next(gateway.store.recent_checkpoints(), None)
-        return {"log_size": gateway.audit.size(), "checkpoint_size": newest[0] if newest else 0}
+        return {
+            "log_size": gateway.audit.size(),
+            "checkpoint_size": newest[0] if newest else 0,
+            "policy_hash": policy.hash,
+        }
 
     try:
         detail = await run_in_threadpool(check)
