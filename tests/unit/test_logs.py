@@ -216,6 +216,16 @@ def test_exceptions_are_logged_as_type_and_frames_never_their_message() -> None:
     assert BEARER not in json.dumps(line)
 
 
+def test_a_formatted_traceback_as_a_message_keeps_only_its_type() -> None:
+    """uvicorn logs a failed startup with ``traceback.format_exc()`` as the message."""
+    text = (
+        'Traceback (most recent call last):\n  File "/srv/app.py", line 3, in start\n'
+        f"execgate.errors.ConfigError: /srv/gw/trust.toml: bad key Bearer {BEARER}\n"
+    )
+    line = _format(logging.makeLogRecord({"msg": text}))
+    assert line["message"] == "traceback: execgate.errors.ConfigError"
+
+
 _UVICORN_LOGS = textwrap.dedent(
     """
     import logging, logging.config
@@ -225,6 +235,8 @@ _UVICORN_LOGS = textwrap.dedent(
     logging.getLogger("uvicorn.access").info("must not appear")
     logging.getLogger("execgate.access").info("request", extra={"route": "/healthz"})
     logging.getLogger("execgate.other").debug("below the level")
+    logging.getLogger("asyncio").error("task failed: eyJhbGciOiJFZDI1NTE5In0.eyJ4IjoxfQ.c2ln")
+    logging.getLogger("asyncio").info("below the root's level")
     """
 )
 
@@ -242,6 +254,7 @@ def test_log_config_makes_uvicorn_and_execgate_lines_json() -> None:
     assert [(line["logger"], line["message"]) for line in lines] == [
         ("uvicorn.error", "Started server process [42]"),
         ("execgate.access", "request"),
+        ("asyncio", "task failed: [redacted-jws]"),
     ]
     assert lines[1]["route"] == "/healthz"
     assert log_config()["loggers"]["uvicorn.access"]["handlers"] == []

@@ -479,7 +479,9 @@ def test_wrong_methods_are_405_with_allow(client: Client) -> None:
     assert error_of(client.put("/v1/decisions/x/outcome", json={}), 405) == "method.not_allowed"
 
 
-def test_an_unexpected_failure_is_a_typed_500(kit: Kit, client: Client) -> None:
+def test_an_unexpected_failure_is_a_typed_500_and_logged(
+    kit: Kit, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     gateway: Gateway = client.app.state.gateway
 
     def broken(decision_id: str, kind: str) -> None:
@@ -487,6 +489,9 @@ def test_an_unexpected_failure_is_a_typed_500(kit: Kit, client: Client) -> None:
 
     gateway.store.find = broken  # type: ignore[method-assign]
     assert error_of(client.get("/v1/decisions/abc"), 500) == "internal.error"
+    [logged] = [r for r in caplog.records if "answered 500" in r.getMessage()]
+    assert logged.getMessage() == "unexpected RuntimeError answered 500"
+    assert logged.exc_info is not None  # its frames: the JSON line keeps them
 
 
 # -- decision records and outcomes --------------------------------------------------------

@@ -8,6 +8,7 @@ error means nothing was decided and nothing executes).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ __all__ = [
 JSON_TYPE: Final = "application/json"
 REASON_HEADER: Final = "Execgate-Reason"  # every typed error's code, and a denial's
 INLINE_JSON: Final = 64 * 1024  # bodies parsed on the event loop; larger ones in a thread
+_log = logging.getLogger("execgate.server")
 _HTTP1: Final = frozenset({"1.0", "1.1"})  # where a body is declared or absent (read_body)
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -198,6 +200,7 @@ def handled(handler: Handler) -> Handler:
         except StoreError as exc:
             return error_response(503, "store.unavailable", f"the store is unavailable: {exc}")
         except Exception as exc:  # noqa: BLE001 - a typed 500, nothing executes
+            _log.error("unexpected %s answered 500", type(exc).__name__, exc_info=exc)
             return error_response(
                 500, "internal.error", f"{type(exc).__name__} in {request.url.path}"
             )

@@ -12,10 +12,14 @@ guards sit in the formatter because a log line is easy to get wrong later:
 - the message is scrubbed of anything shaped like a compact JWS and of ``Bearer``
   credentials, then capped in length;
 - an exception is logged as its type and its frames (file, line, function), never its
-  message: a parser's message may quote the input it refused.
+  message: a parser's message may quote the input it refused. A message that is itself
+  a formatted traceback (uvicorn logs a failed startup that way) is cut to its
+  exception's type for the same reason.
 
 ``log_config`` is the ``logging.config.dictConfig`` document ``execgate serve`` hands to
-uvicorn, so uvicorn's own lines (startup, shutdown, protocol errors) are JSON as well.
+uvicorn, so uvicorn's own lines (startup, shutdown, protocol errors) are JSON as well,
+and so are warnings and errors of any other logger (``asyncio``'s, say), which would
+otherwise reach Python's last-resort handler as plain text, message and all.
 uvicorn's access log stays off: ``access`` (called by the metrics middleware) writes one
 line per request with the route template and, when the request made a decision, its id,
 outcome and reason codes; uvicorn's line (raw path and query string) cannot have those
@@ -81,7 +85,13 @@ def _encode(line: dict[str, Any]) -> str:
         return _slow_encode(line)
 
 
+_TRACEBACK: Final = "Traceback (most recent call last):"
+
+
 def _scrub(text: str) -> str:
+    if text.startswith(_TRACEBACK):
+        last = text.rstrip().rpartition("\n")[2]
+        return f"traceback: {last.partition(':')[0].strip()}"
     text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
     text = _JWS.sub("[redacted-jws]", text)
     if len(text) > _MAX_MESSAGE:
@@ -190,4 +200,5 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
             # Replaced by execgate.access (route templates, decision ids, no raw paths).
             "uvicorn.access": {"handlers": [], "propagate": False},
         },
+        "root": {"handlers": ["json"], "level": "WARNING"},
     }
