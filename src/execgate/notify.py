@@ -73,6 +73,10 @@ MAX_QUEUED: Final = 256  # events waiting for delivery; more are dropped (and lo
 # An event larger than this goes without the request's arguments (``args_omitted``;
 # ``execgate approvals show`` has them): the queue holds at most MAX_QUEUED of these.
 MAX_EVENT_BYTES: Final = 64 * 1024
+# What ``execgate serve`` names for its own processes (execgate.server.metrics and .app):
+# a hook gets neither. One that used prometheus-client would write its own files into the
+# service's metrics directory, which /metrics adds up.
+_SERVICE_ENV: Final = ("PROMETHEUS_MULTIPROC_DIR", "EXECGATE_POLICY_IN_FORCE")
 _MAX_ARGS: Final = 64
 _MAX_ARG_CHARS: Final = 4096
 _MAX_URL_CHARS: Final = 2048
@@ -271,7 +275,10 @@ class Notifier:
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
                 start_new_session=os.name == "posix",  # so the timeout kills its children too
-                env={**os.environ, "EXECGATE_EVENT": name},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in _SERVICE_ENV},
+                    "EXECGATE_EVENT": name,
+                },
             )
         except OSError as exc:
             _log.warning(

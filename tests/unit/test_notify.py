@@ -35,6 +35,8 @@ from execgate.keyfile import read_private_key
 from execgate.model import Decision, Outcome
 from execgate.notify import Notifier
 from execgate.pipeline import Gateway
+from execgate.server.app import POLICY_IN_FORCE_ENV
+from execgate.server.metrics import MULTIPROC_ENV
 
 # A hook that appends "EVENT JSON" to the file named by its argument.
 RECORD = (
@@ -192,6 +194,25 @@ def test_notifier_checks_its_arguments() -> None:
 
 
 # -- a program -----------------------------------------------------------------------------
+
+
+def test_the_program_gets_none_of_the_services_own_environment(
+    kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metrics directory and the pinned policy of ``execgate serve`` are the
+    service's, not a hook's; the rest of the environment is passed on."""
+    for name in (MULTIPROC_ENV, POLICY_IN_FORCE_ENV, "HOOK_SETTING"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    log = tmp_path / "env.txt"
+    dump = "import os, sys, json; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    h = hooked(kit, notify_command=[sys.executable, "-c", dump, str(log)])
+    h.pause()
+    assert h.hook.flush(10)
+    seen = json.loads(log.read_text())
+    assert seen["EXECGATE_EVENT"] == "opened"
+    assert seen["HOOK_SETTING"] == str(tmp_path / "HOOK_SETTING")
+    assert MULTIPROC_ENV not in seen
+    assert POLICY_IN_FORCE_ENV not in seen
 
 
 def test_each_event_reaches_the_program_in_order(kit: Kit, tmp_path: Path) -> None:
