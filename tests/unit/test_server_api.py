@@ -10,8 +10,11 @@ every request.
 from __future__ import annotations
 
 import base64
+import fcntl
 import gc
 import json
+import os
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -817,6 +820,28 @@ def test_readyz_says_which_policy_runs_and_is_503_when_the_pinned_one_cannot(
         assert error_of(ready, 503) == "not_ready"
         assert str(pinned) not in ready.text
         assert decide(client, kit.submit())["outcome"] == "fail_closed"
+
+
+def test_readyz_is_503_while_another_process_holds_the_writers_turn(
+    kit: Kit, client: Client
+) -> None:
+    """A process stopped while writing holds the turn: every decision here would fail
+    closed after 30 s. The probe says so within about a second, and is ready again once
+    the turn is let go."""
+    assert client.get("/readyz").status_code == 200
+    fd = os.open(kit.home / "state.db-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        ready = client.get("/readyz")
+        waited = time.monotonic() - started
+    finally:
+        os.close(fd)
+    assert error_of(ready, 503) == "not_ready"
+    assert "writers' turn" in ready.json()["error"]["message"]
+    assert 0.9 <= waited < 10
+    assert client.get("/readyz").status_code == 200
+    assert decide(client, kit.submit())["outcome"] == "proceed"
 
 
 def test_readyz_is_503_before_the_gateway_opens(kit: Kit) -> None:

@@ -68,6 +68,7 @@ MAX_PAGE_BYTES: Final = 4 * 1024 * 1024  # of entries per page of /v1/audit/entr
 MAX_PAGE: Final = 1000  # audit entries per page
 _READ_AHEAD: Final = 32  # entries read from the store at a time for a page
 _MAX_ID: Final = 128
+READY_WRITE_TIMEOUT: Final = 1.0  # seconds /readyz waits for the writers' turn
 
 
 def _gateway(request: Request) -> Gateway:
@@ -321,8 +322,10 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when the gateway opened (keys and policy loaded), runs the service's policy
-    in force (taken now if another worker reloaded it), and the store and the audit log
-    answer; 503 with the failing check otherwise."""
+    in force (taken now if another worker reloaded it), the store and the audit log
+    answer, and a write could start within ``READY_WRITE_TIMEOUT`` (a process stuck
+    holding the writers' turn would make every decision fail closed); 503 with the
+    failing check otherwise."""
     gateway: Gateway | None = getattr(request.app.state, "gateway", None)
     if gateway is None:
         return error_response(503, "not_ready", "the gateway is not open")
@@ -331,8 +334,10 @@ async def readyz(request: Request) -> Response:
         gateway.node_key.public.thumbprint()
         policy = gateway.current_policy()  # one this worker cannot take: not ready
         newest = next(gateway.store.recent_checkpoints(), None)
+        size = gateway.audit.size()
+        gateway.store.check_writable(READY_WRITE_TIMEOUT)  # appends would fail closed
         return {
-            "log_size": gateway.audit.size(),
+            "log_size": size,
             "checkpoint_size": newest[0] if newest else 0,
             "policy_hash": policy.hash,
         }

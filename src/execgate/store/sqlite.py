@@ -576,6 +576,28 @@ class SQLiteStore:
         finally:
             self._writer_lock.release()
 
+    def check_writable(self, timeout: float) -> None:
+        """See ``Store.check_writable``: within ``timeout``, this process's writer lock,
+        the writers' ``flock``, and ``BEGIN IMMEDIATE`` then ``ROLLBACK``."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if not self._writer_lock.acquire(timeout=timeout):
+            raise StoreUnavailable(f"no turn to write within {timeout:g}s")
+        try:
+            with self._process_turn(wait=True, timeout=timeout):
+                conn = self._connect()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"cannot start a write: {exc}") from exc
+                finally:
+                    conn.close()
+        except OSError as exc:  # the lock file
+            raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
+        finally:
+            self._writer_lock.release()
+
     def commit(self, job: WriteJob) -> int:
         """Append one decision's writes; return its log index once durable."""
         if self._closed:
@@ -746,16 +768,16 @@ class SQLiteStore:
         return self._frontier
 
     @contextmanager
-    def _process_turn(self, *, wait: bool) -> Iterator[bool]:
+    def _process_turn(self, *, wait: bool, timeout: float | None = None) -> Iterator[bool]:
         """Take the writers' turn across processes (several server workers share one
         file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts the
         moment the other commits, instead of in SQLite's busy handler, which sleeps in
         growing steps (1, 2, 5, 10… ms) and lets one process starve the other. Yields
         whether the turn was taken (always, when ``wait``). Held by the writer lock.
 
-        With ``wait``, a turn not had within ``_COMMIT_TIMEOUT`` (another process stopped
-        while writing) is ``StoreUnavailable``: its callers fail closed instead of
-        hanging (see ``_wait_for_turn``)."""
+        With ``wait``, a turn not had within ``timeout`` (default ``_COMMIT_TIMEOUT``;
+        another process stopped while writing) is ``StoreUnavailable``: its callers fail
+        closed instead of hanging (see ``_wait_for_turn``)."""
         if self._turn is None:
             self._turn = os.open(
                 self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -767,7 +789,9 @@ class SQLiteStore:
             if not wait:
                 yield False
                 return
-            held = _wait_for_turn(self.path + "-writer.lock", _COMMIT_TIMEOUT)
+            held = _wait_for_turn(
+                self.path + "-writer.lock", _COMMIT_TIMEOUT if timeout is None else timeout
+            )
         try:
             yield True
         finally:

@@ -70,6 +70,9 @@ class UnavailableStore:
     def size(self) -> int:
         self._down()
 
+    def check_writable(self, timeout: float) -> None:
+        raise StoreUnavailable(self.detail)
+
     def purge_expired(self, now: int) -> int:
         self._down()
 
