@@ -60,6 +60,7 @@ __all__ = [
     "init_home",
     "load_config",
     "read_toml",
+    "service_copy",
 ]
 
 CONFIG_NAME: Final = "execgate.toml"
@@ -153,13 +154,15 @@ def _int(section: Mapping[str, Any], key: str, default: int, lo: int, hi: int, w
     return value
 
 
-def read_toml(path: Path, *, name: str, what: str) -> dict[str, Any]:
+def read_toml(path: Path, *, name: str, what: str, data: bytes | None = None) -> dict[str, Any]:
     """The TOML document in the regular file at ``path`` (at most ``_MAX_TOML`` bytes,
-    not writable by every user: ``what`` names it then). ``FileNotFoundError`` is the
-    caller's to explain; anything else is a one-line ``ConfigError`` about ``name``."""
+    not writable by every user: ``what`` names it then), or in ``data``, that file's
+    bytes as read before (``service_copy``). ``FileNotFoundError`` is the caller's to
+    explain; anything else is a one-line ``ConfigError`` about ``name``."""
     try:
-        data, mode = read_regular(path, limit=_MAX_TOML)
-        refuse_shared_writes(path, mode, what)
+        if data is None:
+            data, mode = read_regular(path, limit=_MAX_TOML)
+            refuse_shared_writes(path, mode, what)
         return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise
@@ -173,8 +176,40 @@ def read_toml(path: Path, *, name: str, what: str) -> dict[str, Any]:
         raise ConfigError(f"{name} is not valid TOML: {exc}; fix or restore it") from exc
 
 
-def load_config(home: Path) -> GatewayConfig:
-    """Read and check ``HOME/execgate.toml``; file paths in it are relative to the home."""
+def service_copy(directory: Path | None, name: str, source: Path, what: str) -> bytes | None:
+    """The bytes of the home file ``source`` as the first process of a service read them.
+
+    ``execgate serve`` replaces a worker that dies, and the replacement opens the home
+    again: had it read ``execgate.toml`` and ``trust.toml`` as they are by then, an edit
+    made since (these apply at a restart) would be in force in that worker alone, and a
+    broken file would stop it from starting, and with it the service. So the first open
+    keeps the bytes it read as ``directory/name`` (the service's private directory, see
+    ``Gateway.open``) and later opens read those. None without a directory (not a
+    service), or when ``source`` is missing (its reader reports that). The caller holds
+    the directory's lock."""
+    if directory is None:
+        return None
+    kept = directory / name
+    try:
+        return kept.read_bytes()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {kept}: {exc.strerror or exc}") from exc
+    try:
+        data, mode = read_regular(source, limit=_MAX_TOML)
+    except FileNotFoundError:
+        return None
+    except (NotRegular, OSError) as exc:
+        raise ConfigError(f"cannot read {what} {source}: {exc}") from exc
+    refuse_shared_writes(source, mode, what)
+    atomic_write(kept, data, mode=0o600)
+    return data
+
+
+def load_config(home: Path, *, data: bytes | None = None) -> GatewayConfig:
+    """Read and check ``HOME/execgate.toml`` (or ``data``: its bytes as read before, see
+    ``service_copy``); file paths in it are relative to the home."""
     path = home / CONFIG_NAME
     if not home.exists():
         raise ConfigError(
@@ -185,7 +220,7 @@ def load_config(home: Path) -> GatewayConfig:
         raise ConfigError(f"gateway home {home} is not a directory")
     refuse_shared_writes(home, home.stat().st_mode, "gateway home")
     try:
-        doc = read_toml(path, name=str(path), what="config")
+        doc = read_toml(path, name=str(path), what="config", data=data)
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{home} is not a gateway home ({CONFIG_NAME} is missing); create one with"

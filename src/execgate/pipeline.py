@@ -41,9 +41,9 @@ from execgate.errors import (
     StoreUnavailable,
     VerificationError,
 )
-from execgate.home import load_config
+from execgate.home import CONFIG_NAME, load_config, service_copy
 from execgate.jose import PrivateKey, canonical_json
-from execgate.keyfile import read_private_key, refuse_shared_writes
+from execgate.keyfile import atomic_write, read_private_key, refuse_shared_writes
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
@@ -152,6 +152,25 @@ def _resume(
 
 class _Unsigned(Exception):
     """Raised inside a commit to roll back a decision whose receipt could not be signed."""
+
+
+def _same_node_key(kept: Path, key: PrivateKey, path: Path) -> None:
+    """The service's node key is the one its first open had (``kept`` holds that key's
+    thumbprint, written by the first open): its receipts and checkpoints are signed by
+    one key. A key replaced on disk takes effect at a restart of the service."""
+    thumbprint = key.public.thumbprint()
+    try:
+        first = kept.read_text(encoding="ascii")
+    except FileNotFoundError:
+        atomic_write(kept, thumbprint.encode("ascii"), mode=0o600)
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {kept}: {exc}") from exc
+    if first != thumbprint:
+        raise ConfigError(
+            f"{path} is not the node key this service started with; restart the service"
+            " to sign with another key"
+        )
 
 
 class _NotInForce(Exception):
@@ -269,13 +288,38 @@ class Gateway(ApprovalFlow, OutcomeLog):
         policy is loaded and its text written there. ``reload_policy`` replaces it, and
         every process of the service takes the new version before its next decision
         (``current_policy``).
+
+        The same directory keeps what else the service's first open read: the config
+        and the trust store as they were then (``home.service_copy``), and the node
+        key's thumbprint; a later open whose node key is another refuses to start.
         """
-        config = load_config(home)
+        if policy_in_force is None:
+            return cls._open(home, now=now, store=store, policy_in_force=None)
+        with pin_lock(policy_in_force):
+            return cls._open(home, now=now, store=store, policy_in_force=policy_in_force)
+
+    @classmethod
+    def _open(
+        cls,
+        home: Path,
+        *,
+        now: Callable[[], float],
+        store: Store | None,
+        policy_in_force: Path | None,
+    ) -> Gateway:
+        service = None if policy_in_force is None else policy_in_force.parent
+        config = load_config(
+            home, data=service_copy(service, "execgate.toml", home / CONFIG_NAME, "config")
+        )
         for path, what in ((config.node_key.parent, "key directory"), (config.policy, "policy")):
             with suppress(FileNotFoundError):  # a missing policy is reported when read
                 refuse_shared_writes(path, path.stat().st_mode, what)
         node_key = read_private_key(config.node_key)
-        trust = TrustStore.load(config.trust)
+        trust = TrustStore.load(
+            config.trust, data=service_copy(service, "trust.toml", config.trust, "trust store")
+        )
+        if service is not None:
+            _same_node_key(service / "node.jkt", node_key, config.node_key)
         held = trust.holder_of(node_key.public.thumbprint())
         if held is not None:
             raise ConfigError(
@@ -295,12 +339,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
             check_pauses(policy, trust)  # every pause can be approved by someone
         else:
             pin = Pin(policy_in_force)
-            with pin_lock(policy_in_force):
-                if not policy_in_force.exists():
-                    first, text = read_policy(config.policy, targets=targets)
-                    check_pauses(first, trust)
-                    pin_policy(policy_in_force, text)
-                policy = _pinned(pin, config.policy, targets, trust)
+            if not policy_in_force.exists():
+                first, text = read_policy(config.policy, targets=targets)
+                check_pauses(first, trust)
+                pin_policy(policy_in_force, text)
+            policy = _pinned(pin, config.policy, targets, trust)
         notifier = None
         if config.notify_command is not None or config.notify_url is not None:
             from execgate.notify import Notifier

@@ -343,9 +343,10 @@ class TrustStore:
             raise ConfigError(f"{source}: {exc}") from exc
 
     @classmethod
-    def load(cls, path: Path) -> TrustStore:
+    def load(cls, path: Path, *, data: bytes | None = None) -> TrustStore:
+        """The trust store at ``path`` (or in ``data``, its bytes as read before)."""
         try:
-            doc = read_toml(path, name=f"trust store {path}", what="trust store")
+            doc = read_toml(path, name=f"trust store {path}", what="trust store", data=data)
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"trust store {path} does not exist; restore it, or create a new home"

@@ -5,6 +5,7 @@ every process of the service before its next decision."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import threading
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from gatekit import POLICY, Kit, make_kit
 
-from execgate.errors import AuditError, PolicyError
+from execgate.errors import AuditError, ConfigError, PolicyError
+from execgate.jose import PrivateKey
+from execgate.keyfile import atomic_write
 from execgate.pipeline import Gateway
 from execgate.policy.loader import pin_policy
 from execgate.store.base import WriteJob
@@ -82,6 +85,44 @@ def test_a_later_open_starts_even_when_the_file_is_broken(kit: Kit, pinned: Path
     assert _open(kit, pinned).policy.hash == first.policy.hash
 
 
+def test_a_later_open_reads_the_config_and_trust_store_the_first_one_read(
+    kit: Kit, pinned: Path
+) -> None:
+    """Edited or broken since, execgate.toml and trust.toml are read as they were when
+    the service started: kept private beside the pin, byte for byte."""
+    first = _open(kit, pinned)
+    trust, config = kit.home / "trust.toml", kit.home / "execgate.toml"
+    kept = {p.name: p.read_bytes() for p in (trust, config)}
+    trust.write_text(trust.read_text().replace('"payments.*"', '"reports.*"'))
+    config.write_text(config.read_text().replace("leeway = 60", "leeway = 5"))
+    later = _open(kit, pinned)
+    assert later.decide(kit.submit()).outcome.value == "proceed"
+    assert later._leeway == first._leeway == 60
+    assert kit.gateway().decide(kit.submit()).reasons[0].code == "artifact.untrusted_issuer"
+    trust.write_text("not [toml\n")
+    config.write_text("not [toml either\n")
+    assert _open(kit, pinned).decide(kit.submit()).outcome.value == "proceed"
+    for name, data in kept.items():
+        assert (pinned.parent / name).read_bytes() == data
+        assert stat.S_IMODE((pinned.parent / name).stat().st_mode) == 0o600
+
+
+def test_a_later_open_with_another_node_key_refuses_to_start(kit: Kit, pinned: Path) -> None:
+    _open(kit, pinned)
+    other = json.dumps(PrivateKey.generate().to_jwk(private=True)).encode()
+    atomic_write(kit.config.node_key, other, mode=0o600)
+    with pytest.raises(ConfigError, match="not the node key this service started with"):
+        _open(kit, pinned)
+
+
+def test_a_first_open_refuses_a_trust_store_others_may_write(kit: Kit, pinned: Path) -> None:
+    """What is kept for the service is checked as the home's own files are at open."""
+    (kit.home / "trust.toml").chmod(0o666)
+    with pytest.raises(ConfigError, match="may be written by any user"):
+        _open(kit, pinned)
+    assert not (pinned.parent / "trust.toml").exists()
+
+
 def test_an_accepted_reload_replaces_the_pin(kit: Kit, pinned: Path) -> None:
     gateway = _open(kit, pinned)
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
@@ -141,7 +182,7 @@ def test_a_reload_whose_record_fails_leaves_the_pin(kit: Kit, pinned: Path) -> N
     with pytest.raises(AuditError):
         gateway.reload_policy(via="signal")
     assert pinned.read_bytes() == before
-    assert sorted(p.name for p in pinned.parent.iterdir()) == ["policy.yaml", "policy.yaml.lock"]
+    assert not [p.name for p in pinned.parent.iterdir() if p.name.startswith(".")]  # no temp
     assert _open(kit, pinned).policy.hash == gateway.policy.hash == other.current_policy().hash
 
 

@@ -20,6 +20,9 @@ import pytest
 from gatekit import POLICY, Kit, make_kit
 from test_server_process import Server, serve
 
+from execgate.jose import PrivateKey
+from execgate.keyfile import atomic_write
+
 WAIT = 20.0
 _EXECGATE = (sys.executable, "-m", "execgate")
 
@@ -213,13 +216,38 @@ def test_a_replaced_worker_runs_the_policy_in_force_not_the_file(kit: Kit) -> No
         assert server.stop() == 0
 
 
-def test_a_service_stopped_by_a_worker_that_cannot_start_exits_3(kit: Kit) -> None:
-    """A replacement worker that cannot open the home stops the whole service (uvicorn's
-    rule: it would fail the same way on every restart); the service then says so with
-    its exit status, so a process manager restarting on failure restarts it."""
+def test_a_replaced_worker_runs_the_config_and_trust_the_service_started_with(
+    kit: Kit,
+) -> None:
+    """Edits to execgate.toml and trust.toml apply at a restart: a worker started later
+    (replacing one killed) reads them as the service's first process did, so it neither
+    trusts what the others do not (a grant removed, here) nor fails to start on a file
+    broken meanwhile."""
+    trust = kit.home / "trust.toml"
     with serve(kit, workers=2) as server:
         workers = _workers(server, kit)
-        (kit.home / "trust.toml").write_text("this is [not toml\n")
+        old = _hash(server, kit)
+        trust.write_text(trust.read_text().replace('"payments.*"', '"reports.*"'))
+        os.kill(min(workers), signal.SIGKILL)
+        workers = _replaced(server, kit, min(workers))
+        assert {_hash(server, kit) for _ in range(12)} == {old}  # each one a proceed
+        trust.write_text("this is [not toml\n")
+        os.kill(max(workers), signal.SIGKILL)
+        _replaced(server, kit, max(workers))
+        assert {_hash(server, kit) for _ in range(12)} == {old}
+        assert server.stop() == 0
+
+
+def test_a_service_stopped_by_a_worker_that_cannot_start_exits_3(kit: Kit) -> None:
+    """A replacement worker that cannot start (the node key replaced on disk: receipts
+    and checkpoints are signed by one key for the service's life) stops the whole
+    service (uvicorn's rule: it would fail the same way on every restart); the service
+    then says so with its exit status, so a process manager restarting on failure
+    restarts it, with the new key."""
+    with serve(kit, workers=2) as server:
+        workers = _workers(server, kit)
+        other = json.dumps(PrivateKey.generate().to_jwk(private=True))
+        atomic_write(kit.config.node_key, other.encode(), mode=0o600)
         os.kill(min(workers), signal.SIGKILL)
         assert server.proc.wait(timeout=WAIT + 30) == 3, server.stderr()
         assert "failed to start" in server.stderr()

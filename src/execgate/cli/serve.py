@@ -24,7 +24,9 @@ supervisor, and the new worker must not run whatever the policy file holds by th
 edit not yet reloaded, or a broken file, which would fail its start and with it the
 whole service): the policy text this process validated at start is pinned in a private
 file (``$EXECGATE_POLICY_IN_FORCE``, see ``Gateway.open``) that every worker loads, and
-each accepted reload replaces it.
+each accepted reload replaces it. The config and the trust store are kept there too, as
+this process read them (they apply at a restart), and a worker whose node key is not the
+one this process loaded refuses to start.
 
 Metrics add up across workers: before any worker starts, a private directory is made
 for prometheus-client's multiprocess files (``execgate.server.metrics.multiprocess_dir``)
