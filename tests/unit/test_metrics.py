@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_server_api import Client
 
 from execgate._state import DecisionState
+from execgate.errors import ConfigError
 from execgate.model import Decision, Outcome, Reason
 from execgate.server import create_app
 from execgate.server.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
@@ -236,6 +237,23 @@ def test_multiprocess_dir_is_private_named_and_removed() -> None:
         assert Metrics(gateway=lambda: None, now=lambda: 0.0).multiprocess is False
     assert not path.exists()
     assert os.environ.get(MULTIPROC_ENV) == before
+
+
+def test_a_run_directory_is_made_private_and_one_others_may_write_is_refused(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    with multiprocess_dir(run) as path:
+        assert path.parent == run
+        assert (run.stat().st_mode & 0o777) == 0o700
+    assert list(run.iterdir()) == []
+    run.chmod(0o777)
+    with pytest.raises(ConfigError, match="may be written by any user"), multiprocess_dir(run):
+        pass
+    run.rmdir()
+    run.write_text("")
+    with pytest.raises(ConfigError, match="is not a directory"), multiprocess_dir(run):
+        pass
 
 
 _WORKER = textwrap.dedent(

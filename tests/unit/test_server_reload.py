@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -251,3 +252,24 @@ def test_a_service_stopped_by_a_worker_that_cannot_start_exits_3(kit: Kit) -> No
         os.kill(min(workers), signal.SIGKILL)
         assert server.proc.wait(timeout=WAIT + 30) == 3, server.stderr()
         assert "failed to start" in server.stderr()
+
+
+def test_the_service_keeps_its_private_files_in_the_home_and_removes_them(kit: Kit) -> None:
+    """Not in /tmp, where a cleaner of old files could remove them from a service that
+    runs for weeks: in the home's run/ (0700), one directory each, gone at the stop."""
+    with serve(kit, workers=2) as server:
+        _workers(server, kit)
+        run = kit.home / "run"
+        assert stat.S_IMODE(run.stat().st_mode) == 0o700
+        kept = sorted(p.name.split("-")[1] for p in run.iterdir())
+        assert kept == ["metrics", "policy"]
+        [service] = run.glob("execgate-policy-*")
+        assert sorted(p.name for p in service.iterdir() if not p.name.startswith(".")) == [
+            "execgate.toml",
+            "node.jkt",
+            "policy.yaml",
+            "policy.yaml.lock",
+            "trust.toml",
+        ]
+        assert server.stop() == 0
+    assert list(run.iterdir()) == []

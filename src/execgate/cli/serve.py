@@ -30,7 +30,9 @@ one this process loaded refuses to start.
 
 Metrics add up across workers: before any worker starts, a private directory is made
 for prometheus-client's multiprocess files (``execgate.server.metrics.multiprocess_dir``)
-and removed when the service stops.
+and removed when the service stops. Both directories are made in the home's ``run/``
+(0700), not in ``/tmp``, where a cleaner of old files could remove what a service running
+for weeks still needs; one left by a service killed with SIGKILL may be removed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 GRACEFUL_SECONDS = 30
+RUN_DIR: Final = "run"  # in the home: the service's private directories while it runs
 EXIT_FAILED: Final = 3  # uvicorn's STARTUP_FAILURE: the server never started serving
 
 
@@ -118,20 +121,22 @@ def _serve(args: argparse.Namespace) -> int:
     from execgate.home import load_config
 
     home = home_of(args).resolve()
-    with _policy_in_force() as pinned:
+    with _policy_in_force(home / RUN_DIR) as pinned:
         # Refuse a broken home before binding; pin the policy the workers will run.
         open_gateway(home, fallback=False, policy_in_force=pinned).close()
         return _run(args, home, load_config(home).server)
 
 
-def _policy_in_force() -> contextlib.AbstractContextManager[Path]:
+def _policy_in_force(parent: Path) -> contextlib.AbstractContextManager[Path]:
     """The file that holds the service's policy in force (``Gateway.open``), in a fresh
-    private directory named in ``$EXECGATE_POLICY_IN_FORCE`` for the workers started
-    inside; removed at exit."""
+    private directory in ``parent`` named in ``$EXECGATE_POLICY_IN_FORCE`` for the
+    workers started inside; removed at exit."""
     from execgate.server._envdir import private_dir_in_env
     from execgate.server.app import POLICY_IN_FORCE_ENV
 
-    return private_dir_in_env(POLICY_IN_FORCE_ENV, prefix="execgate-policy-", entry="policy.yaml")
+    return private_dir_in_env(
+        POLICY_IN_FORCE_ENV, prefix="execgate-policy-", entry="policy.yaml", parent=parent
+    )
 
 
 def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> int:
@@ -161,7 +166,7 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     # Until the app's handler is in place, a SIGHUP must not end the process.
     previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with multiprocess_dir():
+        with multiprocess_dir(home / RUN_DIR):
             if config.workers > 1:
                 sock = config.bind_socket()
                 supervisor = _supervisor_class()(config, sockets=[sock])

@@ -294,15 +294,16 @@ async def get_metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-def multiprocess_dir() -> AbstractContextManager[Path]:
-    """A fresh private directory for the workers' metrics, named in
-    ``PROMETHEUS_MULTIPROC_DIR`` for the processes started inside; removed at exit.
+def multiprocess_dir(parent: Path | None = None) -> AbstractContextManager[Path]:
+    """A fresh private directory for the workers' metrics (in ``parent``, see
+    ``private_dir_in_env``), named in ``PROMETHEUS_MULTIPROC_DIR`` for the processes
+    started inside; removed at exit.
 
     Enter it in the serving process before uvicorn starts its workers. A directory
     already named in the environment is not reused: files left by an earlier run (or
     by another user) would be summed into this one's counters.
     """
-    return private_dir_in_env(MULTIPROC_ENV, prefix="execgate-metrics-")
+    return private_dir_in_env(MULTIPROC_ENV, prefix="execgate-metrics-", parent=parent)
 
 
 ROUTES: Final[list[BaseRoute]] = [Route("/metrics", handled(get_metrics), methods=["GET"])]
