@@ -5,6 +5,7 @@ worker reads the file and logs the reload; every worker's next decision runs it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from test_server_process import Server, serve
 
 from execgate.jose import PrivateKey
 from execgate.keyfile import atomic_write
+from execgate.server.admin import hup_before_handler, install_reload_signal
 
 WAIT = 20.0
 _EXECGATE = (sys.executable, "-m", "execgate")
@@ -273,3 +275,31 @@ def test_the_service_keeps_its_private_files_in_the_home_and_removes_them(kit: K
         ]
         assert server.stop() == 0
     assert list(run.iterdir()) == []
+
+
+def test_a_sighup_while_starting_is_remembered_and_acted_on_once_the_handler_is_in(
+    kit: Kit,
+) -> None:
+    """One worker serves in the process ``execgate serve`` started: a SIGHUP before its
+    app installed the reload handler is not lost; and once the handler is removed (the
+    app stopping), a SIGHUP is ignored, not the end of the process before its last
+    appends."""
+    gateway = kit.gateway()
+    (kit.home / "policy.yaml").write_text(POLICY.replace("refunds are manual", "early"))
+    before = signal.signal(signal.SIGHUP, hup_before_handler)
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # handled at once: this is the main thread
+
+        async def start_and_stop() -> None:
+            remove = install_reload_signal(gateway)
+            deadline = time.monotonic() + WAIT
+            while not _reloads(kit) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            remove()
+
+        asyncio.run(start_and_stop())
+        [reloaded] = _reloads(kit)
+        assert (reloaded["via"], reloaded["code"]) == ("signal", "policy.reloaded")
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -143,6 +143,7 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     import uvicorn
 
     from execgate.server._limits import uvicorn_options
+    from execgate.server.admin import hup_before_handler
     from execgate.server.metrics import multiprocess_dir
 
     os.environ["EXECGATE_HOME"] = str(home)
@@ -163,8 +164,9 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     }
     config = uvicorn.Config("execgate.server:app_from_environment", **options)
     previous = signal.signal(signal.SIGTERM, _stopped)
-    # Until the app's handler is in place, a SIGHUP must not end the process.
-    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until the app's handler is in place, a SIGHUP must not end the process; with one
+    # worker (this process) it is remembered and acted on then.
+    previous_hup = signal.signal(signal.SIGHUP, hup_before_handler)
     try:
         with multiprocess_dir(home / RUN_DIR):
             if config.workers > 1:

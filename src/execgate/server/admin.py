@@ -85,6 +85,7 @@ __all__ = [
     "PATHS",
     "ROUTES",
     "SCHEMAS",
+    "hup_before_handler",
     "install_reload_signal",
 ]
 
@@ -518,8 +519,19 @@ def _reload_on_signal(gateway: Gateway) -> None:
         return  # refused: logged by reload_policy and audited
 
 
+_early_hup = threading.Event()
+
+
+def hup_before_handler(signum: int, frame: object) -> None:
+    """SIGHUP's handler while a process starts (``execgate serve`` installs it): the
+    reload is remembered, and made once the gateway is open and the real handler is
+    in place (``install_reload_signal``), not lost."""
+    _early_hup.set()
+
+
 def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
-    """Make SIGHUP reload ``gateway``'s policy (off the event loop); return what undoes it.
+    """Make SIGHUP reload ``gateway``'s policy (off the event loop), and reload now if
+    one came while the process was starting; return what undoes it.
 
     Only the main thread of a process can own a signal handler: elsewhere (an app run
     in-process by tests) nothing is installed."""
@@ -534,6 +546,9 @@ def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     except (NotImplementedError, RuntimeError, ValueError):
         return lambda: None
+    if _early_hup.is_set():
+        _early_hup.clear()
+        on_hup()
 
     def remove() -> None:
         with contextlib.suppress(Exception):
