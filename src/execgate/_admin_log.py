@@ -220,18 +220,21 @@ def reload_policy(
             # The pin's lock is held until the new version is in place (or not): the
             # reloads of a service's processes run one at a time, each on the version
             # the one before left.
-            old = gateway.policy
+            old, behind = gateway.policy, ""
             try:
                 if pinned is not None:
                     held.enter_context(pin_lock(pinned))
-                    old = gateway.current_policy()
+                    try:
+                        old = gateway.current_policy()
+                    except Exception as exc:  # noqa: BLE001 - a logged reload repairs that
+                        behind = f"; the pinned policy could not be taken here: {_reason(exc)}"
                 with suppress(FileNotFoundError):  # reported by the read, as at open
                     refuse_shared_writes(path, path.stat().st_mode, "policy")
                 new, text = read_policy(path, targets=targets)
                 check_pauses(new, gateway.trust)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway
-                return refused(_reason(exc), old)
-            detail = f"policy {old.hash} replaced by {new.hash} ({path})"
+                return refused(_reason(exc) + behind, old)
+            detail = f"policy {old.hash} replaced by {new.hash} ({path}){behind}"
             fields = {"previous_policy_hash": old.hash, "policy_hash": new.hash}
             if pinned is None:
                 index = record("done", "policy.reloaded", detail, **fields)  # raises: no change
@@ -244,6 +247,7 @@ def reload_policy(
                     with atomic_file(pinned, mode=0o600) as out:
                         out.write(text.encode("utf-8"))
                         out.flush()
+                        os.fsync(out.fileno())  # a disk that fails fails it before the record
                         index = record("done", "policy.reloaded", detail, **fields)
                         logged = True
                 except ConfigError as exc:  # the pin's file could not be written or renamed
@@ -253,9 +257,12 @@ def reload_policy(
                     _log.error("policy reload failed; %s stays in force: %s", old.hash, failed)
                     index = record("failed", "policy.reload_refused", failed, policy_hash=old.hash)
                     return PolicyReload(False, old.hash, old.hash, index, failed)
+                # Taken here as every process takes it, and under the pin's lock: a later
+                # reload's version, taken before this one's is assigned, is never undone.
                 with suppress(Exception):  # else its next decision tries again (or fails)
-                    gateway.current_policy()  # taken here first, as every process will
-        gateway.policy = new  # one assignment: decisions in flight keep the object they hold
+                    gateway.current_policy()
+        if pinned is None:
+            gateway.policy = new  # one assignment: decisions in flight keep their object
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
         return PolicyReload(True, old.hash, new.hash, index)
 

@@ -42,6 +42,7 @@ from execgate.jose import PrivateKey
 from execgate.keyfile import (
     NotRegular,
     atomic_write,
+    read_private_file,
     read_regular,
     refuse_shared_writes,
     write_keypair,
@@ -176,31 +177,37 @@ def read_toml(path: Path, *, name: str, what: str, data: bytes | None = None) ->
         raise ConfigError(f"{name} is not valid TOML: {exc}; fix or restore it") from exc
 
 
-def service_copy(directory: Path | None, name: str, source: Path, what: str) -> bytes | None:
+def service_copy(
+    directory: Path | None, name: str, source: Path, what: str, *, new: bool
+) -> bytes | None:
     """The bytes of the home file ``source`` as the first process of a service read them.
 
     ``execgate serve`` replaces a worker that dies, and the replacement opens the home
     again: had it read ``execgate.toml`` and ``trust.toml`` as they are by then, an edit
     made since (these apply at a restart) would be in force in that worker alone, and a
     broken file would stop it from starting, and with it the service. So the first open
-    keeps the bytes it read as ``directory/name`` (the service's private directory, see
-    ``Gateway.open``) and later opens read those. None without a directory (not a
-    service), or when ``source`` is missing (its reader reports that). The caller holds
-    the directory's lock."""
+    (``new``) keeps the bytes it read as ``directory/name`` (the service's private
+    directory, see ``Gateway.open``) and later opens read those; a copy gone is an
+    error (what the service runs is no longer known). None without a directory (not a
+    service), or when the first open finds ``source`` missing (its reader reports
+    that). The caller holds the directory's lock."""
     if directory is None:
         return None
     kept = directory / name
-    try:
-        return kept.read_bytes()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ConfigError(f"cannot read {kept}: {exc.strerror or exc}") from exc
+    if not new:
+        try:
+            return read_private_file(kept, limit=_MAX_TOML)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"the service's copy of {what} {source} is gone; restart the service"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read {kept}: {exc}") from exc
     try:
         data, mode = read_regular(source, limit=_MAX_TOML)
     except FileNotFoundError:
         return None
-    except (NotRegular, OSError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read {what} {source}: {exc}") from exc
     refuse_shared_writes(source, mode, what)
     atomic_write(kept, data, mode=0o600)

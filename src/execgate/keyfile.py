@@ -158,6 +158,28 @@ def read_regular(path: Path, *, limit: int) -> tuple[bytes, int]:
         os.close(fd)
 
 
+def read_private_file(path: Path, *, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of this user's that no one else may write
+    (not followed if a symbolic link): a file a process keeps for itself and its peers.
+    ``FileNotFoundError`` as such; ``OSError`` (among them ``NotRegular``) otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        check_private(fd)
+        return read_open_regular(fd, limit=limit)[0]
+    finally:
+        os.close(fd)
+
+
+def check_private(fd: int) -> None:
+    """``NotRegular`` unless the file open at ``fd`` is this user's and writable by no
+    one else."""
+    status = os.fstat(fd)
+    if status.st_uid != os.geteuid():
+        raise NotRegular("belongs to another user")
+    if status.st_mode & 0o022:
+        raise NotRegular(f"may be written by others (mode {status.st_mode & 0o777:04o})")
+
+
 def read_open_regular(fd: int, *, limit: int) -> tuple[bytes, os.stat_result]:
     """``read_regular`` of a descriptor opened (``O_NONBLOCK``) by the caller, who keeps
     it; also returns its status."""

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -41,9 +42,14 @@ from execgate.errors import (
     StoreUnavailable,
     VerificationError,
 )
-from execgate.home import CONFIG_NAME, load_config, service_copy
+from execgate.home import CONFIG_NAME, GatewayConfig, load_config, service_copy
 from execgate.jose import PrivateKey, canonical_json
-from execgate.keyfile import atomic_write, read_private_key, refuse_shared_writes
+from execgate.keyfile import (
+    atomic_write,
+    read_private_file,
+    read_private_key,
+    refuse_shared_writes,
+)
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
@@ -154,16 +160,18 @@ class _Unsigned(Exception):
     """Raised inside a commit to roll back a decision whose receipt could not be signed."""
 
 
-def _same_node_key(kept: Path, key: PrivateKey, path: Path) -> None:
+def _same_node_key(kept: Path, key: PrivateKey, path: Path, *, new: bool) -> None:
     """The service's node key is the one its first open had (``kept`` holds that key's
-    thumbprint, written by the first open): its receipts and checkpoints are signed by
-    one key. A key replaced on disk takes effect at a restart of the service."""
+    thumbprint, written by the first open, ``new``): its receipts and checkpoints are
+    signed by one key. A key replaced on disk takes effect at a restart of the service."""
     thumbprint = key.public.thumbprint()
-    try:
-        first = kept.read_text(encoding="ascii")
-    except FileNotFoundError:
+    if new:
         atomic_write(kept, thumbprint.encode("ascii"), mode=0o600)
         return
+    try:
+        first = read_private_file(kept, limit=128).decode("ascii")
+    except FileNotFoundError as exc:
+        raise ConfigError(_SERVICE_GONE) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {kept}: {exc}") from exc
     if first != thumbprint:
@@ -177,8 +185,32 @@ class _NotInForce(Exception):
     """The service's policy in force changed and this process cannot take it."""
 
 
-def _pinned(pin: Pin, policy_file: Path, targets: Collection[str], trust: TrustStore) -> Policy:
-    """The policy pinned now, which ``pin`` then follows (see ``Gateway.open``)."""
+_SERVICE_GONE: Final = (
+    "the service's private files (its policy in force, config and trust store as it"
+    " started) are gone; restart the service"
+)
+
+
+def _private_dir(directory: Path) -> None:
+    """Refuse a service directory (``Gateway.open``) that is not this user's alone: who
+    could write there would choose the policy every worker takes, unlogged."""
+    try:
+        status = directory.lstat()
+    except FileNotFoundError as exc:
+        raise ConfigError(_SERVICE_GONE) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot use {directory}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid():
+        raise ConfigError(f"{directory} is not a directory of this user's; restart the service")
+    if status.st_mode & 0o077:
+        raise ConfigError(f"{directory} may be used by others (mode {status.st_mode & 0o777:04o})")
+
+
+def _pinned(
+    pin: Pin, policy_file: Path, targets: Collection[str], trust: TrustStore
+) -> tuple[Policy, int]:
+    """The policy pinned now, and the descriptor of its version, for ``pin.hold`` once
+    the policy is in place (see ``Gateway.current_policy``)."""
     fd, text = pin.read()
     try:
         policy = parse_policy(text, source=f"{policy_file} (in force: {pin.path})", targets=targets)
@@ -186,8 +218,7 @@ def _pinned(pin: Pin, policy_file: Path, targets: Collection[str], trust: TrustS
     except BaseException:
         os.close(fd)
         raise
-    pin.hold(fd)
-    return policy
+    return policy, fd
 
 
 class Gateway(ApprovalFlow, OutcomeLog):
@@ -274,6 +305,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         now: Callable[[], float] = time.time,
         store: Store | None = None,
         policy_in_force: Path | None = None,
+        new_service: bool = False,
     ) -> Gateway:
         """Open the gateway described by a home directory (see ``execgate init``).
 
@@ -281,22 +313,27 @@ class Gateway(ApprovalFlow, OutcomeLog):
         The ``[approvals]`` hooks of the config become the ``notify`` hook (a ``Notifier``).
 
         ``policy_in_force`` names the file that holds the policy in force for a service
-        of several processes (``execgate serve``): when it exists, the policy is read
-        from it, not from the home's policy file, so a worker started later (to replace
-        one that died) runs what the others run, even if the file on disk has been
-        edited, or broken, without a reload since. When it does not exist yet, the home's
-        policy is loaded and its text written there. ``reload_policy`` replaces it, and
-        every process of the service takes the new version before its next decision
-        (``current_policy``).
+        of several processes (``execgate serve``), in a directory private to the service
+        (this user's, writable by no one else). The service's first open
+        (``new_service``) loads the home's policy and writes its text there; every later
+        open reads the policy from that file, not from the home's policy file, so a
+        worker started later (to replace one that died) runs what the others run, even
+        if the file on disk has been edited, or broken, without a reload since.
+        ``reload_policy`` replaces it, and every process of the service takes the new
+        version before its next decision (``current_policy``).
 
-        The same directory keeps what else the service's first open read: the config
-        and the trust store as they were then (``home.service_copy``), and the node
-        key's thumbprint; a later open whose node key is another refuses to start.
+        The same directory keeps what else the first open read: the config and the
+        trust store as they were then (``home.service_copy``), and the node key's
+        thumbprint; a later open whose node key is another refuses to start, and so does
+        one that finds any of these gone (it cannot know what the service runs).
         """
         if policy_in_force is None:
-            return cls._open(home, now=now, store=store, policy_in_force=None)
+            return cls._open(home, now=now, store=store, policy_in_force=None, new=False)
+        _private_dir(policy_in_force.parent)
         with pin_lock(policy_in_force):
-            return cls._open(home, now=now, store=store, policy_in_force=policy_in_force)
+            return cls._open(
+                home, now=now, store=store, policy_in_force=policy_in_force, new=new_service
+            )
 
     @classmethod
     def _open(
@@ -306,20 +343,23 @@ class Gateway(ApprovalFlow, OutcomeLog):
         now: Callable[[], float],
         store: Store | None,
         policy_in_force: Path | None,
+        new: bool,
     ) -> Gateway:
         service = None if policy_in_force is None else policy_in_force.parent
         config = load_config(
-            home, data=service_copy(service, "execgate.toml", home / CONFIG_NAME, "config")
+            home,
+            data=service_copy(service, "execgate.toml", home / CONFIG_NAME, "config", new=new),
         )
         for path, what in ((config.node_key.parent, "key directory"), (config.policy, "policy")):
             with suppress(FileNotFoundError):  # a missing policy is reported when read
                 refuse_shared_writes(path, path.stat().st_mode, what)
         node_key = read_private_key(config.node_key)
         trust = TrustStore.load(
-            config.trust, data=service_copy(service, "trust.toml", config.trust, "trust store")
+            config.trust,
+            data=service_copy(service, "trust.toml", config.trust, "trust store", new=new),
         )
         if service is not None:
-            _same_node_key(service / "node.jkt", node_key, config.node_key)
+            _same_node_key(service / "node.jkt", node_key, config.node_key, new=new)
         held = trust.holder_of(node_key.public.thumbprint())
         if held is not None:
             raise ConfigError(
@@ -333,17 +373,46 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 " a mesh node is another gateway: give it that gateway's id"
             )
         targets = config.targets.keys()
-        pin = None
+        pin, pin_fd = None, None
         if policy_in_force is None:
             policy = read_policy(config.policy, targets=targets)[0]
             check_pauses(policy, trust)  # every pause can be approved by someone
         else:
             pin = Pin(policy_in_force)
-            if not policy_in_force.exists():
+            if new:
                 first, text = read_policy(config.policy, targets=targets)
                 check_pauses(first, trust)
                 pin_policy(policy_in_force, text)
-            policy = _pinned(pin, config.policy, targets, trust)
+            elif not policy_in_force.exists():
+                raise ConfigError(_SERVICE_GONE)
+            policy, pin_fd = _pinned(pin, config.policy, targets, trust)
+        try:
+            gateway = cls._made(config, node_key, trust, policy, store, now)
+        except BaseException:
+            if pin_fd is not None:
+                os.close(pin_fd)
+            raise
+        gateway.policy_source = (config.policy, frozenset(config.targets))
+        gateway.policy_in_force = policy_in_force
+        if pin is not None and pin_fd is not None:
+            gateway._pin = pin
+            try:
+                pin.hold(pin_fd)
+            except BaseException:
+                gateway.close()
+                raise
+        return gateway
+
+    @classmethod
+    def _made(
+        cls,
+        config: GatewayConfig,
+        node_key: PrivateKey,
+        trust: TrustStore,
+        policy: Policy,
+        store: Store | None,
+        now: Callable[[], float],
+    ) -> Gateway:
         notifier = None
         if config.notify_command is not None or config.notify_url is not None:
             from execgate.notify import Notifier
@@ -367,9 +436,6 @@ class Gateway(ApprovalFlow, OutcomeLog):
             max_depth=config.max_depth,
             notify=notifier,
         )
-        gateway.policy_source = (config.policy, frozenset(config.targets))
-        gateway.policy_in_force = policy_in_force
-        gateway._pin = pin
         return gateway
 
     def current_policy(self) -> Policy:
@@ -386,8 +452,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
         with self._taking:
             if pin.moved():
                 old = self.policy
-                self.policy = _pinned(pin, source[0], source[1], self.trust)
-                _log.info("policy in force taken: %s -> %s", old.hash, self.policy.hash)
+                policy, held = _pinned(pin, source[0], source[1], self.trust)
+                # The policy first, then the version it is: a decision that finds the
+                # pin not moved meanwhile already finds this policy.
+                self.policy = policy
+                pin.hold(held)
+                _log.info("policy in force taken: %s -> %s", old.hash, policy.hash)
         return self.policy
 
     def guard(
@@ -427,9 +497,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
         return reload_policy(self, via=via, admin=admin, admin_kid=admin_kid, token_jti=token_jti)
 
     def close(self) -> None:
-        self.store.close()
-        if self._pin is not None:
-            self._pin.release()
+        try:
+            self.store.close()
+        finally:
+            if self._pin is not None:
+                self._pin.release()
 
     def __enter__(self) -> Gateway:
         return self

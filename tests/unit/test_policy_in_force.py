@@ -6,15 +6,19 @@ every process of the service before its next decision."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from gatekit import POLICY, Kit, make_kit
 
+import execgate.policy.loader as loader
+from execgate import _admin_log
 from execgate.errors import AuditError, ConfigError, PolicyError
 from execgate.jose import PrivateKey
 from execgate.keyfile import atomic_write
@@ -58,7 +62,9 @@ def _log_down(gateway: Gateway, kit: Kit, *, first: Callable[[], None] = lambda:
 
 
 def _open(kit: Kit, pinned: Path) -> Gateway:
-    gateway = Gateway.open(kit.home, now=kit.clock, policy_in_force=pinned)
+    gateway = Gateway.open(
+        kit.home, now=kit.clock, policy_in_force=pinned, new_service=not pinned.exists()
+    )
     kit._gateways.append(gateway)
     return gateway
 
@@ -202,47 +208,6 @@ def test_a_failed_reload_leaves_no_pin_where_there_was_none(kit: Kit, pinned: Pa
     assert not pinned.exists()
 
 
-def test_a_reload_waits_until_another_workers_reload_is_logged_or_undone(
-    kit: Kit, pinned: Path
-) -> None:
-    """B pins the edited file and is still logging it when A reloads. A must not take
-    B's pin then (B's record fails, and B puts the old pin back: A would be left running
-    a policy that never went into force); it waits for B, then reads the file itself."""
-    a, b = _open(kit, pinned), _open(kit, pinned)
-    b_pinned, b_may_fail = threading.Event(), threading.Event()
-
-    def b_commits() -> None:
-        b_pinned.set()
-        assert b_may_fail.wait(10)
-
-    _log_down(b, kit, first=b_commits)
-    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
-    failed: list[BaseException] = []
-
-    def reload_b() -> None:
-        try:
-            b.reload_policy(via="signal")
-        except AuditError as exc:
-            failed.append(exc)
-
-    b_thread = threading.Thread(target=reload_b)
-    b_thread.start()
-    assert b_pinned.wait(10)
-    done: list[object] = []
-    a_thread = threading.Thread(target=lambda: done.append(a.reload_policy(via="signal")))
-    a_thread.start()
-    a_thread.join(timeout=0.5)  # time enough to take B's pin, were it not locked
-    b_may_fail.set()
-    b_thread.join(timeout=10)
-    a_thread.join(timeout=10)
-    assert len(failed) == 1
-    assert len(done) == 1
-    assert a.policy.hash == _open(kit, pinned).policy.hash != b.policy.hash
-    assert pinned.read_text(encoding="utf-8") == EDITED
-    [record] = [r for r in kit.records("admin") if r["result"] == "done"]
-    assert record["detail"].endswith("(policy.yaml)")  # read from the file, not taken
-
-
 def test_every_process_takes_a_reload_before_its_next_decision(kit: Kit, pinned: Path) -> None:
     """One process reads the file, logs and pins v2; the other takes the pinned v2 before
     its next decision, without reading the file, which by then is broken and then v3:
@@ -269,6 +234,111 @@ def test_every_process_takes_a_reload_before_its_next_decision(kit: Kit, pinned:
     assert a.policy.hash == b.policy.hash == _open(kit, pinned).policy.hash == v3
     done = [r for r in kit.records("admin") if r["result"] == "done"]
     assert [(r["previous_policy_hash"], r["policy_hash"]) for r in done] == [(v1, v2), (v2, v3)]
+
+
+def test_a_reload_ending_after_another_never_puts_the_older_policy_back(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's reload of v2 lets go of the pin's lock; before it returns, B reloads v3 and
+    A's next decision takes v3. A's reload must not then put v2 back in A (where the pin
+    would no longer look moved, leaving A on v2 for good)."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    v3_text = POLICY.replace("refunds are manual", "v3")
+    real, armed = loader.pin_lock, [True]
+
+    @contextmanager
+    def then_b_reloads(path: Path) -> Iterator[None]:
+        with real(path):
+            yield
+        if armed.pop() if armed else False:
+            (kit.home / "policy.yaml").write_text(v3_text, encoding="utf-8")
+            assert b.reload_policy(via="signal").reloaded
+            a.current_policy()  # a decision of A's, meanwhile
+
+    monkeypatch.setattr(loader, "pin_lock", then_b_reloads)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    assert a.reload_policy(via="http").reloaded
+    v3 = b.policy.hash
+    assert not armed
+    assert a.decide(kit.submit()).policy_hash == v3
+    assert a.current_policy().hash == v3
+
+
+def test_reloads_of_two_processes_run_one_after_the_other(kit: Kit, pinned: Path) -> None:
+    """While B's reload holds the pin's lock (its record being written), A's waits; the
+    last record logged is the version pinned."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    b_logging, b_may_go = threading.Event(), threading.Event()
+    real_append = _admin_log.append_admin_record
+
+    def slow_for_b(gateway: Gateway, record: dict[str, object]) -> int:
+        if gateway is b:
+            b_logging.set()
+            assert b_may_go.wait(10)
+        return real_append(gateway, record)
+
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_admin_log, "append_admin_record", slow_for_b)
+        b_thread = threading.Thread(target=lambda: b.reload_policy(via="signal"))
+        b_thread.start()
+        assert b_logging.wait(10)
+        done: list[object] = []
+        a_thread = threading.Thread(target=lambda: done.append(a.reload_policy(via="http")))
+        a_thread.start()
+        a_thread.join(timeout=0.5)
+        assert a_thread.is_alive()  # waiting for B's reload to end
+        assert not done
+        b_may_go.set()
+        b_thread.join(timeout=10)
+        a_thread.join(timeout=10)
+    assert done
+    last = [r for r in kit.records("admin") if r["result"] == "done"][-1]
+    assert last["worker"] == os.getpid()
+    assert last["policy_hash"] == _open(kit, pinned).policy.hash == a.current_policy().hash
+
+
+def test_a_later_open_finding_the_pin_gone_refuses_to_start(kit: Kit, pinned: Path) -> None:
+    """Were it to pin the home's file anew, an edit nobody reloaded would go into force
+    for every worker, unlogged; so would a copy of the config or trust store read anew."""
+    _open(kit, pinned)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    for kept in ("policy.yaml", "trust.toml", "execgate.toml", "node.jkt"):
+        saved = (pinned.parent / kept).read_bytes()
+        (pinned.parent / kept).unlink()
+        with pytest.raises(ConfigError, match="gone; restart the service"):
+            Gateway.open(kit.home, now=kit.clock, policy_in_force=pinned)
+        atomic_write(pinned.parent / kept, saved, mode=0o600)
+    assert not [r for r in kit.records("admin") if r["result"] == "done"]
+
+
+def test_a_pin_others_could_write_is_not_taken(kit: Kit, pinned: Path) -> None:
+    """Whoever else may write the pin (or its directory) would choose the policy every
+    worker takes, unlogged: a pin writable by others fails decisions closed, and a
+    directory others may use is refused at open."""
+    a = _open(kit, pinned)
+    pin_policy(pinned, EDITED)
+    pinned.chmod(0o622)
+    decision = a.decide(kit.submit())
+    assert (decision.outcome.value, decision.reasons[0].code) == ("fail_closed", "internal.error")
+    pinned.chmod(0o600)
+    assert a.decide(kit.submit()).outcome.value == "proceed"
+    pinned.parent.chmod(0o770)
+    with pytest.raises(ConfigError, match="may be used by others"):
+        _open(kit, pinned)
+
+
+def test_a_reload_repairs_a_pin_this_process_cannot_take(kit: Kit, pinned: Path) -> None:
+    """The pin cannot be taken (every decision fails closed); a reload of a valid file
+    is not refused for that: it logs the new policy, saying what was wrong, and pins it."""
+    a = _open(kit, pinned)
+    pin_policy(pinned, "version: 1\nrules: []\n")
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    done = a.reload_policy(via="http")
+    assert done.reloaded
+    assert a.decide(kit.submit()).policy_hash == done.policy_hash
+    record = kit.records("admin")[-1]
+    assert "the pinned policy could not be taken here" in record["detail"]
 
 
 def test_a_pinned_version_that_cannot_be_taken_fails_decisions_closed(

@@ -804,7 +804,7 @@ def test_readyz_says_which_policy_runs_and_is_503_when_the_pinned_one_cannot(
     pinned.parent.mkdir(mode=0o700)
 
     def opened() -> Gateway:
-        return Gateway.open(kit.home, now=kit.clock, policy_in_force=pinned)
+        return Gateway.open(kit.home, now=kit.clock, policy_in_force=pinned, new_service=True)
 
     with Client(create_app(open_gateway=opened, now=kit.clock)) as client:
         first = client.get("/readyz").json()["policy_hash"]

@@ -791,3 +791,62 @@ def test_a_closed_store_takes_no_more_writes(path: Path) -> None:
         with pytest.raises(StoreUnavailable, match="closed"):
             write()
     assert s._turn is None  # its lock file was not opened again
+
+
+def test_the_readiness_probe_gives_up_in_time_and_leaves_nothing_behind(
+    store: SQLiteStore, path: Path
+) -> None:
+    """A process holds the writers' turn and never lets go: each probe gives up after
+    its time, keeps no thread or descriptor waiting for that turn, and once the turn is
+    free the store is writable again."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+            str(path) + "-writer.lock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(StoreUnavailable):  # opens the lock file, kept open after
+            store.check_writable(0.05)
+        threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+        started = time.monotonic()
+        for _ in range(10):
+            with pytest.raises(StoreUnavailable, match=r"held the writers' turn for 0\.05s"):
+                store.check_writable(0.05)
+        assert time.monotonic() - started < 5
+        assert threading.active_count() == threads
+        assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    store.check_writable(5.0)
+
+
+def test_the_readiness_probe_waits_for_sqlites_own_lock_no_longer_than_its_time(
+    store: SQLiteStore, path: Path
+) -> None:
+    """A writer outside the writers' turn (another program on the same file) holds
+    SQLite's write lock: the probe gives up after its time, not SQLite's busy timeout."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot start a write"):
+            store.check_writable(0.3)
+        assert time.monotonic() - started < 3
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.check_writable(5.0)

@@ -202,16 +202,18 @@ def policy_error(path: Path | str, exc: PolicyError, hint: str = "") -> ConfigEr
     return ConfigError(message + hint)
 
 
-def open_gateway(home: Path, *, fallback: bool, policy_in_force: Path | None = None) -> Gateway:
+def open_gateway(
+    home: Path, *, fallback: bool, policy_in_force: Path | None = None, new_service: bool = False
+) -> Gateway:
     """The home's gateway; with ``fallback``, one on a store that is down when the real
     store cannot be opened (a ``decide`` then still answers with a fail_closed decision).
-    ``policy_in_force``: see ``Gateway.open``."""
+    ``policy_in_force``, ``new_service``: see ``Gateway.open``."""
     from execgate.home import load_config
     from execgate.pipeline import Gateway
     from execgate.store.unavailable import UnavailableStore
 
     try:
-        return Gateway.open(home, policy_in_force=policy_in_force)
+        return Gateway.open(home, policy_in_force=policy_in_force, new_service=new_service)
     except PolicyError as exc:
         raise policy_error(load_config(home).policy, exc) from exc
     except StoreError as exc:

@@ -87,8 +87,10 @@ def _supervisor_class() -> type[Any]:
 
     class _Supervisor(Multiprocess):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            from execgate.server.admin import take_early_hup
+
             super().__init__(*args, **kwargs)
-            self.reload_pending = False
+            self.reload_pending = take_early_hup()  # one that came while starting
 
         def start_failed(self) -> bool:
             """Whether a worker failed to start (which stops the service)."""
@@ -118,13 +120,27 @@ def _supervisor_class() -> type[Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from execgate.home import load_config
+    from execgate.home import CONFIG_NAME, load_config, service_copy
+    from execgate.policy.loader import pin_lock
+    from execgate.server.admin import hup_before_handler
 
-    home = home_of(args).resolve()
-    with _policy_in_force(home / RUN_DIR) as pinned:
-        # Refuse a broken home before binding; pin the policy the workers will run.
-        open_gateway(home, fallback=False, policy_in_force=pinned).close()
-        return _run(args, home, load_config(home).server)
+    # Until the app's handler is in place, a SIGHUP must not end the process: it is
+    # remembered, and the reload made once the service can (one worker: this process;
+    # several: the supervisor passes it on).
+    previous_hup = signal.signal(signal.SIGHUP, hup_before_handler)
+    try:
+        home = home_of(args).resolve()
+        with _policy_in_force(home / RUN_DIR) as pinned:
+            # Refuse a broken home before binding; pin the policy (and keep the config
+            # and trust store) the workers will run.
+            open_gateway(home, fallback=False, policy_in_force=pinned, new_service=True).close()
+            with pin_lock(pinned):
+                kept = service_copy(
+                    pinned.parent, "execgate.toml", home / CONFIG_NAME, "config", new=False
+                )
+            return _run(args, home, load_config(home, data=kept).server)
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)
 
 
 def _policy_in_force(parent: Path) -> contextlib.AbstractContextManager[Path]:
@@ -143,7 +159,6 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     import uvicorn
 
     from execgate.server._limits import uvicorn_options
-    from execgate.server.admin import hup_before_handler
     from execgate.server.metrics import multiprocess_dir
 
     os.environ["EXECGATE_HOME"] = str(home)
@@ -164,9 +179,6 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     }
     config = uvicorn.Config("execgate.server:app_from_environment", **options)
     previous = signal.signal(signal.SIGTERM, _stopped)
-    # Until the app's handler is in place, a SIGHUP must not end the process; with one
-    # worker (this process) it is remembered and acted on then.
-    previous_hup = signal.signal(signal.SIGHUP, hup_before_handler)
     try:
         with multiprocess_dir(home / RUN_DIR):
             if config.workers > 1:
@@ -182,7 +194,6 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
             return 0 if server.started else EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGHUP, previous_hup)
 
 
 def register(commands: Commands) -> None:

@@ -104,13 +104,14 @@ class Pin:
     def read(self) -> tuple[int, str]:
         """Open the version pinned now: its descriptor (the caller ``hold``s or closes
         it) and its text. ``PolicyError`` when it cannot be read."""
-        from execgate.keyfile import NotRegular, read_open_regular
+        from execgate.keyfile import NotRegular, check_private, read_open_regular
 
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise PolicyError(f"cannot read {str(self.path)!r}: {exc.strerror or exc}") from exc
         try:
+            check_private(fd)  # whoever else could write it would choose what runs
             data = read_open_regular(fd, limit=_yaml.MAX_BYTES)[0]
             return fd, data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -122,8 +123,13 @@ class Pin:
             raise
 
     def hold(self, fd: int) -> None:
-        """Follow the version open at ``fd`` from now on (the one before is let go)."""
-        status = os.fstat(fd)
+        """Follow the version open at ``fd`` from now on (the one before is let go);
+        ``fd`` is this object's now, also when that fails."""
+        try:
+            status = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         self.release()
         self._fd, self._id = fd, (status.st_dev, status.st_ino)
 

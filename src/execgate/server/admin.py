@@ -87,6 +87,7 @@ __all__ = [
     "SCHEMAS",
     "hup_before_handler",
     "install_reload_signal",
+    "take_early_hup",
 ]
 
 REVIEW_BODY_LIMIT: Final = 16 * 1024
@@ -529,6 +530,13 @@ def hup_before_handler(signum: int, frame: object) -> None:
     _early_hup.set()
 
 
+def take_early_hup() -> bool:
+    """Whether a SIGHUP came before any handler acted on it (and forget it)."""
+    came = _early_hup.is_set()
+    _early_hup.clear()
+    return came
+
+
 def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
     """Make SIGHUP reload ``gateway``'s policy (off the event loop), and reload now if
     one came while the process was starting; return what undoes it.
@@ -546,8 +554,7 @@ def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     except (NotImplementedError, RuntimeError, ValueError):
         return lambda: None
-    if _early_hup.is_set():
-        _early_hup.clear()
+    if take_early_hup():
         on_hup()
 
     def remove() -> None:

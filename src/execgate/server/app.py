@@ -16,9 +16,11 @@ import gc
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,8 +34,14 @@ from starlette.routing import Route
 
 from execgate.adapters.http import PROOF_HEADER
 from execgate.audit.log import SigningRefused
-from execgate.errors import EvidenceError, RequestError, StoreError, VerificationError
-from execgate.home import ServerConfig, load_config
+from execgate.errors import (
+    ConfigError,
+    EvidenceError,
+    RequestError,
+    StoreError,
+    VerificationError,
+)
+from execgate.home import CONFIG_NAME, ServerConfig, load_config, service_copy
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, logs, metrics
@@ -69,6 +77,7 @@ MAX_PAGE: Final = 1000  # audit entries per page
 _READ_AHEAD: Final = 32  # entries read from the store at a time for a page
 _MAX_ID: Final = 128
 READY_WRITE_TIMEOUT: Final = 1.0  # seconds /readyz waits for the writers' turn
+STARTUP_FAILURE: Final = 3  # uvicorn's: a worker that exits with it stops the service
 
 
 def _gateway(request: Request) -> Gateway:
@@ -454,9 +463,25 @@ def app_from_environment() -> Starlette:
     home = os.environ.get("EXECGATE_HOME")
     if not home:
         raise RuntimeError("EXECGATE_HOME is not set; start the service with 'execgate serve'")
-    config = load_config(Path(home))
     pinned = os.environ.get(POLICY_IN_FORCE_ENV)
     in_force = Path(pinned) if pinned else None
+    # Until the app's handler is in place, a SIGHUP is remembered (admin), not the end.
+    with suppress(ValueError):  # only the main thread may set one (not so in tests)
+        signal.signal(signal.SIGHUP, admin.hup_before_handler)
+    try:
+        # The [server] section as the service read it at start (see Gateway.open).
+        kept = (
+            None
+            if in_force is None
+            else service_copy(
+                in_force.parent, "execgate.toml", Path(home) / CONFIG_NAME, "config", new=False
+            )
+        )
+        config = load_config(Path(home), data=kept)
+    except ConfigError as exc:
+        # uvicorn restarts a worker that exits otherwise, round after round.
+        _log.error("cannot start: %s", exc)
+        sys.exit(STARTUP_FAILURE)
     logs.lean_records()  # a worker process serves this app and nothing else
     return create_app(
         open_gateway=lambda: Gateway.open(Path(home), policy_in_force=in_force),

@@ -54,6 +54,7 @@ __all__ = ["SQLiteStore"]
 SCHEMA_VERSION: Final = 2
 _BATCH_MAX: Final = 256
 _COMMIT_TIMEOUT: Final = 30.0
+_PROBE_RETRY: Final = 0.005  # seconds between a readiness probe's tries for the turn
 _QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
 # Meta keys: replay state (proof jti, admin token jti) expiring below the first may be
 # gone, and use counts expiring below the second (or the first: a store written before
@@ -578,25 +579,52 @@ class SQLiteStore:
 
     def check_writable(self, timeout: float) -> None:
         """See ``Store.check_writable``: within ``timeout``, this process's writer lock,
-        the writers' ``flock``, and ``BEGIN IMMEDIATE`` then ``ROLLBACK``."""
+        the writers' ``flock`` (tried again every few milliseconds: a probe needs no
+        place in the queue, and must leave no waiting thread behind when the holder
+        never lets go), then ``BEGIN IMMEDIATE`` and ``ROLLBACK`` with what is left."""
+        deadline = time.monotonic() + timeout
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        if not self._writer_lock.acquire(timeout=timeout):
-            raise StoreUnavailable(f"no turn to write within {timeout:g}s")
         try:
-            with self._process_turn(wait=True, timeout=timeout):
-                conn = self._connect()
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"cannot start a write: {exc}") from exc
-                finally:
-                    conn.close()
+            conn = self._connect()  # before any lock: nobody waits on the connecting
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the store: {exc}") from exc
+        try:
+            if not self._writer_lock.acquire(timeout=timeout):
+                raise StoreUnavailable(f"no turn to write within {timeout:g}s")
+            try:
+                self._probe_turn(conn, deadline, timeout)
+            finally:
+                self._writer_lock.release()
         except OSError as exc:  # the lock file
             raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
         finally:
-            self._writer_lock.release()
+            conn.close()
+
+    def _probe_turn(self, conn: sqlite3.Connection, deadline: float, timeout: float) -> None:
+        if self._turn is None:
+            self._turn = os.open(
+                self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        while True:
+            try:
+                fcntl.flock(self._turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"another process has held the writers' turn for {timeout:g}s"
+                    ) from None
+                time.sleep(_PROBE_RETRY)
+        try:
+            left = max(deadline - time.monotonic(), 0.0)
+            conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot start a write: {exc}") from exc
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
 
     def commit(self, job: WriteJob) -> int:
         """Append one decision's writes; return its log index once durable."""
