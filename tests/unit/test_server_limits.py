@@ -32,7 +32,7 @@ from test_server_process import START_TIMEOUT, Server, _decide, serve
 from execgate.home import ServerConfig
 from execgate.server import create_app
 from execgate.server._limits import uvicorn_options
-from execgate.server.metrics import Metrics
+from execgate.server.metrics import REFUSALS_STATE, Metrics
 from execgate.store.sqlite import SQLiteStore
 
 READ_TIMEOUT = 20.0  # generous: a loaded machine must not fail the test
@@ -567,10 +567,10 @@ def test_refusals_below_the_app_are_counted(kit: Kit, monkeypatch: pytest.Monkey
 
 
 @contextmanager
-def _in_thread(app: Any, **options: Any) -> Iterator[int]:
-    """A real uvicorn server for ``app`` in a thread, with the limits' protocol; yields
-    its port."""
-    config_options = {**uvicorn_options(ServerConfig()), "log_config": None, **options}
+def _in_thread(app: Any, limits: ServerConfig | None = None, **options: Any) -> Iterator[int]:
+    """A real uvicorn server for ``app`` in a thread, with the limits' protocol (for
+    ``limits``, the defaults when not given); yields its port."""
+    config_options = {**uvicorn_options(limits or ServerConfig()), "log_config": None, **options}
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
@@ -613,7 +613,7 @@ def test_a_refusal_behind_an_answer_in_the_making_waits_for_it(kit: Kit) -> None
         )
         await send({"type": "http.response.body", "body": body})
 
-    with _in_thread(app, **uvicorn_options(ServerConfig(header_limit=8192))) as port:
+    with _in_thread(app, ServerConfig(header_limit=8192)) as port:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         with closing(sock):
             sock.sendall(
@@ -658,3 +658,60 @@ def test_a_refusal_is_answered_even_when_counting_it_fails(
     assert status == 400
     assert body["error"]["code"] == "request.malformed"
     assert after == 200
+
+
+def _echo(refused: list[str]) -> Any:
+    """An ASGI app that reads each request's body whole, then answers in JSON with its
+    path, its body's size and the header names its scope holds. Its lifespan hands the
+    protocol ``refused.append`` as the refusal count, as the gateway's app hands its
+    metrics."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()  # startup
+            scope["state"][REFUSALS_STATE] = refused.append
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # shutdown
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        names = [name.decode("latin-1") for name, _ in scope["headers"]]
+        body = json.dumps({"path": scope["path"], "size": size, "headers": names}).encode()
+        length = str(len(body)).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _open(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT)
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["with-the-head", "after-a-pause"])
+def test_trailer_fields_never_become_headers(pause: bool) -> None:
+    """uvicorn adds each parsed field to the request's headers, the list the app's scope
+    holds, trailer fields too: a trailer read with the head would be read as a header (an
+    ``X-Original-Method`` naming a forward-auth call) and one read after it would not,
+    depending on how the packets fell. Trailer fields are counted, then dropped."""
+    head = (
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+        b"\r\n3\r\nabc\r\n"
+    )
+    end = b"0\r\nX-Original-Method: GET\r\nX-Original-URI: /api/x\r\n\r\n"
+    with _in_thread(_echo([])) as port, closing(_open(port)) as sock:
+        if pause:
+            sock.sendall(head)
+            time.sleep(0.2)  # the head and the chunk read before the trailers
+            sock.sendall(end)
+        else:
+            sock.sendall(head + end)
+        status, _, seen = _parse(_read_all(sock))
+    assert status == 200
+    assert seen == {"path": "/x", "size": 3, "headers": ["host", "transfer-encoding", "connection"]}

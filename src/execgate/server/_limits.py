@@ -20,7 +20,10 @@ holds memory and a slot for as long as the client likes.
   being received in memory until it ends, and the app waits for the body's end, so one
   endless trailer would otherwise grow without bound. Chunk extensions count too. Past
   the limit the answer is the same ``431``, and the app's request ends as if the client
-  had gone.
+  had gone. Trailer fields are counted and dropped, never headers: uvicorn would add
+  them to the list the app's scope holds as its headers, so a trailer read with the head
+  would be read as a header (an ``X-Original-Method`` naming a forward-auth call), and
+  one read after it would not, depending on how the packets fell.
 - **Header time** (``[server] header_timeout``, seconds): the headers must be complete
   within that time of the connection being opened, of the previous response on a
   keep-alive connection, or of their first byte when they were pipelined behind a
@@ -357,7 +360,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)  # ": " and the line end
-        super().on_header(name, value)
+        if self._in_head:  # a trailer field is counted, never a header (module docstring)
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
