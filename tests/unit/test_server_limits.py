@@ -476,6 +476,19 @@ def test_malformed_http_gets_a_typed_400(kit: Kit, server: Server) -> None:
     _nothing_decided(kit, server)
 
 
+def test_a_request_target_with_a_fragment_is_malformed(kit: Kit, server: Server) -> None:
+    """uvicorn drops a fragment from the target without a word, so this call was decided
+    as ``/api/x``. A request target holds no fragment (RFC 9112 §3.2)."""
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /v1/forward-auth/api/x#/../../admin HTTP/1.1\r\nHost: gw\r\n\r\n")
+        status, headers, body = _parse(_read_all(sock))
+    assert status == 400
+    assert body["error"]["code"] == headers["execgate-reason"] == "request.malformed"
+    assert "fragment" in body["error"]["message"]
+    _healthy(server)
+    _nothing_decided(kit, server)
+
+
 def test_a_decision_still_works_within_the_limits(kit: Kit, server: Server) -> None:
     with httpx.Client(base_url=server.url, timeout=10.0) as client:  # one connection
         decision = client.post("/v1/decisions", json=kit.submit()).json()

@@ -42,12 +42,15 @@ holds memory and a slot for as long as the client likes.
   reads, however slowly, is not (as nginx's ``send_timeout``). Otherwise each such
   client would hold a connection slot, and megabytes of buffers, as long as it likes.
 - **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
-  is ``400`` ``request.malformed``; over the concurrency limit, ``503``
-  ``server.overloaded`` (the check is uvicorn's, answered here). A refusal answered
-  here carries its code in ``Execgate-Reason`` as well, as the app's typed errors and
-  forward-auth's denials do, so a proxy that passes that header on tells the client why.
-  A request refused while an answer to one before it is still being made or written
-  gets no answer of its own: that answer is sent whole, then the connection is closed.
+  is ``400`` ``request.malformed``, and so is a request target with a fragment (``#``;
+  RFC 9112 §3.2 allows none), which uvicorn would drop without a word (so that
+  ``/v1/forward-auth/api/x#/../../admin`` would be decided as ``/api/x``); over the
+  concurrency limit, ``503`` ``server.overloaded`` (the check is uvicorn's, answered
+  here). A refusal answered here carries its code in ``Execgate-Reason`` as well, as the
+  app's typed errors and forward-auth's denials do, so a proxy that passes that header
+  on tells the client why. A request refused while an answer to one before it is still
+  being made or written gets no answer of its own: that answer is sent whole, then the
+  connection is closed.
 
 The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
 the read (``408``), since only the handler knows when it wants a body.
@@ -356,6 +359,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
+        if b"#" in url:  # each piece, as the parser hands them over
+            # uvicorn would drop the fragment without a word, deciding another target
+            self._refuse(400, "request.malformed", "a request target holds no fragment ('#')")
+            raise _Refused
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
