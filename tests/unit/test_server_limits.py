@@ -728,3 +728,35 @@ def test_trailer_fields_never_become_headers(pause: bool) -> None:
         status, _, seen = _parse(_read_all(sock))
     assert status == 200
     assert seen == {"path": "/x", "size": 3, "headers": ["host", "transfer-encoding", "connection"]}
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n",  # not a chunk size
+        b"Transfer-Encoding: identity\r\n\r\nhello",  # a coding a request may not have
+    ],
+    ids=["bad-chunk-size", "identity"],
+)
+def test_a_body_the_parser_refuses_is_answered_400_at_once(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, framing: bytes
+) -> None:
+    """Refused by the parser once the head was complete, so once the app was waiting for
+    the body: the typed 400 is the answer, at once, not the app's after its body_timeout
+    (10 s here), and the refusal is counted once."""
+    counted: list[str] = []
+    monkeypatch.setattr(Metrics, "refusal", lambda self, code: counted.append(code))
+    limits = ServerConfig(body_timeout=10)
+    app = create_app(open_gateway=kit.gateway, server=limits)
+    with _in_thread(app, limits, lifespan="on") as port:
+        started = time.monotonic()
+        status, headers, body = _ask(
+            port, b"POST /v1/forward-auth/api/x HTTP/1.1\r\nHost: gw\r\n" + framing
+        )
+        answered = time.monotonic() - started
+    assert answered < 5
+    assert status == 400
+    assert headers["connection"] == "close"
+    assert body["error"]["code"] == headers["execgate-reason"] == "request.malformed"
+    assert counted == ["request.malformed"]
+    assert kit.records() == []  # nothing decided

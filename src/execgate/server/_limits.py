@@ -42,15 +42,16 @@ holds memory and a slot for as long as the client likes.
   reads, however slowly, is not (as nginx's ``send_timeout``). Otherwise each such
   client would hold a connection slot, and megabytes of buffers, as long as it likes.
 - **Typed errors** for what uvicorn answers in plain text: a request the parser refuses
-  is ``400`` ``request.malformed``, and so is a request target with a fragment (``#``;
-  RFC 9112 §3.2 allows none), which uvicorn would drop without a word (so that
-  ``/v1/forward-auth/api/x#/../../admin`` would be decided as ``/api/x``); over the
-  concurrency limit, ``503`` ``server.overloaded`` (the check is uvicorn's, answered
-  here). A refusal answered here carries its code in ``Execgate-Reason`` as well, as the
-  app's typed errors and forward-auth's denials do, so a proxy that passes that header
-  on tells the client why. A request refused while an answer to one before it is still
-  being made or written gets no answer of its own: that answer is sent whole, then the
-  connection is closed.
+  is ``400`` ``request.malformed`` (at once, even past the head: the app's read of the
+  body ends as if the client had gone, rather than waiting out its time), and so is a
+  request target with a fragment (``#``; RFC 9112 §3.2 allows none), which uvicorn would
+  drop without a word (so that ``/v1/forward-auth/api/x#/../../admin`` would be decided
+  as ``/api/x``); over the concurrency limit, ``503`` ``server.overloaded`` (the check
+  is uvicorn's, answered here). A refusal answered here carries its code in
+  ``Execgate-Reason`` as well, as the app's typed errors and forward-auth's denials do,
+  so a proxy that passes that header on tells the client why. A request refused while an
+  answer to one before it is still being made or written gets no answer of its own: that
+  answer is sent whole, then the connection is closed.
 
 The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
 the read (``408``), since only the handler knows when it wants a body.
@@ -326,7 +327,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._unsupported_upgrade_warning()
         except httptools.HttpParserError:
             if not self._refused:
-                self._refuse(400, "request.malformed", "the request is not valid HTTP/1.1")
+                # Past the head, the app may be waiting for a body that will never come.
+                refuse = self._refuse if self._in_head else self._refuse_request
+                refuse(400, "request.malformed", "the request is not valid HTTP/1.1")
             return
         # Below zero only when a pipelined request's head and body came in one read
         # with the previous request's end (counted before that one reset the count).
