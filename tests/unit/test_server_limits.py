@@ -760,3 +760,33 @@ def test_a_body_the_parser_refuses_is_answered_400_at_once(
     assert body["error"]["code"] == headers["execgate-reason"] == "request.malformed"
     assert counted == ["request.malformed"]
     assert kit.records() == []  # nothing decided
+
+
+def _refused_at_once(port: int, request: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send ``request`` (an oversized head); the answer, asserted to come well before
+    header_timeout (10 s in these tests)."""
+    started = time.monotonic()
+    with closing(_open(port)) as sock:
+        with suppress(BrokenPipeError, ConnectionResetError):  # refused part-way through
+            sock.sendall(request)
+        answer = _parse(_read_all(sock))
+    assert time.monotonic() - started < 5
+    return answer
+
+
+def test_blank_lines_before_a_request_line_count_and_do_not_end_its_head() -> None:
+    """llhttp skips empty lines before a request line. They count against header_limit,
+    and the head's end is looked for only after them: a blank line there ended the head
+    as counted, and all that followed was held until header_timeout."""
+    refused: list[str] = []
+    limits = ServerConfig(header_limit=8192, header_timeout=10)
+    with _in_thread(_echo(refused), limits) as port:
+        status, headers, body = _refused_at_once(
+            port, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 130_000
+        )
+        _, _, seen = _ask(port, b"\r\n\r\nGET /y HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert status == 431
+    assert headers["connection"] == "close"
+    assert body["error"]["code"] == headers["execgate-reason"] == "request.headers_too_large"
+    assert refused == ["request.headers_too_large"]
+    assert seen["path"] == "/y"  # blank lines before a request line are still allowed

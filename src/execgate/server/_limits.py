@@ -9,13 +9,14 @@ holds memory and a slot for as long as the client likes.
 
 - **Header size** (``[server] header_limit``, bytes): the raw bytes of the request line
   and headers are counted as they arrive (up to the blank line that ends them, so a body
-  in the same packet is not counted), and so are the parsed URL and header fields (a
+  in the same packet is not counted; empty lines before the request line, which llhttp
+  skips, count, and do not end the head), and so are the parsed URL and header fields (a
   second count that also covers pipelined bytes read together with the previous
   request). Past the limit the client gets ``431`` with a typed body
   (``request.headers_too_large``) and the connection is closed; the app never sees the
   request. Trailer fields, which a chunked body may end with, count against the same
-  limit as they arrive: every byte after the head that is not body counts, less the
-  size lines the chunks received need (their hex length and two line ends each, plus
+  limit as they arrive: every byte after the head that is not body counts, less the size
+  lines the chunks received need (their hex length and two line ends each, plus
   ``_CHUNK_SLACK`` for the chunk in progress and the last one): httptools keeps a field
   being received in memory until it ends, and the app waits for the body's end, so one
   endless trailer would otherwise grow without bound. Chunk extensions count too. Past
@@ -70,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import re
 import socket
 import struct
 import termios
@@ -97,6 +99,7 @@ __all__ = ["BACKLOG", "LIMIT_CONCURRENCY", "LimitedHttpToolsProtocol", "uvicorn_
 LIMIT_CONCURRENCY: Final = 1024
 BACKLOG: Final = 2048
 _END_OF_HEAD: Final = (b"\r\n\r\n", b"\n\n")
+_HEAD_BEGINS: Final = re.compile(rb"[^\r\n]")  # llhttp skips line ends before a request line
 _LINGER: Final = 2.0  # seconds a refused client's remaining bytes are read and dropped
 # The size line of the chunk in progress (16 hex digits and CRLF at most), the last
 # chunk's "0" line and the final CRLF: framing not yet matched by a completed chunk.
@@ -237,6 +240,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # the current request's line and headers are not complete
         self._raw = 0  # raw bytes of the current head received so far
         self._parsed = 0  # bytes of the current head the parser has handed over
+        self._started = False  # a byte other than a line end of the current head arrived
         self._tail = b""  # the last bytes of the head so far (a terminator may straddle)
         self._framing = 0  # bytes after the head that were not body: chunk lines, trailers
         self._framed = 0  # of those, what the completed chunks' size lines and CRLFs took
@@ -313,7 +317,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._deadline is None:  # pipelined behind a request in flight
                 self._arm()
-            head = self._head_part(data)
+            head = self._head_end(data, 0)
             self._raw += head
             if self._raw > self._header_limit:
                 self._too_large()
@@ -345,14 +349,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 f"the request's trailer fields exceed {self._header_limit} bytes",
             )
 
-    def _head_part(self, data: bytes) -> int:
-        """How many bytes of ``data`` belong to the head (all, when it does not end here)."""
-        joined = self._tail + data
-        ends = [i + len(t) for t in _END_OF_HEAD if (i := joined.find(t)) >= 0]
-        self._tail = joined[-3:]
-        if not ends:
-            return len(data)
-        return max(0, min(ends) - (len(joined) - len(data)))
+    def _head_end(self, data: bytes, start: int) -> int:
+        """Where the head being received ends in ``data``, read from ``start`` (the end of
+        ``data`` when it does not end there). Line ends before a request line are part of
+        its head, but do not end it: llhttp skips them, and reads on."""
+        if not self._started:
+            first = _HEAD_BEGINS.search(data, start)
+            if first is None:
+                return len(data)
+            self._started = True
+            start = first.start()
+        tail = self._tail
+        window = tail + data[start : start + 3]  # an end straddling two reads
+        ends = []
+        for end in _END_OF_HEAD:
+            if (i := window.find(end, max(0, len(tail) - len(end) + 1))) >= 0:
+                ends.append(start + i + len(end) - len(tail))
+            if (i := data.find(end, start)) >= 0:
+                ends.append(i + len(end))
+        stop = min(ends, default=len(data))
+        self._tail = (tail + data[max(start, stop - 3) : stop])[-3:]
+        return stop
 
     # -- parser callbacks --------------------------------------------------------------
 
@@ -400,6 +417,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True
         self._raw = 0
+        self._started = False
         self._tail = b""
         self._framing = self._framed = self._chunk = 0
 
