@@ -790,3 +790,68 @@ def test_blank_lines_before_a_request_line_count_and_do_not_end_its_head() -> No
     assert body["error"]["code"] == headers["execgate-reason"] == "request.headers_too_large"
     assert refused == ["request.headers_too_large"]
     assert seen["path"] == "/y"  # blank lines before a request line are still allowed
+
+
+_FIRST = {
+    "get": b"GET /first HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "content-length": b"POST /first HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello",
+    "chunked": b"POST /first HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("first", list(_FIRST))
+def test_a_head_read_with_the_request_before_it_counts_from_its_first_byte(first: str) -> None:
+    """The bytes of a request read together with the end of the one before it count
+    against header_limit: an endless header there was held until header_timeout (10 s
+    here), then the connection closed without a word. The request before it is answered;
+    the oversized one is refused, once that answer is sent (a 431 of its own only if
+    that answer had already gone)."""
+    refused: list[str] = []
+    limits = ServerConfig(header_limit=8192, header_timeout=10)
+    with _in_thread(_echo(refused), limits) as port:
+        started = time.monotonic()
+        with closing(_open(port)) as sock:
+            with suppress(BrokenPipeError, ConnectionResetError):  # refused part-way through
+                sock.sendall(
+                    _FIRST[first] + b"GET /big HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 100_000
+                )
+            raw = _read_all(sock)
+        closed = time.monotonic() - started
+    [(status, body), *rest] = _answers(raw, ["GET"] * raw.count(b"HTTP/1.1 "))
+    assert (status, json.loads(body)["path"]) == (200, "/first")
+    assert [(s, json.loads(b)["error"]["code"]) for s, b in rest] in (
+        [],
+        [(431, "request.headers_too_large")],
+    )
+    assert closed < 5
+    assert refused == ["request.headers_too_large"]
+
+
+@pytest.mark.parametrize("first", ["content-length", "chunked"])
+def test_requests_read_with_a_body_before_them_are_answered(first: str) -> None:
+    """A request with a body, and requests pipelined behind it, all in one write: each is
+    answered, in order. Behind a Content-Length body each head counts on its own (twelve
+    of 1 KiB here, past header_limit together); behind a chunked one, the heads read with
+    its end may count together (see _limits), so there are two small ones."""
+    pad = b"X-Pad: " + b"p" * 1024 + b"\r\n"
+    behind = 12 if first == "content-length" else 2
+    requests = _FIRST[first] + b"".join(
+        b"GET /%d HTTP/1.1\r\nHost: gw\r\n%s\r\n" % (i, pad if first == "content-length" else b"")
+        for i in range(behind)
+    )
+    requests += b"GET /last HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    with (
+        _in_thread(_echo([]), ServerConfig(header_limit=8192)) as port,
+        closing(_open(port)) as sock,
+    ):
+        sock.sendall(requests)
+        raw = _read_all(sock)
+    answers = _answers(raw, ["GET"] * (behind + 2))
+    assert [status for status, _ in answers] == [200] * (behind + 2), raw[-300:]
+    seen = [json.loads(body) for _, body in answers]
+    assert [s["path"] for s in seen] == ["/first", *(f"/{i}" for i in range(behind)), "/last"]
+    assert seen[0]["size"] == 5
+    assert seen[0]["headers"] == (
+        ["host", "content-length"] if first == "content-length" else ["host", "transfer-encoding"]
+    )

@@ -11,12 +11,17 @@ holds memory and a slot for as long as the client likes.
   and headers are counted as they arrive (up to the blank line that ends them, so a body
   in the same packet is not counted; empty lines before the request line, which llhttp
   skips, count, and do not end the head), and so are the parsed URL and header fields (a
-  second count that also covers pipelined bytes read together with the previous
-  request). Past the limit the client gets ``431`` with a typed body
-  (``request.headers_too_large``) and the connection is closed; the app never sees the
-  request. Trailer fields, which a chunked body may end with, count against the same
-  limit as they arrive: every byte after the head that is not body counts, less the size
-  lines the chunks received need (their hex length and two line ends each, plus
+  second count). Requests pipelined in one read are each counted from their first byte:
+  the read goes to the parser a piece at a time, up to the end of a head or of a
+  Content-Length body, so that the next head starts at a known place. Only the parser
+  finds where a chunked body ends: behind one, every byte of the read that was neither
+  body nor a chunk's size line counts against the next request, which may count against
+  it the chunked one's trailers (bounded as trailers are, below) and the heads of
+  requests pipelined whole in between. Past the limit the client gets ``431`` with a
+  typed body (``request.headers_too_large``) and the connection is closed; the app never
+  sees the request. Trailer fields, which a chunked body may end with, count against the
+  same limit as they arrive: every byte after the head that is not body counts, less the
+  size lines the chunks received need (their hex length and two line ends each, plus
   ``_CHUNK_SLACK`` for the chunk in progress and the last one): httptools keeps a field
   being received in memory until it ends, and the app waits for the body's end, so one
   endless trailer would otherwise grow without bound. Chunk extensions count too. Past
@@ -245,6 +250,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._framing = 0  # bytes after the head that were not body: chunk lines, trailers
         self._framed = 0  # of those, what the completed chunks' size lines and CRLFs took
         self._chunk = 0  # body bytes of the chunk in progress
+        self._body_left: int | None = None  # of a Content-Length body, bytes still to come
+        self._begun = False  # the parser has begun the current request (on_message_begin)
+        # Of the piece of a read being fed (_fed): whether a request ended in it, its body
+        # bytes, the size lines it surely held of chunked requests that ended in it, and
+        # the framing that the request whose body it went on with had before it.
+        self._ended = False
+        self._piece_body = self._piece_lines = 0
+        self._before: int | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -311,33 +324,64 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        """Feed ``data`` to the parser a piece at a time, so that each head is counted
+        from its first byte (a head read with the end of the request before it was not
+        counted at all): up to a head's end, up to a Content-Length body's end, and in a
+        chunked body, whose end only the parser finds, the rest of the read (``_fed``)."""
         self._unset_keepalive_if_required()
-        if self._refused:
-            return
-        if self._in_head:
-            if self._deadline is None:  # pipelined behind a request in flight
-                self._arm()
-            head = self._head_end(data, 0)
-            self._raw += head
-            if self._raw > self._header_limit:
-                self._too_large()
+        start = 0
+        while start < len(data) and not self._refused:
+            stop = len(data)
+            if self._in_head:
+                if self._deadline is None:  # pipelined behind a request in flight
+                    self._arm()
+                stop = self._head_end(data, start)
+                self._raw += stop - start
+                if self._raw > self._header_limit:
+                    self._too_large()
+                    return
+            elif self._body_left:
+                stop = min(stop, start + self._body_left)
+            piece = data if stop - start == len(data) else memoryview(data)[start:stop]
+            start = stop
+            if not self._fed(piece):
                 return
-            self._framing += len(data) - head  # on_body takes the body's share back
-        else:
-            self._framing += len(data)
+
+    def _fed(self, piece: bytes | memoryview) -> bool:
+        """Hand ``piece`` to the parser; whether to go on with the rest of the read.
+
+        A request that ends inside the piece with another begun after it ended in a
+        chunked body (the other pieces end where requests do). Every byte of the piece
+        that was neither body nor surely a chunk's size line then counts against the
+        request begun: its head or, past it, its body's framing. That may count against
+        it the end of the request before (its trailers, bounded as the limit bounds
+        trailers) and the heads of requests pipelined whole in between; never less than
+        its own bytes."""
+        self._ended = False
+        self._piece_body = self._piece_lines = 0
+        self._before = None if self._in_head else self._framing
+        if not self._in_head:
+            self._framing += len(piece)  # on_body takes the body's share back
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade:  # pragma: no cover - ws is "none" (below)
             self._unsupported_upgrade_warning()
+            return False
         except httptools.HttpParserError:
             if not self._refused:
                 # Past the head, the app may be waiting for a body that will never come.
                 refuse = self._refuse if self._in_head else self._refuse_request
                 refuse(400, "request.malformed", "the request is not valid HTTP/1.1")
-            return
-        # Below zero only when a pipelined request's head and body came in one read
-        # with the previous request's end (counted before that one reset the count).
-        self._framing = max(self._framing, 0)
+            return False
+        if self._ended and (self._begun or not self._in_head):
+            spare = len(piece) - self._piece_body - self._piece_lines
+            if self._in_head:
+                self._raw, self._started, self._tail = spare, True, bytes(piece[-3:])
+                if self._raw > self._header_limit:
+                    self._too_large()
+                    return False
+            else:  # in the body of the request begun (a Content-Length one has no framing)
+                self._framing = spare if self._body_left is None else 0
         if (
             not self._in_head
             and not self._refused
@@ -348,6 +392,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 "request.headers_too_large",
                 f"the request's trailer fields exceed {self._header_limit} bytes",
             )
+        return not self._refused
 
     def _head_end(self, data: bytes, start: int) -> int:
         """Where the head being received ends in ``data``, read from ``start`` (the end of
@@ -375,6 +420,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._begun = True
         self._parsed = 16  # the method, spaces, version and line ends around the URL
 
     def on_url(self, url: bytes) -> None:
@@ -388,6 +434,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)  # ": " and the line end
         if self._in_head:  # a trailer field is counted, never a header (module docstring)
+            if name.lower() == b"content-length":  # llhttp refuses a bad one, or a second
+                self._body_left = int(value)
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -404,6 +452,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._framing -= len(body)
+        self._piece_body += len(body)
+        if self._body_left is not None:
+            self._body_left -= len(body)
         self._chunk += len(body)
         super().on_body(body)
 
@@ -415,11 +466,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        if self._before is None:  # its body began in this piece: all its size lines too
+            self._piece_lines += self._framed
+        else:  # at least those not matched by the framing it had before this piece
+            self._piece_lines += max(0, self._framed - self._before)
+            self._before = None
         self._in_head = True
         self._raw = 0
-        self._started = False
+        self._started = self._begun = False
         self._tail = b""
         self._framing = self._framed = self._chunk = 0
+        self._body_left = None
+        self._ended = True
 
     def on_response_complete(self) -> None:
         # With a request queued behind it, the one answered had its body whole (the
