@@ -240,6 +240,28 @@ def test_a_stalled_second_request_on_a_kept_alive_connection_gets_408(
     _nothing_decided(kit, server)
 
 
+def test_a_partial_request_pipelined_behind_an_answer_gets_408(kit: Kit, server: Server) -> None:
+    """Read with the request before it, so nothing more arrives after that one's answer:
+    it gets its 408 too (uvicorn's keep-alive timer, set for the same time, closed the
+    connection first, without a word)."""
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        raw = _read_all(sock)  # and stall
+    [(first, alive), (status, body)] = _answers(raw, ["GET", "GET"])
+    assert (first, alive) == (200, b'{"status":"alive"}')
+    assert status == 408
+    assert json.loads(body)["error"]["code"] == "request.timeout"
+    _nothing_decided(kit, server)
+
+
+def test_an_idle_kept_alive_connection_is_closed_without_an_answer(server: Server) -> None:
+    with closing(_connect(server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        raw = _read_all(sock)  # and send nothing more
+    [(status, alive)] = _answers(raw, ["GET"])
+    assert (status, alive) == (200, b'{"status":"alive"}')
+
+
 def test_a_connection_that_sends_nothing_is_closed(kit: Kit, server: Server) -> None:
     with closing(_connect(server)) as sock:
         assert _read_all(sock) == b""  # closed by the server, with nothing to answer

@@ -38,7 +38,9 @@ holds memory and a slot for as long as the client likes.
   nothing was sent is closed without an answer (there is no request to answer, and a
   client that raced a new request against the close would read a 408 meant for nobody).
   So an idle connection, new or kept alive, lives at most ``header_timeout`` seconds,
-  and ``timeout_keep_alive`` is the same number.
+  and ``timeout_keep_alive`` is the same number; uvicorn's keep-alive timer is cancelled
+  as soon as it is set, since it would close without a word on a request begun (read
+  with the one before it, say).
 - **Send time** (``[server] body_timeout``, seconds): a client that stops reading its
   answers (one that pipelines requests and never reads, say) leaves them in the
   server's buffers, and uvicorn waits for them to drain without a limit. Once the
@@ -472,7 +474,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._piece_lines += max(0, self._framed - self._before)
             self._before = None
         self._in_head = True
-        self._raw = 0
+        self._raw = self._parsed = 0
         self._started = self._begun = False
         self._tail = b""
         self._framing = self._framed = self._chunk = 0
@@ -495,6 +497,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._close_lingering()
             return
         if not self.pipeline:
+            # This deadline stands for uvicorn's keep-alive timer, set just before for the
+            # same time: that one would close without a word on a request already begun.
+            self._unset_keepalive_if_required()
             self._arm()
 
     def _count(self, size: int) -> None:
