@@ -401,20 +401,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         ``data`` when it does not end there). Line ends before a request line are part of
         its head, but do not end it: llhttp skips them, and reads on."""
         if not self._started:
-            first = _HEAD_BEGINS.search(data, start)
-            if first is None:
-                return len(data)
+            if data[start] in b"\r\n":
+                first = _HEAD_BEGINS.search(data, start)
+                if first is None:
+                    return len(data)
+                start = first.start()
             self._started = True
-            start = first.start()
         tail = self._tail
-        window = tail + data[start : start + 3]  # an end straddling two reads
-        ends = []
-        for end in _END_OF_HEAD:
-            if (i := window.find(end, max(0, len(tail) - len(end) + 1))) >= 0:
-                ends.append(start + i + len(end) - len(tail))
-            if (i := data.find(end, start)) >= 0:
-                ends.append(i + len(end))
-        stop = min(ends, default=len(data))
+        stop = len(data)
+        if tail:  # an end straddling two reads
+            window = tail + data[start : start + 3]
+            for end in _END_OF_HEAD:
+                if (i := window.find(end, max(0, len(tail) - len(end) + 1))) >= 0:
+                    stop = min(stop, start + i + len(end) - len(tail))
+        for end in _END_OF_HEAD:  # each looked for only before the one found
+            if (i := data.find(end, start, stop)) >= 0:
+                stop = i + len(end)
         self._tail = (tail + data[max(start, stop - 3) : stop])[-3:]
         return stop
 
@@ -436,8 +438,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)  # ": " and the line end
         if self._in_head:  # a trailer field is counted, never a header (module docstring)
-            if name.lower() == b"content-length":  # llhttp refuses a bad one, or a second
-                self._body_left = int(value)
+            if len(name) == 14 and name.lower() == b"content-length":
+                self._body_left = int(value)  # llhttp refuses a bad one, or a second
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
