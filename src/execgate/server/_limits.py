@@ -35,12 +35,12 @@ holds memory and a slot for as long as the client likes.
   keep-alive connection, or of their first byte when they were pipelined behind a
   request still being served. A client that has sent part of a request by then gets
   ``408`` (``request.timeout``) and the connection is closed; a connection on which
-  nothing was sent is closed without an answer (there is no request to answer, and a
-  client that raced a new request against the close would read a 408 meant for nobody).
-  So an idle connection, new or kept alive, lives at most ``header_timeout`` seconds,
-  and ``timeout_keep_alive`` is the same number; uvicorn's keep-alive timer is cancelled
-  as soon as it is set, since it would close without a word on a request begun (read
-  with the one before it, say).
+  nothing was sent (or blank lines only) is closed without an answer (there is no
+  request to answer, and a client that raced a new request against the close would read
+  a 408 meant for nobody). So an idle connection, new or kept alive, lives at most
+  ``header_timeout`` seconds, and ``timeout_keep_alive`` is the same number; uvicorn's
+  keep-alive timer is cancelled as soon as it is set, since it would close without a
+  word on a request begun (read with the one before it, say).
 - **Send time** (``[server] body_timeout``, seconds): a client that stops reading its
   answers (one that pipelines requests and never reads, say) leaves them in the
   server's buffers, and uvicorn waits for them to drain without a limit. Once the
@@ -538,8 +538,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self._arm()  # a pipelined head behind a request in flight: not its turn yet
             return
-        if self._raw == 0 and self._parsed == 0:
-            self.transport.close()  # nothing was asked: close, nothing to answer
+        if not self._started:  # nothing was asked, blank lines at most: nothing to answer
+            self.transport.close()
             return
         self._refuse(
             408, "request.timeout", f"the headers did not arrive within {self._header_timeout} s"
