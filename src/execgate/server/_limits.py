@@ -355,10 +355,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         A request that ends inside the piece with another begun after it ended in a
         chunked body (the other pieces end where requests do). Every byte of the piece
         that was neither body nor surely a chunk's size line then counts against the
-        request begun: its head or, past it, its body's framing. That may count against
-        it the end of the request before (its trailers, bounded as the limit bounds
-        trailers) and the heads of requests pipelined whole in between; never less than
-        its own bytes."""
+        request begun: its head or, past it, its body's framing (with its head). That may
+        count against it the end of the request before (its trailers, bounded as the limit
+        bounds trailers) and the heads of requests pipelined whole in between; never less
+        than its own bytes."""
         self._ended = False
         self._piece_body = self._piece_lines = 0
         self._before = None if self._in_head else self._framing
