@@ -116,7 +116,7 @@ class ServerConfig:
     """
 
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _LOOPBACK
-    header_limit: int = 16384
+    header_limit: int = 65536
     header_timeout: int = 10
     body_timeout: int = 30
     public_audit: bool = False
@@ -321,7 +321,7 @@ def _server(section: object, where: str) -> ServerConfig:
     return ServerConfig(
         trusted_proxies=networks,
         public_audit=public_audit,
-        header_limit=_int(section, "header_limit", 16384, 1024, 1 << 20, f"{where}: [server]"),
+        header_limit=_int(section, "header_limit", 65536, 1024, 1 << 20, f"{where}: [server]"),
         header_timeout=_int(section, "header_timeout", 10, 1, 300, f"{where}: [server]"),
         body_timeout=_int(section, "body_timeout", 30, 1, 300, f"{where}: [server]"),
     )
@@ -561,7 +561,7 @@ notify_timeout = 5      # seconds a hook may take (1-30); then it is killed or a
 # execgate serve: forward-auth believes X-Original-* / X-Forwarded-* headers only from
 # these networks (the proxies in front of it); from anywhere else they are refused.
 trusted_proxies = ["127.0.0.0/8", "::1/128"]
-header_limit = 16384    # bytes of request line + headers; 431 beyond
+header_limit = 65536    # bytes of request line + headers (fits every evidence header); 431 beyond
 header_timeout = 10     # seconds a client may take to send its headers; then 408
 body_timeout = 30       # seconds a client may take to send its body (then 408), or to
                         # take an answer it stopped reading (then it is dropped)

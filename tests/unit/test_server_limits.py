@@ -45,7 +45,7 @@ def kit(tmp_path: Path) -> Iterator[Kit]:
     config = k.home / "execgate.toml"
     text = config.read_text(encoding="utf-8")
     for old, new in (
-        ("header_limit = 16384", "header_limit = 8192"),
+        ("header_limit = 65536", "header_limit = 8192"),
         ("header_timeout = 10", "header_timeout = 1"),
         ("body_timeout = 30", "body_timeout = 1"),
     ):
@@ -628,10 +628,38 @@ def _in_thread(app: Any, limits: ServerConfig | None = None, **options: Any) -> 
             thread.join(timeout=15)
 
 
+def _ask_socket(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
 def _ask(port: int, request: bytes) -> tuple[int, dict[str, str], Any]:
     with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
         sock.sendall(request)
         return _parse(_read_all(sock))
+
+
+def test_the_default_header_limit_holds_every_evidence_header_at_its_longest(
+    kit: Kit,
+) -> None:
+    """Artifact and attestation 16 KiB, proof 8 KiB, parent receipt 16 KiB, runtime 1 KiB
+    (docs/forward-auth.md): under the default header_limit together, with room left."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read"})
+
+    sizes = {"Authorization": 16 * 1024, "Execgate-Attestation": 16 * 1024}
+    sizes |= {"Execgate-Proof": 8 * 1024, "Execgate-Parent": 16 * 1024, "Execgate-Runtime": 1024}
+    head = b"GET /v1/forward-auth HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n" + b"".join(
+        name.encode() + b": " + b"a" * size + b"\r\n" for name, size in sizes.items()
+    )
+    assert len(head) > 56 * 1024
+    with _in_thread(app) as port, closing(_ask_socket(port)) as sock:  # the defaults
+        sock.sendall(head + b"\r\n")
+        raw = _read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
 
 
 def test_a_refusal_behind_an_answer_in_the_making_waits_for_it(kit: Kit) -> None:
