@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import stat
 import threading
 import time
 import uuid
@@ -53,7 +52,7 @@ from execgate.keyfile import (
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
-from execgate.policy.loader import Pin, pin_lock, pin_policy, read_policy
+from execgate.policy.loader import SERVICE_GONE, Pin, pin_lock, pin_policy, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
@@ -171,7 +170,7 @@ def _same_node_key(kept: Path, key: PrivateKey, path: Path, *, new: bool) -> Non
     try:
         first = read_private_file(kept, limit=128).decode("ascii")
     except FileNotFoundError as exc:
-        raise ConfigError(_SERVICE_GONE) from exc
+        raise ConfigError(SERVICE_GONE) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {kept}: {exc}") from exc
     if first != thumbprint:
@@ -183,27 +182,6 @@ def _same_node_key(kept: Path, key: PrivateKey, path: Path, *, new: bool) -> Non
 
 class _NotInForce(Exception):
     """The service's policy in force changed and this process cannot take it."""
-
-
-_SERVICE_GONE: Final = (
-    "the service's private files (its policy in force, config and trust store as it"
-    " started) are gone; restart the service"
-)
-
-
-def _private_dir(directory: Path) -> None:
-    """Refuse a service directory (``Gateway.open``) that is not this user's alone: who
-    could write there would choose the policy every worker takes, unlogged."""
-    try:
-        status = directory.lstat()
-    except FileNotFoundError as exc:
-        raise ConfigError(_SERVICE_GONE) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot use {directory}: {exc.strerror or exc}") from exc
-    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid():
-        raise ConfigError(f"{directory} is not a directory of this user's; restart the service")
-    if status.st_mode & 0o077:
-        raise ConfigError(f"{directory} may be used by others (mode {status.st_mode & 0o777:04o})")
 
 
 def _pinned(
@@ -328,12 +306,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
         one that finds any of these gone (it cannot know what the service runs).
         """
         if policy_in_force is None:
-            return cls._open(home, now=now, store=store, policy_in_force=None, new=False)
-        _private_dir(policy_in_force.parent)
-        with pin_lock(policy_in_force):
-            return cls._open(
-                home, now=now, store=store, policy_in_force=policy_in_force, new=new_service
-            )
+            return cls._open(home, now=now, store=store, pin=None, new=False)
+        pin = Pin(policy_in_force)
+        try:
+            with pin_lock(policy_in_force):
+                return cls._open(home, now=now, store=store, pin=pin, new=new_service)
+        except BaseException:
+            pin.close()
+            raise
 
     @classmethod
     def _open(
@@ -342,9 +322,10 @@ class Gateway(ApprovalFlow, OutcomeLog):
         *,
         now: Callable[[], float],
         store: Store | None,
-        policy_in_force: Path | None,
+        pin: Pin | None,
         new: bool,
     ) -> Gateway:
+        policy_in_force = None if pin is None else pin.path
         service = None if policy_in_force is None else policy_in_force.parent
         config = load_config(
             home,
@@ -373,18 +354,17 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 " a mesh node is another gateway: give it that gateway's id"
             )
         targets = config.targets.keys()
-        pin, pin_fd = None, None
-        if policy_in_force is None:
+        pin_fd = None
+        if pin is None or policy_in_force is None:
             policy = read_policy(config.policy, targets=targets)[0]
             check_pauses(policy, trust)  # every pause can be approved by someone
         else:
-            pin = Pin(policy_in_force)
             if new:
                 first, text = read_policy(config.policy, targets=targets)
                 check_pauses(first, trust)
                 pin_policy(policy_in_force, text)
             elif not policy_in_force.exists():
-                raise ConfigError(_SERVICE_GONE)
+                raise ConfigError(SERVICE_GONE)
             policy, pin_fd = _pinned(pin, config.policy, targets, trust)
         try:
             gateway = cls._made(config, node_key, trust, policy, store, now)
@@ -395,12 +375,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
         gateway.policy_source = (config.policy, frozenset(config.targets))
         gateway.policy_in_force = policy_in_force
         if pin is not None and pin_fd is not None:
-            gateway._pin = pin
             try:
                 pin.hold(pin_fd)
             except BaseException:
                 gateway.close()
                 raise
+            gateway._pin = pin
         return gateway
 
     @classmethod
@@ -501,7 +481,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             self.store.close()
         finally:
             if self._pin is not None:
-                self._pin.release()
+                self._pin.close()
 
     def __enter__(self) -> Gateway:
         return self

@@ -328,6 +328,20 @@ def test_a_pin_others_could_write_is_not_taken(kit: Kit, pinned: Path) -> None:
         _open(kit, pinned)
 
 
+def test_a_process_follows_its_service_directory_not_its_name(kit: Kit, pinned: Path) -> None:
+    """Another directory put in the place of the service's (by whoever may rename
+    entries of a home its group may write) is not read: each process follows the
+    directory it opened."""
+    a = _open(kit, pinned)
+    v1 = a.policy.hash
+    moved = pinned.parent.rename(pinned.parent.with_name("moved"))
+    pinned.parent.mkdir(mode=0o700)
+    pin_policy(pinned, EDITED)
+    assert a.decide(kit.submit()).policy_hash == v1
+    pin_policy(moved / pinned.name, EDITED)  # the service's own directory: taken
+    assert a.decide(kit.submit()).policy_hash != v1
+
+
 def test_a_reload_repairs_a_pin_this_process_cannot_take(kit: Kit, pinned: Path) -> None:
     """The pin cannot be taken (every decision fails closed); a reload of a valid file
     is not refused for that: it logs the new policy, saying what was wrong, and pins it."""

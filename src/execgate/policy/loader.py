@@ -82,21 +82,26 @@ class Pin:
     A version is a file (a new one is renamed into place by ``pin_policy``), known by
     its device and inode. The version taken is held open: a file's inode number can be
     given to a new file once the old one is gone, and a later pin that got it would look
-    like the one taken; while held, it is not gone."""
+    like the one taken; while held, it is not gone.
+
+    The directory is held open too, and must be this user's alone (``ConfigError``
+    otherwise, and when it is gone): whoever else could write there would choose the
+    policy every process takes, unlogged. Held, it stays the one checked, even if its
+    name is given to another directory (a home others of its group may write)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
         self._id: tuple[int, int] | None = None
+        self._dir = _private_dir(path.parent)
 
     def moved(self) -> bool:
         """Whether another version is pinned than the one taken (one ``stat``). A pin
-        removed (by a cleaner of temporary files, say) has not moved: the version taken
-        stays in force."""
+        removed has not moved: the version taken stays in force."""
         if self._id is None:
             return True
         try:
-            status = os.stat(self.path)
+            status = os.stat(self.path.name, dir_fd=self._dir, follow_symlinks=False)
         except FileNotFoundError:
             return False
         return (status.st_dev, status.st_ino) != self._id
@@ -107,7 +112,8 @@ class Pin:
         from execgate.keyfile import NotRegular, check_private, read_open_regular
 
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.path.name, flags, dir_fd=self._dir)
         except OSError as exc:
             raise PolicyError(f"cannot read {str(self.path)!r}: {exc.strerror or exc}") from exc
         try:
@@ -134,9 +140,44 @@ class Pin:
         self._fd, self._id = fd, (status.st_dev, status.st_ino)
 
     def release(self) -> None:
+        """Let go of the version taken."""
         if self._fd is not None:
             os.close(self._fd)
         self._fd = self._id = None
+
+    def close(self) -> None:
+        """Let go of the version taken and of the directory."""
+        self.release()
+        if self._dir >= 0:
+            os.close(self._dir)
+            self._dir = -1
+
+
+SERVICE_GONE: Final = (
+    "the service's private files (its policy in force, config and trust store as it"
+    " started) are gone; restart the service"
+)
+
+
+def _private_dir(directory: Path) -> int:
+    """A descriptor of ``directory`` (not followed if a link), once it is known to be a
+    directory of this user's that no one else may use."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ConfigError(SERVICE_GONE) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {directory}: {exc.strerror or exc} (a directory of this user's)"
+        ) from exc
+    status = os.fstat(fd)
+    if status.st_uid != os.geteuid() or status.st_mode & 0o077:
+        os.close(fd)
+        raise ConfigError(
+            f"{directory} may be used by others (mode {status.st_mode & 0o777:04o}, owner"
+            f" uid {status.st_uid}); restart the service"
+        )
+    return fd
 
 
 def parse_policy(text: str, *, source: str, targets: Collection[str]) -> Policy:
