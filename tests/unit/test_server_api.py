@@ -14,6 +14,7 @@ import fcntl
 import gc
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -842,6 +843,26 @@ def test_readyz_is_503_while_another_process_holds_the_writers_turn(
     assert 0.9 <= waited < 10
     assert client.get("/readyz").status_code == 200
     assert decide(client, kit.submit())["outcome"] == "proceed"
+
+
+def test_readyz_is_503_when_the_log_is_shorter_than_its_checkpoint(
+    kit: Kit, client: Client
+) -> None:
+    """Entries removed behind the gateway's back (an intruder with the file, triggers
+    dropped): the log no longer holds what the node signed."""
+    for _ in range(3):
+        decide(client, kit.submit())
+    assert client.get("/v1/audit/checkpoint").json()["size"] == 3
+    conn = sqlite3.connect(kit.config.store)
+    try:
+        conn.execute("DROP TRIGGER audit_log_no_delete")
+        conn.execute("DELETE FROM audit_log WHERE idx = 2")
+        conn.commit()
+    finally:
+        conn.close()
+    ready = client.get("/readyz")
+    assert error_of(ready, 503) == "not_ready"
+    assert "holds 2 entries, fewer than its checkpoint of 3" in ready.json()["error"]["message"]
 
 
 def test_readyz_is_503_before_the_gateway_opens(kit: Kit) -> None:

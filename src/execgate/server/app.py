@@ -332,9 +332,9 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready when the gateway opened (keys and policy loaded), runs the service's policy
     in force (taken now if another worker reloaded it), the store and the audit log
-    answer, and a write could start within ``READY_WRITE_TIMEOUT`` (a process stuck
-    holding the writers' turn would make every decision fail closed); 503 with the
-    failing check otherwise."""
+    answer (and the log is not shorter than its newest checkpoint), and a write could
+    start within ``READY_WRITE_TIMEOUT`` (a process stuck holding the writers' turn
+    would make every decision fail closed); 503 with the failing check otherwise."""
     gateway: Gateway | None = getattr(request.app.state, "gateway", None)
     if gateway is None:
         return error_response(503, "not_ready", "the gateway is not open")
@@ -343,7 +343,12 @@ async def readyz(request: Request) -> Response:
         gateway.node_key.public.thumbprint()
         policy = gateway.current_policy()  # one this worker cannot take: not ready
         newest = next(gateway.store.recent_checkpoints(), None)
-        size = gateway.audit.size()
+        size = gateway.audit.size()  # read after: never below a checkpoint honestly made
+        if newest is not None and newest[0] > size:
+            raise SigningRefused(
+                f"the audit log holds {size} entries, fewer than its checkpoint of"
+                f" {newest[0]}: it was cut short"
+            )
         gateway.store.check_writable(READY_WRITE_TIMEOUT)  # appends would fail closed
         return {
             "log_size": size,
@@ -353,7 +358,7 @@ async def readyz(request: Request) -> Response:
 
     try:
         detail = await run_in_threadpool(check)
-    except StoreError as exc:  # our own words, which name no file
+    except (StoreError, SigningRefused) as exc:  # our own words, which name no file
         return error_response(503, "not_ready", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         # Anything else may carry a path or other internals: the log has it, not the probe
