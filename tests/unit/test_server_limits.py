@@ -911,3 +911,91 @@ def test_requests_pipelined_in_one_write_are_each_counted_on_their_own(first: st
     assert seen[0]["size"] == (0 if first == "get" else 5)
     framing = {"get": [], "content-length": ["content-length"], "chunked": ["transfer-encoding"]}
     assert seen[0]["headers"] == ["host", *framing[first]]
+
+
+def test_a_head_uvicorn_refuses_behind_an_answer_in_flight_never_takes_its_place() -> None:
+    """uvicorn refuses a target llhttp took (an absolute form without a path): the
+    request refused is that one; the one before it, still being answered, is answered."""
+    calls: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        calls.append(scope["path"])
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"answered /slow"})
+
+    with _in_thread(app) as port, closing(_open(port)) as sock:
+        sock.sendall(
+            b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET http://h HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        raw = _read_all(sock)
+    assert calls == ["/slow"]
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+    assert b"answered /slow" in raw
+    assert raw.count(b"HTTP/1.1 ") == 1
+
+
+@pytest.mark.parametrize(
+    "behind",
+    [
+        b"GET /b HTTP/1.1\r\nHost: x\r\nX:" + b" " * 100_000 + b"v\r\n\r\n",
+        b"GET" + b" " * 100_000 + b"/b HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["blank-value", "blank-request-line"],
+)
+def test_a_head_parsed_whole_behind_a_chunked_body_counts_what_the_parser_skips(
+    behind: bytes,
+) -> None:
+    """Blanks llhttp skips without a word (before a value, between the request line's
+    parts) are bytes of a head all the same: read with the end of a chunked body, such a
+    head over the limit is refused, as it is alone."""
+    refused: list[str] = []
+    chunked = (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    limits = ServerConfig(header_limit=8192)
+    with _in_thread(_echo(refused), limits) as port, closing(_open(port)) as sock:
+        with suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(chunked + behind)
+        raw = _read_all(sock)
+    assert b'"path": "/b"' not in raw
+    assert refused == ["request.headers_too_large"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n"
+        b"Content-Length: 5\r\n",
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n"
+        b"Transfer-Encoding: chunked\r\n",
+        b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n",
+    ],
+    ids=["content-length", "chunked", "connect"],
+)
+def test_an_upgrade_with_a_body_is_refused(head: bytes) -> None:
+    """llhttp skips an upgrade's body: the app would read none, and bytes after it could
+    be read as another request. Refused, nothing served."""
+    refused: list[str] = []
+    with _in_thread(_echo(refused)) as port, closing(_open(port)) as sock:
+        sock.sendall(head + b"\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, error = _parse(_read_all(sock))
+    assert (status, error["error"]["code"]) == (400, "request.malformed")
+    assert refused == ["request.malformed"]
+
+
+def test_an_upgrade_without_a_body_is_served_and_the_connection_ends() -> None:
+    """Upgrades are not served (no WebSocket routes): the request is answered as plain
+    HTTP, then the connection closes; what followed it is never read as a request."""
+    refused: list[str] = []
+    with _in_thread(_echo(refused)) as port, closing(_open(port)) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+        time.sleep(0.2)  # in a read of its own, after the upgrade was parsed
+        with suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = _read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert b"/smuggled" not in raw
+    assert raw.count(b"HTTP/1.1 ") == 1

@@ -11,13 +11,15 @@ holds memory and a slot for as long as the client likes.
   and headers are counted as they arrive (up to the blank line that ends them, so a body
   in the same packet is not counted; empty lines before the request line, which llhttp
   skips, count, and do not end the head), and so are the parsed URL and header fields (a
-  second count). Requests pipelined in one read are each counted from their first byte:
-  the read goes to the parser a piece at a time, up to the end of a head or of a
-  Content-Length body, so that the next head starts at a known place. Only the parser
-  finds where a chunked body ends: behind one, every byte of the read that was neither
-  body nor a chunk's size line counts against the next request, which may count against
-  it the chunked one's trailers (bounded as trailers are, below) and the heads of
-  requests pipelined whole in between. Past the limit the client gets ``431`` with a
+  second count). Requests pipelined in one read are each counted on their own: the read
+  goes to the parser a piece at a time, up to the end of a head or of a Content-Length
+  body, so that the next head starts at a known place. Only the parser finds where a
+  chunked body ends, so a chunked body is fed at most ``header_limit`` bytes at a time:
+  behind one, every byte of the piece that was neither body nor a chunk's size line
+  counts against the next request, which may count against it the chunked one's trailers
+  (bounded as trailers are, below) and the heads of requests pipelined whole in between;
+  a head that begins and ends inside one such piece (blanks llhttp skips included) is at
+  most the piece, so at most the limit. Past the limit the client gets ``431`` with a
   typed body (``request.headers_too_large``) and the connection is closed; the app never
   sees the request. Trailer fields, which a chunked body may end with, count against the
   same limit as they arrive: every byte after the head that is not body counts, less the
@@ -60,6 +62,11 @@ holds memory and a slot for as long as the client likes.
   so a proxy that passes that header on tells the client why. A request refused while an
   answer to one before it is still being made or written gets no answer of its own: that
   answer is sent whole, then the connection is closed.
+- **Upgrades** are not served (there are no WebSocket routes): an upgrade request is
+  answered as plain HTTP, then the connection closes, since llhttp stops where the new
+  protocol would begin and nothing after it can be read as HTTP. One with a body, or a
+  ``CONNECT``, is ``400`` ``request.malformed``: llhttp skips such a body, so the app
+  would read none and the bytes after it could pass for another request.
 
 The body's time limit (``[server] body_timeout``) is the app's: ``read_body`` bounds
 the read (``408``), since only the handler knows when it wants a body.
@@ -253,6 +260,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._framed = 0  # of those, what the completed chunks' size lines and CRLFs took
         self._chunk = 0  # body bytes of the chunk in progress
         self._body_left: int | None = None  # of a Content-Length body, bytes still to come
+        self._encoded = False  # the current request named a Transfer-Encoding
         self._begun = False  # the parser has begun the current request (on_message_begin)
         # Of the piece of a read being fed (_fed): whether a request ended in it, its body
         # bytes, the size lines it surely held of chunked requests that ended in it, and
@@ -330,13 +338,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         from its first byte (a head read with the end of the request before it was not
         counted at all): up to a head's end, up to a Content-Length body's end, and in a
         chunked body, whose end only the parser finds, the rest of the read (``_fed``)."""
-        self._unset_keepalive_if_required()
-        start = 0
+        start, view = 0, memoryview(data)
         while start < len(data) and not self._refused:
             stop = len(data)
             if self._in_head:
-                if self._deadline is None:  # pipelined behind a request in flight
-                    self._arm()
                 stop = self._head_end(data, start)
                 self._raw += stop - start
                 if self._raw > self._header_limit:
@@ -344,10 +349,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     return
             elif self._body_left:
                 stop = min(stop, start + self._body_left)
-            piece = data if stop - start == len(data) else memoryview(data)[start:stop]
+            elif self._body_left is None:
+                # A chunked body: what the parser finds in one piece past its end (a head,
+                # trailers) is counted as a whole (_fed), so a piece is at most the limit.
+                stop = min(stop, start + self._header_limit)
+            piece = data if stop - start == len(data) else view[start:stop]
             start = stop
             if not self._fed(piece):
                 return
+        if self._in_head and self._raw and self._deadline is None and not self._refused:
+            self._arm()  # a head begun behind a request in flight: from its first byte
 
     def _fed(self, piece: bytes | memoryview) -> bool:
         """Hand ``piece`` to the parser; whether to go on with the rest of the read.
@@ -358,7 +369,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         request begun: its head or, past it, its body's framing (with its head). That may
         count against it the end of the request before (its trailers, bounded as the limit
         bounds trailers) and the heads of requests pipelined whole in between; never less
-        than its own bytes."""
+        than its own bytes in the piece. A request begun and ended inside the piece is
+        counted by its parsed fields alone, and is at most the piece: such a piece is at
+        most ``header_limit`` bytes (``data_received``)."""
         self._ended = False
         self._piece_body = self._piece_lines = 0
         self._before = None if self._in_head else self._framing
@@ -366,8 +379,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._framing += len(piece)  # on_body takes the body's share back
         try:
             self.parser.feed_data(piece)
-        except httptools.HttpParserUpgrade:  # pragma: no cover - ws is "none" (below)
+        except httptools.HttpParserUpgrade:
+            # ws is "none": the request is served as plain HTTP, but llhttp has stopped
+            # where the upgraded protocol would begin, so nothing after it can be read
+            # as HTTP. The connection ends with its answer; what follows is dropped.
             self._unsupported_upgrade_warning()
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            self._refused = True
             return False
         except httptools.HttpParserError:
             if not self._refused:
@@ -439,18 +458,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._count(len(name) + len(value) + 4)  # ": " and the line end
         if self._in_head:  # a trailer field is counted, never a header (module docstring)
             if len(name) == 14 and name.lower() == b"content-length":
-                self._body_left = int(value)  # llhttp refuses a bad one, or a second
+                # llhttp refuses a bad one, or a second; it takes 4,300 leading zeros,
+                # which int() does not
+                self._body_left = int(value.strip().lstrip(b"0") or b"0")
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                self._encoded = True
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        self._in_head = False
         if self._concurrency is not None and (
             len(self.connections) >= self._concurrency or len(self.tasks) >= self._concurrency
         ):
             self._refuse(503, "server.overloaded", "too many connections; retry later")
             raise _Refused
+        if self.parser.should_upgrade() and (
+            self._body_left or self._encoded or self.parser.get_method() == b"CONNECT"
+        ):
+            # llhttp would skip the body of an upgrade (or a CONNECT's tunnel): the app
+            # would read none, and the bytes after it could be read as another request.
+            self._refuse(400, "request.malformed", "an upgrade request carries no body here")
+            raise _Refused
         super().on_headers_complete()
+        # Only now: should uvicorn refuse the head (a target it cannot parse), the request
+        # refused is this one, never the one before it still being answered.
+        self._in_head = False
         self._cycles.add(self.cycle)
         self._out.arm()  # the answer's head goes with its body (see _OneSend)
 
@@ -481,6 +513,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""
         self._framing = self._framed = self._chunk = 0
         self._body_left = None
+        self._encoded = False
         self._ended = True
 
     def on_response_complete(self) -> None:
@@ -493,7 +526,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if mid_body:
             # Answered before the request's body arrived whole (a GET with a body, an
             # early 413): the rest would be read with no deadline, and each byte would
-            # postpone the keep-alive timeout. Stop here instead, as after a refusal.
+            # postpone the keep-alive timeout. Stop here instead, as after a refusal (and
+            # without uvicorn's timer, which would cut the lingering short).
+            self._unset_keepalive_if_required()
             self._refused = True
             self._disarm()
             self._close_lingering()
@@ -614,7 +649,7 @@ def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
         # A partial, not a class made per config: it pickles by reference into the
         # worker processes uvicorn spawns.
         "http": partial(LimitedHttpToolsProtocol, limits=server),
-        "ws": "none",  # no WebSocket routes: an Upgrade request is served as plain HTTP
+        "ws": "none",  # no WebSocket routes: see Upgrades in the module docstring
         "timeout_keep_alive": server.header_timeout,
         "limit_concurrency": LIMIT_CONCURRENCY,
         "backlog": BACKLOG,
