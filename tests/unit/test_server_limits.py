@@ -999,3 +999,15 @@ def test_an_upgrade_without_a_body_is_served_and_the_connection_ends() -> None:
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert b"/smuggled" not in raw
     assert raw.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read_as_llhttp_reads_it() -> None:
+    """llhttp takes it; Python's int() refuses a string of over 4,300 digits."""
+    with _in_thread(_echo([])) as port, closing(_open(port)) as sock:
+        sock.sendall(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+            + b"0" * 4400
+            + b"5\r\n\r\nhello"
+        )
+        status, _, seen = _parse(_read_all(sock))
+    assert (status, seen["size"]) == (200, 5)
