@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -712,13 +713,10 @@ def test_a_store_closed_while_submit_queues_fails_that_job_through_its_future(
         queued.result(5)
 
 
-def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(
-    store: SQLiteStore, path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another process took the writers' flock and stopped (SIGSTOP, a debugger): a
-    commit and a side write give up after the wait with StoreUnavailable, nothing is
-    written, and once that process is gone (SIGKILL frees its lock) writing resumes."""
-    monkeypatch.setattr(execgate.store.sqlite, "_COMMIT_TIMEOUT", 0.3)
+@contextmanager
+def _turn_held_elsewhere(path: Path) -> Iterator[None]:
+    """Another process holds the store's writers' ``flock`` (and never lets go) inside;
+    killed (SIGKILL frees its lock) at the end."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -736,6 +734,22 @@ def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(
+    store: SQLiteStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process took the writers' flock and stopped (SIGSTOP, a debugger): a
+    commit and a side write give up after the wait with StoreUnavailable, nothing is
+    written, and once that process is gone (SIGKILL frees its lock) writing resumes."""
+    monkeypatch.setattr(execgate.store.sqlite, "_COMMIT_TIMEOUT", 0.3)
+    with _turn_held_elsewhere(path):
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=r"held the writers' turn for 0\.3s"):
             store.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}"))
@@ -744,11 +758,6 @@ def test_a_writers_turn_held_past_the_wait_fails_instead_of_hanging(
         assert time.monotonic() - started < 5
         assert store.size() == 0
         assert store.revocations() == []
-    finally:
-        holder.kill()
-        holder.wait()
-        assert holder.stdout is not None
-        holder.stdout.close()
     assert store.commit(WriteJob(None, 0, None, lambda _c, _i: b"{}")) == 0
     assert store.revoke("sub", "agent-9", reason="r", now=1) is True
 
@@ -799,23 +808,7 @@ def test_the_readiness_probe_gives_up_in_time_and_leaves_nothing_behind(
     """A process holds the writers' turn and never lets go: each probe gives up after
     its time, keeps no thread or descriptor waiting for that turn, and once the turn is
     free the store is writable again."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "time.sleep(60)\n",
-            str(path) + "-writer.lock",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "held\n"
+    with _turn_held_elsewhere(path):
         with pytest.raises(StoreUnavailable):  # opens the lock file, kept open after
             store.check_writable(0.05)
         threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
@@ -826,11 +819,6 @@ def test_the_readiness_probe_gives_up_in_time_and_leaves_nothing_behind(
         assert time.monotonic() - started < 5
         assert threading.active_count() == threads
         assert len(os.listdir("/proc/self/fd")) == fds
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
     store.check_writable(5.0)
 
 
