@@ -325,8 +325,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         pin: Pin | None,
         new: bool,
     ) -> Gateway:
-        policy_in_force = None if pin is None else pin.path
-        service = None if policy_in_force is None else policy_in_force.parent
+        service = None if pin is None else pin.path.parent
         config = load_config(
             home,
             data=service_copy(service, "execgate.toml", home / CONFIG_NAME, "config", new=new),
@@ -355,15 +354,15 @@ class Gateway(ApprovalFlow, OutcomeLog):
             )
         targets = config.targets.keys()
         pin_fd = None
-        if pin is None or policy_in_force is None:
+        if pin is None:
             policy = read_policy(config.policy, targets=targets)[0]
             check_pauses(policy, trust)  # every pause can be approved by someone
         else:
             if new:
                 first, text = read_policy(config.policy, targets=targets)
                 check_pauses(first, trust)
-                pin_policy(policy_in_force, text)
-            elif not policy_in_force.exists():
+                pin_policy(pin.path, text)
+            elif not pin.path.exists():
                 raise ConfigError(SERVICE_GONE)
             policy, pin_fd = _pinned(pin, config.policy, targets, trust)
         try:
@@ -373,7 +372,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 os.close(pin_fd)
             raise
         gateway.policy_source = (config.policy, frozenset(config.targets))
-        gateway.policy_in_force = policy_in_force
+        gateway.policy_in_force = None if pin is None else pin.path
         if pin is not None and pin_fd is not None:
             try:
                 pin.hold(pin_fd)

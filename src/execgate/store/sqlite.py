@@ -796,16 +796,16 @@ class SQLiteStore:
         return self._frontier
 
     @contextmanager
-    def _process_turn(self, *, wait: bool, timeout: float | None = None) -> Iterator[bool]:
+    def _process_turn(self, *, wait: bool) -> Iterator[bool]:
         """Take the writers' turn across processes (several server workers share one
         file) with an ``flock`` on ``<store>-writer.lock``: a waiting writer starts the
         moment the other commits, instead of in SQLite's busy handler, which sleeps in
         growing steps (1, 2, 5, 10… ms) and lets one process starve the other. Yields
         whether the turn was taken (always, when ``wait``). Held by the writer lock.
 
-        With ``wait``, a turn not had within ``timeout`` (default ``_COMMIT_TIMEOUT``;
-        another process stopped while writing) is ``StoreUnavailable``: its callers fail
-        closed instead of hanging (see ``_wait_for_turn``)."""
+        With ``wait``, a turn not had within ``_COMMIT_TIMEOUT`` (another process stopped
+        while writing) is ``StoreUnavailable``: its callers fail closed instead of
+        hanging (see ``_wait_for_turn``)."""
         if self._turn is None:
             self._turn = os.open(
                 self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -817,9 +817,7 @@ class SQLiteStore:
             if not wait:
                 yield False
                 return
-            held = _wait_for_turn(
-                self.path + "-writer.lock", _COMMIT_TIMEOUT if timeout is None else timeout
-            )
+            held = _wait_for_turn(self.path + "-writer.lock", _COMMIT_TIMEOUT)
         try:
             yield True
         finally:
