@@ -337,7 +337,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Feed ``data`` to the parser a piece at a time, so that each head is counted
         from its first byte (a head read with the end of the request before it was not
         counted at all): up to a head's end, up to a Content-Length body's end, and in a
-        chunked body, whose end only the parser finds, the rest of the read (``_fed``)."""
+        chunked body, whose end only the parser finds, ``header_limit`` bytes at most
+        (``_fed``)."""
         start, view = 0, memoryview(data)
         while start < len(data) and not self._refused:
             stop = len(data)
