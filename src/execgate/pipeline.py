@@ -330,7 +330,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
             home,
             data=service_copy(service, "execgate.toml", home / CONFIG_NAME, "config", new=new),
         )
-        for path, what in ((config.node_key.parent, "key directory"), (config.policy, "policy")):
+        # A later open of a service reads the pinned policy, not the file: its mode is the
+        # next reload's to check, not a reason for a replacement worker not to start.
+        read: list[tuple[Path, str]] = [(config.node_key.parent, "key directory")]
+        if pin is None or new:
+            read.append((config.policy, "policy"))
+        for path, what in read:
             with suppress(FileNotFoundError):  # a missing policy is reported when read
                 refuse_shared_writes(path, path.stat().st_mode, what)
         node_key = read_private_key(config.node_key)

@@ -232,9 +232,16 @@ def test_sigterm_lets_an_in_flight_decision_finish(kit: Kit) -> None:
         assert store.size() == 1
 
 
-def test_serve_refuses_a_broken_home_before_binding(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("home", "said"),
+    [("none", "no gateway home at"), ("empty", "is not a gateway home")],
+)
+def test_serve_refuses_a_broken_home_before_binding(tmp_path: Path, home: str, said: str) -> None:
+    """Told what is wrong and what to do, and nothing is made in it (an empty directory
+    stays one that ``execgate init`` takes)."""
+    (tmp_path / "empty").mkdir()
     result = subprocess.run(
-        [*_EXECGATE, "--home", str(tmp_path / "none"), "serve", "--port", str(_free_port())],
+        [*_EXECGATE, "--home", str(tmp_path / home), "serve", "--port", str(_free_port())],
         capture_output=True,
         text=True,
         timeout=20,
@@ -242,3 +249,6 @@ def test_serve_refuses_a_broken_home_before_binding(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("execgate: error:")
+    assert said in result.stderr
+    assert "execgate init" in result.stderr
+    assert list((tmp_path / "empty").iterdir()) == []

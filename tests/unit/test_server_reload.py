@@ -22,9 +22,10 @@ import pytest
 from gatekit import POLICY, Kit, make_kit
 from test_server_process import Server, serve
 
+from execgate._hup import hup_before_handler
 from execgate.jose import PrivateKey
 from execgate.keyfile import atomic_write
-from execgate.server.admin import hup_before_handler, install_reload_signal
+from execgate.server.admin import install_reload_signal
 
 WAIT = 20.0
 _EXECGATE = (sys.executable, "-m", "execgate")
@@ -235,10 +236,12 @@ def test_a_replaced_worker_runs_the_config_and_trust_the_service_started_with(
         workers = _replaced(server, kit, min(workers))
         assert {_hash(server, kit) for _ in range(12)} == {old}  # each one a proceed
         trust.write_text("this is [not toml\n")
+        (kit.home / "policy.yaml").chmod(0o666)  # the next reload's to refuse, not a start's
         os.kill(max(workers), signal.SIGKILL)
         _replaced(server, kit, max(workers))
         assert {_hash(server, kit) for _ in range(12)} == {old}
         assert server.stop() == 0
+        assert "stopped and were replaced" in server.stderr()  # an operator sees it
 
 
 def test_a_service_stopped_by_a_worker_that_cannot_start_exits_3(kit: Kit) -> None:
@@ -254,6 +257,7 @@ def test_a_service_stopped_by_a_worker_that_cannot_start_exits_3(kit: Kit) -> No
         os.kill(min(workers), signal.SIGKILL)
         assert server.proc.wait(timeout=WAIT + 30) == 3, server.stderr()
         assert "failed to start" in server.stderr()
+        assert "is not the node key this service started with" in server.stderr()  # why
 
 
 def test_the_service_keeps_its_private_files_in_the_home_and_removes_them(kit: Kit) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 from pathlib import Path
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from execgate.home import ServerConfig
 
 __all__ = ["register"]
+
+_log = logging.getLogger("execgate.server")
 
 GRACEFUL_SECONDS = 30
 RUN_DIR: Final = "run"  # in the home: the service's private directories while it runs
@@ -87,7 +90,7 @@ def _supervisor_class() -> type[Any]:
 
     class _Supervisor(Multiprocess):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            from execgate.server.admin import take_early_hup
+            from execgate._hup import take_early_hup
 
             super().__init__(*args, **kwargs)
             self.reload_pending = take_early_hup()  # one that came while starting
@@ -101,7 +104,14 @@ def _supervisor_class() -> type[Any]:
             self.pass_on_reload()
 
         def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
             super().keep_subprocess_alive()
+            gone = before - {p.pid for p in self.processes}
+            if gone:  # uvicorn says so at info level only: an operator must see it
+                _log.warning(
+                    "worker process(es) %s stopped and were replaced",
+                    ", ".join(map(str, sorted(p for p in gone if p is not None))),
+                )
             self.pass_on_reload()
 
         def pass_on_reload(self) -> None:
@@ -120,16 +130,18 @@ def _supervisor_class() -> type[Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from execgate.home import CONFIG_NAME, load_config, service_copy
-    from execgate.policy.loader import pin_lock
-    from execgate.server.admin import hup_before_handler
+    from execgate._hup import hup_before_handler
 
     # Until the app's handler is in place, a SIGHUP must not end the process: it is
     # remembered, and the reload made once the service can (one worker: this process;
-    # several: the supervisor passes it on).
+    # several: the supervisor passes it on). Set before the imports that take time.
     previous_hup = signal.signal(signal.SIGHUP, hup_before_handler)
     try:
+        from execgate.home import CONFIG_NAME, load_config, service_copy
+        from execgate.policy.loader import pin_lock
+
         home = home_of(args).resolve()
+        load_config(home)  # a missing or empty home is told so before anything is made in it
         with _policy_in_force(home / RUN_DIR) as pinned:
             # Refuse a broken home before binding; pin the policy (and keep the config
             # and trust store) the workers will run.

@@ -53,6 +53,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from execgate._admin_log import PolicyReload, admin_record, append_admin_record, spent
+from execgate._hup import take_early_hup
 from execgate.admin import (
     FORBIDDEN,
     UNAUTHENTICATED,
@@ -85,9 +86,7 @@ __all__ = [
     "PATHS",
     "ROUTES",
     "SCHEMAS",
-    "hup_before_handler",
     "install_reload_signal",
-    "take_early_hup",
 ]
 
 REVIEW_BODY_LIMIT: Final = 16 * 1024
@@ -518,23 +517,6 @@ def _reload_on_signal(gateway: Gateway) -> None:
         return
     if not done.reloaded:
         return  # refused: logged by reload_policy and audited
-
-
-_early_hup = threading.Event()
-
-
-def hup_before_handler(signum: int, frame: object) -> None:
-    """SIGHUP's handler while a process starts (``execgate serve`` installs it): the
-    reload is remembered, and made once the gateway is open and the real handler is
-    in place (``install_reload_signal``), not lost."""
-    _early_hup.set()
-
-
-def take_early_hup() -> bool:
-    """Whether a SIGHUP came before any handler acted on it (and forget it)."""
-    came = _early_hup.is_set()
-    _early_hup.clear()
-    return came
 
 
 def install_reload_signal(gateway: Gateway) -> Callable[[], None]:

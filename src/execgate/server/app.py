@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from execgate._hup import hup_before_handler
 from execgate.adapters.http import PROOF_HEADER
 from execgate.audit.log import SigningRefused
 from execgate.errors import (
@@ -425,7 +426,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        gateway = open_gateway()
+        try:
+            gateway = open_gateway()
+        except (ConfigError, StoreError) as exc:
+            # Our own words (uvicorn's line keeps only the type): why it did not start.
+            _log.error("cannot open the gateway: %s", exc)
+            raise
         app.state.gateway = gateway
         # SIGHUP reloads the policy (in a served process's main thread; see admin).
         uninstall = admin.install_reload_signal(gateway)
@@ -472,7 +478,7 @@ def app_from_environment() -> Starlette:
     in_force = Path(pinned) if pinned else None
     # Until the app's handler is in place, a SIGHUP is remembered (admin), not the end.
     with suppress(ValueError):  # only the main thread may set one (not so in tests)
-        signal.signal(signal.SIGHUP, admin.hup_before_handler)
+        signal.signal(signal.SIGHUP, hup_before_handler)
     try:
         # The [server] section as the service read it at start (see Gateway.open).
         kept = (
