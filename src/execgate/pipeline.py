@@ -367,8 +367,6 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 first, text = read_policy(config.policy, targets=targets)
                 check_pauses(first, trust)
                 pin_policy(pin.path, text)
-            elif not pin.path.exists():
-                raise ConfigError(SERVICE_GONE)
             policy, pin_fd = _pinned(pin, config.policy, targets, trust)
         try:
             gateway = cls._made(config, node_key, trust, policy, store, now)

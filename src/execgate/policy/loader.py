@@ -108,12 +108,15 @@ class Pin:
 
     def read(self) -> tuple[int, str]:
         """Open the version pinned now: its descriptor (the caller ``hold``s or closes
-        it) and its text. ``PolicyError`` when it cannot be read."""
+        it) and its text. ``PolicyError`` when it cannot be read (``SERVICE_GONE`` when
+        there is none)."""
         from execgate.keyfile import NotRegular, check_private, read_open_regular
 
         try:
             flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(self.path.name, flags, dir_fd=self._dir)
+        except FileNotFoundError as exc:
+            raise PolicyError(SERVICE_GONE) from exc
         except OSError as exc:
             raise PolicyError(f"cannot read {str(self.path)!r}: {exc.strerror or exc}") from exc
         try:
