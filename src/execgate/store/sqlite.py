@@ -602,13 +602,10 @@ class SQLiteStore:
             conn.close()
 
     def _probe_turn(self, conn: sqlite3.Connection, deadline: float, timeout: float) -> None:
-        if self._turn is None:
-            self._turn = os.open(
-                self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+        turn = self._turn_fd()
         while True:
             try:
-                fcntl.flock(self._turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -624,7 +621,16 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot start a write: {exc}") from exc
         finally:
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
+            fcntl.flock(turn, fcntl.LOCK_UN)
+
+    def _turn_fd(self) -> int:
+        """This store's descriptor of ``<store>-writer.lock`` (opened once, held by the
+        writer lock): the writers' turn across processes."""
+        if self._turn is None:
+            self._turn = os.open(
+                self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        return self._turn
 
     def commit(self, job: WriteJob) -> int:
         """Append one decision's writes; return its log index once durable."""
@@ -806,11 +812,7 @@ class SQLiteStore:
         With ``wait``, a turn not had within ``_COMMIT_TIMEOUT`` (another process stopped
         while writing) is ``StoreUnavailable``: its callers fail closed instead of
         hanging (see ``_wait_for_turn``)."""
-        if self._turn is None:
-            self._turn = os.open(
-                self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-        held = self._turn
+        held = self._turn_fd()
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
