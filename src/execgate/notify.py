@@ -74,9 +74,13 @@ MAX_QUEUED: Final = 256  # events waiting for delivery; more are dropped (and lo
 # ``execgate approvals show`` has them): the queue holds at most MAX_QUEUED of these.
 MAX_EVENT_BYTES: Final = 64 * 1024
 # What ``execgate serve`` names for its own processes (execgate.server.metrics and .app):
-# a hook gets neither. One that used prometheus-client would write its own files into the
+# a hook gets none of it. One that used prometheus-client would write its own files into the
 # service's metrics directory, which /metrics adds up.
-_SERVICE_ENV: Final = ("PROMETHEUS_MULTIPROC_DIR", "EXECGATE_POLICY_IN_FORCE")
+_SERVICE_ENV: Final = (
+    "PROMETHEUS_MULTIPROC_DIR",
+    "EXECGATE_POLICY_IN_FORCE",
+    "EXECGATE_SUPERVISOR_PID",
+)
 _MAX_ARGS: Final = 64
 _MAX_ARG_CHARS: Final = 4096
 _MAX_URL_CHARS: Final = 2048

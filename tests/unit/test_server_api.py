@@ -71,7 +71,11 @@ class Client:
         self._portal = self._stack.enter_context(start_blocking_portal())
         if lifespan:
             context = app.router.lifespan_context(app)
-            self._stack.enter_context(self._portal.wrap_async_context_manager(context))
+            try:
+                self._stack.enter_context(self._portal.wrap_async_context_manager(context))
+            except BaseException:  # a startup that fails leaves no portal thread behind
+                self._stack.close()
+                raise
         self._client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app, client=peer), base_url="http://gateway.test"
         )
@@ -890,3 +894,23 @@ def test_openapi_describes_every_route_and_nothing_else(client: Client) -> None:
             for parameter in op.get("parameters", []):
                 named = "{" + parameter["name"] + "}" in path
                 assert named or parameter["in"] in ("query", "header")
+
+
+def test_a_worker_whose_supervisor_is_gone_does_not_start(kit: Kit) -> None:
+    """A worker started by ``serve`` (``supervisor``: its pid) whose parent is another
+    process by the time it starts refuses to start, before opening the gateway; with its
+    parent still there it starts."""
+    opened: list[Gateway] = []
+
+    def opening() -> Gateway:
+        opened.append(kit.gateway())
+        return opened[-1]
+
+    orphan = create_app(open_gateway=opening, now=kit.clock, supervisor=os.getpid())
+    with pytest.raises(RuntimeError, match="no supervisor"):
+        Client(orphan)
+    assert opened == []
+    adopted = create_app(open_gateway=opening, now=kit.clock, supervisor=os.getppid())
+    with Client(adopted) as client:
+        assert client.get("/readyz").status_code == 200
+    assert len(opened) == 1

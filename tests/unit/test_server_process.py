@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +252,94 @@ def test_serve_refuses_a_broken_home_before_binding(tmp_path: Path, home: str, s
     assert said in result.stderr
     assert "execgate init" in result.stderr
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_a_port_in_use_says_which_and_exits_3(kit: Kit, workers: int) -> None:
+    """The address is named, with what to do, and nothing claims to be serving."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        argv = ["--home", str(kit.home), "serve", "--port", str(port), "--workers", str(workers)]
+        result = subprocess.run(
+            [*_EXECGATE, *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 3
+    assert f"execgate: error: cannot listen on 127.0.0.1:{port}:" in result.stderr
+    assert "choose another with --port" in result.stderr
+    assert "serving" not in result.stderr
+    assert list((kit.home / "run").iterdir()) == []  # the service's directories are gone
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The uvicorn worker processes ``pid`` started (not multiprocessing's helper)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, not yet reaped by whoever adopted it, has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
+    """A worker whose ``serve`` process is gone stops (in-flight work finished, as on
+    SIGTERM) instead of serving on with no one to replace a dead worker or pass on
+    SIGHUP, and the port is free for the service started next."""
+    with serve(kit, workers=2) as server:
+        deadline = time.monotonic() + 20
+        workers = _workers_of(server.proc.pid)
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = _workers_of(server.proc.pid)
+        assert len(workers) == 2
+        assert _decide(server.url, kit.submit())["outcome"] == "proceed"
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, workers))
+        assert "the serve process (pid" in server.stderr()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(server.url + "/healthz", timeout=2.0)
+    assert len(list((kit.home / "run").iterdir())) == 1  # nobody was there to remove it
+
+
+def test_serve_removes_what_a_killed_service_left_and_nothing_else(kit: Kit) -> None:
+    """The next ``serve`` on the home removes the directory of a service killed with
+    SIGKILL (its lock is free), never one of a service still running, nor one it did
+    not make (no lock file)."""
+    run = kit.home / "run"
+    with serve(kit) as killed:
+        [left] = run.iterdir()
+        killed.proc.kill()
+        killed.proc.wait(timeout=10)
+    foreign = run / "execgate-service-by-hand"
+    foreign.mkdir()
+    with serve(kit) as running:
+        [mine] = set(run.iterdir()) - {left, foreign}
+        assert not left.exists()
+        assert "removed 1 directory(ies) left in" in running.stderr()
+        assert left.name in running.stderr()
+        with serve(kit) as second:
+            assert mine.exists()
+            assert foreign.exists()
+            assert "removed" not in second.stderr()
+            assert _decide(running.url, kit.submit())["outcome"] == "proceed"
+            assert second.stop() == 0
+        assert running.stop() == 0
+    assert list(run.iterdir()) == [foreign]

@@ -267,14 +267,17 @@ def test_the_service_keeps_its_private_files_in_the_home_and_removes_them(kit: K
         _workers(server, kit)
         run = kit.home / "run"
         assert stat.S_IMODE(run.stat().st_mode) == 0o700
-        kept = sorted(p.name.split("-")[1] for p in run.iterdir())
-        assert kept == ["metrics", "policy"]
-        [service] = run.glob("execgate-policy-*")
-        assert sorted(p.name for p in service.iterdir() if not p.name.startswith(".")) == [
+        [service] = run.iterdir()
+        assert service.name.startswith("execgate-service-")
+        kept = sorted(p.name for p in service.iterdir() if not p.name.startswith("."))
+        [metrics] = [name for name in kept if name.startswith("execgate-metrics-")]
+        assert (service / metrics).is_dir()
+        assert [name for name in kept if name != metrics] == [
             "execgate.toml",
             "node.jkt",
             "policy.yaml",
             "policy.yaml.lock",
+            "service.lock",
             "trust.toml",
         ]
         assert server.stop() == 0

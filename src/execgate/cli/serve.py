@@ -29,19 +29,27 @@ this process read them (they apply at a restart), and a worker whose node key is
 one this process loaded refuses to start.
 
 Metrics add up across workers: before any worker starts, a private directory is made
-for prometheus-client's multiprocess files (``execgate.server.metrics.multiprocess_dir``)
-and removed when the service stops. Both directories are made in the home's ``run/``
-(0700), not in ``/tmp``, where a cleaner of old files could remove what a service running
-for weeks still needs; one left by a service killed with SIGKILL may be removed.
+for prometheus-client's multiprocess files (``execgate.server.metrics.multiprocess_dir``).
+Everything private to one service is in one directory in the home's ``run/`` (0700),
+not in ``/tmp``, where a cleaner of old files could remove what a service running for
+weeks still needs. It is removed when the service stops; one left by a service killed
+with SIGKILL is removed by the next ``serve`` on that home (``_service_dir``). Workers
+stop once their ``serve`` process is gone (``execgate.server.app.create_app``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import logging
 import os
+import shutil
 import signal
+import socket
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -57,6 +65,8 @@ _log = logging.getLogger("execgate.server")
 
 GRACEFUL_SECONDS = 30
 RUN_DIR: Final = "run"  # in the home: the service's private directories while it runs
+SERVICE_PREFIX: Final = "execgate-service-"  # one such directory in RUN_DIR per service
+SERVICE_LOCK: Final = "service.lock"  # in it: held (shared) by its serve process while it runs
 EXIT_FAILED: Final = 3  # uvicorn's STARTUP_FAILURE: the server never started serving
 
 
@@ -142,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         home = home_of(args).resolve()
         load_config(home)  # a missing or empty home is told so before anything is made in it
-        with _policy_in_force(home / RUN_DIR) as pinned:
+        with _service_dir(home / RUN_DIR) as pinned:
             # Refuse a broken home before binding; pin the policy (and keep the config
             # and trust store) the workers will run.
             open_gateway(home, fallback=False, policy_in_force=pinned, new_service=True).close()
@@ -150,29 +160,118 @@ def _serve(args: argparse.Namespace) -> int:
                 kept = service_copy(
                     pinned.parent, "execgate.toml", home / CONFIG_NAME, "config", new=False
                 )
-            return _run(args, home, load_config(home, data=kept).server)
+            return _run(args, home, pinned.parent, load_config(home, data=kept).server)
     finally:
         signal.signal(signal.SIGHUP, previous_hup)
 
 
-def _policy_in_force(parent: Path) -> contextlib.AbstractContextManager[Path]:
+@contextlib.contextmanager
+def _service_dir(run: Path) -> Iterator[Path]:
     """The file that holds the service's policy in force (``Gateway.open``), in a fresh
-    private directory in ``parent`` named in ``$EXECGATE_POLICY_IN_FORCE`` for the
-    workers started inside; removed at exit."""
+    private directory in ``run`` named in ``$EXECGATE_POLICY_IN_FORCE`` for the workers
+    started inside; removed at exit.
+
+    This process holds the directory's ``service.lock`` (shared) while it runs; the lock
+    goes with the process, however it ends. Directories in ``run`` whose lock nobody
+    holds were left by services killed with SIGKILL, and are removed here (their workers
+    stop by themselves once their ``serve`` process is gone). ``run``'s own lock is held
+    meanwhile, so no other ``serve`` removes a directory between its making and its
+    lock. A directory without a lock file is left alone: it is not one this code made."""
     from execgate.server._envdir import private_dir_in_env
     from execgate.server.app import POLICY_IN_FORCE_ENV
 
-    return private_dir_in_env(
-        POLICY_IN_FORCE_ENV, prefix="execgate-policy-", entry="policy.yaml", parent=parent
-    )
+    with private_dir_in_env(
+        POLICY_IN_FORCE_ENV, prefix=SERVICE_PREFIX, entry="policy.yaml", parent=run
+    ) as pinned:
+        held = _locked(run, fcntl.LOCK_EX)
+        try:
+            mine = _locked(pinned.parent / SERVICE_LOCK, fcntl.LOCK_SH, create=True)
+            _remove_left_behind(run, keep=pinned.parent.name)
+        finally:
+            os.close(held)
+        try:
+            yield pinned
+        finally:
+            os.close(mine)
 
 
-def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> int:
+def _locked(path: Path, how: int, *, create: bool = False) -> int:
+    """A descriptor of ``path`` (a directory, or a lock file made when ``create``)
+    holding the ``flock`` ``how``, waited for."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
+    try:
+        fcntl.flock(fd, how)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_left_behind(run: Path, *, keep: str) -> None:
+    """Remove every service directory in ``run`` but ``keep`` whose lock nobody holds."""
+    removed = []
+    for entry in sorted(run.iterdir()):
+        if entry.name == keep or not entry.name.startswith(SERVICE_PREFIX):
+            continue
+        try:
+            if not stat.S_ISDIR(entry.lstat().st_mode):
+                continue
+            fd = os.open(entry / SERVICE_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or not made by this code
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a service that runs
+        finally:
+            os.close(fd)  # the lock, if taken, is of no use once the directory goes
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+    if removed:
+        _log.warning(
+            "removed %d directory(ies) left in %s by a service that did not stop: %s",
+            len(removed),
+            run,
+            ", ".join(removed),
+        )
+
+
+# Why a socket could not be bound, and what to do about it.
+_BIND_HINTS: Final = {
+    errno.EADDRINUSE: "another process holds that port: stop it, or choose another with --port",
+    errno.EACCES: "ports below 1024 need privileges: choose another with --port",
+    errno.EADDRNOTAVAIL: "no interface here has that address: check --host",
+}
+
+
+def _listening(host: str, port: int) -> socket.socket | None:
+    """The service's socket, bound before anything says it serves, or None when it
+    cannot be (said on stderr). The workers inherit it (with one worker, this process
+    serves it): a second service on the same port fails here instead of sharing it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port")
+        note(f"execgate: error: cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}")
+        return None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(args: argparse.Namespace, home: Path, service: Path, server_config: ServerConfig) -> int:
     import uvicorn
 
     from execgate.server._limits import uvicorn_options
+    from execgate.server.app import SUPERVISOR_ENV
     from execgate.server.metrics import multiprocess_dir
 
+    sock = _listening(args.host, args.port)
+    if sock is None:
+        return EXIT_FAILED
     os.environ["EXECGATE_HOME"] = str(home)
     note(
         f"execgate: serving {home} on http://{args.host}:{args.port} with {args.workers} worker(s)"
@@ -192,17 +291,19 @@ def _run(args: argparse.Namespace, home: Path, server_config: ServerConfig) -> i
     config = uvicorn.Config("execgate.server:app_from_environment", **options)
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
-        with multiprocess_dir(home / RUN_DIR):
+        with sock, multiprocess_dir(service):
             if config.workers > 1:
-                sock = config.bind_socket()
+                # Each worker stops once this process is gone (killed with SIGKILL, say):
+                # no worker serves on without the process that replaces the dead.
+                os.environ[SUPERVISOR_ENV] = str(os.getpid())
                 supervisor = _supervisor_class()(config, sockets=[sock])
                 try:
                     supervisor.run()
                 finally:
-                    sock.close()
+                    os.environ.pop(SUPERVISOR_ENV, None)
                 return EXIT_FAILED if supervisor.start_failed() else 0
             server = uvicorn.Server(config)
-            server.run()
+            server.run(sockets=[sock])
             return 0 if server.started else EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)

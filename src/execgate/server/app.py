@@ -1,16 +1,17 @@
 """The decision API: routes, their handlers, and the app's lifespan (one ``Gateway``).
 
 Decisions run on the event loop (``Gateway.decide_async``): the stages are CPU work and
-short WAL reads, and while a record's commit is made durable the loop serves others; the
-store's writer thread group-commits every decision in flight. One thread doing the work
-and one writing, rather than a thread per request contending for the interpreter, is
-what makes a worker fast. Reads and outcome reports still run in the thread pool. An
+short WAL reads, and the loop itself group-commits the records of every decision in
+flight once it has run what is ready (``SQLiteStore.lead_now``). One thread doing the
+work, rather than a thread per request contending for the interpreter, is what makes a
+worker fast. Reads and outcome reports still run in the thread pool. An
 HTTP error (4xx, 5xx) always means nothing was decided: the decision endpoints answer
 200 with the decision object for every outcome, and the outcome is in the body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import json
@@ -64,6 +65,7 @@ __all__ = [
     "MAX_PAGE_BYTES",
     "OUTCOME_BODY_LIMIT",
     "POLICY_IN_FORCE_ENV",
+    "SUPERVISOR_ENV",
     "app_from_environment",
     "create_app",
 ]
@@ -79,6 +81,7 @@ _READ_AHEAD: Final = 32  # entries read from the store at a time for a page
 _MAX_ID: Final = 128
 READY_WRITE_TIMEOUT: Final = 1.0  # seconds /readyz waits for the writers' turn
 STARTUP_FAILURE: Final = 3  # uvicorn's: a worker that exits with it stops the service
+SUPERVISOR_CHECK: Final = 1.0  # seconds between a worker's looks at its supervisor
 
 
 def _gateway(request: Request) -> Gateway:
@@ -408,6 +411,7 @@ def create_app(
     now: Callable[[], float] = time.time,
     server: ServerConfig | None = None,
     freeze_heap: bool = False,
+    supervisor: int | None = None,
 ) -> Starlette:
     """The decision API around the gateway ``open_gateway`` returns (opened at startup,
     closed at shutdown, after uvicorn has let in-flight requests finish). ``server`` is
@@ -420,12 +424,21 @@ def create_app(
     ``gc.freeze()``. Each full collection walked all of it, pausing every request of
     the worker for 25-30 ms every second or two under forward-auth load; it now walks
     only what requests made (1-4 ms). It is process-wide, so an app embedded elsewhere
-    leaves it off."""
+    leaves it off.
+
+    ``supervisor`` (a worker of ``execgate serve --workers N``): the pid of the process
+    that started this one. A worker started after it is gone does not start, and one
+    whose supervisor goes (killed with SIGKILL, say) stops as on SIGTERM, letting its
+    in-flight decisions finish: it would otherwise serve on, holding the port, with no
+    process to replace a dead worker or to pass on SIGHUP."""
     telemetry = metrics.Metrics(gateway=lambda: getattr(app.state, "gateway", None), now=now)
     open_gateway = telemetry.observing(open_gateway)  # counts and times every decision
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if supervisor is not None and os.getppid() != supervisor:
+            _log.error("the serve process (pid %d) is gone; this worker does not start", supervisor)
+            raise RuntimeError("no supervisor")
         try:
             gateway = open_gateway()
         except (ConfigError, StoreError) as exc:
@@ -438,11 +451,14 @@ def create_app(
         if freeze_heap:
             gc.collect()  # what startup dropped goes now, not into the frozen heap
             gc.freeze()
+        watch = None if supervisor is None else asyncio.create_task(_stop_without(supervisor))
         try:
             # The server's lifespan state reaches each connection's protocol, which
             # counts what it refuses before any route sees it (server._limits).
             yield {metrics.REFUSALS_STATE: telemetry.refusal}
         finally:
+            if watch is not None:
+                watch.cancel()
             uninstall()
             app.state.gateway = None
             gateway.close()
@@ -464,6 +480,17 @@ def create_app(
     return app
 
 
+async def _stop_without(supervisor: int) -> None:
+    """Once this process's parent is no longer ``supervisor`` (it died, and this process
+    was handed to another), stop as SIGTERM stops a worker: gracefully."""
+    while os.getppid() == supervisor:
+        await asyncio.sleep(SUPERVISOR_CHECK)
+    _log.warning("the serve process (pid %d) is gone; this worker stops", supervisor)
+    signal.raise_signal(signal.SIGTERM)
+
+
+# Set by ``execgate serve --workers N`` (N > 1): the supervisor's pid (see create_app).
+SUPERVISOR_ENV: Final = "EXECGATE_SUPERVISOR_PID"
 # Set by ``execgate serve``: the file holding the policy in force for the service (see
 # ``Gateway.open``), so a worker that replaces a dead one runs what the others run.
 POLICY_IN_FORCE_ENV: Final = "EXECGATE_POLICY_IN_FORCE"
@@ -494,8 +521,10 @@ def app_from_environment() -> Starlette:
         _log.error("cannot start: %s", exc)
         sys.exit(STARTUP_FAILURE)
     logs.lean_records()  # a worker process serves this app and nothing else
+    supervisor = os.environ.get(SUPERVISOR_ENV)
     return create_app(
         open_gateway=lambda: Gateway.open(Path(home), policy_in_force=in_force),
         server=config.server,
         freeze_heap=True,  # a worker process serves this app and nothing else
+        supervisor=int(supervisor) if supervisor and supervisor.isdigit() else None,
     )
