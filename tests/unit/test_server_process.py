@@ -334,11 +334,13 @@ def test_serve_removes_what_a_killed_service_left_and_nothing_else(kit: Kit) -> 
         [mine] = set(run.iterdir()) - {left, foreign}
         assert not left.exists()
         assert "removed 1 directory(ies) left in" in running.stderr()
+        assert "other service(s)" not in running.stderr()
         assert left.name in running.stderr()
         with serve(kit) as second:
             assert mine.exists()
             assert foreign.exists()
             assert "removed" not in second.stderr()
+            assert "1 other service(s) run on this home" in second.stderr()
             assert _decide(running.url, kit.submit())["outcome"] == "proceed"
             assert second.stop() == 0
         assert running.stop() == 0

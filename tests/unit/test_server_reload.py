@@ -147,12 +147,16 @@ def test_sighup_reloads_every_worker_and_refuses_an_invalid_policy(kit: Kit) -> 
         assert latest["via"] == "http"
         newest = latest["policy_hash"]
         assert newest != new
+        assert f"reloaded: policy {newest} is in force (was {new}; workers: all)" in answer.stdout
+        answer = _reload_cli(kit, server)  # the same file again: logged, and said so
+        assert answer.returncode == 0, answer.stderr
+        assert f"policy {newest} is in force (unchanged; workers: all)" in answer.stdout
         # An edit nobody reloaded stays out of force on every worker (the one that
         # answered, too), whatever signals went around after the reload.
         policy.write_text(POLICY.replace("refunds are manual", "never reloaded"))
         time.sleep(1.0)
         assert {_hash(server, kit) for _ in range(20)} == {newest}
-        assert len(_reloads(kit)) == 4
+        assert len(_reloads(kit)) == 5
         assert server.stop() == 0
         assert "Traceback" not in server.stderr()
 

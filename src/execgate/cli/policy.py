@@ -62,9 +62,10 @@ _RELOAD_PATH = "/v1/admin/policy/reload"
 def _reload(args: argparse.Namespace) -> int:
     status, answer = admin_call(args, "POST", _RELOAD_PATH)
     if status == 200 and isinstance(answer, dict) and answer.get("reloaded") is True:
+        now, was = answer.get("policy_hash"), answer.get("previous_policy_hash")
         out(
-            f"reloaded: policy {answer.get('policy_hash')} is in force"
-            f" (was {answer.get('previous_policy_hash')}; workers: {answer.get('workers')})"
+            f"reloaded: policy {now} is in force"
+            f" ({'unchanged' if now == was else f'was {was}'}; workers: {answer.get('workers')})"
         )
         return 0
     refusal = error_of(status, answer)

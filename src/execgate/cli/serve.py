@@ -209,8 +209,9 @@ def _locked(path: Path, how: int, *, create: bool = False) -> int:
 
 
 def _remove_left_behind(run: Path, *, keep: str) -> None:
-    """Remove every service directory in ``run`` but ``keep`` whose lock nobody holds."""
-    removed = []
+    """Remove every service directory in ``run`` but ``keep`` whose lock nobody holds;
+    warn of those whose lock is held (another service runs on the home)."""
+    removed, running = [], 0
     for entry in sorted(run.iterdir()):
         if entry.name == keep or not entry.name.startswith(SERVICE_PREFIX):
             continue
@@ -223,7 +224,8 @@ def _remove_left_behind(run: Path, *, keep: str) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            continue  # a service that runs
+            running += 1
+            continue
         finally:
             os.close(fd)  # the lock, if taken, is of no use once the directory goes
         shutil.rmtree(entry, ignore_errors=True)
@@ -234,6 +236,12 @@ def _remove_left_behind(run: Path, *, keep: str) -> None:
             len(removed),
             run,
             ", ".join(removed),
+        )
+    if running:
+        _log.warning(
+            "%d other service(s) run on this home: each has its own policy in force, and a"
+            " reload (SIGHUP, 'execgate policy reload') reaches only the service it is sent to",
+            running,
         )
 
 
