@@ -35,7 +35,7 @@ from execgate.keyfile import read_private_key
 from execgate.model import Decision, Outcome
 from execgate.notify import Notifier
 from execgate.pipeline import Gateway
-from execgate.server.app import POLICY_IN_FORCE_ENV
+from execgate.server.app import POLICY_IN_FORCE_ENV, SUPERVISOR_ENV
 from execgate.server.metrics import MULTIPROC_ENV
 
 # A hook that appends "EVENT JSON" to the file named by its argument.
@@ -199,9 +199,9 @@ def test_notifier_checks_its_arguments() -> None:
 def test_the_program_gets_none_of_the_services_own_environment(
     kit: Kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The metrics directory and the pinned policy of ``execgate serve`` are the
-    service's, not a hook's; the rest of the environment is passed on."""
-    for name in (MULTIPROC_ENV, POLICY_IN_FORCE_ENV, "HOOK_SETTING"):
+    """The metrics directory, the pinned policy and the supervisor's pid of ``execgate
+    serve`` are the service's, not a hook's; the rest of the environment is passed on."""
+    for name in (MULTIPROC_ENV, POLICY_IN_FORCE_ENV, SUPERVISOR_ENV, "HOOK_SETTING"):
         monkeypatch.setenv(name, str(tmp_path / name))
     log = tmp_path / "env.txt"
     dump = "import os, sys, json; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
@@ -213,6 +213,7 @@ def test_the_program_gets_none_of_the_services_own_environment(
     assert seen["HOOK_SETTING"] == str(tmp_path / "HOOK_SETTING")
     assert MULTIPROC_ENV not in seen
     assert POLICY_IN_FORCE_ENV not in seen
+    assert SUPERVISOR_ENV not in seen
 
 
 def test_each_event_reaches_the_program_in_order(kit: Kit, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import pytest
 from gatekit import GATEWAY_ID, Kit, make_kit
 
 from execgate.admin import issue_admin_token
+from execgate.cli.serve import _listening
 from execgate.keyfile import read_private_key
 from execgate.store.sqlite import SQLiteStore
 
@@ -254,6 +255,11 @@ def test_serve_refuses_a_broken_home_before_binding(tmp_path: Path, home: str, s
     assert list((tmp_path / "empty").iterdir()) == []
 
 
+def _services(kit: Kit) -> list[Path]:
+    """The service directories in the home's run/ (beside them: serve.lock)."""
+    return sorted((kit.home / "run").glob("execgate-service-*"))
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_on_a_port_in_use_says_which_and_exits_3(kit: Kit, workers: int) -> None:
     """The address is named, with what to do, and nothing claims to be serving."""
@@ -273,7 +279,40 @@ def test_serve_on_a_port_in_use_says_which_and_exits_3(kit: Kit, workers: int) -
     assert f"execgate: error: cannot listen on 127.0.0.1:{port}:" in result.stderr
     assert "choose another with --port" in result.stderr
     assert "serving" not in result.stderr
-    assert list((kit.home / "run").iterdir()) == []  # the service's directories are gone
+    assert _services(kit) == []  # the service's directory is gone
+
+
+def test_the_sockets_listen_before_serve_says_it_serves(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bound and listening at once: another socket (reusing addresses, as a second
+    service's would) cannot bind the port in a window before the workers listen. An
+    IPv6 socket takes IPv6 only, so ``::`` does not also open every IPv4 address; an
+    empty host is every address of both families."""
+    made = _listening("127.0.0.1", 0, 16)
+    assert made is not None
+    [sock] = made
+    with sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        port = sock.getsockname()[1]
+        assert _listening("127.0.0.1", port, 16) is None
+        with socket.socket() as late:
+            late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match="in use"):
+                late.bind(("127.0.0.1", port))
+    every = _listening("", 0, 16)
+    assert every is not None
+    for s in every:
+        with s:
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            if s.family == socket.AF_INET6:
+                assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    assert {s.family for s in every} == {socket.AF_INET, socket.AF_INET6}
+    v6 = _listening("::1", 0, 16)
+    assert v6 is not None
+    with v6[0]:
+        port = v6[0].getsockname()[1]
+        capsys.readouterr()
+        assert _listening("::1", port, 16) is None
+        assert f"cannot listen on [::1]:{port}: " in capsys.readouterr().err
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -295,10 +334,24 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def _start_once(kit: Kit) -> subprocess.CompletedProcess[str]:
+    """``serve`` on a port already taken: it makes its directory (cleaning up run/ on
+    the way) and stops with exit 3; what it said on stderr."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        argv = ["--home", str(kit.home), "serve", "--port", str(held.getsockname()[1])]
+        return subprocess.run(
+            [*_EXECGATE, *argv], capture_output=True, text=True, timeout=30, check=False
+        )
+
+
 def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
-    """A worker whose ``serve`` process is gone stops (in-flight work finished, as on
-    SIGTERM) instead of serving on with no one to replace a dead worker or pass on
-    SIGHUP, and the port is free for the service started next."""
+    """A worker whose ``serve`` process is gone stops instead of serving on with no one
+    to replace a dead worker or pass on SIGHUP, as on SIGTERM: a decision in flight is
+    finished and answered first. Until then the service's directory is kept (the worker
+    holds its lock); once it has stopped, the next ``serve`` removes it."""
+    body = json.dumps(kit.submit()).encode()
     with serve(kit, workers=2) as server:
         deadline = time.monotonic() + 20
         workers = _workers_of(server.proc.pid)
@@ -306,9 +359,27 @@ def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
             time.sleep(0.05)
             workers = _workers_of(server.proc.pid)
         assert len(workers) == 2
-        assert _decide(server.url, kit.submit())["outcome"] == "proceed"
-        server.proc.kill()
-        server.proc.wait(timeout=10)
+        [left] = _services(kit)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+            head = (
+                "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            conn.sendall(head.encode() + body[:10])  # a decision in flight
+            time.sleep(0.3)
+            server.proc.kill()
+            server.proc.wait(timeout=10)
+            time.sleep(2.0)  # each worker has seen its supervisor gone
+            assert sum(map(_alive, workers)) == 1  # the other had nothing in flight
+            stopping = _start_once(kit)
+            assert left.exists()  # its worker still holds it
+            assert "1 other service(s) run on this home" in stopping.stderr
+            conn.sendall(body[10:])
+            response = b""
+            while chunk := conn.recv(65536):
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        assert json.loads(response.partition(b"\r\n\r\n")[2])["outcome"] == "proceed"
         deadline = time.monotonic() + 15
         while any(map(_alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -316,32 +387,69 @@ def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
         assert "the serve process (pid" in server.stderr()
         with pytest.raises(httpx.TransportError):
             httpx.get(server.url + "/healthz", timeout=2.0)
-    assert len(list((kit.home / "run").iterdir())) == 1  # nobody was there to remove it
+    after = _start_once(kit)
+    assert f"removed 1 directory(ies) left in {kit.home / 'run'}" in after.stderr
+    assert not left.exists()
+    with closing(SQLiteStore(kit.config.store)) as store:
+        assert store.size() == 1
 
 
 def test_serve_removes_what_a_killed_service_left_and_nothing_else(kit: Kit) -> None:
     """The next ``serve`` on the home removes the directory of a service killed with
-    SIGKILL (its lock is free), never one of a service still running, nor one it did
-    not make (no lock file)."""
+    SIGKILL (its lock is free) and one whose ``serve`` died before locking it (no lock
+    file), never one of a service still running, nor anything not named as its own, nor
+    one whose lock is not a file (it would not wait on a FIFO)."""
     run = kit.home / "run"
     with serve(kit) as killed:
-        [left] = run.iterdir()
+        [left] = _services(kit)
         killed.proc.kill()
         killed.proc.wait(timeout=10)
-    foreign = run / "execgate-service-by-hand"
+    unlocked = run / "execgate-service-unlocked"
+    unlocked.mkdir()
+    foreign = run / "by-hand"
     foreign.mkdir()
+    fifo = run / "execgate-service-fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "service.lock")
     with serve(kit) as running:
-        [mine] = set(run.iterdir()) - {left, foreign}
+        [mine] = set(_services(kit)) - {fifo}
         assert not left.exists()
-        assert "removed 1 directory(ies) left in" in running.stderr()
-        assert "other service(s)" not in running.stderr()
+        assert not unlocked.exists()
+        assert "removed 2 directory(ies) left in" in running.stderr()
         assert left.name in running.stderr()
+        assert "other service(s)" not in running.stderr()
         with serve(kit) as second:
             assert mine.exists()
-            assert foreign.exists()
             assert "removed" not in second.stderr()
             assert "1 other service(s) run on this home" in second.stderr()
             assert _decide(running.url, kit.submit())["outcome"] == "proceed"
             assert second.stop() == 0
         assert running.stop() == 0
-    assert list(run.iterdir()) == [foreign]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "by-hand",
+        "execgate-service-fifo",
+        "serve.lock",
+    ]
+
+
+def test_serve_refuses_a_run_directory_others_may_use(kit: Kit) -> None:
+    """Whoever may write in run/ could plant what a service reads, or make it wait."""
+    run = kit.home / "run"
+    run.mkdir(mode=0o700)
+    run.chmod(0o770)
+    result = _start_once(kit)
+    assert result.returncode == 2
+    assert f"{run} may be used by others (mode 0770" in result.stderr
+    assert f"chmod 700 {run}" in result.stderr
+    assert _services(kit) == []
+
+
+def test_one_worker_has_no_supervisor_whatever_the_environment_says(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one worker the serve process serves: a supervisor pid left in its
+    environment (by a wrapper, or a shell that ran a service before) is not its own."""
+    monkeypatch.setenv("EXECGATE_SUPERVISOR_PID", "1")
+    with serve(kit) as server:
+        assert _decide(server.url, kit.submit())["outcome"] == "proceed"
+        assert server.stop() == 0

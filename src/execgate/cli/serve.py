@@ -33,8 +33,9 @@ for prometheus-client's multiprocess files (``execgate.server.metrics.multiproce
 Everything private to one service is in one directory in the home's ``run/`` (0700),
 not in ``/tmp``, where a cleaner of old files could remove what a service running for
 weeks still needs. It is removed when the service stops; one left by a service killed
-with SIGKILL is removed by the next ``serve`` on that home (``_service_dir``). Workers
-stop once their ``serve`` process is gone (``execgate.server.app.create_app``).
+with SIGKILL is removed by the next ``serve`` on that home once its last worker has
+stopped (``_service_dir``). Workers stop once their ``serve`` process is gone
+(``execgate.server.app.create_app``).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ import shutil
 import signal
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from execgate.cli._common import Commands, home_of, note, open_gateway, positive
+from execgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from execgate.home import ServerConfig
@@ -66,7 +69,9 @@ _log = logging.getLogger("execgate.server")
 GRACEFUL_SECONDS = 30
 RUN_DIR: Final = "run"  # in the home: the service's private directories while it runs
 SERVICE_PREFIX: Final = "execgate-service-"  # one such directory in RUN_DIR per service
-SERVICE_LOCK: Final = "service.lock"  # in it: held (shared) by its serve process while it runs
+RUN_LOCK: Final = "serve.lock"  # in RUN_DIR: held while a serve makes its directory
+RUN_LOCK_WAIT: Final = 10.0  # seconds a serve waits for another one's start on the home
+_LOCK_FILE: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 EXIT_FAILED: Final = 3  # uvicorn's STARTUP_FAILURE: the server never started serving
 
 
@@ -171,46 +176,89 @@ def _service_dir(run: Path) -> Iterator[Path]:
     private directory in ``run`` named in ``$EXECGATE_POLICY_IN_FORCE`` for the workers
     started inside; removed at exit.
 
-    This process holds the directory's ``service.lock`` (shared) while it runs; the lock
-    goes with the process, however it ends. Directories in ``run`` whose lock nobody
-    holds were left by services killed with SIGKILL, and are removed here (their workers
-    stop by themselves once their ``serve`` process is gone). ``run``'s own lock is held
-    meanwhile, so no other ``serve`` removes a directory between its making and its
-    lock. A directory without a lock file is left alone: it is not one this code made."""
+    This process holds the directory's ``service.lock`` (shared) while it runs, and so
+    does each of its workers (``app_from_environment``): the lock goes with the last of
+    them, however they end. A service directory whose lock nobody holds was left by a
+    service killed with SIGKILL, and is removed here. The directory is made and locked
+    while ``run/serve.lock`` is held, as it is for that clean-up, so none is ever seen
+    unlocked between the two: one without a lock file is also left over (its ``serve``
+    died between them) and removed. Anything else in ``run`` is left alone."""
     from execgate.server._envdir import private_dir_in_env
-    from execgate.server.app import POLICY_IN_FORCE_ENV
+    from execgate.server.app import POLICY_IN_FORCE_ENV, SERVICE_LOCK
 
-    with private_dir_in_env(
-        POLICY_IN_FORCE_ENV, prefix=SERVICE_PREFIX, entry="policy.yaml", parent=run
-    ) as pinned:
-        held = _locked(run, fcntl.LOCK_EX)
-        try:
-            mine = _locked(pinned.parent / SERVICE_LOCK, fcntl.LOCK_SH, create=True)
-            _remove_left_behind(run, keep=pinned.parent.name)
-        finally:
-            os.close(held)
-        try:
-            yield pinned
-        finally:
-            os.close(mine)
-
-
-def _locked(path: Path, how: int, *, create: bool = False) -> int:
-    """A descriptor of ``path`` (a directory, or a lock file made when ``create``)
-    holding the ``flock`` ``how``, waited for."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
+    _private_run_dir(run)
+    held = _run_lock(run / RUN_LOCK)
+    mine = -1
     try:
-        fcntl.flock(fd, how)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        with private_dir_in_env(
+            POLICY_IN_FORCE_ENV, prefix=SERVICE_PREFIX, entry="policy.yaml", parent=run
+        ) as pinned:
+            try:
+                lock = pinned.parent / SERVICE_LOCK
+                mine = os.open(lock, _LOCK_FILE | os.O_CREAT | os.O_EXCL, 0o600)
+                fcntl.flock(mine, fcntl.LOCK_SH)
+                _remove_left_behind(run, keep=pinned.parent.name)
+            finally:
+                os.close(held)
+                held = -1
+            yield pinned
+    finally:
+        for fd in (held, mine):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _private_run_dir(run: Path) -> None:
+    """``run`` made (0700) if missing, and refused unless a directory of this user's that
+    no one else may use: whoever may write there could plant what a service reads."""
+    with contextlib.suppress(FileExistsError):
+        run.mkdir(mode=0o700)
+    try:
+        status = run.lstat()
+    except OSError as exc:
+        raise ConfigError(f"cannot use {run}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(status.st_mode):
+        raise ConfigError(f"{run} is not a directory; remove it")
+    if status.st_uid != os.geteuid() or status.st_mode & 0o077:
+        raise ConfigError(
+            f"{run} may be used by others (mode {stat.S_IMODE(status.st_mode):04o}, owner uid"
+            f" {status.st_uid}): it holds the service's policy in force; run: chmod 700 {run}"
+            " (as its owner)"
+        )
+
+
+def _run_lock(path: Path) -> int:
+    """``run/serve.lock`` held exclusively (waited for up to ``RUN_LOCK_WAIT`` seconds:
+    another ``serve`` on the home holds it only while it makes its directory)."""
+    try:
+        fd = os.open(path, _LOCK_FILE | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    deadline = time.monotonic() + RUN_LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise ConfigError(
+                    f"another 'execgate serve' on this home has held {path} for over"
+                    f" {RUN_LOCK_WAIT:.0f} s (stopped or stuck while starting): find it with"
+                    f" 'fuser {path}', then try again"
+                ) from None
+            time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 def _remove_left_behind(run: Path, *, keep: str) -> None:
-    """Remove every service directory in ``run`` but ``keep`` whose lock nobody holds;
-    warn of those whose lock is held (another service runs on the home)."""
+    """Remove every service directory in ``run`` but ``keep`` whose lock nobody holds
+    (or that has none); warn of those whose lock is held (another service runs on the
+    home, or one whose ``serve`` is gone still finishes its last requests)."""
+    from execgate.server.app import SERVICE_LOCK
+
     removed, running = [], 0
     for entry in sorted(run.iterdir()):
         if entry.name == keep or not entry.name.startswith(SERVICE_PREFIX):
@@ -218,16 +266,21 @@ def _remove_left_behind(run: Path, *, keep: str) -> None:
         try:
             if not stat.S_ISDIR(entry.lstat().st_mode):
                 continue
-            fd = os.open(entry / SERVICE_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(entry / SERVICE_LOCK, _LOCK_FILE)
+        except FileNotFoundError:
+            fd = -1  # its serve died before locking it
         except OSError:
-            continue  # gone meanwhile, or not made by this code
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            running += 1
-            continue
-        finally:
-            os.close(fd)  # the lock, if taken, is of no use once the directory goes
+            continue  # not one this code made: left alone
+        if fd >= 0:
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                running += 1
+                continue
+            finally:
+                os.close(fd)  # the lock, if taken, is of no use once the directory goes
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry.name)
     if removed:
@@ -253,21 +306,35 @@ _BIND_HINTS: Final = {
 }
 
 
-def _listening(host: str, port: int) -> socket.socket | None:
-    """The service's socket, bound before anything says it serves, or None when it
-    cannot be (said on stderr). The workers inherit it (with one worker, this process
-    serves it): a second service on the same port fails here instead of sharing it."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+def _listening(host: str, port: int, backlog: int) -> list[socket.socket] | None:
+    """The service's sockets, one per address ``host`` names (``""``: every address),
+    bound and listening before anything says it serves, or None when one cannot be
+    (said on stderr). An IPv6 socket takes IPv6 only (``::`` is not also every IPv4
+    address). The workers inherit them (with one worker, this process serves them).
+    Listening at once, not when the workers start, makes a second service on the same
+    port fail here: a bound socket that is not yet listening would let it bind too."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    made: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
-        sock.bind((host, port))
+        found = socket.getaddrinfo(
+            host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            made.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.set_inheritable(True)
     except OSError as exc:
-        sock.close()
+        for sock in made:
+            sock.close()
         hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port")
-        note(f"execgate: error: cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}")
+        note(f"execgate: error: cannot listen on {where}: {exc.strerror or exc}; {hint}")
         return None
-    sock.set_inheritable(True)
-    return sock
+    return made
 
 
 def _run(args: argparse.Namespace, home: Path, service: Path, server_config: ServerConfig) -> int:
@@ -277,13 +344,6 @@ def _run(args: argparse.Namespace, home: Path, service: Path, server_config: Ser
     from execgate.server.app import SUPERVISOR_ENV
     from execgate.server.metrics import multiprocess_dir
 
-    sock = _listening(args.host, args.port)
-    if sock is None:
-        return EXIT_FAILED
-    os.environ["EXECGATE_HOME"] = str(home)
-    note(
-        f"execgate: serving {home} on http://{args.host}:{args.port} with {args.workers} worker(s)"
-    )
     options: dict[str, Any] = {
         "factory": True,
         "host": args.host,
@@ -297,29 +357,42 @@ def _run(args: argparse.Namespace, home: Path, service: Path, server_config: Ser
         **uvicorn_options(server_config),
     }
     config = uvicorn.Config("execgate.server:app_from_environment", **options)
+    sockets = _listening(args.host, args.port, config.backlog)
+    if sockets is None:
+        return EXIT_FAILED
+    os.environ["EXECGATE_HOME"] = str(home)
+    note(
+        f"execgate: serving {home} on http://{args.host}:{args.port} with {args.workers} worker(s)"
+    )
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
-        with sock, multiprocess_dir(service):
+        with contextlib.ExitStack() as stack, multiprocess_dir(service):
+            for sock in sockets:
+                stack.enter_context(sock)
+            # Each worker stops once this process is gone (killed with SIGKILL, say): no
+            # worker serves on without the process that replaces the dead. One worker is
+            # this process, which has no supervisor, whatever its environment says.
+            os.environ.pop(SUPERVISOR_ENV, None)
             if config.workers > 1:
-                # Each worker stops once this process is gone (killed with SIGKILL, say):
-                # no worker serves on without the process that replaces the dead.
                 os.environ[SUPERVISOR_ENV] = str(os.getpid())
-                supervisor = _supervisor_class()(config, sockets=[sock])
-                try:
-                    supervisor.run()
-                finally:
-                    os.environ.pop(SUPERVISOR_ENV, None)
+                supervisor = _supervisor_class()(config, sockets=sockets)
+                supervisor.run()
                 return EXIT_FAILED if supervisor.start_failed() else 0
             server = uvicorn.Server(config)
-            server.run(sockets=[sock])
+            server.run(sockets=sockets)
             return 0 if server.started else EXIT_FAILED
     finally:
+        os.environ.pop(SUPERVISOR_ENV, None)
         signal.signal(signal.SIGTERM, previous)
 
 
 def register(commands: Commands) -> None:
     p = commands.add("serve", "run the HTTP service (decisions, forward-auth, admin) on uvicorn")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address or name to listen on (default: 127.0.0.1; '' for every address)",
+    )
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
     p.add_argument(
         "--workers",

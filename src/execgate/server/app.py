@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import gc
 import json
 import logging
@@ -65,6 +66,7 @@ __all__ = [
     "MAX_PAGE_BYTES",
     "OUTCOME_BODY_LIMIT",
     "POLICY_IN_FORCE_ENV",
+    "SERVICE_LOCK",
     "SUPERVISOR_ENV",
     "app_from_environment",
     "create_app",
@@ -491,6 +493,31 @@ async def _stop_without(supervisor: int) -> None:
 
 # Set by ``execgate serve --workers N`` (N > 1): the supervisor's pid (see create_app).
 SUPERVISOR_ENV: Final = "EXECGATE_SUPERVISOR_PID"
+# In the service's private directory: held (shared) by each of its processes while it
+# lives; a directory whose lock nobody holds is left over (see execgate.cli.serve).
+SERVICE_LOCK: Final = "service.lock"
+_held: list[int] = []  # this process's hold on it, for as long as the process lives
+
+
+def _hold_service_lock(service: Path) -> None:
+    """Hold the service directory's lock (shared) until this process ends: a ``serve``
+    started after this worker's supervisor died must not remove the directory while
+    this worker still finishes its last requests. Nothing to hold is not an error here:
+    the gateway's open says what is wrong with the directory."""
+    try:
+        fd = os.open(
+            service / SERVICE_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        )
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return
+    _held.append(fd)
+
+
 # Set by ``execgate serve``: the file holding the policy in force for the service (see
 # ``Gateway.open``), so a worker that replaces a dead one runs what the others run.
 POLICY_IN_FORCE_ENV: Final = "EXECGATE_POLICY_IN_FORCE"
@@ -503,6 +530,8 @@ def app_from_environment() -> Starlette:
         raise RuntimeError("EXECGATE_HOME is not set; start the service with 'execgate serve'")
     pinned = os.environ.get(POLICY_IN_FORCE_ENV)
     in_force = Path(pinned) if pinned else None
+    if in_force is not None:
+        _hold_service_lock(in_force.parent)
     # Until the app's handler is in place, a SIGHUP is remembered (admin), not the end.
     with suppress(ValueError):  # only the main thread may set one (not so in tests)
         signal.signal(signal.SIGHUP, hup_before_handler)
