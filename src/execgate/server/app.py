@@ -530,11 +530,11 @@ def app_from_environment() -> Starlette:
         raise RuntimeError("EXECGATE_HOME is not set; start the service with 'execgate serve'")
     pinned = os.environ.get(POLICY_IN_FORCE_ENV)
     in_force = Path(pinned) if pinned else None
-    if in_force is not None:
-        _hold_service_lock(in_force.parent)
     # Until the app's handler is in place, a SIGHUP is remembered (admin), not the end.
     with suppress(ValueError):  # only the main thread may set one (not so in tests)
         signal.signal(signal.SIGHUP, hup_before_handler)
+    if in_force is not None:
+        _hold_service_lock(in_force.parent)
     try:
         # The [server] section as the service read it at start (see Gateway.open).
         kept = (
