@@ -7,6 +7,7 @@ before (uvicorn's command line cannot report a port 0 binding), and stopped by t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -25,7 +26,9 @@ import pytest
 from gatekit import GATEWAY_ID, Kit, make_kit
 
 from execgate.admin import issue_admin_token
+from execgate.cli import serve as serve_cli
 from execgate.cli.serve import _listening
+from execgate.errors import ConfigError
 from execgate.keyfile import read_private_key
 from execgate.store.sqlite import SQLiteStore
 
@@ -282,11 +285,9 @@ def test_serve_on_a_port_in_use_says_which_and_exits_3(kit: Kit, workers: int) -
     assert _services(kit) == []  # the service's directory is gone
 
 
-def test_the_sockets_listen_before_serve_says_it_serves(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_sockets_listen_before_serve_says_it_serves() -> None:
     """Bound and listening at once: another socket (reusing addresses, as a second
-    service's would) cannot bind the port in a window before the workers listen. An
-    IPv6 socket takes IPv6 only, so ``::`` does not also open every IPv4 address; an
-    empty host is every address of both families."""
+    service's would) cannot bind the port in a window before the workers listen."""
     made = _listening("127.0.0.1", 0, 16)
     assert made is not None
     [sock] = made
@@ -298,21 +299,74 @@ def test_the_sockets_listen_before_serve_says_it_serves(capsys: pytest.CaptureFi
             late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with pytest.raises(OSError, match="in use"):
                 late.bind(("127.0.0.1", port))
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_every_address_of_both_families_and_ipv6_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    """``''`` is every address: an IPv4 socket and an IPv6 one that takes IPv6 only
+    (the IPv4 one has the rest). ``::`` alone is left to the system's default, which on
+    Linux also takes IPv4. An IPv6 address is shown in brackets."""
+    if not _ipv6():
+        pytest.skip("IPv6 cannot be bound on this machine: the IPv6 cases are not checked")
     every = _listening("", 0, 16)
     assert every is not None
+    assert sorted(s.family for s in every) == [socket.AF_INET, socket.AF_INET6]
     for s in every:
         with s:
             assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
             if s.family == socket.AF_INET6:
                 assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
-    assert {s.family for s in every} == {socket.AF_INET, socket.AF_INET6}
-    v6 = _listening("::1", 0, 16)
-    assert v6 is not None
-    with v6[0]:
-        port = v6[0].getsockname()[1]
+    made = _listening("::", 0, 16)
+    assert made is not None
+    [any6] = made
+    with any6:
+        default = int(Path("/proc/sys/net/ipv6/bindv6only").read_text())
+        assert any6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == default
+    made = _listening("::1", 0, 16)
+    assert made is not None
+    with made[0]:
+        port = made[0].getsockname()[1]
         capsys.readouterr()
         assert _listening("::1", port, 16) is None
         assert f"cannot listen on [::1]:{port}: " in capsys.readouterr().err
+
+
+def test_an_address_this_machine_lacks_is_skipped_if_another_listens(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name whose addresses include one no interface here has (``::1`` where IPv6 is
+    off; here an address of the documentation range) listens on the rest, and says
+    which it skipped; with none left, it is an error naming the address."""
+    real = socket.getaddrinfo
+    names = {
+        "both.test": [("127.0.0.1", socket.AF_INET), ("192.0.2.1", socket.AF_INET)],
+        "absent.test": [("192.0.2.1", socket.AF_INET)],
+    }
+
+    def resolve(host: str | None, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in names:
+            return real(host, port, *args, **kwargs)
+        return [(f, socket.SOCK_STREAM, 6, "", (a, port)) for a, f in names[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    made = _listening("both.test", 0, 16)
+    assert made is not None
+    [sock] = made
+    with sock:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    assert "execgate: warning: not listening on 192.0.2.1:0: " in capsys.readouterr().err
+    assert _listening("absent.test", 0, 16) is None
+    err = capsys.readouterr().err
+    assert "execgate: error: cannot listen on 192.0.2.1:0: " in err
+    assert "no interface here has that address: check --host" in err
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -453,3 +507,84 @@ def test_one_worker_has_no_supervisor_whatever_the_environment_says(
     with serve(kit) as server:
         assert _decide(server.url, kit.submit())["outcome"] == "proceed"
         assert server.stop() == 0
+
+
+def test_serve_refuses_a_run_directory_of_another_user(kit: Kit) -> None:
+    """Not told to chmod what already has the right mode: told whose it is."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give run/ to another user here: the owner check is not run")
+    run = kit.home / "run"
+    run.mkdir(mode=0o700)
+    os.chown(run, 1, 1)
+    result = _start_once(kit)
+    assert result.returncode == 2
+    assert f"{run} belongs to uid 1, not to this user (uid 0)" in result.stderr
+    assert "chmod" not in result.stderr
+    assert _services(kit) == []
+
+
+def test_a_serve_waits_for_another_starting_then_says_who_to_look_for(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run/serve.lock`` is held while a serve makes its directory; one held too long
+    (a serve stopped while starting) is an error naming the file, not a silent hang."""
+    monkeypatch.setattr(serve_cli, "RUN_LOCK_WAIT", 0.3)
+    run = kit.home / "run"
+    run.mkdir(mode=0o700)
+    with (run / "serve.lock").open("w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=r"has held .*serve\.lock for over 0 s") as refused:
+            serve_cli._run_lock(run / "serve.lock")
+        assert time.monotonic() - started >= 0.3
+        assert "fuser" in str(refused.value)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(serve_cli._run_lock(run / "serve.lock"))
+
+
+def test_a_new_connection_is_refused_while_the_workers_drain(kit: Kit) -> None:
+    """After SIGTERM the workers finish what is in flight; meanwhile a new connection
+    is refused at once, not left waiting where no worker will take it."""
+    body = json.dumps(kit.submit()).encode()
+    with serve(kit, workers=2) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+            head = (
+                "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            conn.sendall(head.encode() + body[:10])  # a decision in flight
+            time.sleep(0.3)
+            server.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            refused = False
+            while not refused and time.monotonic() < deadline:
+                time.sleep(0.1)
+                try:
+                    socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+                except ConnectionRefusedError:
+                    refused = True
+            assert refused
+            assert server.proc.poll() is None  # still draining
+            conn.sendall(body[10:])
+            response = b""
+            while chunk := conn.recv(65536):
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        assert server.proc.wait(timeout=15) == 0
+    with closing(SQLiteStore(kit.config.store)) as store:
+        assert store.size() == 1
+
+
+def test_a_retired_directory_left_half_removed_goes_at_the_next_start(kit: Kit) -> None:
+    """A stopping service renames its directory out of the service names before it
+    removes it (a start meeting it half removed would take it for a killed service's);
+    one only renamed (its serve killed meanwhile) is removed by the next start, quietly."""
+    run = kit.home / "run"
+    run.mkdir(mode=0o700)
+    retired = run / ".stopped-execgate-service-abc"
+    retired.mkdir()
+    (retired / "policy.yaml").write_text("version: 1\n")
+    result = _start_once(kit)
+    assert not retired.exists()
+    assert "removed" not in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["serve.lock"]

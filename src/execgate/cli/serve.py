@@ -69,6 +69,7 @@ _log = logging.getLogger("execgate.server")
 GRACEFUL_SECONDS = 30
 RUN_DIR: Final = "run"  # in the home: the service's private directories while it runs
 SERVICE_PREFIX: Final = "execgate-service-"  # one such directory in RUN_DIR per service
+RETIRED_PREFIX: Final = ".stopped-"  # a stopped service's directory, while it is removed
 RUN_LOCK: Final = "serve.lock"  # in RUN_DIR: held while a serve makes its directory
 RUN_LOCK_WAIT: Final = 10.0  # seconds a serve waits for another one's start on the home
 _LOCK_FILE: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -109,6 +110,14 @@ def _supervisor_class() -> type[Any]:
 
             super().__init__(*args, **kwargs)
             self.reload_pending = take_early_hup()  # one that came while starting
+
+        def terminate_all(self) -> None:
+            """Stop the workers, having closed this process's copies of the sockets: once
+            the workers have closed theirs (at once, as they start to drain), a new
+            connection is refused instead of waiting where no worker will take it."""
+            for sock in self.sockets:
+                sock.close()
+            super().terminate_all()
 
         def start_failed(self) -> bool:
             """Whether a worker failed to start (which stops the service)."""
@@ -201,11 +210,27 @@ def _service_dir(run: Path) -> Iterator[Path]:
             finally:
                 os.close(held)
                 held = -1
-            yield pinned
+            try:
+                yield pinned
+            finally:
+                _retire(pinned.parent)
     finally:
         for fd in (held, mine):
             if fd >= 0:
                 os.close(fd)
+
+
+def _retire(service: Path) -> None:
+    """Remove the service's directory at its stop, first renamed out of the names a
+    starting ``serve`` looks at: met while half removed, it would pass for one left by a
+    killed service. A directory only renamed (this process killed meanwhile) is removed
+    by the next ``serve``."""
+    retired = service.with_name(RETIRED_PREFIX + service.name)
+    try:
+        os.rename(service, retired)
+    except OSError:
+        return  # removed where it is (private_dir_in_env)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _private_run_dir(run: Path) -> None:
@@ -219,11 +244,16 @@ def _private_run_dir(run: Path) -> None:
         raise ConfigError(f"cannot use {run}: {exc.strerror or exc}") from exc
     if not stat.S_ISDIR(status.st_mode):
         raise ConfigError(f"{run} is not a directory; remove it")
-    if status.st_uid != os.geteuid() or status.st_mode & 0o077:
+    if status.st_uid != os.geteuid():
         raise ConfigError(
-            f"{run} may be used by others (mode {stat.S_IMODE(status.st_mode):04o}, owner uid"
-            f" {status.st_uid}): it holds the service's policy in force; run: chmod 700 {run}"
-            " (as its owner)"
+            f"{run} belongs to uid {status.st_uid}, not to this user (uid {os.geteuid()}):"
+            f" run 'execgate serve' as uid {status.st_uid}, or remove {run} (it holds"
+            " nothing a stopped service needs)"
+        )
+    if status.st_mode & 0o077:
+        raise ConfigError(
+            f"{run} may be used by others (mode {stat.S_IMODE(status.st_mode):04o}): it holds"
+            f" the service's policy in force; run: chmod 700 {run}"
         )
 
 
@@ -261,6 +291,9 @@ def _remove_left_behind(run: Path, *, keep: str) -> None:
 
     removed, running = [], 0
     for entry in sorted(run.iterdir()):
+        if entry.name.startswith(RETIRED_PREFIX + SERVICE_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)  # its service stopped
+            continue
         if entry.name == keep or not entry.name.startswith(SERVICE_PREFIX):
             continue
         try:
@@ -308,33 +341,74 @@ _BIND_HINTS: Final = {
 
 def _listening(host: str, port: int, backlog: int) -> list[socket.socket] | None:
     """The service's sockets, one per address ``host`` names (``""``: every address),
-    bound and listening before anything says it serves, or None when one cannot be
-    (said on stderr). An IPv6 socket takes IPv6 only (``::`` is not also every IPv4
-    address). The workers inherit them (with one worker, this process serves them).
-    Listening at once, not when the workers start, makes a second service on the same
-    port fail here: a bound socket that is not yet listening would let it bind too."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound and listening before anything says it serves, or None when they cannot be
+    (said on stderr). Listening at once, not when the workers start, makes a second
+    service on the same port fail here: a bound socket that is not yet listening would
+    let it bind too. The workers inherit them (with one worker, this process serves
+    them).
+
+    Of a name with several addresses, one this machine cannot have (an IPv6 address
+    where IPv6 is off) is skipped, with a warning, as long as another listens. Where the
+    name gives addresses of both families, the IPv6 socket takes IPv6 only (the IPv4
+    one has the rest); an IPv6 address alone (``::``) is left to the system's default,
+    which on Linux also takes IPv4."""
     made: list[socket.socket] = []
     try:
-        found = socket.getaddrinfo(
-            host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        found = list(
+            dict.fromkeys(
+                socket.getaddrinfo(
+                    host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+                )
+            )
         )
-        for family, kind, proto, _, address in dict.fromkeys(found):
+    except OSError as exc:
+        note(
+            f"execgate: error: cannot listen on {_where(host, port)}: {exc.strerror or exc};"
+            " check --host"
+        )
+        return None
+    both = {socket.AF_INET, socket.AF_INET6} <= {info[0] for info in found}
+    for family, kind, proto, _, address in found:
+        where = _where(str(address[0]), port)
+        try:
             sock = socket.socket(family, kind, proto)
-            made.append(sock)
+        except OSError as exc:
+            if exc.errno == errno.EAFNOSUPPORT and len(found) > 1:
+                note(f"execgate: warning: not listening on {where}: {exc.strerror or exc}")
+                continue
+            _closed(made, where, exc)
+            return None
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
-            if family == socket.AF_INET6:
+            if family == socket.AF_INET6 and both:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
             sock.listen(backlog)
             sock.set_inheritable(True)
-    except OSError as exc:
-        for sock in made:
+        except OSError as exc:
             sock.close()
-        hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port")
-        note(f"execgate: error: cannot listen on {where}: {exc.strerror or exc}; {hint}")
+            if exc.errno == errno.EADDRNOTAVAIL and len(found) > 1:
+                note(f"execgate: warning: not listening on {where}: {exc.strerror or exc}")
+                continue
+            _closed(made, where, exc)
+            return None
+        made.append(sock)
+    if not made:
+        note(f"execgate: error: cannot listen on any address of {host!r}; check --host")
         return None
     return made
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _closed(made: list[socket.socket], where: str, exc: OSError) -> None:
+    """Close what was made, and say why ``where`` cannot be listened on."""
+    for sock in made:
+        sock.close()
+    hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port")
+    note(f"execgate: error: cannot listen on {where}: {exc.strerror or exc}; {hint}")
 
 
 def _run(args: argparse.Namespace, home: Path, service: Path, server_config: ServerConfig) -> int:
@@ -361,9 +435,8 @@ def _run(args: argparse.Namespace, home: Path, service: Path, server_config: Ser
     if sockets is None:
         return EXIT_FAILED
     os.environ["EXECGATE_HOME"] = str(home)
-    note(
-        f"execgate: serving {home} on http://{args.host}:{args.port} with {args.workers} worker(s)"
-    )
+    urls = ", ".join(f"http://{_where(*sock.getsockname()[:2])}" for sock in sockets)
+    note(f"execgate: serving {home} on {urls} with {args.workers} worker(s)")
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         with contextlib.ExitStack() as stack, multiprocess_dir(service):
