@@ -207,30 +207,42 @@ def test_two_workers_share_the_home_with_dense_log_indexes(kit: Kit) -> None:
         assert server.stop() == 0
 
 
+def _in_flight(port: int, body: bytes) -> socket.socket:
+    """A connection whose ``POST /v1/decisions`` has its head and the first ten bytes
+    of ``body`` sent: a decision in flight until the rest arrives (``_finished``)."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=20)
+    head = (
+        "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + body[:10])
+    return conn
+
+
+def _finished(conn: socket.socket, body: bytes) -> dict[str, Any]:
+    """The rest of ``body`` sent on an ``_in_flight`` connection: the decision in its
+    200 answer (the connection is read until the server closes it)."""
+    conn.sendall(body[10:])
+    response = b""
+    while chunk := conn.recv(65536):
+        response += chunk
+    status, _, rest = response.partition(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK"
+    decision: dict[str, Any] = json.loads(rest.partition(b"\r\n\r\n")[2])
+    return decision
+
+
 def test_sigterm_lets_an_in_flight_decision_finish(kit: Kit) -> None:
     """A decision whose body is still arriving when SIGTERM comes is decided, logged and
     answered before the process exits."""
     body = json.dumps(kit.submit()).encode()
-    half = len(body) // 2
     with serve(kit) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
-            head = (
-                "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            )
-            conn.sendall(head.encode() + body[:half])
+        with _in_flight(server.port, body) as conn:
             time.sleep(0.3)  # the server has the request; its decision is in flight
             server.proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             assert server.proc.poll() is None  # still finishing the request
-            conn.sendall(body[half:])
-            response = b""
-            while chunk := conn.recv(65536):
-                response += chunk
-        status, _, rest = response.partition(b"\r\n")
-        assert status == b"HTTP/1.1 200 OK"
-        decision = json.loads(rest.partition(b"\r\n\r\n")[2])
-        assert decision["outcome"] == "proceed"
+            assert _finished(conn, body)["outcome"] == "proceed"
         assert server.proc.wait(timeout=15) == 0
     with closing(SQLiteStore(kit.config.store)) as store:
         assert store.size() == 1
@@ -414,12 +426,7 @@ def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
             workers = _workers_of(server.proc.pid)
         assert len(workers) == 2
         [left] = _services(kit)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
-            head = (
-                "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            )
-            conn.sendall(head.encode() + body[:10])  # a decision in flight
+        with _in_flight(server.port, body) as conn:
             time.sleep(0.3)
             server.proc.kill()
             server.proc.wait(timeout=10)
@@ -428,12 +435,7 @@ def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
             stopping = _start_once(kit)
             assert left.exists()  # its worker still holds it
             assert "1 other service(s) run on this home" in stopping.stderr
-            conn.sendall(body[10:])
-            response = b""
-            while chunk := conn.recv(65536):
-                response += chunk
-        assert response.startswith(b"HTTP/1.1 200 OK")
-        assert json.loads(response.partition(b"\r\n\r\n")[2])["outcome"] == "proceed"
+            assert _finished(conn, body)["outcome"] == "proceed"
         deadline = time.monotonic() + 15
         while any(map(_alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -547,12 +549,7 @@ def test_a_new_connection_is_refused_while_the_workers_drain(kit: Kit) -> None:
     is refused at once, not left waiting where no worker will take it."""
     body = json.dumps(kit.submit()).encode()
     with serve(kit, workers=2) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
-            head = (
-                "POST /v1/decisions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            )
-            conn.sendall(head.encode() + body[:10])  # a decision in flight
+        with _in_flight(server.port, body) as conn:
             time.sleep(0.3)
             server.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 5
@@ -565,11 +562,7 @@ def test_a_new_connection_is_refused_while_the_workers_drain(kit: Kit) -> None:
                     refused = True
             assert refused
             assert server.proc.poll() is None  # still draining
-            conn.sendall(body[10:])
-            response = b""
-            while chunk := conn.recv(65536):
-                response += chunk
-        assert response.startswith(b"HTTP/1.1 200 OK")
+            assert _finished(conn, body)["outcome"] == "proceed"
         assert server.proc.wait(timeout=15) == 0
     with closing(SQLiteStore(kit.config.store)) as store:
         assert store.size() == 1
