@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from execgate._state import DecisionState
 from execgate.errors import ConfigError
 from execgate.model import Decision, Outcome, Reason
 from execgate.server import create_app
+from execgate.server import metrics as metrics_module
 from execgate.server.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
 from execgate.store.sqlite import SQLiteStore
 from execgate.store.unavailable import UnavailableStore
@@ -142,6 +145,35 @@ def test_a_store_that_is_down_still_scrapes_with_its_fail_closed_counts(kit: Kit
         if n == "execgate_decisions_total" and ("outcome", "fail_closed") in labels
     ]
     assert failed == [1]
+
+
+def test_one_read_of_the_store_serves_the_scrapes_of_a_second(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics needs no credential: a burst of scrapes, however many come at once,
+    counts the replay store once per ``GAUGE_MAX_AGE``, and a later scrape sees what
+    was decided meanwhile."""
+    gateway = kit.gateway()
+    counted = []
+    replay_size = gateway.store.replay_size
+
+    def counting() -> int:
+        counted.append(1)
+        time.sleep(0.05)  # scrapes arriving meanwhile wait for this read
+        return replay_size()
+
+    monkeypatch.setattr(gateway.store, "replay_size", counting)
+    monkeypatch.setattr(metrics_module, "GAUGE_MAX_AGE", 0.5)
+    with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
+        client.post("/v1/decisions", json=kit.submit())
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            scraped = list(pool.map(lambda _: _scrape(client), range(16)))
+        assert {_value(s, "execgate_replay_store_entries") for s in scraped} == {1}
+        assert len(counted) == 1
+        client.post("/v1/decisions", json=kit.submit())
+        time.sleep(0.5)
+        assert _value(_scrape(client), "execgate_replay_store_entries") == 2
+        assert len(counted) == 2
 
 
 def test_scrape_without_an_open_gateway_has_no_store_gauges(kit: Kit) -> None:

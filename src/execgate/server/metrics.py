@@ -18,9 +18,9 @@ What is counted, and why these labels:
   ``request.timeout``, 400 ``request.malformed``, 503 ``server.overloaded``), so a
   flood of oversized or stalled requests shows; the codes are a closed set.
 - ``execgate_audit_log_entries``, ``execgate_replay_store_entries``,
-  ``execgate_pending_approvals``: the shared state, read from the store at scrape time
-  (not kept per process: with several workers each would hold a stale copy), and
-  ``execgate_store_up`` (1 when the store answered this scrape).
+  ``execgate_pending_approvals``: the shared state, read from the store at scrape time,
+  at most once a second per process (not kept per process: with several workers each
+  would hold a stale copy), and ``execgate_store_up`` (1 when the store answered).
 
 A store that is down does not fail the scrape: the three store gauges are left out,
 ``execgate_store_up`` is 0, and the decision and HTTP counters are still served (they
@@ -47,6 +47,7 @@ never an id, token or argument. The server binds to loopback unless told otherwi
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -106,17 +107,36 @@ def _multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV)) and values.ValueClass is not values.MutexValue
 
 
+GAUGE_MAX_AGE: Final = 1.0  # seconds one read of the store serves this process's scrapes
+
+
 class _StoreGauges(Collector):
-    """The shared-state gauges, read from the open gateway's store at each scrape."""
+    """The shared-state gauges, read from the open gateway's store for a scrape.
+
+    /metrics needs no credential, and counting the replay store scans it (a few ms at
+    hundreds of thousands of rows): a read serves every scrape of the next
+    ``GAUGE_MAX_AGE`` seconds, and scrapes that arrive together wait for one read
+    instead of each making its own. A scraper polls every 15 s or so; a second of age
+    is nothing to it, and a flood of scrapes costs the store one read a second."""
 
     def __init__(self, gateway: Callable[[], Gateway | None], now: Callable[[], float]) -> None:
         self._gateway = gateway
         self._now = now
+        self._lock = threading.Lock()
+        self._last: tuple[float, tuple[int, int, int] | None] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # computed per scrape; nothing to check against at registration
 
     def _read(self) -> tuple[int, int, int] | None:
+        with self._lock:
+            if self._last is not None and time.monotonic() - self._last[0] < GAUGE_MAX_AGE:
+                return self._last[1]
+            read = self._read_store()
+            self._last = (time.monotonic(), read)
+            return read
+
+    def _read_store(self) -> tuple[int, int, int] | None:
         gateway = self._gateway()
         if gateway is None:
             return None
@@ -145,7 +165,7 @@ class _StoreGauges(Collector):
             )
         yield GaugeMetricFamily(
             "execgate_store_up",
-            "1 when the store answered this scrape, else 0",
+            "1 when the store answered its last read (at most a second old), else 0",
             value=0 if read is None else 1,
         )
 
