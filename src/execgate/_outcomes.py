@@ -31,7 +31,7 @@ _EXECUTED: Final = frozenset({Outcome.PROCEED.value, Outcome.REROUTE.value})
 _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def _check_report(status: object, exit_code: object, result_digest: object) -> None:
+def check_report(status: object, exit_code: object, result_digest: object) -> None:
     """An outcome report's fields, or ``RequestError`` naming the first one that is wrong."""
     if status not in _OUTCOME_STATUS:
         raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
@@ -134,7 +134,7 @@ class OutcomeLog:
         ``VerificationError`` says why. Bad input raises ``RequestError``; a log that
         cannot be written, ``AuditError``.
         """
-        _check_report(status, exit_code, result_digest)
+        check_report(status, exit_code, result_digest)
         found = self.store.find(decision_id, "decision")
         if found is None:
             raise RequestError(f"decision {decision_id} is not in this gateway's log")

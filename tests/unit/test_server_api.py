@@ -33,8 +33,10 @@ from test_audit_log import fork_the_tree
 
 import execgate.server.app as server_app
 from execgate.audit.checkpoint import verify_tlog_proof
+from execgate.audit.log import AuditLog
 from execgate.home import ServerConfig
 from execgate.jose import PrivateKey
+from execgate.model import Decision
 from execgate.pipeline import Gateway
 from execgate.policy import parse_policy
 from execgate.policy.loader import pin_policy
@@ -325,6 +327,40 @@ def test_bad_bodies_are_typed_400s(client: Client, body: bytes, status: int, cod
     assert log_size(client) == 0
 
 
+def test_a_number_too_long_to_read_says_so_in_the_clients_terms(client: Client) -> None:
+    body = b'{"request": {"args": {"n": ' + b"9" * 5001 + b"}}}"
+    response = client.post(
+        "/v1/decisions", content=body, headers={"content-type": "application/json"}
+    )
+    assert error_of(response, 400) == "request.malformed_json"
+    message = response.json()["error"]["message"]
+    assert "a number has more than 4300 digits" in message
+    assert "sys." not in message
+    assert log_size(client) == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "identity, gzip"])
+def test_an_encoded_body_is_415_not_read_as_what_its_label_says(
+    kit: Kit, client: Client, encoding: str
+) -> None:
+    """A JSON body is not decoded: a compressed one is refused as such, and a plain one
+    labelled compressed is not decided as if the label were wrong."""
+    response = client.post(
+        "/v1/decisions",
+        content=json.dumps(kit.submit()),
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert error_of(response, 415) == "request.unsupported_media_type"
+    assert "Content-Encoding" in response.json()["error"]["message"]
+    assert log_size(client) == 0
+    plain = client.post(
+        "/v1/decisions",
+        content=json.dumps(kit.submit()),
+        headers={"content-type": "application/json", "content-encoding": "identity"},
+    )
+    assert plain.status_code == 200
+
+
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/jsonx", "form"])
 def test_wrong_content_type_is_415(kit: Kit, client: Client, content_type: str | None) -> None:
     headers = {} if content_type is None else {"content-type": content_type}
@@ -470,6 +506,7 @@ async def test_a_body_is_read_unless_http1_says_there_is_none(
 
 def test_unknown_routes_are_404(client: Client) -> None:
     assert error_of(client.get("/nope"), 404) == "route.not_found"
+    assert "/openapi.json lists them" in client.get("/nope").json()["error"]["message"]
     # A trailing slash is another path, not a redirect built from the client's Host.
     assert error_of(client.get("/healthz/", headers={"host": "evil.example"}), 404) == (
         "route.not_found"
@@ -483,6 +520,7 @@ def test_wrong_methods_are_405_with_allow(client: Client) -> None:
     response = client.get("/v1/decisions")
     assert error_of(response, 405) == "method.not_allowed"
     assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["message"] == "this route takes POST"
     assert error_of(client.delete("/v1/audit/checkpoint"), 405) == "method.not_allowed"
     assert error_of(client.put("/v1/decisions/x/outcome", json={}), 405) == "method.not_allowed"
 
@@ -620,12 +658,13 @@ def test_outcome_errors(kit: Kit, client: Client) -> None:
     assert error_of(post("/v1/decisions/nope/outcome", json={"status": "succeeded"}), 404) == (
         "decision.not_found"
     )
-    url = f"/v1/decisions/{proceeded}/outcome"
     bads: list[object] = [{"status": "maybe"}, {"status": 1}, {}, [], {"status": "failed", "x": 1}]
-    for bad in bads:
-        assert error_of(post(url, json=bad), 400) == "request.invalid", bad
-    bad_code = {"status": "failed", "exit_code": "1"}
-    assert error_of(post(url, json=bad_code), 400) == "request.invalid"
+    bads += [{"status": "failed", "exit_code": "1"}, {"status": "x", "result_digest": "md5"}]
+    # A bad report is a 400 whatever the decision: 409 says a good report came too late.
+    for decision_id in (proceeded, denied):
+        url = f"/v1/decisions/{decision_id}/outcome"
+        for bad in bads:
+            assert error_of(post(url, json=bad), 400) == "request.invalid", bad
     assert error_of(post(url, content=b"status=ok"), 415) == "request.unsupported_media_type"
     assert log_size(client) == 2
 
@@ -657,6 +696,30 @@ def test_checkpoint_entries_and_proofs(kit: Kit, public: Client) -> None:
     verified = verify_tlog_proof(proof["evidence"], entry, gateway.audit.verifier)
     assert verified.size == 3
     assert error_of(public.get("/v1/audit/proofs/3"), 404) == "audit.index_not_found"
+
+
+def test_the_checkpoint_size_is_the_size_its_note_signs(
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log may grow between the signing and the answer (decisions of other
+    callers): ``size`` is the signed note's, never the log's size read apart, which
+    would pair the note with another tree (a false fork to whoever checks them)."""
+    decide(public, kit.submit())
+    gateway: Gateway = public.app.state.gateway
+    signed = AuditLog.checkpoint
+    grown: list[Decision] = []
+
+    def signed_then_grown(log: AuditLog, *, now: int) -> str:
+        note = signed(log, now=now)
+        if not grown:
+            grown.append(gateway.decide(kit.submit()))  # another caller's, meanwhile
+        return note
+
+    monkeypatch.setattr(AuditLog, "checkpoint", signed_then_grown)
+    answer = public.get("/v1/audit/checkpoint").json()
+    assert answer["checkpoint"].startswith(f"{GATEWAY_ID}\n1\n")
+    assert answer["size"] == 1
+    assert gateway.audit.size() == 2
 
 
 def test_a_tree_the_node_refuses_to_sign_is_a_503(kit: Kit, public: Client) -> None:

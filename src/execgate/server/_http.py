@@ -174,6 +174,14 @@ async def parse_json(request: Request, body: bytes) -> Any:
 def _json_type(request: Request) -> None:
     if not _is_json(request.headers.get("content-type")):
         raise HttpError(415, "request.unsupported_media_type", f"send the body as {JSON_TYPE}")
+    # A compressed body is not decoded here: refused as such, not read as malformed JSON
+    # (and a plain body labelled compressed is not taken for what its label says).
+    if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        raise HttpError(
+            415,
+            "request.unsupported_media_type",
+            "send the body without Content-Encoding (it is not decoded here)",
+        )
 
 
 async def _parsed(body: bytes) -> Any:
@@ -182,9 +190,11 @@ async def _parsed(body: bytes) -> Any:
             return await run_in_threadpool(loads_strict, body, max_values=MAX_REQUEST_VALUES)
         return loads_strict(body, max_values=MAX_REQUEST_VALUES)
     except (JoseError, ValueError, RecursionError) as exc:
-        raise HttpError(
-            400, "request.malformed_json", f"the body is not strict JSON: {exc}"
-        ) from exc
+        why = str(exc)
+        if "integer string conversion" in why:  # Python's own words are for its caller
+            why = "a number has more than 4300 digits"
+        message = f"the body is not strict JSON: {why}"
+        raise HttpError(400, "request.malformed_json", message) from exc
 
 
 def handled(handler: Handler) -> Handler:

@@ -35,7 +35,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from execgate._hup import hup_before_handler
+from execgate._outcomes import check_report
 from execgate.adapters.http import PROOF_HEADER
+from execgate.audit.checkpoint import open_checkpoint
 from execgate.audit.log import SigningRefused
 from execgate.errors import (
     ConfigError,
@@ -162,8 +164,9 @@ def _receipt_view(logged: dict[str, Any]) -> dict[str, Any]:
 
 async def get_decision(request: Request) -> Response:
     """The decision's record and its outcome's. Whole (request arguments, reason details,
-    who the artifact named) with ``[server] public_audit`` or for an admin holding
-    ``audit`` (any ``Authorization`` header is checked as that, and audited); otherwise
+    who the artifact named) with ``[server] public_audit`` (no credential is read then)
+    or for an admin holding ``audit`` (without it, any ``Authorization`` header is
+    checked as that, and audited); otherwise
     only what its receipt says: a decision id is no secret (it is in the access log, is
     sent to the upstream and to the client, and names a child's parent), and its
     holder need not be the one who sent the request."""
@@ -200,9 +203,11 @@ async def post_outcome(request: Request) -> Response:
             "request.invalid",
             "the body must be an object with status, and optionally exit_code and result_digest",
         )
-    status = body.get("status")
-    if not isinstance(status, str):
-        raise HttpError(400, "request.invalid", "status must be 'succeeded' or 'failed'")
+    try:  # a bad report is a 400 whatever the decision (a 409 is for a good one)
+        check_report(body.get("status"), body.get("exit_code"), body.get("result_digest"))
+    except RequestError as exc:
+        raise HttpError(400, "request.invalid", str(exc)) from exc
+    status: str = body["status"]
     gateway = _gateway(request)
 
     proof = request.headers.get(PROOF_HEADER)
@@ -240,7 +245,9 @@ async def get_checkpoint(request: Request) -> Response:
     now: Callable[[], float] = request.app.state.now
 
     def checkpoint() -> tuple[str, int]:
-        return log.checkpoint(now=int(now())), log.size()
+        # The size the note signs: the log's own size, read apart, may have grown since.
+        note = log.checkpoint(now=int(now()))
+        return note, open_checkpoint(note, log.verifier).size
 
     try:
         note, size = await run_in_threadpool(checkpoint)
@@ -399,8 +406,12 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     admin route is audited (``admin.refuse_method``)."""
     assert isinstance(exc, HTTPException)
     codes = {404: "route.not_found", 405: "method.not_allowed"}
+    message = {
+        404: "no such route; /openapi.json lists them",
+        405: f"this route takes {(exc.headers or {}).get('Allow', 'other methods')}",
+    }.get(exc.status_code, exc.detail)
     refusal = error_response(
-        exc.status_code, codes.get(exc.status_code, "request.refused"), exc.detail, exc.headers
+        exc.status_code, codes.get(exc.status_code, "request.refused"), message, exc.headers
     )
     if exc.status_code == 405:
         return await admin.refuse_method(request, refusal)

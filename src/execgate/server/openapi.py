@@ -151,7 +151,8 @@ _PATHS: Final[dict[str, Any]] = {
                 "Without credentials, the decision record shows only what its receipt"
                 " signs (view: receipt). The whole record (view: whole) needs an admin"
                 " token whose admin holds `audit`, unless the gateway sets"
-                " `[server] public_audit`; an Authorization header is always checked."
+                " `[server] public_audit` (then no credential is read); otherwise an"
+                " Authorization header is always checked, and audited."
             ),
             "security": [{"adminToken": []}, {}],
             "operationId": "getDecision",
