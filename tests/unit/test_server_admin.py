@@ -426,8 +426,11 @@ def test_a_review_needs_both_the_admin_token_and_the_approver_signature(
     assert error_of(refused, 409) == "approval.review_refused"
     assert "no approver's" in refused.json()["error"]["message"]
     assert records(client, "review") == []
+    before = len(records(client))
     bad = post(client, kit, path, {"verdict": "approve"})
     assert error_of(bad, 400) == "request.invalid"
+    [refused] = records(client)[before:]
+    assert (refused["result"], refused["code"]) == ("refused", "request.invalid")
 
 
 def test_unknown_approvals_are_404(kit: Kit, client: Client) -> None:
@@ -493,7 +496,28 @@ def test_bad_revocation_bodies_are_400_and_revoke_nothing(
 ) -> None:
     response = post(client, kit, REVOKE, body)
     assert error_of(response, 400) == "request.invalid"
+    # Audited as refused, never as let in (the call then failing): an auditor reading
+    # the log sees no revocation that was authorized and never made.
+    [refused] = records(client)
+    assert (refused["result"], refused["code"]) == ("refused", "request.invalid")
     assert decide(client, kit.submit())["outcome"] == "proceed"
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    [
+        (b"{not json", "application/json", 400, "request.malformed_json"),
+        (b'{"kind": "sub", "value": "x", "reason": "r"}', "text/plain", 415, None),
+    ],
+)
+def test_an_unreadable_revocation_body_is_audited_as_refused(
+    kit: Kit, client: Client, data: bytes, content_type: str, status: int, code: str | None
+) -> None:
+    headers = {"Content-Type": content_type, **token(kit, "POST", REVOKE, body=data)}
+    response = client.post(REVOKE, content=data, headers=headers)
+    expected = code or "request.unsupported_media_type"
+    assert error_of(response, status) == expected
+    assert [(r["result"], r["code"]) for r in records(client)] == [("refused", expected)]
 
 
 # -- policy reload ----------------------------------------------------------------------

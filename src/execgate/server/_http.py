@@ -164,13 +164,6 @@ async def read_json(request: Request, *, limit: int) -> Any:
     return await _parsed(await read_body(request, limit=limit))
 
 
-async def parse_json(request: Request, body: bytes) -> Any:
-    """``read_json`` for a body already read (an admin call reads its body once its
-    token verified, and checks it against the token before parsing: ``execgate.admin``)."""
-    _json_type(request)
-    return await _parsed(body)
-
-
 def _json_type(request: Request) -> None:
     if not _is_json(request.headers.get("content-type")):
         raise HttpError(415, "request.unsupported_media_type", f"send the body as {JSON_TYPE}")
@@ -184,10 +177,22 @@ def _json_type(request: Request) -> None:
         )
 
 
+def parse_json(request: Request, body: bytes) -> Any:
+    """``read_json`` for a small body already read, in the calling thread (an admin call
+    reads its body, at most a few KiB, once its token verified, and checks it against
+    the token before parsing it: ``execgate.admin``)."""
+    _json_type(request)
+    return _strict(body)
+
+
 async def _parsed(body: bytes) -> Any:
+    if len(body) > INLINE_JSON:
+        return await run_in_threadpool(_strict, body)
+    return _strict(body)
+
+
+def _strict(body: bytes) -> Any:
     try:
-        if len(body) > INLINE_JSON:
-            return await run_in_threadpool(loads_strict, body, max_values=MAX_REQUEST_VALUES)
         return loads_strict(body, max_values=MAX_REQUEST_VALUES)
     except (JoseError, ValueError, RecursionError) as exc:
         why = str(exc)

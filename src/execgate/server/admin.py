@@ -351,19 +351,25 @@ async def show_approval(request: Request) -> Response:
 
 
 async def post_review(request: Request) -> Response:
+    def vet(raw: bytes) -> str:
+        _approval_id(request)
+        body = parse_json(request, raw)
+        if not isinstance(body, dict) or set(body) != {"review"}:
+            body = None
+        if body is None or not isinstance(body["review"], str):
+            raise HttpError(
+                400,
+                "request.invalid",
+                'the body must be {"review": "<the approver\'s signed review>"}',
+            )
+        return body["review"]
+
+    # The body is checked before the call is let in: a refused one is audited as such.
     token, raw = await _let_in(
-        request,
-        "approvals",
-        "approvals.review",
-        limit=REVIEW_BODY_LIMIT,
-        vet=lambda _: _approval_id(request),
+        request, "approvals", "approvals.review", limit=REVIEW_BODY_LIMIT, vet=vet
     )
     approval_id = _approval_id(request)
-    body = await parse_json(request, raw)
-    if not isinstance(body, dict) or set(body) != {"review"} or not isinstance(body["review"], str):
-        raise HttpError(
-            400, "request.invalid", 'the body must be {"review": "<the approver\'s signed review>"}'
-        )
+    body = {"review": vet(raw)}
     gateway, now = _gateway(request), _now(request)
 
     def review() -> dict[str, Any]:
@@ -431,8 +437,14 @@ def _revocation(body: object) -> tuple[str, str, str, bool]:
 
 
 async def post_revocation(request: Request) -> Response:
-    token, raw = await _let_in(request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT)
-    kind, value, reason, cascade = _revocation(await parse_json(request, raw))
+    def vet(raw: bytes) -> tuple[str, str, str, bool]:
+        return _revocation(parse_json(request, raw))
+
+    # The body is checked before the call is let in: a refused one is audited as such.
+    token, raw = await _let_in(
+        request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT, vet=vet
+    )
+    kind, value, reason, cascade = vet(raw)
     gateway, now = _gateway(request), _now(request)
 
     def revoke() -> dict[str, Any]:
