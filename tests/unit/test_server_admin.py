@@ -429,8 +429,8 @@ def test_a_review_needs_both_the_admin_token_and_the_approver_signature(
     before = len(records(client))
     bad = post(client, kit, path, {"verdict": "approve"})
     assert error_of(bad, 400) == "request.invalid"
-    [refused] = records(client)[before:]
-    assert (refused["result"], refused["code"]) == ("refused", "request.invalid")
+    [record] = records(client)[before:]
+    assert (record["result"], record["code"]) == ("refused", "request.invalid")
 
 
 def test_unknown_approvals_are_404(kit: Kit, client: Client) -> None:
