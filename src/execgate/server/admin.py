@@ -351,25 +351,26 @@ async def show_approval(request: Request) -> Response:
 
 
 async def post_review(request: Request) -> Response:
-    def vet(raw: bytes) -> str:
+    body: dict[str, str] = {}
+
+    def vet(raw: bytes) -> None:
         _approval_id(request)
-        body = parse_json(request, raw)
-        if not isinstance(body, dict) or set(body) != {"review"}:
-            body = None
-        if body is None or not isinstance(body["review"], str):
+        parsed = parse_json(request, raw)
+        if not (isinstance(parsed, dict) and set(parsed) == {"review"}) or not isinstance(
+            parsed["review"], str
+        ):
             raise HttpError(
                 400,
                 "request.invalid",
                 'the body must be {"review": "<the approver\'s signed review>"}',
             )
-        return body["review"]
+        body.update(parsed)
 
     # The body is checked before the call is let in: a refused one is audited as such.
-    token, raw = await _let_in(
+    token, _ = await _let_in(
         request, "approvals", "approvals.review", limit=REVIEW_BODY_LIMIT, vet=vet
     )
     approval_id = _approval_id(request)
-    body = {"review": vet(raw)}
     gateway, now = _gateway(request), _now(request)
 
     def review() -> dict[str, Any]:
@@ -437,14 +438,14 @@ def _revocation(body: object) -> tuple[str, str, str, bool]:
 
 
 async def post_revocation(request: Request) -> Response:
-    def vet(raw: bytes) -> tuple[str, str, str, bool]:
-        return _revocation(parse_json(request, raw))
+    asked: list[tuple[str, str, str, bool]] = []
+
+    def vet(raw: bytes) -> None:
+        asked.append(_revocation(parse_json(request, raw)))
 
     # The body is checked before the call is let in: a refused one is audited as such.
-    token, raw = await _let_in(
-        request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT, vet=vet
-    )
-    kind, value, reason, cascade = vet(raw)
+    token, _ = await _let_in(request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT, vet=vet)
+    [(kind, value, reason, cascade)] = asked
     gateway, now = _gateway(request), _now(request)
 
     def revoke() -> dict[str, Any]:
