@@ -33,7 +33,7 @@ _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 def check_report(status: object, exit_code: object, result_digest: object) -> None:
     """An outcome report's fields, or ``RequestError`` naming the first one that is wrong."""
-    if status not in _OUTCOME_STATUS:
+    if not isinstance(status, str) or status not in _OUTCOME_STATUS:
         raise RequestError(f"status must be one of {sorted(_OUTCOME_STATUS)}")
     if exit_code is not None and (type(exit_code) is not int or not -(2**31) <= exit_code < 2**31):
         raise RequestError("exit_code must be a 32-bit integer")

@@ -815,8 +815,10 @@ def test_an_outcome_proof_is_checked_against_the_decisions_key(kit: Kit) -> None
     with pytest.raises(VerificationError) as missing:
         gw.report_outcome(d.decision_id, **report, proof_required=True, proof=None)
     assert missing.value.code == "identity.proof_missing"
-    with pytest.raises(RequestError, match="status must be one of"):
-        gw.report_outcome(d.decision_id, status="done", proof_required=True, proof=good)
+    statuses: list[Any] = ["done", [], {}]  # unhashable ones too: a RequestError, not a TypeError
+    for status in statuses:
+        with pytest.raises(RequestError, match="status must be one of"):
+            gw.report_outcome(d.decision_id, status=status, proof_required=True, proof=good)
     with pytest.raises(RequestError, match="not in this gateway's log"):
         gw.report_outcome(
             "00000000-0000-4000-8000-000000000000", **report, proof_required=True, proof=good

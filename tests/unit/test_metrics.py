@@ -23,6 +23,7 @@ from test_server_api import Client
 from execgate._state import DecisionState
 from execgate.errors import ConfigError
 from execgate.model import Decision, Outcome, Reason
+from execgate.pipeline import Gateway
 from execgate.server import create_app
 from execgate.server import metrics as metrics_module
 from execgate.server.metrics import MULTIPROC_ENV, Metrics, multiprocess_dir
@@ -174,6 +175,28 @@ def test_one_read_of_the_store_serves_the_scrapes_of_a_second(
         time.sleep(0.5)
         assert _value(_scrape(client), "execgate_replay_store_entries") == 2
         assert len(counted) == 2
+
+
+def test_a_read_serves_only_the_gateway_it_was_made_from(kit: Kit) -> None:
+    """A read kept for a second is not shown for another gateway, nor for none: the
+    gauges of a closed gateway are not served as if it were up."""
+    opened = [kit.gateway(), kit.gateway()]
+    current: list[Gateway | None] = [opened[0]]
+    gauges = metrics_module._StoreGauges(gateway=lambda: current[0], now=kit.clock)
+
+    def store_up() -> float:
+        [up] = [m for m in gauges.collect() if m.name == "execgate_store_up"]
+        return up.samples[0].value
+
+    try:
+        assert store_up() == 1
+        current[0] = None
+        assert store_up() == 0
+        current[0] = opened[1]
+        assert store_up() == 1
+    finally:
+        for gateway in opened:
+            gateway.close()
 
 
 def test_scrape_without_an_open_gateway_has_no_store_gauges(kit: Kit) -> None:

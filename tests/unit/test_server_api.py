@@ -361,6 +361,21 @@ def test_an_encoded_body_is_415_not_read_as_what_its_label_says(
     assert plain.status_code == 200
 
 
+def test_every_content_encoding_header_counts(kit: Kit, client: Client) -> None:
+    """Not only the first: ``identity`` then ``gzip`` is an encoded body too."""
+    response = client.post(
+        "/v1/decisions",
+        content=json.dumps(kit.submit()),
+        headers=[
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+            ("content-encoding", "gzip"),
+        ],
+    )
+    assert error_of(response, 415) == "request.unsupported_media_type"
+    assert log_size(client) == 0
+
+
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/jsonx", "form"])
 def test_wrong_content_type_is_415(kit: Kit, client: Client, content_type: str | None) -> None:
     headers = {} if content_type is None else {"content-type": content_type}
@@ -660,6 +675,7 @@ def test_outcome_errors(kit: Kit, client: Client) -> None:
     )
     bads: list[object] = [{"status": "maybe"}, {"status": 1}, {}, [], {"status": "failed", "x": 1}]
     bads += [{"status": "failed", "exit_code": "1"}, {"status": "x", "result_digest": "md5"}]
+    bads += [{"status": []}, {"status": {}}]
     # A bad report is a 400 whatever the decision: 409 says a good report came too late.
     for decision_id in (proceeded, denied):
         url = f"/v1/decisions/{decision_id}/outcome"

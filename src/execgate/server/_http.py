@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -169,7 +170,8 @@ def _json_type(request: Request) -> None:
         raise HttpError(415, "request.unsupported_media_type", f"send the body as {JSON_TYPE}")
     # A compressed body is not decoded here: refused as such, not read as malformed JSON
     # (and a plain body labelled compressed is not taken for what its label says).
-    if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+    codings = ",".join(request.headers.getlist("content-encoding")).lower().split(",")
+    if any(coding.strip() not in ("", "identity") for coding in codings):
         raise HttpError(
             415,
             "request.unsupported_media_type",
@@ -197,7 +199,7 @@ def _strict(body: bytes) -> Any:
     except (JoseError, ValueError, RecursionError) as exc:
         why = str(exc)
         if "integer string conversion" in why:  # Python's own words are for its caller
-            why = "a number has more than 4300 digits"
+            why = f"a number has more than {sys.get_int_max_str_digits()} digits"
         message = f"the body is not strict JSON: {why}"
         raise HttpError(400, "request.malformed_json", message) from exc
 

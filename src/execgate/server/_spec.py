@@ -47,5 +47,5 @@ COMMON_ERRORS: Final = {
 BODY_ERRORS: Final = {
     "400": error("malformed JSON or an invalid body"),
     "413": error("the body exceeds the limit (refused before it is read whole)"),
-    "415": error("the body is not application/json"),
+    "415": error("the body is not application/json, or has a Content-Encoding"),
 }

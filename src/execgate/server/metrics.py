@@ -123,21 +123,27 @@ class _StoreGauges(Collector):
         self._gateway = gateway
         self._now = now
         self._lock = threading.Lock()
-        self._last: tuple[float, tuple[int, int, int] | None] | None = None
+        # (the gateway read, when, what): a read is reused for that gateway only
+        self._last: tuple[Gateway | None, float, tuple[int, int, int] | None] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # computed per scrape; nothing to check against at registration
 
     def _read(self) -> tuple[int, int, int] | None:
         with self._lock:
-            if self._last is not None and time.monotonic() - self._last[0] < GAUGE_MAX_AGE:
-                return self._last[1]
-            read = self._read_store()
-            self._last = (time.monotonic(), read)
+            gateway = self._gateway()
+            last = self._last
+            if (
+                last is not None
+                and last[0] is gateway
+                and time.monotonic() - last[1] < GAUGE_MAX_AGE
+            ):
+                return last[2]
+            read = self._read_store(gateway)
+            self._last = (gateway, time.monotonic(), read)
             return read
 
-    def _read_store(self) -> tuple[int, int, int] | None:
-        gateway = self._gateway()
+    def _read_store(self, gateway: Gateway | None) -> tuple[int, int, int] | None:
         if gateway is None:
             return None
         try:
