@@ -27,6 +27,7 @@ from execgate.home import ServerConfig
 from execgate.jose import sha256_b64url
 from execgate.keyfile import read_private_key
 from execgate.pipeline import Gateway
+from execgate.server import admin as admin_module
 from execgate.server import create_app
 from execgate.server.openapi import openapi_document
 from execgate.store.unavailable import UnavailableStore
@@ -500,6 +501,24 @@ def test_bad_revocation_bodies_are_400_and_revoke_nothing(
     # the log sees no revocation that was authorized and never made.
     [refused] = records(client)
     assert (refused["result"], refused["code"]) == ("refused", "request.invalid")
+    assert decide(client, kit.submit())["outcome"] == "proceed"
+
+
+def test_a_check_that_fails_unexpectedly_is_audited_and_a_typed_500(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every admin call is audited, one whose checks fail in an unforeseen way too; it
+    is refused (nothing revoked) and leaves the token unspent."""
+
+    def broken(body: object) -> tuple[str, str, str, bool]:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(admin_module, "_revocation", broken)
+    response = post(client, kit, REVOKE, {"kind": "sub", "value": "x", "reason": "r"})
+    assert error_of(response, 500) == "internal.error"
+    assert [(r["result"], r["code"], r["detail"]) for r in records(client)] == [
+        ("refused", "internal.error", "RuntimeError")
+    ]
     assert decide(client, kit.submit())["outcome"] == "proceed"
 
 

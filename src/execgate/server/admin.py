@@ -241,6 +241,9 @@ async def _let_in(
             except HttpError as unfit:
                 log("refused", unfit.code, unfit.message, token, spend=False)
                 raise
+            except Exception as failed:
+                log("refused", "internal.error", type(failed).__name__, token, spend=False)
+                raise
         try:
             log("authorized", "admin.authorized", f"role {role}", token, spend=True)
         except AdminError as replayed:  # the refusal is what was logged
