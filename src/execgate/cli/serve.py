@@ -72,7 +72,6 @@ SERVICE_PREFIX: Final = "execgate-service-"  # one such directory in RUN_DIR per
 RETIRED_PREFIX: Final = ".stopped-"  # a stopped service's directory, while it is removed
 RUN_LOCK: Final = "serve.lock"  # in RUN_DIR: held while a serve makes its directory
 RUN_LOCK_WAIT: Final = 10.0  # seconds a serve waits for another one's start on the home
-_LOCK_FILE: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 EXIT_FAILED: Final = 3  # uvicorn's STARTUP_FAILURE: the server never started serving
 
 
@@ -192,8 +191,8 @@ def _service_dir(run: Path) -> Iterator[Path]:
     while ``run/serve.lock`` is held, as it is for that clean-up, so none is ever seen
     unlocked between the two: one without a lock file is also left over (its ``serve``
     died between them) and removed. Anything else in ``run`` is left alone."""
-    from execgate.server._envdir import private_dir_in_env
-    from execgate.server.app import POLICY_IN_FORCE_ENV, SERVICE_LOCK
+    from execgate.server._envdir import LOCK_FLAGS, SERVICE_LOCK, private_dir_in_env
+    from execgate.server.app import POLICY_IN_FORCE_ENV
 
     _private_run_dir(run)
     held = _run_lock(run / RUN_LOCK)
@@ -204,7 +203,7 @@ def _service_dir(run: Path) -> Iterator[Path]:
         ) as pinned:
             try:
                 lock = pinned.parent / SERVICE_LOCK
-                mine = os.open(lock, _LOCK_FILE | os.O_CREAT | os.O_EXCL, 0o600)
+                mine = os.open(lock, LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
                 fcntl.flock(mine, fcntl.LOCK_SH)
                 _remove_left_behind(run, keep=pinned.parent.name)
             finally:
@@ -260,8 +259,10 @@ def _private_run_dir(run: Path) -> None:
 def _run_lock(path: Path) -> int:
     """``run/serve.lock`` held exclusively (waited for up to ``RUN_LOCK_WAIT`` seconds:
     another ``serve`` on the home holds it only while it makes its directory)."""
+    from execgate.server._envdir import LOCK_FLAGS
+
     try:
-        fd = os.open(path, _LOCK_FILE | os.O_CREAT, 0o600)
+        fd = os.open(path, LOCK_FLAGS | os.O_CREAT, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot open {path}: {exc.strerror or exc}") from exc
     deadline = time.monotonic() + RUN_LOCK_WAIT
@@ -287,7 +288,7 @@ def _remove_left_behind(run: Path, *, keep: str) -> None:
     """Remove every service directory in ``run`` but ``keep`` whose lock nobody holds
     (or that has none); warn of those whose lock is held (another service runs on the
     home, or one whose ``serve`` is gone still finishes its last requests)."""
-    from execgate.server.app import SERVICE_LOCK
+    from execgate.server._envdir import LOCK_FLAGS, SERVICE_LOCK
 
     removed, running = [], 0
     for entry in sorted(run.iterdir()):
@@ -299,7 +300,7 @@ def _remove_left_behind(run: Path, *, keep: str) -> None:
         try:
             if not stat.S_ISDIR(entry.lstat().st_mode):
                 continue
-            fd = os.open(entry / SERVICE_LOCK, _LOCK_FILE)
+            fd = os.open(entry / SERVICE_LOCK, LOCK_FLAGS)
         except FileNotFoundError:
             fd = -1  # its serve died before locking it
         except OSError:

@@ -10,11 +10,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Final
 
 from execgate.errors import ConfigError
 from execgate.keyfile import refuse_shared_writes
 
-__all__ = ["private_dir_in_env"]
+__all__ = ["LOCK_FLAGS", "SERVICE_LOCK", "private_dir_in_env"]
+
+# In a service's private directory: held (shared) by each of its processes while it
+# lives; a directory whose lock nobody holds is left over (see execgate.cli.serve).
+SERVICE_LOCK: Final = "service.lock"
+# How every lock file of a service is opened: never through a link, never waiting (a
+# FIFO planted in its place opens at once, and is then refused as no regular file).
+LOCK_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @contextmanager

@@ -51,6 +51,7 @@ from execgate.home import CONFIG_NAME, ServerConfig, load_config, service_copy
 from execgate.model import Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, logs, metrics
+from execgate.server._envdir import LOCK_FLAGS, SERVICE_LOCK
 from execgate.server._http import (
     HttpError,
     JsonResponse,
@@ -69,7 +70,6 @@ __all__ = [
     "MAX_PAGE_BYTES",
     "OUTCOME_BODY_LIMIT",
     "POLICY_IN_FORCE_ENV",
-    "SERVICE_LOCK",
     "SUPERVISOR_ENV",
     "app_from_environment",
     "create_app",
@@ -506,9 +506,6 @@ async def _stop_without(supervisor: int) -> None:
 
 # Set by ``execgate serve --workers N`` (N > 1): the supervisor's pid (see create_app).
 SUPERVISOR_ENV: Final = "EXECGATE_SUPERVISOR_PID"
-# In the service's private directory: held (shared) by each of its processes while it
-# lives; a directory whose lock nobody holds is left over (see execgate.cli.serve).
-SERVICE_LOCK: Final = "service.lock"
 _held: list[int] = []  # this process's hold on it, for as long as the process lives
 
 
@@ -518,9 +515,7 @@ def _hold_service_lock(service: Path) -> None:
     this worker still finishes its last requests. Nothing to hold is not an error here:
     the gateway's open says what is wrong with the directory."""
     try:
-        fd = os.open(
-            service / SERVICE_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        fd = os.open(service / SERVICE_LOCK, LOCK_FLAGS)
     except OSError:
         return
     try:
