@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from gatekit import POLICY, Kit, make_kit
-from test_server_process import Server, serve
+from test_server_process import Server, _opened, serve
 
 from execgate._hup import hup_before_handler
 from execgate.jose import PrivateKey
@@ -79,13 +79,6 @@ def _workers(server: Server, kit: Kit) -> set[int]:
             return serving
         _hash(server, kit)
     pytest.fail("the two workers did not both serve")
-
-
-def _opened(pid: str, path: Path) -> bool:
-    try:
-        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
 
 
 def _reload_cli(kit: Kit, server: Server) -> subprocess.CompletedProcess[str]:
