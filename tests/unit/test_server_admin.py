@@ -29,6 +29,7 @@ from execgate.keyfile import read_private_key
 from execgate.pipeline import Gateway
 from execgate.server import admin as admin_module
 from execgate.server import create_app
+from execgate.server.app import CHECKPOINT_MAX_AGE
 from execgate.server.openapi import openapi_document
 from execgate.store.unavailable import UnavailableStore
 
@@ -754,6 +755,7 @@ def test_consistency_proofs_verify_between_signed_checkpoints(kit: Kit, client: 
     old = client.get("/v1/audit/checkpoint").json()
     for _ in range(4):
         decide(client, kit.submit())
+    kit.clock.t += CHECKPOINT_MAX_AGE  # the answer of a second ago is not kept
     new = client.get("/v1/audit/checkpoint").json()
     answer = client.get(
         "/v1/audit/consistency", params={"first": old["size"], "second": new["size"]}

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Self
@@ -33,7 +34,7 @@ from test_audit_log import fork_the_tree
 
 import execgate.server.app as server_app
 from execgate.audit.checkpoint import verify_tlog_proof
-from execgate.audit.log import AuditLog
+from execgate.audit.log import AuditLog, SigningRefused
 from execgate.home import ServerConfig
 from execgate.jose import PrivateKey
 from execgate.model import Decision
@@ -736,6 +737,56 @@ def test_the_checkpoint_size_is_the_size_its_note_signs(
     assert answer["checkpoint"].startswith(f"{GATEWAY_ID}\n1\n")
     assert answer["size"] == 1
     assert gateway.audit.size() == 2
+
+
+def test_a_flood_of_checkpoint_calls_signs_one_a_second(
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may ask for a checkpoint, and one of a grown log is signed, checked and
+    stored: calls within ``CHECKPOINT_MAX_AGE`` of one signing, however many arrive at
+    once, are answered with it, and nothing is written for them."""
+    gateway: Gateway = public.app.state.gateway
+    signed = AuditLog.checkpoint
+    signings: list[int] = []
+
+    def counted(log: AuditLog, *, now: int) -> str:
+        signings.append(now)
+        time.sleep(0.05)  # calls arriving meanwhile wait for this one
+        return signed(log, now=now)
+
+    monkeypatch.setattr(AuditLog, "checkpoint", counted)
+    decide(public, kit.submit())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: public.get("/v1/audit/checkpoint").json(), range(16)))
+    assert {(a["size"], a["checkpoint"]) for a in answers} == {(1, answers[0]["checkpoint"])}
+    decide(public, kit.submit())
+    kit.clock.t += server_app.CHECKPOINT_MAX_AGE - 0.01
+    assert public.get("/v1/audit/checkpoint").json() == answers[0]
+    assert (len(signings), [size for size, _ in gateway.store.checkpoints()]) == (1, [1])
+
+    kit.clock.t += 0.01
+    assert public.get("/v1/audit/checkpoint").json()["size"] == 2
+    decide(public, kit.submit())
+    kit.clock.t -= 60  # a clock set back does not keep an answer longer
+    assert public.get("/v1/audit/checkpoint").json()["size"] == 3
+    assert [size for size, _ in gateway.store.checkpoints()] == [1, 2, 3]
+
+
+def test_a_checkpoint_that_failed_is_not_kept(
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed = AuditLog.checkpoint
+    refusals = [SigningRefused("the log no longer extends checkpoint 9")]
+
+    def refused_once(log: AuditLog, *, now: int) -> str:
+        if refusals:
+            raise refusals.pop()
+        return signed(log, now=now)
+
+    monkeypatch.setattr(AuditLog, "checkpoint", refused_once)
+    decide(public, kit.submit())
+    assert error_of(public.get("/v1/audit/checkpoint"), 503) == "audit.unavailable"
+    assert public.get("/v1/audit/checkpoint").json()["size"] == 1
 
 
 def test_a_tree_the_node_refuses_to_sign_is_a_503(kit: Kit, public: Client) -> None:

@@ -60,8 +60,9 @@ from execgate.server._http import (
     query_int,
     read_json,
 )
+from execgate.server._kept import Kept
 from execgate.server.openapi import openapi_document
-from execgate.store.base import LogEntry
+from execgate.store.base import LogEntry, Store
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 
 __all__ = [
@@ -241,9 +242,18 @@ async def post_outcome(request: Request) -> Response:
 # -- audit ------------------------------------------------------------------------------
 
 
+CHECKPOINT_MAX_AGE: Final = 1.0  # seconds one signed checkpoint answers every caller
+
+
 async def get_checkpoint(request: Request) -> Response:
+    """Anyone may ask, and a checkpoint of a grown log is signed, checked against the
+    last one and stored: one made in this process less than ``CHECKPOINT_MAX_AGE``
+    seconds ago is the answer instead, so a flood of calls costs a signature and a
+    stored row a second, not one per call. A caller whose receipt's index it does not
+    cover yet asks again a second later."""
     log = _gateway(request).audit
     now: Callable[[], float] = request.app.state.now
+    kept: Kept[Store, tuple[str, int]] = request.app.state.checkpoint
 
     def checkpoint() -> tuple[str, int]:
         # The size the note signs: the log's own size, read apart, may have grown since.
@@ -252,7 +262,7 @@ async def get_checkpoint(request: Request) -> Response:
         return note, Checkpoint.parse(parse_unverified(note).text).size
 
     try:
-        note, size = await run_in_threadpool(checkpoint)
+        note, size = await run_in_threadpool(kept.get, log.store, checkpoint)
     except SigningRefused as exc:
         raise HttpError(503, "audit.unavailable", str(exc)) from exc
     return JsonResponse({"origin": log.origin, "size": size, "checkpoint": note})
@@ -492,6 +502,7 @@ def create_app(
     app.state.now = now
     app.state.server = server if server is not None else ServerConfig()
     app.state.metrics = telemetry
+    app.state.checkpoint = Kept(CHECKPOINT_MAX_AGE, now)
     return app
 
 

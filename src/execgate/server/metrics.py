@@ -47,7 +47,6 @@ never an id, token or argument. The server binds to loopback unless told otherwi
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -71,6 +70,7 @@ from execgate.pipeline import Gateway
 from execgate.server import logs
 from execgate.server._envdir import private_dir_in_env
 from execgate.server._http import handled
+from execgate.server._kept import Kept
 from execgate.server._spec import error as _error
 from execgate.server._tally import Tally
 
@@ -122,26 +122,16 @@ class _StoreGauges(Collector):
     def __init__(self, gateway: Callable[[], Gateway | None], now: Callable[[], float]) -> None:
         self._gateway = gateway
         self._now = now
-        self._lock = threading.Lock()
-        # (the gateway read, when, what): a read is reused for that gateway only
-        self._last: tuple[Gateway | None, float, tuple[int, int, int] | None] | None = None
+        self._kept: Kept[Gateway | None, tuple[int, int, int] | None] = Kept(
+            GAUGE_MAX_AGE, time.monotonic
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []  # computed per scrape; nothing to check against at registration
 
     def _read(self) -> tuple[int, int, int] | None:
-        with self._lock:
-            gateway = self._gateway()
-            last = self._last
-            if (
-                last is not None
-                and last[0] is gateway
-                and time.monotonic() - last[1] < GAUGE_MAX_AGE
-            ):
-                return last[2]
-            read = self._read_store(gateway)
-            self._last = (gateway, time.monotonic(), read)
-            return read
+        gateway = self._gateway()
+        return self._kept.get(gateway, lambda: self._read_store(gateway))
 
     def _read_store(self, gateway: Gateway | None) -> tuple[int, int, int] | None:
         if gateway is None:

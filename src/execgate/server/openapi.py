@@ -223,7 +223,12 @@ _PATHS: Final[dict[str, Any]] = {
     },
     "/v1/audit/checkpoint": {
         "get": {
-            "summary": "A signed C2SP checkpoint of the log as it is now",
+            "summary": "A signed C2SP checkpoint of the log, at most a second old",
+            "description": (
+                "One checkpoint answers every call of the second after it was signed;"
+                " for a log index it does not cover yet (size <= index), ask again a"
+                " second later."
+            ),
             "operationId": "getCheckpoint",
             "responses": {
                 "200": _json(
