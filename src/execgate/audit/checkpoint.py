@@ -41,6 +41,7 @@ __all__ = [
     "open_checkpoint",
     "parse_tlog_proof",
     "sign_checkpoint",
+    "unverified_checkpoint",
     "verify_tlog_proof",
 ]
 
@@ -134,6 +135,13 @@ def open_checkpoint(note: bytes | str, verifier: Verifier) -> Checkpoint:
     return checkpoint
 
 
+def unverified_checkpoint(note: str) -> Checkpoint:
+    """The checkpoint a signed note carries, its layout checked strictly and NO signature
+    checked: for a note this node has just signed or verified, or to learn from the
+    origin it claims which key to verify it with."""
+    return Checkpoint.parse(parse_unverified(note).text)
+
+
 # --- tlog-proof ----------------------------------------------------------------------------
 
 
@@ -163,7 +171,7 @@ def format_tlog_proof(
     if extra is not None and (not isinstance(extra, bytes) or not extra):
         raise ValueError("extra must be None or non-empty bytes")
     try:
-        Checkpoint.parse(parse_unverified(signed_checkpoint).text)
+        unverified_checkpoint(signed_checkpoint)
     except EvidenceError as exc:
         raise ValueError(f"signed_checkpoint is not a checkpoint note: {exc}") from exc
     lines = [TLOG_PROOF_HEADER]
@@ -205,7 +213,7 @@ def parse_tlog_proof(text: bytes | str) -> TlogProof:
     if len(hashes) > _MAX_PROOF:
         raise EvidenceError(f"tlog-proof has more than {_MAX_PROOF} proof hashes")
     proof = tuple(_hash(line, f"tlog-proof hash {i}") for i, line in enumerate(hashes))
-    Checkpoint.parse(parse_unverified(note).text)
+    unverified_checkpoint(note)
     return TlogProof(index, proof, note, extra)
 
 

@@ -32,6 +32,7 @@ from execgate.audit.checkpoint import (
     open_checkpoint,
     parse_tlog_proof,
     sign_checkpoint,
+    unverified_checkpoint,
     verify_tlog_proof,
 )
 from execgate.audit.merkle import (
@@ -43,7 +44,6 @@ from execgate.audit.merkle import (
     verify_consistency,
 )
 from execgate.audit.note import Signer, Verifier
-from execgate.audit.note import parse_unverified as parse_unverified_note
 from execgate.errors import EvidenceError
 from execgate.jose import PrivateKey, PublicKey
 from execgate.store.base import Store
@@ -161,7 +161,7 @@ class AuditLog:
                 break
         if note is None:
             note = self.checkpoint(now=now)
-        size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size
+        size = unverified_checkpoint(note).size
         proof = inclusion_proof(index, size, self.store.node)
         return format_tlog_proof(index, proof, note, extra=self.entry(index))
 
@@ -227,7 +227,7 @@ def _entries(start: int, end: int) -> str:
 def _claimed_origin(note: str) -> str | None:
     """The origin a checkpoint note claims, before any signature is checked."""
     try:
-        return Checkpoint.parse(parse_unverified_note(note).text).origin
+        return unverified_checkpoint(note).origin
     except EvidenceError:
         return None
 
@@ -381,7 +381,7 @@ def verify_evidence(text: str | bytes, key: PublicKey | Verifier) -> tuple[Check
     proof = parse_tlog_proof(text)
     if proof.extra is None:
         raise EvidenceError("the evidence does not carry its entry (no extra line)")
-    origin = Checkpoint.parse(proof.checkpoint_note.split("\n\n")[0] + "\n").origin
+    origin = unverified_checkpoint(proof.checkpoint_note).origin
     verifier = _verifier(key, origin, "the evidence's checkpoint")
     checkpoint = verify_tlog_proof(text, proof.extra, verifier)
     return checkpoint, proof.extra

@@ -64,14 +64,13 @@ def _log(args: argparse.Namespace) -> Iterator[AuditLog]:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from execgate.audit.checkpoint import Checkpoint
-    from execgate.audit.note import parse_unverified
+    from execgate.audit.checkpoint import unverified_checkpoint
 
     with _log(args) as log:
         signed = log.checkpoint(now=int(time.time()))
         vkey = log.verifier.vkey()
     write_text(signed, args.out, "a checkpoint")
-    size = Checkpoint.parse(parse_unverified(signed).text).size
+    size = unverified_checkpoint(signed).size
     note(f"checkpoint of log {log.origin} at size {size}")
     note(f"node key (vkey): {vkey}")
     note("keep both to check exports later: audit verify EXPORT --key VKEY --checkpoint FILE")

@@ -139,10 +139,9 @@ def _verify(args: argparse.Namespace) -> int:
     )
     out(f"  root    {_b64(report.root)} (size {report.entries})")
     if checkpoint is not None:
-        from execgate.audit.checkpoint import Checkpoint
-        from execgate.audit.note import parse_unverified
+        from execgate.audit.checkpoint import unverified_checkpoint
 
-        kept = Checkpoint.parse(parse_unverified(checkpoint).text)  # verified above
+        kept = unverified_checkpoint(checkpoint)  # verified above
         out(f"  holds the log of --checkpoint {args.checkpoint} (size {kept.size}) unchanged")
     return 0
 

@@ -37,9 +37,8 @@ from starlette.routing import Route
 from execgate._hup import hup_before_handler
 from execgate._outcomes import check_report
 from execgate.adapters.http import PROOF_HEADER
-from execgate.audit.checkpoint import Checkpoint
+from execgate.audit.checkpoint import unverified_checkpoint
 from execgate.audit.log import SigningRefused
-from execgate.audit.note import parse_unverified
 from execgate.errors import (
     ConfigError,
     EvidenceError,
@@ -259,7 +258,7 @@ async def get_checkpoint(request: Request) -> Response:
         # The size the note signs: the log's own size, read apart, may have grown since.
         # (``checkpoint`` signed the note or checked it: it is not verified again here.)
         note = log.checkpoint(now=int(now()))
-        return note, Checkpoint.parse(parse_unverified(note).text).size
+        return note, unverified_checkpoint(note).size
 
     try:
         note, size = await run_in_threadpool(kept.get, log.store, checkpoint)
