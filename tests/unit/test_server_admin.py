@@ -157,6 +157,37 @@ def test_a_token_is_single_use(kit: Kit, client: Client) -> None:
     assert first["token_jti"] == second["token_jti"] is not None
 
 
+def test_a_token_is_for_the_path_the_call_is_routed_by(kit: Kit, client: Client) -> None:
+    """The path a token names is compared with the one the route and its parameters
+    are read from: a tab or a newline the URL parser would drop does not let a token
+    for one id reach another, and the record names the path refused."""
+    for sent, routed in (
+        (f"{APPROVALS}/%09abc", f"{APPROVALS}/\tabc"),
+        (f"{APPROVALS}/ab%0Ac", f"{APPROVALS}/ab\nc"),
+    ):
+        response = client.get(sent, headers=token(kit, "GET", f"{APPROVALS}/abc"))
+        assert error_of(response, 401) == "admin.unauthenticated"
+        assert "another call" in response.json()["error"]["message"]
+        assert records(client)[-1]["path"] == routed
+    assert [r["result"] for r in records(client)] == ["refused", "refused"]
+
+
+def test_a_revoked_admin_key_signs_no_more_calls(kit: Kit, client: Client) -> None:
+    """Revoking an admin's key by its key id (its thumbprint, as for any key) refuses
+    its tokens from then on, and the refusal is audited under that admin."""
+    auditor = read_private_key(kit.home / "keys" / "auditor.jwk").public.thumbprint()
+    path = "/v1/audit/entries"
+    assert client.get(path, headers=token(kit, "GET", path, who="auditor")).status_code == 200
+    body = {"kind": "kid", "value": auditor, "reason": "key leaked"}
+    assert post(client, kit, REVOKE, body, who="revoker").json()["revoked"] is True
+    refused = client.get(path, headers=token(kit, "GET", path, who="auditor"))
+    assert error_of(refused, 401) == "admin.unauthenticated"
+    assert refused.json()["error"]["message"] == "the key of admin 'auditor' is revoked"
+    last = records(client)[-1]
+    assert (last["result"], last["admin"], last["admin_kid"]) == ("refused", "auditor", auditor)
+    assert client.get(APPROVALS, headers=token(kit, "GET", APPROVALS)).status_code == 200
+
+
 def test_a_spent_token_stays_spent_when_the_clock_goes_back_past_a_purge(
     kit: Kit, client: Client
 ) -> None:

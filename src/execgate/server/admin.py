@@ -141,6 +141,15 @@ def _bearer(header: str | None) -> str:
     return match.group(1)
 
 
+def _unrevoked(gateway: Gateway, token: AdminToken) -> None:
+    """An admin key revoked by its key id (``kid``, its thumbprint: what ``POST
+    /v1/revocations`` takes) signs no more calls, from the moment the revocation returned
+    until ``trust.toml`` no longer lists it."""
+    revoked = gateway.store.revoked([("kid", token.kid)])
+    if revoked is not None:
+        raise AdminError(UNAUTHENTICATED, f"the key of admin {token.admin.id!r} is revoked")
+
+
 def _unspent(gateway: Gateway, token: AdminToken) -> None:
     if spent(gateway, token.jti):
         raise AdminError(UNAUTHENTICATED, "this admin token was used before (replay)")
@@ -176,7 +185,11 @@ async def _let_in(
     the record that lets the call in, which alone settles a race of two calls with it."""
     gateway = _gateway(request)
     now = _now(request)
-    method, path = request.method, request.url.path
+    # The path the call was routed by (its parameters are read from it), not
+    # ``request.url.path``, which is rebuilt and parsed again: tabs and newlines dropped,
+    # ``?`` and ``#`` quoted, so one token would reach several ids and its record would
+    # name a path other than the one acted on.
+    method, path = request.method, request.scope["path"]
     query = request.scope.get("query_string", b"").decode("latin-1")  # as sent, undecoded
     header = request.headers.get("authorization")
 
@@ -216,6 +229,7 @@ async def _let_in(
                 now=now,
                 leeway=gateway._leeway,
             )
+            _unrevoked(gateway, token)
             authorize(token, role)
             _unspent(gateway, token)  # a replay is refused before its body is read
         except AdminError as refused:
@@ -290,7 +304,7 @@ def _done(request: Request, token: AdminToken, action: str, detail: str, **extra
             detail=detail,
             now=_now(request),
             method=request.method,
-            path=request.url.path,
+            path=request.scope["path"],
             admin=token.admin.id,
             admin_kid=token.kid,
             token_jti=token.jti,
@@ -680,7 +694,7 @@ async def refuse_method(request: Request, refusal: Response) -> Response:
             detail=f"this route does not take {request.method[:_MAX_METHOD]}",
             now=now,
             method=request.method[:_MAX_METHOD],
-            path=request.url.path[:_ANONYMOUS_DETAIL],
+            path=request.scope["path"][:_ANONYMOUS_DETAIL],
         )
         await run_in_threadpool(append_admin_record, gateway, record)
         return refusal
