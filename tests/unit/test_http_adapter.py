@@ -142,10 +142,30 @@ def test_a_uri_breaking_several_rules_is_refused_for_the_first(uri: str, message
 
 
 def test_dots_and_encodings_inside_a_segment_and_in_the_query_are_fine() -> None:
-    request = http_request(
-        method="GET", uri="/api/v1.2/...x/%20%C3%A9/a%20b/100%3F?p=../x;y//%41%zz", runtime="r"
-    )
+    uri = "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F?p=../x;y//%26%3d%25%0A%C0%AE%2F&q=%2561"
+    request = http_request(method="GET", uri=uri, runtime="r")
     assert request.resource == "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F"
+    assert request.args["uri"] == uri
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("export=%72aw", "query may not percent-encode letters"),
+        ("%65xport=raw", "query may not percent-encode letters"),
+        ("n=%31", "query may not percent-encode letters"),
+        ("a=%7e", "query may not percent-encode letters"),
+        ("a=%2D%2E%5F", "query may not percent-encode letters"),
+        ("q=%u0061", "two hex digits"),
+        ("q=50%", "two hex digits"),
+        ("q=%zz", "two hex digits"),
+    ],
+)
+def test_a_query_a_rule_could_read_differently_is_refused(query: str, message: str) -> None:
+    """A rule testing the query (``request.args.uri``) sees it as sent: an escape a
+    service decodes to a plain character would hide it from that rule."""
+    with pytest.raises(RequestError, match=message):
+        http_request(method="GET", uri=f"/reports?{query}", runtime="r")
 
 
 def test_a_path_over_the_request_field_limit_is_a_request_error() -> None:

@@ -28,6 +28,13 @@ drops them), and every character outside visible ASCII. So a grant on ``/api/**`
 covers exactly what a service reading the path literally or decoding it would route to
 ``/api`` or below it.
 
+The query stays as sent too, in ``args.uri`` for rules and constraints to test, and the
+same two escapes are refused there: an encoded letter, digit or ``-._~`` (a rule denying
+``export=raw`` would not see ``export=%72aw``, which a service reads as the same), and a
+``%`` that does not start two hex digits. Other escapes mean something else decoded
+(``%26`` is a ``&`` inside a value, ``%25`` a ``%``, ``%0A`` a newline from a form) and
+are kept.
+
 ``forward_auth_headers`` is the client side: the headers a runtime adds to its call.
 """
 
@@ -80,6 +87,7 @@ _ENCODED_UNRESERVED: Final = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|
 # services pass it on or guess), an encoded '%' (`%2561` is `a` to a service that decodes
 # twice) and encoded control characters (`%00` ends the path for some).
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})|%(?:25|[01][0-9a-f]|7f)", re.IGNORECASE)
+_NOT_AN_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})", re.IGNORECASE)
 
 
 def body_sha256(body: bytes | None) -> str | None:
@@ -99,9 +107,9 @@ def _check_method(method: str) -> None:
 
 def _check_uri(uri: str) -> str:
     """The path of ``uri`` (before any query), or ``RequestError``. The checks that look
-    for an escape run only on a path holding a '%', those on segments only on one holding
-    a '%' or a '.' (the common path has neither); their order, and so which message a
-    path breaking several rules gets, is the same either way."""
+    for an escape run only on a path (or query) holding a '%', those on segments only on
+    a path holding a '%' or a '.' (the common path has neither); their order, and so
+    which message a path breaking several rules gets, is the same either way."""
     if not uri.startswith("/"):
         raise RequestError("the URI must be an origin-form request target starting with '/'")
     if len(uri) > MAX_URI:
@@ -141,6 +149,16 @@ def _check_uri(uri: str) -> str:
             "the URI path may not hold a segment ending in '.' or '%20' (Windows services"
             " drop them: 'admin.' is 'admin' there)"
         )
+    query = uri[len(path) + 1 :]
+    if "%" in query:
+        if _ENCODED_UNRESERVED.search(query):
+            raise RequestError(
+                "the URI query may not percent-encode letters, digits or '-._~' (send them as is)"
+            )
+        if _NOT_AN_ESCAPE.search(query):
+            raise RequestError(
+                "the URI query may hold '%' only as '%' and two hex digits (send '%' as '%25')"
+            )
     return path
 
 
