@@ -17,6 +17,7 @@ from gatekit import GATEWAY_ID, RUNTIME_ID, Kit, make_kit
 from starlette.applications import Starlette
 from starlette.types import Message
 from test_server_api import Client as ApiClient
+from test_server_limits import _ask, _in_thread
 
 from execgate.adapters.http import forward_auth_headers
 from execgate.cli import main
@@ -265,6 +266,23 @@ def test_envoy_style_keeps_the_path_as_sent(kit: Kit, client: Client) -> None:
     response = client.request("GET", "/v1/forward-auth/api/a%20b", headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["request_hash"]
+
+
+def test_envoy_style_keeps_an_empty_query(kit: Kit) -> None:
+    """``/api/a?`` is what the proxy forwards (Envoy keeps the '?'), so it is what is
+    decided: under ``execgate serve``'s protocol the empty query is not dropped."""
+    answers = {}
+    with _in_thread(create_app(open_gateway=kit.gateway, now=kit.clock)) as port:
+        for bound in ("/api/a?", "/api/a"):
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(kit, "GET", bound).items())
+            status, headers, _ = _ask(
+                port,
+                b"GET /v1/forward-auth/api/a? HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                + head.encode()
+                + b"\r\n",
+            )
+            answers[bound] = (status, headers.get("execgate-reason"))
+    assert answers == {"/api/a?": (200, None), "/api/a": (403, "identity.proof_invalid")}
 
 
 @pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "DELETE"])

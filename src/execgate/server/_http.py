@@ -23,6 +23,7 @@ from execgate.jose import compact_json, loads_strict
 from execgate.submission import MAX_REQUEST_VALUES
 
 __all__ = [
+    "QUERY_MARK",
     "REASON_HEADER",
     "Handler",
     "HttpError",
@@ -37,6 +38,9 @@ __all__ = [
 
 JSON_TYPE: Final = "application/json"
 REASON_HEADER: Final = "Execgate-Reason"  # every typed error's code, and a denial's
+# Scope key: True when the request target held a '?' (ASGI's query_string is empty for
+# both "/x" and "/x?"); set by execgate serve's protocol (server._limits).
+QUERY_MARK: Final = "execgate.query_mark"
 INLINE_JSON: Final = 64 * 1024  # bodies parsed on the event loop; larger ones in a thread
 _log = logging.getLogger("execgate.server")
 _HTTP1: Final = frozenset({"1.0", "1.1"})  # where a body is declared or absent (read_body)

@@ -105,7 +105,7 @@ from uvicorn.server import ServerState
 
 from execgate.home import ServerConfig
 from execgate.server import logs
-from execgate.server._http import REASON_HEADER
+from execgate.server._http import QUERY_MARK, REASON_HEADER
 from execgate.server.metrics import REFUSALS_STATE
 
 __all__ = ["BACKLOG", "LIMIT_CONCURRENCY", "LimitedHttpToolsProtocol", "uvicorn_options"]
@@ -480,6 +480,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # would read none, and the bytes after it could be read as another request.
             self._refuse(400, "request.malformed", "an upgrade request carries no body here")
             raise _Refused
+        self.scope[QUERY_MARK] = b"?" in self.url  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
         # Only now: should uvicorn refuse the head (a target it cannot parse), the request
         # refused is this one, never the one before it still being answered.

@@ -68,7 +68,14 @@ from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.proofs import MAX_PROOF_BYTES
 from execgate.receipts import MAX_RECEIPT_BYTES
-from execgate.server._http import REASON_HEADER, HttpError, JsonResponse, handled, read_body
+from execgate.server._http import (
+    QUERY_MARK,
+    REASON_HEADER,
+    HttpError,
+    JsonResponse,
+    handled,
+    read_body,
+)
 from execgate.server._spec import COMMON_ERRORS, error, json_body, ref
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 
@@ -183,7 +190,7 @@ def _original(request: Request, headers: Mapping[str, str]) -> tuple[str, str]:
                 )
             return method, uri
     uri = path[len(PREFIX) :]
-    if query:
+    if query or request.scope.get(QUERY_MARK):  # "/x?" is not "/x" to every service
         uri += "?" + query.decode("latin-1")
     return request.method, uri
 
