@@ -315,6 +315,14 @@ def _server(section: object, where: str) -> ServerConfig:
                 f"{where}: [server] trusted_proxies: {exc}; write addresses like"
                 " '127.0.0.1/32' or '10.0.0.0/8'"
             ) from exc
+        zoned = [p for p in proxies if "%" in p]
+        if zoned:
+            # ipaddress keeps the zone but matches addresses without it: fe80::1%eth0
+            # would be trusted on every interface, not on eth0 alone.
+            raise ConfigError(
+                f"{where}: [server] trusted_proxies: {zoned[0]!r} names an interface (%…),"
+                " which is not matched; write the address without it"
+            )
     public_audit = section.get("public_audit", False)
     if not isinstance(public_audit, bool):
         raise ConfigError(f"{where}: [server] public_audit must be true or false")

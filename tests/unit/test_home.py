@@ -197,6 +197,11 @@ def _edit(home: Path, old: str, new: str) -> None:
             'trusted_proxies = ["10.0.0.1/8"]',
             "trusted_proxies: 10.0.0.1/8 has host bits set",
         ),
+        (
+            'trusted_proxies = ["127.0.0.0/8", "::1/128"]',
+            'trusted_proxies = ["fe80::1%eth0/128"]',
+            "'fe80::1%eth0/128' names an interface (%…), which is not matched",
+        ),
         ("public_audit = false", 'public_audit = "yes"', "public_audit must be true or false"),
         ("public_audit = false", "public_audit = 1", "public_audit must be true or false"),
     ],
