@@ -142,7 +142,7 @@ def test_a_uri_breaking_several_rules_is_refused_for_the_first(uri: str, message
 
 
 def test_dots_and_encodings_inside_a_segment_and_in_the_query_are_fine() -> None:
-    uri = "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F?p=../x;y//%26%3d%25%0A%C0%AE%2F&q=%2561"
+    uri = "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F?p=../x;y//%26%3d%25%0A%C0%AE%2F&q=%2561%7e"
     request = http_request(method="GET", uri=uri, runtime="r")
     assert request.resource == "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F"
     assert request.args["uri"] == uri
@@ -154,7 +154,6 @@ def test_dots_and_encodings_inside_a_segment_and_in_the_query_are_fine() -> None
         ("export=%72aw", "query may not percent-encode letters"),
         ("%65xport=raw", "query may not percent-encode letters"),
         ("n=%31", "query may not percent-encode letters"),
-        ("a=%7e", "query may not percent-encode letters"),
         ("a=%2D%2E%5F", "query may not percent-encode letters"),
         ("q=%u0061", "two hex digits"),
         ("q=50%", "two hex digits"),

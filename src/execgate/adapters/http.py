@@ -29,9 +29,10 @@ covers exactly what a service reading the path literally or decoding it would ro
 ``/api`` or below it.
 
 The query stays as sent too, in ``args.uri`` for rules and constraints to test, and the
-same two escapes are refused there: an encoded letter, digit or ``-._~`` (a rule denying
+same two escapes are refused there: an encoded letter, digit or ``-._`` (a rule denying
 ``export=raw`` would not see ``export=%72aw``, which a service reads as the same), and a
-``%`` that does not start two hex digits. Other escapes mean something else decoded
+``%`` that does not start two hex digits. ``%7E`` is let through: browsers' forms and
+Java's ``URLEncoder`` send every ``~`` so. Other escapes mean something else decoded
 (``%26`` is a ``&`` inside a value, ``%25`` a ``%``, ``%0A`` a newline from a form) and
 are kept.
 
@@ -88,6 +89,11 @@ _ENCODED_UNRESERVED: Final = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|
 # twice) and encoded control characters (`%00` ends the path for some).
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})|%(?:25|[01][0-9a-f]|7f)", re.IGNORECASE)
 _NOT_AN_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})", re.IGNORECASE)
+# The same in a query, but for '~' (%7E), which browsers' forms and Java's URLEncoder
+# encode in every query they build.
+_ENCODED_UNRESERVED_BUT_TILDE: Final = re.compile(
+    r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f)", re.IGNORECASE
+)
 
 
 def body_sha256(body: bytes | None) -> str | None:
@@ -151,9 +157,9 @@ def _check_uri(uri: str) -> str:
         )
     query = uri[len(path) + 1 :]
     if "%" in query:
-        if _ENCODED_UNRESERVED.search(query):
+        if _ENCODED_UNRESERVED_BUT_TILDE.search(query):
             raise RequestError(
-                "the URI query may not percent-encode letters, digits or '-._~' (send them as is)"
+                "the URI query may not percent-encode letters, digits or '-._' (send them as is)"
             )
         if _NOT_AN_ESCAPE.search(query):
             raise RequestError(
