@@ -13,7 +13,8 @@ of ``execgate.jose`` does the rest). Claims, all required and no others:
           records it with the call's audit record, atomically, so a captured token
           cannot be replayed
     htm   the HTTP method it is for (``POST``)
-    htu   the request path it is for (``/v1/revocations``), without the query
+    htu   the request path it is for (``/v1/revocations``), without the query, as the
+          gateway routes it: percent-decoded
     htq   the request's query string exactly as sent, without the ``?`` (``start=0&end=9``;
           empty for a call without one)
     bh    base64url SHA-256 of the request body, byte for byte as sent (of no bytes for

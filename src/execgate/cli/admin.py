@@ -178,8 +178,8 @@ def register(commands: Commands) -> None:
     q.add_argument(
         "--path",
         required=True,
-        help="the call's path and query, exactly as sent (percent-encoded):"
-        " /v1/revocations, '/v1/audit/entries?start=0&end=9'",
+        help="the call's path, percent-decoded (as the gateway routes it), and its query"
+        " exactly as sent: /v1/revocations, '/v1/audit/entries?start=0&end=9'",
     )
     q.add_argument(
         "--data",
