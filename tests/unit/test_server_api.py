@@ -772,6 +772,23 @@ def test_a_flood_of_checkpoint_calls_signs_one_a_second(
     assert [size for size, _ in gateway.store.checkpoints()] == [1, 2, 3]
 
 
+def test_a_worker_never_answers_an_older_checkpoint_than_another_stored(kit: Kit) -> None:
+    """Each worker keeps the checkpoint it signed for a second; a newer one another
+    worker stored meanwhile is the answer over it, so a caller served by both in turn
+    never sees the tree head go back (and could take that for a fork)."""
+    with (
+        Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as one,
+        Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as two,
+    ):
+        decide(one, kit.submit())
+        first = one.get("/v1/audit/checkpoint").json()
+        decide(two, kit.submit())
+        second = two.get("/v1/audit/checkpoint").json()
+        again = one.get("/v1/audit/checkpoint").json()
+    assert [a["size"] for a in (first, second, again)] == [1, 2, 2]
+    assert again == second
+
+
 def test_a_checkpoint_that_failed_is_not_kept(
     kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,7 +97,7 @@ class AuditLog:
         stored = self.store.recent_checkpoints()
         newest = next(stored, None)
         size = self.size()
-        if newest is not None and newest[0] == size and self._signed_here(newest[1]) is not None:
+        if newest is not None and newest[0] == size and self.signed_here(newest[1]) is not None:
             return newest[1]
         root = self.root(size)
         self._check_extends(itertools.chain([newest] if newest else [], stored), size, root)
@@ -105,7 +105,8 @@ class AuditLog:
         self.store.add_checkpoint(size, note, now=now)
         return note
 
-    def _signed_here(self, note: str) -> Checkpoint | None:
+    def signed_here(self, note: str) -> Checkpoint | None:
+        """The checkpoint ``note`` signs, if this node's key signed it; else None."""
         try:
             return open_checkpoint(note, self.verifier)
         except EvidenceError:
@@ -114,7 +115,7 @@ class AuditLog:
     def _check_extends(self, stored: Iterable[tuple[int, str]], size: int, root: bytes) -> None:
         """``stored`` newest first: the first this key signed is the one to extend."""
         for _, note in stored:
-            earlier = self._signed_here(note)
+            earlier = self.signed_here(note)
             if earlier is None:
                 continue
             if earlier.size > size or (earlier.size == size and earlier.root != root):
@@ -156,7 +157,7 @@ class AuditLog:
         for size, stored in self.store.recent_checkpoints():
             if size <= index:
                 break
-            if self._signed_here(stored) is not None:  # not another key's (before a change)
+            if self.signed_here(stored) is not None:  # not another key's (before a change)
                 note = stored
                 break
         if note is None:

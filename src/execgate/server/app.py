@@ -249,7 +249,9 @@ async def get_checkpoint(request: Request) -> Response:
     last one and stored: one made in this process less than ``CHECKPOINT_MAX_AGE``
     seconds ago is the answer instead, so a flood of calls costs a signature and a
     stored row a second, not one per call. A caller whose receipt's index it does not
-    cover yet asks again a second later."""
+    cover yet asks again a second later. A newer one stored meanwhile (by another
+    worker, or the housekeeping) is the answer over the one kept: a caller served by
+    two workers in turn never gets an older tree head after a newer one."""
     log = _gateway(request).audit
     now: Callable[[], float] = request.app.state.now
     kept: Kept[Store, tuple[str, int]] = request.app.state.checkpoint
@@ -260,8 +262,15 @@ async def get_checkpoint(request: Request) -> Response:
         note = log.checkpoint(now=int(now()))
         return note, unverified_checkpoint(note).size
 
+    def answer() -> tuple[str, int]:
+        note, size = kept.get(log.store, checkpoint)
+        stored = next(log.store.recent_checkpoints(), None)
+        if stored is not None and stored[0] > size and log.signed_here(stored[1]):
+            return stored[1], stored[0]
+        return note, size
+
     try:
-        note, size = await run_in_threadpool(kept.get, log.store, checkpoint)
+        note, size = await run_in_threadpool(answer)
     except SigningRefused as exc:
         raise HttpError(503, "audit.unavailable", str(exc)) from exc
     return JsonResponse({"origin": log.origin, "size": size, "checkpoint": note})
