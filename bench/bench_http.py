@@ -22,12 +22,12 @@ gateway's proof_max_age (120 s by default); the run is far shorter.
 Where the time goes, from the same run: the CPU the server's processes spent per request
 (read from /proc; wrk's own is not counted) for forward-auth and for /healthz, and the
 CPU of the same decisions made in-process, with no HTTP around them (``decide_async`` on
-one event loop with as many in flight as wrk has connections, so they share group
-commits as the server's do). A forward-auth call costs at least the decision plus what
-/healthz costs, so with every core busy the server answers at most
-cores / (decision + /healthz) calls a second: the run prints that bound and its ratio to
-/healthz's rate, and says when the decision's own cost rules a target out. With every
-connection always busy, the mean latency is connections / rate (Little's law), so
+one event loop of the kind the server runs, uvloop, with as many in flight as wrk has
+connections, so they share group commits as the server's do). A forward-auth call costs
+at least the decision plus what /healthz costs, so with every core busy the server
+answers at most cores / (decision + /healthz) calls a second: the run prints that bound
+and its ratio to /healthz's rate, and says when the decision's own cost rules a target
+out. With every connection always busy, the mean latency is connections / rate (Little's law), so
 p99 <= 25 ms needs more than 64 / 25 ms = 2,560 calls a second however even they are.
 
 Run: make bench-http   (EXECGATE_BENCH_QUICK=1 for a short smoke run)
@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -270,16 +270,26 @@ def _decision_cpu_us(home: Path, runtime: Runtime, artifact: str, audience: str)
         made.append(Submission(request, artifact, proof))
     warm = IN_PROCESS // 10  # caches filled, store warm: not counted
     gateway = Gateway.open(home)
+    # The event loop the server's workers run (uvicorn picks uvloop where installed).
     try:
-        decisions = asyncio.run(_decide_all(gateway, made[:warm]))
-        cpu = time.process_time()
-        measured = asyncio.run(_decide_all(gateway, made[warm:]))
-        cpu = time.process_time() - cpu
+        with asyncio.Runner(loop_factory=_server_loop()) as runner:
+            decisions = runner.run(_decide_all(gateway, made[:warm]))
+            cpu = time.process_time()
+            measured = runner.run(_decide_all(gateway, made[warm:]))
+            cpu = time.process_time() - cpu
     finally:
         gateway.close()
     if any(d.outcome is not Outcome.PROCEED for d in decisions + measured):
         raise SystemExit("INVALID RUN: an in-process decision was not proceed")
     return cpu / len(measured) * 1e6
+
+
+def _server_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _decide_all(gateway: Gateway, made: Sequence[Submission]) -> list[Decision]:
