@@ -327,6 +327,12 @@ class Proxy:
 # ext_authz server_uri.timeout, Traefik's execgate-transport responseHeaderTimeout.
 AUTH_TIMEOUT: Final = {"nginx": 2.0, "envoy": 2.0, "traefik": 2.0}
 BINDS_BODY: Final = {"nginx": False, "envoy": True, "traefik": True}
+# What each proxy answers a client when it cannot let the call through for want of an
+# answer it can use (docs/proxies.md's table): a reroute to a target it does not serve,
+# execgate not answering within the auth timeout, execgate down.
+NO_TARGET: Final = {"nginx": 502, "envoy": 502, "traefik": 404}
+HANGING: Final = {"nginx": 500, "envoy": 403, "traefik": 504}
+DOWN: Final = {"nginx": 500, "envoy": 403, "traefik": 502}
 
 
 def _proxy_argv(kind: str, binary: str, workdir: Path, values: dict[str, object]) -> list[str]:
@@ -486,4 +492,14 @@ def stack(kind: str, base: Path) -> Iterator[Stack]:
         runtime, artifact = _runtime_and_artifact(home)
         built = Stack(gateway, main, sandbox, proxy, runtime, artifact)
         cleanup.callback(built.client.close)
+        # Controls for every test of the stack, however few of them run: each upstream's
+        # log records what the proxy lets through to it, so a request a test finds in
+        # neither log was stopped, not lost.
+        for uri, upstream in (("/api/items", "main"), ("/experiments/control", "sandbox")):
+            sent = built.call("GET", uri)
+            if sent.response.status_code != 200 or built.reached(sent) != [upstream]:
+                raise AssertionError(
+                    f"{kind}: a call to {uri} should reach {upstream} only; got"
+                    f" {sent.response.status_code}, logged by {built.reached(sent)}"
+                )
         yield built
