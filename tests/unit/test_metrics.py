@@ -5,6 +5,7 @@ cost-free default and its isolation, and multiprocess aggregation across real pr
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gatekit import Kit, make_kit
+from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 from test_server_api import Client
 
@@ -358,3 +361,35 @@ def test_counters_add_up_across_worker_processes() -> None:
         == 7
     )
     assert _value(samples, "execgate_store_up") == 0
+
+
+def _worker_value(directory: Path, pid: int) -> Any:
+    """One value of a served worker's counter, made as prometheus-client's multiprocess
+    mode makes it: through the file it opens in ``directory`` for process ``pid``."""
+    value_class = values.MultiProcessValue(process_identifier=lambda: pid)  # type: ignore[no-untyped-call]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(MULTIPROC_ENV, str(directory))
+        return value_class("counter", "execgate_x", "execgate_x_total", (), (), "help")
+
+
+def test_a_workers_metrics_file_is_allocated_before_it_is_written(tmp_path: Path) -> None:
+    """prometheus-client makes a sparse file and writes through a memory mapping: on a
+    full disk that write killed the worker with SIGBUS (and each replacement at its
+    first new series). Its blocks are now allocated first."""
+    _worker_value(tmp_path, 4242).inc(3)
+    [made] = tmp_path.glob("counter_4242.db")
+    held = made.stat()
+    assert held.st_size == metrics_module.METRICS_FILE_BYTES
+    assert held.st_blocks * 512 >= metrics_module.METRICS_FILE_BYTES  # not sparse
+    assert _worker_value(tmp_path, 4242).get() == 3  # the value is where the library reads
+
+
+def test_a_full_disk_is_an_error_for_the_metric_not_a_dead_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space left"):
+        _worker_value(tmp_path, 4343)

@@ -56,6 +56,7 @@ from typing import Any, Final
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
@@ -87,6 +88,7 @@ __all__ = [
 ]
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_FILE_BYTES: Final = 2 << 20  # allocated for each of a worker's metrics files
 # The key under which the app's lifespan state hands ``Metrics.refusal`` to the protocol
 # (uvicorn passes that state to each connection's protocol: server._limits).
 REFUSALS_STATE: Final = "execgate.refusals"
@@ -308,6 +310,35 @@ async def get_metrics(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     body = await run_in_threadpool(metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def allocated_mmap_dict(filename: str, read_mode: bool = False) -> MmapedDict:
+    """prometheus-client's memory-mapped file of one worker's values, with its disk
+    blocks allocated before anything is written to it.
+
+    The library sizes a new file by truncating it (a sparse file) and writes through the
+    mapping: on a full disk the first write to a page without a block kills the worker
+    with SIGBUS, whatever request it was serving, and every replacement dies the same
+    way at its first new series. With the blocks taken first, a full disk is an
+    ``OSError`` here instead, which fails that request and leaves the worker serving
+    (its decisions fail closed, as the store cannot write either).
+    ``METRICS_FILE_BYTES`` is about three times what a worker wrote here after answering
+    each route with each method (0.64 MB of histograms; the labels are closed sets), so
+    a service of two workers takes 8 MiB; were it outgrown, the library's own growth
+    would be sparse again."""
+    if not read_mode:
+        fd = os.open(filename, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(os.fstat(fd).st_size, METRICS_FILE_BYTES))
+        finally:
+            os.close(fd)
+    return MmapedDict(filename, read_mode)  # type: ignore[no-untyped-call]
+
+
+# prometheus-client opens each worker's files through this name (values.py, read at
+# each new file): every one of them is allocated first. Readers (the scrape's
+# MultiProcessCollector) read the files without it.
+values.MmapedDict = allocated_mmap_dict  # type: ignore[attr-defined,assignment]
 
 
 def multiprocess_dir(parent: Path | None = None) -> AbstractContextManager[Path]:
