@@ -81,19 +81,21 @@ _DOT_SEGMENT: Final = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
 # '/', '\' and ';' percent-encoded: a service that decodes the path before splitting it
 # (or before stripping path parameters) would read other segments than were decided.
 _ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c|3b)", re.IGNORECASE)
+# RFC 3986 unreserved characters but '~', as the hex of their escapes.
+_UNRESERVED_BUT_TILDE: Final = r"[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f"
 # RFC 3986 unreserved characters, percent-encoded: a service decodes them to a path that
 # differs from the one the grants and rules were matched against.
-_ENCODED_UNRESERVED: Final = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f|7e)", re.I)
-# A '%' that does not start an escape of two hex digits (IIS reads `%u0061` as `a`; other
-# services pass it on or guess), an encoded '%' (`%2561` is `a` to a service that decodes
-# twice) and encoded control characters (`%00` ends the path for some).
-_BAD_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})|%(?:25|[01][0-9a-f]|7f)", re.IGNORECASE)
-_NOT_AN_ESCAPE: Final = re.compile(r"%(?![0-9a-f]{2})", re.IGNORECASE)
+_ENCODED_UNRESERVED: Final = re.compile(rf"%(?:{_UNRESERVED_BUT_TILDE}|7e)", re.IGNORECASE)
 # The same in a query, but for '~' (%7E), which browsers' forms and Java's URLEncoder
 # encode in every query they build.
-_ENCODED_UNRESERVED_BUT_TILDE: Final = re.compile(
-    r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f)", re.IGNORECASE
-)
+_ENCODED_UNRESERVED_BUT_TILDE: Final = re.compile(rf"%(?:{_UNRESERVED_BUT_TILDE})", re.I)
+# A '%' that does not start an escape of two hex digits (IIS reads `%u0061` as `a`; other
+# services pass it on or guess).
+_NO_ESCAPE: Final = r"%(?![0-9a-f]{2})"
+_NOT_AN_ESCAPE: Final = re.compile(_NO_ESCAPE, re.IGNORECASE)
+# In a path, also an encoded '%' (`%2561` is `a` to a service that decodes twice) and
+# encoded control characters (`%00` ends the path for some).
+_BAD_ESCAPE: Final = re.compile(rf"{_NO_ESCAPE}|%(?:25|[01][0-9a-f]|7f)", re.IGNORECASE)
 
 
 def body_sha256(body: bytes | None) -> str | None:
