@@ -227,7 +227,7 @@ def test_parent_receipts_that_do_not_count(kit: Kit) -> None:
     unrelated = kit.artifact(ttl=3600, jti="unrelated-root")
     other = decide(gw, kit.runtime, unrelated)
     assert other.receipt
-    tampered = good.receipt[:-3] + ("AAA" if not good.receipt.endswith("AAA") else "BBB")
+    tampered = good.receipt[:-3] + ("AAA" if not good.receipt.endswith("AAA") else "QQQ")
     for receipt, why in [
         (denied.receipt, "parent did not execute"),
         (tampered, "signature"),
