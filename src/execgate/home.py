@@ -11,7 +11,9 @@
     keys/attester.jwk  a sample environment attester key, 0600
     keys/approver-alice.jwk, keys/approver-bob.jwk
                        sample approver keys (group ``finance``), 0600
-    state.db           the SQLite store (replay, revocations, decision log)
+    state.db           the SQLite store (replay, revocations, decision log); beside it
+                       state.db-head, the log's size and root as its last commit left
+                       them (see ``execgate.store.sqlite``)
 
 ``[approvals]`` may name ``notify_command`` (an argv list, absolute program path),
 ``notify_url`` (http or https) and ``notify_timeout`` (seconds, 1-30, default 5): see

@@ -428,14 +428,35 @@ def fork_the_tree(kit: Kit, gw: Gateway) -> None:
         conn.close()
 
 
+def test_a_forked_tree_takes_no_entry_and_is_not_signed(kit: Kit) -> None:
+    """The store's committed head names the root the tree had: rewritten nodes are
+    refused at the next append and at the next signature."""
+    gw = checkpointed_log(kit)
+    size = open_checkpoint(gw.audit.checkpoint(now=NOW), verifier(kit)).size
+    fork_the_tree(kit, gw)
+    gw.close()
+    reopened = kit.gateway()
+    decision = reopened.decide(kit.submit(kit.request(amount=100)))
+    assert decision.outcome is Outcome.FAIL_CLOSED
+    assert decision.reasons[0].code == "audit.unavailable"
+    assert f"first {size} entries are not the {size} that were committed" in (
+        decision.reasons[0].detail
+    )
+    with pytest.raises(SigningRefused, match=f"not the {size} that were committed"):
+        reopened.audit.checkpoint(now=NOW)
+    assert reopened.store.size() == size
+
+
 def test_the_node_never_signs_a_tree_that_forks_what_it_signed(kit: Kit) -> None:
-    """Rewritten tree nodes would let an entry's evidence prove a forged record: the node
+    """Rewritten tree nodes would let an entry's evidence prove a forged record. Even
+    when the committed head is removed with them (so the append goes through), the node
     refuses to sign the next checkpoint instead of a tree head inconsistent with its
     earlier one (and an export still writes what there is, for verify to judge)."""
     gw = checkpointed_log(kit)
     size = open_checkpoint(gw.audit.checkpoint(now=NOW), verifier(kit)).size
     fork_the_tree(kit, gw)
     gw.close()
+    Path(f"{kit.config.store}-head").unlink()
     reopened = kit.gateway()
     proceed(kit, reopened)  # appended on the rewritten tree
     with pytest.raises(SigningRefused, match=f"not consistent with checkpoint {size}"):

@@ -328,8 +328,10 @@ def test_a_rewritten_history_signed_by_the_node_is_caught_by_a_kept_checkpoint(
     built: Built, home: Path, tmp_path: Path, verify: Callable[..., Run]
 ) -> None:
     """An intruder rewrites entry 12 and the whole tree in the store, and deletes the
-    checkpoints: the gateway then signs the forged history. Only a checkpoint kept from
-    before (say, by a monitor) tells that it is not the log that was."""
+    checkpoints. The store's committed head names the old root, so the gateway signs
+    nothing; with the head removed too, it signs the forged history, and only a
+    checkpoint kept from before (say, by a monitor) tells that it is not the log that
+    was."""
     forged = {**json.loads(_entry(built.lines[built.at(12)])), "outcome": "deny"}
     conn = _db(home)
     conn.execute("UPDATE audit_log SET entry = ? WHERE idx = 12", (canonical_json(forged),))
@@ -339,6 +341,9 @@ def test_a_rewritten_history_signed_by_the_node_is_caught_by_a_kept_checkpoint(
     for (entry,) in conn.execute("SELECT entry FROM audit_log ORDER BY idx").fetchall():
         conn.executemany("INSERT INTO merkle_nodes VALUES (?, ?, ?)", frontier.append(entry))
     conn.close()
+    lines = _export(home, tmp_path / "x.jsonl")
+    assert "not covered by a signed checkpoint" in verify(lines).not_verified()
+    (home / "state.db-head").unlink()
     lines = _export(home, tmp_path / "x.jsonl")
     assert verify(lines).code == 0  # internally consistent, and signed by the node key
     reason = verify(lines, "--checkpoint", built.live).not_verified()

@@ -220,6 +220,33 @@ def test_a_store_that_is_down_answers_fail_closed(kit: Kit) -> None:
         assert error_of(client.get("/v1/audit/entries"), 503) == "store.unavailable"
 
 
+def test_a_store_that_lost_committed_entries_decides_and_signs_nothing(kit: Kit) -> None:
+    """``state.db`` put back to an older copy under a home whose gateway had committed
+    more (as a removed ``-wal`` and a kill also leave it): decisions fail closed, the
+    probe says why, and no checkpoint is signed for a size the node signed before."""
+    state = kit.home / "state.db"
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        assert decide(client, kit.submit())["outcome"] == "proceed"
+    kit.close()
+    older = state.read_bytes()
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        assert decide(client, kit.submit())["outcome"] == "proceed"
+        signed = client.get("/v1/audit/checkpoint").json()
+    kit.close()
+    assert signed["size"] == 2
+    state.write_bytes(older)
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        body = decide(client, kit.submit())
+        ready = client.get("/readyz")
+        checkpoint = client.get("/v1/audit/checkpoint")
+    assert body["outcome"] == "fail_closed"
+    assert [r["code"] for r in body["reasons"]] == ["audit.unavailable"]
+    assert "1 entries but 2 were committed" in body["reasons"][0]["detail"]
+    assert error_of(ready, 503) == "not_ready"
+    assert "1 entries but 2 were committed" in ready.json()["error"]["message"]
+    assert error_of(checkpoint, 503) == "audit.unavailable"
+
+
 def test_a_store_lost_while_serving_tells_clients_no_file_name(kit: Kit) -> None:
     """The home disappears under a running server (renamed: every new connection and
     the writers' lock file fail to open). Decisions fail closed and reads are typed 503s,
@@ -814,10 +841,10 @@ def test_a_tree_the_node_refuses_to_sign_is_a_503(kit: Kit, public: Client) -> N
     fork_the_tree(kit, gateway)
     gateway.store.close()
     gateway.store = SQLiteStore(kit.config.store)  # a fresh view of the rewritten file
-    decide(public, kit.submit())
+    assert decide(public, kit.submit())["outcome"] == "fail_closed"
     response = public.get("/v1/audit/checkpoint")
     assert error_of(response, 503) == "audit.unavailable"
-    assert "not consistent with checkpoint 3" in response.json()["error"]["message"]
+    assert "not the 3 that were committed" in response.json()["error"]["message"]
 
 
 def test_entries_pages_are_bounded(

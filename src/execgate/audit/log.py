@@ -44,9 +44,9 @@ from execgate.audit.merkle import (
     verify_consistency,
 )
 from execgate.audit.note import Signer, Verifier
-from execgate.errors import EvidenceError
+from execgate.errors import AuditError, EvidenceError
 from execgate.jose import PrivateKey, PublicKey
-from execgate.store.base import Store
+from execgate.store.base import Store, check_head
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -91,12 +91,23 @@ class AuditLog:
         Before signing, the tree is checked to extend the newest stored checkpoint this
         key signed (an RFC 9162 consistency proof from the stored nodes): the node never
         signs a tree head that forks its own history, even if the store's nodes were
-        rewritten behind its back. ``SigningRefused`` says so instead."""
-        # Checkpoints first, then the size: another process may append and sign between
-        # the two reads, and a checkpoint is never of a size the log has not reached.
+        rewritten behind its back. ``SigningRefused`` says so instead, as it does when
+        the log no longer holds what its last commit left (the store's committed head):
+        a log that lost entries, stored checkpoints included, must not be signed again.
+        """
+        # The head and the checkpoints first, then the size: another process may append
+        # and sign between the reads, and neither is of a size the log has not reached.
+        try:
+            head = self.store.committed_head()
+        except AuditError as exc:
+            raise SigningRefused(str(exc)) from exc
         stored = self.store.recent_checkpoints()
         newest = next(stored, None)
         size = self.size()
+        try:
+            check_head(head, size, self.root)
+        except AuditError as exc:
+            raise SigningRefused(str(exc)) from exc
         if newest is not None and newest[0] == size and self.signed_here(newest[1]) is not None:
             return newest[1]
         root = self.root(size)

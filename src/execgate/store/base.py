@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from execgate.errors import AuditError
+
 __all__ = [
     "REVOCATION_KINDS",
     "ApprovalRow",
@@ -147,6 +149,30 @@ class WriteJob:
     exhausted: UseClaim | None = None
 
 
+_UNTIL: Final = (
+    "nothing more is appended or signed until the store that holds them is put back, or"
+    " a new home is made (README: The gateway home)"
+)
+
+
+def check_head(head: tuple[int, bytes] | None, size: int, root: Callable[[int], bytes]) -> None:
+    """Raise ``AuditError`` unless a log of ``size`` entries (``root(n)``: the root of
+    its first ``n``) holds what the committed ``head`` names."""
+    if head is None:
+        return
+    committed, committed_root = head
+    if committed > size:
+        raise AuditError(
+            f"the log holds {size} entries but {committed} were committed: entries were"
+            f" lost (a removed -wal or -shm file, or an older copy restored); {_UNTIL}"
+        )
+    if root(committed) != committed_root:
+        raise AuditError(
+            f"the log's first {committed} entries are not the {committed} that were"
+            f" committed; {_UNTIL}"
+        )
+
+
 class LoopCommits(Protocol):
     """What a store offers an event loop besides ``commit`` (``SQLiteStore`` does):
     ``submit`` queues a job without waiting and returns an asyncio future of ``loop``,
@@ -192,6 +218,11 @@ class Store(Protocol):
     def reviews(self, approval_id: str) -> Sequence[str]: ...
 
     def size(self) -> int: ...
+
+    def committed_head(self) -> tuple[int, bytes] | None:
+        """The log's size and root as its last commit left them, kept outside the log
+        (``check_head``), or None where none is kept yet; ``AuditError`` if unreadable."""
+        ...
 
     def check_writable(self, timeout: float) -> None:
         """Raise ``StoreUnavailable`` unless a write could start within ``timeout``

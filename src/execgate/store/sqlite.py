@@ -18,6 +18,21 @@ with an ``flock`` on ``<store>-writer.lock`` around each batch.
 
 The log table is append-only: triggers refuse UPDATE and DELETE, and any INSERT that
 does not take the next index (a replacement, a gap).
+
+Beside the file, ``<store>-head`` holds the committed tree head: the log's size and
+Merkle root as of the last commit, written after each batch's commit, in the writers'
+turn. Every batch, every readiness probe and every checkpoint signature first checks
+that the log still holds what the head names (``check_head``). A log that lost
+entries it acknowledged (its ``-wal`` file removed and the writer killed, an older copy
+restored) or that a process sees through a stale view (its ``-shm`` file removed while
+another process opened the store anew, so each sees only its own appends) would
+otherwise append entries at indexes already given, and the node would sign a second
+tree head for a size it signed before. Such a store takes no more entries and signs
+nothing (``AuditError``: every decision fails closed, ``/readyz`` answers 503) until
+its operator restores the entries. The head is not synced: it is written after a
+commit that is, so after a power cut it can only be behind the log, which is checked
+(its root against the log's first entries) and then moved on. A head file that is
+missing is written anew from the log as it is (a store made before the head was kept).
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import queue
@@ -37,7 +53,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final, overload
 
-from execgate.audit.merkle import Frontier
+from execgate.audit.merkle import Frontier, root_at
 from execgate.errors import AuditError, StoreError, StoreUnavailable
 from execgate.store.base import (
     REVOCATION_KINDS,
@@ -47,6 +63,7 @@ from execgate.store.base import (
     Revocation,
     UseClaim,
     WriteJob,
+    check_head,
 )
 
 __all__ = ["SQLiteStore"]
@@ -61,6 +78,12 @@ _QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
 # the two were kept apart has one mark for both).
 _PURGED_BEFORE: Final = "purged_before"
 _USES_PURGED_BEFORE: Final = "uses_purged_before"
+# <store>-head: magic, size (8 bytes, big-endian), root (32), the first 8 bytes of the
+# SHA-256 of what precedes them (a torn or damaged head is never taken for a real one).
+_HEAD_MAGIC: Final = b"EGTH"
+_HEAD_BODY: Final = len(_HEAD_MAGIC) + 8 + 32
+_HEAD_SIZE: Final = _HEAD_BODY + 8
+_HEAD_READS: Final = 3  # a reader outside the writers' turn may meet a write half done
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -140,6 +163,64 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return str(exc)
+
+
+def _head_record(size: int, root: bytes) -> bytes:
+    body = _HEAD_MAGIC + size.to_bytes(8, "big") + root
+    return body + hashlib.sha256(body).digest()[:8]
+
+
+def _read_head(path: str, *, tries: int = 1) -> tuple[int, bytes] | None:
+    """The committed tree head as (size, root), or None where none was written yet."""
+    for _ in range(tries):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, _HEAD_SIZE + 1, 0)
+        finally:
+            os.close(fd)
+        if not data:
+            return None
+        body = data[:_HEAD_BODY]
+        if (
+            len(data) == _HEAD_SIZE
+            and body.startswith(_HEAD_MAGIC)
+            and hashlib.sha256(body).digest()[:8] == data[_HEAD_BODY:]
+        ):
+            return int.from_bytes(body[4:12], "big"), body[12:]
+    raise AuditError(
+        "the store's committed tree head is damaged: nothing more is appended or signed"
+        " until it is put back (README: The gateway home)"
+    )
+
+
+def _write_head(path: str, size: int, root: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.pwrite(fd, _head_record(size, root), 0) != _HEAD_SIZE:
+            raise OSError("the committed tree head was written short")
+    finally:
+        os.close(fd)
+
+
+def _log_size(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()[0])
+
+
+def _root_at(conn: sqlite3.Connection, size: int) -> bytes:
+    """The root of the log's first ``size`` entries, from ``conn``'s view of the tree."""
+
+    def node(level: int, index: int) -> bytes:
+        row = conn.execute(
+            "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None:
+            raise AuditError(f"the Merkle tree lacks node ({level}, {index})")
+        return bytes(row[0])
+
+    return root_at(size, node)
 
 
 def _wal(conn: sqlite3.Connection, *, patience: float = 10.0) -> None:
@@ -332,6 +413,7 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
         self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
+        self._head_path = self.path + "-head"
 
     def _connect(self, *, opening: bool = False) -> sqlite3.Connection:
         """A connection to the file. Only the store's opening names the file in an error:
@@ -490,8 +572,13 @@ class SQLiteStore:
 
     def size(self) -> int:
         with self._reader() as conn:
-            row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()
-        return int(row[0])
+            return _log_size(conn)
+
+    def committed_head(self) -> tuple[int, bytes] | None:
+        """The size and root the last commit left (see the module docstring), or None
+        where no commit has left one yet. Read outside the writers' turn: a head is only
+        ever behind the log, never ahead of it, unless entries were lost."""
+        return _read_head(self._head_path, tries=_HEAD_READS)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -617,7 +704,11 @@ class SQLiteStore:
             left = max(deadline - time.monotonic(), 0.0)
             conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+            try:
+                size = _log_size(conn)
+                check_head(_read_head(self._head_path), size, functools.partial(_root_at, conn))
+            finally:
+                conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot start a write: {exc}") from exc
         finally:
@@ -830,11 +921,14 @@ class SQLiteStore:
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            index = int(
-                conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()[0]
-            )
+            index = _log_size(conn)
             frontier = self._load_frontier(conn, index)
             self._frontier = None  # trusted again only once this batch commits
+            check_head(
+                _read_head(self._head_path),
+                index,
+                lambda n: frontier.root() if n == index else _root_at(conn, n),
+            )
             marks = dict(
                 conn.execute(
                     "SELECT key, CAST(value AS INTEGER) FROM meta WHERE key IN (?, ?)",
@@ -868,6 +962,10 @@ class SQLiteStore:
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")
             self._frontier = frontier
+            # Not written: the batch's callers fail closed (their entries are in the
+            # log, their answers are never given), and the next batch finds the head
+            # behind the log and checks it.
+            _write_head(self._head_path, frontier.size, frontier.root())
         except BaseException:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")

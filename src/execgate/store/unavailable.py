@@ -70,6 +70,9 @@ class UnavailableStore:
     def size(self) -> int:
         self._down()
 
+    def committed_head(self) -> tuple[int, bytes] | None:
+        self._down()
+
     def check_writable(self, timeout: float) -> None:
         raise StoreUnavailable(self.detail)
 

@@ -1,0 +1,299 @@
+"""The committed tree head beside the store (``<store>-head``): a log that lost entries,
+or that a process sees through a stale view, takes no more entries and signs nothing.
+
+Real SQLite files, and real processes where the failure needs two (a removed ``-shm``)
+or a kill (a removed ``-wal``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import execgate.store.sqlite
+from execgate.audit.checkpoint import open_checkpoint
+from execgate.audit.log import AuditLog, SigningRefused
+from execgate.errors import AuditError, StoreUnavailable
+from execgate.jose import PrivateKey
+from execgate.store.base import WriteJob
+from execgate.store.sqlite import SQLiteStore
+
+
+def job(payload: bytes) -> WriteJob:
+    return WriteJob(None, 0, None, lambda _conflict, index: payload + b" %d" % index)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+def fill(path: Path, n: int, payload: bytes = b"entry") -> list[int]:
+    store = SQLiteStore(path)
+    try:
+        return [store.commit(job(payload)) for _ in range(n)]
+    finally:
+        store.close()
+
+
+def rows(path: Path) -> list[int]:
+    """The log's indexes as a fresh connection reads them (the file, not a store's view)."""
+    conn = sqlite3.connect(path)
+    try:
+        return [int(i) for (i,) in conn.execute("SELECT idx FROM audit_log ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def head(path: Path) -> bytes:
+    return Path(f"{path}-head").read_bytes()
+
+
+class Writer:
+    """Another process with the store open: ``commit`` appends one entry there."""
+
+    CODE = textwrap.dedent(
+        """
+        import sys
+        from execgate.store.base import WriteJob
+        from execgate.store.sqlite import SQLiteStore
+        store = SQLiteStore(sys.argv[1])
+        print("open", flush=True)
+        for line in sys.stdin:
+            try:
+                index = store.commit(WriteJob(None, 0, None, lambda c, i: b"other %d" % i))
+            except Exception as exc:
+                print("refused", type(exc).__name__, exc, flush=True)
+            else:
+                print("index", index, flush=True)
+        store.close()
+        """
+    )
+
+    def __init__(self, path: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.read() == "open"
+
+    def read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def commit(self) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("commit\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        """Close its input (it then closes the store and exits) and wait for it."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def writers() -> Iterator[list[Writer]]:
+    started: list[Writer] = []
+    yield started
+    for w in started:
+        if w.proc.poll() is None:
+            w.kill()
+        else:
+            w.close()
+
+
+def test_each_commit_leaves_the_committed_size_and_root_beside_the_store(path: Path) -> None:
+    store = SQLiteStore(path)
+    log = AuditLog(store, origin="test.example/log", key=PrivateKey.generate())
+    try:
+        for n in range(1, 6):
+            store.commit(job(b"entry"))
+            assert store.committed_head() == (n, log.root(n))
+    finally:
+        store.close()
+    assert len(head(path)) == 52
+
+
+def test_a_store_restored_from_an_older_copy_takes_no_entry_and_signs_nothing(
+    path: Path, tmp_path: Path
+) -> None:
+    key = PrivateKey.generate()
+    fill(path, 3)
+    assert not Path(f"{path}-wal").exists()  # the last close folded it into the file
+    shutil.copy(path, tmp_path / "old.db")
+    store = SQLiteStore(path)
+    log = AuditLog(store, origin="test.example/log", key=key)
+    for _ in range(2):
+        store.commit(job(b"entry"))
+    signed = open_checkpoint(log.checkpoint(now=1), log.verifier)
+    store.close()
+    assert signed.size == 5
+
+    shutil.copy(tmp_path / "old.db", path)  # back to 3 entries (and no checkpoint)
+    store = SQLiteStore(path)
+    log = AuditLog(store, origin="test.example/log", key=key)
+    try:
+        with pytest.raises(AuditError, match="holds 3 entries but 5 were committed"):
+            store.commit(job(b"forked"))
+        with pytest.raises(AuditError, match="holds 3 entries but 5 were committed"):
+            store.check_writable(1.0)
+        with pytest.raises(SigningRefused, match="holds 3 entries but 5 were committed"):
+            log.checkpoint(now=2)
+        assert store.size() == 3
+        assert store.checkpoints() == []
+    finally:
+        store.close()
+
+
+def test_a_log_whose_entries_were_replaced_takes_no_entry(path: Path, tmp_path: Path) -> None:
+    fill(path, 3)
+    head_at_3 = head(path)
+    fill(path, 2)
+    other = tmp_path / "other.db"
+    fill(other, 5, b"other")  # as many entries, other bytes: another root
+    shutil.copy(other, path)
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="first 5 entries are not the 5 that were committed"):
+            store.commit(job(b"x"))
+    finally:
+        store.close()
+    # A head behind the log (a process killed between its commit and the head's write)
+    # is checked against the log's first entries: another log's are refused too.
+    Path(f"{path}-head").write_bytes(head_at_3)
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="first 3 entries are not the 3 that were committed"):
+            store.commit(job(b"x"))
+        with pytest.raises(AuditError, match="first 3 entries are not the 3 that were committed"):
+            store.check_writable(1.0)
+        assert store.size() == 5
+    finally:
+        store.close()
+
+
+def test_a_head_behind_the_log_is_checked_and_moves_on(path: Path, tmp_path: Path) -> None:
+    """A writer killed between its commit and the head's write leaves the head one
+    batch behind; the next commit checks the log still holds what the head names."""
+    fill(path, 3)
+    behind = head(path)
+    fill(path, 2)
+    Path(f"{path}-head").write_bytes(behind)
+    store = SQLiteStore(path)
+    try:
+        assert store.committed_head() is not None
+        assert store.committed_head()[0] == 3  # type: ignore[index]
+        assert store.commit(job(b"entry")) == 5
+        assert store.committed_head()[0] == 6  # type: ignore[index]
+        store.check_writable(1.0)
+    finally:
+        store.close()
+
+
+def test_a_damaged_head_stops_appends(path: Path) -> None:
+    fill(path, 2)
+    damaged = bytearray(head(path))
+    damaged[20] ^= 1
+    Path(f"{path}-head").write_bytes(bytes(damaged))
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="committed tree head is damaged"):
+            store.commit(job(b"entry"))
+        with pytest.raises(AuditError, match="committed tree head is damaged"):
+            store.committed_head()
+        assert store.size() == 2
+    finally:
+        store.close()
+
+
+def test_a_removed_wal_then_a_kill_loses_entries_and_the_store_says_so(
+    path: Path, writers: list[Writer]
+) -> None:
+    """The entries a process appended after its -wal file was removed live only in the
+    removed file; once it is killed they are gone, although each was acknowledged."""
+    fill(path, 2)
+    w = Writer(path)
+    writers.append(w)
+    assert w.commit() == "index 2"
+    os.remove(f"{path}-wal")
+    assert w.commit() == "index 3"
+    assert w.commit() == "index 4"
+    w.kill()
+    store = SQLiteStore(path)
+    try:
+        assert store.size() < 5  # what the kill took
+        with pytest.raises(AuditError, match="but 5 were committed"):
+            store.commit(job(b"entry"))
+        with pytest.raises(AuditError, match="but 5 were committed"):
+            store.check_writable(1.0)
+    finally:
+        store.close()
+
+
+def test_a_removed_shm_under_two_processes_gives_no_index_twice(
+    path: Path, writers: list[Writer]
+) -> None:
+    """SQLite keeps the index of its write-ahead log in ``-shm``: a process that opens
+    the store after the file was removed builds a new one, while a process that had it
+    open keeps the removed one, and neither sees the other's appends. The process whose
+    view is stale must not append: its entries would take indexes already given."""
+    first = Writer(path)
+    writers.append(first)
+    assert first.commit() == "index 0"
+    assert first.commit() == "index 1"
+    os.remove(f"{path}-shm")
+    second = Writer(path)
+    writers.append(second)
+    assert second.commit() == "index 2"
+    assert first.commit().startswith("refused AuditError the log holds 2 entries but 3")
+    assert second.commit() == "index 3"
+    first.close()
+    second.close()
+    assert rows(path) == [0, 1, 2, 3]
+
+
+def test_a_head_that_cannot_be_written_fails_its_batch_closed(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is committed but its callers are not told it was: they fail closed,
+    and the next batch finds the head behind the log, checks it, and moves it on."""
+    fill(path, 2)
+    real = execgate.store.sqlite._write_head
+    failures = iter([OSError(28, "No space left on device")])
+
+    def write_once_failing(*args: object) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(execgate.store.sqlite, "_write_head", write_once_failing)
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(StoreUnavailable, match="No space left on device"):
+            store.commit(job(b"entry"))
+        assert store.size() == 3
+        assert store.committed_head()[0] == 2  # type: ignore[index]
+        assert store.commit(job(b"entry")) == 3
+        assert store.committed_head()[0] == 4  # type: ignore[index]
+    finally:
+        store.close()
