@@ -186,3 +186,27 @@ def test_a_series_that_cannot_be_written_loses_only_its_own_updates(
     assert registry.get_sample_value("h_count", {"stage": "s1"}) == 1
     assert registry.get_sample_value("c_total", {"a": "x", "b": "broken"}) == 0
     assert "metric updates lost: ('x', 'broken'): OSError" in caplog.text
+
+
+class _UnmadeHistogram(_OpaqueHistogram):
+    """A histogram whose new series cannot be made (its file cannot grow: a full disk)."""
+
+    def labels(self, *labels: str) -> _Child:
+        if labels == ("full",):
+            raise OSError("no space left on device")
+        return super().labels(*labels)
+
+
+def test_a_series_that_cannot_be_made_loses_only_its_own_observations(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Observing is part of answering a request (after its answer is sent): a series
+    that cannot be made raises nothing, so the request's access log line is still
+    written and the worker goes on."""
+    histogram: Any = _UnmadeHistogram()
+    tally = Tally()
+    tally.observe_each(histogram, ((("full",), 0.5), (("s1",), 0.25)))
+    tally.observe(histogram, ("full",), 0.5)
+    tally.flush()
+    assert histogram.seen == {("s1",): [0.25]}
+    assert "metric updates lost: ('full',): OSError" in caplog.text

@@ -87,7 +87,11 @@ class Tally:
                 key = (histogram, labels)
                 known = self._children.get(key)
                 if known is None:
-                    child = histogram.labels(*labels)
+                    try:  # a new series (in multiprocess mode, a file that may not grow)
+                        child = histogram.labels(*labels)
+                    except Exception as exc:  # noqa: BLE001 - as in _write: never raised
+                        _log.warning("metric updates lost: %s: %s", labels, type(exc).__name__)
+                        continue
                     known = self._children[key] = (child, _bulk_bounds(child))
                 child, bounds = known
                 if bounds is None:
