@@ -5,6 +5,7 @@ Every test uses a real SQLite file under ``tmp_path``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -820,6 +821,72 @@ def test_the_readiness_probe_gives_up_in_time_and_leaves_nothing_behind(
         assert threading.active_count() == threads
         assert len(os.listdir("/proc/self/fd")) == fds
     store.check_writable(5.0)
+
+
+@contextmanager
+def _small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (root only; skipped, loudly, elsewhere)."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a tmpfs of its own, and mounting one needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_the_readiness_probe_says_a_full_disk_where_appends_fail(tmp_path: Path) -> None:
+    """A write transaction opens on a full disk (it writes nothing until its commit), so
+    the probe also asks the file system for room: it is not ready while appends fail,
+    and ready again once there is room."""
+    with _small_disk(tmp_path / "disk", "16m") as disk:
+        store = SQLiteStore(disk / "state.db")
+        try:
+            store.commit(entry_job(b"first"))
+            store.check_writable(1.0)
+            filler = disk / "filler"
+            with filler.open("wb") as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * 65536)
+            with pytest.raises(StoreUnavailable, match="KiB free, under 4 MiB"):
+                store.check_writable(1.0)
+
+            def append_until_it_fails() -> None:
+                for _ in range(64):  # the log's pages take what the filler left
+                    store.commit(entry_job(b"x" * 4096))
+
+            with pytest.raises(StoreUnavailable, match="full"):
+                append_until_it_fails()
+            filler.unlink()
+            store.check_writable(1.0)
+            assert store.commit(entry_job(b"again")) == store.size() - 1
+        finally:
+            store.close()
+
+
+def test_the_readiness_probe_says_a_read_only_file_system(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.statvfs
+
+    def read_only(where: str) -> os.statvfs_result:
+        disk = real(where)
+        fields = list(disk)
+        fields[8] = disk.f_flag | os.ST_RDONLY  # f_flag
+        return os.statvfs_result(fields)
+
+    store.check_writable(1.0)
+    monkeypatch.setattr(os, "statvfs", read_only)
+    with pytest.raises(StoreUnavailable, match="read-only: every append fails"):
+        store.check_writable(1.0)
 
 
 def test_the_readiness_probe_waits_for_sqlites_own_lock_no_longer_than_its_time(

@@ -367,7 +367,8 @@ async def readyz(request: Request) -> Response:
     in force (taken now if another worker reloaded it), the store and the audit log
     answer (and the log is not shorter than its newest checkpoint), and a write could
     start within ``READY_WRITE_TIMEOUT`` (a process stuck holding the writers' turn
-    would make every decision fail closed); 503 with the failing check otherwise."""
+    would make every decision fail closed) on a file system with room for it (see
+    ``SQLiteStore.check_writable``); 503 with the failing check otherwise."""
     gateway: Gateway | None = getattr(request.app.state, "gateway", None)
     if gateway is None:
         return error_response(503, "not_ready", "the gateway is not open")

@@ -84,6 +84,10 @@ _HEAD_MAGIC: Final = b"EGTH"
 _HEAD_BODY: Final = len(_HEAD_MAGIC) + 8 + 32
 _HEAD_SIZE: Final = _HEAD_BODY + 8
 _HEAD_READS: Final = 3  # a reader outside the writers' turn may meet a write half done
+# Free space under which the readiness probe says appends may fail: a batch writes up to
+# about a megabyte, and SQLite's write-ahead log grows to about 4 MiB between the times
+# it is copied back into the file.
+_MIN_FREE: Final = 4 * 1024 * 1024
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -668,10 +672,12 @@ class SQLiteStore:
         """See ``Store.check_writable``: within ``timeout``, this process's writer lock,
         the writers' ``flock`` (tried again every few milliseconds: a probe needs no
         place in the queue, and must leave no waiting thread behind when the holder
-        never lets go), then ``BEGIN IMMEDIATE`` and ``ROLLBACK`` with what is left."""
+        never lets go), then ``BEGIN IMMEDIATE`` and ``ROLLBACK`` with what is left; and
+        first, room to write (``_check_room``)."""
         deadline = time.monotonic() + timeout
         if self._closed:
             raise StoreUnavailable("the store is closed")
+        self._check_room()
         try:
             conn = self._connect()  # before any lock: nobody waits on the connecting
         except sqlite3.Error as exc:
@@ -687,6 +693,24 @@ class SQLiteStore:
             raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
         finally:
             conn.close()
+
+    def _check_room(self) -> None:
+        """``StoreUnavailable`` when the store's file system is read-only or nearly full:
+        a write transaction still opens there (it writes nothing until its commit), but
+        every append fails. Free space is counted as this process may use it (root may
+        use the blocks a file system keeps for it)."""
+        try:
+            disk = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read the store's file system: {_reason(exc)}") from exc
+        if disk.f_flag & os.ST_RDONLY:
+            raise StoreUnavailable("the store's file system is read-only: every append fails")
+        free = (disk.f_bfree if os.geteuid() == 0 else disk.f_bavail) * disk.f_frsize
+        if free < _MIN_FREE:
+            raise StoreUnavailable(
+                f"the store's file system has {free // 1024} KiB free, under"
+                f" {_MIN_FREE // 1024 // 1024} MiB: appends may fail"
+            )
 
     def _probe_turn(self, conn: sqlite3.Connection, deadline: float, timeout: float) -> None:
         turn = self._turn_fd()
