@@ -153,8 +153,12 @@ def test_whole_store_down(kit: Kit, uses: int | None) -> None:
 
 
 def test_a_store_file_that_is_not_a_database_fails_closed(kit: Kit) -> None:
-    """The writer's own failure (here: the file was replaced by garbage) is the store's."""
+    """The writer's own failure (here: the file was overwritten with garbage, once all
+    of the log was copied into it from the write-ahead log) is the store's."""
     gw = kit.gateway()
+    copier = sqlite3.connect(kit.config.store)
+    copier.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    copier.close()
     Path(kit.config.store).write_bytes(b"this is not an SQLite database" * 200)
     d = gw.decide(kit.submit())
     assert_failed_closed(d, "store.unavailable", "audit.unavailable")

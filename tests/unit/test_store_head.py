@@ -27,6 +27,8 @@ from execgate.jose import PrivateKey
 from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
 
+KEY = PrivateKey.generate()
+
 
 def job(payload: bytes) -> WriteJob:
     return WriteJob(None, 0, None, lambda _conflict, index: payload + b" %d" % index)
@@ -59,7 +61,9 @@ def head(path: Path) -> bytes:
 
 
 class Writer:
-    """Another process with the store open: ``commit`` appends one entry there."""
+    """Another process with the store open, driven one command a line: ``commit``
+    appends one entry, ``revoke`` records a revocation, ``ready`` runs the readiness
+    probe, ``close`` closes the store and exits."""
 
     CODE = textwrap.dedent(
         """
@@ -68,14 +72,23 @@ class Writer:
         from execgate.store.sqlite import SQLiteStore
         store = SQLiteStore(sys.argv[1])
         print("open", flush=True)
-        for line in sys.stdin:
+        for n, line in enumerate(sys.stdin):
+            command = line.strip()
+            if command == "close":
+                store.close()
+                print("closed", flush=True)
+                break
             try:
-                index = store.commit(WriteJob(None, 0, None, lambda c, i: b"other %d" % i))
+                if command == "commit":
+                    job = WriteJob(None, 0, None, lambda c, i: b"other %d" % i)
+                    print("index", store.commit(job), flush=True)
+                elif command == "revoke":
+                    print("revoked", store.revoke("jti", f"x{n}", reason="r", now=1), flush=True)
+                elif command == "ready":
+                    store.check_writable(1.0)
+                    print("ready", flush=True)
             except Exception as exc:
                 print("refused", type(exc).__name__, exc, flush=True)
-            else:
-                print("index", index, flush=True)
-        store.close()
         """
     )
 
@@ -92,22 +105,30 @@ class Writer:
         assert self.proc.stdout is not None
         return self.proc.stdout.readline().strip()
 
-    def commit(self) -> str:
+    def send(self, command: str) -> str:
         assert self.proc.stdin is not None
-        self.proc.stdin.write("commit\n")
+        self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         return self.read()
+
+    def commit(self) -> str:
+        return self.send("commit")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.close()
 
     def close(self) -> None:
-        """Close its input (it then closes the store and exits) and wait for it."""
+        """Close its pipes (it then closes the store and exits, if alive) and wait."""
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
         self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Close the store cleanly, then exit."""
+        assert self.send("close") == "closed"
+        self.close()
 
 
 @pytest.fixture
@@ -127,10 +148,12 @@ def test_each_commit_leaves_the_committed_size_and_root_beside_the_store(path: P
     try:
         for n in range(1, 6):
             store.commit(job(b"entry"))
-            assert store.committed_head() == (n, log.root(n))
+            assert store.committed_head() == (n, log.root(n), n)
+        store.revoke("jti", "x", reason="r", now=1)  # the log is as it was; one more write
+        assert store.committed_head() == (5, log.root(5), 6)
     finally:
         store.close()
-    assert len(head(path)) == 52
+    assert len(head(path)) == 60
 
 
 def test_a_store_restored_from_an_older_copy_takes_no_entry_and_signs_nothing(
@@ -228,23 +251,46 @@ def test_a_damaged_head_stops_appends(path: Path) -> None:
 def test_a_removed_wal_then_a_kill_loses_entries_and_the_store_says_so(
     path: Path, writers: list[Writer]
 ) -> None:
-    """The entries a process appended after its -wal file was removed live only in the
-    removed file; once it is killed they are gone, although each was acknowledged."""
+    """What a process appended before its -wal file was removed lives only in the
+    removed file: it appends nothing more, and once it is killed those entries are gone,
+    although each was acknowledged."""
     fill(path, 2)
     w = Writer(path)
     writers.append(w)
     assert w.commit() == "index 2"
-    os.remove(f"{path}-wal")
     assert w.commit() == "index 3"
-    assert w.commit() == "index 4"
+    os.remove(f"{path}-wal")
+    assert w.commit().startswith("refused AuditError the store's -wal file was removed")
+    assert w.send("revoke").startswith("refused AuditError the store's -wal file was removed")
+    assert w.send("ready").startswith("refused AuditError the store's -wal file was removed")
     w.kill()
     store = SQLiteStore(path)
     try:
-        assert store.size() < 5  # what the kill took
-        with pytest.raises(AuditError, match="but 5 were committed"):
+        assert store.size() == 2  # what the kill took
+        with pytest.raises(AuditError, match="holds 2 entries but 4 were committed"):
             store.commit(job(b"entry"))
-        with pytest.raises(AuditError, match="but 5 were committed"):
+        with pytest.raises(AuditError, match="holds 2 entries but 4 were committed"):
             store.check_writable(1.0)
+    finally:
+        store.close()
+
+
+def test_a_removed_wal_then_a_clean_stop_keeps_every_entry(
+    path: Path, writers: list[Writer]
+) -> None:
+    """Stopped cleanly (the last connection to the store), the process copies the
+    removed file back into the store, as SQLite does on every last close."""
+    w = Writer(path)
+    writers.append(w)
+    assert w.commit() == "index 0"
+    assert w.commit() == "index 1"
+    os.remove(f"{path}-wal")
+    assert w.commit().startswith("refused AuditError the store's -wal file was removed")
+    w.stop()
+    assert rows(path) == [0, 1]
+    store = SQLiteStore(path)
+    try:
+        assert store.commit(job(b"entry")) == 2
     finally:
         store.close()
 
@@ -264,11 +310,113 @@ def test_a_removed_shm_under_two_processes_gives_no_index_twice(
     second = Writer(path)
     writers.append(second)
     assert second.commit() == "index 2"
-    assert first.commit().startswith("refused AuditError the log holds 2 entries but 3")
+    refused = "refused AuditError the store's -shm file was removed or replaced"
+    assert first.commit().startswith(refused)
+    assert first.send("revoke").startswith(refused)
+    assert first.send("ready").startswith(refused)
     assert second.commit() == "index 3"
-    first.close()
-    second.close()
+    assert second.send("revoke") == "revoked True"
+    first.stop()
+    second.stop()
     assert rows(path) == [0, 1, 2, 3]
+
+
+def test_a_process_with_a_stale_shm_never_closes_the_store_last(
+    path: Path, writers: list[Writer]
+) -> None:
+    """The last connection to close copies the write-ahead log back into the file as
+    its own index of it says, and deletes the log. From a stale index that would undo
+    what the other process wrote: so the stale process never closes its anchor, and
+    the next process to open the store rebuilds the index from the log itself."""
+    first = Writer(path)
+    writers.append(first)
+    assert first.commit() == "index 0"
+    os.remove(f"{path}-shm")
+    second = Writer(path)
+    writers.append(second)
+    assert second.commit() == "index 1"
+    assert second.commit() == "index 2"
+    assert first.commit().startswith("refused AuditError the store's -shm file")
+    second.stop()  # not the last: first still has the store open
+    first.stop()  # the last, with a stale index
+    assert rows(path) == [0, 1, 2]
+    store = SQLiteStore(path)
+    try:
+        assert store.commit(job(b"entry")) == 3
+        assert store.committed_head()[:2] == (4, AuditLog(store, origin="o", key=KEY).root(4))  # type: ignore[index]
+    finally:
+        store.close()
+
+
+def test_a_store_put_back_to_an_older_copy_that_lost_only_a_revocation_is_refused(
+    path: Path, tmp_path: Path
+) -> None:
+    """The head counts every write, not only appends: an older copy with the same log
+    but without a later revocation (or purge, or checkpoint) is refused too."""
+    fill(path, 2)
+    shutil.copy(path, tmp_path / "old.db")
+    store = SQLiteStore(path)
+    try:
+        assert store.revoke("jti", "stolen", reason="leaked", now=1)
+    finally:
+        store.close()
+    shutil.copy(tmp_path / "old.db", path)
+    store = SQLiteStore(path)
+    try:
+        for write in (
+            lambda: store.commit(job(b"entry")),
+            lambda: store.revoke("jti", "other", reason="r", now=1),
+            lambda: store.purge_expired(10),
+            lambda: store.add_checkpoint(2, "note", now=1),
+            lambda: store.check_writable(1.0),
+        ):
+            with pytest.raises(AuditError, match="holds 2 of the 3 writes that were committed"):
+                write()
+        assert store.revocations() == []
+    finally:
+        store.close()
+
+
+def test_a_head_that_cannot_be_opened_for_writing_stops_the_write_before_it(
+    path: Path,
+) -> None:
+    """Opened before the commit: a head that cannot be written stops the write, instead
+    of the entry being committed while the head stays behind (and nobody told)."""
+    fill(path, 2)
+    os.remove(f"{path}-head")
+    os.mkdir(f"{path}-head")
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="cannot open the store's committed tree head"):
+            store.commit(job(b"entry"))
+        with pytest.raises(AuditError, match="cannot open the store's committed tree head"):
+            store.revoke("jti", "x", reason="r", now=1)
+        with pytest.raises(AuditError, match="cannot open the store's committed tree head"):
+            store.check_writable(1.0)
+        with pytest.raises(AuditError, match="cannot read the store's committed tree head"):
+            store.committed_head()
+        assert store.size() == 2
+        assert store.revocations() == []
+    finally:
+        store.close()
+
+
+def test_an_empty_head_is_a_damaged_one(path: Path, tmp_path: Path) -> None:
+    """A head is made whole (written aside, then renamed), so an empty file is not "no
+    head yet": it stops writes, as any damaged head does."""
+    fill(path, 3)
+    Path(f"{path}-head").write_bytes(b"")
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="committed tree head is damaged"):
+            store.commit(job(b"entry"))
+        with pytest.raises(AuditError, match="committed tree head is damaged"):
+            store.committed_head()
+    finally:
+        store.close()
+    os.remove(f"{path}-head")  # a store made before heads were kept: one is made
+    assert fill(path, 1) == [3]
+    assert not Path(f"{path}-head.new").exists()
 
 
 def test_a_head_that_cannot_be_written_fails_its_batch_closed(
@@ -277,7 +425,7 @@ def test_a_head_that_cannot_be_written_fails_its_batch_closed(
     """The batch is committed but its callers are not told it was: they fail closed,
     and the next batch finds the head behind the log, checks it, and moves it on."""
     fill(path, 2)
-    real = execgate.store.sqlite._write_head
+    real = execgate.store.sqlite._put_head
     failures = iter([OSError(28, "No space left on device")])
 
     def write_once_failing(*args: object) -> None:
@@ -286,7 +434,7 @@ def test_a_head_that_cannot_be_written_fails_its_batch_closed(
             raise error
         real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(execgate.store.sqlite, "_write_head", write_once_failing)
+    monkeypatch.setattr(execgate.store.sqlite, "_put_head", write_once_failing)
     store = SQLiteStore(path)
     try:
         with pytest.raises(StoreUnavailable, match="No space left on device"):
@@ -295,5 +443,25 @@ def test_a_head_that_cannot_be_written_fails_its_batch_closed(
         assert store.committed_head()[0] == 2  # type: ignore[index]
         assert store.commit(job(b"entry")) == 3
         assert store.committed_head()[0] == 4  # type: ignore[index]
+    finally:
+        store.close()
+
+
+def test_a_database_file_replaced_under_a_process_is_written_no_more(
+    path: Path, tmp_path: Path
+) -> None:
+    """Another file renamed over the store (an older copy, say): this process has the
+    old one open, and a process started since would open the new one under the same
+    -wal and -shm. This one writes and signs nothing more."""
+    fill(path, 2)
+    shutil.copy(path, tmp_path / "old.db")
+    store = SQLiteStore(path)
+    try:
+        assert store.commit(job(b"entry")) == 2
+        os.replace(tmp_path / "old.db", path)
+        with pytest.raises(AuditError, match="store's database file was removed or replaced"):
+            store.commit(job(b"entry"))
+        with pytest.raises(AuditError, match="store's database file was removed or replaced"):
+            store.committed_head()
     finally:
         store.close()

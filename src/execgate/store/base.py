@@ -16,13 +16,14 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from execgate.errors import AuditError
 
 __all__ = [
     "REVOCATION_KINDS",
     "ApprovalRow",
+    "CommittedHead",
     "Conflict",
     "LogEntry",
     "LoopCommits",
@@ -31,6 +32,7 @@ __all__ = [
     "Store",
     "UseClaim",
     "WriteJob",
+    "check_head",
 ]
 
 # What a revocation names: an artifact id (any link's ``jti``, whoever minted it), a key
@@ -155,20 +157,40 @@ _UNTIL: Final = (
 )
 
 
-def check_head(head: tuple[int, bytes] | None, size: int, root: Callable[[int], bytes]) -> None:
-    """Raise ``AuditError`` unless a log of ``size`` entries (``root(n)``: the root of
-    its first ``n``) holds what the committed ``head`` names."""
+class CommittedHead(NamedTuple):
+    """What a store's last commit left beside it: the log's size and root, and how many
+    write transactions of any kind (appends, revocations, purges, checkpoints) the store
+    had committed."""
+
+    size: int
+    root: bytes
+    writes: int
+
+
+def check_head(
+    head: CommittedHead | None,
+    size: int,
+    root: Callable[[int], bytes],
+    writes: int | None = None,
+) -> None:
+    """Raise ``AuditError`` unless a store whose log has ``size`` entries (``root(n)``:
+    the root of its first ``n``) and that committed ``writes`` write transactions holds
+    what the committed ``head`` names."""
     if head is None:
         return
-    committed, committed_root = head
-    if committed > size:
+    if head.size > size:
         raise AuditError(
-            f"the log holds {size} entries but {committed} were committed: entries were"
+            f"the log holds {size} entries but {head.size} were committed: entries were"
             f" lost (a removed -wal or -shm file, or an older copy restored); {_UNTIL}"
         )
-    if root(committed) != committed_root:
+    if writes is not None and writes < head.writes:
         raise AuditError(
-            f"the log's first {committed} entries are not the {committed} that were"
+            f"the store holds {writes} of the {head.writes} writes that were committed: it"
+            f" is an older copy (its revocations or replay state may be gone too); {_UNTIL}"
+        )
+    if root(head.size) != head.root:
+        raise AuditError(
+            f"the log's first {head.size} entries are not the {head.size} that were"
             f" committed; {_UNTIL}"
         )
 
@@ -219,14 +241,16 @@ class Store(Protocol):
 
     def size(self) -> int: ...
 
-    def committed_head(self) -> tuple[int, bytes] | None:
-        """The log's size and root as its last commit left them, kept outside the log
-        (``check_head``), or None where none is kept yet; ``AuditError`` if unreadable."""
+    def committed_head(self) -> CommittedHead | None:
+        """What the store's last commit left, kept outside it (``check_head``), or None
+        where none is kept yet; ``AuditError`` if it cannot be read, or if this process
+        can no longer trust its own view of the store."""
         ...
 
     def check_writable(self, timeout: float) -> None:
         """Raise ``StoreUnavailable`` unless a write could start within ``timeout``
-        seconds (the writers' turn taken, a write transaction opened and rolled back):
+        seconds (the writers' turn taken, a write transaction opened and rolled back),
+        and ``AuditError`` when the store no longer holds what its last commit left:
         what ``/readyz`` asks, so a probe meets what the next append would."""
         ...
 

@@ -19,25 +19,34 @@ with an ``flock`` on ``<store>-writer.lock`` around each batch.
 The log table is append-only: triggers refuse UPDATE and DELETE, and any INSERT that
 does not take the next index (a replacement, a gap).
 
-Beside the file, ``<store>-head`` holds the committed tree head: the log's size and
-Merkle root as of the last commit, written after each batch's commit, in the writers'
-turn. Every batch, every readiness probe and every checkpoint signature first checks
-that the log still holds what the head names (``check_head``). A log that lost
-entries it acknowledged (its ``-wal`` file removed and the writer killed, an older copy
-restored) or that a process sees through a stale view (its ``-shm`` file removed while
-another process opened the store anew, so each sees only its own appends) would
-otherwise append entries at indexes already given, and the node would sign a second
-tree head for a size it signed before. Such a store takes no more entries and signs
-nothing (``AuditError``: every decision fails closed, ``/readyz`` answers 503) until
-its operator restores the entries. The head is not synced: it is written after a
-commit that is, so after a power cut it can only be behind the log, which is checked
-(its root against the log's first entries) and then moved on. A head file that is
-missing is written anew from the log as it is (a store made before the head was kept).
+Beside the file, ``<store>-head`` holds the committed head: the log's size and Merkle
+root and the number of write transactions (appends, revocations, purges, checkpoints)
+as of the last commit, written after each commit, in the writers' turn, through a
+descriptor opened before it (a head that cannot be written stops the write). Every
+write, every readiness probe and every checkpoint signature first checks that the store
+still holds what the head names (``check_head``). A store that lost writes it
+acknowledged (its ``-wal`` file removed and the writer killed, an older copy put back)
+would otherwise append entries at indexes already given, forget revocations, and have
+the node sign a second tree head for a size it signed before: it takes no more writes
+and signs nothing (``AuditError``: every decision fails closed, ``/readyz`` answers
+503) until the lost writes are put back. Under ``synchronous=FULL`` the head is not
+synced: it is written after a commit that is, so after a power cut it can only be
+behind the store, which is checked (its root against the log's first entries) and then
+moved on; under NORMAL or OFF a power cut may take commits the head names, and the
+store is then refused as one that lost them. A missing head is made (whole: written
+aside, then renamed) from the store as it is: a store made before heads were kept.
+
+Each store also keeps one connection open for its whole life (its anchor), and before
+every write checks that its file, ``-wal`` and ``-shm`` are still the files it opened
+(``_check_files``): removed under a running process, they leave that process writing
+to a file nobody else reads, or reading the log through an index nobody else updates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
@@ -47,7 +56,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -58,6 +67,7 @@ from execgate.errors import AuditError, StoreError, StoreUnavailable
 from execgate.store.base import (
     REVOCATION_KINDS,
     ApprovalRow,
+    CommittedHead,
     Conflict,
     LogEntry,
     Revocation,
@@ -78,12 +88,18 @@ _QUEUED, _TAKEN, _WITHDRAWN = "queued", "taken", "withdrawn"
 # the two were kept apart has one mark for both).
 _PURGED_BEFORE: Final = "purged_before"
 _USES_PURGED_BEFORE: Final = "uses_purged_before"
-# <store>-head: magic, size (8 bytes, big-endian), root (32), the first 8 bytes of the
-# SHA-256 of what precedes them (a torn or damaged head is never taken for a real one).
+_WRITES: Final = "writes"  # meta key: write transactions committed, of every kind
+# <store>-head: magic, the log's size and the store's writes (8 bytes each, big-endian),
+# the log's root (32), then the first 8 bytes of the SHA-256 of what precedes them (a
+# torn or damaged head is never taken for a real one).
 _HEAD_MAGIC: Final = b"EGTH"
-_HEAD_BODY: Final = len(_HEAD_MAGIC) + 8 + 32
+_HEAD_BODY: Final = len(_HEAD_MAGIC) + 8 + 8 + 32
 _HEAD_SIZE: Final = _HEAD_BODY + 8
 _HEAD_READS: Final = 3  # a reader outside the writers' turn may meet a write half done
+_DAMAGED: Final = (
+    "the store's committed tree head is damaged: nothing more is appended or signed until"
+    " it is put back (README: The gateway home)"
+)
 # Free space under which the readiness probe says appends may fail: a batch writes up to
 # about a megabyte, and SQLite's write-ahead log grows to about 4 MiB between the times
 # it is copied back into the file.
@@ -169,44 +185,127 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def _head_record(size: int, root: bytes) -> bytes:
-    body = _HEAD_MAGIC + size.to_bytes(8, "big") + root
+def _head_record(head: CommittedHead) -> bytes:
+    body = _HEAD_MAGIC + head.size.to_bytes(8, "big") + head.writes.to_bytes(8, "big") + head.root
     return body + hashlib.sha256(body).digest()[:8]
 
 
-def _read_head(path: str, *, tries: int = 1) -> tuple[int, bytes] | None:
-    """The committed tree head as (size, root), or None where none was written yet."""
+def _parse_head(data: bytes) -> CommittedHead | None:
+    """The head ``data`` holds, or None when it is not a whole, intact one."""
+    body = data[:_HEAD_BODY]
+    if (
+        len(data) != _HEAD_SIZE
+        or not body.startswith(_HEAD_MAGIC)
+        or hashlib.sha256(body).digest()[:8] != data[_HEAD_BODY:]
+    ):
+        return None
+    return CommittedHead(
+        size=int.from_bytes(body[4:12], "big"),
+        root=body[20:],
+        writes=int.from_bytes(body[12:20], "big"),
+    )
+
+
+def _unreadable(exc: OSError) -> AuditError:
+    return AuditError(f"cannot read the store's committed tree head: {_reason(exc)}")
+
+
+def _read_head(path: str, *, tries: int) -> CommittedHead | None:
+    """The committed head, or None where none was made yet (a head is made whole, so an
+    empty or short file is a damaged one)."""
     for _ in range(tries):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _unreadable(exc) from exc
         try:
-            data = os.pread(fd, _HEAD_SIZE + 1, 0)
+            head = _parse_head(os.pread(fd, _HEAD_SIZE + 1, 0))
+        except OSError as exc:
+            raise _unreadable(exc) from exc
         finally:
             os.close(fd)
-        if not data:
-            return None
-        body = data[:_HEAD_BODY]
-        if (
-            len(data) == _HEAD_SIZE
-            and body.startswith(_HEAD_MAGIC)
-            and hashlib.sha256(body).digest()[:8] == data[_HEAD_BODY:]
-        ):
-            return int.from_bytes(body[4:12], "big"), body[12:]
-    raise AuditError(
-        "the store's committed tree head is damaged: nothing more is appended or signed"
-        " until it is put back (README: The gateway home)"
+        if head is not None:
+            return head
+    raise AuditError(_DAMAGED)
+
+
+def _open_head(path: str) -> tuple[int | None, CommittedHead | None]:
+    """The head's file open for writing, and what it holds; (None, None) where none was
+    made yet. Opened before anything is written, so a head that cannot be written stops
+    the write instead of lagging behind it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        raise AuditError(f"cannot open the store's committed tree head: {_reason(exc)}") from exc
+    try:
+        head = _parse_head(os.pread(fd, _HEAD_SIZE + 1, 0))
+    except OSError as exc:
+        os.close(fd)
+        raise _unreadable(exc) from exc
+    if head is None:
+        os.close(fd)
+        raise AuditError(_DAMAGED)
+    return fd, head
+
+
+def _make_head(path: str, head: CommittedHead) -> int:
+    """A store's first head, made whole or not at all (written aside and synced, then
+    renamed into place: after a power cut the head is there whole, or not yet), open for
+    writing."""
+    aside = path + ".new"
+    try:
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _put_head(fd, head)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(aside, path)
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AuditError(f"cannot make the store's committed tree head: {_reason(exc)}") from exc
+
+
+def _put_head(fd: int, head: CommittedHead) -> None:
+    if os.pwrite(fd, _head_record(head), 0) != _HEAD_SIZE:
+        raise OSError(errno.EIO, "the committed tree head was written short")
+
+
+def _count_write(conn: sqlite3.Connection, writes: int) -> None:
+    conn.execute(
+        "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (_WRITES, str(writes + 1)),
     )
 
 
-def _write_head(path: str, size: int, root: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _writes(conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_WRITES,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
     try:
-        if os.pwrite(fd, _head_record(size, root), 0) != _HEAD_SIZE:
-            raise OSError("the committed tree head was written short")
-    finally:
-        os.close(fd)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _keep_open(conn: sqlite3.Connection) -> None:
+    """Never close ``conn``, not even as the interpreter exits (its reference count is
+    raised once more than anything will lower it). A process's last connection to close
+    copies the write-ahead log back into the file as that process's index of it says;
+    when that index is a stale copy, that overwrites other processes' writes and deletes
+    the log that held them. The operating system drops the connection's locks when the
+    process ends, and the next process to open the store rebuilds the index from the
+    log as it is."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
 def _log_size(conn: sqlite3.Connection) -> int:
@@ -386,6 +485,7 @@ class SQLiteStore:
         with suppress(OSError):
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         conn = self._connect(opening=True)
+        opened = False
         try:
             with conn:
                 has_meta = conn.execute(
@@ -407,10 +507,26 @@ class SQLiteStore:
                     conn.execute(
                         "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
+            opened = True
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         finally:
+            if not opened:
+                conn.close()
+        # The anchor: this connection, idle, stays open until ``close``. While it is, it
+        # holds SQLite's shared lock on the file (so no other process may delete -wal
+        # and -shm: that takes the file to itself), and every connection this process
+        # opens shares the -shm it mapped. So -wal and -shm are the files they were now
+        # until ``close``, unless someone removes or replaces them (``_check_files``).
+        self._anchor = conn
+        self._files = tuple(
+            (suffix, _file_id(self.path + suffix)) for suffix in ("", "-shm", "-wal")
+        )
+        if any(known is None for _, known in self._files):
             conn.close()
+            raise StoreError(f"cannot open store {self.path}: SQLite made no -wal or -shm file")
+        self._stale: str | None = None  # why this process may write nothing more
+        self._anchor_kept = False  # never closed (see _check_files)
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer_lock = threading.Lock()
         self._claim_lock = threading.Lock()  # settles a job's state: taken or withdrawn
@@ -578,11 +694,65 @@ class SQLiteStore:
         with self._reader() as conn:
             return _log_size(conn)
 
-    def committed_head(self) -> tuple[int, bytes] | None:
-        """The size and root the last commit left (see the module docstring), or None
-        where no commit has left one yet. Read outside the writers' turn: a head is only
-        ever behind the log, never ahead of it, unless entries were lost."""
+    def committed_head(self) -> CommittedHead | None:
+        """What the last commit left (see the module docstring), or None where no commit
+        has left one yet. Read outside the writers' turn: a head is only ever behind the
+        store, never ahead of it, unless the store lost writes (or, from this process,
+        when its view is stale: then ``AuditError``, as for a write)."""
+        self._check_files()
         return _read_head(self._head_path, tries=_HEAD_READS)
+
+    def _check_files(self) -> None:
+        """``AuditError`` once the store's file, -wal or -shm is not the file this store
+        opened (removed or replaced: see ``__init__``), from then on. A process whose
+        -shm was replaced sees the log through a stale index of it while a process that
+        opened the store since sees it through a new one, and neither sees the other's
+        appends (and a replaced database file is another store under the same -wal);
+        so this process writes and signs nothing more, and never closes its anchor.
+        After a removed -wal, what this process wrote lives only in the removed file:
+        it writes nothing more either, and its anchor closes as usual (when it is the
+        last connection, SQLite copies that file back into the store, which keeps it)."""
+        if self._stale is None:
+            for suffix, known in self._files:
+                try:
+                    current = _file_id(self.path + suffix)
+                except OSError as exc:
+                    raise StoreUnavailable(
+                        f"cannot look at the store's {suffix} file: {_reason(exc)}"
+                    ) from exc
+                if current == known:
+                    continue
+                if suffix != "-wal":
+                    _keep_open(self._anchor)
+                    self._anchor_kept = True
+                self._stale = (
+                    f"the store's {suffix or 'database'} file was removed or replaced while"
+                    " this process had it open: this process appends and signs nothing more"
+                    " until it is restarted (README: The gateway home)"
+                )
+                break
+            else:
+                return
+        raise AuditError(self._stale)
+
+    def _take_head(
+        self, size: int, writes: int, root: Callable[[int], bytes]
+    ) -> tuple[int, CommittedHead]:
+        """In a write transaction, in the writers' turn: check the store (``size``,
+        ``writes``, ``root``) against its committed head, and return the head's file open
+        for writing with what it holds (made now from the store as it is, where there was
+        none: a store made before heads were kept)."""
+        fd, head = _open_head(self._head_path)
+        try:
+            check_head(head, size, root, writes)
+            if fd is None or head is None:
+                head = CommittedHead(size, root(size), writes)
+                fd = _make_head(self._head_path, head)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        return fd, head
 
     # -- writes ------------------------------------------------------------------------
 
@@ -613,32 +783,25 @@ class SQLiteStore:
         clock is right again fresh proofs are refused for about that long, not for
         years; use counts, until the longest-lived artifact whose count was removed
         expires."""
+        # One transaction (the side write's), the marks first: no writer ever sees rows
+        # gone and a mark not yet raised, and a purge that fails removes nothing.
         with self._side_write("purge expired state") as conn:
-            # One transaction, the marks first: no writer ever sees rows gone and a mark
-            # not yet raised, and a purge that fails removes nothing.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for table, key in (
-                    ("proof_jti", _PURGED_BEFORE),
-                    ("artifact_uses", _USES_PURGED_BEFORE),
-                ):
-                    latest = conn.execute(
-                        f"SELECT MAX(expires_at) FROM {table} WHERE expires_at < ?",  # noqa: S608 - two fixed names
-                        (now,),
-                    ).fetchone()[0]
-                    if latest is not None:
-                        conn.execute(
-                            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET"
-                            " value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                            (key, str(latest + 1)),
-                        )
-                a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
-                b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
-                conn.execute("COMMIT")
-            except BaseException:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            for table, key in (
+                ("proof_jti", _PURGED_BEFORE),
+                ("artifact_uses", _USES_PURGED_BEFORE),
+            ):
+                latest = conn.execute(
+                    f"SELECT MAX(expires_at) FROM {table} WHERE expires_at < ?",  # noqa: S608 - two fixed names
+                    (now,),
+                ).fetchone()[0]
+                if latest is not None:
+                    conn.execute(
+                        "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET"
+                        " value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                        (key, str(latest + 1)),
+                    )
+            a = conn.execute("DELETE FROM proof_jti WHERE expires_at < ?", (now,)).rowcount
+            b = conn.execute("DELETE FROM artifact_uses WHERE expires_at < ?", (now,)).rowcount
         return a + b
 
     @contextmanager
@@ -656,12 +819,29 @@ class SQLiteStore:
             if self._closed:  # closed while this writer waited: nothing more is written
                 raise StoreUnavailable("the store is closed")
             with self._process_turn(wait=True):
+                self._check_files()
                 conn = self._connect()
+                fd: int | None = None
                 try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    writes = _writes(conn)
+                    fd, head = self._take_head(
+                        _log_size(conn), writes, functools.partial(_root_at, conn)
+                    )
                     yield conn
+                    _count_write(conn, writes)
+                    conn.execute("COMMIT")
+                    # The log is as it was: the head names what it named of it (one behind
+                    # the log stays behind until the next batch moves it on).
+                    _put_head(fd, head._replace(writes=writes + 1))
                 except sqlite3.Error as exc:
                     raise StoreError(f"cannot {what}: {exc}") from exc
                 finally:
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    if fd is not None:
+                        os.close(fd)
                     conn.close()
         except OSError as exc:  # the lock file
             raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
@@ -727,15 +907,18 @@ class SQLiteStore:
         try:
             left = max(deadline - time.monotonic(), 0.0)
             conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
+            self._check_files()
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                size = _log_size(conn)
-                check_head(_read_head(self._head_path), size, functools.partial(_root_at, conn))
-            finally:
-                conn.execute("ROLLBACK")
+            fd, head = _open_head(self._head_path)  # writable, as the next commit needs it
+            if fd is not None:
+                os.close(fd)
+            check_head(head, _log_size(conn), functools.partial(_root_at, conn), _writes(conn))
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot start a write: {exc}") from exc
         finally:
+            if conn.in_transaction:  # not after an error that rolled it back already
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             fcntl.flock(turn, fcntl.LOCK_UN)
 
     def _turn_fd(self) -> int:
@@ -943,21 +1126,22 @@ class SQLiteStore:
                 os.close(held)
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        self._check_files()
         conn.execute("BEGIN IMMEDIATE")
+        fd: int | None = None
         try:
             index = _log_size(conn)
             frontier = self._load_frontier(conn, index)
             self._frontier = None  # trusted again only once this batch commits
-            check_head(
-                _read_head(self._head_path),
-                index,
-                lambda n: frontier.root() if n == index else _root_at(conn, n),
-            )
             marks = dict(
                 conn.execute(
-                    "SELECT key, CAST(value AS INTEGER) FROM meta WHERE key IN (?, ?)",
-                    (_PURGED_BEFORE, _USES_PURGED_BEFORE),
+                    "SELECT key, CAST(value AS INTEGER) FROM meta WHERE key IN (?, ?, ?)",
+                    (_PURGED_BEFORE, _USES_PURGED_BEFORE, _WRITES),
                 ).fetchall()
+            )
+            writes = marks.get(_WRITES, 0)
+            fd, _ = self._take_head(
+                index, writes, lambda n: frontier.root() if n == index else _root_at(conn, n)
             )
             purged = (
                 marks.get(_PURGED_BEFORE, 0),
@@ -984,16 +1168,22 @@ class SQLiteStore:
                     p.result = index
                     index += 1
                 conn.execute("RELEASE job")
+            _count_write(conn, writes)
             conn.execute("COMMIT")
             self._frontier = frontier
-            # Not written: the batch's callers fail closed (their entries are in the
-            # log, their answers are never given), and the next batch finds the head
-            # behind the log and checks it.
-            _write_head(self._head_path, frontier.size, frontier.root())
+            # Not written (its file was open and writable a moment ago: a failing disk):
+            # the batch's callers fail closed (their entries are in the log, their
+            # answers are never given), and the next batch finds the head behind and
+            # checks it.
+            _put_head(fd, CommittedHead(frontier.size, frontier.root(), writes + 1))
         except BaseException:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     @staticmethod
     def _claim(conn: sqlite3.Connection, job: WriteJob, purged: tuple[int, int]) -> str | None:
@@ -1117,6 +1307,11 @@ class SQLiteStore:
                     break
                 with suppress(sqlite3.Error):
                     conn.close()
+        with suppress(StoreError):  # one last look: a stale -shm keeps the anchor open
+            self._check_files()
+        if not self._anchor_kept:
+            with suppress(sqlite3.Error):
+                self._anchor.close()
 
     # -- gauges for /metrics (server.metrics) ------------------------------------------
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
 
 from execgate.errors import StoreError, StoreUnavailable
-from execgate.store.base import ApprovalRow, LogEntry, Revocation, WriteJob
+from execgate.store.base import ApprovalRow, CommittedHead, LogEntry, Revocation, WriteJob
 
 __all__ = ["UnavailableStore"]
 
@@ -70,7 +70,7 @@ class UnavailableStore:
     def size(self) -> int:
         self._down()
 
-    def committed_head(self) -> tuple[int, bytes] | None:
+    def committed_head(self) -> CommittedHead | None:
         self._down()
 
     def check_writable(self, timeout: float) -> None:
