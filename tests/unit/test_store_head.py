@@ -232,20 +232,15 @@ def test_a_head_behind_the_log_is_checked_and_moves_on(path: Path, tmp_path: Pat
         store.close()
 
 
-def test_a_damaged_head_stops_appends(path: Path) -> None:
-    fill(path, 2)
-    damaged = bytearray(head(path))
-    damaged[20] ^= 1
-    Path(f"{path}-head").write_bytes(bytes(damaged))
-    store = SQLiteStore(path)
-    try:
-        with pytest.raises(AuditError, match="committed tree head is damaged"):
-            store.commit(job(b"entry"))
-        with pytest.raises(AuditError, match="committed tree head is damaged"):
-            store.committed_head()
-        assert store.size() == 2
-    finally:
-        store.close()
+def wal_removed_after_two_appends(path: Path, writers: list[Writer], *, first: int) -> Writer:
+    """A writer that appended two entries (``first`` and the next) before its -wal file
+    was removed, and was refused a third."""
+    w = Writer(path)
+    writers.append(w)
+    assert [w.commit(), w.commit()] == [f"index {first}", f"index {first + 1}"]
+    os.remove(f"{path}-wal")
+    assert w.commit().startswith("refused AuditError the store's -wal file was removed")
+    return w
 
 
 def test_a_removed_wal_then_a_kill_loses_entries_and_the_store_says_so(
@@ -255,12 +250,7 @@ def test_a_removed_wal_then_a_kill_loses_entries_and_the_store_says_so(
     removed file: it appends nothing more, and once it is killed those entries are gone,
     although each was acknowledged."""
     fill(path, 2)
-    w = Writer(path)
-    writers.append(w)
-    assert w.commit() == "index 2"
-    assert w.commit() == "index 3"
-    os.remove(f"{path}-wal")
-    assert w.commit().startswith("refused AuditError the store's -wal file was removed")
+    w = wal_removed_after_two_appends(path, writers, first=2)
     assert w.send("revoke").startswith("refused AuditError the store's -wal file was removed")
     assert w.send("ready").startswith("refused AuditError the store's -wal file was removed")
     w.kill()
@@ -280,12 +270,7 @@ def test_a_removed_wal_then_a_clean_stop_keeps_every_entry(
 ) -> None:
     """Stopped cleanly (the last connection to the store), the process copies the
     removed file back into the store, as SQLite does on every last close."""
-    w = Writer(path)
-    writers.append(w)
-    assert w.commit() == "index 0"
-    assert w.commit() == "index 1"
-    os.remove(f"{path}-wal")
-    assert w.commit().startswith("refused AuditError the store's -wal file was removed")
+    w = wal_removed_after_two_appends(path, writers, first=0)
     w.stop()
     assert rows(path) == [0, 1]
     store = SQLiteStore(path)
@@ -401,17 +386,21 @@ def test_a_head_that_cannot_be_opened_for_writing_stops_the_write_before_it(
         store.close()
 
 
-def test_an_empty_head_is_a_damaged_one(path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["a flipped bit", "emptied"])
+def test_a_damaged_head_stops_writes(path: Path, damage: str) -> None:
     """A head is made whole (written aside, then renamed), so an empty file is not "no
     head yet": it stops writes, as any damaged head does."""
     fill(path, 3)
-    Path(f"{path}-head").write_bytes(b"")
+    damaged = bytearray(head(path))
+    damaged[20] ^= 1
+    Path(f"{path}-head").write_bytes(bytes(damaged) if damage == "a flipped bit" else b"")
     store = SQLiteStore(path)
     try:
         with pytest.raises(AuditError, match="committed tree head is damaged"):
             store.commit(job(b"entry"))
         with pytest.raises(AuditError, match="committed tree head is damaged"):
             store.committed_head()
+        assert store.size() == 3
     finally:
         store.close()
     os.remove(f"{path}-head")  # a store made before heads were kept: one is made

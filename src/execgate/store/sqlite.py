@@ -312,18 +312,24 @@ def _log_size(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log").fetchone()[0])
 
 
+def _stored_node(conn: sqlite3.Connection, level: int, index: int) -> bytes | None:
+    row = conn.execute(
+        "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _node(conn: sqlite3.Connection, level: int, index: int) -> bytes:
+    """A node a writer needs: missing, the log's tree is damaged."""
+    found = _stored_node(conn, level, index)
+    if found is None:
+        raise AuditError(f"the Merkle tree lacks node ({level}, {index})")
+    return found
+
+
 def _root_at(conn: sqlite3.Connection, size: int) -> bytes:
     """The root of the log's first ``size`` entries, from ``conn``'s view of the tree."""
-
-    def node(level: int, index: int) -> bytes:
-        row = conn.execute(
-            "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
-        ).fetchone()
-        if row is None:
-            raise AuditError(f"the Merkle tree lacks node ({level}, {index})")
-        return bytes(row[0])
-
-    return root_at(size, node)
+    return root_at(size, functools.partial(_node, conn))
 
 
 def _wal(conn: sqlite3.Connection, *, patience: float = 10.0) -> None:
@@ -622,12 +628,10 @@ class SQLiteStore:
     def node(self, level: int, index: int) -> bytes:
         """The hash of the complete subtree covering leaves [index·2^level, (index+1)·2^level)."""
         with self._reader() as conn:
-            row = conn.execute(
-                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
-            ).fetchone()
-        if row is None:
+            found = _stored_node(conn, level, index)
+        if found is None:
             raise StoreError(f"the Merkle tree has no node ({level}, {index})")
-        return bytes(row[0])
+        return found
 
     def add_checkpoint(self, size: int, note: str, *, now: int) -> None:
         """Keep a signed checkpoint; a second one for the same size is ignored."""
@@ -1088,13 +1092,7 @@ class SQLiteStore:
         start = 0
         for level in range(size.bit_length() - 1, -1, -1):
             if size >> level & 1:
-                row = conn.execute(
-                    "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?",
-                    (level, start >> level),
-                ).fetchone()
-                if row is None:
-                    raise AuditError(f"the Merkle tree lacks node ({level}, {start >> level})")
-                hashes.append(bytes(row[0]).hex())
+                hashes.append(_node(conn, level, start >> level).hex())
                 start += 1 << level
         self._frontier = Frontier.from_json({"size": size, "hashes": hashes})
         return self._frontier
