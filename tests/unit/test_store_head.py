@@ -7,6 +7,7 @@ or a kill (a removed ``-wal``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-import execgate.store.sqlite
 from execgate.audit.checkpoint import open_checkpoint
 from execgate.audit.log import AuditLog, SigningRefused
 from execgate.errors import AuditError, StoreUnavailable
@@ -48,12 +48,16 @@ def fill(path: Path, n: int, payload: bytes = b"entry") -> list[int]:
 
 
 def rows(path: Path) -> list[int]:
-    """The log's indexes as a fresh connection reads them (the file, not a store's view)."""
-    conn = sqlite3.connect(path)
-    try:
-        return [int(i) for (i,) in conn.execute("SELECT idx FROM audit_log ORDER BY rowid")]
-    finally:
-        conn.close()
+    """The log's indexes as a new process reads them (the files, not this process's
+    view: SQLite shares one per file within a process)."""
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        " print(*(i for (i,) in c.execute('SELECT idx FROM audit_log ORDER BY rowid')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    return [int(i) for i in out.stdout.split()]
 
 
 def head(path: Path) -> bytes:
@@ -408,25 +412,29 @@ def test_a_damaged_head_stops_writes(path: Path, damage: str) -> None:
     assert not Path(f"{path}-head.new").exists()
 
 
+def _pwrite_failing_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.pwrite
+    failures = iter([OSError(28, "No space left on device")])
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+
+
 def test_a_head_that_cannot_be_written_fails_its_batch_closed(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch is committed but its callers are not told it was: they fail closed,
     and the next batch finds the head behind the log, checks it, and moves it on."""
     fill(path, 2)
-    real = execgate.store.sqlite._put_head
-    failures = iter([OSError(28, "No space left on device")])
-
-    def write_once_failing(*args: object) -> None:
-        error = next(failures, None)
-        if error is not None:
-            raise error
-        real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(execgate.store.sqlite, "_put_head", write_once_failing)
     store = SQLiteStore(path)
     try:
-        with pytest.raises(StoreUnavailable, match="No space left on device"):
+        _pwrite_failing_once(monkeypatch)
+        with pytest.raises(StoreUnavailable, match="committed but its committed tree head was"):
             store.commit(job(b"entry"))
         assert store.size() == 3
         assert store.committed_head()[0] == 2  # type: ignore[index]
@@ -434,6 +442,147 @@ def test_a_head_that_cannot_be_written_fails_its_batch_closed(
         assert store.committed_head()[0] == 4  # type: ignore[index]
     finally:
         store.close()
+
+
+def test_a_side_write_whose_head_cannot_be_written_says_so(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation holds (it was committed); its caller is told the head was not
+    written, not that the writers' turn failed."""
+    fill(path, 1)
+    store = SQLiteStore(path)
+    try:
+        _pwrite_failing_once(monkeypatch)
+        with pytest.raises(StoreUnavailable, match=r"^the write was committed but its committed"):
+            store.revoke("jti", "x", reason="r", now=1)
+        assert [r.value for r in store.revocations()] == ["x"]
+        assert store.commit(job(b"entry")) == 1
+    finally:
+        store.close()
+
+
+def test_a_head_that_cannot_be_made_leaves_nothing_aside(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(path, 1)
+    os.remove(f"{path}-head")
+    store = SQLiteStore(path)
+    try:
+
+        def fsync(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        with pytest.raises(AuditError, match="cannot make the store's committed tree head"):
+            store.commit(job(b"entry"))
+        assert sorted(p.name for p in path.parent.iterdir() if "head" in p.name) == []
+        monkeypatch.undo()
+        assert store.size() == 1
+        assert store.commit(job(b"entry")) == 1
+    finally:
+        store.close()
+
+
+def test_a_head_of_the_first_format_is_read_and_replaced(path: Path) -> None:
+    """The first heads had no count of writes (52 bytes): one is checked for its size
+    and root, and the next write replaces it."""
+    fill(path, 3)
+    store = SQLiteStore(path)
+    try:
+        root = AuditLog(store, origin="o", key=KEY).root(3)
+    finally:
+        store.close()
+    body = b"EGTH" + (3).to_bytes(8, "big") + root
+    Path(f"{path}-head").write_bytes(body + hashlib.sha256(body).digest()[:8])
+    store = SQLiteStore(path)
+    try:
+        assert store.committed_head() == (3, root, 0)
+        assert store.commit(job(b"entry")) == 3
+        assert store.committed_head()[0] == 4  # type: ignore[index]
+    finally:
+        store.close()
+    assert len(head(path)) == 60
+    other = b"EGTH" + (3).to_bytes(8, "big") + bytes(32)
+    Path(f"{path}-head").write_bytes(other + hashlib.sha256(other).digest()[:8])
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="first 3 entries are not the 3 that were committed"):
+            store.commit(job(b"entry"))
+    finally:
+        store.close()
+
+
+def test_a_store_behind_a_symbolic_link_keeps_its_files_beside_the_real_one(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "state.db"
+    link.symlink_to(tmp_path / "data" / "real.db")
+    assert fill(link, 2) == [0, 1]
+    assert (tmp_path / "data" / "real.db-head").exists()
+    store = SQLiteStore(link)
+    try:
+        store.check_writable(1.0)
+        assert store.commit(job(b"entry")) == 2
+    finally:
+        store.close()
+
+
+def test_another_store_in_the_process_of_a_stale_shm_is_stale_from_the_start(
+    path: Path, writers: list[Writer]
+) -> None:
+    """SQLite keeps one mapping of -shm per file in a process: a store opened in the
+    process after another found it stale reads through that same stale index."""
+    first = SQLiteStore(path)
+    try:
+        first.commit(job(b"entry"))
+        os.remove(f"{path}-shm")
+        other = Writer(path)
+        writers.append(other)
+        assert other.commit() == "index 1"
+        with pytest.raises(AuditError, match="-shm file was removed or replaced"):
+            first.commit(job(b"entry"))
+        second = SQLiteStore(path)
+        try:
+            with pytest.raises(AuditError, match="-shm file was removed or replaced"):
+                second.commit(job(b"entry"))
+            with pytest.raises(AuditError, match="-shm file was removed or replaced"):
+                second.check_writable(1.0)
+        finally:
+            second.close()
+        other.stop()
+    finally:
+        first.close()
+    assert rows(path) == [0, 1]
+
+
+def test_a_clean_stop_after_a_removed_wal_never_copies_over_a_newer_one(
+    path: Path, writers: list[Writer]
+) -> None:
+    """The -wal was removed while all of it was in the file (as after any checkpoint),
+    and a process started since made a new one, indexed by the same -shm. The first
+    process closing last must not copy frames from the removed file into the store
+    where the index names the new one's."""
+    first = Writer(path)
+    writers.append(first)
+    assert [first.commit() for _ in range(3)] == ["index 0", "index 1", "index 2"]
+    copier = sqlite3.connect(path)
+    assert copier.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    copier.close()
+    os.remove(f"{path}-wal")
+    second = Writer(path)
+    writers.append(second)
+    assert [second.commit() for _ in range(3)] == ["index 3", "index 4", "index 5"]
+    assert second.send("revoke") == "revoked True"
+    assert first.commit().startswith("refused AuditError the store's -wal file was removed")
+    second.stop()
+    first.stop()  # the last to close
+    assert rows(path) == [0, 1, 2, 3, 4, 5]
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        check.close()
 
 
 def test_a_database_file_replaced_under_a_process_is_written_no_more(

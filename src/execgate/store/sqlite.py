@@ -92,9 +92,13 @@ _WRITES: Final = "writes"  # meta key: write transactions committed, of every ki
 # <store>-head: magic, the log's size and the store's writes (8 bytes each, big-endian),
 # the log's root (32), then the first 8 bytes of the SHA-256 of what precedes them (a
 # torn or damaged head is never taken for a real one).
-_HEAD_MAGIC: Final = b"EGTH"
+_HEAD_MAGIC: Final = b"EGH2"
 _HEAD_BODY: Final = len(_HEAD_MAGIC) + 8 + 8 + 32
 _HEAD_SIZE: Final = _HEAD_BODY + 8
+# The first heads had no count of writes: magic, size, root, check (52 bytes). One is
+# read as a head of unknown writes, and the next write replaces it.
+_OLD_HEAD_MAGIC: Final = b"EGTH"
+_OLD_HEAD_BODY: Final = len(_OLD_HEAD_MAGIC) + 8 + 32
 _HEAD_READS: Final = 3  # a reader outside the writers' turn may meet a write half done
 _DAMAGED: Final = (
     "the store's committed tree head is damaged: nothing more is appended or signed until"
@@ -192,6 +196,11 @@ def _head_record(head: CommittedHead) -> bytes:
 
 def _parse_head(data: bytes) -> CommittedHead | None:
     """The head ``data`` holds, or None when it is not a whole, intact one."""
+    if len(data) == _OLD_HEAD_BODY + 8 and data.startswith(_OLD_HEAD_MAGIC):
+        body = data[:_OLD_HEAD_BODY]
+        if hashlib.sha256(body).digest()[:8] != data[_OLD_HEAD_BODY:]:
+            return None
+        return CommittedHead(size=int.from_bytes(body[4:12], "big"), root=body[12:], writes=0)
     body = data[:_HEAD_BODY]
     if (
         len(data) != _HEAD_SIZE
@@ -260,19 +269,30 @@ def _make_head(path: str, head: CommittedHead) -> int:
     try:
         fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _put_head(fd, head)
+            if os.pwrite(fd, _head_record(head), 0) != _HEAD_SIZE:
+                raise OSError(errno.EIO, "written short")
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(aside, path)
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
+        with suppress(OSError):
+            os.remove(aside)
         raise AuditError(f"cannot make the store's committed tree head: {_reason(exc)}") from exc
 
 
 def _put_head(fd: int, head: CommittedHead) -> None:
-    if os.pwrite(fd, _head_record(head), 0) != _HEAD_SIZE:
-        raise OSError(errno.EIO, "the committed tree head was written short")
+    try:
+        written = os.pwrite(fd, _head_record(head), 0)
+    except OSError as exc:
+        written, reason = -1, _reason(exc)
+    else:
+        reason = "written short"
+    if written != _HEAD_SIZE:
+        raise StoreUnavailable(
+            f"the write was committed but its committed tree head was not: {reason}"
+        )
 
 
 def _count_write(conn: sqlite3.Connection, writes: int) -> None:
@@ -295,6 +315,23 @@ def _file_id(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+class _Opened:
+    """The -shm and -wal this process opened for one database file, with the stores open
+    on it: SQLite shares one mapping of -shm per file in a process, so a store opened
+    while another is open on the same file sees the files that one saw, not those now
+    on disk. Forgotten when the last of them closes, unless one kept its anchor open
+    (that mapping then stays, and so does the file: its identity is never reused)."""
+
+    lock = threading.Lock()
+    by_file: dict[tuple[int, int], _Opened] = {}  # noqa: RUF012 - one registry, under lock
+
+    def __init__(self, files: tuple[tuple[str, tuple[int, int] | None], ...]):
+        self.files = files
+        self.stores = 0
+        self.stale: str | None = None
+        self.kept = False  # a store's anchor on it is never closed: nor is this mapping
 
 
 def _keep_open(conn: sqlite3.Connection) -> None:
@@ -480,7 +517,10 @@ class SQLiteStore:
     def __init__(self, path: Path | str, *, synchronous: str = "FULL"):
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError("synchronous must be FULL, NORMAL or OFF")
-        self.path = str(path)
+        self.path = os.path.abspath(path)
+        # SQLite follows a symbolic link and keeps -wal and -shm beside the real file:
+        # so do the committed head and the checks of those files.
+        self._real = os.path.realpath(self.path)
         self._synchronous = synchronous
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle
         self._lock = threading.Lock()  # settles a reader's return against close
@@ -525,21 +565,23 @@ class SQLiteStore:
         # opens shares the -shm it mapped. So -wal and -shm are the files they were now
         # until ``close``, unless someone removes or replaces them (``_check_files``).
         self._anchor = conn
-        self._files = tuple(
-            (suffix, _file_id(self.path + suffix)) for suffix in ("", "-shm", "-wal")
-        )
-        if any(known is None for _, known in self._files):
+        self._anchor_kept = False  # never closed (see _check_files)
+        files = tuple((suffix, _file_id(self._real + suffix)) for suffix in ("", "-shm", "-wal"))
+        if any(known is None for _, known in files):
             conn.close()
             raise StoreError(f"cannot open store {self.path}: SQLite made no -wal or -shm file")
-        self._stale: str | None = None  # why this process may write nothing more
-        self._anchor_kept = False  # never closed (see _check_files)
+        self._file: tuple[int, int] = files[0][1]  # type: ignore[assignment]  # not None
+        with _Opened.lock:
+            shared = _Opened.by_file.setdefault(self._file, _Opened(files))
+            shared.stores += 1
+        self._opened = shared
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer_lock = threading.Lock()
         self._claim_lock = threading.Lock()  # settles a job's state: taken or withdrawn
         self._writer: sqlite3.Connection | None = None
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
         self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
-        self._head_path = self.path + "-head"
+        self._head_path = self._real + "-head"
 
     def _connect(self, *, opening: bool = False) -> sqlite3.Connection:
         """A connection to the file. Only the store's opening names the file in an error:
@@ -707,37 +749,45 @@ class SQLiteStore:
         return _read_head(self._head_path, tries=_HEAD_READS)
 
     def _check_files(self) -> None:
-        """``AuditError`` once the store's file, -wal or -shm is not the file this store
-        opened (removed or replaced: see ``__init__``), from then on. A process whose
-        -shm was replaced sees the log through a stale index of it while a process that
-        opened the store since sees it through a new one, and neither sees the other's
-        appends (and a replaced database file is another store under the same -wal);
-        so this process writes and signs nothing more, and never closes its anchor.
-        After a removed -wal, what this process wrote lives only in the removed file:
-        it writes nothing more either, and its anchor closes as usual (when it is the
-        last connection, SQLite copies that file back into the store, which keeps it)."""
-        if self._stale is None:
-            for suffix, known in self._files:
+        """``AuditError`` once the store's file, -wal or -shm is not the file this process
+        opened (removed or replaced: see ``__init__``), from then on, for every store of
+        this process on that file. A process whose -shm was replaced sees the log
+        through a stale index of it while a process that opened the store since sees it
+        through a new one, and neither sees the other's appends (and a replaced
+        database file is another store under the same -wal); so this process writes
+        and signs nothing more on it, and never closes its anchor. After a removed
+        -wal, what this process wrote lives only in the removed file: it writes nothing
+        more either, and ``close`` decides whether its anchor may close."""
+        opened = self._opened
+        if opened.stale is None:
+            for suffix, known in opened.files:
                 try:
-                    current = _file_id(self.path + suffix)
+                    current = _file_id(self._real + suffix)
                 except OSError as exc:
                     raise StoreUnavailable(
-                        f"cannot look at the store's {suffix} file: {_reason(exc)}"
+                        f"cannot look at the store's {suffix or 'database'} file: {_reason(exc)}"
                     ) from exc
                 if current == known:
                     continue
-                if suffix != "-wal":
-                    _keep_open(self._anchor)
-                    self._anchor_kept = True
-                self._stale = (
-                    f"the store's {suffix or 'database'} file was removed or replaced while"
-                    " this process had it open: this process appends and signs nothing more"
-                    " until it is restarted (README: The gateway home)"
-                )
+                with _Opened.lock:
+                    opened.stale = opened.stale or (
+                        f"the store's {suffix or 'database'} file was removed or replaced"
+                        " while this process had it open: this process appends and signs"
+                        " nothing more until it is restarted (README: The gateway home)"
+                    )
                 break
             else:
                 return
-        raise AuditError(self._stale)
+        if opened.stale.startswith(("the store's database ", "the store's -shm ")):
+            self._keep_anchor()
+        raise AuditError(opened.stale)
+
+    def _keep_anchor(self) -> None:
+        if not self._anchor_kept:
+            _keep_open(self._anchor)
+            self._anchor_kept = True
+            with _Opened.lock:
+                self._opened.kept = True
 
     def _take_head(
         self, size: int, writes: int, root: Callable[[int], bytes]
@@ -1307,6 +1357,20 @@ class SQLiteStore:
                     conn.close()
         with suppress(StoreError):  # one last look: a stale -shm keeps the anchor open
             self._check_files()
+        if self._opened.stale is not None:
+            # A removed -wal: closing last copies it back into the file, which keeps what
+            # this process wrote. But a -wal another process has made since at that path
+            # is indexed by the same -shm: copying from the removed one would write its
+            # frames where the index names the new one's. (While that process has the
+            # store open, no close copies anything.)
+            wal = next(known for suffix, known in self._opened.files if suffix == "-wal")
+            with suppress(OSError):
+                if _file_id(self._real + "-wal") not in (None, wal):
+                    self._keep_anchor()
+        with _Opened.lock:
+            self._opened.stores -= 1
+            if self._opened.stores == 0 and not self._opened.kept:
+                _Opened.by_file.pop(self._file, None)
         if not self._anchor_kept:
             with suppress(sqlite3.Error):
                 self._anchor.close()
