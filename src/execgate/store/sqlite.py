@@ -330,7 +330,7 @@ class _Opened:
     def __init__(self, files: tuple[tuple[str, tuple[int, int] | None], ...]):
         self.files = files
         self.stores = 0
-        self.stale: str | None = None
+        self.stale: str | None = None  # which file was found removed or replaced
         self.kept = False  # a store's anchor on it is never closed: nor is this mapping
 
 
@@ -770,17 +770,17 @@ class SQLiteStore:
                 if current == known:
                     continue
                 with _Opened.lock:
-                    opened.stale = opened.stale or (
-                        f"the store's {suffix or 'database'} file was removed or replaced"
-                        " while this process had it open: this process appends and signs"
-                        " nothing more until it is restarted (README: The gateway home)"
-                    )
+                    opened.stale = opened.stale or suffix or "database"
                 break
             else:
                 return
-        if opened.stale.startswith(("the store's database ", "the store's -shm ")):
+        if opened.stale != "-wal":
             self._keep_anchor()
-        raise AuditError(opened.stale)
+        raise AuditError(
+            f"the store's {opened.stale} file was removed or replaced while this process had"
+            " it open: this process appends and signs nothing more until it is restarted"
+            " (README: The gateway home)"
+        )
 
     def _keep_anchor(self) -> None:
         if not self._anchor_kept:
