@@ -12,8 +12,8 @@
     keys/approver-alice.jwk, keys/approver-bob.jwk
                        sample approver keys (group ``finance``), 0600
     state.db           the SQLite store (replay, revocations, decision log); beside it
-                       state.db-head, the log's size and root and the count of writes
-                       as the last commit left them (see ``execgate.store.sqlite``)
+                       state.db-head, the log's size and root and the count of other
+                       writes as the last commit left them (``execgate.store.sqlite``)
 
 ``[approvals]`` may name ``notify_command`` (an argv list, absolute program path),
 ``notify_url`` (http or https) and ``notify_timeout`` (seconds, 1-30, default 5): see

@@ -159,8 +159,8 @@ _UNTIL: Final = (
 
 class CommittedHead(NamedTuple):
     """What a store's last commit left beside it: the log's size and root, and how many
-    write transactions of any kind (appends, revocations, purges, checkpoints) the store
-    had committed."""
+    writes besides appends (revocations, purges, checkpoints) the store had committed;
+    every other write appends to the log in the same transaction."""
 
     size: int
     root: bytes
@@ -174,8 +174,8 @@ def check_head(
     writes: int | None = None,
 ) -> None:
     """Raise ``AuditError`` unless a store whose log has ``size`` entries (``root(n)``:
-    the root of its first ``n``) and that committed ``writes`` write transactions holds
-    what the committed ``head`` names."""
+    the root of its first ``n``) and that committed ``writes`` writes besides appends
+    holds what the committed ``head`` names."""
     if head is None:
         return
     if head.size > size:
@@ -185,8 +185,9 @@ def check_head(
         )
     if writes is not None and writes < head.writes:
         raise AuditError(
-            f"the store holds {writes} of the {head.writes} writes that were committed: it"
-            f" is an older copy (its revocations or replay state may be gone too); {_UNTIL}"
+            f"the store holds {writes} of the {head.writes} revocations, purges and"
+            " checkpoints that were committed: it is an older copy (revoked artifacts may"
+            f" pass again); {_UNTIL}"
         )
     if root(head.size) != head.root:
         raise AuditError(
