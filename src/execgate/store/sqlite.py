@@ -593,6 +593,9 @@ class SQLiteStore:
         self._claim_lock = threading.Lock()  # settles a job's state: taken or withdrawn
         self._writer: sqlite3.Connection | None = None
         self._frontier: Frontier | None = None  # the leader's view of the tree's right edge
+        # That frontier's root at its size, computed for the head it committed (a frontier
+        # grows in place: the size tells whether it still is the one the root is of).
+        self._frontier_root: tuple[Frontier, int, bytes] | None = None
         self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
         self._head_path = self._real + "-head"
 
@@ -1201,9 +1204,16 @@ class SQLiteStore:
                 ).fetchall()
             )
             writes = marks.get(_WRITES, 0)
-            fd, _ = self._take_head(
-                index, writes, lambda n: frontier.root() if n == index else _root_at(conn, n)
-            )
+            start, known = index, self._frontier_root
+
+            def root(n: int) -> bytes:
+                if n != start:
+                    return _root_at(conn, n)
+                if known is not None and known[0] is frontier and known[1] == start:
+                    return known[2]  # the one this batch's frontier gave after the last
+                return frontier.root()
+
+            fd, _ = self._take_head(index, writes, root)
             purged = (
                 marks.get(_PURGED_BEFORE, 0),
                 max(marks.get(_PURGED_BEFORE, 0), marks.get(_USES_PURGED_BEFORE, 0)),
@@ -1231,11 +1241,13 @@ class SQLiteStore:
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")
             self._frontier = frontier
+            committed = CommittedHead(frontier.size, frontier.root(), writes)
+            self._frontier_root = (frontier, committed.size, committed.root)
             # Not written (its file was open and writable a moment ago: a failing disk):
             # the batch's callers fail closed (their entries are in the log, their
             # answers are never given), and the next batch finds the head behind and
             # checks it.
-            _put_head(fd, CommittedHead(frontier.size, frontier.root(), writes))
+            _put_head(fd, committed)
         except BaseException:
             if conn.in_transaction:
                 with suppress(sqlite3.Error):
