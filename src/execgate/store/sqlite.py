@@ -313,15 +313,20 @@ def _writes(conn: sqlite3.Connection) -> int:
 _SUFFIXES: Final = ("", "-shm", "-wal")
 
 
-def _listed(path: str) -> dict[str, int]:
-    """The inode numbers of ``path``'s file, -shm and -wal as their directory lists them
-    (those that exist). Read from the directory, not by ``stat``: on ext4, a ``stat`` of
-    the -wal just after the fsync that made a commit durable took about 60 microseconds,
-    a third of the commit, where reading the whole directory takes a tenth of that."""
+def _lister(path: str) -> Callable[[], dict[str, int]]:
+    """What lists the inode numbers of ``path``'s file, -shm and -wal as their directory
+    lists them (those that exist). Read from the directory, not by ``stat``: on ext4, a
+    ``stat`` of the -wal just after the fsync that made a commit durable took about 60
+    microseconds, a third of the commit, where reading the whole directory takes a
+    tenth of that."""
     folder, name = os.path.split(path)
     wanted = {name + suffix: suffix for suffix in _SUFFIXES}
-    with os.scandir(folder) as entries:
-        return {wanted[e.name]: e.inode() for e in entries if e.name in wanted}
+
+    def listed() -> dict[str, int]:
+        with os.scandir(folder) as entries:
+            return {wanted[e.name]: e.inode() for e in entries if e.name in wanted}
+
+    return listed
 
 
 class _Opened:
@@ -573,8 +578,9 @@ class SQLiteStore:
         # until ``close``, unless someone removes or replaces them (``_check_files``).
         self._anchor = conn
         self._anchor_kept = False  # never closed (see _check_files)
+        self._listed = _lister(self._real)
         try:
-            listed = _listed(self._real)
+            listed = self._listed()
             st = os.stat(self._real)
         except OSError as exc:
             conn.close()
@@ -777,7 +783,7 @@ class SQLiteStore:
         opened = self._opened
         if opened.stale is None:
             try:
-                listed = _listed(self._real)
+                listed = self._listed()
             except OSError as exc:
                 raise StoreUnavailable(
                     f"cannot list the store's directory: {_reason(exc)}"
@@ -1389,7 +1395,7 @@ class SQLiteStore:
             # store open, no close copies anything.)
             wal = next(known for suffix, known in self._opened.files if suffix == "-wal")
             with suppress(OSError):
-                if _listed(self._real).get("-wal", wal) != wal:
+                if self._listed().get("-wal", wal) != wal:
                     self._keep_anchor()
         with _Opened.lock:
             self._opened.stores -= 1
