@@ -313,20 +313,21 @@ def _writes(conn: sqlite3.Connection) -> int:
 _SUFFIXES: Final = ("", "-shm", "-wal")
 
 
-def _lister(path: str) -> Callable[[], dict[str, int]]:
-    """What lists the inode numbers of ``path``'s file, -shm and -wal as their directory
-    lists them (those that exist). Read from the directory, not by ``stat``: on ext4, a
-    ``stat`` of the -wal just after the fsync that made a commit durable took about 60
-    microseconds, a third of the commit, where reading the whole directory takes a
-    tenth of that."""
-    folder, name = os.path.split(path)
-    wanted = {name + suffix: suffix for suffix in _SUFFIXES}
-
-    def listed() -> dict[str, int]:
-        with os.scandir(folder) as entries:
-            return {wanted[e.name]: e.inode() for e in entries if e.name in wanted}
-
-    return listed
+def _identities(path: str) -> dict[str, tuple[int, int]]:
+    """The device and inode numbers of ``path``'s file, -shm and -wal (those that exist),
+    by ``stat``. (On ext4 a ``stat`` of the -wal just after the fsync of a commit takes
+    about 60 microseconds: a store pays it once a batch. Listing the directory instead
+    was cheaper in a small one, but grows with the directory, misses a file mounted over
+    the store, and cannot tell files apart where the file system gives every entry one
+    number or ignores case.)"""
+    found = {}
+    for suffix in _SUFFIXES:
+        try:
+            st = os.stat(path + suffix)
+        except FileNotFoundError:
+            continue
+        found[suffix] = (st.st_dev, st.st_ino)
+    return found
 
 
 class _Opened:
@@ -339,7 +340,7 @@ class _Opened:
     lock = threading.Lock()
     by_file: dict[tuple[int, int], _Opened] = {}  # noqa: RUF012 - one registry, under lock
 
-    def __init__(self, files: tuple[tuple[str, int], ...]):
+    def __init__(self, files: tuple[tuple[str, tuple[int, int]], ...]):
         self.files = files
         self.stores = 0
         self.stale: str | None = None  # which file was found removed or replaced
@@ -578,18 +579,16 @@ class SQLiteStore:
         # until ``close``, unless someone removes or replaces them (``_check_files``).
         self._anchor = conn
         self._anchor_kept = False  # never closed (see _check_files)
-        self._listed = _lister(self._real)
         try:
-            listed = self._listed()
-            st = os.stat(self._real)
+            found = _identities(self._real)
         except OSError as exc:
             conn.close()
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        if len(listed) != len(_SUFFIXES):
+        if len(found) != len(_SUFFIXES):
             conn.close()
             raise StoreError(f"cannot open store {self.path}: SQLite made no -wal or -shm file")
-        files = tuple((suffix, listed[suffix]) for suffix in _SUFFIXES)
-        self._file = (st.st_dev, st.st_ino)
+        files = tuple((suffix, found[suffix]) for suffix in _SUFFIXES)
+        self._file = found[""]
         with _Opened.lock:
             shared = _Opened.by_file.setdefault(self._file, _Opened(files))
             shared.stores += 1
@@ -783,13 +782,11 @@ class SQLiteStore:
         opened = self._opened
         if opened.stale is None:
             try:
-                listed = self._listed()
+                found = _identities(self._real)
             except OSError as exc:
-                raise StoreUnavailable(
-                    f"cannot list the store's directory: {_reason(exc)}"
-                ) from exc
+                raise StoreUnavailable(f"cannot look at the store's files: {_reason(exc)}") from exc
             for suffix, known in opened.files:
-                if listed.get(suffix) == known:
+                if found.get(suffix) == known:
                     continue
                 with _Opened.lock:
                     opened.stale = opened.stale or suffix or "database"
@@ -1395,7 +1392,7 @@ class SQLiteStore:
             # store open, no close copies anything.)
             wal = next(known for suffix, known in self._opened.files if suffix == "-wal")
             with suppress(OSError):
-                if self._listed().get("-wal", wal) != wal:
+                if _identities(self._real).get("-wal", wal) != wal:
                     self._keep_anchor()
         with _Opened.lock:
             self._opened.stores -= 1
