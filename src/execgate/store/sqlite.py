@@ -22,8 +22,8 @@ does not take the next index (a replacement, a gap).
 Beside the file, ``<store>-head`` holds the committed head: the log's size and Merkle
 root, and the number of writes besides appends (revocations, purges, checkpoints: every
 other write appends to the log), as of the last commit, written after each commit, in
-the writers' turn, through a
-descriptor opened before it (a head that cannot be written stops the write). Every
+the writers' turn, through a descriptor opened before it (a head that cannot be written
+stops the write). Every
 write, every readiness probe and every checkpoint signature first checks that the store
 still holds what the head names (``check_head``). A store that lost writes it
 acknowledged (its ``-wal`` file removed and the writer killed, an older copy put back)
@@ -220,6 +220,14 @@ def _unreadable(exc: OSError) -> AuditError:
     return AuditError(f"cannot read the store's committed tree head: {_reason(exc)}")
 
 
+def _head_in(fd: int) -> CommittedHead | None:
+    """The head the open file ``fd`` holds, or None when it is not a whole, intact one."""
+    try:
+        return _parse_head(os.pread(fd, _HEAD_SIZE + 1, 0))
+    except OSError as exc:
+        raise _unreadable(exc) from exc
+
+
 def _read_head(path: str, *, tries: int) -> CommittedHead | None:
     """The committed head, or None where none was made yet (a head is made whole, so an
     empty or short file is a damaged one)."""
@@ -231,9 +239,7 @@ def _read_head(path: str, *, tries: int) -> CommittedHead | None:
         except OSError as exc:
             raise _unreadable(exc) from exc
         try:
-            head = _parse_head(os.pread(fd, _HEAD_SIZE + 1, 0))
-        except OSError as exc:
-            raise _unreadable(exc) from exc
+            head = _head_in(fd)
         finally:
             os.close(fd)
         if head is not None:
@@ -252,10 +258,10 @@ def _open_head(path: str) -> tuple[int | None, CommittedHead | None]:
     except OSError as exc:
         raise AuditError(f"cannot open the store's committed tree head: {_reason(exc)}") from exc
     try:
-        head = _parse_head(os.pread(fd, _HEAD_SIZE + 1, 0))
-    except OSError as exc:
+        head = _head_in(fd)
+    except AuditError:
         os.close(fd)
-        raise _unreadable(exc) from exc
+        raise
     if head is None:
         os.close(fd)
         raise AuditError(_DAMAGED)
@@ -340,7 +346,7 @@ class _Opened:
     lock = threading.Lock()
     by_file: dict[tuple[int, int], _Opened] = {}  # noqa: RUF012 - one registry, under lock
 
-    def __init__(self, files: tuple[tuple[str, tuple[int, int]], ...]):
+    def __init__(self, files: dict[str, tuple[int, int]]):
         self.files = files
         self.stores = 0
         self.stale: str | None = None  # which file was found removed or replaced
@@ -587,10 +593,9 @@ class SQLiteStore:
         if len(found) != len(_SUFFIXES):
             conn.close()
             raise StoreError(f"cannot open store {self.path}: SQLite made no -wal or -shm file")
-        files = tuple((suffix, found[suffix]) for suffix in _SUFFIXES)
         self._file = found[""]
         with _Opened.lock:
-            shared = _Opened.by_file.setdefault(self._file, _Opened(files))
+            shared = _Opened.by_file.setdefault(self._file, _Opened(found))
             shared.stores += 1
         self._opened = shared
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -785,7 +790,7 @@ class SQLiteStore:
                 found = _identities(self._real)
             except OSError as exc:
                 raise StoreUnavailable(f"cannot look at the store's files: {_reason(exc)}") from exc
-            for suffix, known in opened.files:
+            for suffix, known in opened.files.items():
                 if found.get(suffix) == known:
                     continue
                 with _Opened.lock:
@@ -953,7 +958,7 @@ class SQLiteStore:
         every append fails. Free space is counted as this process may use it (root may
         use the blocks a file system keeps for it)."""
         try:
-            disk = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            disk = os.statvfs(os.path.dirname(self._real))  # where SQLite writes
         except OSError as exc:
             raise StoreUnavailable(f"cannot read the store's file system: {_reason(exc)}") from exc
         if disk.f_flag & os.ST_RDONLY:
@@ -1390,7 +1395,7 @@ class SQLiteStore:
             # is indexed by the same -shm: copying from the removed one would write its
             # frames where the index names the new one's. (While that process has the
             # store open, no close copies anything.)
-            wal = next(known for suffix, known in self._opened.files if suffix == "-wal")
+            wal = self._opened.files["-wal"]
             with suppress(OSError):
                 if _identities(self._real).get("-wal", wal) != wal:
                     self._keep_anchor()
