@@ -843,6 +843,55 @@ def _small_disk(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+_BATCHES_IN_A_CHILD = """
+import sys, threading
+from pathlib import Path
+from execgate.store.base import WriteJob
+from execgate.store.sqlite import SQLiteStore
+
+store = SQLiteStore(Path(sys.argv[1]))
+failed = []
+start = threading.Barrier(64)
+
+def caller(i):
+    start.wait()
+    for n in range(30):
+        job = WriteJob(f"jti-{i}-{n}", 2**40, None, lambda c, x: b"x" * 1000)
+        try:
+            store.commit(job)
+        except Exception as exc:
+            failed.append(exc)
+
+threads = [threading.Thread(target=caller, args=(i,)) for i in range(64)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(store.size(), len(failed), repr(failed[:1]))
+"""
+
+
+def test_appends_need_no_room_outside_the_store(tmp_path: Path) -> None:
+    """A batch's jobs each run in a savepoint, whose undo pages SQLite keeps in memory
+    only up to 64 KiB and then in a temporary file, by default in /var/tmp or $TMPDIR,
+    which may be another, full disk while the home's has room (the readiness probe asks
+    only the home's). The store keeps them in memory: with the temporary directory full,
+    every append of large batches still succeeds."""
+    with _small_disk(tmp_path / "tmp", "1m") as full:
+        with (full / "filler").open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+        done = subprocess.run(
+            [sys.executable, "-c", _BATCHES_IN_A_CHILD, str(tmp_path / "state.db")],
+            env={**os.environ, "SQLITE_TMPDIR": str(full), "TMPDIR": str(full)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    assert done.stdout.split(maxsplit=2)[:2] == ["1920", "0"], done.stdout
+
+
 def test_the_readiness_probe_says_a_full_disk_where_appends_fail(tmp_path: Path) -> None:
     """A write transaction opens on a full disk (it writes nothing until its commit), so
     the probe also asks the file system for room: it is not ready while appends fail,
