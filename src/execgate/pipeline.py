@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Collection, Generator, Mapping
 from contextlib import suppress
@@ -92,6 +91,26 @@ PURGE_LAG: Final = 2 * int(COMMIT_TIMEOUT)
 _FLUSH_RETRY: Final = 0.001
 
 _log = logging.getLogger(__name__)
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562 §5.7): the Unix time in milliseconds, then 74 random bits.
+
+    Ordered by time, so each decision's id lands beside the last in the audit log's
+    index of decision ids: a batch of decisions changes one or two of its pages, where
+    random ids changed one page each (about a quarter of the pages a batch writes). The
+    74 random bits keep an id as hard to guess as a random UUID is for this purpose."""
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76  # version 7
+        | (rand >> 68) << 64
+        | 0b10 << 62  # the RFC 4122 variant
+        | rand & ((1 << 62) - 1)
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 # Where a decision's housekeeping runs (see Gateway._decide): called with a chore (which
 # never raises), it runs it or hands it off, and says whether it did; it never raises.
@@ -601,9 +620,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
             submission = Submission.from_json(submission)
         observer = self.observer
         state = (
-            DecisionState(decision_id=str(uuid.uuid4()), now=0)
+            DecisionState(decision_id=new_decision_id(), now=0)
             if observer is None
-            else TimedState(str(uuid.uuid4()), 0)
+            else TimedState(new_decision_id(), 0)
         )
         state.policy = self.policy  # one policy for the whole decision (see reload_policy)
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,24 @@ def test_log_indexes_are_dense_and_denials_are_logged_too(kit: Kit, gw: Gateway)
     assert [d.log_index for d in decisions] == [0, 1, 2]
     assert [logged(gw, d)["outcome"] for d in decisions] == ["proceed", "deny", "deny"]
     assert all(d.receipt for d in decisions)
+
+
+def test_decision_ids_are_uuidv7_in_the_order_they_were_made(kit: Kit, gw: Gateway) -> None:
+    """RFC 9562 version 7: the wall clock's milliseconds first (the gateway's clock for
+    the decision is another matter: the kit's is fixed), then 74 random bits."""
+    ids = []
+    for _ in range(5):
+        before = time.time_ns() // 1_000_000
+        decision = gw.decide(kit.submit())
+        after = time.time_ns() // 1_000_000
+        made = uuid.UUID(decision.decision_id)
+        assert str(made) == decision.decision_id == logged(gw, decision)["decision_id"]
+        assert (made.version, made.variant) == (7, uuid.RFC_4122)
+        assert before <= made.int >> 80 <= after
+        ids.append(decision.decision_id)
+        time.sleep(0.002)
+    assert sorted(ids) == ids
+    assert len({i[-12:] for i in ids}) == 5  # random tails
 
 
 def test_accepts_a_submission_object(kit: Kit, gw: Gateway) -> None:
