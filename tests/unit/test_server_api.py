@@ -799,6 +799,48 @@ def test_a_flood_of_checkpoint_calls_signs_one_a_second(
     assert [size for size, _ in gateway.store.checkpoints()] == [1, 2, 3]
 
 
+def test_a_flood_of_proof_calls_for_new_entries_signs_one_checkpoint_a_second(
+    kit: Kit, public: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evidence for an entry no stored checkpoint covers is made against the checkpoint
+    kept for ``/v1/audit/checkpoint``: anyone (``public_audit``) asking for the newest
+    entries again and again gets a signature and a stored row a second, not one per
+    call; an entry appended after the kept checkpoint is a 503 to ask again later."""
+    gateway: Gateway = public.app.state.gateway
+    signed = AuditLog.checkpoint
+    signings: list[int] = []
+
+    def counted(log: AuditLog, *, now: int) -> str:
+        signings.append(now)
+        return signed(log, now=now)
+
+    monkeypatch.setattr(AuditLog, "checkpoint", counted)
+    first = decide(public, kit.submit())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: public.get("/v1/audit/proofs/0"), range(16)))
+    assert {a.status_code for a in answers} == {200}
+    assert len(signings) == 1
+    [entry] = gateway.store.entries(0, 1)
+    assert verify_tlog_proof(answers[0].json()["evidence"], entry.entry, gateway.audit.verifier)
+
+    second = decide(public, kit.submit())
+    assert (first["log_index"], second["log_index"]) == (0, 1)
+    for _ in range(5):
+        late = public.get("/v1/audit/proofs/1")
+        assert error_of(late, 503) == "audit.not_checkpointed"
+        assert late.headers["Retry-After"] == "1"
+    assert public.get("/v1/audit/proofs/0").status_code == 200  # covered: still served
+    assert (len(signings), [size for size, _ in gateway.store.checkpoints()]) == (1, [1])
+
+    kit.clock.t += server_app.CHECKPOINT_MAX_AGE
+    proof = public.get("/v1/audit/proofs/1")
+    assert proof.status_code == 200
+    [entry] = gateway.store.entries(1, 2)
+    verified = verify_tlog_proof(proof.json()["evidence"], entry.entry, gateway.audit.verifier)
+    assert verified.size == 2
+    assert (len(signings), [size for size, _ in gateway.store.checkpoints()]) == (2, [1, 2])
+
+
 def test_a_worker_never_answers_an_older_checkpoint_than_another_stored(kit: Kit) -> None:
     """Each worker keeps the checkpoint it signed for a second; a newer one another
     worker stored meanwhile is the answer over it, so a caller served by both in turn

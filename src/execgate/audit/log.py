@@ -21,7 +21,7 @@ import base64
 import binascii
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import IO, Final
@@ -52,6 +52,7 @@ __all__ = [
     "EXPORT_FORMAT",
     "AuditLog",
     "ExportReport",
+    "NotCheckpointed",
     "SigningRefused",
     "verify_evidence",
     "verify_export",
@@ -62,6 +63,10 @@ EXPORT_FORMAT: Final = "execgate-audit-export/1"
 
 class SigningRefused(EvidenceError):
     """The node will not sign a checkpoint: the stored tree forks what it signed before."""
+
+
+class NotCheckpointed(EvidenceError):
+    """No checkpoint covers the entry yet, and the caller may not have one signed now."""
 
 
 class AuditLog:
@@ -160,9 +165,11 @@ class AuditLog:
             )
         return consistency_proof(size1, size2, self.store.node)
 
-    def evidence(self, index: int, *, now: int) -> str:
+    def evidence(self, index: int, *, now: int, checkpoint: Callable[[], str] | None = None) -> str:
         """C2SP tlog-proof for one entry against the newest checkpoint this node signed
-        that covers it (signing one if there is none)."""
+        that covers it; where none does, against the one ``checkpoint`` gives (by
+        default one signed now), or ``NotCheckpointed`` when that one does not cover it
+        either (a checkpoint a server keeps for a moment, signed before the entry)."""
         self._check_range(index, self.size())
         note = None
         for size, stored in self.store.recent_checkpoints():
@@ -171,6 +178,10 @@ class AuditLog:
             if self.signed_here(stored) is not None:  # not another key's (before a change)
                 note = stored
                 break
+        if note is None and checkpoint is not None:
+            note = checkpoint()
+            if unverified_checkpoint(note).size <= index:
+                raise NotCheckpointed(f"no checkpoint covers entry {index} yet")
         if note is None:
             note = self.checkpoint(now=now)
         size = unverified_checkpoint(note).size

@@ -17,6 +17,7 @@ import fcntl
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,7 +39,7 @@ from execgate._hup import hup_before_handler
 from execgate._outcomes import check_report
 from execgate.adapters.http import PROOF_HEADER
 from execgate.audit.checkpoint import unverified_checkpoint
-from execgate.audit.log import SigningRefused
+from execgate.audit.log import AuditLog, NotCheckpointed, SigningRefused
 from execgate.errors import (
     ConfigError,
     EvidenceError,
@@ -244,6 +245,21 @@ async def post_outcome(request: Request) -> Response:
 CHECKPOINT_MAX_AGE: Final = 1.0  # seconds one signed checkpoint answers every caller
 
 
+def _kept_checkpoint(request: Request, log: AuditLog) -> tuple[str, int]:
+    """The checkpoint this process signed less than ``CHECKPOINT_MAX_AGE`` seconds ago,
+    or one signed now (checked against the last one and stored), with the size its note
+    signs: the log's own size, read apart, may have grown since. (``checkpoint`` signed
+    the note or checked it: it is not verified again here.) In a worker thread."""
+    now: Callable[[], float] = request.app.state.now
+    kept: Kept[Store, tuple[str, int]] = request.app.state.checkpoint
+
+    def checkpoint() -> tuple[str, int]:
+        note = log.checkpoint(now=int(now()))
+        return note, unverified_checkpoint(note).size
+
+    return kept.get(log.store, checkpoint)
+
+
 async def get_checkpoint(request: Request) -> Response:
     """Anyone may ask, and a checkpoint of a grown log is signed, checked against the
     last one and stored: one made in this process less than ``CHECKPOINT_MAX_AGE``
@@ -253,17 +269,9 @@ async def get_checkpoint(request: Request) -> Response:
     worker, or the housekeeping) is the answer over the one kept: a caller served by
     two workers in turn never gets an older tree head after a newer one."""
     log = _gateway(request).audit
-    now: Callable[[], float] = request.app.state.now
-    kept: Kept[Store, tuple[str, int]] = request.app.state.checkpoint
-
-    def checkpoint() -> tuple[str, int]:
-        # The size the note signs: the log's own size, read apart, may have grown since.
-        # (``checkpoint`` signed the note or checked it: it is not verified again here.)
-        note = log.checkpoint(now=int(now()))
-        return note, unverified_checkpoint(note).size
 
     def answer() -> tuple[str, int]:
-        note, size = kept.get(log.store, checkpoint)
+        note, size = _kept_checkpoint(request, log)
         stored = next(log.store.recent_checkpoints(), None)
         if stored is not None and stored[0] > size and log.signed_here(stored[1]):
             return stored[1], stored[0]
@@ -336,6 +344,12 @@ async def get_entries(request: Request) -> Response:
 
 
 async def get_proof(request: Request) -> Response:
+    """Evidence against the newest stored checkpoint that covers the entry; for an entry
+    none covers yet, against the checkpoint ``/v1/audit/checkpoint`` answers with (kept
+    for a second), so that a flood of calls for the newest entries, from anyone under
+    ``public_audit``, costs a signature and a stored row a second, not one per call. An
+    entry appended after that one: 503 ``audit.not_checkpointed``, ask again a second
+    later."""
     await admin.audit_reader(request, "audit.proof")
     index: int = request.path_params["index"]
     log = _gateway(request).audit
@@ -345,7 +359,16 @@ async def get_proof(request: Request) -> Response:
         if index >= log.size():
             raise HttpError(404, "audit.index_not_found", f"index {index} is not in the log")
         try:
-            return log.evidence(index, now=int(now()))
+            return log.evidence(
+                index, now=int(now()), checkpoint=lambda: _kept_checkpoint(request, log)[0]
+            )
+        except NotCheckpointed as exc:
+            raise HttpError(
+                503,
+                "audit.not_checkpointed",
+                f"{exc}: ask again in {CHECKPOINT_MAX_AGE:g} s",
+                {"Retry-After": f"{math.ceil(CHECKPOINT_MAX_AGE)}"},
+            ) from exc
         except SigningRefused as exc:
             raise HttpError(503, "audit.unavailable", str(exc)) from exc
         except EvidenceError as exc:  # the log shrank meanwhile: it is damaged

@@ -37,6 +37,7 @@ _ERROR_CODES: Final = [
     "audit.index_not_found",
     "store.unavailable",
     "audit.unavailable",
+    "audit.not_checkpointed",
     "internal.error",
     "not_ready",
 ]
@@ -315,6 +316,11 @@ _PATHS: Final[dict[str, Any]] = {
                 ),
                 **admin.AUTH_ERRORS,
                 **_COMMON_ERRORS,
+                "503": _error(
+                    "audit.not_checkpointed: the entry was appended after the checkpoint"
+                    " signed in the last second; ask again after Retry-After. Else the"
+                    " store or the audit log is unavailable"
+                ),
             },
         }
     },
