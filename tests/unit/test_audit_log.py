@@ -305,8 +305,8 @@ class TracedStore(SQLiteStore):
         self.statements: list[str] = []
         super().__init__(path)
 
-    def _connect(self, *, opening: bool = False) -> sqlite3.Connection:
-        conn = super()._connect(opening=opening)
+    def _connect(self, *, opening: bool = False, batches: bool = False) -> sqlite3.Connection:
+        conn = super()._connect(opening=opening, batches=batches)
         conn.set_trace_callback(self.statements.append)
         return conn
 

@@ -609,10 +609,11 @@ class SQLiteStore:
         self._turn: int | None = None  # the cross-process writer lock file (_process_turn)
         self._head_path = self._real + "-head"
 
-    def _connect(self, *, opening: bool = False) -> sqlite3.Connection:
-        """A connection to the file. Only the store's opening names the file in an error:
-        a later failure reaches decisions and HTTP answers, which must not tell a client
-        where the gateway keeps its state (its operator knows)."""
+    def _connect(self, *, opening: bool = False, batches: bool = False) -> sqlite3.Connection:
+        """A connection to the file (``batches``: the one that writes the batches). Only
+        the store's opening names the file in an error: a later failure reaches decisions
+        and HTTP answers, which must not tell a client where the gateway keeps its state
+        (its operator knows)."""
         try:
             conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
@@ -620,11 +621,14 @@ class SQLiteStore:
             _wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 10000")
-            # A batch's savepoints keep their undo pages in memory (no more than the
-            # pages the batch changes) instead of in a temporary file once past 64 KiB:
-            # half the bytes written per decision, and no append fails for want of room
-            # in /var/tmp or $TMPDIR, a disk the readiness probe does not ask about.
-            conn.execute("PRAGMA temp_store = MEMORY")
+            if batches:
+                # A batch's savepoints keep their undo pages in memory (a job's pages: the
+                # journal is emptied as each job's savepoint is released) instead of in a
+                # temporary file once past 64 KiB: half the bytes written per decision,
+                # and no append fails for want of room in /var/tmp or $TMPDIR, a disk the
+                # readiness probe does not ask about. (Not for the readers: a large sort
+                # there, of the approvals say, may go on spilling to a file.)
+                conn.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.Error as exc:
             what = f"store {self.path}" if opening else "the store"
             raise StoreError(f"cannot open {what}: {exc}") from exc
@@ -1141,7 +1145,7 @@ class SQLiteStore:
             return
         try:
             if self._writer is None:
-                self._writer = self._connect()
+                self._writer = self._connect(batches=True)
             if turn_taken:
                 self._write_batch(self._writer, batch)
             else:
