@@ -18,7 +18,7 @@ from test_server_api import Client, decide, error_of
 
 from execgate.admin import issue_admin_token
 from execgate.approvals import Pending, Review, sign_review
-from execgate.audit.checkpoint import open_checkpoint
+from execgate.audit.checkpoint import open_checkpoint, verify_tlog_proof
 from execgate.audit.log import verify_export
 from execgate.audit.merkle import verify_consistency
 from execgate.audit.note import Verifier
@@ -776,6 +776,27 @@ def test_public_audit_lets_anyone_read_the_entries(kit: Kit) -> None:
         assert [e["record"]["kind"] for e in page.json()["entries"]] == ["decision"]
         assert client.get("/v1/audit/proofs/0").status_code == 200
         assert records(client) == []  # an open read is not an admin call
+
+
+def test_an_admins_proof_of_an_entry_newer_than_the_kept_checkpoint_is_made_at_once(
+    kit: Kit, client: Client
+) -> None:
+    """Only a public log answers evidence from the checkpoint kept for a second (a 503
+    for newer entries): an admin's token is spent on the call, so a 503 would cost a new
+    token, and an admin's call is a durable append already; one is signed for it."""
+    decide(client, kit.submit())
+    assert client.get("/v1/audit/checkpoint").json()["size"] == 1  # kept for a second
+    newer = decide(client, kit.submit())
+    path = f"/v1/audit/proofs/{newer['log_index']}"
+    proof = client.get(path, headers=token(kit, "GET", path, who="auditor"))
+    assert proof.status_code == 200, proof.text
+    gateway: Gateway = client.app.state.gateway
+    [entry] = gateway.store.entries(1, 2)
+    verified = verify_tlog_proof(proof.json()["evidence"], entry.entry, gateway.audit.verifier)
+    assert verified.size == 3  # signed now: the two decisions and the audited read
+    assert [(r["action"], r["code"]) for r in records(client)] == [
+        ("audit.proof", "admin.authorized")
+    ]
 
 
 def test_consistency_proofs_verify_between_signed_checkpoints(kit: Kit, client: Client) -> None:

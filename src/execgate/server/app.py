@@ -345,23 +345,26 @@ async def get_entries(request: Request) -> Response:
 
 async def get_proof(request: Request) -> Response:
     """Evidence against the newest stored checkpoint that covers the entry; for an entry
-    none covers yet, against the checkpoint ``/v1/audit/checkpoint`` answers with (kept
-    for a second), so that a flood of calls for the newest entries, from anyone under
-    ``public_audit``, costs a signature and a stored row a second, not one per call. An
-    entry appended after that one: 503 ``audit.not_checkpointed``, ask again a second
-    later."""
+    none covers yet, under ``public_audit`` (anyone may call), against the checkpoint
+    ``/v1/audit/checkpoint`` answers with (kept for a second), so that a flood of calls
+    for the newest entries costs a signature and a stored row a second, not one per
+    call: an entry appended after that one is a 503 ``audit.not_checkpointed``, to ask
+    again a second later. For an admin, one is signed then."""
     await admin.audit_reader(request, "audit.proof")
     index: int = request.path_params["index"]
     log = _gateway(request).audit
     now: Callable[[], float] = request.app.state.now
+    server: ServerConfig = request.app.state.server
+    # An admin's call signs one if needed: it is a durable append already (the audited
+    # read), and its single-use token is spent before the evidence is made, so a 503
+    # would cost the admin a new token for nothing.
+    kept = (lambda: _kept_checkpoint(request, log)[0]) if server.public_audit else None
 
     def evidence() -> str:
         if index >= log.size():
             raise HttpError(404, "audit.index_not_found", f"index {index} is not in the log")
         try:
-            return log.evidence(
-                index, now=int(now()), checkpoint=lambda: _kept_checkpoint(request, log)[0]
-            )
+            return log.evidence(index, now=int(now()), checkpoint=kept)
         except NotCheckpointed as exc:
             raise HttpError(
                 503,
