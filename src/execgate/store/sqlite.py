@@ -622,9 +622,9 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA busy_timeout = 10000")
             if batches:
-                # A batch's savepoints keep their undo pages in memory (a job's pages: the
-                # journal is emptied as each job's savepoint is released) instead of in a
-                # temporary file once past 64 KiB: half the bytes written per decision,
+                # A batch's savepoints keep their undo pages in memory (at most the pages
+                # the batch changes) instead of in a temporary file once past 64 KiB (the
+                # spill SQLite makes by default): half the bytes written per decision,
                 # and no append fails for want of room in /var/tmp or $TMPDIR, a disk the
                 # readiness probe does not ask about. (Not for the readers: a large sort
                 # there, of the approvals say, may go on spilling to a file.)
