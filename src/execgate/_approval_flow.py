@@ -145,9 +145,11 @@ class ApprovalFlow:
             [Review.from_json(b) for b in self.store.reviews(approval_id)],
         )
 
-    def approvals(self) -> list[Pending]:
-        """Every approval, newest first."""
-        return [Pending.from_json(r.body, r.status) for r in self.store.approvals()]
+    def approvals(self, *, limit: int | None = None, after: str | None = None) -> list[Pending]:
+        """Approvals, newest first: at most ``limit`` of them, and with ``after`` those
+        listed after that approval (see ``Store.approvals``)."""
+        rows = self.store.approvals(limit=limit, after=after)
+        return [Pending.from_json(r.body, r.status) for r in rows]
 
     def review(self, approval_id: str, token: str) -> tuple[int, Pending, list[Review]]:
         """Record one approver's signed review (an audit record); return its log index and

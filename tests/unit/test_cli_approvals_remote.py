@@ -419,6 +419,34 @@ def test_answers_that_are_not_what_the_route_promises_are_exit_2(
     assert fragment in line, line
 
 
+def test_list_follows_the_pages_and_refuses_a_page_that_goes_round(env: Env, fake: Fake) -> None:
+    """``approvals list --url`` reads page after page (``next``, each call with a token of
+    its own); a gateway whose ``next`` names an approval already listed is answering
+    nonsense (it would list forever): exit 2, one line."""
+    docs = []
+    for _ in range(2):
+        _, approval = env.pause()
+        docs.append(json.loads(env.ok("approvals", "show", approval, "--json")))
+    first, second = (d["approval_id"] for d in docs)
+    path = "/v1/admin/approvals"
+
+    def page(doc: dict[str, Any], following: str | None) -> tuple[int, bytes]:
+        return 200, json.dumps({"approvals": [doc], "next": following}).encode()
+
+    fake.answers[("GET", path)] = page(docs[0], first)
+    following = ("GET", f"{path}?after={first}")
+    fake.answers[following] = page(docs[1], None)
+    argv = ["approvals", "list", "--all", "--json", "--url", fake.url]
+    code, out, err = env.run(*argv, "--admin-key", env.key("admin"))
+    assert code == 0, err
+    assert [d["approval_id"] for d in json.loads(out)] == [first, second]
+    assert fake.seen == [("GET", path), following]
+
+    fake.answers[following] = page(docs[1], first)
+    line = env.failed(EXIT_USAGE, [*argv, "--admin-key", env.key("admin")])
+    assert "a next page that is no approval id, or one listed before" in line
+
+
 def test_the_client_knows_every_state_the_commands_show() -> None:
     from execgate.cli import approvals
     from execgate.cli._approvals_remote import STATES

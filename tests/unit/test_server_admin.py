@@ -407,6 +407,52 @@ def test_an_approval_reviewed_over_http_lets_the_request_proceed(kit: Kit, clien
     assert resumed["approval_id"] == approval_id
 
 
+def test_approvals_are_listed_a_page_at_a_time(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table keeps every approval ever opened: a listing answers with a page (at
+    most ``?limit``, ``APPROVALS_PAGE`` by default) and ``next``, the ``?after`` of the
+    next page. A bad ``limit`` or ``after`` is refused before the token is spent."""
+    opened = [
+        decide(client, kit.submit(kit.request("payments.transfer", amount=5000 + n)))
+        for n in range(5)
+    ]
+    assert {d["outcome"] for d in opened} == {"pause"}
+
+    def listed(path: str) -> dict[str, Any]:
+        answer = client.get(path, headers=token(kit, "GET", path))
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    whole = listed(APPROVALS)
+    order = [a["approval_id"] for a in whole["approvals"]]
+    assert sorted(order) == sorted(d["approval_id"] for d in opened)
+    assert whole["next"] is None
+    pages, path = [], f"{APPROVALS}?limit=2"
+    while True:
+        page = listed(path)
+        pages.append([a["approval_id"] for a in page["approvals"]])
+        if page["next"] is None:
+            break
+        path = f"{APPROVALS}?limit=2&after={page['next']}"
+    assert pages == [order[0:2], order[2:4], order[4:5]]
+
+    monkeypatch.setattr(admin_module, "APPROVALS_PAGE", 3)
+    page = listed(APPROVALS)
+    assert ([a["approval_id"] for a in page["approvals"]], page["next"]) == (order[:3], order[2])
+
+    for bad in ("limit=0", "limit=1001", "limit=two", "after=a%2Fb", f"after={'x' * 129}"):
+        path = f"{APPROVALS}?{bad}"
+        headers = token(kit, "GET", path)
+        for _ in range(2):  # refused before the token is spent: the same token twice
+            assert error_of(client.get(path, headers=headers), 400) == "request.invalid_query"
+    path = f"{APPROVALS}?after=no-such-approval"
+    answer = client.get(path, headers=token(kit, "GET", path))
+    assert error_of(answer, 400) == "request.invalid_query"
+    assert "names no approval" in answer.json()["error"]["message"]
+
+
 def test_a_review_replaced_meanwhile_is_a_typed_409(
     kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -150,14 +150,27 @@ def _path(args: argparse.Namespace, approval_id: str) -> str:
 
 
 def fetch_all(args: argparse.Namespace) -> list[tuple[Pending, dict[str, Any]]]:
-    """Every approval at the gateway, with the state it reports."""
-    status, answer = admin_call(args, "GET", APPROVALS_PATH)
-    if status != 200:
-        raise _refused(args, error_of(status, answer), "")
-    listed = answer.get("approvals") if isinstance(answer, dict) else None
-    if not isinstance(listed, list):
-        raise _malformed(args, "no list of approvals")
-    return [_approval(args, doc, reviews=False)[:2] for doc in listed]
+    """Every approval at the gateway, with the state it reports: page after page (each
+    call with a token of its own), following each page's ``next``."""
+    found: list[tuple[Pending, dict[str, Any]]] = []
+    after: str | None = None
+    seen: set[str] = set()
+    while True:
+        path = APPROVALS_PATH if after is None else f"{APPROVALS_PATH}?after={after}"
+        status, answer = admin_call(args, "GET", path)
+        if status != 200:
+            raise _refused(args, error_of(status, answer), "")
+        listed = answer.get("approvals") if isinstance(answer, dict) else None
+        if not isinstance(listed, list):
+            raise _malformed(args, "no list of approvals")
+        found += [_approval(args, doc, reviews=False)[:2] for doc in listed]
+        following = answer.get("next")
+        if following is None:
+            return found
+        if not isinstance(following, str) or not _ID.fullmatch(following) or following in seen:
+            raise _malformed(args, "a next page that is no approval id, or one listed before")
+        seen.add(following)
+        after = following
 
 
 def fetch(args: argparse.Namespace, approval_id: str) -> Found:

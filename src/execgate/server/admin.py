@@ -92,6 +92,11 @@ __all__ = [
 REVIEW_BODY_LIMIT: Final = 16 * 1024
 REVOCATION_BODY_LIMIT: Final = 8 * 1024
 _MAX_ID: Final = 128
+# A listing of approvals answers with at most this many unless ``?limit`` says fewer (or
+# more, up to MAX_APPROVALS_PAGE): the table keeps every approval ever opened.
+APPROVALS_PAGE: Final = 100
+MAX_APPROVALS_PAGE: Final = 1000
+_APPROVAL_ID_TEXT: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _MAX_VALUE: Final = 1024
 _THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _BEARER: Final = re.compile(r"Bearer +([A-Za-z0-9_.-]+) *", re.IGNORECASE)
@@ -337,18 +342,38 @@ def _find(gateway: Gateway, approval_id: str) -> tuple[Pending, list[Review]]:
     return gateway.approval(approval_id)
 
 
+def _page(request: Request) -> tuple[int, str | None]:
+    """``?limit`` (1 to MAX_APPROVALS_PAGE, APPROVALS_PAGE by default) and ``?after``
+    (the last approval id of the page before), or 400 ``request.invalid_query``."""
+    limit = query_int(request, "limit", APPROVALS_PAGE)
+    assert limit is not None
+    if not 1 <= limit <= MAX_APPROVALS_PAGE:
+        raise HttpError(400, "request.invalid_query", f"limit must be 1 to {MAX_APPROVALS_PAGE}")
+    after = request.query_params.get("after")
+    if after is not None and not _APPROVAL_ID_TEXT.fullmatch(after):
+        raise HttpError(400, "request.invalid_query", "after must be an approval id")
+    return limit, after
+
+
 async def list_approvals(request: Request) -> Response:
-    await _admin(request, "approvals", "approvals.list")
+    """A page of approvals, newest first, and ``next``: the ``after`` of the next page,
+    or null after the last."""
+    await _admin(request, "approvals", "approvals.list", vet=lambda _: _page(request))
+    limit, after = _page(request)
     gateway, now = _gateway(request), _now(request)
 
-    def listing() -> list[dict[str, Any]]:
+    def listing() -> tuple[list[dict[str, Any]], str | None]:
+        if after is not None and gateway.store.approval(after) is None:
+            raise HttpError(400, "request.invalid_query", "after names no approval at this gateway")
+        page = gateway.approvals(limit=limit + 1, after=after)  # one more: is there a next?
         found = []
-        for pending in gateway.approvals():
+        for pending in page[:limit]:
             _, reviews = gateway.approval(pending.approval_id)
             found.append({**pending.to_json(), **_state(gateway, pending, reviews, now)})
-        return found
+        return found, page[limit - 1].approval_id if len(page) > limit else None
 
-    return JsonResponse({"approvals": await run_in_threadpool(listing)})
+    found, following = await run_in_threadpool(listing)
+    return JsonResponse({"approvals": found, "next": following})
 
 
 async def show_approval(request: Request) -> Response:
@@ -744,16 +769,41 @@ def _body(name: str) -> dict[str, Any]:
 PATHS: Final[dict[str, Any]] = {
     "/v1/admin/approvals": {
         "get": _op(
-            "Every approval, newest first, with its state",
+            "Approvals, newest first (the latest to expire first), with their state,"
+            " a page at a time",
             "listApprovals",
             "approvals",
             json_body(
                 {
                     "type": "object",
-                    "properties": {"approvals": {"type": "array", "items": ref("Approval")}},
+                    "required": ["approvals", "next"],
+                    "properties": {
+                        "approvals": {"type": "array", "items": ref("Approval")},
+                        "next": {
+                            "type": ["string", "null"],
+                            "description": "?after for the next page; null after the last",
+                        },
+                    },
                 },
-                "the approvals",
+                "a page of approvals",
             ),
+            errors={"400": error("limit or after is not valid, or after names no approval")},
+            parameters=[
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": f"at most this many (default {APPROVALS_PAGE})",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_APPROVALS_PAGE},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "the approvals listed after this one (a page's next)",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{1,128}$"},
+                },
+            ],
         )
     },
     "/v1/admin/approvals/{approval_id}": {

@@ -236,7 +236,13 @@ class Store(Protocol):
 
     def approval(self, approval_id: str) -> ApprovalRow | None: ...
 
-    def approvals(self, *, request_hash: str | None = None) -> Sequence[ApprovalRow]: ...
+    def approvals(
+        self,
+        *,
+        request_hash: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Sequence[ApprovalRow]: ...
 
     def reviews(self, approval_id: str) -> Sequence[str]: ...
 

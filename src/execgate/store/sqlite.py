@@ -151,6 +151,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status TEXT NOT NULL,
     expires_at INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS approvals_by_request ON approvals (request_hash);
+CREATE INDEX IF NOT EXISTS approvals_newest_first ON approvals (expires_at DESC, id);
 CREATE TABLE IF NOT EXISTS reviews (
     approval_id TEXT NOT NULL, approver TEXT NOT NULL, verdict TEXT NOT NULL,
     body TEXT NOT NULL, PRIMARY KEY (approval_id, approver)) WITHOUT ROWID;
@@ -725,19 +726,37 @@ class SQLiteStore:
             ).fetchone()
         return ApprovalRow(*row) if row else None
 
-    def approvals(self, *, request_hash: str | None = None) -> Sequence[ApprovalRow]:
-        """Approvals, newest first; only those of one request when ``request_hash`` is set."""
+    def approvals(
+        self,
+        *,
+        request_hash: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Sequence[ApprovalRow]:
+        """Approvals, newest first (the latest to expire first, then by id): only those
+        of one request when ``request_hash`` is set, at most ``limit``, and with
+        ``after`` only those listed after that approval (none when it is unknown)."""
+        where: list[str] = []
+        params: list[str | int] = []
+        if request_hash is not None:
+            where.append("a.request_hash = ?")
+            params.append(request_hash)
+        if after is not None:
+            where.append(
+                "(a.expires_at < (SELECT expires_at FROM approvals WHERE id = ?)"
+                " OR (a.expires_at = (SELECT expires_at FROM approvals WHERE id = ?)"
+                " AND a.id > ?))"
+            )
+            params += [after, after, after]
+        sql = "SELECT a.id, a.status, a.body FROM approvals AS a"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY a.expires_at DESC, a.id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         with self._reader() as conn:
-            if request_hash is None:
-                rows = conn.execute(
-                    "SELECT id, status, body FROM approvals ORDER BY expires_at DESC, id"
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT id, status, body FROM approvals WHERE request_hash = ?"
-                    " ORDER BY expires_at DESC, id",
-                    (request_hash,),
-                ).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         return [ApprovalRow(*r) for r in rows]
 
     def reviews(self, approval_id: str) -> Sequence[str]:

@@ -61,7 +61,13 @@ class UnavailableStore:
     def approval(self, approval_id: str) -> ApprovalRow | None:
         self._down()
 
-    def approvals(self, *, request_hash: str | None = None) -> Sequence[ApprovalRow]:
+    def approvals(
+        self,
+        *,
+        request_hash: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Sequence[ApprovalRow]:
         self._down()
 
     def reviews(self, approval_id: str) -> Sequence[str]:
