@@ -413,7 +413,7 @@ def test_answers_that_are_not_what_the_route_promises_are_exit_2(
         "show": ["approvals", "show", approval],
         "review": ["approvals", "approve", approval, "--key", env.key("approver-alice")],
     }[route]
-    where = {"list": ("GET", "/v1/admin/approvals"), "show": ("GET", path)}
+    where = {"list": ("GET", "/v1/admin/approvals?limit=1000"), "show": ("GET", path)}
     fake.answers[where.get(route, ("POST", path + "/reviews"))] = answer
     line = env.failed(EXIT_USAGE, [*argv, "--url", fake.url, "--admin-key", env.key("admin")])
     assert fragment in line, line
@@ -421,20 +421,20 @@ def test_answers_that_are_not_what_the_route_promises_are_exit_2(
 
 def test_list_follows_the_pages_and_refuses_a_page_that_goes_round(env: Env, fake: Fake) -> None:
     """``approvals list --url`` reads page after page (``next``, each call with a token of
-    its own); a gateway whose ``next`` names an approval already listed is answering
-    nonsense (it would list forever): exit 2, one line."""
+    its own); a gateway whose ``next`` is not the last approval of its page, or that
+    lists an approval twice, is answering nonsense (it might list forever): exit 2."""
     docs = []
     for _ in range(2):
         _, approval = env.pause()
         docs.append(json.loads(env.ok("approvals", "show", approval, "--json")))
     first, second = (d["approval_id"] for d in docs)
-    path = "/v1/admin/approvals"
+    path = "/v1/admin/approvals?limit=1000"
 
     def page(doc: dict[str, Any], following: str | None) -> tuple[int, bytes]:
         return 200, json.dumps({"approvals": [doc], "next": following}).encode()
 
     fake.answers[("GET", path)] = page(docs[0], first)
-    following = ("GET", f"{path}?after={first}")
+    following = ("GET", f"{path}&after={first}")
     fake.answers[following] = page(docs[1], None)
     argv = ["approvals", "list", "--all", "--json", "--url", fake.url]
     code, out, err = env.run(*argv, "--admin-key", env.key("admin"))
@@ -444,7 +444,10 @@ def test_list_follows_the_pages_and_refuses_a_page_that_goes_round(env: Env, fak
 
     fake.answers[following] = page(docs[1], first)
     line = env.failed(EXIT_USAGE, [*argv, "--admin-key", env.key("admin")])
-    assert "a next page that is no approval id, or one listed before" in line
+    assert "a next page that does not follow the last approval listed" in line
+    fake.answers[following] = page(docs[0], None)
+    line = env.failed(EXIT_USAGE, [*argv, "--admin-key", env.key("admin")])
+    assert "an approval listed twice" in line
 
 
 def test_the_client_knows_every_state_the_commands_show() -> None:

@@ -41,6 +41,7 @@ __all__ = [
 
 STATES: Final = frozenset({"pending", "approved", "denied", "consumed", "closed", "expired"})
 APPROVALS_PATH: Final = "/v1/admin/approvals"
+_PAGE: Final = 1000  # approvals asked for a call: the most a gateway lists at once
 _ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 # An approval as a command shows it: the approval, its state and tally, its reviews.
@@ -153,24 +154,24 @@ def fetch_all(args: argparse.Namespace) -> list[tuple[Pending, dict[str, Any]]]:
     """Every approval at the gateway, with the state it reports: page after page (each
     call with a token of its own), following each page's ``next``."""
     found: list[tuple[Pending, dict[str, Any]]] = []
-    after: str | None = None
-    seen: set[str] = set()
+    path = f"{APPROVALS_PATH}?limit={_PAGE}"
     while True:
-        path = APPROVALS_PATH if after is None else f"{APPROVALS_PATH}?after={after}"
         status, answer = admin_call(args, "GET", path)
         if status != 200:
             raise _refused(args, error_of(status, answer), "")
         listed = answer.get("approvals") if isinstance(answer, dict) else None
         if not isinstance(listed, list):
             raise _malformed(args, "no list of approvals")
-        found += [_approval(args, doc, reviews=False)[:2] for doc in listed]
+        page = [_approval(args, doc, reviews=False)[:2] for doc in listed]
+        if len({p.approval_id for p, _ in found + page}) != len(found) + len(page):
+            raise _malformed(args, "an approval listed twice")
+        found += page
         following = answer.get("next")
         if following is None:
             return found
-        if not isinstance(following, str) or not _ID.fullmatch(following) or following in seen:
-            raise _malformed(args, "a next page that is no approval id, or one listed before")
-        seen.add(following)
-        after = following
+        if not page or following != page[-1][0].approval_id or not _ID.fullmatch(following):
+            raise _malformed(args, "a next page that does not follow the last approval listed")
+        path = f"{APPROVALS_PATH}?limit={_PAGE}&after={following}"
 
 
 def fetch(args: argparse.Namespace, approval_id: str) -> Found:

@@ -4,7 +4,7 @@ Every route here but the consistency proof needs an admin token (``execgate.admi
 ``Authorization: Bearer``: one token per call, bound to its method, path, query and body,
 signed by an ``[[admin]]`` key of the trust store whose ``roles`` include the route's role:
 
-    GET  /v1/admin/approvals                    approvals  every approval and its state
+    GET  /v1/admin/approvals                    approvals  approvals and their state, by page
     GET  /v1/admin/approvals/{id}               approvals  one, with its reviews
     POST /v1/admin/approvals/{id}/reviews       approvals  record an approver's signed review
     POST /v1/revocations                        revoke     revoke a jti, key id, subject or artifact

@@ -742,10 +742,12 @@ class SQLiteStore:
             where.append("a.request_hash = ?")
             params.append(request_hash)
         if after is not None:
+            # The bound first, alone: SQLite then searches the index from the cursor on
+            # instead of reading it from the newest approval down.
             where.append(
-                "(a.expires_at < (SELECT expires_at FROM approvals WHERE id = ?)"
-                " OR (a.expires_at = (SELECT expires_at FROM approvals WHERE id = ?)"
-                " AND a.id > ?))"
+                "a.expires_at <= (SELECT expires_at FROM approvals WHERE id = ?)"
+                " AND (a.expires_at < (SELECT expires_at FROM approvals WHERE id = ?)"
+                " OR a.id > ?)"
             )
             params += [after, after, after]
         sql = "SELECT a.id, a.status, a.body FROM approvals AS a"
