@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_audit_log import TracedStore
 
 import execgate.store.sqlite
 from execgate.errors import AuditError, StoreError, StoreUnavailable
@@ -956,23 +957,10 @@ def test_the_readiness_probe_waits_for_sqlites_own_lock_no_longer_than_its_time(
     store.check_writable(5.0)
 
 
-class _Traced(SQLiteStore):
-    """A store whose connections record the SQL they run (values bound in)."""
-
-    def __init__(self, path: Path) -> None:
-        self.statements: list[str] = []
-        super().__init__(path)
-
-    def _connect(self, *, opening: bool = False, batches: bool = False) -> sqlite3.Connection:
-        conn = super()._connect(opening=opening, batches=batches)
-        conn.set_trace_callback(self.statements.append)
-        return conn
-
-
 def test_a_page_of_approvals_is_found_from_its_cursor_by_the_index(tmp_path: Path) -> None:
     """The table keeps every approval ever opened: a page after a cursor is searched for
     in the index from the cursor on, not read from the newest approval down."""
-    store = _Traced(tmp_path / "state.db")
+    store = TracedStore(tmp_path / "state.db")
     try:
         store.approvals(limit=10, after="some-approval")
         [sql] = [s for s in store.statements if "FROM approvals AS a" in s]
