@@ -450,6 +450,35 @@ def test_list_follows_the_pages_and_refuses_a_page_that_goes_round(env: Env, fak
     assert "an approval listed twice" in line
 
 
+def test_listing_open_approvals_stops_at_the_first_expired_one(env: Env, fake: Fake) -> None:
+    """The gateway lists the latest to expire first: after a page that holds an expired
+    approval, none is open, so ``approvals list`` (open ones) reads no further page, and
+    spends no more admin tokens; ``--all`` reads them all."""
+    docs = []
+    for _ in range(2):
+        _, approval = env.pause()
+        docs.append(json.loads(env.ok("approvals", "show", approval, "--json")))
+    first, second = (d["approval_id"] for d in docs)
+    path = "/v1/admin/approvals?limit=1000"
+    expired = {**docs[0], "state": "expired"}
+    fake.answers[("GET", path)] = (
+        200, json.dumps({"approvals": [expired], "next": first}).encode()
+    )  # fmt: skip
+    following = ("GET", f"{path}&after={first}")
+    fake.answers[following] = (200, json.dumps({"approvals": [docs[1]], "next": None}).encode())
+    remote = ["--url", fake.url, "--admin-key", env.key("admin")]
+    code, out, err = env.run("approvals", "list", "--json", *remote)
+    assert (code, json.loads(out)) == (0, []), err
+    assert fake.seen == [("GET", path)]
+    code, out, err = env.run("approvals", "list", "--all", "--json", *remote)
+    assert code == 0, err
+    assert [(d["approval_id"], d["state"]) for d in json.loads(out)] == [
+        (first, "expired"),
+        (second, "pending"),
+    ]
+    assert fake.seen == [("GET", path), ("GET", path), following]
+
+
 def test_the_client_knows_every_state_the_commands_show() -> None:
     from execgate.cli import approvals
     from execgate.cli._approvals_remote import STATES

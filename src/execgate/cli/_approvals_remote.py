@@ -150,9 +150,13 @@ def _path(args: argparse.Namespace, approval_id: str) -> str:
     return f"{APPROVALS_PATH}/{approval_id}"
 
 
-def fetch_all(args: argparse.Namespace) -> list[tuple[Pending, dict[str, Any]]]:
+def fetch_all(
+    args: argparse.Namespace, *, open_only: bool = False
+) -> list[tuple[Pending, dict[str, Any]]]:
     """Every approval at the gateway, with the state it reports: page after page (each
-    call with a token of its own), following each page's ``next``."""
+    call with a token of its own), following each page's ``next``. With ``open_only``,
+    no page after one that holds an expired approval: the gateway lists the latest to
+    expire first, so every approval after it has expired too, or was settled."""
     found: list[tuple[Pending, dict[str, Any]]] = []
     path = f"{APPROVALS_PATH}?limit={_PAGE}"
     while True:
@@ -167,7 +171,7 @@ def fetch_all(args: argparse.Namespace) -> list[tuple[Pending, dict[str, Any]]]:
             raise _malformed(args, "an approval listed twice")
         found += page
         following = answer.get("next")
-        if following is None:
+        if following is None or (open_only and any(s["state"] == "expired" for _, s in page)):
             return found
         if not page or following != page[-1][0].approval_id or not _ID.fullmatch(following):
             raise _malformed(args, "a next page that does not follow the last approval listed")

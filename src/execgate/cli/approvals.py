@@ -142,7 +142,7 @@ def _list(args: argparse.Namespace) -> int:
     if is_remote(args):
         from execgate.cli._approvals_remote import fetch_all
 
-        every, where = fetch_all(args), args.url
+        every, where = fetch_all(args, open_only=not args.all), args.url
     else:
         every, where = _local_list(args)
     rows = [(p, s) for p, s in every if args.all or s["state"] in _OPEN]
