@@ -36,6 +36,7 @@ assert QUORUM_2 != POLICY
 
 
 _AMOUNTS = itertools.count(5000)  # above the policy's pause threshold
+_LISTING = "/v1/admin/approvals?limit=1000"  # the first page approvals list asks for
 
 
 @dataclass
@@ -413,39 +414,45 @@ def test_answers_that_are_not_what_the_route_promises_are_exit_2(
         "show": ["approvals", "show", approval],
         "review": ["approvals", "approve", approval, "--key", env.key("approver-alice")],
     }[route]
-    where = {"list": ("GET", "/v1/admin/approvals?limit=1000"), "show": ("GET", path)}
+    where = {"list": ("GET", _LISTING), "show": ("GET", path)}
     fake.answers[where.get(route, ("POST", path + "/reviews"))] = answer
     line = env.failed(EXIT_USAGE, [*argv, "--url", fake.url, "--admin-key", env.key("admin")])
     assert fragment in line, line
+
+
+def _two_shown(env: Env) -> list[dict[str, Any]]:
+    """Two approvals opened at the real gateway, as ``approvals show --json`` gives them."""
+    docs = []
+    for _ in range(2):
+        _, approval = env.pause()
+        docs.append(json.loads(env.ok("approvals", "show", approval, "--json")))
+    return docs
+
+
+def _page(docs: list[dict[str, Any]], following: str | None) -> tuple[int, bytes]:
+    return 200, json.dumps({"approvals": docs, "next": following}).encode()
 
 
 def test_list_follows_the_pages_and_refuses_a_page_that_goes_round(env: Env, fake: Fake) -> None:
     """``approvals list --url`` reads page after page (``next``, each call with a token of
     its own); a gateway whose ``next`` is not the last approval of its page, or that
     lists an approval twice, is answering nonsense (it might list forever): exit 2."""
-    docs = []
-    for _ in range(2):
-        _, approval = env.pause()
-        docs.append(json.loads(env.ok("approvals", "show", approval, "--json")))
+    docs = _two_shown(env)
     first, second = (d["approval_id"] for d in docs)
-    path = "/v1/admin/approvals?limit=1000"
-
-    def page(doc: dict[str, Any], following: str | None) -> tuple[int, bytes]:
-        return 200, json.dumps({"approvals": [doc], "next": following}).encode()
-
-    fake.answers[("GET", path)] = page(docs[0], first)
+    path = _LISTING
+    fake.answers[("GET", path)] = _page([docs[0]], first)
     following = ("GET", f"{path}&after={first}")
-    fake.answers[following] = page(docs[1], None)
+    fake.answers[following] = _page([docs[1]], None)
     argv = ["approvals", "list", "--all", "--json", "--url", fake.url]
     code, out, err = env.run(*argv, "--admin-key", env.key("admin"))
     assert code == 0, err
     assert [d["approval_id"] for d in json.loads(out)] == [first, second]
     assert fake.seen == [("GET", path), following]
 
-    fake.answers[following] = page(docs[1], first)
+    fake.answers[following] = _page([docs[1]], first)
     line = env.failed(EXIT_USAGE, [*argv, "--admin-key", env.key("admin")])
     assert "a next page that does not follow the last approval listed" in line
-    fake.answers[following] = page(docs[0], None)
+    fake.answers[following] = _page([docs[0]], None)
     line = env.failed(EXIT_USAGE, [*argv, "--admin-key", env.key("admin")])
     assert "an approval listed twice" in line
 
@@ -454,18 +461,12 @@ def test_listing_open_approvals_stops_at_the_first_expired_one(env: Env, fake: F
     """The gateway lists the latest to expire first: after a page that holds an expired
     approval, none is open, so ``approvals list`` (open ones) reads no further page, and
     spends no more admin tokens; ``--all`` reads them all."""
-    docs = []
-    for _ in range(2):
-        _, approval = env.pause()
-        docs.append(json.loads(env.ok("approvals", "show", approval, "--json")))
+    docs = _two_shown(env)
     first, second = (d["approval_id"] for d in docs)
-    path = "/v1/admin/approvals?limit=1000"
-    expired = {**docs[0], "state": "expired"}
-    fake.answers[("GET", path)] = (
-        200, json.dumps({"approvals": [expired], "next": first}).encode()
-    )  # fmt: skip
+    path = _LISTING
+    fake.answers[("GET", path)] = _page([{**docs[0], "state": "expired"}], first)
     following = ("GET", f"{path}&after={first}")
-    fake.answers[following] = (200, json.dumps({"approvals": [docs[1]], "next": None}).encode())
+    fake.answers[following] = _page([docs[1]], None)
     remote = ["--url", fake.url, "--admin-key", env.key("admin")]
     code, out, err = env.run("approvals", "list", "--json", *remote)
     assert (code, json.loads(out)) == (0, []), err
