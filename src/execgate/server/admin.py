@@ -344,7 +344,8 @@ def _find(gateway: Gateway, approval_id: str) -> tuple[Pending, list[Review]]:
 
 def _page(request: Request) -> tuple[int, str | None]:
     """``?limit`` (1 to MAX_APPROVALS_PAGE, APPROVALS_PAGE by default) and ``?after``
-    (the last approval id of the page before), or 400 ``request.invalid_query``."""
+    (the last approval id of the page before, one the store holds), or 400
+    ``request.invalid_query``. Reads the store: in a worker thread."""
     limit = query_int(request, "limit", APPROVALS_PAGE)
     assert limit is not None
     if not 1 <= limit <= MAX_APPROVALS_PAGE:
@@ -352,19 +353,21 @@ def _page(request: Request) -> tuple[int, str | None]:
     after = request.query_params.get("after")
     if after is not None and not _APPROVAL_ID_TEXT.fullmatch(after):
         raise HttpError(400, "request.invalid_query", "after must be an approval id")
+    if after is not None and _gateway(request).store.approval(after) is None:
+        raise HttpError(400, "request.invalid_query", "after names no approval at this gateway")
     return limit, after
 
 
 async def list_approvals(request: Request) -> Response:
-    """A page of approvals, newest first, and ``next``: the ``after`` of the next page,
-    or null after the last."""
+    """A page of approvals, the latest to expire first, and ``next``: the ``after`` of
+    the next page, or null after the last. The query is refused before the token is
+    spent, an unknown ``after`` too (approvals are never removed: one found then is
+    still there for the listing)."""
     await _admin(request, "approvals", "approvals.list", vet=lambda _: _page(request))
-    limit, after = _page(request)
     gateway, now = _gateway(request), _now(request)
 
     def listing() -> tuple[list[dict[str, Any]], str | None]:
-        if after is not None and gateway.store.approval(after) is None:
-            raise HttpError(400, "request.invalid_query", "after names no approval at this gateway")
+        limit, after = _page(request)
         page = gateway.approvals(limit=limit + 1, after=after)  # one more: is there a next?
         found = []
         for pending in page[:limit]:
