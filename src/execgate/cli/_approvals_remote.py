@@ -158,6 +158,7 @@ def fetch_all(
     no page after one that holds an expired approval: the gateway lists the latest to
     expire first, so every approval after it has expired too, or was settled."""
     found: list[tuple[Pending, dict[str, Any]]] = []
+    listed_ids: set[str] = set()
     path = f"{APPROVALS_PATH}?limit={_PAGE}"
     while True:
         status, answer = admin_call(args, "GET", path)
@@ -167,8 +168,10 @@ def fetch_all(
         if not isinstance(listed, list):
             raise _malformed(args, "no list of approvals")
         page = [_approval(args, doc, reviews=False)[:2] for doc in listed]
-        if len({p.approval_id for p, _ in found + page}) != len(found) + len(page):
+        ids = {p.approval_id for p, _ in page}
+        if len(ids) != len(page) or not ids.isdisjoint(listed_ids):
             raise _malformed(args, "an approval listed twice")
+        listed_ids |= ids
         found += page
         following = answer.get("next")
         if following is None or (open_only and any(s["state"] == "expired" for _, s in page)):

@@ -32,8 +32,10 @@ _REASON_HEADER: Final = {
 }
 
 
-def error(description: str) -> dict[str, Any]:
-    return {**json_body(ref("Error"), description), "headers": _REASON_HEADER}
+def error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A typed error response: the Error body and ``Execgate-Reason``, and ``headers``."""
+    body = json_body(ref("Error"), description)
+    return {**body, "headers": {**_REASON_HEADER, **(headers or {})}}
 
 
 COMMON_ERRORS: Final = {

@@ -363,11 +363,12 @@ async def list_approvals(request: Request) -> Response:
     the next page, or null after the last. The query is refused before the token is
     spent, an unknown ``after`` too (approvals are never removed: one found then is
     still there for the listing)."""
-    await _admin(request, "approvals", "approvals.list", vet=lambda _: _page(request))
+    query: list[tuple[int, str | None]] = []  # what the vet read: not read again
+    await _admin(request, "approvals", "approvals.list", vet=lambda _: query.append(_page(request)))
+    [(limit, after)] = query
     gateway, now = _gateway(request), _now(request)
 
     def listing() -> tuple[list[dict[str, Any]], str | None]:
-        limit, after = _page(request)
         page = gateway.approvals(limit=limit + 1, after=after)  # one more: is there a next?
         found = []
         for pending in page[:limit]:

@@ -43,12 +43,6 @@ _ERROR_CODES: Final = [
 ]
 
 
-def _error_with_headers(description: str, headers: dict[str, Any]) -> dict[str, Any]:
-    """A typed error response that also sends ``headers``."""
-    response = _error(description)
-    return {**response, "headers": {**response["headers"], **headers}}
-
-
 _DECISION_ID: Final = {
     "name": "decision_id",
     "in": "path",
@@ -322,7 +316,7 @@ _PATHS: Final[dict[str, Any]] = {
                 ),
                 **admin.AUTH_ERRORS,
                 **_COMMON_ERRORS,
-                "503": _error_with_headers(
+                "503": _error(
                     "audit.not_checkpointed (under [server] public_audit): the entry was"
                     " appended after the checkpoint signed in the last second; ask again"
                     " after Retry-After. Else the store or the audit log is unavailable",
