@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -432,6 +433,23 @@ async def openapi(request: Request) -> Response:
     return JsonResponse(openapi_document())
 
 
+class _LogIndex(Convertor[int]):
+    """A log index in a path: at most 19 digits. Starlette's ``int`` takes any number of
+    them, and ``int()`` of more than 4,300 raises while routing, before any handler: an
+    untyped 500 and a logged traceback for anyone who sends one. A longer one is no
+    route (a typed 404), as a path segment that is not a number is."""
+
+    regex = "[0-9]{1,19}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("execgate_log_index", _LogIndex())
+
 ROUTES: Final = [
     *forward_auth.ROUTES,
     *admin.ROUTES,
@@ -441,7 +459,7 @@ ROUTES: Final = [
     Route("/v1/decisions/{decision_id}/outcome", handled(post_outcome), methods=["POST"]),
     Route("/v1/audit/checkpoint", handled(get_checkpoint), methods=["GET"]),
     Route("/v1/audit/entries", handled(get_entries), methods=["GET"]),
-    Route("/v1/audit/proofs/{index:int}", handled(get_proof), methods=["GET"]),
+    Route("/v1/audit/proofs/{index:execgate_log_index}", handled(get_proof), methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -463,6 +481,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         return await admin.refuse_method(request, refusal)
     return refusal
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """Whatever fails outside a route's handler (which answers its own, see ``handled``):
+    a typed 500 all the same, never a plain-text page. (Starlette logs it and re-raises
+    it to the server once this is sent.)"""
+    return error_response(500, "internal.error", f"{type(exc).__name__} in {request.url.path}")
 
 
 def create_app(
@@ -527,7 +552,7 @@ def create_app(
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_exception},
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
         middleware=[Middleware(metrics.Instrumented, metrics=telemetry)],
     )
     # No redirect from "/path/" to "/path": Starlette's answer is an empty 307 whose

@@ -299,7 +299,7 @@ _PATHS: Final[dict[str, Any]] = {
                     "name": "index",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "integer", "minimum": 0},
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 10**19 - 1},  # 19 digits
                 }
             ],
             "responses": {
