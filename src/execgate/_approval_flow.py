@@ -8,7 +8,7 @@ audit records; a hook hears when approvals open and resolve.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -19,6 +19,7 @@ from execgate.approvals import (
     check_review,
     excluded_principals,
     quorum_met,
+    reviewer_keys,
     standing_approvers,
     tally,
 )
@@ -27,7 +28,7 @@ from execgate.errors import ApprovalError
 from execgate.jose import canonical_json
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import PauseSpec, Policy
-from execgate.store.base import ReviewWrite, Store, WriteJob
+from execgate.store.base import Conflict, ReviewWrite, Store, WriteJob
 from execgate.trust import TrustStore
 
 __all__ = ["ApprovalFlow"]
@@ -73,7 +74,7 @@ class ApprovalFlow:
                 continue  # an approval is for one policy and one exact chain
             if status == "pending":
                 reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
-                live.append((pending, reviews))
+                live.append((pending, self.standing(reviews)))
             elif expired is None:
                 expired = pending
         # Only one approval for a request and chain is open at a time (the store refuses
@@ -83,6 +84,9 @@ class ApprovalFlow:
                 state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
                 state.approval = state.consume_approval = pending.approval_id
                 state.approvers = standing_approvers(pending, reviews, self.trust)
+                state.approval_keys = tuple(
+                    key for r in reviews if r.verdict == "approve" for key in reviewer_keys(r)
+                )
                 return
         if live:
             pending, reviews = live[0]
@@ -135,6 +139,28 @@ class ApprovalFlow:
             ),
         ]
 
+    def standing(self, reviews: Sequence[Review]) -> list[Review]:
+        """The reviews that count now: every deny, and every approval but those whose key
+        or approver has been revoked (``kid`` or ``sub``, see ``reviewer_keys``) since:
+        a revoked key approves nothing more, as it signs nothing more anywhere here."""
+        return [
+            r
+            for r in reviews
+            if r.verdict != "approve" or self.store.revoked(reviewer_keys(r)) is None
+        ]
+
+    def approval_status(
+        self, pending: Pending, reviews: Sequence[Review], now: int
+    ) -> dict[str, Any]:
+        """State (``approved`` once a pending one has its quorum), per-group tally and
+        whether the quorum is met, counting only the reviews that stand (``standing``)."""
+        counted = self.standing(reviews)
+        met = quorum_met(pending, counted, self.trust)
+        state = pending.state(now)
+        if state == "pending" and met:
+            state = "approved"
+        return {"state": state, "tally": tally(pending, counted, self.trust), "quorum_met": met}
+
     def approval(self, approval_id: str) -> tuple[Pending, list[Review]]:
         """One approval and its reviews; ``ApprovalError`` for an unknown id."""
         row = self.store.approval(approval_id)
@@ -179,6 +205,11 @@ class ApprovalFlow:
         )
 
         def finalize(conflict: str | None, _index: int) -> bytes:
+            if conflict == Conflict.REVOKED:
+                raise ApprovalError(
+                    f"the key {review.kid} of approver {review.approver} (or the approver)"
+                    " is revoked: it reviews nothing"
+                )
             if conflict is not None:
                 raise ApprovalError(f"approval {approval_id} closed or was reviewed meanwhile")
             return entry
@@ -198,14 +229,17 @@ class ApprovalFlow:
                     json.dumps(review.to_json()),
                     replaces=bool(earlier),
                 ),
+                # Checked in the commit: a revocation that returned before it wins.
+                revocation_keys=reviewer_keys(review),
             )
         )
         self._checkpoint_if_due(index + 1, now)
         after, all_reviews = self.approval(approval_id)
+        counted = self.standing(all_reviews)
         if review.verdict == "deny":
             self._notify("denied", after, None)
-        elif quorum_met(after, all_reviews, self.trust) and not quorum_met(
-            after, [r for r in all_reviews if r.approver != review.approver], self.trust
+        elif quorum_met(after, counted, self.trust) and not quorum_met(
+            after, [r for r in counted if r.approver != review.approver], self.trust
         ):
             self._notify("approved", after, None)
         return index, after, all_reviews

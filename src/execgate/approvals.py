@@ -42,6 +42,7 @@ __all__ = [
     "check_review",
     "excluded_principals",
     "quorum_met",
+    "reviewer_keys",
     "sign_review",
     "standing_approvers",
     "tally",
@@ -246,6 +247,13 @@ def _check_reviewer(approver: Approver, kid: str, pending: Pending) -> None:
         raise ApprovalError(
             f"{approver.id} is in none of the groups this approval needs: {list(pending.groups)}"
         )
+
+
+def reviewer_keys(review: Review) -> tuple[tuple[str, str], ...]:
+    """What revoking would take a review's approval away: the key that signed it (by its
+    thumbprint, ``kid``) or its approver (``sub``: approvers and the subjects of artifacts
+    are principals of one name space, see ``excluded_principals``)."""
+    return (("kid", review.kid), ("sub", review.approver))
 
 
 def quorum_met(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -> bool:

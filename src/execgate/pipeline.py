@@ -820,13 +820,22 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
             elif conflict == Conflict.REVOKED:
                 found = _held(sent).revoked
-                state.stop(
-                    Outcome.DENY,
-                    "artifact.revoked",
-                    "revoked"
-                    if found is None
-                    else f"{found.kind} {found.value} revoked: {found.reason}",
-                )
+                if found is not None and (found.kind, found.value) in state.approval_keys:
+                    state.stop(
+                        Outcome.DENY,
+                        "approval.required",
+                        f"{found.kind} {found.value} of an approver of approval"
+                        f" {state.approval} was revoked meanwhile ({found.reason}): its"
+                        " approval no longer counts",
+                    )
+                else:
+                    state.stop(
+                        Outcome.DENY,
+                        "artifact.revoked",
+                        "revoked"
+                        if found is None
+                        else f"{found.kind} {found.value} revoked: {found.reason}",
+                    )
             elif conflict == Conflict.APPROVAL_CLOSED:
                 state.stop(
                     Outcome.DENY,
@@ -912,7 +921,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
             ),
             consume_approval=state.consume_approval if state.outcome.executes else None,
             clock=self._now,
-            revocation_keys=tuple(artifact.revocation_keys()) if artifact is not None else (),
+            revocation_keys=(
+                (*artifact.revocation_keys(), *state.approval_keys) if artifact is not None else ()
+            ),
         )
         # finalize reads the job through a weak reference: the job holds finalize, and a
         # closure over the job itself would make each decision a reference cycle, left

@@ -317,6 +317,68 @@ def test_a_revoked_artifact_is_not_resumed(kit: Kit, gw: Gateway) -> None:
     assert gw.approval(approval)[0].status == "pending"  # not used by a denied decision
 
 
+@pytest.mark.parametrize("kind", ["kid", "sub"])
+def test_an_approval_whose_key_or_approver_is_revoked_no_longer_counts(
+    kit: Kit, gw: Gateway, kind: str
+) -> None:
+    """Revoking an approver's key (``kid``, its thumbprint) or the approver (``sub``)
+    takes back the approvals it gave, as revoking a key takes back what it signed
+    elsewhere: the request is not resumed on them, and the key reviews nothing more."""
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+    value = KEYS["ana"].public.thumbprint() if kind == "kid" else "ana"
+    gw.store.revoke(kind, value, reason="approver key lost", now=NOW)
+
+    again = gw.decide(big(kit, artifact))
+    assert paused(again) == approval  # waiting on the same approval, not resumed
+    assert "finance 1/2" in again.reasons[0].detail
+    pending, reviews = gw.approval(approval)
+    assert len(reviews) == 2  # the record keeps both reviews; one no longer counts
+    status = gw.approval_status(pending, reviews, kit.clock.now)
+    assert (status["state"], status["quorum_met"], status["tally"]) == (
+        "pending",
+        False,
+        {"finance": 1},
+    )
+    other = paused(gw.decide(big(kit, artifact, 2600)))
+    size = gw.store.size()
+    with pytest.raises(ApprovalError, match="revoked"):
+        review(kit, gw, other, "ana")  # nor does it review anything more
+    assert gw.store.size() == size  # nothing was logged for it
+    assert gw.approval(other)[1] == []
+
+    review(kit, gw, approval, "cy")  # another approver fills the seat
+    d = gw.decide(big(kit, artifact))
+    assert d.outcome is Outcome.PROCEED
+    assert logged(gw, d.log_index)["approvers"] == ["ben", "cy"]
+
+
+def test_an_approver_revoked_before_the_resuming_commit_resumes_nothing(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision counts the approvals, then waits for its commit while an operator
+    revokes an approver's key: the commit checks the reviews' keys with the artifact's,
+    so the revocation that returned first wins and the approval stays open."""
+    artifact = kit.artifact()
+    approval = paused(gw.decide(big(kit, artifact)))
+    review(kit, gw, approval, "ana")
+    review(kit, gw, approval, "ben")
+    commit = gw.store.commit
+
+    def revoked_first(job: WriteJob) -> int:
+        gw.store.revoke("kid", KEYS["ben"].public.thumbprint(), reason="lost", now=NOW)
+        return commit(job)
+
+    monkeypatch.setattr(gw.store, "commit", revoked_first)
+    d = gw.decide(big(kit, artifact))
+    assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.required"])
+    assert "revoked meanwhile" in d.reasons[0].detail
+    assert logged(gw, d.log_index)["outcome"] == "deny"
+    assert gw.approval(approval)[0].status == "pending"  # not consumed
+
+
 def test_an_approval_that_expires_before_the_commit_is_not_used(
     kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -504,11 +504,34 @@ def test_a_review_needs_both_the_admin_token_and_the_approver_signature(
     assert error_of(refused, 409) == "approval.review_refused"
     assert "no approver's" in refused.json()["error"]["message"]
     assert records(client, "review") == []
+    refusal = records(client)[-1]  # audited: not only the record that let the call in
+    assert (refusal["action"], refusal["result"], refusal["code"]) == (
+        "approvals.review",
+        "refused",
+        "approval.review_refused",
+    )
+    assert "no approver's" in refusal["detail"]
     before = len(records(client))
     bad = post(client, kit, path, {"verdict": "approve"})
     assert error_of(bad, 400) == "request.invalid"
     [record] = records(client)[before:]
     assert (record["result"], record["code"]) == ("refused", "request.invalid")
+
+
+def test_an_approver_key_revoked_over_http_reviews_nothing(kit: Kit, client: Client) -> None:
+    paused, held = _pause(kit, client)
+    approval_id = paused["approval_id"]
+    review = _review(kit, client, approval_id)
+    alice = read_private_key(kit.home / "keys" / "approver-alice.jwk").public.thumbprint()
+    body = {"kind": "kid", "value": alice, "reason": "laptop lost"}
+    assert post(client, kit, REVOKE, body).status_code == 200
+    refused = post(client, kit, f"{APPROVALS}/{approval_id}/reviews", {"review": review})
+    assert error_of(refused, 409) == "approval.review_refused"
+    assert "revoked" in refused.json()["error"]["message"]
+    assert records(client, "review") == []
+    assert records(client)[-1]["code"] == "approval.review_refused"
+    again = decide(client, kit.submission(held["request"], held["artifact"]))
+    assert (again["outcome"], again["approval_id"]) == ("pause", approval_id)
 
 
 def test_unknown_approvals_are_404(kit: Kit, client: Client) -> None:

@@ -78,7 +78,6 @@ if TYPE_CHECKING:
     from execgate.cli._approvals_remote import Recorded
     from execgate.jose import PrivateKey
     from execgate.pipeline import Gateway
-    from execgate.trust import TrustStore
 
 __all__ = ["EXIT_REFUSED", "register"]
 
@@ -110,17 +109,6 @@ def _find(gateway: Gateway, approval_id: str) -> tuple[Pending, list[Review]]:
         ) from exc
 
 
-def _status(pending: Pending, reviews: list[Review], trust: TrustStore, now: int) -> dict[str, Any]:
-    """State, per-group tally and whether the quorum is met, as the gateway sees it now."""
-    from execgate.approvals import quorum_met, tally
-
-    met = quorum_met(pending, reviews, trust)
-    state = pending.state(now)
-    if state == "pending" and met:
-        state = "approved"
-    return {"state": state, "tally": tally(pending, reviews, trust), "quorum_met": met}
-
-
 def _tally_text(pending: Pending, status: dict[str, Any]) -> str:
     return ", ".join(f"{cell(g)} {n}/{pending.quorum}" for g, n in status["tally"].items())
 
@@ -134,7 +122,7 @@ def _local_list(args: argparse.Namespace) -> tuple[list[tuple[Pending, dict[str,
         rows = []
         for pending in gateway.approvals():
             _, reviews = gateway.approval(pending.approval_id)
-            rows.append((pending, _status(pending, reviews, gateway.trust, now)))
+            rows.append((pending, gateway.approval_status(pending, reviews, now)))
         return rows, gateway.gateway_id
 
 
@@ -183,7 +171,7 @@ def _show(args: argparse.Namespace) -> int:
     else:
         with open_gateway(home_of(args), fallback=False) as gateway:
             pending, reviews = _find(gateway, args.approval_id)
-            status = _status(pending, reviews, gateway.trust, int(time.time()))
+            status = gateway.approval_status(pending, reviews, int(time.time()))
     if args.json:
         doc = {**pending.to_json(), **status, "reviews": [r.to_json() for r in reviews]}
         out(json.dumps(doc, indent=2, ensure_ascii=False))
@@ -269,7 +257,7 @@ def _review_local(
         except ApprovalError as exc:
             note(f"execgate: error: review refused: {one_line(str(exc))}")
             return None
-        return approver.id, index, after, _status(after, reviews, gateway.trust, int(time.time()))
+        return approver.id, index, after, gateway.approval_status(after, reviews, int(time.time()))
 
 
 def _remote_approver(args: argparse.Namespace, key: PrivateKey) -> str:

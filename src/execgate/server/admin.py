@@ -63,7 +63,7 @@ from execgate.admin import (
     check_body,
 )
 from execgate.admin import verify_admin_token as _verify_token
-from execgate.approvals import Pending, Review, quorum_met, tally
+from execgate.approvals import Pending, Review
 from execgate.errors import ApprovalError, EvidenceError
 from execgate.home import ServerConfig
 from execgate.server._http import (
@@ -296,16 +296,25 @@ async def audit_reader(
         vet(b"")
 
 
-def _done(request: Request, token: AdminToken, action: str, detail: str, **extra: Any) -> int:
-    """Log what an authorized call changed; return the record's index."""
+def _done(
+    request: Request,
+    token: AdminToken,
+    action: str,
+    detail: str,
+    *,
+    refused: str | None = None,
+    **extra: Any,
+) -> int:
+    """Log what an authorized call changed, or with ``refused`` (a reason code) why it
+    changed nothing after all; return the record's index."""
     gateway = _gateway(request)
     return append_admin_record(
         gateway,
         admin_record(
             gateway,
             action=action,
-            result="done",
-            code=f"{action}.done",
+            result="done" if refused is None else "refused",
+            code=f"{action}.done" if refused is None else refused,
             detail=detail,
             now=_now(request),
             method=request.method,
@@ -322,11 +331,7 @@ def _done(request: Request, token: AdminToken, action: str, detail: str, **extra
 
 
 def _state(gateway: Gateway, pending: Pending, reviews: list[Review], now: int) -> dict[str, Any]:
-    met = quorum_met(pending, reviews, gateway.trust)
-    state = pending.state(now)
-    if state == "pending" and met:
-        state = "approved"
-    return {"state": state, "tally": tally(pending, reviews, gateway.trust), "quorum_met": met}
+    return gateway.approval_status(pending, reviews, now)
 
 
 def _approval_id(request: Request) -> str:
@@ -424,7 +429,10 @@ async def post_review(request: Request) -> Response:
         try:
             index, after, reviews = gateway.review(approval_id, body["review"])
         except ApprovalError as exc:
-            raise HttpError(409, "approval.review_refused", str(exc)) from exc
+            # Audited: the call's record so far says only that it was let in.
+            code = "approval.review_refused"
+            _done(request, token, "approvals.review", str(exc), refused=code)
+            raise HttpError(409, code, str(exc)) from exc
         mine = next((r for r in reviews if r.token == body["review"]), None)
         if mine is None:  # the same approver's next review (a new key) replaced it meanwhile
             raise HttpError(
