@@ -84,9 +84,12 @@ class ApprovalFlow:
                 state.outcome, state.reasons, state.route = Outcome.PROCEED, [], None
                 state.approval = state.consume_approval = pending.approval_id
                 state.approvers = standing_approvers(pending, reviews, self.trust)
-                state.approval_keys = tuple(
-                    key for r in reviews if r.verdict == "approve" for key in reviewer_keys(r)
-                )
+                state.grounds += [
+                    (key, "approval.required", f"an approver of approval {pending.approval_id}")
+                    for r in reviews
+                    if r.verdict == "approve"
+                    for key in reviewer_keys(r)
+                ]
                 return
         if live:
             pending, reviews = live[0]

@@ -36,10 +36,11 @@ class DecisionState:
     open_approval: Pending | None = None
     consume_approval: str | None = None
     approvers: list[str] = field(default_factory=list)
-    # The reviews' keys (see approvals.reviewer_keys) of the approval a resumed decision
-    # uses: its commit checks them with the artifact's, so a revocation that returned
-    # before it takes the approval away.
-    approval_keys: tuple[tuple[str, str], ...] = ()
+    # What the decision stands on beside its artifact, as (revocation key, reason code,
+    # what it is): the attester's key, the parent receipt's signing key, the keys and ids
+    # of the approvers a resumed decision counts. The commit checks them with the
+    # artifact's, so a revocation that returned before it takes that ground away.
+    grounds: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     # The policy this decision is made under, taken once when it starts: a reload that
     # lands meanwhile cannot mix two policies (or their hashes) into one decision.
     policy: Policy | None = None

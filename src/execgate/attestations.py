@@ -9,7 +9,13 @@ from execgate.errors import JoseError, VerificationError
 from execgate.jose import PrivateKey, PublicKey, encode, verify
 from execgate.trust import TrustStore
 
-__all__ = ["ATTESTATION_TYP", "check_environment", "issue_attestation", "verify_attestation"]
+__all__ = [
+    "ATTESTATION_TYP",
+    "check_environment",
+    "issue_attestation",
+    "verify_attestation",
+    "verify_attestation_by",
+]
 
 ATTESTATION_TYP: Final = "execgate-env+jwt"
 MAX_ATTESTATION_BYTES: Final = 16 * 1024
@@ -53,6 +59,16 @@ def verify_attestation(
     token: object, *, trust: TrustStore, runtime: str, jkt: str, now: int, leeway: int
 ) -> dict[str, str]:
     """Return the attested environment, or raise ``environment.untrusted``."""
+    return verify_attestation_by(
+        token, trust=trust, runtime=runtime, jkt=jkt, now=now, leeway=leeway
+    )[0]
+
+
+def verify_attestation_by(
+    token: object, *, trust: TrustStore, runtime: str, jkt: str, now: int, leeway: int
+) -> tuple[dict[str, str], str]:
+    """``verify_attestation``, and the key id (thumbprint) of the attester key that
+    signed it, which a revocation by ``kid`` takes back."""
     if token is None or token == "":
         raise _untrusted("the artifact has env conditions but no attestation was presented")
     if not isinstance(token, str):
@@ -78,7 +94,7 @@ def verify_attestation(
     env = claims["env"]
     if not isinstance(env, Mapping) or not all(isinstance(v, str) for v in env.values()):
         raise _untrusted("attestation env must be an object of strings")
-    return dict(env)
+    return dict(env), str(verified.header["kid"])
 
 
 def check_environment(required: Mapping[str, tuple[str, ...]], attested: Mapping[str, str]) -> None:

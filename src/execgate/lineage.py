@@ -25,6 +25,7 @@ class ParentExecution:
     decision_id: str
     gateway: str
     chain: tuple[str, ...]
+    kid: str  # the key that signed the receipt (a revocation by kid takes it back)
 
 
 def _broken(detail: str) -> VerificationError:
@@ -64,4 +65,4 @@ def verify_parent(
     assert isinstance(links, list)
     if list(child_links[: len(links)]) != links:
         raise _broken("the child's artifact does not descend from the parent's artifact")
-    return ParentExecution(decision_id=decision_id, gateway=signer, chain=tuple(chain))
+    return ParentExecution(decision_id=decision_id, gateway=signer, chain=tuple(chain), kid=kid)

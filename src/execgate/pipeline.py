@@ -31,7 +31,7 @@ from execgate._state import RECORD_VERSION, DecisionState
 from execgate._timing import TimedState
 from execgate.approvals import check_pauses
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
-from execgate.attestations import check_environment, verify_attestation
+from execgate.attestations import check_environment, verify_attestation_by
 from execgate.audit.log import AuditLog
 from execgate.errors import (
     AuditError,
@@ -697,7 +697,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         state.stage = "environment"
         environment: dict[str, str] = {}
         if artifact.env:
-            environment = verify_attestation(
+            environment, attester = verify_attestation_by(
                 submission.attestation,
                 trust=self.trust,
                 runtime=request.runtime,
@@ -706,6 +706,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 leeway=self._leeway,
             )
             check_environment(artifact.env, environment)
+            state.grounds.append(
+                (("kid", attester), "environment.untrusted", "the attestation's attester key")
+            )
 
         state.stage = "scope"
         miss = check_scope(artifact.grants, request.action, request.resource, request.args)
@@ -722,6 +725,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 child_links=[link.digest for link in artifact.chain],
                 now=state.now,
                 leeway=self._leeway,
+            )
+            state.grounds.append(
+                (("kid", state.parent.kid), "lineage.broken", "the parent receipt's signing key")
             )
 
         state.stage = "policy"
@@ -820,13 +826,15 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
             elif conflict == Conflict.REVOKED:
                 found = _held(sent).revoked
-                if found is not None and (found.kind, found.value) in state.approval_keys:
+                ground = next(
+                    (g for g in state.grounds if found and g[0] == (found.kind, found.value)),
+                    None,
+                )
+                if found is not None and ground is not None:
                     state.stop(
                         Outcome.DENY,
-                        "approval.required",
-                        f"{found.kind} {found.value} of an approver of approval"
-                        f" {state.approval} was revoked meanwhile ({found.reason}): its"
-                        " approval no longer counts",
+                        ground[1],
+                        f"{ground[2]}: {found.kind} {found.value} is revoked: {found.reason}",
                     )
                 else:
                     state.stop(
@@ -922,7 +930,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
             consume_approval=state.consume_approval if state.outcome.executes else None,
             clock=self._now,
             revocation_keys=(
-                (*artifact.revocation_keys(), *state.approval_keys) if artifact is not None else ()
+                (*artifact.revocation_keys(), *(g[0] for g in state.grounds))
+                if artifact is not None
+                else ()
             ),
         )
         # finalize reads the job through a weak reference: the job holds finalize, and a

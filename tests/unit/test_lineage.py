@@ -343,6 +343,12 @@ def test_two_gateways_one_chain(tmp_path: Path) -> None:
         assert codes(
             decide(b, sub_agent, sub_artifact, parent=from_c.receipt, audience="gw-b")
         ) == ["lineage.broken"]
+        # B revokes A's node key (a mesh peer's key lost): its receipts count no more.
+        b.store.revoke("kid", node[a_home].public.thumbprint(), reason="node lost", now=NOW)
+        revoked = decide(b, sub_agent, sub_artifact, parent=parent.receipt, audience="gw-b")
+        assert codes(revoked) == ["lineage.broken"]
+        assert "the parent receipt's signing key: kid " in revoked.reasons[0].detail
+        assert "node lost" in revoked.reasons[0].detail
 
 
 def delegate_pair(root: str, holder: Runtime) -> tuple[str, Runtime]:

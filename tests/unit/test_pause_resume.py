@@ -374,7 +374,7 @@ def test_an_approver_revoked_before_the_resuming_commit_resumes_nothing(
     monkeypatch.setattr(gw.store, "commit", revoked_first)
     d = gw.decide(big(kit, artifact))
     assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.required"])
-    assert "revoked meanwhile" in d.reasons[0].detail
+    assert f"an approver of approval {approval}: kid " in d.reasons[0].detail
     assert logged(gw, d.log_index)["outcome"] == "deny"
     assert gw.approval(approval)[0].status == "pending"  # not consumed
 

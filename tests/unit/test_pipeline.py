@@ -788,6 +788,16 @@ def test_environment_attested_and_matching(kit: Kit, gw: Gateway) -> None:
     assert d.outcome is Outcome.PROCEED, d.reasons
 
 
+def test_an_attestation_whose_attester_key_is_revoked_does_not_count(kit: Kit, gw: Gateway) -> None:
+    attestation = kit.attestation({"region": "eu-central-1"})
+    assert _env_decide(kit, gw, attestation).outcome is Outcome.PROCEED
+    gw.store.revoke("kid", kit.attester.public.thumbprint(), reason="attester lost", now=NOW)
+    d = _env_decide(kit, gw, kit.attestation({"region": "eu-central-1"}))
+    assert (d.outcome, codes(d)) == (Outcome.DENY, ["environment.untrusted"])
+    assert "attester key: kid " in d.reasons[0].detail
+    assert "attester lost" in d.reasons[0].detail
+
+
 def test_environment_is_not_checked_without_env_conditions(kit: Kit, gw: Gateway) -> None:
     token = kit.artifact(REPORTS)
     d = gw.decide(kit.submission(kit.request("reports.read", "report:q3"), token))
