@@ -95,6 +95,15 @@ def test_a_method_that_is_not_a_token_is_refused(method: str) -> None:
         ("/api/%41", "encode letters"),
         ("/api/a%7Eb", "encode letters"),
         ("/api/a%2db", "encode letters"),
+        ("/api/orders/42%3Acancel", "encode letters, digits, '-._~' or what a path"),
+        ("/api/users/%40me/x", "encode letters"),
+        ("/api/a%2Cb", "encode letters"),
+        ("/api/a%3db", "encode letters"),
+        *((f"/api/a%{hex_}b", "encode letters") for hex_ in ("21", "24", "26", "27", "28")),
+        *((f"/api/a%{hex_}b", "encode letters") for hex_ in ("29", "2A", "2B", "3D", "40")),
+        ("/api/%c3%a9t%c3%a9/x", "upper-case hex"),
+        ("/api/%C3%a9/x", "upper-case hex"),
+        ("/api/a%3cb", "upper-case hex"),
         ("/api/..", "'..' segments"),
         ("/api/a%2Fb", "encoded"),
         ("/api/a%5cb", "encoded"),
@@ -146,6 +155,12 @@ def test_dots_and_encodings_inside_a_segment_and_in_the_query_are_fine() -> None
     request = http_request(method="GET", uri=uri, runtime="r")
     assert request.resource == "/api/v1.2/...x/%20%C3%A9/a%20b/100%3F"
     assert request.args["uri"] == uri
+
+
+def test_what_a_path_must_encode_stays_encoded_and_is_fine() -> None:
+    # Gen-delims and characters outside pchar have no other spelling in a path.
+    path = "/api/%3C%3E%22%5B%5D%7B%7D%60%5E%7C%23%3F/%E2%82%AC"
+    assert http_request(method="GET", uri=path, runtime="r").resource == path
 
 
 @pytest.mark.parametrize(
