@@ -483,6 +483,27 @@ def test_a_head_that_cannot_be_made_leaves_nothing_aside(
         store.close()
 
 
+def test_the_probe_makes_a_removed_head_or_says_it_cannot(path: Path) -> None:
+    """A removed head is made again by the next write: the readiness probe makes it
+    then, so a store whose next write could not make it (here its aside name is taken
+    by a directory) is not ready, instead of ready while every decision fails closed."""
+    fill(path, 2)
+    committed = head(path)
+    os.remove(f"{path}-head")
+    os.mkdir(f"{path}-head.new")
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="cannot make the store's committed tree head"):
+            store.check_writable(1.0)
+        assert not Path(f"{path}-head").exists()
+        os.rmdir(f"{path}-head.new")
+        store.check_writable(1.0)
+        assert head(path) == committed  # made from the store as it is
+        assert store.commit(job(b"entry")) == 2
+    finally:
+        store.close()
+
+
 def test_a_head_of_the_first_format_is_read_and_replaced(path: Path) -> None:
     """The first heads had no count of writes (52 bytes): one is checked for its size
     and root, and the next write replaces it."""

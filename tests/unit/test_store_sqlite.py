@@ -975,3 +975,22 @@ def test_a_page_of_approvals_is_found_from_its_cursor_by_the_index(tmp_path: Pat
         step.startswith("SEARCH a USING INDEX approvals_newest_first (expires_at<") for step in plan
     ), plan
     assert not any(step.startswith("SCAN a") for step in plan), plan
+
+
+def test_a_removed_store_file_is_not_made_again_by_a_read_or_a_probe(path: Path) -> None:
+    """Once open, the store never creates its file: a read or the readiness probe after
+    the file was removed fails, where it would otherwise make a new, empty store with
+    the process's umask instead of 0600."""
+    store = SQLiteStore(path)
+    try:
+        assert store.size() == 0  # a reader connection exists; later ones are new
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink()
+        with pytest.raises(StoreError):
+            store.check_writable(1.0)
+        # The pool's reader, and a new one beside it.
+        with pytest.raises(StoreError), store._reader(), store._reader():
+            pass
+        assert not path.exists()
+    finally:
+        store.close()

@@ -616,8 +616,16 @@ class SQLiteStore:
         and HTTP answers, which must not tell a client where the gateway keeps its state
         (its operator knows)."""
         try:
+            # After the opening, the file must be there: a removed one is not made again
+            # (a readiness probe or a read would otherwise make a new, empty store, with
+            # the process's umask, not the 0600 the opening gives it).
+            target, uri = (
+                (self.path, False)
+                if opening
+                else (Path(os.path.abspath(self.path)).as_uri() + "?mode=rw", True)
+            )
             conn = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                target, timeout=10.0, isolation_level=None, check_same_thread=False, uri=uri
             )
             _wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -960,8 +968,9 @@ class SQLiteStore:
         """See ``Store.check_writable``: within ``timeout``, this process's writer lock,
         the writers' ``flock`` (tried again every few milliseconds: a probe needs no
         place in the queue, and must leave no waiting thread behind when the holder
-        never lets go), then ``BEGIN IMMEDIATE`` and ``ROLLBACK`` with what is left; and
-        first, room to write (``_check_room``)."""
+        never lets go), then ``BEGIN IMMEDIATE``, the committed head opened for writing
+        and checked (made, if it was removed, as the next write would make it) and
+        ``ROLLBACK`` with what is left; and first, room to write (``_check_room``)."""
         deadline = time.monotonic() + timeout
         if self._closed:
             raise StoreUnavailable("the store is closed")
@@ -1017,10 +1026,12 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
             self._check_files()
             conn.execute("BEGIN IMMEDIATE")
-            fd, head = _open_head(self._head_path)  # writable, as the next commit needs it
-            if fd is not None:
-                os.close(fd)
-            check_head(head, _log_size(conn), functools.partial(_root_at, conn), _writes(conn))
+            # Writable, as the next commit needs it; one removed is made again now, as
+            # that commit would (so a directory that takes no new file is not ready).
+            fd, _ = self._take_head(
+                _log_size(conn), _writes(conn), functools.partial(_root_at, conn)
+            )
+            os.close(fd)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot start a write: {exc}") from exc
         finally:
