@@ -2,6 +2,6 @@
 
 import sys
 
-from execgate.cli import main
+from execgate._entry import main
 
 sys.exit(main())

@@ -307,3 +307,31 @@ def test_a_sighup_while_starting_is_remembered_and_acted_on_once_the_handler_is_
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_serve_remembers_a_sighup_from_before_the_cli_is_imported() -> None:
+    """The command's entry installs the handler that remembers a SIGHUP before it
+    imports the CLI (a tenth of a second or more in which a SIGHUP would otherwise end
+    ``execgate serve``): seen from an audit hook at the moment that import starts, in a
+    fresh interpreter."""
+    probe = (
+        "import signal, sys\n"
+        "seen = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and args[0] == 'execgate.cli' and not seen:\n"
+        "        seen.append(signal.getsignal(signal.SIGHUP))\n"
+        "sys.addaudithook(hook)\n"
+        "sys.argv = ['execgate', sys.argv[1], '--help']\n"
+        "from execgate._entry import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('default' if seen[0] == signal.SIG_DFL else seen[0].__name__, file=sys.stderr)\n"
+    )
+    for command, handler in (("serve", "hup_before_handler"), ("decide", "default")):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == handler

@@ -157,7 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Until the app's handler is in place, a SIGHUP must not end the process: it is
     # remembered, and the reload made once the service can (one worker: this process;
-    # several: the supervisor passes it on). Set before the imports that take time.
+    # several: the supervisor passes it on). The command's entry (execgate._entry) set
+    # it before the CLI's imports already; here for a caller of ``main`` itself.
     previous_hup = signal.signal(signal.SIGHUP, hup_before_handler)
     try:
         from execgate.home import CONFIG_NAME, load_config, service_copy
