@@ -98,8 +98,10 @@ class OutcomeLog:
             return  # another caller is checkpointing right now
         try:
             if self._last_checkpoint is None:
-                newest = next(self.store.recent_checkpoints(), None)
-                self._last_checkpoint = (newest[0] if newest else 0, now)
+                # The schedule runs from the newest stored checkpoint, whoever signed it:
+                # not from this process's start, or a tail appended by short-lived
+                # processes (CLI runs, restarted workers) would never be signed.
+                self._last_checkpoint = self.store.newest_checkpoint() or (0, now)
             last_time = self._last_checkpoint[1]
             if self._checkpoint_due(size, now):
                 self.audit.checkpoint(now=now)

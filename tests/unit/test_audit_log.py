@@ -657,6 +657,26 @@ def test_checkpoints_by_time_on_the_injected_clock(kit: Kit) -> None:
     assert_signed_by_the_node(kit, gw)
 
 
+def test_time_runs_from_the_stored_checkpoint_not_from_the_process_start(kit: Kit) -> None:
+    """Short-lived processes (CLI runs, restarted workers) each append a little: the
+    interval is counted from the newest stored checkpoint's time, so the tail they
+    leave is signed once it is due, not never."""
+    configure(kit, every=10**6, interval=60)
+    path = kit.config.store
+    gw = kit.gateway()
+    proceed(kit, gw)
+    kit.clock.t = NOW + 60
+    proceed(kit, gw)
+    assert checkpoint_times(path) == [(2, NOW + 60)]
+    gw.close()
+    for n in range(1, 4):  # each opens the gateway, decides once and closes it
+        kit.clock.t = NOW + 60 + 30 * n
+        gw = kit.gateway()
+        proceed(kit, gw)
+        gw.close()
+    assert checkpoint_times(path) == [(2, NOW + 60), (4, NOW + 120)]
+
+
 def test_count_continues_from_the_stored_checkpoint_after_a_restart(kit: Kit) -> None:
     configure(kit, every=4, interval=86400)
     gw = kit.gateway()

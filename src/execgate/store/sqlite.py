@@ -783,6 +783,14 @@ class SQLiteStore:
             rows = conn.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
         return [(int(size), str(note)) for size, note in rows]
 
+    def newest_checkpoint(self) -> tuple[int, int] | None:
+        """The size and the time (``created_at``) of the newest stored checkpoint."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT size, created_at FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     def recent_checkpoints(self) -> Iterator[tuple[int, str]]:
         """The stored checkpoints newest first, read a few at a time as they are taken
         (a log checkpointed for years holds millions; the newest is what is wanted). One

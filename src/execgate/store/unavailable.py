@@ -58,6 +58,9 @@ class UnavailableStore:
     def recent_checkpoints(self) -> Iterator[tuple[int, str]]:
         self._down()
 
+    def newest_checkpoint(self) -> tuple[int, int] | None:
+        self._down()
+
     def approval(self, approval_id: str) -> ApprovalRow | None:
         self._down()
 
