@@ -586,3 +586,22 @@ def test_an_export_line_too_long_is_not_verified(built: Log, tmp_path: Path) -> 
     (tmp_path / "x.jsonl").write_bytes(HEADER + b'{"index": 0, "entry": "' + b"A" * 5_000_000)
     reason = cli("audit", "verify", tmp_path / "x.jsonl", "--key", built.pub).not_verified()
     assert reason == "line 2 is longer than 4194304 bytes"
+
+
+def test_a_store_missing_a_merkle_node_is_exported_all_the_same(fresh: Path) -> None:
+    """The node signs no tree it cannot read whole, but every entry is exported for
+    offline checking, which then finds the log whole (its entries hash to the signed
+    roots) or says what is wrong."""
+    assert cli("--home", fresh, "audit", "checkpoint").code == 0
+    conn = sqlite3.connect(fresh / "state.db", isolation_level=None)
+    conn.execute("DROP TRIGGER merkle_nodes_no_delete")
+    # 24 leaves: the root is made of the subtrees of leaves 0-15 and 16-23; the second
+    conn.execute("DELETE FROM merkle_nodes WHERE level = 3 AND idx = 2")
+    conn.close()
+    out = fresh.parent / "export.jsonl"
+    exported = cli("--home", fresh, "audit", "export", out)
+    assert exported.code == 0, exported
+    assert f"{SIZE} entries" in exported.err
+    checked = cli("audit", "verify", out, "--key", fresh / "keys" / "node.pub.jwk")
+    assert checked.code == 0, checked
+    assert f"{SIZE} entries" in checked.out

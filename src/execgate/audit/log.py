@@ -115,7 +115,10 @@ class AuditLog:
             raise SigningRefused(str(exc)) from exc
         if newest is not None and newest[0] == size and self.signed_here(newest[1]) is not None:
             return newest[1]
-        root = self.root(size)
+        try:
+            root = self.root(size)
+        except AuditError as exc:  # a node missing: the store is damaged, nothing is signed
+            raise SigningRefused(str(exc)) from exc
         self._check_extends(itertools.chain([newest] if newest else [], stored), size, root)
         note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
         self.store.add_checkpoint(size, note, now=now)

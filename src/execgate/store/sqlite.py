@@ -715,8 +715,8 @@ class SQLiteStore:
         """The hash of the complete subtree covering leaves [index·2^level, (index+1)·2^level)."""
         with self._reader() as conn:
             found = _stored_node(conn, level, index)
-        if found is None:
-            raise StoreError(f"the Merkle tree has no node ({level}, {index})")
+        if found is None:  # never removed (a trigger refuses it): the store is damaged
+            raise AuditError(f"the Merkle tree has no node ({level}, {index}): it is damaged")
         return found
 
     def add_checkpoint(self, size: int, note: str, *, now: int) -> None:
