@@ -92,6 +92,12 @@ def test_checkpoint_prints_a_signed_checkpoint_and_the_vkey(built: Log, tmp_path
         ("home/trust.toml", "is a gateway home's trust.toml; refusing to overwrite it"),
         ("home/execgate.toml", "is a gateway home's execgate.toml; refusing to overwrite it"),
         ("home/state.db", "is a SQLite database; refusing to overwrite it"),
+        ("home/policy.yaml", "is a file of the gateway home"),
+        ("home/state.db-head", "is a file of the gateway home"),
+        ("home/state.db-writer.lock", "is a file of the gateway home"),
+        ("home/keys/node.pub.jwk", "holds a public key"),
+        ("elsewhere/log.db-wal", "belongs to the SQLite store log.db; refusing"),
+        ("elsewhere/log.db-head", "belongs to the SQLite store log.db; refusing"),
     ],
 )
 def test_an_output_never_replaces_a_key_a_home_file_or_a_store(
@@ -101,6 +107,10 @@ def test_an_output_never_replaces_a_key_a_home_file_or_a_store(
     assert cli("keygen", tmp_path / "k.jwk").code == 0
     home_file = target.removeprefix("home/")
     path = built.home / home_file if home_file != target else tmp_path / target
+    if target.startswith("elsewhere/"):  # a store outside any home, and a file beside it
+        path.parent.mkdir()
+        SQLiteStore(path.parent / "log.db").close()
+        path.write_bytes(b"beside the store")
     before = path.read_bytes()
     refused = cli("--home", built.home, "audit", "checkpoint", "-o", path).usage()
     assert message in refused

@@ -225,9 +225,29 @@ def open_gateway(
 # -- writing outputs --------------------------------------------------------------------
 
 
+# Beside a SQLite store: its journal and shared memory, and the committed head, its
+# aside copy and the writers' lock (store.sqlite).
+_STORE_SIDE_FILES: Final = ("-wal", "-shm", "-head", "-head.new", "-writer.lock")
+
+
+def _home_holding(target: Path) -> Path | None:
+    """The gateway home ``target`` is a file of: directly in it, or in its ``keys`` or
+    ``run`` directory (a service's files are one level further down)."""
+    from execgate.home import CONFIG_NAME
+
+    folder = target.absolute().parent
+    for depth, home in enumerate((folder, *list(folder.parents)[:2])):
+        if (home / CONFIG_NAME).is_file():
+            inner = target.absolute().relative_to(home).parts
+            return home if depth == 0 or inner[0] in ("keys", "run") else None
+    return None
+
+
 def refuse_to_replace(path: str, what: str) -> None:
-    """Never replace a key file (private or public), a home's config or trust store, or a
-    SQLite store with an output: a typo in ``-o`` would lose a key or a home."""
+    """Never replace a key file (private or public), a file of a gateway home (its
+    config, trust store, policy, store and the store's side files), or a SQLite store
+    or a file beside one with an output: a typo in ``-o`` would lose a key, a home or
+    entries of its log."""
     from execgate.home import CONFIG_NAME
     from execgate.jose import loads_strict
 
@@ -240,8 +260,8 @@ def refuse_to_replace(path: str, what: str) -> None:
         with target.open("rb") as fh:  # the head says what it is: not a whole store
             head = fh.read(MAX_TOKEN)
     except OSError:
-        return  # the write reports what is wrong with the file
-    if head.startswith(b"SQLite format 3\x00"):
+        head = b""  # the write reports what is wrong with the file
+    if head.startswith(_SQLITE_MAGIC):
         raise UsageError(f"{path} is a SQLite database; refusing to overwrite it with {what}")
     try:
         existing = loads_strict(head)
@@ -253,6 +273,29 @@ def refuse_to_replace(path: str, what: str) -> None:
         raise UsageError(
             f"{path} holds a public key; refusing to overwrite it with {what} (choose another file)"
         )
+    home = _home_holding(target)
+    if home is not None:
+        raise UsageError(
+            f"{path} is a file of the gateway home {home}; refusing to overwrite it"
+            f" with {what} (write it outside the home)"
+        )
+    for suffix in _STORE_SIDE_FILES:
+        store = target.with_name(target.name.removesuffix(suffix))
+        if target.name.endswith(suffix) and _is_sqlite(store):
+            raise UsageError(
+                f"{path} belongs to the SQLite store {store.name}; refusing to overwrite it"
+            )
+
+
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def write_text(text: str, dest: str | None, what: str) -> None:
