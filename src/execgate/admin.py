@@ -101,8 +101,10 @@ def issue_admin_token(
         raise ValueError(f"ttl must be within 1..{MAX_TTL} seconds")
     if not _METHOD.fullmatch(method):
         raise ValueError("method must be an upper-case HTTP method such as POST")
-    if not path.startswith("/") or "?" in path:
-        raise ValueError("path must be the request path (starting with '/'), without a query")
+    if not path.startswith("/"):
+        raise ValueError("the path must start with '/' (/v1/revocations, say)")
+    if "?" in path:
+        raise ValueError("path must be the request path without its query (pass that as query)")
     if query.startswith("?") or "#" in query:
         raise ValueError("query must be the query string as sent, without '?' or a fragment")
     if not _QUERY.fullmatch(query):

@@ -221,8 +221,11 @@ def test_the_typ_and_the_codec_rules_apply() -> None:
 def test_issue_refuses_what_verify_would() -> None:
     with pytest.raises(ValueError, match="method"):
         _token(method="post")
-    with pytest.raises(ValueError, match="query"):
+    with pytest.raises(ValueError, match="without its query"):
         _token(path="/v1/x?y=1")
+    with pytest.raises(ValueError, match="must start with '/'") as refused:
+        _token(path="v1/x")  # what `admin token --path` hands on, its query split off
+    assert "query" not in str(refused.value)
 
 
 def test_the_trust_store_checks_admin_entries() -> None:

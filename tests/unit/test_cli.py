@@ -332,6 +332,37 @@ def test_decide_exit_codes_follow_the_outcome(world: World) -> None:
     }
 
 
+def test_a_decision_whose_output_cannot_be_written_says_it_stands(world: World) -> None:
+    """Standard output on a full disk: the decision was made and logged before it was
+    printed, and the error says so (exit 2), in a real process writing to /dev/full."""
+    payments = world.issue("payments.jwt")
+    request = world.request("small.json", "payments.transfer", "acct:1", amount=100)
+    argv = ["--home", "home", "decide", "--request", request, "--artifact", payments]
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        done = subprocess.run(
+            [sys.executable, "-m", "execgate", *argv, "--runtime-key", "runtime.jwk"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=world.root,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "cannot write to standard output: No space left on device" in done.stderr
+    assert "what the command did stands" in done.stderr
+    tail = world.ok("--home", "home", "audit", "tail").out
+    assert "proceed" in tail
+
+
+def test_an_output_of_dash_is_standard_output(world: World) -> None:
+    issued = world.ok(
+        "--home", "home", "issue", "--sub", "agent-1", "--runtime-key", "runtime.pub.jwk",
+        "--action", "payments.*", "--resource", "acct:**", "-o", "-",
+    )  # fmt: skip
+    assert issued.out.count(".") == 2  # the compact JWS, printed
+    assert not (world.root / "-").exists()
+
+
 def test_decide_prints_the_outcome_reason_and_log_index(world: World) -> None:
     payments = world.issue("payments.jwt")
     request = world.request("big.json", "payments.transfer", "acct:1", amount=5000)
@@ -423,6 +454,13 @@ def test_decide_denies_each_family_with_exit_1(world: World) -> None:
     again = world.run("--home", "home", "decide", "--request", "submission.json", "--json")
     assert again.code == 1
     assert json.loads(again.out)["reasons"][0]["code"] == "replay.detected"
+    assert first.out.splitlines()[0] == "PROCEED  (rule payments)"
+    # Denied for a replay, not by the rule that matched: the rule is not named.
+    text = world.run("--home", "home", "decide", "--request", "submission.json")
+    assert text.out.splitlines()[:2] == [
+        "DENY",
+        "  replay.detected: this proof has been presented before",
+    ]
 
     # expired
     expired = _artifact(world, issued=int(time.time()) - 7200, ttl=600)

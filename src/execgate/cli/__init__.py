@@ -10,6 +10,8 @@ Exit codes:
     2  usage or configuration error: a bad flag, a missing or corrupt file (a key file
        too), a home that does not load, an id the gateway does not know, an approver key
        that is not in the trust store. Nothing was decided and nothing was written.
+       Also: standard output could not be written (a full disk, say); then what the
+       command did stands, and the message says so (a decision is in the log).
     3  pause        4  reroute
     5  fail_closed: the gateway could not decide (or the state store is unavailable)
 
@@ -52,7 +54,15 @@ try:
         tokens,
         verify,
     )
-    from execgate.cli._common import EXIT_CODES, EXIT_USAGE, Commands, note, one_line, out
+    from execgate.cli._common import (
+        EXIT_CODES,
+        EXIT_USAGE,
+        Commands,
+        StdoutError,
+        note,
+        one_line,
+        out,
+    )
     from execgate.errors import ExecgateError, StoreError
     from execgate.model import Outcome
 except KeyboardInterrupt:  # Ctrl-C while the command starts: quietly, as main() does
@@ -152,7 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = func(args)
         # Print what was decided first; then let approval notifications still in flight
         # finish (each bounded by its timeout), as the process would at exit anyway.
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutError(exc.strerror or str(exc)) from exc
         _drain_notifications()
         return code
     except StoreError as exc:
@@ -169,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except StdoutError as exc:
+        note(
+            f"execgate: error: cannot write to standard output: {exc}; what the command"
+            " did stands (a decision made is in the log: execgate audit tail shows it)"
+        )
+        return EXIT_USAGE
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         note(f"execgate: error: {exc.strerror or exc}{where}")

@@ -37,8 +37,22 @@ _INDEX: Final = re.compile(r"[0-9]{1,20}")
 Subparsers = argparse._SubParsersAction  # argparse has no public name for it
 
 
+class StdoutError(Exception):
+    """Standard output could not be written (a full disk, say): what the command did
+    before it stands (``main`` says so)."""
+
+
+def write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise  # the reader went away: main stops quietly
+    except OSError as exc:
+        raise StdoutError(exc.strerror or str(exc)) from exc
+
+
 def out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    write_stdout(text + "\n")
 
 
 def note(text: str) -> None:
@@ -299,9 +313,10 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def write_text(text: str, dest: str | None, what: str) -> None:
-    """``text`` on stdout, or written whole to ``dest`` (never over a private key)."""
-    if not dest:
-        sys.stdout.write(text)
+    """``text`` on stdout (no ``dest``, or ``-``), or written whole to ``dest`` (never
+    over a key or a home's file: ``refuse_to_replace``)."""
+    if not dest or dest == "-":
+        write_stdout(text)
         return
     from execgate.keyfile import atomic_write
 

@@ -51,7 +51,10 @@ def _print_decision(decision: Decision, as_json: bool) -> None:
     line = decision.outcome.value.upper()
     if decision.route:
         line += f" -> {decision.route}"
-    if decision.rule:
+    # The rule that matched, when it made the outcome: not for a decision the commit
+    # turned (a replay, a revocation, spent uses) or that could not be made.
+    family = decision.reasons[0].code.split(".")[0] if decision.reasons else "policy"
+    if decision.rule and family in ("policy", "approval"):
         line += f"  (rule {decision.rule})"
     out(line)
     for reason in decision.reasons:
