@@ -354,6 +354,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
         read: list[tuple[Path, str]] = [(config.node_key.parent, "key directory")]
         if pin is None or new:
             read.append((config.policy, "policy"))
+        # Anyone who may write the store may take back revocations, spend or free proofs
+        # and rewrite the log: its file, the files beside it and its directory.
+        store_path = Path(config.store)
+        read += [(store_path.parent, "state store directory")]
+        read += [
+            (store_path.with_name(store_path.name + suffix), "state store file")
+            for suffix in ("", "-wal", "-shm", "-head")
+        ]
         for path, what in read:
             with suppress(FileNotFoundError):  # a missing policy is reported when read
                 refuse_shared_writes(path, path.stat().st_mode, what)

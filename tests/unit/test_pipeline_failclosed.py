@@ -401,11 +401,13 @@ def test_a_mesh_node_with_this_gateways_id_refuses_to_open(tmp_path: Path) -> No
         Gateway.open(home)
 
 
-@pytest.mark.parametrize("path", ["", "keys", "execgate.toml", "policy.yaml"])
+@pytest.mark.parametrize("path", ["", "keys", "execgate.toml", "policy.yaml", "state.db"])
 def test_a_home_others_may_write_refuses_to_open(tmp_path: Path, path: str) -> None:
     """Whoever may rewrite the home, its config, its policy or its key directory can make
-    the gateway trust their own key: refused, with the chmod that fixes it."""
+    the gateway trust their own key, and whoever may rewrite its store can take back a
+    revocation: refused, with the chmod that fixes it."""
     init_home(tmp_path / "home")
+    Gateway.open(tmp_path / "home").close()  # the store made
     target = tmp_path / "home" / path
     target.chmod(stat.S_IMODE(target.stat().st_mode) | stat.S_IWOTH)
     with pytest.raises(ConfigError, match=r"may be written by any user .*run: chmod o-w"):
