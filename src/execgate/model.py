@@ -46,6 +46,7 @@ _REQUEST_KEYS = frozenset({"action", "resource", "args", "runtime", "parent"})
 # What separates the segments of a path in a resource: "files:../x" and C:\a\..\b climb
 # as "/a/../b" does.
 _SEGMENTS = re.compile(r"[/:\\]")
+_PATH_SEGMENTS = re.compile(r"[/\\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ class Request:
                     f"request.{name} must be printable: no control, format or separator"
                     " characters other than the space"
                 )
+            if value != value.strip():  # 'payments.refund ' is no rule's payments.refund
+                raise ValueError(f"request.{name} may not begin or end with a space")
         # A path resolved later ('/srv/data/../../etc') may name what no grant or rule
         # that matched it meant: a glob compares text, not where the path leads.
         if any(segment in (".", "..") for segment in _SEGMENTS.split(self.resource)):
@@ -82,6 +85,16 @@ class Request:
                 "request.resource may not hold '.' or '..' path segments: resolve the path"
                 " before asking"
             )
+        # A path: '/srv//secret' is '/srv/secret' to the file system and to most web
+        # frameworks, but a rule on /srv/secret/** does not match it. (A trailing '/'
+        # is kept: '/srv/' is a directory's own spelling.)
+        if self.resource.startswith(("/", "\\")):
+            segments = _PATH_SEGMENTS.split(self.resource)[1:]
+            if any(not segment for segment in segments[:-1]):
+                raise ValueError(
+                    "request.resource may not hold empty path segments ('//'): normalise"
+                    " the path before asking"
+                )
         if not isinstance(self.args, Mapping):
             raise ValueError("request.args must be a JSON object")
         if self.parent is not None and not isinstance(self.parent, str):

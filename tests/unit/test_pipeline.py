@@ -1037,6 +1037,9 @@ def _bad_submissions() -> dict[str, object]:
         "action-nul": {"request": {**good, "action": "payments.refund\x00"}},
         "action-zero-width": {"request": {**good, "action": "payments.refund\u200b"}},
         "resource-no-break-space": {"request": {**good, "resource": "acct:1\u00a0"}},
+        "action-trailing-space": {"request": {**good, "action": "payments.refund "}},
+        "resource-leading-space": {"request": {**good, "resource": " acct:42"}},
+        "runtime-trailing-space": {"request": {**good, "runtime": RUNTIME_ID + " "}},
         # a path a glob matches as text but that leads elsewhere once resolved
         "resource-dot-dot": {"request": {**good, "resource": "/srv/data/../../etc/passwd"}},
         "resource-dot-dot-end": {"request": {**good, "resource": "files:/srv/data/.."}},
@@ -1045,6 +1048,10 @@ def _bad_submissions() -> dict[str, object]:
         "resource-dot-dot-after-a-scheme": {"request": {**good, "resource": "files:../x"}},
         "resource-dot-after-a-scheme": {"request": {**good, "resource": "files:./x"}},
         "resource-dot-dot-backslashes": {"request": {**good, "resource": "C:\\a\\..\\b"}},
+        # a path the file system and most web frameworks read without its empty segment
+        "resource-empty-segment": {"request": {**good, "resource": "/srv//secret/x"}},
+        "resource-empty-first-segment": {"request": {**good, "resource": "//srv/secret"}},
+        "resource-empty-segment-backslashes": {"request": {**good, "resource": "\\a\\\\b"}},
         "runtime-bidi": {"request": {**good, "runtime": "agent-\u202e1"}},
         "request-non-string-key": {"request": {**good, 1: "x"}},
         "non-string-key": {"request": good, 2: "x"},
@@ -1061,6 +1068,13 @@ def test_malformed_submission_is_a_request_error(kit: Kit, gw: Gateway, case: st
 
 @pytest.mark.parametrize("resource", ["/srv/data/.ssh", "/a/...", "a..b", "acct:1.2", "/v1.2/x."])
 def test_dots_inside_a_resource_segment_are_fine(resource: str) -> None:
+    assert Request("files.read", resource, RUNTIME_ID).resource == resource
+
+
+@pytest.mark.parametrize("resource", ["/", "/srv/", "s3://bucket//key", "acct:1 2"])
+def test_a_trailing_slash_a_slash_pair_outside_a_path_and_inner_spaces_are_fine(
+    resource: str,
+) -> None:
     assert Request("files.read", resource, RUNTIME_ID).resource == resource
 
 
