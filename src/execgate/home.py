@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import tomllib
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -424,13 +425,23 @@ def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
     )
     existing = home.exists()
     base = home if existing else home.absolute().parent
+    # The directories above the home that init makes: removed again if it fails.
+    made = [d for d in (base, *base.parents) if not d.exists()]
     try:
         base.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=base, prefix=".execgate-init-"))
     except OSError as exc:
+        _remove_empty(made)
         raise ConfigError(f"cannot create gateway home {home}: {exc.strerror or exc}") from exc
+    installed = False
     try:
-        _populate(staging, gateway_id)
+        try:
+            _populate(staging, gateway_id)
+        except (OSError, ConfigError) as exc:  # a full disk, say: named as the home's file
+            said = str(exc).replace(str(staging), str(home))
+            raise ConfigError(
+                f"cannot create gateway home {home}: {said}; nothing was kept"
+            ) from exc
         _check(staging)
         if existing:
             _move_entries(staging, home)
@@ -441,9 +452,19 @@ def init_home(home: Path, *, gateway_id: str | None = None) -> GatewayConfig:
                 raise ConfigError(
                     f"cannot create gateway home {home}: {exc.strerror or exc}; nothing was kept"
                 ) from exc
+        installed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not installed:
+            _remove_empty(made)
     return load_config(home)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are still empty: what a failed init made."""
+    for folder in folders:
+        with suppress(OSError):
+            folder.rmdir()
 
 
 def _check(staging: Path) -> None:

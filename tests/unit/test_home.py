@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from test_store_sqlite import _small_disk
 
 import execgate.home
 from execgate.errors import ConfigError
@@ -233,3 +234,16 @@ def test_load_config_resolves_paths_against_the_home(home: Path) -> None:
     config = load_config(home)
     assert config.store == home / "data" / "gw.db"
     assert config.node_key == home / "keys" / "node.jwk"
+
+
+def test_an_init_that_fills_the_disk_says_so_and_leaves_no_directory(tmp_path: Path) -> None:
+    """On a full disk, init names the home (not its staging directory) and the cause,
+    and removes the directories above the home it made."""
+    with _small_disk(tmp_path / "disk", "12k") as disk:
+        home = disk / "a" / "b" / "gw"
+        with pytest.raises(ConfigError, match="No space left on device") as refused:
+            init_home(home)
+        message = str(refused.value)
+        assert message.startswith(f"cannot create gateway home {home}: ")
+        assert ".execgate-init-" not in message
+        assert list(disk.iterdir()) == []
