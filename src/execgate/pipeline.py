@@ -886,6 +886,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.approval, state.open_approval = None, None
             elif conflict == Conflict.PURGED:
                 state.stop(Outcome.FAIL_CLOSED, "store.unavailable", PURGED_DETAIL)
+            if conflict is not None and conflict != Conflict.APPROVAL_OPEN:
+                # The store wrote none of the claims: an approval being opened was not
+                # (the decision names none), and one being used was not used (it names
+                # it, but no approvers it went through on).
+                if state.open_approval is not None:
+                    state.approval = state.open_approval = None
+                state.approvers = []
             record = self._record_dict(state)
             receipt: str | None
             try:

@@ -375,8 +375,29 @@ def test_an_approver_revoked_before_the_resuming_commit_resumes_nothing(
     d = gw.decide(big(kit, artifact))
     assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.required"])
     assert f"an approver of approval {approval}: kid " in d.reasons[0].detail
+    assert (d.approval_id, logged(gw, d.log_index)["approvers"]) == (approval, [])
     assert logged(gw, d.log_index)["outcome"] == "deny"
     assert gw.approval(approval)[0].status == "pending"  # not consumed
+
+
+def test_a_pause_whose_commit_conflicts_names_no_approval_it_did_not_open(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pause would open an approval, but its commit finds the artifact revoked (or its
+    proof replayed): the store writes no approval, and the denial names none."""
+    commit = gw.store.commit
+
+    def revoked_first(job: WriteJob) -> int:
+        gw.store.revoke("sub", kit.runtime.runtime_id, reason="runtime lost", now=NOW)
+        return commit(job)
+
+    monkeypatch.setattr(gw.store, "commit", revoked_first)
+    d = gw.decide(big(kit, kit.artifact()))
+    assert (d.outcome, codes(d)) == (Outcome.DENY, ["artifact.revoked"])
+    assert d.approval_id is None
+    record = logged(gw, d.log_index)
+    assert (record["approval_id"], record["approvers"]) == (None, [])
+    assert gw.approvals() == []
 
 
 def test_an_approval_that_expires_before_the_commit_is_not_used(
