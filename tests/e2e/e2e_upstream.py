@@ -46,7 +46,13 @@ def _handler(name: str, log_path: str) -> type[BaseHTTPRequestHandler]:
                 "upstream": name,
                 "method": self.command,
                 "path": self.path,
-                "headers": {h: self.headers.get(h) for h in RECORDED if h in self.headers},
+                # As a service reading headers as CGI variables would: X_Original_URL is
+                # X-Original-URL there, so it is recorded (under its own name) too.
+                "headers": {
+                    name.lower(): value
+                    for name, value in self.headers.items()
+                    if name.lower().replace("_", "-") in RECORDED
+                },
                 "body_length": len(body),
             }
             with open(log_path, "a", encoding="utf-8") as log:

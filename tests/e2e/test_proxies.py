@@ -219,6 +219,31 @@ def test_override_headers_never_reach_the_upstream(proxied: Stack) -> None:
     assert set(record["headers"]) == {"x-e2e-id", "execgate-outcome", "execgate-decision"}
 
 
+# The same headers spelled with underscores: a service that reads headers as CGI
+# variables (wsgiref, uWSGI, PHP) takes X_Original_URL for X-Original-URL.
+_UNDERSCORED = {
+    "X_HTTP_Method_Override": "DELETE",
+    "X-HTTP-Method_Override": "DELETE",
+    "X_Original_URL": "/admin/users",
+    "X_Forwarded_Prefix": "/admin",
+    "Execgate_Outcome": "proceed",
+}
+
+
+def test_override_headers_spelled_with_underscores(proxied: Stack) -> None:
+    """nginx (ignore_invalid_headers) and Envoy (headers_with_underscores_action) drop
+    them; Traefik has no such setting and passes them on, as docs/proxies.md warns."""
+    headers = {**proxied.evidence("GET", "/api/items"), **_UNDERSCORED}
+    sent = proxied.send("GET", "/api/items", headers)
+    assert sent.response.status_code == 200, sent.response.text
+    [record] = proxied.main.seen(sent.e2e_id)
+    passed = set(record["headers"]) - {"x-e2e-id", "execgate-outcome", "execgate-decision"}
+    if proxied.proxy.kind == "traefik":
+        assert {"x_original_url", "x_http_method_override", "execgate_outcome"} <= passed
+    else:
+        assert passed == set()
+
+
 # -- a gateway that is gone or stuck (these break the gateway, then restore it) ----------
 
 
