@@ -128,6 +128,11 @@ def check_url(value: object) -> str:
         raise ValueError(usage) from exc
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ValueError(usage)
+    if not value.isascii():  # what the request line and Host header can carry
+        raise ValueError(
+            "must be ASCII: percent-encode the rest of the path and query (é is %C3%A9),"
+            " and write an international domain name in its xn-- form"
+        )
     if "@" in parts.netloc:
         raise ValueError(
             "must not hold a user name or password; let the receiver authenticate the"

@@ -163,6 +163,8 @@ def test_config_reads_the_hooks_and_defaults(kit: Kit) -> None:
         ({"notify_url": "http://127.0.0.1/a b"}, "notify_url must be an http://"),
         ({"notify_url": ["http://x/"]}, "notify_url must be an http://"),
         ({"notify_url": "http://u:pw@127.0.0.1/"}, "must not hold a user name or password"),
+        ({"notify_url": "http://127.0.0.1:8080/hooks/\u00e9"}, "must be ASCII: percent-encode"),
+        ({"notify_url": "https://b\u00fccher.example/x"}, "its xn-- form"),
         ({"notify_timeout": 0}, "notify_timeout must be whole seconds in [1, 30]"),
         ({"notify_timeout": 31}, "notify_timeout must be whole seconds in [1, 30]"),
         ({"notify_timeout": 2.5}, "notify_timeout must be whole seconds"),
