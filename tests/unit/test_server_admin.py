@@ -537,6 +537,10 @@ def test_an_approver_key_revoked_over_http_reviews_nothing(kit: Kit, client: Cli
 def test_unknown_approvals_are_404(kit: Kit, client: Client) -> None:
     path = f"{APPROVALS}/no-such-id"
     assert error_of(client.get(path, headers=token(kit, "GET", path)), 404) == "approval.not_found"
+    # An id no gateway makes is not looked up, nor repeated back.
+    odd = client.get(f"{APPROVALS}/a%00b", headers=token(kit, "GET", f"{APPROVALS}/a\x00b"))
+    assert error_of(odd, 404) == "approval.not_found"
+    assert odd.json()["error"]["message"] == "no such approval at this gateway"
 
 
 # -- revocations ------------------------------------------------------------------------

@@ -67,6 +67,8 @@ from execgate.approvals import Pending, Review
 from execgate.errors import ApprovalError, EvidenceError
 from execgate.home import ServerConfig
 from execgate.server._http import (
+    ID_TEXT,
+    MAX_ID,
     HttpError,
     JsonResponse,
     handled,
@@ -91,12 +93,10 @@ __all__ = [
 
 REVIEW_BODY_LIMIT: Final = 16 * 1024
 REVOCATION_BODY_LIMIT: Final = 8 * 1024
-_MAX_ID: Final = 128
 # A listing of approvals answers with at most this many unless ``?limit`` says fewer (or
 # more, up to MAX_APPROVALS_PAGE): the table keeps every approval ever opened.
 APPROVALS_PAGE: Final = 100
 MAX_APPROVALS_PAGE: Final = 1000
-_APPROVAL_ID_TEXT: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _MAX_VALUE: Final = 1024
 _THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _BEARER: Final = re.compile(r"Bearer +([A-Za-z0-9_.-]+) *", re.IGNORECASE)
@@ -336,7 +336,7 @@ def _state(gateway: Gateway, pending: Pending, reviews: list[Review], now: int) 
 
 def _approval_id(request: Request) -> str:
     approval_id: str = request.path_params["approval_id"]
-    if len(approval_id) > _MAX_ID:
+    if not ID_TEXT.fullmatch(approval_id):
         raise HttpError(404, "approval.not_found", "no such approval at this gateway")
     return approval_id
 
@@ -356,7 +356,7 @@ def _page(request: Request) -> tuple[int, str | None]:
     if not 1 <= limit <= MAX_APPROVALS_PAGE:
         raise HttpError(400, "request.invalid_query", f"limit must be 1 to {MAX_APPROVALS_PAGE}")
     after = request.query_params.get("after")
-    if after is not None and not _APPROVAL_ID_TEXT.fullmatch(after):
+    if after is not None and not ID_TEXT.fullmatch(after):
         raise HttpError(400, "request.invalid_query", "after must be an approval id")
     if after is not None and _gateway(request).store.approval(after) is None:
         raise HttpError(400, "request.invalid_query", "after names no approval at this gateway")
@@ -751,7 +751,7 @@ _APPROVAL_ID: Final = {
     "name": "approval_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "maxLength": _MAX_ID},
+    "schema": {"type": "string", "maxLength": MAX_ID, "pattern": f"^{ID_TEXT.pattern}$"},
 }
 
 

@@ -54,6 +54,7 @@ from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, logs, metrics
 from execgate.server._envdir import LOCK_FLAGS, SERVICE_LOCK
 from execgate.server._http import (
+    ID_TEXT,
     HttpError,
     JsonResponse,
     error_response,
@@ -85,7 +86,6 @@ INLINE_BODY_LIMIT: Final = 64 * 1024  # decision bodies parsed on the event loop
 MAX_PAGE_BYTES: Final = 4 * 1024 * 1024  # of entries per page of /v1/audit/entries
 MAX_PAGE: Final = 1000  # audit entries per page
 _READ_AHEAD: Final = 32  # entries read from the store at a time for a page
-_MAX_ID: Final = 128
 READY_WRITE_TIMEOUT: Final = 1.0  # seconds /readyz waits for the writers' turn
 STARTUP_FAILURE: Final = 3  # uvicorn's: a worker that exits with it stops the service
 SUPERVISOR_CHECK: Final = 1.0  # seconds between a worker's looks at its supervisor
@@ -132,7 +132,7 @@ async def post_decision(request: Request) -> Response:
 
 def _decision_id(request: Request) -> str:
     decision_id: str = request.path_params["decision_id"]
-    if len(decision_id) > _MAX_ID:
+    if not ID_TEXT.fullmatch(decision_id):
         raise HttpError(404, "decision.not_found", "no such decision in this gateway's log")
     return decision_id
 
@@ -165,6 +165,20 @@ def _receipt_view(logged: dict[str, Any]) -> dict[str, Any]:
     return {"index": logged["index"], "record": shown}
 
 
+# Of an outcome record, only that one was reported: its status, exit code and result
+# digest are no receipt's (a digest of a small result or an exception's name is easily
+# guessed), and need what the whole decision record needs.
+_OUTCOME_FIELDS: Final = ("v", "kind", "decision_id", "gateway", "at")
+
+
+def _outcome_view(logged: dict[str, Any]) -> dict[str, Any]:
+    record = logged["record"]
+    if record is None:
+        return logged
+    shown = {k: record[k] for k in _OUTCOME_FIELDS if k in record}
+    return {"index": logged["index"], "record": shown}
+
+
 async def get_decision(request: Request) -> Response:
     """The decision's record and its outcome's. Whole (request arguments, reason details,
     who the artifact named) with ``[server] public_audit`` (no credential is read then)
@@ -192,7 +206,11 @@ async def get_decision(request: Request) -> Response:
             "decision_id": decision_id,
             "view": "whole" if whole else "receipt",
             "decision": shown if whole else _receipt_view(shown),
-            "outcome": _record(outcome) if outcome is not None else None,
+            "outcome": None
+            if outcome is None
+            else _record(outcome)
+            if whole
+            else _outcome_view(_record(outcome)),
         }
     )
 

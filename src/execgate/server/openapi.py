@@ -12,6 +12,7 @@ import copy
 from typing import Any, Final
 
 from execgate.server import admin, forward_auth, metrics
+from execgate.server._http import ID_TEXT, MAX_ID
 from execgate.server._spec import BODY_ERRORS as _BODY_ERRORS
 from execgate.server._spec import COMMON_ERRORS as _COMMON_ERRORS
 from execgate.server._spec import error as _error
@@ -47,7 +48,7 @@ _DECISION_ID: Final = {
     "name": "decision_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "maxLength": 128},
+    "schema": {"type": "string", "maxLength": MAX_ID, "pattern": f"^{ID_TEXT.pattern}$"},
 }
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
 
