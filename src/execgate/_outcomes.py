@@ -100,8 +100,13 @@ class OutcomeLog:
             if self._last_checkpoint is None:
                 # The schedule runs from the newest stored checkpoint, whoever signed it:
                 # not from this process's start, or a tail appended by short-lived
-                # processes (CLI runs, restarted workers) would never be signed.
-                self._last_checkpoint = self.store.newest_checkpoint() or (0, now)
+                # processes (CLI runs, restarted workers) would never be signed. (From
+                # now at the latest: one stored when the clock ran ahead does not hold
+                # the schedule back once it is set right.)
+                newest = self.store.newest_checkpoint()
+                self._last_checkpoint = (
+                    (0, now) if newest is None else (newest[0], min(newest[1], now))
+                )
             last_time = self._last_checkpoint[1]
             if self._checkpoint_due(size, now):
                 self.audit.checkpoint(now=now)

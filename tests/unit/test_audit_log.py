@@ -675,6 +675,15 @@ def test_time_runs_from_the_stored_checkpoint_not_from_the_process_start(kit: Ki
         proceed(kit, gw)
         gw.close()
     assert checkpoint_times(path) == [(2, NOW + 60), (4, NOW + 120)]
+    # The clock was ahead when that one was stored, and is set back: the schedule runs
+    # from now, not from the stored time, still ahead.
+    kit.clock.t = NOW - 3600
+    gw = kit.gateway()
+    proceed(kit, gw)
+    kit.clock.t = NOW - 3600 + 60
+    proceed(kit, gw)
+    gw.close()
+    assert checkpoint_times(path)[-1] == (7, NOW - 3600 + 60)
 
 
 def test_count_continues_from_the_stored_checkpoint_after_a_restart(kit: Kit) -> None:
