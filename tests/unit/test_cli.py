@@ -518,7 +518,7 @@ def test_revoke_by_kid_and_sub(world: World) -> None:
     small = world.request("small.json", "payments.transfer", "acct:1", amount=5)
     runtime_kid = read_public_key(world.root / "runtime.pub.jwk").thumbprint()
     result = world.ok("--home", "home", "revoke", "--kid", runtime_kid, "--reason", "lost laptop")
-    assert f"revoked kid {runtime_kid}" in result.out
+    assert f"revoked kid {runtime_kid}: every decision from now on that stands on it" in result.out
     again = world.ok("--home", "home", "revoke", "--kid", runtime_kid, "--reason", "lost laptop")
     assert "already revoked" in again.out
     assert _code(world.decide(small, payments, "--json")) == (1, "artifact.revoked")

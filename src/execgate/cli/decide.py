@@ -159,6 +159,12 @@ def _revoke(args: argparse.Namespace) -> int:
         out(f"{kind} {label} was already revoked")
     elif args.dry_run:
         out(f"dry run: nothing revoked; revoking {kind} {label} would deny it from now on")
+    elif kind in ("kid", "sub"):
+        out(
+            f"revoked {kind} {label}: every decision from now on that stands on it is denied"
+            " (artifact.revoked; for an attester's, a mesh node's or an approver's:"
+            " environment.untrusted, lineage.broken, approval.required)"
+        )
     else:
         out(f"revoked {kind} {label}: every decision from now on denies it (artifact.revoked)")
     if found is not None:
@@ -236,8 +242,12 @@ def register(commands: Commands) -> None:
 
     s = commands.add("revoke", "revoke an artifact, a key or a subject (exactly one)")
     s.add_argument("--jti", help="an artifact id")
-    s.add_argument("--kid", help="an authority or runtime key id (RFC 7638 thumbprint)")
-    s.add_argument("--sub", help="a runtime id")
+    s.add_argument(
+        "--kid",
+        help="a key id (RFC 7638 thumbprint): an authority's, a runtime's, an attester's,"
+        " a mesh node's, an approver's or an admin's",
+    )
+    s.add_argument("--sub", help="a subject on an artifact chain (a runtime id), or an approver")
     s.add_argument(
         "--artifact",
         help="this exact artifact and what descends from it (file or compact JWS)",
