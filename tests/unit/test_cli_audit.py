@@ -92,9 +92,9 @@ def test_checkpoint_prints_a_signed_checkpoint_and_the_vkey(built: Log, tmp_path
         ("home/trust.toml", "is a gateway home's trust.toml; refusing to overwrite it"),
         ("home/execgate.toml", "is a gateway home's execgate.toml; refusing to overwrite it"),
         ("home/state.db", "is a SQLite database; refusing to overwrite it"),
-        ("home/policy.yaml", "is a file of the gateway home"),
-        ("home/state.db-head", "is a file of the gateway home"),
-        ("home/state.db-writer.lock", "is a file of the gateway home"),
+        ("home/policy.yaml", "is the policy of the gateway home"),
+        ("home/state.db-head", "is a file of the state store of the gateway home"),
+        ("home/state.db-writer.lock", "is a file of the state store of the gateway"),
         ("home/keys/node.pub.jwk", "holds a public key"),
         ("elsewhere/log.db-wal", "belongs to the SQLite store log.db; refusing"),
         ("elsewhere/log.db-head", "belongs to the SQLite store log.db; refusing"),
@@ -615,3 +615,22 @@ def test_a_store_missing_a_merkle_node_is_exported_all_the_same(fresh: Path) -> 
     checked = cli("audit", "verify", out, "--key", fresh / "keys" / "node.pub.jwk")
     assert checked.code == 0, checked
     assert f"{SIZE} entries" in checked.out
+
+
+def test_outputs_of_ones_own_in_a_home_are_replaced_its_files_never(fresh: Path) -> None:
+    """Inside a home, what the home's config names (here a policy moved to a folder of
+    its own) is never written over; a file of the user's own there is, like anywhere."""
+    (fresh / "policies").mkdir()
+    (fresh / "policy.yaml").rename(fresh / "policies" / "main.yaml")
+    config = fresh / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('policy = "policy.yaml"', 'policy = "policies/main.yaml"'))
+    policy = fresh / "policies" / "main.yaml"
+    before = policy.read_bytes()
+    refused = cli("--home", fresh, "audit", "checkpoint", "-o", policy).usage()
+    assert f"is the policy of the gateway home {fresh.resolve()}" in refused
+    assert policy.read_bytes() == before
+    mine = fresh / "checkpoint.txt"
+    for _ in range(2):  # written, then written again
+        assert cli("--home", fresh, "audit", "checkpoint", "-o", mine).code == 0
+    assert mine.read_text(encoding="utf-8").startswith("gw-test\n")

@@ -244,16 +244,30 @@ def open_gateway(
 _STORE_SIDE_FILES: Final = ("-wal", "-shm", "-head", "-head.new", "-writer.lock")
 
 
-def _home_holding(target: Path) -> Path | None:
-    """The gateway home ``target`` is a file of: directly in it, or in its ``keys`` or
-    ``run`` directory (a service's files are one level further down)."""
-    from execgate.home import CONFIG_NAME
+def _home_file(target: Path) -> tuple[str, Path] | None:
+    """What ``target`` is to a gateway home it lies in (its config names the files): the
+    policy, the state store or a file beside it, or a file in its key or ``run``
+    directory. None for anything else there, the user's own outputs included."""
+    from execgate.home import CONFIG_NAME, load_config
 
-    folder = target.absolute().parent
-    for depth, home in enumerate((folder, *list(folder.parents)[:2])):
-        if (home / CONFIG_NAME).is_file():
-            inner = target.absolute().relative_to(home).parts
-            return home if depth == 0 or inner[0] in ("keys", "run") else None
+    real = target.resolve()
+    for home in real.parents:
+        if not (home / CONFIG_NAME).is_file():
+            continue
+        try:
+            config = load_config(home)
+            policy, store, keys = config.policy, config.store, config.node_key.parent
+        except ConfigError:  # a home that does not load: its files where init puts them
+            policy, store, keys = home / "policy.yaml", home / "state.db", home / "keys"
+        store = store.resolve()
+        named = {policy.resolve(): "the policy", store: "the state store"}
+        for suffix in _STORE_SIDE_FILES:
+            named[store.with_name(store.name + suffix)] = "a file of the state store"
+        if real in named:
+            return named[real], home
+        for folder, name in ((keys.resolve(), "key"), ((home / "run").resolve(), "run")):
+            if folder in real.parents:
+                return f"a file in the {name} directory", home
     return None
 
 
@@ -287,11 +301,11 @@ def refuse_to_replace(path: str, what: str) -> None:
         raise UsageError(
             f"{path} holds a public key; refusing to overwrite it with {what} (choose another file)"
         )
-    home = _home_holding(target)
-    if home is not None:
+    held = _home_file(target)
+    if held is not None:
         raise UsageError(
-            f"{path} is a file of the gateway home {home}; refusing to overwrite it"
-            f" with {what} (write it outside the home)"
+            f"{path} is {held[0]} of the gateway home {held[1]}; refusing to overwrite it"
+            f" with {what} (choose another file)"
         )
     for suffix in _STORE_SIDE_FILES:
         store = target.with_name(target.name.removesuffix(suffix))
