@@ -179,20 +179,6 @@ def test_deny_is_403_with_the_reason_and_the_decision(kit: Kit, client: Client) 
     assert body["rule"] == "admin-denied"
 
 
-def test_rules_match_the_path_with_its_one_meaning_escapes_decoded(
-    kit: Kit, client: Client
-) -> None:
-    """`%40` is '@' to a service and to the rules alike (the resource decided on); the
-    logged request keeps the URI as sent, which the proof binds."""
-    uri = "/api/users/bob%40example.com"
-    response = nginx(client, "GET", uri, headers_for(kit, "GET", uri))
-    assert response.status_code == 200, response.text
-    gateway = client.app.state.gateway
-    [entry] = gateway.store.entries(gateway.store.size() - 1, gateway.store.size())
-    request = json.loads(entry.entry)["request"]
-    assert (request["resource"], request["args"]["uri"]) == ("/api/users/bob@example.com", uri)
-
-
 def test_a_call_no_rule_matches_is_denied(kit: Kit, client: Client) -> None:
     response = nginx(client, "GET", "/elsewhere", headers_for(kit, "GET", "/elsewhere"))
     denied(response, "deny", "policy.no_match")

@@ -7,23 +7,22 @@ A runtime calling an HTTP service through a proxy (nginx ``auth_request``, Envoy
 ``GET /b`` or ``POST /a``, because a different method or URI is a different request hash.
 
     action    "http." + the method in lower case        (http.get, http.post, ...)
-    resource  the URI's path as sent (no query string), but for its escapes: those of
-              ``:@!$&'()*+,=`` decoded (a path holds them as is; encoders escape them
-              and services decode them), every other one in upper case
+    resource  the URI's path, exactly as sent (no percent-decoding, no query string)
     args      {"method": the method as sent, "uri": the whole URI with its query,
                "body_sha256": base64url(SHA-256(body)) only for a non-empty body}
     runtime   the runtime id (sent as ``Execgate-Runtime``)
     parent    a parent receipt, or None
 
 The path is taken as sent because the gateway cannot know how the service behind the
-proxy will decode it; only escapes with one meaning to every service are made one
-spelling (the resource). Anything that decodes to a different path than it reads is
-refused rather than guessed at: dot segments (``/api/../admin`` matches the grant ``/api/**``
+proxy will decode it. Anything that decodes to a different path than it reads is refused
+rather than guessed at: dot segments (``/api/../admin`` matches the grant ``/api/**``
 but a service may serve ``/admin``), their percent-encoded forms, encoded slashes and
 backslashes (``%2F``, ``%5C``, ``\\``), path parameters (``;``: Tomcat and Spring read
 ``/api/..;/admin`` as ``/admin``), empty segments (``//``: many frameworks merge them),
-percent-encoded letters, digits and ``-._~`` (``%61dmin`` is ``admin`` to a service that
-decodes once, but no deny rule on ``/api/admin/**`` matches it), escapes that are
+percent-encoded characters that need no encoding in a path (``%61dmin`` is ``admin`` to
+a service that decodes once, but no deny rule on ``/api/admin/**`` matches it; the same
+for ``:@!$&'()*+,=``, which a path holds as is), escapes in lower case (``%c3%a9`` is
+``%C3%A9`` decoded, but not to a rule), escapes that are
 not ``%`` and two hex digits (IIS reads ``%u0061`` as ``a``), an encoded ``%`` (``%2561``
 is ``a`` after two decodings), encoded control characters, encoded bytes that are not
 UTF-8 (``%C0%AE`` is an overlong ``.``), segments ending in ``.`` or ``%20`` (Windows
@@ -86,18 +85,16 @@ _DOT_SEGMENT: Final = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
 _ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c|3b)", re.IGNORECASE)
 # RFC 3986 unreserved characters but '~', as the hex of their escapes.
 _UNRESERVED_BUT_TILDE: Final = r"[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f"
-# RFC 3986 unreserved characters, percent-encoded: a service decodes them to a path that
-# differs from the one the grants and rules were matched against.
-_ENCODED_UNRESERVED: Final = re.compile(rf"%(?:{_UNRESERVED_BUT_TILDE}|7e)", re.IGNORECASE)
-# The rest of what a path segment holds as is (RFC 3986 pchar): the sub-delims but ';'
-# (refused as a separator above), ':' and '@'. Encoders escape them (JavaScript's
-# encodeURIComponent and Python's quote write `bob%40example.com`), and a service decodes
-# them: the resource has them decoded, so a rule on `/api/orders/*:cancel` matches
-# `42%3Acancel` too. Every other escape is written in upper case (`%c3%a9` is `%C3%A9`).
-_ESCAPE: Final = re.compile(r"%([0-9A-Fa-f]{2})")
-_PCHAR_DECODED: Final = frozenset(
-    {"21", "24", "26", "27", "28", "29", "2A", "2B", "2C", "3A", "3D", "40"}
+# What a path segment holds as is (RFC 3986 pchar), percent-encoded: the unreserved
+# characters, the sub-delims but ';' (refused as a separator above) and ':' '@'. A
+# service decodes them to a path that differs from the one the grants and rules were
+# matched against (a deny rule on `/api/orders/*:cancel` does not see `42%3Acancel`).
+_ENCODED_PCHAR: Final = re.compile(
+    rf"%(?:{_UNRESERVED_BUT_TILDE}|7e|2[146-9a-c]|3[ad]|40)", re.IGNORECASE
 )
+# An escape in lower case: `%c3%a9` and `%C3%A9` are one path to a service that decodes
+# it, two texts to a rule; RFC 3986 §2.1 asks for upper case, so a path has one spelling.
+_LOWER_ESCAPE: Final = re.compile(r"%(?:[a-f][0-9a-fA-F]|[0-9A-F][a-f])")
 # The same in a query, but for '~' (%7E), which browsers' forms and Java's URLEncoder
 # encode in every query they build.
 _ENCODED_UNRESERVED_BUT_TILDE: Final = re.compile(rf"%(?:{_UNRESERVED_BUT_TILDE})", re.I)
@@ -125,14 +122,8 @@ def _check_method(method: str) -> None:
         )
 
 
-def _normal_escape(escape: re.Match[str]) -> str:
-    code = escape[1].upper()
-    return chr(int(code, 16)) if code in _PCHAR_DECODED else "%" + code
-
-
 def _check_uri(uri: str) -> str:
-    """The path of ``uri`` (before any query), its escapes made one spelling (see
-    ``_PCHAR_DECODED``), or ``RequestError``. The checks that look
+    """The path of ``uri`` (before any query), or ``RequestError``. The checks that look
     for an escape run only on a path (or query) holding a '%', those on segments only on
     a path holding a '%' or a '.' (the common path has neither); their order, and so
     which message a path breaking several rules gets, is the same either way."""
@@ -153,9 +144,10 @@ def _check_uri(uri: str) -> str:
         raise RequestError("the URI path may not hold path parameters (';')")
     if "//" in path:
         raise RequestError("the URI path may not hold empty segments ('//')")
-    if escaped and _ENCODED_UNRESERVED.search(path):
+    if escaped and _ENCODED_PCHAR.search(path):
         raise RequestError(
-            "the URI path may not percent-encode letters, digits or '-._~' (send them as is)"
+            "the URI path may not percent-encode letters, digits, '-._~' or what a path"
+            " holds as is (:@!$&'()*+,=): send them as is"
         )
     segments = path.split("/") if escaped or "." in path else []
     if any(_DOT_SEGMENT.fullmatch(segment) for segment in segments):
@@ -170,14 +162,16 @@ def _check_uri(uri: str) -> str:
             unquote_to_bytes(path).decode("utf-8")  # strict: no overlong forms (%C0%AE is '.')
         except UnicodeDecodeError as exc:
             raise RequestError("the URI path's percent-encoded bytes are not valid UTF-8") from exc
+        if _LOWER_ESCAPE.search(path):
+            raise RequestError(
+                "the URI path's escapes must use upper-case hex digits (%C3%A9, not %c3%a9)"
+            )
     if any(segment.endswith((".", "%20")) for segment in segments):
         raise RequestError(
             "the URI path may not hold a segment ending in '.' or '%20' (Windows services"
             " drop them: 'admin.' is 'admin' there)"
         )
     query = uri[len(path) + 1 :]
-    if escaped:
-        path = _ESCAPE.sub(_normal_escape, path)
     if "%" in query:
         if _ENCODED_UNRESERVED_BUT_TILDE.search(query):
             raise RequestError(
