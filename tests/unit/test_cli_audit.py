@@ -622,9 +622,14 @@ def test_outputs_of_ones_own_in_a_home_are_replaced_its_files_never(fresh: Path)
     its own) is never written over; a file of the user's own there is, like anywhere."""
     (fresh / "policies").mkdir()
     (fresh / "policy.yaml").rename(fresh / "policies" / "main.yaml")
+    (fresh / "trust.toml").rename(fresh / "authorities.toml")
     config = fresh / "execgate.toml"
     text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace('policy = "policy.yaml"', 'policy = "policies/main.yaml"'))
+    text = text.replace('policy = "policy.yaml"', 'policy = "policies/main.yaml"')
+    config.write_text(text.replace('trust = "trust.toml"', 'trust = "authorities.toml"'))
+    trust = fresh / "authorities.toml"
+    refused = cli("--home", fresh, "audit", "checkpoint", "-o", trust).usage()
+    assert f"is the trust store of the gateway home {fresh.resolve()}" in refused
     policy = fresh / "policies" / "main.yaml"
     before = policy.read_bytes()
     refused = cli("--home", fresh, "audit", "checkpoint", "-o", policy).usage()

@@ -246,8 +246,9 @@ _STORE_SIDE_FILES: Final = ("-wal", "-shm", "-head", "-head.new", "-writer.lock"
 
 def _home_file(target: Path) -> tuple[str, Path] | None:
     """What ``target`` is to a gateway home it lies in (its config names the files): the
-    policy, the state store or a file beside it, or a file in its key or ``run``
-    directory. None for anything else there, the user's own outputs included."""
+    trust store, the policy, the state store or a file beside it, or a file in its key
+    or ``run`` directory. None for anything else there, the user's own outputs
+    included."""
     from execgate.home import CONFIG_NAME, load_config
 
     real = target.resolve()
@@ -256,11 +257,17 @@ def _home_file(target: Path) -> tuple[str, Path] | None:
             continue
         try:
             config = load_config(home)
-            policy, store, keys = config.policy, config.store, config.node_key.parent
+            trust, policy = config.trust, config.policy
+            store, keys = config.store, config.node_key.parent
         except ConfigError:  # a home that does not load: its files where init puts them
-            policy, store, keys = home / "policy.yaml", home / "state.db", home / "keys"
+            trust, policy = home / "trust.toml", home / "policy.yaml"
+            store, keys = home / "state.db", home / "keys"
         store = store.resolve()
-        named = {policy.resolve(): "the policy", store: "the state store"}
+        named = {
+            trust.resolve(): "the trust store",
+            policy.resolve(): "the policy",
+            store: "the state store",
+        }
         for suffix in _STORE_SIDE_FILES:
             named[store.with_name(store.name + suffix)] = "a file of the state store"
         if real in named:
