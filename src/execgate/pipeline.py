@@ -834,10 +834,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.stop(Outcome.DENY, "replay.detected", "this proof has been presented before")
             elif conflict == Conflict.REVOKED:
                 found = _held(sent).revoked
-                ground = next(
-                    (g for g in state.grounds if found and g[0] == (found.kind, found.value)),
-                    None,
-                )
+                key = None if found is None else (found.kind, found.value)
+                ground = next((g for g in state.grounds if g[0] == key), None)
                 if found is not None and ground is not None:
                     state.stop(
                         Outcome.DENY,

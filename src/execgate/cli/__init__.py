@@ -59,6 +59,7 @@ try:
         EXIT_USAGE,
         Commands,
         StdoutError,
+        flush_stdout,
         note,
         one_line,
         out,
@@ -162,12 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = func(args)
         # Print what was decided first; then let approval notifications still in flight
         # finish (each bounded by its timeout), as the process would at exit anyway.
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise StdoutError(exc.strerror or str(exc)) from exc
+        flush_stdout()
         _drain_notifications()
         return code
     except StoreError as exc:

@@ -7,8 +7,10 @@ them, so ``execgate --help`` and the offline commands start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,13 +44,26 @@ class StdoutError(Exception):
     before it stands (``main`` says so)."""
 
 
-def write_stdout(text: str) -> None:
+@contextlib.contextmanager
+def _on_stdout() -> Iterator[None]:
+    """A failure to write standard output, but the reader going away (main stops
+    quietly then), as ``StdoutError``."""
     try:
-        sys.stdout.write(text)
+        yield
     except BrokenPipeError:
-        raise  # the reader went away: main stops quietly
+        raise
     except OSError as exc:
         raise StdoutError(exc.strerror or str(exc)) from exc
+
+
+def write_stdout(text: str) -> None:
+    with _on_stdout():
+        sys.stdout.write(text)
+
+
+def flush_stdout() -> None:
+    with _on_stdout():
+        sys.stdout.flush()
 
 
 def out(text: str) -> None:

@@ -330,10 +330,6 @@ def _done(
 # -- approvals --------------------------------------------------------------------------
 
 
-def _state(gateway: Gateway, pending: Pending, reviews: list[Review], now: int) -> dict[str, Any]:
-    return gateway.approval_status(pending, reviews, now)
-
-
 def _approval_id(request: Request) -> str:
     approval_id: str = request.path_params["approval_id"]
     if not ID_TEXT.fullmatch(approval_id):
@@ -378,7 +374,7 @@ async def list_approvals(request: Request) -> Response:
         found = []
         for pending in page[:limit]:
             _, reviews = gateway.approval(pending.approval_id)
-            found.append({**pending.to_json(), **_state(gateway, pending, reviews, now)})
+            found.append({**pending.to_json(), **gateway.approval_status(pending, reviews, now)})
         return found, page[limit - 1].approval_id if len(page) > limit else None
 
     found, following = await run_in_threadpool(listing)
@@ -394,7 +390,7 @@ async def show_approval(request: Request) -> Response:
         pending, reviews = _find(gateway, approval_id)
         return {
             **pending.to_json(),
-            **_state(gateway, pending, reviews, now),
+            **gateway.approval_status(pending, reviews, now),
             "reviews": [r.to_json() for r in reviews],
         }
 
@@ -447,7 +443,7 @@ async def post_review(request: Request) -> Response:
             "verdict": mine.verdict,
             "log_index": index,
             "admin": token.admin.id,
-            **_state(gateway, after, reviews, now),
+            **gateway.approval_status(after, reviews, now),
         }
 
     return JsonResponse(await run_in_threadpool(review))
