@@ -264,13 +264,17 @@ def read_private_key(path: Path) -> PrivateKey:
 
 
 def read_public_key(path: Path) -> PublicKey:
-    """Read a public key file (a private key file is refused: keep those where they are)."""
-    jwk, _ = _read_jwk(path, "public key")
+    """Read a public key file (a private key file is refused: keep those where they are).
+
+    A file any user may write is refused, as a trust store is: what it names is the key
+    an artifact is bound to, or the key a log is checked against."""
+    jwk, mode = _read_jwk(path, "public key")
     if "d" in jwk:
         raise ConfigError(
             f"{path} holds a PRIVATE key, but a public key is needed here; give its public"
             f" half {public_path_for(path)} and keep the private key file where it is"
         )
+    refuse_shared_writes(path, mode, "public key file")
     try:
         return PublicKey.from_jwk(jwk)
     except JoseError as exc:

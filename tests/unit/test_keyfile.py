@@ -184,6 +184,24 @@ def test_a_public_key_where_a_private_one_is_needed(pair: tuple[Path, Path, Priv
     with pytest.raises(ConfigError, match="holds a public key, but a private key is needed"):
         read_private_key(public)
 
+def test_a_public_key_any_user_may_write_is_refused_with_the_chmod_hint(
+    pair: tuple[Path, Path, PrivateKey],
+) -> None:
+    """The key an artifact is bound to (issue, delegate) or a log is checked against
+    (audit verify): a file anyone may rewrite is refused, as a trust store is."""
+    _, public, key = pair
+    for mode in (0o666, 0o646, 0o602):
+        public.chmod(mode)
+        with pytest.raises(ConfigError) as info:
+            read_public_key(public)
+        assert str(info.value) == (
+            f"public key file {public} may be written by any user (mode {mode:04o});"
+            f" run: chmod o-w {public}"
+        )
+    public.chmod(0o664)  # a group may write it, as a trust store
+    assert read_public_key(public) == key.public
+
+
 
 def test_a_private_key_where_a_public_one_is_needed_is_refused_without_echoing_it(
     pair: tuple[Path, Path, PrivateKey],
