@@ -252,7 +252,15 @@ class TrustStore:
         )
         for section, group in sections:
             for principal in group.values():
-                for kid in principal.keys:
+                for kid, key in principal.keys.items():
+                    # Revocations, receipts and the log name a key by its thumbprint:
+                    # another id would let one key hide under two names.
+                    if kid != key.thumbprint():
+                        raise ConfigError(
+                            f"{section} {principal.id!r} lists a key under the id {kid!r},"
+                            f" not its RFC 7638 thumbprint {key.thumbprint()}: list each"
+                            " key under its thumbprint"
+                        )
                     if kid in seen:
                         raise ConfigError(
                             f"key {kid} is listed for both {seen[kid]} and {section}"

@@ -9,7 +9,7 @@ import pytest
 
 from execgate.errors import ConfigError
 from execgate.jose import PrivateKey
-from execgate.trust import TrustStore
+from execgate.trust import Approver, Authority, TrustStore
 
 
 def _jwk(key: PrivateKey, *, private: bool = False) -> str:
@@ -146,3 +146,26 @@ def test_from_dict_names_its_source() -> None:
         TrustStore.from_dict({})
     with pytest.raises(ConfigError, match=r"^inline: 'authority' must be an array"):
         TrustStore.from_dict({"authority": {"id": "x"}}, source="inline")
+
+
+def test_a_trust_store_built_in_code_lists_each_key_under_its_thumbprint() -> None:
+    """The constructor holds the file's rule: a key listed under another id would let one
+    key be an authority's under one name and an approver's under its thumbprint, and a
+    revocation of either name would miss the other."""
+    key = PrivateKey.generate().public
+    with pytest.raises(ConfigError) as info:
+        TrustStore(
+            {"auth": Authority("auth", {"k-auth": key}, ())},
+            {},
+            approvers={"alice": Approver("alice", ("g",), {key.thumbprint(): key})},
+        )
+    assert str(info.value) == (
+        f"authority 'auth' lists a key under the id 'k-auth', not its RFC 7638 thumbprint"
+        f" {key.thumbprint()}: list each key under its thumbprint"
+    )
+    with pytest.raises(ConfigError, match="listed for both authority 'auth' and approver"):
+        TrustStore(
+            {"auth": Authority("auth", {key.thumbprint(): key}, ())},
+            {},
+            approvers={"alice": Approver("alice", ("g",), {key.thumbprint(): key})},
+        )
