@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from execgate.errors import AdminError, JoseError
-from execgate.jose import PrivateKey, encode, sha256_b64url, verify
+from execgate.jose import JTI, PrivateKey, encode, sha256_b64url, verify
 from execgate.trust import ADMIN_ROLES, Admin, TrustStore, signer_refusal
 
 __all__ = [
@@ -63,7 +63,6 @@ MAX_TOKEN_BYTES: Final = 4096
 UNAUTHENTICATED: Final = "admin.unauthenticated"
 FORBIDDEN: Final = "admin.forbidden"
 _CLAIMS: Final = frozenset({"iss", "aud", "iat", "exp", "jti", "htm", "htu", "htq", "bh"})
-_JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _METHOD: Final = re.compile(r"[A-Z]{1,16}")
 _QUERY: Final = re.compile(r"[!-~]*")  # what a client sends: printable ASCII, no space
 
@@ -169,7 +168,7 @@ def verify_admin_token(
     if now >= exp + leeway:
         raise _refuse("the token has expired")
     jti = claims["jti"]
-    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+    if not isinstance(jti, str) or not JTI.fullmatch(jti):
         raise _refuse("the token's jti must be 16-128 base64url characters")
     if claims["htm"] != method or claims["htu"] != path:
         raise _refuse(f"the token is for another call, not {method} {path}")

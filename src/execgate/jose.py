@@ -44,6 +44,7 @@ import rfc8785
 from execgate.errors import JoseError
 
 __all__ = [
+    "JTI",
     "Parsed",
     "PrivateKey",
     "PublicKey",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 _ALGORITHMS: Final = frozenset({"Ed25519", "EdDSA"})
+# A proof's or admin token's id: 16 to 128 base64url characters (16 random ones carry 96
+# bits). The character set keeps what a replay table is keyed by printable and plain.
+JTI: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
 _B64URL_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # Unused low bits of the last character when the length is 2 or 3 (mod 4).
@@ -419,8 +423,16 @@ def compact_json(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def _compact(obj: Mapping[str, Any]) -> str:
-    return b64url_encode(compact_json(obj))
+def _segment(obj: Mapping[str, Any]) -> str:
+    """The base64url segment of a JWS header or claims set, as :func:`compact_json`
+    writes it; JSON that :func:`loads_strict` would refuse (a duplicate member from
+    keys that are not strings) raises ``JoseError``. A plain dict cannot hold one."""
+    if _plain(obj):
+        with suppress(orjson.JSONEncodeError):
+            return b64url_encode(orjson.dumps(obj))
+    data = compact_json(obj)
+    loads_strict(data)
+    return b64url_encode(data)
 
 
 _CACHED_HEADER: Final = 512  # characters: an Ed25519 header with its jwk is about 200
@@ -485,8 +497,16 @@ def _check_header(header: Mapping[str, Any]) -> None:
     for name in ("crit", "b64"):
         if name in header:
             raise _malformed(f"JWS header {name} is not supported")
+    # Parameters of an encrypted or compressed token (RFC 7516, 7518): in a JWS header
+    # they mean a token of another kind, read as what it is not.
+    jwe = sorted(_JWE_PARAMETERS.intersection(header))
+    if jwe:
+        raise _malformed(f"JWS header {jwe[0]} belongs to an encrypted token (JWE)")
     if "kid" in header and not (isinstance(header["kid"], str) and header["kid"]):
         raise _malformed("JWS kid is not a non-empty string")
+
+
+_JWE_PARAMETERS: Final = frozenset(("enc", "zip", "epk", "apu", "apv", "iv", "tag", "p2s", "p2c"))
 
 
 def _check_claims(claims: Mapping[str, Any]) -> None:
@@ -502,17 +522,28 @@ def encode(
 ) -> str:
     """Sign ``claims`` as a compact JWS; ``header`` must carry ``typ``.
 
-    A header or claims set that :func:`parse_unverified` would refuse raises ``ValueError``.
+    ``ValueError`` for what :func:`parse_unverified` would refuse (the header rules,
+    NumericDates, JSON that :func:`loads_strict` refuses), and for a ``jwk`` header that
+    is not a public Ed25519 key: a private one would be published in every token. One
+    exception: a plain dict's nesting (``_plain``: string keys, safe integers; written by
+    orjson, never parsed again, so a receipt signed per decision pays nothing for the
+    check) is not bounded here; too deep a token is refused by :func:`verify`.
     """
     if alg not in _ALGORITHMS:
         raise ValueError(f"alg must be one of {sorted(_ALGORITHMS)}")
+    if not isinstance(header, Mapping) or not isinstance(claims, Mapping):
+        raise ValueError("the JWS header and claims must each be a JSON object (a mapping)")
     protected = {**header, "alg": alg}
+    if type(claims) is not dict:
+        claims = dict(claims)
     try:
         _check_header(protected)
         _check_claims(claims)
+        if "jwk" in protected:
+            PublicKey.from_jwk(protected["jwk"])
+        signing_input = f"{_segment(protected)}.{_segment(claims)}"
     except JoseError as exc:
         raise ValueError(exc.detail) from exc
-    signing_input = f"{_compact(protected)}.{_compact(claims)}"
     signature = key.sign(signing_input.encode("ascii"))
     return f"{signing_input}.{b64url_encode(signature)}"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from execgate.errors import JoseError, VerificationError
-from execgate.jose import PrivateKey, canonical_json, encode, sha256_b64url, verify
+from execgate.jose import JTI, PrivateKey, canonical_json, encode, sha256_b64url, verify
 from execgate.model import Request
 
 __all__ = [
@@ -205,8 +205,8 @@ def verify_proof(
         token, typ=PROOF_TYP, allowed=_CLAIMS, jkt=jkt, bound="this artifact is bound to"
     )
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not 16 <= len(jti) <= 128:
-        raise _invalid("jti must be a string carrying at least 96 random bits")
+    if not isinstance(jti, str) or not JTI.fullmatch(jti):
+        raise _invalid("jti must be 16-128 base64url characters carrying at least 96 random bits")
     iat = _fresh_for_us(claims, audiences=audiences, now=now, max_age=max_age, leeway=leeway)
     if claims.get("rh") != request_hash:
         raise _invalid("rh does not match this request")

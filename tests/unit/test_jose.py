@@ -9,12 +9,14 @@ import hmac
 import json
 import string
 import time
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
+from joserfc import errors as joserfc_errors
 from joserfc import jws as joserfc_jws
 from joserfc import jwt as joserfc_jwt
 from joserfc.errors import SecurityWarning
@@ -78,6 +80,7 @@ def kind_of(token: str, **options: Any) -> str:
 
 def test_exported_names() -> None:
     assert jose.__all__ == [
+        "JTI",
         "Parsed",
         "PrivateKey",
         "PublicKey",
@@ -360,6 +363,16 @@ def test_token_at_exactly_max_size_is_accepted() -> None:
         {"crit": []},
         {"b64": False},
         {"b64": True},
+        # what an encrypted or compressed token (JWE) carries (joserfc: see below)
+        {"enc": "A128GCM"},
+        {"zip": "DEF"},
+        {"epk": {}},
+        {"iv": "AA"},
+        {"tag": "AA"},
+        {"p2s": "AA"},
+        {"p2c": 1000},
+        {"apu": "AA"},
+        {"apv": "AA"},
         {"kid": ""},
         {"kid": 7},
         {"typ": None},
@@ -641,6 +654,43 @@ def test_encode_refuses_what_verify_would_refuse(
         encode(head, claims, KEY, alg=alg)
 
 
+def test_encode_never_publishes_a_private_key_in_the_jwk_header() -> None:
+    private = KEY.to_jwk(private=True)
+    with pytest.raises(ValueError, match="private key material") as info:
+        encode({"typ": TYP, "jwk": private}, CLAIMS, KEY)
+    assert private["d"] not in str(info.value)
+    with pytest.raises(ValueError, match="base64url"):
+        encode({"typ": TYP, "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "short"}}, CLAIMS, KEY)
+    token = encode({"typ": TYP, "jwk": KEY.public.to_jwk()}, CLAIMS, KEY)
+    assert parse_unverified(token, max_size=4096).header["jwk"] == KEY.public.to_jwk()
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {True: 1, "true": 2},  # one member twice once written
+        {1: "a", "1": "b"},
+        {"a": {None: 1, "null": 2}},
+    ],
+)
+def test_encode_refuses_claims_that_would_be_written_with_a_duplicate_member(
+    claims: dict[Any, Any],
+) -> None:
+    with pytest.raises(ValueError, match="duplicate JSON object member"):
+        encode({"typ": TYP, "kid": "trusted"}, claims, KEY)
+
+
+@pytest.mark.parametrize("claims", [["iat"], "claims", None, 7])
+def test_encode_refuses_claims_that_are_not_an_object(claims: Any) -> None:
+    with pytest.raises(ValueError, match="JSON object"):
+        encode({"typ": TYP, "kid": "trusted"}, claims, KEY)
+
+
+def test_encode_takes_any_mapping_of_claims() -> None:
+    token = encode({"typ": TYP, "kid": "trusted"}, MappingProxyType(CLAIMS), KEY)
+    assert check(token).claims == CLAIMS
+
+
 def test_encode_sets_alg_over_the_callers_header() -> None:
     token = encode({"typ": TYP, "kid": "trusted", "alg": "none"}, CLAIMS, KEY)
     assert check(token).header["alg"] == "Ed25519"
@@ -652,6 +702,16 @@ def test_encode_sets_alg_over_the_callers_header() -> None:
 def _joserfc_key(jwk: dict[str, str]) -> OKPKey:
     params: dict[str, str | list[str]] = {**jwk}
     return OKPKey.import_key(params)
+
+
+@pytest.mark.parametrize("name", ["enc", "zip", "epk", "iv", "tag", "p2s", "p2c", "apu", "apv"])
+def test_jwe_header_parameters_are_refused_here_and_by_joserfc(name: str) -> None:
+    token = forge(header(**{name: "AA"}), CLAIMS)
+    assert kind_of(token) == "malformed"
+    with pytest.raises(joserfc_errors.UnsupportedHeaderError):
+        joserfc_jws.deserialize_compact(
+            token, _joserfc_key(KEY.public.to_jwk()), algorithms=["Ed25519"]
+        )
 
 
 def test_our_token_verifies_in_joserfc() -> None:

@@ -184,6 +184,7 @@ def test_a_public_key_where_a_private_one_is_needed(pair: tuple[Path, Path, Priv
     with pytest.raises(ConfigError, match="holds a public key, but a private key is needed"):
         read_private_key(public)
 
+
 def test_a_public_key_any_user_may_write_is_refused_with_the_chmod_hint(
     pair: tuple[Path, Path, PrivateKey],
 ) -> None:
@@ -200,7 +201,6 @@ def test_a_public_key_any_user_may_write_is_refused_with_the_chmod_hint(
         )
     public.chmod(0o664)  # a group may write it, as a trust store
     assert read_public_key(public) == key.public
-
 
 
 def test_a_private_key_where_a_public_one_is_needed_is_refused_without_echoing_it(

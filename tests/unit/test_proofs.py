@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from execgate.errors import VerificationError
-from execgate.jose import PrivateKey, b64url_encode, canonical_json, encode, parse_unverified
+from execgate.jose import (
+    PrivateKey,
+    b64url_encode,
+    canonical_json,
+    compact_json,
+    encode,
+    parse_unverified,
+)
 from execgate.model import Request
 from execgate.proofs import (
     OUTCOME_PROOF_TYP,
@@ -65,9 +72,13 @@ def handmade(key: PrivateKey = KEY, header: dict[str, Any] | None = None, **clai
         "ath": artifact_hash(ARTIFACT),
     }
     body.update(claims)
-    hdr = {"typ": PROOF_TYP, "jwk": key.public.to_jwk()}
+    hdr = {"alg": "Ed25519", "typ": PROOF_TYP, "jwk": key.public.to_jwk()}
     hdr.update(header or {})
-    return encode(hdr, {k: v for k, v in body.items() if v is not None}, key)
+    # Signed by hand, not by encode (which refuses some of these): the verifier's refusal
+    # is what is tested.
+    payload = {k: v for k, v in body.items() if v is not None}
+    signing_input = f"{b64url_encode(compact_json(hdr))}.{b64url_encode(compact_json(payload))}"
+    return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode('ascii')))}"
 
 
 # --- hashes ---------------------------------------------------------------------------
@@ -193,6 +204,11 @@ def test_proof_by_another_key_is_an_identity_mismatch() -> None:
         handmade(ath=None),
         handmade(jti="short"),
         handmade(jti="x" * 129),
+        handmade(jti=" " * 16),
+        handmade(jti="\x00" * 16),
+        handmade(jti="\u200b" * 16),
+        handmade(jti="p" * 21 + "="),
+        handmade(jti="p" * 21 + "."),
         handmade(jti=12345678901234567890),
         handmade(nonce=["n"]),
         handmade(sub="agent-1"),
