@@ -114,6 +114,16 @@ class ApprovalFlow:
                 )
             ]
         )
+        expires_at = min(state.now + spec.ttl, artifact.expires)
+        if expires_at <= state.now:
+            # An artifact accepted within the leeway past its exp: an approval opened now
+            # could take no review, yet would page the approvers on every retry.
+            state.stop(
+                Outcome.DENY,
+                "approval.expired",
+                f"the artifact expired at {artifact.expires}: no approval can be given for it",
+            )
+            return
         subjects = [link.subject for link in artifact.chain]
         keys = [v for k, v in artifact.revocation_keys() if k == "kid"]
         attributions = [link.claims.get("att") or {} for link in artifact.chain]
@@ -127,7 +137,7 @@ class ApprovalFlow:
             groups=spec.approvers,
             quorum=spec.quorum,
             created_at=state.now,
-            expires_at=min(state.now + spec.ttl, artifact.expires),
+            expires_at=expires_at,
             excluded=excluded_principals(subjects, keys, attributions),
             request=state.request.canonical(),
         )

@@ -270,6 +270,40 @@ def test_the_approval_never_outlives_the_artifact(
     assert pending.expires_at == NOW + expires_in
 
 
+@pytest.mark.parametrize("past_exp", [0, 30])
+def test_no_approval_opens_for_an_artifact_accepted_past_its_expiry(
+    kit: Kit, past_exp: int
+) -> None:
+    """Within the leeway an expired artifact is still accepted, but an approval for it
+    could take no review: none is opened, no approver is paged, however often it asks."""
+    events: list[dict[str, Any]] = []
+    base = kit.gateway()
+    gw = Gateway(
+        gateway_id=base.gateway_id,
+        audiences=base.audiences,
+        node_key=base.node_key,
+        trust=base.trust,
+        policy=base.policy,
+        store=base.store,
+        now=kit.clock,
+        notify=events.append,
+    )
+    artifact = kit.artifact(ttl=10)
+    kit.clock.t = NOW + 10 + past_exp
+    for _ in range(2):
+        d = gw.decide(big(kit, artifact))
+        assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.expired"])
+        assert d.reasons[0].detail == (
+            f"the artifact expired at {NOW + 10}: no approval can be given for it"
+        )
+        assert d.approval_id is None and d.log_index is not None
+    assert gw.approvals() == [] and events == []
+    kit.clock.t = NOW + 9  # a second before: opened, until the artifact's exp
+    approval = paused(gw.decide(big(kit, artifact)))
+    assert gw.approval(approval)[0].expires_at == NOW + 10
+    assert [e["event"] for e in events] == ["opened"]
+
+
 # --- a pause someone can approve ---------------------------------------------------------------
 
 
