@@ -7,11 +7,14 @@ real home on its SQLite store; the log is read back to check what was recorded.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import enum
 import functools
 import gc
 import hashlib
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -359,6 +362,60 @@ def test_a_call_that_returns_work_still_to_run_is_logged_failed(guard: Guard, gw
     assert started == []
     decision, outcome = last_decision_and_outcome(gw)
     assert decision["outcome"] == "proceed"
+    assert outcome is not None
+    assert (outcome["status"], outcome["result_digest"]) == ("failed", digest("builtins.TypeError"))
+
+
+def test_a_call_that_returns_a_task_is_logged_failed_and_the_task_never_runs(
+    guard: Guard, gw: Gateway
+) -> None:
+    started: list[int] = []
+
+    async def transfer(amount: int) -> None:
+        started.append(amount)
+
+    async def main() -> None:
+        def schedule(amount: int) -> asyncio.Task[None]:
+            return asyncio.get_running_loop().create_task(transfer(amount))
+
+        pay = guard.protect(action="payments.transfer", resource="acct:1")(schedule)
+        with pytest.raises(TypeError, match="returned 'Task'"):
+            _ = pay(amount=5)
+        await asyncio.sleep(0.01)  # a task left alone would run here
+
+    asyncio.run(main())
+    assert started == []
+    _, outcome = last_decision_and_outcome(gw)
+    assert outcome is not None
+    assert (outcome["status"], outcome["result_digest"]) == ("failed", digest("builtins.TypeError"))
+
+
+def test_a_call_that_returns_a_thread_pool_future_is_never_logged_succeeded(
+    guard: Guard, gw: Gateway
+) -> None:
+    """A job handed to a thread pool: one still queued is cancelled, one already running
+    cannot be stopped; either way the outcome is 'failed', never 'succeeded' for work
+    that had not finished (and may yet fail)."""
+    release = threading.Event()
+    ran: list[object] = []
+
+    def job(name: object) -> None:
+        release.wait(5)
+        ran.append(name)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(job, "busy")  # holds the only thread: the next job queues
+
+        def charge(amount: int) -> concurrent.futures.Future[None]:
+            return pool.submit(job, amount)
+
+        pay = guard.protect(action="payments.transfer", resource="acct:1")(charge)
+        with pytest.raises(TypeError, match="returned 'Future'"):
+            _ = pay(amount=5)
+        release.set()
+        busy.result(timeout=5)
+    assert ran == ["busy"]  # the queued charge was cancelled
+    _, outcome = last_decision_and_outcome(gw)
     assert outcome is not None
     assert (outcome["status"], outcome["result_digest"]) == ("failed", digest("builtins.TypeError"))
 

@@ -296,8 +296,10 @@ def test_no_approval_opens_for_an_artifact_accepted_past_its_expiry(
         assert d.reasons[0].detail == (
             f"the artifact expired at {NOW + 10}: no approval can be given for it"
         )
-        assert d.approval_id is None and d.log_index is not None
-    assert gw.approvals() == [] and events == []
+        assert d.approval_id is None
+        assert d.log_index is not None
+    assert gw.approvals() == []
+    assert events == []
     kit.clock.t = NOW + 9  # a second before: opened, until the artifact's exp
     approval = paused(gw.decide(big(kit, artifact)))
     assert gw.approval(approval)[0].expires_at == NOW + 10

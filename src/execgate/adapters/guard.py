@@ -55,6 +55,8 @@ behind a proxy that asks ``/v1/forward-auth`` (``execgate.adapters.http``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import functools
 import hashlib
@@ -303,17 +305,22 @@ def _refuse_deferred(fn: Callable[..., Any], what: str) -> None:
 
 
 def _refuse_deferred_result(result: object) -> None:
-    """Raise ``TypeError`` when ``result`` is work still to run (a coroutine, generator or
-    anything to await): its outcome cannot be logged. A coroutine or generator is closed
-    first, so it never runs."""
+    """Raise ``TypeError`` when ``result`` is work still to run (a coroutine, generator,
+    task, future or anything to await): its outcome cannot be logged. A coroutine or
+    generator is closed first, so it never runs; a task or future is cancelled, which
+    stops it unless it is already running (a thread pool's job then goes on, logged as
+    ``failed``: never as ``succeeded`` before it has)."""
     if inspect.iscoroutine(result) or inspect.isgenerator(result):
         result.close()
+    elif isinstance(result, (asyncio.Future, concurrent.futures.Future)):
+        result.cancel()
     elif not (inspect.isasyncgen(result) or inspect.isawaitable(result)):
         return
     raise TypeError(
         f"the guarded call returned {type(result).__name__!r}, work that runs after it"
-        " returns: the guard cannot log its outcome, and a coroutine or generator it"
-        " returned was closed unstarted (protect the function that does the work)"
+        " returns: the guard cannot log its outcome; a coroutine or generator it returned"
+        " was closed unstarted, a task or future cancelled (protect the function that does"
+        " the work)"
     )
 
 
