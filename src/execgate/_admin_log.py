@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from execgate._state import RECORD_VERSION
+from execgate._timing import clock_seconds
 from execgate.admin import UNAUTHENTICATED, AdminError
 from execgate.errors import ConfigError
 from execgate.jose import canonical_json
@@ -184,7 +185,7 @@ def reload_policy(
     path, targets = source
     with gateway.reload_lock:
         pinned = gateway.policy_in_force
-        now = int(gateway._now())
+        now = clock_seconds(gateway._now)
 
         def record(result: str, code: str, detail: str, **fields: Any) -> int:
             # Files by name only: where the home lies on this machine is not evidence,

@@ -13,6 +13,7 @@ from contextlib import suppress
 from typing import Any
 
 from execgate._state import RECORD_VERSION, DecisionState
+from execgate._timing import clock_seconds
 from execgate.approvals import (
     Pending,
     Review,
@@ -194,7 +195,7 @@ class ApprovalFlow:
         """Record one approver's signed review (an audit record); return its log index and
         the approval with every review so far. One deny is terminal."""
         pending, reviews = self.approval(approval_id)
-        now = int(self._now())
+        now = clock_seconds(self._now)
         review = check_review(
             token, pending=pending, trust=self.trust, now=now, leeway=self._leeway
         )

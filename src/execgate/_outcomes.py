@@ -15,6 +15,7 @@ from contextlib import suppress
 from typing import Any, Final
 
 from execgate._state import RECORD_VERSION
+from execgate._timing import clock_seconds
 from execgate.audit.log import AuditLog
 from execgate.errors import AuditError, RequestError, StoreError, VerificationError
 from execgate.jose import canonical_json
@@ -75,7 +76,7 @@ class OutcomeLog:
             decision_id=decision_id,
             report_hash=report_hash,
             audiences=self.audiences,
-            now=int(self._now()),
+            now=clock_seconds(self._now),
             max_age=self._proof_max_age,
             leeway=self._leeway,
         )
@@ -161,7 +162,7 @@ class OutcomeLog:
             raise RequestError(
                 f"the outcome of decision {decision_id} is already logged at index {earlier.index}"
             )
-        now = int(self._now())
+        now = clock_seconds(self._now)
         entry = canonical_json(
             {
                 "v": RECORD_VERSION,

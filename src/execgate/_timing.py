@@ -1,4 +1,5 @@
-"""Stage timing for one decision (internal): how long each pipeline stage took.
+"""Stage timing for one decision (internal): how long each pipeline stage took; and
+the gateway clock read for what is recorded outside a decision.
 
 The pipeline marks its stages by assigning ``state.stage``; ``TimedState`` turns each
 assignment into a lap of ``time.perf_counter()``, so the stages are measured exactly
@@ -10,11 +11,26 @@ is timed up to the moment it ended; ``finish`` closes the last lap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 
 from execgate._state import DecisionState
+from execgate.errors import AuditError
 
-__all__ = ["TimedState"]
+__all__ = ["TimedState", "clock_seconds"]
+
+
+def clock_seconds(now: Callable[[], float]) -> int:
+    """The gateway clock ``now`` in whole seconds, for a record outside a decision (an
+    outcome, a review, a reload): a clock that fails or gives no number is
+    ``AuditError``, and nothing is recorded. A decision turns the same into
+    ``fail_closed``."""
+    try:
+        return int(now())
+    except Exception as exc:  # NaN, infinity, an OSError: no time to record
+        raise AuditError(
+            f"the gateway clock cannot be read ({type(exc).__name__}): nothing was recorded"
+        ) from exc
 
 
 class TimedState(DecisionState):

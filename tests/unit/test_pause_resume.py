@@ -22,7 +22,7 @@ from gatekit import GATEWAY_ID, NOW, POLICY, Kit, make_kit
 from execgate.approvals import APPROVAL_TYP, Pending, Review, sign_review
 from execgate.delegation import delegate_artifact
 from execgate.demo import run_demo
-from execgate.errors import ApprovalError, PolicyError
+from execgate.errors import ApprovalError, AuditError, PolicyError
 from execgate.jose import PrivateKey, PublicKey, verify
 from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
@@ -227,6 +227,21 @@ def test_an_expired_approval_says_so_and_a_fresh_one_opens(kit: Kit, gw: Gateway
     assert paused(gw.decide(big(kit, artifact))) == fresh
     review(kit, gw, fresh, "ana")
     assert gw.decide(big(kit, artifact)).outcome is Outcome.PROCEED
+
+
+def test_a_review_is_refused_while_the_clock_fails(kit: Kit, gw: Gateway) -> None:
+    approval = paused(gw.decide(big(kit, kit.artifact())))
+    pending, _ = gw.approval(approval)
+    token = sign_review(
+        key=KEYS["ana"], approver="ana", pending=pending, verdict="approve", now=kit.clock.now
+    )
+    size = gw.store.size()
+    kit.clock.error = OSError("clock gone")
+    with pytest.raises(AuditError, match=r"clock cannot be read \(OSError\): nothing"):
+        gw.review(approval, token)
+    assert gw.store.size() == size
+    kit.clock.error = None
+    assert len(gw.review(approval, token)[2]) == 1  # the same review, once the clock is back
 
 
 def test_a_deny_after_approvals_is_terminal(kit: Kit, gw: Gateway) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gatekit import Kit, make_kit
+from gatekit import NOW, Kit, make_kit
 
 from execgate.errors import AuditError, ConfigError, StoreError, StoreUnavailable
 from execgate.home import init_home
@@ -209,6 +209,32 @@ def test_clock_failure_fails_closed(kit: Kit, failure: str) -> None:
     d = gw.decide(kit.submit())
     assert_failed_closed(d, "internal.error")
     assert [r["outcome"] for r in records(gw)] == ["fail_closed"]
+
+
+@pytest.mark.parametrize("failure", ["raises", "nan", "inf"])
+def test_a_failing_clock_records_no_outcome_and_no_reload(kit: Kit, failure: str) -> None:
+    """Outside a decision a failing clock is a typed AuditError (what the HTTP API
+    answers as audit.unavailable), and nothing is appended."""
+    gw = kit.gateway()
+    d = gw.decide(kit.submit())
+    assert d.outcome is Outcome.PROCEED
+    if failure == "raises":
+        kit.clock.error = OSError("clock source unavailable")
+    else:
+        kit.clock.t = float(failure)
+    size = gw.store.size()
+    for call in (
+        lambda: gw.report_outcome(d.decision_id, status="succeeded"),
+        gw.reload_policy,
+    ):
+        with pytest.raises(
+            AuditError,
+            match=r"clock cannot be read \((OSError|ValueError|OverflowError)\): nothing was",
+        ):
+            call()
+    assert gw.store.size() == size
+    kit.clock.error, kit.clock.t = None, NOW
+    assert gw.report_outcome(d.decision_id, status="succeeded") == size  # control
 
 
 def test_receipt_signing_failure_fails_closed_and_is_logged(

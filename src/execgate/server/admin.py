@@ -54,6 +54,7 @@ from starlette.routing import BaseRoute, Route
 
 from execgate._admin_log import PolicyReload, admin_record, append_admin_record, spent
 from execgate._hup import take_early_hup
+from execgate._timing import clock_seconds
 from execgate.admin import (
     FORBIDDEN,
     UNAUTHENTICATED,
@@ -111,7 +112,7 @@ def _gateway(request: Request) -> Gateway:
 
 def _now(request: Request) -> int:
     now: Callable[[], float] = request.app.state.now
-    return int(now())
+    return clock_seconds(now)
 
 
 # -- authentication ---------------------------------------------------------------------
