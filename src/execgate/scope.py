@@ -16,6 +16,13 @@ Python's ``re`` compiles it too and nothing in it reads differently in the two
 (``{,n}``, POSIX classes, ``$`` before the end, negated ``\S \D \W`` and ``\s`` in a
 negated class, ``\b``, ``(?i)``: see ``_read_differently``): whoever wrote it for either
 engine gets what they meant. ``\d``, ``\w`` and ``\s`` are ASCII only.
+
+Linear is not cheap: a pattern such as ``(?:a|b)*a(?:a|b){24}c`` defeats RE2's fast
+path and costs about a microsecond a character, and a delegating runtime may add 64
+grants with such patterns to its own child. So one scope check matches each pattern
+against each argument once, an argument of at most ``_MAX_MATCHED`` characters and at
+most ``_MATCH_BUDGET`` characters in all (``_Matches``): past either, the constraint
+fails (a deny), and a request costs a worker milliseconds at worst, never seconds.
 """
 
 from __future__ import annotations
@@ -37,16 +44,21 @@ __all__ = ["Constraint", "Grant", "ScopeMiss", "check_scope", "parse_grants"]
 _CONSTRAINT_KEYS = frozenset({"max", "min", "enum", "pattern", "prefix"})
 _MAX_GRANTS = 64
 _MAX_PATTERN = 256
+_MAX_MATCHED = 16 * 1024  # characters of one argument a pattern is matched against
+_MATCH_BUDGET = 32 * 1024  # characters matched by patterns in one scope check
 
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the caller, not stderr
+# Memory for a pattern's automata (RE2's default is 8 MiB): past it RE2 goes on with a
+# slower linear engine. With the cache below, at most about 256 MiB in all.
+_RE2_OPTIONS.max_mem = 1 << 20
 
 
 _FLAGS = re.compile(r"\(\?([A-Za-z-]*)[:)]")  # (?i) (?im) (?i:...) (?-i) and the like
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def _regex(pattern: str) -> Any:
     """``pattern`` compiled by RE2; ``ValueError`` if it is not a pattern both RE2 and
     Python's ``re`` read, and read alike (see ``_read_differently``)."""
@@ -54,8 +66,10 @@ def _regex(pattern: str) -> Any:
         warnings.simplefilter("error")  # '[[:alpha:]]': "possible nested set"
         try:
             re.compile(pattern)
-        except (re.error, FutureWarning) as exc:
-            raise ValueError(f"not a portable regex: {exc}") from exc
+        except (re.error, Warning, OverflowError, RecursionError) as exc:
+            # OverflowError: 'a{4294967296}'; a DeprecationWarning: a group named by a
+            # non-ASCII digit; whatever Python refuses, the grant is refused for
+            raise ValueError(f"not a portable regex: {type(exc).__name__}: {exc}") from exc
     different = _read_differently(pattern)
     if different is not None:
         raise ValueError(f"{different} means one thing to RE2 and another to Python")
@@ -158,8 +172,9 @@ class Constraint:
             prefix=obj.get("prefix"),
         )
 
-    def violation(self, value: object) -> str | None:
-        """None when ``value`` satisfies every bound, else what is wrong."""
+    def violation(self, value: object, matches: _Matches | None = None) -> str | None:
+        """None when ``value`` satisfies every bound, else what is wrong. ``matches``:
+        the pattern matches of the scope check this is part of (by default, its own)."""
         if self.max is not None or self.min is not None:
             if not _is_number(value):
                 return "is not a number"
@@ -173,8 +188,10 @@ class Constraint:
         if self.pattern is not None or self.prefix is not None:
             if not isinstance(value, str):
                 return "is not a string"
-            if self.pattern is not None and _regex(self.pattern).fullmatch(value) is None:
-                return "does not match the pattern"
+            if self.pattern is not None:
+                problem = (matches or _Matches()).problem(self.pattern, value)
+                if problem is not None:
+                    return problem
             if self.prefix is not None and not value.startswith(self.prefix):
                 return f"does not start with {self.prefix!r}"
         return None
@@ -204,6 +221,39 @@ class Constraint:
         if self.enum is not None:
             out["enum"] = list(self.enum)
         return out
+
+
+class _Matches:
+    """The pattern matches of one scope check: each pattern against each argument once
+    (the same argument is the same string), an argument of at most ``_MAX_MATCHED``
+    characters, and at most ``_MATCH_BUDGET`` characters in all."""
+
+    __slots__ = ("_done", "_left")
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, int], str | None] = {}
+        self._left = _MATCH_BUDGET
+
+    def problem(self, pattern: str, value: str) -> str | None:
+        key = (pattern, id(value))  # the args outlive the check: an id is not reused
+        if key in self._done:
+            return self._done[key]
+        problem: str | None
+        if len(value) > _MAX_MATCHED:
+            problem = (
+                f"is longer than {_MAX_MATCHED} characters, the most a pattern is matched against"
+            )
+        elif len(value) > self._left:
+            problem = (
+                f"is past what this request's patterns may match ({_MATCH_BUDGET} characters"
+                " in all)"
+            )
+        else:
+            self._left -= len(value)
+            matched = _regex(pattern).fullmatch(value) is not None
+            problem = None if matched else "does not match the pattern"
+        self._done[key] = problem
+        return problem
 
 
 def _json_equal(a: object, b: object) -> bool:
@@ -246,11 +296,12 @@ class Grant:
     def matches(self, action: str, resource: str) -> bool:
         return glob_match(self.action, action) and glob_match(self.resource, resource)
 
-    def violation(self, args: Mapping[str, Any]) -> str | None:
+    def violation(self, args: Mapping[str, Any], matches: _Matches | None = None) -> str | None:
+        matches = matches or _Matches()
         for name, constraint in self.constraints.items():
             if name not in args:
                 return f"argument {name!r} is required by the grant but missing"
-            problem = constraint.violation(args[name])
+            problem = constraint.violation(args[name], matches)
             if problem is not None:
                 return f"argument {name!r} {problem}"
         return None
@@ -295,10 +346,11 @@ def check_scope(
 ) -> ScopeMiss | None:
     """None when some grant admits the request; otherwise the closest reason why not."""
     problems = []
+    matches = _Matches()
     for grant in grants:
         if not grant.matches(action, resource):
             continue
-        problem = grant.violation(args)
+        problem = grant.violation(args, matches)
         if problem is None:
             return None
         problems.append(problem)

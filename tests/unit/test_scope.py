@@ -52,6 +52,9 @@ from execgate.scope import Constraint, Grant, check_scope, parse_grants
         ({"pattern": r"\bid\b"}, "word boundary"),
         ({"pattern": "(?i)[^i]+"}, r"\(\?i\)"),  # RE2 folds dotless i, Python does not
         ({"pattern": "a(?i:b)"}, r"\(\?i\)"),
+        # what Python's re raises beside re.error: refused, never an untyped error
+        ({"pattern": "a{4294967296}"}, "OverflowError"),
+        ({"pattern": "(a)(?(\u0661)b|c)"}, "DeprecationWarning"),  # an Arabic-Indic digit
     ],
 )
 def test_constraint_parse_refuses(obj: object, message: str) -> None:
@@ -398,10 +401,10 @@ def test_a_constraint_within_another_admits_nothing_more(
 @pytest.mark.parametrize(
     ("pattern", "value", "matches"),
     [
-        ("(a+)+$", "a" * 100_000 + "!", False),  # exponential for a backtracking engine
-        ("(a|aa)+", "a" * 100_000 + "!", False),
-        ("(.*a){20}", "a" * 100_000, True),
-        ("(.*a){20}", "a" * 100_000 + "b", False),
+        ("(a+)+$", "a" * 16_000 + "!", False),  # exponential for a backtracking engine
+        ("(a|aa)+", "a" * 16_000 + "!", False),
+        ("(.*a){20}", "a" * 16_000, True),
+        ("(.*a){20}", "a" * 16_000 + "b", False),
     ],
 )
 def test_a_pattern_cannot_stall_the_gateway(pattern: str, value: str, matches: bool) -> None:
@@ -409,3 +412,76 @@ def test_a_pattern_cannot_stall_the_gateway(pattern: str, value: str, matches: b
     in time linear in the argument (these would run for ages under ``re``)."""
     violation = Constraint.parse("path", {"pattern": pattern}).violation(value)
     assert (violation is None) is matches
+
+
+# One scope check matches each pattern against each argument once, and bounds what it
+# matches: RE2 is linear, but some patterns cost about half a microsecond a character.
+SLOW = "(?:a|b)*a(?:a|b){24}c"  # defeats RE2's fast path: no timing asserted here
+
+
+def test_a_pattern_is_matched_against_an_argument_of_at_most_16_kib() -> None:
+    c = Constraint.parse("memo", {"pattern": "[ab]*"})
+    assert c.violation("ab" * 8192) is None  # 16,384 characters: matched
+    assert c.violation("ab" * 8192 + "a") == (
+        "is longer than 16384 characters, the most a pattern is matched against"
+    )
+    assert Constraint.parse("memo", {"prefix": "ab"}).violation("ab" * 100_000) is None
+
+
+def test_the_patterns_of_one_check_match_at_most_32_kib_in_all() -> None:
+    def a16() -> str:  # a string object of its own: one argument is matched once
+        return "".join(["a"] * 16384)
+
+    def grant(**patterns: str) -> Grant:
+        return Grant.parse(
+            {
+                "action": "a",
+                "resource": "r",
+                "constraints": {k: {"pattern": v} for k, v in patterns.items()},
+            }
+        )
+
+    three = grant(x="a*", y="a*", z="a*")
+    miss = check_scope([three], "a", "r", {"x": a16(), "y": a16(), "z": a16()})
+    assert miss is not None
+    assert miss.code == "scope.constraint_violated"
+    assert miss.detail == (
+        "argument 'z' is past what this request's patterns may match (32768 characters in all)"
+    )
+    assert check_scope([three], "a", "r", {"x": a16(), "y": a16(), "z": ""}) is None
+    assert check_scope([three], "a", "r", {"x": a16(), "y": a16()[1:], "z": "a"}) is None
+    same = a16()  # one string under three names: matched once
+    assert check_scope([three], "a", "r", {"x": same, "y": same, "z": same}) is None
+    # across grants too: two that refuse it spend the budget the third would admit it with
+    refusing, admitting = grant(x="b*"), grant(x="a*")
+    assert check_scope([refusing, admitting], "a", "r", {"x": a16()}) is None
+    assert check_scope([refusing, grant(x="c*"), admitting], "a", "r", {"x": a16()}) is not None
+    assert check_scope([admitting], "a", "r", {"x": a16()}) is None  # each check has its own
+
+
+def test_each_pattern_meets_each_argument_once_per_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime may give its own child 64 copies of one slow grant: one match, not 64."""
+    from execgate import scope
+
+    calls: list[str] = []
+    compiled = scope._regex
+
+    class Counting:
+        def __init__(self, pattern: str) -> None:
+            self.regex = compiled(pattern)
+
+        def fullmatch(self, value: str) -> object:
+            calls.append(value[:4])
+            return self.regex.fullmatch(value)
+
+    monkeypatch.setattr(scope, "_regex", Counting)
+    memo = "ab" * 5000
+    grants = parse_grants(
+        [{"action": "a", "resource": "r", "constraints": {"memo": {"pattern": SLOW}}}] * 64
+    )
+    miss = check_scope(grants, "a", "r", {"memo": memo})
+    assert miss is not None
+    assert miss.detail == "argument 'memo' does not match the pattern"
+    assert calls == ["abab"]
+    assert check_scope(grants, "a", "r", {"memo": memo}) is not None
+    assert len(calls) == 2  # a new check matches again: nothing outlives one check
