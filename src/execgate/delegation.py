@@ -37,13 +37,33 @@ def _parent_claims(parent: str) -> dict[str, Any]:
     for ok, missing in (
         (isinstance(cnf, dict) and isinstance(cnf.get("jkt"), str), "no cnf.jkt"),
         (all(type(t) is int for t in window), "no usable validity window"),
-        (isinstance(aud, str) or (isinstance(aud, list) and bool(aud)), "no audience"),
+        (
+            isinstance(aud, str)
+            or (isinstance(aud, list) and bool(aud) and all(isinstance(a, str) for a in aud)),
+            "no audience",
+        ),
         (isinstance(claims.get("env", {}), dict), "an env that is not an object"),
         (isinstance(claims.get("gov", {}), dict), "a gov that is not an object"),
+        (isinstance(claims.get("att", {}), dict), "an att that is not an object"),
     ):
         if not ok:
             raise ValueError(f"the parent is not a well-formed artifact: it has {missing}")
     return claims
+
+
+def _chain_jtis(claims: Mapping[str, Any]) -> set[object]:
+    """The jti of the parent and of every link above it (``prf``, unverified)."""
+    jtis = {claims.get("jti")}
+    while True:  # each link lies inside the one below it, so it is shorter: this ends
+        prf = claims.get("prf")
+        if not (isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str)):
+            break
+        try:
+            claims = parse_unverified(prf[0], max_size=MAX_ARTIFACT_BYTES).claims
+        except JoseError as exc:
+            raise ValueError(f"a link above the parent is not well formed: {exc.detail}") from exc
+        jtis.add(claims.get("jti"))
+    return jtis
 
 
 def delegate_artifact(
@@ -70,6 +90,8 @@ def delegate_artifact(
     defaults to the parent's.
     """
     p = _parent_claims(parent)
+    if jti is not None and jti in _chain_jtis(p):
+        raise ValueError(f"jti {jti!r} is already a link's in the parent's chain: give a new one")
     holder = holder_key.public.thumbprint()
     if p["cnf"]["jkt"] != holder:
         raise ValueError("holder_key is not the key the parent artifact binds (its cnf.jkt)")

@@ -280,6 +280,49 @@ def test_delegate_refuses_what_the_gateway_would_refuse(kit: Kit) -> None:
         delegate_artifact(holder_key=kit.runtime.key, scope=NARROW, **{**base, "parent": "x.y.z"})
 
 
+def test_delegate_refuses_a_jti_already_in_the_chain(kit: Kit) -> None:
+    """The gateway refuses a chain naming one jti twice (lineage.broken): not minted."""
+    chain = Chain(kit)
+    chain.extend()
+    jtis = [parse_unverified(t, max_size=1 << 20).claims["jti"] for t in chain.tokens]
+    for jti in jtis:  # the parent's own, and its parent's
+        with pytest.raises(ValueError, match=f"jti '{jti}' is already a link's"):
+            chain.extend(jti=jti)
+    child = chain.extend(jti="a-fresh-jti-for-the-child")
+    assert check(kit, child).chain[-1].jti == "a-fresh-jti-for-the-child"
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "missing"),
+    [
+        ("att", "ops", "an att that is not an object"),
+        ("aud", [["gw"]], "no audience"),
+        ("aud", [GATEWAY_ID, 7], "no audience"),
+    ],
+)
+def test_delegate_refuses_a_parent_of_the_wrong_shape_with_a_value_error(
+    kit: Kit, claim: str, value: object, missing: str
+) -> None:
+    """A parent's claims of the wrong type (it is read unverified) are a ValueError
+    naming them, not a TypeError from deep inside."""
+    holder = PrivateKey.generate()
+    with pytest.raises(ValueError, match=f"not a well-formed artifact: it has {missing}"):
+        delegate_artifact(
+            parent=forge_child(
+                kit,
+                kit.artifact(WIDE),
+                kit.runtime.key,
+                cnf={"jkt": holder.public.thumbprint()},
+                **{claim: value},
+            ),
+            holder_key=holder,
+            subject="b",
+            runtime_key=PrivateKey.generate().public,
+            scope=NARROW,
+            now=NOW,
+        )
+
+
 # --- property: a chain never admits what its root refuses -----------------------------
 
 ACTIONS = st.sampled_from(["payments.*", "payments.transfer", "payments.refund", "**", "users.*"])
