@@ -235,10 +235,18 @@ def check_review(
     return Review(pending.approval_id, approver.id, kid, verdict, now, comment, token)
 
 
+def _is_principal(pending: Pending, approver: Approver, kid: str | None = None) -> bool:
+    """Whether ``approver`` (by its id or any of its keys, not only the one that signed:
+    a principal with a second key is still the principal) is a principal of the request.
+    Compared without case: 'ANA' in an artifact's ``att`` is approver 'ana' to whoever
+    reads the log, and erring this way only takes a reviewer away."""
+    excluded = {name.casefold() for name in pending.excluded}
+    names = (approver.id, *approver.keys) if kid is None else (approver.id, kid, *approver.keys)
+    return any(name.casefold() in excluded for name in names)
+
+
 def _check_reviewer(approver: Approver, kid: str, pending: Pending) -> None:
-    # Any of the approver's keys, not only the one that signed: a principal with a second
-    # key is still the principal.
-    if approver.id in pending.excluded or any(k in pending.excluded for k in {kid, *approver.keys}):
+    if _is_principal(pending, approver, kid):
         raise ApprovalError(
             f"{approver.id} is a principal of this request (runtime, delegator, requester or"
             " beneficiary) and cannot review it"
@@ -337,7 +345,7 @@ def _approving(pending: Pending, reviews: Sequence[Review], trust: TrustStore) -
         approver = trust.approvers.get(r.approver)
         if r.verdict != "approve" or approver is None or r.kid not in approver.keys:
             continue
-        if approver.id in pending.excluded or any(k in pending.excluded for k in approver.keys):
+        if _is_principal(pending, approver):
             continue
         standing.add(approver.id)
     return standing

@@ -182,6 +182,17 @@ def test_principals_of_a_delegated_chain_cannot_approve(tmp_path: Path) -> None:
         kit.close()
 
 
+def test_a_principal_named_in_another_case_cannot_approve(kit: Kit, gw: Gateway) -> None:
+    """'ANA' asked for it; approver 'ana' is the same person to whoever reads the log."""
+    artifact = kit.artifact(att={"requested_by": "ANA", "on_behalf_of": "Ben"})
+    approval = paused(gw.decide(big(kit, artifact)))
+    for name in ("ana", "ben"):
+        with pytest.raises(ApprovalError, match="principal of this request"):
+            review(kit, gw, approval, name)
+    review(kit, gw, approval, "cy")
+    assert gw.approval(approval)[1][0].approver == "cy"
+
+
 # --- what an approval is bound to ---------------------------------------------------------
 
 
