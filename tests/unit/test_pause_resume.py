@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,21 @@ def review(
 def big(kit: Kit, artifact: str, amount: int = 2500) -> dict[str, Any]:
     """A fresh submission (new proof) of a transfer the policy pauses."""
     return kit.submission(kit.request(amount=amount), artifact)
+
+
+def notifying(kit: Kit, hook: Callable[[dict[str, Any]], None]) -> Gateway:
+    """The kit's gateway, with ``hook`` told of approvals as they open and resolve."""
+    base = kit.gateway()
+    return Gateway(
+        gateway_id=base.gateway_id,
+        audiences=base.audiences,
+        node_key=base.node_key,
+        trust=base.trust,
+        policy=base.policy,
+        store=base.store,
+        now=kit.clock,
+        notify=hook,
+    )
 
 
 def paused(d: Decision) -> str:
@@ -303,17 +318,7 @@ def test_no_approval_opens_for_an_artifact_accepted_past_its_expiry(
     """Within the leeway an expired artifact is still accepted, but an approval for it
     could take no review: none is opened, no approver is paged, however often it asks."""
     events: list[dict[str, Any]] = []
-    base = kit.gateway()
-    gw = Gateway(
-        gateway_id=base.gateway_id,
-        audiences=base.audiences,
-        node_key=base.node_key,
-        trust=base.trust,
-        policy=base.policy,
-        store=base.store,
-        now=kit.clock,
-        notify=events.append,
-    )
+    gw = notifying(kit, events.append)
     artifact = kit.artifact(ttl=10)
     kit.clock.t = NOW + 10 + past_exp
     for _ in range(2):
@@ -795,17 +800,7 @@ def test_a_failing_notification_hook_changes_no_decision(kit: Kit) -> None:
         events.append(message)
         raise RuntimeError("the pager is down")
 
-    base = kit.gateway()
-    gw = Gateway(
-        gateway_id=base.gateway_id,
-        audiences=base.audiences,
-        node_key=base.node_key,
-        trust=base.trust,
-        policy=base.policy,
-        store=base.store,
-        now=kit.clock,
-        notify=hook,
-    )
+    gw = notifying(kit, hook)
     artifact = kit.artifact()
     approval = paused(gw.decide(big(kit, artifact)))
     review(kit, gw, approval, "ana")
