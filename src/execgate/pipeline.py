@@ -123,21 +123,22 @@ def _inline(chore: Callable[[], None]) -> bool:
 
 
 def policy_view(artifact: Artifact) -> dict[str, Any]:
-    """The ``artifact`` a policy condition sees: the presented artifact's claims, except
-    that ``gov`` and ``att`` are the ones its authority signed (the root of a delegation
-    chain). A delegator may add governance and attribution keys to a link (DESIGN §4.2:
-    they are inherited and may only be added to), so a value only a delegator vouches
-    for, a ticket or a ``requested_by``, must never be what lets a request through: a
-    runtime could delegate to itself and claim anything. Every link's own values are in
-    ``chain`` (root first: ``iss``, ``sub``, ``jti``, ``gov``, ``att``), for a rule that
-    means to read what a delegator added; ``size(artifact.chain) > 1`` means delegated.
-    The ``sub`` of a delegated artifact (the request's ``runtime``) is named by its
-    delegator; ``chain[0].sub`` is the subject the authority named."""
+    """The ``artifact`` a policy condition sees: the claims its authority signed, the
+    root of a delegation chain (an artifact not delegated is its own root). A delegator
+    chooses its link's ``sub``, ``iat``, ``jti`` and ``uses`` and adds ``gov`` and ``att``
+    keys (DESIGN §4.2), so no value only a delegator vouches for may be what lets a
+    request through: a runtime could delegate to itself and claim anything (a ticket, a
+    ``requested_by``, another runtime's name, a single use per self-minted child).
+    Every link's own values are in ``chain`` (root first: ``iss``, ``sub``, ``jti``,
+    ``gov``, ``att``), for a rule that means to read what a delegator added;
+    ``size(artifact.chain) > 1`` means delegated. The request's ``runtime`` is the last
+    link's ``sub``, named by its delegator: ``request.runtime == artifact.sub`` holds only
+    for the runtime the authority named."""
     links = artifact.chain
     root = links[0]
     return {
         "env": {},
-        **artifact.claims,
+        **root.claims,
         "gov": dict(root.gov),
         "att": dict(root.claims.get("att", {})),
         "chain": [

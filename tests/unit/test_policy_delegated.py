@@ -1,6 +1,6 @@
-"""What a policy sees of a delegated artifact: governance and attribution as its authority
-signed them, never what a delegator added, which a runtime could add by delegating to
-itself; every link's own values under ``artifact.chain``."""
+"""What a policy sees of a delegated artifact: the claims its authority signed (subject,
+uses, governance, attribution), never what a delegator chose or added, which a runtime
+could by delegating to itself; every link's own values under ``artifact.chain``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gatekit import RUNTIME_ID, Kit, make_kit
+from gatekit import GATEWAY_ID, RUNTIME_ID, Kit, make_kit
 
+from execgate.artifacts import verify_artifact
 from execgate.delegation import delegate_artifact
 from execgate.home import SAMPLE_POLICY
-from execgate.jose import PrivateKey
+from execgate.jose import PrivateKey, parse_unverified
 from execgate.model import Outcome
-from execgate.pipeline import Gateway
+from execgate.pipeline import Gateway, policy_view
 from execgate.proofs import Runtime
 
 REFUNDS = [{"action": "payments.refund", "resource": "acct:**"}]
@@ -35,7 +36,15 @@ rules:
     match: {action: payments.refund}
     when: >-
       size(artifact.chain) == 2 && artifact.chain[0].sub == 'agent-1'
-      && artifact.chain[1].sub == 'refund-bot' && artifact.chain[1].iss == artifact.iss
+      && artifact.chain[1].sub == 'refund-bot' && artifact.sub == 'agent-1'
+    effect: proceed
+  - name: the-treasury-bot-itself
+    match: {action: payments.refund}
+    when: "request.runtime == 'treasury-bot' && artifact.sub == 'treasury-bot'"
+    effect: proceed
+  - name: single-use-artifacts
+    match: {action: payments.refund}
+    when: "has(artifact.uses) && artifact.uses == 1"
     effect: proceed
 """
 
@@ -109,3 +118,60 @@ def test_the_chain_names_who_named_whom(kit: Kit) -> None:
     )
     decision = _decide(kit, kit.gateway(), child, bot)
     assert (decision.outcome, decision.rule) == (Outcome.PROCEED, "delegated-to-the-named-bot")
+
+
+def test_a_runtime_cannot_name_itself_into_another_runtimes_rule(kit: Kit) -> None:
+    """agent-1 delegates to itself under the name treasury-bot: the request's runtime is
+    treasury-bot (its delegator named it), but the artifact's subject is the one its
+    authority named."""
+    posing = Runtime("treasury-bot", kit.runtime.key)
+    child = delegate_artifact(
+        parent=kit.artifact(REFUNDS),
+        holder_key=kit.runtime.key,
+        subject="treasury-bot",
+        runtime_key=kit.runtime.key.public,
+        scope=REFUNDS,
+        now=kit.clock.now,
+    )
+    decision = _decide(kit, kit.gateway(), child, posing)
+    assert (decision.outcome, decision.rule) == (Outcome.DENY, None)
+    named = kit.artifact(REFUNDS, subject="treasury-bot", runtime_key=kit.runtime.key)
+    decision = _decide(kit, kit.gateway(), named, posing)
+    assert (decision.outcome, decision.rule) == (Outcome.PROCEED, "the-treasury-bot-itself")
+
+
+def test_a_use_limit_a_delegator_sets_is_not_the_artifacts(kit: Kit) -> None:
+    """A self-minted child of one use, as many times as it likes, is not an artifact its
+    authority limited to one use."""
+    laundered = _decide(kit, kit.gateway(), _self_delegated(kit, uses=1))
+    assert (laundered.outcome, laundered.rule) == (Outcome.DENY, None)
+    single = kit.artifact(REFUNDS, uses=1)
+    assert _decide(kit, kit.gateway(), single).rule == "single-use-artifacts"
+
+
+def test_the_policy_view_is_the_roots_claims_and_every_links_own(kit: Kit) -> None:
+    root = kit.artifact(REFUNDS, att={"requested_by": "cfo"})
+    kit.clock.t += 5
+    child = delegate_artifact(
+        parent=root,
+        holder_key=kit.runtime.key,
+        subject="refund-bot",
+        runtime_key=PrivateKey.generate().public,
+        scope=REFUNDS,
+        now=kit.clock.now,
+        ttl=60,
+        att={"reason": "batch"},
+    )
+    artifact = verify_artifact(
+        child,
+        trust=kit.gateway().trust,
+        audiences=frozenset({GATEWAY_ID}),
+        now=kit.clock.now,
+        leeway=0,
+    )
+    view = policy_view(artifact)
+    signed = parse_unverified(root, max_size=1 << 20).claims
+    assert {k: v for k, v in view.items() if k not in ("chain", "env", "gov")} == signed
+    assert "prf" not in view  # never the parent's token
+    assert [link["sub"] for link in view["chain"]] == [RUNTIME_ID, "refund-bot"]
+    assert view["chain"][1]["att"] == {"requested_by": "cfo", "reason": "batch"}

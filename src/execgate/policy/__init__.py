@@ -25,7 +25,7 @@ resource and its condition, if any, is exactly ``true``. A condition that errors
 missing field, a wrong type) or yields anything but a boolean denies with
 ``policy.denied``; it is never skipped. Conditions see ``request``, ``artifact``,
 ``environment`` and ``now`` (a UTC timestamp). What ``artifact`` holds for a delegated
-artifact (``gov`` and ``att`` as the authority signed them, ``chain`` for each link) is
+artifact (the claims its authority signed, ``chain`` for each link's own) is
 ``execgate.pipeline.policy_view``.
 
 Anything the loader does not understand is refused with a ``PolicyError`` naming the rule
