@@ -18,11 +18,13 @@ negated class, ``\b``, ``(?i)``: see ``_read_differently``): whoever wrote it fo
 engine gets what they meant. ``\d``, ``\w`` and ``\s`` are ASCII only.
 
 Linear is not cheap: a pattern such as ``(?:a|b)*a(?:a|b){24}c`` defeats RE2's fast
-path and costs about a microsecond a character, and a delegating runtime may add 64
-grants with such patterns to its own child. So one scope check matches each pattern
-against each argument once, an argument of at most ``_MAX_MATCHED`` characters and at
-most ``_MATCH_BUDGET`` characters in all (``_Matches``): past either, the constraint
-fails (a deny), and a request costs a worker milliseconds at worst, never seconds.
+path and costs up to a microsecond a character, and a delegating runtime may add 64
+grants with such patterns to its own child. So one scope check (``_Matches``) matches
+each glob against the action or resource once and each pattern against each argument
+value once, an argument of at most ``_MAX_MATCHED`` characters, at most
+``_MATCH_BUDGET`` characters and ``_MAX_PATTERNS`` patterns in all: past a limit the
+constraint fails (a deny, which names the limit), and a request costs a worker
+milliseconds at worst, never seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ _MAX_GRANTS = 64
 _MAX_PATTERN = 256
 _MAX_MATCHED = 16 * 1024  # characters of one argument a pattern is matched against
 _MATCH_BUDGET = 32 * 1024  # characters matched by patterns in one scope check
+_MAX_PATTERNS = 64  # distinct patterns matched in one scope check
 
 
 _RE2_OPTIONS = re2.Options()
@@ -224,18 +227,30 @@ class Constraint:
 
 
 class _Matches:
-    """The pattern matches of one scope check: each pattern against each argument once
-    (the same argument is the same string), an argument of at most ``_MAX_MATCHED``
-    characters, and at most ``_MATCH_BUDGET`` characters in all."""
+    """The matching of one scope check: each glob against the action or resource once,
+    each pattern against each argument value once, an argument of at most
+    ``_MAX_MATCHED`` characters, at most ``_MATCH_BUDGET`` characters and
+    ``_MAX_PATTERNS`` distinct patterns in all (each may be compiled anew: the cache
+    holds more). ``cut`` is set once a limit has refused something."""
 
-    __slots__ = ("_done", "_left")
+    __slots__ = ("_done", "_globs", "_left", "_patterns", "cut")
 
     def __init__(self) -> None:
-        self._done: dict[tuple[str, int], str | None] = {}
+        self._done: dict[tuple[str, str], str | None] = {}
+        self._globs: dict[tuple[str, str], bool] = {}
+        self._patterns: set[str] = set()
         self._left = _MATCH_BUDGET
+        self.cut = False
+
+    def glob(self, glob: str, value: str) -> bool:
+        key = (glob, value)
+        known = self._globs.get(key)
+        if known is None:
+            known = self._globs[key] = glob_match(glob, value)
+        return known
 
     def problem(self, pattern: str, value: str) -> str | None:
-        key = (pattern, id(value))  # the args outlive the check: an id is not reused
+        key = (pattern, value)  # the value itself: a str's hash is computed once
         if key in self._done:
             return self._done[key]
         problem: str | None
@@ -243,15 +258,19 @@ class _Matches:
             problem = (
                 f"is longer than {_MAX_MATCHED} characters, the most a pattern is matched against"
             )
-        elif len(value) > self._left:
+        elif len(value) > self._left or (
+            pattern not in self._patterns and len(self._patterns) >= _MAX_PATTERNS
+        ):
             problem = (
-                f"is past what this request's patterns may match ({_MATCH_BUDGET} characters"
-                " in all)"
+                f"is past what one scope check may match ({_MATCH_BUDGET} characters and"
+                f" {_MAX_PATTERNS} patterns in all)"
             )
         else:
             self._left -= len(value)
+            self._patterns.add(pattern)
             matched = _regex(pattern).fullmatch(value) is not None
             problem = None if matched else "does not match the pattern"
+        self.cut = self.cut or problem not in (None, "does not match the pattern")
         self._done[key] = problem
         return problem
 
@@ -346,14 +365,18 @@ def check_scope(
 ) -> ScopeMiss | None:
     """None when some grant admits the request; otherwise the closest reason why not."""
     problems = []
+    cut = None  # the first refusal of a limit: it may have kept a later grant unmatched
     matches = _Matches()
     for grant in grants:
-        if not grant.matches(action, resource):
+        if not (matches.glob(grant.action, action) and matches.glob(grant.resource, resource)):
             continue
+        before = matches.cut
         problem = grant.violation(args, matches)
         if problem is None:
             return None
+        if matches.cut and not before:
+            cut = problem
         problems.append(problem)
     if problems:
-        return ScopeMiss("scope.constraint_violated", problems[0])
+        return ScopeMiss("scope.constraint_violated", cut or problems[0])
     return ScopeMiss("scope.not_granted", f"no grant covers {action} on {resource}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -428,35 +428,97 @@ def test_a_pattern_is_matched_against_an_argument_of_at_most_16_kib() -> None:
     assert Constraint.parse("memo", {"prefix": "ab"}).violation("ab" * 100_000) is None
 
 
+def _grant(**patterns: str) -> Grant:
+    return Grant.parse(
+        {
+            "action": "a",
+            "resource": "r",
+            "constraints": {k: {"pattern": v} for k, v in patterns.items()},
+        }
+    )
+
+
+CUT = "is past what one scope check may match (32768 characters and 64 patterns in all)"
+
+
 def test_the_patterns_of_one_check_match_at_most_32_kib_in_all() -> None:
-    def a16() -> str:  # a string object of its own: one argument is matched once
-        return "".join(["a"] * 16384)
-
-    def grant(**patterns: str) -> Grant:
-        return Grant.parse(
-            {
-                "action": "a",
-                "resource": "r",
-                "constraints": {k: {"pattern": v} for k, v in patterns.items()},
-            }
-        )
-
-    three = grant(x="a*", y="a*", z="a*")
-    miss = check_scope([three], "a", "r", {"x": a16(), "y": a16(), "z": a16()})
+    three = _grant(x="a*", y="a*", z="a*")
+    x, y = "a" * 16384, "a" * 16383
+    miss = check_scope([three], "a", "r", {"x": x, "y": y, "z": "aa"})
     assert miss is not None
     assert miss.code == "scope.constraint_violated"
-    assert miss.detail == (
-        "argument 'z' is past what this request's patterns may match (32768 characters in all)"
-    )
-    assert check_scope([three], "a", "r", {"x": a16(), "y": a16(), "z": ""}) is None
-    assert check_scope([three], "a", "r", {"x": a16(), "y": a16()[1:], "z": "a"}) is None
-    same = a16()  # one string under three names: matched once
-    assert check_scope([three], "a", "r", {"x": same, "y": same, "z": same}) is None
-    # across grants too: two that refuse it spend the budget the third would admit it with
-    refusing, admitting = grant(x="b*"), grant(x="a*")
-    assert check_scope([refusing, admitting], "a", "r", {"x": a16()}) is None
-    assert check_scope([refusing, grant(x="c*"), admitting], "a", "r", {"x": a16()}) is not None
-    assert check_scope([admitting], "a", "r", {"x": a16()}) is None  # each check has its own
+    assert miss.detail == f"argument 'z' {CUT}"
+    assert check_scope([three], "a", "r", {"x": x, "y": y, "z": "a"}) is None  # 32,768
+    assert check_scope([three], "a", "r", {"x": x, "y": x, "z": x}) is None  # one value, once
+
+
+def test_a_check_cut_short_by_its_limits_says_so() -> None:
+    """Two grants that refuse the argument spend the budget the third would admit it
+    with: the deny names the limit, not the first grant's mismatch."""
+    refusing, admitting = _grant(x="b*"), _grant(x="a*")
+    x = "a" * 12000
+    assert check_scope([refusing, admitting], "a", "r", {"x": x}) is None
+    miss = check_scope([refusing, _grant(x="c*"), admitting], "a", "r", {"x": x})
+    assert miss is not None
+    assert miss.detail == f"argument 'x' {CUT}"
+    assert check_scope([admitting], "a", "r", {"x": x}) is None  # each check has its own
+    miss = check_scope([refusing, _grant(x="c*")], "a", "r", {"x": x})
+    assert miss is not None
+    assert miss.detail == "argument 'x' does not match the pattern"  # no limit reached
+
+
+def test_a_check_matches_at_most_64_distinct_patterns() -> None:
+    """Each may be compiled anew (a child may carry more than the cache holds)."""
+    many = [_grant(x=f"a*{n}?") for n in range(64)]
+    miss = check_scope([*many, _grant(x="a*")], "a", "r", {"x": "b"})
+    assert miss is not None
+    assert miss.detail == f"argument 'x' {CUT}"
+    assert check_scope([*many[:63], _grant(x="b")], "a", "r", {"x": "b"}) is None
+    seen = check_scope([*many, _grant(x="a*0?")], "a", "r", {"x": "b"})  # many[0]'s pattern
+    assert seen is not None
+    assert seen.detail == "argument 'x' does not match the pattern"  # answered, not cut
+
+
+def test_equal_values_are_one_value_however_a_mapping_makes_them() -> None:
+    """A mapping that builds its values on access (the public check_scope takes any):
+    each value is matched by what it is, never by where it lies in memory."""
+
+    class Decoding(Mapping[str, Any]):
+        def __init__(self, raw: dict[str, bytes]) -> None:
+            self._raw = raw
+
+        def __getitem__(self, key: str) -> str:
+            return self._raw[key].decode()
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._raw)
+
+        def __len__(self) -> int:
+            return len(self._raw)
+
+    grant = _grant(to="acct-[0-9]+", **{"from": "acct-[0-9]+"})
+    args = Decoding({"to": b"acct-12", "from": b"/etc/passwd"})
+    miss = check_scope([grant], "a", "r", args)
+    assert miss is not None
+    assert miss.detail == "argument 'from' does not match the pattern"
+
+
+def test_each_glob_meets_the_action_and_resource_once_per_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from execgate import scope
+
+    calls: list[str] = []
+    real = scope.glob_match
+
+    def counting(glob: str, value: str) -> bool:
+        calls.append(glob)
+        return real(glob, value)
+
+    monkeypatch.setattr(scope, "glob_match", counting)
+    grants = parse_grants([{"action": "**x*.", "resource": "**"}] * 64)
+    assert check_scope(grants, "x" * 1024, "r", {}) is not None
+    assert calls == ["**x*."]
 
 
 def test_each_pattern_meets_each_argument_once_per_check(monkeypatch: pytest.MonkeyPatch) -> None:
