@@ -506,10 +506,10 @@ def test_equal_values_are_one_value_however_a_mapping_makes_them() -> None:
 def test_each_glob_meets_the_action_and_resource_once_per_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from execgate import scope
+    from execgate import _glob, scope
 
     calls: list[str] = []
-    real = scope.glob_match
+    real = _glob.glob_match
 
     def counting(glob: str, value: str) -> bool:
         calls.append(glob)
