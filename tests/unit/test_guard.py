@@ -379,7 +379,7 @@ def test_a_call_that_returns_a_task_is_logged_failed_and_the_task_never_runs(
             return asyncio.get_running_loop().create_task(transfer(amount))
 
         pay = guard.protect(action="payments.transfer", resource="acct:1")(schedule)
-        with pytest.raises(TypeError, match="returned 'Task'"):
+        with pytest.raises(TypeError, match=r"returned 'Task'.*it was cancelled \(a task"):
             _ = pay(amount=5)
         await asyncio.sleep(0.01)  # a task left alone would run here
 
@@ -410,7 +410,7 @@ def test_a_call_that_returns_a_thread_pool_future_is_never_logged_succeeded(
             return pool.submit(job, amount)
 
         pay = guard.protect(action="payments.transfer", resource="acct:1")(charge)
-        with pytest.raises(TypeError, match="returned 'Future'"):
+        with pytest.raises(TypeError, match=r"returned 'Future'.*cancelled before it started"):
             _ = pay(amount=5)
         release.set()
         busy.result(timeout=5)
@@ -418,6 +418,36 @@ def test_a_call_that_returns_a_thread_pool_future_is_never_logged_succeeded(
     _, outcome = last_decision_and_outcome(gw)
     assert outcome is not None
     assert (outcome["status"], outcome["result_digest"]) == ("failed", digest("builtins.TypeError"))
+
+
+def test_a_thread_pool_job_already_running_is_never_said_to_be_cancelled(
+    guard: Guard, gw: Gateway
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def job(amount: int) -> None:
+        started.set()
+        release.wait(5)
+        ran.append(amount)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+
+        def charge(amount: int) -> concurrent.futures.Future[None]:
+            future = pool.submit(job, amount)
+            assert started.wait(5)  # running by the time the guard sees it
+            return future
+
+        pay = guard.protect(action="payments.transfer", resource="acct:1")(charge)
+        with pytest.raises(TypeError) as caught:
+            _ = pay(amount=5)
+        release.set()
+    assert "could not be cancelled: it may have run, or may still be running" in str(caught.value)
+    assert "was cancelled" not in str(caught.value)
+    assert ran == [5]
+    _, outcome = last_decision_and_outcome(gw)
+    assert outcome is not None
+    assert outcome["status"] == "failed"  # never 'succeeded' for work that had not finished
 
 
 def test_reroutes_given_as_one_string_is_refused(guard: Guard, gw: Gateway) -> None:

@@ -308,19 +308,32 @@ def _refuse_deferred_result(result: object) -> None:
     """Raise ``TypeError`` when ``result`` is work still to run (a coroutine, generator,
     task, future or anything to await): its outcome cannot be logged. A coroutine or
     generator is closed first, so it never runs; a task or future is cancelled, which
-    stops it unless it is already running (a thread pool's job then goes on, logged as
-    ``failed``: never as ``succeeded`` before it has)."""
+    stops it unless it is already running or done (a thread pool's job then goes on,
+    logged as ``failed``: never as ``succeeded`` before it has), and the error says
+    which."""
     if inspect.iscoroutine(result) or inspect.isgenerator(result):
         result.close()
-    elif isinstance(result, (asyncio.Future, concurrent.futures.Future)):
-        result.cancel()
-    elif not (inspect.isasyncgen(result) or inspect.isawaitable(result)):
+        fate = "it was closed unstarted"
+    elif isinstance(result, asyncio.Future):
+        fate = (
+            "it was cancelled (a task already started stops at its next await)"
+            if result.cancel()
+            else "it had already finished"
+        )
+    elif isinstance(result, concurrent.futures.Future):
+        fate = (
+            "it was cancelled before it started"
+            if result.cancel()
+            else "it could not be cancelled: it may have run, or may still be running"
+        )
+    elif inspect.isasyncgen(result) or inspect.isawaitable(result):
+        fate = "it was left as it is"
+    else:
         return
     raise TypeError(
         f"the guarded call returned {type(result).__name__!r}, work that runs after it"
-        " returns: the guard cannot log its outcome; a coroutine or generator it returned"
-        " was closed unstarted, a task or future cancelled (protect the function that does"
-        " the work)"
+        f" returns: the guard cannot log its outcome, and {fate} (protect the function"
+        " that does the work)"
     )
 
 
