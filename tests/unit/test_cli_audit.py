@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -376,6 +377,25 @@ def test_verify_accepts_the_vkey_and_a_kept_checkpoint(built: Log, tmp_path: Pat
         )
         assert result.code == 0, result
         assert f"(size {SIZE}) unchanged" in result.out
+
+
+def test_verify_refuses_a_key_file_any_user_may_rewrite_or_that_is_not_a_file(
+    built: Log, tmp_path: Path
+) -> None:
+    """The key a log is checked against: a vkey file is held to what a .pub.jwk is."""
+    assert cli("--home", built.home, "audit", "export", tmp_path / "x.jsonl").code == 0
+    vkey = tmp_path / "vkey.txt"
+    vkey.write_text(_vkey(built.home) + "\n")
+    for key in (vkey, built.pub):
+        key.chmod(0o666)
+        message = cli("audit", "verify", tmp_path / "x.jsonl", "--key", key).usage()
+        assert f"{key} may be written by any user (mode 0666); run: chmod o-w {key}" in message
+        key.chmod(0o644)
+        assert cli("audit", "verify", tmp_path / "x.jsonl", "--key", key).code == 0
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)  # read as a file, it would hang the command
+    message = cli("audit", "verify", tmp_path / "x.jsonl", "--key", fifo).usage()
+    assert f"--key file {fifo} is not a regular file" in message
 
 
 def test_verify_a_checkpoint_from_another_key_or_garbage_is_not_verified(

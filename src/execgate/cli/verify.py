@@ -45,7 +45,7 @@ _MAX_EVIDENCE: Final = _MAX_LINE
 def _key_arg(value: str) -> PublicKey | Verifier:
     """``--key``: a public JWK file, a file holding a verifier key, or a verifier key."""
     from execgate.audit.note import Verifier
-    from execgate.keyfile import read_public_key
+    from execgate.keyfile import NotRegular, read_public_key, read_regular, refuse_shared_writes
 
     path = Path(value)
     try:
@@ -65,9 +65,15 @@ def _key_arg(value: str) -> PublicKey | Verifier:
             f"--key file {shown(value)} does not exist; give the node's public key file"
             " (HOME/keys/node.pub.jwk) or its vkey"
         )
-    data = read_bytes(value, "--key", limit=_MAX_KEY)
+    try:  # a regular file (a FIFO would hang the read), that not any user may rewrite
+        data, mode = read_regular(path, limit=_MAX_KEY)
+    except NotRegular as exc:
+        raise UsageError(f"--key file {value} {exc}, not a key file") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read --key file {value}: {exc.strerror or exc}") from exc
     if data.lstrip().startswith(b"{"):
         return read_public_key(path)
+    refuse_shared_writes(path, mode, "--key file")
     try:
         return Verifier.from_vkey(data.decode("utf-8").strip())
     except (UnicodeDecodeError, ValueError) as exc:
