@@ -26,7 +26,7 @@ from typing import Any, Self
 import httpx
 import pytest
 from anyio.from_thread import start_blocking_portal
-from gatekit import GATEWAY_ID, PAYMENTS, POLICY, Kit, make_kit
+from gatekit import GATEWAY_ID, NOW, PAYMENTS, POLICY, Kit, make_kit
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -779,6 +779,19 @@ def test_unknown_and_absurd_decision_ids_are_404(client: Client) -> None:
 
 
 # -- audit --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["/v1/audit/checkpoint", "/v1/audit/proofs/0"])
+def test_a_failing_clock_signs_no_checkpoint_and_answers_a_typed_503(
+    kit: Kit, public: Client, route: str
+) -> None:
+    decide(public, kit.submit())
+    kit.clock.t = float("nan")
+    response = public.get(route)
+    assert error_of(response, 503) == "audit.unavailable"
+    assert "the gateway clock cannot be read (ValueError)" in response.json()["error"]["message"]
+    kit.clock.t = NOW
+    assert public.get(route).status_code == 200
 
 
 def test_checkpoint_entries_and_proofs(kit: Kit, public: Client) -> None:

@@ -69,6 +69,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar, cast
 
+from execgate._timing import clock_seconds
 from execgate.errors import ExecgateError, RequestError
 from execgate.jose import canonical_json
 from execgate.model import Decision, Outcome, Request
@@ -238,7 +239,7 @@ class Guard:
             request,
             self.artifact,
             audience=self.audience,
-            now=int(self._now()),
+            now=clock_seconds(self._now),
             attestation=attestation,
         )
         decision = self.gateway.decide(wire)

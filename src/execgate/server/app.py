@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from execgate._hup import hup_before_handler
 from execgate._outcomes import check_report
+from execgate._timing import clock_seconds
 from execgate.adapters.http import PROOF_HEADER
 from execgate.audit.checkpoint import unverified_checkpoint
 from execgate.audit.log import AuditLog, NotCheckpointed, SigningRefused
@@ -273,7 +274,7 @@ def _kept_checkpoint(request: Request, log: AuditLog) -> tuple[str, int]:
     kept: Kept[Store, tuple[str, int]] = request.app.state.checkpoint
 
     def checkpoint() -> tuple[str, int]:
-        note = log.checkpoint(now=int(now()))
+        note = log.checkpoint(now=clock_seconds(now))
         return note, unverified_checkpoint(note).size
 
     return kept.get(log.store, checkpoint)
@@ -383,7 +384,7 @@ async def get_proof(request: Request) -> Response:
         if index >= log.size():
             raise HttpError(404, "audit.index_not_found", f"index {index} is not in the log")
         try:
-            return log.evidence(index, now=int(now()), checkpoint=kept)
+            return log.evidence(index, now=clock_seconds(now), checkpoint=kept)
         except NotCheckpointed as exc:
             raise HttpError(
                 503,
