@@ -170,15 +170,19 @@ def _entries(
 ) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
     """Each ``[[section]]`` table as (where, id, table): checked for its fields and for an
     id no earlier table of the section has."""
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for i, entry in enumerate(_tables(doc, section, source)):
         where = f"{source}: {section}[{i}]"
         _check_entry(where, entry, fields)
         assert isinstance(entry, Mapping)
         ident = _entry_id(where, entry)
-        if ident in seen:
-            raise ConfigError(f"{where}: duplicate {section.replace('_', ' ')} id {ident!r}")
-        seen.add(ident)
+        # 'ANA' and 'ana' are one person to whoever reads a review or the log: two ids
+        # would count twice toward a quorum.
+        earlier = seen.get(ident.casefold())
+        if earlier is not None:
+            same = "" if earlier == ident else f" (as {earlier!r}: ids differ in more than case)"
+            raise ConfigError(f"{where}: duplicate {section.replace('_', ' ')} id {ident!r}{same}")
+        seen[ident.casefold()] = ident
         yield where, ident, entry
 
 
@@ -251,6 +255,14 @@ class TrustStore:
             ("admin", admins),
         )
         for section, group in sections:
+            folded: dict[str, str] = {}
+            for principal in group.values():
+                other = folded.setdefault(principal.id.casefold(), principal.id)
+                if other != principal.id:
+                    raise ConfigError(
+                        f"{section} ids {other!r} and {principal.id!r} differ only in case;"
+                        " give each an id that differs in more than case"
+                    )
             for principal in group.values():
                 for kid, key in principal.keys.items():
                     # Revocations, receipts and the log name a key by its thumbprint:

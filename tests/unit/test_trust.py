@@ -95,6 +95,10 @@ CASES = [
      "grant constraints must be an object"),
     ("duplicate authority", AUTHORITY + AUTHORITY.replace(_jwk(A), _jwk(B)),
      "authority[1]: duplicate authority id 'root'"),
+    ("ids that differ only in case",
+     f'[[approver]]\nid = "ana"\ngroups = ["g"]\nkeys = [{_jwk(A)}]\n'
+     f'[[approver]]\nid = "ANA"\ngroups = ["g"]\nkeys = [{_jwk(B)}]\n',
+     "approver[1]: duplicate approver id 'ANA' (as 'ana': ids differ in more than case)"),
     ("key shared by two principals", AUTHORITY + f'[[attester]]\nid = "x"\nkeys = [{_jwk(A)}]\n',
      "is listed for both authority 'root' and attester 'x'"),
 ]  # fmt: skip
@@ -169,3 +173,11 @@ def test_a_trust_store_built_in_code_lists_each_key_under_its_thumbprint() -> No
             {},
             approvers={"alice": Approver("alice", ("g",), {key.thumbprint(): key})},
         )
+
+
+def test_a_trust_store_built_in_code_refuses_ids_that_differ_only_in_case() -> None:
+    """'ANA' and 'ana' would count as two people toward a quorum."""
+    a, b = PrivateKey.generate().public, PrivateKey.generate().public
+    approvers = {n: Approver(n, ("g",), {k.thumbprint(): k}) for n, k in (("ana", a), ("ANA", b))}
+    with pytest.raises(ConfigError, match="approver ids 'ana' and 'ANA' differ only in case"):
+        TrustStore({}, {}, approvers=approvers)
