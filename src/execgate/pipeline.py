@@ -857,6 +857,15 @@ class Gateway(ApprovalFlow, OutcomeLog):
                     "approval.required",
                     f"approval {state.approval} was used or closed by another decision meanwhile",
                 )
+            elif conflict == Conflict.APPROVAL_DENIED:
+                denied = _held(sent).denied
+                state.stop(
+                    Outcome.DENY,
+                    "approval.denied",
+                    f"approval {denied} of this request under rule {state.rule!r} was denied"
+                    " meanwhile",
+                )
+                state.open_approval, state.approval = None, denied
             elif conflict == Conflict.APPROVAL_EXPIRED:
                 state.stop(
                     Outcome.DENY,

@@ -447,6 +447,53 @@ def test_an_approver_revoked_before_the_resuming_commit_resumes_nothing(
     assert gw.approval(approval)[0].status == "pending"  # not consumed
 
 
+def test_a_deny_committed_before_the_resuming_commit_wins(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request waits under two artifacts: one approval gets its quorum, and while
+    the resume waits for its commit the other is denied. One deny is final for the
+    request under its rule, so the commit uses nothing and the answer is the deny."""
+    first, second = kit.artifact(), kit.artifact()
+    denied = paused(gw.decide(big(kit, first)))
+    granted = paused(gw.decide(big(kit, second)))
+    review(kit, gw, granted, "ana")
+    review(kit, gw, granted, "ben")
+    commit = gw.store.commit
+
+    def denied_first(job: WriteJob) -> int:
+        if job.consume_approval is not None:
+            review(kit, gw, denied, "cy", "deny")
+        return commit(job)
+
+    monkeypatch.setattr(gw.store, "commit", denied_first)
+    d = gw.decide(big(kit, second))
+    assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.denied"])
+    assert d.reasons[0].detail == (
+        f"approval {denied} of this request under rule 'big-transfers' was denied meanwhile"
+    )
+    assert (d.approval_id, logged(gw, d.log_index)["approvers"]) == (denied, [])
+    assert gw.approval(granted)[0].status == "pending"  # not consumed
+
+
+def test_no_approval_opens_for_a_request_denied_before_the_pausing_commit(
+    kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = kit.artifact(), kit.artifact()
+    denied = paused(gw.decide(big(kit, first)))
+    commit = gw.store.commit
+
+    def denied_first(job: WriteJob) -> int:
+        if job.open_approval is not None:
+            review(kit, gw, denied, "cy", "deny")
+        return commit(job)
+
+    monkeypatch.setattr(gw.store, "commit", denied_first)
+    d = gw.decide(big(kit, second))  # would open a second approval, for the new artifact
+    assert (d.outcome, codes(d)) == (Outcome.DENY, ["approval.denied"])
+    assert d.approval_id == denied
+    assert [p.approval_id for p in gw.approvals()] == [denied]
+
+
 def test_a_pause_whose_commit_conflicts_names_no_approval_it_did_not_open(
     kit: Kit, gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

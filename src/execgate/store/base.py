@@ -76,6 +76,9 @@ class Conflict:
     EXHAUSTED = "exhausted"
     APPROVAL_CLOSED = "approval_closed"  # consumed, denied or reviewed meanwhile
     APPROVAL_EXPIRED = "approval_expired"  # the approval to consume expired meanwhile
+    # An approval of the same request under the same rule was denied meanwhile: one deny
+    # is final, so none is used and none opens (WriteJob.denied says which).
+    APPROVAL_DENIED = "approval_denied"
     # Another decision opened an approval for the same request and chain meanwhile.
     APPROVAL_OPEN = "approval_open"
     REVOKED = "revoked"  # a revocation_keys entry is revoked (see WriteJob.revoked)
@@ -145,10 +148,12 @@ class WriteJob:
     # anything else, in its transaction, so a revocation that returned before the commit
     # always wins (whatever the pipeline decided, the answer is Conflict.REVOKED)...
     revocation_keys: tuple[tuple[str, str], ...] = ()
-    # ...and the store sets the revocation it found here, and, on Conflict.EXHAUSTED, the
-    # use claim (of the artifact or of a limited ancestor) that had none left.
+    # ...and the store sets the revocation it found here, on Conflict.EXHAUSTED the use
+    # claim (of the artifact or of a limited ancestor) that had none left, and on
+    # Conflict.APPROVAL_DENIED the approval that was denied.
     revoked: Revocation | None = None
     exhausted: UseClaim | None = None
+    denied: str | None = None
 
 
 _UNTIL: Final = (

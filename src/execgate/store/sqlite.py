@@ -420,6 +420,19 @@ def _already_open(conn: sqlite3.Connection, body: dict[str, object]) -> bool:
     return False
 
 
+def _denied(conn: sqlite3.Connection, request_hash: str, rule: object) -> str | None:
+    """A denied approval of the request under ``rule``, if any: one deny is final for a
+    request under its rule (whatever artifact or policy asks again), and one that
+    committed after the decision read the approvals still wins."""
+    for approval_id, body in conn.execute(
+        "SELECT id, body FROM approvals WHERE request_hash = ? AND status = 'denied'",
+        (request_hash,),
+    ):
+        if json.loads(body).get("rule") == rule:
+            return str(approval_id)
+    return None
+
+
 def _close_siblings(conn: sqlite3.Connection, used: str) -> None:
     """Close every other open approval of the request an approval was just used for
     (under any artifact, rule or policy): one approved request executes once, even if
@@ -1367,6 +1380,13 @@ class SQLiteStore:
                 job.exhausted = use
                 return Conflict.EXHAUSTED
         if job.consume_approval is not None:
+            used = conn.execute(
+                "SELECT request_hash, body FROM approvals WHERE id = ?", (job.consume_approval,)
+            ).fetchone()
+            if used is not None:
+                job.denied = _denied(conn, used[0], json.loads(used[1]).get("rule"))
+                if job.denied is not None:
+                    return Conflict.APPROVAL_DENIED
             cur = conn.execute(
                 "UPDATE approvals SET status = 'consumed'"
                 " WHERE id = ? AND status = 'pending' AND expires_at > ?",
@@ -1382,6 +1402,9 @@ class SQLiteStore:
         if job.open_approval is not None:
             row = job.open_approval
             body = json.loads(row.body)
+            job.denied = _denied(conn, body["request_hash"], body["rule"])
+            if job.denied is not None:
+                return Conflict.APPROVAL_DENIED
             if _already_open(conn, body):
                 return Conflict.APPROVAL_OPEN
             conn.execute(
