@@ -547,6 +547,9 @@ def test_a_store_behind_a_symbolic_link_keeps_its_files_beside_the_real_one(
         assert store.commit(job(b"entry")) == 2
     finally:
         store.close()
+    # One lock file for the writers' turn, whichever name a process opened it by: two
+    # would let a store opened by its link and one opened by its real path write at once.
+    assert sorted(p.name for p in tmp_path.rglob("*-writer.lock")) == ["real.db-writer.lock"]
 
 
 def test_another_store_in_the_process_of_a_stale_shm_is_stale_from_the_start(

@@ -1066,7 +1066,7 @@ class SQLiteStore:
         writer lock): the writers' turn across processes."""
         if self._turn is None:
             self._turn = os.open(
-                self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                self._real + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
         return self._turn
 
@@ -1251,7 +1251,7 @@ class SQLiteStore:
             if not wait:
                 yield False
                 return
-            held = _wait_for_turn(self.path + "-writer.lock", _COMMIT_TIMEOUT)
+            held = _wait_for_turn(self._real + "-writer.lock", _COMMIT_TIMEOUT)
         try:
             yield True
         finally:
