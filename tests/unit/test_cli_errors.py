@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from gatekit import NOW
 
 from execgate.cli import main
-from execgate.errors import ConfigError
+from execgate.errors import ConfigError, StoreError
+from execgate.home import load_config
 from execgate.jose import PrivateKey
 from execgate.store.sqlite import SQLiteStore
 
@@ -432,6 +434,36 @@ def test_revoke_with_a_store_that_cannot_be_opened_exits_5(
         assert "store is unavailable (fail closed)" in line
     finally:
         shutil.rmtree(cli / "h-store")
+
+
+@pytest.mark.parametrize("flag", ["--sub", "--jti", "--reason"])
+def test_revoke_refuses_text_that_is_not_utf8(
+    cli: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """A command line holding bytes that are not UTF-8 (Python keeps them as lone
+    surrogates): no claim could hold such a value, and nothing is revoked."""
+    given = {"--sub": "agent-1", "--reason": "lost"} if flag != "--jti" else {"--reason": "x"}
+    given[flag] = "agent\udcff"
+    argv = [item for pair in given.items() for item in pair]
+    line = assert_one_line_error(run(capsys, "--home", "home", "revoke", *argv), flag, code=2)
+    assert f"{flag} is not UTF-8 text" in line
+    assert "nothing was revoked" in line
+    store = SQLiteStore(load_config(cli / "home").store)
+    try:
+        assert store.revoked([("sub", "agent-1")]) is None
+    finally:
+        store.close()
+
+
+def test_store_lookups_of_unbindable_text_are_a_store_error(cli: Path) -> None:
+    store = SQLiteStore(load_config(cli / "home").store)
+    try:
+        with pytest.raises(StoreError, match="store read failed"):
+            store.revoked([("sub", "agent\udcff")])
+        with pytest.raises(StoreError, match="cannot"):
+            store.revoke("sub", "agent\udcff", reason="x", now=NOW)
+    finally:
+        store.close()
 
 
 def test_help_is_not_an_error(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:

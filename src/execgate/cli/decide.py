@@ -124,6 +124,14 @@ def _revoke(args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise UsageError("--reason must say why (it is recorded and shown in every denial)")
     kind, value = _revoke_target(args)
+    for flag, text in ((f"--{kind}", value), ("--reason", args.reason)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
+            raise UsageError(
+                f"{flag} is not UTF-8 text: no artifact, key or subject could be named by"
+                " it; nothing was revoked"
+            ) from None
     config = load_config(home_of(args))
     store = SQLiteStore(config.store)
     try:

@@ -668,7 +668,7 @@ class SQLiteStore:
             conn = self._connect()
         try:
             yield conn
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:  # not bindable
             raise StoreError(f"store read failed: {exc}") from exc
         finally:
             with self._lock:
@@ -971,7 +971,7 @@ class SQLiteStore:
                     # The log is as it was: the head names what it named of it (one behind
                     # the log stays behind until the next batch moves it on).
                     _put_head(fd, head._replace(writes=writes + 1))
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:  # not bindable
                     raise StoreError(f"cannot {what}: {exc}") from exc
                 finally:
                     if conn.in_transaction:
