@@ -111,20 +111,25 @@ def append_admin_record(
     record: dict[str, Any],
     *,
     spend: tuple[str, int] | None = None,
+    unrevoked: tuple[tuple[str, str], ...] = (),
 ) -> int:
     """Append ``record``; return its log index once durable.
 
     ``spend=(jti, expires)`` spends an admin token's ``jti`` in the same commit. If it
     was spent before, a refusal record (the replay) is appended instead, and
-    ``AdminError`` (``admin.unauthenticated``) is raised after it is durable.
+    ``AdminError`` (``admin.unauthenticated``) is raised after it is durable. Likewise
+    if any of ``unrevoked`` (the admin's key) is revoked when the record commits: a
+    revocation that returned while the call's body was being read still wins.
     """
     replayed: list[str] = []
 
     def finalize(conflict: str | None, _index: int) -> bytes:
-        if conflict is not None:  # REPLAY, or PURGED: whether it was used is unknown
+        if conflict is not None:  # REPLAY, REVOKED, or PURGED: whether it was used is unknown
             detail = (
                 "this admin token was used before (replay)"
                 if conflict == Conflict.REPLAY
+                else f"the key of admin {record.get('admin')!r} is revoked"
+                if conflict == Conflict.REVOKED
                 else f"this admin token cannot be checked for replay: {PURGED_DETAIL}"
             )
             replayed.append(detail)
@@ -142,6 +147,7 @@ def append_admin_record(
             finalize,
             kind=KIND,
             proof_window=gateway._leeway,  # a token's expires is its exp plus the leeway
+            revocation_keys=unrevoked,
         )
     )
     gateway._checkpoint_if_due(index + 1, int(record["at"]))

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gatekit import GATEWAY_ID, POLICY, Kit, make_kit
+from gatekit import GATEWAY_ID, NOW, POLICY, Kit, make_kit
 from test_server_api import Client, decide, error_of
 
 from execgate.admin import issue_admin_token
@@ -31,6 +31,7 @@ from execgate.server import admin as admin_module
 from execgate.server import create_app
 from execgate.server.app import CHECKPOINT_MAX_AGE
 from execgate.server.openapi import openapi_document
+from execgate.store.base import WriteJob
 from execgate.store.unavailable import UnavailableStore
 
 RELOAD = "/v1/admin/policy/reload"
@@ -186,6 +187,34 @@ def test_a_revoked_admin_key_signs_no_more_calls(kit: Kit, client: Client) -> No
     last = records(client)[-1]
     assert (last["result"], last["admin"], last["admin_kid"]) == ("refused", "auditor", auditor)
     assert client.get(APPROVALS, headers=token(kit, "GET", APPROVALS)).status_code == 200
+
+
+def test_an_admin_key_revoked_while_its_call_is_read_lets_nothing_in(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token was checked, then the revocation returned before the record that lets
+    the call in was committed (a body still arriving, say): the commit checks the key
+    again, and the revocation wins."""
+    auditor = read_private_key(kit.home / "keys" / "auditor.jwk").public.thumbprint()
+    gateway: Gateway = client.app.state.gateway
+    commit = gateway.store.commit
+
+    def revoked_first(job: WriteJob) -> int:
+        if job.revocation_keys == (("kid", auditor),):
+            gateway.store.revoke("kid", auditor, reason="key leaked", now=NOW)
+        return commit(job)
+
+    monkeypatch.setattr(gateway.store, "commit", revoked_first)
+    path = "/v1/audit/entries"
+    refused = client.get(path, headers=token(kit, "GET", path, who="auditor"))
+    assert error_of(refused, 401) == "admin.unauthenticated"
+    assert refused.json()["error"]["message"] == "the key of admin 'auditor' is revoked"
+    last = records(client)[-1]
+    assert (last["result"], last["code"], last["admin"]) == (
+        "refused",
+        "admin.unauthenticated",
+        "auditor",
+    )
 
 
 def test_a_spent_token_stays_spent_when_the_clock_goes_back_past_a_purge(

@@ -217,6 +217,8 @@ async def _let_in(
                 token_jti=None if token is None else token.jti,
             ),
             spend=(token.jti, token.expires) if spend and token is not None else None,
+            # Letting the call in: checked again in the commit (see _unrevoked).
+            unrevoked=(("kid", token.kid),) if token is not None and result == "authorized" else (),
         )
 
     def check() -> AdminToken:
