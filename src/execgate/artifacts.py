@@ -40,6 +40,7 @@ __all__ = [
     "Artifact",
     "ArtifactVerifier",
     "issue_artifact",
+    "unverified_links",
     "verify_artifact",
 ]
 
@@ -211,6 +212,34 @@ def _parse_claims(
     )
 
 
+def unverified_links(token: str) -> list[Mapping[str, Any]]:
+    """The claims of ``token`` and of every link above it (``prf``), leaf first, read
+    WITHOUT checking a signature: for limits and hints only. Stops at the first link
+    that is not well formed (verifying it says what is wrong)."""
+    links: list[Mapping[str, Any]] = []
+    while True:  # each link lies inside the one below it, so it is shorter: this ends
+        try:
+            claims = parse_unverified(token, max_size=MAX_ARTIFACT_BYTES).claims
+        except JoseError:
+            return links
+        links.append(claims)
+        prf = claims.get("prf")
+        if not (isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str)):
+            return links
+        token = prf[0]
+
+
+def _refuse_too_deep(token: object, max_depth: int) -> None:
+    """DESIGN §3 stage 1: the chain's depth is a size limit, checked before any of its
+    signatures (a chain too deep is refused as such, whatever else is wrong with it)."""
+    if isinstance(token, str):
+        depth = len(unverified_links(token)) - 1
+        if depth > max_depth:
+            raise VerificationError(
+                "lineage.depth_exceeded", f"the chain is {depth} deep; the limit is {max_depth}"
+            )
+
+
 def _verify_signed(
     token: object, trust: TrustStore, verify_parent: Callable[[str], Artifact]
 ) -> Artifact:
@@ -317,6 +346,11 @@ def _check_in_force(
         raise VerificationError("artifact.expired", f"expired at {artifact.expires}")
     if now + leeway < artifact.not_before:
         raise VerificationError("artifact.not_yet_valid", f"valid from {artifact.not_before}")
+    for link in artifact.chain:  # as a proof's or attestation's: not issued in the future
+        if now + leeway < link.claims["iat"]:
+            raise VerificationError(
+                "artifact.not_yet_valid", f"issued at {link.claims['iat']}, in the future"
+            )
     if not audiences.intersection(artifact.audience):
         raise VerificationError(
             "artifact.wrong_audience",
@@ -356,6 +390,7 @@ def verify_artifact(
     def verify_parent(parent: str) -> Artifact:
         return _verify_signed(parent, trust, verify_parent)
 
+    _refuse_too_deep(token, max_depth)
     artifact = _within_authority(_verify_signed(token, trust, verify_parent))
     return _check_in_force(
         artifact, audiences=audiences, now=now, leeway=leeway, max_depth=max_depth
@@ -390,6 +425,9 @@ class ArtifactVerifier:
         self._signed = lru_cache(maxsize=size)(self._verify_signed)
 
     def _verify_signed(self, token: str) -> Artifact:
+        # Only for a token not remembered (and each link above it): a chain too deep is
+        # refused before its signatures are checked. Failures are not remembered.
+        _refuse_too_deep(token, self._max_depth)
         return _within_authority(_verify_signed(token, self.trust, self._signed))
 
     def verify(self, token: object, *, now: int) -> Artifact:

@@ -12,7 +12,13 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from execgate.artifacts import ARTIFACT_TYP, MAX_ARTIFACT_BYTES, _parse_claims, parse_env
+from execgate.artifacts import (
+    ARTIFACT_TYP,
+    MAX_ARTIFACT_BYTES,
+    _parse_claims,
+    parse_env,
+    unverified_links,
+)
 from execgate.attenuation import widening
 from execgate.errors import JoseError, VerificationError
 from execgate.jose import PrivateKey, PublicKey, encode, parse_unverified
@@ -51,19 +57,9 @@ def _parent_claims(parent: str) -> dict[str, Any]:
     return claims
 
 
-def _chain_jtis(claims: Mapping[str, Any]) -> set[object]:
+def _chain_jtis(parent: str) -> set[object]:
     """The jti of the parent and of every link above it (``prf``, unverified)."""
-    jtis = {claims.get("jti")}
-    while True:  # each link lies inside the one below it, so it is shorter: this ends
-        prf = claims.get("prf")
-        if not (isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str)):
-            break
-        try:
-            claims = parse_unverified(prf[0], max_size=MAX_ARTIFACT_BYTES).claims
-        except JoseError as exc:
-            raise ValueError(f"a link above the parent is not well formed: {exc.detail}") from exc
-        jtis.add(claims.get("jti"))
-    return jtis
+    return {claims.get("jti") for claims in unverified_links(parent)}
 
 
 def delegate_artifact(
@@ -90,7 +86,7 @@ def delegate_artifact(
     defaults to the parent's.
     """
     p = _parent_claims(parent)
-    if jti is not None and jti in _chain_jtis(p):
+    if jti is not None and jti in _chain_jtis(parent):
         raise ValueError(f"jti {jti!r} is already a link's in the parent's chain: give a new one")
     holder = holder_key.public.thumbprint()
     if p["cnf"]["jkt"] != holder:

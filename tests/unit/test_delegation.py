@@ -11,7 +11,7 @@ from gatekit import GATEWAY_ID, NOW, Kit, make_kit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from execgate.artifacts import ARTIFACT_TYP, Artifact, verify_artifact
+from execgate.artifacts import ARTIFACT_TYP, Artifact, ArtifactVerifier, verify_artifact
 from execgate.delegation import delegate_artifact
 from execgate.errors import VerificationError
 from execgate.jose import PrivateKey, encode, parse_unverified
@@ -249,6 +249,36 @@ def test_depth_over_the_limit(kit: Kit) -> None:
         chain.extend()
     assert check(kit, chain.tokens[-1], max_depth=3).depth == 3
     assert code_of(kit, chain.tokens[-1], max_depth=2) == "lineage.depth_exceeded"
+
+
+def test_depth_is_refused_before_any_signature_is_checked(kit: Kit) -> None:
+    """DESIGN §3 stage 1: depth is a size limit. A chain too deep is refused as such,
+    even when its root is from no trusted authority, whose signature is then never
+    checked; within the limit, that root is what is wrong with it."""
+    untrusted = kit.artifact(WIDE, ttl=3600, key=PrivateKey.generate())
+    child = forge_child(
+        kit, untrusted, kit.runtime.key, cnf={"jkt": kit.runtime.key.public.thumbprint()}
+    )
+    grandchild = forge_child(kit, child, kit.runtime.key, jti="grandchild-jti")
+    assert code_of(kit, grandchild, max_depth=1) == "lineage.depth_exceeded"
+    assert code_of(kit, grandchild, max_depth=2) == "artifact.untrusted_issuer"
+    verifier = ArtifactVerifier(
+        trust=trust(kit), audiences=frozenset({GATEWAY_ID}), leeway=0, max_depth=1
+    )
+    with pytest.raises(VerificationError) as info:
+        verifier.verify(grandchild, now=NOW)
+    assert info.value.code == "lineage.depth_exceeded"
+
+
+def test_a_link_issued_in_the_future_is_not_yet_valid(kit: Kit) -> None:
+    """As a proof or an attestation issued in the future is refused: an iat past the
+    leeway is a clock or a signer that cannot be trusted with the rest of the window."""
+    future = kit.artifact(WIDE, now=NOW + 86400, not_before=NOW - 10, ttl=3600)
+    assert code_of(kit, future) == "artifact.not_yet_valid"
+    chain = Chain(kit)
+    late = forge_child(kit, chain.tokens[0], chain.keys[0], iat=NOW + 86400)
+    assert code_of(kit, late) == "artifact.not_yet_valid"
+    assert check(kit, forge_child(kit, chain.tokens[0], chain.keys[0], iat=NOW)).depth == 1
 
 
 def test_a_chain_is_only_as_valid_as_its_leaf_window(kit: Kit) -> None:
