@@ -237,6 +237,25 @@ def test_a_failing_clock_records_no_outcome_and_no_reload(kit: Kit, failure: str
     assert gw.report_outcome(d.decision_id, status="succeeded") == size  # control
 
 
+def test_a_condition_engine_that_breaks_fails_closed_not_a_policy_deny(kit: Kit) -> None:
+    """An error of the data (a wrong type, a bad argument to a function) is the policy
+    saying no (policy.denied); the binding itself failing is the gateway unable to
+    decide (internal.error), and is never read as the policy's answer."""
+    gw = kit.gateway()
+    [condition] = [r.condition for r in gw.policy.rules if r.name == "charges-over-ten"]
+    assert condition is not None
+
+    class Broken:
+        def execute(self, context: object) -> bool:
+            raise SystemError("the binding crashed")
+
+    object.__setattr__(condition, "_program", Broken())
+    submission = kit.submit(kit.request("payments.charge", "acct:1", amount=50))
+    d = gw.decide(submission)
+    assert_failed_closed(d, "internal.error")
+    assert "SystemError" in d.reasons[0].detail
+
+
 def test_receipt_signing_failure_fails_closed_and_is_logged(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:

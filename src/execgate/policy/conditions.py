@@ -491,6 +491,19 @@ def _past_string(text: str, i: int) -> int:
     return i + len(quote)
 
 
+# How the CEL binding reports an error of the data (a wrong type, a division by zero,
+# an overflow, an index out of range, a function's bad argument, an undefined name).
+_DATA_ERRORS: Final = (
+    TypeError,
+    ValueError,
+    ZeroDivisionError,
+    OverflowError,
+    IndexError,
+    RuntimeError,
+    RecursionError,
+)
+
+
 class ConditionError(Exception):
     """A condition could not produce a boolean for these inputs."""
 
@@ -609,8 +622,10 @@ class Condition:
             raise ConditionError(
                 f"no such key {_short(repr(exc.args[0]) if exc.args else '')}"
             ) from exc
-        except Exception as exc:  # any failure is a deny, never a skip
+        except _DATA_ERRORS as exc:  # what the input made of the condition: a deny
             raise ConditionError(f"{type(exc).__name__}: {_short(str(exc))}") from exc
+        # Anything else is the binding failing, not the input: it reaches the pipeline,
+        # which fails closed (internal.error), never a skip and never a policy's deny.
         if result is True or result is False:
             return result
         raise ConditionError(f"returned {type(result).__name__}, not a boolean")
@@ -816,7 +831,7 @@ class Inputs:
                     value = _convert(name, self._raw[name], self._reads.get(name))
                     self._converted[name] = value
                     self.context.add_variable(name, value)
-                except Exception as exc:  # noqa: BLE001 - a bad input fails its conditions
+                except (ConditionError, *_DATA_ERRORS) as exc:  # a bad input fails its conditions
                     self._problems[name] = f"input {name}: {_short(str(exc))}"
             problem = self._problems.get(name)
             if problem is not None:
