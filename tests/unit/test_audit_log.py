@@ -562,6 +562,32 @@ def test_checkpoints_are_read_newest_first_a_few_at_a_time(kit: Kit) -> None:
     assert next(recent())[0] == gw.store.size() == 42  # and it signed, as every=1 says
 
 
+def test_an_export_taken_while_decisions_go_on_verifies(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker appends (and signs) after the export's checkpoint: the export
+    stops at that checkpoint, so every line it holds is covered by its last one."""
+    gw = kit.gateway()
+    for _ in range(3):
+        proceed(kit, gw)
+    checkpoints = gw.store.checkpoints
+
+    def meanwhile() -> Any:
+        for _ in range(2):
+            proceed(kit, gw)
+        gw.audit.checkpoint(now=kit.clock.now)  # signed for the entries the export omits
+        proceed(kit, gw)
+        return checkpoints()
+
+    monkeypatch.setattr(gw.store, "checkpoints", meanwhile)
+    out = io.StringIO()
+    assert gw.audit.export(out, now=kit.clock.now) == 3
+    report = verify_export(io.StringIO(out.getvalue()), node_public(kit))
+    assert report.entries == 3
+    assert report.root == recomputed_root(entries(gw.store)[:3])
+    assert gw.store.size() == 6
+
+
 def test_verify_export_reads_any_json_spelling_of_an_entry_line(kit: Kit) -> None:
     """Entry lines exactly as ``export`` writes them take a shortcut past the JSON parser;
     any other spelling of the same line must verify to the same report."""

@@ -192,19 +192,26 @@ class AuditLog:
         return format_tlog_proof(index, proof, note, extra=self.entry(index))
 
     def export(self, out: IO[str], *, now: int, batch: int = 4096) -> int:
-        """Write every entry and checkpoint, ending with a fresh checkpoint; return the
-        number of entries written (the log's size, unless entries were deleted).
+        """Write every entry and checkpoint up to a fresh checkpoint, and end with it;
+        return the number of entries written (the checkpoint's size, unless entries were
+        deleted). Entries another process appends meanwhile are left out with the
+        checkpoints signed for them: every line written is covered by the last one.
 
-        Every stored checkpoint is written, even one that no entry line reaches: a log
-        whose last entries were deleted from the store then fails ``verify_export``
-        instead of passing as a shorter log. A log whose tree the node refuses to sign
-        (see ``checkpoint``) is exported all the same, without a fresh checkpoint:
-        ``verify_export`` then says what is wrong with it.
+        Every stored checkpoint up to it is written, even one that no entry line
+        reaches: a log whose last entries were deleted from the store then fails
+        ``verify_export`` instead of passing as a shorter log. A log whose tree the node
+        refuses to sign (see ``checkpoint``) is exported all the same, whole, without a
+        fresh checkpoint: ``verify_export`` then says what is wrong with it.
         """
+        signed: int | None = None
         with suppress(EvidenceError):
-            self.checkpoint(now=now)
+            signed = unverified_checkpoint(self.checkpoint(now=now)).size
         checkpoints = dict(self.store.checkpoints())
-        size = max(max(checkpoints, default=0), self.size())
+        if signed is None:
+            size = max(max(checkpoints, default=0), self.size())
+        else:
+            size = signed
+            checkpoints = {n: note for n, note in checkpoints.items() if n <= signed}
         written = 0
         out.write(json.dumps({"format": EXPORT_FORMAT, "origin": self.origin}) + "\n")
         if 0 in checkpoints:
