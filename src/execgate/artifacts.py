@@ -229,11 +229,24 @@ def unverified_links(token: str) -> list[Mapping[str, Any]]:
         token = prf[0]
 
 
+@lru_cache(maxsize=256)
+def _claimed_depth(token: str) -> int:
+    """How many links lie above ``token``, as its ``prf`` claims say (unverified): each
+    token is read once, so a chain seen before costs a new leaf one parse."""
+    try:
+        prf = parse_unverified(token, max_size=MAX_ARTIFACT_BYTES).claims.get("prf")
+    except JoseError:
+        return 0  # verifying it says what is wrong
+    if not (isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str)):
+        return 0
+    return 1 + _claimed_depth(prf[0])  # each link lies inside the one below: this ends
+
+
 def _refuse_too_deep(token: object, max_depth: int) -> None:
     """DESIGN §3 stage 1: the chain's depth is a size limit, checked before any of its
     signatures (a chain too deep is refused as such, whatever else is wrong with it)."""
     if isinstance(token, str):
-        depth = len(unverified_links(token)) - 1
+        depth = _claimed_depth(token)
         if depth > max_depth:
             raise VerificationError(
                 "lineage.depth_exceeded", f"the chain is {depth} deep; the limit is {max_depth}"
