@@ -6,11 +6,17 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from execgate.errors import REASON_CODES
 
-__all__ = ["Decision", "Outcome", "Reason", "Request"]
+__all__ = ["ID_TEXT", "MAX_ID", "Decision", "Outcome", "Reason", "Request"]
+
+# A decision's or an approval's id as a caller names it (a path, a query, a command
+# line): what this gateway makes (UUIDs) and little more; anything else is no such id,
+# never a store lookup or an echo.
+MAX_ID: Final = 128
+ID_TEXT: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 class Outcome(enum.StrEnum):

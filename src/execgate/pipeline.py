@@ -132,8 +132,9 @@ def policy_view(artifact: Artifact) -> dict[str, Any]:
     Every link's own values are in ``chain`` (root first: ``iss``, ``sub``, ``jti``,
     ``gov``, ``att``), for a rule that means to read what a delegator added;
     ``size(artifact.chain) > 1`` means delegated. The request's ``runtime`` is the last
-    link's ``sub``, named by its delegator: ``request.runtime == artifact.sub`` holds only
-    for the runtime the authority named."""
+    link's ``sub``, named by its delegator, who may give a child its own name: the
+    runtime the authority named, holding the key it bound, is ``artifact.sub`` with
+    ``size(artifact.chain) == 1``."""
     links = artifact.chain
     root = links[0]
     return {

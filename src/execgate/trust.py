@@ -180,7 +180,11 @@ def _entries(
         # would count twice toward a quorum.
         earlier = seen.get(ident.casefold())
         if earlier is not None:
-            same = "" if earlier == ident else f" (as {earlier!r}: ids differ in more than case)"
+            same = (
+                ""
+                if earlier == ident
+                else f" (after {earlier!r}: ids must differ in more than case)"
+            )
             raise ConfigError(f"{where}: duplicate {section.replace('_', ' ')} id {ident!r}{same}")
         seen[ident.casefold()] = ident
         yield where, ident, entry

@@ -309,16 +309,20 @@ def test_a_wrong_admin_key_is_exit_2_with_the_gateways_reason(env: Env, tmp_path
 def test_unknown_approvals_and_flag_mistakes_are_exit_2(env: Env) -> None:
     alice = env.key("approver-alice")
     unknown = "00000000-0000-4000-8000-000000000000"
-    for approval in (unknown, "../reload", "x?y"):
+    for argv in (
+        ["approvals", "show", unknown],
+        ["approvals", "approve", unknown, "--key", alice],
+    ):
+        line = env.failed(EXIT_USAGE, env.remote(*argv))
+        assert line.startswith(f"execgate: error: no approval {unknown!r} at gateway {env.url}")
+        assert f"'execgate approvals list --all --url {env.url} ...' lists them" in line
+    for approval in ("../reload", "x?y", "a\udcff"):  # never sent: no id looks like these
         for argv in (
             ["approvals", "show", approval],
             ["approvals", "approve", approval, "--key", alice],
         ):
             line = env.failed(EXIT_USAGE, env.remote(*argv))
-            assert line.startswith(
-                f"execgate: error: no approval {approval!r} at gateway {env.url}"
-            )
-            assert f"'execgate approvals list --all --url {env.url} ...' lists them" in line
+            assert f"argument ID: {approval!r} is not a decision or approval id" in line
     line = env.failed(EXIT_USAGE, ["approvals", "list", "--url", env.url])
     assert "needs --admin-key KEYFILE" in line
     line = env.failed(EXIT_USAGE, ["approvals", "list", "--admin-key", env.key("admin")])

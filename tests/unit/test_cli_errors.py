@@ -455,6 +455,19 @@ def test_revoke_refuses_text_that_is_not_utf8(
         store.close()
 
 
+@pytest.mark.parametrize(
+    ("command", "rest"),
+    [(["approvals", "show"], []), (["lineage", "show"], []), (["outcome"], ["--status", "failed"])],
+)
+@pytest.mark.parametrize("given", ["a\udcff", "../x", "a b", "x" * 129])
+def test_an_id_no_record_could_have_is_a_usage_error_before_any_lookup(
+    cli: Path, capsys: pytest.CaptureFixture[str], command: list[str], rest: list[str], given: str
+) -> None:
+    result = run(capsys, "--home", "home", *command, given, *rest)
+    line = assert_one_line_error(result, "is not a decision or approval id", code=2)
+    assert "store" not in line
+
+
 def test_store_lookups_of_unbindable_text_are_a_store_error(cli: Path) -> None:
     store = SQLiteStore(load_config(cli / "home").store)
     try:

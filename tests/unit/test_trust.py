@@ -98,7 +98,7 @@ CASES = [
     ("ids that differ only in case",
      f'[[approver]]\nid = "ana"\ngroups = ["g"]\nkeys = [{_jwk(A)}]\n'
      f'[[approver]]\nid = "ANA"\ngroups = ["g"]\nkeys = [{_jwk(B)}]\n',
-     "approver[1]: duplicate approver id 'ANA' (as 'ana': ids differ in more than case)"),
+     "approver[1]: duplicate approver id 'ANA' (after 'ana': ids must differ in more than case)"),
     ("key shared by two principals", AUTHORITY + f'[[attester]]\nid = "x"\nkeys = [{_jwk(A)}]\n',
      "is listed for both authority 'root' and attester 'x'"),
 ]  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from execgate.errors import ConfigError, JoseError, PolicyError, StoreError, UsageError
-from execgate.model import Outcome
+from execgate.model import ID_TEXT, Outcome
 
 if TYPE_CHECKING:
     from execgate.home import GatewayConfig
@@ -141,6 +141,17 @@ def log_index(text: str) -> int:
             f"{shown(text)} is not a log index (0, 1, 2, ...: 'execgate audit tail' lists them)"
         )
     return int(text)
+
+
+def record_id(text: str) -> str:
+    """A decision's or an approval's id: what this gateway makes (UUIDs) and little more,
+    as over HTTP; anything else names no record (and is never looked up)."""
+    if ID_TEXT.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a decision or approval id (1-128 letters, digits and"
+            " '.', '_', '~', '-': as decide or 'approvals list' printed it)"
+        )
+    return text
 
 
 # -- reading inputs ---------------------------------------------------------------------

@@ -67,6 +67,7 @@ from execgate.cli._common import (
     open_gateway,
     optional_config,
     out,
+    record_id,
     shown,
 )
 from execgate.cli._records import cell
@@ -358,7 +359,9 @@ def register(commands: Commands) -> None:
     q.set_defaults(func=_list)
 
     q = group.add("show", "one approval: its request, every review, and its state")
-    q.add_argument("approval_id", metavar="ID", help="the approval id (the pause decision's)")
+    q.add_argument(
+        "approval_id", metavar="ID", type=record_id, help="the approval id (the pause decision's)"
+    )
     q.add_argument("--json", action="store_true", help="print it as JSON")
     add_remote(q, role="approvals", required=False)
     q.set_defaults(func=_show)
@@ -373,7 +376,12 @@ def register(commands: Commands) -> None:
             " (an admin's), --key signs the review (yours, the approver's); the review is"
             " signed here and only the signed review is sent."
         )
-        q.add_argument("approval_id", metavar="ID", help="the approval id (the pause decision's)")
+        q.add_argument(
+            "approval_id",
+            metavar="ID",
+            type=record_id,
+            help="the approval id (the pause decision's)",
+        )
         q.add_argument(
             "--key", required=True, help="your approver PRIVATE key file (its [[approver]])"
         )

@@ -28,6 +28,7 @@ from execgate.cli._common import (
     home_of,
     open_gateway,
     out,
+    record_id,
     shown,
     token_arg,
 )
@@ -128,10 +129,7 @@ def _revoke(args: argparse.Namespace) -> int:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
-            raise UsageError(
-                f"{flag} is not UTF-8 text: no artifact, key or subject could be named by"
-                " it; nothing was revoked"
-            ) from None
+            raise UsageError(f"{flag} is not UTF-8 text; nothing was revoked") from None
     config = load_config(home_of(args))
     store = SQLiteStore(config.store)
     try:
@@ -242,7 +240,9 @@ def register(commands: Commands) -> None:
     s.set_defaults(func=_decide)
 
     s = commands.add("outcome", "log what happened when a proceed/reroute decision ran")
-    s.add_argument("decision_id", metavar="DECISION_ID", help="as decide printed it")
+    s.add_argument(
+        "decision_id", metavar="DECISION_ID", type=record_id, help="as decide printed it"
+    )
     s.add_argument("--status", required=True, choices=("succeeded", "failed"))
     s.add_argument("--exit-code", type=_exit_code, help="the command's exit code")
     s.add_argument("--digest", type=_digest, help="sha256:HEX of the result")

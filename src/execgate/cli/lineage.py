@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from execgate.cli._cascade import damaged_log
-from execgate.cli._common import Commands, home_of, out, shown
+from execgate.cli._common import Commands, home_of, out, record_id, shown
 from execgate.cli._records import cell
 from execgate.errors import UsageError
 
@@ -92,6 +92,8 @@ def register(commands: Commands) -> None:
         "show",
         "the tree of decisions around one: its parents, their children, each artifact chain",
     )
-    q.add_argument("decision_id", metavar="DECISION_ID", help="as decide printed it")
+    q.add_argument(
+        "decision_id", metavar="DECISION_ID", type=record_id, help="as decide printed it"
+    )
     q.add_argument("--json", action="store_true", help="print the tree as JSON (a flat list)")
     q.set_defaults(func=_show)

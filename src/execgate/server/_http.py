@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
@@ -22,11 +21,6 @@ from execgate.errors import AuditError, JoseError, StoreError
 from execgate.home import ServerConfig
 from execgate.jose import compact_json, loads_strict
 from execgate.submission import MAX_REQUEST_VALUES
-
-# A decision's or an approval's id in a path or query: what this gateway makes (UUIDs)
-# and little more; anything else is no such id, never a store lookup or an echo.
-MAX_ID: Final = 128
-ID_TEXT: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 __all__ = [
     "QUERY_MARK",

@@ -67,9 +67,8 @@ from execgate.admin import verify_admin_token as _verify_token
 from execgate.approvals import Pending, Review
 from execgate.errors import ApprovalError, EvidenceError
 from execgate.home import ServerConfig
+from execgate.model import ID_TEXT, MAX_ID
 from execgate.server._http import (
-    ID_TEXT,
-    MAX_ID,
     HttpError,
     JsonResponse,
     handled,

@@ -50,12 +50,11 @@ from execgate.errors import (
     VerificationError,
 )
 from execgate.home import CONFIG_NAME, ServerConfig, load_config, service_copy
-from execgate.model import Outcome
+from execgate.model import ID_TEXT, Outcome
 from execgate.pipeline import Gateway
 from execgate.server import admin, forward_auth, logs, metrics
 from execgate.server._envdir import LOCK_FLAGS, SERVICE_LOCK
 from execgate.server._http import (
-    ID_TEXT,
     HttpError,
     JsonResponse,
     error_response,

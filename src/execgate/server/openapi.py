@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
+from execgate.model import ID_TEXT, MAX_ID
 from execgate.server import admin, forward_auth, metrics
-from execgate.server._http import ID_TEXT, MAX_ID
 from execgate.server._spec import BODY_ERRORS as _BODY_ERRORS
 from execgate.server._spec import COMMON_ERRORS as _COMMON_ERRORS
 from execgate.server._spec import error as _error
