@@ -808,6 +808,13 @@ class Gateway(ApprovalFlow, OutcomeLog):
             "runtime_jkt": artifact.jkt if artifact else None,
             "proof_jti": proof.jti if proof else None,
             "policy_hash": state.policy_hash,
+            # What else the decision stood on (an attester's or a parent receipt's key,
+            # the approvers' keys and names), each with the code its revocation gives:
+            # a revocation's cascade finds these decisions too.
+            "grounds": [
+                {"kind": kind, "value": value, "code": code}
+                for (kind, value), code, _ in state.grounds
+            ],
         }
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,6 +92,38 @@ def test_cascade_names_every_descendant_and_nothing_else(kit: Kit) -> None:
 
     with pytest.raises(ValueError, match="kind"):
         cascade(gw.store, "nope", "x")
+
+
+def test_cascade_names_decisions_that_stood_on_an_attester_or_parent_receipt_key(
+    kit: Kit,
+) -> None:
+    """Revoking an attester's key denies what its attestations let through
+    (environment.untrusted), and a node key the receipts it signed (lineage.broken):
+    the report names the decisions that stood on them, as the revocation will."""
+    gw = kit.gateway()
+    token = kit.artifact([{"action": "reports.read", "resource": "**"}], env={"region": ["eu"]})
+    attested = gw.decide(
+        kit.submission(
+            kit.request("reports.read", "report:q3"),
+            token,
+            attestation=kit.attestation({"region": "eu"}),
+        )
+    )
+    assert attested.outcome is Outcome.PROCEED, attested.reasons
+    root = kit.artifact(ttl=3600)
+    plain = run(gw, kit.runtime, root)
+    assert plain.receipt is not None
+    child = run(gw, kit.runtime, root, parent=plain.receipt)
+
+    by_attester = cascade(gw.store, "kid", kit.attester.public.thumbprint())
+    assert [d[1] for d in by_attester.decisions] == [attested.decision_id]
+    assert by_attester.artifacts == ()  # no artifact is revoked by it
+    by_node = cascade(gw.store, "kid", gw.node_key.public.thumbprint())
+    assert [d[1] for d in by_node.decisions] == [child.decision_id]
+    [entry] = gw.store.entries(child.log_index or 0, (child.log_index or 0) + 1)
+    assert json.loads(entry.entry)["grounds"] == [
+        {"kind": "kid", "value": gw.node_key.public.thumbprint(), "code": "lineage.broken"}
+    ]
 
 
 def test_lineage_tree_climbs_to_the_oldest_parent_and_shows_every_child(kit: Kit) -> None:

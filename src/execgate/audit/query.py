@@ -49,8 +49,10 @@ class Cascade:
 
 
 def cascade(store: Store, kind: str, value: str) -> Cascade:
-    """Every recorded decision whose artifact chain holds the revoked item, and every
-    artifact at or below it on those chains (root first).
+    """Every recorded decision whose artifact chain holds the revoked item, or that stood
+    on it otherwise (its ``grounds``: an attester's or a parent receipt's key, an
+    approver's key or name), and every artifact at or below it on those chains (root
+    first).
 
     Each record lists its chain's links (jti, signing key, subject, bound key), so the
     first link a revocation reaches is known exactly: a jti or subject names its link, and
@@ -63,9 +65,10 @@ def cascade(store: Store, kind: str, value: str) -> Cascade:
     for index, record in records(store):
         links = _links(record.get("chain_links"))
         at = next((i for i, link in enumerate(links) if _reaches(link, kind, value)), None)
-        if at is None:
+        if at is not None:
+            artifacts.update(dict.fromkeys(link["jti"] for link in links[at:]))
+        elif not _grounded(record.get("grounds"), kind, value):
             continue
-        artifacts.update(dict.fromkeys(link["jti"] for link in links[at:]))
         decisions.append((index, str(record.get("decision_id")), str(record.get("outcome"))))
     return Cascade(kind, value, tuple(artifacts), tuple(decisions))
 
@@ -76,6 +79,14 @@ def _reaches(link: dict[str, str], kind: str, value: str) -> bool:
     if kind == "artifact":
         return link.get("digest") == value
     return link["sub" if kind == "sub" else "jti"] == value
+
+
+def _grounded(grounds: object, kind: str, value: str) -> bool:
+    """Whether a record's ``grounds`` name ``kind``/``value`` (records written before
+    they were kept have none)."""
+    return isinstance(grounds, list) and any(
+        isinstance(g, dict) and g.get("kind") == kind and g.get("value") == value for g in grounds
+    )
 
 
 def _strings(value: object) -> list[str]:
