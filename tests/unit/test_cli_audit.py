@@ -517,6 +517,28 @@ def test_show_prints_one_record_as_json(built: Log) -> None:
         assert result.out.startswith("{\n  ")
 
 
+def test_show_escapes_what_a_terminal_would_act_on_and_reads_back_the_same(
+    fresh: Path, tmp_path: Path
+) -> None:
+    """Arguments are anyone's text: the C1 controls (CSI, OSC, ST: json.dumps escapes
+    only C0) and the direction-changing marks are printed as JSON escapes."""
+    note = "\u009b2J\u009d0;pwned\u009c \x1b[2J \u202eevil\u2069 \u00e9t\u00e9"
+    request = {"action": "payments.transfer", "resource": "acct:1", "args": {"note": note}}
+    (tmp_path / "req.json").write_text(json.dumps({**request, "runtime": "agent-1"}))
+    cli("--home", fresh, "decide", "--request", tmp_path / "req.json")
+    store = SQLiteStore(fresh / "state.db")
+    try:
+        index = store.size() - 1
+    finally:
+        store.close()
+    shown = cli("--home", fresh, "audit", "show", str(index)).out
+    for raw in ("\u009b", "\u009d", "\u009c", "\x1b", "\u202e", "\u2069"):
+        assert raw not in shown
+    assert "\\u009b2J" in shown
+    assert "\u00e9t\u00e9" in shown  # printable text stays as it is
+    assert json.loads(shown)["request"]["args"]["note"] == note
+
+
 # -- outcome ---------------------------------------------------------------------------------
 
 

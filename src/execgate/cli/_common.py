@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -141,6 +142,19 @@ def log_index(text: str) -> int:
             f"{shown(text)} is not a log index (0, 1, 2, ...: 'execgate audit tail' lists them)"
         )
     return int(text)
+
+
+# What a terminal acts on or shows as other text, escaped in JSON printed for a human
+# (as \u00XX, so the JSON reads back the same): DEL and the C1 controls (CSI, OSC, ...;
+# json.dumps escapes only C0), and the invisible and direction-changing format marks.
+_TERMINAL_UNSAFE: Final = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def json_text(value: object) -> str:
+    """``value`` as indented JSON for a terminal: log content (a request's arguments, a
+    delegator's subject) is anyone's text, so nothing in it is printed as a control."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def record_id(text: str) -> str:

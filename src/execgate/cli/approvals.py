@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Final
 from execgate.cli._common import (
     Commands,
     home_of,
+    json_text,
     note,
     one_line,
     open_gateway,
@@ -149,7 +150,7 @@ def _list(args: argparse.Namespace) -> int:
             }
             for p, s in rows
         ]
-        out(json.dumps(docs, indent=2, ensure_ascii=False))
+        out(json_text(docs))
         return 0
     if not rows:
         hint = "" if args.all else " (--all lists closed ones too)"
@@ -175,7 +176,7 @@ def _show(args: argparse.Namespace) -> int:
             status = gateway.approval_status(pending, reviews, int(time.time()))
     if args.json:
         doc = {**pending.to_json(), **status, "reviews": [r.to_json() for r in reviews]}
-        out(json.dumps(doc, indent=2, ensure_ascii=False))
+        out(json_text(doc))
         return 0
     request = pending.request
     arguments = cell(json.dumps(request.get("args", {}), ensure_ascii=False, sort_keys=True))
@@ -323,7 +324,7 @@ def _review(args: argparse.Namespace, verdict: str, comment: str | None) -> int:
             "groups": list(after.groups),
             "quorum": after.quorum,
         }
-        out(json.dumps(doc, indent=2, ensure_ascii=False))
+        out(json_text(doc))
         return 0
     who = cell(approver)
     if verdict == "deny":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from execgate.cli._common import (
     Commands,
     home_of,
+    json_text,
     log_index,
     note,
     out,
@@ -133,7 +133,7 @@ def _show(args: argparse.Namespace) -> int:
             f"log entry {args.index} is not a JSON record; the log is damaged"
             " (run 'execgate audit export' and 'execgate audit verify' to find out how)"
         )
-    out(json.dumps(record, indent=2, ensure_ascii=False))
+    out(json_text(record))
     return 0
 
 

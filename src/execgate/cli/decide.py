@@ -15,7 +15,6 @@ running gateway would give (exit 5). ``outcome`` and ``revoke`` print one line a
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from execgate.cli._common import (
     MAX_TOKEN,
     Commands,
     home_of,
+    json_text,
     open_gateway,
     out,
     record_id,
@@ -47,7 +47,7 @@ _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 def _print_decision(decision: Decision, as_json: bool) -> None:
     if as_json:
-        out(json.dumps(decision.to_json(), indent=2, ensure_ascii=False))
+        out(json_text(decision.to_json()))
         return
     line = decision.outcome.value.upper()
     if decision.route:
@@ -158,7 +158,7 @@ def _revoke(args: argparse.Namespace) -> int:
             "already_revoked": already,
             "cascade": None if found is None else _cascade.to_json(found),
         }
-        out(json.dumps(doc, indent=2, ensure_ascii=False))
+        out(json_text(doc))
         return 0
     label = value if value.isprintable() else repr(value)  # a line break stays one line
     if already:

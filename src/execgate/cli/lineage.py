@@ -10,11 +10,10 @@ so each is printed with control characters escaped (``_records.cell``).
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING, Any
 
 from execgate.cli._cascade import damaged_log
-from execgate.cli._common import Commands, home_of, out, record_id, shown
+from execgate.cli._common import Commands, home_of, json_text, out, record_id, shown
 from execgate.cli._records import cell
 from execgate.errors import UsageError
 
@@ -70,7 +69,7 @@ def _show(args: argparse.Namespace) -> int:
         )
     if args.json:
         doc = {"decision_id": args.decision_id, "log": config.gateway_id, "nodes": _flat(tree)}
-        out(json.dumps(doc, indent=2, ensure_ascii=False))
+        out(json_text(doc))
         return 0
     out(f"lineage of decision {cell(args.decision_id)} in the audit log of {config.gateway_id}")
     for depth, node in tree.walk():

@@ -23,6 +23,7 @@ from execgate.cli._common import (
     MAX_TOKEN,
     Commands,
     home_of,
+    json_text,
     optional_config,
     out,
     read_bytes,
@@ -155,7 +156,7 @@ def _inspect(args: argparse.Namespace) -> int:
         if is_artifact:
             depth = len(chain) - 1 if complete else None
             doc.update(depth=depth, chain=chain, chain_complete=complete)
-        out(json.dumps(doc, indent=2, ensure_ascii=False))
+        out(json_text(doc))
         return 0
     out(status)
     if not verified:
@@ -171,8 +172,8 @@ def _inspect(args: argparse.Namespace) -> int:
         for depth, link in enumerate(chain):
             iss, sub, jti = (cell(link[name]) for name in ("iss", "sub", "jti"))
             out(f"    {depth}  iss {iss}  sub {sub}  jti {jti}")
-    out("header: " + json.dumps(parsed.header, indent=2, ensure_ascii=False))
-    out("claims: " + json.dumps(parsed.claims, indent=2, ensure_ascii=False))
+    out("header: " + json_text(parsed.header))
+    out("claims: " + json_text(parsed.claims))
     return 0
 
 
