@@ -191,11 +191,12 @@ class AuditLog:
         proof = inclusion_proof(index, size, self.store.node)
         return format_tlog_proof(index, proof, note, extra=self.entry(index))
 
-    def export(self, out: IO[str], *, now: int, batch: int = 4096) -> int:
+    def export(self, out: IO[str], *, now: int, batch: int = 64) -> int:
         """Write every entry and checkpoint up to a fresh checkpoint, and end with it;
         return the number of entries written (the checkpoint's size, unless entries were
         deleted). Entries another process appends meanwhile are left out with the
         checkpoints signed for them: every line written is covered by the last one.
+        Entries are read ``batch`` at a time (one holds up to about 1 MiB).
 
         Every stored checkpoint up to it is written, even one that no entry line
         reaches: a log whose last entries were deleted from the store then fails

@@ -15,7 +15,9 @@ from execgate.store.base import REVOCATION_KINDS, LogEntry, Store
 
 __all__ = ["Cascade", "LineageNode", "cascade", "lineage_tree", "records"]
 
-_BATCH = 4096
+# Entries read at a time: a record holds a request of up to 1 MiB, so a batch holds at
+# most about 64 MiB, whatever the log's size.
+_BATCH = 64
 
 
 def records(store: Store, *, kind: str | None = "decision") -> Iterator[tuple[int, dict[str, Any]]]:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from execgate.cli._common import (
     Commands,
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from execgate.store.sqlite import SQLiteStore
 
 __all__ = ["register"]
+
+_TAIL_BATCH: Final = 64  # entries read at a time: one holds up to about 1 MiB
 
 
 @contextlib.contextmanager
@@ -109,12 +111,13 @@ def _export(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     with _store(args) as (config, store):
         size = store.size()
-        entries = store.entries(max(0, size - args.n), size)
-    if not entries:
-        note(f"the audit log of {config.gateway_id} is empty")
-    for item in entries:
-        kind, status, decision_id, what = summary(parse_record(item.entry))
-        out(f"{item.index:>6}  {kind:<8}  {status:<11}  {decision_id}  {what}")
+        if size == 0:
+            note(f"the audit log of {config.gateway_id} is empty")
+        # Printed as they are read, a batch at a time.
+        for start in range(max(0, size - args.n), size, _TAIL_BATCH):
+            for item in store.entries(start, min(size, start + _TAIL_BATCH)):
+                kind, status, decision_id, what = summary(parse_record(item.entry))
+                out(f"{item.index:>6}  {kind:<8}  {status:<11}  {decision_id}  {what}")
     return 0
 
 
