@@ -636,6 +636,30 @@ def test_a_chain_of_executions_deeper_than_the_python_stack() -> None:
     assert (doc["decision_id"], doc["children"]) == (f"d{depth - 1}", [])
 
 
+@pytest.mark.parametrize(
+    "record",
+    [{"kind": "decision", "parent_decision": "x"}, {"kind": "decision", "decision_id": 7}],
+)
+def test_a_decision_record_without_an_id_is_a_damaged_log_not_a_traceback(
+    world: World, record: dict[str, object]
+) -> None:
+    code, doc = world.decide(world.request("r1.json", "agent-1"), "root.jwt", "agent1")
+    assert code == 0
+    conn = sqlite3.connect(world.home / "state.db", isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_update")  # as an intruder would
+        conn.execute("UPDATE audit_log SET entry = ? WHERE idx = 0", (json.dumps(record).encode(),))
+    finally:
+        conn.close()
+    damaged = (
+        "the audit log of gw-test is damaged: log entry 0 is a decision record without a"
+        " decision id"
+    )
+    assert damaged in world.run("lineage", "show", doc["decision_id"]).usage()
+    root = jti(world.root / "root.jwt")
+    assert damaged in world.run("revoke", "--jti", root, "--reason", "x", "--dry-run").usage()
+
+
 def test_a_damaged_log_is_one_line_and_revokes_nothing(world: World) -> None:
     code, doc = world.decide(world.request("r1.json", "agent-1"), "root.jwt", "agent1")
     assert code == 0

@@ -37,6 +37,8 @@ def _parse(item: LogEntry) -> dict[str, Any]:
         record = None
     if not isinstance(record, dict):
         raise EvidenceError(f"log entry {item.index} is not a JSON record")
+    if record.get("kind") == "decision" and not isinstance(record.get("decision_id"), str):
+        raise EvidenceError(f"log entry {item.index} is a decision record without a decision id")
     return record
 
 
