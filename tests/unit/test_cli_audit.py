@@ -398,6 +398,25 @@ def test_verify_refuses_a_key_file_any_user_may_rewrite_or_that_is_not_a_file(
     assert f"--key file {fifo} is not a regular file" in message
 
 
+def test_verify_inputs_over_their_limit_do_not_verify(built: Log, tmp_path: Path) -> None:
+    """However malformed, what is being verified is exit 1 NOT VERIFIED (as the module
+    says); only a missing file or a bad flag is a usage error."""
+    assert cli("--home", built.home, "audit", "export", tmp_path / "x.jsonl").code == 0
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * (5 * 1024 * 1024))
+    runs = (
+        ("audit", "verify", tmp_path / "x.jsonl", "--key", built.pub, "--checkpoint", big),
+        ("audit", "verify-proof", big, "--key", built.pub),
+    )
+    for argv in runs:
+        result = cli(*argv)
+        assert result.code == 1, result
+        assert result.err.startswith("execgate: NOT VERIFIED: ")
+        assert f"{big} is larger than" in result.err
+    missing = cli("audit", "verify-proof", tmp_path / "none.txt", "--key", built.pub)
+    assert missing.code == 2
+
+
 def test_verify_a_checkpoint_from_another_key_or_garbage_is_not_verified(
     built: Log, tmp_path: Path
 ) -> None:

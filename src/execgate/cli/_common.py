@@ -185,8 +185,13 @@ def read_bytes(path: str, what: str, *, limit: int = MAX_INPUT) -> bytes:
     except OSError as exc:
         raise UsageError(f"cannot read {what} file {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:
-        raise UsageError(f"{what} file {path} is larger than {limit} bytes")
+        raise TooLarge(f"{what} file {path} is larger than {limit} bytes")
     return data
+
+
+class TooLarge(UsageError):
+    """An input file over its limit (``read_bytes``): a usage error, except where the
+    input is what is being verified (it then does not verify)."""
 
 
 def _looks_like_jws(text: str) -> bool:

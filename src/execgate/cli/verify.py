@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Final
 from execgate.cli._common import (
     EXIT_NOT_VERIFIED,
     Commands,
+    TooLarge,
     note,
     one_line,
     out,
@@ -120,7 +121,10 @@ def _verify(args: argparse.Namespace) -> int:
     key = _key_arg(args.key)
     checkpoint = None
     if args.checkpoint is not None:
-        raw = read_bytes(args.checkpoint, "--checkpoint", limit=_MAX_NOTE)
+        try:
+            raw = read_bytes(args.checkpoint, "--checkpoint", limit=_MAX_NOTE)
+        except TooLarge as exc:
+            return _not_verified(EvidenceError(str(exc)))
         try:
             checkpoint = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -157,7 +161,10 @@ def _verify_proof(args: argparse.Namespace) -> int:
     from execgate.audit.log import verify_evidence
 
     key = _key_arg(args.key)
-    evidence = read_bytes(args.evidence, "evidence", limit=_MAX_EVIDENCE)
+    try:
+        evidence = read_bytes(args.evidence, "evidence", limit=_MAX_EVIDENCE)
+    except TooLarge as exc:
+        return _not_verified(EvidenceError(str(exc)))
     try:
         checkpoint, entry = verify_evidence(evidence, key)
     except EvidenceError as exc:
