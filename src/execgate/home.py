@@ -279,6 +279,12 @@ def load_config(home: Path, *, data: bytes | None = None) -> GatewayConfig:
             f"{path}: [targets.NAME] tables may hold only a description string"
             " (a misspelt key would be ignored)"
         )
+    for name in targets:  # sent as the Execgate-Route header of a reroute
+        if not ID_PATTERN.fullmatch(name):
+            raise ConfigError(
+                f"{path}: [targets.{json.dumps(name, ensure_ascii=True)}]: a target name must"
+                f" be {ID_RULE} (a proxy routes on it, in the Execgate-Route header)"
+            )
     return GatewayConfig(
         home=home,
         gateway_id=gateway_id,

@@ -194,6 +194,13 @@ def _edit(home: Path, old: str, new: str) -> None:
             "only",
         ),
         (
+            "[targets.sandbox]",
+            '[targets."a b"]',
+            '[targets."a b"]: a target name must be 1-256 printable ASCII characters',
+        ),
+        ("[targets.sandbox]", '[targets."a\\r\\nX: y"]', '[targets."a\\r\\nX: y"]: a target'),
+        ("[targets.sandbox]", '[targets.""]', '[targets.""]: a target name'),
+        (
             'trusted_proxies = ["127.0.0.0/8", "::1/128"]',
             'trusted_proxies = ["10.0.0.1/8"]',
             "trusted_proxies: 10.0.0.1/8 has host bits set",
