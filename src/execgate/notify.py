@@ -44,6 +44,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import threading
 import time
@@ -64,6 +65,7 @@ __all__ = [
     "check_command",
     "check_url",
     "drain",
+    "program_problem",
 ]
 
 MIN_TIMEOUT: Final = 1
@@ -109,7 +111,59 @@ def check_command(value: object) -> tuple[str, ...]:
             "must name the program by its absolute path (it is run without a shell and"
             f" without a PATH lookup), e.g. {_COMMAND_EXAMPLE}"
         )
+    problem = program_problem(value[0])
+    if problem is not None:
+        raise ValueError(problem)
     return tuple(value)
+
+
+def program_problem(program: str) -> str | None:
+    """Why another local user could change what ``program`` runs, if they could: the
+    gateway runs it as itself, and itself can read the node key. The program (once it
+    exists) and every directory above it must be owned by root or by the gateway's user,
+    and not writable by any user (a group may write them, as it may a trust store); a
+    directory any user may write with the sticky bit set (``/tmp``) only holds a program
+    that exists, whose owner alone may replace it."""
+    mine = (0, os.geteuid()) if hasattr(os, "geteuid") else None
+    if mine is None:
+        return None
+    path = os.path.realpath(program)
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        status = None
+    except OSError as exc:
+        return f"program {program} cannot be checked: {_why(exc)}"
+    if status is not None:
+        if not stat.S_ISREG(status.st_mode):
+            return f"program {program} is not a regular file"
+        if status.st_uid not in mine or status.st_mode & stat.S_IWOTH:
+            return (
+                f"program {program} may be changed by another user (owner uid"
+                f" {status.st_uid}, mode {stat.S_IMODE(status.st_mode):04o}): it must be the"
+                " gateway user's or root's, and not writable by any user"
+            )
+    directory = os.path.dirname(path)
+    while True:
+        try:
+            info = os.stat(directory)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            return f"directory {directory} of program {program} cannot be checked: {_why(exc)}"
+        if info is not None:
+            shared = info.st_mode & stat.S_IWOTH
+            sticky = info.st_mode & stat.S_ISVTX and status is not None and info.st_uid in mine
+            if info.st_uid not in mine or (shared and not sticky):
+                return (
+                    f"program {program} is in directory {directory}, which another user may"
+                    f" change (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}):"
+                    " put the program where only the gateway user or root may write"
+                )
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def check_url(value: object) -> str:
@@ -276,6 +330,10 @@ class Notifier:
 
     def _run_command(self, command: tuple[str, ...], name: str, body: bytes) -> None:
         program = command[0]
+        problem = program_problem(program)  # again: it may have changed since the start
+        if problem is not None:
+            _log.warning("approval notification %r not delivered: %s", name, problem)
+            return
         try:
             proc = subprocess.Popen(
                 command,
