@@ -237,6 +237,8 @@ def reload_policy(
                         behind = f"; the pinned policy could not be taken here: {_reason(exc)}"
                 with suppress(FileNotFoundError):  # reported by the read, as at open
                     refuse_shared_writes(path, path.stat().st_mode, "policy")
+                    where = path.resolve().parent  # past any link: where it really lies
+                    refuse_shared_writes(where, where.stat().st_mode, "policy directory")
                 new, text = read_policy(path, targets=targets)
                 check_pauses(new, gateway.trust)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway

@@ -353,9 +353,17 @@ class Gateway(ApprovalFlow, OutcomeLog):
         )
         # A later open of a service reads the pinned policy, not the file: its mode is the
         # next reload's to check, not a reason for a replacement worker not to start.
-        read: list[tuple[Path, str]] = [(config.node_key.parent, "key directory")]
+        # A file is only as safe as its directory (where it really lies, past any link):
+        # anyone who may write that may put another file in its place.
+        read: list[tuple[Path, str]] = [
+            (config.node_key.parent, "key directory"),
+            (config.trust.resolve().parent, "trust store directory"),
+        ]
         if pin is None or new:
-            read.append((config.policy, "policy"))
+            read += [
+                (config.policy, "policy"),
+                (config.policy.resolve().parent, "policy directory"),
+            ]
         # Anyone who may write the store may take back revocations, spend or free proofs
         # and rewrite the log: its file, the files beside it and its directory.
         store_path = Path(config.store)

@@ -459,3 +459,37 @@ def test_a_home_others_may_write_refuses_to_open(tmp_path: Path, path: str) -> N
         Gateway.open(tmp_path / "home")
     target.chmod(stat.S_IMODE(target.stat().st_mode) & ~stat.S_IWOTH | stat.S_IWGRP)
     Gateway.open(tmp_path / "home").close()  # a group may write: an administrators' group
+
+
+@pytest.mark.parametrize("name", ["trust", "policy"])
+def test_a_trust_store_or_policy_in_a_directory_others_may_write_refuses_to_open(
+    tmp_path: Path, name: str
+) -> None:
+    """Kept outside the home, in a directory any user may write: anyone may put their
+    own file in its place (its own mode is no help), so the gateway refuses to open."""
+    home = tmp_path / "home"
+    init_home(home)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    file = {"trust": "trust.toml", "policy": "policy.yaml"}[name]
+    (home / file).rename(shared / file)
+    config = home / "execgate.toml"
+    config.write_text(
+        config.read_text().replace(f'{name} = "{file}"', f'{name} = "../shared/{file}"')
+    )
+    Gateway.open(home).close()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError) as info:
+        Gateway.open(home)
+    what = "policy" if name == "policy" else "trust store"
+    assert f"{what} directory {shared} may be written" in str(info.value)
+    shared.chmod(0o775)
+    Gateway.open(home).close()
+    # Linked from the home: the directory it really lies in is what counts.
+    (shared / file).rename(shared / "real")
+    (home / file).symlink_to(shared / "real")
+    config.write_text(config.read_text().replace(f"../shared/{file}", file))
+    Gateway.open(home).close()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match=f"{what} directory {shared} may be"):
+        Gateway.open(home)

@@ -164,6 +164,29 @@ def test_a_reload_of_a_policy_others_may_write_is_refused(kit: Kit, pinned: Path
     assert gateway.reload_policy(via="signal").reloaded
 
 
+def test_a_reload_of_a_policy_in_a_directory_others_may_write_is_refused(
+    kit: Kit, pinned: Path, tmp_path: Path
+) -> None:
+    """The policy file linked from a shared directory: anyone may put another in its
+    place, whatever the file's own mode."""
+    gateway = _open(kit, pinned)
+    old = gateway.policy.hash
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    policy = kit.home / "policy.yaml"
+    (shared / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    policy.unlink()
+    policy.symlink_to(shared / "policy.yaml")
+    shared.chmod(0o777)
+    done = gateway.reload_policy(via="signal")
+    assert not done.reloaded
+    assert done.error is not None
+    assert f"policy directory {shared} may be written by any user (mode 0777)" in done.error
+    assert gateway.policy.hash == old
+    shared.chmod(0o755)
+    assert gateway.reload_policy(via="signal").reloaded
+
+
 def test_a_reload_that_cannot_write_the_pin_is_refused(kit: Kit, pinned: Path) -> None:
     gateway = _open(kit, pinned)
     old = gateway.policy.hash
