@@ -105,3 +105,21 @@ def test_what_is_held_when_the_connection_ends(then: Any, expected: list[Any]) -
         then(out, raw)
 
     assert _run(scenario) == expected
+
+
+def test_a_close_tells_the_protocol_after_what_is_held_is_sent() -> None:
+    """The protocol times a close that waits on unsent bytes (a client that stopped
+    reading lets no close finish): it is told once the transport is closing."""
+    seen: list[list[tuple[Any, ...]]] = []
+
+    async def main() -> None:
+        raw = _Recording()
+        out = _OneSend(
+            raw, asyncio.get_running_loop(), on_close=lambda: seen.append(list(raw.calls))
+        )
+        out.arm()
+        out.write(b"head")
+        out.close()
+
+    asyncio.run(main())
+    assert seen == [[("write", b"head"), ("close",)]]
