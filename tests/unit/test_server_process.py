@@ -157,6 +157,28 @@ def test_serve_decides_over_http_and_stops_cleanly(kit: Kit) -> None:
         assert store.size() == 3
 
 
+def test_serve_warns_when_any_address_may_name_the_call(kit: Kit) -> None:
+    """Trusting every address for X-Original-* / X-Forwarded-* lets any client choose
+    what forward-auth decides: allowed (behind a proxy that strips them, it may be
+    meant), but said at start."""
+    config = kit.home / "execgate.toml"
+    text = config.read_text(encoding="utf-8")
+    old = 'trusted_proxies = ["127.0.0.0/8", "::1/128"]'
+    assert old in text
+    config.write_text(text.replace(old, 'trusted_proxies = ["0.0.0.0/0", "::1/128"]'))
+    with serve(kit) as server:
+        assert server.stop() == 0
+        warning = (
+            "execgate: warning: [server] trusted_proxies holds 0.0.0.0/0: any client may name"
+            " the call forward-auth decides"
+        )
+        assert warning in server.stderr()
+    config.write_text(text)
+    with serve(kit) as server:
+        assert server.stop() == 0
+        assert "trusted_proxies holds" not in server.stderr()
+
+
 def _opened(pid: str, path: Path) -> bool:
     """Whether process ``pid`` has the file open (the SQLite store opens its connection
     on first use, so a worker has the home's store open once it has served a request

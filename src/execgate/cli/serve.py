@@ -439,6 +439,13 @@ def _run(args: argparse.Namespace, home: Path, service: Path, server_config: Ser
     os.environ["EXECGATE_HOME"] = str(home)
     urls = ", ".join(f"http://{_where(*sock.getsockname()[:2])}" for sock in sockets)
     note(f"execgate: serving {home} on {urls} with {args.workers} worker(s)")
+    everyone = [str(n) for n in server_config.trusted_proxies if n.prefixlen == 0]
+    if everyone:
+        note(
+            f"execgate: warning: [server] trusted_proxies holds {', '.join(everyone)}: any"
+            " client may name the call forward-auth decides (X-Original-* / X-Forwarded-*);"
+            " list only your proxies' addresses"
+        )
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         with contextlib.ExitStack() as stack, multiprocess_dir(service):
