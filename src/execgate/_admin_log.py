@@ -182,7 +182,7 @@ def reload_policy(
     then stays in force).
     """
     from execgate.approvals import check_pauses
-    from execgate.keyfile import atomic_file, refuse_shared_writes
+    from execgate.keyfile import atomic_file, refuse_shared_writes, refuse_unsafe_path
     from execgate.policy.loader import pin_lock, read_policy
 
     source = gateway.policy_source
@@ -237,8 +237,7 @@ def reload_policy(
                         behind = f"; the pinned policy could not be taken here: {_reason(exc)}"
                 with suppress(FileNotFoundError):  # reported by the read, as at open
                     refuse_shared_writes(path, path.stat().st_mode, "policy")
-                    where = path.resolve().parent  # past any link: where it really lies
-                    refuse_shared_writes(where, where.stat().st_mode, "policy directory")
+                    refuse_unsafe_path(path, "policy")  # the directories on the way to it
                 new, text = read_policy(path, targets=targets)
                 check_pauses(new, gateway.trust)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway

@@ -28,10 +28,12 @@ __all__ = [
     "NotRegular",
     "atomic_file",
     "atomic_write",
+    "path_problem",
     "public_path_for",
     "read_private_key",
     "read_public_key",
     "refuse_shared_writes",
+    "refuse_unsafe_path",
     "write_keypair",
 ]
 
@@ -212,6 +214,61 @@ def refuse_shared_writes(path: Path, mode: int, what: str) -> None:
             f"{what} {path} may be written by any user (mode {stat.S_IMODE(mode):04o});"
             f" run: chmod o-w {path}"
         )
+
+
+_MAX_LINKS: Final = 40  # symbolic links followed in one path, as the kernel does
+
+
+def path_problem(path: Path | str) -> str | None:
+    """Why another user could put something else at ``path``, if they could: a directory
+    on the way to it (through every symbolic link, and the directories that hold the
+    links) that any user may write. One with the sticky bit (``/tmp``) only lets each
+    user replace their own entries, so it is safe for an entry root or this user owns.
+    The file itself is the caller's to check (``refuse_shared_writes``)."""
+    mine = (0, os.geteuid()) if hasattr(os, "geteuid") else None
+    if mine is None:
+        return None
+    pending = [part for part in os.fspath(Path(path).absolute()).split("/") if part]
+    current, links = "/", 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        entry = os.path.join(current, name)
+        try:
+            holder, status = os.stat(current), os.lstat(entry)
+        except FileNotFoundError:
+            return None  # nothing more to check: what is missing is reported when read
+        except OSError as exc:
+            return f"{entry} cannot be checked: {exc.strerror or exc}"
+        sticky = holder.st_mode & stat.S_ISVTX and status.st_uid in mine
+        if holder.st_mode & stat.S_IWOTH and not sticky:
+            return (
+                f"directory {current}, which holds {entry}, may be written by any user (mode"
+                f" {stat.S_IMODE(holder.st_mode):04o}): anyone may put another {name} there"
+            )
+        if stat.S_ISLNK(status.st_mode):
+            links += 1
+            if links > _MAX_LINKS:
+                return f"{path} goes through more than {_MAX_LINKS} symbolic links"
+            target = os.readlink(entry)
+            pending = [part for part in target.split("/") if part] + pending
+            if target.startswith("/"):
+                current = "/"
+        else:
+            current = entry
+    return None
+
+
+def refuse_unsafe_path(path: Path, what: str) -> None:
+    """``ConfigError`` naming ``what`` when another user could put another file at
+    ``path`` (``path_problem``)."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {path}: {problem}")
 
 
 def _read_jwk(path: Path, what: str) -> tuple[dict[str, object], int]:

@@ -55,6 +55,8 @@ from contextlib import suppress
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from execgate.keyfile import path_problem
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_EVENT_BYTES",
@@ -111,59 +113,34 @@ def check_command(value: object) -> tuple[str, ...]:
             "must name the program by its absolute path (it is run without a shell and"
             f" without a PATH lookup), e.g. {_COMMAND_EXAMPLE}"
         )
-    problem = program_problem(value[0])
-    if problem is not None:
-        raise ValueError(problem)
     return tuple(value)
 
 
 def program_problem(program: str) -> str | None:
     """Why another local user could change what ``program`` runs, if they could: the
-    gateway runs it as itself, and itself can read the node key. The program (once it
-    exists) and every directory above it must be owned by root or by the gateway's user,
-    and not writable by any user (a group may write them, as it may a trust store); a
-    directory any user may write with the sticky bit set (``/tmp``) only holds a program
-    that exists, whose owner alone may replace it."""
-    mine = (0, os.geteuid()) if hasattr(os, "geteuid") else None
-    if mine is None:
+    hook runs as this process, which can read the node key. Every directory on the way to
+    it (through any link) must be one no other user may put a file in
+    (``keyfile.path_problem``), and the program a regular file of root's or this user's
+    that no other user may write. Checked before each run (it may change after the
+    start), as the user the hook would run as."""
+    if not hasattr(os, "geteuid"):
         return None
-    path = os.path.realpath(program)
+    problem = path_problem(program)
+    if problem is not None:
+        return f"program {program}: {problem}"
     try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        status = None
-    except OSError as exc:
-        return f"program {program} cannot be checked: {_why(exc)}"
-    if status is not None:
-        if not stat.S_ISREG(status.st_mode):
-            return f"program {program} is not a regular file"
-        if status.st_uid not in mine or status.st_mode & stat.S_IWOTH:
-            return (
-                f"program {program} may be changed by another user (owner uid"
-                f" {status.st_uid}, mode {stat.S_IMODE(status.st_mode):04o}): it must be the"
-                " gateway user's or root's, and not writable by any user"
-            )
-    directory = os.path.dirname(path)
-    while True:
-        try:
-            info = os.stat(directory)
-        except FileNotFoundError:
-            info = None
-        except OSError as exc:
-            return f"directory {directory} of program {program} cannot be checked: {_why(exc)}"
-        if info is not None:
-            shared = info.st_mode & stat.S_IWOTH
-            sticky = info.st_mode & stat.S_ISVTX and status is not None and info.st_uid in mine
-            if info.st_uid not in mine or (shared and not sticky):
-                return (
-                    f"program {program} is in directory {directory}, which another user may"
-                    f" change (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}):"
-                    " put the program where only the gateway user or root may write"
-                )
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+        status = os.stat(program)
+    except OSError:
+        return None  # the run says why it cannot start
+    if not stat.S_ISREG(status.st_mode):
+        return f"program {program} is not a regular file"
+    if status.st_uid not in (0, os.geteuid()) or status.st_mode & stat.S_IWOTH:
+        return (
+            f"program {program} may be changed by another user (owner uid {status.st_uid},"
+            f" mode {stat.S_IMODE(status.st_mode):04o}): it must be root's or the gateway"
+            " user's, and not writable by any user"
+        )
+    return None
 
 
 def check_url(value: object) -> str:

@@ -47,6 +47,7 @@ from execgate.keyfile import (
     read_private_file,
     read_private_key,
     refuse_shared_writes,
+    refuse_unsafe_path,
 )
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
@@ -351,19 +352,15 @@ class Gateway(ApprovalFlow, OutcomeLog):
             home,
             data=service_copy(service, "execgate.toml", home / CONFIG_NAME, "config", new=new),
         )
-        # A later open of a service reads the pinned policy, not the file: its mode is the
-        # next reload's to check, not a reason for a replacement worker not to start.
-        # A file is only as safe as its directory (where it really lies, past any link):
-        # anyone who may write that may put another file in its place.
-        read: list[tuple[Path, str]] = [
-            (config.node_key.parent, "key directory"),
-            (config.trust.resolve().parent, "trust store directory"),
-        ]
+        # A later open of a service reads the pinned policy and the kept trust store, not
+        # the files: their state is the next reload's or restart's to check, not a reason
+        # for a replacement worker not to start. A file is only as safe as the directories
+        # on the way to it (through any link): who may write one may put another file there.
+        read: list[tuple[Path, str]] = [(config.node_key.parent, "key directory")]
         if pin is None or new:
-            read += [
-                (config.policy, "policy"),
-                (config.policy.resolve().parent, "policy directory"),
-            ]
+            read.append((config.policy, "policy"))
+            refuse_unsafe_path(config.trust, "trust store")
+            refuse_unsafe_path(config.policy, "policy")
         # Anyone who may write the store may take back revocations, spend or free proofs
         # and rewrite the log: its file, the files beside it and its directory.
         store_path = Path(config.store)
@@ -916,7 +913,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 # it, but no approvers it went through on).
                 if state.open_approval is not None:
                     state.approval = state.open_approval = None
-                state.approvers = []
+                state.approvers = []  # and the grounds it would have stood on with them
+                state.grounds = [g for g in state.grounds if g[1] != "approval.required"]
             record = self._record_dict(state)
             receipt: str | None
             try:

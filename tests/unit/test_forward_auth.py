@@ -21,8 +21,10 @@ from test_server_limits import _ask, _in_thread
 
 from execgate.adapters.http import forward_auth_headers
 from execgate.cli import main
+from execgate.errors import ConfigError
 from execgate.keyfile import write_keypair
 from execgate.pipeline import Gateway
+from execgate.policy import load_policy
 from execgate.server import create_app
 from execgate.store.unavailable import UnavailableStore
 
@@ -630,12 +632,17 @@ def test_a_body_over_the_limit_is_413(kit: Kit, client: Client) -> None:
 
 
 def test_an_unsendable_route_target_is_not_a_200(tmp_path: Path) -> None:
-    kit = make_kit(tmp_path, policy=POLICY.replace("target: sandbox", 'target: "s\\u00e4ndbox"'))
+    """A home cannot name such a target (load_config refuses it); a gateway built in
+    code with one still answers a reroute to it with a typed 500, never a 200 that
+    would let the proxy route on a header it could not be sent."""
+    kit = make_kit(tmp_path)
     try:
         config = kit.home / "execgate.toml"
-        config.write_text(
-            config.read_text(encoding="utf-8") + '\n[targets."s\u00e4ndbox"]\n', encoding="utf-8"
-        )
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text + '\n[targets."s\u00e4ndbox"]\n', encoding="utf-8")
+        with pytest.raises(ConfigError, match="a target name must be"):
+            kit.gateway()
+        config.write_text(text, encoding="utf-8")
         trust = kit.home / "trust.toml"
         grant = '{action = "reports.read", resource = "**"},'
         trust.write_text(
@@ -644,7 +651,19 @@ def test_an_unsendable_route_target_is_not_a_200(tmp_path: Path) -> None:
             ),
             encoding="utf-8",
         )
-        with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        base = kit.gateway()
+        odd = tmp_path / "odd-policy.yaml"
+        odd.write_text(POLICY.replace("target: sandbox", 'target: "s\\u00e4ndbox"'))
+        gateway = Gateway(
+            gateway_id=base.gateway_id,
+            audiences=base.audiences,
+            node_key=base.node_key,
+            trust=base.trust,
+            policy=load_policy(odd, targets={"s\u00e4ndbox"}),
+            store=base.store,
+            now=kit.clock,
+        )
+        with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
             response = nginx(client, "GET", "/reports/a", headers_for(kit, "GET", "/reports/a"))
             assert response.status_code == 500
             assert response.json()["error"]["code"] == "internal.error"

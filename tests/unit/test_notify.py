@@ -14,6 +14,7 @@ import http.server
 import json
 import logging
 import socket
+import stat
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from execgate.errors import ConfigError
 from execgate.home import CONFIG_NAME, load_config
 from execgate.keyfile import read_private_key
 from execgate.model import Decision, Outcome
-from execgate.notify import Notifier, check_command
+from execgate.notify import Notifier
 from execgate.pipeline import Gateway
 from execgate.server.app import POLICY_IN_FORCE_ENV, SUPERVISOR_ENV
 from execgate.server.metrics import MULTIPROC_ENV
@@ -300,40 +301,44 @@ def test_a_hanging_program_is_killed_at_the_timeout_with_what_it_started(
     assert not _running(child)  # the whole process group was killed
 
 
-def test_a_program_another_user_may_change_is_refused_at_load_and_before_each_run(
+def test_a_program_another_user_may_change_is_never_run(
     kit: Kit, tmp_path: Path, caplog_notify: pytest.LogCaptureFixture
 ) -> None:
-    """The gateway runs the hook as itself, and itself reads the node key: a program any
-    user may write, or one in a directory any user may write, is refused."""
-    shared = tmp_path / "shared"
+    """The hook runs as the gateway, which reads the node key: before each run (the
+    program may change after the start), one any user may write, or reached through a
+    directory or link any user may change, is not run and the delivery is logged as
+    refused. It is checked where it runs, so no other command is refused for it."""
+    shared, safe = tmp_path / "shared", tmp_path / "safe"
     shared.mkdir()
-    program = shared / "page.sh"
-    program.write_text("#!/bin/sh\ncat > /dev/null\n")
+    safe.mkdir()
+    program = safe / "page.sh"
+    ran = tmp_path / "ran"
+    program.write_text(f"#!/bin/sh\ncat > /dev/null\necho ran >> {ran}\n")
     program.chmod(0o755)
-    for target, mode, fragment in (
-        (program, 0o757, "program {p} may be changed by another user"),
-        (shared, 0o777, "program {p} is in directory {d}, which another user may change"),
-    ):
-        target.chmod(mode)
-        configure(kit.home, notify_command=[str(program)])
-        with pytest.raises(ConfigError) as info:
-            load_config(kit.home)
-        assert fragment.format(p=program, d=shared) in str(info.value)
-        target.chmod(0o755)
-    shared.chmod(0o1777)  # sticky, like /tmp: only an existing program's owner replaces it
-    assert load_config(kit.home).notify_command == (str(program),)
-    with pytest.raises(ValueError, match="is in directory"):
-        check_command([str(shared / "not-yet.sh")])  # anyone could create it
-    shared.chmod(0o755)
-
-    h = hooked(kit, notify_command=[str(program)])
-    program.chmod(0o757)  # changed after the start: checked again before it runs
-    h.pause()
-    assert h.hook.flush(10)
-    [warning] = warnings(caplog_notify)
-    assert warning.startswith(
-        f"approval notification 'opened' not delivered: program {program} may be changed"
+    hook = shared / "hook"
+    hook.symlink_to(program)
+    h = hooked(kit, notify_command=[str(hook)])
+    cases = (
+        (program, f"program {hook} may be changed by another user"),
+        (shared, f"directory {shared}, which holds {hook}, may be written by any user"),
+        (safe, f"directory {safe}, which holds {program}, may be written by any user"),
     )
+    for n, (target, fragment) in enumerate(cases):
+        mode = stat.S_IMODE(target.stat().st_mode)
+        target.chmod(mode | stat.S_IWOTH)
+        assert load_config(kit.home).notify_command == (str(hook),)  # it still loads
+        h.pause(5000 + n)  # a new request: a new approval, a new event
+        assert h.hook.flush(10)
+        [warning] = warnings(caplog_notify)
+        assert warning.startswith("approval notification 'opened' not delivered: ")
+        assert fragment in warning
+        caplog_notify.clear()
+        target.chmod(mode)
+    assert not ran.exists()
+    h.pause(6000)
+    assert h.hook.flush(10)
+    assert warnings(caplog_notify) == []
+    assert ran.read_text() == "ran\n"
 
 
 def test_a_program_that_cannot_start(kit: Kit, caplog_notify: pytest.LogCaptureFixture) -> None:

@@ -472,6 +472,7 @@ def test_a_deny_committed_before_the_resuming_commit_wins(
         f"approval {denied} of this request under rule 'big-transfers' was denied meanwhile"
     )
     assert (d.approval_id, logged(gw, d.log_index)["approvers"]) == (denied, [])
+    assert logged(gw, d.log_index)["grounds"] == []  # no approver it went through on
     assert gw.approval(granted)[0].status == "pending"  # not consumed
 
 

@@ -466,30 +466,48 @@ def test_a_trust_store_or_policy_in_a_directory_others_may_write_refuses_to_open
     tmp_path: Path, name: str
 ) -> None:
     """Kept outside the home, in a directory any user may write: anyone may put their
-    own file in its place (its own mode is no help), so the gateway refuses to open."""
+    own file in its place (its own mode is no help), so the gateway refuses to open. So
+    too when the path goes through a link any user may replace, or a link leads there."""
     home = tmp_path / "home"
     init_home(home)
-    shared = tmp_path / "shared"
+    shared, safe = tmp_path / "shared", tmp_path / "safe"
     shared.mkdir()
+    safe.mkdir()
     file = {"trust": "trust.toml", "policy": "policy.yaml"}[name]
-    (home / file).rename(shared / file)
-    config = home / "execgate.toml"
-    config.write_text(
-        config.read_text().replace(f'{name} = "{file}"', f'{name} = "../shared/{file}"')
-    )
-    Gateway.open(home).close()
-    shared.chmod(0o777)
-    with pytest.raises(ConfigError) as info:
-        Gateway.open(home)
     what = "policy" if name == "policy" else "trust store"
-    assert f"{what} directory {shared} may be written" in str(info.value)
-    shared.chmod(0o775)
-    Gateway.open(home).close()
-    # Linked from the home: the directory it really lies in is what counts.
-    (shared / file).rename(shared / "real")
-    (home / file).symlink_to(shared / "real")
-    config.write_text(config.read_text().replace(f"../shared/{file}", file))
+    config = home / "execgate.toml"
+    text = config.read_text()
+
+    def configured(value: str) -> None:
+        config.write_text(text.replace(f'{name} = "{file}"', f'{name} = "{value}"'))
+
+    def refused(entry: Path, holder: Path) -> None:
+        with pytest.raises(ConfigError) as info:
+            Gateway.open(home)
+        assert str(info.value).startswith(f"{what} ")
+        assert str(info.value).endswith(
+            f"directory {holder}, which holds {entry}, may be written by any user (mode 0777):"
+            f" anyone may put another {entry.name} there"
+        )
+
+    (home / file).rename(shared / file)
+    configured(str(shared / file))
     Gateway.open(home).close()
     shared.chmod(0o777)
-    with pytest.raises(ConfigError, match=f"{what} directory {shared} may be"):
-        Gateway.open(home)
+    refused(shared / file, shared)
+    shared.chmod(0o1777)  # sticky, like /tmp: only the owner of an entry replaces it
+    Gateway.open(home).close()
+    shared.chmod(0o755)
+    # A link in the home to a link in a shared directory to the file in a safe one.
+    (shared / file).rename(safe / file)
+    (shared / "link").symlink_to(safe / file)
+    (home / "link").symlink_to(shared / "link")
+    configured("link")
+    Gateway.open(home).close()
+    shared.chmod(0o777)  # the link in it may be replaced by anyone
+    refused(shared / "link", shared)
+    shared.chmod(0o755)
+    safe.chmod(0o777)  # the file it leads to, likewise
+    refused(safe / file, safe)
+    safe.chmod(0o755)
+    Gateway.open(home).close()

@@ -181,7 +181,10 @@ def test_a_reload_of_a_policy_in_a_directory_others_may_write_is_refused(
     done = gateway.reload_policy(via="signal")
     assert not done.reloaded
     assert done.error is not None
-    assert f"policy directory {shared} may be written by any user (mode 0777)" in done.error
+    assert done.error.endswith(
+        f"directory {shared}, which holds {shared / 'policy.yaml'}, may be written by any"
+        " user (mode 0777): anyone may put another policy.yaml there"
+    )
     assert gateway.policy.hash == old
     shared.chmod(0o755)
     assert gateway.reload_policy(via="signal").reloaded
