@@ -235,9 +235,9 @@ def reload_policy(
                         old = gateway.current_policy()
                     except Exception as exc:  # noqa: BLE001 - a logged reload repairs that
                         behind = f"; the pinned policy could not be taken here: {_reason(exc)}"
+                refuse_unsafe_path(path, "policy")  # the directories on the way to it
                 with suppress(FileNotFoundError):  # reported by the read, as at open
                     refuse_shared_writes(path, path.stat().st_mode, "policy")
-                    refuse_unsafe_path(path, "policy")  # the directories on the way to it
                 new, text = read_policy(path, targets=targets)
                 check_pauses(new, gateway.trust)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the file, never the gateway

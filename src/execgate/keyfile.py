@@ -219,12 +219,15 @@ def refuse_shared_writes(path: Path, mode: int, what: str) -> None:
 _MAX_LINKS: Final = 40  # symbolic links followed in one path, as the kernel does
 
 
-def path_problem(path: Path | str) -> str | None:
+def path_problem(path: Path | str, *, owned: bool = False) -> str | None:
     """Why another user could put something else at ``path``, if they could: a directory
     on the way to it (through every symbolic link, and the directories that hold the
     links) that any user may write. One with the sticky bit (``/tmp``) only lets each
-    user replace their own entries, so it is safe for an entry root or this user owns.
-    The file itself is the caller's to check (``refuse_shared_writes``)."""
+    user replace their own entries, so it is safe for an entry root or this user owns;
+    a name missing from a directory any user may write, sticky or not, anyone may
+    create. With ``owned``, every such directory must also be root's or this user's
+    (its owner may rename anything in it): for what this process will run. The file
+    itself is the caller's to check (``refuse_shared_writes``)."""
     mine = (0, os.geteuid()) if hasattr(os, "geteuid") else None
     if mine is None:
         return None
@@ -238,23 +241,44 @@ def path_problem(path: Path | str) -> str | None:
             current = os.path.dirname(current)
             continue
         entry = os.path.join(current, name)
+        status: os.stat_result | None
         try:
-            holder, status = os.stat(current), os.lstat(entry)
+            holder = os.stat(current)
+        except OSError as exc:
+            return f"{current} cannot be checked: {exc.strerror or exc}"
+        try:
+            status = os.lstat(entry)
         except FileNotFoundError:
-            return None  # nothing more to check: what is missing is reported when read
+            status = None
         except OSError as exc:
             return f"{entry} cannot be checked: {exc.strerror or exc}"
-        sticky = holder.st_mode & stat.S_ISVTX and status.st_uid in mine
-        if holder.st_mode & stat.S_IWOTH and not sticky:
+        mode = stat.S_IMODE(holder.st_mode)
+        if owned and holder.st_uid not in mine:
             return (
-                f"directory {current}, which holds {entry}, may be written by any user (mode"
-                f" {stat.S_IMODE(holder.st_mode):04o}): anyone may put another {name} there"
+                f"directory {current}, which holds {entry}, is another user's (owner uid"
+                f" {holder.st_uid}, mode {mode:04o}): they may put another {name} there"
             )
+        if holder.st_mode & stat.S_IWOTH:
+            if status is None:
+                return (
+                    f"{entry} is missing from directory {current}, which any user may write"
+                    f" (mode {mode:04o}): anyone may create it"
+                )
+            if not (holder.st_mode & stat.S_ISVTX and status.st_uid in mine):
+                return (
+                    f"directory {current}, which holds {entry}, may be written by any user"
+                    f" (mode {mode:04o}): anyone may put another {name} there"
+                )
+        if status is None:
+            return None  # nothing more to check: what is missing is reported when read
         if stat.S_ISLNK(status.st_mode):
             links += 1
             if links > _MAX_LINKS:
                 return f"{path} goes through more than {_MAX_LINKS} symbolic links"
-            target = os.readlink(entry)
+            try:
+                target = os.readlink(entry)
+            except OSError as exc:
+                return f"{entry} cannot be checked: {exc.strerror or exc}"
             pending = [part for part in target.split("/") if part] + pending
             if target.startswith("/"):
                 current = "/"

@@ -119,13 +119,13 @@ def check_command(value: object) -> tuple[str, ...]:
 def program_problem(program: str) -> str | None:
     """Why another local user could change what ``program`` runs, if they could: the
     hook runs as this process, which can read the node key. Every directory on the way to
-    it (through any link) must be one no other user may put a file in
-    (``keyfile.path_problem``), and the program a regular file of root's or this user's
-    that no other user may write. Checked before each run (it may change after the
+    it (through any link) must be root's or this user's, and one no other user may put a
+    file in (``keyfile.path_problem``), and the program a regular file of root's or this
+    user's that no other user may write. Checked before each run (it may change after the
     start), as the user the hook would run as."""
     if not hasattr(os, "geteuid"):
         return None
-    problem = path_problem(program)
+    problem = path_problem(program, owned=True)
     if problem is not None:
         return f"program {program}: {problem}"
     try:

@@ -13,6 +13,7 @@ from execgate.errors import ConfigError
 from execgate.jose import PrivateKey
 from execgate.keyfile import (
     atomic_write,
+    path_problem,
     public_path_for,
     read_private_key,
     read_public_key,
@@ -283,3 +284,49 @@ def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path: Path) -> Non
     zero.symlink_to("/dev/zero")
     with pytest.raises(ConfigError, match="is not a regular file"):
         read_public_key(zero)
+
+
+# -- what another user could put at a path -------------------------------------------------
+
+
+def test_path_problem_follows_links_and_refuses_what_others_could_replace(tmp_path: Path) -> None:
+    safe, shared = tmp_path / "safe", tmp_path / "shared"
+    safe.mkdir()
+    shared.mkdir()
+    (safe / "f").write_text("x")
+    (shared / "to-f").symlink_to(safe / "f")
+    (safe / "rel").symlink_to("../shared/to-f")
+    for path in (safe / "f", shared / "to-f", safe / "rel", safe / "missing"):
+        assert path_problem(path) is None
+    shared.chmod(0o777)
+    assert path_problem(safe / "f") is None
+    for path in (shared / "to-f", safe / "rel"):  # through the link any user may replace
+        assert path_problem(path) == (
+            f"directory {shared}, which holds {shared / 'to-f'}, may be written by any user"
+            " (mode 0777): anyone may put another to-f there"
+        )
+    assert path_problem(shared / "new") == (  # a name anyone may create
+        f"{shared / 'new'} is missing from directory {shared}, which any user may write"
+        " (mode 0777): anyone may create it"
+    )
+    shared.chmod(0o1777)  # sticky: only an entry's owner replaces it, but anyone creates
+    assert path_problem(shared / "to-f") is None
+    assert "is missing from directory" in (path_problem(shared / "new") or "")
+    (safe / "loop").symlink_to(safe / "loop")
+    assert (
+        path_problem(safe / "loop") == f"{safe / 'loop'} goes through more than 40 symbolic links"
+    )
+
+
+def test_path_problem_owned_refuses_another_users_directory(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a directory of another user needs root (CI runs as root)")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "hook").write_text("x")
+    os.chown(theirs, 1234, 1234)  # they may rename anything in it, sticky or not
+    assert path_problem(theirs / "hook") is None  # a trust store may live there
+    assert path_problem(theirs / "hook", owned=True) == (
+        f"directory {theirs}, which holds {theirs / 'hook'}, is another user's (owner uid"
+        " 1234, mode 0755): they may put another hook there"
+    )
