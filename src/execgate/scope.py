@@ -20,9 +20,10 @@ engine gets what they meant. ``\d``, ``\w`` and ``\s`` are ASCII only.
 Linear is not cheap: a pattern such as ``(?:a|b)*a(?:a|b){24}c`` defeats RE2's fast
 path and costs up to a microsecond a character, and a delegating runtime may add 64
 grants with such patterns to its own child. So one scope check (``_Matches``) matches
-each glob against the action or resource once and each pattern against each argument
-value once, an argument of at most ``_MAX_MATCHED`` characters, at most
-``_MATCH_BUDGET`` characters and ``_MAX_PATTERNS`` patterns in all: past a limit the
+each glob against the action or resource once (``_GLOB_BUDGET`` characters in all)
+and each pattern against each argument value once, an argument of at most
+``_MAX_MATCHED`` characters, at most ``_MATCH_BUDGET`` characters and
+``_MAX_PATTERNS`` patterns in all: past a limit the
 constraint fails (a deny, which names the limit), and a request costs a worker
 milliseconds at worst, never seconds.
 """
@@ -49,6 +50,7 @@ _MAX_PATTERN = 256
 _MAX_MATCHED = 16 * 1024  # characters of one argument a pattern is matched against
 _MATCH_BUDGET = 32 * 1024  # characters matched by patterns in one scope check
 _MAX_PATTERNS = 64  # distinct patterns matched in one scope check
+_GLOB_BUDGET = 16 * 1024  # characters matched by distinct globs in one scope check
 
 
 _RE2_OPTIONS = re2.Options()
@@ -233,19 +235,28 @@ class _Matches:
     ``_MAX_PATTERNS`` distinct patterns in all (each may be compiled anew: the cache
     holds more). ``cut`` is set once a limit has refused something."""
 
-    __slots__ = ("_done", "_globs", "_left", "_patterns", "cut")
+    __slots__ = ("_done", "_glob_left", "_globs", "_left", "_patterns", "cut", "globs_cut")
 
     def __init__(self) -> None:
         self._done: dict[tuple[str, str], str | None] = {}
         self._globs: dict[tuple[str, str], bool] = {}
         self._patterns: set[str] = set()
         self._left = _MATCH_BUDGET
+        self._glob_left = _GLOB_BUDGET
         self.cut = False
+        self.globs_cut = False  # a glob was not matched: past _GLOB_BUDGET
 
     def glob(self, glob: str, value: str) -> bool:
+        """Whether ``glob`` matches ``value``; False, and ``globs_cut``, once the distinct
+        globs of this check have matched ``_GLOB_BUDGET`` characters (a child may carry
+        64 grants of globs that cost up to half a microsecond a character each)."""
         key = (glob, value)
         known = self._globs.get(key)
         if known is None:
+            if len(value) > self._glob_left:
+                self.globs_cut = True
+                return False
+            self._glob_left -= len(value)
             known = self._globs[key] = glob_match(glob, value)
         return known
 
@@ -377,6 +388,12 @@ def check_scope(
         if matches.cut and not before:
             cut = problem
         problems.append(problem)
+    if matches.globs_cut:  # a grant left unmatched may have admitted it: say why
+        return ScopeMiss(
+            "scope.not_granted",
+            f"the grants' globs were not all matched against {action} on {resource}: past"
+            f" what one scope check may match ({_GLOB_BUDGET} characters of globs in all)",
+        )
     if problems:
         return ScopeMiss("scope.constraint_violated", cut or problems[0])
     return ScopeMiss("scope.not_granted", f"no grant covers {action} on {resource}")

@@ -547,3 +547,22 @@ def test_each_pattern_meets_each_argument_once_per_check(monkeypatch: pytest.Mon
     assert calls == ["abab"]
     assert check_scope(grants, "a", "r", {"memo": memo}) is not None
     assert len(calls) == 2  # a new check matches again: nothing outlives one check
+
+
+def test_the_globs_of_one_check_match_at_most_16_kib_in_all() -> None:
+    """Distinct globs cost up to half a microsecond a character each (a child may carry
+    64 grants): past 16,384 characters the rest are not matched, and the deny says so,
+    even where a grant not matched would have admitted the request."""
+    action, resource = "a" * 1024, "r"
+    many = [{"action": f"b{n}*", "resource": "**"} for n in range(16)]
+    admitting = {"action": "a*", "resource": "**"}
+    miss = check_scope(parse_grants([*many, admitting]), action, resource, {})
+    assert miss is not None
+    assert miss.code == "scope.not_granted"
+    assert miss.detail.endswith(
+        "past what one scope check may match (16384 characters of globs in all)"
+    )
+    fits = parse_grants([*many[:14], admitting])  # 15 actions and one resource: 15 KiB
+    assert check_scope(fits, action, resource, {}) is None
+    same = parse_grants([many[0]] * 63 + [admitting])  # one glob, one value: matched once
+    assert check_scope(same, action, resource, {}) is None
