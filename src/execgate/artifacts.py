@@ -39,6 +39,7 @@ __all__ = [
     "MAX_ARTIFACT_BYTES",
     "Artifact",
     "ArtifactVerifier",
+    "embedded_parent",
     "issue_artifact",
     "unverified_links",
     "verify_artifact",
@@ -212,6 +213,15 @@ def _parse_claims(
     )
 
 
+def embedded_parent(claims: Mapping[str, Any]) -> str | None:
+    """The parent token a delegated artifact's claims embed (``prf``: exactly one
+    non-empty string), or None: no ``prf``, or one of another shape."""
+    prf = claims.get("prf")
+    if isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str) and prf[0]:
+        return prf[0]
+    return None
+
+
 def unverified_links(token: str) -> list[Mapping[str, Any]]:
     """The claims of ``token`` and of every link above it (``prf``), leaf first, read
     WITHOUT checking a signature: for limits and hints only. Stops at the first link
@@ -223,10 +233,10 @@ def unverified_links(token: str) -> list[Mapping[str, Any]]:
         except JoseError:
             return links
         links.append(claims)
-        prf = claims.get("prf")
-        if not (isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str)):
+        parent = embedded_parent(claims)
+        if parent is None:
             return links
-        token = prf[0]
+        token = parent
 
 
 @lru_cache(maxsize=256)
@@ -234,12 +244,12 @@ def _claimed_depth(token: str) -> int:
     """How many links lie above ``token``, as its ``prf`` claims say (unverified): each
     token is read once, so a chain seen before costs a new leaf one parse."""
     try:
-        prf = parse_unverified(token, max_size=MAX_ARTIFACT_BYTES).claims.get("prf")
+        parent = embedded_parent(parse_unverified(token, max_size=MAX_ARTIFACT_BYTES).claims)
     except JoseError:
         return 0  # verifying it says what is wrong
-    if not (isinstance(prf, list) and len(prf) == 1 and isinstance(prf[0], str)):
+    if parent is None:
         return 0
-    return 1 + _claimed_depth(prf[0])  # each link lies inside the one below: this ends
+    return 1 + _claimed_depth(parent)  # each link lies inside the one below: this ends
 
 
 def _refuse_too_deep(token: object, max_depth: int) -> None:
@@ -268,7 +278,7 @@ def _verify_signed(
     if "prf" in parsed.claims:
         if "jwk" not in parsed.header:
             raise _broken("a delegated artifact carries its holder's public key as jwk")
-        return _verify_delegated(token, parsed.claims["prf"], verify_parent)
+        return _verify_delegated(token, parsed.claims, verify_parent)
     return _verify_root(token, trust)
 
 
@@ -303,12 +313,13 @@ def _broken(detail: str) -> VerificationError:
 
 
 def _verify_delegated(
-    token: str, prf: object, verify_parent: Callable[[str], Artifact]
+    token: str, claims: Mapping[str, Any], verify_parent: Callable[[str], Artifact]
 ) -> Artifact:
     """A link of a delegation chain (DESIGN §4.2): its parent first, then the link."""
-    if not isinstance(prf, list) or len(prf) != 1 or not isinstance(prf[0], str) or not prf[0]:
+    embedded = embedded_parent(claims)
+    if embedded is None:
         raise _broken("prf must embed exactly one parent artifact")
-    parent = verify_parent(prf[0])
+    parent = verify_parent(embedded)
     try:
         verified = verify(token, typ=ARTIFACT_TYP, max_size=MAX_ARTIFACT_BYTES, embedded_jwk=True)
     except JoseError as exc:

@@ -106,6 +106,7 @@ def _status(parsed: Parsed, token: str, home: Path) -> tuple[bool, str, Artifact
 def _chain(parsed: Parsed, artifact: Artifact | None) -> tuple[list[dict[str, Any]], bool]:
     """The links root first, and whether the chain is complete: the verified links, or
     what the nested ``prf`` tokens claim (up to the first one that does not parse)."""
+    from execgate.artifacts import embedded_parent
     from execgate.jose import parse_unverified
 
     if artifact is not None:
@@ -119,10 +120,11 @@ def _chain(parsed: Parsed, artifact: Artifact | None) -> tuple[list[dict[str, An
         if prf is None:
             complete = True
             break
-        if not isinstance(prf, list) or len(prf) != 1 or not isinstance(prf[0], str):
+        parent = embedded_parent(claims)
+        if parent is None:
             break
         try:
-            claims = parse_unverified(prf[0], max_size=MAX_TOKEN).claims
+            claims = parse_unverified(parent, max_size=MAX_TOKEN).claims
         except JoseError:
             break
     return claimed[::-1], complete
