@@ -266,12 +266,14 @@ class _Matches:
             return self._done[key]
         problem: str | None
         if len(value) > _MAX_MATCHED:
+            self.cut = True
             problem = (
                 f"is longer than {_MAX_MATCHED} characters, the most a pattern is matched against"
             )
         elif len(value) > self._left or (
             pattern not in self._patterns and len(self._patterns) >= _MAX_PATTERNS
         ):
+            self.cut = True
             problem = (
                 f"is past what one scope check may match ({_MATCH_BUDGET} characters and"
                 f" {_MAX_PATTERNS} patterns in all)"
@@ -281,7 +283,6 @@ class _Matches:
             self._patterns.add(pattern)
             matched = _regex(pattern).fullmatch(value) is not None
             problem = None if matched else "does not match the pattern"
-        self.cut = self.cut or problem not in (None, "does not match the pattern")
         self._done[key] = problem
         return problem
 
