@@ -119,7 +119,7 @@ class ServerConfig:
     """
 
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _LOOPBACK
-    header_limit: int = 65536
+    header_limit: int = 98304  # 96 KiB: see docs/forward-auth.md, Evidence headers
     header_timeout: int = 10
     body_timeout: int = 30
     public_audit: bool = False
@@ -338,7 +338,7 @@ def _server(section: object, where: str) -> ServerConfig:
     return ServerConfig(
         trusted_proxies=networks,
         public_audit=public_audit,
-        header_limit=_int(section, "header_limit", 65536, 1024, 1 << 20, f"{where}: [server]"),
+        header_limit=_int(section, "header_limit", 98304, 1024, 1 << 20, f"{where}: [server]"),
         header_timeout=_int(section, "header_timeout", 10, 1, 300, f"{where}: [server]"),
         body_timeout=_int(section, "body_timeout", 30, 1, 300, f"{where}: [server]"),
     )
@@ -598,7 +598,7 @@ notify_timeout = 5      # seconds a hook may take (1-30); then it is killed or a
 # execgate serve: forward-auth believes X-Original-* / X-Forwarded-* headers only from
 # these networks (the proxies in front of it); from anywhere else they are refused.
 trusted_proxies = ["127.0.0.0/8", "::1/128"]
-header_limit = 65536    # bytes of request line + headers (fits every evidence header); 431 beyond
+header_limit = 98304    # bytes of request line + headers (fits every evidence header); 431 beyond
 header_timeout = 10     # seconds a client may take to send its headers; then 408
 body_timeout = 30       # seconds a client may take to send its body (then 408), or to
                         # take an answer it stopped reading (then it is dropped)

@@ -45,7 +45,7 @@ def kit(tmp_path: Path) -> Iterator[Kit]:
     config = k.home / "execgate.toml"
     text = config.read_text(encoding="utf-8")
     for old, new in (
-        ("header_limit = 65536", "header_limit = 8192"),
+        ("header_limit = 98304", "header_limit = 8192"),
         ("header_timeout = 10", "header_timeout = 1"),
         ("body_timeout = 30", "body_timeout = 1"),
     ):
@@ -641,8 +641,9 @@ def _ask(port: int, request: bytes) -> tuple[int, dict[str, str], Any]:
 def test_the_default_header_limit_holds_every_evidence_header_at_its_longest(
     kit: Kit,
 ) -> None:
-    """Artifact and attestation 16 KiB, proof 8 KiB, parent receipt 16 KiB, runtime 1 KiB
-    (docs/forward-auth.md): under the default header_limit together, with room left."""
+    """Artifact and attestation 16 KiB, proof 8 KiB, parent receipt 16 KiB, runtime 1 KiB,
+    and both families' method and URI headers at their longest (docs/forward-auth.md):
+    under the default header_limit together, with room left for the proxy's own."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -652,10 +653,13 @@ def test_the_default_header_limit_holds_every_evidence_header_at_its_longest(
 
     sizes = {"Authorization": 16 * 1024, "Execgate-Attestation": 16 * 1024}
     sizes |= {"Execgate-Proof": 8 * 1024, "Execgate-Parent": 16 * 1024, "Execgate-Runtime": 1024}
+    sizes |= {"X-Original-Method": 64, "X-Original-URI": 8192}
+    sizes |= {"X-Forwarded-Method": 64, "X-Forwarded-Uri": 8192}
     head = b"GET /v1/forward-auth HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n" + b"".join(
         name.encode() + b": " + b"a" * size + b"\r\n" for name, size in sizes.items()
     )
-    assert len(head) > 56 * 1024
+    assert len(head) > 73 * 1024
+    assert ServerConfig().header_limit - len(head) > 16 * 1024  # the proxy's own headers
     with _in_thread(app) as port, closing(_ask_socket(port)) as sock:  # the defaults
         sock.sendall(head + b"\r\n")
         raw = _read_all(sock)
