@@ -121,6 +121,8 @@ def test_a_method_that_is_not_a_token_is_refused(method: str) -> None:
         ("/api/%c0%ae%c0%ae/admin", "not valid UTF-8"),
         ("/api/%C3", "not valid UTF-8"),
         ("/api/%ED%A0%80", "not valid UTF-8"),  # an encoded surrogate
+        ("/api/{internal}/purge", "must percent-encode"),
+        *((f"/api/a{c}b", "must percent-encode") for c in '"<>[]^`{|}'),
         ("/api/admin./x", "ending in '.'"),
         ("/api/x.", "ending in '.'"),
         ("/api/admin%20/x", "ending in '.' or '%20'"),
@@ -161,6 +163,9 @@ def test_what_a_path_must_encode_stays_encoded_and_is_fine() -> None:
     # Gen-delims and characters outside pchar have no other spelling in a path.
     path = "/api/%3C%3E%22%5B%5D%7B%7D%60%5E%7C%23%3F/%E2%82%AC"
     assert http_request(method="GET", uri=path, runtime="r").resource == path
+    # In the query they may stay as sent (a rule there reads the URI as sent).
+    uri = '/api?filter[name]={a|b}&q="<x>"^`'
+    assert http_request(method="GET", uri=uri, runtime="r").args["uri"] == uri
 
 
 @pytest.mark.parametrize(

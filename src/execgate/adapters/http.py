@@ -19,11 +19,13 @@ rather than guessed at: dot segments (``/api/../admin`` matches the grant ``/api
 but a service may serve ``/admin``), their percent-encoded forms, encoded slashes and
 backslashes (``%2F``, ``%5C``, ``\\``), path parameters (``;``: Tomcat and Spring read
 ``/api/..;/admin`` as ``/admin``), empty segments (``//``: many frameworks merge them),
-percent-encoded characters that need no encoding in a path (``%61dmin`` is ``admin`` to
-a service that decodes once, but no deny rule on ``/api/admin/**`` matches it; the same
-for ``:@!$&'()*+,=``, which a path holds as is), escapes in lower case (``%c3%a9`` is
-``%C3%A9`` decoded, but not to a rule), escapes that are
-not ``%`` and two hex digits (IIS reads ``%u0061`` as ``a``), an encoded ``%`` (``%2561``
+characters a path cannot hold unencoded (``{`` is ``%7B`` to a service that decodes,
+but not to a rule on ``/api/{internal}/**``: only the escapes of ``" < > [ ] ^ ` { | }``
+are a spelling), percent-encoded characters that need no encoding in a path (``%61dmin``
+is ``admin`` to a service that decodes once, but no deny rule on ``/api/admin/**``
+matches it; the same for ``:@!$&'()*+,=``, which a path holds as is), escapes in lower
+case (``%c3%a9`` is ``%C3%A9`` decoded, but not to a rule), escapes that are not ``%``
+and two hex digits (IIS reads ``%u0061`` as ``a``), an encoded ``%`` (``%2561``
 is ``a`` after two decodings), encoded control characters, encoded bytes that are not
 UTF-8 (``%C0%AE`` is an overlong ``.``), segments ending in ``.`` or ``%20`` (Windows
 drops them), and every character outside visible ASCII. So a grant on ``/api/**``
@@ -92,6 +94,10 @@ _UNRESERVED_BUT_TILDE: Final = r"[46][1-9a-f]|[57][0-9a]|3[0-9]|2d|2e|5f"
 _ENCODED_PCHAR: Final = re.compile(
     rf"%(?:{_UNRESERVED_BUT_TILDE}|7e|2[146-9a-c]|3[ad]|40)", re.IGNORECASE
 )
+# What a path cannot hold as is (RFC 3986 §3.3: outside pchar, not a delimiter): only
+# its escape is a spelling, so that a service decoding `%7B` and one reading `{` see one
+# path, and so do the rules (a deny on `/api/{internal}/**` never sees `%7Binternal%7D`).
+_MUST_ENCODE: Final = re.compile(r'["<>\[\]^`{|}]')
 # An escape in lower case: `%c3%a9` and `%C3%A9` are one path to a service that decodes
 # it, two texts to a rule; RFC 3986 §2.1 asks for upper case, so a path has one spelling.
 _LOWER_ESCAPE: Final = re.compile(r"%(?:[a-f][0-9a-fA-F]|[0-9A-F][a-f])")
@@ -144,6 +150,11 @@ def _check_uri(uri: str) -> str:
         raise RequestError("the URI path may not hold path parameters (';')")
     if "//" in path:
         raise RequestError("the URI path may not hold empty segments ('//')")
+    if _MUST_ENCODE.search(path):
+        raise RequestError(
+            "the URI path must percent-encode what a path cannot hold as is"
+            ' (RFC 3986): " < > [ ] ^ ` { | } as %22 %3C %3E %5B %5D %5E %60 %7B %7C %7D'
+        )
     if escaped and _ENCODED_PCHAR.search(path):
         raise RequestError(
             "the URI path may not percent-encode letters, digits, '-._~' or what a path"
