@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from gatekit import GATEWAY_ID, Kit, make_kit
+from test_notify import configure
 
 from execgate.admin import issue_admin_token
 from execgate.cli import serve as serve_cli
@@ -268,6 +269,57 @@ def test_sigterm_lets_an_in_flight_decision_finish(kit: Kit) -> None:
         assert server.proc.wait(timeout=15) == 0
     with closing(SQLiteStore(kit.config.store)) as store:
         assert store.size() == 1
+
+
+def test_a_stopping_worker_delivers_the_approval_notifications_it_still_holds(
+    kit: Kit,
+) -> None:
+    """uvicorn ends a stopped worker by raising SIGTERM again, so nothing at exit runs
+    there: the app's shutdown delivers what is still queued (each run at most
+    notify_timeout), and a hook that hangs is not left running after the service."""
+    delivered = kit.home.parent / "delivered"
+    hook = "import sys, time; time.sleep(1); open(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')"
+    configure(kit.home, notify_command=[sys.executable, "-c", hook, str(delivered)])
+    with serve(kit, workers=2) as server:
+        with httpx.Client(timeout=10.0) as client:  # one connection: one worker's queue
+            for n in range(3):
+                paused = client.post(
+                    server.url + "/v1/decisions", json=kit.submit(kit.request(amount=5000 + n))
+                )
+                assert paused.json()["outcome"] == "pause", paused.text
+        assert server.stop() == 0
+    assert delivered.read_text(encoding="utf-8").count("\n") == 3
+
+
+def _running_with(marker: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            if marker.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_a_hook_that_hangs_does_not_outlive_a_stopped_worker(kit: Kit) -> None:
+    marker = f"execgate-hung-hook-{os.getpid()}-{time.monotonic_ns()}"
+    hook = "import time; time.sleep(120)"
+    configure(kit.home, notify_command=[sys.executable, "-c", hook, marker], notify_timeout=1)
+    try:
+        with serve(kit, workers=2) as server:
+            paused = httpx.post(
+                server.url + "/v1/decisions", json=kit.submit(kit.request(amount=5000)), timeout=10
+            )
+            assert paused.json()["outcome"] == "pause", paused.text
+            deadline = time.monotonic() + 5
+            while not _running_with(marker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _running_with(marker)  # the hook runs, and hangs
+            assert server.stop() == 0
+        assert _running_with(marker) == []
+    finally:
+        for pid in _running_with(marker):
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
