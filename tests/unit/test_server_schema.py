@@ -39,6 +39,10 @@ NOT_EXPRESSIBLE: dict[tuple[str, str], tuple[list[CheckFunction], str]] = {
         " within +-(2**53 - 1), nesting <= 32); integer vs. float is lexical in JSON and"
         " JSON Schema cannot tell them apart",
     ),
+    ("POST", "/v1/decisions/{decision_id}/outcome"): (
+        [positive_data_acceptance],
+        "exit_code must be an integer literal: JSON Schema takes -1178.0 for an integer",
+    ),
     ("GET", "/v1/audit/entries"): (
         [positive_data_acceptance],
         "end below start is refused (400); the schema cannot relate two parameters",
@@ -65,7 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_operation_conforms_to_its_schema(server: Server, method: str, path: str) -> None:
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
     operation = schema[path][method]
-    excluded, _why = NOT_EXPRESSIBLE.get((method, path), ([], ""))
+    # A HEAD is its GET without the body: refused where the GET is.
+    excluded, _why = NOT_EXPRESSIBLE.get(("GET" if method == "HEAD" else method, path), ([], ""))
     calls: list[int] = []
 
     @settings(

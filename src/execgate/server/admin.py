@@ -76,7 +76,7 @@ from execgate.server._http import (
     query_int,
     read_body,
 )
-from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, json_body, ref
+from execgate.server._spec import BODY_ERRORS, COMMON_ERRORS, error, header, json_body, ref
 from execgate.store.base import REVOCATION_KINDS
 
 if TYPE_CHECKING:
@@ -707,6 +707,10 @@ ROUTES: Final[list[BaseRoute]] = [
     _admin_route("/v1/admin/audit/export", get_export, "GET", "audit.export"),
     Route("/v1/audit/consistency", handled(get_consistency), methods=["GET"]),
 ]
+# The admin reads that take no HEAD (see _admin_route).
+NO_HEAD: Final = frozenset(
+    route.path for route in ROUTES if isinstance(route, Route) and route.methods == {"GET"}
+)
 
 
 async def refuse_method(request: Request, refusal: Response) -> Response:
@@ -741,9 +745,16 @@ async def refuse_method(request: Request, refusal: Response) -> Response:
 # -- the OpenAPI description ------------------------------------------------------------
 
 _SECURITY: Final[list[dict[str, list[str]]]] = [{"adminToken": []}]
+_CHALLENGE: Final = {
+    "WWW-Authenticate": header(
+        'the Bearer challenge (RFC 6750): realm="execgate", with error="invalid_token" for'
+        ' a token that does not verify, error="insufficient_scope" for a missing role',
+        required=True,
+    )
+}
 AUTH_ERRORS: Final = {
-    "401": error("no admin token, or one that does not verify (audited)"),
-    "403": error("the admin does not hold the role this call needs (audited)"),
+    "401": error("no admin token, or one that does not verify (audited)", _CHALLENGE),
+    "403": error("the admin does not hold the role this call needs (audited)", _CHALLENGE),
 }
 _APPROVAL_ID: Final = {
     "name": "approval_id",
@@ -797,7 +808,12 @@ PATHS: Final[dict[str, Any]] = {
                 },
                 "a page of approvals",
             ),
-            errors={"400": error("limit or after is not valid, or after names no approval")},
+            errors={
+                "400": error(
+                    "limit or after is not valid, or after names no approval; or malformed"
+                    " HTTP (request.malformed)"
+                )
+            },
             parameters=[
                 {
                     "name": "limit",
@@ -853,7 +869,7 @@ PATHS: Final[dict[str, Any]] = {
             "reload",
             json_body({"type": "object"}, "the new policy is in force"),
             errors={
-                "400": error("a body was sent: the call takes none"),
+                "400": error("a body was sent: the call takes none; or malformed HTTP"),
                 "413": error("the body exceeds 1 KiB (refused before it is read whole)"),
                 "422": error("the policy was refused; the old one stays in force"),
             },
@@ -884,10 +900,13 @@ PATHS: Final[dict[str, Any]] = {
                 {"name": "second", "in": "query", "schema": {"type": "integer", "minimum": 1}},
             ],
             "responses": {
-                "200": json_body(ref("ConsistencyProof"), "the proof (hashes in base64)"),
-                "400": error("a size is missing or zero, or first is above second"),
-                "404": error("a size is beyond the log"),
                 **COMMON_ERRORS,
+                "200": json_body(ref("ConsistencyProof"), "the proof (hashes in base64)"),
+                "400": error(
+                    "a size is missing or zero, or first is above second; or malformed HTTP"
+                    " (request.malformed)"
+                ),
+                "404": error("a size is beyond the log"),
             },
         }
     },

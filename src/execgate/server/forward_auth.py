@@ -385,7 +385,13 @@ PATHS: Final[dict[str, Any]] = {
                 "name": "path",
                 "in": "path",
                 "required": True,
-                "description": "the original path (Envoy style); may hold '/'",
+                "description": (
+                    "the original call's path as sent, raw (Envoy sends its call's own path"
+                    " here): it may hold '/', which a client generated from this document"
+                    " would encode as %2F, refused as an encoded separator; such a client"
+                    " names the call with X-Original-Method and X-Original-URI at"
+                    " /v1/forward-auth instead"
+                ),
                 "schema": {"type": "string"},
             }
         ],

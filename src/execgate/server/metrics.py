@@ -72,7 +72,7 @@ from execgate.server import logs
 from execgate.server._envdir import private_dir_in_env
 from execgate.server._http import handled
 from execgate.server._kept import Kept
-from execgate.server._spec import error as _error
+from execgate.server._spec import PROTOCOL_ERRORS
 from execgate.server._tally import Tally
 
 __all__ = [
@@ -358,6 +358,7 @@ PATHS: Final[dict[str, Any]] = {
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics (text exposition format)",
+            "operationId": "metrics",
             "description": (
                 "Decisions by outcome and reason, stage latency, HTTP requests by route"
                 " template and status, requests refused below the app by code, audit"
@@ -372,7 +373,7 @@ PATHS: Final[dict[str, Any]] = {
                         CONTENT_TYPE_LATEST.split(";", 1)[0]: {"schema": {"type": "string"}}
                     },
                 },
-                "500": _error("internal error"),
+                **PROTOCOL_ERRORS,
             },
         }
     }

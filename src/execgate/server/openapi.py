@@ -15,6 +15,7 @@ from execgate.model import ID_TEXT, MAX_ID
 from execgate.server import admin, forward_auth, metrics
 from execgate.server._spec import BODY_ERRORS as _BODY_ERRORS
 from execgate.server._spec import COMMON_ERRORS as _COMMON_ERRORS
+from execgate.server._spec import PROTOCOL_ERRORS, with_head
 from execgate.server._spec import error as _error
 from execgate.server._spec import json_body as _json
 from execgate.server._spec import ref as _ref
@@ -110,7 +111,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "required": ["status"],
         "properties": {
             "status": {"type": "string", "enum": ["succeeded", "failed"]},
-            "exit_code": {"type": ["integer", "null"]},
+            "exit_code": {
+                "type": ["integer", "null"],
+                "minimum": -(2**31),
+                "maximum": 2**31 - 1,
+            },
             "result_digest": {"type": ["string", "null"], "pattern": "^sha256:[0-9a-f]{64}$"},
         },
     },
@@ -141,8 +146,8 @@ _PATHS: Final[dict[str, Any]] = {
             },
             "responses": {
                 "200": _json(_ref("Decision"), "the decision, with its signed receipt"),
-                **_BODY_ERRORS,
                 **_COMMON_ERRORS,
+                **_BODY_ERRORS,
             },
         }
     },
@@ -218,8 +223,8 @@ _PATHS: Final[dict[str, Any]] = {
                     " this decision and report"
                 ),
                 "409": _error("nothing executed, or the outcome is already logged"),
-                **_BODY_ERRORS,
                 **_COMMON_ERRORS,
+                **_BODY_ERRORS,
             },
         }
     },
@@ -284,9 +289,12 @@ _PATHS: Final[dict[str, Any]] = {
                     },
                     "the entries",
                 ),
-                "400": _error("start or end is not a non-negative integer, or end < start"),
-                **admin.AUTH_ERRORS,
                 **_COMMON_ERRORS,
+                "400": _error(
+                    "start or end is not a non-negative integer, or end < start; or"
+                    " malformed HTTP (request.malformed)"
+                ),
+                **admin.AUTH_ERRORS,
             },
         }
     },
@@ -335,7 +343,7 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "summary": "The process is alive",
             "operationId": "healthz",
-            "responses": {"200": _json({"type": "object"}, "alive")},
+            "responses": {**PROTOCOL_ERRORS, "200": _json({"type": "object"}, "alive")},
         }
     },
     "/readyz": {
@@ -343,8 +351,9 @@ _PATHS: Final[dict[str, Any]] = {
             "summary": "Keys and policy loaded, store and audit log reachable",
             "operationId": "readyz",
             "responses": {
+                **PROTOCOL_ERRORS,
                 "200": _json({"type": "object"}, "ready"),
-                "503": _error("not ready"),
+                "503": _error("not ready, or the server is overloaded (server.overloaded)"),
             },
         }
     },
@@ -352,7 +361,10 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "summary": "This document",
             "operationId": "openapi",
-            "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")},
+            "responses": {
+                **PROTOCOL_ERRORS,
+                "200": _json({"type": "object"}, "the OpenAPI 3.1 document"),
+            },
         }
     },
 }
@@ -386,7 +398,10 @@ def openapi_document() -> dict[str, Any]:
                 "version": "1",
                 "description": "DESIGN §6 (HTTP): decisions, outcomes, forward-auth, admin, audit.",
             },
-            "paths": {**_PATHS, **forward_auth.PATHS, **admin.PATHS, **metrics.PATHS},
+            "paths": with_head(
+                {**_PATHS, **forward_auth.PATHS, **admin.PATHS, **metrics.PATHS},
+                without=admin.NO_HEAD,
+            ),
             "components": {
                 "schemas": {
                     **_SCHEMAS,
