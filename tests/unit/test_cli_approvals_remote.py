@@ -343,6 +343,7 @@ class Fake:
 
     def __init__(self) -> None:
         self.answers: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.locations: dict[tuple[str, str], str] = {}  # a Location header to send
         self.seen: list[tuple[str, str]] = []
         fake = self
 
@@ -354,6 +355,8 @@ class Fake:
                 status, body = fake.answers.get((self.command, self.path), (404, b"{}"))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if (self.command, self.path) in fake.locations:
+                    self.send_header("Location", fake.locations[(self.command, self.path)])
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -422,6 +425,28 @@ def test_answers_that_are_not_what_the_route_promises_are_exit_2(
     fake.answers[where.get(route, ("POST", path + "/reviews"))] = answer
     line = env.failed(EXIT_USAGE, [*argv, "--url", fake.url, "--admin-key", env.key("admin")])
     assert fragment in line, line
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("route", ["list", "reload"])
+def test_a_redirect_is_not_followed_and_the_token_goes_nowhere_else(
+    env: Env, fake: Fake, status: int, route: str
+) -> None:
+    """urllib would send the call again, Authorization and all, wherever the answer
+    points: a token the gateway never spent, for whoever is there."""
+    asked, argv = {
+        "list": (("GET", _LISTING), ["approvals", "list"]),
+        "reload": (("POST", "/v1/admin/policy/reload"), ["policy", "reload"]),
+    }[route]
+    fake.answers[asked] = (status, b"{}")
+    fake.locations[asked] = fake.url + "/elsewhere"
+    fake.answers[("GET", "/elsewhere")] = fake.answers[("POST", "/elsewhere")] = (200, b"{}")
+    line = env.failed(EXIT_USAGE, [*argv, "--url", fake.url, "--admin-key", env.key("admin")])
+    assert f"answered HTTP {status}, a redirect to '{fake.url}/elsewhere'; it is not" in line
+    assert line.endswith(
+        "admin token was sent nowhere else: give the gateway's own address as --url"
+    )
+    assert fake.seen == [asked]
 
 
 def _two_shown(env: Env) -> list[dict[str, Any]]:

@@ -92,9 +92,22 @@ def mint(
         raise UsageError(str(exc)) from exc
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib's default handler sends the request again, with its
+    ``Authorization`` header, to any host the answer names, where an admin token that
+    the gateway never saw (so never spent) would be one anyone there could use."""
+
+    def redirect_request(self, *args: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER: Final = urllib.request.build_opener(_NoRedirect)
+
+
 def call(url: str, method: str, token: str, data: bytes | None = None) -> tuple[int, Any]:
     """One call to a running gateway, ``data`` its JSON body (the bytes the token was
-    minted over): (HTTP status, the JSON answer)."""
+    minted over): (HTTP status, the JSON answer). A redirect is not followed: it is a
+    ``UsageError`` (the wrong ``--url``) naming where the answer pointed."""
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url {shown(url)} must be an http:// or https:// URL")
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
@@ -102,9 +115,17 @@ def call(url: str, method: str, token: str, data: bytes | None = None) -> tuple[
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=CALL_TIMEOUT) as answer:  # noqa: S310
+        with _OPENER.open(request, timeout=CALL_TIMEOUT) as answer:
             status, raw = answer.status, answer.read(_MAX_ANSWER)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            exc.close()
+            where = exc.headers.get("Location") if exc.headers else None
+            raise UsageError(
+                f"the gateway at {url} answered HTTP {exc.code}, a redirect"
+                f"{f' to {shown(where)}' if where else ''}; it is not followed, and the"
+                " admin token was sent nowhere else: give the gateway's own address as --url"
+            ) from None
         status, raw = exc.code, exc.read(_MAX_ANSWER)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
