@@ -51,7 +51,14 @@ if TYPE_CHECKING:
     from execgate.pipeline import Gateway
     from execgate.policy import Policy
 
-__all__ = ["PolicyReload", "admin_record", "append_admin_record", "reload_policy", "spent"]
+__all__ = [
+    "PolicyReload",
+    "admin_record",
+    "append_admin_record",
+    "reload_policy",
+    "revoked_detail",
+    "spent",
+]
 
 KIND: Final = "admin"
 _JTI_PREFIX: Final = "admin:"
@@ -106,6 +113,14 @@ def spent(gateway: Gateway, jti: str) -> bool:
     return gateway.store.proof_seen(_JTI_PREFIX + jti)
 
 
+def revoked_detail(admin: object, kind: str) -> str:
+    """Why an admin's call is refused when its key (``kid``) or the admin (``sub``) is
+    revoked."""
+    if kind == "sub":
+        return f"admin {admin!r} is revoked"
+    return f"the key of admin {admin!r} is revoked"
+
+
 def append_admin_record(
     gateway: Gateway,
     record: dict[str, Any],
@@ -122,13 +137,15 @@ def append_admin_record(
     revocation that returned while the call's body was being read still wins.
     """
     replayed: list[str] = []
+    jobs: list[WriteJob] = []  # the job below, for what its commit found revoked
 
     def finalize(conflict: str | None, _index: int) -> bytes:
         if conflict is not None:  # REPLAY, REVOKED, or PURGED: whether it was used is unknown
+            revoked = jobs[0].revoked if jobs else None
             detail = (
                 "this admin token was used before (replay)"
                 if conflict == Conflict.REPLAY
-                else f"the key of admin {record.get('admin')!r} is revoked"
+                else revoked_detail(record.get("admin"), revoked.kind if revoked else "kid")
                 if conflict == Conflict.REVOKED
                 else f"this admin token cannot be checked for replay: {PURGED_DETAIL}"
             )
@@ -139,7 +156,7 @@ def append_admin_record(
         return canonical_json(record)
 
     jti, expires = spend if spend is not None else (None, 0)
-    index = gateway.store.commit(
+    jobs.append(
         WriteJob(
             None if jti is None else _JTI_PREFIX + jti,
             expires,
@@ -150,6 +167,7 @@ def append_admin_record(
             revocation_keys=unrevoked,
         )
     )
+    index = gateway.store.commit(jobs[0])
     gateway._checkpoint_if_due(index + 1, int(record["at"]))
     if replayed:
         raise AdminError(UNAUTHENTICATED, replayed[0])

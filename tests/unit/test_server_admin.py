@@ -173,42 +173,55 @@ def test_a_token_is_for_the_path_the_call_is_routed_by(kit: Kit, client: Client)
     assert [r["result"] for r in records(client)] == ["refused", "refused"]
 
 
-def test_a_revoked_admin_key_signs_no_more_calls(kit: Kit, client: Client) -> None:
-    """Revoking an admin's key by its key id (its thumbprint, as for any key) refuses
-    its tokens from then on, and the refusal is audited under that admin."""
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [("kid", "the key of admin 'auditor' is revoked"), ("sub", "admin 'auditor' is revoked")],
+)
+def test_a_revoked_admin_key_signs_no_more_calls(
+    kit: Kit, client: Client, kind: str, said: str
+) -> None:
+    """Revoking an admin's key by its key id (its thumbprint, as for any key), or the
+    admin by its id (``sub``, as for approvers), refuses its tokens from then on, and the
+    refusal is audited under that admin."""
     auditor = read_private_key(kit.home / "keys" / "auditor.jwk").public.thumbprint()
     path = "/v1/audit/entries"
     assert client.get(path, headers=token(kit, "GET", path, who="auditor")).status_code == 200
-    body = {"kind": "kid", "value": auditor, "reason": "key leaked"}
+    value = auditor if kind == "kid" else "auditor"
+    body = {"kind": kind, "value": value, "reason": "key leaked"}
     assert post(client, kit, REVOKE, body, who="revoker").json()["revoked"] is True
     refused = client.get(path, headers=token(kit, "GET", path, who="auditor"))
     assert error_of(refused, 401) == "admin.unauthenticated"
-    assert refused.json()["error"]["message"] == "the key of admin 'auditor' is revoked"
+    assert refused.json()["error"]["message"] == said
     last = records(client)[-1]
     assert (last["result"], last["admin"], last["admin_kid"]) == ("refused", "auditor", auditor)
     assert client.get(APPROVALS, headers=token(kit, "GET", APPROVALS)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [("kid", "the key of admin 'auditor' is revoked"), ("sub", "admin 'auditor' is revoked")],
+)
 def test_an_admin_key_revoked_while_its_call_is_read_lets_nothing_in(
-    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch, kind: str, said: str
 ) -> None:
-    """The token was checked, then the revocation returned before the record that lets
-    the call in was committed (a body still arriving, say): the commit checks the key
-    again, and the revocation wins."""
+    """The token was checked, then the revocation (of the key, or of the admin)
+    returned before the record that lets the call in was committed (a body still
+    arriving, say): the commit checks both again, and the revocation wins."""
     auditor = read_private_key(kit.home / "keys" / "auditor.jwk").public.thumbprint()
     gateway: Gateway = client.app.state.gateway
     commit = gateway.store.commit
 
     def revoked_first(job: WriteJob) -> int:
-        if job.revocation_keys == (("kid", auditor),):
-            gateway.store.revoke("kid", auditor, reason="key leaked", now=NOW)
+        if job.revocation_keys == (("kid", auditor), ("sub", "auditor")):
+            value = auditor if kind == "kid" else "auditor"
+            gateway.store.revoke(kind, value, reason="key leaked", now=NOW)
         return commit(job)
 
     monkeypatch.setattr(gateway.store, "commit", revoked_first)
     path = "/v1/audit/entries"
     refused = client.get(path, headers=token(kit, "GET", path, who="auditor"))
     assert error_of(refused, 401) == "admin.unauthenticated"
-    assert refused.json()["error"]["message"] == "the key of admin 'auditor' is revoked"
+    assert refused.json()["error"]["message"] == said
     last = records(client)[-1]
     assert (last["result"], last["code"], last["admin"]) == (
         "refused",

@@ -52,7 +52,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from execgate._admin_log import PolicyReload, admin_record, append_admin_record, spent
+from execgate._admin_log import (
+    PolicyReload,
+    admin_record,
+    append_admin_record,
+    revoked_detail,
+    spent,
+)
 from execgate._hup import take_early_hup
 from execgate._timing import clock_seconds
 from execgate.admin import (
@@ -146,13 +152,19 @@ def _bearer(header: str | None) -> str:
     return match.group(1)
 
 
+def _revocation_keys(token: AdminToken) -> tuple[tuple[str, str], ...]:
+    """What revoking stops an admin's calls: its key (``kid``, the thumbprint) or the
+    admin (``sub``, its id: admins, approvers and the subjects of artifacts are
+    principals of one name space, as for reviews)."""
+    return (("kid", token.kid), ("sub", token.admin.id))
+
+
 def _unrevoked(gateway: Gateway, token: AdminToken) -> None:
-    """An admin key revoked by its key id (``kid``, its thumbprint: what ``POST
-    /v1/revocations`` takes) signs no more calls, from the moment the revocation returned
-    until ``trust.toml`` no longer lists it."""
-    revoked = gateway.store.revoked([("kid", token.kid)])
+    """An admin whose key (``kid``) or id (``sub``) is revoked signs no more calls, from
+    the moment the revocation returned until ``trust.toml`` no longer lists it."""
+    revoked = gateway.store.revoked(_revocation_keys(token))
     if revoked is not None:
-        raise AdminError(UNAUTHENTICATED, f"the key of admin {token.admin.id!r} is revoked")
+        raise AdminError(UNAUTHENTICATED, revoked_detail(token.admin.id, revoked.kind))
 
 
 def _unspent(gateway: Gateway, token: AdminToken) -> None:
@@ -217,7 +229,9 @@ async def _let_in(
             ),
             spend=(token.jti, token.expires) if spend and token is not None else None,
             # Letting the call in: checked again in the commit (see _unrevoked).
-            unrevoked=(("kid", token.kid),) if token is not None and result == "authorized" else (),
+            unrevoked=_revocation_keys(token)
+            if token is not None and result == "authorized"
+            else (),
         )
 
     def check() -> AdminToken:
