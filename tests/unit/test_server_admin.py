@@ -22,7 +22,7 @@ from execgate.audit.checkpoint import open_checkpoint, verify_tlog_proof
 from execgate.audit.log import verify_export
 from execgate.audit.merkle import verify_consistency
 from execgate.audit.note import Verifier
-from execgate.errors import EvidenceError
+from execgate.errors import EvidenceError, StoreUnavailable
 from execgate.home import ServerConfig
 from execgate.jose import sha256_b64url
 from execgate.keyfile import read_private_key
@@ -602,6 +602,7 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
     assert [r["code"] for r in after["reasons"]] == ["artifact.revoked"]
     authorized, done = records(client)
     assert (authorized["result"], done["result"]) == ("authorized", "done")
+    assert authorized["revocation"] == {**body}  # what is revoked, logged ahead of it
     assert done["revocation"] == {
         "kind": "jti",
         "value": first["artifact_jti"],
@@ -609,6 +610,36 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
     }
     again = post(client, kit, REVOKE, body).json()
     assert (again["revoked"], again["already_revoked"]) == (False, True)
+
+
+def test_a_revocation_in_force_is_in_the_log_even_when_its_done_record_is_not(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation commits on its own, then its "done" record: were that append to
+    fail (or the process to die in between), the record that let the call in already
+    says what is revoked, by whom and why."""
+    gateway: Gateway = client.app.state.gateway
+    revoke, commit = gateway.store.revoke, gateway.store.commit
+    revoked: list[bool] = []
+
+    def revoking(*args: Any, **kwargs: Any) -> bool:
+        revoked.append(revoke(*args, **kwargs))
+        return revoked[-1]
+
+    def failing_after_the_revocation(job: WriteJob) -> int:
+        if revoked:
+            raise StoreUnavailable("disk full")
+        return commit(job)
+
+    monkeypatch.setattr(gateway.store, "revoke", revoking)
+    monkeypatch.setattr(gateway.store, "commit", failing_after_the_revocation)
+    body = {"kind": "sub", "value": "agent-x", "reason": "compromised", "cascade": False}
+    response = post(client, kit, REVOKE, body)
+    assert error_of(response, 503) == "audit.unavailable"
+    assert gateway.store.revoked([("sub", "agent-x")]) is not None  # in force
+    [authorized] = records(client)
+    assert (authorized["result"], authorized["admin"]) == ("authorized", "admin")
+    assert authorized["revocation"] == body
 
 
 def test_an_exact_artifact_is_revoked_over_http_by_its_digest(kit: Kit, client: Client) -> None:

@@ -187,12 +187,15 @@ async def _let_in(
     *,
     limit: int | None,
     vet: Callable[[bytes], object] | None = None,
+    asks: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[AdminToken, bytes]:
     """The verified token of an admin holding ``role``, and the call's body: at most
     ``limit`` bytes, read only once the token verified and was not spent before (none
     without a limit: the route reads none), and the one the token was minted over
     (``bh``); ``vet`` may refuse that body, or the call's query or path parameters (an
-    ``HttpError``), before the call is let in.
+    ``HttpError``), before the call is let in. ``asks`` (called once ``vet`` passed)
+    gives what the call asks for, written into the record that lets it in: a change
+    that takes effect before its own record is appended is logged ahead of it.
 
     Every outcome is audited. A token that does not verify names no ``jti`` to spend; a
     verified one refused for its role (or as used before) is spent with its refusal (it
@@ -210,7 +213,15 @@ async def _let_in(
     query = request.scope.get("query_string", b"").decode("latin-1")  # as sent, undecoded
     header = request.headers.get("authorization")
 
-    def log(result: str, code: str, detail: str, token: AdminToken | None, *, spend: bool) -> None:
+    def log(
+        result: str,
+        code: str,
+        detail: str,
+        token: AdminToken | None,
+        *,
+        spend: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         append_admin_record(
             gateway,
             admin_record(
@@ -226,6 +237,7 @@ async def _let_in(
                 admin=None if token is None else token.admin.id,
                 admin_kid=None if token is None else token.kid,
                 token_jti=None if token is None else token.jti,
+                **(extra or {}),
             ),
             spend=(token.jti, token.expires) if spend and token is not None else None,
             # Letting the call in: checked again in the commit (see _unrevoked).
@@ -279,8 +291,9 @@ async def _let_in(
             except Exception as failed:
                 log("refused", "internal.error", type(failed).__name__, token, spend=False)
                 raise
+        extra = None if asks is None else asks()
         try:
-            log("authorized", "admin.authorized", f"role {role}", token, spend=True)
+            log("authorized", "admin.authorized", f"role {role}", token, spend=True, extra=extra)
         except AdminError as replayed:  # the refusal is what was logged
             raise _refusal(replayed, True) from replayed
 
@@ -509,8 +522,16 @@ async def post_revocation(request: Request) -> Response:
     def vet(raw: bytes) -> None:
         asked.append(_revocation(parse_json(request, raw)))
 
+    def asks() -> dict[str, Any]:
+        kind, value, reason, cascade = asked[0]
+        return {"revocation": {"kind": kind, "value": value, "reason": reason, "cascade": cascade}}
+
     # The body is checked before the call is let in: a refused one is audited as such.
-    token, _ = await _let_in(request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT, vet=vet)
+    # The record letting it in says what is revoked: the revocation is in force once
+    # committed, before the record of it done.
+    token, _ = await _let_in(
+        request, "revoke", "revocation", limit=REVOCATION_BODY_LIMIT, vet=vet, asks=asks
+    )
     [(kind, value, reason, cascade)] = asked
     gateway, now = _gateway(request), _now(request)
 
