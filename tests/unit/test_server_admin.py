@@ -383,6 +383,9 @@ def test_a_wrong_method_at_an_admin_route_is_refused_and_audited(kit: Kit, clien
         ("POST", "/v1/admin/audit/export", "audit.export"),
         ("HEAD", "/v1/admin/audit/export", "audit.export"),  # a GET route's HEAD too
         ("HEAD", APPROVALS, "approvals.list"),
+        # The reads of whole records are admin routes too (without public_audit).
+        ("POST", "/v1/audit/entries", "audit.entries"),
+        ("DELETE", "/v1/audit/proofs/0", "audit.proof"),
     ]
     for method, path, action in calls:
         # Even with a good token: the refusal comes before anything of the call is read.
@@ -400,6 +403,7 @@ def test_a_wrong_method_at_an_admin_route_is_refused_and_audited(kit: Kit, clien
     assert len(records(client)) == len(calls)
     assert error_of(client.post("/healthz"), 405) == "method.not_allowed"
     assert error_of(client.delete("/v1/audit/consistency"), 405) == "method.not_allowed"
+    assert error_of(client.put("/v1/decisions/abc"), 405) == "method.not_allowed"
     assert len(records(client)) == len(calls)
 
 
@@ -920,7 +924,8 @@ def test_public_audit_lets_anyone_read_the_entries(kit: Kit) -> None:
         assert page.status_code == 200
         assert [e["record"]["kind"] for e in page.json()["entries"]] == ["decision"]
         assert client.get("/v1/audit/proofs/0").status_code == 200
-        assert records(client) == []  # an open read is not an admin call
+        assert error_of(client.post(ENTRIES), 405) == "method.not_allowed"
+        assert records(client) == []  # an open read is not an admin call, nor its 405
 
 
 def test_an_admins_proof_of_an_entry_newer_than_the_kept_checkpoint_is_made_at_once(

@@ -719,6 +719,17 @@ async def get_consistency(request: Request) -> Response:
 
 
 _ACTIONS: Final[dict[object, str]] = {}  # each admin route's endpoint: its audited action
+# The reads of whole log records (``audit_reader``): admin routes unless public_audit.
+_AUDIT_READS: Final[dict[object, str]] = {}
+
+
+def audit_read_route(path: str, handler: Callable[[Request], Any], action: str) -> Route:
+    """The GET route of a read that ``audit_reader`` guards: a method it does not take is
+    refused and audited as at any admin route, unless ``[server] public_audit`` makes
+    it a public one."""
+    endpoint = handled(handler)
+    _AUDIT_READS[endpoint] = action
+    return Route(path, endpoint, methods=["GET"])
 
 
 def _admin_route(path: str, handler: Callable[[Request], Any], method: str, action: str) -> Route:
@@ -750,11 +761,15 @@ NO_HEAD: Final = frozenset(
 
 async def refuse_method(request: Request, refusal: Response) -> Response:
     """``refusal`` (a 405: a method no route at this path takes), audited first when the
-    path is an admin route's: every call refused at an admin route is in the log, as an
-    anonymous one (nothing of the call was checked), its method and path kept short. If
-    the log cannot take the record, the answer is the typed 503 of any admin call whose
-    refusal could not be logged."""
-    action = _ACTIONS.get(request.scope.get("endpoint"))
+    path is an admin route's (an audit read's too, see ``audit_read_route``): every call
+    refused at an admin route is in the log, as an anonymous one (nothing of the call
+    was checked), its method and path kept short. If the log cannot take the record,
+    the answer is the typed 503 of any admin call whose refusal could not be logged."""
+    endpoint = request.scope.get("endpoint")
+    action = _ACTIONS.get(endpoint)
+    if action is None:
+        server: ServerConfig = request.app.state.server
+        action = None if server.public_audit else _AUDIT_READS.get(endpoint)
     if action is None:
         return refusal
 
