@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from gatekit import Kit, make_kit
-from prometheus_client import values
+from prometheus_client import generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 from test_server_api import Client
 
@@ -155,8 +155,8 @@ def test_one_read_of_the_store_serves_the_scrapes_of_a_second(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/metrics needs no credential: a burst of scrapes, however many come at once,
-    counts the replay store once per ``GAUGE_MAX_AGE``, and a later scrape sees what
-    was decided meanwhile."""
+    counts the replay store and renders the text once per ``GAUGE_MAX_AGE``, and a
+    later scrape sees what was decided meanwhile."""
     gateway = kit.gateway()
     counted = []
     replay_size = gateway.store.replay_size
@@ -166,18 +166,28 @@ def test_one_read_of_the_store_serves_the_scrapes_of_a_second(
         time.sleep(0.05)  # scrapes arriving meanwhile wait for this read
         return replay_size()
 
+    rendered = []
+    generate = generate_latest
+
+    def rendering(registry: Any) -> bytes:
+        rendered.append(1)  # merging every worker's files: tens of ms with several
+        return generate(registry)
+
     monkeypatch.setattr(gateway.store, "replay_size", counting)
+    monkeypatch.setattr(metrics_module, "generate_latest", rendering)
     monkeypatch.setattr(metrics_module, "GAUGE_MAX_AGE", 0.5)
     with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
         client.post("/v1/decisions", json=kit.submit())
         with ThreadPoolExecutor(max_workers=8) as pool:
             scraped = list(pool.map(lambda _: _scrape(client), range(16)))
         assert {_value(s, "execgate_replay_store_entries") for s in scraped} == {1}
-        assert len(counted) == 1
+        assert len(counted) == len(rendered) == 1
         client.post("/v1/decisions", json=kit.submit())
         time.sleep(0.5)
-        assert _value(_scrape(client), "execgate_replay_store_entries") == 2
-        assert len(counted) == 2
+        later = _scrape(client)
+        assert _value(later, "execgate_replay_store_entries") == 2
+        assert _value(later, "execgate_decisions_total", outcome="proceed", reason="none") == 2
+        assert len(counted) == len(rendered) == 2
 
 
 def test_a_read_serves_only_the_gateway_it_was_made_from(kit: Kit) -> None:

@@ -211,6 +211,11 @@ class Metrics:
         # Decisions and requests are counted in bulk, once per event-loop turn (_tally).
         self._tally = Tally()
         self._gauges = _StoreGauges(gateway, now)
+        self._open = gateway
+        # The text of a scrape serves the scrapes of the next GAUGE_MAX_AGE seconds: with
+        # several workers one takes tens of milliseconds (every worker's files are read
+        # and merged, holding the interpreter lock), and /metrics needs no credential.
+        self._rendered: Kept[Gateway | None, bytes] = Kept(GAUGE_MAX_AGE, time.monotonic)
         self._registry = registry
         if registry is not None:
             registry.register(self._gauges)
@@ -257,7 +262,11 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition of everything (blocking: the gauges read the store),
-        after writing what this process holds."""
+        after writing what this process holds; made at most once per ``GAUGE_MAX_AGE``
+        (scrapes that arrive together wait for one)."""
+        return self._rendered.get(self._open(), self._render)
+
+    def _render(self) -> bytes:
         self.flush()
         registry = self._registry
         if registry is None:
