@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from gatekit import GATEWAY_ID, NOW, POLICY, Kit, make_kit
 from test_server_api import Client, decide, error_of
 
@@ -451,6 +452,30 @@ def test_an_approval_reviewed_over_http_lets_the_request_proceed(kit: Kit, clien
     resumed = decide(client, kit.submission(held["request"], held["artifact"]))
     assert resumed["outcome"] == "proceed"
     assert resumed["approval_id"] == approval_id
+
+
+def test_the_admin_answers_are_the_shapes_the_document_gives(kit: Kit, client: Client) -> None:
+    """Schemathesis fuzzes admin operations without a credential (their 401): here the
+    answers of calls let in, and of the probes, are checked against /openapi.json."""
+    document = schemathesis.openapi.from_dict(client.get("/openapi.json").json())
+
+    def conforms(method: str, template: str, response: httpx.Response) -> None:
+        assert response.status_code == 200, response.text
+        document[template][method].validate_response(response)
+
+    conforms("GET", "/healthz", client.get("/healthz"))
+    conforms("GET", "/readyz", client.get("/readyz"))
+    paused, _ = _pause(kit, client)
+    approval = paused["approval_id"]
+    review = {"review": _review(kit, client, approval)}
+    path = f"{APPROVALS}/{approval}/reviews"
+    conforms("POST", APPROVALS + "/{approval_id}/reviews", post(client, kit, path, review))
+    for body in (
+        {"kind": "jti", "value": paused["artifact_jti"], "reason": "r", "cascade": True},
+        {"kind": "sub", "value": "someone", "reason": "r"},
+    ):
+        conforms("POST", REVOKE, post(client, kit, REVOKE, body))
+    conforms("POST", RELOAD, client.post(RELOAD, headers=token(kit, "POST", RELOAD)))
 
 
 def test_approvals_are_listed_a_page_at_a_time(

@@ -70,7 +70,7 @@ from execgate.admin import (
     check_body,
 )
 from execgate.admin import verify_admin_token as _verify_token
-from execgate.approvals import Pending, Review
+from execgate.approvals import VERDICTS, Pending, Review
 from execgate.errors import ApprovalError, EvidenceError
 from execgate.home import ServerConfig
 from execgate.model import ID_TEXT, MAX_ID
@@ -896,7 +896,7 @@ PATHS: Final[dict[str, Any]] = {
             "Record an approver's signed review (the approver's factor; the token is the admin's)",
             "reviewApproval",
             "approvals",
-            json_body({"type": "object"}, "the review is logged; the approval's state after it"),
+            json_body(ref("ReviewAnswer"), "the review is logged; the approval's state after it"),
             parameters=[_APPROVAL_ID],
             requestBody=_body("ReviewBody"),
             errors={**BODY_ERRORS, "409": error("the review was refused (and why)")},
@@ -907,7 +907,7 @@ PATHS: Final[dict[str, Any]] = {
             "Revoke an artifact (jti), a key (kid) or a subject (sub)",
             "revoke",
             "revoke",
-            json_body({"type": "object"}, "revoked (or already revoked), and logged"),
+            json_body(ref("RevocationAnswer"), "revoked (or already revoked), and logged"),
             requestBody=_body("RevocationBody"),
             errors=BODY_ERRORS,
         )
@@ -917,7 +917,7 @@ PATHS: Final[dict[str, Any]] = {
             "Load the home's policy file again in every worker",
             "reloadPolicy",
             "reload",
-            json_body({"type": "object"}, "the new policy is in force"),
+            json_body(ref("ReloadAnswer"), "the new policy is in force"),
             errors={
                 "400": error("a body was sent: the call takes none; or malformed HTTP"),
                 "413": error("the body exceeds 1 KiB (refused before it is read whole)"),
@@ -979,6 +979,69 @@ SCHEMAS: Final[dict[str, Any]] = {
             "value": {"type": "string", "minLength": 1, "maxLength": _MAX_VALUE},
             "reason": {"type": "string", "minLength": 1, "maxLength": _MAX_VALUE},
             "cascade": {"type": "boolean"},
+        },
+        # A key and an exact artifact are named by a base64url SHA-256 (43 characters).
+        "if": {"properties": {"kind": {"enum": ["kid", "artifact"]}}},
+        "then": {"properties": {"value": {"pattern": f"^{_THUMBPRINT.pattern}$"}}},
+    },
+    "ReviewAnswer": {
+        "type": "object",
+        "required": ["approval_id", "approver", "verdict", "log_index", "admin"],
+        "properties": {
+            "approval_id": {"type": "string"},
+            "approver": {"type": "string"},
+            "verdict": {"enum": sorted(VERDICTS)},
+            "log_index": {"type": "integer", "minimum": 0},
+            "admin": {"type": "string"},
+        },
+    },
+    "RevocationAnswer": {
+        "type": "object",
+        "required": ["kind", "value", "revoked", "already_revoked", "log_index"],
+        "properties": {
+            "kind": {"enum": list(REVOCATION_KINDS)},
+            "value": {"type": "string"},
+            "revoked": {"type": "boolean"},
+            "already_revoked": {"type": "boolean"},
+            "log_index": {"type": "integer", "minimum": 0},
+            "cascade": {
+                "description": "with cascade: what the revoked value let through (null when"
+                " the report could not be made: cascade_error says why; revoked all the same)",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["artifacts", "decisions"],
+                        "properties": {
+                            "artifacts": {"type": "array", "items": {"type": "string"}},
+                            "decisions": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["index", "decision_id", "outcome"],
+                                    "properties": {
+                                        "index": {"type": "integer", "minimum": 0},
+                                        "decision_id": {"type": "string"},
+                                        "outcome": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                ],
+            },
+            "cascade_error": {"type": "string"},
+        },
+    },
+    "ReloadAnswer": {
+        "type": "object",
+        "required": ["reloaded", "policy_hash", "previous_policy_hash", "log_index", "workers"],
+        "properties": {
+            "reloaded": {"const": True},
+            "policy_hash": {"type": "string"},
+            "previous_policy_hash": {"type": "string"},
+            "log_index": {"type": "integer", "minimum": 0},
+            "workers": {"enum": ["all", "this process"]},
         },
     },
     "ConsistencyProof": {

@@ -343,7 +343,17 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "summary": "The process is alive",
             "operationId": "healthz",
-            "responses": {**PROTOCOL_ERRORS, "200": _json({"type": "object"}, "alive")},
+            "responses": {
+                **PROTOCOL_ERRORS,
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"const": "alive"}},
+                    },
+                    "alive",
+                ),
+            },
         }
     },
     "/readyz": {
@@ -352,7 +362,26 @@ _PATHS: Final[dict[str, Any]] = {
             "operationId": "readyz",
             "responses": {
                 **PROTOCOL_ERRORS,
-                "200": _json({"type": "object"}, "ready"),
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": [
+                            "status",
+                            "gateway",
+                            "log_size",
+                            "checkpoint_size",
+                            "policy_hash",
+                        ],
+                        "properties": {
+                            "status": {"const": "ready"},
+                            "gateway": {"type": "string"},
+                            "log_size": {"type": "integer", "minimum": 0},
+                            "checkpoint_size": {"type": "integer", "minimum": 0},
+                            "policy_hash": {"type": "string"},
+                        },
+                    },
+                    "ready",
+                ),
                 "503": _error("not ready, or the server is overloaded (server.overloaded)"),
             },
         }
