@@ -215,6 +215,7 @@ class Notifier:
         self._cond = threading.Condition()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._busy = False  # a delivery thread is running
+        self._running: subprocess.Popen[bytes] | None = None  # the hook being run now
         self._lookup: _Lookup | None = None  # the last name resolution (see _post)
         _LIVE.add(self)
 
@@ -287,6 +288,23 @@ class Notifier:
         with self._cond:
             return len(self._queue)
 
+    def give_up(self) -> int:
+        """Drop what is waiting and kill the hook being run now, with what it started
+        (a hook runs in a session of its own, which nothing else would end once this
+        process is gone): a shutdown that waited long enough. Returns how many events
+        were dropped; a delivery to the URL ends within its timeout."""
+        with self._cond:
+            dropped = len(self._queue)
+            self._queue.clear()
+            running = self._running
+        if running is not None:  # its delivery thread reaps it (communicate returns)
+            if os.name == "posix":
+                with suppress(OSError):
+                    os.killpg(running.pid, signal.SIGKILL)
+            with suppress(OSError):
+                running.kill()
+        return dropped
+
     # -- delivery (on the background thread) ---------------------------------------------
 
     def _run(self) -> None:
@@ -332,6 +350,8 @@ class Notifier:
                 _why(exc),
             )
             return
+        with self._cond:
+            self._running = proc  # for give_up
         try:
             proc.communicate(body, timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -346,6 +366,9 @@ class Notifier:
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            with self._cond:
+                self._running = None
         if proc.returncode < 0:
             _log.warning(
                 "approval notification %r: %s was killed by signal %d",
@@ -549,20 +572,26 @@ def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+_KILLED_WAIT: Final = 5.0  # seconds for a delivery thread to reap a hook give_up killed
 # Every live notifier: ``drain`` waits for them before the process exits.
 _LIVE: weakref.WeakSet[Notifier] = weakref.WeakSet()
 
 
 def drain() -> None:
     """Wait for the notifications still in flight in this process, each notifier at most
-    its timeout plus a second; what is left is dropped (and logged). Runs at exit; a
-    one-shot command calls it once its output is written."""
+    its timeout plus a second; then what is left is dropped and the hook still running
+    killed (both logged), so a later drain (at exit, after an app's shutdown drained)
+    finds nothing to wait for. Runs at exit; a one-shot command calls it once its output
+    is written, a served app at its shutdown."""
     for notifier in list(_LIVE):
         if not notifier.flush(notifier.timeout + 1):
+            dropped = notifier.give_up()
             _log.warning(
-                "exiting with approval notifications undelivered (%d still queued)",
-                notifier.pending(),
+                "exiting with approval notifications undelivered: %d dropped, and the one"
+                " being delivered stopped",
+                dropped,
             )
+            notifier.flush(_KILLED_WAIT)  # its delivery thread reaps the killed hook
 
 
 atexit.register(drain)

@@ -674,6 +674,35 @@ def test_drain_waits_for_notifications_in_flight(tmp_path: Path) -> None:
     assert [name for name, _ in events(log)] == ["opened"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_drain_that_waited_long_enough_drops_the_rest_and_kills_the_hook_running(
+    tmp_path: Path, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    """A hook in a session of its own outlives the process unless killed: the drain
+    kills the one running when it stops waiting, drops what waits, says so once, and a
+    later drain (at exit) has nothing left to wait for."""
+    pids = tmp_path / "pids"
+    script = 'sleep 60 & echo $! >> "$1"; wait'
+    hook = Notifier(command=["/bin/sh", "-c", script, "sh", str(pids)], timeout=1)
+    for _ in range(3):
+        hook({"event": "opened"})
+    notify.drain()  # the first is killed at its timeout, the second when the drain stops
+    children = [int(pid) for pid in pids.read_text().split()]
+    assert len(children) == 2
+    deadline = time.monotonic() + 5
+    while any(map(_running, children)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(map(_running, children))
+    assert hook.pending() == 0
+    said = [w for w in warnings(caplog_notify) if w.startswith("exiting")]
+    assert said == [
+        "exiting with approval notifications undelivered: 1 dropped, and the one being"
+        " delivered stopped"
+    ]
+    notify.drain()
+    assert [w for w in warnings(caplog_notify) if w.startswith("exiting")] == said
+
+
 # -- the command line ----------------------------------------------------------------------
 
 
