@@ -631,7 +631,7 @@ def test_a_revocation_over_http_denies_the_next_decision(kit: Kit, client: Clien
     assert [r["code"] for r in after["reasons"]] == ["artifact.revoked"]
     authorized, done = records(client)
     assert (authorized["result"], done["result"]) == ("authorized", "done")
-    assert authorized["revocation"] == {**body}  # what is revoked, logged ahead of it
+    assert authorized["asked"] == {"revocation": body}  # what is revoked, logged ahead
     assert done["revocation"] == {
         "kind": "jti",
         "value": first["artifact_jti"],
@@ -668,7 +668,32 @@ def test_a_revocation_in_force_is_in_the_log_even_when_its_done_record_is_not(
     assert gateway.store.revoked([("sub", "agent-x")]) is not None  # in force
     [authorized] = records(client)
     assert (authorized["result"], authorized["admin"]) == ("authorized", "admin")
-    assert authorized["revocation"] == body
+    assert authorized["asked"] == {"revocation": body}
+
+
+def test_a_revocation_refused_in_its_commit_revokes_nothing_and_says_what_it_asked(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoking admin is revoked itself while its call is read: the record that
+    would have let it in is a refusal, keeps what the call asked under "asked" (not as
+    a revocation done), and nothing is revoked."""
+    gateway: Gateway = client.app.state.gateway
+    commit = gateway.store.commit
+
+    def revoked_first(job: WriteJob) -> int:
+        if ("sub", "revoker") in job.revocation_keys:
+            gateway.store.revoke("sub", "revoker", reason="gone", now=NOW)
+        return commit(job)
+
+    monkeypatch.setattr(gateway.store, "commit", revoked_first)
+    body = {"kind": "sub", "value": "agent-x", "reason": "compromised"}
+    response = post(client, kit, REVOKE, body, who="revoker")
+    assert error_of(response, 401) == "admin.unauthenticated"
+    assert gateway.store.revoked([("sub", "agent-x")]) is None
+    [refused] = records(client)
+    assert (refused["result"], refused["admin"]) == ("refused", "revoker")
+    assert refused["asked"] == {"revocation": {**body, "cascade": False}}
+    assert "revocation" not in refused
 
 
 def test_an_exact_artifact_is_revoked_over_http_by_its_digest(kit: Kit, client: Client) -> None:

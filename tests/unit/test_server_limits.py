@@ -32,7 +32,7 @@ from test_server_process import START_TIMEOUT, Server, _decide, serve
 from execgate.home import ServerConfig
 from execgate.server import create_app
 from execgate.server._limits import uvicorn_options
-from execgate.server.metrics import REFUSALS_STATE, Metrics
+from execgate.server.metrics import GAUGE_MAX_AGE, REFUSALS_STATE, Metrics
 from execgate.store.sqlite import SQLiteStore
 
 READ_TIMEOUT = 20.0  # generous: a loaded machine must not fail the test
@@ -575,6 +575,7 @@ def test_metrics_add_up_across_two_workers(kit: Kit, monkeypatch: pytest.MonkeyP
         while counted not in httpx.get(server.url + "/metrics", timeout=10.0).text:
             assert time.monotonic() < deadline, "the counts never reached /metrics"
             time.sleep(0.05)
+        time.sleep(GAUGE_MAX_AGE)  # what either worker rendered before is not served now
         for _ in range(6):  # fresh connections: several scrapes, either worker
             text = httpx.get(server.url + "/metrics", timeout=10.0).text
             assert counted in text

@@ -255,7 +255,11 @@ def register(commands: Commands) -> None:
         help="a key id (RFC 7638 thumbprint): an authority's, a runtime's, an attester's,"
         " a mesh node's, an approver's or an admin's",
     )
-    s.add_argument("--sub", help="a subject on an artifact chain (a runtime id), or an approver")
+    s.add_argument(
+        "--sub",
+        help="a subject on an artifact chain (a runtime id), an approver or an admin (ids are"
+        " one name space: each of that id is stopped)",
+    )
     s.add_argument(
         "--artifact",
         help="this exact artifact and what descends from it (file or compact JWS)",

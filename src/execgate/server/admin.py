@@ -291,7 +291,9 @@ async def _let_in(
             except Exception as failed:
                 log("refused", "internal.error", type(failed).__name__, token, spend=False)
                 raise
-        extra = None if asks is None else asks()
+        # Under "asked": a record refused in the commit (a replay, a revocation of this
+        # admin meanwhile) keeps it, and it is not what a done record says was done.
+        extra = None if asks is None else {"asked": asks()}
         try:
             log("authorized", "admin.authorized", f"role {role}", token, spend=True, extra=extra)
         except AdminError as replayed:  # the refusal is what was logged
