@@ -21,7 +21,7 @@ from execgate.errors import AuditError, RequestError, StoreError, VerificationEr
 from execgate.jose import canonical_json
 from execgate.model import Outcome
 from execgate.proofs import outcome_hash, verify_outcome_proof
-from execgate.store.base import LogEntry, Store, WriteJob
+from execgate.store.base import Conflict, LogEntry, Store, WriteJob
 
 _log = logging.getLogger("execgate.audit")
 
@@ -152,11 +152,26 @@ class OutcomeLog:
                 f"decision {decision_id} was {decided.get('outcome')}: nothing executed,"
                 " so there is no outcome to report"
             )
+        # Who signs a report over HTTP: the runtime key the decision bound, and the
+        # runtime. Either revoked (a stolen key, say), it reports nothing more: checked
+        # here, and again in the commit, so a revocation that returned first wins.
+        reporter: tuple[tuple[str, str], ...] = ()
         if proof_required:
             report_hash = outcome_hash(
                 decision_id, status=status, exit_code=exit_code, result_digest=result_digest
             )
             self._check_outcome_proof(decision_id, decided, proof, report_hash)
+            reporter = tuple(
+                (kind, value)
+                for kind, value in (
+                    ("kid", decided.get("runtime_jkt")),
+                    ("sub", decided.get("subject")),
+                )
+                if isinstance(value, str)
+            )
+            revoked = self.store.revoked(reporter)
+            if revoked is not None:
+                raise _revoked_reporter(decision_id, revoked.kind)
         earlier = self.store.find(decision_id, "outcome")
         if earlier is not None:
             raise RequestError(
@@ -176,12 +191,27 @@ class OutcomeLog:
                 "result_digest": result_digest,
             }
         )
-        try:
-            index = self.store.commit(
-                WriteJob(
-                    None, 0, None, lambda _c, _i: entry, decision_id=decision_id, kind="outcome"
-                )
+        jobs: list[WriteJob] = []  # the job below, for the revocation its commit found
+
+        def finalize(conflict: str | None, _index: int) -> bytes:
+            if conflict == Conflict.REVOKED:  # revoked since the check above: nothing written
+                revoked = jobs[0].revoked
+                raise _revoked_reporter(decision_id, revoked.kind if revoked else "kid")
+            return entry
+
+        jobs.append(
+            WriteJob(
+                None,
+                0,
+                None,
+                finalize,
+                decision_id=decision_id,
+                kind="outcome",
+                revocation_keys=reporter,
             )
+        )
+        try:
+            index = self.store.commit(jobs[0])
         except AuditError as exc:
             # A concurrent report for the same decision won the race (the store keeps one
             # outcome per decision); anything else is a log that cannot be written.
@@ -199,3 +229,11 @@ class OutcomeLog:
         with suppress(StoreError):
             return self.store.find(decision_id, "outcome")
         return None
+
+
+def _revoked_reporter(decision_id: str, kind: str) -> VerificationError:
+    whose = "runtime" if kind == "sub" else "runtime key"
+    return VerificationError(
+        "artifact.revoked",
+        f"the {whose} decision {decision_id} bound is revoked: it reports no outcome",
+    )

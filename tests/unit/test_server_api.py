@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import httpx
 import pytest
+import schemathesis
 from anyio.from_thread import start_blocking_portal
 from gatekit import GATEWAY_ID, NOW, PAYMENTS, POLICY, Kit, make_kit
 from starlette.applications import Starlette
@@ -47,6 +48,7 @@ from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
 from execgate.server import create_app
 from execgate.server._http import read_body
+from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
 from execgate.store.unavailable import UnavailableStore
 
@@ -751,6 +753,43 @@ def test_only_the_runtime_let_through_can_report_the_outcome(kit: Kit, client: C
     assert log_size(client) == 2  # nothing was written for any of them
     signed = {"Execgate-Proof": outcome_proof(kit, decision_id, report)}
     assert client.post(url, json=report, headers=signed).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["kid", "sub"])
+@pytest.mark.parametrize("when", ["before", "in the commit"])
+def test_a_revoked_runtime_or_runtime_key_reports_no_outcome(
+    kit: Kit, client: Client, monkeypatch: pytest.MonkeyPatch, kind: str, when: str
+) -> None:
+    """A key revoked after a compromise signs no more reports: whoever stole it could
+    otherwise write how earlier decisions ended into the log. A revocation that returns
+    while the report is checked wins in the commit."""
+    decided = decide(client, kit.submit())
+    decision_id = decided["decision_id"]
+    url = f"/v1/decisions/{decision_id}/outcome"
+    report = {"status": "succeeded", "exit_code": 0}
+    signed = {"Execgate-Proof": outcome_proof(kit, decision_id, report)}
+    value = kit.runtime.key.public.thumbprint() if kind == "kid" else kit.runtime.runtime_id
+    gateway: Gateway = client.app.state.gateway
+    if when == "before":
+        gateway.store.revoke(kind, value, reason="key stolen", now=NOW)
+    else:
+        commit = gateway.store.commit
+
+        def revoked_first(job: WriteJob) -> int:
+            if job.kind == "outcome":
+                gateway.store.revoke(kind, value, reason="key stolen", now=NOW)
+            return commit(job)
+
+        monkeypatch.setattr(gateway.store, "commit", revoked_first)
+    refused = client.post(url, json=report, headers=signed)
+    assert error_of(refused, 403) == "artifact.revoked"
+    document = schemathesis.openapi.from_dict(client.get("/openapi.json").json())
+    document["/v1/decisions/{decision_id}/outcome"]["POST"].validate_response(refused)
+    whose = "runtime key" if kind == "kid" else "runtime"
+    assert refused.json()["error"]["message"] == (
+        f"the {whose} decision {decision_id} bound is revoked: it reports no outcome"
+    )
+    assert log_size(client) == 1  # the decision; no outcome
 
 
 def test_outcome_errors(kit: Kit, client: Client) -> None:

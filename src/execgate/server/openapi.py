@@ -36,6 +36,7 @@ _ERROR_CODES: Final = [
     "identity.proof_missing",
     "identity.proof_invalid",
     "identity.mismatch",
+    "artifact.revoked",
     "audit.index_not_found",
     "store.unavailable",
     "audit.unavailable",
@@ -220,7 +221,8 @@ _PATHS: Final[dict[str, Any]] = {
                 ),
                 "403": _error(
                     "no proof, or one not signed by the key the decision bound, or not for"
-                    " this decision and report"
+                    " this decision and report; or that key or its runtime is revoked"
+                    " (artifact.revoked)"
                 ),
                 "409": _error("nothing executed, or the outcome is already logged"),
                 **_COMMON_ERRORS,
