@@ -216,6 +216,7 @@ class Notifier:
         self._queue: deque[tuple[str, bytes]] = deque()
         self._busy = False  # a delivery thread is running
         self._running: subprocess.Popen[bytes] | None = None  # the hook being run now
+        self._halted = False  # give_up was called, and nothing was queued since
         self._lookup: _Lookup | None = None  # the last name resolution (see _post)
         _LIVE.add(self)
 
@@ -260,6 +261,7 @@ class Notifier:
                 )
                 return
             self._queue.append((name, body))
+            self._halted = False
             if self._busy:
                 return
             self._busy = True
@@ -296,6 +298,7 @@ class Notifier:
         with self._cond:
             dropped = len(self._queue)
             self._queue.clear()
+            self._halted = True  # a hook started meanwhile is killed at once (_run_command)
             running = self._running
         if running is not None:  # its delivery thread reaps it (communicate returns)
             if os.name == "posix":
@@ -351,7 +354,13 @@ class Notifier:
             )
             return
         with self._cond:
-            self._running = proc  # for give_up
+            halted = self._halted
+            if not halted:
+                self._running = proc  # for give_up
+        if halted:  # given up on while it started
+            _kill(proc)
+            _log.warning("approval notification %r not delivered: the process is stopping", name)
+            return
         try:
             proc.communicate(body, timeout=self.timeout)
         except subprocess.TimeoutExpired:

@@ -15,6 +15,7 @@ import json
 import logging
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -701,6 +702,45 @@ def test_a_drain_that_waited_long_enough_drops_the_rest_and_kills_the_hook_runni
     ]
     notify.drain()
     assert [w for w in warnings(caplog_notify) if w.startswith("exiting")] == said
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_hook_started_while_the_drain_gives_up_is_killed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog_notify: pytest.LogCaptureFixture
+) -> None:
+    """give_up finds no hook running yet while one is being started: the delivery thread
+    sees the give-up once it has one, and kills it instead of waiting on it."""
+    pids = tmp_path / "pids"
+    script = 'sleep 60 & echo $! >> "$1"; wait'
+    hook = Notifier(command=["/bin/sh", "-c", script, "sh", str(pids)], timeout=30)
+    popen = subprocess.Popen
+
+    def started_as_the_drain_gives_up(*args: Any, **kwargs: Any) -> Any:
+        proc = popen(*args, **kwargs)
+        deadline = time.monotonic() + 5  # the hook has started its child
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert hook.give_up() == 0
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", started_as_the_drain_gives_up)
+    hook({"event": "opened"})
+    assert hook.flush(10)  # not the 30 s a hanging hook is given
+    [child] = [int(pid) for pid in pids.read_text().split()]
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _running(child)
+    assert warnings(caplog_notify) == [
+        "approval notification 'opened' not delivered: the process is stopping"
+    ]
+    monkeypatch.undo()
+    log = tmp_path / "events.txt"  # what is queued after a give-up is delivered again
+    later = Notifier(command=[sys.executable, "-c", RECORD, str(log)])
+    later.give_up()
+    later({"event": "opened"})
+    assert later.flush(10)
+    assert [name for name, _ in events(log)] == ["opened"]
 
 
 # -- the command line ----------------------------------------------------------------------
