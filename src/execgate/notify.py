@@ -586,21 +586,22 @@ _KILLED_WAIT: Final = 5.0  # seconds for a delivery thread to reap a hook give_u
 _LIVE: weakref.WeakSet[Notifier] = weakref.WeakSet()
 
 
-def drain() -> None:
-    """Wait for the notifications still in flight in this process, each notifier at most
-    its timeout plus a second; then what is left is dropped and the hook still running
-    killed (both logged), so a later drain (at exit, after an app's shutdown drained)
-    finds nothing to wait for. Runs at exit; a one-shot command calls it once its output
-    is written, a served app at its shutdown."""
-    for notifier in list(_LIVE):
-        if not notifier.flush(notifier.timeout + 1):
-            dropped = notifier.give_up()
+def drain(notifier: Notifier | None = None) -> None:
+    """Wait for the notifications still in flight in this process (of ``notifier`` only,
+    if given), each notifier at most its timeout plus a second; then what is left is
+    dropped and the hook still running killed (both logged), so a later drain (at exit,
+    after an app's shutdown drained its own) finds nothing to wait for. Runs at exit; a
+    one-shot command calls it once its output is written, a served app's gateway at its
+    shutdown."""
+    for each in list(_LIVE) if notifier is None else [notifier]:
+        if not each.flush(each.timeout + 1):
+            dropped = each.give_up()
             _log.warning(
                 "exiting with approval notifications undelivered: %d dropped, and the one"
                 " being delivered stopped",
                 dropped,
             )
-            notifier.flush(_KILLED_WAIT)  # its delivery thread reaps the killed hook
+            each.flush(_KILLED_WAIT)  # its delivery thread reaps the killed hook
 
 
 atexit.register(drain)

@@ -519,6 +519,16 @@ class Gateway(ApprovalFlow, OutcomeLog):
             if self._pin is not None:
                 self._pin.close()
 
+    def drain_notifications(self) -> None:
+        """Deliver the approval notifications this gateway's ``[approvals]`` hooks still
+        hold, within their timeout (``execgate.notify.drain``); a hook of another kind is
+        the caller's to wait for. For a process that ends without running what is
+        registered at exit (a worker of ``serve --workers N``)."""
+        from execgate.notify import Notifier, drain
+
+        if isinstance(self._notify_hook, Notifier):
+            drain(self._notify_hook)
+
     def __enter__(self) -> Gateway:
         return self
 

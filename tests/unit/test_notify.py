@@ -743,6 +743,23 @@ def test_a_hook_started_while_the_drain_gives_up_is_killed_at_once(
     assert [name for name, _ in events(log)] == ["opened"]
 
 
+def test_a_gateway_drains_its_own_notifications_and_no_others(kit: Kit, tmp_path: Path) -> None:
+    """What a served app's shutdown runs: this gateway's hooks are waited for; another
+    notifier of the process (another app's) is neither waited for nor given up on."""
+    log = tmp_path / "events.txt"
+    h = hooked(kit, notify_command=[sys.executable, "-c", RECORD, str(log)])
+    other = Notifier(command=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=30)
+    try:
+        other({"event": "opened"})
+        h.pause()
+        h.gw.drain_notifications()
+        assert [name for name, _ in events(log)] == ["opened"]
+        assert not other.flush(0)  # still delivering: not given up on
+    finally:
+        other.give_up()
+        assert other.flush(10)
+
+
 # -- the command line ----------------------------------------------------------------------
 
 

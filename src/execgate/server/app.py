@@ -36,7 +36,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from execgate import notify
 from execgate._hup import hup_before_handler
 from execgate._outcomes import check_report
 from execgate._timing import clock_seconds
@@ -575,7 +574,7 @@ def create_app(
             telemetry.flush()  # the counts of the last loop turn, before the loop stops
             # The approval notifications still queued, now: a worker of `serve --workers
             # N` ends by SIGTERM raised again after this, so nothing at exit runs there.
-            await asyncio.to_thread(notify.drain)
+            await asyncio.to_thread(gateway.drain_notifications)
 
     app = Starlette(
         routes=ROUTES,
