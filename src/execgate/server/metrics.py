@@ -22,6 +22,12 @@ What is counted, and why these labels:
   at most once a second per process (not kept per process: with several workers each
   would hold a stale copy), and ``execgate_store_up`` (1 when the store answered).
 
+The whole text is made at most once a second per process, and scrapes arriving together
+wait for that one: with several workers a render reads and merges every worker's files
+(tens of milliseconds holding the interpreter lock), and /metrics needs no credential.
+Two scrapes less than a second apart that two workers answer may see a counter step
+back (each worker's text is its own), which Prometheus takes for a reset.
+
 A store that is down does not fail the scrape: the three store gauges are left out,
 ``execgate_store_up`` is 0, and the decision and HTTP counters are still served (they
 are what shows the ``fail_closed`` decisions the outage causes). A 500 there would hide
