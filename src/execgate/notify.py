@@ -30,7 +30,9 @@ answers non-2xx or hangs) is logged on the ``execgate.notify`` logger at WARNING
 the event, the program path or the URL's scheme, host and port, and what went wrong;
 never the arguments, the URL's path or query (they often hold a token), or the event.
 Before the process exits (``drain``) it waits up to the timeout, plus a second, for
-notifications still in flight, so a one-shot ``execgate decide`` still delivers its event.
+notifications still in flight, so a one-shot ``execgate decide`` still delivers its event;
+then it drops what waits and kills the hook still running (and waits a few seconds more
+for that to be reaped), since a hook in a session of its own would outlive the process.
 """
 
 from __future__ import annotations
@@ -290,23 +292,27 @@ class Notifier:
         with self._cond:
             return len(self._queue)
 
-    def give_up(self) -> int:
+    def give_up(self) -> tuple[int, bool]:
         """Drop what is waiting and kill the hook being run now, with what it started
         (a hook runs in a session of its own, which nothing else would end once this
         process is gone): a shutdown that waited long enough. Returns how many events
-        were dropped; a delivery to the URL ends within its timeout."""
+        were dropped and whether a hook was killed; a delivery to the URL is left to end
+        within its timeout (its thread ends with the process)."""
         with self._cond:
             dropped = len(self._queue)
             self._queue.clear()
             self._halted = True  # a hook started meanwhile is killed at once (_run_command)
             running = self._running
-        if running is not None:  # its delivery thread reaps it (communicate returns)
+            if running is None or running.returncode is not None:  # none, or reaped
+                return dropped, False
+            # Not reaped yet (a reaped hook's group id could be another's by now); the
+            # moment between a reap and its returncode being set is far too short for that.
             if os.name == "posix":
                 with suppress(OSError):
                     os.killpg(running.pid, signal.SIGKILL)
             with suppress(OSError):
                 running.kill()
-        return dropped
+        return dropped, True
 
     # -- delivery (on the background thread) ---------------------------------------------
 
@@ -595,13 +601,14 @@ def drain(notifier: Notifier | None = None) -> None:
     shutdown."""
     for each in list(_LIVE) if notifier is None else [notifier]:
         if not each.flush(each.timeout + 1):
-            dropped = each.give_up()
+            dropped, killed = each.give_up()
             _log.warning(
-                "exiting with approval notifications undelivered: %d dropped, and the one"
-                " being delivered stopped",
+                "exiting with approval notifications undelivered: %d dropped%s",
                 dropped,
+                ", and the hook being run killed" if killed else "",
             )
-            each.flush(_KILLED_WAIT)  # its delivery thread reaps the killed hook
+            if killed:
+                each.flush(_KILLED_WAIT)  # its delivery thread reaps the killed hook
 
 
 atexit.register(drain)
