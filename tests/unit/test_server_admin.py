@@ -476,6 +476,8 @@ def test_the_admin_answers_are_the_shapes_the_document_gives(kit: Kit, client: C
     ):
         conforms("POST", REVOKE, post(client, kit, REVOKE, body))
     conforms("POST", RELOAD, client.post(RELOAD, headers=token(kit, "POST", RELOAD)))
+    export = "/v1/admin/audit/export"
+    conforms("GET", export, client.get(export, headers=token(kit, "GET", export)))
 
 
 def test_approvals_are_listed_a_page_at_a_time(

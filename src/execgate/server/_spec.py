@@ -59,7 +59,10 @@ def error(description: str, headers: dict[str, Any] | None = None) -> dict[str, 
 PROTOCOL_ERRORS: Final = {
     "400": error("malformed HTTP (request.malformed), refused before any route"),
     "405": error("wrong method", {"Allow": header("the methods this route takes", required=True)}),
-    "408": error("the client took too long to send its headers or body"),
+    "408": error(
+        "the client took too long to send its headers or body",
+        {"Connection": header("close: the connection is closed after this answer")},
+    ),
     "431": error("the request line and headers exceed [server] header_limit"),
     "500": error("internal error; nothing was decided or executed"),
     "503": error("the server is overloaded (server.overloaded)"),

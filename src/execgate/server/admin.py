@@ -934,6 +934,11 @@ PATHS: Final[dict[str, Any]] = {
             "audit",
             {
                 "description": "execgate-audit-export/1 lines",
+                "headers": {
+                    "Content-Disposition": header(
+                        'attachment; filename="audit-export.jsonl"', required=True
+                    )
+                },
                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
             },
         )
