@@ -217,8 +217,12 @@ class Notifier:
         self._cond = threading.Condition()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._busy = False  # a delivery thread is running
+        # Each give_up starts a generation: an event taken off the queue in an earlier
+        # one is abandoned (its hook killed, or killed as it starts; no POST).
+        self._generation = 0
+        self._delivering: int | None = None  # the generation of the event in delivery
+        self._starting = False  # a hook is being started (not yet in _running)
         self._running: subprocess.Popen[bytes] | None = None  # the hook being run now
-        self._halted = False  # give_up was called, and nothing was queued since
         self._lookup: _Lookup | None = None  # the last name resolution (see _post)
         _LIVE.add(self)
 
@@ -263,7 +267,6 @@ class Notifier:
                 )
                 return
             self._queue.append((name, body))
-            self._halted = False
             if self._busy:
                 return
             self._busy = True
@@ -292,27 +295,49 @@ class Notifier:
         with self._cond:
             return len(self._queue)
 
+    def _settled(self) -> bool:
+        """Nothing of the current generation waits or is in delivery (under the lock)."""
+        return not self._queue and self._delivering != self._generation
+
+    def wait_current(self, timeout: float) -> bool:
+        """Wait until every event queued since the last ``give_up`` was delivered or
+        failed; False if ``timeout`` seconds passed first. Unlike ``flush``, it does not
+        wait for what a ``give_up`` abandoned (a POST left to its own timeout)."""
+        with self._cond:
+            return self._cond.wait_for(self._settled, timeout)
+
     def give_up(self) -> tuple[int, bool]:
-        """Drop what is waiting and kill the hook being run now, with what it started
-        (a hook runs in a session of its own, which nothing else would end once this
-        process is gone): a shutdown that waited long enough. Returns how many events
-        were dropped and whether a hook was killed; a delivery to the URL is left to end
-        within its timeout (its thread ends with the process)."""
+        """Drop what is waiting and abandon the event in delivery: its hook is killed,
+        with what it started (a hook runs in a session of its own, which nothing else
+        would end once this process is gone), or killed as it starts; no POST is begun
+        for it, and one under way is left to its timeout. For a shutdown that waited long
+        enough; then ``wait_hooks``. Returns how many events were dropped and whether
+        one was in delivery. What is queued afterwards is delivered as usual."""
         with self._cond:
             dropped = len(self._queue)
             self._queue.clear()
-            self._halted = True  # a hook started meanwhile is killed at once (_run_command)
+            abandoned = self._delivering == self._generation
+            self._generation += 1
             running = self._running
-            if running is None or running.returncode is not None:  # none, or reaped
-                return dropped, False
-            # Not reaped yet (a reaped hook's group id could be another's by now); the
-            # moment between a reap and its returncode being set is far too short for that.
-            if os.name == "posix":
+            # Killed while not yet reaped, under the lock _running is cleared under (a
+            # reaped hook's group id could be another's by now; the moment between a
+            # reap and its returncode being set is far too short for that).
+            if running is not None and running.returncode is None:
+                if os.name == "posix":
+                    with suppress(OSError):
+                        os.killpg(running.pid, signal.SIGKILL)
                 with suppress(OSError):
-                    os.killpg(running.pid, signal.SIGKILL)
-            with suppress(OSError):
-                running.kill()
-        return dropped, True
+                    running.kill()
+            self._cond.notify_all()
+        return dropped, abandoned
+
+    def wait_hooks(self, timeout: float) -> bool:
+        """Wait until no hook is being started or run (one ``give_up`` killed, reaped);
+        False if ``timeout`` seconds passed first."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._starting and self._running is None, timeout
+            )
 
     # -- delivery (on the background thread) ---------------------------------------------
 
@@ -324,20 +349,86 @@ class Notifier:
                     self._cond.notify_all()
                     return
                 name, body = self._queue.popleft()
+                generation = self._delivering = self._generation
+                self._starting = self.command is not None
             try:
                 if self.command is not None:
-                    self._run_command(self.command, name, body)
-                if self.url is not None:
+                    self._run_command(self.command, name, body, generation)
+                if self.url is not None and self._current(generation):
                     self._post(self.url, name, body)
             except Exception as exc:  # noqa: BLE001 - never let the thread die silently
                 _log.warning("approval notification %r not delivered: %s", name, type(exc).__name__)
+            finally:
+                with self._cond:
+                    self._delivering = None
+                    self._cond.notify_all()
 
-    def _run_command(self, command: tuple[str, ...], name: str, body: bytes) -> None:
+    def _current(self, generation: int) -> bool:
+        with self._cond:
+            return generation == self._generation
+
+    def _run_command(
+        self, command: tuple[str, ...], name: str, body: bytes, generation: int
+    ) -> None:
+        proc = self._start(command, name, generation)
+        if proc is None:
+            return
+        try:
+            proc.communicate(body, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            _log.warning(
+                "approval notification %r: %s did not finish within %d s and was killed",
+                name,
+                command[0],
+                self.timeout,
+            )
+            return
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            with self._cond:
+                self._running = None
+                self._cond.notify_all()
+        if proc.returncode < 0:
+            _log.warning(
+                "approval notification %r: %s was killed by signal %d",
+                name,
+                command[0],
+                -proc.returncode,
+            )
+        elif proc.returncode != 0:
+            _log.warning(
+                "approval notification %r: %s exited with status %d",
+                name,
+                command[0],
+                proc.returncode,
+            )
+
+    def _start(
+        self, command: tuple[str, ...], name: str, generation: int
+    ) -> subprocess.Popen[bytes] | None:
+        """The hook, started and in ``_running``; None when it was not started, or was
+        abandoned (``give_up``) while it started: then it is killed and reaped here,
+        before ``wait_hooks`` can see no hook starting."""
+        try:
+            return self._started(command, name, generation)
+        finally:
+            with self._cond:
+                self._starting = False
+                self._cond.notify_all()
+
+    def _started(
+        self, command: tuple[str, ...], name: str, generation: int
+    ) -> subprocess.Popen[bytes] | None:
         program = command[0]
         problem = program_problem(program)  # again: it may have changed since the start
         if problem is not None:
             _log.warning("approval notification %r not delivered: %s", name, problem)
-            return
+            return None
+        if not self._current(generation):
+            return None
         try:
             proc = subprocess.Popen(
                 command,
@@ -358,46 +449,16 @@ class Notifier:
                 program,
                 _why(exc),
             )
-            return
+            return None
         with self._cond:
-            halted = self._halted
-            if not halted:
+            abandoned = generation != self._generation
+            if not abandoned:
                 self._running = proc  # for give_up
-        if halted:  # given up on while it started
+        if abandoned:  # given up on while it started
             _kill(proc)
             _log.warning("approval notification %r not delivered: the process is stopping", name)
-            return
-        try:
-            proc.communicate(body, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            _log.warning(
-                "approval notification %r: %s did not finish within %d s and was killed",
-                name,
-                program,
-                self.timeout,
-            )
-            return
-        except BaseException:
-            _kill(proc)
-            raise
-        finally:
-            with self._cond:
-                self._running = None
-        if proc.returncode < 0:
-            _log.warning(
-                "approval notification %r: %s was killed by signal %d",
-                name,
-                program,
-                -proc.returncode,
-            )
-        elif proc.returncode != 0:
-            _log.warning(
-                "approval notification %r: %s exited with status %d",
-                name,
-                program,
-                proc.returncode,
-            )
+            return None
+        return proc
 
     def _post(self, url: str, name: str, body: bytes) -> None:
         """One POST with ``http.client``: no proxy, no redirect followed. The host name is
@@ -600,15 +661,16 @@ def drain(notifier: Notifier | None = None) -> None:
     one-shot command calls it once its output is written, a served app's gateway at its
     shutdown."""
     for each in list(_LIVE) if notifier is None else [notifier]:
-        if not each.flush(each.timeout + 1):
-            dropped, killed = each.give_up()
+        if not each.wait_current(each.timeout + 1):
+            dropped, abandoned = each.give_up()
             _log.warning(
                 "exiting with approval notifications undelivered: %d dropped%s",
                 dropped,
-                ", and the hook being run killed" if killed else "",
+                ", and the one in delivery given up on" if abandoned else "",
             )
-            if killed:
-                each.flush(_KILLED_WAIT)  # its delivery thread reaps the killed hook
+        # A hook killed, or being started when the give-up came, is reaped before the
+        # process may end (a served worker ends by SIGTERM right after this).
+        each.wait_hooks(_KILLED_WAIT)
 
 
 atexit.register(drain)

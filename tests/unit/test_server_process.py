@@ -302,16 +302,17 @@ def _running_with(marker: str) -> list[int]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_hook_that_hangs_does_not_outlive_a_stopped_worker(kit: Kit, workers: int) -> None:
-    """Three events for a hook that hangs: the first is killed at notify_timeout, the
-    second is running when the shutdown has waited long enough, and is killed then, and
-    the third is dropped; it is said once (a later drain, at exit, finds nothing)."""
+    """Four events for a hook that hangs (8 s of hooks at notify_timeout = 2): the stop
+    comes within the first two, and the shutdown gives up 3 s later, killing the hook
+    running then and dropping the rest; it is said once (a later drain, at exit, finds
+    nothing) and no hook is left running."""
     marker = f"execgate-hung-hook-{os.getpid()}-{time.monotonic_ns()}"
     hook = "import time; time.sleep(120)"
-    configure(kit.home, notify_command=[sys.executable, "-c", hook, marker], notify_timeout=1)
+    configure(kit.home, notify_command=[sys.executable, "-c", hook, marker], notify_timeout=2)
     try:
         with serve(kit, workers=workers) as server:
             with httpx.Client(timeout=10.0) as client:  # one connection: one worker's queue
-                for n in range(3):
+                for n in range(4):
                     paused = client.post(
                         server.url + "/v1/decisions", json=kit.submit(kit.request(amount=5000 + n))
                     )
