@@ -218,11 +218,15 @@ class Notifier:
         self._queue: deque[tuple[str, bytes]] = deque()
         self._busy = False  # a delivery thread is running
         # Each give_up starts a generation: an event taken off the queue in an earlier
-        # one is abandoned (its hook killed, or killed as it starts; no POST).
+        # one is abandoned (its hook killed, or killed as it starts; its POST cut, or not
+        # begun).
         self._generation = 0
         self._delivering: int | None = None  # the generation of the event in delivery
-        self._starting = False  # a hook is being started (not yet in _running)
+        self._hook_of: int | None = None  # ...and of its hook, while started or run
         self._running: subprocess.Popen[bytes] | None = None  # the hook being run now
+        # The POST under way: its connection, its deadline's cut, and give_up's.
+        self._posting: tuple[http.client.HTTPConnection, threading.Event, threading.Event] | None
+        self._posting = None
         self._lookup: _Lookup | None = None  # the last name resolution (see _post)
         _LIVE.add(self)
 
@@ -309,10 +313,11 @@ class Notifier:
     def give_up(self) -> tuple[int, bool]:
         """Drop what is waiting and abandon the event in delivery: its hook is killed,
         with what it started (a hook runs in a session of its own, which nothing else
-        would end once this process is gone), or killed as it starts; no POST is begun
-        for it, and one under way is left to its timeout. For a shutdown that waited long
-        enough; then ``wait_hooks``. Returns how many events were dropped and whether
-        one was in delivery. What is queued afterwards is delivered as usual."""
+        would end once this process is gone), or killed as it starts; its POST is cut,
+        or not begun (a name lookup or a connect under way ends within the timeout).
+        For a shutdown that waited long enough; then ``wait_hooks``. Returns how many
+        events were dropped and whether one was in delivery. What is queued afterwards
+        is delivered as usual."""
         with self._cond:
             dropped = len(self._queue)
             self._queue.clear()
@@ -328,15 +333,20 @@ class Notifier:
                         os.killpg(running.pid, signal.SIGKILL)
                 with suppress(OSError):
                     running.kill()
+            if self._posting is not None:
+                conn, cut, stopped = self._posting
+                stopped.set()
+                _cut(conn, cut)
             self._cond.notify_all()
         return dropped, abandoned
 
     def wait_hooks(self, timeout: float) -> bool:
-        """Wait until no hook is being started or run (one ``give_up`` killed, reaped);
-        False if ``timeout`` seconds passed first."""
+        """Wait until no hook of an event given up on is being started or run (killed
+        by ``give_up``, or as it started: reaped); False if ``timeout`` seconds passed
+        first. A hook of an event queued since is not waited for."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._starting and self._running is None, timeout
+                lambda: self._hook_of is None or self._hook_of == self._generation, timeout
             )
 
     # -- delivery (on the background thread) ---------------------------------------------
@@ -350,12 +360,12 @@ class Notifier:
                     return
                 name, body = self._queue.popleft()
                 generation = self._delivering = self._generation
-                self._starting = self.command is not None
+                self._hook_of = generation if self.command is not None else None
             try:
                 if self.command is not None:
                     self._run_command(self.command, name, body, generation)
                 if self.url is not None and self._current(generation):
-                    self._post(self.url, name, body)
+                    self._post(self.url, name, body, generation)
             except Exception as exc:  # noqa: BLE001 - never let the thread die silently
                 _log.warning("approval notification %r not delivered: %s", name, type(exc).__name__)
             finally:
@@ -390,6 +400,7 @@ class Notifier:
         finally:
             with self._cond:
                 self._running = None
+                self._hook_of = None
                 self._cond.notify_all()
         if proc.returncode < 0:
             _log.warning(
@@ -412,12 +423,15 @@ class Notifier:
         """The hook, started and in ``_running``; None when it was not started, or was
         abandoned (``give_up``) while it started: then it is killed and reaped here,
         before ``wait_hooks`` can see no hook starting."""
+        proc = None
         try:
-            return self._started(command, name, generation)
+            proc = self._started(command, name, generation)
+            return proc
         finally:
-            with self._cond:
-                self._starting = False
-                self._cond.notify_all()
+            if proc is None:
+                with self._cond:
+                    self._hook_of = None
+                    self._cond.notify_all()
 
     def _started(
         self, command: tuple[str, ...], name: str, generation: int
@@ -460,7 +474,7 @@ class Notifier:
             return None
         return proc
 
-    def _post(self, url: str, name: str, body: bytes) -> None:
+    def _post(self, url: str, name: str, body: bytes, generation: int) -> None:
         """One POST with ``http.client``: no proxy, no redirect followed. The host name is
         resolved (``_Lookup``) and connected to (``_connect``) within the timeout, one
         lookup at a time; the socket timeout bounds each read; a timer bounds the whole
@@ -508,7 +522,12 @@ class Notifier:
             else http.client.HTTPConnection(host, port, timeout=left)
         )
         conn._create_connection = functools.partial(_connect, addresses, until)  # type: ignore[attr-defined]
-        cut = threading.Event()
+        cut, stopped = threading.Event(), threading.Event()
+        with self._cond:
+            if generation != self._generation:  # given up on: no POST is begun
+                conn.close()
+                return
+            self._posting = (conn, cut, stopped)  # for give_up to cut
         deadline = threading.Timer(left, _cut, args=(conn, cut))
         deadline.daemon = True
         deadline.start()
@@ -525,13 +544,21 @@ class Notifier:
             )
             status = conn.getresponse().status
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            # refused, unreachable, TLS, timeouts, cut at the deadline
-            why = "timed out" if cut.is_set() else _why(exc)
+            # refused, unreachable, TLS, timeouts, cut at the deadline or by give_up
+            why = (
+                "the process is stopping"
+                if stopped.is_set()
+                else "timed out"
+                if cut.is_set()
+                else _why(exc)
+            )
             _log.warning(
                 "approval notification %r not delivered to %s: %s", name, _origin(url), why
             )
             return
         finally:
+            with self._cond:
+                self._posting = None
             deadline.cancel()
             conn.close()
         if not 200 <= status < 300:

@@ -761,8 +761,8 @@ def test_a_post_given_up_on_is_not_waited_for_again(
     caplog_notify: pytest.LogCaptureFixture,
 ) -> None:
     """Events are being posted to a URL that never answers (each cut at the timeout)
-    when the drain stops waiting: the rest are dropped, the post under way is left to
-    its timeout, and a later drain (at exit) neither waits for it nor warns again."""
+    when the drain stops waiting: the rest are dropped, the post under way is cut, and
+    a later drain (at exit) neither waits for it nor warns again."""
     with closing(socket.socket()) as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()  # connections complete; nothing is ever answered
@@ -780,6 +780,32 @@ def test_a_post_given_up_on_is_not_waited_for_again(
         notify.drain(hook)  # the post given up on is not waited for again, nor warned of
         assert [w for w in warnings(caplog_notify) if w.startswith("exiting")] == said
         assert hook.flush(5)
+    # The post under way was cut by the give-up, not left to its timeout.
+    assert (
+        f"approval notification 'opened' not delivered to http://127.0.0.1:{port}: the"
+        " process is stopping"
+    ) in warnings(caplog_notify)
+
+
+def test_waiting_for_the_hooks_given_up_on_does_not_wait_for_a_later_ones(
+    tmp_path: Path,
+) -> None:
+    """An event queued after a give-up is delivered as usual, and a drain's wait for the
+    hooks it killed does not wait for that one's hook too."""
+    hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+    hook = Notifier(command=hang, timeout=30)
+    try:
+        hook({"event": "opened"})
+        deadline = time.monotonic() + 10
+        while hook._running is None and time.monotonic() < deadline:  # the first runs
+            time.sleep(0.01)
+        assert hook.give_up() == (0, True)
+        hook({"event": "resumed"})  # queued after the give-up: delivered as usual
+        assert hook.wait_hooks(5)  # the killed one is reaped; the later one not waited for
+        assert hook.wait_current(0) is False  # the later one is being delivered
+    finally:
+        hook.give_up()
+        assert hook.flush(10)
 
 
 def test_a_gateway_drains_its_own_notifications_and_no_others(kit: Kit, tmp_path: Path) -> None:
