@@ -530,8 +530,13 @@ class Notifier:
             self._posting = (conn, cut, stopped)  # for give_up to cut
         deadline = threading.Timer(left, _cut, args=(conn, cut))
         deadline.daemon = True
-        deadline.start()
         try:
+            deadline.start()
+            conn.connect()
+            # A give-up while connecting found no socket to cut: it is seen here (it sets
+            # ``stopped`` before it reads ``conn.sock``, which is set by now).
+            if stopped.is_set():
+                raise OSError("given up on")
             conn.request(
                 "POST",
                 (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
@@ -667,12 +672,16 @@ def _connect(
 
 
 def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
-    """The delivery's time is up: shut its socket, so the read waiting on it ends."""
+    """The delivery's time is up: shut its socket, so the read waiting on it ends.
+
+    The plain socket's shutdown, also under TLS: ``SSLSocket.shutdown`` drops the TLS
+    state before it shuts the socket, and a send in the other thread in that moment
+    would go out unencrypted (the event, with the request's arguments)."""
     cut.set()
     sock = conn.sock
     if sock is not None:
         with suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _KILLED_WAIT: Final = 5.0  # seconds for a delivery thread to reap a hook give_up killed
