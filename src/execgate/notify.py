@@ -536,7 +536,12 @@ class Notifier:
             # A give-up while connecting found no socket to cut: it is seen here (it sets
             # ``stopped`` before it reads ``conn.sock``, which is set by now).
             if stopped.is_set():
-                raise OSError("given up on")
+                _log.warning(
+                    "approval notification %r not delivered to %s: the process is stopping",
+                    name,
+                    _origin(url),
+                )
+                return
             conn.request(
                 "POST",
                 (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
