@@ -34,6 +34,7 @@ __all__ = [
     "query_int",
     "read_body",
     "read_json",
+    "whole_number",
 ]
 
 JSON_TYPE: Final = "application/json"
@@ -88,15 +89,25 @@ def _is_json(content_type: str | None) -> bool:
     return media == JSON_TYPE
 
 
+def whole_number(text: str) -> int | None:
+    """``text`` as a non-negative integer: ASCII digits only (``str.isdigit`` also takes
+    '²'), at most 20 of them (``int()`` refuses more than 4,300, and an HTTP parser takes
+    leading zeros); None for anything else."""
+    if text.isascii() and text.isdigit() and len(text) <= 20:
+        return int(text)
+    return None
+
+
 def query_int(request: Request, name: str, default: int | None) -> int | None:
     """A query parameter of ASCII digits (``str.isdigit`` also takes '²'), or ``default``
     when absent; anything else is 400 ``request.invalid_query``."""
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+    value = whole_number(text)
+    if value is None:
         raise HttpError(400, "request.invalid_query", f"{name} must be a non-negative integer")
-    return int(text)
+    return value
 
 
 def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
@@ -128,9 +139,10 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     if declared is None and not framed and request.scope.get("http_version") in _HTTP1:
         return b""
     if declared is not None:
-        if not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
+        length = whole_number(declared)
+        if length is None:
             raise HttpError(400, "request.bad_content_length", "Content-Length is not a number")
-        if int(declared) > limit:
+        if length > limit:
             raise HttpError(
                 413, "request.too_large", f"the body is {declared} bytes; the limit is {limit}"
             )

@@ -33,24 +33,17 @@ def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_REASON_HEADER: Final = {
-    REASON_HEADER: {
-        "description": "the error's code, as in the body",
-        "required": True,
-        "schema": {"type": "string"},
-    }
-}
-
-
 def header(description: str, *, required: bool = False) -> dict[str, Any]:
     """A string response header."""
-    return {"description": description, "required": required, "schema": {"type": "string"}}
+    spec: dict[str, Any] = {"description": description, "schema": {"type": "string"}}
+    return {**spec, "required": True} if required else spec
 
 
 def error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """A typed error response: the Error body and ``Execgate-Reason``, and ``headers``."""
     body = json_body(ref("Error"), description)
-    return {**body, "headers": {**_REASON_HEADER, **(headers or {})}}
+    reason = header("the error's code, as in the body", required=True)
+    return {**body, "headers": {REASON_HEADER: reason, **(headers or {})}}
 
 
 # What the server answers on any route, before the route's handler sees the request

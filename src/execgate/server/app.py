@@ -61,6 +61,7 @@ from execgate.server._http import (
     handled,
     query_int,
     read_json,
+    whole_number,
 )
 from execgate.server._kept import Kept
 from execgate.server.openapi import openapi_document
@@ -108,14 +109,8 @@ def _record(entry: LogEntry) -> dict[str, Any]:
 
 
 async def post_decision(request: Request) -> Response:
-    declared = request.headers.get("content-length", "")
-    # At most 20 digits before int() (which refuses more than 4,300), as read_body reads it.
-    small = (
-        declared.isascii()
-        and declared.isdigit()
-        and len(declared) <= 20
-        and int(declared) <= INLINE_BODY_LIMIT
-    )
+    declared = whole_number(request.headers.get("content-length", ""))  # as read_body reads it
+    small = declared is not None and declared <= INLINE_BODY_LIMIT
     body = await read_json(request, limit=DECISION_BODY_LIMIT)
     gateway = _gateway(request)
 

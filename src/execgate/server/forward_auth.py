@@ -76,7 +76,7 @@ from execgate.server._http import (
     handled,
     read_body,
 )
-from execgate.server._spec import COMMON_ERRORS, error, json_body, ref
+from execgate.server._spec import COMMON_ERRORS, error, header, json_body, ref
 from execgate.submission import MAX_REQUEST_BYTES, Submission
 
 __all__ = ["ERROR_CODES", "PATHS", "ROUTES", "SCHEMAS"]
@@ -317,10 +317,6 @@ ERROR_CODES: Final[list[str]] = [
 ]
 
 
-def _header(description: str) -> dict[str, Any]:
-    return {"description": description, "schema": {"type": "string"}}
-
-
 _DESCRIPTION: Final = """\
 Forward-auth for nginx auth_request, Envoy ext_authz (HTTP service, path_prefix
 /v1/forward-auth) and Traefik ForwardAuth (docs/forward-auth.md).
@@ -334,15 +330,15 @@ call becomes the request {action: http.<method>, resource: <path>, args: {method
 body_sha256 when a body is forwarded}, runtime, parent} and runs the whole pipeline."""
 
 _DECISION_HEADERS: Final = {
-    "Execgate-Decision": _header("the decision id"),
-    "Execgate-Outcome": _header("proceed, reroute, pause, deny or fail_closed"),
+    "Execgate-Decision": header("the decision id"),
+    "Execgate-Outcome": header("proceed, reroute, pause, deny or fail_closed"),
 }
 _RESPONSES: Final = {
     "200": {
         **json_body(ref("Decision"), "proceed or reroute: the call may go ahead"),
         "headers": {
             **_DECISION_HEADERS,
-            "Execgate-Route": _header("the reroute target; absent on proceed"),
+            "Execgate-Route": header("the reroute target; absent on proceed"),
         },
     },
     "403": {
@@ -352,8 +348,8 @@ _RESPONSES: Final = {
         ),
         "headers": {
             **_DECISION_HEADERS,
-            REASON_HEADER: _header("the first reason code, or the error code"),
-            "Execgate-Approval": _header("on pause: the approval the request waits on"),
+            REASON_HEADER: header("the first reason code, or the error code"),
+            "Execgate-Approval": header("on pause: the approval the request waits on"),
         },
         "content": {"application/json": {"schema": {"oneOf": [ref("Decision"), ref("Error")]}}},
     },
