@@ -13,7 +13,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -334,31 +334,61 @@ _WORKER = textwrap.dedent(
         metrics.request("POST", "/v1/decisions", 200, 0.002)
     if sys.argv[2] == "scrape":
         sys.stdout.write(metrics.render().decode())
+    if sys.argv[2] == "hold":  # counted; alive until killed
+        print("counted", flush=True)
+        sys.stdin.read()
     """
 )
+
+
+def _run_worker(count: int, mode: str) -> str:
+    """A worker process counting ``count`` requests in the multiprocess directory the
+    environment names (as the workers inherit it); what it wrote to stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(count), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@contextmanager
+def _held_worker(count: int) -> Iterator[subprocess.Popen[str]]:
+    """A worker that has counted ``count`` requests and stays alive until killed."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(count), "hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "counted\n"
+        yield worker
+    finally:
+        worker.kill()
+        worker.wait(timeout=60)
+        for pipe in (worker.stdin, worker.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _requests_counted(samples: Samples) -> float | None:
+    return _value(
+        samples, "execgate_http_requests_total", method="POST", route="/v1/decisions", status="200"
+    )
 
 
 def test_counters_add_up_across_worker_processes() -> None:
     """Two real processes write to one multiprocess directory; a third scrapes the sum
     (as whichever worker answers /metrics under ``execgate serve --workers N`` does)."""
     with multiprocess_dir():
-        env = dict(os.environ)  # names the directory, as the workers inherit it
-
-        def run(count: int, mode: str) -> str:
-            done = subprocess.run(
-                [sys.executable, "-c", _WORKER, str(count), mode],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
-        run(3, "count")
-        run(4, "count")
-        samples = _samples(run(0, "scrape"))
+        _run_worker(3, "count")
+        _run_worker(4, "count")
+        samples = _samples(_run_worker(0, "scrape"))
     labels = {"method": "POST", "route": "/v1/decisions", "status": "200"}
     assert _value(samples, "execgate_http_requests_total", **labels) == 7
     assert (
@@ -371,6 +401,64 @@ def test_counters_add_up_across_worker_processes() -> None:
         == 7
     )
     assert _value(samples, "execgate_store_up") == 0
+
+
+def test_a_replacement_for_a_killed_worker_takes_its_files_and_counts_on() -> None:
+    """A worker's files are named after its slot, not its pid: the replacement for a
+    worker killed with SIGKILL takes the slot, the files and the counts in them, so a
+    crash loop adds no files (each pid left 2 MiB more, and every scrape read them all)
+    and no counter goes down."""
+    with multiprocess_dir() as directory:
+        for count in (3, 4, 5):
+            with _held_worker(count):
+                pass  # killed with SIGKILL as it leaves
+        files = sorted(p.name for p in directory.glob("*.db"))
+        samples = _samples(_run_worker(0, "scrape"))
+    assert files == ["counter_slot0.db", "histogram_slot0.db"]
+    assert _requests_counted(samples) == 12
+
+
+def test_workers_alive_at_once_take_slots_of_their_own() -> None:
+    with multiprocess_dir() as directory, _held_worker(3):
+        samples = _samples(_run_worker(4, "scrape"))
+        files = sorted(p.name for p in directory.glob("counter_*.db"))
+    assert files == ["counter_slot0.db", "counter_slot1.db"]
+    assert _requests_counted(samples) == 7
+
+
+_FORKING = textwrap.dedent(
+    """
+    import os, sys
+    from execgate.server.metrics import _Slot
+    slot = _Slot()
+    assert slot() == ""  # not started: no slot taken
+    slot.started = True
+    parent = slot()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, slot().encode())
+        os._exit(0)
+    os.close(write)
+    print(parent, os.read(read, 64).decode(), slot())
+    os.waitpid(child, 0)
+    """
+)
+
+
+def test_a_forked_child_takes_a_slot_of_its_own(tmp_path: Path) -> None:
+    """prometheus-client asks for the identifier before every write to notice a fork; a
+    child answering its parent's slot would write into the parent's files."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKING],
+        env={**os.environ, MULTIPROC_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["slot0", "slot1", "slot0"]
 
 
 def _worker_value(directory: Path, pid: int) -> Any:

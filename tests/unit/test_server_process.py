@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from gatekit import GATEWAY_ID, Kit, make_kit
+from prometheus_client.parser import text_string_to_metric_families
 from test_notify import configure
 
 from execgate.admin import issue_admin_token
@@ -531,6 +532,58 @@ def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
     assert not left.exists()
     with closing(SQLiteStore(kit.config.store)) as store:
         assert store.size() == 1
+
+
+def _healthz_counted(url: str) -> float:
+    """GET /healthz answers with 200, summed over every worker, from a scrape."""
+    text = httpx.get(url + "/metrics", timeout=10.0).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "execgate_http_requests_total" and sample.labels == {
+                "method": "GET",
+                "route": "/healthz",
+                "status": "200",
+            }:
+                return sample.value
+    return 0.0
+
+
+def test_a_killed_worker_is_replaced_and_its_replacement_keeps_its_metrics(kit: Kit) -> None:
+    """uvicorn replaces a worker killed with SIGKILL; the replacement takes the dead
+    worker's metrics slot, so the counts stay and the service's metrics files do not
+    grow with each restart."""
+    with serve(kit, workers=2) as server:
+        deadline = time.monotonic() + 20
+        workers = _workers_of(server.proc.pid)
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = _workers_of(server.proc.pid)
+        assert len(workers) == 2
+        for _ in range(20):
+            assert httpx.get(server.url + "/healthz").status_code == 200
+        before = _healthz_counted(server.url)
+        assert before >= 20
+        [service] = _services(kit)
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = _workers_of(server.proc.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            time.sleep(0.05)
+        assert workers[0] not in now, now
+        assert len(now) == 2, now
+        served = 0
+        while served < 20 and time.monotonic() < deadline:
+            with httpx.Client() as client:  # a new connection each: either worker answers
+                served += client.get(server.url + "/healthz").status_code == 200
+        assert served == 20
+        after = _healthz_counted(server.url)
+        assert after >= before + 20  # what the dead worker counted is still counted
+        files = {p.name for p in service.rglob("*.db")}
+        assert "counter_slot0.db" in files
+        assert files <= {f"{kind}_slot{n}.db" for kind in ("counter", "histogram") for n in (0, 1)}
+        assert server.stop() == 0
 
 
 def test_serve_removes_what_a_killed_service_left_and_nothing_else(kit: Kit) -> None:

@@ -39,12 +39,17 @@ private directory (0700) for prometheus-client's multiprocess mode before the wo
 start, names it in ``PROMETHEUS_MULTIPROC_DIR`` (inherited by every worker) and removes
 it at exit; each worker then writes its counters and histograms to memory-mapped files
 there, and a scrape, whichever worker answers it, sums them all
-(``MultiProcessCollector``). A dead worker's files stay: its counts happened, and a
-counter must not go down. No multiprocess *gauge* is used (the gauges come from the
-store), so there is no per-process value that a dead worker would leave stale, and
-nothing to mark dead. Without that variable (tests, an app run in process, or a process
-that loaded prometheus-client before the variable was set), each app keeps its own
-``CollectorRegistry``, never the global default one.
+(``MultiProcessCollector``). Files are named after a worker *slot*, not a pid: a
+worker takes the first free slot (a lock on ``slot-N.lock`` there, held for its life,
+released by the kernel however it ends), so the replacement for a dead worker takes
+that worker's files and counts on from its values. Counts a dead worker made stay
+(a counter must not go down), and the directory holds one set of files per slot in
+use at once, however often workers die and restart (with pids, each restart left
+2 MiB more, and every scrape read them all). No multiprocess *gauge* is used (the
+gauges come from the store), so there is no per-process value a dead worker would
+leave stale, and nothing to mark dead. Without that variable (tests, an app run in
+process, or a process that loaded prometheus-client before the variable was set), each
+app keeps its own ``CollectorRegistry``, never the global default one.
 
 /metrics is not authenticated, like /healthz: it holds counts, codes and templates,
 never an id, token or argument. The server binds to loopback unless told otherwise.
@@ -52,6 +57,7 @@ never an id, token or argument. The server binds to loopback unless told otherwi
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -354,6 +360,62 @@ def allocated_mmap_dict(filename: str, read_mode: bool = False) -> MmapedDict:
 # each new file): every one of them is allocated first. Readers (the scrape's
 # MultiProcessCollector) read the files without it.
 values.MmapedDict = allocated_mmap_dict  # type: ignore[attr-defined,assignment]
+
+MAX_SLOTS: Final = 1024  # worker slots tried before a metric write fails
+
+
+class _Slot:
+    """The process identifier prometheus-client names a worker's files with: the first
+    free slot of the multiprocess directory, held by a lock for the life of the process.
+
+    The library calls it before every write, to notice a fork: the slot is taken again
+    only in a process other than the one that took it (a forked child shares its
+    parent's lock, so it locks the slot's file anew and finds it held). A slot no
+    process holds is free whatever happened to its last holder: the kernel drops a lock
+    with the last descriptor, at SIGKILL too."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._name = ""
+        self._held = -1
+        self.started = False  # until then "": no slot is taken before a value is made
+
+    def __call__(self) -> str:
+        if self.started and os.getpid() != self._pid:
+            self._take()
+        return self._name
+
+    def _take(self) -> None:
+        directory = os.environ[MULTIPROC_ENV]
+        if self._held >= 0:  # the parent's descriptor, in a forked child
+            os.close(self._held)
+            self._held = -1
+        for slot in range(MAX_SLOTS):
+            fd = os.open(
+                os.path.join(directory, f"slot-{slot}.lock"),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            self._held, self._pid, self._name = fd, os.getpid(), f"slot{slot}"
+            return
+        raise OSError(f"all {MAX_SLOTS} metrics slots in {directory} are held")
+
+
+# In a worker (the directory named before prometheus-client was loaded), values are
+# written to the files of the worker's slot. The library asks for the identifier once
+# as it is set up; the slot is taken at the first value made (each value asks first).
+if _multiprocess():
+    _slot = _Slot()
+    values.ValueClass = values.MultiProcessValue(process_identifier=_slot)  # type: ignore[no-untyped-call]
+    _slot.started = True
 
 
 def multiprocess_dir(parent: Path | None = None) -> AbstractContextManager[Path]:
