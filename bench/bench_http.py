@@ -260,14 +260,22 @@ def _proof_files(root: Path, runtime: Runtime, artifact: str, audience: str) -> 
 
 def _decision_cpu_us(home: Path, runtime: Runtime, artifact: str, audience: str) -> float:
     """CPU per decision with no HTTP around it: forward-auth's own calls (the same
-    request, artifact and fresh proof), decided by ``decide_async`` on one event loop
-    with CONNECTIONS in flight, each durably logged before its answer."""
+    request, artifact and fresh proof), each made into its request and submission as
+    forward-auth makes them from the headers, decided by ``decide_async`` on one event
+    loop with CONNECTIONS in flight, each durably logged before its answer."""
     now = int(time.time())
     made = []
     for n in range(IN_PROCESS):
-        request = http_request(method="GET", uri=f"/bench/in/{n}", runtime=runtime.runtime_id)
-        proof = runtime.proof(request, artifact, audience=audience, now=now)
-        made.append(Submission(request, artifact, proof))
+        uri = f"/bench/in/{n}"
+        request = http_request(method="GET", uri=uri, runtime=runtime.runtime_id)
+        made.append(
+            (
+                uri,
+                runtime.runtime_id,
+                artifact,
+                runtime.proof(request, artifact, audience=audience, now=now),
+            )
+        )
     warm = IN_PROCESS // 10  # caches filled, store warm: not counted
     gateway = Gateway.open(home)
     # The event loop the server's workers run (uvicorn picks uvloop where installed).
@@ -292,14 +300,18 @@ def _server_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _decide_all(gateway: Gateway, made: Sequence[Submission]) -> list[Decision]:
-    """Every submission decided, CONNECTIONS at a time (each task takes the next)."""
+async def _decide_all(
+    gateway: Gateway, made: Sequence[tuple[str, str, str, str]]
+) -> list[Decision]:
+    """Every call (URI, runtime, artifact, proof) made into a submission and decided,
+    CONNECTIONS at a time (each task takes the next)."""
     pending = iter(made)
     decisions: list[Decision] = []
 
     async def caller() -> None:
-        for submission in pending:
-            decisions.append(await gateway.decide_async(submission))
+        for uri, runtime, artifact, proof in pending:
+            request = http_request(method="GET", uri=uri, runtime=runtime)
+            decisions.append(await gateway.decide_async(Submission(request, artifact, proof)))
 
     await asyncio.gather(*(caller() for _ in range(CONNECTIONS)))
     return decisions
