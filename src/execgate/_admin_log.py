@@ -200,8 +200,8 @@ def reload_policy(
     then stays in force).
     """
     from execgate.approvals import check_pauses
-    from execgate.keyfile import atomic_file, refuse_shared_writes, refuse_unsafe_path
-    from execgate.policy.loader import pin_lock, read_policy
+    from execgate.keyfile import refuse_shared_writes, refuse_unsafe_path
+    from execgate.policy.loader import read_policy
 
     source = gateway.policy_source
     if source is None:
@@ -209,6 +209,8 @@ def reload_policy(
     path, targets = source
     with gateway.reload_lock:
         pinned = gateway.policy_in_force
+        # The pin is written through the directory the service's processes follow.
+        pin = gateway._pin
         now = clock_seconds(gateway._now)
 
         def record(result: str, code: str, detail: str, **fields: Any) -> int:
@@ -247,8 +249,8 @@ def reload_policy(
             # the one before left.
             old, behind = gateway.policy, ""
             try:
-                if pinned is not None:
-                    held.enter_context(pin_lock(pinned))
+                if pin is not None:
+                    held.enter_context(pin.lock())
                     try:
                         old = gateway.current_policy()
                     except Exception as exc:  # noqa: BLE001 - a logged reload repairs that
@@ -262,7 +264,7 @@ def reload_policy(
                 return refused(_reason(exc) + behind, old)
             detail = f"policy {old.hash} replaced by {new.hash} ({path}){behind}"
             fields = {"previous_policy_hash": old.hash, "policy_hash": new.hash}
-            if pinned is None:
+            if pin is None:
                 index = record("done", "policy.reloaded", detail, **fields)  # raises: no change
             else:
                 # The new version is written beside the pin, logged, and only then
@@ -270,10 +272,7 @@ def reload_policy(
                 # was never logged. A record that fails leaves the pin as it was.
                 logged = False
                 try:
-                    with atomic_file(pinned, mode=0o600) as out:
-                        out.write(text.encode("utf-8"))
-                        out.flush()
-                        os.fsync(out.fileno())  # a disk that fails fails it before the record
+                    with pin.replacing(text):  # written and synced: the record next
                         index = record("done", "policy.reloaded", detail, **fields)
                         logged = True
                 except ConfigError as exc:  # the pin's file could not be written or renamed
@@ -287,7 +286,7 @@ def reload_policy(
                 # reload's version, taken before this one's is assigned, is never undone.
                 with suppress(Exception):  # else its next decision tries again (or fails)
                     gateway.current_policy()
-        if pinned is None:
+        if pin is None:
             gateway.policy = new  # one assignment: decisions in flight keep their object
         _log.info("policy reloaded: %s -> %s", old.hash, new.hash)
         return PolicyReload(True, old.hash, new.hash, index)

@@ -52,7 +52,7 @@ from execgate.keyfile import (
 from execgate.lineage import verify_parent
 from execgate.model import Decision, Outcome, Reason
 from execgate.policy import Policy, parse_policy
-from execgate.policy.loader import SERVICE_GONE, Pin, pin_lock, pin_policy, read_policy
+from execgate.policy.loader import SERVICE_GONE, Pin, read_policy
 from execgate.proofs import verify_proof
 from execgate.receipts import sign_receipt
 from execgate.scope import check_scope
@@ -331,7 +331,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             return cls._open(home, now=now, store=store, pin=None, new=False)
         pin = Pin(policy_in_force)
         try:
-            with pin_lock(policy_in_force):
+            with pin.lock():
                 return cls._open(home, now=now, store=store, pin=pin, new=new_service)
         except BaseException:
             pin.close()
@@ -400,7 +400,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
             if new:
                 first, text = read_policy(config.policy, targets=targets)
                 check_pauses(first, trust)
-                pin_policy(pin.path, text)
+                with pin.replacing(text):
+                    pass
             policy, pin_fd = _pinned(pin, config.policy, targets, trust)
         try:
             gateway = cls._made(config, node_key, trust, policy, store, now)

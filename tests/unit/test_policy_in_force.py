@@ -270,18 +270,18 @@ def test_a_reload_ending_after_another_never_puts_the_older_policy_back(
     would no longer look moved, leaving A on v2 for good)."""
     a, b = _open(kit, pinned), _open(kit, pinned)
     v3_text = POLICY.replace("refunds are manual", "v3")
-    real, armed = loader.pin_lock, [True]
+    real, armed = loader.Pin.lock, [True]
 
     @contextmanager
-    def then_b_reloads(path: Path) -> Iterator[None]:
-        with real(path):
+    def then_b_reloads(pin: loader.Pin) -> Iterator[None]:
+        with real(pin):
             yield
         if armed.pop() if armed else False:
             (kit.home / "policy.yaml").write_text(v3_text, encoding="utf-8")
             assert b.reload_policy(via="signal").reloaded
             a.current_policy()  # a decision of A's, meanwhile
 
-    monkeypatch.setattr(loader, "pin_lock", then_b_reloads)
+    monkeypatch.setattr(loader.Pin, "lock", then_b_reloads)
     (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
     assert a.reload_policy(via="http").reloaded
     v3 = b.policy.hash
@@ -366,6 +366,25 @@ def test_a_process_follows_its_service_directory_not_its_name(kit: Kit, pinned: 
     assert a.decide(kit.submit()).policy_hash == v1
     pin_policy(moved / pinned.name, EDITED)  # the service's own directory: taken
     assert a.decide(kit.submit()).policy_hash != v1
+
+
+def test_a_reload_pins_in_the_directory_the_processes_follow(kit: Kit, pinned: Path) -> None:
+    """With another directory in the place of the service's, a reload written by name
+    went there: logged and answered as in force while every process ran the old
+    policy. It is written where the processes look."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    v1 = a.policy.hash
+    moved = pinned.parent.rename(pinned.parent.with_name("moved"))
+    pinned.parent.mkdir(mode=0o700)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    done = b.reload_policy(via="http")
+    assert done.reloaded
+    assert done.policy_hash != v1
+    assert a.decide(kit.submit()).policy_hash == done.policy_hash
+    assert b.decide(kit.submit()).policy_hash == done.policy_hash
+    assert (moved / pinned.name).read_text(encoding="utf-8") == EDITED
+    assert list(pinned.parent.iterdir()) == []  # nothing written by name
+    assert sorted(p.name for p in moved.iterdir() if p.name.startswith(".")) == []  # no temp
 
 
 def test_a_reload_repairs_a_pin_this_process_cannot_take(kit: Kit, pinned: Path) -> None:

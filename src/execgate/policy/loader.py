@@ -9,8 +9,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import secrets
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Final
 
@@ -79,7 +80,7 @@ class Pin:
     one process follows it: which version of the file this process runs, and whether
     another has been pinned since.
 
-    A version is a file (a new one is renamed into place by ``pin_policy``), known by
+    A version is a file (a new one is renamed into place by ``replacing``), known by
     its device and inode. The version taken is held open: a file's inode number can be
     given to a new file once the old one is gone, and a later pin that got it would look
     like the one taken; while held, it is not gone.
@@ -94,6 +95,62 @@ class Pin:
         self._fd: int | None = None
         self._id: tuple[int, int] | None = None
         self._dir = _private_dir(path.parent)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """``pin_lock`` of this pin, in the directory this process follows (not whatever
+        directory has its name now)."""
+        try:
+            fd = os.open(
+                self.path.name + ".lock",
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
+                dir_fd=self._dir,
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextmanager
+    def replacing(self, text: str) -> Iterator[None]:
+        """Write ``text`` (a policy just validated) beside the pin, private to this user,
+        and once the block ends rename it into place: whole or not at all, in the
+        directory this process follows, where every process of the service looks. A
+        block that raises leaves the pin as it was. Hold ``lock`` around it.
+
+        By name, the write would go wherever the directory's name leads now: if that
+        name had been given to another directory, the version would be logged and
+        answered as in force while every process ran the old one."""
+        name = f".{self.path.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=self._dir)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        placed = False
+        try:
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(text.encode("utf-8"))
+                    out.flush()
+                    os.fsync(out.fileno())  # a disk that fails fails it before the block
+            except OSError as exc:
+                raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            yield
+            try:
+                os.replace(name, self.path.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+                placed = True
+                os.fsync(self._dir)
+            except OSError as exc:
+                raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        finally:
+            if not placed:
+                with suppress(OSError):
+                    os.unlink(name, dir_fd=self._dir)
 
     def moved(self) -> bool:
         """Whether another version is pinned than the one taken (one ``stat``). A pin
