@@ -575,6 +575,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 return False
             return True
 
+        pin = self._pin
+        if pin is not None and pin.moved():
+            # A new version pinned (a reload in another process): read and compiled beside
+            # the loop, which serves every other request meanwhile (a large policy takes
+            # seconds). What fails here fails the decision closed in its stages below,
+            # where the version is taken again.
+            with suppress(Exception):
+                await loop.run_in_executor(None, self.current_policy)
         steps = self._decide(submission, later)
         step: WriteJob | Decision = next(steps)
         while isinstance(step, WriteJob):

@@ -5,6 +5,7 @@ every process of the service before its next decision."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,15 +14,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gatekit import POLICY, Kit, make_kit
 
 import execgate.policy.loader as loader
-from execgate import _admin_log
+from execgate import _admin_log, pipeline
 from execgate.errors import AuditError, ConfigError, PolicyError
 from execgate.jose import PrivateKey
 from execgate.keyfile import atomic_write
+from execgate.model import Decision
 from execgate.pipeline import Gateway
 from execgate.policy.loader import pin_policy
 from execgate.store.base import WriteJob
@@ -385,6 +388,34 @@ def test_a_reload_pins_in_the_directory_the_processes_follow(kit: Kit, pinned: P
     assert (moved / pinned.name).read_text(encoding="utf-8") == EDITED
     assert list(pinned.parent.iterdir()) == []  # nothing written by name
     assert sorted(p.name for p in moved.iterdir() if p.name.startswith(".")) == []  # no temp
+
+
+def test_an_event_loop_takes_a_new_version_beside_it(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking a new version reads and compiles the whole policy (seconds for a large
+    one): ``decide_async`` does that in the loop's executor, so the loop serves every
+    other request meanwhile, and the decision runs the new version."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    v1 = a.policy.hash
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    assert b.reload_policy(via="http").reloaded
+    taken_in: list[threading.Thread] = []
+    real = pipeline._pinned
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        taken_in.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_pinned", recorded)
+
+    async def decide() -> tuple[threading.Thread, Decision]:
+        return threading.current_thread(), await a.decide_async(kit.submit())
+
+    loop_thread, decision = asyncio.run(decide())
+    assert decision.policy_hash == b.policy.hash != v1
+    assert len(taken_in) == 1
+    assert taken_in[0] is not loop_thread
 
 
 def test_a_reload_repairs_a_pin_this_process_cannot_take(kit: Kit, pinned: Path) -> None:
