@@ -96,6 +96,10 @@ rules:
     match: {action: "http.*", resource: "/dry/**"}
     effect: reroute
     target: dry-run
+  - name: cased
+    match: {action: "http.*", resource: "/cased/**"}
+    effect: reroute
+    target: Sandbox
   - name: api
     match: {action: "http.*", resource: "/api/**"}
     effect: proceed
@@ -107,9 +111,12 @@ SCOPE: Final = (
     {"action": "http.*", "resource": "/admin/**"},
     {"action": "http.*", "resource": "/experiments/**"},
     {"action": "http.*", "resource": "/dry/**"},
+    {"action": "http.*", "resource": "/cased/**"},
 )
 # init_home's authority may grant payments, shell and reports; these tests need http.
 _HTTP_GRANT: Final = '  {action = "http.*", resource = "/**"},\n'
+
+_CASED_TARGET: Final = '\n[targets.Sandbox]\ndescription = "not the sandbox"\n'
 
 _PLACEHOLDER: Final = re.compile(r"\{\{([A-Z_]+)\}\}")
 
@@ -207,6 +214,9 @@ def make_home(base: Path) -> Path:
     widened = trust.replace("scope = [\n", "scope = [\n" + _HTTP_GRANT, 1)
     assert widened != trust, "trust.toml from init_home changed shape"
     config.trust.write_text(widened, encoding="utf-8")
+    # A target no proxy here serves, whose name differs from one they do only in case.
+    toml = home / "execgate.toml"
+    toml.write_text(toml.read_text(encoding="utf-8") + _CASED_TARGET, encoding="utf-8")
     config.policy.write_text(POLICY, encoding="utf-8")
     return home
 
@@ -333,6 +343,9 @@ BINDS_BODY: Final = {"nginx": False, "envoy": True, "traefik": True}
 NO_TARGET: Final = {"nginx": 502, "envoy": 502, "traefik": 404}
 HANGING: Final = {"nginx": 500, "envoy": 403, "traefik": 504}
 DOWN: Final = {"nginx": 500, "envoy": 403, "traefik": 502}
+# A body over the 1 MiB each template allows, refused by the proxy itself (nginx
+# client_max_body_size, Envoy with_request_body, Traefik forwardAuth maxBodySize).
+TOO_LARGE: Final = {"nginx": 413, "envoy": 413, "traefik": 401}
 
 
 def _proxy_argv(kind: str, binary: str, workdir: Path, values: dict[str, object]) -> list[str]:

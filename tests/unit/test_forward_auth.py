@@ -25,6 +25,7 @@ from execgate.errors import ConfigError
 from execgate.keyfile import write_keypair
 from execgate.pipeline import Gateway
 from execgate.policy import load_policy
+from execgate.policy.loader import parse_policy
 from execgate.server import create_app
 from execgate.store.unavailable import UnavailableStore
 
@@ -733,3 +734,24 @@ def test_cli_errors_are_one_line_with_exit_2(
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1
     assert message in captured.err
+
+
+def test_the_documented_rule_denies_a_call_whose_body_was_not_bound() -> None:
+    """docs/forward-auth.md's rule for calls whose body matters, ahead of a proceed rule:
+    a POST with no body_sha256 (nginx never forwards the body) is denied, one with it
+    goes on to the next rule."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "forward-auth.md").read_text()
+    [snippet] = [block.partition("\n")[2] for block in page.split("```yaml")[1:]]
+    rule = snippet.partition("```")[0]
+    proceed = '  - name: api\n    match: {action: "http.*", resource: "/api/**"}\n'
+    policy = parse_policy(
+        f"version: 1\nrules:\n{rule}{proceed}    effect: proceed\n", source="doc", targets=()
+    )
+    args = {"method": "POST", "uri": "/api/transfers/9"}
+    outcomes = []
+    for bound in ({}, {"body_sha256": "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"}):
+        request: dict[str, Any] = {"action": "http.post", "resource": "/api/transfers/9"}
+        request |= {"runtime": "r", "args": {**args, **bound}}
+        result = policy.evaluate(request=request, artifact={}, environment={}, now=0)
+        outcomes.append((result.outcome.value, result.rule))
+    assert outcomes == [("deny", "transfers-need-a-bound-body"), ("proceed", "api")]
