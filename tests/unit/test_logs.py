@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,49 @@ def test_a_formatted_traceback_as_a_message_keeps_only_its_type() -> None:
     )
     line = _format(logging.makeLogRecord({"msg": text}))
     assert line["message"] == "traceback: execgate.errors.ConfigError"
+
+
+def _fail(message: str, *, chained: bool) -> None:
+    if not chained:
+        raise ValueError(message)
+    try:
+        _fail_with_key(message)
+    except KeyError as cause:
+        raise ValueError(message) from cause
+
+
+def _fail_with_key(message: str) -> None:
+    raise KeyError(message)
+
+
+def _formatted(message: str, *, chained: bool) -> str:
+    try:
+        _fail(message, chained=chained)
+    except ValueError:
+        return traceback.format_exc()
+    raise AssertionError("_fail raised nothing")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "could not parse key file\nd=nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A",
+        "outer SECRET-abc\nsecond line: more SECRET",
+    ],
+)
+@pytest.mark.parametrize(("chained", "named"), [(False, "ValueError"), (True, "KeyError")])
+def test_a_traceback_of_a_message_of_several_lines_logs_no_line_of_it(
+    message: str, chained: bool, named: str
+) -> None:
+    """The last line of such a traceback is the message's own last line, not the type:
+    the type logged is the first one the text names (of a chain, the cause's)."""
+    text = _formatted(message, chained=chained)
+    assert _format(logging.makeLogRecord({"msg": text}))["message"] == f"traceback: {named}"
+
+
+def test_a_traceback_whose_type_cannot_be_read_logs_none_of_it() -> None:
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nd=secret value\n'
+    assert _format(logging.makeLogRecord({"msg": text}))["message"] == "traceback"
 
 
 _UVICORN_LOGS = textwrap.dedent(

@@ -88,10 +88,24 @@ def _encode(line: dict[str, Any]) -> str:
 _TRACEBACK: Final = "Traceback (most recent call last):"
 
 
+_EXCEPTION_TYPE: Final = re.compile(r"[A-Za-z_][\w.]*")
+
+
+def _exception_type(traceback_text: str) -> str | None:
+    """The type a formatted traceback names: its first line that is not indented after
+    the header (frames are), up to a colon; None when that is not a type's name. The
+    last line is no good: a message of several lines ends the text with its own."""
+    for line in traceback_text.splitlines()[1:]:
+        if line and not line[0].isspace():
+            name = line.partition(":")[0]
+            return name if _EXCEPTION_TYPE.fullmatch(name) else None
+    return None
+
+
 def _scrub(text: str) -> str:
     if text.startswith(_TRACEBACK):
-        last = text.rstrip().rpartition("\n")[2]
-        return f"traceback: {last.partition(':')[0].strip()}"
+        name = _exception_type(text)
+        return "traceback" if name is None else f"traceback: {name}"
     text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
     text = _JWS.sub("[redacted-jws]", text)
     if len(text) > _MAX_MESSAGE:
