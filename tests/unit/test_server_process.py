@@ -159,6 +159,32 @@ def test_serve_decides_over_http_and_stops_cleanly(kit: Kit) -> None:
         assert store.size() == 3
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sigterm_as_soon_as_it_serves_stops_it(kit: Kit, workers: int) -> None:
+    """A SIGTERM that comes before uvicorn's handlers are in place (a deploy that stops
+    what it just started) stops the service as any other does; it was swallowed, and
+    the service served on."""
+    env = {k: v for k, v in os.environ.items() if k != "EXECGATE_HOME"}
+    argv = [*_EXECGATE, "--home", str(kit.home), "serve", "--port", str(_free_port())]
+    proc = subprocess.Popen(
+        [*argv, "--workers", str(workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        said = proc.stderr.readline()
+        assert said.startswith(b"execgate: serving "), said
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _kill(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 def test_serve_warns_when_any_address_may_name_the_call(kit: Kit) -> None:
     """Trusting every address for X-Original-* / X-Forwarded-* lets any client choose
     what forward-auth decides: allowed (behind a proxy that strips them, it may be

@@ -95,8 +95,21 @@ def max_workers() -> int:
     return max(64, 4 * (os.cpu_count() or 1))
 
 
-def _stopped(sig: int, frame: FrameType | None) -> None:
-    """What uvicorn re-raises SIGTERM into after its graceful shutdown: a clean exit."""
+class _Stop:
+    """SIGTERM in this process while uvicorn's own handler is not in place: before uvicorn
+    has put it there, and after its graceful shutdown, which raises the signal again
+    here (a clean exit). One that comes before uvicorn listens is a stop all the same:
+    it is kept (``asked``) and given to the server once there is one, where it stops the
+    server at once if it is running (``server``)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self.server: Any = None  # a uvicorn.Server, once made
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        self.asked = True
+        if self.server is not None:
+            self.server.should_exit = True
 
 
 def _supervisor_class() -> type[Any]:
@@ -437,17 +450,20 @@ def _run(args: argparse.Namespace, home: Path, service: Path, server_config: Ser
     if sockets is None:
         return EXIT_FAILED
     os.environ["EXECGATE_HOME"] = str(home)
-    urls = ", ".join(f"http://{_where(*sock.getsockname()[:2])}" for sock in sockets)
-    note(f"execgate: serving {home} on {urls} with {args.workers} worker(s)")
-    everyone = [str(n) for n in server_config.trusted_proxies if n.prefixlen == 0]
-    if everyone:
-        note(
-            f"execgate: warning: [server] trusted_proxies holds {', '.join(everyone)}: any"
-            " client may name the call forward-auth decides (X-Original-* / X-Forwarded-*);"
-            " list only your proxies' addresses"
-        )
-    previous = signal.signal(signal.SIGTERM, _stopped)
+    # In place before "serving" is said: a stop that follows it is never the default
+    # action's (killed, with nothing cleaned up) nor lost.
+    stop = _Stop()
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
+        urls = ", ".join(f"http://{_where(*sock.getsockname()[:2])}" for sock in sockets)
+        note(f"execgate: serving {home} on {urls} with {args.workers} worker(s)")
+        everyone = [str(n) for n in server_config.trusted_proxies if n.prefixlen == 0]
+        if everyone:
+            note(
+                f"execgate: warning: [server] trusted_proxies holds {', '.join(everyone)}:"
+                " any client may name the call forward-auth decides (X-Original-* /"
+                " X-Forwarded-*); list only your proxies' addresses"
+            )
         with contextlib.ExitStack() as stack, multiprocess_dir(service):
             for sock in sockets:
                 stack.enter_context(sock)
@@ -458,9 +474,14 @@ def _run(args: argparse.Namespace, home: Path, service: Path, server_config: Ser
             if config.workers > 1:
                 os.environ[SUPERVISOR_ENV] = str(os.getpid())
                 supervisor = _supervisor_class()(config, sockets=sockets)
+                if stop.asked:  # before the supervisor's handlers were in place
+                    return 0
                 supervisor.run()
                 return EXIT_FAILED if supervisor.start_failed() else 0
             server = uvicorn.Server(config)
+            stop.server = server
+            if stop.asked:  # it starts, and stops at once (the gateway opened and closed)
+                server.should_exit = True
             server.run(sockets=sockets)
             return 0 if server.started else EXIT_FAILED
     finally:
