@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,12 +64,20 @@ _RE2_OPTIONS.max_mem = 1 << 20
 _FLAGS = re.compile(r"\(\?([A-Za-z-]*)[:)]")  # (?i) (?im) (?i:...) (?-i) and the like
 
 
+_CHECKING = threading.Lock()
+_THIS_MODULE = re.escape(__name__) + r"\Z"
+
+
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> Any:
     """``pattern`` compiled by RE2; ``ValueError`` if it is not a pattern both RE2 and
     Python's ``re`` read, and read alike (see ``_read_differently``)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # '[[:alpha:]]': "possible nested set"
+    # The filters are the process's, and catch_warnings restores what it found: two
+    # checks at once in two threads (decisions on large bodies run in threads) could
+    # leave "error" in place for good. One check at a time, and only the warnings
+    # re.compile attributes to this module are errors, never another thread's.
+    with _CHECKING, warnings.catch_warnings():
+        warnings.filterwarnings("error", module=_THIS_MODULE)  # '[[:alpha:]]': nested set
         try:
             re.compile(pattern)
         except (re.error, Warning, OverflowError, RecursionError) as exc:

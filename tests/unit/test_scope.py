@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -9,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from execgate import scope
 from execgate.scope import Constraint, Grant, check_scope, parse_grants
 
 # --- Constraint.parse -----------------------------------------------------------------
@@ -566,3 +570,34 @@ def test_the_globs_of_one_check_match_at_most_16_kib_in_all() -> None:
     assert check_scope(fits, action, resource, {}) is None
     same = parse_grants([many[0]] * 63 + [admitting])  # one glob, one value: matched once
     assert check_scope(same, action, resource, {}) is None
+
+
+@pytest.mark.parametrize("pattern", ["x[[:alpha:]]", "[a--b]x", "[a&&b]x"])
+def test_a_pattern_python_warns_about_is_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="not a portable regex: FutureWarning"):
+        scope._regex(pattern)
+
+
+def test_patterns_checked_in_threads_at_once_leave_the_warning_filters_as_they_were() -> None:
+    """catch_warnings saves and restores the process's filters: checks interleaved in
+    threads left "turn every warning into an error" in place for good, and let a
+    check's warning escape (to stderr, outside the JSON log) unrefused."""
+    start = threading.Barrier(8)
+
+    def check(n: int) -> None:
+        start.wait()
+        for k in range(4000):
+            with contextlib.suppress(ValueError):
+                scope._regex(f"t{n}-{k}[[:alpha:]]")
+
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        threads = [threading.Thread(target=check, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = list(warnings.filters)
+    assert after == before
+    assert [str(w.message) for w in escaped] == []
