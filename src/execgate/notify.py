@@ -43,6 +43,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -189,6 +190,20 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_APPROVAL_ID: Final = re.compile(r"[0-9a-f-]{36}")  # what the gateway makes (a UUID)
+
+
+def _label(event: Mapping[str, Any]) -> str:
+    """How the log names an event: ``'opened'``, and the approval it is about (the id of
+    the decision that paused), so an operator can tell whose approvers were not told."""
+    name = repr(str(event.get("event", "?"))[:32])
+    about = event.get("approval", event.get("decision"))  # "resumed" carries the decision
+    approval_id = about.get("approval_id") if isinstance(about, Mapping) else None
+    if isinstance(approval_id, str) and _APPROVAL_ID.fullmatch(approval_id):
+        return f"{name} of approval {approval_id}"
+    return name
+
+
 class Notifier:
     """Delivers approval events to a program and/or a URL, in order, in the background.
 
@@ -215,7 +230,8 @@ class Notifier:
         self.url = None if url is None else check_url(url)
         self.timeout = timeout
         self._cond = threading.Condition()
-        self._queue: deque[tuple[str, bytes]] = deque()
+        # Each event queued: how the log names it, its own name, its body.
+        self._queue: deque[tuple[str, str, bytes]] = deque()
         self._busy = False  # a delivery thread is running
         # Each give_up starts a generation: an event taken off the queue in an earlier
         # one is abandoned (its hook killed, or killed as it starts; its POST cut, or not
@@ -240,15 +256,15 @@ class Notifier:
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         """Queue one event for delivery; return at once. Never raises."""
-        name = "?"
+        name = "'?'"
         try:
-            name = str(event.get("event", "?"))[:32]
+            name = _label(event)
             body = _encoded(event)
             if len(body) > MAX_EVENT_BYTES:
                 body = _encoded(_without_args(event))
             if len(body) > MAX_EVENT_BYTES:
                 _log.warning(
-                    "approval notification %r dropped: larger than %d bytes even without the"
+                    "approval notification %s dropped: larger than %d bytes even without the"
                     " request's arguments",
                     name,
                     MAX_EVENT_BYTES,
@@ -256,7 +272,7 @@ class Notifier:
                 return
         except Exception as exc:  # noqa: BLE001 - a notification must never raise
             _log.warning(
-                "approval notification %r not delivered: it is not JSON (%s)",
+                "approval notification %s not delivered: it is not JSON (%s)",
                 name,
                 type(exc).__name__,
             )
@@ -264,13 +280,13 @@ class Notifier:
         with self._cond:
             if len(self._queue) >= MAX_QUEUED:
                 _log.warning(
-                    "approval notification %r dropped: %d earlier notifications are still"
+                    "approval notification %s dropped: %d earlier notifications are still"
                     " waiting for the hook",
                     name,
                     len(self._queue),
                 )
                 return
-            self._queue.append((name, body))
+            self._queue.append((name, str(event.get("event", "?"))[:32], body))
             if self._busy:
                 return
             self._busy = True
@@ -358,16 +374,16 @@ class Notifier:
                     self._busy = False
                     self._cond.notify_all()
                     return
-                name, body = self._queue.popleft()
+                name, event, body = self._queue.popleft()
                 generation = self._delivering = self._generation
                 self._hook_of = generation if self.command is not None else None
             try:
                 if self.command is not None:
-                    self._run_command(self.command, name, body, generation)
+                    self._run_command(self.command, name, event, body, generation)
                 if self.url is not None and self._current(generation):
-                    self._post(self.url, name, body, generation)
+                    self._post(self.url, name, event, body, generation)
             except Exception as exc:  # noqa: BLE001 - never let the thread die silently
-                _log.warning("approval notification %r not delivered: %s", name, type(exc).__name__)
+                _log.warning("approval notification %s not delivered: %s", name, type(exc).__name__)
             finally:
                 with self._cond:
                     self._delivering = None
@@ -378,9 +394,11 @@ class Notifier:
             return generation == self._generation
 
     def _run_command(
-        self, command: tuple[str, ...], name: str, body: bytes, generation: int
+        self, command: tuple[str, ...], name: str, event: str, body: bytes, generation: int
     ) -> None:
-        proc = self._start(command, name, generation)
+        """Run the hook on ``body``; ``name`` is how the log names the event, ``event``
+        the event's own name (the hook's ``EXECGATE_EVENT``)."""
+        proc = self._start(command, name, event, generation)
         if proc is None:
             return
         try:
@@ -388,7 +406,7 @@ class Notifier:
         except subprocess.TimeoutExpired:
             _kill(proc)
             _log.warning(
-                "approval notification %r: %s did not finish within %d s and was killed",
+                "approval notification %s: %s did not finish within %d s and was killed",
                 name,
                 command[0],
                 self.timeout,
@@ -404,28 +422,28 @@ class Notifier:
                 self._cond.notify_all()
         if proc.returncode < 0:
             _log.warning(
-                "approval notification %r: %s was killed by signal %d",
+                "approval notification %s: %s was killed by signal %d",
                 name,
                 command[0],
                 -proc.returncode,
             )
         elif proc.returncode != 0:
             _log.warning(
-                "approval notification %r: %s exited with status %d",
+                "approval notification %s: %s exited with status %d",
                 name,
                 command[0],
                 proc.returncode,
             )
 
     def _start(
-        self, command: tuple[str, ...], name: str, generation: int
+        self, command: tuple[str, ...], name: str, event: str, generation: int
     ) -> subprocess.Popen[bytes] | None:
         """The hook, started and in ``_running``; None when it was not started, or was
         abandoned (``give_up``) while it started: then it is killed and reaped here,
         before ``wait_hooks`` can see no hook starting."""
         proc = None
         try:
-            proc = self._started(command, name, generation)
+            proc = self._started(command, name, event, generation)
             return proc
         finally:
             if proc is None:
@@ -434,12 +452,12 @@ class Notifier:
                     self._cond.notify_all()
 
     def _started(
-        self, command: tuple[str, ...], name: str, generation: int
+        self, command: tuple[str, ...], name: str, event: str, generation: int
     ) -> subprocess.Popen[bytes] | None:
         program = command[0]
         problem = program_problem(program)  # again: it may have changed since the start
         if problem is not None:
-            _log.warning("approval notification %r not delivered: %s", name, problem)
+            _log.warning("approval notification %s not delivered: %s", name, problem)
             return None
         if not self._current(generation):
             return None
@@ -453,12 +471,12 @@ class Notifier:
                 start_new_session=os.name == "posix",  # so the timeout kills its children too
                 env={
                     **{k: v for k, v in os.environ.items() if k not in _SERVICE_ENV},
-                    "EXECGATE_EVENT": name,
+                    "EXECGATE_EVENT": event,
                 },
             )
         except OSError as exc:
             _log.warning(
-                "approval notification %r not delivered: cannot run %s: %s",
+                "approval notification %s not delivered: cannot run %s: %s",
                 name,
                 program,
                 _why(exc),
@@ -470,11 +488,11 @@ class Notifier:
                 self._running = proc  # for give_up
         if abandoned:  # given up on while it started
             _kill(proc)
-            _log.warning("approval notification %r not delivered: the process is stopping", name)
+            _log.warning("approval notification %s not delivered: the process is stopping", name)
             return None
         return proc
 
-    def _post(self, url: str, name: str, body: bytes, generation: int) -> None:
+    def _post(self, url: str, name: str, event: str, body: bytes, generation: int) -> None:
         """One POST with ``http.client``: no proxy, no redirect followed. The host name is
         resolved (``_Lookup``) and connected to (``_connect``) within the timeout, one
         lookup at a time; the socket timeout bounds each read; a timer bounds the whole
@@ -489,7 +507,7 @@ class Notifier:
             # One lookup at a time: a resolver that hangs holds one thread, not one more
             # per event for as long as it hangs.
             _log.warning(
-                "approval notification %r not delivered to %s: the resolver has not"
+                "approval notification %s not delivered to %s: the resolver has not"
                 " answered an earlier lookup yet",
                 name,
                 _origin(url),
@@ -500,7 +518,7 @@ class Notifier:
             addresses = self._lookup.wait(self.timeout)
         except (OSError, ValueError) as exc:
             _log.warning(
-                "approval notification %r not delivered to %s: cannot resolve the host: %s",
+                "approval notification %s not delivered to %s: cannot resolve the host: %s",
                 name,
                 _origin(url),
                 _why(exc),
@@ -509,7 +527,7 @@ class Notifier:
         left = until - time.monotonic()
         if addresses is None or left <= 0:
             _log.warning(
-                "approval notification %r not delivered to %s: name resolution timed out",
+                "approval notification %s not delivered to %s: name resolution timed out",
                 name,
                 _origin(url),
             )
@@ -537,7 +555,7 @@ class Notifier:
             # ``stopped`` before it reads ``conn.sock``, which is set by now).
             if stopped.is_set():
                 _log.warning(
-                    "approval notification %r not delivered to %s: the process is stopping",
+                    "approval notification %s not delivered to %s: the process is stopping",
                     name,
                     _origin(url),
                 )
@@ -549,7 +567,7 @@ class Notifier:
                 headers={
                     "Content-Type": "application/json",
                     "User-Agent": "execgate-notify/1",
-                    "X-Execgate-Event": name,
+                    "X-Execgate-Event": event,
                 },
             )
             status = conn.getresponse().status
@@ -563,7 +581,7 @@ class Notifier:
                 else _why(exc)
             )
             _log.warning(
-                "approval notification %r not delivered to %s: %s", name, _origin(url), why
+                "approval notification %s not delivered to %s: %s", name, _origin(url), why
             )
             return
         finally:
@@ -574,7 +592,7 @@ class Notifier:
         if not 200 <= status < 300:
             extra = " (redirects are not followed)" if 300 <= status < 400 else ""
             _log.warning(
-                "approval notification %r: %s answered HTTP %d%s",
+                "approval notification %s: %s answered HTTP %d%s",
                 name,
                 _origin(url),
                 status,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from gatekit import Kit, make_kit
-from test_server_api import Client
+from test_server_api import Client, outcome_proof
 
 from execgate.server import create_app
 from execgate.server.logs import FIELDS, JsonFormatter, access, lean_records, log_config
@@ -99,6 +99,27 @@ def test_a_full_decision_logs_its_id_and_never_a_secret(kit: Kit, captured: io.S
     for line in lines:
         assert {"time", "level", "logger", "message", "pid"} <= set(line)
         assert set(line) <= {"time", "level", "logger", "message", "pid", *FIELDS}
+
+
+def test_an_outcome_report_logs_the_decision_it_is_about(kit: Kit, captured: io.StringIO) -> None:
+    """Accepted or refused, a report on a decision in the log names it; one on a
+    decision the log does not hold names none (its id is only what the URL said)."""
+    report = {"status": "failed", "exit_code": 1}
+    unknown = "01a22341-baae-7cb7-a3b5-e7aceb162275"
+    with Client(create_app(open_gateway=kit.gateway, now=kit.clock)) as client:
+        decided = client.post("/v1/decisions", json=kit.submit()).json()["decision_id"]
+        url = f"/v1/decisions/{decided}/outcome"
+        signed = {"Execgate-Proof": outcome_proof(kit, decided, report)}
+        assert client.post(url, json=report).status_code == 403  # no proof
+        assert client.post(url, json=report, headers=signed).status_code == 200
+        missing = client.post(f"/v1/decisions/{unknown}/outcome", json=report)
+        assert missing.status_code == 404
+    lines = _lines(captured)
+    assert [(line["status"], line.get("decision_id")) for line in lines[1:]] == [
+        (403, decided),
+        (200, decided),
+        (404, None),
+    ]
 
 
 def test_a_denied_decision_logs_codes_not_details(kit: Kit, captured: io.StringIO) -> None:

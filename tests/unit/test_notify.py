@@ -258,7 +258,8 @@ def test_a_failing_program_changes_nothing(
     assert h.decide().outcome is Outcome.PROCEED
     assert h.hook.flush(10)
     assert warnings(caplog_notify) == [
-        f"approval notification {event!r}: {sys.executable} exited with status 1"
+        f"approval notification {event!r} of approval {paused}: {sys.executable} exited with"
+        " status 1"
         for event in ("opened", "approved", "resumed")
     ]
     assert_no_secret(caplog_notify)
@@ -266,10 +267,10 @@ def test_a_failing_program_changes_nothing(
 
 def test_a_program_killed_by_a_signal(kit: Kit, caplog_notify: pytest.LogCaptureFixture) -> None:
     h = hooked(kit, notify_command=["/bin/sh", "-c", "kill -TERM $$"])
-    h.pause()
+    paused = h.pause()
     assert h.hook.flush(10)
     assert warnings(caplog_notify) == [
-        "approval notification 'opened': /bin/sh was killed by signal 15"
+        f"approval notification 'opened' of approval {paused}: /bin/sh was killed by signal 15"
     ]
 
 
@@ -296,7 +297,8 @@ def test_a_hanging_program_is_killed_at_the_timeout_with_what_it_started(
     assert h.hook.flush(10)
     assert time.monotonic() - started >= 1
     assert warnings(caplog_notify) == [
-        "approval notification 'opened': /bin/sh did not finish within 1 s and was killed"
+        f"approval notification 'opened' of approval {decision.decision_id}: /bin/sh did not"
+        " finish within 1 s and was killed"
     ]
     child = int(pids.read_text())
     deadline = time.monotonic() + 5
@@ -331,10 +333,12 @@ def test_a_program_another_user_may_change_is_never_run(
         mode = stat.S_IMODE(target.stat().st_mode)
         target.chmod(mode | stat.S_IWOTH)
         assert load_config(kit.home).notify_command == (str(hook),)  # it still loads
-        h.pause(5000 + n)  # a new request: a new approval, a new event
+        paused = h.pause(5000 + n)  # a new request: a new approval, a new event
         assert h.hook.flush(10)
         [warning] = warnings(caplog_notify)
-        assert warning.startswith("approval notification 'opened' not delivered: ")
+        assert warning.startswith(
+            f"approval notification 'opened' of approval {paused} not delivered: "
+        )
         assert fragment in warning
         caplog_notify.clear()
         target.chmod(mode)
@@ -347,10 +351,10 @@ def test_a_program_another_user_may_change_is_never_run(
 
 def test_a_program_that_cannot_start(kit: Kit, caplog_notify: pytest.LogCaptureFixture) -> None:
     h = hooked(kit, notify_command=["/nonexistent/page-approvers", SECRET])
-    h.pause()
+    paused = h.pause()
     assert h.hook.flush(10)
     assert warnings(caplog_notify) == [
-        "approval notification 'opened' not delivered: cannot run"
+        f"approval notification 'opened' of approval {paused} not delivered: cannot run"
         " /nonexistent/page-approvers: No such file or directory"
     ]
 
@@ -462,7 +466,8 @@ def test_a_webhook_that_fails_refuses_or_hangs_changes_nothing(
     messages = warnings(caplog_notify)
     assert len(messages) == 3
     for event, message in zip(("opened", "approved", "resumed"), messages, strict=True):
-        assert message.startswith(f"approval notification {event!r}")
+        # Which approval (the id of the decision that paused): whose approvers were not told.
+        assert message.startswith(f"approval notification {event!r} of approval {paused}")
         assert message.endswith(expected.format(port=port))
     assert_no_secret(caplog_notify)
     if kind == "302":  # the redirect was not followed
@@ -940,7 +945,9 @@ def test_the_cli_delivers_before_it_exits_and_warns_on_stderr(
     other = {**request, "resource": "acct:2", "runtime": "agent-1"}
     (tmp_path / "big2.json").write_text(json.dumps(other))
     assert main(decide("big2.json")) == 3
-    err = capsys.readouterr().err
-    assert err == (
-        "execgate: warning: approval notification 'opened': /bin/sh exited with status 7\n"
+    said = capsys.readouterr()
+    [paused] = re.findall(r"  approval (\S+): execgate approvals show", said.out)
+    assert said.err == (
+        f"execgate: warning: approval notification 'opened' of approval {paused}: /bin/sh"
+        " exited with status 7\n"
     )

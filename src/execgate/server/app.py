@@ -238,6 +238,7 @@ async def post_outcome(request: Request) -> Response:
         decided = gateway.store.find(decision_id, "decision")
         if decided is None:
             raise HttpError(404, "decision.not_found", f"decision {decision_id} is not in the log")
+        logs.about(decision_id)  # on the access line, whatever the report's answer
         try:
             return gateway.report_outcome(
                 decision_id,

@@ -45,6 +45,7 @@ __all__ = [
     "DECISION_LOGGER",
     "FIELDS",
     "JsonFormatter",
+    "about",
     "access",
     "decision",
     "lean_records",
@@ -163,6 +164,14 @@ def decision(
             "stages_ms": {k: round(v * 1000, 3) for k, v in stages.items()},
         },
     )
+
+
+def about(decision_id: str) -> None:
+    """Name, on the access-log line of the request being served, the decision it is
+    about without deciding anything (an outcome report for a decision in the log)."""
+    fields = _request.get()
+    if fields is not None:
+        fields["decision_id"] = decision_id
 
 
 def access(
