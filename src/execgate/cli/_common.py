@@ -76,7 +76,11 @@ def note(text: str) -> None:
 
 
 def one_line(message: str) -> str:
-    return re.sub(r"\s*\n\s*", " ", message).strip()
+    """An error message for a terminal: one line, and nothing in it a control (a message
+    may quote a request file's keys or a gateway's answer, which are anyone's text: an
+    escape sequence there would retitle the window or clear the screen)."""
+    text = re.sub(r"\s*\n\s*", " ", message).strip()
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def shown(value: str) -> str:
@@ -148,6 +152,7 @@ def log_index(text: str) -> int:
 # (as \u00XX, so the JSON reads back the same): DEL and the C1 controls (CSI, OSC, ...;
 # json.dumps escapes only C0), and the invisible and direction-changing format marks.
 _TERMINAL_UNSAFE: Final = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_CONTROLS: Final = re.compile(f"[\x00-\x1f]|{_TERMINAL_UNSAFE.pattern}")
 
 
 def json_text(value: object) -> str:
