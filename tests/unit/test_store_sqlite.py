@@ -994,3 +994,35 @@ def test_a_removed_store_file_is_not_made_again_by_a_read_or_a_probe(path: Path)
         assert not path.exists()
     finally:
         store.close()
+
+
+def _turn_helpers() -> int:
+    return sum(t.name == "execgate-writers-turn" for t in threading.enumerate())
+
+
+def test_a_turn_held_for_long_leaves_one_waiting_helper_not_one_per_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit that gives up waiting for a turn another process holds (stopped while
+    writing) left a thread and a descriptor blocked until that process let go: one more
+    every timeout, for as long as it held on. A wait takes over the helper given up on."""
+    monkeypatch.setattr(execgate.store.sqlite, "_COMMIT_TIMEOUT", 0.2)
+    store = SQLiteStore(tmp_path / "state.db")
+    job = WriteJob(None, 0, None, lambda _c, _i: b'{"n":1}')
+    assert store.commit(job) == 0
+    before = _turn_helpers()
+    other = os.open(store.path + "-writer.lock", os.O_RDWR)  # another process's turn
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        for _ in range(4):
+            with pytest.raises(StoreUnavailable, match="held the writers' turn"):
+                store.commit(WriteJob(None, 0, None, lambda _c, _i: b'{"n":2}'))
+        assert _turn_helpers() == before + 1
+    finally:
+        os.close(other)  # lets go: the helper takes the turn and, given up on, lets it go
+    deadline = time.monotonic() + 10
+    while _turn_helpers() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _turn_helpers() == before
+    assert store.commit(WriteJob(None, 0, None, lambda _c, _i: b'{"n":3}')) == 1
+    store.close()

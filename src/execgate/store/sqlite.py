@@ -505,6 +505,44 @@ class _LoopFuture(asyncio.Future[int]):
                 self.get_loop().call_soon_threadsafe(self.settle, result)
 
 
+class _TurnWaiter:
+    """A helper thread's blocking ``flock`` of the writers' turn, on a descriptor of its
+    own (see ``_wait_for_turn``)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.taken = threading.Event()
+        self.settle = threading.Lock()  # settles the helper's end against a give-up
+        self.failed: list[OSError] = []
+        self.given_up = False  # no caller waits for it: what it takes, it lets go
+        self.done = False  # the helper has ended (taken, failed or let go)
+        threading.Thread(target=self._take, name="execgate-writers-turn", daemon=True).start()
+
+    def _take(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self.failed.append(exc)
+        with self.settle:
+            self.done = True
+            if self.given_up:
+                os.close(self.fd)
+                return
+            self.taken.set()
+
+    def adopt(self) -> bool:
+        """Wait on for the turn this helper, given up on, still waits for."""
+        with self.settle:
+            if self.done or not self.given_up:
+                return False
+            self.given_up = False
+            return True
+
+
+_GIVEN_UP: dict[str, _TurnWaiter] = {}  # per lock file: the last helper given up on
+_GIVEN_UP_LOCK = threading.Lock()
+
+
 def _wait_for_turn(path: str, timeout: float) -> int:
     """Wait at most ``timeout`` seconds for the writers' ``flock`` on ``path``; return the
     descriptor that holds it, or raise ``StoreUnavailable``.
@@ -514,34 +552,25 @@ def _wait_for_turn(path: str, timeout: float) -> int:
     instead lost the turn, under load, to a holder that takes it again at once). The
     helper locks a descriptor of its own: given up on, it closes that descriptor once it
     gets the lock, which releases it and nothing else (the store's own descriptor may
-    hold the turn again by then, and a lock is per open file)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    taken = threading.Event()
-    settle = threading.Lock()
-    failed: list[OSError] = []
-    given_up = False
-
-    def take() -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            failed.append(exc)
-        with settle:
-            if given_up:
-                os.close(fd)
-                return
-            taken.set()
-
-    threading.Thread(target=take, name="execgate-writers-turn", daemon=True).start()
-    taken.wait(timeout)
-    with settle:
-        if not taken.is_set():
-            given_up = True
+    hold the turn again by then, and a lock is per open file). The next wait takes over
+    a helper given up on that still waits, rather than start another: a turn held for
+    hours (a stopped process) would otherwise leave a thread and a descriptor behind
+    every ``timeout``."""
+    with _GIVEN_UP_LOCK:
+        waiter = _GIVEN_UP.pop(path, None)
+    if waiter is None or not waiter.adopt():
+        waiter = _TurnWaiter(path)
+    waiter.taken.wait(timeout)
+    with waiter.settle:
+        if not waiter.taken.is_set():
+            waiter.given_up = True
+            with _GIVEN_UP_LOCK:
+                _GIVEN_UP[path] = waiter
             raise StoreUnavailable(f"another process has held the writers' turn for {timeout:g}s")
-    if failed:
-        os.close(fd)
-        raise failed[0]
-    return fd
+    if waiter.failed:
+        os.close(waiter.fd)
+        raise waiter.failed[0]
+    return waiter.fd
 
 
 class SQLiteStore:
