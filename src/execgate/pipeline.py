@@ -518,7 +518,8 @@ class Gateway(ApprovalFlow, OutcomeLog):
             self.store.close()
         finally:
             if self._pin is not None:
-                self._pin.close()
+                with self._taking:  # a take under way (in a thread beside a loop) ends first
+                    self._pin.close()
 
     def drain_notifications(self) -> None:
         """Deliver the approval notifications this gateway's ``[approvals]`` hooks still
@@ -575,15 +576,26 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 return False
             return True
 
+        taken: Callable[[], Policy] | None = None  # the stages take it themselves
         pin = self._pin
         if pin is not None and pin.moved():
             # A new version pinned (a reload in another process): read and compiled beside
             # the loop, which serves every other request meanwhile (a large policy takes
-            # seconds). What fails here fails the decision closed in its stages below,
-            # where the version is taken again.
-            with suppress(Exception):
-                await loop.run_in_executor(None, self.current_policy)
-        steps = self._decide(submission, later)
+            # seconds). The stages get what came of it, a failure too (which fails the
+            # decision closed), and do not take it again on the loop.
+            try:
+                policy = await loop.run_in_executor(None, self.current_policy)
+            except Exception as exc:  # noqa: BLE001 - the stages fail closed on it
+                failed = exc
+
+                def taken() -> Policy:
+                    raise failed
+            else:
+
+                def taken() -> Policy:
+                    return policy
+
+        steps = self._decide(submission, later, taken)
         step: WriteJob | Decision = next(steps)
         while isinstance(step, WriteJob):
             try:
@@ -644,12 +656,17 @@ class Gateway(ApprovalFlow, OutcomeLog):
             loop.call_later(_FLUSH_RETRY, self._flush, loop, store)
 
     def _decide(
-        self, submission: Submission | Mapping[str, Any], later: Chores = _inline
+        self,
+        submission: Submission | Mapping[str, Any],
+        later: Chores = _inline,
+        taken: Callable[[], Policy] | None = None,
     ) -> Generator[WriteJob, int, Decision]:
         """The whole decision as a generator: it yields each write job to commit and is
         sent the job's log index (or thrown the commit's error), so ``decide`` and
         ``decide_async`` share every stage and differ only in how they wait, and in
-        where housekeeping runs (``later``: in this thread, or beside the loop)."""
+        where housekeeping runs (``later``: in this thread, or beside the loop).
+        ``taken`` gives the policy in force when the caller has taken it already (else
+        ``current_policy``)."""
         if not isinstance(submission, Submission):
             submission = Submission.from_json(submission)
         observer = self.observer
@@ -662,7 +679,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         try:
             state.now = int(self._now())
             try:
-                state.policy = self.current_policy()
+                state.policy = (taken or self.current_policy)()
             except Exception as exc:  # this worker's log has the details
                 _log.error("the policy in force cannot be taken: %s: %s", type(exc).__name__, exc)
                 raise _NotInForce(

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -416,6 +417,74 @@ def test_an_event_loop_takes_a_new_version_beside_it(
     assert decision.policy_hash == b.policy.hash != v1
     assert len(taken_in) == 1
     assert taken_in[0] is not loop_thread
+
+
+def test_an_event_loop_takes_a_version_it_cannot_take_once_beside_it(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pin that cannot be taken fails the decision closed: read once, in a thread (it
+    was read again on the loop, the very stall taking it beside the loop avoids)."""
+    a = _open(kit, pinned)
+    pin_policy(pinned, "version: 1\nrules: []\n")
+    taken_in: list[threading.Thread] = []
+    real = pipeline._pinned
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        taken_in.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_pinned", recorded)
+
+    async def decide() -> tuple[threading.Thread, Decision]:
+        return threading.current_thread(), await a.decide_async(kit.submit())
+
+    loop_thread, decision = asyncio.run(decide())
+    assert (decision.outcome.value, decision.reasons[0].code) == ("fail_closed", "internal.error")
+    assert len(taken_in) == 1
+    assert taken_in[0] is not loop_thread
+
+
+def test_a_take_under_way_when_the_gateway_closes_holds_nothing_after(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision cancelled (a server's shutdown) while its take runs in a thread: the
+    close waits for the take, then lets go of what it took; it was held, open, after."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    assert b.reload_policy(via="http").reloaded
+    entered, release = threading.Event(), threading.Event()
+    real = pipeline._pinned
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        read = real(*args, **kwargs)  # the version read, not yet held
+        entered.set()
+        assert release.wait(10)
+        return read
+
+    monkeypatch.setattr(pipeline, "_pinned", slow)
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(a.decide_async(kit.submit()))
+        assert await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: that would wait for the take
+    try:
+        loop.run_until_complete(cancelled())
+        closing = threading.Thread(target=a.close)
+        closing.start()
+        time.sleep(0.2)  # the close waits for the take
+        release.set()
+        closing.join(10)
+        assert not closing.is_alive()
+    finally:
+        release.set()
+        loop.close()
+    pin = a._pin
+    assert pin is not None
+    assert (pin._fd, pin._dir) == (None, -1)
 
 
 def test_a_reload_repairs_a_pin_this_process_cannot_take(kit: Kit, pinned: Path) -> None:
