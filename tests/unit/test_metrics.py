@@ -461,6 +461,51 @@ def test_a_forked_child_takes_a_slot_of_its_own(tmp_path: Path) -> None:
     assert done.stdout.split() == ["slot0", "slot1", "slot0"]
 
 
+_FORK_OUTLIVED = textwrap.dedent(
+    """
+    import os, sys, time
+    from execgate.server.metrics import Metrics
+    metrics = Metrics(gateway=lambda: None, now=lambda: 0.0)
+    assert metrics.multiprocess
+    metrics.request("POST", "/v1/decisions", 200, 0.002)
+    parent = os.getpid()
+    if os.fork() == 0:
+        while os.getppid() == parent:  # until the parent is gone
+            time.sleep(0.01)
+        metrics.request("POST", "/v1/decisions", 200, 0.002)
+        with open(sys.argv[1], "w") as done:
+            done.write("done")
+        os._exit(0)
+    for _ in range(9):
+        metrics.request("POST", "/v1/decisions", 200, 0.002)
+    """
+)
+
+
+def test_a_forked_child_that_outlives_its_parent_counts_on_top_of_it(tmp_path: Path) -> None:
+    """The parent gone, its slot is free: a child taking it again kept the library's
+    values from the fork and wrote them over what the parent counted since (10 became
+    2). The child takes a slot of its own before it lets go of the parent's."""
+    done = tmp_path / "done"
+    with multiprocess_dir() as directory:
+        parent = subprocess.run(
+            [sys.executable, "-c", _FORK_OUTLIVED, str(done)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert parent.returncode == 0, parent.stderr
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert done.exists()
+        samples = _samples(_run_worker(0, "scrape"))
+        files = sorted(p.name for p in directory.glob("counter_*.db"))
+    assert files == ["counter_slot0.db", "counter_slot1.db"]
+    assert _requests_counted(samples) == 11
+
+
 def _worker_value(directory: Path, pid: int) -> Any:
     """One value of a served worker's counter, made as prometheus-client's multiprocess
     mode makes it: through the file it opens in ``directory`` for process ``pid``."""

@@ -61,7 +61,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -369,15 +369,20 @@ class _Slot:
     free slot of the multiprocess directory, held by a lock for the life of the process.
 
     The library calls it before every write, to notice a fork: the slot is taken again
-    only in a process other than the one that took it (a forked child shares its
-    parent's lock, so it locks the slot's file anew and finds it held). A slot no
-    process holds is free whatever happened to its last holder: the kernel drops a lock
-    with the last descriptor, at SIGKILL too."""
+    only in a process other than the one that took it. A forked child takes a slot of
+    its own while it still holds its parent's (the descriptor it inherited shares the
+    parent's lock), and lets go of that one only then: taking the parent's slot again
+    (the parent gone) would give the library the name it already has, so it would not
+    start the child's values afresh, and the child would write its copy of the parent's
+    counts over what the parent counted since the fork. A slot no process holds is free
+    whatever happened to its last holder: the kernel drops a lock with the last
+    descriptor, at SIGKILL too."""
 
     def __init__(self) -> None:
         self._pid = -1
         self._name = ""
         self._held = -1
+        self._held_file: tuple[int, int] | None = None  # the slot file's device and inode
         self.started = False  # until then "": no slot is taken before a value is made
 
     def __call__(self) -> str:
@@ -387,9 +392,7 @@ class _Slot:
 
     def _take(self) -> None:
         directory = os.environ[MULTIPROC_ENV]
-        if self._held >= 0:  # the parent's descriptor, in a forked child
-            os.close(self._held)
-            self._held = -1
+        inherited, inherited_file = self._held, self._held_file
         for slot in range(MAX_SLOTS):
             fd = os.open(
                 os.path.join(directory, f"slot-{slot}.lock"),
@@ -398,15 +401,23 @@ class _Slot:
             )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                status = os.fstat(fd)
             except BlockingIOError:
                 os.close(fd)
                 continue
             except BaseException:
                 os.close(fd)
                 raise
-            self._held, self._pid, self._name = fd, os.getpid(), f"slot{slot}"
-            return
-        raise OSError(f"all {MAX_SLOTS} metrics slots in {directory} are held")
+            self._held, self._held_file = fd, (status.st_dev, status.st_ino)
+            self._pid, self._name = os.getpid(), f"slot{slot}"
+            break
+        else:
+            raise OSError(f"all {MAX_SLOTS} metrics slots in {directory} are held")
+        if inherited >= 0:  # the parent's, in a forked child: let go of it now
+            with suppress(OSError):  # unless the number is another file's by now
+                held = os.fstat(inherited)
+                if (held.st_dev, held.st_ino) == inherited_file:
+                    os.close(inherited)
 
 
 # In a worker (the directory named before prometheus-client was loaded), values are
