@@ -3,6 +3,7 @@ secret or artifact anywhere in the output of a full decision."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
@@ -284,6 +285,27 @@ def test_a_traceback_of_a_message_of_several_lines_logs_no_line_of_it(
     the type logged is the first one the text names (of a chain, the cause's)."""
     text = _formatted(message, chained=chained)
     assert _format(logging.makeLogRecord({"msg": text}))["message"] == f"traceback: {named}"
+
+
+def test_a_line_separator_in_a_traceback_starts_no_line() -> None:
+    """A syntax error's traceback quotes the source line, indented; a U+2028 in it is no
+    line end to the traceback, and what follows it is not read as the type."""
+    try:
+        ast.parse("x = 1 +\u2028sk_live_SECRET: ")
+    except SyntaxError:
+        text = traceback.format_exc()
+    line = _format(logging.makeLogRecord({"msg": text}))
+    assert line["message"] == "traceback: SyntaxError"
+
+
+def test_an_exception_group_traceback_logs_none_of_its_messages() -> None:
+    try:
+        raise ExceptionGroup("eg", [ValueError("cannot parse 'hunter2'")])  # noqa: TRY301
+    except ExceptionGroup:
+        text = traceback.format_exc()
+    assert "hunter2" in text
+    line = _format(logging.makeLogRecord({"msg": text}))
+    assert line["message"] == "traceback: an exception group"
 
 
 def test_a_traceback_whose_type_cannot_be_read_logs_none_of_it() -> None:

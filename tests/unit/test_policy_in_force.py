@@ -6,6 +6,7 @@ every process of the service before its next decision."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -389,6 +390,43 @@ def test_a_reload_pins_in_the_directory_the_processes_follow(kit: Kit, pinned: P
     assert (moved / pinned.name).read_text(encoding="utf-8") == EDITED
     assert list(pinned.parent.iterdir()) == []  # nothing written by name
     assert sorted(p.name for p in moved.iterdir() if p.name.startswith(".")) == []  # no temp
+
+
+def test_a_directory_that_cannot_be_synced_fails_no_reload_once_the_pin_is_in_place(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once renamed into place the new version is what every process reads: a failing
+    sync of the directory after that is no failed reload (it was answered and logged as
+    one, the new policy in force all the same). A file system without directory sync
+    starts a service too."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    pin = a._pin
+    assert pin is not None
+    real_fsync = os.fsync
+
+    def no_directory_sync(fd: int) -> None:
+        if fd == pin._dir:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_directory_sync)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    done = a.reload_policy(via="http")
+    assert done.reloaded, done.error
+    assert a.decide(kit.submit()).policy_hash == done.policy_hash
+    assert b.decide(kit.submit()).policy_hash == done.policy_hash
+    assert [r["result"] for r in kit.records("admin")] == ["done"]  # no "failed" after it
+
+
+def test_the_pin_is_private_whatever_the_umask(kit: Kit, pinned: Path) -> None:
+    a = _open(kit, pinned)
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    old = os.umask(0o477)
+    try:
+        assert a.reload_policy(via="http").reloaded
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(pinned.stat().st_mode) == 0o600
 
 
 def test_an_event_loop_takes_a_new_version_beside_it(

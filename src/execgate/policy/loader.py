@@ -135,6 +135,7 @@ class Pin:
         try:
             try:
                 with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), 0o600)  # whatever the umask
                     out.write(text.encode("utf-8"))
                     out.flush()
                     os.fsync(out.fileno())  # a disk that fails fails it before the block
@@ -143,10 +144,13 @@ class Pin:
             yield
             try:
                 os.replace(name, self.path.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
-                placed = True
-                os.fsync(self._dir)
             except OSError as exc:
                 raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            placed = True
+            # In place, and read by every process from now: a directory whose sync fails
+            # (or a file system that has none) leaves it so, and a crash may take it back.
+            with suppress(OSError):
+                os.fsync(self._dir)
         finally:
             if not placed:
                 with suppress(OSError):

@@ -87,6 +87,7 @@ def _encode(line: dict[str, Any]) -> str:
 
 
 _TRACEBACK: Final = "Traceback (most recent call last):"
+_GROUP_TRACEBACK: Final = re.compile(r"[ +|]*Exception Group Traceback \(most recent call last\):")
 
 
 _EXCEPTION_TYPE: Final = re.compile(r"[A-Za-z_][\w.]*")
@@ -96,7 +97,7 @@ def _exception_type(traceback_text: str) -> str | None:
     """The type a formatted traceback names: its first line that is not indented after
     the header (frames are), up to a colon; None when that is not a type's name. The
     last line is no good: a message of several lines ends the text with its own."""
-    for line in traceback_text.splitlines()[1:]:
+    for line in traceback_text.split("\n")[1:]:  # not splitlines: U+2028 is no line end here
         if line and not line[0].isspace():
             name = line.partition(":")[0]
             return name if _EXCEPTION_TYPE.fullmatch(name) else None
@@ -107,6 +108,8 @@ def _scrub(text: str) -> str:
     if text.startswith(_TRACEBACK):
         name = _exception_type(text)
         return "traceback" if name is None else f"traceback: {name}"
+    if _GROUP_TRACEBACK.match(text):  # every line of one is indented: no type to read
+        return "traceback: an exception group"
     text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
     text = _JWS.sub("[redacted-jws]", text)
     if len(text) > _MAX_MESSAGE:
