@@ -400,10 +400,12 @@ def test_request_fields_are_printed_with_control_characters_escaped(world: World
     can, and are printed escaped."""
     refused = world.decide(world.artifact("art.jwt"), resource="acct:1\x1b[2J")
     assert refused.code == 2
-    approval = world.pause(world.artifact("art.jwt"), memo="m\x1b[2J")
+    approval = world.pause(world.artifact("art.jwt"), memo="m\x1b[2J", note="\u202e!")
     shown = world.ok("approvals", "show", approval).out
     assert "\x1b" not in shown
+    assert "\u202e" not in shown  # it would show the approver the line reversed
     assert '"memo": "m\\u001b[2J"' in shown
+    assert '"note": "\\u202e!"' in shown
     doc = world.ok("approvals", "show", approval, "--json").json()
     assert doc["request"]["args"]["memo"] == "m\x1b[2J"
 

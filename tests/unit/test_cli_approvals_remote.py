@@ -514,3 +514,29 @@ def test_the_client_knows_every_state_the_commands_show() -> None:
     from execgate.cli._approvals_remote import STATES
 
     assert set(approvals._NEXT) == STATES
+
+
+_EVIL = "\x1b]0;PWNED\x07\x1b[2J\u202e"
+
+
+def test_a_gateway_answer_is_printed_with_its_controls_escaped(env: Env, fake: Fake) -> None:
+    """Whoever answers --url (a rogue gateway, anyone in the path of plain http) chooses
+    the text of its answer: an error code or a success field holding an escape sequence
+    would retitle the window or clear the screen."""
+    argv = ["policy", "reload", "--url", fake.url, "--admin-key", env.key("admin")]
+    path = "/v1/admin/policy/reload"
+    refused = {"error": {"code": f"policy.reload_refused{_EVIL}", "message": f"no{_EVIL}"}}
+    fake.answers[("POST", path)] = (422, json.dumps(refused).encode())
+    code, out, err = env.run(*argv)
+    assert code == 2
+    assert out == ""
+    assert "policy.reload_refused\\u001b]0;PWNED\\u0007\\u001b[2J\\u202e: no\\u001b" in err
+    done = {"reloaded": True, "policy_hash": f"sha256:x{_EVIL}", "workers": f"all{_EVIL}"}
+    done["previous_policy_hash"] = "sha256:a"
+    fake.answers[("POST", path)] = (200, json.dumps(done).encode())
+    code, out, err = env.run(*argv)
+    assert code == 0, err
+    assert out == (
+        "reloaded: policy sha256:x\\x1b]0;PWNED\\x07\\x1b[2J\\u202e is in force"
+        " (was sha256:a; workers: all\\x1b]0;PWNED\\x07\\x1b[2J\\u202e)\n"
+    )

@@ -10,7 +10,11 @@ import json
 import re
 from typing import Final
 
-_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Controls, and the marks that reorder or hide text (a U+202E in a request's argument
+# would show an approver its line reversed).
+_UNPRINTABLE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
 
 
 def parse_record(entry: bytes) -> object:
@@ -24,7 +28,12 @@ def parse_record(entry: bytes) -> object:
 def cell(value: object) -> str:
     """One record field as printable text (``-`` for null)."""
     text = "-" if value is None else str(value)
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _UNPRINTABLE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def summary(record: object) -> tuple[str, str, str, str]:

@@ -160,4 +160,4 @@ def error_of(status: int, answer: Any) -> Refusal:
     message = error.get("message") if isinstance(error, dict) else None
     if not isinstance(code, str):
         return Refusal(None, f"HTTP {status} without an error body")
-    return Refusal(code, one_line(str(message)))
+    return Refusal(one_line(code[:128]), one_line(str(message)))  # anyone's text, as sent

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from execgate.cli._common import Commands, home_of, note, optional_config, out, policy_error
+from execgate.cli._records import cell
 from execgate.cli._remote import add_remote, admin_call, error_of
 from execgate.errors import PolicyError
 
@@ -62,10 +63,12 @@ _RELOAD_PATH = "/v1/admin/policy/reload"
 def _reload(args: argparse.Namespace) -> int:
     status, answer = admin_call(args, "POST", _RELOAD_PATH)
     if status == 200 and isinstance(answer, dict) and answer.get("reloaded") is True:
-        now, was = answer.get("policy_hash"), answer.get("previous_policy_hash")
+        # The gateway's text, as sent (a proxy's, whoever answered): escaped like any.
+        now, was = (cell(answer.get(k)) for k in ("policy_hash", "previous_policy_hash"))
         out(
             f"reloaded: policy {now} is in force"
-            f" ({'unchanged' if now == was else f'was {was}'}; workers: {answer.get('workers')})"
+            f" ({'unchanged' if now == was else f'was {was}'};"
+            f" workers: {cell(answer.get('workers'))})"
         )
         return 0
     refusal = error_of(status, answer)
