@@ -429,16 +429,11 @@ def test_the_pin_is_private_whatever_the_umask(kit: Kit, pinned: Path) -> None:
     assert stat.S_IMODE(pinned.stat().st_mode) == 0o600
 
 
-def test_an_event_loop_takes_a_new_version_beside_it(
-    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Taking a new version reads and compiles the whole policy (seconds for a large
-    one): ``decide_async`` does that in the loop's executor, so the loop serves every
-    other request meanwhile, and the decision runs the new version."""
-    a, b = _open(kit, pinned), _open(kit, pinned)
-    v1 = a.policy.hash
-    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
-    assert b.reload_policy(via="http").reloaded
+def _decided_on_a_loop(
+    kit: Kit, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Thread, Decision, list[threading.Thread]]:
+    """A decision of ``gateway``'s made with ``decide_async``: the loop's thread, the
+    decision, and the threads each pinned version was read in."""
     taken_in: list[threading.Thread] = []
     real = pipeline._pinned
 
@@ -449,9 +444,23 @@ def test_an_event_loop_takes_a_new_version_beside_it(
     monkeypatch.setattr(pipeline, "_pinned", recorded)
 
     async def decide() -> tuple[threading.Thread, Decision]:
-        return threading.current_thread(), await a.decide_async(kit.submit())
+        return threading.current_thread(), await gateway.decide_async(kit.submit())
 
     loop_thread, decision = asyncio.run(decide())
+    return loop_thread, decision, taken_in
+
+
+def test_an_event_loop_takes_a_new_version_beside_it(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking a new version reads and compiles the whole policy (seconds for a large
+    one): ``decide_async`` does that in the loop's executor, so the loop serves every
+    other request meanwhile, and the decision runs the new version."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    v1 = a.policy.hash
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    assert b.reload_policy(via="http").reloaded
+    loop_thread, decision, taken_in = _decided_on_a_loop(kit, a, monkeypatch)
     assert decision.policy_hash == b.policy.hash != v1
     assert len(taken_in) == 1
     assert taken_in[0] is not loop_thread
@@ -464,19 +473,7 @@ def test_an_event_loop_takes_a_version_it_cannot_take_once_beside_it(
     was read again on the loop, the very stall taking it beside the loop avoids)."""
     a = _open(kit, pinned)
     pin_policy(pinned, "version: 1\nrules: []\n")
-    taken_in: list[threading.Thread] = []
-    real = pipeline._pinned
-
-    def recorded(*args: Any, **kwargs: Any) -> Any:
-        taken_in.append(threading.current_thread())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_pinned", recorded)
-
-    async def decide() -> tuple[threading.Thread, Decision]:
-        return threading.current_thread(), await a.decide_async(kit.submit())
-
-    loop_thread, decision = asyncio.run(decide())
+    loop_thread, decision, taken_in = _decided_on_a_loop(kit, a, monkeypatch)
     assert (decision.outcome.value, decision.reasons[0].code) == ("fail_closed", "internal.error")
     assert len(taken_in) == 1
     assert taken_in[0] is not loop_thread

@@ -501,6 +501,17 @@ def _workers_of(pid: int) -> list[int]:
     return found
 
 
+def _both_workers(server: Server) -> list[int]:
+    """The two workers of ``serve --workers 2``, once both have started."""
+    deadline = time.monotonic() + 20
+    workers = _workers_of(server.proc.pid)
+    while len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        workers = _workers_of(server.proc.pid)
+    assert len(workers) == 2
+    return workers
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie, not yet reaped by whoever adopted it, has stopped)."""
     try:
@@ -529,12 +540,7 @@ def test_workers_stop_when_the_supervisor_is_killed(kit: Kit) -> None:
     holds its lock); once it has stopped, the next ``serve`` removes it."""
     body = json.dumps(kit.submit()).encode()
     with serve(kit, workers=2) as server:
-        deadline = time.monotonic() + 20
-        workers = _workers_of(server.proc.pid)
-        while len(workers) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            workers = _workers_of(server.proc.pid)
-        assert len(workers) == 2
+        workers = _both_workers(server)
         [left] = _services(kit)
         with _in_flight(server.port, body) as conn:
             time.sleep(0.3)
@@ -579,12 +585,7 @@ def test_a_killed_worker_is_replaced_and_its_replacement_keeps_its_metrics(kit: 
     worker's metrics slot, so the counts stay and the service's metrics files do not
     grow with each restart."""
     with serve(kit, workers=2) as server:
-        deadline = time.monotonic() + 20
-        workers = _workers_of(server.proc.pid)
-        while len(workers) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            workers = _workers_of(server.proc.pid)
-        assert len(workers) == 2
+        workers = _both_workers(server)
         for _ in range(20):
             assert httpx.get(server.url + "/healthz").status_code == 200
         before = _healthz_counted(server.url)

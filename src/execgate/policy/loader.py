@@ -56,10 +56,19 @@ def read_policy(path: str | Path, *, targets: Collection[str]) -> tuple[Policy, 
 def pin_lock(path: Path) -> Iterator[None]:
     """Hold the lock of the pin at ``path`` (an ``flock`` on ``<path>.lock`` beside it):
     the workers of a service read, write and restore it one at a time."""
+    with _flocked(path, str(path) + ".lock", None):
+        yield
+
+
+@contextmanager
+def _flocked(pin: Path, name: str, directory: int | None) -> Iterator[None]:
+    """An ``flock`` held on the lock file ``name`` (in ``directory``, a descriptor, when
+    given) of the pin at ``pin``."""
     try:
-        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(name, flags, 0o600, dir_fd=directory)
     except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot write {pin}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -100,20 +109,8 @@ class Pin:
     def lock(self) -> Iterator[None]:
         """``pin_lock`` of this pin, in the directory this process follows (not whatever
         directory has its name now)."""
-        try:
-            fd = os.open(
-                self.path.name + ".lock",
-                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                0o600,
-                dir_fd=self._dir,
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with _flocked(self.path, self.path.name + ".lock", self._dir):
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     @contextmanager
     def replacing(self, text: str) -> Iterator[None]:
