@@ -516,7 +516,7 @@ def test_the_client_knows_every_state_the_commands_show() -> None:
     assert set(approvals._NEXT) == STATES
 
 
-_EVIL = "\x1b]0;PWNED\x07\x1b[2J\u202e"
+_EVIL = "\x1b]0;PWNED\x07\x1b[2J\u202e\u061c"
 
 
 def test_a_gateway_answer_is_printed_with_its_controls_escaped(env: Env, fake: Fake) -> None:
@@ -530,13 +530,13 @@ def test_a_gateway_answer_is_printed_with_its_controls_escaped(env: Env, fake: F
     code, out, err = env.run(*argv)
     assert code == 2
     assert out == ""
-    assert "policy.reload_refused\\u001b]0;PWNED\\u0007\\u001b[2J\\u202e: no\\u001b" in err
+    assert "policy.reload_refused\\x1b]0;PWNED\\x07\\x1b[2J\\u202e\\u061c: no\\x1b" in err
     done = {"reloaded": True, "policy_hash": f"sha256:x{_EVIL}", "workers": f"all{_EVIL}"}
     done["previous_policy_hash"] = "sha256:a"
     fake.answers[("POST", path)] = (200, json.dumps(done).encode())
     code, out, err = env.run(*argv)
     assert code == 0, err
     assert out == (
-        "reloaded: policy sha256:x\\x1b]0;PWNED\\x07\\x1b[2J\\u202e is in force"
-        " (was sha256:a; workers: all\\x1b]0;PWNED\\x07\\x1b[2J\\u202e)\n"
+        "reloaded: policy sha256:x\\x1b]0;PWNED\\x07\\x1b[2J\\u202e\\u061c is in force"
+        " (was sha256:a; workers: all\\x1b]0;PWNED\\x07\\x1b[2J\\u202e\\u061c)\n"
     )

@@ -390,7 +390,7 @@ def test_an_error_quoting_a_file_prints_no_terminal_control(
     (cli / "evil.json").write_text(json.dumps({**REQUEST, key: 1}), encoding="utf-8")
     argv = ["--home", "home", "decide", "--request", "evil.json", "--artifact", "art.jwt"]
     line = assert_one_line_error(run(capsys, *argv, "--runtime-key", "runtime.jwk"), "evil")
-    assert "\\u001b]0;PWNED\\u0007\\u001b[2J\\u001b[31mevil\\u202e\\u009b" in line
+    assert "\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31mevil\\u202e\\x9b" in line
     assert not [c for c in line if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
 
 

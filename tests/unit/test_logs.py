@@ -277,14 +277,36 @@ def _formatted(message: str, *, chained: bool) -> str:
         "outer SECRET-abc\nsecond line: more SECRET",
     ],
 )
-@pytest.mark.parametrize(("chained", "named"), [(False, "ValueError"), (True, "KeyError")])
+@pytest.mark.parametrize("chained", [False, True])
 def test_a_traceback_of_a_message_of_several_lines_logs_no_line_of_it(
-    message: str, chained: bool, named: str
+    message: str, chained: bool
 ) -> None:
     """The last line of such a traceback is the message's own last line, not the type:
-    the type logged is the first one the text names (of a chain, the cause's)."""
+    the type logged is the last exception's (of a chain, the one raised last)."""
     text = _formatted(message, chained=chained)
-    assert _format(logging.makeLogRecord({"msg": text}))["message"] == f"traceback: {named}"
+    assert _format(logging.makeLogRecord({"msg": text}))["message"] == "traceback: ValueError"
+
+
+def test_a_traceback_whose_first_exception_was_never_raised_logs_none_of_it() -> None:
+    """``raise X from Y(...)``: the text begins with Y's line, message and all, not the
+    header (Starlette hands uvicorn such a text when an app's startup fails)."""
+    try:
+        raise RuntimeError("startup failed") from KeyError("api_key=sk-live-123")  # noqa: TRY301
+    except RuntimeError:
+        text = traceback.format_exc()
+    assert text.startswith("KeyError: 'api_key=sk-live-123'")
+    line = _format(logging.makeLogRecord({"msg": text}))
+    assert line["message"] == "traceback: RuntimeError"
+
+
+def test_a_syntax_errors_quoted_source_is_not_read_as_its_type() -> None:
+    try:
+        raise SyntaxError("bad", ("policy.py", 1, 1, "x\nsecret_word: more"))  # noqa: TRY301
+    except SyntaxError:
+        text = traceback.format_exc()
+    assert "\nsecret_word: more" in text
+    line = _format(logging.makeLogRecord({"msg": text}))
+    assert line["message"] == "traceback: SyntaxError"
 
 
 def test_a_line_separator_in_a_traceback_starts_no_line() -> None:

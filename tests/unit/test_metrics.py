@@ -464,12 +464,15 @@ def test_a_forked_child_takes_a_slot_of_its_own(tmp_path: Path) -> None:
 _FORK_OUTLIVED = textwrap.dedent(
     """
     import os, sys, time
+    from execgate.server import metrics as module
     from execgate.server.metrics import Metrics
     metrics = Metrics(gateway=lambda: None, now=lambda: 0.0)
     assert metrics.multiprocess
     metrics.request("POST", "/v1/decisions", 200, 0.002)
     parent = os.getpid()
     if os.fork() == 0:
+        if sys.argv[2] == "closes":  # as a daemon closing every descriptor it inherited
+            os.close(module._slot._held)
         while os.getppid() == parent:  # until the parent is gone
             time.sleep(0.01)
         metrics.request("POST", "/v1/decisions", 200, 0.002)
@@ -482,14 +485,18 @@ _FORK_OUTLIVED = textwrap.dedent(
 )
 
 
-def test_a_forked_child_that_outlives_its_parent_counts_on_top_of_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("child", ["keeps", "closes"])
+def test_a_forked_child_that_outlives_its_parent_counts_on_top_of_it(
+    tmp_path: Path, child: str
+) -> None:
     """The parent gone, its slot is free: a child taking it again kept the library's
     values from the fork and wrote them over what the parent counted since (10 became
-    2). The child takes a slot of its own before it lets go of the parent's."""
+    2). The child takes a slot of its own before it lets go of the parent's, and never
+    the parent's, even when it closed the descriptor it inherited."""
     done = tmp_path / "done"
     with multiprocess_dir() as directory:
         parent = subprocess.run(
-            [sys.executable, "-c", _FORK_OUTLIVED, str(done)],
+            [sys.executable, "-c", _FORK_OUTLIVED, str(done), child],
             capture_output=True,
             text=True,
             timeout=60,

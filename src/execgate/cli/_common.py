@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from execgate.cli._records import terminal_safe
 from execgate.errors import ConfigError, JoseError, PolicyError, StoreError, UsageError
 from execgate.model import ID_TEXT, Outcome
 
@@ -79,8 +80,7 @@ def one_line(message: str) -> str:
     """An error message for a terminal: one line, and nothing in it a control (a message
     may quote a request file's keys or a gateway's answer, which are anyone's text: an
     escape sequence there would retitle the window or clear the screen)."""
-    text = re.sub(r"\s*\n\s*", " ", message).strip()
-    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return terminal_safe(re.sub(r"\s*\n\s*", " ", message).strip())
 
 
 def shown(value: str) -> str:
@@ -148,18 +148,10 @@ def log_index(text: str) -> int:
     return int(text)
 
 
-# What a terminal acts on or shows as other text, escaped in JSON printed for a human
-# (as \u00XX, so the JSON reads back the same): DEL and the C1 controls (CSI, OSC, ...;
-# json.dumps escapes only C0), and the invisible and direction-changing format marks.
-_TERMINAL_UNSAFE: Final = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-_CONTROLS: Final = re.compile(f"[\x00-\x1f]|{_TERMINAL_UNSAFE.pattern}")
-
-
 def json_text(value: object) -> str:
     """``value`` as indented JSON for a terminal: log content (a request's arguments, a
     delegator's subject) is anyone's text, so nothing in it is printed as a control."""
-    text = json.dumps(value, indent=2, ensure_ascii=False)
-    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return terminal_safe(json.dumps(value, indent=2, ensure_ascii=False), as_json=True)
 
 
 def record_id(text: str) -> str:

@@ -7,14 +7,33 @@ escaped: a log entry can never move the cursor or rewrite what the terminal show
 from __future__ import annotations
 
 import json
-import re
-from typing import Final
 
-# Controls, and the marks that reorder or hide text (a U+202E in a request's argument
-# would show an approver its line reversed).
-_UNPRINTABLE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
-)
+
+def terminal_safe(text: str, *, as_json: bool = False) -> str:
+    """``text`` with every character Python does not count printable escaped: controls
+    (an escape sequence would move the cursor, retitle the window, clear the screen),
+    format characters (direction marks such as U+202E and U+061C show a line reversed;
+    zero-width and tag characters hide text), line and paragraph separators, and spaces
+    other than the plain one. ``as_json``: JSON text, whose line ends are its own (its
+    strings hold none) and stay; the rest is escaped as JSON reads it back (\\uXXXX, a
+    surrogate pair past U+FFFF)."""
+    if text.isprintable():
+        return text
+    escape, keep = (_json_escape, "\n") if as_json else (_escape, "")
+    return "".join(c if c.isprintable() or c in keep else escape(ord(c)) for c in text)
+
+
+def _escape(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _json_escape(code: int) -> str:
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def parse_record(entry: bytes) -> object:
@@ -27,13 +46,7 @@ def parse_record(entry: bytes) -> object:
 
 def cell(value: object) -> str:
     """One record field as printable text (``-`` for null)."""
-    text = "-" if value is None else str(value)
-    return _UNPRINTABLE.sub(_escaped, text)
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return terminal_safe("-" if value is None else str(value))
 
 
 def summary(record: object) -> tuple[str, str, str, str]:

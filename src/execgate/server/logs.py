@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import traceback
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -87,29 +88,45 @@ def _encode(line: dict[str, Any]) -> str:
 
 
 _TRACEBACK: Final = "Traceback (most recent call last):"
-_GROUP_TRACEBACK: Final = re.compile(r"[ +|]*Exception Group Traceback \(most recent call last\):")
-
-
+_GROUP_TRACEBACK: Final = "Exception Group Traceback (most recent call last):"
 _EXCEPTION_TYPE: Final = re.compile(r"[A-Za-z_][\w.]*")
 
 
+def _exception_class(name: str) -> bool:
+    """Whether ``name`` (``ValueError``, ``execgate.errors.ConfigError``) names an
+    exception class this process has loaded. Looked up in the module's namespace, never
+    with ``getattr``: a module's ``__getattr__`` runs code, and the name is a log's text."""
+    if not _EXCEPTION_TYPE.fullmatch(name):
+        return False
+    module, _, attr = name.rpartition(".")
+    owner = sys.modules.get(module or "builtins")
+    found = vars(owner).get(attr) if owner is not None else None
+    return isinstance(found, type) and issubclass(found, BaseException)
+
+
 def _exception_type(traceback_text: str) -> str | None:
-    """The type a formatted traceback names: its first line that is not indented after
-    the header (frames are), up to a colon; None when that is not a type's name. The
-    last line is no good: a message of several lines ends the text with its own."""
-    for line in traceback_text.split("\n")[1:]:  # not splitlines: U+2028 is no line end here
+    """The type of the last exception a formatted traceback names: its last line that is
+    not indented and begins with the name of an exception class this process has
+    loaded, up to a colon. Any other line may be a message's, or quoted source (a
+    syntax error's text, with line ends of its own): the first or the last such line is
+    no type, and logging it would log what the message said."""
+    found = None
+    for line in traceback_text.split("\n"):  # not splitlines: U+2028 is no line end here
         if line and not line[0].isspace():
             name = line.partition(":")[0]
-            return name if _EXCEPTION_TYPE.fullmatch(name) else None
-    return None
+            if _exception_class(name):
+                found = name
+    return found
 
 
 def _scrub(text: str) -> str:
-    if text.startswith(_TRACEBACK):
+    # A traceback anywhere in it (one whose first exception was never raised begins
+    # with that exception's line, not the header): the type only, never the text.
+    if _TRACEBACK in text or _GROUP_TRACEBACK in text:
         name = _exception_type(text)
-        return "traceback" if name is None else f"traceback: {name}"
-    if _GROUP_TRACEBACK.match(text):  # every line of one is indented: no type to read
-        return "traceback: an exception group"
+        if name is not None:
+            return f"traceback: {name}"
+        return "traceback: an exception group" if _GROUP_TRACEBACK in text else "traceback"
     text = _BEARER.sub(lambda m: f"{m.group(1)} [redacted]", text)
     text = _JWS.sub("[redacted-jws]", text)
     if len(text) > _MAX_MESSAGE:

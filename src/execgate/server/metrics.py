@@ -374,9 +374,10 @@ class _Slot:
     parent's lock), and lets go of that one only then: taking the parent's slot again
     (the parent gone) would give the library the name it already has, so it would not
     start the child's values afresh, and the child would write its copy of the parent's
-    counts over what the parent counted since the fork. A slot no process holds is free
-    whatever happened to its last holder: the kernel drops a lock with the last
-    descriptor, at SIGKILL too."""
+    counts over what the parent counted since the fork (a child that closed what it
+    inherited finds the parent's slot free: it never takes that one). A slot no process
+    holds is free whatever happened to its last holder: the kernel drops a lock with the
+    last descriptor, at SIGKILL too."""
 
     def __init__(self) -> None:
         self._pid = -1
@@ -392,8 +393,10 @@ class _Slot:
 
     def _take(self) -> None:
         directory = os.environ[MULTIPROC_ENV]
-        inherited, inherited_file = self._held, self._held_file
+        inherited, inherited_file, before = self._held, self._held_file, self._name
         for slot in range(MAX_SLOTS):
+            if f"slot{slot}" == before:  # free if the child closed what it inherited
+                continue
             fd = os.open(
                 os.path.join(directory, f"slot-{slot}.lock"),
                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
@@ -413,8 +416,8 @@ class _Slot:
             break
         else:
             raise OSError(f"all {MAX_SLOTS} metrics slots in {directory} are held")
-        if inherited >= 0:  # the parent's, in a forked child: let go of it now
-            with suppress(OSError):  # unless the number is another file's by now
+        if inherited >= 0 and inherited != self._held:  # the parent's, in a forked child
+            with suppress(OSError):  # let go of it, unless the number is another file's now
                 held = os.fstat(inherited)
                 if (held.st_dev, held.st_ino) == inherited_file:
                     os.close(inherited)
