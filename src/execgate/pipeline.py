@@ -578,7 +578,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
 
         taken: Callable[[], Policy] | None = None  # the stages take it themselves
         pin = self._pin
-        if pin is not None and pin.moved():
+        try:
+            moved = pin is not None and pin.moved()
+        except Exception:  # noqa: BLE001 - taken beside the loop, where it fails again
+            moved = True
+        if moved:
             # A new version pinned (a reload in another process): read and compiled beside
             # the loop, which serves every other request meanwhile (a large policy takes
             # seconds). The stages get what came of it, a failure too (which fails the

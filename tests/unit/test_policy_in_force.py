@@ -479,6 +479,19 @@ def test_an_event_loop_takes_a_version_it_cannot_take_once_beside_it(
     assert taken_in[0] is not loop_thread
 
 
+def test_a_pin_that_cannot_be_looked_at_fails_an_async_decision_closed(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = _open(kit, pinned)
+
+    def unreadable(self: loader.Pin) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(loader.Pin, "moved", unreadable)
+    decision = asyncio.run(a.decide_async(kit.submit()))
+    assert (decision.outcome.value, decision.reasons[0].code) == ("fail_closed", "internal.error")
+
+
 def test_a_take_under_way_when_the_gateway_closes_holds_nothing_after(
     kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
