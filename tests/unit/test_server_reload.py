@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,6 +308,51 @@ def test_a_sighup_while_starting_is_remembered_and_acted_on_once_the_handler_is_
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_storm_of_sighups_is_one_reload_under_way_and_one_more(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each SIGHUP was a reload of its own (100 signals, 88 identical audit records and
+    as many parses in every worker). One queued that has not read the file yet stands
+    for every SIGHUP after it."""
+    gateway = kit.gateway()
+    entered, release = threading.Event(), threading.Event()
+    real, runs = gateway.reload_policy, []
+
+    def counted(**kwargs: Any) -> Any:
+        runs.append(kwargs)
+        if len(runs) == 1:
+            entered.set()
+            assert release.wait(WAIT)
+        return real(**kwargs)
+
+    monkeypatch.setattr(gateway, "reload_policy", counted)
+    before = signal.getsignal(signal.SIGHUP)
+
+    async def storm() -> None:
+        remove = install_reload_signal(gateway)
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert await asyncio.to_thread(entered.wait, WAIT)  # the first is under way
+            for _ in range(20):
+                os.kill(os.getpid(), signal.SIGHUP)
+                await asyncio.sleep(0.01)  # each is handled
+            release.set()
+            deadline = time.monotonic() + WAIT
+            while len(_reloads(kit)) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # a third, were there one, would be logged by now
+        finally:
+            release.set()
+            remove()
+
+    try:
+        asyncio.run(storm())
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert len(runs) == 2
+    assert len(_reloads(kit)) == 2
 
 
 def test_serve_remembers_a_sighup_from_before_the_cli_is_imported() -> None:

@@ -630,9 +630,19 @@ def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
+    # A storm of SIGHUPs is one reload under way and at most one more: the one waiting
+    # has not read the file yet, so what it reads is what every later signal asked for.
+    queued, running = threading.Event(), threading.Lock()
+
+    def reload() -> None:
+        with running:  # the executor has other threads: one reload at a time
+            queued.clear()  # before the file is read: a SIGHUP from now on queues one
+            _reload_on_signal(gateway)
 
     def on_hup() -> None:
-        loop.run_in_executor(None, _reload_on_signal, gateway)
+        if not queued.is_set():
+            queued.set()
+            loop.run_in_executor(None, reload)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
