@@ -330,6 +330,14 @@ def test_an_exception_group_traceback_logs_none_of_its_messages() -> None:
     assert line["message"] == "traceback: an exception group"
 
 
+def test_a_name_whose_module_is_no_module_is_no_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything may sit in sys.modules: one without a namespace made the formatter
+    raise, and a formatter that raises loses the line."""
+    monkeypatch.setitem(sys.modules, "not_a_module", object())
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nnot_a_module.X: y\n'
+    assert _format(logging.makeLogRecord({"msg": text}))["message"] == "traceback"
+
+
 def test_a_traceback_whose_type_cannot_be_read_logs_none_of_it() -> None:
     text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nd=secret value\n'
     assert _format(logging.makeLogRecord({"msg": text}))["message"] == "traceback"

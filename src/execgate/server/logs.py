@@ -99,8 +99,8 @@ def _exception_class(name: str) -> bool:
     if not _EXCEPTION_TYPE.fullmatch(name):
         return False
     module, _, attr = name.rpartition(".")
-    owner = sys.modules.get(module or "builtins")
-    found = vars(owner).get(attr) if owner is not None else None
+    namespace = getattr(sys.modules.get(module or "builtins"), "__dict__", None)
+    found = namespace.get(attr) if isinstance(namespace, dict) else None  # whatever sits there
     return isinstance(found, type) and issubclass(found, BaseException)
 
 
