@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from execgate.cli import EXIT_USAGE, main
+from execgate.cli._common import json_text
+from execgate.cli._records import cell
 from execgate.cli.approvals import EXIT_REFUSED
 from execgate.home import load_config
 from execgate.keyfile import read_private_key, read_public_key
@@ -447,3 +449,13 @@ def test_json_review_output(world: World) -> None:
     assert isinstance(doc["log_index"], int)
     doc = world.ok("approvals", "deny", approval, "--key", BOB, "--reason", "no", "--json").json()
     assert (doc["verdict"], doc["state"], doc["quorum_met"]) == ("deny", "denied", False)
+
+
+def test_what_shows_as_nothing_is_escaped_too() -> None:
+    """Printable to Python, yet invisible: the variation selectors past U+E0100 carry a
+    byte each (here "rm"), hidden in what an approver reads."""
+    hidden = "\u034f\u115f\u3164\ufe0f" + "".join(chr(0xE0100 + b) for b in b"rm")
+    assert cell(f"ls{hidden}") == "ls\\u034f\\u115f\\u3164\\ufe0f\\U000e0172\\U000e016d"
+    printed = json_text({"a": f"ls{hidden}"})
+    assert not set(hidden) & set(printed)
+    assert json.loads(printed) == {"a": f"ls{hidden}"}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import traceback
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,20 @@ def test_a_name_whose_module_is_no_module_is_no_type(monkeypatch: pytest.MonkeyP
     raise, and a formatter that raises loses the line."""
     monkeypatch.setitem(sys.modules, "not_a_module", object())
     text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nnot_a_module.X: y\n'
+    assert _format(logging.makeLogRecord({"msg": text}))["message"] == "traceback"
+
+
+def test_a_name_is_looked_up_without_running_the_modules_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lazy module loads at its first attribute read: the formatter reads none."""
+
+    class Tripwire(types.ModuleType):
+        def __getattribute__(self, name: str) -> Any:
+            raise AssertionError(f"the formatter read {name}")
+
+    monkeypatch.setitem(sys.modules, "lazy_module", Tripwire("lazy_module"))
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nlazy_module.X: y\n'
     assert _format(logging.makeLogRecord({"msg": text}))["message"] == "traceback"
 
 

@@ -355,6 +355,38 @@ def test_a_storm_of_sighups_is_one_reload_under_way_and_one_more(
     assert len(_reloads(kit)) == 2
 
 
+def test_a_sighup_whose_reload_could_not_start_does_not_stop_the_next(kit: Kit) -> None:
+    gateway = kit.gateway()
+    before = signal.getsignal(signal.SIGHUP)
+
+    async def twice() -> None:
+        loop = asyncio.get_running_loop()
+        remove = install_reload_signal(gateway)
+        real = loop.run_in_executor
+
+        def shut_down(*args: Any) -> Any:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+        try:
+            loop.run_in_executor = shut_down  # type: ignore[method-assign,assignment]
+            os.kill(os.getpid(), signal.SIGHUP)
+            await asyncio.sleep(0.2)  # handled, and not started
+            loop.run_in_executor = real  # type: ignore[method-assign]
+            os.kill(os.getpid(), signal.SIGHUP)
+            deadline = time.monotonic() + WAIT
+            while not _reloads(kit) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            loop.run_in_executor = real  # type: ignore[method-assign]
+            remove()
+
+    try:
+        asyncio.run(twice())
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert len(_reloads(kit)) == 1
+
+
 def test_serve_remembers_a_sighup_from_before_the_cli_is_imported() -> None:
     """The command's entry installs the handler that remembers a SIGHUP before it
     imports the CLI (a tenth of a second or more in which a SIGHUP would otherwise end

@@ -7,6 +7,8 @@ escaped: a log entry can never move the cursor or rewrite what the terminal show
 from __future__ import annotations
 
 import json
+import re
+from typing import Final
 
 
 def terminal_safe(text: str, *, as_json: bool = False) -> str:
@@ -17,10 +19,20 @@ def terminal_safe(text: str, *, as_json: bool = False) -> str:
     other than the plain one. ``as_json``: JSON text, whose line ends are its own (its
     strings hold none) and stay; the rest is escaped as JSON reads it back (\\uXXXX, a
     surrogate pair past U+FFFF)."""
-    if text.isprintable():
+    if text.isprintable() and not _HIDDEN.search(text):
         return text
     escape, keep = (_json_escape, "\n") if as_json else (_escape, "")
-    return "".join(c if c.isprintable() or c in keep else escape(ord(c)) for c in text)
+    return "".join(
+        c if (c.isprintable() and not _HIDDEN.match(c)) or c in keep else escape(ord(c))
+        for c in text
+    )
+
+
+# Printable to Python, yet shown as nothing: the combining grapheme joiner, the Hangul
+# fillers, the variation selectors (those past U+E0100 can carry a byte each, hidden).
+_HIDDEN: Final = re.compile(
+    "[\u034f\u115f\u1160\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
 
 
 def _escape(code: int) -> str:

@@ -642,7 +642,11 @@ def install_reload_signal(gateway: Gateway) -> Callable[[], None]:
     def on_hup() -> None:
         if not queued.is_set():
             queued.set()
-            loop.run_in_executor(None, reload)
+            try:
+                loop.run_in_executor(None, reload)
+            except Exception as exc:  # noqa: BLE001 - e.g. the executor is shut down
+                queued.clear()  # not left set: later SIGHUPs would all be dropped
+                _log.warning("policy reload on SIGHUP not started: %s", type(exc).__name__)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)

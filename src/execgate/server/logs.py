@@ -99,8 +99,11 @@ def _exception_class(name: str) -> bool:
     if not _EXCEPTION_TYPE.fullmatch(name):
         return False
     module, _, attr = name.rpartition(".")
-    namespace = getattr(sys.modules.get(module or "builtins"), "__dict__", None)
-    found = namespace.get(attr) if isinstance(namespace, dict) else None  # whatever sits there
+    try:  # whatever sits there, without running its code (a lazy module would load)
+        namespace = object.__getattribute__(sys.modules.get(module or "builtins"), "__dict__")
+    except (AttributeError, TypeError):
+        return False
+    found = namespace.get(attr) if isinstance(namespace, dict) else None
     return isinstance(found, type) and issubclass(found, BaseException)
 
 
