@@ -341,11 +341,12 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _run_worker(count: int, mode: str) -> str:
-    """A worker process counting ``count`` requests in the multiprocess directory the
-    environment names (as the workers inherit it); what it wrote to stdout."""
+def _python(script: str, *args: str) -> str:
+    """``script`` run to its end in a process of its own, which must succeed (it names
+    the multiprocess directory the environment names, as the workers inherit it); what
+    it wrote to stdout."""
     done = subprocess.run(
-        [sys.executable, "-c", _WORKER, str(count), mode],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -353,6 +354,11 @@ def _run_worker(count: int, mode: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def _run_worker(count: int, mode: str) -> str:
+    """A worker process counting ``count`` requests; what it wrote to stdout."""
+    return _python(_WORKER, str(count), mode)
 
 
 @contextmanager
@@ -495,14 +501,7 @@ def test_a_forked_child_that_outlives_its_parent_counts_on_top_of_it(
     the parent's, even when it closed the descriptor it inherited."""
     done = tmp_path / "done"
     with multiprocess_dir() as directory:
-        parent = subprocess.run(
-            [sys.executable, "-c", _FORK_OUTLIVED, str(done), child],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert parent.returncode == 0, parent.stderr
+        _python(_FORK_OUTLIVED, str(done), child)  # the parent, gone once it returns
         deadline = time.monotonic() + 30
         while not done.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
