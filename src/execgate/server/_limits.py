@@ -93,7 +93,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httptools
 from uvicorn.config import Config
@@ -620,8 +620,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # An answer is being made or written on this connection (perhaps for a request
             # before the refused one, which was queued behind it): let it finish, then
             # close. Requests queued behind it go unanswered, as on any closed connection.
+            # The close is a lingering one: uvicorn's own, with the refused request's
+            # bytes unread, reset the connection, which could destroy that answer.
             for cycle in answering:
                 cycle.keep_alive = False
+                lingering = _LingeringClose(self.transport, self._close_lingering)
+                cycle.transport = cast("asyncio.Transport", lingering)
             self.pipeline.clear()
             return
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
@@ -662,6 +666,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(_LINGER, self.transport.close)
         else:  # pragma: no cover - TCP transports can
             self.transport.close()
+
+
+class _LingeringClose:
+    """The transport an answer in flight writes to when the connection closes after it:
+    everything is the transport's own but ``close``, which lingers (``_close_lingering``)."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        self._transport = transport
+        self._close = close
+
+    def close(self) -> None:
+        self._close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
