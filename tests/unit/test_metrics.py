@@ -175,7 +175,8 @@ def test_one_read_of_the_store_serves_the_scrapes_of_a_second(
 
     monkeypatch.setattr(gateway.store, "replay_size", counting)
     monkeypatch.setattr(metrics_module, "generate_latest", rendering)
-    monkeypatch.setattr(metrics_module, "GAUGE_MAX_AGE", 0.5)
+    # Long enough for the burst on a busy machine (at 0.5 s a CI run rendered twice).
+    monkeypatch.setattr(metrics_module, "GAUGE_MAX_AGE", 3.0)
     with Client(create_app(open_gateway=lambda: gateway, now=kit.clock)) as client:
         client.post("/v1/decisions", json=kit.submit())
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -183,7 +184,7 @@ def test_one_read_of_the_store_serves_the_scrapes_of_a_second(
         assert {_value(s, "execgate_replay_store_entries") for s in scraped} == {1}
         assert len(counted) == len(rendered) == 1
         client.post("/v1/decisions", json=kit.submit())
-        time.sleep(0.5)
+        time.sleep(3.0)
         later = _scrape(client)
         assert _value(later, "execgate_replay_store_entries") == 2
         assert _value(later, "execgate_decisions_total", outcome="proceed", reason="none") == 2
