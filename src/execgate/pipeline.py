@@ -582,7 +582,14 @@ class Gateway(ApprovalFlow, OutcomeLog):
             moved = pin is not None and pin.moved()
         except Exception:  # noqa: BLE001 - taken beside the loop, where it fails again
             moved = True
-        if moved:
+        if not moved and pin is not None:
+            # Just looked: the pin has not moved, so the policy in force is the one held
+            # (the stages would otherwise look again: a second stat per decision).
+            held = self.policy
+
+            def taken() -> Policy:
+                return held
+        elif moved:
             # A new version pinned (a reload in another process): read and compiled beside
             # the loop, which serves every other request meanwhile (a large policy takes
             # seconds). The stages get what came of it, a failure too (which fails the

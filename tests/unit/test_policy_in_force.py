@@ -492,6 +492,35 @@ def test_a_pin_that_cannot_be_looked_at_fails_an_async_decision_closed(
     assert (decision.outcome.value, decision.reasons[0].code) == ("fail_closed", "internal.error")
 
 
+def test_an_async_decision_looks_at_the_pin_once(
+    kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decide_async`` looks whether the pin moved before the stages; when it has not,
+    the stages run the policy held without a second look (one ``stat`` a decision)."""
+    a, b = _open(kit, pinned), _open(kit, pinned)
+    looks: list[bool] = []
+    real = loader.Pin.moved
+
+    def counted(self: loader.Pin) -> bool:
+        looks.append(real(self))
+        return looks[-1]
+
+    monkeypatch.setattr(loader.Pin, "moved", counted)
+    decision = asyncio.run(a.decide_async(kit.submit()))
+    assert decision.outcome.value == "proceed"
+    assert looks == [False]
+    # A move is still seen, and its version taken, with no more looks than it needs.
+    (kit.home / "policy.yaml").write_text(EDITED, encoding="utf-8")
+    assert b.reload_policy(via="http").reloaded
+    looks.clear()
+    decision = asyncio.run(a.decide_async(kit.submit()))
+    assert decision.policy_hash == b.policy.hash
+    assert looks[0] is True
+    looks.clear()
+    assert asyncio.run(a.decide_async(kit.submit())).policy_hash == b.policy.hash
+    assert looks == [False]
+
+
 def test_a_take_under_way_when_the_gateway_closes_holds_nothing_after(
     kit: Kit, pinned: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
