@@ -449,14 +449,19 @@ def test_a_forked_tree_takes_no_entry_and_is_not_signed(kit: Kit) -> None:
 
 def test_the_node_never_signs_a_tree_that_forks_what_it_signed(kit: Kit) -> None:
     """Rewritten tree nodes would let an entry's evidence prove a forged record. Even
-    when the committed head is removed with them (so the append goes through), the node
-    refuses to sign the next checkpoint instead of a tree head inconsistent with its
-    earlier one (and an export still writes what there is, for verify to judge)."""
+    when the committed head is made anew for them (so the append goes through), the
+    node refuses to sign the next checkpoint instead of a tree head inconsistent with
+    its earlier one (and an export still writes what there is, for verify to judge)."""
     gw = checkpointed_log(kit)
     size = open_checkpoint(gw.audit.checkpoint(now=NOW), verifier(kit)).size
     fork_the_tree(kit, gw)
     gw.close()
     Path(f"{kit.config.store}-head").unlink()
+    store = SQLiteStore(kit.config.store)
+    try:
+        store.remake_head()  # as audit reset-head --unverified does
+    finally:
+        store.close()
     reopened = kit.gateway()
     proceed(kit, reopened)  # appended on the rewritten tree
     with pytest.raises(SigningRefused, match=f"not consistent with checkpoint {size}"):

@@ -329,9 +329,11 @@ def test_a_rewritten_history_signed_by_the_node_is_caught_by_a_kept_checkpoint(
 ) -> None:
     """An intruder rewrites entry 12 and the whole tree in the store, and deletes the
     checkpoints. The store's committed head names the old root, so the gateway signs
-    nothing; with the head removed too, it signs the forged history, and only a
-    checkpoint kept from before (say, by a monitor) tells that it is not the log that
-    was."""
+    nothing; with the head removed too, still nothing (a store that holds entries and
+    no head is refused). With a head made anew for the forged store (``audit
+    reset-head --unverified``, or one written by hand: the home's owner can), it signs
+    the forged history, and only a checkpoint kept from before (say, by a monitor)
+    tells that it is not the log that was; ``reset-head`` with that checkpoint refuses."""
     forged = {**json.loads(_entry(built.lines[built.at(12)])), "outcome": "deny"}
     conn = _db(home)
     conn.execute("UPDATE audit_log SET entry = ? WHERE idx = 12", (canonical_json(forged),))
@@ -344,6 +346,14 @@ def test_a_rewritten_history_signed_by_the_node_is_caught_by_a_kept_checkpoint(
     lines = _export(home, tmp_path / "x.jsonl")
     assert "not covered by a signed checkpoint" in verify(lines).not_verified()
     (home / "state.db-head").unlink()
+    lines = _export(home, tmp_path / "x.jsonl")
+    assert "not covered by a signed checkpoint" in verify(lines).not_verified()
+    pub = home / "keys" / "node.pub.jwk"
+    refused = cli("--home", home, "audit", "reset-head", "--key", pub, "--checkpoint", built.live)
+    assert refused.code == 1
+    assert "NOT VERIFIED" in refused.err
+    assert not (home / "state.db-head").exists()
+    assert cli("--home", home, "audit", "reset-head", "--unverified").code == 0
     lines = _export(home, tmp_path / "x.jsonl")
     assert verify(lines).code == 0  # internally consistent, and signed by the node key
     reason = verify(lines, "--checkpoint", built.live).not_verified()

@@ -558,6 +558,104 @@ def test_show_escapes_what_a_terminal_would_act_on_and_reads_back_the_same(
     assert json.loads(shown)["request"]["args"]["note"] == note
 
 
+# -- audit reset-head ------------------------------------------------------------------------
+
+
+def _append(home: Path, n: int) -> None:
+    store = SQLiteStore(home / "state.db")
+    try:
+        for _ in range(n):
+            store.commit(WriteJob(None, 0, None, lambda _c, i: b'{"index": %d}' % i))
+    finally:
+        store.close()
+
+
+def test_reset_head_makes_the_head_anew_once_the_log_holds_a_kept_checkpoint(
+    built: Log, fresh: Path, tmp_path: Path
+) -> None:
+    """A removed head stops the store (the node signs nothing, nothing is appended);
+    reset-head verifies every entry up to the newest stored checkpoint and the kept
+    checkpoint in them, then makes the head from the store as it is."""
+    kept = tmp_path / "kept.note"
+    assert cli("--home", fresh, "audit", "checkpoint", "-o", kept).code == 0  # size 24
+    _append(fresh, 2)  # after the newest checkpoint: covered by none
+    (fresh / "state.db-head").unlink()
+    refused = cli("--home", fresh, "audit", "checkpoint")
+    assert refused.code != 0
+    assert "state.db-head) is missing" in refused.err
+    assert "'execgate audit reset-head'" in refused.err
+    result = cli("--home", fresh, "audit", "reset-head", "--key", built.pub, "--checkpoint", kept)
+    assert result.code == 0, result
+    assert f"VERIFIED: log gw-test, {SIZE} entries" in result.err
+    assert f"made the committed tree head anew: {SIZE + 2} entries" in result.err
+    assert "(2 entries after the newest checkpoint, unchecked)" in result.err
+    signed = cli("--home", fresh, "audit", "checkpoint")
+    assert signed.code == 0, signed
+    verifier = Verifier("gw-test", read_public_key(built.pub))
+    assert open_checkpoint(signed.out, verifier).size == SIZE + 2
+
+
+def test_reset_head_refuses_an_older_copy_put_back_without_its_head(
+    built: Log, fresh: Path, tmp_path: Path
+) -> None:
+    """The copy holds fewer entries than a checkpoint kept from the store it replaced:
+    NOT VERIFIED, and no head is made (every write stays refused)."""
+    older = sqlite3.connect(tmp_path / "older.db")
+    with sqlite3.connect(fresh / "state.db") as source:
+        source.backup(older)
+    older.close()
+    _append(fresh, 3)
+    kept = tmp_path / "kept.note"
+    assert cli("--home", fresh, "audit", "checkpoint", "-o", kept).code == 0  # size 27
+    for suffix in ("", "-wal", "-shm", "-head"):
+        (fresh / f"state.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "older.db", fresh / "state.db")
+    (fresh / "state.db").chmod(0o600)
+    result = cli("--home", fresh, "audit", "reset-head", "--key", built.pub, "--checkpoint", kept)
+    assert result.code == 1, result
+    assert "execgate: NOT VERIFIED:" in result.err
+    assert f"the log had {SIZE + 3}" in result.err
+    assert not (fresh / "state.db-head").exists()
+    assert _size(fresh) == SIZE
+    assert cli("--home", fresh, "audit", "checkpoint").code != 0
+
+
+def test_reset_head_replaces_a_damaged_head(built: Log, fresh: Path, tmp_path: Path) -> None:
+    kept = tmp_path / "kept.note"
+    assert cli("--home", fresh, "audit", "checkpoint", "-o", kept).code == 0
+    (fresh / "state.db-head").write_bytes(b"")
+    assert "head is damaged" in cli("--home", fresh, "audit", "checkpoint").err
+    result = cli("--home", fresh, "audit", "reset-head", "--key", built.pub, "--checkpoint", kept)
+    assert result.code == 0, result
+    assert cli("--home", fresh, "audit", "checkpoint").code == 0
+
+
+def test_reset_head_unverified_takes_the_store_as_it_is(fresh: Path) -> None:
+    (fresh / "state.db-head").unlink()
+    result = cli("--home", fresh, "audit", "reset-head", "--unverified")
+    assert result.code == 0, result
+    assert "VERIFIED" not in result.err
+    assert f"made the committed tree head anew: {SIZE} entries" in result.err
+    assert cli("--home", fresh, "audit", "checkpoint").code == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ((), "give --key PUB and --checkpoint FILE (both kept outside the home), or --unverified"),
+        (("--unverified", "--key", "k"), "or --unverified to take the store as it is"),
+        (("--key", "k"), "give both --key PUB and --checkpoint FILE"),
+        (("--checkpoint", "c"), "give both --key PUB and --checkpoint FILE"),
+    ],
+)
+def test_reset_head_says_what_it_needs(fresh: Path, flags: tuple[str, ...], message: str) -> None:
+    (fresh / "state.db-head").unlink()
+    result = cli("--home", fresh, "audit", "reset-head", *flags)
+    assert result.code == 2
+    assert message in result.err
+    assert not (fresh / "state.db-head").exists()
+
+
 # -- outcome ---------------------------------------------------------------------------------
 
 

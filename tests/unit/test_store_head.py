@@ -407,7 +407,14 @@ def test_a_damaged_head_stops_writes(path: Path, damage: str) -> None:
         assert store.size() == 3
     finally:
         store.close()
-    os.remove(f"{path}-head")  # a store made before heads were kept: one is made
+    os.remove(f"{path}-head")  # removed: missing, which is no way out
+    with pytest.raises(AuditError, match=r"holds 3 log entries .* head \(state.db-head\) is miss"):
+        fill(path, 1)
+    store = SQLiteStore(path)
+    try:
+        assert store.remake_head().size == 3  # what audit reset-head does once verified
+    finally:
+        store.close()
     assert fill(path, 1) == [3]
     assert not Path(f"{path}-head.new").exists()
 
@@ -461,11 +468,15 @@ def test_a_side_write_whose_head_cannot_be_written_says_so(
         store.close()
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first-write", "made-anew"])
 def test_a_head_that_cannot_be_made_leaves_nothing_aside(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+    path: Path, monkeypatch: pytest.MonkeyPatch, first: bool
 ) -> None:
-    fill(path, 1)
-    os.remove(f"{path}-head")
+    """The first write of a new store makes its head; ``remake_head`` makes one anew.
+    Either, failing, leaves no head and nothing aside, and the store as it was."""
+    if not first:
+        fill(path, 1)
+        os.remove(f"{path}-head")
     store = SQLiteStore(path)
     try:
 
@@ -474,22 +485,104 @@ def test_a_head_that_cannot_be_made_leaves_nothing_aside(
 
         monkeypatch.setattr(os, "fsync", fsync)
         with pytest.raises(AuditError, match="cannot make the store's committed tree head"):
-            store.commit(job(b"entry"))
+            store.commit(job(b"entry")) if first else store.remake_head()
         assert sorted(p.name for p in path.parent.iterdir() if "head" in p.name) == []
         monkeypatch.undo()
-        assert store.size() == 1
-        assert store.commit(job(b"entry")) == 1
+        assert store.size() == (0 if first else 1)
+        if not first:
+            store.remake_head()
+        assert store.commit(job(b"entry")) == (0 if first else 1)
     finally:
         store.close()
 
 
-def test_the_probe_makes_a_removed_head_or_says_it_cannot(path: Path) -> None:
-    """A removed head is made again by the next write: the readiness probe makes it
-    then, so a store whose next write could not make it (here its aside name is taken
-    by a directory) is not ready, instead of ready while every decision fails closed."""
+def test_the_first_head_is_made_durable_before_the_first_write_commits(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that holds anything without a head is refused, so the rename that puts
+    the first head in place is synced (its directory) before the write it heads commits:
+    a power cut must not leave the write without it."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = SQLiteStore(path)
+    try:
+        assert store.commit(job(b"entry")) == 0
+    finally:
+        store.close()
+    assert str(path.parent.resolve()) in synced
+
+
+def test_a_missing_head_stops_every_write_and_signature(path: Path) -> None:
+    """A store that holds anything has a head (made before its first write commits, and
+    never removed): one without is a head lost, or an older copy put back without its
+    head. Nothing is appended, revoked or signed on it, the probe says not ready, and
+    nothing makes the head again but ``remake_head`` (``audit reset-head``)."""
     fill(path, 2)
+    os.remove(f"{path}-head")
+    missing = r"holds 2 log entries and 0 other writes but its committed tree head .* missing"
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match=missing):
+            store.commit(job(b"entry"))
+        with pytest.raises(AuditError, match=missing):
+            store.revoke("jti", "x", reason="r", now=1)
+        with pytest.raises(AuditError, match=missing):
+            store.check_writable(1.0)
+        with pytest.raises(AuditError, match=missing):
+            store.committed_head()
+        log = AuditLog(store, origin="example.test/log", key=PrivateKey.generate())
+        with pytest.raises(SigningRefused, match=missing):
+            log.checkpoint(now=1)
+        assert not Path(f"{path}-head").exists()
+        assert (store.size(), store.revocations(), store.checkpoints()) == (2, [], [])
+    finally:
+        store.close()
+
+
+def test_a_store_with_only_other_writes_has_a_head_too(path: Path) -> None:
+    store = SQLiteStore(path)
+    try:
+        store.revoke("jti", "x", reason="r", now=1)
+        os.remove(f"{path}-head")
+        with pytest.raises(AuditError, match="holds 0 log entries and 1 other writes"):
+            store.commit(job(b"entry"))
+    finally:
+        store.close()
+
+
+def test_a_head_made_anew_must_match_what_was_verified(path: Path) -> None:
+    """``remake_head`` reads the head's root from the stored tree: given the size and
+    root the entries were checked to give, the tree must give them too."""
+    fill(path, 3)
     committed = head(path)
     os.remove(f"{path}-head")
+    conn = sqlite3.connect(path)
+    root = conn.execute("SELECT hash FROM merkle_nodes WHERE level = 1 AND idx = 0").fetchone()[0]
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match="does not hold the 2 entries that were checked"):
+            store.remake_head((2, bytes(32)))
+        with pytest.raises(AuditError, match="does not hold the 4 entries that were checked"):
+            store.remake_head((4, bytes(root)))
+        assert not Path(f"{path}-head").exists()
+        assert store.remake_head((2, bytes(root))).size == 3
+        assert head(path) == committed
+    finally:
+        store.close()
+
+
+def test_the_probe_says_not_ready_while_a_new_store_cannot_make_its_head(path: Path) -> None:
+    """The first write makes the head: the readiness probe makes it then, so a store
+    whose first write could not make it (here its aside name is taken by a directory)
+    is not ready, instead of ready while every decision fails closed."""
     os.mkdir(f"{path}-head.new")
     store = SQLiteStore(path)
     try:
@@ -498,8 +591,8 @@ def test_the_probe_makes_a_removed_head_or_says_it_cannot(path: Path) -> None:
         assert not Path(f"{path}-head").exists()
         os.rmdir(f"{path}-head.new")
         store.check_writable(1.0)
-        assert head(path) == committed  # made from the store as it is
-        assert store.commit(job(b"entry")) == 2
+        assert Path(f"{path}-head").exists()
+        assert store.commit(job(b"entry")) == 0
     finally:
         store.close()
 

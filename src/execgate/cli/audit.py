@@ -1,4 +1,4 @@
-"""``execgate audit checkpoint|prove|export|tail|show``: the home's audit log.
+"""``execgate audit checkpoint|prove|export|tail|show|reset-head``: the home's audit log.
 
 These read the log from the home's store and sign with its node key; they do not load
 the policy or the trust store, so a log stays exportable when the gateway itself would
@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final, cast
 
 from execgate.cli._common import (
     Commands,
@@ -140,6 +141,64 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _last_checkpointed(export: IO[str]) -> Iterator[str]:
+    """The lines of ``export`` up to its last checkpoint: what signatures cover. Entries
+    after it are the node's own since it last signed (a node refuses to sign while its
+    head is missing or damaged), checked by nothing but the store itself."""
+    export.seek(0)
+    last = 0
+    for line in iter(export.readline, ""):
+        if line.startswith('{"checkpoint"'):
+            last = export.tell()
+    export.seek(0)
+    while export.tell() < last and (line := export.readline()):
+        yield line
+
+
+def _reset_head(args: argparse.Namespace) -> int:
+    """Make the store's committed tree head anew, once its log is shown whole: every
+    entry up to the newest stored checkpoint recomputed, every stored checkpoint verified
+    with ``--key`` (kept outside the home), and ``--checkpoint`` (also kept outside)
+    found in the log unchanged. ``--unverified`` takes the store as it is."""
+    from execgate.audit.log import verify_export
+    from execgate.cli.verify import checkpoint_arg, key_arg, not_verified
+    from execgate.errors import EvidenceError
+
+    if args.unverified == (args.key is not None or args.checkpoint is not None):
+        raise UsageError(
+            "give --key PUB and --checkpoint FILE (both kept outside the home), or"
+            " --unverified to take the store as it is"
+        )
+    if not args.unverified and (args.key is None or args.checkpoint is None):
+        raise UsageError(
+            "give both --key PUB and --checkpoint FILE: a checkpoint kept outside the home"
+            " is what shows the store lost no entry it covers"
+        )
+    with _log(args) as log:
+        verified = None
+        if not args.unverified:
+            key = key_arg(args.key)
+            try:
+                checkpoint = checkpoint_arg(args.checkpoint)
+                with tempfile.TemporaryFile("w+", encoding="utf-8") as export:
+                    log.export(export, now=int(time.time()))
+                    report = verify_export(_last_checkpointed(export), key, checkpoint=checkpoint)
+            except EvidenceError as exc:
+                return not_verified(exc)
+            verified = (report.entries, report.root)
+            note(
+                f"VERIFIED: log {log.origin}, {report.entries} entries and {report.checkpoints}"
+                f" signed checkpoints; --checkpoint {args.checkpoint} is in it unchanged"
+            )
+        head = cast("SQLiteStore", log.store).remake_head(verified)
+    after = head.size - (0 if verified is None else verified[0])
+    note(
+        f"made the committed tree head anew: {head.size} entries, {head.writes} other"
+        " writes" + (f" ({after} entries after the newest checkpoint, unchecked)" if after else "")
+    )
+    return 0
+
+
 def register(commands: Commands) -> Commands:
     """Add the ``audit`` group and its live-log commands; return the group."""
     s = commands.add("audit", "the audit log: checkpoints, proofs, export and verification")
@@ -167,4 +226,17 @@ def register(commands: Commands) -> Commands:
     q = group.add("show", "print one log record as JSON")
     q.add_argument("index", type=log_index, metavar="INDEX", help="the record's log index")
     q.set_defaults(func=_show)
+
+    q = group.add(
+        "reset-head",
+        "make the store's committed tree head anew (missing or damaged) once the log verifies",
+    )
+    q.add_argument(
+        "--key", metavar="PUB", help="the node's public key, kept outside the home (.pub.jwk/vkey)"
+    )
+    q.add_argument("--checkpoint", metavar="NOTE_FILE", help="a checkpoint kept outside the home")
+    q.add_argument(
+        "--unverified", action="store_true", help="take the store as it is, checking nothing"
+    )
+    q.set_defaults(func=_reset_head)
     return group

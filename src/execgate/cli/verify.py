@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from execgate.audit.note import Verifier
     from execgate.jose import PublicKey
 
-__all__ = ["register"]
+__all__ = ["checkpoint_arg", "key_arg", "not_verified", "register"]
 
 _MAX_KEY: Final = 64 * 1024
 _MAX_NOTE: Final = 64 * 1024
@@ -43,7 +43,7 @@ _MAX_LINE: Final = 4 * 1024 * 1024
 _MAX_EVIDENCE: Final = _MAX_LINE
 
 
-def _key_arg(value: str) -> PublicKey | Verifier:
+def key_arg(value: str) -> PublicKey | Verifier:
     """``--key``: a public JWK file, a file holding a verifier key, or a verifier key."""
     from execgate.audit.note import Verifier
     from execgate.keyfile import NotRegular, read_public_key, read_regular, refuse_shared_writes
@@ -84,13 +84,26 @@ def _key_arg(value: str) -> PublicKey | Verifier:
         ) from exc
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
+def checkpoint_arg(path: str) -> str:
+    """The text of ``--checkpoint`` file ``path``; ``EvidenceError`` when it cannot be a
+    checkpoint (too large, not UTF-8), ``UsageError`` when it cannot be read."""
+    try:
+        raw = read_bytes(path, "--checkpoint", limit=_MAX_NOTE)
+    except TooLarge as exc:
+        raise EvidenceError(str(exc)) from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EvidenceError(f"--checkpoint {path} is not UTF-8") from None
 
 
-def _not_verified(exc: EvidenceError) -> int:
+def not_verified(exc: EvidenceError) -> int:
     note(f"execgate: NOT VERIFIED: {one_line(str(exc))}")
     return EXIT_NOT_VERIFIED
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
 
 
 class _Lines:
@@ -118,17 +131,13 @@ class _Lines:
 def _verify(args: argparse.Namespace) -> int:
     from execgate.audit.log import verify_export
 
-    key = _key_arg(args.key)
+    key = key_arg(args.key)
     checkpoint = None
     if args.checkpoint is not None:
         try:
-            raw = read_bytes(args.checkpoint, "--checkpoint", limit=_MAX_NOTE)
-        except TooLarge as exc:
-            return _not_verified(EvidenceError(str(exc)))
-        try:
-            checkpoint = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return _not_verified(EvidenceError(f"--checkpoint {args.checkpoint} is not UTF-8"))
+            checkpoint = checkpoint_arg(args.checkpoint)
+        except EvidenceError as exc:
+            return not_verified(exc)
     try:
         with contextlib.ExitStack() as stack:
             fh = (
@@ -141,7 +150,7 @@ def _verify(args: argparse.Namespace) -> int:
     except IsADirectoryError as exc:
         raise UsageError(f"export file {args.file} is a directory, not a file") from exc
     except EvidenceError as exc:
-        return _not_verified(exc)
+        return not_verified(exc)
     origin = json.loads(lines.first)["origin"]
     out(
         f"VERIFIED: log {cell(origin)}, {report.entries} entries,"
@@ -160,15 +169,15 @@ def _verify_proof(args: argparse.Namespace) -> int:
     from execgate.audit.checkpoint import parse_tlog_proof
     from execgate.audit.log import verify_evidence
 
-    key = _key_arg(args.key)
+    key = key_arg(args.key)
     try:
         evidence = read_bytes(args.evidence, "evidence", limit=_MAX_EVIDENCE)
     except TooLarge as exc:
-        return _not_verified(EvidenceError(str(exc)))
+        return not_verified(EvidenceError(str(exc)))
     try:
         checkpoint, entry = verify_evidence(evidence, key)
     except EvidenceError as exc:
-        return _not_verified(exc)
+        return not_verified(exc)
     index = parse_tlog_proof(evidence).index
     record = parse_record(entry)
     out(f"VERIFIED: entry {index} is in log {cell(checkpoint.origin)}")

@@ -34,8 +34,12 @@ and signs nothing (``AuditError``: every decision fails closed, ``/readyz`` answ
 synced: it is written after a commit that is, so after a power cut it can only be
 behind the store, which is checked (its root against the log's first entries) and then
 moved on; under NORMAL or OFF a power cut may take commits the head names, and the
-store is then refused as one that lost them. A missing head is made (whole: written
-aside, then renamed) from the store as it is: a store made before heads were kept.
+store is then refused as one that lost them. The first head is made (whole: written
+aside, renamed, and the rename synced) before the store's first write commits, and
+none is ever removed: a store that holds anything without one lost it, or is a copy
+put back without it, and is refused the same way until ``remake_head`` (``execgate
+audit reset-head``, once the log has been shown whole) makes it anew. (A store made
+before heads were kept needs that once too.)
 
 Each store also keeps one connection open for its whole life (its anchor), and before
 every write checks that its file, ``-wal`` and ``-shm`` are still the files it opened
@@ -103,7 +107,15 @@ _OLD_HEAD_BODY: Final = len(_OLD_HEAD_MAGIC) + 8 + 32
 _HEAD_READS: Final = 3  # a reader outside the writers' turn may meet a write half done
 _DAMAGED: Final = (
     "the store's committed tree head is damaged: nothing more is appended or signed until"
-    " it is put back (README: The gateway home)"
+    " it is put back, or made anew with 'execgate audit reset-head' (README: The gateway"
+    " home)"
+)
+# The first head is made before the first write commits, and none is ever removed: a
+# store that holds anything without one lost it, or is a copy put back without it.
+_MISSING: Final = (
+    "the store holds {size} log entries and {writes} other writes but its committed tree"
+    " head ({name}) is missing: nothing more is appended or signed until it is put back,"
+    " or made anew with 'execgate audit reset-head' (README: The gateway home)"
 )
 # Free space under which the readiness probe says appends may fail: a batch writes up to
 # about a megabyte, and SQLite's write-ahead log grows to about 4 MiB between the times
@@ -283,6 +295,13 @@ def _make_head(path: str, head: CommittedHead) -> int:
         finally:
             os.close(fd)
         os.replace(aside, path)
+        # The rename made durable before the write it heads commits: a store that
+        # holds anything and has no head is refused, so a power cut must not undo it.
+        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         with suppress(OSError):
@@ -860,7 +879,16 @@ class SQLiteStore:
         store, never ahead of it, unless the store lost writes (or, from this process,
         when its view is stale: then ``AuditError``, as for a write)."""
         self._check_files()
-        return _read_head(self._head_path, tries=_HEAD_READS)
+        # What the store holds first: a head, once made, is there before anything is.
+        with self._reader() as conn:
+            size, writes = _log_size(conn), _writes(conn)
+        head = _read_head(self._head_path, tries=_HEAD_READS)
+        if head is None and (size or writes):
+            raise AuditError(self._missing(size, writes))
+        return head
+
+    def _missing(self, size: int, writes: int) -> str:
+        return _MISSING.format(size=size, writes=writes, name=os.path.basename(self._head_path))
 
     def _check_files(self) -> None:
         """``AuditError`` once the store's file, -wal or -shm is not the file this process
@@ -906,9 +934,11 @@ class SQLiteStore:
     ) -> tuple[int, CommittedHead]:
         """In a write transaction, in the writers' turn: check the store (``size``,
         ``writes``, ``root``) against its committed head, and return the head's file open
-        for writing with what it holds (made now from the store as it is, where there was
-        none: a store made before heads were kept)."""
+        for writing with what it holds (made now, where there was none: only for a store
+        that holds nothing yet; see ``remake_head``)."""
         fd, head = _open_head(self._head_path)
+        if fd is None and (size or writes):
+            raise AuditError(self._missing(size, writes))
         try:
             check_head(head, size, root, writes)
             if fd is None or head is None:
@@ -1008,6 +1038,47 @@ class SQLiteStore:
                             conn.execute("ROLLBACK")
                     if fd is not None:
                         os.close(fd)
+                    conn.close()
+        except OSError as exc:  # the lock file
+            raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
+        finally:
+            self._writer_lock.release()
+
+    def remake_head(self, verified: tuple[int, bytes] | None = None) -> CommittedHead:
+        """Make the committed head anew from the store as it is, replacing one missing or
+        damaged (``execgate audit reset-head``, once the log has been shown whole): in the
+        writers' turn, in a write transaction, so it names no write half done. With
+        ``verified`` (size, root: what the log was checked to hold), the store's tree
+        must give that root at that size first, or ``AuditError`` and nothing is made:
+        the head's root is read from the stored tree, which may differ from the entries
+        that were checked."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
+            raise StoreUnavailable(f"no turn to write within {_COMMIT_TIMEOUT}s")
+        try:
+            with self._process_turn(wait=True):
+                self._check_files()
+                conn = self._connect()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    size, writes = _log_size(conn), _writes(conn)
+                    if verified is not None and (
+                        verified[0] > size or _root_at(conn, verified[0]) != verified[1]
+                    ):
+                        raise AuditError(
+                            f"the store's tree does not hold the {verified[0]} entries that"
+                            " were checked: no head is made"
+                        )
+                    head = CommittedHead(size, _root_at(conn, size), writes)
+                    os.close(_make_head(self._head_path, head))
+                    return head
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"cannot read the store: {exc}") from exc
+                finally:
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
                     conn.close()
         except OSError as exc:  # the lock file
             raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
