@@ -13,11 +13,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter
+from typing import Final
 
 from execgate._state import DecisionState
 from execgate.errors import AuditError
 
-__all__ = ["TimedState", "clock_seconds"]
+__all__ = ["TimedState", "clock_seconds", "whole_seconds"]
+
+
+# 9999-12-31T23:59:59Z: past it, a record's time has no RFC 3339 form (and past 2**53,
+# no canonical JSON one: the record could not be written at all).
+_LAST_SECOND: Final = 253_402_300_799
+
+
+def whole_seconds(reading: object) -> int:
+    """A clock's reading in whole seconds: a number (not a bool, not text) from 0 to the
+    last second of the year 9999; anything else (NaN too) is ``ValueError``."""
+    if isinstance(reading, bool) or not isinstance(reading, int | float):
+        raise ValueError(f"the clock gave {type(reading).__name__}, not a number of seconds")
+    if not 0 <= reading <= _LAST_SECOND:
+        raise ValueError("the clock's reading is outside 1970..9999")
+    return int(reading)
 
 
 def clock_seconds(now: Callable[[], float]) -> int:
@@ -26,7 +42,7 @@ def clock_seconds(now: Callable[[], float]) -> int:
     ``AuditError``, and nothing is recorded. A decision turns the same into
     ``fail_closed``."""
     try:
-        return int(now())
+        return whole_seconds(now())
     except Exception as exc:  # NaN, infinity, an OSError: no time to record
         raise AuditError(
             f"the gateway clock cannot be read ({type(exc).__name__}): nothing was recorded"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
 from execgate._state import RECORD_VERSION, DecisionState
-from execgate._timing import TimedState
+from execgate._timing import TimedState, whole_seconds
 from execgate.approvals import check_pauses
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation_by
@@ -643,10 +643,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
             # Cancelling the task cancels this future too; the writer then finds it done
             # and leaves it (see SQLiteStore._LoopFuture.settle).
             index: int = await future
-        except asyncio.CancelledError:
-            # Nobody will hear the answer (server shutdown, an embedder's timeout): a job
-            # not yet taken is withdrawn and never written; one being written completes
-            # and stays in the log (nothing executes on it: its answer is never given).
+        except BaseException:
+            # Nobody will hear the answer (server shutdown, an embedder's timeout, the
+            # coroutine closed): a job not yet taken is withdrawn and never written; one
+            # being written completes and stays in the log (nothing executes on it: its
+            # answer is never given).
             store.withdraw(future)
             raise
         finally:
@@ -661,6 +662,9 @@ class Gateway(ApprovalFlow, OutcomeLog):
             done = store.lead_now()
         except Exception:  # noqa: BLE001 - each job's future carries its own failure
             done = True
+        except BaseException:  # an interrupt, raised on: the next submit flushes again
+            self._flush_on = None
+            raise
         if done:
             self._flush_on = None
         else:
@@ -688,7 +692,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
         )
         state.policy = self.policy  # one policy for the whole decision (see reload_policy)
         try:
-            state.now = int(self._now())
+            state.now = whole_seconds(self._now())
             try:
                 state.policy = (taken or self.current_policy)()
             except Exception as exc:  # this worker's log has the details
@@ -954,6 +958,12 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 state.approval, state.open_approval = None, None
             elif conflict == Conflict.PURGED:
                 state.stop(Outcome.FAIL_CLOSED, "store.unavailable", PURGED_DETAIL)
+            elif conflict is not None:  # a store's answer this gateway does not know
+                state.stop(
+                    Outcome.FAIL_CLOSED,
+                    "store.unavailable",
+                    f"the store answered an unknown conflict {conflict!r}",
+                )
             if conflict is not None and conflict != Conflict.APPROVAL_OPEN:
                 # The store wrote none of the claims: an approval being opened was not
                 # (the decision names none), and one being used was not used (it names

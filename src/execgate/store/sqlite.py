@@ -200,7 +200,7 @@ def _reason(exc: BaseException) -> str:
     its path, which a decision's reasons and an HTTP answer must not (see ``_connect``)."""
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
-    return str(exc)
+    return str(exc) or type(exc).__name__
 
 
 def _head_record(head: CommittedHead) -> bytes:
@@ -562,6 +562,14 @@ _GIVEN_UP: dict[str, _TurnWaiter] = {}  # per lock file: the last helper given u
 _GIVEN_UP_LOCK = threading.Lock()
 
 
+def _give_up(waiter: _TurnWaiter, path: str) -> None:
+    """Leave ``waiter`` (its ``settle`` held, the turn not taken) to let go of the turn
+    once it takes it, or to the next wait on ``path`` to take over."""
+    waiter.given_up = True
+    with _GIVEN_UP_LOCK:
+        _GIVEN_UP[path] = waiter
+
+
 def _wait_for_turn(path: str, timeout: float) -> int:
     """Wait at most ``timeout`` seconds for the writers' ``flock`` on ``path``; return the
     descriptor that holds it, or raise ``StoreUnavailable``.
@@ -579,12 +587,18 @@ def _wait_for_turn(path: str, timeout: float) -> int:
         waiter = _GIVEN_UP.pop(path, None)
     if waiter is None or not waiter.adopt():
         waiter = _TurnWaiter(path)
-    waiter.taken.wait(timeout)
+    try:
+        waiter.taken.wait(timeout)
+    except BaseException:  # an interrupt (KeyboardInterrupt): nobody waits for the turn now
+        with waiter.settle:
+            if waiter.taken.is_set():
+                os.close(waiter.fd)  # taken meanwhile: let go of it at once
+            else:
+                _give_up(waiter, path)
+        raise
     with waiter.settle:
         if not waiter.taken.is_set():
-            waiter.given_up = True
-            with _GIVEN_UP_LOCK:
-                _GIVEN_UP[path] = waiter
+            _give_up(waiter, path)
             raise StoreUnavailable(f"another process has held the writers' turn for {timeout:g}s")
     if waiter.failed:
         os.close(waiter.fd)
@@ -1176,13 +1190,17 @@ class SQLiteStore:
             raise StoreUnavailable("the store is closed")
         pending = _Pending(job)
         self._queue.put(pending)
-        if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
-            with self._claim_lock:
-                if pending.state == _QUEUED:  # no leader has it: it will never be written
-                    pending.state = _WITHDRAWN
-                    raise StoreUnavailable(
-                        f"the audit append did not start within {_COMMIT_TIMEOUT}s"
-                    )
+        try:
+            started = self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): nobody will hear the answer. A job no
+            # leader has taken is withdrawn, never written; one being written completes
+            # and stays in the log, and nothing executes on it.
+            self._withdraw(pending)
+            raise
+        if not started:
+            if self._withdraw(pending):  # no leader has it: it will never be written
+                raise StoreUnavailable(f"the audit append did not start within {_COMMIT_TIMEOUT}s")
             # A leader is writing it right now: its result is moments away.
             self._writer_lock.acquire()
         try:
@@ -1190,6 +1208,9 @@ class SQLiteStore:
             # one batch takes may be queued ahead of it).
             while pending.result is None:
                 self._lead()
+        except BaseException:  # an interrupt: not taken yet, it is withdrawn (as above)
+            self._withdraw(pending)
+            raise
         finally:
             self._writer_lock.release()
         if isinstance(pending.result, BaseException):
@@ -1256,7 +1277,9 @@ class SQLiteStore:
         result is then moments away and must be awaited)."""
         if not isinstance(future, _JobFuture | _LoopFuture):
             raise TypeError("withdraw takes a future that submit returned")
-        pending = future.pending
+        return self._withdraw(future.pending)
+
+    def _withdraw(self, pending: _Pending) -> bool:
         with self._claim_lock:
             if pending.state == _QUEUED:
                 pending.state = _WITHDRAWN
@@ -1281,16 +1304,26 @@ class SQLiteStore:
             pending.resolve()
 
     def _lead(self, *, turn_taken: bool = False) -> None:
+        """Write one batch of queued jobs and resolve each. Whatever stops the batch is
+        every job's result; an interrupt (KeyboardInterrupt, SystemExit) is raised on
+        after that, once no job it took is left unresolved."""
         batch: list[_Pending] = []
-        with self._claim_lock:
-            while len(batch) < _BATCH_MAX:
-                try:
-                    pending = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if pending.state == _QUEUED:  # skip what its caller has given up on
-                    pending.state = _TAKEN
-                    batch.append(pending)
+        interrupted: BaseException | None = None
+        try:
+            with self._claim_lock:
+                while len(batch) < _BATCH_MAX:
+                    try:
+                        pending = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if pending.state == _QUEUED:  # skip what its caller has given up on
+                        batch.append(pending)
+                        pending.state = _TAKEN
+        except BaseException as exc:  # an interrupt: what was taken is not written
+            for p in batch:
+                p.result = StoreUnavailable(f"audit append failed: {_reason(exc)}")
+                p.resolve()
+            raise
         if self._closed:  # closed while this leader waited: nothing more is written
             for p in batch:
                 p.result = StoreUnavailable("the store closed before this record was written")
@@ -1317,8 +1350,12 @@ class SQLiteStore:
                     self._writer.close()
             self._writer = None
             self._frontier = None
+            if not isinstance(exc, Exception):
+                interrupted = exc
         for p in batch:
             p.resolve()
+        if interrupted is not None:
+            raise interrupted
 
     def _load_frontier(self, conn: sqlite3.Connection, size: int) -> Frontier:
         """The frontier of a ``size``-entry log, read from the stored complete subtrees."""

@@ -1,0 +1,248 @@
+"""An interrupt (KeyboardInterrupt in an embedder's REPL or agent loop, a coroutine
+closed) wherever a decision waits to be written: it reaches the caller, nothing is left
+held (this process's writer lock, the writers' turn other processes wait for), and a
+decision nobody heard is never written later as if it had been answered. And the two
+answers from outside the pipeline it must not trust: a store's unknown conflict and a
+clock's reading out of range."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gatekit import NOW, Kit, make_kit
+
+import execgate.pipeline as pipeline
+from execgate.errors import StoreUnavailable
+from execgate.model import Outcome
+from execgate.store import sqlite as sqlite_store
+from execgate.store.base import WriteJob
+from execgate.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[Kit]:
+    k = make_kit(tmp_path)
+    yield k
+    k.close()
+
+
+def _store(kit: Kit) -> tuple[pipeline.Gateway, SQLiteStore]:
+    gateway = kit.gateway()
+    assert isinstance(gateway.store, SQLiteStore)
+    return gateway, gateway.store
+
+
+class _InterruptedOnce:
+    """A lock whose first timed ``acquire`` is interrupted (as by Ctrl-C)."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.armed = True
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.armed and timeout != -1:
+            self.armed = False
+            raise KeyboardInterrupt
+        return bool(self.lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _turn_free_to_another_process(lock_file: str) -> bool:
+    code = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n"
+        "    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, lock_file], check=False).returncode == 0
+
+
+def test_an_interrupt_waiting_for_another_processes_turn_leaves_the_turn_free(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is a helper thread's blocking flock: interrupted, the helper is given up
+    on, so it lets go of the turn the moment it gets it. It kept it for good (every
+    other process on the home then waited out its commit timeout and failed closed),
+    and the interrupt was swallowed into a fail_closed answer."""
+    gateway, store = _store(kit)
+    lock_file = store._real + "-writer.lock"
+
+    class Interrupted(sqlite_store._TurnWaiter):
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            real = self.taken.wait
+
+            def wait(timeout: float | None = None) -> bool:
+                self.taken.wait = real  # type: ignore[method-assign]
+                raise KeyboardInterrupt
+
+            self.taken.wait = wait  # type: ignore[method-assign]
+
+    monkeypatch.setattr(sqlite_store, "_TurnWaiter", Interrupted)
+    other = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)  # another process, writing
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gateway.decide(kit.submit())
+    finally:
+        os.close(other)  # it lets go
+    deadline = time.monotonic() + 10
+    while not _turn_free_to_another_process(lock_file):
+        assert time.monotonic() < deadline, "the writers' turn is still held"
+        time.sleep(0.05)
+    assert gateway.decide(kit.submit()).log_index == 0  # nothing was written before it
+
+
+def test_an_interrupt_waiting_to_write_withdraws_the_decision(kit: Kit) -> None:
+    """Interrupted while another thread writes: the caller hears nothing and runs
+    nothing, so the decision must not be written by the next writer as if it had been
+    answered (its artifact's single use spent on a call that never ran)."""
+    gateway, store = _store(kit)
+    artifact = kit.artifact(uses=1)
+    store._writer_lock = _InterruptedOnce(store._writer_lock)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        gateway.decide(kit.submission(kit.request(amount=100), artifact))
+    assert store.size() == 0
+    assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+    assert [r["decision_id"] for r in kit.records()] == [kit.records()[0]["decision_id"]]
+    again = gateway.decide(kit.submission(kit.request(amount=100), artifact))
+    assert again.outcome is Outcome.PROCEED  # its one use is still there
+
+
+def test_an_async_decision_closed_while_its_record_waits_is_never_written(kit: Kit) -> None:
+    """The coroutine closed (its loop torn down) rather than cancelled: the same as a
+    cancel, the queued record is withdrawn."""
+    gateway, store = _store(kit)
+    artifact = kit.artifact(uses=1)
+    store._writer_lock.acquire()  # another thread writes: the loop's flush retries
+    loop = asyncio.new_event_loop()
+    try:
+        coroutine = gateway.decide_async(kit.submission(kit.request(amount=100), artifact))
+        task = loop.create_task(coroutine)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert not task.done()
+        assert store._queue.qsize() == 1
+    finally:
+        loop.close()
+        coroutine.close()  # GeneratorExit where it awaits its record
+        store._writer_lock.release()
+    assert gateway.decide(kit.submit()).log_index == 0
+    assert store.size() == 1
+    again = gateway.decide(kit.submission(kit.request(amount=100), artifact))
+    assert again.outcome is Outcome.PROCEED
+
+
+def test_an_interrupt_in_a_loops_flush_leaves_the_next_decisions_flushed(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush raised through the loop (Ctrl-C) and the embedder goes on with the
+    same loop: its next decisions are flushed, not left to time out."""
+    monkeypatch.setattr(pipeline, "COMMIT_TIMEOUT", 3.0)
+    gateway, store = _store(kit)
+    real, calls = store.lead_now, []
+
+    def lead_now() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real()
+
+    monkeypatch.setattr(store, "lead_now", lead_now)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(gateway.decide_async(kit.submit()))
+        started = time.monotonic()
+        decision = loop.run_until_complete(gateway.decide_async(kit.submit()))
+        assert decision.outcome is Outcome.PROCEED
+        assert time.monotonic() - started < 2.5  # flushed, not failed at the timeout
+    finally:
+        loop.close()
+
+
+def test_an_interrupt_while_a_batch_is_taken_fails_what_it_took(kit: Kit) -> None:
+    """Interrupted between taking one job and the next: the job taken is failed (its
+    caller fails closed), not left taken with nobody to write or answer it."""
+    gateway, store = _store(kit)
+    queued = store.submit(WriteJob(None, 0, None, lambda _c, _i: b"{}", decision_id="a"))
+    real = store._queue
+    taken: list[object] = []
+
+    class Interrupted:
+        def get_nowait(self) -> object:
+            if taken:
+                raise KeyboardInterrupt  # the signal lands on the second take
+            taken.append(real.get_nowait())
+            return taken[0]
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    store._queue = Interrupted()  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gateway.decide(kit.submit())  # leads, and takes the queued job first
+    finally:
+        store._queue = real
+    with pytest.raises(StoreUnavailable, match="audit append failed: KeyboardInterrupt"):
+        queued.result(timeout=5)
+    assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+    assert store.size() == 1
+
+
+def test_a_conflict_the_gateway_does_not_know_fails_closed(kit: Kit, tmp_path: Path) -> None:
+    """A store (a newer one, another kind) answers a conflict this gateway has no case
+    for: nothing was claimed (the proof not spent, no use taken), so the decision must
+    not stand. It was kept as decided: the same proof went through three times."""
+
+    class Newer(SQLiteStore):
+        @staticmethod
+        def _claim(conn: Any, job: Any, purged: tuple[int, int]) -> str | None:
+            return "serialization_failure"
+
+    gateway = kit.gateway(Newer(tmp_path / "newer.db"))
+    submission = kit.submit()
+    for _ in range(2):
+        decision = gateway.decide(submission)
+        assert decision.outcome is Outcome.FAIL_CLOSED
+        assert [r.code for r in decision.reasons] == ["store.unavailable"]
+        assert "unknown conflict 'serialization_failure'" in decision.reasons[0].detail
+
+
+@pytest.mark.parametrize(
+    "reading", [2**53, 10**30, 1e20, 253_402_300_800, -1, "1700000000", True, None]
+)
+def test_a_clock_reading_out_of_range_fails_closed_and_is_logged(kit: Kit, reading: object) -> None:
+    """A reading past the year 9999 (past 2**53, the record could not even be written:
+    nothing was logged), a negative one, text or a bool: fail_closed, logged."""
+    gateway = kit.gateway()
+    submission = kit.submit()
+    kit.clock.t = reading  # type: ignore[assignment]
+    try:
+        decision = gateway.decide(submission)
+    finally:
+        kit.clock.t = NOW
+    assert decision.outcome is Outcome.FAIL_CLOSED
+    assert [r.code for r in decision.reasons] == ["internal.error"]
+    assert decision.log_index == 0
+    assert kit.records()[0]["outcome"] == "fail_closed"
+    assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
