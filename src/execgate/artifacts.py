@@ -30,7 +30,7 @@ from execgate.jose import (
     sha256_b64url,
     verify,
 )
-from execgate.scope import Grant, parse_grants
+from execgate.scope import Grant, parse_grants, patterns_of
 from execgate.trust import Authority, TrustStore
 
 __all__ = [
@@ -187,7 +187,12 @@ def _parse_claims(
     ):
         raise _malformed(f"claim 'uses' must be an integer from 1 to {MAX_SAFE_INT}")
     try:
-        grants = parse_grants(claims.get("scope"))
+        # The chain's patterns with this link's: compiled on the event loop, so their
+        # cost is bounded for the whole artifact, not link by link.
+        above = () if parent is None else parent.chain
+        grants = parse_grants(
+            claims.get("scope"), compiled=patterns_of(g for link in above for g in link.grants)
+        )
     except ValueError as exc:
         raise _malformed(f"claim 'scope': {exc}") from exc
     if "att" in claims:

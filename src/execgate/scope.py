@@ -25,7 +25,9 @@ and each pattern against each argument value once, an argument of at most
 ``_MAX_MATCHED`` characters, at most ``_MATCH_BUDGET`` characters and
 ``_MAX_PATTERNS`` patterns in all: past a limit the
 constraint fails (a deny, which names the limit), and a request costs a worker
-milliseconds at worst, never seconds.
+milliseconds at worst, never seconds. Compiling is not cheap either: RE2 writes a
+counted repetition out copy by copy, so the patterns an artifact's chain holds are
+bounded in number and in what they expand to (``parse_grants``) before RE2 compiles any.
 """
 
 from __future__ import annotations
@@ -34,16 +36,17 @@ import math
 import re
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from re import _constants, _parser
+from typing import Any, Final
 
 import re2
 
 from execgate._glob import glob_covers, glob_match, validate_glob
 
-__all__ = ["Constraint", "Grant", "ScopeMiss", "check_scope", "parse_grants"]
+__all__ = ["Constraint", "Grant", "ScopeMiss", "check_scope", "parse_grants", "patterns_of"]
 
 _CONSTRAINT_KEYS = frozenset({"max", "min", "enum", "pattern", "prefix"})
 _MAX_GRANTS = 64
@@ -51,6 +54,13 @@ _MAX_PATTERN = 256
 _MAX_MATCHED = 16 * 1024  # characters of one argument a pattern is matched against
 _MATCH_BUDGET = 32 * 1024  # characters matched by patterns in one scope check
 _MAX_PATTERNS = 64  # distinct patterns matched in one scope check
+# RE2 compiles a counted repetition x{m,n} into n copies of x, at up to ~6 us a copy of
+# '.' (a microsecond or two for a class), on the event loop: a pattern is refused past
+# _MAX_PROGRAM such units (see _program_size), and an artifact whose chain's distinct
+# patterns come to more than _PROGRAM_BUDGET in all. 160 patterns of six '.{0,1000}'
+# each, which fit in one artifact, took 8-14 s to read.
+_MAX_PROGRAM = 1000
+_PROGRAM_BUDGET = 4000
 _GLOB_BUDGET = 16 * 1024  # characters matched by distinct globs in one scope check
 
 
@@ -71,7 +81,18 @@ _THIS_MODULE = re.escape(__name__) + r"\Z"
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> Any:
     """``pattern`` compiled by RE2; ``ValueError`` if it is not a pattern both RE2 and
-    Python's ``re`` read, and read alike (see ``_read_differently``)."""
+    Python's ``re`` read, and read alike (see ``_portable``)."""
+    _portable(pattern)
+    try:
+        return re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        raise ValueError(str(exc)) from exc
+
+
+@lru_cache(maxsize=1024)
+def _portable(pattern: str) -> None:
+    """``ValueError`` unless Python's ``re`` reads ``pattern`` without a warning and
+    nothing in it reads differently in RE2 (see ``_read_differently``)."""
     # The filters are the process's, and catch_warnings restores what it found: two
     # checks at once in two threads (decisions on large bodies run in threads) could
     # leave "error" in place for good. One check at a time, and only the warnings
@@ -87,10 +108,61 @@ def _regex(pattern: str) -> Any:
     different = _read_differently(pattern)
     if different is not None:
         raise ValueError(f"{different} means one thing to RE2 and another to Python")
+
+
+_REPEATS: Final = (_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT)
+
+
+@lru_cache(maxsize=1024)
+def _program_size(pattern: str) -> int:
+    """How many copies of its single-character parts RE2 compiles ``pattern`` into, at
+    most: ``x{m,n}`` is ``n`` copies of ``x`` (``x{m,}`` is ``m``, ``*`` and ``+`` one),
+    nested repetitions multiply. Read with Python's parser (cheap) once ``re`` has read
+    it without a warning; one that is not portable counts 0 here, and ``_regex``
+    refuses it before RE2 sees it."""
     try:
-        return re2.compile(pattern, options=_RE2_OPTIONS)
-    except re2.error as exc:
-        raise ValueError(str(exc)) from exc
+        _portable(pattern)
+        tree = _parser.parse(pattern)  # read without a warning just now
+    except (re.error, OverflowError, RecursionError, ValueError):
+        return 0
+
+    def size(node: Any) -> int:
+        total = 0
+        for op, av in node:
+            if op in _REPEATS:
+                low, high, sub = av
+                total += max(low if high == _constants.MAXREPEAT else high, 1) * size(sub)
+            else:
+                total += 1 + sum(size(sub) for sub in _nested(av))
+        return total
+
+    return size(tree)
+
+
+def _nested(av: object) -> Iterator[Any]:
+    if isinstance(av, _parser.SubPattern):
+        yield av
+    elif isinstance(av, tuple | list):
+        for item in av:
+            yield from _nested(item)
+
+
+def _raw_patterns(obj: object) -> set[str]:
+    """The pattern strings of a ``scope`` claim not yet parsed (whatever is not shaped as
+    one is refused by the parse that follows)."""
+    found: set[str] = set()
+    for grant in obj if isinstance(obj, list) else ():
+        constraints = grant.get("constraints") if isinstance(grant, Mapping) else None
+        for bound in constraints.values() if isinstance(constraints, Mapping) else ():
+            pattern = bound.get("pattern") if isinstance(bound, Mapping) else None
+            if isinstance(pattern, str) and len(pattern) <= _MAX_PATTERN:
+                found.add(pattern)
+    return found
+
+
+def patterns_of(grants: Iterable[Grant]) -> set[str]:
+    """The distinct patterns of ``grants``' constraints."""
+    return {c.pattern for g in grants for c in g.constraints.values() if c.pattern is not None}
 
 
 def _read_differently(pattern: str) -> str | None:
@@ -171,6 +243,11 @@ class Constraint:
         if pattern is not None:
             if len(pattern) > _MAX_PATTERN:
                 raise ValueError(f"constraint pattern on {arg!r} is longer than {_MAX_PATTERN}")
+            if _program_size(pattern) > _MAX_PROGRAM:
+                raise ValueError(
+                    f"constraint pattern on {arg!r} repeats too much: it expands to"
+                    f" {_program_size(pattern)} characters, past {_MAX_PROGRAM}"
+                )
             try:
                 _regex(pattern)
             except ValueError as exc:
@@ -364,12 +441,26 @@ class Grant:
         return out
 
 
-def parse_grants(obj: object) -> tuple[Grant, ...]:
-    """Parse a ``scope`` claim: a non-empty list of grants."""
+def parse_grants(obj: object, *, compiled: Collection[str] = ()) -> tuple[Grant, ...]:
+    """Parse a ``scope`` claim: a non-empty list of grants. ``compiled``: the patterns
+    already read for the same artifact (its chain's other links): with this claim's,
+    they may be ``_MAX_PATTERNS`` and expand to ``_PROGRAM_BUDGET`` in all, checked
+    before RE2 compiles any."""
     if not isinstance(obj, list) or not obj:
         raise ValueError("scope must be a non-empty list of grants")
     if len(obj) > _MAX_GRANTS:
         raise ValueError(f"scope may hold at most {_MAX_GRANTS} grants")
+    patterns = _raw_patterns(obj).union(compiled)
+    if len(patterns) > _MAX_PATTERNS:
+        raise ValueError(
+            f"its constraints hold {len(patterns)} distinct patterns, past {_MAX_PATTERNS}"
+        )
+    total = sum(_program_size(p) for p in patterns)
+    if total > _PROGRAM_BUDGET:
+        raise ValueError(
+            f"the patterns of its constraints expand to {total} characters in all, past"
+            f" {_PROGRAM_BUDGET}"
+        )
     return tuple(Grant.parse(g) for g in obj)
 
 
