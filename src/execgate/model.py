@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from execgate.errors import REASON_CODES
+from execgate.receipts import MAX_RECEIPT_BYTES
 
 __all__ = ["ID_TEXT", "MAX_ID", "Decision", "Outcome", "Reason", "Request"]
 
@@ -103,8 +104,15 @@ class Request:
                 )
         if not isinstance(self.args, Mapping):
             raise ValueError("request.args must be a JSON object")
-        if self.parent is not None and not isinstance(self.parent, str):
-            raise ValueError("request.parent must be a string (a parent receipt) or null")
+        if self.parent is not None and (
+            not isinstance(self.parent, str) or len(self.parent) > MAX_RECEIPT_BYTES
+        ):
+            # Longer is no receipt, and would be kept whole in the log: a request without
+            # a proof (anyone's) loses its arguments there, never its parent.
+            raise ValueError(
+                "request.parent must be a parent receipt (a string of at most"
+                f" {MAX_RECEIPT_BYTES} characters) or null"
+            )
 
     @classmethod
     def from_json(cls, obj: object) -> Request:

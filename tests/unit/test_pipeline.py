@@ -24,7 +24,7 @@ from execgate.jose import PrivateKey, b64url_decode, b64url_encode, canonical_js
 from execgate.model import Decision, Outcome, Request
 from execgate.pipeline import MAX_REQUEST_BYTES, Gateway, Submission
 from execgate.proofs import PROOF_TYP, artifact_hash, request_hash
-from execgate.receipts import verify_receipt
+from execgate.receipts import MAX_RECEIPT_BYTES, verify_receipt
 from execgate.store.base import WriteJob
 from execgate.submission import MAX_REQUEST_VALUES
 
@@ -609,6 +609,23 @@ def test_a_large_request_without_a_valid_proof_is_logged_without_its_arguments(
     signed = gw.decide(wire)  # the runtime's own large request is logged whole
     assert logged(gw, signed)["request"] == big.canonical()
     assert "args_omitted" not in logged(gw, signed)
+
+
+def test_a_parent_longer_than_any_receipt_is_refused_before_anything_is_logged(
+    kit: Kit, gw: Gateway
+) -> None:
+    """An anonymous request's parent stays in the log whole (its arguments do not): one
+    of a megabyte added a megabyte a call. No receipt is longer than MAX_RECEIPT_BYTES,
+    so a longer parent is a malformed request, refused like one and logged nowhere."""
+    wire = kit.submit()
+    request = {**wire["request"], "parent": "x" * (MAX_RECEIPT_BYTES + 1)}
+    with pytest.raises(RequestError, match=f"parent receipt .*at most {MAX_RECEIPT_BYTES}"):
+        gw.decide({**wire, "request": request, "proof": None})
+    assert gw.store.size() == 0
+    longest = {**wire["request"], "parent": "x" * MAX_RECEIPT_BYTES}
+    decision = gw.decide({**wire, "request": longest, "proof": None})
+    assert decision.outcome is Outcome.DENY  # a request: decided, and logged
+    assert gw.store.size() == 1
 
 
 # --- replay ---------------------------------------------------------------------------
