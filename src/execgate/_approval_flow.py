@@ -54,6 +54,7 @@ class ApprovalFlow:
         assert state.request is not None
         chain = tuple(link.jti for link in artifact.chain)
         links = tuple(link.digest for link in artifact.chain)
+        holder = artifact.chain[0].jkt
         live: list[tuple[Pending, list[Review]]] = []
         expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):
@@ -61,17 +62,22 @@ class ApprovalFlow:
             if pending.rule != rule or pending.status in ("consumed", "closed"):
                 continue
             status = pending.state(state.now)
-            if status == "denied":
+            if status == "denied" and pending.denies(holder):
                 # One deny of this request under this rule is final, whatever artifact
-                # asks again (a fresh artifact, or a link the runtime delegated to itself)
-                # and whatever else a policy reload changed: no new approval opens for
-                # other approvers to grant.
+                # the runtime asks again with (a fresh one bound to its key, or a link it
+                # delegated to itself) and whatever else a policy reload changed: no new
+                # approval opens for other approvers to grant. Another runtime's deny is
+                # not this one's, whatever subject it named (see Pending.denies).
                 state.stop(
                     Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
                 )
                 state.approval = pending.approval_id
                 return
-            if pending.policy_hash != state.policy_hash or pending.links != links:
+            if (
+                status == "denied"
+                or pending.policy_hash != state.policy_hash
+                or pending.links != links
+            ):
                 continue  # an approval is for one policy and one exact chain
             if status == "pending":
                 reviews = [Review.from_json(b) for b in self.store.reviews(pending.approval_id)]
@@ -141,6 +147,7 @@ class ApprovalFlow:
             expires_at=expires_at,
             excluded=excluded_principals(subjects, keys, attributions),
             request=state.request.canonical(),
+            holder=holder,
         )
         state.open_approval, state.approval = opened, opened.approval_id
         groups = ", ".join(spec.approvers)

@@ -72,6 +72,17 @@ class Pending:
     status: str = "pending"
     links: tuple[str, ...] = ()  # the digest of each link's token: the exact chain
     request: Mapping[str, Any] = field(default_factory=dict)
+    # The key the chain's root artifact binds (its cnf.jkt): whose deny is final for the
+    # request (see ``denies``). Empty in approvals opened before it was kept.
+    holder: str = ""
+
+    def denies(self, holder: str) -> bool:
+        """Whether this approval, denied, is final for the request asked by a chain
+        whose root binds ``holder``: a runtime's own chains, whatever links it adds to
+        them, never another runtime's (which may name the same subject, and would
+        otherwise have a request denied before it was ever asked). One opened before
+        the holder was kept is final for every chain, as it was."""
+        return not self.holder or not holder or self.holder == holder
 
     def state(self, now: int) -> str:
         """pending, denied, consumed, closed, or expired (a pending approval past its
@@ -94,6 +105,7 @@ class Pending:
             "excluded": list(self.excluded),
             "request": dict(self.request),
             "links": list(self.links),
+            **({"holder": self.holder} if self.holder else {}),
         }
 
     @classmethod
@@ -113,6 +125,7 @@ class Pending:
             status=status,
             request=d.get("request", {}),
             links=tuple(d.get("links", ())),
+            holder=d.get("holder", ""),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -820,6 +821,59 @@ def test_a_deny_is_final_for_the_request_whatever_artifact_asks_again(
             approval,
         )
     assert [p.approval_id for p in gw.approvals()] == [approval]
+
+
+def test_another_runtimes_deny_is_not_final_for_this_one(kit: Kit, gw: Gateway) -> None:
+    """A runtime delegates to itself a link naming another runtime's subject, asks the
+    very request that runtime will ask, and has it denied: the deny was final by request
+    and rule alone, so the other runtime's own request was denied before it ever asked.
+    A deny is final for the runtime whose chain's root key asked, whatever it asks
+    with next, never for another's."""
+    victim = Runtime("agent-victim", PrivateKey.generate())
+    request = kit.request(amount=2500, runtime=victim.runtime_id)
+    posing = delegate_artifact(
+        parent=kit.artifact(ttl=3600),
+        holder_key=kit.runtime.key,
+        subject=victim.runtime_id,
+        runtime_key=kit.runtime.key.public,
+        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+        now=NOW,
+    )
+    poser = Runtime(victim.runtime_id, kit.runtime.key)
+    denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
+    review(kit, gw, denied, "cy", "deny")
+    again = gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW))
+    assert (again.outcome, codes(again), again.approval_id) == (
+        Outcome.DENY,
+        ["approval.denied"],
+        denied,
+    )
+    own = kit.artifact(subject=victim.runtime_id, runtime_key=victim.key)
+    asked = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
+    opened = paused(asked)
+    assert opened != denied
+    assert gw.approval(opened)[0].holder == victim.key.public.thumbprint()
+    review(kit, gw, opened, "ana")
+    review(kit, gw, opened, "ben")
+    resumed = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
+    assert resumed.outcome is Outcome.PROCEED
+
+
+def test_a_deny_kept_before_holders_were_is_final_for_every_runtime(kit: Kit, gw: Gateway) -> None:
+    """An approval opened before the holder was kept names none: its deny stays final
+    for the request whoever asks, as it was."""
+    approval = paused(gw.decide(big(kit, kit.artifact())))
+    review(kit, gw, approval, "cy", "deny")
+    conn = sqlite3.connect(kit.config.store)
+    body = json.loads(conn.execute("SELECT body FROM approvals").fetchone()[0])
+    del body["holder"]
+    with conn:
+        conn.execute("UPDATE approvals SET body = ?", (json.dumps(body),))
+    conn.close()
+    other = Runtime(kit.runtime.runtime_id, PrivateKey.generate())
+    token = kit.artifact(runtime_key=other.key)
+    d = gw.decide(other.submission(kit.request(amount=2500), token, audience=GATEWAY_ID, now=NOW))
+    assert (d.outcome, codes(d), d.approval_id) == (Outcome.DENY, ["approval.denied"], approval)
 
 
 def test_a_restart_between_pause_and_resume(kit: Kit) -> None:

@@ -125,6 +125,7 @@ def _approval(args: argparse.Namespace, doc: object, *, reviews: bool) -> Found:
         else "pending",
         links=_strings(args, doc, "links"),
         request=_typed(args, doc, "request", dict),
+        holder=_typed(args, doc, "holder", str) if "holder" in doc else "",
     )
     found = [_review(args, r) for r in _typed(args, doc, "reviews", list)] if reviews else []
     return pending, status, found

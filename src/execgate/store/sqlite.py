@@ -61,11 +61,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Final, overload
+from typing import Any, Final, overload
 
 from execgate.audit.merkle import Frontier, root_at
 from execgate.errors import AuditError, StoreError, StoreUnavailable
@@ -439,15 +439,20 @@ def _already_open(conn: sqlite3.Connection, body: dict[str, object]) -> bool:
     return False
 
 
-def _denied(conn: sqlite3.Connection, request_hash: str, rule: object) -> str | None:
-    """A denied approval of the request under ``rule``, if any: one deny is final for a
-    request under its rule (whatever artifact or policy asks again), and one that
-    committed after the decision read the approvals still wins."""
+def _denied(conn: sqlite3.Connection, asking: Mapping[str, Any]) -> str | None:
+    """A denied approval of the request under the rule of approval body ``asking``, if
+    any: one deny is final for a request under its rule (whatever artifact of the same
+    holder or policy asks again: ``Pending.denies``), and one that committed after the
+    decision read the approvals still wins."""
+    holder = asking.get("holder") or ""
     for approval_id, body in conn.execute(
         "SELECT id, body FROM approvals WHERE request_hash = ? AND status = 'denied'",
-        (request_hash,),
+        (asking["request_hash"],),
     ):
-        if json.loads(body).get("rule") == rule:
+        denied = json.loads(body)
+        if denied.get("rule") == asking.get("rule") and (
+            not holder or not denied.get("holder") or denied["holder"] == holder
+        ):
             return str(approval_id)
     return None
 
@@ -1518,10 +1523,10 @@ class SQLiteStore:
                 return Conflict.EXHAUSTED
         if job.consume_approval is not None:
             used = conn.execute(
-                "SELECT request_hash, body FROM approvals WHERE id = ?", (job.consume_approval,)
+                "SELECT body FROM approvals WHERE id = ?", (job.consume_approval,)
             ).fetchone()
             if used is not None:
-                job.denied = _denied(conn, used[0], json.loads(used[1]).get("rule"))
+                job.denied = _denied(conn, json.loads(used[0]))
                 if job.denied is not None:
                     return Conflict.APPROVAL_DENIED
             cur = conn.execute(
@@ -1539,7 +1544,7 @@ class SQLiteStore:
         if job.open_approval is not None:
             row = job.open_approval
             body = json.loads(row.body)
-            job.denied = _denied(conn, body["request_hash"], body["rule"])
+            job.denied = _denied(conn, body)
             if job.denied is not None:
                 return Conflict.APPROVAL_DENIED
             if _already_open(conn, body):
