@@ -589,6 +589,7 @@ def test_reset_head_makes_the_head_anew_once_the_log_holds_a_kept_checkpoint(
     assert f"VERIFIED: log gw-test, {SIZE} entries" in result.err
     assert f"made the committed tree head anew: {SIZE + 2} entries" in result.err
     assert "(2 entries after the newest checkpoint, unchecked)" in result.err
+    assert "revocations and purges are not in the log" in result.err
     signed = cli("--home", fresh, "audit", "checkpoint")
     assert signed.code == 0, signed
     verifier = Verifier("gw-test", read_public_key(built.pub))
@@ -637,6 +638,24 @@ def test_reset_head_unverified_takes_the_store_as_it_is(fresh: Path) -> None:
     assert "VERIFIED" not in result.err
     assert f"made the committed tree head anew: {SIZE} entries" in result.err
     assert cli("--home", fresh, "audit", "checkpoint").code == 0
+
+
+def test_reset_head_of_a_store_with_no_checkpoint_says_only_unverified_can(
+    built: Log, fresh: Path, tmp_path: Path
+) -> None:
+    kept = tmp_path / "kept.note"
+    assert cli("--home", fresh, "audit", "checkpoint", "-o", kept).code == 0
+    conn = sqlite3.connect(fresh / "state.db")
+    with conn:  # a store whose log holds no signed checkpoint
+        conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+        conn.execute("DELETE FROM checkpoints")
+    conn.close()
+    (fresh / "state.db-head").unlink()
+    result = cli("--home", fresh, "audit", "reset-head", "--key", built.pub, "--checkpoint", kept)
+    assert result.code == 1
+    assert "holds no signed checkpoint to check its log against" in result.err
+    assert "only --unverified makes its head" in result.err
+    assert not (fresh / "state.db-head").exists()
 
 
 @pytest.mark.parametrize(

@@ -579,6 +579,35 @@ def test_a_head_made_anew_must_match_what_was_verified(path: Path) -> None:
         store.close()
 
 
+def test_a_whole_head_that_says_writes_were_lost_is_never_made_anew(
+    path: Path, tmp_path: Path
+) -> None:
+    """An older copy put back under a whole head: the head says what was lost, and
+    making it anew would let the node sign a second tree head for a size it signed
+    before (or forget a revocation). Only a missing or damaged head is made anew."""
+    fill(path, 2)
+    shutil.copy(path, tmp_path / "older.db")
+    store = SQLiteStore(path)
+    try:
+        store.revoke("jti", "x", reason="r", now=1)
+        store.commit(job(b"entry"))
+    finally:
+        store.close()
+    committed = head(path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "older.db", path)
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(AuditError, match=r"holds 2 entries but 3 .* whole: it is made anew"):
+            store.remake_head()
+        assert head(path) == committed
+        Path(f"{path}-head").write_bytes(b"")  # damaged: made anew
+        assert store.remake_head().size == 2
+    finally:
+        store.close()
+
+
 def test_the_probe_says_not_ready_while_a_new_store_cannot_make_its_head(path: Path) -> None:
     """The first write makes the head: the readiness probe makes it then, so a store
     whose first write could not make it (here its aside name is taken by a directory)

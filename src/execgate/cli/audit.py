@@ -29,7 +29,7 @@ from execgate.cli._common import (
     write_text,
 )
 from execgate.cli._records import parse_record, summary
-from execgate.errors import UsageError
+from execgate.errors import EvidenceError, UsageError
 from execgate.keyfile import atomic_file
 
 if TYPE_CHECKING:
@@ -150,6 +150,11 @@ def _last_checkpointed(export: IO[str]) -> Iterator[str]:
     for line in iter(export.readline, ""):
         if line.startswith('{"checkpoint"'):
             last = export.tell()
+    if last == 0:
+        raise EvidenceError(
+            "the store holds no signed checkpoint to check its log against; only"
+            " --unverified makes its head"
+        )
     export.seek(0)
     while export.tell() < last and (line := export.readline()):
         yield line
@@ -162,7 +167,6 @@ def _reset_head(args: argparse.Namespace) -> int:
     found in the log unchanged. ``--unverified`` takes the store as it is."""
     from execgate.audit.log import verify_export
     from execgate.cli.verify import checkpoint_arg, key_arg, not_verified
-    from execgate.errors import EvidenceError
 
     if args.unverified == (args.key is not None or args.checkpoint is not None):
         raise UsageError(
@@ -195,6 +199,10 @@ def _reset_head(args: argparse.Namespace) -> int:
     note(
         f"made the committed tree head anew: {head.size} entries, {head.writes} other"
         " writes" + (f" ({after} entries after the newest checkpoint, unchecked)" if after else "")
+    )
+    note(
+        "revocations and purges are not in the log, so nothing shows whether the store lost"
+        " any: revoke again what was revoked since the store's last good copy"
     )
     return 0
 

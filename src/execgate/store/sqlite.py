@@ -1070,7 +1070,9 @@ class SQLiteStore:
         ``verified`` (size, root: what the log was checked to hold), the store's tree
         must give that root at that size first, or ``AuditError`` and nothing is made:
         the head's root is read from the stored tree, which may differ from the entries
-        that were checked."""
+        that were checked. A head that is whole is never replaced by one that names
+        less: where it says the store lost writes, that is ``AuditError`` too (the writes
+        are put back, or the home is made anew; see ``check_head``)."""
         if self._closed:
             raise StoreUnavailable("the store is closed")
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
@@ -1082,6 +1084,17 @@ class SQLiteStore:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     size, writes = _log_size(conn), _writes(conn)
+                    try:
+                        kept = _read_head(self._head_path, tries=1)
+                    except AuditError:  # damaged or unreadable: what is made anew
+                        kept = None
+                    try:
+                        check_head(kept, size, functools.partial(_root_at, conn), writes)
+                    except AuditError as exc:
+                        raise AuditError(
+                            f"{exc} (the committed tree head is whole: it is made anew only"
+                            " where it is missing or damaged)"
+                        ) from exc
                     if verified is not None and (
                         verified[0] > size or _root_at(conn, verified[0]) != verified[1]
                     ):
