@@ -54,13 +54,13 @@ _MAX_PATTERN = 256
 _MAX_MATCHED = 16 * 1024  # characters of one argument a pattern is matched against
 _MATCH_BUDGET = 32 * 1024  # characters matched by patterns in one scope check
 _MAX_PATTERNS = 64  # distinct patterns matched in one scope check
-# RE2 compiles a counted repetition x{m,n} into n copies of x, at up to ~6 us a copy of
-# '.' (a microsecond or two for a class), on the event loop: a pattern is refused past
-# _MAX_PROGRAM such units (see _program_size), and an artifact whose chain's distinct
-# patterns come to more than _PROGRAM_BUDGET in all. 160 patterns of six '.{0,1000}'
-# each, which fit in one artifact, took 8-14 s to read.
-_MAX_PROGRAM = 1000
-_PROGRAM_BUDGET = 4000
+# RE2 compiles a counted repetition x{m,n} into n copies of x, on the event loop, at up
+# to a few microseconds a copy of '.' or of each range a class lists: a pattern is
+# refused past _MAX_PROGRAM such units (see _program_size), and an artifact whose
+# chain's distinct patterns come to more than _PROGRAM_BUDGET in all. 160 patterns of
+# six '.{0,1000}' each, which fit in one artifact, took 8-14 s to read.
+_MAX_PROGRAM = 4000
+_PROGRAM_BUDGET = 8000
 _GLOB_BUDGET = 16 * 1024  # characters matched by distinct globs in one scope check
 
 
@@ -117,9 +117,10 @@ _REPEATS: Final = (_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSS
 def _program_size(pattern: str) -> int:
     """How many copies of its single-character parts RE2 compiles ``pattern`` into, at
     most: ``x{m,n}`` is ``n`` copies of ``x`` (``x{m,}`` is ``m``, ``*`` and ``+`` one),
-    nested repetitions multiply. Read with Python's parser (cheap) once ``re`` has read
-    it without a warning; one that is not portable counts 0 here, and ``_regex``
-    refuses it before RE2 sees it."""
+    nested repetitions multiply, and a class counts as many as the ranges and
+    characters it lists (RE2 compiles each into its own states). Read with Python's
+    parser (cheap) once ``re`` has read it without a warning; one that is not portable
+    counts 0 here, and ``_regex`` refuses it before RE2 sees it."""
     try:
         _portable(pattern)
         tree = _parser.parse(pattern)  # read without a warning just now
@@ -132,6 +133,8 @@ def _program_size(pattern: str) -> int:
             if op in _REPEATS:
                 low, high, sub = av
                 total += max(low if high == _constants.MAXREPEAT else high, 1) * size(sub)
+            elif op == _constants.IN:  # a class: as many as the ranges it lists
+                total += max(1, sum(1 for item, _ in av if item != _constants.NEGATE))
             else:
                 total += 1 + sum(size(sub) for sub in _nested(av))
         return total

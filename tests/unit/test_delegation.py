@@ -124,9 +124,9 @@ def test_a_chain_of_three_verifies_and_knows_its_links(kit: Kit) -> None:
 
 def test_a_chains_patterns_share_one_budget(kit: Kit) -> None:
     """RE2 compiles each link's patterns as the artifact is read, on the event loop: the
-    distinct patterns of the whole chain expand to 4000 characters at most, so a child
-    cannot add its own 4000 to its parent's (each link alone within it)."""
-    held = {"memo": ".{0,1000}", "ref": ".{0,999}", "to": ".{0,998}"}  # 2997
+    distinct patterns of the whole chain expand to 8000 characters at most, so a child
+    cannot add its own 8000 to its parent's (each link alone within it)."""
+    held = {"memo": ".{0,1000}" * 3, "ref": ".{0,1000}.{0,1000}.{0,999}", "to": ".{0,998}"}
     constraints = {"amount": {"max": 500}, **{k: {"pattern": p} for k, p in held.items()}}
     scope = [{**WIDE[0], "constraints": constraints}]
     chain = Chain(kit)
@@ -137,14 +137,14 @@ def test_a_chains_patterns_share_one_budget(kit: Kit) -> None:
         more = {k: {"pattern": p} for k, p in extra.items()}
         return [{**NARROW[0], "constraints": {**constraints, **more}}]
 
-    fits = chain.extend(child({"note": "[a-z]{0,1000}"}))  # 3997 in all
+    fits = chain.extend(child({"note": "[a-z]{0,1000}"}))  # 7997 in all
     assert check(kit, fits).chain[-1].grants[0].constraints["note"].pattern == "[a-z]{0,1000}"
     chain.tokens[-1], chain.keys[-1] = parent, kit.runtime.key
-    wider = child({"note": "[a-z]{0,1000}", "tag": "[a-z]{0,10}"})  # 4007
-    with pytest.raises(ValueError, match="expand to 4007 characters in all, past 4000"):
+    wider = child({"note": "[a-z]{0,1000}", "tag": "[a-z]{0,10}"})  # 8007
+    with pytest.raises(ValueError, match="expand to 8007 characters in all, past 8000"):
         chain.extend(wider)  # not minted
     over = forge_child(kit, parent, kit.runtime.key, scope=wider)
-    with pytest.raises(VerificationError, match="expand to 4007 characters in all") as info:
+    with pytest.raises(VerificationError, match="expand to 8007 characters in all") as info:
         check(kit, over)
     assert info.value.code == "artifact.malformed"
 

@@ -611,21 +611,19 @@ def test_patterns_checked_in_threads_at_once_leave_the_warning_filters_as_they_w
     [
         ("abc", 3),
         (".{0,1000}", 1000),
-        ("[a-z0-9._%+-]{1,64}@[a-z0-9.-]{1,255}\\.[a-z]{2,63}", 384),
+        ("[a-z0-9._%+-]{1,64}@[a-z0-9.-]{1,255}\\.[a-z]{2,63}", 64 * 7 + 1 + 255 * 4 + 1 + 63),
         ("(?:.{0,30}){0,30}", 900),  # nested repetitions multiply
         ("a{3,}b*c+", 5),  # unbounded: the least count, at least one
         ("(?:ab|cd){0,10}", 10 * (1 + 2 + 2)),  # a branch, and each way
+        ("[abc]{0,10}", 30),  # a class: as many as it lists
+        ("[^a-z]", 1),
     ],
 )
 def test_a_patterns_size_is_what_re2_compiles_it_into(pattern: str, size: int) -> None:
     assert scope._program_size(pattern) == size
 
 
-def test_a_pattern_that_repeats_too_much_is_refused_before_it_is_compiled(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """RE2 compiles '.{0,1000}' six times over in tens of milliseconds, on the event
-    loop; such a pattern is refused by its size, and RE2 never sees it."""
+def _counting_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     compiled: list[str] = []
     real = scope._regex
 
@@ -634,12 +632,24 @@ def test_a_pattern_that_repeats_too_much_is_refused_before_it_is_compiled(
         return real(pattern)
 
     monkeypatch.setattr(scope, "_regex", counting)
-    Constraint.parse("a", {"pattern": ".{0,1000}"})
-    with pytest.raises(ValueError, match="expands to 2000 characters, past 1000"):
-        Constraint.parse("a", {"pattern": ".{0,1000}.{0,1000}"})
-    with pytest.raises(ValueError, match="expands to 1600 characters, past 1000"):
-        Constraint.parse("a", {"pattern": "(?:.{0,40}){0,40}"})
-    assert compiled == [".{0,1000}"]
+    return compiled
+
+
+def test_a_pattern_that_repeats_too_much_is_refused_before_it_is_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RE2 compiles '.{0,1000}' six times over in tens of milliseconds, on the event
+    loop; such a pattern is refused by its size, and RE2 never sees it."""
+    compiled = _counting_compiles(monkeypatch)
+    Constraint.parse("a", {"pattern": ".{0,1000}" * 4})
+    with pytest.raises(ValueError, match="expands to 5000 characters, past 4000"):
+        Constraint.parse("a", {"pattern": ".{0,1000}" * 5})
+    with pytest.raises(ValueError, match="expands to 6400 characters, past 4000"):
+        Constraint.parse("a", {"pattern": "(?:.{0,80}){0,80}"})
+    many = "".join(chr(c) for c in range(0x430, 0x430 + 40))
+    with pytest.raises(ValueError, match="expands to 8000 characters, past 4000"):
+        Constraint.parse("a", {"pattern": f"[{many}]{{200}}"})  # 40 a copy
+    assert compiled == [".{0,1000}" * 4]
 
 
 def _scope_of(patterns: list[str]) -> list[dict[str, Any]]:
@@ -656,28 +666,21 @@ def test_a_scopes_patterns_have_one_budget_checked_before_any_is_compiled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A delegating runtime may put 64 grants of constraints in its child: its patterns
-    expand to 4000 characters in all (160 patterns of 54 characters each took 8-14 s
+    expand to 8000 characters in all (160 patterns of six '.{0,1000}' each took 8-14 s
     to read). Past that, nothing is compiled; a pattern given twice counts once, and
     so does one the chain's other links have (``compiled``)."""
-    compiled: list[str] = []
-    real = scope._regex
-
-    def counting(pattern: str) -> Any:
-        compiled.append(pattern)
-        return real(pattern)
-
-    monkeypatch.setattr(scope, "_regex", counting)
-    four = [f".{{0,{1000 - n}}}" for n in range(4)]
+    compiled = _counting_compiles(monkeypatch)
+    four = [f".{{0,1000}}.{{0,{1000 - n}}}" for n in range(4)]  # 7994
     assert len(parse_grants(_scope_of(four + four[:1]))[0].constraints) == 5
     assert parse_grants(_scope_of(four[:1]), compiled=four[1:])
     compiled.clear()
-    five = [f"[a-z]{{0,{900 - n}}}" for n in range(5)]
-    with pytest.raises(ValueError, match="expand to 4490 characters in all, past 4000"):
+    five = [f"[a-z]{{0,1000}}[a-z]{{0,{800 - n}}}" for n in range(5)]
+    with pytest.raises(ValueError, match="expand to 8990 characters in all, past 8000"):
         parse_grants(_scope_of(five))
-    with pytest.raises(ValueError, match="expand to 4894 characters in all, past 4000"):
+    with pytest.raises(ValueError, match="expand to 9794 characters in all, past 8000"):
         parse_grants(_scope_of(four[:1]), compiled=four[1:] + five[:1])
-    heavy = [f".{{0,9{n:02d}}}" + ".{0,1000}" * 5 for n in range(60)]
-    with pytest.raises(ValueError, match="past 4000"):
+    heavy = [f".{{0,9{n:02d}}}" + ".{0,1000}" * 3 for n in range(60)]
+    with pytest.raises(ValueError, match="past 8000"):
         parse_grants(_scope_of(heavy))
     many = [f"a{{0,{n}}}" for n in range(65)]  # 2080 in all, but 65 of them
     with pytest.raises(ValueError, match="hold 65 distinct patterns, past 64"):
