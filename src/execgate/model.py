@@ -105,12 +105,15 @@ class Request:
         if not isinstance(self.args, Mapping):
             raise ValueError("request.args must be a JSON object")
         if self.parent is not None and (
-            not isinstance(self.parent, str) or len(self.parent) > MAX_RECEIPT_BYTES
+            not isinstance(self.parent, str)
+            or len(self.parent) > MAX_RECEIPT_BYTES
+            or not self.parent.isascii()
         ):
-            # Longer is no receipt, and would be kept whole in the log: a request without
-            # a proof (anyone's) loses its arguments there, never its parent.
+            # Longer (or other than ASCII, as a compact JWS is) is no receipt, and would
+            # be kept whole in the log: a request without a proof (anyone's) loses its
+            # arguments there, never its parent.
             raise ValueError(
-                "request.parent must be a parent receipt (a string of at most"
+                "request.parent must be a parent receipt (ASCII text of at most"
                 f" {MAX_RECEIPT_BYTES} characters) or null"
             )
 

@@ -621,6 +621,9 @@ def test_a_parent_longer_than_any_receipt_is_refused_before_anything_is_logged(
     request = {**wire["request"], "parent": "x" * (MAX_RECEIPT_BYTES + 1)}
     with pytest.raises(RequestError, match=f"parent receipt .*at most {MAX_RECEIPT_BYTES}"):
         gw.decide({**wire, "request": request, "proof": None})
+    wide = {**wire["request"], "parent": "\U0001f600" * MAX_RECEIPT_BYTES}  # 4 bytes each
+    with pytest.raises(RequestError, match="parent receipt \\(ASCII text"):
+        gw.decide({**wire, "request": wide, "proof": None})
     assert gw.store.size() == 0
     longest = {**wire["request"], "parent": "x" * MAX_RECEIPT_BYTES}
     decision = gw.decide({**wire, "request": longest, "proof": None})
