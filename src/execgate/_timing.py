@@ -11,14 +11,16 @@ is timed up to the moment it ended; ``finish`` closes the last lap.
 
 from __future__ import annotations
 
+import decimal
+import numbers
 from collections.abc import Callable
 from time import perf_counter
-from typing import Final
+from typing import Any, Final
 
 from execgate._state import DecisionState
 from execgate.errors import AuditError
 
-__all__ = ["TimedState", "clock_seconds", "whole_seconds"]
+__all__ = ["ClockError", "TimedState", "clock_problem", "clock_seconds", "whole_seconds"]
 
 
 # 9999-12-31T23:59:59Z: past it, a record's time has no RFC 3339 form (and past 2**53,
@@ -26,14 +28,24 @@ __all__ = ["TimedState", "clock_seconds", "whole_seconds"]
 _LAST_SECOND: Final = 253_402_300_799
 
 
+class ClockError(ValueError):
+    """A clock's reading that is no time a record can hold."""
+
+
 def whole_seconds(reading: object) -> int:
-    """A clock's reading in whole seconds: a number (not a bool, not text) from 0 to the
-    last second of the year 9999; anything else (NaN too) is ``ValueError``."""
-    if isinstance(reading, bool) or not isinstance(reading, int | float):
-        raise ValueError(f"the clock gave {type(reading).__name__}, not a number of seconds")
-    if not 0 <= reading <= _LAST_SECOND:
-        raise ValueError("the clock's reading is outside 1970..9999")
-    return int(reading)
+    """A clock's reading in whole seconds: a real number (not a bool, not text: an int, a
+    float, a Fraction, a Decimal) from 0 to the last second of the year 9999; anything
+    else (NaN too) is ``ClockError``."""
+    if isinstance(reading, bool) or not isinstance(reading, numbers.Real | decimal.Decimal):
+        raise ClockError(f"it gave {type(reading).__name__}, not a number of seconds")
+    number: Any = reading
+    try:
+        inside = 0 <= number <= _LAST_SECOND
+    except decimal.InvalidOperation:  # a signalling NaN
+        inside = False
+    if not inside:
+        raise ClockError(f"its reading is outside 1970..9999 ({str(number)[:32]})")
+    return int(number)
 
 
 def clock_seconds(now: Callable[[], float]) -> int:
@@ -45,8 +57,14 @@ def clock_seconds(now: Callable[[], float]) -> int:
         return whole_seconds(now())
     except Exception as exc:  # NaN, infinity, an OSError: no time to record
         raise AuditError(
-            f"the gateway clock cannot be read ({type(exc).__name__}): nothing was recorded"
+            f"the gateway clock cannot be read ({clock_problem(exc)}): nothing was recorded"
         ) from exc
+
+
+def clock_problem(exc: Exception) -> str:
+    """What is wrong with the clock: ``ClockError``'s own words, else only the type of
+    what the clock raised (its message may say anything)."""
+    return str(exc) if isinstance(exc, ClockError) else type(exc).__name__
 
 
 class TimedState(DecisionState):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
 from execgate._state import RECORD_VERSION, DecisionState
-from execgate._timing import TimedState, whole_seconds
+from execgate._timing import TimedState, clock_problem, whole_seconds
 from execgate.approvals import check_pauses
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation_by
@@ -202,8 +202,9 @@ def _same_node_key(kept: Path, key: PrivateKey, path: Path, *, new: bool) -> Non
         )
 
 
-class _NotInForce(Exception):
-    """The service's policy in force changed and this process cannot take it."""
+class _Unready(Exception):
+    """What a decision needs of the gateway itself cannot be had (the policy in force,
+    the clock): ``fail_closed`` / ``internal.error`` with this message."""
 
 
 def _pinned(
@@ -692,12 +693,15 @@ class Gateway(ApprovalFlow, OutcomeLog):
         )
         state.policy = self.policy  # one policy for the whole decision (see reload_policy)
         try:
-            state.now = whole_seconds(self._now())
+            try:
+                state.now = whole_seconds(self._now())
+            except Exception as exc:
+                raise _Unready(f"the gateway clock cannot be read: {clock_problem(exc)}") from exc
             try:
                 state.policy = (taken or self.current_policy)()
             except Exception as exc:  # this worker's log has the details
                 _log.error("the policy in force cannot be taken: %s: %s", type(exc).__name__, exc)
-                raise _NotInForce(
+                raise _Unready(
                     f"the service's policy in force changed and cannot be taken here"
                     f" ({type(exc).__name__})"
                 ) from exc
@@ -706,7 +710,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
             state.stop(Outcome.DENY, exc.code, exc.detail)
         except StoreError as exc:
             state.stop(Outcome.FAIL_CLOSED, "store.unavailable", str(exc))
-        except _NotInForce as exc:
+        except _Unready as exc:
             state.stop(Outcome.FAIL_CLOSED, "internal.error", str(exc))
         except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected
             state.stop(

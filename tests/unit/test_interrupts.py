@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,72 @@ def test_a_clock_reading_out_of_range_fails_closed_and_is_logged(kit: Kit, readi
         kit.clock.t = NOW
     assert decision.outcome is Outcome.FAIL_CLOSED
     assert [r.code for r in decision.reasons] == ["internal.error"]
+    assert decision.reasons[0].detail.startswith("the gateway clock cannot be read: it")
     assert decision.log_index == 0
     assert kit.records()[0]["outcome"] == "fail_closed"
     assert gateway.decide(kit.submit()).outcome is Outcome.PROCEED
+
+
+@pytest.mark.parametrize(
+    "reading", [NOW, NOW + 0.75, Decimal(NOW) + Decimal("0.25"), Fraction(2 * NOW + 1, 2)]
+)
+def test_a_clock_may_read_any_real_number_of_seconds(kit: Kit, reading: object) -> None:
+    gateway = kit.gateway()
+    submission = kit.submit()
+    kit.clock.t = reading  # type: ignore[assignment]
+    try:
+        decision = gateway.decide(submission)
+    finally:
+        kit.clock.t = NOW
+    assert decision.outcome is Outcome.PROCEED
+    assert kit.records()[0]["at"] == NOW
+
+
+def test_an_interrupt_in_another_callers_job_stops_the_batch_and_reaches_the_leader(
+    kit: Kit,
+) -> None:
+    """Ctrl-C lands in the leading thread, whichever job it is writing: it was kept as
+    that job's answer (another thread's) and the leader carried on. The batch is
+    rolled back, every job in it fails closed, and the leader raises it."""
+    gateway, store = _store(kit)
+
+    def interrupted(_conflict: str | None, _index: int) -> bytes:
+        raise KeyboardInterrupt
+
+    queued = store.submit(WriteJob(None, 0, None, interrupted, decision_id="a"))
+    with pytest.raises(KeyboardInterrupt):
+        gateway.decide(kit.submit())  # leads: the queued job first
+    with pytest.raises(StoreUnavailable, match="audit append failed: KeyboardInterrupt"):
+        queued.result(timeout=5)
+    assert store.size() == 0
+    assert gateway.decide(kit.submit()).log_index == 0
+
+
+def test_a_job_taken_off_the_queue_and_lost_fails_instead_of_leading_for_ever(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt right after a leader took a job off the queue, before the job was in
+    its batch, loses it: its caller led empty batches for ever, holding the writer
+    lock. It fails closed instead."""
+    gateway, store = _store(kit)
+    real = store._queue
+
+    class Losing:
+        def put(self, item: Any) -> None:
+            real.put(item)
+            real.get_nowait()  # as the interrupted leader did
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    monkeypatch.setattr(store, "_queue", Losing())
+    decision = gateway.decide(kit.submit())
+    monkeypatch.undo()
+    assert (decision.outcome, [r.code for r in decision.reasons]) == (
+        Outcome.FAIL_CLOSED,
+        ["store.unavailable", "audit.unavailable"],
+    )
+    assert "interrupted before it started" in decision.reasons[0].detail
+    assert store._writer_lock.acquire(blocking=False)
+    store._writer_lock.release()
+    assert gateway.decide(kit.submit()).log_index == 0

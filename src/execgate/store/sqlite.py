@@ -1226,6 +1226,13 @@ class SQLiteStore:
             # one batch takes may be queued ahead of it).
             while pending.result is None:
                 self._lead()
+                # Not written and not queued: taken off the queue by a leader that an
+                # interrupt stopped before it was in a batch. No leader will ever write
+                # it (this one holds the lock).
+                if pending.result is None and self._queue.empty() and self._withdraw(pending):
+                    pending.result = StoreUnavailable(
+                        "the audit append was interrupted before it started"
+                    )
         except BaseException:  # an interrupt: not taken yet, it is withdrawn (as above)
             self._withdraw(pending)
             raise
@@ -1347,6 +1354,8 @@ class SQLiteStore:
                 p.result = StoreUnavailable("the store closed before this record was written")
                 p.resolve()
             return
+        if not batch:  # nothing queued (or only what its callers gave up on)
+            return
         try:
             if self._writer is None:
                 self._writer = self._connect(batches=True)
@@ -1453,7 +1462,7 @@ class SQLiteStore:
                         "INSERT INTO audit_log (idx, entry, kind, decision_id) VALUES (?, ?, ?, ?)",
                         (index, entry, job.kind, job.decision_id),
                     )
-                except BaseException as exc:  # noqa: BLE001 - reported to that caller only
+                except Exception as exc:  # noqa: BLE001 - reported to that caller only
                     conn.execute("ROLLBACK TO job")
                     p.result = StoreUnavailable(str(exc)) if isinstance(exc, sqlite3.Error) else exc
                 else:
