@@ -17,6 +17,7 @@ from execgate._timing import clock_seconds
 from execgate.approvals import (
     Pending,
     Review,
+    asker,
     check_review,
     excluded_principals,
     quorum_met,
@@ -54,7 +55,7 @@ class ApprovalFlow:
         assert state.request is not None
         chain = tuple(link.jti for link in artifact.chain)
         links = tuple(link.digest for link in artifact.chain)
-        holder = artifact.chain[0].jkt
+        holder = asker(artifact.chain)
         live: list[tuple[Pending, list[Review]]] = []
         expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):

@@ -54,6 +54,18 @@ VERDICTS: Final = frozenset({"approve", "deny"})
 _CLAIMS: Final = frozenset({"iss", "aid", "rh", "verdict", "iat", "exp", "jti", "comment"})
 
 
+def asker(chain: Sequence[Any]) -> str:
+    """The runtime a chain of artifact links asks as, for a deny's finality: the issuer
+    and subject of the first link that names the chain's last subject (the request's
+    runtime), i.e. who vouched for that name: the authority, for a runtime asking with
+    an artifact it was issued (a fresh one too, bound to any key) or a link it delegated
+    to itself; the delegator, for one delegated to. A runtime that names another's
+    subject in a link of its own asks as itself, not as the other."""
+    final = chain[-1].subject
+    vouched = next(link for link in chain if link.subject == final)
+    return json.dumps([vouched.issuer, vouched.subject], separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """An approval opened by a pause decision (``approval_id`` is that decision's id)."""
@@ -72,17 +84,18 @@ class Pending:
     status: str = "pending"
     links: tuple[str, ...] = ()  # the digest of each link's token: the exact chain
     request: Mapping[str, Any] = field(default_factory=dict)
-    # The key the chain's root artifact binds (its cnf.jkt): whose deny is final for the
-    # request (see ``denies``). Empty in approvals opened before it was kept.
+    # Who asked (``asker``): whose deny is final for the request (see ``denies``). Empty
+    # in approvals opened before it was kept.
     holder: str = ""
 
-    def denies(self, holder: str) -> bool:
-        """Whether this approval, denied, is final for the request asked by a chain
-        whose root binds ``holder``: a runtime's own chains, whatever links it adds to
-        them, never another runtime's (which may name the same subject, and would
-        otherwise have a request denied before it was ever asked). One opened before
-        the holder was kept is final for every chain, as it was."""
-        return not self.holder or not holder or self.holder == holder
+    def denies(self, asker: str) -> bool:
+        """Whether this approval, denied, is final for the request asked by ``asker``
+        (``asker``: the runtime its chain vouches for): the same runtime's chains,
+        whatever artifact it asks with, never another runtime's (which may name the
+        same subject in a link of its own, and would otherwise have a request denied
+        before it was ever asked). One opened before the holder was kept is final for
+        every chain, as it was."""
+        return not self.holder or not asker or self.holder == asker
 
     def state(self, now: int) -> str:
         """pending, denied, consumed, closed, or expired (a pending approval past its

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gatekit import GATEWAY_ID, NOW, POLICY, Kit, make_kit
+from gatekit import AUTHORITY_ID, GATEWAY_ID, NOW, POLICY, Kit, make_kit
 
 from execgate.approvals import APPROVAL_TYP, Pending, Review, sign_review
 from execgate.delegation import delegate_artifact
@@ -827,8 +827,8 @@ def test_another_runtimes_deny_is_not_final_for_this_one(kit: Kit, gw: Gateway) 
     """A runtime delegates to itself a link naming another runtime's subject, asks the
     very request that runtime will ask, and has it denied: the deny was final by request
     and rule alone, so the other runtime's own request was denied before it ever asked.
-    A deny is final for the runtime whose chain's root key asked, whatever it asks
-    with next, never for another's."""
+    A deny is final for the runtime the asking chain vouches for (here the poser
+    itself: its own link names the subject), never for another's."""
     victim = Runtime("agent-victim", PrivateKey.generate())
     request = kit.request(amount=2500, runtime=victim.runtime_id)
     posing = delegate_artifact(
@@ -852,11 +852,92 @@ def test_another_runtimes_deny_is_not_final_for_this_one(kit: Kit, gw: Gateway) 
     asked = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
     opened = paused(asked)
     assert opened != denied
-    assert gw.approval(opened)[0].holder == victim.key.public.thumbprint()
+    assert json.loads(gw.approval(opened)[0].holder) == [AUTHORITY_ID, victim.runtime_id]
     review(kit, gw, opened, "ana")
     review(kit, gw, opened, "ben")
     resumed = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
     assert resumed.outcome is Outcome.PROCEED
+
+
+def test_a_deny_stays_final_when_the_runtime_asks_with_a_new_key(kit: Kit, gw: Gateway) -> None:
+    """The authority vouched for the runtime's name, not for a key: an artifact issued
+    to the same runtime bound to a new key asks as the same runtime."""
+    approval = paused(gw.decide(big(kit, kit.artifact())))
+    review(kit, gw, approval, "cy", "deny")
+    rekeyed = Runtime(kit.runtime.runtime_id, PrivateKey.generate())
+    token = kit.artifact(runtime_key=rekeyed.key)
+    d = gw.decide(rekeyed.submission(kit.request(amount=2500), token, audience=GATEWAY_ID, now=NOW))
+    assert (d.outcome, codes(d), d.approval_id) == (Outcome.DENY, ["approval.denied"], approval)
+    assert [p.approval_id for p in gw.approvals()] == [approval]
+
+
+def test_a_delegate_posing_as_its_sibling_cannot_have_the_siblings_request_denied(
+    kit: Kit, gw: Gateway
+) -> None:
+    """An orchestrator delegates to two agents; one delegates to itself a link naming
+    the other and has the other's request denied. The other asks as the orchestrator
+    vouched for it; the poser as itself."""
+    root = kit.artifact(ttl=3600)
+    scope = [{"action": "payments.transfer", "resource": "acct:**"}]
+    agents = {name: Runtime(name, PrivateKey.generate()) for name in ("agent-b", "agent-c")}
+    links = {
+        name: delegate_artifact(
+            parent=root,
+            holder_key=kit.runtime.key,
+            subject=name,
+            runtime_key=agent.key.public,
+            scope=scope,
+            now=NOW,
+        )
+        for name, agent in agents.items()
+    }
+    posing = delegate_artifact(
+        parent=links["agent-b"],
+        holder_key=agents["agent-b"].key,
+        subject="agent-c",
+        runtime_key=agents["agent-b"].key.public,
+        scope=scope,
+        now=NOW,
+    )
+    request = kit.request(amount=2500, runtime="agent-c")
+    poser = Runtime("agent-c", agents["agent-b"].key)
+    denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
+    review(kit, gw, denied, "cy", "deny")
+    sibling = agents["agent-c"]
+    asked = gw.decide(sibling.submission(request, links["agent-c"], audience=GATEWAY_ID, now=NOW))
+    assert paused(asked) != denied
+
+
+def test_an_approval_kept_before_holders_were_resumes_despite_another_runtimes_deny(
+    kit: Kit, gw: Gateway
+) -> None:
+    """The commit that uses an approval checks for a deny as the decision asks, not as
+    the approval it uses names (an old one names nobody, which matched every deny)."""
+    victim = Runtime("agent-victim", PrivateKey.generate())
+    request = kit.request(amount=2500, runtime=victim.runtime_id)
+    own = kit.artifact(subject=victim.runtime_id, runtime_key=victim.key)
+    waiting = paused(gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW)))
+    conn = sqlite3.connect(kit.config.store)
+    body = json.loads(conn.execute("SELECT body FROM approvals").fetchone()[0])
+    del body["holder"]
+    with conn:
+        conn.execute("UPDATE approvals SET body = ?", (json.dumps(body),))
+    conn.close()
+    posing = delegate_artifact(
+        parent=kit.artifact(ttl=3600),
+        holder_key=kit.runtime.key,
+        subject=victim.runtime_id,
+        runtime_key=kit.runtime.key.public,
+        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+        now=NOW,
+    )
+    poser = Runtime(victim.runtime_id, kit.runtime.key)
+    denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
+    review(kit, gw, denied, "cy", "deny")
+    review(kit, gw, waiting, "ana")
+    review(kit, gw, waiting, "ben")
+    resumed = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
+    assert (resumed.outcome, resumed.approval_id) == (Outcome.PROCEED, waiting)
 
 
 def test_a_deny_kept_before_holders_were_is_final_for_every_runtime(kit: Kit, gw: Gateway) -> None:

@@ -140,6 +140,9 @@ class WriteJob:
     chain_uses: tuple[UseClaim, ...] = ()  # uses of limited ancestors, consumed with ``use``
     open_approval: ApprovalRow | None = None  # a pause opens one with its record
     consume_approval: str | None = None  # a resumed decision closes the approval it used
+    # Who asks (``approvals.asker``): a deny of the request is final for the same asker
+    # only (or for every one, where the denied approval names none).
+    asker: str = ""
     # The clock the commit reads for what may expire between the decision and its commit
     # (the approval it consumes): the pipeline's, so both read the same time.
     clock: Callable[[], float] = time.time

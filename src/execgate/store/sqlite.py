@@ -439,19 +439,18 @@ def _already_open(conn: sqlite3.Connection, body: dict[str, object]) -> bool:
     return False
 
 
-def _denied(conn: sqlite3.Connection, asking: Mapping[str, Any]) -> str | None:
-    """A denied approval of the request under the rule of approval body ``asking``, if
-    any: one deny is final for a request under its rule (whatever artifact of the same
-    holder or policy asks again: ``Pending.denies``), and one that committed after the
-    decision read the approvals still wins."""
-    holder = asking.get("holder") or ""
+def _denied(conn: sqlite3.Connection, asking: Mapping[str, Any], asker: str) -> str | None:
+    """A denied approval of the request and rule of approval body ``asking``, if any: one
+    deny is final for a request under its rule when ``asker`` asks again (whatever
+    artifact it asks with, whatever policy: ``Pending.denies``), and one that committed
+    after the decision read the approvals still wins."""
     for approval_id, body in conn.execute(
         "SELECT id, body FROM approvals WHERE request_hash = ? AND status = 'denied'",
         (asking["request_hash"],),
     ):
         denied = json.loads(body)
         if denied.get("rule") == asking.get("rule") and (
-            not holder or not denied.get("holder") or denied["holder"] == holder
+            not asker or not denied.get("holder") or denied["holder"] == asker
         ):
             return str(approval_id)
     return None
@@ -1548,7 +1547,7 @@ class SQLiteStore:
                 "SELECT body FROM approvals WHERE id = ?", (job.consume_approval,)
             ).fetchone()
             if used is not None:
-                job.denied = _denied(conn, json.loads(used[0]))
+                job.denied = _denied(conn, json.loads(used[0]), job.asker)
                 if job.denied is not None:
                     return Conflict.APPROVAL_DENIED
             cur = conn.execute(
@@ -1566,7 +1565,7 @@ class SQLiteStore:
         if job.open_approval is not None:
             row = job.open_approval
             body = json.loads(row.body)
-            job.denied = _denied(conn, body)
+            job.denied = _denied(conn, body, job.asker)
             if job.denied is not None:
                 return Conflict.APPROVAL_DENIED
             if _already_open(conn, body):
