@@ -24,7 +24,7 @@ from gatekit import NOW, Kit, make_kit
 
 import execgate.pipeline as pipeline
 from execgate.errors import StoreUnavailable
-from execgate.model import Outcome
+from execgate.model import Decision, Outcome
 from execgate.store import sqlite as sqlite_store
 from execgate.store.base import WriteJob
 from execgate.store.sqlite import SQLiteStore
@@ -230,6 +230,16 @@ def test_a_conflict_the_gateway_does_not_know_fails_closed(kit: Kit, tmp_path: P
         assert "unknown conflict 'serialization_failure'" in decision.reasons[0].detail
 
 
+def _decided_at(kit: Kit, gateway: pipeline.Gateway, reading: object) -> Decision:
+    """A decision made while the clock reads ``reading``."""
+    submission = kit.submit()
+    kit.clock.t = reading  # type: ignore[assignment]
+    try:
+        return gateway.decide(submission)
+    finally:
+        kit.clock.t = NOW
+
+
 @pytest.mark.parametrize(
     "reading", [2**53, 10**30, 1e20, 253_402_300_800, -1, "1700000000", True, None]
 )
@@ -237,12 +247,7 @@ def test_a_clock_reading_out_of_range_fails_closed_and_is_logged(kit: Kit, readi
     """A reading past the year 9999 (past 2**53, the record could not even be written:
     nothing was logged), a negative one, text or a bool: fail_closed, logged."""
     gateway = kit.gateway()
-    submission = kit.submit()
-    kit.clock.t = reading  # type: ignore[assignment]
-    try:
-        decision = gateway.decide(submission)
-    finally:
-        kit.clock.t = NOW
+    decision = _decided_at(kit, gateway, reading)
     assert decision.outcome is Outcome.FAIL_CLOSED
     assert [r.code for r in decision.reasons] == ["internal.error"]
     assert decision.reasons[0].detail.startswith("the gateway clock cannot be read: it")
@@ -255,13 +260,7 @@ def test_a_clock_reading_out_of_range_fails_closed_and_is_logged(kit: Kit, readi
     "reading", [NOW, NOW + 0.75, Decimal(NOW) + Decimal("0.25"), Fraction(2 * NOW + 1, 2)]
 )
 def test_a_clock_may_read_any_real_number_of_seconds(kit: Kit, reading: object) -> None:
-    gateway = kit.gateway()
-    submission = kit.submit()
-    kit.clock.t = reading  # type: ignore[assignment]
-    try:
-        decision = gateway.decide(submission)
-    finally:
-        kit.clock.t = NOW
+    decision = _decided_at(kit, kit.gateway(), reading)
     assert decision.outcome is Outcome.PROCEED
     assert kit.records()[0]["at"] == NOW
 

@@ -823,6 +823,32 @@ def test_a_deny_is_final_for_the_request_whatever_artifact_asks_again(
     assert [p.approval_id for p in gw.approvals()] == [approval]
 
 
+def _posing_as(kit: Kit, subject: str) -> tuple[Runtime, str]:
+    """The kit's runtime, asking with a link it delegated to itself naming ``subject``."""
+    link = delegate_artifact(
+        parent=kit.artifact(ttl=3600),
+        holder_key=kit.runtime.key,
+        subject=subject,
+        runtime_key=kit.runtime.key.public,
+        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+        now=NOW,
+    )
+    return Runtime(subject, kit.runtime.key), link
+
+
+def _forget_holders(kit: Kit) -> None:
+    """Every stored approval as one opened before its holder was kept."""
+    conn = sqlite3.connect(kit.config.store)
+    with conn:
+        for approval_id, body in conn.execute("SELECT id, body FROM approvals").fetchall():
+            kept = json.loads(body)
+            del kept["holder"]
+            conn.execute(
+                "UPDATE approvals SET body = ? WHERE id = ?", (json.dumps(kept), approval_id)
+            )
+    conn.close()
+
+
 def test_another_runtimes_deny_is_not_final_for_this_one(kit: Kit, gw: Gateway) -> None:
     """A runtime delegates to itself a link naming another runtime's subject, asks the
     very request that runtime will ask, and has it denied: the deny was final by request
@@ -831,15 +857,7 @@ def test_another_runtimes_deny_is_not_final_for_this_one(kit: Kit, gw: Gateway) 
     itself: its own link names the subject), never for another's."""
     victim = Runtime("agent-victim", PrivateKey.generate())
     request = kit.request(amount=2500, runtime=victim.runtime_id)
-    posing = delegate_artifact(
-        parent=kit.artifact(ttl=3600),
-        holder_key=kit.runtime.key,
-        subject=victim.runtime_id,
-        runtime_key=kit.runtime.key.public,
-        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
-        now=NOW,
-    )
-    poser = Runtime(victim.runtime_id, kit.runtime.key)
+    poser, posing = _posing_as(kit, victim.runtime_id)
     denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
     review(kit, gw, denied, "cy", "deny")
     again = gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW))
@@ -917,21 +935,8 @@ def test_an_approval_kept_before_holders_were_resumes_despite_another_runtimes_d
     request = kit.request(amount=2500, runtime=victim.runtime_id)
     own = kit.artifact(subject=victim.runtime_id, runtime_key=victim.key)
     waiting = paused(gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW)))
-    conn = sqlite3.connect(kit.config.store)
-    body = json.loads(conn.execute("SELECT body FROM approvals").fetchone()[0])
-    del body["holder"]
-    with conn:
-        conn.execute("UPDATE approvals SET body = ?", (json.dumps(body),))
-    conn.close()
-    posing = delegate_artifact(
-        parent=kit.artifact(ttl=3600),
-        holder_key=kit.runtime.key,
-        subject=victim.runtime_id,
-        runtime_key=kit.runtime.key.public,
-        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
-        now=NOW,
-    )
-    poser = Runtime(victim.runtime_id, kit.runtime.key)
+    _forget_holders(kit)
+    poser, posing = _posing_as(kit, victim.runtime_id)
     denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
     review(kit, gw, denied, "cy", "deny")
     review(kit, gw, waiting, "ana")
@@ -945,12 +950,7 @@ def test_a_deny_kept_before_holders_were_is_final_for_every_runtime(kit: Kit, gw
     for the request whoever asks, as it was."""
     approval = paused(gw.decide(big(kit, kit.artifact())))
     review(kit, gw, approval, "cy", "deny")
-    conn = sqlite3.connect(kit.config.store)
-    body = json.loads(conn.execute("SELECT body FROM approvals").fetchone()[0])
-    del body["holder"]
-    with conn:
-        conn.execute("UPDATE approvals SET body = ?", (json.dumps(body),))
-    conn.close()
+    _forget_holders(kit)
     other = Runtime(kit.runtime.runtime_id, PrivateKey.generate())
     token = kit.artifact(runtime_key=other.key)
     d = gw.decide(other.submission(kit.request(amount=2500), token, audience=GATEWAY_ID, now=NOW))
