@@ -65,10 +65,10 @@ class ApprovalFlow:
             status = pending.state(state.now)
             if status == "denied" and pending.denies(holder):
                 # One deny of this request under this rule is final, whatever artifact
-                # the runtime asks again with (a fresh one bound to its key, or a link it
-                # delegated to itself) and whatever else a policy reload changed: no new
-                # approval opens for other approvers to grant. Another runtime's deny is
-                # not this one's, whatever subject it named (see Pending.denies).
+                # the runtime asks again with (a fresh one, bound to any key, or a link
+                # it delegated to itself) and whatever else a policy reload changed: no
+                # new approval opens for other approvers to grant. Another runtime's deny
+                # is not this one's, whatever subject it named (see approvals.asker).
                 state.stop(
                     Outcome.DENY, "approval.denied", f"approval {pending.approval_id} was denied"
                 )

@@ -1026,7 +1026,11 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 else None
             ),
             consume_approval=state.consume_approval if state.outcome.executes else None,
-            asker=asker(artifact.chain) if artifact is not None else "",
+            asker=(  # read by the store only where an approval is opened or used
+                asker(artifact.chain)
+                if artifact is not None and (state.open_approval or state.consume_approval)
+                else ""
+            ),
             clock=self._now,
             revocation_keys=(
                 (*artifact.revocation_keys(), *(g[0] for g in state.grounds))
