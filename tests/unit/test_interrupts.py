@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -112,6 +112,35 @@ def test_an_interrupt_waiting_for_another_processes_turn_leaves_the_turn_free(
         assert time.monotonic() < deadline, "the writers' turn is still held"
         time.sleep(0.05)
     assert gateway.decide(kit.submit()).log_index == 0  # nothing was written before it
+
+
+@pytest.mark.parametrize("where", ["commit", "probe"])
+def test_an_interrupt_just_after_the_turn_is_taken_leaves_it_free(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C lands right after the non-blocking flock took the writers' turn, before
+    the block that lets go of it: the turn stayed held until the store closed, and
+    every other process on the home failed closed meanwhile."""
+    gateway, store = _store(kit)
+    real = fcntl.flock
+
+    def interrupted(fd: int, operation: int) -> None:
+        real(fd, operation)
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            monkeypatch.setattr(fcntl, "flock", real)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    submission = kit.submit()
+    writes: dict[str, Callable[[], object]] = {
+        "commit": lambda: gateway.decide(submission),
+        "probe": lambda: store.check_writable(1.0),
+    }
+    with pytest.raises(KeyboardInterrupt):
+        writes[where]()
+    monkeypatch.undo()
+    assert _turn_free_to_another_process(store._real + "-writer.lock")
+    assert gateway.decide(kit.submit()).log_index == 0
 
 
 def test_an_interrupt_waiting_to_write_withdraws_the_decision(kit: Kit) -> None:

@@ -1163,23 +1163,24 @@ class SQLiteStore:
 
     def _probe_turn(self, conn: sqlite3.Connection, deadline: float, timeout: float) -> None:
         turn = self._turn_fd()
-        while True:
-            try:
-                fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailable(
-                        f"another process has held the writers' turn for {timeout:g}s"
-                    ) from None
-                time.sleep(_PROBE_RETRY)
-        try:
+        try:  # from before the turn is taken: an interrupt just after leaves it free
+            while True:
+                try:
+                    fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreUnavailable(
+                            f"another process has held the writers' turn for {timeout:g}s"
+                        ) from None
+                    time.sleep(_PROBE_RETRY)
             left = max(deadline - time.monotonic(), 0.0)
             conn.execute(f"PRAGMA busy_timeout = {int(left * 1000)}")
             self._check_files()
             conn.execute("BEGIN IMMEDIATE")
-            # Writable, as the next commit needs it; one removed is made again now, as
-            # that commit would (so a directory that takes no new file is not ready).
+            # Writable, as the next commit needs it; a new store's first head is made
+            # now, as that commit would (so a directory that takes no new file is not
+            # ready).
             fd, _ = self._take_head(
                 _log_size(conn), _writes(conn), functools.partial(_root_at, conn)
             )
@@ -1408,14 +1409,16 @@ class SQLiteStore:
         while writing) is ``StoreUnavailable``: its callers fail closed instead of
         hanging (see ``_wait_for_turn``)."""
         held = self._turn_fd()
+        # From before the turn is taken: an interrupt just after taking it leaves it
+        # free too (letting go where it is not held lets go of nothing).
         try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                yield False
-                return
-            held = _wait_for_turn(self._real + "-writer.lock", _COMMIT_TIMEOUT)
-        try:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
+                held = _wait_for_turn(self._real + "-writer.lock", _COMMIT_TIMEOUT)
             yield True
         finally:
             fcntl.flock(held, fcntl.LOCK_UN)
