@@ -1225,11 +1225,11 @@ class SQLiteStore:
             # Nobody has committed it yet: lead batches until one holds it (more jobs than
             # one batch takes may be queued ahead of it).
             while pending.result is None:
-                self._lead()
-                # Not written and not queued: taken off the queue by a leader that an
-                # interrupt stopped before it was in a batch. No leader will ever write
-                # it (this one holds the lock).
-                if pending.result is None and self._queue.empty() and self._withdraw(pending):
+                emptied = self._lead()
+                # Not written, and the queue it was put on before was found empty: taken
+                # off it by a leader that an interrupt stopped before it was in a batch.
+                # No leader will ever write it (this one holds the lock).
+                if pending.result is None and emptied and self._withdraw(pending):
                     pending.result = StoreUnavailable(
                         "the audit append was interrupted before it started"
                     )
@@ -1328,18 +1328,21 @@ class SQLiteStore:
             )
             pending.resolve()
 
-    def _lead(self, *, turn_taken: bool = False) -> None:
-        """Write one batch of queued jobs and resolve each. Whatever stops the batch is
+    def _lead(self, *, turn_taken: bool = False) -> bool:
+        """Write one batch of queued jobs and resolve each; return whether it found the
+        queue empty (every job queued before was taken). Whatever stops the batch is
         every job's result; an interrupt (KeyboardInterrupt, SystemExit) is raised on
         after that, once no job it took is left unresolved."""
         batch: list[_Pending] = []
         interrupted: BaseException | None = None
+        emptied = False
         try:
             with self._claim_lock:
                 while len(batch) < _BATCH_MAX:
                     try:
                         pending = self._queue.get_nowait()
                     except queue.Empty:
+                        emptied = True
                         break
                     if pending.state == _QUEUED:  # skip what its caller has given up on
                         batch.append(pending)
@@ -1353,9 +1356,9 @@ class SQLiteStore:
             for p in batch:
                 p.result = StoreUnavailable("the store closed before this record was written")
                 p.resolve()
-            return
+            return emptied
         if not batch:  # nothing queued (or only what its callers gave up on)
-            return
+            return emptied
         try:
             if self._writer is None:
                 self._writer = self._connect(batches=True)
@@ -1383,6 +1386,7 @@ class SQLiteStore:
             p.resolve()
         if interrupted is not None:
             raise interrupted
+        return emptied
 
     def _load_frontier(self, conn: sqlite3.Connection, size: int) -> Frontier:
         """The frontier of a ``size``-entry log, read from the stored complete subtrees."""
