@@ -25,6 +25,7 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Final
 
 from execgate.errors import ApprovalError, JoseError, PolicyError
@@ -38,6 +39,7 @@ __all__ = [
     "APPROVAL_TYP",
     "Pending",
     "Review",
+    "asker",
     "check_pauses",
     "check_review",
     "excluded_principals",
@@ -55,15 +57,25 @@ _CLAIMS: Final = frozenset({"iss", "aid", "rh", "verdict", "iat", "exp", "jti", 
 
 
 def asker(chain: Sequence[Any]) -> str:
-    """The runtime a chain of artifact links asks as, for a deny's finality: the issuer
-    and subject of the first link that names the chain's last subject (the request's
-    runtime), i.e. who vouched for that name: the authority, for a runtime asking with
-    an artifact it was issued (a fresh one too, bound to any key) or a link it delegated
-    to itself; the delegator, for one delegated to. A runtime that names another's
-    subject in a link of its own asks as itself, not as the other."""
-    final = chain[-1].subject
-    vouched = next(link for link in chain if link.subject == final)
-    return json.dumps([vouched.issuer, vouched.subject], separators=(",", ":"))
+    """The runtime a chain of artifact links asks as, for a deny's finality: its name as
+    vouched for, link by link, from the authority down. The root is the authority's
+    issuer and the subject it named (whatever key it bound: a runtime re-keyed is the
+    same runtime); a link naming its parent's subject again (a runtime delegating to
+    itself) keeps its parent's; any other link is its subject as named by its parent's
+    runtime (not by its parent's key, which may change). So a runtime that names
+    another's subject in a link of its own, a sibling's or an ancestor's, asks as its
+    own descendant, never as the other."""
+    who: Any = [chain[0].issuer, chain[0].subject]
+    for parent, link in pairwise(chain):
+        if link.subject != parent.subject:
+            who = [who, link.subject]
+    return json.dumps(who, separators=(",", ":"))
+
+
+def _kept_before(holder: str) -> bool:
+    """Whether an approval's holder was kept before ``asker`` took this form: none, or
+    (for a time) the root key's thumbprint. Its deny is final for every runtime."""
+    return not holder.startswith("[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +105,9 @@ class Pending:
         (``asker``: the runtime its chain vouches for): the same runtime's chains,
         whatever artifact it asks with, never another runtime's (which may name the
         same subject in a link of its own, and would otherwise have a request denied
-        before it was ever asked). One opened before the holder was kept is final for
-        every chain, as it was."""
-        return not self.holder or not asker or self.holder == asker
+        before it was ever asked). One opened before the holder was kept in this form
+        is final for every chain, as it was."""
+        return _kept_before(self.holder) or not asker or self.holder == asker
 
     def state(self, now: int) -> str:
         """pending, denied, consumed, closed, or expired (a pending approval past its

@@ -836,13 +836,16 @@ def _posing_as(kit: Kit, subject: str) -> tuple[Runtime, str]:
     return Runtime(subject, kit.runtime.key), link
 
 
-def _forget_holders(kit: Kit) -> None:
-    """Every stored approval as one opened before its holder was kept."""
+def _forget_holders(kit: Kit, keep: str | None = None) -> None:
+    """Every stored approval as one opened before its holder was kept (or, with
+    ``keep``, kept as that)."""
     conn = sqlite3.connect(kit.config.store)
     with conn:
         for approval_id, body in conn.execute("SELECT id, body FROM approvals").fetchall():
             kept = json.loads(body)
             del kept["holder"]
+            if keep is not None:
+                kept["holder"] = keep
             conn.execute(
                 "UPDATE approvals SET body = ? WHERE id = ?", (json.dumps(kept), approval_id)
             )
@@ -924,6 +927,69 @@ def test_a_delegate_posing_as_its_sibling_cannot_have_the_siblings_request_denie
     sibling = agents["agent-c"]
     asked = gw.decide(sibling.submission(request, links["agent-c"], audience=GATEWAY_ID, now=NOW))
     assert paused(asked) != denied
+
+
+def _delegated(parent: str, holder: PrivateKey, to: Runtime) -> str:
+    return delegate_artifact(
+        parent=parent,
+        holder_key=holder,
+        subject=to.runtime_id,
+        runtime_key=to.key.public,
+        scope=[{"action": "payments.transfer", "resource": "acct:**"}],
+        now=NOW,
+    )
+
+
+def test_a_delegated_runtimes_deny_stays_final_when_its_delegator_is_re_keyed(
+    kit: Kit, gw: Gateway
+) -> None:
+    """A delegated runtime is its name as its delegator named it, not as the
+    delegator's key signed it: the delegator re-keyed (a fresh artifact from the
+    authority) and delegating again made the denied request askable anew."""
+    agent = Runtime("agent-c", PrivateKey.generate())
+    request = kit.request(amount=2500, runtime=agent.runtime_id)
+    first = _delegated(kit.artifact(ttl=3600), kit.runtime.key, agent)
+    denied = paused(gw.decide(agent.submission(request, first, audience=GATEWAY_ID, now=NOW)))
+    review(kit, gw, denied, "cy", "deny")
+    rekeyed = PrivateKey.generate()
+    again = _delegated(kit.artifact(ttl=3600, runtime_key=rekeyed), rekeyed, agent)
+    d = gw.decide(agent.submission(request, again, audience=GATEWAY_ID, now=NOW))
+    assert (d.outcome, codes(d), d.approval_id) == (Outcome.DENY, ["approval.denied"], denied)
+
+
+def test_a_descendant_naming_its_ancestor_cannot_have_the_ancestors_request_denied(
+    kit: Kit, gw: Gateway
+) -> None:
+    """A delegate names its delegator's subject in a link of its own: it asks as its
+    own descendant, not as the delegator (the first link naming that subject is the
+    delegator's own)."""
+    agent = Runtime("agent-c", PrivateKey.generate())
+    root = kit.artifact(ttl=3600)
+    back = _delegated(
+        _delegated(root, kit.runtime.key, agent),
+        agent.key,
+        Runtime(kit.runtime.runtime_id, agent.key),
+    )
+    request = kit.request(amount=2500)
+    poser = Runtime(kit.runtime.runtime_id, agent.key)
+    denied = paused(gw.decide(poser.submission(request, back, audience=GATEWAY_ID, now=NOW)))
+    review(kit, gw, denied, "cy", "deny")
+    own = gw.decide(kit.submission(request, root))
+    assert paused(own) != denied
+
+
+def test_a_deny_whose_holder_is_a_key_is_final_for_every_runtime(kit: Kit, gw: Gateway) -> None:
+    """A holder kept as the root key's thumbprint (for a time) is not an asker: its deny
+    stays final for every runtime, as one kept without a holder."""
+    victim = Runtime("agent-victim", PrivateKey.generate())
+    request = kit.request(amount=2500, runtime=victim.runtime_id)
+    poser, posing = _posing_as(kit, victim.runtime_id)
+    denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
+    review(kit, gw, denied, "cy", "deny")
+    _forget_holders(kit, keep=kit.runtime.key.public.thumbprint())
+    own = kit.artifact(subject=victim.runtime_id, runtime_key=victim.key)
+    d = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
+    assert (d.outcome, codes(d), d.approval_id) == (Outcome.DENY, ["approval.denied"], denied)
 
 
 def test_an_approval_kept_before_holders_were_resumes_despite_another_runtimes_deny(
