@@ -44,7 +44,11 @@ def whole_seconds(reading: object) -> int:
     except decimal.InvalidOperation:  # a signalling NaN
         inside = False
     if not inside:
-        raise ClockError(f"its reading is outside 1970..9999 ({str(number)[:32]})")
+        try:
+            shown = str(number)[:32]
+        except ValueError:  # an int of more digits than str() will write
+            shown = "a number too long to show"
+        raise ClockError(f"its reading is outside 1970..9999 ({shown})")
     return int(number)
 
 
