@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from execgate.errors import ApprovalError, JoseError, PolicyError
 from execgate.jose import PrivateKey, encode, verify
+from execgate.store.base import ASKER_FORM, deny_is_final
 from execgate.trust import Approver, TrustStore, signer_refusal
 
 if TYPE_CHECKING:
@@ -69,13 +70,7 @@ def asker(chain: Sequence[Any]) -> str:
     for parent, link in pairwise(chain):
         if link.subject != parent.subject:
             who = [who, link.subject]
-    return json.dumps(who, separators=(",", ":"))
-
-
-def _kept_before(holder: str) -> bool:
-    """Whether an approval's holder was kept before ``asker`` took this form: none, or
-    (for a time) the root key's thumbprint. Its deny is final for every runtime."""
-    return not holder.startswith("[")
+    return ASKER_FORM + json.dumps(who, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +100,9 @@ class Pending:
         (``asker``: the runtime its chain vouches for): the same runtime's chains,
         whatever artifact it asks with, never another runtime's (which may name the
         same subject in a link of its own, and would otherwise have a request denied
-        before it was ever asked). One opened before the holder was kept in this form
-        is final for every chain, as it was."""
-        return _kept_before(self.holder) or not asker or self.holder == asker
+        before it was ever asked). One whose holder was kept in an earlier form is
+        final for every chain (``deny_is_final``)."""
+        return deny_is_final(self.holder, asker)
 
     def state(self, now: int) -> str:
         """pending, denied, consumed, closed, or expired (a pending approval past its

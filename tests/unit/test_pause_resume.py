@@ -29,7 +29,7 @@ from execgate.model import Decision, Outcome
 from execgate.pipeline import Gateway
 from execgate.proofs import Runtime
 from execgate.receipts import verify_receipt
-from execgate.store.base import WriteJob
+from execgate.store.base import ASKER_FORM, WriteJob
 
 QUORUM_TWO = POLICY.replace("    quorum: 1\n", "    quorum: 2\n")
 assert QUORUM_TWO != POLICY
@@ -873,7 +873,9 @@ def test_another_runtimes_deny_is_not_final_for_this_one(kit: Kit, gw: Gateway) 
     asked = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
     opened = paused(asked)
     assert opened != denied
-    assert json.loads(gw.approval(opened)[0].holder) == [AUTHORITY_ID, victim.runtime_id]
+    holder = gw.approval(opened)[0].holder
+    assert holder.startswith(ASKER_FORM)
+    assert json.loads(holder.removeprefix(ASKER_FORM)) == [AUTHORITY_ID, victim.runtime_id]
     review(kit, gw, opened, "ana")
     review(kit, gw, opened, "ben")
     resumed = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
@@ -978,15 +980,21 @@ def test_a_descendant_naming_its_ancestor_cannot_have_the_ancestors_request_deni
     assert paused(own) != denied
 
 
-def test_a_deny_whose_holder_is_a_key_is_final_for_every_runtime(kit: Kit, gw: Gateway) -> None:
-    """A holder kept as the root key's thumbprint (for a time) is not an asker: its deny
+@pytest.mark.parametrize("earlier", ["a key", "a first asker"])
+def test_a_deny_whose_holder_is_in_an_earlier_form_is_final_for_every_runtime(
+    kit: Kit, gw: Gateway, earlier: str
+) -> None:
+    """A holder kept by an earlier version, as the root key's thumbprint or as the first
+    form of the asker (the issuer and subject of the first link naming the runtime, a
+    key's thumbprint for a delegated one), names nobody this version can tell: its deny
     stays final for every runtime, as one kept without a holder."""
     victim = Runtime("agent-victim", PrivateKey.generate())
     request = kit.request(amount=2500, runtime=victim.runtime_id)
     poser, posing = _posing_as(kit, victim.runtime_id)
     denied = paused(gw.decide(poser.submission(request, posing, audience=GATEWAY_ID, now=NOW)))
     review(kit, gw, denied, "cy", "deny")
-    _forget_holders(kit, keep=kit.runtime.key.public.thumbprint())
+    key = kit.runtime.key.public.thumbprint()
+    _forget_holders(kit, keep=key if earlier == "a key" else json.dumps([key, victim.runtime_id]))
     own = kit.artifact(subject=victim.runtime_id, runtime_key=victim.key)
     d = gw.decide(victim.submission(request, own, audience=GATEWAY_ID, now=NOW))
     assert (d.outcome, codes(d), d.approval_id) == (Outcome.DENY, ["approval.denied"], denied)

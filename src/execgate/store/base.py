@@ -21,6 +21,7 @@ from typing import Final, NamedTuple, Protocol
 from execgate.errors import AuditError
 
 __all__ = [
+    "ASKER_FORM",
     "REVOCATION_KINDS",
     "ApprovalRow",
     "CommittedHead",
@@ -33,6 +34,7 @@ __all__ = [
     "UseClaim",
     "WriteJob",
     "check_head",
+    "deny_is_final",
 ]
 
 # What a revocation names: an artifact id (any link's ``jti``, whoever minted it), a key
@@ -41,6 +43,18 @@ __all__ = [
 # delegated link's ``jti`` is chosen by whoever delegates, so it can repeat another
 # artifact's; ``artifact`` reaches that token and its descendants only.
 REVOCATION_KINDS: Final = ("jti", "kid", "sub", "artifact")
+
+# What every asker (``approvals.asker``) starts with: an approval's holder in any other
+# form was kept by an earlier version (none, a key, or a first form of the asker).
+ASKER_FORM: Final = "2:"
+
+
+def deny_is_final(holder: str, asker: str) -> bool:
+    """Whether a denied approval kept with ``holder`` is final for the same request asked
+    by ``asker``: for the same asker only, and for every one where the holder was kept
+    in an earlier form (which names nobody this version can tell) or the asker is not
+    known."""
+    return not holder.startswith(ASKER_FORM) or not asker or holder == asker
 
 
 @dataclass(frozen=True, slots=True)

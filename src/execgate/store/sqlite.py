@@ -79,6 +79,7 @@ from execgate.store.base import (
     UseClaim,
     WriteJob,
     check_head,
+    deny_is_final,
 )
 
 __all__ = ["SQLiteStore"]
@@ -449,11 +450,8 @@ def _denied(conn: sqlite3.Connection, asking: Mapping[str, Any], asker: str) -> 
         (asking["request_hash"],),
     ):
         denied = json.loads(body)
-        holder = denied.get("holder") or ""
-        # A holder kept before ``approvals.asker`` took its form (none, or a key) denies
-        # for every runtime (``Pending.denies``).
-        if denied.get("rule") == asking.get("rule") and (
-            not asker or not holder.startswith("[") or holder == asker
+        if denied.get("rule") == asking.get("rule") and deny_is_final(
+            denied.get("holder") or "", asker
         ):
             return str(approval_id)
     return None
