@@ -55,7 +55,7 @@ class ApprovalFlow:
         assert state.request is not None
         chain = tuple(link.jti for link in artifact.chain)
         links = tuple(link.digest for link in artifact.chain)
-        holder = asker(artifact.chain)
+        holder = state.asker = asker(artifact.chain)
         live: list[tuple[Pending, list[Review]]] = []
         expired: Pending | None = None
         for row in self.store.approvals(request_hash=state.request_hash):

@@ -35,6 +35,9 @@ class DecisionState:
     approval: str | None = None  # the approval opened, waited on, or used
     open_approval: Pending | None = None
     consume_approval: str | None = None
+    # Who asks (``approvals.asker``), once a pause rule matched: the commit that opens or
+    # uses an approval checks for a deny of the request by the same asker.
+    asker: str = ""
     approvers: list[str] = field(default_factory=list)
     # What the decision stands on beside its artifact, as (revocation key, reason code,
     # what it is): the attester's key, the parent receipt's signing key, the keys and ids

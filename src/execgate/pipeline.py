@@ -29,7 +29,7 @@ from execgate._approval_flow import ApprovalFlow
 from execgate._outcomes import OutcomeLog
 from execgate._state import RECORD_VERSION, DecisionState
 from execgate._timing import TimedState, clock_problem, whole_seconds
-from execgate.approvals import asker, check_pauses
+from execgate.approvals import check_pauses
 from execgate.artifacts import DEFAULT_MAX_DEPTH, Artifact, ArtifactVerifier
 from execgate.attestations import check_environment, verify_attestation_by
 from execgate.audit.log import AuditLog
@@ -1026,11 +1026,7 @@ class Gateway(ApprovalFlow, OutcomeLog):
                 else None
             ),
             consume_approval=state.consume_approval if state.outcome.executes else None,
-            asker=(  # read by the store only where an approval is opened or used
-                asker(artifact.chain)
-                if artifact is not None and (state.open_approval or state.consume_approval)
-                else ""
-            ),
+            asker=state.asker,
             clock=self._now,
             revocation_keys=(
                 (*artifact.revocation_keys(), *(g[0] for g in state.grounds))
