@@ -1020,12 +1020,13 @@ class SQLiteStore:
         return a + b
 
     @contextmanager
-    def _side_write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """A write outside the commit batches (a revocation, a checkpoint, a purge): on a
-        connection of its own, in the writers' turn (this process's writer lock, then the
-        writers' ``flock``), so a batch being led on an event loop (``lead_now``) sees the
-        store busy and tries again shortly, instead of its thread waiting in SQLite's busy
-        handler. A failed statement is ``StoreError("cannot <what>: ...")``."""
+    def _write_turn(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own in a write transaction (``BEGIN IMMEDIATE``) in the
+        writers' turn (this process's writer lock, then the writers' ``flock``), so a
+        batch being led on an event loop (``lead_now``) sees the store busy and tries
+        again shortly, instead of its thread waiting in SQLite's busy handler. Rolled back
+        unless committed, and closed, when the block ends; a lock file that fails is
+        ``StoreUnavailable``."""
         if self._closed:  # as for a commit; and its lock file is not opened again
             raise StoreUnavailable("the store is closed")
         if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
@@ -1036,32 +1037,42 @@ class SQLiteStore:
             with self._process_turn(wait=True):
                 self._check_files()
                 conn = self._connect()
-                fd: int | None = None
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    writes = _writes(conn)
-                    fd, head = self._take_head(
-                        _log_size(conn), writes, functools.partial(_root_at, conn)
-                    )
                     yield conn
-                    _count_write(conn, writes)
-                    conn.execute("COMMIT")
-                    # The log is as it was: the head names what it named of it (one behind
-                    # the log stays behind until the next batch moves it on).
-                    _put_head(fd, head._replace(writes=writes + 1))
-                except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:  # not bindable
-                    raise StoreError(f"cannot {what}: {exc}") from exc
                 finally:
                     if conn.in_transaction:
                         with suppress(sqlite3.Error):
                             conn.execute("ROLLBACK")
-                    if fd is not None:
-                        os.close(fd)
                     conn.close()
         except OSError as exc:  # the lock file
             raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
         finally:
             self._writer_lock.release()
+
+    @contextmanager
+    def _side_write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A write outside the commit batches (a revocation, a checkpoint, a purge), in
+        the writers' turn (``_write_turn``), counted, and checked against the committed
+        head first. A failed statement is ``StoreError("cannot <what>: ...")``."""
+        fd: int | None = None
+        try:
+            with self._write_turn() as conn:
+                writes = _writes(conn)
+                fd, head = self._take_head(
+                    _log_size(conn), writes, functools.partial(_root_at, conn)
+                )
+                yield conn
+                _count_write(conn, writes)
+                conn.execute("COMMIT")
+                # The log is as it was: the head names what it named of it (one behind
+                # the log stays behind until the next batch moves it on).
+                _put_head(fd, head._replace(writes=writes + 1))
+        except (sqlite3.Error, UnicodeEncodeError, OverflowError) as exc:  # not bindable
+            raise StoreError(f"cannot {what}: {exc}") from exc
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def remake_head(self, verified: tuple[int, bytes] | None = None) -> CommittedHead:
         """Make the committed head anew from the store as it is, replacing one missing or
@@ -1073,49 +1084,32 @@ class SQLiteStore:
         that were checked. A head that is whole is never replaced by one that names
         less: where it says the store lost writes, that is ``AuditError`` too (the writes
         are put back, or the home is made anew; see ``check_head``)."""
-        if self._closed:
-            raise StoreUnavailable("the store is closed")
-        if not self._writer_lock.acquire(timeout=_COMMIT_TIMEOUT):
-            raise StoreUnavailable(f"no turn to write within {_COMMIT_TIMEOUT}s")
         try:
-            with self._process_turn(wait=True):
-                self._check_files()
-                conn = self._connect()
+            with self._write_turn() as conn:
+                size, writes = _log_size(conn), _writes(conn)
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    size, writes = _log_size(conn), _writes(conn)
-                    try:
-                        kept = _read_head(self._head_path, tries=1)
-                    except AuditError:  # damaged or unreadable: what is made anew
-                        kept = None
-                    try:
-                        check_head(kept, size, functools.partial(_root_at, conn), writes)
-                    except AuditError as exc:
-                        raise AuditError(
-                            f"{exc} (the committed tree head is whole: it is made anew only"
-                            " where it is missing or damaged)"
-                        ) from exc
-                    if verified is not None and (
-                        verified[0] > size or _root_at(conn, verified[0]) != verified[1]
-                    ):
-                        raise AuditError(
-                            f"the store's tree does not hold the {verified[0]} entries that"
-                            " were checked: no head is made"
-                        )
-                    head = CommittedHead(size, _root_at(conn, size), writes)
-                    os.close(_make_head(self._head_path, head))
-                    return head
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"cannot read the store: {exc}") from exc
-                finally:
-                    if conn.in_transaction:
-                        with suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    conn.close()
-        except OSError as exc:  # the lock file
-            raise StoreUnavailable(f"cannot take the writers' turn: {_reason(exc)}") from exc
-        finally:
-            self._writer_lock.release()
+                    kept = _read_head(self._head_path, tries=1)
+                except AuditError:  # damaged or unreadable: what is made anew
+                    kept = None
+                try:
+                    check_head(kept, size, functools.partial(_root_at, conn), writes)
+                except AuditError as exc:
+                    raise AuditError(
+                        f"{exc} (the committed tree head is whole: it is made anew only"
+                        " where it is missing or damaged)"
+                    ) from exc
+                if verified is not None and (
+                    verified[0] > size or _root_at(conn, verified[0]) != verified[1]
+                ):
+                    raise AuditError(
+                        f"the store's tree does not hold the {verified[0]} entries that"
+                        " were checked: no head is made"
+                    )
+                head = CommittedHead(size, _root_at(conn, size), writes)
+                os.close(_make_head(self._head_path, head))
+                return head
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot read the store: {exc}") from exc
 
     def check_writable(self, timeout: float) -> None:
         """See ``Store.check_writable``: within ``timeout``, this process's writer lock,
