@@ -132,6 +132,13 @@ def build_log(path: Path, size: int, signer: Signer) -> None:
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    # Written around the store: its committed head is made as 'audit reset-head
+    # --unverified' makes it (a store that holds entries without one takes no more).
+    store = SQLiteStore(path)
+    try:
+        store.remake_head()
+    finally:
+        store.close()
 
 
 # --- (a) append latency -----------------------------------------------------------------
